@@ -1,0 +1,42 @@
+"""Model families, looked up by name; heavy frameworks are imported only when used."""
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from typing import Any
+
+from ml.models.base import META_FILE, SentimentModel
+
+FAMILIES: dict[str, str] = {
+    "tfidf_lr": "ml.models.tfidf:TfidfLogReg",
+}
+
+
+def family_class(family: str) -> type[SentimentModel]:
+    try:
+        target = FAMILIES[family]
+    except KeyError:
+        raise ValueError(f"unknown model family {family!r}; known: {', '.join(sorted(FAMILIES))}") from None
+    module, name = target.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def create(family: str, **params: Any) -> SentimentModel:
+    cls = family_class(family)
+    unknown = set(params) - set(cls.default_params())
+    if unknown:
+        raise ValueError(
+            f"unknown parameter(s) for {family}: {', '.join(sorted(unknown))}; "
+            f"known: {', '.join(sorted(cls.default_params()))}"
+        )
+    return cls(**params)
+
+
+def load(path: str | Path) -> SentimentModel:
+    """Load a saved model of any family from its directory."""
+    meta = json.loads((Path(path) / META_FILE).read_text())
+    return family_class(meta["family"]).load(path)
+
+
+__all__ = ["FAMILIES", "SentimentModel", "create", "family_class", "load"]

@@ -1,0 +1,59 @@
+"""How the platform runs Airflow: the environment every Airflow command gets.
+
+Used by ``ml services`` (``make up``) and by the tests that run ``airflow dags test``.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from ml.config import REPO_ROOT, Settings, get_settings
+
+
+def airflow_home(settings: Settings | None = None) -> Path:
+    s = settings or get_settings()
+    return s.var / "airflow"
+
+
+def airflow_env(settings: Settings | None = None, base: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for ``airflow`` commands: LocalExecutor on the platform's PostgreSQL,
+    the repository's ``dags/`` and ``plugins/``, no examples, low parallelism (2 cores)."""
+    from ml import db
+
+    s = settings or get_settings()
+    env = dict(os.environ if base is None else base)
+    home = airflow_home(s)
+    home.mkdir(parents=True, exist_ok=True)
+    url = db.database_url(s)
+    airflow_url = db.airflow_db_url(s)
+    db.ensure_database(airflow_url)
+    bin_dir = str(Path(sys.executable).parent)
+    env.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__PARALLELISM": env.get("AIRFLOW__CORE__PARALLELISM", "4"),
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": airflow_url,
+            "AIRFLOW__API__PORT": str(s.airflow_port),
+            "AIRFLOW__API__BASE_URL": f"http://{s.host}:{s.airflow_port}",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+            "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(s.logs_dir / "airflow"),
+            # the platform's own settings reach every task
+            "DATABASE_URL": url,
+            "SENTIMENT_VAR_DIR": str(s.var),
+            "SENTIMENT_MLFLOW_DATABASE": s.mlflow_database,
+            "SENTIMENT_AIRFLOW_DATABASE": s.airflow_database,
+            "PYTHONPATH": os.pathsep.join(p for p in [str(REPO_ROOT), env.get("PYTHONPATH", "")] if p),
+            "PATH": os.pathsep.join([bin_dir, env.get("PATH", "")]),
+            "XDG_RUNTIME_DIR": env.get("XDG_RUNTIME_DIR", "/tmp"),
+            "HF_HUB_OFFLINE": "1",
+        }
+    )
+    if s.mlflow_tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = s.mlflow_tracking_uri
+    return env

@@ -1,0 +1,134 @@
+"""Model registry: log a model to MLflow, register it, and move the ``champion`` alias.
+
+The promotion rule is one small function, :func:`decide_promotion`.
+"""
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ml.config import Settings, get_settings
+from ml.models import SentimentModel
+
+log = logging.getLogger(__name__)
+
+MODEL_ARTIFACT = "model"
+PIP_REQUIREMENTS = ["scikit-learn", "pandas<3", "numpy", "joblib"]
+
+try:  # the pyfunc base class; MLflow is a hard dependency of the platform
+    from mlflow.pyfunc import PythonModel as _PythonModel
+except ImportError:  # pragma: no cover
+    _PythonModel = object  # type: ignore[assignment,misc]
+
+
+class SentimentPyfunc(_PythonModel):  # type: ignore[misc,valid-type]
+    """MLflow pyfunc wrapper: any family, saved with its own ``save``; ``predict`` takes a list
+    (or Series) of texts and returns a DataFrame with label, p_negative, p_positive."""
+
+    def load_context(self, context) -> None:
+        from ml import models
+
+        self.model = models.load(context.artifacts["model_dir"])
+
+    def predict(self, context, model_input, params=None):
+        import pandas as pd
+
+        if isinstance(model_input, pd.DataFrame):
+            model_input = model_input.iloc[:, 0]
+        texts = [str(t) for t in list(model_input)]
+        proba = self.model.predict_proba(texts)
+        return pd.DataFrame(
+            {"label": (proba[:, 1] >= 0.5).astype(int), "p_negative": proba[:, 0], "p_positive": proba[:, 1]}
+        )
+
+
+def log_model(model: SentimentModel, extra_requirements: list[str] | None = None):
+    """Log ``model`` into the active MLflow run as a pyfunc; returns mlflow's ModelInfo."""
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = model.save(Path(tmp) / "model_dir")
+        return mlflow.pyfunc.log_model(
+            name=MODEL_ARTIFACT,
+            python_model=SentimentPyfunc(),
+            artifacts={"model_dir": str(model_dir)},
+            pip_requirements=PIP_REQUIREMENTS + (extra_requirements or []),
+        )
+
+
+def register(model_uri: str, run_id: str, settings: Settings | None = None) -> int:
+    """Register a logged model as a new version of ``model_name``; returns the version."""
+    import mlflow
+
+    s = settings or get_settings()
+    mv = mlflow.register_model(model_uri, s.model_name, tags={"run_id": run_id})
+    return int(mv.version)
+
+
+@dataclass
+class ChampionInfo:
+    version: int
+    run_id: str
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def champion(settings: Settings | None = None) -> ChampionInfo | None:
+    """The version behind the champion alias, or None before the first promotion."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    s = settings or get_settings()
+    client = mlflow.MlflowClient()
+    try:
+        mv = client.get_model_version_by_alias(s.model_name, s.champion_alias)
+    except MlflowException:
+        return None
+    return ChampionInfo(version=int(mv.version), run_id=mv.run_id, tags=dict(mv.tags or {}))
+
+
+def load_version(version: int, settings: Settings | None = None) -> SentimentModel:
+    """Load a registered version as a :class:`SentimentModel`."""
+    import mlflow
+
+    s = settings or get_settings()
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{s.model_name}/{version}")
+    return pyfunc.unwrap_python_model().model
+
+
+@dataclass
+class Decision:
+    promote: bool
+    reason: str
+
+
+def decide_promotion(
+    candidate: dict[str, float],
+    champion_metrics: dict[str, float] | None,
+    metric: str = "f1",
+    margin: float = 0.0,
+    checks_passed: bool = True,
+    checks_reason: str = "",
+) -> Decision:
+    """A candidate becomes champion when there is none yet, or when its ``metric`` on the
+    same held-out set beats the champion's by more than ``margin``; never when it failed
+    its behavioural checks."""
+    if not checks_passed:
+        return Decision(False, f"failed behavioural checks: {checks_reason}")
+    if metric not in candidate:
+        raise ValueError(f"candidate has no metric {metric!r}")
+    if champion_metrics is None:
+        return Decision(True, f"first model: promoted ({metric}={candidate[metric]:.4f})")
+    c, ch = candidate[metric], champion_metrics[metric]
+    if c > ch + margin:
+        return Decision(True, f"{metric} {c:.4f} beats champion {ch:.4f} by more than {margin:.4f}")
+    return Decision(False, f"{metric} {c:.4f} does not beat champion {ch:.4f} by more than {margin:.4f}")
+
+
+def set_champion(version: int, settings: Settings | None = None) -> None:
+    import mlflow
+
+    s = settings or get_settings()
+    mlflow.MlflowClient().set_registered_model_alias(s.model_name, s.champion_alias, str(version))
