@@ -10,6 +10,11 @@ from pathlib import Path
 
 from ml.config import REPO_ROOT, Settings, get_settings
 
+# Airflow's simple auth manager: one admin user; its password lives in
+# AIRFLOW_HOME/simple_auth_manager_passwords.json.generated (written by `ml services up`).
+SIMPLE_AUTH_MANAGER_USERS = "admin:admin"
+SIMPLE_AUTH_MANAGER_PASSWORDS_FILE = "simple_auth_manager_passwords.json.generated"
+
 
 def airflow_home(settings: Settings | None = None) -> Path:
     s = settings or get_settings()
@@ -39,9 +44,11 @@ def airflow_env(settings: Settings | None = None, base: dict[str, str] | None = 
             "AIRFLOW__CORE__PARALLELISM": env.get("AIRFLOW__CORE__PARALLELISM", "4"),
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": airflow_url,
+            "AIRFLOW__API__HOST": s.host,
             "AIRFLOW__API__PORT": str(s.airflow_port),
             "AIRFLOW__API__BASE_URL": f"http://{s.host}:{s.airflow_port}",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": SIMPLE_AUTH_MANAGER_USERS,
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / SIMPLE_AUTH_MANAGER_PASSWORDS_FILE),
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(s.logs_dir / "airflow"),
             # the platform's own settings reach every task
             "DATABASE_URL": url,

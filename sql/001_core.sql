@@ -18,7 +18,8 @@ CREATE TABLE training_runs (
     snapshot_hash text NOT NULL REFERENCES dataset_snapshots(hash),
     family        text NOT NULL,
     params        jsonb NOT NULL DEFAULT '{}',
-    metrics       jsonb,
+    metrics       jsonb,                            -- held-out metrics of this run
+    champion_metrics jsonb,                         -- the champion's on the same held-out split
     git_commit    text,
     model_version integer,                          -- registry version, once registered
     status        text NOT NULL DEFAULT 'trained',  -- trained | evaluated | registered | promoted | rejected

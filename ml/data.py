@@ -1,0 +1,373 @@
+"""Data: read tweet files, validate them, store validated snapshots named by content hash.
+
+Accepted inputs (no header, or a ``polarity,text`` header line that is skipped):
+- Sentiment140's six columns ``polarity,id,date,query,user,text`` (Latin-1 in the original);
+- two columns ``polarity,text``.
+Polarity is 0/4 (Sentiment140) or 0/1; 2 (neutral) is rejected. Bytes are decoded as UTF-8
+where valid, else Latin-1, line by line, so a mixed file still reads.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+import pandas as pd
+
+from ml.config import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+POLARITY = {"0": 0, "4": 1, "1": 1}
+SENTIMENT140_URL = "https://cs.stanford.edu/people/alecmgo/trainingandtestdata.zip"
+MAX_FIELD = 1_000_000
+MAX_REJECTS_LISTED = 1000
+
+csv.field_size_limit(MAX_FIELD)
+
+
+class DataError(ValueError):
+    """The input cannot be used; the message says why."""
+
+
+# ---------------------------------------------------------------- reading
+def _decoded_lines(path: Path, counter: Counter) -> Iterator[str]:
+    with path.open("rb") as f:
+        for raw in f:
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError:
+                counter["latin1_lines"] += 1
+                yield raw.decode("latin-1")
+
+
+@dataclass
+class ReadResult:
+    path: Path
+    lines: list[int] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    rejected_by_reason: Counter = field(default_factory=Counter)
+    formats: Counter = field(default_factory=Counter)
+    encoding: Counter = field(default_factory=Counter)
+    rows_read: int = 0
+
+    def reject(self, line: int, reason: str) -> None:
+        self.rejected_by_reason[reason.split(":")[0]] += 1
+        if len(self.rejected) < MAX_REJECTS_LISTED:
+            self.rejected.append({"line": line, "reason": reason})
+
+
+def read_labelled(path: str | Path, progress_every: int = 200_000) -> ReadResult:
+    """Read a labelled tweet file row by row, keeping line numbers and rejecting bad rows."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"data file not found: {path}")
+    if path.is_dir():
+        raise DataError(f"data path is a directory, expected a CSV file: {path}")
+    res = ReadResult(path=path)
+    reader = csv.reader(_decoded_lines(path, res.encoding))
+    line = 0
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as e:
+            line = reader.line_num
+            res.rows_read += 1
+            res.reject(line, f"malformed CSV: {e}")
+            continue
+        line = reader.line_num
+        if not row or (len(row) == 1 and not row[0].strip()):
+            continue  # blank line
+        res.rows_read += 1
+        if len(row) == 6:
+            pol, text = row[0].strip(), row[5]
+            fmt = "sentiment140"
+        elif len(row) == 2:
+            pol, text = row[0].strip(), row[1]
+            fmt = "polarity,text"
+        else:
+            res.reject(line, f"wrong column count: expected 2 (polarity,text) or 6 (Sentiment140), got {len(row)}")
+            continue
+        if line == 1 and pol.lower() in {"polarity", "label", "sentiment", "target"}:
+            res.rows_read -= 1  # header
+            continue
+        if pol not in POLARITY:
+            why = "neutral polarity 2 is not supported" if pol == "2" else f"expected 0, 1 or 4, got {pol[:20]!r}"
+            res.reject(line, f"bad polarity: {why}")
+            continue
+        if not text.strip():
+            res.reject(line, "empty text")
+            continue
+        res.formats[fmt] += 1
+        res.lines.append(line)
+        res.labels.append(POLARITY[pol])
+        res.texts.append(text.strip())
+        if progress_every and res.rows_read % progress_every == 0:
+            log.info("read %s rows from %s", f"{res.rows_read:,}", path.name)
+    return res
+
+
+# ---------------------------------------------------------------- validation
+@dataclass
+class Validated:
+    frame: pd.DataFrame  # columns: text, label (0/1), line
+    report: dict[str, Any]
+
+
+def validate(path: str | Path) -> Validated:
+    """Read and clean a labelled file; the report says what was read, rejected and resolved."""
+    t0 = time.perf_counter()
+    res = read_labelled(path)
+    df = pd.DataFrame({"line": res.lines, "label": np.asarray(res.labels, dtype=np.int8), "text": res.texts})
+    n_valid = len(df)
+
+    # duplicates and label conflicts
+    g = df.groupby("text", sort=False)["label"].agg(["size", "sum"])
+    dup = g[g["size"] > 1]
+    conflict = dup[(dup["sum"] > 0) & (dup["sum"] < dup["size"])]
+    tie = conflict[conflict["sum"] * 2 == conflict["size"]]
+    majority = (g["sum"] * 2 > g["size"]).astype(np.int8)
+    first = df.drop_duplicates("text", keep="first").set_index("text")
+    first["label"] = majority.reindex(first.index).to_numpy()
+    first = first.drop(index=tie.index)
+    clean = first.reset_index()[["text", "label", "line"]]
+
+    if len(clean) == 0:
+        raise DataError(f"no usable rows in {path}: {dict(res.rejected_by_reason) or 'file is empty'}")
+    n_pos = int(clean["label"].sum())
+    if n_pos == 0 or n_pos == len(clean):
+        raise DataError(f"{path} holds only one class ({'positive' if n_pos else 'negative'}); need both")
+
+    report = {
+        "source": str(Path(path).resolve()),
+        "rows_read": res.rows_read,
+        "rows_valid": n_valid,
+        "rows_rejected": res.rows_read - n_valid,
+        "rejected_by_reason": dict(res.rejected_by_reason),
+        "rejected_rows": res.rejected,
+        "rejected_rows_listed": len(res.rejected),
+        "empty_texts": res.rejected_by_reason.get("empty text", 0),
+        "formats": dict(res.formats),
+        "latin1_lines": res.encoding.get("latin1_lines", 0),
+        "duplicate_texts": int(len(dup)),
+        "duplicate_rows_removed": int(dup["size"].sum() - len(dup)),
+        "conflicting_texts": int(len(conflict)),
+        "conflicts_resolved_by_majority": int(len(conflict) - len(tie)),
+        "conflicts_tied_dropped": int(len(tie)),
+        "rows_out": int(len(clean)),
+        "label_counts": {"negative": int(len(clean) - n_pos), "positive": n_pos},
+        "positive_share": round(n_pos / len(clean), 4),
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    return Validated(frame=clean, report=report)
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    r = report
+    lines = [
+        f"# Data validation: {Path(r['source']).name}",
+        "",
+        "| check | value |",
+        "|---|---|",
+        f"| rows read | {r['rows_read']:,} |",
+        f"| rows rejected | {r['rows_rejected']:,} |",
+        f"| empty texts | {r['empty_texts']:,} |",
+        f"| Latin-1 decoded lines | {r['latin1_lines']:,} |",
+        f"| duplicate texts | {r['duplicate_texts']:,} ({r['duplicate_rows_removed']:,} extra rows removed) |",
+        f"| texts with conflicting labels | {r['conflicting_texts']:,} "
+        f"(majority: {r['conflicts_resolved_by_majority']:,}, ties dropped: {r['conflicts_tied_dropped']:,}) |",
+        f"| rows kept | {r['rows_out']:,} |",
+        f"| label balance | negative {r['label_counts']['negative']:,} / positive {r['label_counts']['positive']:,} "
+        f"({r['positive_share']:.1%} positive) |",
+    ]
+    if r.get("snapshot"):
+        lines.append(f"| snapshot | `{r['snapshot']}` |")
+    if r["rejected_by_reason"]:
+        lines += ["", "## Rejected rows by reason", ""]
+        lines += [f"- {k}: {v:,}" for k, v in sorted(r["rejected_by_reason"].items())]
+        lines += ["", "First rejected rows (line: reason):", ""]
+        lines += [f"- line {x['line']}: {x['reason']}" for x in r["rejected_rows"][:20]]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- snapshots
+def content_hash(frame: pd.DataFrame) -> str:
+    """sha256 over the (label, text) rows in canonical (sorted) order: same content, same hash."""
+    h = hashlib.sha256()
+    for label, text in sorted(zip(frame["label"].tolist(), frame["text"].tolist()), key=lambda r: (r[1], r[0])):
+        h.update(f"{label}\t{text}\n".encode("utf-8"))
+    return h.hexdigest()
+
+
+@dataclass
+class Snapshot:
+    hash: str
+    path: Path
+    n_rows: int
+    report: dict[str, Any]
+    created: bool
+
+    def load(self) -> pd.DataFrame:
+        return pd.read_parquet(self.path)
+
+
+def snapshot_dir(h: str, settings: Settings | None = None) -> Path:
+    return (settings or get_settings()).snapshots_dir / h[:16]
+
+
+def store_snapshot(
+    frame: pd.DataFrame,
+    report: dict[str, Any],
+    source: str,
+    kind: str = "validated",
+    parent: str | None = None,
+    settings: Settings | None = None,
+) -> Snapshot:
+    """Write the frame as a content-addressed snapshot (files first, atomically; then the DB
+    record). Storing the same content twice returns the existing snapshot."""
+    from ml import db
+
+    s = settings or get_settings()
+    h = content_hash(frame)
+    report = {**report, "snapshot": h}
+    target = snapshot_dir(h, s)
+    created = False
+    if not (target / "data.parquet").exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+        frame[["text", "label"]].reset_index(drop=True).to_parquet(tmp / "data.parquet", index=False)
+        (tmp / "validation.json").write_text(json.dumps(report, indent=2))
+        (tmp / "validation.md").write_text(report_markdown(report))
+        try:
+            os.rename(tmp, target)
+            created = True
+        except OSError:  # a concurrent writer stored the same content
+            shutil.rmtree(tmp, ignore_errors=True)
+    with db.connect() as conn:
+        conn.execute(
+            "INSERT INTO dataset_snapshots (hash, source, kind, parent_hash, n_rows, n_positive, path, report)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (hash) DO NOTHING",
+            (h, source, kind, parent, len(frame), int(frame["label"].sum()), str(target / "data.parquet"),
+             json.dumps(report)),
+        )
+    return Snapshot(hash=h, path=target / "data.parquet", n_rows=len(frame), report=report, created=created)
+
+
+def get_snapshot(h: str, settings: Settings | None = None) -> Snapshot:
+    from ml import db
+
+    with db.connect() as conn:
+        row = conn.execute(
+            "SELECT hash, path, n_rows, report FROM dataset_snapshots WHERE hash = %s OR hash LIKE %s",
+            (h, h + "%"),
+        ).fetchone()
+    if row is None:
+        raise DataError(f"unknown dataset snapshot {h!r}; run `ml data validate <file>` first")
+    return Snapshot(hash=row[0], path=Path(row[1]), n_rows=row[2], report=row[3], created=False)
+
+
+def validate_and_snapshot(path: str | Path, settings: Settings | None = None) -> Snapshot:
+    """The DAG's first task: validate a file, store its snapshot, return it."""
+    v = validate(path)
+    snap = store_snapshot(v.frame, v.report, source=str(Path(path).resolve()), settings=settings)
+    log.info(
+        "validated %s: %s rows read, %s rejected, %s kept -> snapshot %s",
+        path, f"{v.report['rows_read']:,}", f"{v.report['rows_rejected']:,}", f"{v.report['rows_out']:,}", snap.hash[:16],
+    )
+    return snap
+
+
+# ---------------------------------------------------------------- splits
+def split(frame: pd.DataFrame, test_size: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Stratified, deterministic train/held-out split of a snapshot."""
+    from sklearn.model_selection import train_test_split
+
+    train, test = train_test_split(frame, test_size=test_size, random_state=seed, stratify=frame["label"])
+    return train.reset_index(drop=True), test.reset_index(drop=True)
+
+
+def stratified_sample(frame: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:
+    if not n or n >= len(frame):
+        return frame
+    from sklearn.model_selection import train_test_split
+
+    sample, _ = train_test_split(frame, train_size=n, random_state=seed, stratify=frame["label"])
+    return sample.reset_index(drop=True)
+
+
+# ---------------------------------------------------------------- sources
+_POS = ["love", "great", "happy", "awesome", "best", "thanks", "fun", "good", "amazing", "excited"]
+_NEG = ["hate", "sad", "awful", "worst", "tired", "sick", "bad", "miss", "boring", "angry"]
+_NEUTRAL = ["today", "this morning", "at work", "with friends", "the weekend", "my phone", "the game", "school"]
+
+
+def demo_rows(n: int, seed: int = 0) -> list[tuple[str, int]]:
+    """A generated DEMO corpus (not real tweets) for machines with no data and no network."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        y = i % 2
+        words = rng.sample(_POS if y else _NEG, 2)
+        rows.append((f"{words[0]} {rng.choice(_NEUTRAL)}, so {words[1]} #{i % 97}", y))
+    return rows
+
+
+def write_demo_corpus(path: Path, n: int = 5000) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f, quoting=csv.QUOTE_ALL)
+        for text, y in demo_rows(n):
+            w.writerow([4 if y else 0, text])
+    return path
+
+
+def default_source(data: str | None = None, settings: Settings | None = None, timeout: float = 10.0) -> Path:
+    """The training file for ``make up``: ``DATA=`` if given; else the official Sentiment140
+    download when the network allows it; else, loudly, a generated demo corpus."""
+    s = settings or get_settings()
+    if data:
+        p = Path(data).expanduser().resolve()
+        if not p.exists():
+            raise DataError(f"DATA={data}: file not found")
+        return p
+    target = s.var / "data" / "training.1600000.processed.noemoticon.csv"
+    if target.exists():
+        return target
+    try:
+        import io
+        import urllib.request
+        import zipfile
+
+        log.info("downloading Sentiment140 from %s ...", SENTIMENT140_URL)
+        with urllib.request.urlopen(SENTIMENT140_URL, timeout=timeout) as resp:  # noqa: S310
+            blob = resp.read()
+        with zipfile.ZipFile(io.BytesIO(blob)) as z:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(z.read(target.name))
+        return target
+    except Exception as e:  # no network: demo corpus, said loudly
+        demo = s.var / "data" / "DEMO_generated_corpus.csv"
+        banner = "!" * 78
+        msg = (
+            f"\n{banner}\n  No DATA= given and Sentiment140 could not be downloaded ({type(e).__name__}: {e}).\n"
+            f"  Training on a GENERATED DEMO CORPUS ({demo}) - NOT real tweets; its metrics mean nothing.\n"
+            f"  Re-run with DATA=/path/to/tweets.csv for a real model.\n{banner}\n"
+        )
+        print(msg, flush=True)
+        log.warning(msg)
+        return write_demo_corpus(demo)

@@ -1,0 +1,177 @@
+"""Serving helpers shared by the API (and anything else that records predictions).
+
+Small, I/O-explicit functions: label conventions, writing prediction rows to PostgreSQL
+with COPY, storing feedback, and reading a champion's MLflow run (metrics, tags, time).
+"""
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Iterable, Sequence
+
+import psycopg
+
+log = logging.getLogger(__name__)
+
+LABELS: tuple[str, str] = ("negative", "positive")
+LABEL_IDS: dict[str, int] = {name: i for i, name in enumerate(LABELS)}
+
+#: the columns of ``predictions`` that a :class:`PredictionRow` fills, in COPY order
+PREDICTION_COLUMNS: tuple[str, ...] = (
+    "id", "created_at", "text", "label", "p_negative", "p_positive", "model_name", "model_version", "source",
+)
+COPY_PREDICTIONS_SQL = f"COPY predictions ({', '.join(PREDICTION_COLUMNS)}) FROM STDIN"
+INSERT_PREDICTION_SQL = (
+    f"INSERT INTO predictions ({', '.join(PREDICTION_COLUMNS)}) "
+    f"VALUES ({', '.join(['%s'] * len(PREDICTION_COLUMNS))}) ON CONFLICT (id) DO NOTHING"
+)
+
+#: connection errors: the rows are fine, the database is not (retry later)
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (psycopg.OperationalError, psycopg.InterfaceError)
+
+
+def label_id(p_positive: float) -> int:
+    """The decision rule of every family: positive when P(positive) >= 0.5."""
+    return int(p_positive >= 0.5)
+
+
+def label_name(label: int) -> str:
+    return LABELS[int(label)]
+
+
+@dataclass(frozen=True, slots=True)
+class PredictionRow:
+    id: uuid.UUID
+    created_at: datetime
+    text: str
+    label: int
+    p_negative: float
+    p_positive: float
+    model_name: str
+    model_version: int
+    source: str = "api"
+
+    def as_tuple(self) -> tuple[Any, ...]:
+        return (
+            self.id, self.created_at, self.text, self.label, self.p_negative, self.p_positive,
+            self.model_name, self.model_version, self.source,
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": str(self.id), "created_at": self.created_at.isoformat(), "text": self.text, "label": self.label,
+            "p_negative": self.p_negative, "p_positive": self.p_positive, "model_name": self.model_name,
+            "model_version": self.model_version, "source": self.source,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "PredictionRow":
+        return cls(
+            id=uuid.UUID(d["id"]), created_at=datetime.fromisoformat(d["created_at"]), text=d["text"],
+            label=int(d["label"]), p_negative=float(d["p_negative"]), p_positive=float(d["p_positive"]),
+            model_name=d["model_name"], model_version=int(d["model_version"]), source=d.get("source", "api"),
+        )
+
+
+def prediction_rows(
+    texts: Sequence[str], proba, model_name: str, model_version: int, source: str = "api",
+) -> list[PredictionRow]:
+    """One row per text from a ``predict_proba`` result (columns P(neg), P(pos)); fresh uuid4 ids."""
+    now = datetime.now(timezone.utc)
+    rows = []
+    for text, (p_neg, p_pos) in zip(texts, proba.tolist(), strict=True):
+        rows.append(PredictionRow(
+            id=uuid.uuid4(), created_at=now, text=text, label=label_id(p_pos), p_negative=float(p_neg),
+            p_positive=float(p_pos), model_name=model_name, model_version=int(model_version), source=source,
+        ))
+    return rows
+
+
+def copy_predictions(conn: psycopg.Connection, rows: Iterable[PredictionRow]) -> int:
+    """COPY ``rows`` into ``predictions`` in the connection's current transaction (no commit)."""
+    n = 0
+    with conn.cursor() as cur, cur.copy(COPY_PREDICTIONS_SQL) as copy:
+        for row in rows:
+            copy.write_row(row.as_tuple())
+            n += 1
+    return n
+
+
+def write_predictions(
+    conn: psycopg.Connection, rows: Sequence[PredictionRow],
+) -> list[tuple[PredictionRow, BaseException]]:
+    """Store ``rows`` and commit: one COPY when it goes through; if the database rejects the
+    batch (a duplicate id after a retried commit, a row it cannot store) it falls back to one
+    idempotent INSERT per row so that only the bad rows stay out. Returns the rejected rows with
+    their errors. Connection errors (:data:`TRANSIENT_ERRORS`) propagate: the caller keeps the
+    rows and retries."""
+    if not rows:
+        return []
+    try:
+        copy_predictions(conn, rows)
+        conn.commit()
+        return []
+    except TRANSIENT_ERRORS:
+        raise
+    except Exception as exc:  # a data/integrity error somewhere in the batch
+        log.warning("COPY of %d prediction rows failed (%s); inserting them one by one", len(rows), exc)
+        _rollback(conn)
+    rejected: list[tuple[PredictionRow, BaseException]] = []
+    for row in rows:
+        try:
+            conn.execute(INSERT_PREDICTION_SQL, row.as_tuple())
+            conn.commit()
+        except TRANSIENT_ERRORS:
+            raise
+        except Exception as exc:
+            _rollback(conn)
+            rejected.append((row, exc))
+    return rejected
+
+
+def _rollback(conn: psycopg.Connection) -> None:
+    try:
+        conn.rollback()
+    except TRANSIENT_ERRORS:
+        raise
+    except Exception:  # pragma: no cover - nothing left to undo
+        pass
+
+
+def insert_feedback(
+    conn: psycopg.Connection, prediction_id: uuid.UUID, correct_label: int, comment: str | None,
+) -> tuple[int, datetime] | None:
+    """Store feedback on a stored prediction in one statement; ``None`` when no prediction has
+    that id (nothing is written then). Returns (feedback id, created_at)."""
+    row = conn.execute(
+        "INSERT INTO feedback (prediction_id, correct_label, comment) "
+        "SELECT p.id, %s, %s FROM predictions p WHERE p.id = %s "
+        "RETURNING id, created_at",
+        (correct_label, comment, prediction_id),
+    ).fetchone()
+    return (int(row[0]), row[1]) if row else None
+
+
+# ---------------------------------------------------------------- champion details
+#: tags every training run sets and ``GET /model`` reports by name
+RUN_TAGS: tuple[str, ...] = ("dataset_hash", "git_commit", "family")
+
+
+def run_details(run_id: str) -> dict[str, Any]:
+    """Metrics, user tags (no ``mlflow.*`` system tags) and start/end time of an MLflow run."""
+    import mlflow
+
+    run = mlflow.MlflowClient().get_run(run_id)
+
+    def ts(ms: int | None) -> datetime | None:
+        return datetime.fromtimestamp(ms / 1000, tz=timezone.utc) if ms else None
+
+    return {
+        "metrics": dict(run.data.metrics),
+        "tags": {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")},
+        "started_at": ts(run.info.start_time),
+        "ended_at": ts(run.info.end_time),
+        "experiment_id": run.info.experiment_id,
+    }

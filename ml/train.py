@@ -1,0 +1,192 @@
+"""Training, evaluation, registration and promotion of one candidate: the stages of the
+``sentiment_training`` DAG, each also an ``ml`` CLI command.
+
+Tasks pass only small values (snapshot hash, MLflow run id, version) between them;
+models travel through MLflow.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from ml import data as data_mod
+from ml.config import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+
+def _split_for(snapshot_hash: str, s: Settings):
+    snap = data_mod.get_snapshot(snapshot_hash, s)
+    frame = snap.load()
+    train_df, test_df = data_mod.split(frame, s.test_size, s.seed)
+    return snap, train_df, test_df
+
+
+def train(
+    snapshot_hash: str,
+    family: str | None = None,
+    params: dict[str, Any] | None = None,
+    sample_size: int | None = None,
+    airflow_run_id: str | None = None,
+    settings: Settings | None = None,
+) -> str:
+    """Fit one model on the snapshot's training split (optionally a stratified sample of it),
+    log it to MLflow with params, dataset hash and git commit. Returns the MLflow run id."""
+    import mlflow
+
+    from ml import db, models, registry, tracking
+
+    s = settings or get_settings()
+    family = family or s.default_family
+    params = dict(params or {})
+    model = models.create(family, **params)  # fails fast on unknown family/params
+    snap, train_df, test_df = _split_for(snapshot_hash, s)
+    train_df = data_mod.stratified_sample(train_df, sample_size, s.seed)
+    tracking.configure(s)
+    commit = tracking.git_commit()
+    log.info("training %s on %s tweets (snapshot %s)", family, f"{len(train_df):,}", snap.hash[:16])
+    with mlflow.start_run(run_name=f"{family}-{snap.hash[:8]}") as run:
+        mlflow.set_tags(
+            {"dataset_hash": snap.hash, "git_commit": commit, "family": family, "stage": "candidate",
+             **({"airflow_run_id": airflow_run_id} if airflow_run_id else {})}
+        )
+        mlflow.log_params({"family": family, "sample_size": sample_size or "all", "n_train": len(train_df),
+                           "n_test": len(test_df), "seed": s.seed, "test_size": s.test_size,
+                           **{f"model.{k}": v for k, v in model.get_params().items()}})
+        t0 = time.perf_counter()
+        model.fit(train_df["text"].tolist(), train_df["label"].to_numpy())
+        seconds = time.perf_counter() - t0
+        mlflow.log_metric("training_seconds", seconds)
+        with tempfile.TemporaryDirectory() as tmp:
+            from ml.evaluate import dir_size_mb
+
+            mlflow.log_metric("model_size_mb", dir_size_mb(model.save(Path(tmp) / "m")))
+        info = registry.log_model(model)
+        mlflow.set_tag("model_uri", info.model_uri)
+        run_id = run.info.run_id
+    with db.connect() as conn:
+        conn.execute(
+            "INSERT INTO training_runs (run_id, snapshot_hash, family, params, git_commit, airflow_run_id)"
+            " VALUES (%s, %s, %s, %s, %s, %s)",
+            (run_id, snap.hash, family, json.dumps(model.get_params()), commit, airflow_run_id),
+        )
+    log.info("trained %s in %.1fs -> MLflow run %s", family, seconds, run_id)
+    return run_id
+
+
+def load_run_model(run_id: str):
+    import mlflow
+
+    uri = mlflow.MlflowClient().get_run(run_id).data.tags["model_uri"]
+    return mlflow.pyfunc.load_model(uri).unwrap_python_model().model
+
+
+def evaluate(run_id: str, settings: Settings | None = None) -> dict[str, Any]:
+    """Score the run's model and the current champion on the same held-out split; log
+    metrics, confusion matrix and ROC curve to the run; store both in PostgreSQL."""
+    import mlflow
+
+    from ml import db, registry, tracking
+    from ml.evaluate import METRICS, compute_metrics, inference_ms_per_tweet, plot_confusion, plot_roc
+
+    s = settings or get_settings()
+    tracking.configure(s)
+    run = mlflow.MlflowClient().get_run(run_id)
+    snap, _, test_df = _split_for(run.data.tags["dataset_hash"], s)
+    texts, y = test_df["text"].tolist(), test_df["label"].to_numpy()
+    model = load_run_model(run_id)
+    proba = model.predict_proba(texts)
+    metrics = compute_metrics(y, proba)
+    metrics["inference_ms_per_tweet"] = inference_ms_per_tweet(model, texts)
+
+    champ = registry.champion(s)
+    champion_metrics = None
+    if champ is not None and champ.run_id != run_id:
+        cmodel = registry.load_version(champ.version, s)
+        champion_metrics = compute_metrics(y, cmodel.predict_proba(texts))
+        champion_metrics["version"] = champ.version
+
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_metrics({k: metrics[k] for k in (*METRICS, "inference_ms_per_tweet")})
+        if champion_metrics:
+            mlflow.log_metrics({f"champion_{k}": champion_metrics[k] for k in METRICS})
+        mlflow.log_figure(plot_confusion(metrics["confusion_matrix"], "held-out confusion matrix"), "confusion_matrix.png")
+        mlflow.log_figure(plot_roc(y, proba, "held-out ROC"), "roc_curve.png")
+        mlflow.log_dict(metrics, "metrics.json")
+    with db.connect() as conn:
+        conn.execute(
+            "UPDATE training_runs SET metrics = %s, champion_metrics = %s, status = 'evaluated', updated_at = now()"
+            " WHERE run_id = %s",
+            (json.dumps(metrics), json.dumps(champion_metrics) if champion_metrics else None, run_id),
+        )
+    log.info(
+        "evaluated run %s on %s held-out tweets: acc %.4f f1 %.4f auc %.4f (%.3f ms/tweet)%s",
+        run_id, f"{len(y):,}", metrics["accuracy"], metrics["f1"], metrics["roc_auc"], metrics["inference_ms_per_tweet"],
+        f"; champion v{champion_metrics['version']} f1 {champion_metrics['f1']:.4f}" if champion_metrics else "",
+    )
+    return metrics
+
+
+def register(run_id: str, settings: Settings | None = None) -> int:
+    """Register the run's model as a new version of the registered model (idempotent per run)."""
+    import mlflow
+
+    from ml import db, registry, tracking
+
+    s = settings or get_settings()
+    tracking.configure(s)
+    client = mlflow.MlflowClient()
+    existing = client.search_model_versions(f"name = '{s.model_name}' and run_id = '{run_id}'")
+    if existing:
+        version = int(existing[0].version)
+    else:
+        version = registry.register(client.get_run(run_id).data.tags["model_uri"], run_id, s)
+    with db.connect() as conn:
+        conn.execute(
+            "UPDATE training_runs SET model_version = %s, status = 'registered', updated_at = now() WHERE run_id = %s",
+            (version, run_id),
+        )
+    log.info("registered run %s as %s version %s", run_id, s.model_name, version)
+    return version
+
+
+def promote(run_id: str, settings: Settings | None = None) -> dict[str, Any]:
+    """Apply the promotion rule to the run's registered version; move the champion alias if it
+    wins. The decision and its reason are recorded either way."""
+    from ml import db, registry, tracking
+
+    s = settings or get_settings()
+    tracking.configure(s)
+    with db.connect() as conn:
+        row = conn.execute(
+            "SELECT metrics, champion_metrics, model_version FROM training_runs WHERE run_id = %s", (run_id,)
+        ).fetchone()
+    if row is None or row[0] is None or row[2] is None:
+        raise ValueError(f"run {run_id} must be evaluated and registered before promotion")
+    metrics, champion_metrics, version = row
+    champ = registry.champion(s)
+    if champ is not None and champ.version == version:
+        return {"promoted": True, "version": version, "reason": "already champion"}
+    if champ is not None and champion_metrics is None:
+        raise ValueError(f"run {run_id} was evaluated before champion v{champ.version} existed; evaluate it again")
+    decision = registry.decide_promotion(
+        metrics, champion_metrics if champ is not None else None, s.promotion_metric, s.promotion_margin
+    )
+    if decision.promote:
+        registry.set_champion(version, s)
+    with db.connect() as conn:
+        conn.execute(
+            "UPDATE training_runs SET status = %s, decision = %s, updated_at = now() WHERE run_id = %s",
+            ("promoted" if decision.promote else "rejected", decision.reason, run_id),
+        )
+        conn.execute(
+            "INSERT INTO model_events (model_name, version, previous_version, event, reason) VALUES (%s,%s,%s,%s,%s)",
+            (s.model_name, version, champ.version if champ else None,
+             "promoted" if decision.promote else "rejected", decision.reason),
+        )
+    log.info("version %s %s: %s", version, "promoted to champion" if decision.promote else "not promoted", decision.reason)
+    return {"promoted": decision.promote, "version": version, "reason": decision.reason}
