@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     model_name: str = "tweet-sentiment"
     champion_alias: str = "champion"
     experiment_name: str = "tweet-sentiment"
-    promotion_metric: str = "f1"
+    promotion_metric: str = "accuracy"
     promotion_margin: float = 0.0
 
     # training

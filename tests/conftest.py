@@ -88,10 +88,19 @@ def _sample_shared(n: int, seed: int = 0) -> list[tuple[int, str]]:
         rng = random.Random(seed)
         neg = [r for r in rows if r[0] == 0]
         pos = [r for r in rows if r[0] == 4]
-        return rng.sample(neg, n // 2) + rng.sample(pos, n - n // 2)
+        out = rng.sample(neg, n // 2) + rng.sample(pos, n - n // 2)
+        rng.shuffle(out)
+        return out
     from ml.data import demo_rows
 
     return [(4 if y else 0, t) for t, y in demo_rows(n, seed=seed)]
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.exists():
+        pytest.skip(f"shared data not present at {SHARED_DATA}")
+    return SHARED_DATA
 
 
 @pytest.fixture(scope="session")
@@ -101,3 +110,35 @@ def tweets_csv(tmp_path_factory) -> Path:
     with path.open("w", encoding="utf-8", newline="") as f:
         csv.writer(f, quoting=csv.QUOTE_ALL).writerows(_sample_shared(2000))
     return path
+
+
+@pytest.fixture
+def model_name(platform_env, monkeypatch):
+    """A registered-model name of the test's own, so tests don't share a champion."""
+    from ml.config import reset_settings
+
+    name = f"tweet-sentiment-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("SENTIMENT_MODEL_NAME", name)
+    reset_settings()
+    yield name
+    monkeypatch.delenv("SENTIMENT_MODEL_NAME")
+    reset_settings()
+
+
+@pytest.fixture(scope="session")
+def airflow_cli(platform_env):
+    """Run ``airflow`` commands against the session's own Airflow metadata DB (migrated once)."""
+    import subprocess
+    import sys
+
+    from ml.orchestration import airflow_env
+
+    env = airflow_env(platform_env)
+    airflow = str(Path(sys.executable).parent / "airflow")
+    subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True, timeout=300)
+
+    def run(*args: str, extra_env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+        return subprocess.run([airflow, *args], env={**env, **(extra_env or {})}, capture_output=True, text=True,
+                              timeout=timeout)
+
+    return run

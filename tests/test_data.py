@@ -1,0 +1,130 @@
+"""Data: readers, validation report, snapshots (real files, real PostgreSQL)."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from ml import data
+
+
+def _write(tmp_path, name, content: bytes):
+    p = tmp_path / name
+    p.write_bytes(content)
+    return p
+
+
+def test_sentiment140_six_columns_latin1(tmp_path):
+    raw = (
+        b'"0","1467810369","Mon Apr 06 22:19:45 PDT 2009","NO_QUERY","_TheSpecialOne_","@switchfoot awww, that\'s a bummer"\n'
+        b'"4","1467810370","Mon Apr 06 22:19:49 PDT 2009","NO_QUERY","bob","caf\xe9 au lait is great \xa3"\n'
+    )
+    res = data.read_labelled(_write(tmp_path, "s140.csv", raw))
+    assert res.labels == [0, 1]
+    assert res.texts[1] == "café au lait is great £"
+    assert res.encoding["latin1_lines"] == 1
+    assert res.formats["sentiment140"] == 2
+    assert res.lines == [1, 2]
+
+
+def test_two_column_with_header_and_01_labels(tmp_path):
+    p = _write(tmp_path, "two.csv", b"polarity,text\n1,good day\n0,bad day\n")
+    res = data.read_labelled(p)
+    assert res.labels == [1, 0] and res.rows_read == 2 and not res.rejected
+
+
+def test_malformed_rows_rejected_with_line_numbers(tmp_path):
+    p = _write(
+        tmp_path,
+        "bad.csv",
+        b'0,"fine negative"\n'
+        b'4,"fine positive"\n'
+        b'7,"bad label"\n'
+        b'2,"neutral"\n'
+        b'4,"   "\n'
+        b'0,too,many,columns\n'
+        b'4,"positive again"\n',
+    )
+    v = data.validate(p)
+    r = v.report
+    assert r["rows_read"] == 7 and r["rows_rejected"] == 4 and r["rows_out"] == 3
+    reasons = {x["line"]: x["reason"] for x in r["rejected_rows"]}
+    assert reasons[3].startswith("bad polarity") and "'7'" in reasons[3]
+    assert "neutral" in reasons[4]
+    assert reasons[5] == "empty text"
+    assert reasons[6].startswith("wrong column count") and "got 4" in reasons[6]
+    assert r["empty_texts"] == 1
+    assert "line 6" in data.report_markdown(r)
+
+
+def test_conflicting_duplicates_majority_and_ties(tmp_path):
+    rows = [
+        (4, "same text majority positive"), (4, "same text majority positive"), (0, "same text majority positive"),
+        (0, "tie text"), (4, "tie text"),
+        (0, "plain dup"), (0, "plain dup"),
+        (4, "unique pos"), (0, "unique neg"),
+    ]
+    p = tmp_path / "dups.csv"
+    p.write_text("".join(f'{y},"{t}"\n' for y, t in rows))
+    v = data.validate(p)
+    r = v.report
+    assert r["duplicate_texts"] == 3
+    assert r["conflicting_texts"] == 2
+    assert r["conflicts_resolved_by_majority"] == 1
+    assert r["conflicts_tied_dropped"] == 1
+    got = dict(zip(v.frame["text"], v.frame["label"]))
+    assert got["same text majority positive"] == 1
+    assert "tie text" not in got
+    assert list(v.frame["text"]).count("plain dup") == 1
+    assert r["rows_out"] == 4 and r["label_counts"] == {"negative": 2, "positive": 2}
+
+
+def test_unusable_files_give_clear_errors(tmp_path):
+    with pytest.raises(data.DataError, match="not found"):
+        data.validate(tmp_path / "missing.csv")
+    only_pos = _write(tmp_path, "pos.csv", b'4,"a"\n4,"b"\n')
+    with pytest.raises(data.DataError, match="only one class"):
+        data.validate(only_pos)
+    garbage = _write(tmp_path, "garbage.csv", b"x\ny\n")
+    with pytest.raises(data.DataError, match="no usable rows"):
+        data.validate(garbage)
+
+
+def test_content_hash_ignores_order_but_not_content():
+    a = pd.DataFrame({"text": ["x", "y"], "label": [0, 1]})
+    b = pd.DataFrame({"text": ["y", "x"], "label": [1, 0]})
+    c = pd.DataFrame({"text": ["y", "x"], "label": [0, 0]})
+    assert data.content_hash(a) == data.content_hash(b) != data.content_hash(c)
+
+
+def test_snapshot_stored_once_and_recorded(platform_env, conn, tweets_csv):
+    snap = data.validate_and_snapshot(tweets_csv)
+    again = data.validate_and_snapshot(tweets_csv)
+    assert snap.hash == again.hash and again.created is False
+    assert (snap.path.parent / "validation.json").exists() and (snap.path.parent / "validation.md").exists()
+    assert json.loads((snap.path.parent / "validation.json").read_text())["snapshot"] == snap.hash
+    row = conn.execute("SELECT n_rows, report->>'rows_read', source FROM dataset_snapshots WHERE hash=%s",
+                       (snap.hash,)).fetchone()
+    assert row[0] == snap.n_rows == len(snap.load())
+    assert int(row[1]) == 2000
+    assert data.get_snapshot(snap.hash[:12]).hash == snap.hash
+    with pytest.raises(data.DataError, match="unknown dataset snapshot"):
+        data.get_snapshot("deadbeef")
+
+
+def test_shared_sample_duplicates_resolved(shared_data):
+    """The shared 100k real tweets hold inconsistent duplicates (README: 16 texts carry both labels)."""
+    r = data.validate(shared_data).report
+    assert r["rows_read"] == 100_000 and r["rows_rejected"] == 0
+    assert r["conflicting_texts"] >= 16
+    assert r["rows_out"] == 100_000 - r["duplicate_rows_removed"] - r["conflicts_tied_dropped"]
+
+
+def test_demo_corpus_is_labelled_and_usable(tmp_path):
+    p = data.write_demo_corpus(tmp_path / "demo.csv", 200)
+    v = data.validate(p)
+    assert v.report["rows_out"] > 100 and 0.3 < v.report["positive_share"] < 0.7
+    assert data.default_source(str(p)) == p.resolve()
+    with pytest.raises(data.DataError, match="not found"):
+        data.default_source(str(tmp_path / "nope.csv"))
