@@ -182,6 +182,34 @@ def champion() -> None:
 
 
 @app.command()
+def score(
+    path: Path,
+    shard_rows: int = typer.Option(200_000, help="rows per shard"),
+    force: bool = typer.Option(False, help="re-score a batch that is already done"),
+) -> None:
+    """Score a file with the champion (the batch-scoring DAG's stages, in this process)."""
+    from ml import scoring
+    from ml.data import DataError
+
+    try:
+        summary = scoring.score_file(path, shard_rows=shard_rows, force=force)
+    except (DataError, RuntimeError) as e:
+        _fail(str(e))
+    typer.echo(json.dumps(summary, indent=2, default=str))
+
+
+@app.command()
+def batches(batch_id: Optional[str] = typer.Argument(None)) -> None:
+    """List batches, or show one (summary, shards, rejected rows)."""
+    from ml import scoring
+
+    out = scoring.get_batch(batch_id) if batch_id else scoring.list_batches()
+    if out is None:
+        _fail(f"unknown batch {batch_id}")
+    typer.echo(json.dumps(out, indent=2, default=str))
+
+
+@app.command()
 def serve(port: Optional[int] = None, workers: int = 1) -> None:
     """Run the API (uvicorn) in the foreground."""
     import uvicorn

@@ -78,7 +78,7 @@ def read_labelled(path: str | Path, progress_every: int = 200_000) -> ReadResult
     if path.is_dir():
         raise DataError(f"data path is a directory, expected a CSV file: {path}")
     res = ReadResult(path=path)
-    reader = csv.reader(_decoded_lines(path, res.encoding))
+    reader = csv.reader(_decoded_lines(path, res.encoding), strict=True)
     line = 0
     while True:
         try:

@@ -40,7 +40,7 @@ CREATE TABLE model_events (
 );
 
 CREATE TABLE predictions (
-    id            uuid PRIMARY KEY,
+    id            uuid PRIMARY KEY DEFAULT gen_random_uuid(),
     created_at    timestamptz NOT NULL DEFAULT now(),
     text          text NOT NULL,
     label         smallint NOT NULL CHECK (label IN (0, 1)),

@@ -1,0 +1,162 @@
+"""Batch scoring: chunking, idempotence, shard retry, malformed rows, formats, the mapped DAG."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import uuid
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ml import data, registry, scoring, train
+from ml.config import reset_settings
+
+
+@pytest.fixture(scope="module")
+def champion(platform_env, mlflow_tracking, tweets_csv):
+    """A real TF-IDF champion under a registered-model name of this module's own."""
+    name = f"tweet-sentiment-scoring-{uuid.uuid4().hex[:6]}"
+    os.environ["SENTIMENT_MODEL_NAME"] = name
+    reset_settings()
+    snap = data.validate_and_snapshot(tweets_csv)
+    run_id = train.train(snap.hash, "tfidf_lr")
+    train.evaluate(run_id)
+    train.register(run_id)
+    assert train.promote(run_id)["promoted"]
+    yield name
+    os.environ.pop("SENTIMENT_MODEL_NAME")
+    reset_settings()
+
+
+@pytest.fixture
+def score_input(tmp_path, tweets_csv):
+    """1,000 real tweets in Sentiment140's six-column layout, plus 3 malformed rows."""
+    with tweets_csv.open(encoding="utf-8") as f:
+        rows = list(csv.reader(f))[:1000]
+    p = tmp_path / "to_score.csv"
+    with p.open("w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f, quoting=csv.QUOTE_ALL)
+        for i, (pol, text) in enumerate(rows):
+            w.writerow([pol, str(i), "Mon Apr 06 22:19:45 PDT 2009", "NO_QUERY", "user", text])
+            if i == 10:
+                f.write('"0","x","y"\n')          # line 12: wrong column count
+            if i == 500:
+                w.writerow(["4", "1", "d", "q", "u", "   "])  # line 503: empty text
+    with p.open("a", encoding="utf-8") as f:
+        f.write('"4","1","d","q","u","unterminated quote\n')  # last line: malformed CSV at EOF
+    return p, [r[1].strip() for r in rows]
+
+
+def _stored(conn, batch_id):
+    return pd.DataFrame(
+        conn.execute("SELECT source_row, text, label, p_positive, model_version FROM predictions WHERE batch_id=%s"
+                     " ORDER BY source_row", (batch_id,)).fetchall(),
+        columns=["source_row", "text", "label", "p_positive", "model_version"],
+    )
+
+
+def test_chunked_scoring_equals_in_memory_and_reports_rejects(champion, conn, score_input):
+    path, texts = score_input
+    summary = scoring.score_file(path, shard_rows=128)
+    champ = registry.champion()
+    assert summary["model_version"] == champ.version
+    assert summary["shards"] == 8
+    assert summary["rows_scored"] == 1000 and summary["rows_rejected"] == 3 and summary["rows_read"] == 1003
+    stored = _stored(conn, summary["batch_id"])
+    assert len(stored) == 1000 and stored["source_row"].is_unique
+    proba = registry.load_version(champ.version).predict_proba(texts)
+    by_text = dict(zip(stored["text"], stored["p_positive"]))
+    np.testing.assert_allclose([by_text[t] for t in texts], proba[:, 1], atol=1e-6)
+    assert (stored.set_index("text").loc[texts, "label"].to_numpy() == (proba[:, 1] >= 0.5)).all()
+
+    batch = scoring.get_batch(summary["batch_id"])
+    rejects = {r["line"]: r["reason"] for r in batch["rejects"]}
+    assert rejects[12].startswith("wrong column count")
+    assert rejects[503] == "empty text"
+    assert len(rejects) == 3
+    out = pd.read_parquet(summary["output"])
+    assert len(out) == 1000 and summary["output"].startswith(str(path.parent))
+
+
+def test_rerun_does_not_duplicate(champion, conn, score_input):
+    path, _ = score_input
+    first = scoring.score_file(path, shard_rows=300)
+    again = scoring.plan(path, shard_rows=300)
+    assert again.status == "done" and again.shards == []
+    forced = scoring.score_file(path, shard_rows=300, force=True)
+    assert forced["batch_id"] == first["batch_id"]
+    n = conn.execute("SELECT count(*) FROM predictions WHERE batch_id=%s", (first["batch_id"],)).fetchone()[0]
+    assert n == 1000
+
+
+def test_failed_shard_retried_alone_completes_batch(champion, conn, score_input):
+    path, _ = score_input
+    plan = scoring.plan(path, shard_rows=250, force=True)
+    shard_file = conn.execute("SELECT path FROM batch_shards WHERE batch_id=%s AND shard=2",
+                              (plan.batch_id,)).fetchone()[0]
+    hidden = shard_file + ".away"
+    shutil.move(shard_file, hidden)  # shard 2's input disappears: its task fails
+    results = {}
+    for sh in plan.shards:
+        try:
+            results[sh] = scoring.score_shard(plan.batch_id, sh)
+        except FileNotFoundError:
+            results[sh] = "failed"
+    assert results[2] == "failed"
+    with pytest.raises(RuntimeError, match=r"shards \[2\] are not scored"):
+        scoring.finalize(plan.batch_id)
+    shutil.move(hidden, shard_file)
+    scoring.score_shard(plan.batch_id, 0)  # a shard scored twice (retry after a crash) writes no duplicate
+    # a resumed plan only hands back the unfinished shard
+    assert scoring.plan(path, shard_rows=250).shards == [2]
+    scoring.score_shard(plan.batch_id, 2)
+    summary = scoring.finalize(plan.batch_id)
+    assert summary["rows_scored"] == 1000
+    stored = _stored(conn, plan.batch_id)
+    assert len(stored) == 1000 and stored["source_row"].is_unique
+    attempts = dict(conn.execute("SELECT shard, attempts FROM batch_shards WHERE batch_id=%s", (plan.batch_id,)).fetchall())
+    assert attempts[2] == 2 and attempts[0] == 2 and attempts[1] == 1
+
+
+def test_other_formats(champion, tmp_path, score_input):
+    _, texts = score_input
+    pq_path = tmp_path / "tweets.parquet"
+    pd.DataFrame({"text": texts[:50] + [None, ""]}).to_parquet(pq_path)
+    s1 = scoring.score_file(pq_path, shard_rows=20)
+    assert s1["rows_scored"] == 50 and s1["rows_rejected"] == 2
+    txt = tmp_path / "tweets.txt"
+    txt.write_text("\n".join(t.replace("\n", " ") for t in texts[:30]) + "\n\n")
+    s2 = scoring.score_file(txt)
+    assert s2["rows_scored"] == 30 and s2["rows_rejected"] == 1
+    two = tmp_path / "two.csv"
+    two.write_text('polarity,text\n4,"great stuff"\n0,"awful stuff"\n')
+    assert scoring.score_file(two)["rows_scored"] == 2
+    with pytest.raises(data.DataError, match="not found"):
+        scoring.plan(tmp_path / "missing.csv")
+    bad_pq = tmp_path / "bad.parquet"
+    pd.DataFrame({"tweet": ["x"]}).to_parquet(bad_pq)
+    with pytest.raises(data.DataError, match="needs a 'text' column"):
+        scoring.plan(bad_pq)
+
+
+def test_no_champion_is_a_clear_error(platform_env, mlflow_tracking, model_name, tmp_path):
+    p = tmp_path / "x.txt"
+    p.write_text("hello\n")
+    with pytest.raises(RuntimeError, match="no champion"):
+        scoring.plan(p)
+
+
+@pytest.mark.slow
+def test_batch_scoring_dag_maps_shards(airflow_cli, champion, conn, score_input):
+    path, _ = score_input
+    conf = json.dumps({"input_path": str(path), "shard_rows": 400, "force": True})
+    res = airflow_cli("dags", "test", "sentiment_batch_scoring", "-c", conf,
+                      extra_env={"SENTIMENT_MODEL_NAME": champion})
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    row = conn.execute("SELECT id, status, n_shards, rows_scored, rows_rejected, airflow_run_id FROM batches"
+                       " WHERE input_path=%s", (str(path),)).fetchone()
+    assert row[1:5] == ("done", 3, 1000, 3) and row[5].startswith("manual__")
+    assert conn.execute("SELECT count(*) FROM predictions WHERE batch_id=%s", (row[0],)).fetchone()[0] == 1000
