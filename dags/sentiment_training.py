@@ -1,28 +1,45 @@
-"""sentiment_training: validate -> train -> evaluate -> register -> promote.
+"""sentiment_training: compare model families, register the best, gate it, promote it.
+
+validate -> plan -> search (one mapped task per family) -> evaluate (all winners on the same
+held-out split) -> compare (table + chart, MLflow + PostgreSQL) -> register (the best) ->
+gate (behavioural checks) -> promote (promotion rule vs the champion on the same held-out split).
+
+The default run compares ``["tfidf_lr"]`` only, so it stays fast; a full comparison is e.g.
+``{"families": ["tfidf_lr", "cnn", "bilstm", "transformer"], "profile": "full",
+"sample_sizes": {"cnn": 50000, "bilstm": 30000, "transformer": 20000}}``.
+Search spaces: config/search_space.yaml (``search_space`` merges over the profile).
 
 Thin on purpose: each task calls one function of ``ml`` (imported inside the task, so the
-DAG file parses in milliseconds); the same functions are the ``ml`` CLI commands.
+DAG file parses in milliseconds); the same functions back the ``ml`` CLI (``ml compare``).
 """
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk import Param, XComArg, dag, get_current_context, task
+
+FAMILIES = ["tfidf_lr", "cnn", "bilstm", "transformer"]
 
 
 @dag(
     dag_id="sentiment_training",
-    description="Train, evaluate, register and (if it beats the champion) promote a tweet-sentiment model",
+    description="Compare model families (search + tracking), register the best, gate and promote it",
     schedule=None,
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
-    tags=["sentiment", "training"],
+    tags=["sentiment", "training", "comparison"],
     params={
         "data_path": Param("", type="string", description="Labelled CSV: Sentiment140 (6 columns) or polarity,text"),
-        "family": Param("tfidf_lr", type="string", enum=["tfidf_lr"], description="Model family"),
-        "hyperparams": Param({}, type="object", description='Model hyperparameters, e.g. {"C": 2.0, "ngram_max": 2}'),
-        "sample_size": Param(None, type=["null", "integer"], minimum=100,
-                             description="Stratified sample of the training split (empty = all)"),
+        "families": Param(["tfidf_lr"], type="array", items={"type": "string", "enum": FAMILIES}, minItems=1,
+                          description="Model families to compare (one mapped search task each)"),
+        "profile": Param("quick", type="string", enum=["quick", "full"],
+                         description="Search profile of config/search_space.yaml"),
+        "sample_sizes": Param({}, type="object",
+                              description='Training sample per family, e.g. {"cnn": 5000} (default: the profile\'s)'),
+        "sample_size": Param(None, type=["null", "integer"], minimum=20,
+                             description="Training sample for every family not in sample_sizes (empty = profile's)"),
+        "search_space": Param({}, type="object",
+                              description='Merged over the profile, e.g. {"cnn": {"n_trials": 1, "params": {"epochs": [1]}}}'),
     },
     doc_md=__doc__,
 )
@@ -37,26 +54,49 @@ def sentiment_training():
         return validate_and_snapshot(path).hash
 
     @task
-    def train(snapshot_hash: str) -> str:
-        from ml.train import train as train_model
+    def plan(snapshot_hash: str) -> list:
+        """Check the request, open the parent MLflow run; the plan goes to XCom key "comparison",
+        the list of families (what `search` maps over) is the return value."""
+        from ml.search import plan_comparison
 
         ctx = get_current_context()
         p = ctx["params"]
-        return train_model(snapshot_hash, p["family"], p["hyperparams"], p["sample_size"],
-                           airflow_run_id=ctx["run_id"])
+        comparison = plan_comparison(snapshot_hash, p["families"], p["profile"], p["sample_sizes"],
+                                     p["sample_size"], p["search_space"], airflow_run_id=ctx["run_id"])
+        ctx["ti"].xcom_push(key="comparison", value=comparison)
+        return comparison["families"]
+
+    # one family at a time: each already uses every core of the machine, and memory stays bounded
+    @task(max_active_tis_per_dagrun=1, map_index_template="{{ family_name }}")
+    def search(family: str, comparison: dict) -> dict:
+        from ml.search import search_family
+
+        get_current_context()["family_name"] = family
+        return search_family(comparison, family)
 
     @task
-    def evaluate(mlflow_run_id: str) -> str:
-        from ml.train import evaluate as evaluate_run
+    def evaluate(comparison: dict, winners: list) -> list:
+        from ml.search import evaluate_winners
 
-        evaluate_run(mlflow_run_id)
-        return mlflow_run_id
+        return evaluate_winners(comparison, list(winners[:]))  # one slice read, no probing past the end
 
     @task
-    def register(mlflow_run_id: str) -> str:
-        from ml.train import register as register_run
+    def compare(comparison: dict, rows: list) -> dict:
+        from ml.compare import write_comparison
 
-        register_run(mlflow_run_id)
+        return write_comparison(comparison, rows)
+
+    @task
+    def register(result: dict) -> str:
+        from ml.compare import register_best
+
+        return register_best(result)
+
+    @task
+    def gate(mlflow_run_id: str) -> str:
+        from ml.train import check_behaviour
+
+        check_behaviour(mlflow_run_id)
         return mlflow_run_id
 
     @task
@@ -65,7 +105,11 @@ def sentiment_training():
 
         return promote_run(mlflow_run_id)
 
-    promote(register(evaluate(train(validate()))))
+    families = plan(validate())
+    comparison = XComArg(families.operator, key="comparison")
+    winners = search.partial(comparison=comparison).expand(family=families)
+    result = compare(comparison, evaluate(comparison, winners))
+    promote(gate(register(result)))
 
 
 sentiment_training()

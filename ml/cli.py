@@ -172,6 +172,49 @@ def pipeline(
 
 
 @app.command()
+def compare(
+    families: str = typer.Option("tfidf_lr", help="comma-separated families: tfidf_lr,cnn,bilstm,transformer"),
+    sample_size: Optional[int] = typer.Option(None, help="training sample per family (default: the profile's)"),
+    family_sample: list[str] = typer.Option([], "--family-sample", help="per-family sample, e.g. cnn=5000 (repeatable)"),
+    profile: Optional[str] = typer.Option(None, help="search profile in config/search_space.yaml: quick | full"),
+    search_space: Optional[str] = typer.Option(None, help='JSON merged over the profile, e.g. {"cnn": {"n_trials": 1}}'),
+    data: Optional[Path] = typer.Option(None, help="labelled CSV (default: the latest snapshot)"),
+    snapshot: Optional[str] = typer.Option(None, help="dataset snapshot hash (or prefix)"),
+    promote: bool = typer.Option(False, help="also register the winner and run the champion/challenger gate"),
+    show: bool = typer.Option(False, "--show", help="print the latest comparison and exit"),
+    html: bool = typer.Option(False, "--html", help="print the table as HTML instead of Markdown"),
+) -> None:
+    """Compare model families (search, held-out evaluation, table) in this process; --show prints the latest."""
+    from ml import compare as c
+    from ml.data import DataError
+
+    if show:
+        latest = c.latest_comparison()
+        if latest is None:
+            _fail("no comparison yet: run `ml compare --families ...` or the sentiment_training DAG")
+        w = latest["winner"]
+        typer.echo(f"comparison {latest['id']} ({latest['created_at']}, profile {latest['profile']}, "
+                   f"snapshot {latest['snapshot_hash'][:16]}, MLflow run {latest['parent_run_id']})\n")
+        typer.echo(latest["html"] if html else latest["markdown"])
+        typer.echo(f"winner: {w['family']} (run {w['run_id']}, version {w['version']}, {w['status']}: {w['decision']})")
+        typer.echo(f"chart: {latest['chart_path']}")
+        return
+    try:
+        result = c.run_comparison(
+            data_path=data, snapshot_hash=snapshot, families=families, profile=profile, sample_size=sample_size,
+            sample_sizes={k: int(v) for k, v in _parse_params(family_sample).items()},
+            search_space=json.loads(search_space) if search_space else None, promote=promote,
+        )
+    except (DataError, ValueError) as e:
+        _fail(str(e))
+    latest = c.latest_comparison()
+    typer.echo(latest["html"] if html else latest["markdown"])
+    typer.echo(f"winner: {result['winner_family']} (run {result['winner_run_id']}); chart: {latest['chart_path']}")
+    if promote:
+        typer.echo(json.dumps(result["promotion"], indent=2))
+
+
+@app.command()
 def champion() -> None:
     """Show the champion version."""
     from ml import registry, tracking
@@ -186,13 +229,14 @@ def score(
     path: Path,
     shard_rows: int = typer.Option(200_000, help="rows per shard"),
     force: bool = typer.Option(False, help="re-score a batch that is already done"),
+    workers: int = typer.Option(1, help="processes scoring shards in parallel"),
 ) -> None:
-    """Score a file with the champion (the batch-scoring DAG's stages, in this process)."""
+    """Score a file with the champion (the batch-scoring DAG's stages, without Airflow)."""
     from ml import scoring
     from ml.data import DataError
 
     try:
-        summary = scoring.score_file(path, shard_rows=shard_rows, force=force)
+        summary = scoring.score_file(path, shard_rows=shard_rows, force=force, workers=workers)
     except (DataError, RuntimeError) as e:
         _fail(str(e))
     typer.echo(json.dumps(summary, indent=2, default=str))
@@ -207,6 +251,41 @@ def batches(batch_id: Optional[str] = typer.Argument(None)) -> None:
     if out is None:
         _fail(f"unknown batch {batch_id}")
     typer.echo(json.dumps(out, indent=2, default=str))
+
+
+@app.command()
+def monitor(
+    hours: Optional[float] = typer.Option(None, help="period length back from --end (default: monitoring_hours, 24)"),
+    start: Optional[str] = typer.Option(None, help="period start, ISO timestamp (UTC when no zone)"),
+    end: Optional[str] = typer.Option(None, help="period end, ISO timestamp (default: now)"),
+) -> None:
+    """Build one drift report of the stored predictions (the monitoring DAG's task); print its summary."""
+    from ml import monitoring
+
+    try:
+        summary = monitoring.build_report(start=start, end=end, hours=hours)
+    except (monitoring.MonitoringError, ValueError) as e:
+        _fail(str(e))
+    typer.echo(json.dumps(summary, indent=2, default=str))
+    typer.echo(f"\n{summary['verdict']}\nHTML: {summary['files']['html']}")
+
+
+@app.command()
+def reports(
+    report_id: Optional[str] = typer.Argument(None, help="show one report's full summary"),
+    limit: int = typer.Option(20, help="how many to list"),
+) -> None:
+    """List drift reports (newest first), or show one."""
+    from ml import monitoring
+
+    if report_id:
+        out = monitoring.get_report(report_id)
+        if out is None:
+            _fail(f"unknown report {report_id}")
+        typer.echo(json.dumps(out, indent=2, default=str))
+        return
+    for r in monitoring.list_reports(limit):
+        typer.echo(f"{r['id']}  {r['status']:<5}  {r['n_current']:>7} rows  {r['verdict']}")
 
 
 @app.command()
@@ -225,11 +304,16 @@ def serve(port: Optional[int] = None, workers: int = 1) -> None:
 def services_up(
     data: Optional[str] = typer.Option(None, envvar="DATA", help="training file for the first model"),
     train: bool = typer.Option(True, help="run the initial-training DAG if no champion exists"),
+    force_train: bool = typer.Option(False, help="train even when a champion exists"),
+    wait: bool = typer.Option(True, help="wait for the training DAG run to finish"),
 ) -> None:
     """Start PostgreSQL, MLflow, Airflow and the API; train the first champion."""
     from ml import services
 
-    services.up(data=data, train=train)
+    try:
+        services.up(data=data, train=train, wait=wait, force_train=force_train)
+    except services.ServiceError as e:
+        _fail(str(e))
 
 
 @services_app.command("down")
@@ -241,10 +325,13 @@ def services_down() -> None:
 
 
 @services_app.command("status")
-def services_status() -> None:
+def services_status(as_json: bool = typer.Option(False, "--json", help="machine-readable")) -> None:
+    """What runs, with pid, URL and log."""
     from ml import services
 
-    typer.echo(json.dumps(services.status(), indent=2, default=str))
+    st = services.status(quiet=as_json)
+    if as_json:
+        typer.echo(json.dumps(st, indent=2, default=str))
 
 
 if __name__ == "__main__":

@@ -30,8 +30,9 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str | None = Field(
         default=None, validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "SENTIMENT_MLFLOW_TRACKING_URI")
     )
-    mlflow_database: str = "mlflow"
-    airflow_database: str = "airflow"
+    # databases of MLflow and Airflow on the same server (default: <app db>_mlflow, <app db>_airflow)
+    mlflow_database: str | None = None
+    airflow_database: str | None = None
     var_dir: Path = Path("var")
     embedded_pg_port: int = 54329
 
@@ -53,12 +54,36 @@ class Settings(BaseSettings):
     test_size: float = 0.2
     default_family: str = "tfidf_lr"
 
+    # model comparison (ml.search / ml.compare); the search spaces live in their own file
+    search_space_path: Path = Path("config/search_space.yaml")
+    comparison_profile: str = "quick"
+
+    # behavioural checks (ml.behaviour): minimum pass rate per check type before promotion
+    behaviour_checks: bool = True
+    behaviour_min_functionality: float = 0.8
+    behaviour_negation: float = 0.5
+    behaviour_invariance: float = 0.85
+
     # serving
     max_text_chars: int = 1000
     max_batch_size: int = 1000
     model_poll_seconds: float = 5.0
     prediction_flush_seconds: float = 0.5
     prediction_flush_rows: int = 500
+
+    # monitoring (ml/monitoring.py, DAG sentiment_monitoring)
+    monitoring_hours: float = 24.0
+    monitoring_max_rows: int = 10_000
+    monitoring_reference_max_rows: int = 10_000
+    monitoring_small_sample_rows: int = 1000
+    monitoring_p_value: float = 0.05
+    monitoring_num_threshold: float = 0.1
+    monitoring_cat_threshold: float = 0.1
+    monitoring_text_threshold: float = 0.55
+    monitoring_drift_share: float = 0.5
+    monitoring_embedding_drift: bool = False
+    monitoring_accuracy_tolerance: float = 0.05
+    monitoring_min_rows: int = 100
 
     @classmethod
     def settings_customise_sources(
@@ -100,6 +125,15 @@ class Settings(BaseSettings):
     @property
     def reports_dir(self) -> Path:
         return self.var / "reports"
+
+    @property
+    def reference_dir(self) -> Path:
+        return self.var / "reference"
+
+    @property
+    def search_space_file(self) -> Path:
+        p = self.search_space_path
+        return p if p.is_absolute() else REPO_ROOT / p
 
     def as_public_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

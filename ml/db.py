@@ -161,12 +161,14 @@ def ensure_database(url: str) -> bool:
 
 def mlflow_backend_url(settings: Settings | None = None) -> str:
     s = settings or get_settings()
-    return sqlalchemy_url(with_database(database_url(s), s.mlflow_database))
+    url = database_url(s)
+    return sqlalchemy_url(with_database(url, s.mlflow_database or f"{database_name(url)}_mlflow"))
 
 
 def airflow_db_url(settings: Settings | None = None) -> str:
     s = settings or get_settings()
-    return sqlalchemy_url(with_database(database_url(s), s.airflow_database))
+    url = database_url(s)
+    return sqlalchemy_url(with_database(url, s.airflow_database or f"{database_name(url)}_airflow"))
 
 
 def migration_files() -> list[Path]:

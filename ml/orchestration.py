@@ -53,8 +53,8 @@ def airflow_env(settings: Settings | None = None, base: dict[str, str] | None = 
             # the platform's own settings reach every task
             "DATABASE_URL": url,
             "SENTIMENT_VAR_DIR": str(s.var),
-            "SENTIMENT_MLFLOW_DATABASE": s.mlflow_database,
-            "SENTIMENT_AIRFLOW_DATABASE": s.airflow_database,
+            "SENTIMENT_MLFLOW_DATABASE": db.database_name(db.mlflow_backend_url(s)),
+            "SENTIMENT_AIRFLOW_DATABASE": db.database_name(airflow_url),
             "PYTHONPATH": os.pathsep.join(p for p in [str(REPO_ROOT), env.get("PYTHONPATH", "")] if p),
             "PATH": os.pathsep.join([bin_dir, env.get("PATH", "")]),
             "XDG_RUNTIME_DIR": env.get("XDG_RUNTIME_DIR", "/tmp"),

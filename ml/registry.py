@@ -46,8 +46,13 @@ class SentimentPyfunc(_PythonModel):  # type: ignore[misc,valid-type]
 
 
 def log_model(model: SentimentModel, extra_requirements: list[str] | None = None):
-    """Log ``model`` into the active MLflow run as a pyfunc; returns mlflow's ModelInfo."""
+    """Log ``model`` into the active MLflow run as a pyfunc; returns mlflow's ModelInfo. The
+    environment is the base requirements plus the family's own (``model.pip_requirements()``,
+    pinned, e.g. ``torch==2.13.0``) unless ``extra_requirements`` is given."""
     import mlflow
+
+    if extra_requirements is None:
+        extra_requirements = model.pip_requirements()
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = model.save(Path(tmp) / "model_dir")

@@ -433,10 +433,18 @@ def pending_inbox_file(settings: Settings | None = None) -> str | None:
     return None
 
 
-def score_file(input_path: str | Path, shard_rows: int = 200_000, force: bool = False,
+def score_file(input_path: str | Path, shard_rows: int = 200_000, force: bool = False, workers: int = 1,
                settings: Settings | None = None) -> dict:
-    """The whole batch in this process (CLI / benchmarks): plan, every shard, finalize."""
+    """The whole batch without Airflow (CLI / benchmarks): plan, every shard (in ``workers``
+    processes, as an executor would run the mapped tasks), finalize."""
     p = plan(input_path, shard_rows=shard_rows, force=force, settings=settings)
-    for sh in p.shards:
-        score_shard(p.batch_id, sh, settings=settings)
+    if workers > 1 and len(p.shards) > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+            list(pool.map(score_shard, [p.batch_id] * len(p.shards), p.shards))
+    else:
+        for sh in p.shards:
+            score_shard(p.batch_id, sh, settings=settings)
     return finalize(p.batch_id, settings=settings)

@@ -3,14 +3,14 @@
 What ``up`` runs, each detached in its own session (``start_new_session=True``), with its pid
 in ``var/run/<name>.pid`` and its output in ``var/logs/<name>.log``:
 
-==================== ===================================================================
-mlflow               ``mlflow server`` on ``mlflow_port`` (backend: PostgreSQL db ``mlflow``)
-airflow-api-server   Airflow UI + REST API + task execution API on ``airflow_port``
-airflow-scheduler    LocalExecutor scheduler (runs the tasks)
+===================== ==================================================================
+mlflow                ``mlflow server`` on ``mlflow_port`` (backend: PostgreSQL db ``mlflow``)
+airflow-api-server    Airflow UI + REST API + task execution API on ``airflow_port``
+airflow-scheduler     LocalExecutor scheduler (runs the tasks)
 airflow-dag-processor parses ``dags/``
-airflow-triggerer    deferrable tasks
-api                  ``uvicorn api.main:app`` on ``api_port``
-==================== ===================================================================
+airflow-triggerer     deferrable tasks
+api                   ``uvicorn api.main:app`` on ``api_port``
+===================== ==================================================================
 
 PostgreSQL is either the one named by ``DATABASE_URL`` or the embedded server under
 ``var/pg`` (:func:`ml.db.database_url` starts it); ``down`` stops the embedded one only.
@@ -261,8 +261,7 @@ def _start(svc: Service, argv: list[str], env: dict[str, str], s: Settings) -> i
     if svc.port is not None and _port_open(s.host, svc.port):
         raise ServiceError(
             f"{svc.name}: port {s.host}:{svc.port} is already in use by {_port_owner(svc.port)}, "
-            f"which is not one of ours. Stop it or choose another port "
-            f"(SENTIMENT_{'MLFLOW' if svc.name == 'mlflow' else 'API' if svc.name == 'api' else 'AIRFLOW'}_PORT=...)."
+            f"which is not one of ours. Stop it or choose another port ({_port_env(svc.name)}=...)."
         )
     env = dict(env)
     env["SMOPS_SERVICE"] = _marker(svc.name, s)
@@ -289,6 +288,21 @@ def _start(svc: Service, argv: list[str], env: dict[str, str], s: Settings) -> i
     return proc.pid
 
 
+def _port_env(name: str) -> str:
+    return "SENTIMENT_" + ("MLFLOW" if name == "mlflow" else "API" if name == "api" else "AIRFLOW") + "_PORT"
+
+
+def check_ports(s: Settings) -> None:
+    """Fail before starting anything if a port we need is held by a process that isn't ours."""
+    problems = []
+    for svc in services(s).values():
+        if svc.port is not None and not svc.pid(s) and _port_open(s.host, svc.port):
+            problems.append(f"  {svc.name}: {s.host}:{svc.port} is in use by {_port_owner(svc.port)} "
+                            f"(choose another with {_port_env(svc.name)}=...)")
+    if problems:
+        raise ServiceError("ports taken by something that is not this platform:\n" + "\n".join(problems))
+
+
 def _exited(svc: Service, pid: int) -> bool:
     proc = _popen.get(svc.name)
     if proc is not None and proc.pid == pid:
@@ -303,17 +317,20 @@ def _wait_http(
     timeout: float,
     ready: Callable[[Any], bool] | None = None,
     describe: Callable[[Any], str] | None = None,
+    companions: list[tuple[Service, int]] = (),
 ) -> None:
-    """Wait until ``svc.health`` answers 200 (and ``ready(response)``), or fail with the log."""
+    """Wait until ``svc.health`` answers 200 (and ``ready(response)``), or fail with the log
+    of whichever of ``svc`` and its ``companions`` exited meanwhile."""
     deadline = time.monotonic() + timeout
     last = "no answer"
     next_note = time.monotonic() + 15
     while time.monotonic() < deadline:
-        if _exited(svc, pid):
-            svc.pid_file(s).unlink(missing_ok=True)
-            raise ServiceError(
-                f"{svc.name} exited during start-up; last lines of {svc.log_file(s)}:\n{_tail(svc.log_file(s))}"
-            )
+        for each, each_pid in [(svc, pid), *companions]:
+            if _exited(each, each_pid):
+                each.pid_file(s).unlink(missing_ok=True)
+                raise ServiceError(
+                    f"{each.name} exited during start-up; last lines of {each.log_file(s)}:\n{_tail(each.log_file(s))}"
+                )
         try:
             r = _http_get(svc.health, timeout=3)
             if r.status_code == 200 and (ready is None or ready(r)):
@@ -540,10 +557,9 @@ def _airflow_health_describe(r) -> str:
 
 def wait_airflow(launched: dict[str, tuple[Service, int, bool]], s: Settings, timeout: float = 180) -> None:
     svc, pid, _ = launched["airflow-api-server"]
-    for name, (other, opid, _) in launched.items():  # fail fast if a component died
-        if name != "airflow-api-server" and _exited(other, opid):
-            raise ServiceError(f"{name} exited; last lines of {other.log_file(s)}:\n{_tail(other.log_file(s))}")
-    _wait_http(svc, pid, s, timeout, ready=_airflow_health_ready, describe=_airflow_health_describe)
+    others = [(o, opid) for name, (o, opid, _) in launched.items() if name != "airflow-api-server"]
+    _wait_http(svc, pid, s, timeout, ready=_airflow_health_ready, describe=_airflow_health_describe,
+               companions=others)
     for name, (other, opid, _) in launched.items():
         if _exited(other, opid):
             raise ServiceError(f"{name} exited; last lines of {other.log_file(s)}:\n{_tail(other.log_file(s))}")
@@ -688,6 +704,7 @@ def up(
     t0 = time.monotonic()
     timings: dict[str, float] = {}
     say(f"Starting the platform (state in {s.var})")
+    check_ports(s)
 
     t = _step(1, "PostgreSQL")
     db_url = start_postgres(s)
@@ -774,6 +791,7 @@ def _print_summary(x: dict[str, Any]) -> None:
         f"  PostgreSQL      {x['database_url']}\n"
         f"  Logs            {x['logs']}/  (mlflow.log, airflow-*.log, api.log; task logs in airflow/)\n"
         f"  Stop            make down   (data is kept; `make up` again resumes)\n"
+        f"  Timings         {', '.join(f'{k} {v:.0f}s' for k, v in x['timings_s'].items() if k != 'total')}\n"
         f"{bar}"
     )
 

@@ -1,5 +1,6 @@
-"""Training, evaluation, registration and promotion of one candidate: the stages of the
-``sentiment_training`` DAG, each also an ``ml`` CLI command.
+"""Training, evaluation, registration and promotion (behaviour gate + promotion rule) of one
+candidate: stages of the ``sentiment_training`` DAG (whose search and comparison live in
+``ml.search`` / ``ml.compare``), each also an ``ml`` CLI command.
 
 Tasks pass only small values (snapshot hash, MLflow run id, version) between them;
 models travel through MLflow.
@@ -85,9 +86,12 @@ def load_run_model(run_id: str):
     return mlflow.pyfunc.load_model(uri).unwrap_python_model().model
 
 
-def evaluate(run_id: str, settings: Settings | None = None) -> dict[str, Any]:
+def evaluate(run_id: str, settings: Settings | None = None, champion_cache: dict | None = None) -> dict[str, Any]:
     """Score the run's model and the current champion on the same held-out split; log
-    metrics, confusion matrix and ROC curve to the run; store both in PostgreSQL."""
+    metrics, confusion matrix and ROC curve to the run; store both in PostgreSQL.
+
+    ``champion_cache`` (a dict shared across calls on the same snapshot) scores the champion once
+    when several candidates are evaluated in a row (the comparison's family winners)."""
     import mlflow
 
     from ml import db, registry, tracking
@@ -106,16 +110,26 @@ def evaluate(run_id: str, settings: Settings | None = None) -> dict[str, Any]:
     champ = registry.champion(s)
     champion_metrics = None
     if champ is not None and champ.run_id != run_id:
-        cmodel = registry.load_version(champ.version, s)
-        champion_metrics = compute_metrics(y, cmodel.predict_proba(texts))
-        champion_metrics["version"] = champ.version
+        key = f"{snap.hash}:{champ.version}"
+        if champion_cache is not None and champion_cache.get("key") == key:
+            champion_metrics = champion_cache["metrics"]
+        else:
+            cmodel = registry.load_version(champ.version, s)
+            champion_metrics = compute_metrics(y, cmodel.predict_proba(texts))
+            champion_metrics["version"] = champ.version
+            if champion_cache is not None:
+                champion_cache.update(key=key, metrics=champion_metrics)
 
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics({k: metrics[k] for k in (*METRICS, "inference_ms_per_tweet")})
         if champion_metrics:
             mlflow.log_metrics({f"champion_{k}": champion_metrics[k] for k in METRICS})
-        mlflow.log_figure(plot_confusion(metrics["confusion_matrix"], "held-out confusion matrix"), "confusion_matrix.png")
-        mlflow.log_figure(plot_roc(y, proba, "held-out ROC"), "roc_curve.png")
+        import matplotlib.pyplot as plt
+
+        for fig, name in ((plot_confusion(metrics["confusion_matrix"], "held-out confusion matrix"), "confusion_matrix"),
+                          (plot_roc(y, proba, "held-out ROC"), "roc_curve")):
+            mlflow.log_figure(fig, f"{name}.png")
+            plt.close(fig)
         mlflow.log_dict(metrics, "metrics.json")
     with db.connect() as conn:
         conn.execute(
@@ -154,27 +168,53 @@ def register(run_id: str, settings: Settings | None = None) -> int:
     return version
 
 
+def check_behaviour(run_id: str, settings: Settings | None = None) -> dict[str, Any]:
+    """The gate's behavioural checks (ml.behaviour) on the run's model: logged to the MLflow run
+    (pass rate per type, behaviour.json, tag behaviour_passed) and stored in training_runs.behaviour."""
+    import mlflow
+
+    from ml import behaviour, db, tracking
+
+    s = settings or get_settings()
+    tracking.configure(s)
+    result = behaviour.run_checks(load_run_model(run_id), s)
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_metrics({f"behaviour_{k}_pass_rate": v["pass_rate"] for k, v in result["types"].items()})
+        mlflow.set_tag("behaviour_passed", str(result["passed"]).lower())
+        mlflow.log_dict(result, "behaviour.json")
+    with db.connect() as conn:
+        conn.execute("UPDATE training_runs SET behaviour = %s, updated_at = now() WHERE run_id = %s",
+                     (json.dumps(result), run_id))
+    log.info("behavioural checks of run %s: %s", run_id, result["reason"])
+    return result
+
+
 def promote(run_id: str, settings: Settings | None = None) -> dict[str, Any]:
-    """Apply the promotion rule to the run's registered version; move the champion alias if it
-    wins. The decision and its reason are recorded either way."""
+    """The champion/challenger gate: behavioural checks (run now unless already run), then the
+    promotion rule against the champion on the same held-out split; moves the champion alias if
+    the candidate wins. The decision and its reason are recorded either way."""
     from ml import db, registry, tracking
 
     s = settings or get_settings()
     tracking.configure(s)
     with db.connect() as conn:
         row = conn.execute(
-            "SELECT metrics, champion_metrics, model_version FROM training_runs WHERE run_id = %s", (run_id,)
+            "SELECT metrics, champion_metrics, model_version, behaviour FROM training_runs WHERE run_id = %s", (run_id,)
         ).fetchone()
     if row is None or row[0] is None or row[2] is None:
         raise ValueError(f"run {run_id} must be evaluated and registered before promotion")
-    metrics, champion_metrics, version = row
+    metrics, champion_metrics, version, checks = row
     champ = registry.champion(s)
     if champ is not None and champ.version == version:
         return {"promoted": True, "version": version, "reason": "already champion"}
     if champ is not None and champion_metrics is None:
         raise ValueError(f"run {run_id} was evaluated before champion v{champ.version} existed; evaluate it again")
+    if s.behaviour_checks and checks is None:
+        checks = check_behaviour(run_id, s)
     decision = registry.decide_promotion(
-        metrics, champion_metrics if champ is not None else None, s.promotion_metric, s.promotion_margin
+        metrics, champion_metrics if champ is not None else None, s.promotion_metric, s.promotion_margin,
+        checks_passed=bool(checks["passed"]) if s.behaviour_checks and checks else True,
+        checks_reason=checks["reason"] if checks else "",
     )
     if decision.promote:
         registry.set_champion(version, s)
@@ -189,4 +229,5 @@ def promote(run_id: str, settings: Settings | None = None) -> dict[str, Any]:
              "promoted" if decision.promote else "rejected", decision.reason),
         )
     log.info("version %s %s: %s", version, "promoted to champion" if decision.promote else "not promoted", decision.reason)
-    return {"promoted": decision.promote, "version": version, "reason": decision.reason}
+    return {"promoted": decision.promote, "version": version, "reason": decision.reason,
+            "behaviour_passed": bool(checks["passed"]) if checks else None}

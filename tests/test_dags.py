@@ -34,8 +34,8 @@ def test_dagbag_has_no_import_errors(platform_env):
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out["errors"] == {}
     dag = out["dags"]["sentiment_training"]
-    assert set(dag["tasks"]) == {"validate", "train", "evaluate", "register", "promote"}
-    assert set(dag["params"]) >= {"data_path", "family", "hyperparams", "sample_size"}
+    assert set(dag["tasks"]) == {"validate", "plan", "search", "evaluate", "compare", "register", "gate", "promote"}
+    assert set(dag["params"]) >= {"data_path", "families", "sample_sizes", "sample_size", "profile", "search_space"}
 
 
 @pytest.mark.parametrize("path", sorted(DAGS.glob("*.py")), ids=lambda p: p.name)
@@ -52,17 +52,41 @@ def test_dag_files_have_no_heavy_top_level_imports(path):
 
 
 @pytest.mark.slow
-def test_sentiment_training_dag_runs(airflow_cli, model_name, tweets_csv, conn):
-    conf = json.dumps({"data_path": str(tweets_csv), "sample_size": 500})
+def test_comparison_dag_runs_mapped_families(airflow_cli, model_name, tweets_csv, conn):
+    """Two families (one mapped search task each) on a tiny sample: comparison written with one
+    row per family, the best registered and gated; the decision is recorded either way."""
+    conf = json.dumps({
+        "data_path": str(tweets_csv),
+        "families": ["tfidf_lr", "cnn"],
+        "sample_sizes": {"tfidf_lr": 600, "cnn": 300},
+        "search_space": {"tfidf_lr": {"params": {"C": [1.0]}},
+                         "cnn": {"n_trials": 1, "params": {"epochs": [1], "vocab_size": [2000], "embedding_dim": [16],
+                                                            "filters": [16], "embeddings": ["scratch"]}}},
+    })
     res = airflow_cli("dags", "test", "sentiment_training", "-c", conf,
                       extra_env={"SENTIMENT_MODEL_NAME": model_name})
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    row = conn.execute(
-        "SELECT status, airflow_run_id, model_version FROM training_runs r JOIN model_events e"
-        " ON e.version = r.model_version AND e.model_name = %s ORDER BY r.created_at DESC LIMIT 1",
-        (model_name,),
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-5000:]
+    cmp = conn.execute(
+        "SELECT families, table_json, markdown, winner_family, winner_run_id, winner_version, airflow_run_id,"
+        " parent_run_id, chart_path FROM comparisons WHERE airflow_run_id IS NOT NULL ORDER BY id DESC LIMIT 1"
     ).fetchone()
-    assert row is not None and row[0] == "promoted" and row[1].startswith("manual__")
+    assert cmp is not None
+    families, table, markdown, winner, winner_run, version, airflow_run_id, parent, chart = cmp
+    assert families == ["tfidf_lr", "cnn"]
+    assert [r["family"] for r in table] == ["tfidf_lr", "cnn"]  # one row per family
+    assert all(r["sample_size"] == n for r, n in zip(table, (600, 300)))
+    assert all(r["n_test"] == table[0]["n_test"] for r in table)  # the same held-out split
+    assert winner in families and version is not None and Path(chart).exists()
+    assert markdown.count("\n| ") >= 2
+    status, decision, behaviour, run_parent = conn.execute(
+        "SELECT status, decision, behaviour, parent_run_id FROM training_runs WHERE run_id = %s", (winner_run,)
+    ).fetchone()
+    assert status in ("promoted", "rejected") and decision and behaviour is not None and run_parent == parent
+    # both family winners were evaluated on the held-out split and recorded
+    n = conn.execute("SELECT count(*) FROM training_runs WHERE parent_run_id = %s AND metrics IS NOT NULL",
+                     (parent,)).fetchone()[0]
+    assert n == 2
 
 
 @pytest.mark.slow

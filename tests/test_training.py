@@ -19,7 +19,19 @@ def _run(snapshot_hash, **kw):
     return run_id, metrics, version, train.promote(run_id)
 
 
-def test_train_evaluate_register_promote(mlflow_tracking, model_name, snapshot, conn):
+@pytest.fixture
+def no_behaviour_gate(model_name, monkeypatch):
+    """The promotion rule alone (a 20-feature model cannot pass the behavioural checks)."""
+    from ml.config import reset_settings
+
+    monkeypatch.setenv("SENTIMENT_BEHAVIOUR_CHECKS", "false")
+    reset_settings()
+    yield
+    monkeypatch.delenv("SENTIMENT_BEHAVIOUR_CHECKS")
+    reset_settings()
+
+
+def test_train_evaluate_register_promote(mlflow_tracking, model_name, no_behaviour_gate, snapshot, conn):
     # a weak first model (200 tweets) is promoted because there is no champion yet
     run1, m1, v1, d1 = _run(snapshot.hash, sample_size=200, params={"max_features": 20})
     assert d1["promoted"] and "first model" in d1["reason"]
@@ -63,3 +75,15 @@ def test_bad_family_fails_before_any_run(mlflow_tracking, model_name, snapshot):
         train.train(snapshot.hash, "no-such-family")
     with pytest.raises(data.DataError, match="unknown dataset snapshot"):
         train.train("0" * 64)
+
+
+def test_promote_runs_the_behaviour_gate(mlflow_tracking, model_name, snapshot, conn):
+    """promote() runs the behavioural checks itself when the gate has not run yet, and records them."""
+    run_id = train.train(snapshot.hash, "tfidf_lr")
+    train.evaluate(run_id)
+    train.register(run_id)
+    d = train.promote(run_id)
+    assert d["promoted"] and d["behaviour_passed"] is True, d
+    stored = conn.execute("SELECT behaviour FROM training_runs WHERE run_id = %s", (run_id,)).fetchone()[0]
+    assert stored["passed"] and set(stored["types"]) == {"minimum_functionality", "negation", "invariance"}
+    assert "behaviour.json" in {a.path for a in mlflow.MlflowClient().list_artifacts(run_id)}

@@ -10,6 +10,9 @@ from ml.models.base import META_FILE, SentimentModel
 
 FAMILIES: dict[str, str] = {
     "tfidf_lr": "ml.models.tfidf:TfidfLogReg",
+    "cnn": "ml.models.keras_text:TextCNN",
+    "bilstm": "ml.models.keras_text:BiLSTM",
+    "transformer": "ml.models.transformer:TransformerClassifier",
 }
 
 

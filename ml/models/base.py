@@ -15,8 +15,39 @@ import numpy as np
 META_FILE = "family.json"
 
 
+def pinned(distribution: str) -> str:
+    """``name==installed version`` without a local label (torch ``2.13.0+cpu`` -> ``torch==2.13.0``)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"{distribution}=={version(distribution).split('+')[0]}"
+    except PackageNotFoundError:
+        return distribution
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and, when already imported, TensorFlow/Keras and torch (reruns reproduce)."""
+    import os
+    import random
+    import sys
+
+    os.environ.setdefault("PYTHONHASHSEED", str(seed))
+    random.seed(seed)
+    np.random.seed(seed)
+    if "keras" in sys.modules or "tensorflow" in sys.modules:
+        import keras
+
+        keras.utils.set_random_seed(seed)  # python, numpy and the backend (tf)
+    if "torch" in sys.modules:
+        import torch
+
+        torch.manual_seed(seed)
+
+
 class SentimentModel(ABC):
     family: ClassVar[str]
+    #: distributions the family needs at inference time, beyond the platform's base ones
+    requirements: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, **params: Any) -> None:
         self.params = {**self.default_params(), **params}
@@ -27,6 +58,12 @@ class SentimentModel(ABC):
 
     def get_params(self) -> dict[str, Any]:
         return dict(self.params)
+
+    def pip_requirements(self) -> list[str]:
+        """Pinned extra requirements of this model's MLflow pyfunc environment."""
+        from ml.features import requirements_for
+
+        return [pinned(r) for r in self.requirements] + requirements_for(self.params.get("preprocess"))
 
     @abstractmethod
     def fit(self, texts: Sequence[str], labels: Sequence[int] | np.ndarray) -> "SentimentModel": ...

@@ -20,7 +20,7 @@ class TfidfLogReg(SentimentModel):
     @classmethod
     def default_params(cls) -> dict[str, Any]:
         return {
-            "preprocess": "basic",   # none | basic
+            "preprocess": "basic",   # none | basic | lemma
             "ngram_max": 2,          # word n-grams 1..ngram_max
             "min_df": 2,
             "max_df": 0.95,
@@ -62,6 +62,8 @@ class TfidfLogReg(SentimentModel):
         return self
 
     def predict_proba(self, texts) -> np.ndarray:
+        if len(texts) == 0:
+            return np.zeros((0, 2))
         return self.pipeline_.predict_proba(self._prep(texts)).astype(np.float64)
 
     def vocabulary(self) -> set[str]:

@@ -1,0 +1,77 @@
+"""The app factory. ``uvicorn api.main:app --port 8000`` serves :data:`app`.
+
+Importing this module does no I/O: settings are read, the champion loaded and the
+prediction writer started in the lifespan, and stopped there (the writer flushes
+everything it holds before the process exits).
+"""
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import AsyncIterator
+
+from anyio import to_thread
+from fastapi import FastAPI
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+
+import ml
+from api.model_manager import ModelManager
+from api.routes import api_router
+from api.writer import PredictionWriter
+from ml.config import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+
+def _configure_logging() -> None:
+    """Model swaps and writer errors must be visible under a bare ``uvicorn`` too."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in ("api", "ml"):
+        if logging.getLogger(name).level == logging.NOTSET:
+            logging.getLogger(name).setLevel(logging.INFO)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """A new app; ``settings`` default to :func:`ml.config.get_settings` (read at startup)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        _configure_logging()
+        s = settings or get_settings()
+        app.state.settings = s
+        app.state.writer = writer = PredictionWriter(s)
+        app.state.models = models = ModelManager(s)
+        await to_thread.run_sync(writer.start)
+        await to_thread.run_sync(models.start)  # first champion load; errors are logged, polling retries
+        loaded = models.current
+        log.info("sentiment API ready: model %s, version %s", s.model_name, loaded.version if loaded else "none yet")
+        try:
+            yield
+        finally:
+            await to_thread.run_sync(models.stop)
+            await to_thread.run_sync(writer.close)  # flush everything still buffered
+            log.info("sentiment API stopped (%d predictions written)", writer.written)
+
+    app = FastAPI(
+        title="Tweet sentiment API",
+        version=ml.__version__,
+        description="Sentiment of tweets from the registry's champion model; predictions and feedback "
+        "are recorded in PostgreSQL.",
+        lifespan=lifespan,
+    )
+    app.include_router(api_router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+    return app
+
+
+app = create_app()

@@ -1,0 +1,123 @@
+"""The served model, and the poller that follows the registry's champion alias.
+
+The whole serving state is one immutable :class:`LoadedModel` behind one attribute. The
+poller loads a new champion completely (artifacts, run metadata) before it assigns that
+attribute, which is atomic; a request reads the attribute once and uses that object
+throughout, so it always sees one consistent (model, version) pair and nothing fails while
+the champion changes.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from ml import registry, serving, tracking
+from ml.config import Settings
+from ml.models import SentimentModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model: SentimentModel
+    name: str
+    version: int
+    run_id: str
+    loaded_at: datetime
+    run: dict[str, Any] = field(default_factory=dict)  # metrics, tags, started_at (see serving.run_details)
+
+
+class ModelManager:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.poll_seconds = max(0.05, float(settings.model_poll_seconds))
+        self._current: LoadedModel | None = None
+        self._configured = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._refresh_lock = threading.Lock()
+        self.last_check_at: float | None = None
+        self.last_error: str | None = None
+        self.champion_seen = False
+
+    @property
+    def current(self) -> LoadedModel | None:
+        """The model to serve (one attribute read; ``None`` before the first champion)."""
+        return self._current
+
+    # ------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        """Load the champion now (if there is one and it can be reached), then follow it."""
+        self.refresh()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="champion-poller", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.poll_seconds):
+            self.refresh()
+
+    # ------------------------------------------------------------ one check
+    def refresh(self) -> bool:
+        """Check the champion alias once; load and swap in a new version. Returns True on a
+        swap. Errors (registry unreachable, broken artifacts) are logged, never raised: the
+        current model keeps serving and the next poll tries again."""
+        with self._refresh_lock:
+            try:
+                return self._refresh()
+            except Exception as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("champion check failed; still serving %s", self._describe(self._current))
+                return False
+            finally:
+                self.last_check_at = time.time()
+
+    def _refresh(self) -> bool:
+        if not self._configured:
+            tracking.configure(self.settings)
+            self._configured = True
+        info = registry.champion(self.settings)
+        if info is None:
+            if self._current is not None and self.champion_seen:
+                log.warning("the %r alias of %r is gone; still serving version %s",
+                            self.settings.champion_alias, self.settings.model_name, self._current.version)
+            self.champion_seen = False
+            self.last_error = None
+            return False
+        self.champion_seen = True
+        current = self._current
+        if current is not None and current.version == info.version:
+            self.last_error = None
+            return False
+        started = time.perf_counter()
+        model = registry.load_version(info.version, self.settings)
+        try:
+            run = serving.run_details(info.run_id) if info.run_id else {}
+        except Exception:
+            log.warning("could not read MLflow run %s of version %s", info.run_id, info.version, exc_info=True)
+            run = {}
+        loaded = LoadedModel(
+            model=model, name=self.settings.model_name, version=info.version, run_id=info.run_id or "",
+            loaded_at=datetime.now(timezone.utc), run=run,
+        )
+        self._current = loaded  # the swap: one reference assignment
+        self.last_error = None
+        log.info("model swap: %s %s -> version %s (run %s), loaded in %.2fs",
+                 self.settings.model_name, f"version {current.version}" if current else "(none)",
+                 info.version, info.run_id, time.perf_counter() - started)
+        return True
+
+    @staticmethod
+    def _describe(m: LoadedModel | None) -> str:
+        return f"version {m.version}" if m else "no model"

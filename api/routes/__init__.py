@@ -1,0 +1,14 @@
+"""Route modules, one per resource; :data:`api_router` gathers them."""
+from fastapi import APIRouter
+
+from api.routes import batches, feedback, health, models, predict, reports
+
+api_router = APIRouter()
+api_router.include_router(predict.router)
+api_router.include_router(feedback.router)
+api_router.include_router(health.router)
+api_router.include_router(models.router)
+api_router.include_router(reports.router)
+api_router.include_router(batches.router)
+
+__all__ = ["api_router"]

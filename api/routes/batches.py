@@ -1,0 +1,28 @@
+"""GET /batches, GET /batches/{id}: batch-scoring summaries (rows, rejects, label shares,
+throughput, model version), their shards and their rejected rows with line numbers."""
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Query, status
+
+router = APIRouter(tags=["batches"])
+
+
+@router.get("/batches")
+def list_batches(limit: int = Query(50, ge=1, le=500)) -> list[dict[str, Any]]:
+    """The most recent batches first."""
+    from ml.scoring import list_batches as _list
+
+    return _list(limit)
+
+
+@router.get("/batches/{batch_id}", responses={404: {"description": "unknown batch"}})
+def get_batch(batch_id: str) -> dict[str, Any]:
+    """One batch: summary, shards, and its rejected rows (first 1,000) with line numbers."""
+    from ml.scoring import get_batch as _get
+
+    batch = _get(batch_id)
+    if batch is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no batch with id {batch_id!r}")
+    return batch

@@ -1,0 +1,29 @@
+"""GET /model: the champion being served, with its MLflow run's metrics and lineage tags."""
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from api.deps import ModelDep, SettingsDep
+from api.schemas import ModelInfo
+
+router = APIRouter(tags=["model"])
+
+
+@router.get("/model", response_model=ModelInfo, responses={503: {"description": "no champion model yet"}})
+async def model_info(loaded: ModelDep, settings: SettingsDep) -> ModelInfo:
+    """The model answering /predict now (read at load time; no registry call here)."""
+    run = loaded.run
+    tags: dict[str, str] = run.get("tags", {})
+    return ModelInfo(
+        name=loaded.name,
+        alias=settings.champion_alias,
+        version=loaded.version,
+        run_id=loaded.run_id,
+        loaded_at=loaded.loaded_at,
+        trained_at=run.get("started_at"),
+        metrics=run.get("metrics", {}),
+        dataset_hash=tags.get("dataset_hash"),
+        git_commit=tags.get("git_commit"),
+        family=tags.get("family"),
+        tags=tags,
+    )

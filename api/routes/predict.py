@@ -1,0 +1,49 @@
+"""POST /predict and /predict/batch: inference on the champion; rows recorded off the request path."""
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from api.deps import ModelDep, SettingsDep, WriterDep, check_batch, check_text_length
+from api.model_manager import LoadedModel
+from api.schemas import BatchPredictRequest, BatchPrediction, Prediction, PredictRequest, Probabilities
+from api.writer import PredictionWriter
+from ml import serving
+
+router = APIRouter(tags=["predict"])
+
+_NO_CHAMPION = {503: {"description": "no champion model yet"}}
+
+
+def _predict(texts: list[str], loaded: LoadedModel, writer: PredictionWriter) -> list[Prediction]:
+    proba = loaded.model.predict_proba(texts)  # one call for the whole batch
+    rows = serving.prediction_rows(texts, proba, loaded.name, loaded.version, source="api")
+    writer.submit(rows)  # buffered; the writer thread COPYs them to PostgreSQL
+    return [
+        Prediction(
+            id=r.id,
+            label=serving.label_name(r.label),
+            label_id=r.label,
+            probabilities=Probabilities(negative=r.p_negative, positive=r.p_positive),
+            model_name=r.model_name,
+            model_version=r.model_version,
+        )
+        for r in rows
+    ]
+
+
+# Sync handlers: FastAPI runs them in its threadpool, so CPU-bound inference never blocks the event loop.
+@router.post("/predict", response_model=Prediction, responses=_NO_CHAMPION)
+def predict(body: PredictRequest, loaded: ModelDep, writer: WriterDep, settings: SettingsDep) -> Prediction:
+    """Classify one text."""
+    check_text_length(body.text, settings, ("body", "text"))
+    return _predict([body.text], loaded, writer)[0]
+
+
+@router.post("/predict/batch", response_model=BatchPrediction, responses=_NO_CHAMPION)
+def predict_batch(body: BatchPredictRequest, loaded: ModelDep, writer: WriterDep, settings: SettingsDep) -> BatchPrediction:
+    """Classify up to ``max_batch_size`` texts with one model call; all from the same model version."""
+    check_batch(body.texts, settings)
+    predictions = _predict(body.texts, loaded, writer)
+    return BatchPrediction(
+        count=len(predictions), model_name=loaded.name, model_version=loaded.version, predictions=predictions
+    )

@@ -1,0 +1,147 @@
+"""Request and response bodies.
+
+Static rules (types, blank text, label values) live here; the limits that come from the
+settings (``max_text_chars``, ``max_batch_size``) are checked in the routes against the
+app's own settings and answered with the same 422 error shape.
+"""
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictStr, WithJsonSchema
+from pydantic_core import PydanticCustomError
+
+from ml.serving import LABEL_IDS, LABELS
+
+LabelName = Literal["negative", "positive"]
+MAX_COMMENT_CHARS = 2000
+
+
+def _check_text(value: str) -> str:
+    if not value.strip():
+        raise PydanticCustomError("blank_text", "text must not be empty or whitespace-only")
+    if "\x00" in value:
+        raise PydanticCustomError("invalid_text", "text must not contain NUL (\\u0000) characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PydanticCustomError("invalid_text", "text is not valid Unicode (it holds a lone surrogate)") from None
+    return value
+
+
+Text = Annotated[StrictStr, AfterValidator(_check_text)]
+
+
+def _parse_label(value: Any) -> int:
+    if isinstance(value, str) and value.strip().lower() in LABEL_IDS:
+        return LABEL_IDS[value.strip().lower()]
+    if type(value) is int and value in (0, 1):  # not bool, not 1.0, not "1"
+        return value
+    raise PydanticCustomError(
+        "invalid_label", "correct_label must be 'positive' or 'negative' (or 1 / 0), got {value}",
+        {"value": repr(value)[:50]},
+    )
+
+
+LabelId = Annotated[
+    int,
+    BeforeValidator(_parse_label),
+    WithJsonSchema({"anyOf": [{"type": "string", "enum": list(LABELS)}, {"type": "integer", "enum": [0, 1]}]}),
+]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PredictRequest(_Request):
+    text: Text = Field(description="the tweet to classify", examples=["I love this, best day ever"])
+
+
+class BatchPredictRequest(_Request):
+    texts: list[Text] = Field(description="the tweets to classify (one model call for all)")
+
+
+class Probabilities(BaseModel):
+    negative: float
+    positive: float
+
+
+class Prediction(BaseModel):
+    id: uuid.UUID = Field(description="prediction id; send it back with POST /feedback")
+    label: LabelName
+    label_id: Literal[0, 1]
+    probabilities: Probabilities
+    model_name: str
+    model_version: int
+
+
+class BatchPrediction(BaseModel):
+    count: int
+    model_name: str
+    model_version: int
+    predictions: list[Prediction]
+
+
+class FeedbackRequest(_Request):
+    prediction_id: uuid.UUID
+    correct_label: LabelId = Field(description="'positive' / 'negative' (or 1 / 0)")
+    comment: StrictStr | None = Field(default=None, max_length=MAX_COMMENT_CHARS)
+
+
+class FeedbackResponse(BaseModel):
+    id: int
+    prediction_id: uuid.UUID
+    correct_label: LabelName
+    correct_label_id: Literal[0, 1]
+    comment: str | None
+    created_at: datetime
+
+
+class DatabaseHealth(BaseModel):
+    reachable: bool
+    error: str | None = None
+
+
+class ModelHealth(BaseModel):
+    loaded: bool
+    name: str
+    version: int | None = None
+    run_id: str | None = None
+    loaded_at: datetime | None = None
+    last_error: str | None = None
+
+
+class WriterHealth(BaseModel):
+    pending_rows: int
+    written_rows: int
+    last_error: str | None = None
+
+
+class Health(BaseModel):
+    status: Literal["ok", "degraded"]
+    database: DatabaseHealth
+    model: ModelHealth
+    writer: WriterHealth
+
+
+class ModelInfo(BaseModel):
+    name: str
+    alias: str
+    version: int
+    run_id: str
+    loaded_at: datetime
+    trained_at: datetime | None = Field(description="start time of the MLflow training run")
+    metrics: dict[str, float]
+    dataset_hash: str | None
+    git_commit: str | None
+    family: str | None
+    tags: dict[str, str]
+
+
+__all__ = [
+    "LABELS", "BatchPredictRequest", "BatchPrediction", "FeedbackRequest", "FeedbackResponse", "Health",
+    "ModelInfo", "PredictRequest", "Prediction", "Probabilities",
+]

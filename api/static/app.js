@@ -1,0 +1,76 @@
+// Tweet sentiment page: POST /predict, show the result, POST /feedback with the opposite label.
+(function () {
+  "use strict";
+  const $ = (id) => document.getElementById(id);
+  let last = null; // the prediction shown
+
+  function errorMessage(body, status) {
+    const d = body && body.detail;
+    if (Array.isArray(d)) return d.map((e) => e.msg).join("; ");
+    if (typeof d === "string") return d;
+    return "request failed (HTTP " + status + ")";
+  }
+
+  async function postJSON(url, payload) {
+    const r = await fetch(url, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(payload),
+    });
+    let body = null;
+    try { body = await r.json(); } catch (e) { /* not JSON */ }
+    if (!r.ok) throw new Error(errorMessage(body, r.status));
+    return body;
+  }
+
+  function pct(p) { return (100 * p).toFixed(1) + "%"; }
+
+  function show(p) {
+    last = p;
+    $("label").textContent = p.label;
+    $("p-negative").textContent = pct(p.probabilities.negative);
+    $("p-positive").textContent = pct(p.probabilities.positive);
+    $("bar-negative").style.width = pct(p.probabilities.negative);
+    $("bar-positive").style.width = pct(p.probabilities.positive);
+    $("model-name").textContent = p.model_name;
+    $("model-version").textContent = p.model_version;
+    $("result").dataset.predictionId = p.id;
+    $("result").dataset.label = p.label;
+    $("result").dataset.modelVersion = p.model_version;
+    $("feedback-status").textContent = "";
+    $("wrong").disabled = false;
+    $("result").hidden = false;
+  }
+
+  async function predict() {
+    $("error").textContent = "";
+    $("predict").disabled = true;
+    try {
+      show(await postJSON("/predict", { text: $("text").value }));
+    } catch (e) {
+      $("error").textContent = e.message;
+    } finally {
+      $("predict").disabled = false;
+    }
+  }
+
+  async function wrong() {
+    if (!last) return;
+    const corrected = last.label === "positive" ? "negative" : "positive";
+    $("wrong").disabled = true;
+    $("feedback-status").textContent = "Sending…";
+    try {
+      const fb = await postJSON("/feedback", { prediction_id: last.id, correct_label: corrected });
+      $("feedback-status").textContent = "Thanks! Recorded as " + fb.correct_label + " (feedback #" + fb.id + ").";
+    } catch (e) {
+      $("feedback-status").textContent = "Could not send feedback: " + e.message;
+      $("wrong").disabled = false;
+    }
+  }
+
+  $("predict").addEventListener("click", predict);
+  $("wrong").addEventListener("click", wrong);
+  $("text").addEventListener("keydown", (ev) => {
+    if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey)) predict();
+  });
+})();

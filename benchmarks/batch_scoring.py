@@ -1,0 +1,117 @@
+"""Batch-scoring throughput on a corpus-sized file (default 1.6M rows).
+
+Prints rows/second for
+  (a) the bare model's predict_proba over the whole input in memory (the baseline),
+  (b) the DAG's scoring path end to end: read + shard + predict + COPY into PostgreSQL +
+      Parquet output (1 worker, and N workers as the executor runs mapped shards),
+  (c) a naive loop that predicts and INSERTs one row at a time (on a subset; it is slow),
+and the peak memory of the scoring path. Figures are ratios against (a) from the same run.
+
+Usage: .venv/bin/python benchmarks/batch_scoring.py [--rows 1600000] [--workers 2] [--naive-rows 20000]
+Uses DATABASE_URL (a database `smops_bench` on that server) or the embedded PostgreSQL.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import resource
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+SHARED = REPO.parent / "shared" / "data" / "sentiment140_100k.csv"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=1_600_000)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--shard-rows", type=int, default=200_000)
+    ap.add_argument("--naive-rows", type=int, default=20_000)
+    args = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="bench-scoring-", dir=REPO / "var" if (REPO / "var").exists() else None))
+    os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
+    os.environ["SENTIMENT_VAR_DIR"] = str(work / "var")
+    os.environ["SENTIMENT_MODEL_NAME"] = f"bench-{uuid.uuid4().hex[:6]}"
+    from ml import db
+
+    base = os.environ.get("DATABASE_URL") or db.start_embedded_postgres()
+    os.environ["DATABASE_URL"] = db.with_database(base, "smops_bench")
+    os.environ["SENTIMENT_MLFLOW_DATABASE"] = "smops_bench_mlflow"
+    from ml import data, registry, scoring, train
+    from ml.config import reset_settings
+
+    reset_settings()
+    db.migrate()
+    print(f"training a TF-IDF champion on {SHARED.name} ...", flush=True)
+    snap = data.validate_and_snapshot(SHARED)
+    run_id = train.train(snap.hash, "tfidf_lr")
+    train.evaluate(run_id)
+    train.register(run_id)
+    train.promote(run_id)
+    version = registry.champion().version
+
+    # the input: the shared 100k tweets repeated to --rows (Sentiment140 two-column layout)
+    with SHARED.open(encoding="utf-8", newline="") as f:
+        rows = list(csv.reader(f))
+    big = work / f"tweets_{args.rows}.csv"
+    with big.open("w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f, quoting=csv.QUOTE_ALL)
+        for i in range(args.rows):
+            w.writerow(rows[i % len(rows)])
+    texts = [rows[i % len(rows)][1].strip() for i in range(args.rows)]
+    print(f"input: {big} ({big.stat().st_size / 1e6:.0f} MB, {args.rows:,} rows)", flush=True)
+
+    results = []
+    model = registry.load_version(version)
+    t0 = time.perf_counter()
+    model.predict_proba(texts)
+    t_a = time.perf_counter() - t0
+    results.append(("(a) bare predict_proba, in memory", args.rows, t_a))
+    del texts
+
+    import psycopg
+
+    with psycopg.connect(db.database_url(), autocommit=True) as conn:
+        conn.execute("TRUNCATE predictions, batches CASCADE")
+    for workers in sorted({1, args.workers}):
+        t0 = time.perf_counter()
+        s = scoring.score_file(big, shard_rows=args.shard_rows, force=True, workers=workers)
+        t_b = time.perf_counter() - t0
+        assert s["rows_scored"] == args.rows, s
+        results.append((f"(b) DAG scoring path, {workers} worker(s)", args.rows, t_b))
+    peak_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+    # (c) naive: one predict + one INSERT (own transaction) per row, on a subset
+    sub = [r[1] for r in rows[: args.naive_rows]]
+    with psycopg.connect(db.database_url(), autocommit=True) as conn:
+        t0 = time.perf_counter()
+        for i, t in enumerate(sub):
+            p = model.predict_proba([t])[0]
+            conn.execute(
+                "INSERT INTO predictions (text, label, p_negative, p_positive, model_name, model_version, source,"
+                " batch_id, source_row) VALUES (%s,%s,%s,%s,%s,%s,'batch','naive',%s)",
+                (t, int(p[1] >= 0.5), float(p[0]), float(p[1]), "bench", version, i),
+            )
+        t_c = time.perf_counter() - t0
+    results.append(("(c) naive loop: predict + INSERT per row", len(sub), t_c))
+
+    base_rate = args.rows / t_a
+    print("\n| path | rows | seconds | rows/s | vs (a) |")
+    print("|---|---:|---:|---:|---:|")
+    for name, n, t in results:
+        print(f"| {name} | {n:,} | {t:.1f} | {n / t:,.0f} | {n / t / base_rate:.2f}x |")
+    print(f"\npeak RSS: benchmark process {peak_self:,.0f} MB (holds (a)'s in-memory input), "
+          f"largest shard worker {peak_children:,.0f} MB")
+    print(f"model: TF-IDF champion v{version}; shard size {args.shard_rows:,} rows; {os.cpu_count()} CPUs")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""Benchmark: compare the model families on the shared 100k real tweets and print the table.
+
+    DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres \\
+    .venv/bin/python benchmarks/compare_families.py \\
+        --families tfidf_lr,cnn,bilstm,transformer \\
+        --family-sample cnn=20000 --family-sample bilstm=10000 --family-sample transformer=5000
+
+It runs the same code as the DAG (``ml.compare.run_comparison``: search per family with MLflow
+runs nested under one parent, winners on the same held-out split, the comparison stored in
+PostgreSQL) but in its own databases (``<name>`` and ``<name>_mlflow`` on the server of
+DATABASE_URL, default name ``sentiment_bench``) and its own ``var/`` directory, so it never
+touches the platform's champion. Without DATABASE_URL the embedded PostgreSQL is used.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+SHARED = REPO.parent / "shared" / "data" / "sentiment140_100k.csv"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(SHARED), help="labelled CSV (default: the shared 100k tweets)")
+    ap.add_argument("--families", default="tfidf_lr,cnn,bilstm,transformer")
+    ap.add_argument("--profile", default="quick", choices=["quick", "full"])
+    ap.add_argument("--sample-size", type=int, default=None, help="training sample for every family")
+    ap.add_argument("--family-sample", action="append", default=[], help="family=N (repeatable)")
+    ap.add_argument("--search-space", default=None, help="JSON merged over the profile")
+    ap.add_argument("--db-name", default="sentiment_bench", help="database for the benchmark's records")
+    ap.add_argument("--var-dir", default=str(REPO / "var" / "bench"))
+    ap.add_argument("--json", default=None, help="also write the rows as JSON to this file")
+    args = ap.parse_args()
+
+    os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from ml import db
+    from ml.config import reset_settings
+
+    base = db.libpq_url(os.environ["DATABASE_URL"]) if os.environ.get("DATABASE_URL") else db.database_url()
+    os.environ["DATABASE_URL"] = db.with_database(base, args.db_name)
+    os.environ["SENTIMENT_MLFLOW_DATABASE"] = f"{args.db_name}_mlflow"
+    os.environ["SENTIMENT_VAR_DIR"] = args.var_dir
+    os.environ["SENTIMENT_MODEL_NAME"] = "tweet-sentiment-bench"
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    reset_settings()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    for noisy in ("alembic", "urllib3", "matplotlib", "httpx", "mlflow.store.db.utils"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    db.migrate()
+
+    from ml import compare
+
+    sizes = {}
+    for item in args.family_sample:
+        k, v = item.split("=", 1)
+        sizes[k] = int(v)
+    t0 = time.perf_counter()
+    res = compare.run_comparison(
+        data_path=args.data, families=args.families, profile=args.profile, sample_size=args.sample_size,
+        sample_sizes=sizes, search_space=json.loads(args.search_space) if args.search_space else None,
+    )
+    wall = time.perf_counter() - t0
+    latest = compare.latest_comparison()
+    print(f"\n# Model comparison: {Path(args.data).name}, profile {args.profile}, {os.cpu_count()} CPU cores, "
+          f"{wall / 60:.1f} min wall\n")
+    print(latest["markdown"])
+    print("| family | search s (all trials) | trials | held-out n |")
+    print("|---|---:|---:|---:|")
+    for r in res["rows"]:
+        print(f"| {r['family']} | {r['search_seconds']:.0f} | {r['n_trials']} | {r['n_test']:,} |")
+    print(f"\nwinner: {res['winner_family']}; chart: {latest['chart_path']}; MLflow parent run {res['parent_run_id']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(res["rows"], indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()

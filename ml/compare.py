@@ -1,0 +1,279 @@
+"""The model comparison: one row per family (best params, held-out accuracy, F1, ROC AUC,
+inference ms/tweet, size, training time, sample size) as Markdown and HTML, plus a PNG chart of
+accuracy vs inference time; logged to the parent MLflow run and stored in PostgreSQL
+(``comparisons``). :func:`latest_comparison` reads the newest one back (API, ``ml compare --show``).
+
+The winner is the family whose best trial scored highest on the *validation* split (the
+selection metric, ``accuracy`` unless configured), so the held-out split only reports; it is
+then registered and goes through the champion/challenger gate (``ml.train.promote``).
+"""
+from __future__ import annotations
+
+import html
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from ml.config import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+COLUMNS = [  # key, header, format
+    ("family", "family", "{}"),
+    ("params", "best params", None),
+    ("accuracy", "accuracy", "{:.4f}"),
+    ("f1", "F1", "{:.4f}"),
+    ("roc_auc", "ROC AUC", "{:.4f}"),
+    ("inference_ms_per_tweet", "ms/tweet", "{:.3f}"),
+    ("model_size_mb", "size MB", "{:.1f}"),
+    ("training_seconds", "train s", "{:.1f}"),
+    ("sample_size", "sample", "{:,}"),
+    ("n_trials", "trials", "{}"),
+    ("val_metric", "val", "{:.4f}"),
+]
+
+
+def _fmt_params(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in params.items()) or "defaults"
+
+
+def _cell(row: dict[str, Any], key: str, fmt: str | None) -> str:
+    if key == "params":
+        return _fmt_params(row.get("params") or {})
+    if key == "val_metric":
+        v = row.get(f"val_{row.get('selection_metric', 'accuracy')}")
+    else:
+        v = row.get(key)
+    if v is None:
+        return "-"
+    try:
+        return fmt.format(v) if fmt else str(v)
+    except (ValueError, TypeError):
+        return str(v)
+
+
+def _json_safe(obj: Any) -> Any:
+    """NaN/inf -> None (PostgreSQL's jsonb refuses them), recursively."""
+    import math
+
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def choose_winner(rows: list[dict[str, Any]], metric: str) -> dict[str, Any]:
+    """Best validation ``metric``; ties go to the faster model."""
+    return max(rows, key=lambda r: (r.get(f"val_{metric}", float("-inf")), -r.get("inference_ms_per_tweet", 0.0)))
+
+
+def to_markdown(rows: list[dict[str, Any]], winner: str | None = None, metric: str = "accuracy") -> str:
+    headers = [h if k != "val_metric" else f"val {metric}" for k, h, _ in COLUMNS]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" if k in ("family", "params") else "---:"
+                                                               for k, _, _ in COLUMNS) + "|"]
+    for r in rows:
+        cells = [_cell(r, k, f) for k, _, f in COLUMNS]
+        if r["family"] == winner:
+            cells[0] = f"**{cells[0]}** (winner)"
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    n_test = rows[0].get("n_test")
+    split = f"the same held-out split (n={n_test:,})" if n_test else "the same held-out split"
+    notes = [f"Metrics on {split}; the winner has the best validation {metric}; training time of the best trial; "
+             "ms/tweet: median over repeated scoring of a fixed batch of 1,000 held-out tweets."]
+    champ = next((r for r in rows if r.get("champion_version")), None)
+    if champ:
+        notes.append(f"Current champion v{champ['champion_version']}: held-out accuracy "
+                     f"{champ['champion_accuracy']:.4f}.")
+    return "\n".join(lines) + "\n\n" + " ".join(notes) + "\n"
+
+
+def to_html(rows: list[dict[str, Any]], winner: str | None = None, metric: str = "accuracy") -> str:
+    headers = [h if k != "val_metric" else f"val {metric}" for k, h, _ in COLUMNS]
+    out = ['<table class="comparison">', "<thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+           + "</tr></thead>", "<tbody>"]
+    for r in rows:
+        cls = ' class="winner"' if r["family"] == winner else ""
+        cells = "".join(f"<td>{html.escape(_cell(r, k, f))}</td>" for k, _, f in COLUMNS)
+        out.append(f"<tr{cls}>{cells}</tr>")
+    out.append("</tbody></table>")
+    return "\n".join(out) + "\n"
+
+
+def plot_accuracy_vs_latency(rows: list[dict[str, Any]], path: Path, winner: str | None = None) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in rows:
+        x, y = max(float(r["inference_ms_per_tweet"]), 1e-4), float(r["accuracy"])
+        ax.scatter([x], [y], s=60 + 8 * float(r.get("model_size_mb") or 0) ** 0.5,
+                   color="tab:red" if r["family"] == winner else "tab:blue", zorder=3)
+        ax.annotate(r["family"], (x, y), textcoords="offset points", xytext=(6, 4))
+    ax.set_xscale("log")
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    xs = [max(float(r["inference_ms_per_tweet"]), 1e-4) for r in rows]
+    ax.set_xlim(min(xs) / 2, max(xs) * 3)
+    ax.set_xlabel("inference ms / tweet (log scale)")
+    ax.set_ylabel("held-out accuracy")
+    ax.set_title("Accuracy vs inference time")
+    ax.grid(True, which="both", alpha=0.3)
+    ys = [float(r["accuracy"]) for r in rows]
+    ax.set_ylim(min(ys) - 0.03, max(ys) + 0.03)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_comparison(plan: dict[str, Any], rows: list[dict[str, Any]],
+                     settings: Settings | None = None) -> dict[str, Any]:
+    """Build the table, Markdown, HTML and chart; log them to the parent MLflow run (which ends
+    here) and store them in ``comparisons``. Returns id, winner family and run."""
+    import mlflow
+
+    from ml import db, search, tracking
+
+    s = settings or get_settings()
+    if not rows:
+        raise ValueError("no family results to compare")
+    metric = search.selection_metric(search.load_search_space(s), s)
+    win = choose_winner(rows, metric)
+    for r in rows:
+        r["selection_metric"] = metric
+        r["winner"] = r["family"] == win["family"]
+    markdown = to_markdown(rows, win["family"], metric)
+    html_table = to_html(rows, win["family"], metric)
+    parent = plan["parent_run_id"]
+    chart = plot_accuracy_vs_latency(rows, s.reports_dir / "comparisons" / f"comparison-{parent}.png", win["family"])
+
+    tracking.configure(s)
+    client = mlflow.MlflowClient()
+    client.log_artifact(parent, str(chart), "comparison")
+    client.log_text(parent, markdown, "comparison/comparison.md")
+    client.log_text(parent, html_table, "comparison/comparison.html")
+    client.log_dict(parent, _json_safe(rows), "comparison/comparison.json")
+    for r in rows:
+        for k in ("accuracy", "f1", "roc_auc", "inference_ms_per_tweet", "model_size_mb", "training_seconds"):
+            if r.get(k) is not None:
+                client.log_metric(parent, f"{r['family']}.{k}", float(r[k]))
+    client.set_tag(parent, "winner_family", win["family"])
+    client.set_tag(parent, "winner_run_id", win["run_id"])
+    client.set_terminated(parent, "FINISHED")
+
+    with db.connect() as conn:
+        cid = conn.execute(
+            "INSERT INTO comparisons (parent_run_id, snapshot_hash, profile, families, selection_metric, table_json,"
+            " markdown, html, chart_path, winner_family, winner_run_id, airflow_run_id)"
+            " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
+            " ON CONFLICT (parent_run_id) DO UPDATE SET table_json = EXCLUDED.table_json,"
+            " markdown = EXCLUDED.markdown, html = EXCLUDED.html, chart_path = EXCLUDED.chart_path,"
+            " winner_family = EXCLUDED.winner_family, winner_run_id = EXCLUDED.winner_run_id RETURNING id",
+            (parent, plan["snapshot_hash"], plan["profile"], [r["family"] for r in rows], metric,
+             json.dumps(_json_safe(rows), default=str), markdown, html_table, str(chart), win["family"], win["run_id"],
+             plan.get("airflow_run_id")),
+        ).fetchone()[0]
+    log.info("comparison %d (parent run %s): winner %s\n%s", cid, parent, win["family"], markdown)
+    return {"id": cid, "parent_run_id": parent, "winner_family": win["family"], "winner_run_id": win["run_id"]}
+
+
+def register_best(comparison: dict[str, Any] | int, settings: Settings | None = None) -> str:
+    """Register the comparison's winner (a new registry version) and record the version on the
+    comparison. Returns the winner's run id (for the gate)."""
+    from ml import db, train
+
+    s = settings or get_settings()
+    cid = comparison["id"] if isinstance(comparison, dict) else int(comparison)
+    with db.connect() as conn:
+        row = conn.execute("SELECT winner_run_id, parent_run_id FROM comparisons WHERE id = %s", (cid,)).fetchone()
+    if row is None or row[0] is None:
+        raise ValueError(f"comparison {cid} not found or has no winner")
+    run_id, parent = row
+    version = train.register(run_id, s)
+    with db.connect() as conn:
+        conn.execute("UPDATE comparisons SET winner_version = %s WHERE id = %s", (version, cid))
+    import mlflow
+
+    mlflow.MlflowClient().set_tag(parent, "winner_version", str(version))
+    return run_id
+
+
+def latest_comparison(settings: Settings | None = None) -> dict[str, Any] | None:
+    """The newest comparison (JSON-ready), with the winner's registry version and gate decision;
+    None before the first one."""
+    from ml import db
+
+    s = settings or get_settings()
+    with db.connect(db.database_url(s)) as conn:
+        row = conn.execute(
+            "SELECT c.id, c.created_at, c.parent_run_id, c.snapshot_hash, c.profile, c.families, c.selection_metric,"
+            " c.table_json, c.markdown, c.html, c.chart_path, c.winner_family, c.winner_run_id, c.winner_version,"
+            " c.airflow_run_id, r.status, r.decision"
+            " FROM comparisons c LEFT JOIN training_runs r ON r.run_id = c.winner_run_id"
+            " ORDER BY c.id DESC LIMIT 1"
+        ).fetchone()
+    if row is None:
+        return None
+    (cid, created, parent, snap, profile, families, metric, table, md, html_table, chart, wf, wr, wv, arun,
+     status, decision) = row
+    return {
+        "id": cid, "created_at": created.isoformat(), "parent_run_id": parent, "snapshot_hash": snap,
+        "profile": profile, "families": list(families), "selection_metric": metric, "table": table,
+        "markdown": md, "html": html_table, "chart_path": chart, "airflow_run_id": arun,
+        "winner": {"family": wf, "run_id": wr, "version": wv, "status": status, "decision": decision},
+    }
+
+
+def latest_snapshot(settings: Settings | None = None) -> str:
+    """The most recently stored dataset snapshot (what ``ml compare`` uses when given no data)."""
+    from ml import db
+    from ml.data import DataError
+
+    with db.connect(db.database_url(settings or get_settings())) as conn:
+        row = conn.execute("SELECT hash FROM dataset_snapshots ORDER BY created_at DESC LIMIT 1").fetchone()
+    if row is None:
+        raise DataError("no dataset snapshot yet: give --data FILE (or run `ml data validate FILE` first)")
+    return row[0]
+
+
+def run_comparison(
+    data_path: str | Path | None = None,
+    snapshot_hash: str | None = None,
+    families: list[str] | str | None = None,
+    profile: str | None = None,
+    sample_size: int | None = None,
+    sample_sizes: dict[str, int | None] | None = None,
+    search_space: dict[str, Any] | None = None,
+    promote: bool = False,
+    settings: Settings | None = None,
+) -> dict[str, Any]:
+    """The whole comparison in this process (``ml compare``, benchmarks): validate -> search each
+    family -> evaluate the winners on the held-out split -> write the comparison; with
+    ``promote``, also register the winner and run the gate, as the DAG does."""
+    from ml import data, search, train
+
+    s = settings or get_settings()
+    if snapshot_hash is None and data_path is not None:
+        snapshot_hash = data.validate_and_snapshot(data_path, s).hash
+    if snapshot_hash is None:
+        snapshot_hash = latest_snapshot(s)
+    plan = search.plan_comparison(snapshot_hash, families, profile, sample_sizes, sample_size, search_space,
+                                  settings=s)
+    winners = [search.search_family(plan, f, s) for f in plan["families"]]
+    rows = search.evaluate_winners(plan, winners, s)
+    result = write_comparison(plan, rows, s)
+    result["rows"] = rows
+    if promote:
+        run_id = register_best(result, s)
+        train.check_behaviour(run_id, s)
+        result["promotion"] = train.promote(run_id, s)
+    return result

@@ -1,0 +1,319 @@
+"""Keras text classifiers that take raw strings: the ``cnn`` and ``bilstm`` families.
+
+The whole pipeline lives in one Keras model, so a saved model needs nothing but its file:
+``keras.Input(shape=(), dtype="string")`` -> ``TextVectorization`` (vocabulary learnt on the
+training texts) -> ``Embedding`` -> family body -> ``Dense(1, sigmoid)`` = P(positive).
+
+Embeddings start from scratch (``embeddings="scratch"``), from word2vec trained with gensim
+on the training texts themselves (``"word2vec"``, the default), or from a GloVe/word2vec text
+file (``embeddings="/path/to/vectors.txt"``; its dimension wins over ``embedding_dim``).
+Early stopping watches the loss on a validation split carved from the texts given to ``fit``.
+Text preprocessing (none | basic | lemma) runs in Python before the model, as in every family.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+from ml.features import preprocess  # noqa: E402
+from ml.models.base import SentimentModel, seed_everything  # noqa: E402
+
+log = logging.getLogger(__name__)
+logging.getLogger("gensim").setLevel(logging.WARNING)  # its per-epoch lifecycle lines drown the log
+
+MODEL_FILE = "model.keras"
+HISTORY_FILE = "training.json"
+PREDICT_CHUNK = 2048
+
+
+def _keras():
+    import keras
+    import tensorflow as tf
+
+    return keras, tf
+
+
+def load_vectors(path: str | Path, vocabulary: Sequence[str]) -> tuple[dict[str, np.ndarray], int]:
+    """Vectors of the words in ``vocabulary`` from a GloVe (no header) or word2vec text file
+    (``count dim`` header line). Only the needed rows are kept, so memory stays bounded."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise ValueError(f"embeddings file not found: {path}")
+    wanted = set(vocabulary)
+    found: dict[str, np.ndarray] = {}
+    dim = 0
+    with path.open(encoding="utf-8", errors="replace") as f:
+        for i, line in enumerate(f):
+            parts = line.rstrip().split(" ")
+            if i == 0 and len(parts) == 2 and all(p.isdigit() for p in parts):
+                continue  # word2vec header
+            if len(parts) < 3:
+                continue
+            word, values = parts[0], parts[1:]
+            dim = dim or len(values)
+            if word in wanted and len(values) == dim:
+                found[word] = np.asarray(values, dtype=np.float32)
+    if not dim:
+        raise ValueError(f"no vectors read from {path}")
+    return found, dim
+
+
+class KerasTextModel(SentimentModel):
+    """Shared machinery of the Keras families; subclasses define :meth:`_body`."""
+
+    requirements: ClassVar[tuple[str, ...]] = ("tensorflow-cpu", "keras")
+    mask_zero: ClassVar[bool] = False
+
+    @classmethod
+    def default_params(cls) -> dict[str, Any]:
+        return {
+            "preprocess": "basic",      # none | basic | lemma
+            "vocab_size": 20_000,       # TextVectorization max_tokens (incl. padding and OOV)
+            "max_len": 40,              # tokens per tweet (tweets are <= 140 chars)
+            "embedding_dim": 100,
+            "embeddings": "word2vec",   # scratch | word2vec (trained on the corpus) | path to a vectors file
+            "trainable_embeddings": True,
+            "w2v_epochs": 5,
+            "hidden": 64,
+            "dropout": 0.3,
+            "learning_rate": 1e-3,
+            "batch_size": 128,
+            "epochs": 3,
+            "patience": 1,              # early stopping on validation loss
+            "validation_fraction": 0.1,
+            "seed": 42,
+            "log_every": 100,           # log progress every N steps
+        }
+
+    # ---------------------------------------------------------------- model
+    def _body(self, x):  # pragma: no cover - abstract in spirit
+        raise NotImplementedError
+
+    def _embedding_matrix(self, vocab: list[str], sequences: np.ndarray) -> np.ndarray | None:
+        p = self.params
+        mode = str(p["embeddings"])
+        dim = int(p["embedding_dim"])
+        if mode == "scratch":
+            return None
+        rng = np.random.default_rng(int(p["seed"]))
+        t0 = time.perf_counter()
+        if mode == "word2vec":
+            from gensim.models import Word2Vec
+
+            # sentences of token ids, exactly as TextVectorization tokenised them (no mismatch)
+            sentences = [[str(i) for i in row if i > 1] for row in sequences]
+            w2v = Word2Vec(
+                sentences=sentences, vector_size=dim, window=5, min_count=1, workers=1,
+                seed=int(p["seed"]), epochs=int(p["w2v_epochs"]),
+            )
+            matrix = rng.normal(0, 0.05, (len(vocab), dim)).astype(np.float32)
+            hits = 0
+            for i in range(2, len(vocab)):
+                if str(i) in w2v.wv:
+                    matrix[i] = w2v.wv[str(i)]
+                    hits += 1
+            log.info("word2vec on %s training tweets: %s of %s words in %.1fs",
+                     f"{len(sentences):,}", f"{hits:,}", f"{len(vocab):,}", time.perf_counter() - t0)
+        else:
+            vectors, file_dim = load_vectors(mode, vocab)
+            if file_dim != dim:
+                log.info("embeddings file has dimension %d: embedding_dim %d -> %d", file_dim, dim, file_dim)
+                self.params["embedding_dim"] = dim = file_dim
+            matrix = rng.normal(0, 0.05, (len(vocab), dim)).astype(np.float32)
+            for i, w in enumerate(vocab):
+                if w in vectors:
+                    matrix[i] = vectors[w]
+            log.info("pretrained vectors %s: %s of %s words found", mode, f"{len(vectors):,}", f"{len(vocab):,}")
+        matrix[0] = 0.0  # padding
+        return matrix
+
+    def _build(self, vectorizer, matrix: np.ndarray | None):
+        keras, _ = _keras()
+        from keras import layers
+
+        p = self.params
+        vocab_size = vectorizer.vocabulary_size()
+        inp = keras.Input(shape=(), dtype="string", name="text")
+        x = vectorizer(inp)
+        embedding = layers.Embedding(
+            vocab_size, int(p["embedding_dim"]), mask_zero=self.mask_zero,
+            trainable=bool(p["trainable_embeddings"]) or matrix is None, name="embedding",
+        )
+        x = embedding(x)
+        x = self._body(x)
+        out = layers.Dense(1, activation="sigmoid", name="p_positive")(x)
+        model = keras.Model(inp, out, name=self.family)
+        if matrix is not None:
+            embedding.set_weights([matrix])
+        model.compile(optimizer=keras.optimizers.Adam(float(p["learning_rate"])), loss="binary_crossentropy",
+                      metrics=["accuracy"])
+        return model
+
+    # ---------------------------------------------------------------- fit
+    def fit(self, texts, labels) -> "KerasTextModel":
+        keras, tf = _keras()
+        p = self.params
+        y = np.asarray(labels, dtype=np.float32)
+        if len(set(y.tolist())) < 2:
+            raise ValueError("training data holds only one class; need both negative and positive tweets")
+        seed = int(p["seed"])
+        seed_everything(seed)
+        x = np.asarray(preprocess(texts, p["preprocess"]), dtype=object)
+        idx_train, idx_val = np.arange(len(x)), np.array([], dtype=int)
+        frac = float(p["validation_fraction"])
+        if frac > 0 and len(x) >= 20:
+            from sklearn.model_selection import train_test_split
+
+            idx_train, idx_val = train_test_split(np.arange(len(x)), test_size=frac, random_state=seed, stratify=y)
+        t0 = time.perf_counter()
+        vectorizer = keras.layers.TextVectorization(
+            max_tokens=int(p["vocab_size"]), output_sequence_length=int(p["max_len"]), name="vectorize"
+        )
+        vectorizer.adapt(tf.data.Dataset.from_tensor_slices(tf.constant(x[idx_train].tolist())).batch(4096))
+        vocab = vectorizer.get_vocabulary()
+        log.info("%s: vocabulary of %s tokens from %s tweets (%.1fs)", self.family, f"{len(vocab):,}",
+                 f"{len(idx_train):,}", time.perf_counter() - t0)
+        matrix = None
+        if p["embeddings"] != "scratch":
+            seqs = vectorizer(tf.constant(x[idx_train].tolist())).numpy()
+            matrix = self._embedding_matrix(vocab, seqs)
+        seed_everything(seed)
+        model = self._build(vectorizer, matrix)
+
+        bs = int(p["batch_size"])
+        train_ds = (
+            tf.data.Dataset.from_tensor_slices((tf.constant(x[idx_train].tolist()), y[idx_train]))
+            .shuffle(len(idx_train), seed=seed, reshuffle_each_iteration=True)
+            .batch(bs)
+            .prefetch(2)
+        )
+        callbacks: list[Any] = [_progress_callback(self.family, int(p["log_every"]), -(-len(idx_train) // bs))]
+        val_ds = None
+        if len(idx_val):
+            val_ds = tf.data.Dataset.from_tensor_slices((tf.constant(x[idx_val].tolist()), y[idx_val])).batch(bs * 4)
+            callbacks.append(keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=int(p["patience"]), restore_best_weights=True, verbose=0))
+        log.info("%s: training on %s tweets (%s validation), up to %d epochs of %d steps", self.family,
+                 f"{len(idx_train):,}", f"{len(idx_val):,}", int(p["epochs"]), -(-len(idx_train) // bs))
+        import warnings
+
+        with warnings.catch_warnings():  # "shuffle=True ... ignored": the dataset is shuffled above
+            warnings.simplefilter("ignore", UserWarning)
+            hist = model.fit(train_ds, validation_data=val_ds, epochs=int(p["epochs"]), verbose=0,
+                             callbacks=callbacks)
+        self.model_ = model
+        self._serve = None
+        self.history_ = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+        if "val_loss" in self.history_:
+            self.history_["best_epoch"] = int(np.argmin(self.history_["val_loss"])) + 1
+        self.history_["epochs_run"] = len(self.history_.get("loss", []))
+        return self
+
+    # ---------------------------------------------------------------- predict
+    def _serving_fn(self):
+        if getattr(self, "_serve", None) is None:
+            _, tf = _keras()
+            model = self.model_
+
+            @tf.function(input_signature=[tf.TensorSpec([None], tf.string)], reduce_retracing=True)
+            def serve(x):
+                return model(x, training=False)
+
+            self._serve = serve
+        return self._serve
+
+    def predict_proba(self, texts) -> np.ndarray:
+        _, tf = _keras()
+        prepped = preprocess(texts, self.params["preprocess"])
+        if not prepped:
+            return np.zeros((0, 2))
+        serve = self._serving_fn()
+        # Keras wants a tf string tensor here: a NumPy object array fails
+        out = [serve(tf.constant(prepped[i:i + PREDICT_CHUNK])).numpy().reshape(-1)
+               for i in range(0, len(prepped), PREDICT_CHUNK)]
+        p = np.concatenate(out).astype(np.float64)
+        return np.column_stack([1.0 - p, p])
+
+    # ---------------------------------------------------------------- persistence
+    def _save(self, path: Path) -> None:
+        self.model_.save(path / MODEL_FILE)
+        (path / HISTORY_FILE).write_text(json.dumps(getattr(self, "history_", {}), indent=2))
+
+    def _load(self, path: Path) -> None:
+        keras, _ = _keras()
+        self.model_ = keras.models.load_model(path / MODEL_FILE, compile=False)
+        self._serve = None
+        hist = path / HISTORY_FILE
+        self.history_ = json.loads(hist.read_text()) if hist.exists() else {}
+
+
+def _progress_callback(name: str, every: int, steps_per_epoch: int):
+    keras, _ = _keras()
+
+    class Progress(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch, self.t0 = epoch + 1, time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            if every and (batch + 1) % every == 0:
+                log.info("%s epoch %d step %d/%d loss %.4f", name, self.epoch, batch + 1, steps_per_epoch,
+                         float((logs or {}).get("loss", float("nan"))))
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            log.info("%s epoch %d done in %.1fs: loss %.4f acc %.4f val_loss %.4f val_acc %.4f", name, epoch + 1,
+                     time.perf_counter() - self.t0, *(float(logs.get(k, float("nan")))
+                                                       for k in ("loss", "accuracy", "val_loss", "val_accuracy")))
+
+    return Progress()
+
+
+class TextCNN(KerasTextModel):
+    """Embedding -> two Conv1D -> global max pooling -> dense -> P(positive)."""
+
+    family = "cnn"
+
+    @classmethod
+    def default_params(cls) -> dict[str, Any]:
+        return {**super().default_params(), "filters": 128, "kernel_size": 3}
+
+    def _body(self, x):
+        from keras import layers
+
+        p = self.params
+        k, f = int(p["kernel_size"]), int(p["filters"])
+        x = layers.Conv1D(f, k, padding="same", activation="relu", name="conv1")(x)
+        x = layers.Conv1D(f, k, padding="same", activation="relu", name="conv2")(x)
+        x = layers.GlobalMaxPooling1D(name="max_pool")(x)
+        x = layers.Dropout(float(p["dropout"]))(x)
+        x = layers.Dense(int(p["hidden"]), activation="relu", name="dense")(x)
+        return layers.Dropout(float(p["dropout"]))(x)
+
+
+class BiLSTM(KerasTextModel):
+    """Embedding (masked) -> two Bidirectional LSTM layers -> dense -> P(positive)."""
+
+    family = "bilstm"
+    mask_zero = True
+
+    @classmethod
+    def default_params(cls) -> dict[str, Any]:
+        return {**super().default_params(), "lstm_units": 64, "epochs": 2}
+
+    def _body(self, x):
+        from keras import layers
+
+        p = self.params
+        u = int(p["lstm_units"])
+        x = layers.Bidirectional(layers.LSTM(u, return_sequences=True), name="bilstm1")(x)
+        x = layers.Bidirectional(layers.LSTM(u), name="bilstm2")(x)
+        x = layers.Dense(int(p["hidden"]), activation="relu", name="dense")(x)
+        return layers.Dropout(float(p["dropout"]))(x)

@@ -1,0 +1,54 @@
+"""Helpers for the API tests (imported by name: pytest puts this folder on sys.path)."""
+from __future__ import annotations
+
+import time
+import uuid
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+from fastapi.testclient import TestClient
+
+POSITIVE_TEXT = "I love this, best day ever"
+NEGATIVE_TEXT = "I hate this, worst day ever. So sad and tired"
+
+
+@contextmanager
+def running_app(settings) -> Iterator[TestClient]:
+    """An app with its lifespan running (champion loaded, writer started); shut down on exit."""
+    from api.main import create_app
+
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def settings_with(settings, **changes):
+    """A copy of the session's settings with some values changed (e.g. a fresh model name)."""
+    return settings.model_copy(update=changes)
+
+
+def fresh_model_name() -> str:
+    return f"test-model-{uuid.uuid4().hex[:8]}"
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 15.0, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+def prediction_row(conn, prediction_id):
+    return conn.execute(
+        "SELECT text, label, p_negative, p_positive, model_name, model_version, source, created_at "
+        "FROM predictions WHERE id = %s",
+        (str(prediction_id),),
+    ).fetchone()
+
+
+def count_predictions(conn, **where) -> int:
+    clause = " AND ".join(f"{k} = %s" for k in where) or "TRUE"
+    return conn.execute(f"SELECT count(*) FROM predictions WHERE {clause}", tuple(where.values())).fetchone()[0]
