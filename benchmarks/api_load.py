@@ -20,14 +20,11 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-import uuid
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-SHARED = REPO.parent / "shared" / "data" / "sentiment140_100k.csv"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _setup import REPO, SHARED, isolated_platform, train_champion  # noqa: E402
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -65,27 +62,10 @@ def main() -> None:
     ap.add_argument("--concurrency", default="1,8,32")
     args = ap.parse_args()
 
-    os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
-    work = Path(tempfile.mkdtemp(prefix="bench-api-"))
-    os.environ["SENTIMENT_VAR_DIR"] = str(work)
-    os.environ["SENTIMENT_MODEL_NAME"] = f"bench-api-{uuid.uuid4().hex[:6]}"
-    from ml import db
+    work = isolated_platform("bench_api")
+    from ml import registry
 
-    base = os.environ.get("DATABASE_URL") or db.start_embedded_postgres()
-    os.environ["DATABASE_URL"] = db.with_database(base, "smops_bench_api")
-    os.environ["SENTIMENT_MLFLOW_DATABASE"] = "smops_bench_api_mlflow"
-    from ml import data, registry, train
-    from ml.config import reset_settings
-
-    reset_settings()
-    db.migrate()
-    print("training a TF-IDF champion on the shared 100k tweets ...", flush=True)
-    snap = data.validate_and_snapshot(SHARED)
-    run_id = train.train(snap.hash, "tfidf_lr")
-    train.evaluate(run_id)
-    train.register(run_id)
-    train.promote(run_id)
-    model = registry.load_version(registry.champion().version)
+    model = registry.load_version(train_champion())
     with SHARED.open(encoding="utf-8") as f:
         texts = [r[1] for r in csv.reader(f)][::50]
 

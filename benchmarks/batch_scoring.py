@@ -17,14 +17,11 @@ import csv
 import os
 import resource
 import sys
-import tempfile
 import time
-import uuid
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-SHARED = REPO.parent / "shared" / "data" / "sentiment140_100k.csv"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _setup import SHARED, isolated_platform, train_champion  # noqa: E402
 
 
 def main() -> None:
@@ -35,27 +32,10 @@ def main() -> None:
     ap.add_argument("--naive-rows", type=int, default=20_000)
     args = ap.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="bench-scoring-", dir=REPO / "var" if (REPO / "var").exists() else None))
-    os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
-    os.environ["SENTIMENT_VAR_DIR"] = str(work / "var")
-    os.environ["SENTIMENT_MODEL_NAME"] = f"bench-{uuid.uuid4().hex[:6]}"
-    from ml import db
+    work = isolated_platform("bench_scoring")
+    from ml import db, registry, scoring
 
-    base = os.environ.get("DATABASE_URL") or db.start_embedded_postgres()
-    os.environ["DATABASE_URL"] = db.with_database(base, "smops_bench")
-    os.environ["SENTIMENT_MLFLOW_DATABASE"] = "smops_bench_mlflow"
-    from ml import data, registry, scoring, train
-    from ml.config import reset_settings
-
-    reset_settings()
-    db.migrate()
-    print(f"training a TF-IDF champion on {SHARED.name} ...", flush=True)
-    snap = data.validate_and_snapshot(SHARED)
-    run_id = train.train(snap.hash, "tfidf_lr")
-    train.evaluate(run_id)
-    train.register(run_id)
-    train.promote(run_id)
-    version = registry.champion().version
+    version = train_champion()
 
     # the input: the shared 100k tweets repeated to --rows (Sentiment140 two-column layout)
     with SHARED.open(encoding="utf-8", newline="") as f:

@@ -120,7 +120,7 @@ def main() -> None:
     parts.append(("save HTML + JSON", time.perf_counter() - t0))
 
     print(f"\nMonitoring run time ({os.cpu_count()} CPUs; champion v{version}, first report: {first['verdict']})\n")
-    print(f"| run | current rows | reference rows | seconds | status |\n|---|---:|---:|---:|---|")
+    print("| run | current rows | reference rows | seconds | status |\n|---|---:|---:|---:|---|")
     for label, n_cur, n_ref, sec, status in results:
         print(f"| {label} | {n_cur:,} | {n_ref:,} | {sec:.1f} | {status} |")
     times = sorted(x[3] for x in results if x[0].startswith("(2)"))

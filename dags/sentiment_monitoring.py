@@ -9,15 +9,17 @@ Period: ``start``/``end`` (ISO timestamps, UTC when no zone) if given; else ``ho
 back from the end of the run's data interval (scheduled runs: exactly the day before)
 or from now (manual runs).
 
-Hook for what comes next: ``build_report`` returns the summary (XCom ``return_value``:
-``status``, ``drift_detected``, ``feedback.concept_drift``, ``metrics``, ``verdict``...);
-a downstream task (e.g. a retraining trigger) takes it as its argument:
-``maybe_retrain(report)`` below ``report = build_report()``.
+Then the retraining trigger (``ml.retraining.check_trigger``): misclassification reports since the
+champion was trained against ``retraining_feedback_fraction`` of its corpus (drift reported, and a
+trigger too with ``retraining_on_drift``); when due, ``trigger_retraining`` starts
+``sentiment_retraining`` (run id ``retraining__<id>``), exactly once per set of reports.
 """
 from __future__ import annotations
 
 import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
+from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
+from sentiment_notifiers import PlatformAlertNotifier  # plugins/ (on sys.path in every Airflow process)
 
 
 @dag(
@@ -35,23 +37,40 @@ from airflow.sdk import Param, dag, get_current_context, task
         "hours": Param(None, type=["null", "number"], exclusiveMinimum=0,
                        description="Period length in hours when start is empty (default: monitoring_hours, 24)"),
     },
+    default_args={"on_failure_callback": [PlatformAlertNotifier()]},
     doc_md=__doc__,
 )
 def sentiment_monitoring():
     @task
     def build_report() -> dict:
         from ml.monitoring import build_report as build
+        from ml.monitoring import run_period_end
 
         ctx = get_current_context()
         p = ctx["params"]
-        end = p["end"] or None
-        dag_run = ctx.get("dag_run")
-        if not end and dag_run is not None and str(getattr(dag_run, "run_type", "")).endswith("scheduled"):
-            interval_end = ctx.get("data_interval_end")
-            end = interval_end.isoformat() if interval_end else None
+        end = run_period_end(p["end"], getattr(ctx.get("dag_run"), "run_type", None), ctx.get("data_interval_end"))
         return build(start=p["start"] or None, end=end, hours=p["hours"], airflow_run_id=ctx["run_id"])
 
-    build_report()  # the retraining trigger will consume this task's summary
+    @task
+    def check_retraining(report: dict) -> dict:
+        """Misclassification reports since the champion was trained vs the threshold (and drift, reported;
+        a trigger too with retraining_on_drift): records the retraining once, see ml/retraining.py."""
+        from ml.retraining import check_trigger
+
+        return check_trigger(report, airflow_run_id=get_current_context()["run_id"])
+
+    @task.short_circuit
+    def retraining_needed(decision: dict) -> bool:
+        return bool(decision["trigger"])
+
+    decision = check_retraining(build_report())
+    retraining_needed(decision) >> TriggerDagRunOperator(
+        task_id="trigger_retraining",
+        trigger_dag_id="sentiment_retraining",
+        trigger_run_id="{{ ti.xcom_pull(task_ids='check_retraining')['airflow_run_id'] }}",
+        conf={"retraining_id": "{{ ti.xcom_pull(task_ids='check_retraining')['retraining_id'] }}"},
+        wait_for_completion=False,
+    )
 
 
 sentiment_monitoring()

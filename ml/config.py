@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -84,6 +84,46 @@ class Settings(BaseSettings):
     monitoring_embedding_drift: bool = False
     monitoring_accuracy_tolerance: float = 0.05
     monitoring_min_rows: int = 100
+
+    # alerts (ml/alerts.py): `alert_misclassification_count` reports within `alert_window_seconds`
+    # raise one alert per burst; a log line always, a webhook / e-mail when configured
+    alert_misclassification_count: int = Field(default=3, ge=1)
+    alert_window_seconds: float = Field(default=300.0, gt=0)
+    alert_webhook_url: str | None = None
+    alert_webhook_timeout_seconds: float = 5.0
+    alert_smtp_host: str | None = None
+    alert_smtp_port: int = 25
+    alert_smtp_user: str | None = None
+    alert_smtp_password: str | None = None
+    alert_smtp_starttls: bool = False
+    alert_email_from: str = "sentiment-platform@localhost"
+    alert_email_to: str | None = None  # comma-separated addresses
+
+    # feedback-triggered retraining (ml/retraining.py, DAG sentiment_retraining)
+    retraining_feedback_fraction: float = 0.005  # reports needed = this x the champion's corpus rows
+    retraining_on_drift: bool = False            # a drift report alone also triggers a retraining
+    retraining_mode: str = "champion"            # champion (its family + params) | compare
+    retraining_promotion_margin: float | None = None  # None: promotion_margin
+    retraining_report_eval_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
+    feedback_review_required: bool = False       # only reviewed reports enter a retraining set
+
+    @field_validator("retraining_feedback_fraction")
+    @classmethod
+    def _check_feedback_fraction(cls, v: float) -> float:
+        if not 0.001 <= v <= 0.01:
+            raise ValueError(
+                f"retraining_feedback_fraction must lie between 0.001 (0.1%) and 0.01 (1%) of the champion's "
+                f"training corpus, got {v!r} ({v:.4%}); set it in config/platform.yaml or "
+                f"SENTIMENT_RETRAINING_FEEDBACK_FRACTION"
+            )
+        return v
+
+    @field_validator("retraining_mode")
+    @classmethod
+    def _check_retraining_mode(cls, v: str) -> str:
+        if v not in ("champion", "compare"):
+            raise ValueError(f"retraining_mode must be 'champion' or 'compare', got {v!r}")
+        return v
 
     @classmethod
     def settings_customise_sources(

@@ -214,6 +214,10 @@ def content_hash(frame: pd.DataFrame) -> str:
     return h.hexdigest()
 
 
+#: a snapshot's own held-out definition (text, part in {"test", "excluded"}), beside data.parquet
+SPLIT_FILE = "split.parquet"
+
+
 @dataclass
 class Snapshot:
     hash: str
@@ -223,7 +227,11 @@ class Snapshot:
     created: bool
 
     def load(self) -> pd.DataFrame:
-        return pd.read_parquet(self.path)
+        frame = pd.read_parquet(self.path)
+        spec = self.path.parent / SPLIT_FILE
+        if spec.exists():  # a stored split (retraining snapshots): data.split() honours it
+            frame.attrs["split_path"] = str(spec)
+        return frame
 
 
 def snapshot_dir(h: str, settings: Settings | None = None) -> Path:
@@ -268,6 +276,23 @@ def store_snapshot(
     return Snapshot(hash=h, path=target / "data.parquet", n_rows=len(frame), report=report, created=created)
 
 
+def store_split(snap: Snapshot, test_texts: Iterable[str], excluded_texts: Iterable[str] = ()) -> Path:
+    """Give a snapshot its own held-out definition (see :func:`split`); written once, atomically.
+    The content hash covers the rows only; the split of a given content is deterministic by
+    construction (its parent's held-out set), so an existing file is kept."""
+    target = snap.path.parent / SPLIT_FILE
+    if target.exists():
+        return target
+    parts = pd.DataFrame({"text": list(test_texts), "part": "test"})
+    excl = pd.DataFrame({"text": list(excluded_texts), "part": "excluded"})
+    parts = pd.concat([parts, excl], ignore_index=True).drop_duplicates("text", keep="first")
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".split-", suffix=".parquet")
+    os.close(fd)
+    parts.to_parquet(tmp, index=False)
+    os.replace(tmp, target)
+    return target
+
+
 def get_snapshot(h: str, settings: Settings | None = None) -> Snapshot:
     from ml import db
 
@@ -294,7 +319,22 @@ def validate_and_snapshot(path: str | Path, settings: Settings | None = None) ->
 
 # ---------------------------------------------------------------- splits
 def split(frame: pd.DataFrame, test_size: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Stratified, deterministic train/held-out split of a snapshot."""
+    """Stratified, deterministic train/held-out split of a snapshot.
+
+    A snapshot that stores its own split (``split.parquet``, written by :func:`store_split`; the
+    retraining snapshots do: their held-out set is their parent's, see ``ml/retraining.py``) is split
+    by it instead: rows whose text is listed as ``test`` are held out, rows listed as ``excluded``
+    are in neither part, all others train. :meth:`Snapshot.load` marks the frame for this."""
+    spec = frame.attrs.get("split_path")
+    if spec:
+        parts = pd.read_parquet(spec)
+        test_texts = set(parts.loc[parts["part"] == "test", "text"])
+        excluded = set(parts.loc[parts["part"] == "excluded", "text"])
+        is_test = frame["text"].isin(test_texts)
+        is_train = ~is_test & ~frame["text"].isin(excluded)
+        train_df, test_df = frame[is_train].reset_index(drop=True), frame[is_test].reset_index(drop=True)
+        train_df.attrs, test_df.attrs = {}, {}
+        return train_df, test_df
     from sklearn.model_selection import train_test_split
 
     train, test = train_test_split(frame, test_size=test_size, random_state=seed, stratify=frame["label"])

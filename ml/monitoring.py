@@ -38,6 +38,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import tempfile
 import time
 import uuid
@@ -100,6 +101,16 @@ def resolve_period(
     if a >= b:
         raise MonitoringError(f"empty period: start {a.isoformat()} is not before end {b.isoformat()}")
     return a, b
+
+
+def run_period_end(end: str | None, run_type: Any, data_interval_end: datetime | None) -> str | None:
+    """The period end of a DAG run: ``end`` if given; a scheduled run's data-interval end (the
+    nightly run covers exactly the day before); else None (now)."""
+    if end:
+        return end
+    if getattr(run_type, "value", run_type) == "scheduled" and data_interval_end is not None:
+        return _utc(data_interval_end).isoformat()
+    return None
 
 
 # ---------------------------------------------------------------- descriptors
@@ -237,14 +248,10 @@ def build_reference(champ, settings: Settings | None = None) -> tuple[pd.DataFra
     (tmp / "vocabulary.txt").write_text("\n".join(sorted(vocab)), encoding="utf-8")
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
     if target.exists():  # a stale format, or a concurrent builder: replace it
-        import shutil
-
         shutil.rmtree(target, ignore_errors=True)
     try:
         os.rename(tmp, target)
     except OSError:  # a concurrent builder won: theirs is the same content
-        import shutil
-
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("reference of %s v%s: %s rows cached in %s (%.1fs; vocabulary: %s, %s words)", s.model_name,
              champ.version, f"{len(ref):,}", target, meta["seconds"], vocab_source, f"{len(vocab):,}")
@@ -468,8 +475,12 @@ def verdict_line(summary: dict[str, Any]) -> str:
     head = f"DRIFT in {', '.join(drifted)}" if drifted else "No drift"
     if not drifted and fb["concept_drift"]:
         head = "No data drift but CONCEPT DRIFT"
-    return (f"{head}: {summary['current']['rows']:,} predictions ({when}) vs {summary['reference']['rows']:,} "
+    line = (f"{head}: {summary['current']['rows']:,} predictions ({when}) vs {summary['reference']['rows']:,} "
             f"reference (v{summary['reference_version']}); {share}; {acc}.")
+    served = sorted(summary["current"]["by_model_version"], key=int)
+    if served != [str(summary["reference_version"])]:
+        line += f" Note: the period was served by v{', v'.join(served)}; prediction drift may be the model change."
+    return line
 
 
 def _empty_html(summary: dict[str, Any]) -> str:
@@ -514,8 +525,6 @@ def build_report(
     settings: Settings | None = None,
 ) -> dict[str, Any]:
     """Build, save and store one drift report of the period; returns its summary (the DAG's XCom)."""
-    from ml import db
-
     s = settings or get_settings()
     t0 = time.perf_counter()
     a, b = resolve_period(start, end, hours, s)
@@ -523,6 +532,17 @@ def build_report(
     report_id = f"{created:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
     out_dir = s.reports_dir / report_id
     out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return _build(report_id, created, a, b, out_dir, airflow_run_id, s, t0)
+    except BaseException:
+        shutil.rmtree(out_dir, ignore_errors=True)  # nothing stored: leave no half-written report behind
+        raise
+
+
+def _build(report_id: str, created: datetime, a: datetime, b: datetime, out_dir: Path, airflow_run_id: str | None,
+           s: Settings, t0: float) -> dict[str, Any]:
+    from ml import db
+
     log.info("monitoring %s: report %s for %s -> %s", s.model_name, report_id, a.isoformat(), b.isoformat())
     with db.connect(db.database_url(s)) as conn:
         counts = _period_counts(conn, s.model_name, a, b)

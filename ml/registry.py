@@ -137,3 +137,47 @@ def set_champion(version: int, settings: Settings | None = None) -> None:
 
     s = settings or get_settings()
     mlflow.MlflowClient().set_registered_model_alias(s.model_name, s.champion_alias, str(version))
+
+
+def rollback(settings: Settings | None = None, reason: str | None = None) -> dict[str, Any]:
+    """Put the previous champion back (``ml promote --rollback``), from the history in ``model_events``;
+    recorded as a ``rollback`` event. Rolling back again goes one step further back."""
+    from ml import db
+
+    s = settings or get_settings()
+    current = champion(s)
+    if current is None:
+        raise ValueError(f"{s.model_name!r} has no champion: nothing to roll back")
+    with db.connect(db.database_url(s)) as conn:
+        events = conn.execute(
+            "SELECT version, previous_version, event FROM model_events"
+            " WHERE model_name = %s AND event IN ('promoted', 'rollback') ORDER BY id", (s.model_name,),
+        ).fetchall()
+    stack: list[int] = []  # the champions in force, oldest first; a rollback pops back to its target
+    for version, previous, event in events:
+        if event == "promoted":
+            if not stack and previous is not None:
+                stack.append(previous)
+            if not stack or stack[-1] != version:
+                stack.append(version)
+        else:
+            while stack and stack[-1] != version:
+                stack.pop()
+            if not stack:
+                stack.append(version)
+    if not stack or stack[-1] != current.version:
+        raise ValueError(
+            f"champion v{current.version} of {s.model_name!r} was not set by a recorded promotion "
+            f"(model_events ends with v{stack[-1] if stack else '-'}): no previous champion to restore")
+    if len(stack) < 2:
+        raise ValueError(f"v{current.version} is the first recorded champion of {s.model_name!r}: nothing before it")
+    target = stack[-2]
+    why = reason or f"rollback from v{current.version} to v{target}"
+    set_champion(target, s)
+    with db.connect(db.database_url(s)) as conn:
+        conn.execute(
+            "INSERT INTO model_events (model_name, version, previous_version, event, reason) VALUES (%s,%s,%s,%s,%s)",
+            (s.model_name, target, current.version, "rollback", why),
+        )
+    log.warning("champion of %s rolled back: v%s -> v%s (%s)", s.model_name, current.version, target, why)
+    return {"rolled_back": True, "from_version": current.version, "to_version": target, "reason": why}

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import json
 import logging
 import shutil
@@ -295,8 +294,6 @@ def score_shard(batch_id: str, shard: int, chunk_rows: int = 50_000, settings: S
 def finalize(batch_id: str, settings: Settings | None = None) -> dict:
     """Check every shard is done, merge the scored parts into one Parquet beside the input
     (or under var/batches/ when that folder is read-only), and store the summary."""
-    import pyarrow.parquet as pq
-
     from ml import db
 
     s = settings or get_settings()

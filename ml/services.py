@@ -351,13 +351,15 @@ def _wait_http(
 # ----------------------------------------------------------------------- environments
 def _platform_env(s: Settings, db_url: str, mlflow_url: str | None) -> dict[str, str]:
     """Environment for the API (and anything else of ours): same settings as this process."""
+    from ml import db
+
     env = dict(os.environ)
     env.update(
         {
             "DATABASE_URL": db_url,
             "SENTIMENT_VAR_DIR": str(s.var),
-            "SENTIMENT_MLFLOW_DATABASE": s.mlflow_database,
-            "SENTIMENT_AIRFLOW_DATABASE": s.airflow_database,
+            "SENTIMENT_MLFLOW_DATABASE": db.database_name(db.mlflow_backend_url(s)),
+            "SENTIMENT_AIRFLOW_DATABASE": db.database_name(db.airflow_db_url(s)),
             "PYTHONPATH": os.pathsep.join(p for p in [str(REPO_ROOT), env.get("PYTHONPATH", "")] if p),
             "XDG_RUNTIME_DIR": runtime_dir(),
             "HF_HUB_OFFLINE": env.get("HF_HUB_OFFLINE", "1"),

@@ -1,12 +1,16 @@
 """POST /feedback: a user's correction of a prediction, stored in ``feedback``."""
 from __future__ import annotations
 
+import logging
+
 from fastapi import APIRouter, HTTPException, status
 
 from api.deps import SettingsDep, WriterDep, open_db
 from api.schemas import FeedbackRequest, FeedbackResponse
 from api.writer import FlushError
-from ml import serving
+from ml import alerts, serving
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["feedback"])
 
@@ -33,6 +37,12 @@ def create_feedback(body: FeedbackRequest, writer: WriterDep, settings: Settings
             status.HTTP_404_NOT_FOUND, detail=f"no prediction with id {body.prediction_id}; nothing was stored"
         )
     feedback_id, created_at = stored
+    # the feedback is committed: now the alert rule (ml.alerts; counted in PostgreSQL, webhook / e-mail
+    # sent by a background thread). Whatever happens there, the feedback request succeeds.
+    try:
+        alerts.evaluate_feedback(feedback_id, settings)
+    except Exception:  # noqa: BLE001
+        log.exception("alert evaluation failed for feedback %s (the feedback is stored)", feedback_id)
     return FeedbackResponse(
         id=feedback_id,
         prediction_id=body.prediction_id,

@@ -37,6 +37,7 @@
     $("result").dataset.predictionId = p.id;
     $("result").dataset.label = p.label;
     $("result").dataset.modelVersion = p.model_version;
+    $("lineage").href = "/predictions/" + encodeURIComponent(p.id) + "/lineage";
     $("feedback-status").textContent = "";
     $("wrong").disabled = false;
     $("result").hidden = false;

@@ -1,0 +1,43 @@
+"""Shared benchmark setup: an isolated database + var/ and a TF-IDF champion on the shared tweets."""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+SHARED = REPO.parent / "shared" / "data" / "sentiment140_100k.csv"
+
+
+def isolated_platform(name: str) -> Path:
+    """Point the platform at database ``smops_<name>`` (on DATABASE_URL's server, or the
+    embedded one) and a fresh var/ folder; returns that folder."""
+    os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
+    work = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+    os.environ["SENTIMENT_VAR_DIR"] = str(work)
+    os.environ["SENTIMENT_MODEL_NAME"] = f"bench-{name}-{uuid.uuid4().hex[:6]}"
+    from ml import db
+    from ml.config import reset_settings
+
+    base = os.environ.get("DATABASE_URL") or db.start_embedded_postgres()
+    os.environ["DATABASE_URL"] = db.with_database(base, f"smops_{name}")
+    os.environ["SENTIMENT_MLFLOW_DATABASE"] = f"smops_{name}_mlflow"
+    reset_settings()
+    db.migrate()
+    return work
+
+
+def train_champion(path: Path = SHARED) -> int:
+    """validate -> train -> evaluate -> register -> promote a TF-IDF model; returns its version."""
+    from ml import data, registry, train
+
+    print(f"training a TF-IDF champion on {path.name} ...", flush=True)
+    snap = data.validate_and_snapshot(path)
+    run_id = train.train(snap.hash, "tfidf_lr")
+    train.evaluate(run_id)
+    train.register(run_id)
+    train.promote(run_id)
+    return registry.champion().version

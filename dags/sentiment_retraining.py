@@ -1,0 +1,98 @@
+"""sentiment_retraining: retrain the champion on its data + the users' corrections; promote only a winner.
+
+prepare (the champion's snapshot + the reported tweets with their corrected labels, deduplicated,
+conflicts by majority, reviewed-only if ``feedback_review_required``: a new snapshot of kind
+``retraining`` with ``parent_hash``) -> train (the champion's family and params, or a comparison of
+families with ``mode: compare``) -> evaluate (challenger and champion on the SAME held-out set, the
+parent's, and on the reported tweets) -> register -> gate (behavioural checks, ``ml.behaviour``)
+-> promote (the promotion rule with ``retraining_promotion_margin``; otherwise the champion stays).
+The outcome is recorded in ``retrainings`` either way; the API serves a new champion within its
+poll interval.
+
+Triggered by ``sentiment_monitoring`` (TriggerDagRunOperator, run id ``retraining__<id>``,
+conf ``{"retraining_id": id}``) when the misclassification reports since the champion was trained
+reach ``retraining_feedback_fraction`` of its training corpus; by hand without ``retraining_id``
+(a manual retraining on the pending reports). Held-out choice: see ``ml/retraining.py``.
+"""
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import Param, dag, get_current_context, task
+from sentiment_notifiers import PlatformAlertNotifier  # plugins/ (on sys.path in every Airflow process)
+
+FAMILIES = ["tfidf_lr", "cnn", "bilstm", "transformer"]
+
+
+@dag(
+    dag_id="sentiment_retraining",
+    description="Retrain on the champion's data + reported tweets; promote the challenger only if it wins",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    tags=["sentiment", "training", "feedback"],
+    params={
+        "retraining_id": Param(None, type=["null", "integer", "string"],
+                               description="The triggered retraining (set by sentiment_monitoring); empty: a manual "
+                                           "retraining on the pending reports"),
+        "mode": Param("", type="string", enum=["", "champion", "compare"],
+                      description="champion: its family + params; compare: compare `families`; empty: retraining_mode"),
+        "families": Param(FAMILIES, type="array", items={"type": "string", "enum": FAMILIES}, minItems=1,
+                          description="Families to compare (mode compare)"),
+        "profile": Param("quick", type="string", enum=["quick", "full"], description="Search profile (mode compare)"),
+        "hyperparams": Param({}, type="object", description="Overrides of the champion's params (mode champion)"),
+        "sample_size": Param(None, type=["null", "integer"], minimum=20,
+                             description="Stratified sample of the training split (tests, quick runs)"),
+    },
+    default_args={"on_failure_callback": [PlatformAlertNotifier()]},
+    doc_md=__doc__,
+)
+def sentiment_retraining():
+    @task
+    def prepare() -> dict:
+        from ml.retraining import prepare as build_set
+
+        ctx = get_current_context()
+        return build_set(ctx["params"]["retraining_id"], airflow_run_id=ctx["run_id"])
+
+    @task
+    def train(prep: dict) -> str:
+        from ml.retraining import train_challenger
+
+        ctx = get_current_context()
+        p = ctx["params"]
+        return train_challenger(prep["retraining_id"], p["mode"] or None, p["families"], p["hyperparams"],
+                                p["sample_size"], p["profile"], airflow_run_id=ctx["run_id"])
+
+    @task
+    def evaluate(prep: dict, mlflow_run_id: str) -> str:
+        from ml.retraining import evaluate as evaluate_both
+
+        evaluate_both(prep["retraining_id"], mlflow_run_id)
+        return mlflow_run_id
+
+    @task
+    def register(mlflow_run_id: str) -> str:
+        from ml.train import register as register_run
+
+        register_run(mlflow_run_id)
+        return mlflow_run_id
+
+    @task
+    def gate(mlflow_run_id: str) -> str:
+        from ml.train import check_behaviour
+
+        check_behaviour(mlflow_run_id)
+        return mlflow_run_id
+
+    @task
+    def promote(prep: dict, mlflow_run_id: str) -> dict:
+        from ml.retraining import promote as promote_challenger
+
+        return promote_challenger(prep["retraining_id"], mlflow_run_id)
+
+    prep = prepare()
+    promote(prep, gate(register(evaluate(prep, train(prep)))))
+
+
+sentiment_retraining()

@@ -1,0 +1,288 @@
+"""Alerts: bursts of misclassification reports, and platform events (DAG failures).
+
+Rule ``misclassification_burst`` (from the original deployment): ``alert_misclassification_count``
+(3) predictions reported wrong within ``alert_window_seconds`` (300 s) raise an alert.
+
+- **Counted in PostgreSQL**, never in memory: an API restart or several API workers see the same
+  window. A *misclassification report* is a feedback row whose ``correct_label`` differs from the
+  prediction's label; several reports on the same prediction count once. Reports are counted per
+  registered model (``predictions.model_name``).
+- **One alert per burst.** Each evaluation runs in one transaction under a transaction-level
+  advisory lock per (rule, model), so evaluations are serialised across processes. While the
+  window holds at least ``count`` reports the burst goes on: later reports are appended to the open
+  alert (``later_feedback_ids``), no new alert. A report that finds fewer than ``count`` in its
+  window (or an open alert whose last report is older than the window) ends the burst
+  (``resolved_at``); the next crossing raises a new alert. The partial unique index
+  ``alerts_one_open_per_rule`` makes a second open alert impossible even without the lock.
+- **Channels**: a log line always (``WARNING`` on logger ``ml.alerts``), a webhook (HTTP POST of
+  the alert as JSON) when ``alert_webhook_url`` is set, e-mail (SMTP) when ``alert_smtp_host`` and
+  ``alert_email_to`` are set. The webhook and e-mail are sent by a background thread, off the
+  request path; what each channel did (sent / failed + error) is recorded in ``alerts.channels``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import smtplib
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
+from email.message import EmailMessage
+from typing import Any
+
+import psycopg
+
+from ml.config import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+RULE_BURST = "misclassification_burst"
+RULE_DAG_FAILURE = "dag_failure"
+LOCK_SEED = 74210005  # advisory-lock namespace of the alerts (hashtextextended seed)
+
+_executor: ThreadPoolExecutor | None = None
+_executor_lock = threading.Lock()
+_pending: set[Future] = set()
+
+
+# ---------------------------------------------------------------- the rule
+def _conn(settings: Settings) -> psycopg.Connection:
+    from ml import db
+
+    return psycopg.connect(db.database_url(settings, start_embedded=False), connect_timeout=5,
+                           application_name="sentiment-alerts")
+
+
+def evaluate_feedback(feedback_id: int, settings: Settings | None = None, dispatch: bool = True) -> dict[str, Any]:
+    """Apply the burst rule after feedback ``feedback_id`` was stored (and committed).
+
+    Returns ``{"misclassification", "raised", "alert_id", "n_reports", "threshold"}``. When an alert
+    is raised it is logged now and, with ``dispatch``, sent to the webhook / e-mail in the
+    background."""
+    s = settings or get_settings()
+    out: dict[str, Any] = {"feedback_id": feedback_id, "misclassification": False, "raised": False, "alert_id": None}
+    with _conn(s) as conn:
+        row = conn.execute(
+            "SELECT p.model_name, f.correct_label <> p.label FROM feedback f JOIN predictions p ON p.id = f.prediction_id"
+            " WHERE f.id = %s", (feedback_id,),
+        ).fetchone()
+        if row is None or not row[1]:
+            return out  # unknown, or a confirmation (the prediction was right)
+        model_name = row[0]
+        out["misclassification"] = True
+        alert = _evaluate_locked(conn, model_name, feedback_id, s)
+        out.update(alert)
+    if out["raised"]:
+        log.warning("ALERT %s #%s: %s", RULE_BURST, out["alert_id"], out["message"])
+        if dispatch:
+            dispatch_alert(out["alert_id"], s)
+    return out
+
+
+def _evaluate_locked(conn: psycopg.Connection, model_name: str, feedback_id: int, s: Settings) -> dict[str, Any]:
+    """One transaction: lock (rule, model), count the window, open / extend / resolve the alert."""
+    threshold, window = int(s.alert_misclassification_count), float(s.alert_window_seconds)
+    conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, %s))", (f"{RULE_BURST}:{model_name}", LOCK_SEED))
+    # clock_timestamp(), read after the lock: every report committed before now is visible and counted
+    now = conn.execute("SELECT clock_timestamp()").fetchone()[0]
+    start = now - timedelta(seconds=window)
+    n, ids, first, last = conn.execute(
+        "SELECT count(DISTINCT f.prediction_id), coalesce(array_agg(f.id ORDER BY f.id), '{}'),"
+        " min(f.created_at), max(f.created_at)"
+        " FROM feedback f JOIN predictions p ON p.id = f.prediction_id"
+        " WHERE p.model_name = %s AND f.correct_label <> p.label AND f.created_at > %s AND f.created_at <= %s",
+        (model_name, start, now),
+    ).fetchone()
+    res: dict[str, Any] = {"n_reports": int(n), "threshold": threshold, "window_seconds": window, "raised": False,
+                           "alert_id": None, "model_name": model_name}
+    open_alert = conn.execute(
+        "SELECT id, last_report_at FROM alerts WHERE rule = %s AND model_name = %s AND resolved_at IS NULL FOR UPDATE",
+        (RULE_BURST, model_name),
+    ).fetchone()
+    if open_alert is not None and (n < threshold or open_alert[1] is None or open_alert[1] <= start):
+        # the burst is over: its window holds fewer than `threshold` reports, or nothing new came in a window
+        ended = min(now, open_alert[1] + timedelta(seconds=window)) if open_alert[1] else now
+        conn.execute("UPDATE alerts SET resolved_at = %s WHERE id = %s", (ended, open_alert[0]))
+        open_alert = None
+    if n < threshold:
+        return res
+    if open_alert is not None:  # the same burst: record the report on the open alert
+        conn.execute(
+            "UPDATE alerts SET later_feedback_ids = later_feedback_ids || %s::bigint,"
+            " last_report_at = greatest(last_report_at, %s)"
+            " WHERE id = %s AND NOT (%s = ANY(feedback_ids)) AND NOT (%s = ANY(later_feedback_ids))",
+            (feedback_id, last, open_alert[0], feedback_id, feedback_id),
+        )
+        res["alert_id"] = open_alert[0]
+        return res
+    message = (f"{n} predictions of {model_name} reported wrong within {window:g}s "
+               f"(threshold {threshold}); feedback ids {list(ids)}")
+    details = {"feedback_ids": list(ids), "first_report_at": first.isoformat(), "last_report_at": last.isoformat()}
+    row = conn.execute(
+        "INSERT INTO alerts (rule, model_name, window_seconds, threshold, n_reports, feedback_ids, first_report_at,"
+        " last_report_at, message, details, channels) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
+        " ON CONFLICT (rule, model_name) WHERE resolved_at IS NULL DO NOTHING RETURNING id",
+        (RULE_BURST, model_name, int(window), threshold, int(n), list(ids), first, last, message, json.dumps(details),
+         json.dumps([_channel_result("log", "logger ml.alerts", "sent")])),
+    ).fetchone()
+    if row is None:  # cannot happen under the lock; the unique index is the second guard
+        return res
+    res.update(raised=True, alert_id=row[0], message=message, feedback_ids=list(ids))
+    return res
+
+
+# ---------------------------------------------------------------- events (DAG failures)
+def raise_event(rule: str, model_name: str, message: str, details: dict[str, Any] | None = None,
+                severity: str = "error", settings: Settings | None = None, send: bool = True) -> int | None:
+    """Record a one-off alert (already resolved: an event, not a state) and send it on every channel
+    now, in this thread (DAG callbacks are not on a request path). Returns its id, or None when the
+    database is unreachable (the log line is written either way)."""
+    s = settings or get_settings()
+    log.warning("ALERT %s (%s): %s", rule, model_name, message)
+    try:
+        with _conn(s) as conn:
+            alert_id = conn.execute(
+                "INSERT INTO alerts (rule, model_name, severity, message, details, channels, resolved_at)"
+                " VALUES (%s,%s,%s,%s,%s,%s, now()) RETURNING id",
+                (rule, model_name, severity, message, json.dumps(details or {}, default=str),
+                 json.dumps([_channel_result("log", "logger ml.alerts", "sent")])),
+            ).fetchone()[0]
+    except Exception as e:  # noqa: BLE001 - a failure callback must not fail
+        log.error("could not record alert %s: %s", rule, e)
+        return None
+    if send:
+        _send_channels(alert_id, s)
+    return alert_id
+
+
+# ---------------------------------------------------------------- channels
+def _channel_result(channel: str, target: str, status: str, error: str | None = None) -> dict[str, Any]:
+    return {"channel": channel, "target": target, "status": status, "error": error,
+            "at": datetime.now(timezone.utc).isoformat()}
+
+
+def alert_payload(alert_id: int, settings: Settings | None = None) -> dict[str, Any]:
+    """The alert as the webhook receives it (JSON)."""
+    s = settings or get_settings()
+    with _conn(s) as conn:
+        cur = conn.execute(
+            "SELECT id, created_at, rule, model_name, severity, window_seconds, threshold, n_reports, feedback_ids,"
+            " first_report_at, last_report_at, message, details FROM alerts WHERE id = %s", (alert_id,))
+        row = cur.fetchone()
+        names = [d.name for d in cur.description]
+    if row is None:
+        raise KeyError(f"no alert {alert_id}")
+    out = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in zip(names, row)}
+    out["alert_id"] = out.pop("id")
+    out["source"] = "tweet-sentiment-platform"
+    return out
+
+
+def _email_recipients(s: Settings) -> list[str]:
+    return [a.strip() for a in (s.alert_email_to or "").split(",") if a.strip()]
+
+
+def send_webhook(payload: dict[str, Any], s: Settings) -> None:
+    import httpx
+
+    r = httpx.post(s.alert_webhook_url, json=payload, timeout=s.alert_webhook_timeout_seconds)
+    r.raise_for_status()
+
+
+def send_email(payload: dict[str, Any], s: Settings) -> None:
+    msg = EmailMessage()
+    msg["Subject"] = f"[sentiment] ALERT {payload['rule']} ({payload['model_name']}): {payload['message'][:120]}"
+    msg["From"] = s.alert_email_from
+    msg["To"] = ", ".join(_email_recipients(s))
+    msg.set_content(f"{payload['message']}\n\n{json.dumps(payload, indent=2, default=str)}\n")
+    with smtplib.SMTP(s.alert_smtp_host, s.alert_smtp_port, timeout=s.alert_webhook_timeout_seconds) as smtp:
+        if s.alert_smtp_starttls:
+            smtp.starttls()
+        if s.alert_smtp_user:
+            smtp.login(s.alert_smtp_user, s.alert_smtp_password or "")
+        smtp.send_message(msg)
+
+
+def _send_channels(alert_id: int, s: Settings) -> list[dict[str, Any]]:
+    """Send one alert on the configured channels; record each outcome in ``alerts.channels``."""
+    results: list[dict[str, Any]] = []
+    try:
+        payload = alert_payload(alert_id, s)
+    except Exception as e:  # noqa: BLE001
+        log.error("alert %s: cannot read it back to send it: %s", alert_id, e)
+        return results
+    if s.alert_webhook_url:
+        try:
+            send_webhook(payload, s)
+            results.append(_channel_result("webhook", s.alert_webhook_url, "sent"))
+        except Exception as e:  # noqa: BLE001 - recorded, never raised
+            results.append(_channel_result("webhook", s.alert_webhook_url, "failed", f"{type(e).__name__}: {e}"))
+    if s.alert_smtp_host and _email_recipients(s):
+        target = f"smtp://{s.alert_smtp_host}:{s.alert_smtp_port} -> {', '.join(_email_recipients(s))}"
+        try:
+            send_email(payload, s)
+            results.append(_channel_result("email", target, "sent"))
+        except Exception as e:  # noqa: BLE001
+            results.append(_channel_result("email", target, "failed", f"{type(e).__name__}: {e}"))
+    for r in results:
+        (log.info if r["status"] == "sent" else log.error)("alert %s via %s (%s): %s%s", alert_id, r["channel"],
+                                                           r["target"], r["status"],
+                                                           f" - {r['error']}" if r["error"] else "")
+    if results:
+        try:
+            with _conn(s) as conn:
+                conn.execute("UPDATE alerts SET channels = channels || %s::jsonb WHERE id = %s",
+                             (json.dumps(results), alert_id))
+        except Exception as e:  # noqa: BLE001
+            log.error("alert %s: could not record channel outcomes: %s", alert_id, e)
+    return results
+
+
+def _get_executor() -> ThreadPoolExecutor:
+    global _executor
+    with _executor_lock:
+        if _executor is None:
+            _executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="alert-send")
+        return _executor
+
+
+def dispatch_alert(alert_id: int, settings: Settings | None = None) -> Future | None:
+    """Send the alert on the webhook / e-mail channels in a background thread (off the request path)."""
+    s = settings or get_settings()
+    if not s.alert_webhook_url and not (s.alert_smtp_host and _email_recipients(s)):
+        return None
+    fut = _get_executor().submit(_send_channels, alert_id, s)
+    _pending.add(fut)
+    fut.add_done_callback(_pending.discard)
+    return fut
+
+
+def wait_dispatched(timeout: float = 30.0) -> bool:
+    """Wait for the background sends started so far (tests, clean shutdown). True if all finished."""
+    from concurrent.futures import wait
+
+    done, not_done = wait(list(_pending), timeout=timeout)
+    return not not_done
+
+
+# ---------------------------------------------------------------- reading back
+ALERT_COLUMNS = ("id", "created_at", "rule", "model_name", "severity", "window_seconds", "threshold", "n_reports",
+                 "feedback_ids", "later_feedback_ids", "first_report_at", "last_report_at", "message", "channels",
+                 "resolved_at")
+
+
+def list_alerts(limit: int = 50, model_name: str | None = None, rule: str | None = None,
+                settings: Settings | None = None) -> list[dict[str, Any]]:
+    s = settings or get_settings()
+    where, args = [], []
+    if model_name:
+        where.append("model_name = %s")
+        args.append(model_name)
+    if rule:
+        where.append("rule = %s")
+        args.append(rule)
+    sql = (f"SELECT {', '.join(ALERT_COLUMNS)} FROM alerts {'WHERE ' + ' AND '.join(where) if where else ''}"
+           " ORDER BY id DESC LIMIT %s")
+    with _conn(s) as conn:
+        rows = conn.execute(sql, (*args, limit)).fetchall()
+    return [{k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in zip(ALERT_COLUMNS, r)} for r in rows]

@@ -1,0 +1,157 @@
+"""Lineage of a prediction: model version -> MLflow run (code commit) -> dataset snapshot -> the
+chain of parent snapshots, and for each retraining snapshot the retraining and the feedback reports
+that produced it. ``GET /predictions/{id}/lineage`` and ``ml lineage ID``."""
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+from ml.config import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+MAX_REPORTS_LISTED = 100
+MAX_DEPTH = 50
+
+
+def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in row.items():
+        if isinstance(v, datetime):
+            v = v.isoformat()
+        elif isinstance(v, uuid.UUID):
+            v = str(v)
+        out[k] = v
+    return out
+
+
+def _one(conn, sql: str, args: tuple) -> dict[str, Any] | None:
+    cur = conn.execute(sql, args)
+    row = cur.fetchone()
+    return _jsonable(dict(zip([d.name for d in cur.description], row))) if row else None
+
+
+def _all(conn, sql: str, args: tuple) -> list[dict[str, Any]]:
+    cur = conn.execute(sql, args)
+    names = [d.name for d in cur.description]
+    return [_jsonable(dict(zip(names, r))) for r in cur.fetchall()]
+
+
+def _model_version(model_name: str, version: int) -> tuple[dict[str, Any], dict[str, str], dict[str, float]]:
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    mv = client.get_model_version(model_name, str(version))
+    info = {"name": model_name, "version": int(version), "run_id": mv.run_id,
+            "registered_at": datetime.fromtimestamp(mv.creation_timestamp / 1000, tz=timezone.utc).isoformat()
+            if mv.creation_timestamp else None,
+            "aliases": list(getattr(mv, "aliases", []) or [])}
+    run = client.get_run(mv.run_id)
+    tags = {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")}
+    return info, tags, dict(run.data.metrics)
+
+
+def _reports(conn, ids: list[int]) -> list[dict[str, Any]]:
+    if not ids:
+        return []
+    return _all(conn,
+                "SELECT f.id AS feedback_id, f.prediction_id, f.correct_label, f.comment, f.reviewed, f.created_at,"
+                " p.text, p.label AS predicted_label, p.model_version AS predicted_by_version"
+                " FROM feedback f JOIN predictions p ON p.id = f.prediction_id WHERE f.id = ANY(%s)"
+                " ORDER BY f.id LIMIT %s", (list(ids), MAX_REPORTS_LISTED))
+
+
+def snapshot_chain(conn, snapshot_hash: str | None) -> list[dict[str, Any]]:
+    """The snapshot and its ancestors (``parent_hash``), each with the retraining that built it."""
+    chain: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    h = snapshot_hash
+    while h and h not in seen and len(chain) < MAX_DEPTH:
+        seen.add(h)
+        snap = _one(conn, "SELECT hash, kind, source, parent_hash, n_rows, n_positive, path, created_at"
+                          " FROM dataset_snapshots WHERE hash = %s", (h,))
+        if snap is None:
+            chain.append({"hash": h, "missing": True})
+            break
+        if snap["kind"] == "retraining":
+            r = _one(conn, "SELECT id, created_at, reason, detail, trigger_key, status, n_feedback, threshold,"
+                           " feedback_ids, training_feedback_ids, champion_before, champion_after, run_id,"
+                           " candidate_version, decision, drift_report_id, airflow_run_id, trigger_airflow_run_id"
+                           " FROM retrainings WHERE snapshot_hash = %s ORDER BY id LIMIT 1", (h,))
+            if r is not None:
+                ids = r.pop("training_feedback_ids") or []
+                r["training_feedback_ids"] = ids
+                r["n_training_reports"] = len(ids)
+                r["reports"] = _reports(conn, ids)
+                r["reports_listed"] = len(r["reports"])
+            snap["retraining"] = r
+        chain.append(snap)
+        h = snap.get("parent_hash")
+    return chain
+
+
+def prediction_lineage(prediction_id: str | uuid.UUID, settings: Settings | None = None, conn=None) -> dict[str, Any] | None:
+    """Everything that led to one prediction; None for an unknown id."""
+    from ml import db, tracking
+
+    s = settings or get_settings()
+    try:
+        pid = uuid.UUID(str(prediction_id))
+    except ValueError:
+        return None
+    if conn is None:
+        with db.connect(db.database_url(s)) as c:
+            return prediction_lineage(pid, s, c)
+    pred = _one(conn, "SELECT id, created_at, text, label, p_positive, model_name, model_version, source, batch_id"
+                      " FROM predictions WHERE id = %s", (pid,))
+    if pred is None:
+        return None
+    out: dict[str, Any] = {"prediction": pred, "errors": []}
+    model: dict[str, Any] = {"name": pred["model_name"], "version": pred["model_version"]}
+    tags: dict[str, str] = {}
+    try:
+        tracking.configure(s)
+        info, tags, metrics = _model_version(pred["model_name"], pred["model_version"])
+        model.update(info, family=tags.get("family"), metrics=metrics, tags=tags)
+    except Exception as e:  # noqa: BLE001 - the database side of the lineage is still useful
+        out["errors"].append(f"MLflow: {type(e).__name__}: {e}")
+    run_id = model.get("run_id")
+    tr = _one(conn, "SELECT run_id, snapshot_hash, family, params, status, decision, git_commit, airflow_run_id,"
+                    " created_at FROM training_runs WHERE run_id = %s", (run_id,)) if run_id else None
+    model["training_run"] = tr
+    model["events"] = _all(conn, "SELECT id, event, version, previous_version, reason, created_at FROM model_events"
+                                 " WHERE model_name = %s AND (version = %s OR previous_version = %s) ORDER BY id",
+                           (pred["model_name"], pred["model_version"], pred["model_version"]))
+    out["model"] = model
+    dataset_hash = tags.get("dataset_hash") or (tr or {}).get("snapshot_hash")
+    out["git_commit"] = tags.get("git_commit") or (tr or {}).get("git_commit")
+    chain = snapshot_chain(conn, dataset_hash)
+    out["snapshot"] = chain[0] if chain else None
+    out["snapshot_chain"] = chain
+    produced = next((c.get("retraining") for c in chain if c.get("retraining")), None)
+    out["retraining"] = produced  # the latest retraining in the model's data lineage
+    feedback_on_this = _all(conn, "SELECT id AS feedback_id, correct_label, created_at FROM feedback"
+                                  " WHERE prediction_id = %s ORDER BY id", (pid,))
+    out["feedback"] = feedback_on_this
+    out["summary"] = _summary(out)
+    return out
+
+
+def _summary(out: dict[str, Any]) -> str:
+    p, m = out["prediction"], out["model"]
+    parts = [f"prediction {p['id']} ({p['source']}, {p['created_at'][:19]}) by {m['name']} v{m['version']}"
+             + (f" ({m.get('family')}, run {m.get('run_id')})" if m.get("run_id") else "")]
+    if out.get("git_commit"):
+        parts.append(f"code {out['git_commit']}")
+    snap = out.get("snapshot")
+    if snap and not snap.get("missing"):
+        parts.append(f"trained on snapshot {snap['hash'][:16]} ({snap['kind']}, {snap['n_rows']:,} rows)")
+    r = out.get("retraining")
+    if r:
+        parts.append(f"built by retraining #{r['id']} ({r['reason']}) from {r['n_training_reports']} feedback reports")
+    chain = out.get("snapshot_chain") or []
+    if len(chain) > 1:
+        parts.append("snapshot chain " + " <- ".join(f"{c['hash'][:10]}:{c.get('kind', '?')}" for c in chain))
+    return "; ".join(parts)

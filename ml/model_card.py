@@ -1,0 +1,145 @@
+"""The champion's model card: version, metrics, training snapshot (and its lineage), behavioural
+checks, feedback against the retraining threshold, the latest retrainings and alerts. JSON for
+machines, a small HTML page for the Airflow UI plugin (``plugins/sentiment_platform_plugin.py``)."""
+from __future__ import annotations
+
+import html
+from datetime import datetime, timezone
+from typing import Any
+
+from ml.config import Settings, get_settings
+
+METRIC_KEYS = ("accuracy", "f1", "precision", "recall", "roc_auc", "inference_ms_per_tweet", "training_seconds",
+               "model_size_mb")
+
+
+def model_card(settings: Settings | None = None) -> dict[str, Any]:
+    import mlflow
+
+    from ml import alerts, db, lineage, registry, retraining, tracking
+
+    s = settings or get_settings()
+    tracking.configure(s)
+    card: dict[str, Any] = {"model_name": s.model_name, "alias": s.champion_alias,
+                            "generated_at": datetime.now(timezone.utc).isoformat(), "champion": None}
+    champ = registry.champion(s)
+    if champ is None:
+        card["note"] = f"no champion yet: {s.model_name!r} has no {s.champion_alias!r} alias"
+        return card
+    run = mlflow.MlflowClient().get_run(champ.run_id)
+    tags = {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")}
+    metrics = {k: v for k, v in run.data.metrics.items() if k in METRIC_KEYS or k.startswith("reported_")}
+    card["champion"] = {
+        "version": champ.version, "run_id": champ.run_id, "family": tags.get("family"),
+        "trained_at": datetime.fromtimestamp(run.info.start_time / 1000, tz=timezone.utc).isoformat(),
+        "git_commit": tags.get("git_commit"), "dataset_hash": tags.get("dataset_hash"),
+        "metrics": metrics, "retraining_id": tags.get("retraining_id"),
+    }
+    with db.connect(db.database_url(s)) as conn:
+        tr = conn.execute("SELECT params, behaviour, decision, airflow_run_id FROM training_runs WHERE run_id = %s",
+                          (champ.run_id,)).fetchone()
+        if tr:
+            card["champion"].update(params=tr[0], decision=tr[2], airflow_run_id=tr[3],
+                                    behaviour={k: v.get("pass_rate") for k, v in (tr[1] or {}).get("types", {}).items()}
+                                    if tr[1] else None)
+        card["snapshot_chain"] = lineage.snapshot_chain(conn, tags.get("dataset_hash"))
+        for c in card["snapshot_chain"]:  # the card lists counts, not every report
+            if c.get("retraining"):
+                c["retraining"].pop("reports", None)
+                c["retraining"].pop("training_feedback_ids", None)
+                c["retraining"].pop("feedback_ids", None)
+        events = conn.execute("SELECT event, version, previous_version, reason, created_at FROM model_events"
+                              " WHERE model_name = %s ORDER BY id DESC LIMIT 10", (s.model_name,)).fetchall()
+    card["events"] = [{"event": e[0], "version": e[1], "previous_version": e[2], "reason": e[3],
+                       "at": e[4].isoformat()} for e in events]
+    ctx = retraining.champion_context(s)
+    card["feedback"] = retraining.pending_count(ctx, s) if ctx and ctx.corpus_rows else None
+    card["retrainings"] = retraining.list_retrainings(5, s)
+    card["alerts"] = alerts.list_alerts(5, model_name=s.model_name, settings=s)
+    return card
+
+
+def _esc(v: Any) -> str:
+    return html.escape("" if v is None else str(v))
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return _esc(v)
+
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:1.5rem;color:#1d2330;background:#fff}
+h1{font-size:1.4rem;margin:0 0 .3rem} h2{font-size:1.05rem;margin:1.4rem 0 .4rem}
+table{border-collapse:collapse;margin:.3rem 0} td,th{border:1px solid #dde1e8;padding:.25rem .6rem;text-align:left;
+font-size:.9rem} th{background:#f3f5f8} .muted{color:#5b6475} .bar{height:.8rem;background:#eceff3;width:18rem;
+border-radius:3px;overflow:hidden;display:inline-block;vertical-align:middle} .fill{height:100%;background:#d98e04}
+.ok{color:#2b7a3d} .bad{color:#b00020} code{font-size:.85rem}
+"""
+
+
+def card_html(card: dict[str, Any]) -> str:
+    c = card.get("champion")
+    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>Model card {_esc(card['model_name'])}</title>"
+           f"<style>{STYLE}</style></head><body>",
+           f"<h1>Model card: {_esc(card['model_name'])} <span class='muted'>@{_esc(card['alias'])}</span></h1>"]
+    if c is None:
+        out.append(f"<p>{_esc(card.get('note'))}</p></body></html>")
+        return "".join(out)
+    out.append(f"<p id='champion-version'>Champion <b>version {c['version']}</b> ({_esc(c.get('family'))}), "
+               f"trained {_esc(c['trained_at'][:19])} UTC, run <code>{_esc(c['run_id'])}</code>, "
+               f"code <code>{_esc(c.get('git_commit'))}</code></p>")
+    out.append("<h2>Held-out metrics</h2><table><tr>" + "".join(f"<th>{_esc(k)}</th>" for k in c["metrics"])
+               + "</tr><tr>" + "".join(f"<td>{_fmt(v)}</td>" for v in c["metrics"].values()) + "</tr></table>")
+    if c.get("behaviour"):
+        out.append("<h2>Behavioural checks (pass rate)</h2><table><tr>"
+                   + "".join(f"<th>{_esc(k)}</th>" for k in c["behaviour"]) + "</tr><tr>"
+                   + "".join(f"<td>{_fmt(v)}</td>" for v in c["behaviour"].values()) + "</tr></table>")
+    fb = card.get("feedback")
+    if fb:
+        share = min(1.0, fb["share_of_threshold"] or 0.0)
+        out.append(f"<h2>Feedback against the retraining threshold</h2><p id='feedback-count'>"
+                   f"<b>{fb['reports']}</b> misclassification reports since this champion was trained, threshold "
+                   f"<b>{fb['threshold']}</b> ({fb['fraction']:.2%} of {fb['corpus_rows']:,} training rows)"
+                   f"{' - reviewed reports only' if fb['review_required'] else ''} "
+                   f"<span class='bar'><span class='fill' style='width:{share * 100:.0f}%;display:block'></span></span>"
+                   f" {share:.0%}</p>")
+    out.append("<h2>Training data (snapshot lineage)</h2><table><tr><th>snapshot</th><th>kind</th><th>rows</th>"
+               "<th>created</th><th>built by</th></tr>")
+    for snap in card.get("snapshot_chain") or []:
+        r = snap.get("retraining")
+        by = (f"retraining #{r['id']} ({_esc(r['reason'])}, {r['n_training_reports']} reports, {_esc(r['status'])})"
+              if r else _esc(snap.get("source")))
+        out.append(f"<tr><td><code>{_esc(snap['hash'][:16])}</code></td><td>{_esc(snap.get('kind'))}</td>"
+                   f"<td>{_esc(snap.get('n_rows'))}</td><td>{_esc(str(snap.get('created_at', ''))[:19])}</td>"
+                   f"<td>{by}</td></tr>")
+    out.append("</table>")
+    if card.get("retrainings"):
+        out.append("<h2>Latest retrainings</h2><table><tr><th>#</th><th>when</th><th>reason</th><th>reports</th>"
+                   "<th>status</th><th>champion before → after</th><th>decision</th></tr>")
+        for r in card["retrainings"]:
+            cls = "ok" if r["status"] == "promoted" else ("bad" if r["status"] == "failed" else "")
+            out.append(f"<tr><td>{r['id']}</td><td>{_esc(r['created_at'][:19])}</td><td>{_esc(r['reason'])}</td>"
+                       f"<td>{r['n_feedback']}/{_esc(r['threshold'])}</td><td class='{cls}'>{_esc(r['status'])}</td>"
+                       f"<td>v{_esc(r['champion_before'])} → v{_esc(r['champion_after'])}</td>"
+                       f"<td>{_esc(r['decision'] or r['error'])}</td></tr>")
+        out.append("</table>")
+    if card.get("events"):
+        out.append("<h2>Champion history</h2><table><tr><th>when</th><th>event</th><th>version</th><th>previous</th>"
+                   "<th>reason</th></tr>")
+        for e in card["events"]:
+            out.append(f"<tr><td>{_esc(e['at'][:19])}</td><td>{_esc(e['event'])}</td><td>{e['version']}</td>"
+                       f"<td>{_esc(e['previous_version'])}</td><td>{_esc(e['reason'])}</td></tr>")
+        out.append("</table>")
+    if card.get("alerts"):
+        out.append("<h2>Latest alerts</h2><table><tr><th>when</th><th>rule</th><th>message</th><th>channels</th></tr>")
+        for a in card["alerts"]:
+            ch = ", ".join(f"{x['channel']}: {x['status']}" for x in a.get("channels") or [])
+            out.append(f"<tr><td>{_esc(a['created_at'][:19])}</td><td>{_esc(a['rule'])}</td>"
+                       f"<td>{_esc(a['message'])}</td><td>{_esc(ch)}</td></tr>")
+        out.append("</table>")
+    out.append(f"<p class='muted'>JSON: <a href='model-card.json'>model-card.json</a> · generated "
+               f"{_esc(card['generated_at'][:19])} UTC</p>")
+    out.append("</body></html>")
+    return "".join(out)

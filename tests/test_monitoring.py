@@ -1,0 +1,266 @@
+"""Monitoring: drift reports of stored predictions against the champion's held-out predictions.
+
+A real TF-IDF champion (20,000 real tweets, 4,000 held out = the reference) under this module's
+own model name; predictions written to the real ``predictions`` table for fixed past periods:
+- matching: 3,000 other tweets from the same source -> no drift;
+- drifted: 3,000 tweets about one topic (work / school / exams) -> drift; 1,200 reported wrong
+  -> concept drift;
+- empty: no predictions -> a stored report that says so.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import pandas as pd
+import pytest
+
+from ml import data, monitoring, registry, train
+from ml.config import get_settings, reset_settings
+
+SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "sentiment140_100k.csv")
+TOPIC = ("work", "school", "exam", "class", "office", "boss", "homework", "study")
+DAY = timedelta(days=1)
+MATCHING = datetime(2025, 3, 1, tzinfo=timezone.utc)
+DRIFTED = datetime(2025, 3, 2, tzinfo=timezone.utc)
+EMPTY = datetime(2025, 3, 3, tzinfo=timezone.utc)
+PER_CLASS = 10_000  # snapshot: 20,000 real tweets -> 4,000 held out = the reference
+N_CURRENT = 3000    # predictions stored per period
+N_WRONG = 1200      # drifted period: predictions reported wrong
+
+
+def _pool() -> list[tuple[int, str]]:
+    """Real tweets (shuffled, fixed seed), or the generated demo corpus where they are absent."""
+    if os.path.exists(SHARED):
+        with open(SHARED, encoding="utf-8", newline="") as f:
+            rows = [(1 if r[0] == "4" else 0, r[1]) for r in csv.reader(f)]
+    else:
+        rows = [(y, t) for t, y in data.demo_rows(20_000, seed=1)]
+    random.Random(7).shuffle(rows)
+    return rows
+
+
+def _on_topic(text: str) -> bool:
+    words = set(text.lower().split())
+    return any(w in words for w in TOPIC)
+
+
+@pytest.fixture(scope="module")
+def setup(platform_env, mlflow_tracking, tmp_path_factory):
+    name = f"tweet-sentiment-monitoring-{uuid.uuid4().hex[:6]}"
+    os.environ["SENTIMENT_MODEL_NAME"] = name
+    reset_settings()
+    pool = _pool()
+    off_topic = [r for r in pool if not _on_topic(r[1])]
+    neg = [r for r in off_topic if r[0] == 0]
+    pos = [r for r in off_topic if r[0] == 1]
+    snapshot_rows = neg[:PER_CLASS] + pos[:PER_CLASS]
+    # the same distribution as the reference: off-topic, balanced by true label, interleaved
+    matching = [r for pair in zip(neg[PER_CLASS:], pos[PER_CLASS:]) for r in pair][:N_CURRENT]
+    rest = neg[PER_CLASS + N_CURRENT:] + pos[PER_CLASS + N_CURRENT:]
+    topic = [r for r in pool if _on_topic(r[1])]
+    if len(topic) < N_CURRENT:  # demo corpus: a shift in form instead of topic
+        topic = [(y, f"@shop {t} {t} http://t.co/{i} #promo #deal 100% !!!") for i, (y, t) in enumerate(rest[-N_CURRENT:])]
+    path = tmp_path_factory.mktemp("mon") / "tweets.csv"
+    with path.open("w", encoding="utf-8", newline="") as f:
+        csv.writer(f, quoting=csv.QUOTE_ALL).writerows([(4 if y else 0, t) for y, t in snapshot_rows])
+    snap = data.validate_and_snapshot(path)
+    run_id = train.train(snap.hash, "tfidf_lr")
+    metrics = train.evaluate(run_id)
+    version = train.register(run_id)
+    registry.set_champion(version)  # the promotion gate (behavioural checks) is not what is tested here
+    model = registry.load_version(version)
+    s = get_settings()
+    periods = {"matching": (MATCHING, [t for _, t in matching]),
+               "drifted": (DRIFTED, [t for _, t in topic[:N_CURRENT]])}
+    ids: dict[str, list[str]] = {}
+    import psycopg
+
+    with psycopg.connect(s.database_url, autocommit=True) as conn:
+        for key, (start, texts) in periods.items():
+            proba = model.predict_proba(texts)
+            rows = [
+                (t, int(p[1] >= 0.5), float(p[0]), float(p[1]), name, version, "api" if i % 3 else "batch",
+                 start + timedelta(seconds=25 * i + 1))
+                for i, (t, p) in enumerate(zip(texts, proba))
+            ]
+            with conn.cursor() as cur:
+                with cur.copy("COPY predictions (text, label, p_negative, p_positive, model_name, model_version, source,"
+                              " created_at) FROM STDIN") as cp:
+                    for r in rows:
+                        cp.write_row(r)
+            ids[key] = [r[0] for r in conn.execute(
+                "SELECT id::text FROM predictions WHERE model_name=%s AND created_at >= %s AND created_at < %s"
+                " ORDER BY created_at", (name, start, start + DAY)).fetchall()]
+        # feedback: matching window 10 reported wrong + 10 confirmed; drifted window 1,200 reported wrong
+        def give(pid_list, wrong):
+            for pid in pid_list:
+                label = conn.execute("SELECT label FROM predictions WHERE id=%s", (pid,)).fetchone()[0]
+                conn.execute("INSERT INTO feedback (prediction_id, correct_label) VALUES (%s, %s)",
+                             (pid, 1 - label if wrong else label))
+        give(ids["matching"][:10], wrong=True)
+        give(ids["matching"][10:20], wrong=False)
+        give(ids["drifted"][:N_WRONG], wrong=True)
+        give(ids["drifted"][:1], wrong=True)  # a second report on the same prediction counts once
+    n_ref = len(data.split(snap.load(), s.test_size, s.seed)[1])
+    yield {"name": name, "version": version, "accuracy": metrics["accuracy"], "settings": s, "n_ref": n_ref}
+    os.environ.pop("SENTIMENT_MODEL_NAME")
+    reset_settings()
+
+
+@pytest.fixture(scope="module")
+def matching_report(setup):
+    return monitoring.build_report(start=MATCHING, end=MATCHING + DAY)
+
+
+def test_descriptors():
+    frame = pd.DataFrame({"text": ["@a @b love it http://x.co/1 #fun", "zzqx qqzz love", "!!! 123", ""]})
+    out = monitoring.add_descriptors(frame, {"love", "it", "fun", "user", "url"})
+    assert out["n_mentions"].tolist() == [2, 0, 0, 0]
+    assert out["n_urls"].tolist() == [1, 0, 0, 0]
+    assert out["n_hashtags"].tolist() == [1, 0, 0, 0]
+    assert out["word_count"].tolist() == [6, 3, 2, 0]
+    assert out["oov_share"].tolist() == [0.0, 2 / 3, 1.0, 1.0]  # "123" is a token, not in vocabulary
+    assert out.loc[2, "non_letter_share"] == 1.0 and out.loc[1, "non_letter_share"] == 0.0
+
+
+def test_periods():
+    from airflow.sdk.api.datamodels._generated import DagRunType
+
+    a, b = monitoring.resolve_period(end="2025-03-02T00:00:00", hours=6)
+    assert (a.isoformat(), b.isoformat()) == ("2025-03-01T18:00:00+00:00", "2025-03-02T00:00:00+00:00")
+    a, b = monitoring.resolve_period(start="2025-03-01T00:00:00+02:00")
+    assert (a.hour, (b - a).total_seconds()) == (22, 24 * 3600)
+    nightly = datetime(2025, 3, 2, tzinfo=timezone.utc)
+    assert monitoring.run_period_end(None, DagRunType.SCHEDULED, nightly) == nightly.isoformat()
+    assert monitoring.run_period_end(None, DagRunType.MANUAL, nightly) is None  # manual: up to now
+    assert monitoring.run_period_end("2025-01-01", DagRunType.SCHEDULED, nightly) == "2025-01-01"
+
+
+def test_matching_period_has_no_drift(setup, matching_report, conn):
+    r = matching_report
+    assert r["status"] == "ok" and r["drift_detected"] is False, r["verdict"]
+    assert r["verdict"].startswith("No drift")
+    assert r["current"]["rows"] == r["current"]["rows_in_period"] == N_CURRENT
+    assert r["current"]["by_source"] == {"api": 2000, "batch": 1000}
+    assert r["reference"]["rows"] == setup["n_ref"] and r["reference_version"] == setup["version"]
+    assert r["reference"]["vocabulary_source"] == "model"
+    assert r["tests"].startswith("distance")
+    for key in ("prediction_label", "probability", "text_descriptors", "raw_text"):
+        assert r["metrics"][key]["detected"] is False, (key, r["metrics"][key])
+    assert r["drifted_columns"]["count"] == 0 and r["drifted_columns"]["of"] == 10
+    fb = r["feedback"]
+    assert (fb["with_feedback"], fb["reported_wrong"], fb["confirmed_right"]) == (20, 10, 10)
+    assert fb["live_accuracy_upper_bound"] == pytest.approx(1 - 10 / N_CURRENT)
+    assert fb["feedback_accuracy"] == 0.5
+    assert fb["training_accuracy"] == pytest.approx(setup["accuracy"])
+    assert fb["concept_drift"] is False
+    # files and the stored row
+    html = open(r["files"]["html"], encoding="utf-8").read()
+    assert len(html) > 100_000 and "oov_share" in html and "p_positive" in html
+    assert json.load(open(r["files"]["json"]))["metrics"]
+    assert json.load(open(r["files"]["summary"]))["id"] == r["id"]
+    row = conn.execute("SELECT status, drift_detected, n_current, n_reference, n_feedback, concept_drift, verdict"
+                       " FROM drift_reports WHERE id=%s", (r["id"],)).fetchone()
+    assert row == ("ok", False, N_CURRENT, setup["n_ref"], 20, False, r["verdict"])
+    assert monitoring.get_report(r["id"])["metrics"] == r["metrics"]
+    assert str(monitoring.report_html_path(r["id"])) == r["files"]["html"]
+    assert monitoring.get_report("nope") is None and monitoring.report_html_path("../../etc") is None
+
+
+def test_reference_is_cached_per_champion_version(setup, matching_report):
+    ref_dir = monitoring.reference_dir(setup["version"])
+    meta = json.loads((ref_dir / "meta.json").read_text())
+    assert meta["rows"] == meta["held_out_rows"] == setup["n_ref"] and meta["version"] == setup["version"]
+    mtime = (ref_dir / "reference.parquet").stat().st_mtime_ns
+    frame, meta2, vocab = monitoring.load_reference()
+    assert (ref_dir / "reference.parquet").stat().st_mtime_ns == mtime and meta2 == meta
+    assert len(frame) == setup["n_ref"] and len(vocab) == meta["vocabulary_size"] > 1000
+    assert set(monitoring.DESCRIPTORS) <= set(frame.columns)
+
+
+def test_drifted_period_says_drift_and_concept_drift(setup, conn):
+    r = monitoring.build_report(start=DRIFTED.isoformat(), hours=24)
+    assert r["status"] == "drift" and r["drift_detected"] is True
+    assert r["verdict"].startswith("DRIFT in") and "raw text" in r["verdict"] and "CONCEPT DRIFT" in r["verdict"]
+    assert r["metrics"]["raw_text"]["detected"] is True
+    assert r["metrics"]["raw_text"]["score"] > 0.7  # ROC AUC of the reference-vs-current classifier
+    assert r["metrics"]["text_descriptors"]["columns"]["oov_share"]["score"] > 0.1
+    assert r["drifted_columns"]["share"] >= 0.3
+    fb = r["feedback"]
+    assert fb["reported_wrong"] == fb["with_feedback"] == N_WRONG
+    assert fb["live_accuracy_upper_bound"] == pytest.approx(1 - N_WRONG / N_CURRENT)
+    assert fb["concept_drift"] is True
+    stored = conn.execute("SELECT status, concept_drift, live_accuracy_upper_bound FROM drift_reports WHERE id=%s",
+                          (r["id"],)).fetchone()
+    assert stored[:2] == ("drift", True) and stored[2] == pytest.approx(1 - N_WRONG / N_CURRENT)
+
+
+def test_empty_period_is_a_stored_empty_report(setup, conn):
+    r = monitoring.build_report(start=EMPTY, end=EMPTY + DAY)
+    assert r["status"] == "empty" and r["drift_detected"] is False
+    assert r["verdict"].startswith("EMPTY") and r["current"]["rows"] == 0
+    assert r["reference_version"] == setup["version"]
+    assert "empty period" in open(monitoring.report_html_path(r["id"]), encoding="utf-8").read()
+    assert conn.execute("SELECT status, n_current FROM drift_reports WHERE id=%s", (r["id"],)).fetchone() == ("empty", 0)
+    assert r["id"] in [x["id"] for x in monitoring.list_reports(10)]
+
+
+def test_max_rows_sample_and_small_sample_tests(setup):
+    s = get_settings().model_copy(update={"monitoring_max_rows": 400})
+    r = monitoring.build_report(start=MATCHING, end=MATCHING + DAY, settings=s)
+    assert r["current"] == {**r["current"], "rows": 400, "rows_in_period": N_CURRENT, "sampled": True}
+    assert r["tests"].startswith("p-value")
+    assert r["metrics"]["raw_text"]["method"] == "perc_text_content_drift"
+    assert r["feedback"]["predictions"] == N_CURRENT  # the accuracy bound counts the whole period
+
+
+def test_bad_period_is_a_clear_error(setup):
+    with pytest.raises(monitoring.MonitoringError, match="not before"):
+        monitoring.build_report(start=EMPTY + DAY, end=EMPTY)
+
+
+def test_api_lists_and_serves_reports(setup, matching_report):
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+
+    with TestClient(create_app(setup["settings"])) as client:
+        listed = client.get("/reports", params={"limit": 100})
+        assert listed.status_code == 200
+        mine = [x for x in listed.json() if x["id"] == matching_report["id"]]
+        assert mine and mine[0]["status"] == "ok" and mine[0]["n_current"] == N_CURRENT
+        one = client.get(f"/reports/{matching_report['id']}")
+        assert one.status_code == 200 and one.json()["verdict"] == matching_report["verdict"]
+        page = client.get(f"/reports/{matching_report['id']}/html")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert len(page.content) > 100_000
+        assert client.get("/reports/no-such-report").status_code == 404
+        assert client.get("/reports/no-such-report/html").status_code == 404
+
+
+def test_cli_reports_lists_them(setup, matching_report):
+    from typer.testing import CliRunner
+
+    from ml.cli import app
+
+    res = CliRunner().invoke(app, ["reports", "--limit", "100"])
+    assert res.exit_code == 0 and matching_report["id"] in res.output
+    res = CliRunner().invoke(app, ["monitor", "--start", (EMPTY + 2 * DAY).isoformat(), "--hours", "2"])
+    assert res.exit_code == 0 and "EMPTY: no predictions" in res.output
+    res = CliRunner().invoke(app, ["monitor", "--start", EMPTY.isoformat(), "--end", EMPTY.isoformat()])
+    assert res.exit_code == 2 and "not before" in res.output
+
+
+@pytest.mark.slow
+def test_monitoring_dag_stores_a_report(airflow_cli, setup, conn):
+    conf = json.dumps({"start": MATCHING.isoformat(), "end": (MATCHING + DAY).isoformat()})
+    res = airflow_cli("dags", "test", "sentiment_monitoring", "-c", conf, extra_env={"SENTIMENT_MODEL_NAME": setup["name"]})
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    row = conn.execute("SELECT status, n_current, airflow_run_id FROM drift_reports WHERE model_name=%s"
+                       " AND airflow_run_id IS NOT NULL ORDER BY created_at DESC LIMIT 1", (setup["name"],)).fetchone()
+    assert row is not None and row[:2] == ("ok", N_CURRENT) and row[2].startswith("manual__")

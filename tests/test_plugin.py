@@ -1,0 +1,123 @@
+"""The Airflow UI plugin (plugins/sentiment_platform_plugin.py): Airflow's plugins manager loads it
+without import errors, Airflow's own API server mounts its FastAPI app, and the app answers the
+champion's model card (JSON and HTML) and the drift-report list from the test database."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from ml import data, monitoring, train
+from ml.config import reset_settings
+
+PLUGINS = Path(__file__).resolve().parent.parent / "plugins"
+
+PROBE = """
+import json
+from airflow import plugins_manager as pm
+from airflow.api_fastapi.app import create_app
+from fastapi.testclient import TestClient
+pm.ensure_plugins_loaded()
+info = {p["name"]: p for p in pm.get_plugin_info(["fastapi_apps", "external_views"])}
+client = TestClient(create_app(apps="core"))  # Airflow's API server app, plugins mounted by Airflow
+card = client.get("/sentiment-platform/model-card.json")
+print(json.dumps({"errors": pm.get_import_errors(), "plugin": info.get("sentiment_platform"),
+                  "card_status": card.status_code, "card": card.json() if card.status_code == 200 else card.text},
+                 default=str))
+"""
+
+
+@pytest.fixture(scope="module")
+def champion(platform_env, mlflow_tracking, tweets_csv):
+    import os
+
+    name = f"tweet-sentiment-plugin-{uuid.uuid4().hex[:6]}"
+    os.environ.update({"SENTIMENT_MODEL_NAME": name, "SENTIMENT_BEHAVIOUR_CHECKS": "false"})
+    reset_settings()
+    snap = data.validate_and_snapshot(tweets_csv)
+    run_id = train.train(snap.hash, "tfidf_lr", sample_size=300)
+    train.evaluate(run_id)
+    version = train.register(run_id)
+    assert train.promote(run_id)["promoted"]
+    day = datetime(2024, 1, 1, tzinfo=timezone.utc)  # an empty period: a stored report without Evidently
+    report = monitoring.build_report(start=day, end=day.replace(day=2))
+    yield {"name": name, "version": version, "snapshot": snap, "report": report, "run_id": run_id}
+    os.environ.pop("SENTIMENT_MODEL_NAME")
+    os.environ.pop("SENTIMENT_BEHAVIOUR_CHECKS")
+    reset_settings()
+
+
+@pytest.fixture(scope="module")
+def plugin_module():
+    spec = importlib.util.spec_from_file_location("sentiment_platform_plugin", PLUGINS / "sentiment_platform_plugin.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_airflow_loads_and_mounts_the_plugin(platform_env, champion):
+    from ml.orchestration import airflow_env
+
+    env = {**airflow_env(platform_env), "SENTIMENT_MODEL_NAME": champion["name"], "AIRFLOW__CORE__LAZY_LOAD_PLUGINS": "False"}
+    res = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert not {k: v for k, v in out["errors"].items() if "sentiment" in k}, out["errors"]
+    plugin = out["plugin"]
+    assert plugin is not None, out
+    assert [a["url_prefix"] for a in plugin["fastapi_apps"]] == ["/sentiment-platform"]
+    views = {v["url_route"]: v for v in plugin["external_views"]}
+    assert views["sentiment-model-card"]["href"] == "sentiment-platform/model-card"  # relative to the UI's <base>
+    assert views["sentiment-drift-reports"]["destination"] == "nav"
+    assert out["card_status"] == 200, out["card"]
+    assert out["card"]["champion"]["version"] == champion["version"]
+
+
+def test_model_card_and_reports(champion, plugin_module, conn):
+    client = TestClient(plugin_module.app)
+    card = client.get("/model-card.json").json()
+    c = card["champion"]
+    assert (c["version"], c["run_id"], c["family"]) == (champion["version"], champion["run_id"], "tfidf_lr")
+    assert 0.5 < c["metrics"]["accuracy"] <= 1 and c["git_commit"] and c["dataset_hash"] == champion["snapshot"].hash
+    assert card["snapshot_chain"][0]["n_rows"] == champion["snapshot"].n_rows
+    fb = card["feedback"]
+    assert fb["reports"] == 0 and fb["threshold"] == -(-champion["snapshot"].n_rows * 5 // 1000)  # ceil(0.5%)
+    page = client.get("/model-card")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert f"version {champion['version']}</b>" in page.text and "retraining threshold" in page.text
+
+    reports = client.get("/reports")
+    assert reports.status_code == 200 and champion["report"]["id"] in reports.text
+    assert f"reports/{champion['report']['id']}/html" in reports.text
+    html = client.get(f"/reports/{champion['report']['id']}/html")
+    assert html.status_code == 200 and "empty period" in html.text
+    assert client.get("/reports/nope/html").status_code == 404
+    assert any(r["id"] == champion["report"]["id"] for r in client.get("/reports.json").json())
+    assert client.get("/", follow_redirects=False).headers["location"] == "model-card"
+
+
+def test_notifier_records_an_alert(champion, conn):
+    """The DAGs' failure callback (airflow.sdk.BaseNotifier) on a synthetic context."""
+    sys.path.insert(0, str(PLUGINS))
+    try:
+        from sentiment_notifiers import PlatformAlertNotifier
+    finally:
+        sys.path.remove(str(PLUGINS))
+    from airflow.sdk import BaseNotifier
+
+    assert issubclass(PlatformAlertNotifier, BaseNotifier)
+
+    class TI:
+        dag_id, task_id, map_index, try_number = "sentiment_monitoring", "build_report", -1, 1
+
+    PlatformAlertNotifier()({"ti": TI(), "run_id": "manual__x", "exception": RuntimeError("boom"), "params": {}})
+    msg, sev = conn.execute("SELECT message, severity FROM alerts WHERE rule = 'dag_failure' AND model_name = %s"
+                            " ORDER BY id DESC LIMIT 1", (champion["name"],)).fetchone()
+    assert msg == "sentiment_monitoring: task build_report failed in run manual__x (RuntimeError: boom)" and sev == "error"
