@@ -31,14 +31,17 @@ def _predict(texts: list[str], loaded: LoadedModel, writer: PredictionWriter) ->
     ]
 
 
-# Sync handlers: FastAPI runs them in its threadpool, so CPU-bound inference never blocks the event loop.
+# One text: inference takes well under a millisecond (TF-IDF ~0.4 ms), cheaper than the hand-off
+# to the threadpool, so it runs on the event loop (measured: benchmarks/api_load.py).
 @router.post("/predict", response_model=Prediction, responses=_NO_CHAMPION)
-def predict(body: PredictRequest, loaded: ModelDep, writer: WriterDep, settings: SettingsDep) -> Prediction:
+async def predict(body: PredictRequest, loaded: ModelDep, writer: WriterDep, settings: SettingsDep) -> Prediction:
     """Classify one text."""
     check_text_length(body.text, settings, ("body", "text"))
     return _predict([body.text], loaded, writer)[0]
 
 
+# Batches (up to max_batch_size texts) are sync: FastAPI runs them in its threadpool, so a long
+# model call never blocks the event loop.
 @router.post("/predict/batch", response_model=BatchPrediction, responses=_NO_CHAMPION)
 def predict_batch(body: BatchPredictRequest, loaded: ModelDep, writer: WriterDep, settings: SettingsDep) -> BatchPrediction:
     """Classify up to ``max_batch_size`` texts with one model call; all from the same model version."""
