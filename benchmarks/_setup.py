@@ -30,13 +30,20 @@ def isolated_platform(name: str) -> Path:
     return work
 
 
-def train_champion(path: Path = SHARED) -> int:
-    """validate -> train -> evaluate -> register -> promote a TF-IDF model; returns its version."""
+def train_champion(path: Path = SHARED, family: str = "tfidf_lr", params: dict | None = None,
+                   sample_size: int | None = None) -> int:
+    """validate -> train -> evaluate -> register -> promote a model; returns its version.
+    Other families than TF-IDF train on a small sample for timing only, so the behavioural
+    gate is switched off for them."""
     from ml import data, registry, train
+    from ml.config import reset_settings
 
-    print(f"training a TF-IDF champion on {path.name} ...", flush=True)
+    if family != "tfidf_lr":
+        os.environ["SENTIMENT_BEHAVIOUR_CHECKS"] = "false"
+        reset_settings()
+    print(f"training a {family} champion on {path.name} (sample {sample_size or 'all'}) ...", flush=True)
     snap = data.validate_and_snapshot(path)
-    run_id = train.train(snap.hash, "tfidf_lr")
+    run_id = train.train(snap.hash, family, params or {}, sample_size)
     train.evaluate(run_id)
     train.register(run_id)
     train.promote(run_id)

@@ -15,6 +15,7 @@ from datetime import timedelta
 
 import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
+from sentiment_notifiers import PlatformAlertNotifier  # plugins/ (on sys.path in every Airflow process)
 
 
 @dag(
@@ -32,7 +33,8 @@ from airflow.sdk import Param, dag, get_current_context, task
         "shard_rows": Param(200_000, type="integer", minimum=1, description="Rows per shard (one mapped task each)"),
         "force": Param(False, type="boolean", description="Re-score a batch that is already done"),
     },
-    default_args={"retries": 2, "retry_delay": timedelta(seconds=10)},
+    default_args={"retries": 2, "retry_delay": timedelta(seconds=10),
+                  "on_failure_callback": [PlatformAlertNotifier()]},
     doc_md=__doc__,
 )
 def sentiment_batch_scoring():

@@ -70,6 +70,7 @@ def sentiment_monitoring():
         trigger_run_id="{{ ti.xcom_pull(task_ids='check_retraining')['airflow_run_id'] }}",
         conf={"retraining_id": "{{ ti.xcom_pull(task_ids='check_retraining')['retraining_id'] }}"},
         wait_for_completion=False,
+        skip_when_already_exists=True,  # a retried trigger task never starts a second run
     )
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import pendulum
 from airflow.sdk import Param, XComArg, dag, get_current_context, task
+from sentiment_notifiers import PlatformAlertNotifier  # plugins/ (on sys.path in every Airflow process)
 
 FAMILIES = ["tfidf_lr", "cnn", "bilstm", "transformer"]
 
@@ -41,6 +42,7 @@ FAMILIES = ["tfidf_lr", "cnn", "bilstm", "transformer"]
         "search_space": Param({}, type="object",
                               description='Merged over the profile, e.g. {"cnn": {"n_trials": 1, "params": {"epochs": [1]}}}'),
     },
+    default_args={"on_failure_callback": [PlatformAlertNotifier()]},
     doc_md=__doc__,
 )
 def sentiment_training():

@@ -26,7 +26,7 @@ COLUMNS = [  # key, header, format
     ("f1", "F1", "{:.4f}"),
     ("roc_auc", "ROC AUC", "{:.4f}"),
     ("inference_ms_per_tweet", "ms/tweet", "{:.3f}"),
-    ("model_size_mb", "size MB", "{:.1f}"),
+    ("model_size_mb", "size MB", "{:.2f}"),
     ("training_seconds", "train s", "{:.1f}"),
     ("sample_size", "sample", "{:,}"),
     ("n_trials", "trials", "{}"),

@@ -264,7 +264,7 @@ def _run_trial(family: str, params: dict[str, Any], i: int, n: int, plan: dict[s
         ms = inference_ms_per_tweet(model, texts, batch=int(timing.get("batch", 500)),
                                     repeats=int(timing.get("repeats", 3)))
         path = model.save(workdir / f"trial{i}")
-        size = _dir_mb(path, dir_size_mb)
+        size = round(dir_size_mb(path), 3)
         mlflow.log_metrics({**{f"val_{k}": m[k] for k in METRICS}, "inference_ms_per_tweet": ms,
                             "model_size_mb": size, "training_seconds": seconds})
         hist = getattr(model, "history_", None) or {}
@@ -278,10 +278,6 @@ def _run_trial(family: str, params: dict[str, Any], i: int, n: int, plan: dict[s
         return {"run_id": run.info.run_id, "params": params, "full_params": model.get_params(), "dir": str(path),
                 "val": {k: m[k] for k in METRICS}, "inference_ms_per_tweet": ms, "model_size_mb": size,
                 "training_seconds": seconds}
-
-
-def _dir_mb(path: Path, fn) -> float:
-    return round(fn(path), 3)
 
 
 def search_family(plan: dict[str, Any], family: str, settings: Settings | None = None) -> dict[str, Any]:

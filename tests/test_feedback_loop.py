@@ -19,7 +19,6 @@ import time
 import uuid
 from pathlib import Path
 
-import numpy as np
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
@@ -306,3 +305,16 @@ def test_failed_retraining_is_notified_and_recorded(loop, conn, airflow_cli):
     reason, status, error = conn.execute("SELECT reason, status, error FROM retrainings WHERE model_name = %s"
                                          " ORDER BY id DESC LIMIT 1", (loop["name"],)).fetchone()
     assert (reason, status) == ("manual", "failed") and "no_such_param" in error
+
+
+def test_compare_mode_retrains_through_a_comparison(loop, conn):
+    """mode compare: the challenger is the winner of a comparison of families on the retraining snapshot
+    (the same held-out split: the snapshot's own)."""
+    add_reports(3)
+    out = retraining.run_retraining(None, mode="compare", families=["tfidf_lr"], sample_size=300)
+    r = retraining.get_retraining(out["retraining_id"])
+    assert (r["mode"], r["reason"]) == ("compare", "manual") and r["status"] in ("promoted", "rejected")
+    families, winner, table = conn.execute("SELECT families, winner_run_id, table_json FROM comparisons"
+                                           " WHERE snapshot_hash = %s", (r["snapshot_hash"],)).fetchone()
+    assert families == ["tfidf_lr"] and winner == r["run_id"]
+    assert table[0]["n_test"] == r["metrics"]["held_out"]["n"] == r["dataset_report"]["held_out"]["rows"]

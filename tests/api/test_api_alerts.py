@@ -8,7 +8,6 @@ import socket
 import socketserver
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest

@@ -1,0 +1,54 @@
+"""GET /models/comparison: the latest model comparison (one row per family), as JSON, as an
+HTML page, and its accuracy-vs-inference-time chart."""
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Query, status
+from fastapi.responses import FileResponse, HTMLResponse
+
+router = APIRouter(tags=["models"])
+
+_NONE = "no model comparison yet: run the sentiment_training DAG (or `ml compare`) first"
+
+
+def _latest() -> dict[str, Any]:
+    from ml.compare import latest_comparison
+
+    comp = latest_comparison()
+    if comp is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, _NONE)
+    return comp
+
+
+@router.get("/models/comparison", responses={404: {"description": "no comparison yet"}})
+def comparison(format: str = Query("json", pattern="^(json|html)$")) -> Any:
+    """The latest comparison: ``?format=html`` gives a page with the table and the chart."""
+    comp = _latest()
+    if format == "json":
+        return comp
+    w = comp["winner"]
+    chart = '<p><img src="/models/comparison/chart.png" alt="accuracy vs inference time"></p>' if comp.get(
+        "chart_path") else ""
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'><title>Model comparison</title>"
+        "<style>body{font-family:system-ui,sans-serif;margin:2rem}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:.3rem .6rem;text-align:right}</style></head><body>"
+        f"<h1>Model comparison #{comp['id']}</h1>"
+        f"<p>{html.escape(comp['created_at'])} · snapshot <code>{html.escape(comp['snapshot_hash'][:16])}</code>"
+        f" · profile {html.escape(str(comp['profile']))} · winner <b>{html.escape(str(w['family']))}</b>"
+        f" (version {w['version']}, {html.escape(str(w['status']))}: {html.escape(str(w['decision'] or ''))})</p>"
+        f"{comp['html']}{chart}</body></html>"
+    )
+    return HTMLResponse(page)
+
+
+@router.get("/models/comparison/chart.png", responses={404: {"description": "no comparison or chart"}})
+def comparison_chart() -> FileResponse:
+    comp = _latest()
+    path = comp.get("chart_path")
+    if not path or not Path(path).exists():
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "the latest comparison has no chart file")
+    return FileResponse(path, media_type="image/png")

@@ -1,0 +1,100 @@
+"""Every model family behind the one interface: a short fit on a few hundred real tweets, then
+save -> load gives identical predictions; a neural one also through MLflow's pyfunc path."""
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from ml import models
+from ml.features import preprocess
+
+TINY = {
+    "tfidf_lr": {"min_df": 1},
+    "cnn": {"epochs": 1, "vocab_size": 2000, "embedding_dim": 16, "filters": 16, "hidden": 8, "w2v_epochs": 1},
+    "bilstm": {"epochs": 1, "vocab_size": 2000, "embedding_dim": 16, "lstm_units": 8, "hidden": 8,
+               "embeddings": "scratch", "preprocess": "lemma"},
+    "transformer": {"epochs": 1, "batch_size": 16, "max_length": 32, "max_steps": 3, "eval_batch_size": 64},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tweets_csv):
+    with tweets_csv.open(encoding="utf-8") as f:
+        rows = [(r[1], 1 if r[0] == "4" else 0) for r in csv.reader(f)][:400]
+    return [t for t, _ in rows], np.array([y for _, y in rows])
+
+
+def test_lemma_preprocessing_is_offline_and_keeps_meaning():
+    out = preprocess(["@bob I LOVED those movies!!! http://x.co went better", "I don't like it"], "lemma")
+    assert out == ["user i love those movie!!! url go good", "i don't like it"]
+    assert preprocess(["Dogs"], "lemmatise") == ["dog"]
+
+
+def test_families_registered_lazily():
+    """Looking families up by name imports no framework: the DAG and the API stay light."""
+    import subprocess
+    import sys
+
+    assert {"tfidf_lr", "cnn", "bilstm", "transformer"} <= set(models.FAMILIES)
+    probe = ("import sys, ml.models as m; [m.family_class(f) for f in ('tfidf_lr',)]; "
+             "print(sorted(x for x in ('tensorflow', 'keras', 'torch', 'transformers') if x in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("family", list(TINY))
+def test_family_fit_save_load_identical(family, tiny_data, tmp_path):
+    texts, y = tiny_data
+    m = models.create(family, **TINY[family]).fit(texts[:300], y[:300])
+    proba = m.predict_proba(texts[300:])
+    assert proba.shape == (100, 2) and np.allclose(proba.sum(axis=1), 1)
+    assert m.predict_proba([]).shape == (0, 2)
+    path = m.save(tmp_path / family)
+    assert (path / "family.json").exists()
+    loaded = models.load(path)
+    assert type(loaded) is type(m) and loaded.get_params() == m.get_params()
+    np.testing.assert_array_equal(loaded.predict_proba(texts[300:]), proba)
+    reqs = m.pip_requirements()
+    if family == "transformer":
+        assert "torch==2.13.0" in reqs and any(r.startswith("transformers==") for r in reqs)
+    if family in ("cnn", "bilstm"):
+        assert any(r.startswith("tensorflow-cpu==") for r in reqs)
+    if family == "bilstm":
+        assert any(r.startswith("lemminflect==") for r in reqs)
+
+
+def test_keras_rerun_reproduces(tiny_data):
+    texts, y = tiny_data
+    a = models.create("cnn", **TINY["cnn"]).fit(texts[:300], y[:300]).predict_proba(texts[300:])
+    b = models.create("cnn", **TINY["cnn"]).fit(texts[:300], y[:300]).predict_proba(texts[300:])
+    np.testing.assert_array_equal(a, b)
+
+
+def test_pretrained_vectors_file(tiny_data, tmp_path):
+    """A GloVe-style text file initialises the embedding (its dimension wins)."""
+    texts, y = tiny_data
+    vec = tmp_path / "vectors.txt"
+    vec.write_text("2 3\nlove 0.9 0.1 0.0\nhate -0.9 0.1 0.0\n")  # word2vec header + rows
+    m = models.create("cnn", **{**TINY["cnn"], "embeddings": str(vec)}).fit(texts[:200], y[:200])
+    assert m.get_params()["embedding_dim"] == 3
+    emb = m.model_.get_layer("embedding").get_weights()[0]
+    assert emb.shape[1] == 3
+
+
+def test_cnn_through_mlflow_pyfunc(mlflow_tracking, tiny_data):
+    import mlflow
+
+    from ml import registry
+
+    texts, y = tiny_data
+    m = models.create("cnn", **TINY["cnn"]).fit(texts[:300], y[:300])
+    with mlflow.start_run(run_name="pyfunc-roundtrip"):
+        info = registry.log_model(m)
+    reqs = (mlflow.pyfunc.get_model_dependencies(info.model_uri, format="pip"))
+    assert "tensorflow-cpu==" in open(reqs).read()
+    pyfunc = mlflow.pyfunc.load_model(info.model_uri)
+    out = pyfunc.predict(texts[300:])
+    np.testing.assert_array_equal(out["p_positive"].to_numpy(), m.predict_proba(texts[300:])[:, 1])
+    assert set(out["label"].unique()) <= {0, 1}
