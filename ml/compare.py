@@ -121,7 +121,10 @@ def plot_accuracy_vs_latency(rows: list[dict[str, Any]], path: Path, winner: str
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.xaxis.set_minor_formatter(NullFormatter())
     xs = [max(float(r["inference_ms_per_tweet"]), 1e-4) for r in rows]
-    ax.set_xlim(min(xs) / 2, max(xs) * 3)
+    import math
+
+    # whole decades, so a log axis always carries labelled ticks (one family included)
+    ax.set_xlim(10 ** math.floor(math.log10(min(xs) / 2)), 10 ** math.ceil(math.log10(max(xs) * 3)))
     ax.set_xlabel("inference ms / tweet (log scale)")
     ax.set_ylabel("held-out accuracy")
     ax.set_title("Accuracy vs inference time")
