@@ -276,3 +276,31 @@ def test_batches_api(champion, score_input):
         assert sum(sh["rows_scored"] for sh in one["shards"]) == 1000  # shard size: whichever run scored it
         assert {r["line"] for r in one["rejects"]} >= {12, 503}
         assert client.get("/batches/b-nope").status_code == 404
+
+
+def test_inbox_file_is_found_once(champion, platform_env, tweets_csv):
+    inbox = platform_env.var / "inbox"
+    inbox.mkdir(parents=True, exist_ok=True)
+    for p in inbox.iterdir():
+        p.unlink()
+    assert scoring.pending_inbox_file() is None
+    landed = inbox / "landed.txt"
+    landed.write_text("what a lovely morning\nthis is the worst traffic ever\n")
+    assert scoring.pending_inbox_file() == str(landed)
+    scoring.score_file(landed)
+    assert scoring.pending_inbox_file() is None  # scored content is not picked up again
+
+
+@pytest.mark.slow
+def test_batch_dag_scores_a_file_landing_in_the_inbox(airflow_cli, champion, platform_env, conn):
+    """No input_path: the sensor finds the new file in the inbox and the batch scores it."""
+    inbox = platform_env.var / "inbox"
+    inbox.mkdir(parents=True, exist_ok=True)
+    landed = inbox / "dropped.txt"
+    landed.write_text("so happy for you!!\nugh my phone broke again\nbest concert of my life\n")
+    res = airflow_cli("dags", "test", "sentiment_batch_scoring", "-c", json.dumps({"shard_rows": 2}),
+                      extra_env={"SENTIMENT_MODEL_NAME": champion})
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    row = conn.execute("SELECT status, rows_scored, n_shards FROM batches WHERE input_path=%s",
+                       (str(landed),)).fetchone()
+    assert row == ("done", 3, 2)
