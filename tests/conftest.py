@@ -142,3 +142,40 @@ def airflow_cli(platform_env):
                               timeout=timeout)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def own_champion(platform_env, mlflow_tracking):
+    """A context manager that trains and promotes a real TF-IDF champion under a registered-model
+    name of its own (``prefix-xxxxxx``), with extra ``SENTIMENT_*`` settings in the environment
+    while it is open; both are restored on exit. Module fixtures use it so that their tests
+    never share a champion with other modules."""
+    from contextlib import contextmanager
+    from types import SimpleNamespace
+
+    from ml import data, train
+    from ml.config import reset_settings
+
+    @contextmanager
+    def make(prefix: str, data_csv: Path, sample_size: int | None = None, **settings_env: str):
+        name = f"{prefix}-{uuid.uuid4().hex[:6]}"
+        env = {"SENTIMENT_MODEL_NAME": name, **settings_env}
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        reset_settings()
+        try:
+            snap = data.validate_and_snapshot(data_csv)
+            run_id = train.train(snap.hash, "tfidf_lr", sample_size=sample_size)
+            train.evaluate(run_id)
+            version = train.register(run_id)
+            assert train.promote(run_id)["promoted"]
+            yield SimpleNamespace(name=name, version=version, snapshot=snap, run_id=run_id, env=env)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+            reset_settings()
+
+    return make

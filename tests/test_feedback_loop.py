@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import random
 import threading
 import time
@@ -23,25 +22,22 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
-from ml import data, registry, retraining, serving, train
-from ml.config import Settings, get_settings, reset_settings
+from ml import data, registry, retraining, serving
+from ml.config import Settings, get_settings
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "sentiment140_100k.csv"
 FRACTION = 0.005  # of ~1,990 snapshot rows -> 10 reports
 
 
 @pytest.fixture(scope="module")
-def loop(platform_env, mlflow_tracking, tweets_csv):
-    name = f"tweet-sentiment-loop-{uuid.uuid4().hex[:6]}"
-    env = {"SENTIMENT_MODEL_NAME": name, "SENTIMENT_BEHAVIOUR_CHECKS": "false",
-           "SENTIMENT_RETRAINING_FEEDBACK_FRACTION": str(FRACTION)}
-    os.environ.update(env)
-    reset_settings()
-    snap = data.validate_and_snapshot(tweets_csv)
-    run_id = train.train(snap.hash, "tfidf_lr", sample_size=300)
-    train.evaluate(run_id)
-    v1 = train.register(run_id)
-    assert train.promote(run_id)["promoted"]
+def loop(own_champion, tweets_csv):
+    with own_champion("tweet-sentiment-loop", tweets_csv, sample_size=300, SENTIMENT_BEHAVIOUR_CHECKS="false",
+                      SENTIMENT_RETRAINING_FEEDBACK_FRACTION=str(FRACTION)) as c:
+        yield _loop_state(c)
+
+
+def _loop_state(c) -> dict:
+    name, env, snap, v1, run_id = c.name, c.env, c.snapshot, c.version, c.run_id
     in_snapshot = set(snap.load()["text"])
     if SHARED.exists():
         with SHARED.open(encoding="utf-8", newline="") as f:
@@ -52,10 +48,7 @@ def loop(platform_env, mlflow_tracking, tweets_csv):
     pool = [(y, t) for y, t in pool if t and t not in in_snapshot]
     state = {"name": name, "env": env, "snapshot": snap, "v1": v1, "run1": run_id, "pool": iter(pool),
              "threshold": retraining.threshold_for(snap.n_rows, get_settings())}
-    yield state
-    for k in env:
-        os.environ.pop(k, None)
-    reset_settings()
+    return state
 
 
 def add_reports(n: int, s: Settings | None = None) -> list[int]:

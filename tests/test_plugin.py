@@ -7,15 +7,13 @@ import importlib.util
 import json
 import subprocess
 import sys
-import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
-from ml import data, monitoring, train
-from ml.config import reset_settings
+from ml import monitoring
 
 PLUGINS = Path(__file__).resolve().parent.parent / "plugins"
 
@@ -35,23 +33,11 @@ print(json.dumps({"errors": pm.get_import_errors(), "plugin": info.get("sentimen
 
 
 @pytest.fixture(scope="module")
-def champion(platform_env, mlflow_tracking, tweets_csv):
-    import os
-
-    name = f"tweet-sentiment-plugin-{uuid.uuid4().hex[:6]}"
-    os.environ.update({"SENTIMENT_MODEL_NAME": name, "SENTIMENT_BEHAVIOUR_CHECKS": "false"})
-    reset_settings()
-    snap = data.validate_and_snapshot(tweets_csv)
-    run_id = train.train(snap.hash, "tfidf_lr", sample_size=300)
-    train.evaluate(run_id)
-    version = train.register(run_id)
-    assert train.promote(run_id)["promoted"]
-    day = datetime(2024, 1, 1, tzinfo=timezone.utc)  # an empty period: a stored report without Evidently
-    report = monitoring.build_report(start=day, end=day.replace(day=2))
-    yield {"name": name, "version": version, "snapshot": snap, "report": report, "run_id": run_id}
-    os.environ.pop("SENTIMENT_MODEL_NAME")
-    os.environ.pop("SENTIMENT_BEHAVIOUR_CHECKS")
-    reset_settings()
+def champion(own_champion, tweets_csv):
+    with own_champion("tweet-sentiment-plugin", tweets_csv, sample_size=300, SENTIMENT_BEHAVIOUR_CHECKS="false") as c:
+        day = datetime(2024, 1, 1, tzinfo=timezone.utc)  # an empty period: a stored report without Evidently
+        report = monitoring.build_report(start=day, end=day.replace(day=2))
+        yield {"name": c.name, "version": c.version, "snapshot": c.snapshot, "report": report, "run_id": c.run_id}
 
 
 @pytest.fixture(scope="module")

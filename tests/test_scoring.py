@@ -19,24 +19,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ml import data, registry, scoring, train
-from ml.config import reset_settings
+from ml import data, registry, scoring
 
 
 @pytest.fixture(scope="module")
-def champion(platform_env, mlflow_tracking, tweets_csv):
+def champion(own_champion, tweets_csv):
     """A real TF-IDF champion under a registered-model name of this module's own."""
-    name = f"tweet-sentiment-scoring-{uuid.uuid4().hex[:6]}"
-    os.environ["SENTIMENT_MODEL_NAME"] = name
-    reset_settings()
-    snap = data.validate_and_snapshot(tweets_csv)
-    run_id = train.train(snap.hash, "tfidf_lr")
-    train.evaluate(run_id)
-    train.register(run_id)
-    assert train.promote(run_id)["promoted"]
-    yield name
-    os.environ.pop("SENTIMENT_MODEL_NAME")
-    reset_settings()
+    with own_champion("tweet-sentiment-scoring", tweets_csv) as c:
+        yield c.name
 
 
 @pytest.fixture

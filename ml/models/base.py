@@ -68,6 +68,14 @@ class SentimentModel(ABC):
     @abstractmethod
     def fit(self, texts: Sequence[str], labels: Sequence[int] | np.ndarray) -> "SentimentModel": ...
 
+    @staticmethod
+    def _check_labels(labels: Sequence[int] | np.ndarray, dtype=np.int8) -> np.ndarray:
+        """Labels as an array; a clear error when only one class is present."""
+        y = np.asarray(labels, dtype=dtype)
+        if len(set(y.tolist())) < 2:
+            raise ValueError("training data holds only one class; need both negative and positive tweets")
+        return y
+
     @abstractmethod
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         """Array of shape (n, 2): P(negative), P(positive)."""

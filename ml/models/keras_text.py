@@ -161,9 +161,7 @@ class KerasTextModel(SentimentModel):
     def fit(self, texts, labels) -> "KerasTextModel":
         keras, tf = _keras()
         p = self.params
-        y = np.asarray(labels, dtype=np.float32)
-        if len(set(y.tolist())) < 2:
-            raise ValueError("training data holds only one class; need both negative and positive tweets")
+        y = self._check_labels(labels, np.float32)
         seed = int(p["seed"])
         seed_everything(seed)
         x = np.asarray(preprocess(texts, p["preprocess"]), dtype=object)

@@ -55,9 +55,7 @@ class TfidfLogReg(SentimentModel):
         return preprocess(texts, self.params["preprocess"])
 
     def fit(self, texts, labels) -> "TfidfLogReg":
-        y = np.asarray(labels, dtype=np.int8)
-        if len(set(y.tolist())) < 2:
-            raise ValueError("training data holds only one class; need both negative and positive tweets")
+        y = self._check_labels(labels, np.int8)
         self.pipeline_ = self._pipeline().fit(self._prep(texts), y)
         return self
 

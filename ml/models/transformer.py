@@ -105,9 +105,7 @@ class TransformerClassifier(SentimentModel):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
 
         p = self.params
-        y = np.asarray(labels, dtype=np.int64)
-        if len(set(y.tolist())) < 2:
-            raise ValueError("training data holds only one class; need both negative and positive tweets")
+        y = self._check_labels(labels, np.int64)
         seed = int(p["seed"])
         seed_everything(seed)
         x = preprocess(texts, p["preprocess"])
