@@ -89,8 +89,12 @@ def champion(settings: Settings | None = None) -> ChampionInfo | None:
     client = mlflow.MlflowClient()
     try:
         mv = client.get_model_version_by_alias(s.model_name, s.champion_alias)
-    except MlflowException:
-        return None
+    except MlflowException as e:
+        # only "no such model" / "no such alias" mean no champion; anything else (the tracking
+        # server unreachable, a 5xx) must not look like "first model" to the promotion gate
+        if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
     return ChampionInfo(version=int(mv.version), run_id=mv.run_id, tags=dict(mv.tags or {}))
 
 

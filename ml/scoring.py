@@ -42,6 +42,14 @@ def detect_format(path: Path) -> str:
     return "csv"
 
 
+def _checked(line: int, text: str) -> tuple[int, str | None, str | None]:
+    if not text:
+        return line, None, "empty text"
+    if "\x00" in text:  # PostgreSQL text cannot hold NUL: reject the row, never the batch
+        return line, None, "NUL byte in text"
+    return line, text, None
+
+
 def iter_rows(path: Path, fmt: str) -> Iterator[tuple[int, str | None, str | None]]:
     """Yield (line/row number, text or None, reject reason or None)."""
     if fmt == "parquet":
@@ -54,16 +62,12 @@ def iter_rows(path: Path, fmt: str) -> Iterator[tuple[int, str | None, str | Non
         for batch in pf.iter_batches(batch_size=65536, columns=["text"]):
             for t in batch.column(0).to_pylist():
                 n += 1
-                if t is None or not str(t).strip():
-                    yield n, None, "empty text"
-                else:
-                    yield n, str(t).strip(), None
+                yield _checked(n, "" if t is None else str(t).strip())
         return
     counter: dict = {}
     if fmt == "text":
         for n, line in enumerate(_decoded_lines(path, counter), start=1):
-            t = line.rstrip("\r\n").strip()
-            yield (n, t, None) if t else (n, None, "empty text")
+            yield _checked(n, line.rstrip("\r\n").strip())
         return
     reader = csv.reader(_decoded_lines(path, counter), strict=True)
     while True:
@@ -91,7 +95,7 @@ def iter_rows(path: Path, fmt: str) -> Iterator[tuple[int, str | None, str | Non
             yield line, None, f"wrong column count: expected 1, 2 or 6, got {len(row)}"
             continue
         text = text.strip()
-        yield (line, text, None) if text else (line, None, "empty text")
+        yield _checked(line, text)
 
 
 def file_sha256(path: Path) -> str:
@@ -188,8 +192,9 @@ def plan(
     flush_shard()
 
     with db.connect() as conn:
-        conn.execute("DELETE FROM batches WHERE id=%s", (batch_id,))  # forced re-plan: shards/rejects cascade
-        conn.execute("DELETE FROM predictions WHERE batch_id=%s", (batch_id,))
+        # a forced re-plan: shards/rejects cascade; the batch's predictions stay (users' feedback may
+        # point at them) and are updated in place by the shards, keyed on (batch_id, source_row)
+        conn.execute("DELETE FROM batches WHERE id=%s", (batch_id,))
         conn.execute(
             "INSERT INTO batches (id, input_path, input_format, input_sha256, status, model_name, model_version,"
             " n_shards, rows_read, rows_rejected, airflow_run_id) VALUES (%s,%s,%s,%s,'planned',%s,%s,%s,%s,%s,%s)",
@@ -274,11 +279,15 @@ def score_shard(batch_id: str, shard: int, chunk_rows: int = 50_000, settings: S
         Path(shard_path).with_suffix(".scored.parquet"),
     )
     pn, pp, lab, srcl = proba[:, 0].tolist(), proba[:, 1].tolist(), labels.tolist(), src.tolist()
+    rows = ((texts[i], lab[i], pn[i], pp[i], model_name, version, "batch", batch_id, srcl[i]) for i in range(len(texts)))
     with db.connect() as conn:
-        conn.execute("DELETE FROM predictions WHERE batch_id=%s AND source_row BETWEEN %s AND %s",
-                     (batch_id, first_row, last_row))
-        copy_predictions(conn, ((texts[i], lab[i], pn[i], pp[i], model_name, version, "batch", batch_id, srcl[i])
-                                for i in range(len(texts))))
+        scored_before = conn.execute(
+            "SELECT 1 FROM predictions WHERE batch_id=%s AND source_row BETWEEN %s AND %s LIMIT 1",
+            (batch_id, first_row, last_row)).fetchone()
+        if scored_before is None:  # the usual case: one COPY straight into the table
+            copy_predictions(conn, rows)
+        else:  # a retry or a forced re-score: upsert, keeping ids (feedback may reference them)
+            _upsert_predictions(conn, rows)
         conn.execute(
             "UPDATE batch_shards SET status='done', rows_scored=%s, seconds=%s, finished_at=now()"
             " WHERE batch_id=%s AND shard=%s",
@@ -288,6 +297,22 @@ def score_shard(batch_id: str, shard: int, chunk_rows: int = 50_000, settings: S
     log.info("batch %s shard %d: %s rows scored with v%s in %.2fs (predict %.2fs, %s rows/s)",
              batch_id, shard, f"{len(texts):,}", version, secs, t_pred, f"{len(texts) / max(secs, 1e-9):,.0f}")
     return {"batch_id": batch_id, "shard": shard, "rows": len(texts), "seconds": secs}
+
+
+def _upsert_predictions(conn, rows) -> None:
+    """COPY into a temporary table, then insert-or-update on (batch_id, source_row)."""
+    conn.execute("CREATE TEMP TABLE scored_rows (LIKE predictions INCLUDING DEFAULTS) ON COMMIT DROP")
+    with conn.cursor() as cur:
+        with cur.copy(f"COPY scored_rows ({', '.join(SCORE_COLUMNS)}) FROM STDIN") as cp:
+            for r in rows:
+                cp.write_row(r)
+    cols = ", ".join(SCORE_COLUMNS)
+    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in SCORE_COLUMNS if c not in ("batch_id", "source_row"))
+    conn.execute(
+        f"INSERT INTO predictions (id, created_at, {cols}) SELECT id, created_at, {cols} FROM scored_rows"
+        f" ON CONFLICT (batch_id, source_row) WHERE batch_id IS NOT NULL DO UPDATE SET {updates},"
+        " created_at = now()"
+    )
 
 
 # ---------------------------------------------------------------- finalize

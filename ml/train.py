@@ -204,21 +204,28 @@ def promote(run_id: str, settings: Settings | None = None) -> dict[str, Any]:
     if row is None or row[0] is None or row[2] is None:
         raise ValueError(f"run {run_id} must be evaluated and registered before promotion")
     metrics, champion_metrics, version, checks = row
-    champ = registry.champion(s)
-    if champ is not None and champ.version == version:
-        return {"promoted": True, "version": version, "reason": "already champion"}
-    if champ is not None and champion_metrics is None:
-        raise ValueError(f"run {run_id} was evaluated before champion v{champ.version} existed; evaluate it again")
     if s.behaviour_checks and checks is None:
         checks = check_behaviour(run_id, s)
-    decision = registry.decide_promotion(
-        metrics, champion_metrics if champ is not None else None, s.promotion_metric, s.promotion_margin,
-        checks_passed=bool(checks["passed"]) if s.behaviour_checks and checks else True,
-        checks_reason=checks["reason"] if checks else "",
-    )
-    if decision.promote:
-        registry.set_champion(version, s)
+    # decide + move the alias + record under one lock per registered model, so two promoters
+    # (training, retraining, a rollback) never interleave between reading and moving the alias
     with db.connect() as conn:
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('promote:' || %s))", (s.model_name,))
+        champ = registry.champion(s)
+        if champ is not None and champ.version == version:
+            return {"promoted": True, "version": version, "reason": "already champion"}
+        if champ is not None and (champion_metrics or {}).get("version") != champ.version:
+            raise ValueError(
+                f"run {run_id} was evaluated against champion "
+                f"v{(champion_metrics or {}).get('version', 'none')}, but the champion is now v{champ.version}; "
+                f"evaluate it again (ml evaluate {run_id})"
+            )
+        decision = registry.decide_promotion(
+            metrics, champion_metrics if champ is not None else None, s.promotion_metric, s.promotion_margin,
+            checks_passed=bool(checks["passed"]) if s.behaviour_checks and checks else True,
+            checks_reason=checks["reason"] if checks else "",
+        )
+        if decision.promote:
+            registry.set_champion(version, s)
         conn.execute(
             "UPDATE training_runs SET status = %s, decision = %s, updated_at = now() WHERE run_id = %s",
             ("promoted" if decision.promote else "rejected", decision.reason, run_id),

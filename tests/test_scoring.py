@@ -294,3 +294,24 @@ def test_batch_dag_scores_a_file_landing_in_the_inbox(airflow_cli, champion, pla
     row = conn.execute("SELECT status, rows_scored, n_shards FROM batches WHERE input_path=%s",
                        (str(landed),)).fetchone()
     assert row == ("done", 3, 2)
+
+
+def test_nul_bytes_are_rejected_rows_not_a_failed_batch(champion, tmp_path):
+    p = tmp_path / "nul.csv"
+    p.write_bytes(b'4,"fine tweet"\n0,"bad \x00 byte"\n0,"another fine one"\n')
+    s = scoring.score_file(p)
+    assert s["rows_scored"] == 2 and s["rows_rejected"] == 1
+    assert scoring.get_batch(s["batch_id"])["rejects"] == [{"line": 2, "reason": "NUL byte in text"}]
+
+
+def test_forced_rescore_keeps_predictions_that_have_feedback(champion, conn, tmp_path):
+    p = tmp_path / "fb.txt"
+    p.write_text("I love it\nI hate it\nmeh\n")
+    s = scoring.score_file(p)
+    pid = conn.execute("SELECT id FROM predictions WHERE batch_id=%s AND source_row=1", (s["batch_id"],)).fetchone()[0]
+    conn.execute("INSERT INTO feedback (prediction_id, correct_label) VALUES (%s, 0)", (pid,))
+    again = scoring.score_file(p, force=True, shard_rows=2)  # other shard sizes: rows upserted, ids kept
+    assert again["rows_scored"] == 3
+    ids = conn.execute("SELECT id FROM predictions WHERE batch_id=%s ORDER BY source_row", (s["batch_id"],)).fetchall()
+    assert len(ids) == 3 and ids[0][0] == pid
+    assert conn.execute("SELECT count(*) FROM feedback WHERE prediction_id=%s", (pid,)).fetchone()[0] == 1

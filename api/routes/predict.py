@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
+from fastapi.concurrency import run_in_threadpool
 
 from api.deps import ModelDep, SettingsDep, WriterDep, check_batch, check_text_length
 from api.model_manager import LoadedModel
@@ -31,13 +32,19 @@ def _predict(texts: list[str], loaded: LoadedModel, writer: PredictionWriter) ->
     ]
 
 
-# One text: inference takes well under a millisecond (TF-IDF ~0.4 ms), cheaper than the hand-off
-# to the threadpool, so it runs on the event loop (measured: benchmarks/api_load.py).
+# One text through TF-IDF takes ~0.4 ms, cheaper than the hand-off to the threadpool, so it runs on
+# the event loop (measured: benchmarks/api_load.py); slower families (a transformer: ~20 ms) run in
+# the threadpool so they never block the loop.
+INLINE_FAMILIES = {"tfidf_lr"}
+
+
 @router.post("/predict", response_model=Prediction, responses=_NO_CHAMPION)
 async def predict(body: PredictRequest, loaded: ModelDep, writer: WriterDep, settings: SettingsDep) -> Prediction:
     """Classify one text."""
     check_text_length(body.text, settings, ("body", "text"))
-    return _predict([body.text], loaded, writer)[0]
+    if getattr(loaded.model, "family", None) in INLINE_FAMILIES:
+        return _predict([body.text], loaded, writer)[0]
+    return (await run_in_threadpool(_predict, [body.text], loaded, writer))[0]
 
 
 # Batches (up to max_batch_size texts) are sync: FastAPI runs them in its threadpool, so a long
