@@ -212,7 +212,8 @@ class PredictionWriter:
                 with mine.open(encoding="utf-8") as f:
                     rows = [PredictionRow.from_json(json.loads(line)) for line in f if line.strip()]
             except Exception:
-                log.exception("could not read spooled predictions %s; left in place", mine)
+                log.exception("could not read spooled predictions %s; left in place for the next start", path)
+                mine.rename(path)  # back under its own name, so it is tried again (never silently dropped)
                 continue
             self.submit(rows)
             claimed.append((path, mine))

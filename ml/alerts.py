@@ -203,6 +203,14 @@ def send_email(payload: dict[str, Any], s: Settings) -> None:
         smtp.send_message(msg)
 
 
+def _redacted(url: str) -> str:
+    """Scheme and host only: webhook paths and queries are often secrets (Slack, Teams tokens)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname or ''}{':' + str(parts.port) if parts.port else ''}/…"
+
+
 def _send_channels(alert_id: int, s: Settings) -> list[dict[str, Any]]:
     """Send one alert on the configured channels; record each outcome in ``alerts.channels``."""
     results: list[dict[str, Any]] = []
@@ -214,9 +222,10 @@ def _send_channels(alert_id: int, s: Settings) -> list[dict[str, Any]]:
     if s.alert_webhook_url:
         try:
             send_webhook(payload, s)
-            results.append(_channel_result("webhook", s.alert_webhook_url, "sent"))
+            results.append(_channel_result("webhook", _redacted(s.alert_webhook_url), "sent"))
         except Exception as e:  # noqa: BLE001 - recorded, never raised
-            results.append(_channel_result("webhook", s.alert_webhook_url, "failed", f"{type(e).__name__}: {e}"))
+            results.append(_channel_result("webhook", _redacted(s.alert_webhook_url), "failed",
+                                           f"{type(e).__name__}: {str(e).replace(s.alert_webhook_url, '<webhook>')}"))
     if s.alert_smtp_host and _email_recipients(s):
         target = f"smtp://{s.alert_smtp_host}:{s.alert_smtp_port} -> {', '.join(_email_recipients(s))}"
         try:

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import random
+import re
 import shutil
 import tempfile
 import time
@@ -296,13 +297,19 @@ def store_split(snap: Snapshot, test_texts: Iterable[str], excluded_texts: Itera
 def get_snapshot(h: str, settings: Settings | None = None) -> Snapshot:
     from ml import db
 
+    h = (h or "").strip().lower()
+    if not re.fullmatch(r"[0-9a-f]{8,64}", h):
+        raise DataError(f"dataset snapshot must be a sha256 hash or a prefix of at least 8 hex digits, got {h!r}")
     with db.connect() as conn:
-        row = conn.execute(
-            "SELECT hash, path, n_rows, report FROM dataset_snapshots WHERE hash = %s OR hash LIKE %s",
-            (h, h + "%"),
-        ).fetchone()
-    if row is None:
+        rows = conn.execute(
+            "SELECT hash, path, n_rows, report FROM dataset_snapshots WHERE left(hash, %s) = %s LIMIT 2",
+            (len(h), h),
+        ).fetchall()
+    if not rows:
         raise DataError(f"unknown dataset snapshot {h!r}; run `ml data validate <file>` first")
+    if len(rows) > 1:
+        raise DataError(f"snapshot prefix {h!r} is ambiguous; give more digits")
+    row = rows[0]
     return Snapshot(hash=row[0], path=Path(row[1]), n_rows=row[2], report=row[3], created=False)
 
 

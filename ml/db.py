@@ -102,7 +102,12 @@ def start_embedded_postgres(settings: Settings | None = None) -> str:
             if info is None or not info.is_running():
                 sock = Path("/tmp") / f"smops-pg-{port}"
                 sock.mkdir(exist_ok=True)
-                sock.chmod(0o777)
+                if self.system_user:  # the server's own user, and nobody else, may use the socket folder
+                    import pwd
+
+                    pw = pwd.getpwnam(self.system_user)
+                    os.chown(sock, pw.pw_uid, pw.pw_gid)
+                sock.chmod(0o700)
                 pg_ctl(
                     ["-w", "-o", f"-h 127.0.0.1 -p {port} -k {sock}", "-l", str(self.log), "start"],
                     pgdata=self.pgdata,

@@ -343,9 +343,10 @@ def finalize(batch_id: str, settings: Settings | None = None) -> dict:
         seconds = conn.execute("SELECT extract(epoch FROM now() - %s)", (b[4],)).fetchone()[0]
 
     input_path = Path(b[0])
-    out = input_path.with_name(input_path.stem + ".scored.parquet")
+    out_name = input_path.name + ".scored.parquet"  # a.csv and a.txt in one folder never collide
+    out = input_path.with_name(out_name)
     if not _writable(input_path.parent):  # e.g. a read-only data share: keep the output under var/
-        out = batch_dir(batch_id, s) / (input_path.stem + ".scored.parquet")
+        out = batch_dir(batch_id, s) / out_name
     _merge_parts([Path(sh[2]).with_suffix(".scored.parquet") for sh in shards], out)
     n_scored, n_pos = int(n_scored), int(n_pos)
     summary = {
