@@ -22,6 +22,22 @@ from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOpe
 from sentiment_notifiers import PlatformAlertNotifier  # plugins/ (on sys.path in every Airflow process)
 
 
+def _trigger_failed(context) -> None:
+    """trigger_retraining failed (after its retries): the recorded retraining never got a DAG run."""
+    import logging
+
+    try:
+        from ml.retraining import mark_failed
+
+        decision = context["ti"].xcom_pull(task_ids="check_retraining") or {}
+        if decision.get("retraining_id") is not None:
+            exc = context.get("exception")
+            mark_failed(decision["retraining_id"], "sentiment_monitoring: trigger_retraining failed, no "
+                        f"sentiment_retraining run" + (f" ({type(exc).__name__}: {exc})" if exc else ""))
+    except Exception as e:  # noqa: BLE001 - a failure callback must never fail the run further
+        logging.getLogger("ml.retraining").error("could not mark the retraining failed: %s", e)
+
+
 @dag(
     dag_id="sentiment_monitoring",
     description="Drift report (Evidently) of the stored predictions against the champion's held-out predictions",
@@ -51,10 +67,11 @@ def sentiment_monitoring():
         end = run_period_end(p["end"], getattr(ctx.get("dag_run"), "run_type", None), ctx.get("data_interval_end"))
         return build(start=p["start"] or None, end=end, hours=p["hours"], airflow_run_id=ctx["run_id"])
 
-    @task
-    def check_retraining(report: dict) -> dict:
+    @task(trigger_rule="all_done")  # the feedback threshold is checked even when the drift report failed
+    def check_retraining(report: dict | None) -> dict:
         """Misclassification reports since the champion was trained vs the threshold (and drift, reported;
-        a trigger too with retraining_on_drift): records the retraining once, see ml/retraining.py."""
+        a trigger too with retraining_on_drift): records the retraining once, see ml/retraining.py.
+        ``report`` is None when build_report failed: the threshold alone decides."""
         from ml.retraining import check_trigger
 
         return check_trigger(report, airflow_run_id=get_current_context()["run_id"])
@@ -71,6 +88,9 @@ def sentiment_monitoring():
         conf={"retraining_id": "{{ ti.xcom_pull(task_ids='check_retraining')['retraining_id'] }}"},
         wait_for_completion=False,
         skip_when_already_exists=True,  # a retried trigger task never starts a second run
+        # its reports are consumed already: a run that could not be started marks the retraining failed,
+        # so that the next retraining of the champion trains on them (ml.retraining._training_reports)
+        on_failure_callback=[PlatformAlertNotifier(), _trigger_failed],
     )
 
 

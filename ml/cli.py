@@ -322,6 +322,8 @@ def retrain(
     check: bool = typer.Option(False, "--check", help="only run the trigger (as the monitoring DAG does)"),
     retraining_id: Optional[int] = typer.Option(None, help="run this triggered retraining (default: a manual one)"),
     mode: Optional[str] = typer.Option(None, help="champion (its family + params) | compare"),
+    families: Optional[str] = typer.Option(None, help="mode compare: comma-separated families, e.g. tfidf_lr,cnn "
+                                                      "(default: all, as the sentiment_retraining DAG)"),
     param: list[str] = typer.Option([], "--param", "-p", help="hyperparameter override key=value (repeatable)"),
     sample_size: Optional[int] = typer.Option(None, help="stratified sample of the training split"),
     status: bool = typer.Option(False, "--status", help="reports against the threshold, latest retrainings"),
@@ -336,7 +338,9 @@ def retrain(
         typer.echo(json.dumps(r.check_trigger(), indent=2, default=str))
         return
     try:
-        out = r.run_retraining(retraining_id, mode=mode, hyperparams=_parse_params(param), sample_size=sample_size)
+        fams = [f.strip() for f in families.split(",") if f.strip()] if families else None
+        out = r.run_retraining(retraining_id, mode=mode, families=fams, hyperparams=_parse_params(param),
+                               sample_size=sample_size)
     except (r.RetrainingError, ValueError) as e:
         _fail(str(e))
     typer.echo(json.dumps(out, indent=2, default=str))

@@ -129,12 +129,18 @@ def champion_context(settings: Settings | None = None, version: int | None = Non
 # ---------------------------------------------------------------- reports
 def _pending_reports(conn, ctx: ChampionContext, s: Settings) -> list[tuple[int, Any]]:
     """(feedback id, prediction id) of the unconsumed misclassification reports on the champion's predictions."""
-    review = " AND f.reviewed" if s.feedback_review_required else ""
+    review = " AND reviewed" if s.feedback_review_required else ""
+    # the user's latest word per prediction first: a report later corrected to agree with the
+    # prediction no longer counts
     return conn.execute(
-        "SELECT f.id, f.prediction_id FROM feedback f JOIN predictions p ON p.id = f.prediction_id"
-        " WHERE p.model_name = %s AND p.model_version = %s AND f.correct_label <> p.label AND f.created_at > %s"
-        f"{review} AND NOT EXISTS (SELECT 1 FROM retraining_feedback rf WHERE rf.feedback_id = f.id)"
-        " ORDER BY f.id",
+        "SELECT id, prediction_id FROM ("
+        " SELECT DISTINCT ON (f.prediction_id) f.id, f.prediction_id, f.correct_label, f.reviewed, p.label"
+        " FROM feedback f JOIN predictions p ON p.id = f.prediction_id"
+        " WHERE p.model_name = %s AND p.model_version = %s AND f.created_at > %s"
+        " ORDER BY f.prediction_id, f.created_at DESC, f.id DESC) latest"
+        f" WHERE correct_label <> label{review}"
+        " AND NOT EXISTS (SELECT 1 FROM retraining_feedback rf WHERE rf.feedback_id = latest.id)"
+        " ORDER BY id",
         (ctx.model_name, ctx.version, ctx.trained_at),
     ).fetchall()
 
@@ -391,6 +397,13 @@ def prepare(retraining_id: Any = None, airflow_run_id: str | None = None, settin
         "rejected_by_reason": {}, "rejected_rows": [],
         "positive_share": round(float(frame["label"].mean()), 4),
     }
+    if data.content_hash(frame) == base.hash:
+        # nothing new: storing it would be a no-op on the parent's record (its kind and parent kept) and
+        # store_split would write the retraining's split into the PARENT's directory
+        msg = (f"retraining #{rid}: the {len(latest)} reported tweets add nothing to the champion's snapshot "
+               f"{base.hash[:16]} (no new text, no changed label): nothing to retrain on")
+        mark_failed(rid, f"RetrainingError: {msg}", s)
+        raise RetrainingError(msg)
     snap = data.store_snapshot(frame, report, source=f"retraining #{rid} of {s.model_name}: {base.hash[:16]} + "
                                                      f"{len(latest)} reported tweets",
                                kind="retraining", parent=base.hash, settings=s)
@@ -425,7 +438,8 @@ def train_challenger(retraining_id: Any, mode: str | None = None, families: list
                      profile: str | None = None, airflow_run_id: str | None = None,
                      settings: Settings | None = None) -> str:
     """Train the challenger on the retraining snapshot: the champion's family and params (``mode``
-    champion, the default) or a comparison of ``families`` (``mode`` compare). Returns its MLflow run id."""
+    champion, the default) or a comparison of ``families`` (``mode`` compare; default: every family in
+    ``ml.models.FAMILIES``). Returns its MLflow run id."""
     import mlflow
 
     from ml import tracking, train
@@ -442,8 +456,9 @@ def train_challenger(retraining_id: Any, mode: str | None = None, families: list
         params.update(hyperparams or {})
         run_id = train.train(r["snapshot_hash"], family, params, sample_size, airflow_run_id, s)
     elif mode == "compare":
-        from ml import compare
+        from ml import compare, models
 
+        families = list(families or models.FAMILIES)  # all of them unless told (the DAG's default too)
         result = compare.run_comparison(snapshot_hash=r["snapshot_hash"], families=families, profile=profile,
                                         sample_size=sample_size,
                                         search_space=None, settings=s)

@@ -94,6 +94,25 @@ def test_fraction_is_validated(platform_env):
     assert retraining.threshold_for(99_338, Settings(retraining_feedback_fraction=0.005)) == 497
 
 
+def test_a_retraining_without_new_content_fails_and_leaves_the_parent_alone(loop, conn):
+    """No pending report (a manual retraining): the set would hash to the champion's snapshot. It is
+    refused (recorded as failed, with the reason) before anything is written into the parent's directory."""
+    parent = loop["snapshot"]
+    split_file = parent.path.parent / data.SPLIT_FILE
+    before = split_file.stat().st_mtime_ns if split_file.exists() else None
+    kind_before = conn.execute("SELECT kind, parent_hash FROM dataset_snapshots WHERE hash = %s",
+                               (parent.hash,)).fetchone()
+    with pytest.raises(retraining.RetrainingError, match="add nothing to the champion's snapshot"):
+        retraining.prepare(None)
+    rid, status, error, snap = conn.execute("SELECT id, status, error, snapshot_hash FROM retrainings"
+                                            " WHERE model_name = %s ORDER BY id DESC LIMIT 1", (loop["name"],)).fetchone()
+    assert (status, snap) == ("failed", None) and "add nothing" in error
+    assert (split_file.stat().st_mtime_ns if split_file.exists() else None) == before
+    assert conn.execute("SELECT kind, parent_hash FROM dataset_snapshots WHERE hash = %s",
+                        (parent.hash,)).fetchone() == kind_before
+    conn.execute("DELETE FROM retrainings WHERE id = %s", (rid,))  # the next tests count the retrainings
+
+
 def test_below_threshold_no_trigger_then_exactly_once(loop, conn):
     thr = loop["threshold"]
     assert thr == 10
@@ -141,6 +160,49 @@ def test_worse_challenger_is_not_promoted(loop, conn):
     assert not reported & set(new_test["text"])
     assert not set(new_train["text"]) & set(new_test["text"])
     assert reported & set(new_train["text"])  # most reports are trained on (20% held out to score)
+
+
+def test_a_report_corrected_to_agree_no_longer_counts(loop, conn):
+    """The user's latest word per prediction: a misclassification report followed by feedback agreeing
+    with the prediction is not pending any more."""
+    ctx = retraining.champion_context()
+    assert retraining.pending_count(ctx)["reports"] == 0
+    ids = add_reports(2)
+    assert retraining.pending_count(ctx)["reports"] == 2
+    for n, fid in enumerate(ids, start=1):
+        conn.execute("INSERT INTO feedback (prediction_id, correct_label) SELECT f.prediction_id, p.label"
+                     " FROM feedback f JOIN predictions p ON p.id = f.prediction_id WHERE f.id = %s", (fid,))
+        assert retraining.pending_count(ctx)["reports"] == 2 - n
+    d = retraining.check_trigger()
+    assert d["pending_reports"] == 0 and not set(ids) & set(d.get("feedback_ids") or [])
+
+
+def test_a_failed_trigger_marks_the_retraining_failed(loop, conn, monkeypatch):
+    """sentiment_monitoring: check_retraining runs whatever build_report did; a trigger_retraining that
+    fails marks its retraining failed, so that its consumed reports are trained on by the next one."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parent.parent
+    monkeypatch.syspath_prepend(str(root / "plugins"))
+    spec = importlib.util.spec_from_file_location("_dag_sentiment_monitoring", root / "dags" / "sentiment_monitoring.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    dag = mod.sentiment_monitoring()
+    assert dag.get_task("check_retraining").trigger_rule == "all_done"
+    assert mod._trigger_failed in dag.get_task("trigger_retraining").on_failure_callback
+
+    rid = conn.execute("INSERT INTO retrainings (model_name, trigger_key, reason, detail, champion_before,"
+                       " base_snapshot) VALUES (%s, %s, 'drift', 'test', %s, %s) RETURNING id",
+                       (loop["name"], f"test:{uuid.uuid4().hex}", loop["v1"], loop["snapshot"].hash)).fetchone()[0]
+
+    class TI:
+        def xcom_pull(self, task_ids):
+            assert task_ids == "check_retraining"
+            return {"trigger": True, "retraining_id": rid, "airflow_run_id": f"retraining__{rid}"}
+
+    mod._trigger_failed({"ti": TI(), "exception": RuntimeError("no API server")})
+    status, error = conn.execute("SELECT status, error FROM retrainings WHERE id = %s", (rid,)).fetchone()
+    assert status == "failed" and "trigger_retraining failed" in error and "no API server" in error
 
 
 def _airflow_db(settings) -> str:
@@ -303,9 +365,15 @@ def test_failed_retraining_is_notified_and_recorded(loop, conn, airflow_cli):
 def test_compare_mode_retrains_through_a_comparison(loop, conn):
     """mode compare: the challenger is the winner of a comparison of families on the retraining snapshot
     (the same held-out split: the snapshot's own)."""
+    from typer.testing import CliRunner
+
+    from ml.cli import app
+
     add_reports(3)
-    out = retraining.run_retraining(None, mode="compare", families=["tfidf_lr"], sample_size=300)
-    r = retraining.get_retraining(out["retraining_id"])
+    res = CliRunner().invoke(app, ["retrain", "--mode", "compare", "--families", "tfidf_lr", "--sample-size", "300"])
+    assert res.exit_code == 0, res.output
+    rid = conn.execute("SELECT max(id) FROM retrainings WHERE model_name = %s", (loop["name"],)).fetchone()[0]
+    r = retraining.get_retraining(rid)
     assert (r["mode"], r["reason"]) == ("compare", "manual") and r["status"] in ("promoted", "rejected")
     families, winner, table = conn.execute("SELECT families, winner_run_id, table_json FROM comparisons"
                                            " WHERE snapshot_hash = %s", (r["snapshot_hash"],)).fetchone()
