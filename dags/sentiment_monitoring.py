@@ -33,7 +33,7 @@ def _trigger_failed(context) -> None:
         if decision.get("retraining_id") is not None:
             exc = context.get("exception")
             mark_failed(decision["retraining_id"], "sentiment_monitoring: trigger_retraining failed, no "
-                        f"sentiment_retraining run" + (f" ({type(exc).__name__}: {exc})" if exc else ""))
+                        "sentiment_retraining run" + (f" ({type(exc).__name__}: {exc})" if exc else ""))
     except Exception as e:  # noqa: BLE001 - a failure callback must never fail the run further
         logging.getLogger("ml.retraining").error("could not mark the retraining failed: %s", e)
 
