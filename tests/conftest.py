@@ -23,6 +23,18 @@ os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+def _restore_env(saved: dict[str, str | None]) -> None:
+    """Put environment variables back as they were (None: unset) and forget cached settings."""
+    from ml.config import reset_settings
+
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    reset_settings()
+
+
 def _server_url() -> str:
     url = os.environ.get("TEST_DATABASE_URL") or os.environ.get("DATABASE_URL")
     if url:
@@ -56,12 +68,7 @@ def platform_env(tmp_path_factory):
     db.migrate(app_url)
     settings = get_settings()
     yield settings
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    reset_settings()
+    _restore_env(saved)
     with psycopg.connect(db.with_database(base, "postgres"), autocommit=True) as conn:
         for d in (name, f"{name}_mlflow", f"{name}_airflow"):
             conn.execute(f'DROP DATABASE IF EXISTS "{d}" WITH (FORCE)')
@@ -171,11 +178,6 @@ def own_champion(platform_env, mlflow_tracking):
             assert train.promote(run_id)["promoted"]
             yield SimpleNamespace(name=name, version=version, snapshot=snap, run_id=run_id, env=env)
         finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
-            reset_settings()
+            _restore_env(saved)
 
     return make
