@@ -13,18 +13,14 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
-from sentiment_notifiers import PlatformAlertNotifier  # plugins/ (on sys.path in every Airflow process)
+from sentiment_dag_defaults import platform_dag_kwargs  # plugins/ (on sys.path in every Airflow process)
 
 
 @dag(
     dag_id="sentiment_batch_scoring",
     description="Score a large tweet file with the champion model (sharded, resumable, bulk-written)",
     schedule="@hourly",
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
-    max_active_runs=1,
     tags=["sentiment", "scoring"],
     params={
         "input_path": Param("", type="string",
@@ -33,8 +29,7 @@ from sentiment_notifiers import PlatformAlertNotifier  # plugins/ (on sys.path i
         "shard_rows": Param(200_000, type="integer", minimum=1, description="Rows per shard (one mapped task each)"),
         "force": Param(False, type="boolean", description="Re-score a batch that is already done"),
     },
-    default_args={"retries": 2, "retry_delay": timedelta(seconds=10),
-                  "on_failure_callback": [PlatformAlertNotifier()]},
+    **platform_dag_kwargs(retries=2, retry_delay=timedelta(seconds=10)),
     doc_md=__doc__,
 )
 def sentiment_batch_scoring():

@@ -16,10 +16,10 @@ trigger too with ``retraining_on_drift``); when due, ``trigger_retraining`` star
 """
 from __future__ import annotations
 
-import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
-from sentiment_notifiers import PlatformAlertNotifier  # plugins/ (on sys.path in every Airflow process)
+from sentiment_dag_defaults import platform_dag_kwargs  # plugins/ (on sys.path in every Airflow process)
+from sentiment_notifiers import PlatformAlertNotifier
 
 
 def _trigger_failed(context) -> None:
@@ -42,9 +42,6 @@ def _trigger_failed(context) -> None:
     dag_id="sentiment_monitoring",
     description="Drift report (Evidently) of the stored predictions against the champion's held-out predictions",
     schedule="@daily",
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
-    max_active_runs=1,
     tags=["sentiment", "monitoring"],
     params={
         "start": Param("", type="string", description="Period start (ISO timestamp); empty: end - hours"),
@@ -53,7 +50,7 @@ def _trigger_failed(context) -> None:
         "hours": Param(None, type=["null", "number"], exclusiveMinimum=0,
                        description="Period length in hours when start is empty (default: monitoring_hours, 24)"),
     },
-    default_args={"on_failure_callback": [PlatformAlertNotifier()]},
+    **platform_dag_kwargs(),
     doc_md=__doc__,
 )
 def sentiment_monitoring():

@@ -16,20 +16,14 @@ reach ``retraining_feedback_fraction`` of its training corpus; by hand without `
 """
 from __future__ import annotations
 
-import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
-from sentiment_notifiers import PlatformAlertNotifier  # plugins/ (on sys.path in every Airflow process)
-
-FAMILIES = ["tfidf_lr", "cnn", "bilstm", "transformer"]
+from sentiment_dag_defaults import MODEL_FAMILIES, platform_dag_kwargs  # plugins/ (on sys.path in every Airflow process)
 
 
 @dag(
     dag_id="sentiment_retraining",
     description="Retrain on the champion's data + reported tweets; promote the challenger only if it wins",
     schedule=None,
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
-    max_active_runs=1,
     tags=["sentiment", "training", "feedback"],
     params={
         "retraining_id": Param(None, type=["null", "integer", "string"],
@@ -37,14 +31,14 @@ FAMILIES = ["tfidf_lr", "cnn", "bilstm", "transformer"]
                                            "retraining on the pending reports"),
         "mode": Param("", type="string", enum=["", "champion", "compare"],
                       description="champion: its family + params; compare: compare `families`; empty: retraining_mode"),
-        "families": Param(FAMILIES, type="array", items={"type": "string", "enum": FAMILIES}, minItems=1,
+        "families": Param(MODEL_FAMILIES, type="array", items={"type": "string", "enum": MODEL_FAMILIES}, minItems=1,
                           description="Families to compare (mode compare)"),
         "profile": Param("quick", type="string", enum=["quick", "full"], description="Search profile (mode compare)"),
         "hyperparams": Param({}, type="object", description="Overrides of the champion's params (mode champion)"),
         "sample_size": Param(None, type=["null", "integer"], minimum=20,
                              description="Stratified sample of the training split (tests, quick runs)"),
     },
-    default_args={"on_failure_callback": [PlatformAlertNotifier()]},
+    **platform_dag_kwargs(),
     doc_md=__doc__,
 )
 def sentiment_retraining():

@@ -14,24 +14,18 @@ DAG file parses in milliseconds); the same functions back the ``ml`` CLI (``ml c
 """
 from __future__ import annotations
 
-import pendulum
 from airflow.sdk import Param, XComArg, dag, get_current_context, task
-from sentiment_notifiers import PlatformAlertNotifier  # plugins/ (on sys.path in every Airflow process)
-
-FAMILIES = ["tfidf_lr", "cnn", "bilstm", "transformer"]
+from sentiment_dag_defaults import MODEL_FAMILIES, platform_dag_kwargs  # plugins/ (on sys.path in every Airflow process)
 
 
 @dag(
     dag_id="sentiment_training",
     description="Compare model families (search + tracking), register the best, gate and promote it",
     schedule=None,
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
-    max_active_runs=1,
     tags=["sentiment", "training", "comparison"],
     params={
         "data_path": Param("", type="string", description="Labelled CSV: Sentiment140 (6 columns) or polarity,text"),
-        "families": Param(["tfidf_lr"], type="array", items={"type": "string", "enum": FAMILIES}, minItems=1,
+        "families": Param(["tfidf_lr"], type="array", items={"type": "string", "enum": MODEL_FAMILIES}, minItems=1,
                           description="Model families to compare (one mapped search task each)"),
         "profile": Param("quick", type="string", enum=["quick", "full"],
                          description="Search profile of config/search_space.yaml"),
@@ -42,7 +36,7 @@ FAMILIES = ["tfidf_lr", "cnn", "bilstm", "transformer"]
         "search_space": Param({}, type="object",
                               description='Merged over the profile, e.g. {"cnn": {"n_trials": 1, "params": {"epochs": [1]}}}'),
     },
-    default_args={"on_failure_callback": [PlatformAlertNotifier()]},
+    **platform_dag_kwargs(),
     doc_md=__doc__,
 )
 def sentiment_training():

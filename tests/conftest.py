@@ -67,6 +67,13 @@ def platform_env(tmp_path_factory):
     reset_settings()
     db.migrate(app_url)
     settings = get_settings()
+    # Airflow imported in this process (plugin and DAG-file tests) uses the session's own
+    # PostgreSQL metadata DB and AIRFLOW_HOME, never a default SQLite file under ~/airflow
+    from ml.orchestration import airflow_env
+
+    af = {k: v for k, v in airflow_env(settings).items() if k.startswith("AIRFLOW")}
+    saved.update({k: os.environ.get(k) for k in af})
+    os.environ.update(af)
     yield settings
     _restore_env(saved)
     with psycopg.connect(db.with_database(base, "postgres"), autocommit=True) as conn:

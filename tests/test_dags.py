@@ -97,3 +97,13 @@ def test_sentiment_training_dag_fails_on_bad_data(airflow_cli, model_name, tmp_p
                       extra_env={"SENTIMENT_MODEL_NAME": model_name})
     assert res.returncode != 0
     assert "no usable rows" in res.stdout + res.stderr
+
+
+def test_dag_family_names_match_the_library():
+    """DAG params list the families without importing ml; the list must match ml.models."""
+    from ml import models
+
+    tree = ast.parse((DAGS.parent / "plugins" / "sentiment_dag_defaults.py").read_text())
+    names = next(ast.literal_eval(n.value) for n in tree.body
+                 if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "MODEL_FAMILIES")
+    assert names == list(models.FAMILIES)
