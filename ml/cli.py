@@ -99,14 +99,6 @@ def data_validate(path: Path = typer.Argument(..., help="CSV: Sentiment140 six c
     typer.echo(f"snapshot: {snap.hash}  ({'new' if snap.created else 'already stored'}; {snap.path.parent})")
 
 
-@data_app.command("demo")
-def data_demo(path: Path, rows: int = 5000) -> None:
-    """Write a generated DEMO corpus (not real tweets)."""
-    from ml import data
-
-    typer.echo(data.write_demo_corpus(path, rows))
-
-
 # ------------------------------------------------------------------ stages
 @app.command()
 def train(

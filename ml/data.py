@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import os
-import random
 import re
 import shutil
 import tempfile
@@ -26,7 +25,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import pandas as pd
 
-from ml.config import Settings, get_settings
+from ml.config import REPO_ROOT, Settings, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -358,34 +357,14 @@ def stratified_sample(frame: pd.DataFrame, n: int | None, seed: int) -> pd.DataF
 
 
 # ---------------------------------------------------------------- sources
-_POS = ["love", "great", "happy", "awesome", "best", "thanks", "fun", "good", "amazing", "excited"]
-_NEG = ["hate", "sad", "awful", "worst", "tired", "sick", "bad", "miss", "boring", "angry"]
-_NEUTRAL = ["today", "this morning", "at work", "with friends", "the weekend", "my phone", "the game", "school"]
-
-
-def demo_rows(n: int, seed: int = 0) -> list[tuple[str, int]]:
-    """A generated DEMO corpus (not real tweets) for machines with no data and no network."""
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        y = i % 2
-        words = rng.sample(_POS if y else _NEG, 2)
-        rows.append((f"{words[0]} {rng.choice(_NEUTRAL)}, so {words[1]} #{i % 97}", y))
-    return rows
-
-
-def write_demo_corpus(path: Path, n: int = 5000) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8", newline="") as f:
-        w = csv.writer(f, quoting=csv.QUOTE_ALL)
-        for text, y in demo_rows(n):
-            w.writerow([4 if y else 0, text])
-    return path
+# A real 20k-tweet sample of Sentiment140 shipped with the project (tests/data/README.md):
+# the tests' data and the offline first model of ``make up``. Never generated text.
+BUNDLED_SAMPLE = REPO_ROOT / "tests" / "data" / "sentiment140_20k.csv"
 
 
 def default_source(data: str | None = None, settings: Settings | None = None, timeout: float = 10.0) -> Path:
     """The training file for ``make up``: ``DATA=`` if given; else the official Sentiment140
-    download when the network allows it; else, loudly, a generated demo corpus."""
+    download when the network allows it; else, loudly, the bundled real 20k sample."""
     s = settings or get_settings()
     if data:
         p = Path(data).expanduser().resolve()
@@ -407,14 +386,19 @@ def default_source(data: str | None = None, settings: Settings | None = None, ti
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(z.read(target.name))
         return target
-    except Exception as e:  # no network: demo corpus, said loudly
-        demo = s.var / "data" / "DEMO_generated_corpus.csv"
+    except Exception as e:  # no network: the bundled real sample, said loudly
+        if not BUNDLED_SAMPLE.exists():
+            raise DataError(
+                f"no DATA= given, Sentiment140 could not be downloaded ({type(e).__name__}: {e}) "
+                f"and the bundled sample {BUNDLED_SAMPLE} is missing: pass DATA=/path/to/tweets.csv"
+            ) from e
         banner = "!" * 78
         msg = (
             f"\n{banner}\n  No DATA= given and Sentiment140 could not be downloaded ({type(e).__name__}: {e}).\n"
-            f"  Training on a GENERATED DEMO CORPUS ({demo}) - NOT real tweets; its metrics mean nothing.\n"
-            f"  Re-run with DATA=/path/to/tweets.csv for a real model.\n{banner}\n"
+            f"  Training on the BUNDLED SAMPLE: {BUNDLED_SAMPLE.name}, 20,000 real Sentiment140 tweets\n"
+            f"  (tests/data/README.md). A usable first model, not the best one: re-run with\n"
+            f"  DATA=/path/to/training.1600000.processed.noemoticon.csv for the full corpus.\n{banner}\n"
         )
         print(msg, flush=True)
         log.warning(msg)
-        return write_demo_corpus(demo)
+        return BUNDLED_SAMPLE

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import csv
 import os
-import random
 import uuid
 from pathlib import Path
 
 import psycopg
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO.parent / "shared" / "data" / "sentiment140_100k.csv"
+import realdata
+
+REPO = realdata.REPO
+SHARED_DATA = realdata.SHARED_DATA
 
 os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -94,27 +95,10 @@ def conn(platform_env):
         yield c
 
 
-def _sample_shared(n: int, seed: int = 0) -> list[tuple[int, str]]:
-    """A balanced random sample of the shared real tweets, or generated text if absent."""
-    if SHARED_DATA.exists():
-        with SHARED_DATA.open(encoding="utf-8", newline="") as f:
-            rows = [(int(r[0]), r[1]) for r in csv.reader(f)]
-        rng = random.Random(seed)
-        neg = [r for r in rows if r[0] == 0]
-        pos = [r for r in rows if r[0] == 4]
-        out = rng.sample(neg, n // 2) + rng.sample(pos, n - n // 2)
-        rng.shuffle(out)
-        return out
-    from ml.data import demo_rows
-
-    return [(4 if y else 0, t) for t, y in demo_rows(n, seed=seed)]
-
-
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    if not SHARED_DATA.exists():
-        pytest.skip(f"shared data not present at {SHARED_DATA}")
-    return SHARED_DATA
+    """The shared 100k real tweets (CI always has ../shared beside the clone): fails loudly if absent."""
+    return realdata.require(SHARED_DATA)
 
 
 @pytest.fixture(scope="session")
@@ -122,7 +106,7 @@ def tweets_csv(tmp_path_factory) -> Path:
     """2,000 real tweets (balanced), two-column polarity,text CSV."""
     path = tmp_path_factory.mktemp("data") / "tweets_2k.csv"
     with path.open("w", encoding="utf-8", newline="") as f:
-        csv.writer(f, quoting=csv.QUOTE_ALL).writerows(_sample_shared(2000))
+        csv.writer(f, quoting=csv.QUOTE_ALL).writerows(realdata.balanced(2000))
     return path
 
 

@@ -121,10 +121,17 @@ def test_shared_sample_duplicates_resolved(shared_data):
     assert r["rows_out"] == 100_000 - r["duplicate_rows_removed"] - r["conflicts_tied_dropped"]
 
 
-def test_demo_corpus_is_labelled_and_usable(tmp_path):
-    p = data.write_demo_corpus(tmp_path / "demo.csv", 200)
-    v = data.validate(p)
-    assert v.report["rows_out"] > 100 and 0.3 < v.report["positive_share"] < 0.7
+def test_default_source_prefers_data_then_falls_back_to_the_real_bundled_sample(tmp_path, monkeypatch):
+    """``make up`` trains on DATA= when given; offline without it, on the bundled REAL sample
+    (never generated text), which validates as balanced real tweets."""
+    p = tmp_path / "mine.csv"
+    p.write_text('"0","a real enough tweet"\n"4","another one"\n', encoding="utf-8")
     assert data.default_source(str(p)) == p.resolve()
     with pytest.raises(data.DataError, match="not found"):
         data.default_source(str(tmp_path / "nope.csv"))
+    monkeypatch.setattr(data, "SENTIMENT140_URL", "http://127.0.0.1:9/unreachable.zip")  # no network here
+    src = data.default_source(timeout=2)
+    assert src == data.BUNDLED_SAMPLE
+    v = data.validate(src)
+    assert v.report["rows_read"] == 20_000 and v.report["rows_rejected"] == 0
+    assert 0.45 < v.report["positive_share"] < 0.55

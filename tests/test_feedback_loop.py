@@ -10,9 +10,7 @@ gate here (a 300-tweet model cannot pass them; the gate is tested in test_traini
 """
 from __future__ import annotations
 
-import csv
 import json
-import random
 import threading
 import time
 import uuid
@@ -20,12 +18,12 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import realdata
 from fastapi.testclient import TestClient
 
 from ml import data, registry, retraining, serving
 from ml.config import Settings, get_settings
 
-SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "sentiment140_100k.csv"
 FRACTION = 0.005  # of ~1,990 snapshot rows -> 10 reports
 
 
@@ -39,12 +37,7 @@ def loop(own_champion, tweets_csv):
 def _loop_state(c) -> dict:
     name, env, snap, v1, run_id = c.name, c.env, c.snapshot, c.version, c.run_id
     in_snapshot = set(snap.load()["text"])
-    if SHARED.exists():
-        with SHARED.open(encoding="utf-8", newline="") as f:
-            pool = [(1 if r[0] == "4" else 0, r[1].strip()) for r in csv.reader(f)]
-    else:
-        pool = [(y, t) for t, y in data.demo_rows(6000, seed=3)]
-    random.Random(11).shuffle(pool)
+    pool = [(y, t.strip()) for y, t in realdata.shuffled(realdata.SHARED_DATA, seed=11)]
     pool = [(y, t) for y, t in pool if t and t not in in_snapshot]
     state = {"name": name, "env": env, "snapshot": snap, "v1": v1, "run1": run_id, "pool": iter(pool),
              "threshold": retraining.threshold_for(snap.n_rows, get_settings())}

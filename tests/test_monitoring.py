@@ -12,17 +12,16 @@ from __future__ import annotations
 import csv
 import json
 import os
-import random
 import uuid
 from datetime import datetime, timedelta, timezone
 
 import pandas as pd
 import pytest
+import realdata
 
 from ml import data, monitoring, registry, train
 from ml.config import get_settings, reset_settings
 
-SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "sentiment140_100k.csv")
 TOPIC = ("work", "school", "exam", "class", "office", "boss", "homework", "study")
 DAY = timedelta(days=1)
 MATCHING = datetime(2025, 3, 1, tzinfo=timezone.utc)
@@ -34,14 +33,8 @@ N_WRONG = 1200      # drifted period: predictions reported wrong
 
 
 def _pool() -> list[tuple[int, str]]:
-    """Real tweets (shuffled, fixed seed), or the generated demo corpus where they are absent."""
-    if os.path.exists(SHARED):
-        with open(SHARED, encoding="utf-8", newline="") as f:
-            rows = [(1 if r[0] == "4" else 0, r[1]) for r in csv.reader(f)]
-    else:
-        rows = [(y, t) for t, y in data.demo_rows(20_000, seed=1)]
-    random.Random(7).shuffle(rows)
-    return rows
+    """The shared 100k real tweets, shuffled with a fixed seed (fails loudly where absent)."""
+    return realdata.shuffled(realdata.SHARED_DATA, seed=7)
 
 
 def _on_topic(text: str) -> bool:
@@ -61,10 +54,8 @@ def setup(platform_env, mlflow_tracking, tmp_path_factory):
     snapshot_rows = neg[:PER_CLASS] + pos[:PER_CLASS]
     # the same distribution as the reference: off-topic, balanced by true label, interleaved
     matching = [r for pair in zip(neg[PER_CLASS:], pos[PER_CLASS:]) for r in pair][:N_CURRENT]
-    rest = neg[PER_CLASS + N_CURRENT:] + pos[PER_CLASS + N_CURRENT:]
     topic = [r for r in pool if _on_topic(r[1])]
-    if len(topic) < N_CURRENT:  # demo corpus: a shift in form instead of topic
-        topic = [(y, f"@shop {t} {t} http://t.co/{i} #promo #deal 100% !!!") for i, (y, t) in enumerate(rest[-N_CURRENT:])]
+    assert len(topic) >= N_CURRENT, f"only {len(topic)} on-topic real tweets"
     path = tmp_path_factory.mktemp("mon") / "tweets.csv"
     with path.open("w", encoding="utf-8", newline="") as f:
         csv.writer(f, quoting=csv.QUOTE_ALL).writerows([(4 if y else 0, t) for y, t in snapshot_rows])
