@@ -51,6 +51,8 @@ if [ ! -x "$VENV/bin/python" ]; then
     echo "env: creating $VENV with $PY ($("$PY" --version 2>&1))"
     "$PY" -m venv "$VENV"
 fi
+# the inputs as they are now: an edit made while pip runs leaves the stamp stale (reinstall next time)
+WANT=$(inputs_hash)
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 export PIP_DEFAULT_TIMEOUT=${PIP_DEFAULT_TIMEOUT:-180}
 
@@ -74,5 +76,5 @@ echo "env: installing the project with extras [$EXTRAS] under $CONSTRAINTS"
 if ! "${PIP[@]}" check; then
     echo "env: WARNING: pip check reports conflicts (see above)" >&2
 fi
-inputs_hash > "$STAMP"
+echo "$WANT" > "$STAMP"
 echo "env: ready in $(( $(date +%s) - start ))s ($VENV)"
