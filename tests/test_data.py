@@ -135,3 +135,40 @@ def test_default_source_prefers_data_then_falls_back_to_the_real_bundled_sample(
     v = data.validate(src)
     assert v.report["rows_read"] == 20_000 and v.report["rows_rejected"] == 0
     assert 0.45 < v.report["positive_share"] < 0.55
+
+
+# ---------------------------------------------------------------- the one reader
+def test_one_reader_recognises_every_layout(tmp_path):
+    """iter_records is the only place that decodes and splits: six columns, two columns, one
+    column, .txt, Parquet; headers skipped; every reject keeps its line number."""
+    six = _write(tmp_path, "six.csv", b'"4","1","d","q","u","caf\xe9 \xfcber"\n"0","2","d","q","u","ni\xf1o"\n')
+    recs = list(data.iter_records(six))
+    assert [(r.line, r.polarity, r.text, r.layout) for r in recs] == [
+        (1, "4", "café über", "sentiment140"), (2, "0", "niño", "sentiment140")]
+    one = _write(tmp_path, "one.csv", b'text\n"hello there"\n\n"a,b"\n1,2,3\n')
+    recs = list(data.iter_records(one))
+    assert [(r.line, r.text, r.reason) for r in recs] == [
+        (2, "hello there", None), (4, "a,b", None),
+        (5, None, "wrong column count: expected 1 (text), 2 (polarity,text) or 6 (Sentiment140), got 3")]
+    txt = _write(tmp_path, "t.txt", "one\n\ntwo \xe9\n".encode("latin-1"))
+    enc = data.Counter()
+    assert [(r.line, r.text, r.reason) for r in data.iter_records(txt, enc)] == [
+        (1, "one", None), (2, None, "empty text"), (3, "two é", None)]
+    assert enc["latin1_lines"] == 1
+    pq_path = tmp_path / "t.parquet"
+    pd.DataFrame({"text": ["a", None, " b "], "label": [1, 0, 0]}).to_parquet(pq_path)
+    assert [(r.line, r.polarity, r.text, r.reason) for r in data.iter_records(pq_path)] == [
+        (1, "1", "a", None), (2, "0", None, "empty text"), (3, "0", "b", None)]
+    # training reads Parquet through the same reader
+    assert data.read_labelled(pq_path).texts == ["a", "b"]
+    with pytest.raises(data.DataError, match="not a readable Parquet"):
+        list(data.iter_records(_write(tmp_path, "fake.parquet", b"not parquet")))
+
+
+def test_labelled_reader_rejects_unlabelled_rows_with_line_numbers(tmp_path):
+    p = _write(tmp_path, "mixed.csv", b'4,"good"\n"just text"\n0,"bad \x00 nul"\n0,"bad"\n')
+    res = data.read_labelled(p)
+    assert res.texts == ["good", "bad"] and res.lines == [1, 4]
+    reasons = {x["line"]: x["reason"] for x in res.rejected}
+    assert reasons[2].startswith("wrong column count") and reasons[2].endswith("got 1")
+    assert reasons[3] == "NUL byte in text"
