@@ -10,12 +10,12 @@ then registered and goes through the champion/challenger gate (``ml.train.promot
 from __future__ import annotations
 
 import html
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
 from ml.config import Settings, get_settings
+from ml.store import models as store
 
 log = logging.getLogger(__name__)
 
@@ -174,17 +174,11 @@ def write_comparison(plan: dict[str, Any], rows: list[dict[str, Any]],
     client.set_terminated(parent, "FINISHED")
 
     with db.connect() as conn:
-        cid = conn.execute(
-            "INSERT INTO comparisons (parent_run_id, snapshot_hash, profile, families, selection_metric, table_json,"
-            " markdown, html, chart_path, winner_family, winner_run_id, airflow_run_id)"
-            " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
-            " ON CONFLICT (parent_run_id) DO UPDATE SET table_json = EXCLUDED.table_json,"
-            " markdown = EXCLUDED.markdown, html = EXCLUDED.html, chart_path = EXCLUDED.chart_path,"
-            " winner_family = EXCLUDED.winner_family, winner_run_id = EXCLUDED.winner_run_id RETURNING id",
-            (parent, plan["snapshot_hash"], plan["profile"], [r["family"] for r in rows], metric,
-             json.dumps(_json_safe(rows), default=str), markdown, html_table, str(chart), win["family"], win["run_id"],
-             plan.get("airflow_run_id")),
-        ).fetchone()[0]
+        cid = store.upsert_comparison(
+            conn, parent_run_id=parent, snapshot_hash=plan["snapshot_hash"], profile=plan["profile"],
+            families=[r["family"] for r in rows], selection_metric=metric, table=_json_safe(rows),
+            markdown=markdown, html=html_table, chart_path=str(chart), winner_family=win["family"],
+            winner_run_id=win["run_id"], airflow_run_id=plan.get("airflow_run_id"))
     log.info("comparison %d (parent run %s): winner %s\n%s", cid, parent, win["family"], markdown)
     return {"id": cid, "parent_run_id": parent, "winner_family": win["family"], "winner_run_id": win["run_id"]}
 
@@ -197,13 +191,13 @@ def register_best(comparison: dict[str, Any] | int, settings: Settings | None = 
     s = settings or get_settings()
     cid = comparison["id"] if isinstance(comparison, dict) else int(comparison)
     with db.connect() as conn:
-        row = conn.execute("SELECT winner_run_id, parent_run_id FROM comparisons WHERE id = %s", (cid,)).fetchone()
+        row = store.comparison_winner(conn, cid)
     if row is None or row[0] is None:
         raise ValueError(f"comparison {cid} not found or has no winner")
     run_id, parent = row
     version = train.register(run_id, s)
     with db.connect() as conn:
-        conn.execute("UPDATE comparisons SET winner_version = %s WHERE id = %s", (version, cid))
+        store.set_comparison_version(conn, cid, version)
     import mlflow
 
     mlflow.MlflowClient().set_tag(parent, "winner_version", str(version))
@@ -217,23 +211,12 @@ def latest_comparison(settings: Settings | None = None) -> dict[str, Any] | None
 
     s = settings or get_settings()
     with db.connect(db.database_url(s)) as conn:
-        row = conn.execute(
-            "SELECT c.id, c.created_at, c.parent_run_id, c.snapshot_hash, c.profile, c.families, c.selection_metric,"
-            " c.table_json, c.markdown, c.html, c.chart_path, c.winner_family, c.winner_run_id, c.winner_version,"
-            " c.airflow_run_id, r.status, r.decision"
-            " FROM comparisons c LEFT JOIN training_runs r ON r.run_id = c.winner_run_id"
-            " ORDER BY c.id DESC LIMIT 1"
-        ).fetchone()
-    if row is None:
+        c = store.latest_comparison(conn)
+    if c is None:
         return None
-    (cid, created, parent, snap, profile, families, metric, table, md, html_table, chart, wf, wr, wv, arun,
-     status, decision) = row
-    return {
-        "id": cid, "created_at": created.isoformat(), "parent_run_id": parent, "snapshot_hash": snap,
-        "profile": profile, "families": list(families), "selection_metric": metric, "table": table,
-        "markdown": md, "html": html_table, "chart_path": chart, "airflow_run_id": arun,
-        "winner": {"family": wf, "run_id": wr, "version": wv, "status": status, "decision": decision},
-    }
+    winner = {"family": c.pop("winner_family"), "run_id": c.pop("winner_run_id"),
+              "version": c.pop("winner_version"), "status": c.pop("status"), "decision": c.pop("decision")}
+    return {**c, "created_at": c["created_at"].isoformat(), "families": list(c["families"]), "winner": winner}
 
 
 def latest_snapshot(settings: Settings | None = None) -> str:

@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ml.config import Settings, get_settings
+from ml.store import lineage as store
 
 log = logging.getLogger(__name__)
 
@@ -27,18 +28,6 @@ def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _one(conn, sql: str, args: tuple) -> dict[str, Any] | None:
-    cur = conn.execute(sql, args)
-    row = cur.fetchone()
-    return _jsonable(dict(zip([d.name for d in cur.description], row))) if row else None
-
-
-def _all(conn, sql: str, args: tuple) -> list[dict[str, Any]]:
-    cur = conn.execute(sql, args)
-    names = [d.name for d in cur.description]
-    return [_jsonable(dict(zip(names, r))) for r in cur.fetchall()]
-
-
 def _model_version(model_name: str, version: int) -> tuple[dict[str, Any], dict[str, str], dict[str, float]]:
     import mlflow
 
@@ -53,16 +42,6 @@ def _model_version(model_name: str, version: int) -> tuple[dict[str, Any], dict[
     return info, tags, dict(run.data.metrics)
 
 
-def _reports(conn, ids: list[int]) -> list[dict[str, Any]]:
-    if not ids:
-        return []
-    return _all(conn,
-                "SELECT f.id AS feedback_id, f.prediction_id, f.correct_label, f.comment, f.reviewed, f.created_at,"
-                " p.text, p.label AS predicted_label, p.model_version AS predicted_by_version"
-                " FROM feedback f JOIN predictions p ON p.id = f.prediction_id WHERE f.id = ANY(%s)"
-                " ORDER BY f.id LIMIT %s", (list(ids), MAX_REPORTS_LISTED))
-
-
 def snapshot_chain(conn, snapshot_hash: str | None) -> list[dict[str, Any]]:
     """The snapshot and its ancestors (``parent_hash``), each with the retraining that built it."""
     chain: list[dict[str, Any]] = []
@@ -70,21 +49,19 @@ def snapshot_chain(conn, snapshot_hash: str | None) -> list[dict[str, Any]]:
     h = snapshot_hash
     while h and h not in seen and len(chain) < MAX_DEPTH:
         seen.add(h)
-        snap = _one(conn, "SELECT hash, kind, source, parent_hash, n_rows, n_positive, path, created_at"
-                          " FROM dataset_snapshots WHERE hash = %s", (h,))
-        if snap is None:
+        found = store.snapshot(conn, h)
+        if found is None:
             chain.append({"hash": h, "missing": True})
             break
+        snap = _jsonable(found)
         if snap["kind"] == "retraining":
-            r = _one(conn, "SELECT id, created_at, reason, detail, trigger_key, status, n_feedback, threshold,"
-                           " feedback_ids, training_feedback_ids, champion_before, champion_after, run_id,"
-                           " candidate_version, decision, drift_report_id, airflow_run_id, trigger_airflow_run_id"
-                           " FROM retrainings WHERE snapshot_hash = %s ORDER BY id LIMIT 1", (h,))
+            found_r = store.retraining_of_snapshot(conn, h)
+            r = _jsonable(found_r) if found_r is not None else None
             if r is not None:
                 ids = r.pop("training_feedback_ids") or []
                 r["training_feedback_ids"] = ids
                 r["n_training_reports"] = len(ids)
-                r["reports"] = _reports(conn, ids)
+                r["reports"] = [_jsonable(x) for x in store.reports(conn, ids, MAX_REPORTS_LISTED)]
                 r["reports_listed"] = len(r["reports"])
             snap["retraining"] = r
         chain.append(snap)
@@ -104,10 +81,10 @@ def prediction_lineage(prediction_id: str | uuid.UUID, settings: Settings | None
     if conn is None:
         with db.connect(db.database_url(s)) as c:
             return prediction_lineage(pid, s, c)
-    pred = _one(conn, "SELECT id, created_at, text, label, p_positive, model_name, model_version, source, batch_id"
-                      " FROM predictions WHERE id = %s", (pid,))
-    if pred is None:
+    found = store.prediction(conn, pid)
+    if found is None:
         return None
+    pred = _jsonable(found)
     out: dict[str, Any] = {"prediction": pred, "errors": []}
     model: dict[str, Any] = {"name": pred["model_name"], "version": pred["model_version"]}
     tags: dict[str, str] = {}
@@ -118,12 +95,13 @@ def prediction_lineage(prediction_id: str | uuid.UUID, settings: Settings | None
     except Exception as e:  # noqa: BLE001 - the database side of the lineage is still useful
         out["errors"].append(f"MLflow: {type(e).__name__}: {e}")
     run_id = model.get("run_id")
-    tr = _one(conn, "SELECT run_id, snapshot_hash, family, params, status, decision, git_commit, airflow_run_id,"
-                    " created_at FROM training_runs WHERE run_id = %s", (run_id,)) if run_id else None
+    found_tr = store.training_run(conn, run_id) if run_id else None
+    tr = _jsonable(found_tr) if found_tr else None
+    if tr:
+        tr.pop("behaviour", None)
     model["training_run"] = tr
-    model["events"] = _all(conn, "SELECT id, event, version, previous_version, reason, created_at FROM model_events"
-                                 " WHERE model_name = %s AND (version = %s OR previous_version = %s) ORDER BY id",
-                           (pred["model_name"], pred["model_version"], pred["model_version"]))
+    model["events"] = [_jsonable(e) for e in
+                       store.events_of_version(conn, pred["model_name"], pred["model_version"])]
     out["model"] = model
     dataset_hash = tags.get("dataset_hash") or (tr or {}).get("snapshot_hash")
     out["git_commit"] = tags.get("git_commit") or (tr or {}).get("git_commit")
@@ -132,9 +110,7 @@ def prediction_lineage(prediction_id: str | uuid.UUID, settings: Settings | None
     out["snapshot_chain"] = chain
     produced = next((c.get("retraining") for c in chain if c.get("retraining")), None)
     out["retraining"] = produced  # the latest retraining in the model's data lineage
-    feedback_on_this = _all(conn, "SELECT id AS feedback_id, correct_label, created_at FROM feedback"
-                                  " WHERE prediction_id = %s ORDER BY id", (pid,))
-    out["feedback"] = feedback_on_this
+    out["feedback"] = [_jsonable(f) for f in store.feedback_on(conn, pid)]
     out["summary"] = _summary(out)
     return out
 

@@ -8,6 +8,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from ml.config import Settings, get_settings
+from ml.store import lineage as lineage_store
+from ml.store import models as models_store
 
 METRIC_KEYS = ("accuracy", "f1", "precision", "recall", "roc_auc", "inference_ms_per_tweet", "training_seconds",
                "model_size_mb")
@@ -36,22 +38,21 @@ def model_card(settings: Settings | None = None) -> dict[str, Any]:
         "metrics": metrics, "retraining_id": tags.get("retraining_id"),
     }
     with db.connect(db.database_url(s)) as conn:
-        tr = conn.execute("SELECT params, behaviour, decision, airflow_run_id FROM training_runs WHERE run_id = %s",
-                          (champ.run_id,)).fetchone()
+        tr = lineage_store.training_run(conn, champ.run_id)
         if tr:
-            card["champion"].update(params=tr[0], decision=tr[2], airflow_run_id=tr[3],
-                                    behaviour={k: v.get("pass_rate") for k, v in (tr[1] or {}).get("types", {}).items()}
-                                    if tr[1] else None)
+            card["champion"].update(params=tr["params"], decision=tr["decision"], airflow_run_id=tr["airflow_run_id"],
+                                    behaviour={k: v.get("pass_rate")
+                                               for k, v in (tr["behaviour"] or {}).get("types", {}).items()}
+                                    if tr["behaviour"] else None)
         card["snapshot_chain"] = lineage.snapshot_chain(conn, tags.get("dataset_hash"))
         for c in card["snapshot_chain"]:  # the card lists counts, not every report
             if c.get("retraining"):
                 c["retraining"].pop("reports", None)
                 c["retraining"].pop("training_feedback_ids", None)
                 c["retraining"].pop("feedback_ids", None)
-        events = conn.execute("SELECT event, version, previous_version, reason, created_at FROM model_events"
-                              " WHERE model_name = %s ORDER BY id DESC LIMIT 10", (s.model_name,)).fetchall()
-    card["events"] = [{"event": e[0], "version": e[1], "previous_version": e[2], "reason": e[3],
-                       "at": e[4].isoformat()} for e in events]
+        events = models_store.recent_events(conn, s.model_name, 10)
+    card["events"] = [{"event": e["event"], "version": e["version"], "previous_version": e["previous_version"],
+                       "reason": e["reason"], "at": e["created_at"].isoformat()} for e in events]
     ctx = retraining.champion_context(s)
     card["feedback"] = retraining.pending_count(ctx, s) if ctx and ctx.corpus_rows else None
     card["retrainings"] = retraining.list_retrainings(5, s)

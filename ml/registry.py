@@ -12,6 +12,7 @@ from typing import Any
 
 from ml.config import Settings, get_settings
 from ml.models import SentimentModel
+from ml.store import models as store
 
 log = logging.getLogger(__name__)
 
@@ -153,10 +154,7 @@ def rollback(settings: Settings | None = None, reason: str | None = None) -> dic
     if current is None:
         raise ValueError(f"{s.model_name!r} has no champion: nothing to roll back")
     with db.connect(db.database_url(s)) as conn:
-        events = conn.execute(
-            "SELECT version, previous_version, event FROM model_events"
-            " WHERE model_name = %s AND event IN ('promoted', 'rollback') ORDER BY id", (s.model_name,),
-        ).fetchall()
+        events = store.champion_history(conn, s.model_name)
     stack: list[int] = []  # the champions in force, oldest first; a rollback pops back to its target
     for version, previous, event in events:
         if event == "promoted":
@@ -179,9 +177,6 @@ def rollback(settings: Settings | None = None, reason: str | None = None) -> dic
     why = reason or f"rollback from v{current.version} to v{target}"
     set_champion(target, s)
     with db.connect(db.database_url(s)) as conn:
-        conn.execute(
-            "INSERT INTO model_events (model_name, version, previous_version, event, reason) VALUES (%s,%s,%s,%s,%s)",
-            (s.model_name, target, current.version, "rollback", why),
-        )
+        store.insert_event(conn, s.model_name, target, current.version, "rollback", why)
     log.warning("champion of %s rolled back: v%s -> v%s (%s)", s.model_name, current.version, target, why)
     return {"rolled_back": True, "from_version": current.version, "to_version": target, "reason": why}

@@ -29,6 +29,7 @@ import yaml
 
 from ml import data as data_mod
 from ml.config import Settings, get_settings
+from ml.store import models as store
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +243,12 @@ def _run_trial(family: str, params: dict[str, Any], i: int, n: int, plan: dict[s
     import mlflow
 
     from ml import models
-    from ml.evaluate import METRICS, compute_metrics, dir_size_mb, inference_ms_per_tweet
+    from ml.evaluate import (
+        METRICS,
+        compute_metrics,
+        dir_size_mb,
+        inference_ms_per_tweet,
+    )
 
     model = models.create(family, **params)
     if "seed" in model.params and "seed" not in params:
@@ -336,12 +342,8 @@ def search_family(plan: dict[str, Any], family: str, settings: Settings | None =
     client.log_metric(plan["parent_run_id"], f"{family}.best_val_{metric}", best["val"][metric])
     client.set_tag(plan["parent_run_id"], f"winner.{family}", best["run_id"])
     with db.connect() as conn:
-        conn.execute(
-            "INSERT INTO training_runs (run_id, snapshot_hash, family, params, git_commit, airflow_run_id, parent_run_id)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (run_id) DO NOTHING",
-            (best["run_id"], snap.hash, family, json.dumps(best["full_params"]), commit, plan.get("airflow_run_id"),
-             plan["parent_run_id"]),
-        )
+        store.insert_run(conn, best["run_id"], snap.hash, family, best["full_params"], commit,
+                         plan.get("airflow_run_id"), plan["parent_run_id"])
     winner = {
         "family": family, "run_id": best["run_id"], "params": best["params"], "full_params": best["full_params"],
         "val": best["val"], "selection_metric": metric, "training_seconds": round(best["training_seconds"], 2),

@@ -7,7 +7,6 @@ models travel through MLflow.
 """
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 import time
@@ -16,6 +15,7 @@ from typing import Any
 
 from ml import data as data_mod
 from ml.config import Settings, get_settings
+from ml.store import models as store
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +70,7 @@ def train(
         mlflow.set_tag("model_uri", info.model_uri)
         run_id = run.info.run_id
     with db.connect() as conn:
-        conn.execute(
-            "INSERT INTO training_runs (run_id, snapshot_hash, family, params, git_commit, airflow_run_id)"
-            " VALUES (%s, %s, %s, %s, %s, %s)",
-            (run_id, snap.hash, family, json.dumps(model.get_params()), commit, airflow_run_id),
-        )
+        store.insert_run(conn, run_id, snap.hash, family, model.get_params(), commit, airflow_run_id)
     log.info("trained %s in %.1fs -> MLflow run %s", family, seconds, run_id)
     return run_id
 
@@ -95,7 +91,13 @@ def evaluate(run_id: str, settings: Settings | None = None, champion_cache: dict
     import mlflow
 
     from ml import db, registry, tracking
-    from ml.evaluate import METRICS, compute_metrics, inference_ms_per_tweet, plot_confusion, plot_roc
+    from ml.evaluate import (
+        METRICS,
+        compute_metrics,
+        inference_ms_per_tweet,
+        plot_confusion,
+        plot_roc,
+    )
 
     s = settings or get_settings()
     tracking.configure(s)
@@ -132,11 +134,7 @@ def evaluate(run_id: str, settings: Settings | None = None, champion_cache: dict
             plt.close(fig)
         mlflow.log_dict(metrics, "metrics.json")
     with db.connect() as conn:
-        conn.execute(
-            "UPDATE training_runs SET metrics = %s, champion_metrics = %s, status = 'evaluated', updated_at = now()"
-            " WHERE run_id = %s",
-            (json.dumps(metrics), json.dumps(champion_metrics) if champion_metrics else None, run_id),
-        )
+        store.set_evaluated(conn, run_id, metrics, champion_metrics or None)
     log.info(
         "evaluated run %s on %s held-out tweets: acc %.4f f1 %.4f auc %.4f (%.3f ms/tweet)%s",
         run_id, f"{len(y):,}", metrics["accuracy"], metrics["f1"], metrics["roc_auc"], metrics["inference_ms_per_tweet"],
@@ -160,10 +158,7 @@ def register(run_id: str, settings: Settings | None = None) -> int:
     else:
         version = registry.register(client.get_run(run_id).data.tags["model_uri"], run_id, s)
     with db.connect() as conn:
-        conn.execute(
-            "UPDATE training_runs SET model_version = %s, status = 'registered', updated_at = now() WHERE run_id = %s",
-            (version, run_id),
-        )
+        store.set_registered(conn, run_id, version)
     log.info("registered run %s as %s version %s", run_id, s.model_name, version)
     return version
 
@@ -183,8 +178,7 @@ def check_behaviour(run_id: str, settings: Settings | None = None) -> dict[str, 
         mlflow.set_tag("behaviour_passed", str(result["passed"]).lower())
         mlflow.log_dict(result, "behaviour.json")
     with db.connect() as conn:
-        conn.execute("UPDATE training_runs SET behaviour = %s, updated_at = now() WHERE run_id = %s",
-                     (json.dumps(result), run_id))
+        store.set_behaviour(conn, run_id, result)
     log.info("behavioural checks of run %s: %s", run_id, result["reason"])
     return result
 
@@ -198,18 +192,16 @@ def promote(run_id: str, settings: Settings | None = None) -> dict[str, Any]:
     s = settings or get_settings()
     tracking.configure(s)
     with db.connect() as conn:
-        row = conn.execute(
-            "SELECT metrics, champion_metrics, model_version, behaviour FROM training_runs WHERE run_id = %s", (run_id,)
-        ).fetchone()
-    if row is None or row[0] is None or row[2] is None:
+        row = store.gate_inputs(conn, run_id)
+    if row is None or row.metrics is None or row.version is None:
         raise ValueError(f"run {run_id} must be evaluated and registered before promotion")
-    metrics, champion_metrics, version, checks = row
+    metrics, champion_metrics, version, checks = row.metrics, row.champion_metrics, row.version, row.behaviour
     if s.behaviour_checks and checks is None:
         checks = check_behaviour(run_id, s)
     # decide + move the alias + record under one lock per registered model, so two promoters
     # (training, retraining, a rollback) never interleave between reading and moving the alias
     with db.connect() as conn:
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext('promote:' || %s))", (s.model_name,))
+        store.lock_promotions(conn, s.model_name)
         champ = registry.champion(s)
         if champ is not None and champ.version == version:
             return {"promoted": True, "version": version, "reason": "already champion"}
@@ -226,15 +218,9 @@ def promote(run_id: str, settings: Settings | None = None) -> dict[str, Any]:
         )
         if decision.promote:
             registry.set_champion(version, s)
-        conn.execute(
-            "UPDATE training_runs SET status = %s, decision = %s, updated_at = now() WHERE run_id = %s",
-            ("promoted" if decision.promote else "rejected", decision.reason, run_id),
-        )
-        conn.execute(
-            "INSERT INTO model_events (model_name, version, previous_version, event, reason) VALUES (%s,%s,%s,%s,%s)",
-            (s.model_name, version, champ.version if champ else None,
-             "promoted" if decision.promote else "rejected", decision.reason),
-        )
+        store.set_decision(conn, run_id, decision.promote, decision.reason)
+        store.insert_event(conn, s.model_name, version, champ.version if champ else None,
+                           "promoted" if decision.promote else "rejected", decision.reason)
     log.info("version %s %s: %s", version, "promoted to champion" if decision.promote else "not promoted", decision.reason)
     return {"promoted": decision.promote, "version": version, "reason": decision.reason,
             "behaviour_passed": bool(checks["passed"]) if checks else None}
