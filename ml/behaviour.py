@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ml.config import Settings, get_settings
+from ml.models.base import decide
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +83,12 @@ def run_checks(model, settings: Settings | None = None) -> dict[str, Any]:
     for name, cases in labelled.items():
         failures = [
             {"text": t, "expected": "positive" if y else "negative", "p_positive": round(at[t], 4)}
-            for t, y in cases if int(at[t] >= 0.5) != y
+            for t, y in cases if int(decide(at[t])) != y
         ]
         types[name] = {"n": len(cases), "failed": len(failures), "failures": failures}
     inv_fail = [
         {"text": a, "perturbed": b, "p_positive": round(at[a], 4), "p_positive_perturbed": round(at[b], 4)}
-        for a, b in INVARIANCE if (at[a] >= 0.5) != (at[b] >= 0.5)
+        for a, b in INVARIANCE if decide(at[a]) != decide(at[b])
     ]
     types["invariance"] = {"n": len(INVARIANCE), "failed": len(inv_fail), "failures": inv_fail}
 

@@ -9,16 +9,23 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ml.models.base import decide
+
 log = logging.getLogger(__name__)
 
 METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc")
 
 
 def compute_metrics(y_true: Sequence[int], proba: np.ndarray) -> dict[str, Any]:
-    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support, roc_auc_score
+    from sklearn.metrics import (
+        accuracy_score,
+        confusion_matrix,
+        precision_recall_fscore_support,
+        roc_auc_score,
+    )
 
     y = np.asarray(y_true)
-    pred = (proba[:, 1] >= 0.5).astype(int)
+    pred = decide(proba[:, 1]).astype(int)
     p, r, f1, _ = precision_recall_fscore_support(y, pred, average="binary", zero_division=0)
     out: dict[str, Any] = {
         "accuracy": float(accuracy_score(y, pred)),

@@ -12,6 +12,7 @@ from typing import Any
 
 from ml.config import Settings, get_settings
 from ml.models import SentimentModel
+from ml.models.base import decide
 from ml.store import models as store
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ class SentimentPyfunc(_PythonModel):  # type: ignore[misc,valid-type]
         texts = [str(t) for t in list(model_input)]
         proba = self.model.predict_proba(texts)
         return pd.DataFrame(
-            {"label": (proba[:, 1] >= 0.5).astype(int), "p_negative": proba[:, 0], "p_positive": proba[:, 1]}
+            {"label": decide(proba[:, 1]).astype(int), "p_negative": proba[:, 0], "p_positive": proba[:, 1]}
         )
 
 

@@ -49,6 +49,7 @@ from typing import Any
 import pandas as pd
 
 from ml.config import Settings, get_settings
+from ml.models.base import decide
 
 log = logging.getLogger(__name__)
 
@@ -504,8 +505,8 @@ def evaluate(retraining_id: Any, run_id: str, settings: Settings | None = None) 
     def acc(model, ts: list[str]) -> float | None:
         if not ts:
             return None
-        p = np.asarray(model.predict_proba(ts))[:, 1] >= 0.5
-        return float(np.mean(p.astype(int) == np.array([labels[t] for t in ts])))
+        pred = decide(np.asarray(model.predict_proba(ts))[:, 1])
+        return float(np.mean(pred == np.array([labels[t] for t in ts])))
 
     eval_texts = sorted(t for t in reported if t in excluded and t in labels)
     train_texts = sorted(t for t in reported if t not in excluded and t in labels)

@@ -14,6 +14,14 @@ import numpy as np
 
 META_FILE = "family.json"
 
+#: The decision rule of every family, in one place: positive when P(positive) >= this.
+DECISION_THRESHOLD = 0.5
+
+
+def decide(p_positive: np.ndarray | Sequence[float] | float) -> np.ndarray:
+    """Labels (0 negative, 1 positive) from P(positive): the platform's one decision rule."""
+    return (np.asarray(p_positive, dtype=float) >= DECISION_THRESHOLD).astype(np.int8)
+
 
 def pinned(distribution: str) -> str:
     """``name==installed version`` without a local label (torch ``2.13.0+cpu`` -> ``torch==2.13.0``)."""
@@ -81,7 +89,7 @@ class SentimentModel(ABC):
         """Array of shape (n, 2): P(negative), P(positive)."""
 
     def predict(self, texts: Sequence[str]) -> np.ndarray:
-        return (self.predict_proba(texts)[:, 1] >= 0.5).astype(np.int8)
+        return decide(self.predict_proba(texts)[:, 1])
 
     # --- persistence: a directory with family.json plus the family's own files
     def save(self, path: str | Path) -> Path:
