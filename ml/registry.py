@@ -118,8 +118,9 @@ class Decision:
 def decide_promotion(
     candidate: dict[str, float],
     champion_metrics: dict[str, float] | None,
-    metric: str = "f1",
-    margin: float = 0.0,
+    *,
+    metric: str,
+    margin: float,
     checks_passed: bool = True,
     checks_reason: str = "",
 ) -> Decision:

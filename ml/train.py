@@ -212,7 +212,8 @@ def promote(run_id: str, settings: Settings | None = None) -> dict[str, Any]:
                 f"evaluate it again (ml evaluate {run_id})"
             )
         decision = registry.decide_promotion(
-            metrics, champion_metrics if champ is not None else None, s.promotion_metric, s.promotion_margin,
+            metrics, champion_metrics if champ is not None else None, metric=s.promotion_metric,
+            margin=s.promotion_margin,
             checks_passed=bool(checks["passed"]) if s.behaviour_checks and checks else True,
             checks_reason=checks["reason"] if checks else "",
         )
