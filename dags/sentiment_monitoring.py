@@ -13,6 +13,11 @@ Then the retraining trigger (``ml.retraining.check_trigger``): misclassification
 champion was trained against ``retraining_feedback_fraction`` of its corpus (drift reported, and a
 trigger too with ``retraining_on_drift``); when due, ``trigger_retraining`` starts
 ``sentiment_retraining`` (run id ``retraining__<id>``), exactly once per set of reports.
+
+Last, ``deliver_report`` (``ml.alerts.deliver_report``) tells people: the report's short summary
+(verdict, drifted signals, volume, accuracy bound, reports against the retraining threshold, link
+to the HTML) by e-mail to ``report_recipients`` and to the webhook; a drift verdict also raises the
+``drift`` alert. Each channel's outcome is stored on the report; a failing channel fails nothing.
 """
 from __future__ import annotations
 
@@ -77,7 +82,18 @@ def sentiment_monitoring():
     def retraining_needed(decision: dict) -> bool:
         return bool(decision["trigger"])
 
-    decision = check_retraining(build_report())
+    @task(trigger_rule="all_done")  # the report goes out whatever the retraining check did
+    def deliver_report(report: dict | None, decision: dict | None) -> dict:
+        """The report's summary to the configured channels, and the drift alert (ml/alerts.py)."""
+        from ml.alerts import deliver_report as deliver
+
+        if not report:  # build_report failed: its failure alert (PlatformAlertNotifier) says why
+            return {"report_id": None, "channels": [], "skipped": "no report"}
+        return deliver(report["id"], decision or None)
+
+    report = build_report()
+    decision = check_retraining(report)
+    deliver_report(report, decision)
     retraining_needed(decision) >> TriggerDagRunOperator(
         task_id="trigger_retraining",
         trigger_dag_id="sentiment_retraining",

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 RULE_BURST = "misclassification_burst"
 RULE_DAG_FAILURE = "dag_failure"
+RULE_DRIFT = "drift"
 LOCK_SEED = 74210005  # advisory-lock namespace of the alerts (hashtextextended seed)
 
 _executor: ThreadPoolExecutor | None = None
@@ -96,7 +97,8 @@ def _evaluate_locked(conn: psycopg.Connection, model_name: str, feedback_id: int
     res: dict[str, Any] = {"n_reports": int(n), "threshold": threshold, "window_seconds": window, "raised": False,
                            "alert_id": None, "model_name": model_name}
     open_alert = conn.execute(
-        "SELECT id, last_report_at FROM alerts WHERE rule = %s AND model_name = %s AND resolved_at IS NULL FOR UPDATE",
+        "SELECT id, last_report_at, first_report_at FROM alerts WHERE rule = %s AND model_name = %s"
+        " AND resolved_at IS NULL FOR UPDATE",
         (RULE_BURST, model_name),
     ).fetchone()
     if open_alert is not None and (n < threshold or open_alert[1] is None or open_alert[1] <= start):
@@ -106,17 +108,28 @@ def _evaluate_locked(conn: psycopg.Connection, model_name: str, feedback_id: int
         open_alert = None
     if n < threshold:
         return res
-    if open_alert is not None:  # the same burst: record the report on the open alert
+    if open_alert is not None:  # the same burst: record the report on the open alert, recount the burst
         conn.execute(
-            "UPDATE alerts SET later_feedback_ids = later_feedback_ids || %s::bigint,"
-            " last_report_at = greatest(last_report_at, %s)"
+            "UPDATE alerts SET later_feedback_ids = later_feedback_ids || %s::bigint"
             " WHERE id = %s AND NOT (%s = ANY(feedback_ids)) AND NOT (%s = ANY(later_feedback_ids))",
-            (feedback_id, last, open_alert[0], feedback_id, feedback_id),
+            (feedback_id, open_alert[0], feedback_id, feedback_id),
         )
-        res["alert_id"] = open_alert[0]
+        burst_first = open_alert[2] or first
+        n_burst, burst_last = conn.execute(
+            "SELECT count(DISTINCT f.prediction_id), max(f.created_at)"
+            " FROM feedback f JOIN predictions p ON p.id = f.prediction_id"
+            " WHERE p.model_name = %s AND f.correct_label <> p.label AND f.created_at >= %s AND f.created_at <= %s",
+            (model_name, burst_first, now),
+        ).fetchone()
+        burst_last = max(burst_last or last, last)
+        conn.execute("UPDATE alerts SET n_reports = %s, last_report_at = greatest(last_report_at, %s), message = %s"
+                     " WHERE id = %s",
+                     (int(n_burst), burst_last,
+                      burst_message(int(n_burst), model_name, burst_first, burst_last, threshold, window),
+                      open_alert[0]))
+        res.update(alert_id=open_alert[0], n_burst=int(n_burst))
         return res
-    message = (f"{n} predictions of {model_name} reported wrong within {window:g}s "
-               f"(threshold {threshold}); feedback ids {list(ids)}")
+    message = burst_message(int(n), model_name, first, last, threshold, window)
     details = {"feedback_ids": list(ids), "first_report_at": first.isoformat(), "last_report_at": last.isoformat()}
     row = conn.execute(
         "INSERT INTO alerts (rule, model_name, window_seconds, threshold, n_reports, feedback_ids, first_report_at,"
@@ -129,6 +142,24 @@ def _evaluate_locked(conn: psycopg.Connection, model_name: str, feedback_id: int
         return res
     res.update(raised=True, alert_id=row[0], message=message, feedback_ids=list(ids))
     return res
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def burst_message(n: int, model_name: str, first: datetime, last: datetime, threshold: int, window: float) -> str:
+    """The burst alert's text: how many reports, over what period (rewritten on every report of the
+    burst, so that it always says the whole burst), and the rule that raised it."""
+    a, b = first.astimezone(timezone.utc), last.astimezone(timezone.utc)
+    return (f"{n:,} predictions of {model_name} reported wrong in {_duration((b - a).total_seconds())} "
+            f"({a:%Y-%m-%d %H:%M:%S} -> {b:%Y-%m-%d %H:%M:%S} UTC); "
+            f"alert rule: {threshold} reports within {window:g} s")
 
 
 # ---------------------------------------------------------------- events (DAG failures)
@@ -174,12 +205,18 @@ def alert_payload(alert_id: int, settings: Settings | None = None) -> dict[str, 
         raise KeyError(f"no alert {alert_id}")
     out = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in zip(names, row)}
     out["alert_id"] = out.pop("id")
+    out["kind"] = "alert"
     out["source"] = "tweet-sentiment-platform"
     return out
 
 
+def _addresses(value: str | None) -> list[str]:
+    return [a.strip() for a in (value or "").split(",") if a.strip()]
+
+
 def _email_recipients(s: Settings) -> list[str]:
-    return [a.strip() for a in (s.alert_email_to or "").split(",") if a.strip()]
+    """Who receives alerts by e-mail (``alert_email_to``); reports go to ``report_recipients``."""
+    return _addresses(s.alert_email_to)
 
 
 def send_webhook(payload: dict[str, Any], s: Settings) -> None:
@@ -190,11 +227,18 @@ def send_webhook(payload: dict[str, Any], s: Settings) -> None:
 
 
 def send_email(payload: dict[str, Any], s: Settings) -> None:
+    """An alert by e-mail to ``alert_email_to``."""
+    send_mail(f"[sentiment] ALERT {payload['rule']} ({payload['model_name']}): {payload['message'][:120]}",
+              f"{payload['message']}\n\n{json.dumps(payload, indent=2, default=str)}\n", _email_recipients(s), s)
+
+
+def send_mail(subject: str, body: str, recipients: list[str], s: Settings) -> None:
+    """One plain-text message through the ``alert_smtp_*`` server."""
     msg = EmailMessage()
-    msg["Subject"] = f"[sentiment] ALERT {payload['rule']} ({payload['model_name']}): {payload['message'][:120]}"
+    msg["Subject"] = subject.replace("\n", " ")
     msg["From"] = s.alert_email_from
-    msg["To"] = ", ".join(_email_recipients(s))
-    msg.set_content(f"{payload['message']}\n\n{json.dumps(payload, indent=2, default=str)}\n")
+    msg["To"] = ", ".join(recipients)
+    msg.set_content(body)
     with smtplib.SMTP(s.alert_smtp_host, s.alert_smtp_port, timeout=s.alert_webhook_timeout_seconds) as smtp:
         if s.alert_smtp_starttls:
             smtp.starttls()
@@ -272,6 +316,137 @@ def wait_dispatched(timeout: float = 30.0) -> bool:
 
     done, not_done = wait(list(_pending), timeout=timeout)
     return not not_done
+
+
+# ---------------------------------------------------------------- drift reports (DAG sentiment_monitoring)
+def drift_alert(summary: dict[str, Any], settings: Settings | None = None) -> dict[str, Any]:
+    """Rule ``drift``: a report with status ``drift`` (data or concept drift) raises an alert, one open
+    alert per model while the reports keep saying drift (later drift reports are counted on it:
+    ``n_reports``, ``details.report_ids``); an ``ok`` report resolves it (an ``empty`` one says nothing).
+    Same lock and unique index as the burst rule. Returns ``{"alert_id", "raised", "continued",
+    "resolved", "message"}``; sending is the caller's."""
+    from ml import monitoring
+
+    s = settings or get_settings()
+    model, rid, status = summary["model_name"], summary["id"], summary["status"]
+    out: dict[str, Any] = {"alert_id": None, "raised": False, "continued": False, "resolved": False, "message": None}
+    with _conn(s) as conn:
+        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, %s))", (f"{RULE_DRIFT}:{model}", LOCK_SEED))
+        open_alert = conn.execute(
+            "SELECT id, details FROM alerts WHERE rule = %s AND model_name = %s AND resolved_at IS NULL FOR UPDATE",
+            (RULE_DRIFT, model)).fetchone()
+        if status != "drift":
+            if open_alert is not None and status == "ok":
+                conn.execute("UPDATE alerts SET resolved_at = now(), details = details || %s::jsonb WHERE id = %s",
+                             (json.dumps({"resolved_by_report": rid}), open_alert[0]))
+                out.update(alert_id=open_alert[0], resolved=True)
+            return out
+        report_ids = list((open_alert[1] or {}).get("report_ids", [])) if open_alert else []
+        if rid not in report_ids:
+            report_ids.append(rid)
+        digest = monitoring.report_digest(summary, None, s)
+        p = summary["period"]
+        message = (f"DRIFT in {', '.join(digest['drifted_signals']) or 'the report'}: drift report {rid} of {model} "
+                   f"({p['start'][:16]} -> {p['end'][:16]} UTC, {digest['predictions']:,} predictions)"
+                   + (f"; drift in {len(report_ids)} reports in a row" if len(report_ids) > 1 else "")
+                   + f". Report: {digest['report_url']}")
+        details = {"report_ids": report_ids, "report_url": digest["report_url"],
+                   "drifted_signals": digest["drifted_signals"], "verdict": summary["verdict"]}
+        created = datetime.fromisoformat(summary["created_at"])
+        if open_alert is not None:
+            conn.execute("UPDATE alerts SET n_reports = %s, last_report_at = greatest(last_report_at, %s), message = %s,"
+                         " details = details || %s::jsonb WHERE id = %s",
+                         (len(report_ids), created, message, json.dumps(details), open_alert[0]))
+            out.update(alert_id=open_alert[0], continued=True, message=message)
+            return out
+        row = conn.execute(
+            "INSERT INTO alerts (rule, model_name, severity, window_seconds, n_reports, first_report_at, last_report_at,"
+            " message, details, channels) VALUES (%s,%s,'warning',%s,1,%s,%s,%s,%s,%s)"
+            " ON CONFLICT (rule, model_name) WHERE resolved_at IS NULL DO NOTHING RETURNING id",
+            (RULE_DRIFT, model, int((datetime.fromisoformat(p["end"]) - datetime.fromisoformat(p["start"]))
+                                    .total_seconds()), created, created, message, json.dumps(details),
+             json.dumps([_channel_result("log", "logger ml.alerts", "sent")])),
+        ).fetchone()
+    if row is not None:
+        log.warning("ALERT %s #%s: %s", RULE_DRIFT, row[0], message)
+        out.update(alert_id=row[0], raised=True, message=message)
+    return out
+
+
+def _retraining_status(s: Settings) -> dict[str, Any] | None:
+    """Reports since the champion was trained against the retraining threshold (None when unknown)."""
+    try:
+        from ml import retraining
+
+        ctx = retraining.champion_context(s)
+        return retraining.pending_count(ctx, s) if ctx is not None else None
+    except Exception as e:  # noqa: BLE001 - the report goes out without it
+        log.warning("retraining threshold unknown for the report: %s", e)
+        return None
+
+
+def deliver_report(report: dict[str, Any] | str, retraining: dict[str, Any] | None = None,
+                   settings: Settings | None = None) -> dict[str, Any]:
+    """Tell people about one stored drift report: its digest (``ml.monitoring.report_digest``: verdict,
+    drifted signals, prediction volume, reported-wrong count and what it means for accuracy, reports
+    against the retraining threshold, a link to the HTML) to ``report_recipients`` by e-mail and to
+    the webhook (``kind: "drift_report"``, with ``report_webhook``); a drift verdict also raises the
+    ``drift`` alert (``drift_alert``), sent like any alert (``alert_email_to``, webhook ``kind:
+    "alert"``). ``retraining``: ``check_trigger``'s decision (else counted now).
+
+    Each channel's outcome is appended to the report's stored summary (``delivery``); a failing
+    channel is recorded, never raised. Returns ``{"report_id", "status", "channels", "alert", "digest"}``."""
+    from ml import monitoring
+
+    s = settings or get_settings()
+    rid = report if isinstance(report, str) else report["id"]
+    summary = monitoring.get_report(rid, settings=s)
+    if summary is None:
+        raise KeyError(f"no drift report {rid!r}")
+    try:
+        alert = drift_alert(summary, s)
+    except Exception as e:  # noqa: BLE001 - the report still goes out
+        log.error("drift alert for report %s failed: %s", rid, e)
+        alert = {"alert_id": None, "raised": False, "error": f"{type(e).__name__}: {e}"}
+    if retraining is None:
+        retraining = _retraining_status(s)
+    digest = monitoring.report_digest(summary, retraining, s)
+    digest["alert_id"] = alert.get("alert_id") if (alert.get("raised") or alert.get("continued")) else None
+    log.info("DRIFT REPORT %s (%s): %s - %s", rid, digest["verdict"], summary["verdict"], digest["report_url"])
+    results = [_channel_result("log", "logger ml.alerts", "sent")]
+    if s.alert_webhook_url and s.report_webhook:
+        target = _redacted(s.alert_webhook_url)
+        try:
+            send_webhook(digest, s)
+            results.append(_channel_result("webhook", target, "sent"))
+        except Exception as e:  # noqa: BLE001 - recorded, never raised
+            results.append(_channel_result("webhook", target, "failed",
+                                           f"{type(e).__name__}: {str(e).replace(s.alert_webhook_url, '<webhook>')}"))
+    recipients = _addresses(s.report_recipients)
+    if recipients:
+        target = f"smtp://{s.alert_smtp_host}:{s.alert_smtp_port} -> {', '.join(recipients)}"
+        if not s.alert_smtp_host:
+            results.append(_channel_result("email", target, "skipped", "report_recipients set but no alert_smtp_host"))
+        else:
+            try:
+                send_mail(*monitoring.digest_text(digest), recipients, s)
+                results.append(_channel_result("email", target, "sent"))
+            except Exception as e:  # noqa: BLE001
+                results.append(_channel_result("email", target, "failed", f"{type(e).__name__}: {e}"))
+    for r in results:
+        (log.info if r["status"] == "sent" else log.error)("drift report %s via %s (%s): %s%s", rid, r["channel"],
+                                                           r["target"], r["status"],
+                                                           f" - {r['error']}" if r["error"] else "")
+    try:
+        with _conn(s) as conn:
+            conn.execute("UPDATE drift_reports SET summary = jsonb_set(summary, '{delivery}',"
+                         " coalesce(summary->'delivery', '[]'::jsonb) || %s::jsonb) WHERE id = %s",
+                         (json.dumps(results), rid))
+    except Exception as e:  # noqa: BLE001
+        log.error("drift report %s: could not record channel outcomes: %s", rid, e)
+    if alert.get("raised"):
+        alert["channels"] = _send_channels(alert["alert_id"], s)
+    return {"report_id": rid, "status": summary["status"], "channels": results, "alert": alert, "digest": digest}
 
 
 # ---------------------------------------------------------------- reading back

@@ -99,6 +99,11 @@ class Settings(BaseSettings):
     alert_email_from: str = "sentiment-platform@localhost"
     alert_email_to: str | None = None  # comma-separated addresses
 
+    # drift-report delivery (ml/alerts.py deliver_report, last task of DAG sentiment_monitoring)
+    public_api_url: str | None = None       # base of the links in messages; unset: http://<host>:<api_port>
+    report_recipients: str | None = None    # comma-separated addresses that receive every drift report
+    report_webhook: bool = True             # alert_webhook_url also receives every report (kind "drift_report")
+
     # feedback-triggered retraining (ml/retraining.py, DAG sentiment_retraining)
     retraining_feedback_fraction: float = 0.005  # reports needed = this x the champion's corpus rows
     retraining_on_drift: bool = False            # a drift report alone also triggers a retraining
@@ -169,6 +174,15 @@ class Settings(BaseSettings):
     @property
     def reference_dir(self) -> Path:
         return self.var / "reference"
+
+    @property
+    def api_url(self) -> str:
+        """The API's public base URL (no trailing slash) for links sent to people: ``public_api_url``,
+        else ``http://<host>:<api_port>`` (a wildcard host becomes 127.0.0.1)."""
+        if self.public_api_url:
+            return self.public_api_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{'[' + host + ']' if ':' in host else host}:{self.api_port}"
 
     @property
     def search_space_file(self) -> Path:

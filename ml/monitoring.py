@@ -305,7 +305,7 @@ def feedback_stats(conn, model_name: str, start: datetime, end: datetime, n_pred
     concept = None
     if upper is not None and training_accuracy is not None and enough:
         concept = bool(upper < training_accuracy - settings.monitoring_accuracy_tolerance)
-    return {
+    out = {
         "predictions": n_predictions,
         "with_feedback": n_feedback,
         "reported_wrong": wrong,
@@ -325,6 +325,26 @@ def feedback_stats(conn, model_name: str, start: datetime, end: datetime, n_pred
             + "."
         ),
     }
+    out["accuracy_statement"] = accuracy_statement(n_predictions, wrong, upper)
+    return out
+
+
+def accuracy_statement(predictions: int | None, reported_wrong: int | None, upper_bound: float | None) -> str:
+    """What the live-accuracy bound means, in words (the one wording: verdict, summary, API, messages).
+
+    ``at most 99.0% of the period's 61,000 predictions were right: 611 were reported wrong;
+    unreported predictions are counted as right``."""
+    if not predictions:
+        return "no predictions in the period: nothing to say about accuracy"
+    wrong = int(reported_wrong or 0)
+    bound = upper_bound if upper_bound is not None else 1.0 - wrong / predictions
+    reported = ("none were reported wrong" if wrong == 0 else
+                f"{wrong:,} {'was' if wrong == 1 else 'were'} reported wrong")
+    digits = 1  # enough decimals that a bound below 100% never reads "100.0%"
+    while wrong and digits < 4 and round(bound * 100, digits) >= 100:
+        digits += 1
+    return (f"at most {bound * 100:.{digits}f}% of the period's {predictions:,} predictions were right: {reported}; "
+            "unreported predictions are counted as right")
 
 
 # ---------------------------------------------------------------- the Evidently report
@@ -462,14 +482,12 @@ def verdict_line(summary: dict[str, Any]) -> str:
     if summary["status"] == "empty":
         return f"EMPTY: no predictions of {summary['model_name']} between {when}; nothing to compare."
     m = summary["metrics"]
-    names = {"prediction_label": "predicted labels", "probability": "p_positive", "text_descriptors": "text descriptors",
-             "raw_text": "raw text", "embeddings": "text embeddings"}
-    drifted = [names[k] for k, v in m.items() if v["detected"]]
+    drifted = [SIGNAL_NAMES[k] for k, v in m.items() if v["detected"]]
     pl = m["prediction_label"]
     share = f"positive {pl['current_positive_share']:.0%} vs {pl['reference_positive_share']:.0%} in reference"
     fb = summary["feedback"]
-    acc = (f"live accuracy <= {_fmt_pct(fb['live_accuracy_upper_bound'])} ({fb['reported_wrong']:,} reported wrong)"
-           f" vs training {_fmt_pct(fb['training_accuracy'])}")
+    acc = (accuracy_statement(fb["predictions"], fb["reported_wrong"], fb["live_accuracy_upper_bound"])
+           + f" (the champion's held-out accuracy at training: {_fmt_pct(fb['training_accuracy'])})")
     if fb["concept_drift"]:
         acc += " - CONCEPT DRIFT"
     head = f"DRIFT in {', '.join(drifted)}" if drifted else "No drift"
@@ -481,6 +499,93 @@ def verdict_line(summary: dict[str, Any]) -> str:
     if served != [str(summary["reference_version"])]:
         line += f" Note: the period was served by v{', v'.join(served)}; prediction drift may be the model change."
     return line
+
+
+SIGNAL_NAMES = {"prediction_label": "predicted labels", "probability": "p_positive",
+                "text_descriptors": "text descriptors", "raw_text": "raw text", "embeddings": "text embeddings"}
+
+
+def report_urls(report_id: str, settings: Settings | None = None) -> dict[str, str]:
+    """Absolute links to a report on the API (``public_api_url``, else ``http://<host>:<api_port>``)."""
+    base = (settings or get_settings()).api_url
+    return {"html": f"{base}/reports/{report_id}/html", "summary": f"{base}/reports/{report_id}"}
+
+
+def report_digest(summary: dict[str, Any], retraining: dict[str, Any] | None = None,
+                  settings: Settings | None = None) -> dict[str, Any]:
+    """The short summary of a stored report that the channels carry (webhook JSON, e-mail text).
+
+    ``retraining``: misclassification reports since the champion was trained against the retraining
+    threshold (``ml.retraining.check_trigger``'s decision or ``pending_count``), None when unknown."""
+    s = settings or get_settings()
+    fb = summary.get("feedback") or {}
+    metrics = summary.get("metrics") or {}
+    signals = [SIGNAL_NAMES.get(k, k) for k, v in metrics.items() if v.get("detected")]
+    if fb.get("concept_drift"):
+        signals.append("concept drift (live accuracy bound below training accuracy)")
+    status = summary["status"]
+    predictions = (summary.get("current") or {}).get("rows_in_period", 0)
+    retr = None
+    if retraining:
+        retr = {k: retraining.get(k) for k in ("threshold", "fraction", "corpus_rows")}
+        retr["reports"] = retraining.get("reports", retraining.get("pending_reports"))
+        retr["triggered"] = bool(retraining.get("trigger"))
+        retr["retraining_id"] = retraining.get("retraining_id")
+        done, thr = retr["reports"], retr["threshold"]
+        retr["text"] = (f"{done:,} misclassification reports since the champion was trained, retraining threshold "
+                        f"{thr:,}" + (" - retraining triggered" if retr["triggered"] else "")
+                        if done is not None and thr else "no retraining threshold (no champion snapshot)")
+    return {
+        "kind": "drift_report",
+        "source": "tweet-sentiment-platform",
+        "report_id": summary["id"],
+        "model_name": summary["model_name"],
+        "reference_version": summary.get("reference_version"),
+        "period": summary["period"],
+        "status": status,
+        "verdict": {"drift": "DRIFT", "ok": "NO DRIFT", "empty": "EMPTY"}.get(status, status.upper()),
+        "verdict_line": summary["verdict"],
+        "drifted_signals": signals,
+        "predictions": predictions,
+        "predictions_compared": (summary.get("current") or {}).get("rows", 0),
+        "reported_wrong": fb.get("reported_wrong", 0),
+        "live_accuracy_upper_bound": fb.get("live_accuracy_upper_bound"),
+        "accuracy": fb.get("accuracy_statement") or accuracy_statement(predictions, fb.get("reported_wrong"),
+                                                                       fb.get("live_accuracy_upper_bound")),
+        "training_accuracy": fb.get("training_accuracy"),
+        # a label-free accuracy estimate (no feedback needed) is not computed yet: the slot is kept so
+        # that receivers need no change when it comes
+        "estimated_accuracy": None,
+        "estimated_accuracy_status": "not yet available",
+        "retraining": retr,
+        "report_url": report_urls(summary["id"], s)["html"],
+        "summary_url": report_urls(summary["id"], s)["summary"],
+    }
+
+
+def digest_text(d: dict[str, Any]) -> tuple[str, str]:
+    """(subject, plain-text body) of a report digest for e-mail."""
+    p = d["period"]
+    when = f"{p['start'][:16]} -> {p['end'][:16]} UTC"
+    head = d["verdict"] + (f" in {', '.join(d['drifted_signals'])}" if d["drifted_signals"] else "")
+    subject = f"[sentiment] drift report {d['model_name']} {p['end'][:10]}: {head}"[:200]
+    est = d["estimated_accuracy"]
+    lines = [
+        f"Drift report {d['report_id']} of {d['model_name']} (reference: champion v{d['reference_version']})",
+        f"Period: {when}",
+        f"Verdict: {head}",
+        f"Drifted signals: {', '.join(d['drifted_signals']) or 'none'}",
+        f"Predictions in the period: {d['predictions']:,} ({d['predictions_compared']:,} compared)",
+        f"Reported wrong: {d['reported_wrong']:,}",
+        f"Accuracy: {d['accuracy']}",
+        f"Estimated accuracy (label-free): {_fmt_pct(est) if est is not None else d['estimated_accuracy_status']}",
+        f"Retraining: {(d['retraining'] or {}).get('text', 'unknown')}",
+        "",
+        d["verdict_line"],
+        "",
+        f"Full report: {d['report_url']}",
+    ]
+    return subject, "\n".join(lines) + "\n"
 
 
 def _empty_html(summary: dict[str, Any]) -> str:
@@ -574,7 +679,8 @@ def _build(report_id: str, created: datetime, a: datetime, b: datetime, out_dir:
         summary.update(status="empty", drift_detected=False, reference_version=champ.version if champ else None,
                        reference={"rows": 0}, metrics={}, drifted_columns=None,
                        feedback={"predictions": 0, "with_feedback": 0, "reported_wrong": 0,
-                                 "live_accuracy_upper_bound": None, "training_accuracy": None, "concept_drift": None})
+                                 "live_accuracy_upper_bound": None, "training_accuracy": None, "concept_drift": None,
+                                 "accuracy_statement": accuracy_statement(0, 0, None)})
         summary["verdict"] = verdict_line(summary)
         Path(summary["files"]["html"]).write_text(_empty_html(summary), encoding="utf-8")
         Path(summary["files"]["json"]).write_text(json.dumps({"status": "empty", "summary": summary}, indent=2,
@@ -620,17 +726,25 @@ def _row_dict(row, names) -> dict[str, Any]:
     return out
 
 
-def list_reports(limit: int = 50, conn=None, settings: Settings | None = None) -> list[dict[str, Any]]:
-    """The newest reports first: the summary columns (not the full per-column detail)."""
+def list_reports(limit: int = 50, conn=None, settings: Settings | None = None,
+                 model_name: str | None = None) -> list[dict[str, Any]]:
+    """The newest reports first (of ``model_name`` if given): the summary columns (not the full
+    per-column detail) and ``accuracy_statement``."""
     from ml import db
 
-    sql = f"SELECT {', '.join(SUMMARY_COLUMNS)} FROM drift_reports ORDER BY created_at DESC, id DESC LIMIT %s"
+    where = "WHERE model_name = %s " if model_name else ""
+    args = ((model_name,) if model_name else ()) + (limit,)
+    sql = f"SELECT {', '.join(SUMMARY_COLUMNS)} FROM drift_reports {where}ORDER BY created_at DESC, id DESC LIMIT %s"
     if conn is None:
         with db.connect(db.database_url(settings or get_settings())) as c:
-            rows = c.execute(sql, (limit,)).fetchall()
+            rows = c.execute(sql, args).fetchall()
     else:
-        rows = conn.execute(sql, (limit,)).fetchall()
-    return [_row_dict(r, SUMMARY_COLUMNS) for r in rows]
+        rows = conn.execute(sql, args).fetchall()
+    out = [_row_dict(r, SUMMARY_COLUMNS) for r in rows]
+    for r in out:
+        r["accuracy_statement"] = accuracy_statement(r["n_current_total"], r["n_reported_wrong"],
+                                                     r["live_accuracy_upper_bound"])
+    return out
 
 
 def get_report(report_id: str, conn=None, settings: Settings | None = None) -> dict[str, Any] | None:

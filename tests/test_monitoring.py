@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import uuid
 from datetime import datetime, timedelta, timezone
 
 import pandas as pd
 import pytest
 import realdata
+from receivers import refused_port, smtp_receiver, webhook_receiver
 
-from ml import data, monitoring, registry, train
+from ml import alerts, data, monitoring, registry, train
 from ml.config import get_settings, reset_settings
 
 TOPIC = ("work", "school", "exam", "class", "office", "boss", "homework", "study")
@@ -45,8 +45,17 @@ def _on_topic(text: str) -> bool:
 @pytest.fixture(scope="module")
 def setup(platform_env, mlflow_tracking, tmp_path_factory):
     name = f"tweet-sentiment-monitoring-{uuid.uuid4().hex[:6]}"
-    os.environ["SENTIMENT_MODEL_NAME"] = name
+    mp = pytest.MonkeyPatch()  # module scope: undone in `finally`, whatever fails in between
+    mp.setenv("SENTIMENT_MODEL_NAME", name)
     reset_settings()
+    try:
+        yield _setup(name, tmp_path_factory)
+    finally:
+        mp.undo()
+        reset_settings()
+
+
+def _setup(name, tmp_path_factory) -> dict:
     pool = _pool()
     off_topic = [r for r in pool if not _on_topic(r[1])]
     neg = [r for r in off_topic if r[0] == 0]
@@ -63,7 +72,8 @@ def setup(platform_env, mlflow_tracking, tmp_path_factory):
     run_id = train.train(snap.hash, "tfidf_lr")
     metrics = train.evaluate(run_id)
     version = train.register(run_id)
-    registry.set_champion(version)  # the promotion gate (behavioural checks) is not what is tested here
+    promotion = train.promote(run_id)  # the platform's own path: behavioural gate + promotion rule
+    assert promotion["promoted"], promotion
     model = registry.load_version(version)
     s = get_settings()
     periods = {"matching": (MATCHING, [t for _, t in matching]),
@@ -98,9 +108,7 @@ def setup(platform_env, mlflow_tracking, tmp_path_factory):
         give(ids["drifted"][:N_WRONG], wrong=True)
         give(ids["drifted"][:1], wrong=True)  # a second report on the same prediction counts once
     n_ref = len(data.split(snap.load(), s.test_size, s.seed)[1])
-    yield {"name": name, "version": version, "accuracy": metrics["accuracy"], "settings": s, "n_ref": n_ref}
-    os.environ.pop("SENTIMENT_MODEL_NAME")
-    reset_settings()
+    return {"name": name, "version": version, "accuracy": metrics["accuracy"], "settings": s, "n_ref": n_ref}
 
 
 @pytest.fixture(scope="module")
@@ -198,7 +206,7 @@ def test_empty_period_is_a_stored_empty_report(setup, conn):
     assert r["reference_version"] == setup["version"]
     assert "empty period" in open(monitoring.report_html_path(r["id"]), encoding="utf-8").read()
     assert conn.execute("SELECT status, n_current FROM drift_reports WHERE id=%s", (r["id"],)).fetchone() == ("empty", 0)
-    assert r["id"] in [x["id"] for x in monitoring.list_reports(10)]
+    assert r["id"] in [x["id"] for x in monitoring.list_reports(10, model_name=setup["name"])]
 
 
 def test_max_rows_sample_and_small_sample_tests(setup):
@@ -247,11 +255,147 @@ def test_cli_reports_lists_them(setup, matching_report):
     assert res.exit_code == 2 and "not before" in res.output
 
 
+MATCHING_ACCURACY = ("at most 99.7% of the period's 3,000 predictions were right: 10 were reported wrong; "
+                     "unreported predictions are counted as right")
+DRIFTED_ACCURACY = ("at most 60.0% of the period's 3,000 predictions were right: 1,200 were reported wrong; "
+                    "unreported predictions are counted as right")
+
+
+def test_accuracy_bound_is_said_in_words(setup, matching_report):
+    """The live-accuracy bound says what it means wherever it is shown: the verdict, the stored
+    summary, the API (list and one report) and the Airflow plugin's report list."""
+    import html
+    import importlib.util
+    from pathlib import Path
+
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+
+    r = matching_report
+    assert r["feedback"]["accuracy_statement"] == MATCHING_ACCURACY
+    assert MATCHING_ACCURACY in r["verdict"] and "live accuracy <=" not in r["verdict"]
+    assert monitoring.accuracy_statement(61_000, 611, 1 - 611 / 61_000) == (
+        "at most 99.0% of the period's 61,000 predictions were right: 611 were reported wrong; "
+        "unreported predictions are counted as right")
+    assert monitoring.accuracy_statement(3000, 1, None).startswith("at most 99.97% ")  # never "100.0%" with an error
+    with TestClient(create_app(setup["settings"])) as client:
+        one = client.get(f"/reports/{r['id']}").json()
+        assert one["feedback"]["accuracy_statement"] == MATCHING_ACCURACY and MATCHING_ACCURACY in one["verdict"]
+        mine = [x for x in client.get("/reports", params={"limit": 500}).json() if x["id"] == r["id"]]
+        assert mine and mine[0]["accuracy_statement"] == MATCHING_ACCURACY
+    plugins = Path(__file__).resolve().parent.parent / "plugins"
+    spec = importlib.util.spec_from_file_location("_plugin_for_wording", plugins / "sentiment_platform_plugin.py")
+    plugin = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plugin)
+    page = TestClient(plugin.app).get("/reports", params={"limit": 500})
+    assert page.status_code == 200 and html.escape(MATCHING_ACCURACY) in page.text
+
+
+def _drift_alerts(conn, name):
+    return conn.execute("SELECT id, n_reports, message, details, channels, resolved_at FROM alerts"
+                        " WHERE rule = 'drift' AND model_name = %s ORDER BY id", (name,)).fetchall()
+
+
+def test_report_goes_to_webhook_and_smtp_and_drift_raises_one_alert(setup, matching_report, conn):
+    """A real webhook receiver and a real SMTP server (aiosmtpd), both started here on port 0."""
+    with webhook_receiver() as (url, received), smtp_receiver() as (smtp_port, mails):
+        s = get_settings().model_copy(update={
+            "alert_webhook_url": url, "alert_smtp_host": "127.0.0.1", "alert_smtp_port": smtp_port,
+            "report_recipients": "ml-team@example.org", "alert_email_to": "oncall@example.org",
+            "public_api_url": "https://sentiment.example.org/"})
+        drifted = monitoring.build_report(start=DRIFTED, end=DRIFTED + DAY, settings=s)
+        out = alerts.deliver_report(drifted["id"], settings=s)
+        link = f"https://sentiment.example.org/reports/{drifted['id']}/html"
+
+        # the webhook: the report's digest (kind drift_report), then the drift alert (kind alert)
+        kinds = [x["json"]["kind"] for x in received]
+        assert kinds == ["drift_report", "alert"], kinds
+        d = received[0]["json"]
+        assert (d["report_id"], d["model_name"], d["status"], d["verdict"]) == (drifted["id"], setup["name"], "drift",
+                                                                                 "DRIFT")
+        assert "raw text" in d["drifted_signals"] and any("concept drift" in x for x in d["drifted_signals"])
+        assert (d["predictions"], d["predictions_compared"], d["reported_wrong"]) == (N_CURRENT, N_CURRENT, N_WRONG)
+        assert d["accuracy"] == DRIFTED_ACCURACY
+        assert d["estimated_accuracy"] is None and d["estimated_accuracy_status"] == "not yet available"
+        assert d["report_url"] == link and d["summary_url"] == link[:-len("/html")]
+        retr = d["retraining"]
+        assert isinstance(retr["reports"], int) and retr["threshold"] >= 1
+        assert f"retraining threshold {retr['threshold']:,}" in retr["text"]
+        a = received[1]["json"]
+        assert a["rule"] == "drift" and a["model_name"] == setup["name"] and a["alert_id"] == out["alert"]["alert_id"]
+        assert a["message"].startswith("DRIFT in ") and link in a["message"] and d["alert_id"] == a["alert_id"]
+
+        # e-mail: the report to report_recipients, the alert to alert_email_to
+        by_rcpt = {m["rcpt"][0]: m for m in mails}
+        assert sorted(by_rcpt) == ["ml-team@example.org", "oncall@example.org"], mails
+        rep = by_rcpt["ml-team@example.org"]
+        assert rep["subject"].startswith(f"[sentiment] drift report {setup['name']} 2025-03-03: DRIFT in ")
+        for line in ("Verdict: DRIFT in ", "Predictions in the period: 3,000 (3,000 compared)",
+                     "Reported wrong: 1,200", f"Accuracy: {DRIFTED_ACCURACY}",
+                     "Estimated accuracy (label-free): not yet available", f"Full report: {link}",
+                     f"retraining threshold {retr['threshold']:,}"):
+            assert line in rep["body"], (line, rep["body"])
+        assert "ALERT drift" in by_rcpt["oncall@example.org"]["subject"]
+
+        # stored: every channel's outcome on the report and on the alert
+        stored = monitoring.get_report(drifted["id"])
+        assert {c["channel"]: c["status"] for c in stored["delivery"]} == {"log": "sent", "webhook": "sent",
+                                                                           "email": "sent"}
+        rows = _drift_alerts(conn, setup["name"])
+        assert len(rows) == 1 and rows[0][5] is None and rows[0][1] == 1
+        assert {c["channel"]: c["status"] for c in rows[0][4]} == {"log": "sent", "webhook": "sent", "email": "sent"}
+
+        # a second drift report: the same open alert counts it, nothing new is raised or sent as an alert
+        again = monitoring.build_report(start=DRIFTED, end=DRIFTED + DAY, settings=s)
+        out2 = alerts.deliver_report(again["id"], settings=s)
+        assert out2["alert"]["continued"] and not out2["alert"]["raised"]
+        rows = _drift_alerts(conn, setup["name"])
+        assert len(rows) == 1 and rows[0][1] == 2 and rows[0][3]["report_ids"] == [drifted["id"], again["id"]]
+        assert "drift in 2 reports in a row" in rows[0][2]
+        assert [x["json"]["kind"] for x in received] == ["drift_report", "alert", "drift_report"]
+
+        # a report without drift resolves it; the report itself still goes out
+        out3 = alerts.deliver_report(matching_report["id"], settings=s)
+        assert out3["alert"]["resolved"] and out3["status"] == "ok"
+        assert _drift_alerts(conn, setup["name"])[0][5] is not None
+        assert received[-1]["json"]["kind"] == "drift_report" and received[-1]["json"]["verdict"] == "NO DRIFT"
+        assert received[-1]["json"]["accuracy"] == MATCHING_ACCURACY and len(mails) == 4
+
+
+def test_failing_channels_never_fail_the_report(setup, matching_report):
+    with refused_port() as dead:
+        s = get_settings().model_copy(update={
+            "alert_webhook_url": f"http://127.0.0.1:{dead}/hook/s3cret-token", "alert_webhook_timeout_seconds": 1.0,
+            "alert_smtp_host": "127.0.0.1", "alert_smtp_port": dead, "report_recipients": "ml-team@example.org"})
+        out = alerts.deliver_report(matching_report["id"], settings=s)
+    got = {c["channel"]: c for c in out["channels"]}
+    assert got["log"]["status"] == "sent"
+    assert got["webhook"]["status"] == "failed" and "ConnectError" in got["webhook"]["error"]
+    assert got["email"]["status"] == "failed" and "Connection refused" in got["email"]["error"]
+    stored = monitoring.get_report(matching_report["id"])["delivery"]
+    assert "s3cret" not in json.dumps(stored)  # the webhook URL is redacted in the record
+    assert [c["status"] for c in stored[-3:]] == ["sent", "failed", "failed"]
+
+
 @pytest.mark.slow
-def test_monitoring_dag_stores_a_report(airflow_cli, setup, conn):
+def test_monitoring_dag_stores_and_delivers_a_report(airflow_cli, setup, conn):
     conf = json.dumps({"start": MATCHING.isoformat(), "end": (MATCHING + DAY).isoformat()})
-    res = airflow_cli("dags", "test", "sentiment_monitoring", "-c", conf, extra_env={"SENTIMENT_MODEL_NAME": setup["name"]})
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    row = conn.execute("SELECT status, n_current, airflow_run_id FROM drift_reports WHERE model_name=%s"
-                       " AND airflow_run_id IS NOT NULL ORDER BY created_at DESC LIMIT 1", (setup["name"],)).fetchone()
-    assert row is not None and row[:2] == ("ok", N_CURRENT) and row[2].startswith("manual__")
+    with webhook_receiver() as (url, received), smtp_receiver() as (smtp_port, mails):
+        res = airflow_cli("dags", "test", "sentiment_monitoring", "-c", conf, extra_env={
+            "SENTIMENT_MODEL_NAME": setup["name"], "SENTIMENT_ALERT_WEBHOOK_URL": url,
+            "SENTIMENT_ALERT_SMTP_HOST": "127.0.0.1", "SENTIMENT_ALERT_SMTP_PORT": str(smtp_port),
+            "SENTIMENT_REPORT_RECIPIENTS": "ml-team@example.org", "SENTIMENT_PUBLIC_API_URL": "http://api.test:8000"})
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+        row = conn.execute("SELECT id, status, n_current, airflow_run_id, summary->'delivery' FROM drift_reports"
+                           " WHERE model_name=%s AND airflow_run_id IS NOT NULL ORDER BY created_at DESC LIMIT 1",
+                           (setup["name"],)).fetchone()
+        assert row is not None and row[1:3] == ("ok", N_CURRENT) and row[3].startswith("manual__")
+        assert {c["channel"]: c["status"] for c in row[4]} == {"log": "sent", "webhook": "sent", "email": "sent"}
+        reports = [x["json"] for x in received if x["json"]["kind"] == "drift_report"]
+        assert len(reports) == 1 and reports[0]["report_id"] == row[0] and reports[0]["verdict"] == "NO DRIFT"
+        assert reports[0]["predictions"] == N_CURRENT and reports[0]["accuracy"] == MATCHING_ACCURACY
+        assert reports[0]["report_url"] == f"http://api.test:8000/reports/{row[0]}/html"
+        assert reports[0]["retraining"]["threshold"] >= 1  # check_retraining's decision, passed on
+        assert len(mails) == 1 and mails[0]["rcpt"] == ["ml-team@example.org"]
+        assert "Verdict: NO DRIFT" in mails[0]["body"] and f"/reports/{row[0]}/html" in mails[0]["body"]

@@ -4,93 +4,31 @@ server off the request path; a failing channel never fails the feedback request.
 from __future__ import annotations
 
 import json
-import socket
-import socketserver
-import threading
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from datetime import timedelta, timezone
 
 import pytest
+from receivers import refused_port, smtp_receiver, webhook_receiver
 
 from api_helpers import fresh_model_name, running_app, settings_with, wait_for
+from ml import alerts
 
 TEXTS = ["I love this, best day ever", "so bored and sad today", "what a great game tonight", "my phone broke again",
          "thanks for the awesome party", "stuck in traffic, so annoyed", "happy birthday to my best friend",
          "worst monday ever", "cannot wait for the weekend", "I miss you so much"]
 
 
-# ---------------------------------------------------------------- local receivers
-class _Hook(BaseHTTPRequestHandler):
-    received: list = []
-
-    def do_POST(self):  # noqa: N802
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self.server.received.append({"path": self.path, "content_type": self.headers.get("Content-Type"),
-                                     "json": json.loads(body)})
-        self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
-
-
+# ---------------------------------------------------------------- local receivers (tests/receivers.py)
 @pytest.fixture
 def webhook():
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
-    srv.received = []
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}/hooks/sentiment", srv.received
-    srv.shutdown()
-    srv.server_close()
-
-
-class _Smtp(socketserver.StreamRequestHandler):
-    """Just enough SMTP for smtplib: EHLO/HELO, MAIL, RCPT, DATA, QUIT."""
-
-    def handle(self):
-        def say(line):
-            self.wfile.write(line.encode() + b"\r\n")
-
-        say("220 localhost test SMTP")
-        mail = {"rcpt": [], "data": ""}
-        while True:
-            line = self.rfile.readline().decode(errors="replace").rstrip("\r\n")
-            if not line:
-                return
-            cmd = line[:4].upper()
-            if cmd in ("EHLO", "HELO"):
-                say("250 localhost")
-            elif cmd == "MAIL":
-                mail["from"] = line
-                say("250 OK")
-            elif cmd == "RCPT":
-                mail["rcpt"].append(line)
-                say("250 OK")
-            elif cmd == "DATA":
-                say("354 end with .")
-                lines = []
-                while (chunk := self.rfile.readline().decode(errors="replace")) not in (".\r\n", ".\n", ""):
-                    lines.append(chunk)
-                mail["data"] = "".join(lines)
-                self.server.mails.append(dict(mail))
-                say("250 queued")
-            elif cmd == "QUIT":
-                say("221 bye")
-                return
-            else:
-                say("250 OK")
+    with webhook_receiver() as hook:
+        yield hook
 
 
 @pytest.fixture
 def smtp():
-    srv = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Smtp)
-    srv.daemon_threads = True
-    srv.mails = []
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield srv.server_address[1], srv.mails
-    srv.shutdown()
-    srv.server_close()
+    with smtp_receiver() as box:
+        yield box
 
 
 # ---------------------------------------------------------------- helpers
@@ -107,12 +45,6 @@ def _alerts(conn, model):
     return conn.execute(
         "SELECT id, n_reports, feedback_ids, later_feedback_ids, channels, resolved_at FROM alerts"
         " WHERE rule = 'misclassification_burst' AND model_name = %s ORDER BY id", (model,)).fetchall()
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---------------------------------------------------------------- tests
@@ -144,16 +76,20 @@ def test_three_reports_one_alert_per_burst_across_two_apps(platform_env, publish
         assert body["alert_id"] == alert_id and body["rule"] == "misclassification_burst"
         assert body["model_name"] == settings.model_name and body["threshold"] == 3 and body["window_seconds"] == 300
         assert sorted(body["feedback_ids"]) == sorted([f1, f2, f3]) and "reported wrong" in body["message"]
-        assert len(mails) == 1 and len(mails[0]["rcpt"]) == 2 and "misclassification_burst" in mails[0]["data"]
+        assert len(mails) == 1 and sorted(mails[0]["rcpt"]) == ["ml@example.org", "oncall@example.org"]
+        assert "misclassification_burst" in mails[0]["subject"] and "3 predictions" in mails[0]["body"]
+        assert body["kind"] == "alert" and body["message"].startswith(f"3 predictions of {settings.model_name} reported")
 
         def channels():
             got = {c["channel"]: c["status"] for c in _alerts(conn, settings.model_name)[0][4]}
             return got if len(got) == 3 else None
         assert wait_for(channels, timeout=10) == {"log": "sent", "webhook": "sent", "email": "sent"}
 
-        f4 = _report_wrong(c2, TEXTS[4])  # the same burst
+        f4 = _report_wrong(c2, TEXTS[4])  # the same burst: appended, and the alert's count and text follow
         rows = _alerts(conn, settings.model_name)
-        assert len(rows) == 1 and rows[0][3] == [f4]
+        assert len(rows) == 1 and rows[0][3] == [f4] and rows[0][1] == 4
+        msg = conn.execute("SELECT message FROM alerts WHERE id = %s", (alert_id,)).fetchone()[0]
+        assert msg.startswith(f"4 predictions of {settings.model_name} reported wrong in ")
     assert len(received) == 1  # no second webhook call
 
 
@@ -200,10 +136,17 @@ def test_window_is_counted_in_postgres_across_restarts_and_bursts(platform_env, 
 
 
 def test_failing_channel_never_fails_the_feedback_request(platform_env, publish, conn):
-    settings = settings_with(platform_env, model_name=fresh_model_name(),
-                             alert_webhook_url=f"http://127.0.0.1:{_free_port()}/nobody-listens",
-                             alert_webhook_timeout_seconds=1.0)
-    publish(settings)
+    with refused_port() as port:  # bound for the whole test, never listening: connections are refused
+        settings = settings_with(platform_env, model_name=fresh_model_name(),
+                                 alert_webhook_url=f"http://127.0.0.1:{port}/nobody-listens?token=s3cret",
+                                 alert_webhook_timeout_seconds=1.0)
+        publish(settings)
+        hook = _failing_outcome(settings, publish, conn)
+    assert hook["status"] == "failed" and "ConnectError" in hook["error"]
+    assert "s3cret" not in json.dumps(hook) and "nobody-listens" not in json.dumps(hook)  # the URL is redacted
+
+
+def _failing_outcome(settings, publish, conn):
     with running_app(settings) as c:
         for t in TEXTS[:3]:
             _report_wrong(c, t)  # asserts 201 each time
@@ -212,5 +155,45 @@ def test_failing_channel_never_fails_the_feedback_request(platform_env, publish,
             rows = _alerts(conn, settings.model_name)
             hooks = [ch for ch in rows[0][4] if ch["channel"] == "webhook"] if rows else []
             return hooks[0] if hooks else None
-        hook = wait_for(outcome, timeout=15)
-    assert hook["status"] == "failed" and "ConnectError" in hook["error"]
+        return wait_for(outcome, timeout=15)
+
+
+def test_burst_alert_says_how_many_reports_over_what_period(platform_env, conn):
+    """The reported incident: 1,497 reports in 30 s gave an alert saying "3 predictions reported wrong".
+    The alert is raised at the 3rd report; every later report of the burst rewrites its count and text."""
+    model = fresh_model_name()
+    n_total = 1497
+    conn.execute(
+        "INSERT INTO predictions (text, label, p_negative, p_positive, model_name, model_version, source)"
+        " SELECT 'burst tweet ' || i, 1, 0.2, 0.8, %s, 1, 'api' FROM generate_series(1, %s) i", (model, n_total))
+    pids = [r[0] for r in conn.execute("SELECT id FROM predictions WHERE model_name = %s ORDER BY text COLLATE \"C\"",
+                                       (model,)).fetchall()]
+    t0 = conn.execute("SELECT date_trunc('second', now()) - interval '40 seconds'").fetchone()[0]
+    step = 30.0 / (n_total - 1)  # the reports span exactly 30 s: t0 .. t0 + 30 s
+
+    def report(i):  # reports in timestamp order, as the API would store them
+        return conn.execute("INSERT INTO feedback (prediction_id, correct_label, created_at) VALUES (%s, 0, %s)"
+                            " RETURNING id", (pids[i], t0 + timedelta(seconds=i * step))).fetchone()[0]
+
+    s = settings_with(platform_env, model_name=model)
+    outs = [alerts.evaluate_feedback(report(i), s, dispatch=False) for i in range(3)]  # each evaluated once stored
+    assert [o["raised"] for o in outs] == [False, False, True]
+    alert_id = outs[-1]["alert_id"]
+    row = conn.execute("SELECT n_reports, message FROM alerts WHERE id = %s", (alert_id,)).fetchone()
+    assert row[0] == 3 and row[1].startswith(f"3 predictions of {model} reported wrong in ")
+
+    for i in range(3, n_total - 1):  # the rest of the burst, stored at once; evaluated by the last one
+        report(i)
+    last = report(n_total - 1)
+    out = alerts.evaluate_feedback(last, s, dispatch=False)
+    assert out["raised"] is False and out["alert_id"] == alert_id
+    n, msg, first_at, last_at, resolved = conn.execute(
+        "SELECT n_reports, message, first_report_at, last_report_at, resolved_at FROM alerts WHERE id = %s",
+        (alert_id,)).fetchone()
+    assert (n, resolved) == (n_total, None)
+    assert (last_at - first_at).total_seconds() == pytest.approx(30.0, abs=1e-3)
+    assert msg.startswith(f"1,497 predictions of {model} reported wrong in 30 s (")
+    assert msg == alerts.burst_message(n_total, model, first_at, last_at, 3, 300)
+    assert f"{first_at.astimezone(timezone.utc):%Y-%m-%d %H:%M:%S} -> " in msg
+    assert "alert rule: 3 reports within 300 s" in msg
+    assert conn.execute("SELECT count(*) FROM alerts WHERE model_name = %s", (model,)).fetchone()[0] == 1
