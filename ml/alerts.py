@@ -14,6 +14,16 @@ Rule ``misclassification_burst`` (from the original deployment): ``alert_misclas
   window (or an open alert whose last report is older than the window) ends the burst
   (``resolved_at``); the next crossing raises a new alert. The partial unique index
   ``alerts_one_open_per_rule`` makes a second open alert impossible even without the lock.
+- **The text says the whole burst**: on every report of an open burst, ``n_reports`` and ``message``
+  are rewritten from PostgreSQL: the predictions reported wrong since the burst's first report, and
+  over what period (``burst_message``: "1,497 predictions of M reported wrong in 30 s (first -> last
+  UTC); alert rule: 3 reports within 300 s"). The webhook / e-mail carry the text of the moment
+  the alert was raised; the stored alert (``ml alerts``, the model card) follows the burst.
+- **Rule ``drift``** (``drift_alert``, from ``deliver_report``): a drift report (data or concept
+  drift) raises an alert; later drift reports are counted on the open one; an ``ok`` report resolves
+  it. **Drift reports** themselves (``deliver_report``, last task of ``sentiment_monitoring``) go to
+  ``report_recipients`` by e-mail and to the webhook; the webhook tells both apart by ``kind``
+  (``"alert"`` | ``"drift_report"``).
 - **Channels**: a log line always (``WARNING`` on logger ``ml.alerts``), a webhook (HTTP POST of
   the alert as JSON) when ``alert_webhook_url`` is set, e-mail (SMTP) when ``alert_smtp_host`` and
   ``alert_email_to`` are set. The webhook and e-mail are sent by a background thread, off the
