@@ -55,16 +55,33 @@ def connect_db(settings: Settings, timeout: int = 5) -> psycopg.Connection:
     return psycopg.connect(url, connect_timeout=timeout, application_name="sentiment-api")
 
 
+RETRY_AFTER_SECONDS = 5
+
+
+def database_unavailable(exc: BaseException | str) -> HTTPException:
+    """503 + Retry-After: the database cannot be reached; nothing was stored."""
+    why = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}".strip()
+    return HTTPException(
+        status.HTTP_503_SERVICE_UNAVAILABLE,
+        detail=f"database unavailable, nothing was stored; retry later ({why})",
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
 @contextmanager
 def open_db(settings: Settings) -> Iterator[psycopg.Connection]:
     """A connection that commits when the block ends without error (before the route returns,
-    so a 2xx means committed); 503 when the database cannot be reached."""
+    so a 2xx means committed); 503 when the database cannot be reached, or the connection is
+    lost inside the block (nothing committed then)."""
     try:
         conn = connect_db(settings)
     except (psycopg.OperationalError, db.DatabaseUnavailable) as exc:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=f"database unavailable: {exc}") from exc
-    with conn:
-        yield conn
+        raise database_unavailable(exc) from exc
+    try:
+        with conn:
+            yield conn
+    except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+        raise database_unavailable(exc) from exc
 
 
 # ---------------------------------------------------------------- limits from the settings

@@ -17,6 +17,7 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 import ml
+from api import errors
 from api.model_manager import ModelManager
 from api.routes import api_router
 from api.writer import PredictionWriter
@@ -64,6 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "are recorded in PostgreSQL.",
         lifespan=lifespan,
     )
+    errors.install(app)  # every error response: {"status", "message", "detail": [...]}
     app.include_router(api_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 

@@ -10,7 +10,10 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictStr, WithJsonSchema
+from pydantic import (
+    AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictStr, StringConstraints, ValidationInfo,
+    WithJsonSchema,
+)
 from pydantic_core import PydanticCustomError
 
 from ml.serving import LABEL_IDS, LABELS
@@ -19,19 +22,31 @@ LabelName = Literal["negative", "positive"]
 MAX_COMMENT_CHARS = 2000
 
 
-def _check_text(value: str) -> str:
-    if not value.strip():
-        raise PydanticCustomError("blank_text", "text must not be empty or whitespace-only")
+def _check_chars(value: Any, info: ValidationInfo) -> Any:
+    """Every text field: no NUL (PostgreSQL text cannot hold it) and no lone surrogate (not
+    encodable as UTF-8). Runs before the string check, so a surrogate gets this message."""
+    if not isinstance(value, str):
+        return value  # the type check that follows says what is wrong
+    field = "text" if info.field_name == "texts" else (info.field_name or "text")
     if "\x00" in value:
-        raise PydanticCustomError("invalid_text", "text must not contain NUL (\\u0000) characters")
+        raise PydanticCustomError("invalid_text", "{field} must not contain NUL (\\u0000) characters",
+                                  {"field": field})
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise PydanticCustomError("invalid_text", "text is not valid Unicode (it holds a lone surrogate)") from None
+        raise PydanticCustomError("invalid_text", "{field} is not valid Unicode (it holds a lone surrogate)",
+                                  {"field": field}) from None
     return value
 
 
-Text = Annotated[StrictStr, AfterValidator(_check_text)]
+def _check_not_blank(value: str) -> str:
+    if not value.strip():
+        raise PydanticCustomError("blank_text", "text must not be empty or whitespace-only")
+    return value
+
+
+Text = Annotated[StrictStr, BeforeValidator(_check_chars), AfterValidator(_check_not_blank)]
+Comment = Annotated[StrictStr, StringConstraints(max_length=MAX_COMMENT_CHARS), BeforeValidator(_check_chars)]
 
 
 def _parse_label(value: Any) -> int:
@@ -88,7 +103,7 @@ class BatchPrediction(BaseModel):
 class FeedbackRequest(_Request):
     prediction_id: uuid.UUID
     correct_label: LabelId = Field(description="'positive' / 'negative' (or 1 / 0)")
-    comment: StrictStr | None = Field(default=None, max_length=MAX_COMMENT_CHARS)
+    comment: Comment | None = Field(default=None, description=f"optional, at most {MAX_COMMENT_CHARS} characters")
 
 
 class FeedbackResponse(BaseModel):
@@ -115,16 +130,37 @@ class ModelHealth(BaseModel):
 
 
 class WriterHealth(BaseModel):
-    pending_rows: int
+    pending_rows: int = Field(description="predictions in memory, not yet in PostgreSQL")
+    max_pending_rows: int = Field(description="the bound of that buffer (prediction_buffer_max_rows)")
+    spool_files: int = Field(description="saved spool files this process holds, not yet replayed")
     written_rows: int
     last_error: str | None = None
 
 
 class Health(BaseModel):
     status: Literal["ok", "degraded"]
+    reasons: list[str] = Field(default_factory=list, description="why it is degraded (empty when ok)")
     database: DatabaseHealth
     model: ModelHealth
     writer: WriterHealth
+
+
+class Readiness(BaseModel):
+    ready: bool
+    reasons: list[str] = Field(default_factory=list)
+
+
+class ErrorItem(BaseModel):
+    type: str
+    loc: list[str | int]
+    msg: str
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error response."""
+    status: int
+    message: str
+    detail: list[ErrorItem]
 
 
 class ModelInfo(BaseModel):
@@ -142,6 +178,7 @@ class ModelInfo(BaseModel):
 
 
 __all__ = [
-    "LABELS", "BatchPredictRequest", "BatchPrediction", "FeedbackRequest", "FeedbackResponse", "Health",
+    "LABELS", "BatchPredictRequest", "BatchPrediction", "ErrorResponse", "FeedbackRequest", "FeedbackResponse", "Health",
+    "Readiness",
     "ModelInfo", "PredictRequest", "Prediction", "Probabilities",
 ]

@@ -5,7 +5,7 @@ import logging
 
 from fastapi import APIRouter, HTTPException, status
 
-from api.deps import SettingsDep, WriterDep, open_db
+from api.deps import SettingsDep, WriterDep, database_unavailable, open_db
 from api.schemas import FeedbackRequest, FeedbackResponse
 from api.writer import FlushError
 from ml import alerts, serving
@@ -26,10 +26,7 @@ def create_feedback(body: FeedbackRequest, writer: WriterDep, settings: Settings
     try:
         writer.flush()  # a prediction made a moment ago may still be buffered: store it first
     except FlushError as exc:
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE,
-            detail=f"recent predictions cannot be stored right now (database unavailable), retry later: {exc}",
-        ) from exc
+        raise database_unavailable(f"recent predictions cannot be stored right now: {exc}") from exc
     with open_db(settings) as conn:
         stored = serving.insert_feedback(conn, body.prediction_id, body.correct_label, body.comment)
     if stored is None:

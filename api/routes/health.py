@@ -1,10 +1,13 @@
-"""GET /health: is the database reachable, which model is loaded, is the writer keeping up."""
+"""Health: ``/health/live`` (the process serves), ``/health/ready`` (it can do its job: the
+database answers and a model is loaded), ``/health`` (the details; 503 when degraded)."""
 from __future__ import annotations
 
 from fastapi import APIRouter
+from fastapi.responses import JSONResponse
 
 from api.deps import ManagerDep, SettingsDep, WriterDep, connect_db
-from api.schemas import DatabaseHealth, Health, ModelHealth, WriterHealth
+from api.errors import error_response
+from api.schemas import DatabaseHealth, ErrorResponse, Health, ModelHealth, Readiness, WriterHealth
 
 router = APIRouter(tags=["health"])
 
@@ -18,10 +21,7 @@ def _database(settings) -> DatabaseHealth:
         return DatabaseHealth(reachable=False, error=f"{type(exc).__name__}: {exc}".strip())
 
 
-@router.get("/health", response_model=Health)
-def health(manager: ManagerDep, writer: WriterDep, settings: SettingsDep) -> Health:
-    """Always 200 while the process serves; ``status`` is ``ok`` when the database is reachable
-    and a model is loaded, else ``degraded`` (the details say which)."""
+def _health(manager, writer, settings) -> Health:
     database = _database(settings)
     loaded = manager.current
     model = ModelHealth(
@@ -32,9 +32,47 @@ def health(manager: ManagerDep, writer: WriterDep, settings: SettingsDep) -> Hea
         loaded_at=loaded.loaded_at if loaded else None,
         last_error=manager.last_error,
     )
+    pending = writer.pending
+    reasons = []
+    if not database.reachable:
+        reasons.append(f"database unreachable: {database.error}")
+    if loaded is None:
+        reasons.append(f"no model loaded: registered model {settings.model_name!r} has no "
+                       f"{settings.champion_alias!r} alias yet" + (f" ({manager.last_error})" if manager.last_error else ""))
+    if pending >= writer.max_buffer_rows:
+        reasons.append(f"prediction buffer full: {pending} rows wait (limit {writer.max_buffer_rows})")
     return Health(
-        status="ok" if database.reachable and loaded is not None else "degraded",
+        status="degraded" if reasons else "ok",
+        reasons=reasons,
         database=database,
         model=model,
-        writer=WriterHealth(pending_rows=writer.pending, written_rows=writer.written, last_error=writer.last_error),
+        writer=WriterHealth(pending_rows=pending, max_pending_rows=writer.max_buffer_rows,
+                            spool_files=writer.spooled_files, written_rows=writer.written,
+                            last_error=writer.last_error),
     )
+
+
+@router.get("/health/live", response_model=Readiness)
+async def live() -> Readiness:
+    """200 while the process serves requests (for a liveness probe: restart when it fails)."""
+    return Readiness(ready=True)
+
+
+@router.get("/health/ready", response_model=Readiness,
+            responses={503: {"model": ErrorResponse, "description": "not ready; the message says why"}})
+def ready(manager: ManagerDep, writer: WriterDep, settings: SettingsDep):
+    """200 when the database answers, a model is loaded and the prediction buffer has room;
+    else 503 with the reasons (for a readiness probe: send no traffic while it fails)."""
+    h = _health(manager, writer, settings)
+    if h.reasons:
+        return error_response(503, "not ready: " + "; ".join(h.reasons), headers={"Retry-After": "5"})
+    return Readiness(ready=True)
+
+
+@router.get("/health", response_model=Health, responses={503: {"model": Health, "description": "degraded"}})
+def health(manager: ManagerDep, writer: WriterDep, settings: SettingsDep):
+    """The details: database, model, writer (buffer, spool). ``status`` is ``ok`` (200) when the
+    database is reachable, a model is loaded and the buffer has room, else ``degraded`` (503)
+    with ``reasons``."""
+    h = _health(manager, writer, settings)
+    return JSONResponse(h.model_dump(mode="json"), status_code=200 if h.status == "ok" else 503)

@@ -1,24 +1,38 @@
 """POST /predict and /predict/batch: inference on the champion; rows recorded off the request path."""
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, HTTPException, status
 from fastapi.concurrency import run_in_threadpool
 
 from api.deps import ModelDep, SettingsDep, WriterDep, check_batch, check_text_length
 from api.model_manager import LoadedModel
 from api.schemas import BatchPredictRequest, BatchPrediction, Prediction, PredictRequest, Probabilities
-from api.writer import PredictionWriter
+from api.writer import BufferFull, PredictionWriter
 from ml import serving
 
 router = APIRouter(tags=["predict"])
 
-_NO_CHAMPION = {503: {"description": "no champion model yet"}}
+_NO_CHAMPION = {503: {"description": "no champion model yet, or the prediction buffer is full (Retry-After)"}}
+
+
+def _buffer_full(exc: BufferFull, writer: PredictionWriter) -> HTTPException:
+    retry = max(1, round(writer.flush_seconds * 2))
+    return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=str(exc), headers={"Retry-After": str(retry)})
+
+
+def _check_room(n: int, writer: PredictionWriter) -> None:
+    """Refuse before the model runs when the rows could not be recorded (no silent loss)."""
+    if not writer.has_room(n):
+        raise _buffer_full(BufferFull(writer.pending, n, writer.max_buffer_rows, writer.last_error), writer)
 
 
 def _predict(texts: list[str], loaded: LoadedModel, writer: PredictionWriter) -> list[Prediction]:
     proba = loaded.model.predict_proba(texts)  # one call for the whole batch
     rows = serving.prediction_rows(texts, proba, loaded.name, loaded.version, source="api")
-    writer.submit(rows)  # buffered; the writer thread COPYs them to PostgreSQL
+    try:
+        writer.submit(rows)  # buffered; the writer thread COPYs them to PostgreSQL
+    except BufferFull as exc:  # filled up by concurrent requests since the check
+        raise _buffer_full(exc, writer) from exc
     return [
         Prediction(
             id=r.id,
@@ -42,6 +56,7 @@ INLINE_FAMILIES = {"tfidf_lr"}
 async def predict(body: PredictRequest, loaded: ModelDep, writer: WriterDep, settings: SettingsDep) -> Prediction:
     """Classify one text."""
     check_text_length(body.text, settings, ("body", "text"))
+    _check_room(1, writer)
     if getattr(loaded.model, "family", None) in INLINE_FAMILIES:
         return _predict([body.text], loaded, writer)[0]
     return (await run_in_threadpool(_predict, [body.text], loaded, writer))[0]
@@ -53,6 +68,7 @@ async def predict(body: PredictRequest, loaded: ModelDep, writer: WriterDep, set
 def predict_batch(body: BatchPredictRequest, loaded: ModelDep, writer: WriterDep, settings: SettingsDep) -> BatchPrediction:
     """Classify up to ``max_batch_size`` texts with one model call; all from the same model version."""
     check_batch(body.texts, settings)
+    _check_room(len(body.texts), writer)
     predictions = _predict(body.texts, loaded, writer)
     return BatchPrediction(
         count=len(predictions), model_name=loaded.name, model_version=loaded.version, predictions=predictions

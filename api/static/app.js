@@ -5,6 +5,7 @@
   let last = null; // the prediction shown
 
   function errorMessage(body, status) {
+    if (body && typeof body.message === "string") return body.message;
     const d = body && body.detail;
     if (Array.isArray(d)) return d.map((e) => e.msg).join("; ");
     if (typeof d === "string") return d;

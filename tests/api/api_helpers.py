@@ -21,6 +21,14 @@ def running_app(settings) -> Iterator[TestClient]:
         yield client
 
 
+def post_json(client, path: str, payload) -> object:
+    """POST ``payload`` as ASCII-escaped JSON (as most clients send it): a lone surrogate
+    travels as ``\\udXXX``, which the client library's own encoder would refuse to send."""
+    import json
+
+    return client.post(path, content=json.dumps(payload).encode("ascii"), headers={"Content-Type": "application/json"})
+
+
 def settings_with(settings, **changes):
     """A copy of the session's settings with some values changed (e.g. a fresh model name)."""
     return settings.model_copy(update=changes)

@@ -1,11 +1,8 @@
-"""API fixtures: a real tiny champion (TF-IDF + logistic regression on 2,000 real tweets),
-logged, registered and promoted in the session's real MLflow store; apps over the session's
-real PostgreSQL database."""
+"""API fixtures: real champions made by the real training path (``ml.train`` train ->
+evaluate -> register -> promote, on 2,000 real tweets: a TF-IDF + logistic regression), in the
+session's real MLflow store; apps over the session's real PostgreSQL database."""
 from __future__ import annotations
 
-import csv
-import time
-import uuid
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -19,71 +16,43 @@ from api_helpers import running_app, settings_with
 class Published:
     version: int
     run_id: str
-    metrics: dict[str, float]
-    tags: dict[str, str]
-    start_time_ms: int
+    snapshot_hash: str
 
 
 @pytest.fixture(scope="session")
-def tweets(tweets_csv) -> tuple[list[str], list[int]]:
-    texts, labels = [], []
-    with tweets_csv.open(encoding="utf-8", newline="") as f:
-        for polarity, text in csv.reader(f):
-            texts.append(text)
-            labels.append(1 if int(polarity) == 4 else 0)
-    assert set(labels) == {0, 1}
-    return texts, labels
+def tweets() -> tuple[list[str], list[int]]:
+    """2,000 real tweets (tests/realdata.py), not those of the training snapshot: (texts, labels)."""
+    import realdata
 
-
-def _train(texts, labels, **params):
-    from ml import models
-
-    return models.create("tfidf_lr", **params).fit(texts, labels)
-
-
-def _metrics(model, texts, labels) -> dict[str, float]:
-    from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
-
-    start = time.perf_counter()
-    proba = model.predict_proba(texts)
-    ms = 1000 * (time.perf_counter() - start) / len(texts)
-    pred = (proba[:, 1] >= 0.5).astype(int)
-    return {
-        "accuracy": accuracy_score(labels, pred),
-        "precision": precision_score(labels, pred),
-        "recall": recall_score(labels, pred),
-        "f1": f1_score(labels, pred),
-        "roc_auc": roc_auc_score(labels, proba[:, 1]),
-        "inference_ms_per_tweet": ms,
-    }
+    rows = realdata.balanced(2000, seed=7)
+    return [t for _, t in rows], [1 if p == 4 else 0 for p, _ in rows]
 
 
 @pytest.fixture(scope="session")
-def publish(mlflow_tracking, tweets) -> Callable[..., Published]:
-    """``publish(settings, **params)``: train on 1,600 tweets, evaluate on 400, log to MLflow
-    with metrics and lineage tags, register under ``settings.model_name``, make it champion."""
-    import mlflow
+def snapshot(platform_env, tweets_csv):
+    """The 2,000 real tweets, validated and stored as a dataset snapshot (as the DAG's first task)."""
+    from ml import data
 
-    from ml import registry
+    return data.validate_and_snapshot(tweets_csv, platform_env)
 
-    texts, labels = tweets
-    train_x, train_y, test_x, test_y = [], [], [], []
-    for i, (t, y) in enumerate(zip(texts, labels)):
-        (test_x if i % 5 == 0 else train_x).append(t)
-        (test_y if i % 5 == 0 else train_y).append(y)
 
-    def _publish(settings, champion: bool = True, **params) -> Published:
-        model = _train(train_x, train_y, **params)
-        metrics = _metrics(model, test_x, test_y)
-        tags = {"dataset_hash": uuid.uuid4().hex, "git_commit": "test-" + uuid.uuid4().hex[:7], "family": "tfidf_lr"}
-        with mlflow.start_run() as run:
-            info = registry.log_model(model)
-            mlflow.log_metrics(metrics)
-            mlflow.set_tags(tags)
-        version = registry.register(info.model_uri, run.info.run_id, settings)
-        if champion:
-            registry.set_champion(version, settings)
-        return Published(version, run.info.run_id, metrics, tags, run.info.start_time)
+@pytest.fixture(scope="session")
+def publish(mlflow_tracking, snapshot) -> Callable[..., Published]:
+    """``publish(settings, **params)``: ``ml.train`` trains a TF-IDF model on the snapshot's
+    training split, evaluates it on the held-out split, registers it under
+    ``settings.model_name`` and promotes it. The promotion runs the real rule with
+    ``promotion_margin = -1`` (a newer version always wins: these tests need each publish to
+    become the champion) and without the behavioural checks (tests/test_promotion.py covers them)."""
+    from ml import train
+
+    def _publish(settings, **params) -> Published:
+        s = settings_with(settings, promotion_margin=-1.0, behaviour_checks=False)
+        run_id = train.train(snapshot.hash, "tfidf_lr", params=params or None, settings=s)
+        train.evaluate(run_id, s)
+        version = train.register(run_id, s)
+        decision = train.promote(run_id, s)
+        assert decision["promoted"], decision
+        return Published(version, run_id, snapshot.hash)
 
     return _publish
 

@@ -5,7 +5,7 @@ import uuid
 
 import pytest
 
-from api_helpers import POSITIVE_TEXT
+from api_helpers import post_json, POSITIVE_TEXT
 
 
 def _feedback_rows(conn, prediction_id):
@@ -43,7 +43,9 @@ def test_feedback_for_unknown_prediction_is_404(client, conn):
     unknown = str(uuid.uuid4())
     r = client.post("/feedback", json={"prediction_id": unknown, "correct_label": "positive"})
     assert r.status_code == 404
-    assert "no prediction with id" in r.json()["detail"] and unknown in r.json()["detail"]
+    body = r.json()
+    assert "no prediction with id" in body["message"] and unknown in body["message"]
+    assert body["status"] == 404 and body["detail"][0]["msg"] == body["message"]
     assert _feedback_rows(conn, unknown) == []
 
 
@@ -60,12 +62,23 @@ def test_feedback_for_unknown_prediction_is_404(client, conn):
         ({"correct_label": "positive", "prediction_id": "not-a-uuid"}, "valid UUID"),
         ({"correct_label": "positive", "comment": 5}, "valid string"),
         ({"correct_label": "positive", "comment": "c" * 2001}, "at most 2000 characters"),
+        ({"correct_label": "positive", "comment": "nul\u0000here"}, "comment must not contain NUL"),
+        ({"correct_label": "positive", "comment": "lone \ud800 surrogate"}, "comment is not valid Unicode"),
     ],
 )
 def test_bad_feedback_is_rejected_with_the_reason(client, conn, payload, reason):
     pred = client.post("/predict", json={"text": POSITIVE_TEXT}).json()
-    before = conn.execute("SELECT count(*) FROM feedback").fetchone()[0]
-    r = client.post("/feedback", json={"prediction_id": pred["id"], **payload})
+    r = post_json(client, "/feedback", {"prediction_id": pred["id"], **payload})
     assert r.status_code == 422, r.text
-    assert reason in " | ".join(e["msg"] for e in r.json()["detail"])
-    assert conn.execute("SELECT count(*) FROM feedback").fetchone()[0] == before
+    body = r.json()
+    assert reason in " | ".join(e["msg"] for e in body["detail"])
+    assert body["status"] == 422 and reason in body["message"]
+    assert _feedback_rows(conn, pred["id"]) == []  # nothing stored for this prediction
+
+
+def test_comment_with_unicode_is_stored_as_sent(client, conn):
+    pred = client.post("/predict", json={"text": POSITIVE_TEXT}).json()
+    comment = "sarcasm \U0001F644 — ça va"
+    r = client.post("/feedback", json={"prediction_id": pred["id"], "correct_label": 0, "comment": comment})
+    assert r.status_code == 201, r.text
+    assert _feedback_rows(conn, pred["id"]) == [(r.json()["id"], 0, comment)]

@@ -8,23 +8,37 @@ import pytest
 from api_helpers import POSITIVE_TEXT, fresh_model_name, running_app, settings_with, wait_for
 
 
-def test_model_reports_the_champion_and_its_run(client, champion, api_settings):
+def test_model_reports_what_training_recorded(client, champion, api_settings, conn):
+    """/model against what ml.train recorded: the MLflow run and the training_runs row."""
+    import mlflow
+
+    from ml import tracking
+
     r = client.get("/model")
     assert r.status_code == 200, r.text
     body = r.json()
+    run = mlflow.MlflowClient().get_run(champion.run_id)
+    metrics, snapshot_hash, git_commit, family, version, status = conn.execute(
+        "SELECT metrics, snapshot_hash, git_commit, family, model_version, status FROM training_runs WHERE run_id = %s",
+        (champion.run_id,),
+    ).fetchone()
+    assert (version, status) == (champion.version, "promoted")
     assert body["name"] == api_settings.model_name
     assert body["alias"] == api_settings.champion_alias
-    assert body["version"] == champion.version
-    assert body["run_id"] == champion.run_id
+    assert (body["version"], body["run_id"]) == (champion.version, champion.run_id)
+    # metrics: those the evaluation logged to the run, and stored in training_runs
+    assert body["metrics"] == run.data.metrics
     for key in ("accuracy", "precision", "recall", "f1", "roc_auc", "inference_ms_per_tweet"):
-        assert body["metrics"][key] == pytest.approx(champion.metrics[key])
+        assert body["metrics"][key] == pytest.approx(metrics[key])
     assert body["metrics"]["accuracy"] > 0.6  # a real model trained on real tweets
-    assert body["dataset_hash"] == champion.tags["dataset_hash"]
-    assert body["git_commit"] == champion.tags["git_commit"]
-    assert body["family"] == "tfidf_lr"
-    assert body["tags"]["dataset_hash"] == champion.tags["dataset_hash"]
+    # lineage: the snapshot it was trained on and the code commit that trained it
+    assert body["dataset_hash"] == snapshot_hash == champion.snapshot_hash == run.data.tags["dataset_hash"]
+    assert body["git_commit"] == git_commit == run.data.tags["git_commit"]
+    assert body["git_commit"].split("-")[0] == tracking.git_commit().split("-")[0]  # this checkout's commit
+    assert body["family"] == family == "tfidf_lr"
+    assert body["tags"]["dataset_hash"] == snapshot_hash
     trained_at = datetime.fromisoformat(body["trained_at"])
-    assert trained_at == datetime.fromtimestamp(champion.start_time_ms / 1000, tz=timezone.utc)
+    assert trained_at == datetime.fromtimestamp(run.info.start_time / 1000, tz=timezone.utc)
 
 
 def test_health_ok(client, champion):
@@ -37,6 +51,9 @@ def test_health_ok(client, champion):
     assert body["model"]["version"] == champion.version
     assert body["model"]["run_id"] == champion.run_id
     assert body["writer"]["last_error"] is None
+    assert body["reasons"] == []
+    assert client.get("/health/live").status_code == 200
+    assert client.get("/health/ready").status_code == 200
 
 
 def test_index_page_has_the_controls(client):
@@ -60,10 +77,15 @@ def test_503_before_any_champion_then_first_champion_without_restart(platform_en
         ]:
             r = getattr(client, method)(path, **({"json": payload} if payload else {}))
             assert r.status_code == 503, (path, r.text)
-            assert "no champion model yet" in r.json()["detail"]
-            assert settings.model_name in r.json()["detail"]
-        health = client.get("/health").json()
-        assert health["status"] == "degraded"
+            assert "no champion model yet" in r.json()["message"]
+            assert settings.model_name in r.json()["message"]
+        r = client.get("/health")
+        health = r.json()
+        assert r.status_code == 503 and health["status"] == "degraded"
+        assert any("no model loaded" in reason for reason in health["reasons"])
+        ready = client.get("/health/ready")
+        assert ready.status_code == 503 and "no model loaded" in ready.json()["message"]
+        assert client.get("/health/live").status_code == 200
         assert health["model"]["loaded"] is False and health["model"]["version"] is None
         assert health["database"]["reachable"] is True
 
@@ -72,6 +94,7 @@ def test_503_before_any_champion_then_first_champion_without_restart(platform_en
         body = client.post("/predict", json={"text": POSITIVE_TEXT}).json()
         assert body["model_version"] == first.version and body["model_name"] == settings.model_name
         assert client.get("/health").json()["status"] == "ok"
+        assert client.get("/health/ready").json() == {"ready": True, "reasons": []}
 
 
 def test_openapi_documents_the_routes(client):

@@ -5,7 +5,7 @@ import uuid
 
 import pytest
 
-from api_helpers import NEGATIVE_TEXT, POSITIVE_TEXT, count_predictions, prediction_row, wait_for
+from api_helpers import post_json, NEGATIVE_TEXT, POSITIVE_TEXT, prediction_row, wait_for
 
 
 def test_predict_positive_text(client, champion):
@@ -42,41 +42,45 @@ def test_prediction_is_stored_in_postgres(client, conn, champion):
     assert created_at is not None
 
 
-def test_batch_predicts_in_order_with_one_model_call(client, conn, champion, monkeypatch):
-    model = client.app.state.models.current.model
-    calls: list[int] = []
-    real = model.predict_proba
-
-    def counting(texts):
-        calls.append(len(texts))
-        return real(texts)
-
-    monkeypatch.setattr(model, "predict_proba", counting)
+def test_batch_predicts_in_order_as_the_model_does(client, conn, champion, tweets):
+    """A batch of real tweets: answered in order, each as the served model itself scores it, and
+    as /predict scores it alone; every row stored with its text and label."""
     marker = uuid.uuid4().hex
-    texts = [f"{POSITIVE_TEXT} {marker}", f"{NEGATIVE_TEXT} {marker}", f"{POSITIVE_TEXT}!! {marker}"]
+    texts = [f"{t} {marker}" for t in tweets[0][:3]] + [f"{POSITIVE_TEXT} {marker}", f"{NEGATIVE_TEXT} {marker}"]
     r = client.post("/predict/batch", json={"texts": texts})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert calls == [3]  # one predict_proba call for the whole batch
-    assert body["count"] == 3 and len(body["predictions"]) == 3
+    assert body["count"] == 5 and len(body["predictions"]) == 5
     assert body["model_version"] == champion.version
-    assert [p["label"] for p in body["predictions"]] == ["positive", "negative", "positive"]
-    assert len({p["id"] for p in body["predictions"]}) == 3
-    for p in body["predictions"]:
-        assert p["probabilities"]["negative"] + p["probabilities"]["positive"] == pytest.approx(1.0)
+    assert [p["label"] for p in body["predictions"][3:]] == ["positive", "negative"]
+    assert len({p["id"] for p in body["predictions"]}) == 5
+    expected = client.app.state.models.current.model.predict_proba(texts)  # the real model, called directly
+    for p, (p_neg, p_pos), text in zip(body["predictions"], expected, texts):
+        assert p["probabilities"] == {"negative": pytest.approx(p_neg), "positive": pytest.approx(p_pos)}
+        assert p["label_id"] == int(p_pos >= 0.5)
         assert p["model_version"] == champion.version
+        alone = client.post("/predict", json={"text": text}).json()
+        assert alone["probabilities"] == pytest.approx(p["probabilities"]) and alone["id"] != p["id"]
     client.app.state.writer.flush()
     stored = conn.execute(
-        "SELECT id::text, text, label FROM predictions WHERE text LIKE %s", (f"%{marker}",)
+        "SELECT id::text, text, label FROM predictions WHERE id = ANY(%s::uuid[])",
+        ([p["id"] for p in body["predictions"]],),
     ).fetchall()
     assert sorted(stored) == sorted((p["id"], t, p["label_id"]) for p, t in zip(body["predictions"], texts))
 
 
-def test_batch_at_the_size_limit_is_accepted(client, api_settings):
+def test_batch_at_the_size_limit_is_accepted(client, api_settings, tweets, conn):
     n = api_settings.max_batch_size
-    r = client.post("/predict/batch", json={"texts": [f"tweet number {i}" for i in range(n)]})
+    texts = tweets[0][:n]  # real tweets
+    assert len(texts) == n
+    r = client.post("/predict/batch", json={"texts": texts})
     assert r.status_code == 200, r.text[:300]
-    assert r.json()["count"] == n
+    body = r.json()
+    assert body["count"] == n
+    client.app.state.writer.flush()
+    ids = [p["id"] for p in body["predictions"]]
+    stored = conn.execute("SELECT count(*) FROM predictions WHERE id = ANY(%s::uuid[])", (ids,)).fetchone()[0]
+    assert stored == n
 
 
 def test_text_at_the_length_limit_is_accepted(client, api_settings):
@@ -86,8 +90,7 @@ def test_text_at_the_length_limit_is_accepted(client, api_settings):
 
 def _errors(r) -> str:
     """All error messages of a 4xx body, as one string."""
-    detail = r.json()["detail"]
-    return " | ".join(e["msg"] for e in detail) if isinstance(detail, list) else detail
+    return " | ".join(e["msg"] for e in r.json()["detail"])
 
 
 @pytest.mark.parametrize(
@@ -100,7 +103,9 @@ def _errors(r) -> str:
         ("/predict", {"text": ["a list"]}, "valid string"),
         ("/predict", {}, "Field required"),
         ("/predict", {"txt": "typo in the field name"}, "Field required"),
-        ("/predict", {"text": "bad\u0000byte"}, "NUL"),
+        ("/predict", {"text": "bad\u0000byte"}, "text must not contain NUL"),
+        ("/predict", {"text": "lone \udc80 surrogate"}, "text is not valid Unicode"),
+        ("/predict/batch", {"texts": ["fine", "nul\u0000"]}, "text must not contain NUL"),
         ("/predict", {"text": "x" * 1001}, "limit is 1000"),
         ("/predict/batch", {"texts": []}, "texts is empty"),
         ("/predict/batch", {"texts": "not a list"}, "valid list"),
@@ -110,17 +115,22 @@ def _errors(r) -> str:
         ("/predict/batch", {"texts": ["t"] * 1001}, "1001 texts, the limit is 1000"),
     ],
 )
-def test_bad_input_is_rejected_with_the_reason(client, conn, path, payload, reason):
+def test_bad_input_is_rejected_with_the_reason(client, conn, api_settings, path, payload, reason):
     writer = client.app.state.writer
     writer.flush()
-    before = count_predictions(conn)
-    r = client.post(path, json=payload)
+    started = conn.execute("SELECT clock_timestamp()").fetchone()[0]
+    r = post_json(client, path, payload)
     assert r.status_code == 422, r.text[:300]
     assert reason in _errors(r)
-    # nothing half-done: no row buffered or written for a rejected request
+    body = r.json()
+    assert body["status"] == 422 and reason in body["message"]
+    # nothing half-done: no row buffered or written for a rejected request (rows of this app's
+    # model created since this test began: none)
     assert writer.pending == 0
     writer.flush()
-    assert count_predictions(conn) == before
+    assert conn.execute(
+        "SELECT count(*) FROM predictions WHERE model_name = %s AND created_at >= %s", (api_settings.model_name, started)
+    ).fetchone()[0] == 0
 
 
 def test_error_names_the_bad_item_of_a_batch(client):
@@ -132,3 +142,21 @@ def test_error_names_the_bad_item_of_a_batch(client):
 def test_invalid_json_is_a_4xx(client):
     r = client.post("/predict", content=b"{not json", headers={"Content-Type": "application/json"})
     assert r.status_code == 422
+    assert r.json()["status"] == 422 and "JSON" in r.json()["message"]
+
+
+def test_every_error_has_one_shape(client):
+    """422, 404, 405 and a 503 all answer {"status", "message", "detail": [{"type", "loc", "msg"}]}."""
+    responses = [
+        client.post("/predict", json={"text": ""}),
+        client.post("/feedback", json={"prediction_id": str(uuid.uuid4()), "correct_label": 1}),
+        client.get("/no/such/route"),
+        client.delete("/predict"),
+        client.get(f"/predictions/{uuid.uuid4()}/lineage"),
+    ]
+    assert [r.status_code for r in responses] == [422, 404, 404, 405, 404]
+    for r in responses:
+        body = r.json()
+        assert set(body) == {"status", "message", "detail"}, body
+        assert body["status"] == r.status_code and body["message"]
+        assert body["detail"] and all(set(e) == {"type", "loc", "msg"} for e in body["detail"])
