@@ -38,7 +38,6 @@ honoured by ``ml.data.split`` everywhere: training, evaluation, comparison, moni
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import uuid
@@ -49,12 +48,13 @@ from typing import Any
 import pandas as pd
 
 from ml.config import Settings, get_settings
+from ml.store import lineage as lineage_store
+from ml.store import retrainings as store
 from ml.models.base import decide
 
 log = logging.getLogger(__name__)
 
 DAG_ID = "sentiment_retraining"
-LOCK_SEED = 74210006
 FRACTION_MIN, FRACTION_MAX = 0.001, 0.01
 
 
@@ -118,32 +118,19 @@ def champion_context(settings: Settings | None = None, version: int | None = Non
     params: dict[str, Any] = {}
     corpus_rows = None
     with _conn(s) as conn:
-        tr = conn.execute("SELECT family, params FROM training_runs WHERE run_id = %s", (run_id,)).fetchone()
+        tr = store.training_family_params(conn, run_id)
         if tr:
-            family, params = tr[0], dict(tr[1] or {})
+            family, params = tr
         if snapshot_hash:
-            row = conn.execute("SELECT n_rows FROM dataset_snapshots WHERE hash = %s", (snapshot_hash,)).fetchone()
-            corpus_rows = int(row[0]) if row else None
+            snap = lineage_store.snapshot(conn, snapshot_hash)
+            corpus_rows = int(snap["n_rows"]) if snap else None
     return ChampionContext(s.model_name, int(version), run_id, trained_at, snapshot_hash, corpus_rows, family, params)
 
 
 # ---------------------------------------------------------------- reports
 def _pending_reports(conn, ctx: ChampionContext, s: Settings) -> list[tuple[int, Any]]:
     """(feedback id, prediction id) of the unconsumed misclassification reports on the champion's predictions."""
-    review = " AND reviewed" if s.feedback_review_required else ""
-    # the user's latest word per prediction first: a report later corrected to agree with the
-    # prediction no longer counts
-    return conn.execute(
-        "SELECT id, prediction_id FROM ("
-        " SELECT DISTINCT ON (f.prediction_id) f.id, f.prediction_id, f.correct_label, f.reviewed, p.label"
-        " FROM feedback f JOIN predictions p ON p.id = f.prediction_id"
-        " WHERE p.model_name = %s AND p.model_version = %s AND f.created_at > %s"
-        " ORDER BY f.prediction_id, f.created_at DESC, f.id DESC) latest"
-        f" WHERE correct_label <> label{review}"
-        " AND NOT EXISTS (SELECT 1 FROM retraining_feedback rf WHERE rf.feedback_id = latest.id)"
-        " ORDER BY id",
-        (ctx.model_name, ctx.version, ctx.trained_at),
-    ).fetchall()
+    return store.pending_reports(conn, ctx.model_name, ctx.version, ctx.trained_at, s.feedback_review_required)
 
 
 def pending_count(ctx: ChampionContext, settings: Settings | None = None) -> dict[str, Any]:
@@ -162,9 +149,7 @@ def review_feedback(feedback_ids: list[int], reviewer: str = "cli", settings: Se
     """Mark reports reviewed (they may then enter a retraining set when review is required)."""
     s = settings or get_settings()
     with _conn(s) as conn:
-        cur = conn.execute("UPDATE feedback SET reviewed = true, reviewed_at = now(), reviewed_by = %s"
-                           " WHERE id = ANY(%s) AND NOT reviewed", (reviewer, list(feedback_ids)))
-        return cur.rowcount
+        return store.mark_reviewed(conn, feedback_ids, reviewer)
 
 
 # ---------------------------------------------------------------- the trigger
@@ -196,7 +181,7 @@ def check_trigger(drift_report: dict[str, Any] | None = None, airflow_run_id: st
     thr = threshold_for(ctx.corpus_rows, s)
     drifted = bool(drift and (drift["drift_detected"] or drift["concept_drift"]))
     with _conn(s) as conn:
-        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, %s))", (f"retraining:{s.model_name}", LOCK_SEED))
+        store.lock(conn, s.model_name)
         rows = _pending_reports(conn, ctx, s)
         ids = [int(r[0]) for r in rows]
         n = len({r[1] for r in rows})
@@ -219,21 +204,16 @@ def check_trigger(drift_report: dict[str, Any] | None = None, airflow_run_id: st
             return {**info, "reason": "below_threshold",
                     "detail": f"{n}/{thr} misclassification reports on v{ctx.version} since it was trained "
                               f"({s.retraining_feedback_fraction:.2%} of {ctx.corpus_rows:,}): no retraining{drift_note}"}
-        row = conn.execute(
-            "INSERT INTO retrainings (model_name, trigger_key, reason, detail, feedback_ids, n_feedback, threshold,"
-            " threshold_fraction, corpus_rows, drift_report_id, champion_before, base_snapshot, trigger_airflow_run_id)"
-            " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) ON CONFLICT (trigger_key) DO NOTHING RETURNING id",
-            (s.model_name, key, reason, detail, ids, n, thr, s.retraining_feedback_fraction, ctx.corpus_rows,
-             (drift or {}).get("report_id"), ctx.version, ctx.snapshot_hash, airflow_run_id),
-        ).fetchone()
-        if row is None:
+        rid = store.insert(
+            conn, model_name=s.model_name, trigger_key=key, reason=reason, detail=detail, feedback_ids=ids,
+            n_feedback=n, threshold=thr, threshold_fraction=s.retraining_feedback_fraction,
+            corpus_rows=ctx.corpus_rows, drift_report_id=(drift or {}).get("report_id"),
+            champion_before=ctx.version, base_snapshot=ctx.snapshot_hash, trigger_airflow_run_id=airflow_run_id)
+        if rid is None:
             return {**info, "reason": "already_triggered", "detail": f"a retraining with key {key[:24]}… exists"}
-        rid = int(row[0])
-        if ids:
-            conn.execute("INSERT INTO retraining_feedback (feedback_id, retraining_id)"
-                         " SELECT unnest(%s::bigint[]), %s", (ids, rid))
+        store.consume(conn, ids, rid)
         run_id = f"retraining__{rid}"
-        conn.execute("UPDATE retrainings SET airflow_run_id = %s WHERE id = %s", (run_id, rid))
+        store.update(conn, rid, airflow_run_id=run_id)
     log.warning("RETRAINING #%s triggered (%s): %s", rid, reason, detail)
     return {**info, "trigger": True, "reason": reason, "detail": detail, "retraining_id": rid,
             "airflow_run_id": run_id, "feedback_ids": ids}
@@ -249,61 +229,38 @@ def create_manual(note: str = "manual", airflow_run_id: str | None = None, setti
     if not ctx.snapshot_hash:
         raise RetrainingError(f"champion v{ctx.version} has no dataset_hash tag: its training set is unknown")
     with _conn(s) as conn:
-        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, %s))", (f"retraining:{s.model_name}", LOCK_SEED))
+        store.lock(conn, s.model_name)
         rows = _pending_reports(conn, ctx, s)
         ids = [int(r[0]) for r in rows]
+        n = len({r[1] for r in rows})
         thr = threshold_for(ctx.corpus_rows, s) if ctx.corpus_rows else None
-        rid = conn.execute(
-            "INSERT INTO retrainings (model_name, trigger_key, reason, detail, feedback_ids, n_feedback, threshold,"
-            " threshold_fraction, corpus_rows, champion_before, base_snapshot, airflow_run_id)"
-            " VALUES (%s,%s,'manual',%s,%s,%s,%s,%s,%s,%s,%s,%s) RETURNING id",
-            (s.model_name, f"manual:{uuid.uuid4().hex}", f"{note}: {len({r[1] for r in rows})} pending reports",
-             ids, len({r[1] for r in rows}), thr, s.retraining_feedback_fraction, ctx.corpus_rows, ctx.version,
-             ctx.snapshot_hash, airflow_run_id),
-        ).fetchone()[0]
-        if ids:
-            conn.execute("INSERT INTO retraining_feedback (feedback_id, retraining_id) SELECT unnest(%s::bigint[]), %s",
-                         (ids, rid))
-    return int(rid)
+        rid = store.insert(
+            conn, model_name=s.model_name, trigger_key=f"manual:{uuid.uuid4().hex}", reason="manual",
+            detail=f"{note}: {n} pending reports", feedback_ids=ids, n_feedback=n, threshold=thr,
+            threshold_fraction=s.retraining_feedback_fraction, corpus_rows=ctx.corpus_rows,
+            champion_before=ctx.version, base_snapshot=ctx.snapshot_hash, airflow_run_id=airflow_run_id)
+        assert rid is not None  # a fresh uuid key never conflicts
+        store.consume(conn, ids, rid)
+    return rid
 
 
 # ---------------------------------------------------------------- the DAG's stages
-RETRAINING_COLUMNS = (
-    "id", "created_at", "updated_at", "finished_at", "model_name", "trigger_key", "reason", "detail", "feedback_ids",
-    "n_feedback", "threshold", "threshold_fraction", "corpus_rows", "drift_report_id", "status", "champion_before",
-    "champion_after", "base_snapshot", "snapshot_hash", "training_feedback_ids", "dataset_report", "mode", "run_id",
-    "candidate_version", "metrics", "decision", "error", "trigger_airflow_run_id", "airflow_run_id",
-)
-
-
 def get_retraining(retraining_id: int, settings: Settings | None = None, conn=None) -> dict[str, Any] | None:
-    s = settings or get_settings()
-    sql = f"SELECT {', '.join(RETRAINING_COLUMNS)} FROM retrainings WHERE id = %s"
-    if conn is None:
-        with _conn(s) as c:
-            row = c.execute(sql, (int(retraining_id),)).fetchone()
-    else:
-        row = conn.execute(sql, (int(retraining_id),)).fetchone()
-    if row is None:
-        return None
-    return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in zip(RETRAINING_COLUMNS, row)}
+    if conn is not None:
+        return store.get(conn, int(retraining_id))
+    with _conn(settings or get_settings()) as c:
+        return store.get(c, int(retraining_id))
 
 
 def list_retrainings(limit: int = 20, settings: Settings | None = None) -> list[dict[str, Any]]:
     s = settings or get_settings()
-    cols = [c for c in RETRAINING_COLUMNS if c not in ("dataset_report", "training_feedback_ids")]
     with _conn(s) as conn:
-        rows = conn.execute(f"SELECT {', '.join(cols)} FROM retrainings WHERE model_name = %s ORDER BY id DESC LIMIT %s",
-                            (s.model_name, limit)).fetchall()
-    return [{k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in zip(cols, r)} for r in rows]
+        return store.latest(conn, s.model_name, limit)
 
 
 def _update(rid: int, s: Settings, **values: Any) -> None:
-    sets = ", ".join(f"{k} = %s" for k in values)
-    vals = [json.dumps(v, default=str) if isinstance(v, (dict, list)) and k in ("metrics", "dataset_report") else v
-            for k, v in values.items()]
     with _conn(s) as conn:
-        conn.execute(f"UPDATE retrainings SET {sets}, updated_at = now() WHERE id = %s", (*vals, rid))
+        store.update(conn, rid, **values)
 
 
 def _resolve_id(retraining_id: Any) -> int | None:
@@ -314,15 +271,7 @@ def _resolve_id(retraining_id: Any) -> int | None:
 
 def _training_reports(conn, r: dict[str, Any]) -> pd.DataFrame:
     """Reports consumed by this retraining and by earlier unsuccessful ones of the same champion."""
-    rows = conn.execute(
-        "SELECT f.id, f.prediction_id, p.text, f.correct_label, f.created_at"
-        " FROM retraining_feedback rf JOIN retrainings r ON r.id = rf.retraining_id"
-        " JOIN feedback f ON f.id = rf.feedback_id JOIN predictions p ON p.id = f.prediction_id"
-        " WHERE r.id = %s OR (r.model_name = %s AND r.champion_before = %s AND r.id < %s"
-        "  AND r.status IN ('rejected', 'failed'))"
-        " ORDER BY f.created_at, f.id",
-        (r["id"], r["model_name"], r["champion_before"], r["id"]),
-    ).fetchall()
+    rows = store.training_reports(conn, r)
     return pd.DataFrame(rows, columns=["feedback_id", "prediction_id", "text", "label", "created_at"])
 
 
@@ -450,6 +399,9 @@ def train_challenger(retraining_id: Any, mode: str | None = None, families: list
     r = get_retraining(rid, s)
     if not r or not r["snapshot_hash"]:
         raise RetrainingError(f"retraining #{rid} has no training set yet: run prepare first")
+    if r["run_id"]:  # a re-run (cleared DAG run, `ml retrain` again): its challenger exists, no second version
+        log.info("retraining #%s: challenger already trained (MLflow run %s), not training another", rid, r["run_id"])
+        return r["run_id"]
     mode = mode or s.retraining_mode
     _update(rid, s, status="training", mode=mode)
     if mode == "champion":
@@ -487,15 +439,12 @@ def evaluate(retraining_id: Any, run_id: str, settings: Settings | None = None) 
     r = get_retraining(rid, s)
     held = train.evaluate(run_id, s)
     with _conn(s) as conn:
-        champion_metrics = conn.execute("SELECT champion_metrics FROM training_runs WHERE run_id = %s",
-                                        (run_id,)).fetchone()[0]
-        texts = conn.execute("SELECT DISTINCT p.text FROM feedback f JOIN predictions p ON p.id = f.prediction_id"
-                             " WHERE f.id = ANY(%s)", (r["training_feedback_ids"],)).fetchall()
+        champion_metrics = store.champion_metrics_of(conn, run_id)
+        reported = store.reported_texts(conn, r["training_feedback_ids"] or [])
     snap = data.get_snapshot(r["snapshot_hash"], s)
     frame = snap.load()
     parts = pd.read_parquet(frame.attrs["split_path"]) if frame.attrs.get("split_path") else pd.DataFrame(
         {"text": [], "part": []})
-    reported = {str(t[0]).strip() for t in texts}
     excluded = set(parts.loc[parts["part"] == "excluded", "text"])
     labels = dict(zip(frame["text"], frame["label"].astype(int)))
     challenger = train.load_run_model(run_id)
@@ -563,8 +512,7 @@ def mark_failed(retraining_id: Any, error: str, settings: Settings | None = None
     if rid is None:
         return
     with _conn(s) as conn:
-        conn.execute("UPDATE retrainings SET status = 'failed', error = %s, finished_at = now(), updated_at = now()"
-                     " WHERE id = %s AND status NOT IN ('promoted', 'rejected')", (error[:4000], rid))
+        store.mark_failed(conn, rid, error)
 
 
 def run_retraining(retraining_id: Any = None, mode: str | None = None, families: list[str] | None = None,
