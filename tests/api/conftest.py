@@ -74,3 +74,42 @@ def champion(api_settings, publish) -> Published:
 def client(api_settings, champion) -> Iterator[TestClient]:
     with running_app(api_settings) as c:
         yield c
+
+
+@pytest.fixture
+def outage_db(platform_env):
+    """A migrated database of the test's own on the session's server, with ``down()`` (the server
+    refuses new connections to it: ``ALLOW_CONNECTIONS false``, and every open one is terminated)
+    and ``up()``. Dropped at the end."""
+    import uuid
+    from types import SimpleNamespace
+
+    import psycopg
+
+    from ml import db
+
+    base = db.libpq_url(platform_env.database_url)
+    admin = db.with_database(base, "postgres")
+    name = f"{base.rsplit('/', 1)[-1].split('?')[0]}_out_{uuid.uuid4().hex[:6]}"
+    with psycopg.connect(admin, autocommit=True) as c:
+        c.execute(f'CREATE DATABASE "{name}"')
+    url = db.with_database(base, name)
+    db.migrate(url)
+
+    def down() -> None:
+        with psycopg.connect(admin, autocommit=True) as c:
+            c.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+            c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
+                      "AND pid <> pg_backend_pid()", (name,))
+
+    def up() -> None:
+        with psycopg.connect(admin, autocommit=True) as c:
+            c.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+
+    def connect():
+        return psycopg.connect(url, autocommit=True)
+
+    yield SimpleNamespace(url=url, name=name, down=down, up=up, connect=connect)
+    up()
+    with psycopg.connect(admin, autocommit=True) as c:
+        c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
