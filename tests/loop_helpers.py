@@ -1,0 +1,69 @@
+"""Helpers for the closed-loop tests (imported by name: pytest puts tests/ on sys.path).
+
+A :class:`Loop` is one registered model of a test's own: a deliberately weak TF-IDF champion (300 of
+the 2,000 real tweets, behavioural checks off when it is promoted: a 300-tweet model cannot pass
+them) and a pool of real tweets it was not trained on, from which :meth:`Loop.add_reports` stores
+predictions the champion gets wrong and reports them with their true label, as the API does.
+Nothing here is shared between tests: every test builds its own ``Loop`` through a fixture.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import psycopg
+
+from ml import registry, retraining, serving
+from ml.config import get_settings
+
+FRACTION = 0.005  # of ~1,990 snapshot rows -> 10 reports
+
+
+@dataclass
+class Loop:
+    name: str
+    env: dict[str, str]
+    snapshot: object
+    v1: int
+    run1: str
+    pool: Iterator[tuple[int, str]]
+    threshold: int
+    notes: dict = field(default_factory=dict)
+
+    def add_reports(self, n: int) -> list[int]:
+        """``n`` real tweets the champion gets wrong, stored as its predictions and reported with their
+        true label. Returns the feedback ids."""
+        s = get_settings()
+        champ = registry.champion(s)
+        model = registry.load_version(champ.version, s)
+        ids: list[int] = []
+        with psycopg.connect(s.database_url, autocommit=True) as conn:
+            while len(ids) < n:
+                batch = [next(self.pool) for _ in range(50)]
+                proba = model.predict_proba([t for _, t in batch])
+                rows = serving.prediction_rows([t for _, t in batch], proba, s.model_name, champ.version)
+                serving.copy_predictions(conn, rows)
+                for (y, _), row in zip(batch, rows):
+                    if row.label != y and len(ids) < n:
+                        ids.append(conn.execute("INSERT INTO feedback (prediction_id, correct_label) VALUES (%s, %s)"
+                                                " RETURNING id", (row.id, y)).fetchone()[0])
+        return ids
+
+    def trigger(self) -> int:
+        """Reports up to the threshold, then the trigger: the id of the recorded retraining."""
+        self.add_reports(self.threshold)
+        d = retraining.check_trigger()
+        assert d["trigger"], d
+        return d["retraining_id"]
+
+
+def make_loop(champion, pool_rows: tuple[tuple[int, str], ...], seed: str) -> Loop:
+    """``champion``: what ``own_champion`` yields. The pool is the real tweets not in the champion's
+    snapshot, in an order of the test's own (``seed``), so two tests never report the same tweets."""
+    in_snapshot = set(champion.snapshot.load()["text"])
+    pool = [(y, t) for y, t in pool_rows if t not in in_snapshot]
+    random.Random(seed).shuffle(pool)
+    return Loop(name=champion.name, env=champion.env, snapshot=champion.snapshot, v1=champion.version,
+                run1=champion.run_id, pool=iter(pool),
+                threshold=retraining.threshold_for(champion.snapshot.n_rows, get_settings()))
