@@ -10,12 +10,13 @@
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
+import os
 import shutil
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -23,79 +24,21 @@ from typing import Any, Iterator
 import numpy as np
 
 from ml.config import Settings, get_settings
-from ml.data import MAX_FIELD, DataError, _decoded_lines
+from ml.data import DataError, detect_format, iter_records
 
 log = logging.getLogger(__name__)
 
-csv.field_size_limit(MAX_FIELD)
 SCORE_COLUMNS = ("text", "label", "p_negative", "p_positive", "model_name", "model_version", "source", "batch_id",
                  "source_row")
 
 
 # ---------------------------------------------------------------- reading inputs
-def detect_format(path: Path) -> str:
-    suffix = path.suffix.lower()
-    if suffix in (".parquet", ".pq"):
-        return "parquet"
-    if suffix in (".txt", ".text"):
-        return "text"
-    return "csv"
-
-
-def _checked(line: int, text: str) -> tuple[int, str | None, str | None]:
-    if not text:
-        return line, None, "empty text"
-    if "\x00" in text:  # PostgreSQL text cannot hold NUL: reject the row, never the batch
-        return line, None, "NUL byte in text"
-    return line, text, None
-
-
-def iter_rows(path: Path, fmt: str) -> Iterator[tuple[int, str | None, str | None]]:
-    """Yield (line/row number, text or None, reject reason or None)."""
-    if fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        pf = pq.ParquetFile(path)
-        if "text" not in pf.schema_arrow.names:
-            raise DataError(f"{path}: Parquet input needs a 'text' column, found {pf.schema_arrow.names}")
-        n = 0
-        for batch in pf.iter_batches(batch_size=65536, columns=["text"]):
-            for t in batch.column(0).to_pylist():
-                n += 1
-                yield _checked(n, "" if t is None else str(t).strip())
-        return
-    counter: dict = {}
-    if fmt == "text":
-        for n, line in enumerate(_decoded_lines(path, counter), start=1):
-            yield _checked(n, line.rstrip("\r\n").strip())
-        return
-    reader = csv.reader(_decoded_lines(path, counter), strict=True)
-    while True:
-        try:
-            row = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as e:
-            yield reader.line_num, None, f"malformed CSV: {e}"
-            continue
-        line = reader.line_num
-        if not row:
-            continue
-        if len(row) == 6:
-            text = row[5]
-        elif len(row) == 2:
-            text = row[1]
-            if line == 1 and row[0].strip().lower() in {"polarity", "label", "sentiment", "target"}:
-                continue
-        elif len(row) == 1:
-            text = row[0]
-            if line == 1 and text.strip().lower() == "text":
-                continue
-        else:
-            yield line, None, f"wrong column count: expected 1, 2 or 6, got {len(row)}"
-            continue
-        text = text.strip()
-        yield _checked(line, text)
+def iter_rows(path: Path, fmt: str | None = None, encoding: Counter | None = None
+              ) -> Iterator[tuple[int, str | None, str | None]]:
+    """Yield (line/row number, text or None, reject reason or None), through the one tweet
+    reader (:func:`ml.data.iter_records`) that training uses too."""
+    for rec in iter_records(path, encoding, fmt):
+        yield rec.line, rec.text, rec.reason
 
 
 def file_sha256(path: Path) -> str:
@@ -119,27 +62,90 @@ def batch_dir(batch_id: str, settings: Settings | None = None) -> Path:
     return (settings or get_settings()).var / "batches" / batch_id
 
 
+def available_cpus() -> int:
+    """CPUs this process may run on (the affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+#: auto-sized shards never go below this: a shard's fixed cost (a task process, loading the
+#: model) must stay small against its scoring time
+MIN_AUTO_SHARD_ROWS = 50_000
+
+
+def estimate_rows(path: Path, fmt: str | None = None) -> int:
+    """Rows in ``path``: exact for Parquet (metadata), else file size / mean line length of the
+    first MiB."""
+    fmt = fmt or detect_format(path)
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            return int(pq.ParquetFile(path).metadata.num_rows)
+        except Exception:  # unreadable: the reader says why
+            return 0
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(1 << 20)
+    n_lines = head.count(b"\n") or 1
+    return int(size / (len(head) / n_lines)) if head else 0
+
+
+def auto_shard_rows(path: Path, fmt: str | None = None, workers: int | None = None) -> int:
+    """Shard size for ``shard_rows=0``: one shard per available CPU (each mapped task pays a
+    process start and a model load once), never smaller than MIN_AUTO_SHARD_ROWS."""
+    workers = workers or available_cpus()
+    est = estimate_rows(path, fmt)
+    return max(MIN_AUTO_SHARD_ROWS, -(-est // workers))
+
+
 def plan(
     input_path: str | Path,
-    shard_rows: int = 200_000,
+    shard_rows: int = 0,
     airflow_run_id: str | None = None,
     force: bool = False,
     settings: Settings | None = None,
 ) -> Plan:
     """Read the input once in bounded chunks, record rejects, write shard files, fix the
-    champion version. A batch already done is not planned again (unless ``force``)."""
+    champion version. A batch already done is not planned again (unless ``force``).
+    ``shard_rows=0``: one shard per available CPU (see :func:`auto_shard_rows`).
+
+    Two runs planning the same content at once (a manual run and the inbox's) serialise on a
+    PostgreSQL advisory lock: the second waits, logging why, then resumes the first's plan."""
+    from ml import db
+
+    if input_path is None or not str(input_path).strip():
+        raise DataError("no input_path given: pass the file to score (drop files in var/inbox/ for the"
+                        " sentiment_inbox DAG to pick them up)")
+    if shard_rows is None or int(shard_rows) < 0:
+        raise DataError(f"shard_rows must be 0 (auto) or a positive number of rows, got {shard_rows!r}")
+    path = Path(input_path).expanduser().resolve()
+    if not path.exists() or path.is_dir():
+        raise DataError(f"batch input not found (or a directory): {path}")
+    digest = file_sha256(path)
+    batch_id = f"b-{digest[:16]}"
+    with db.connect() as lock_conn:  # held (session advisory lock) for the whole plan
+        key = int(digest[:15], 16)
+        if not lock_conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]:
+            log.warning("batch %s (%s) is being planned by another run: waiting for it", batch_id, path.name)
+            lock_conn.execute("SELECT pg_advisory_lock(%s)", (key,))
+        try:
+            return _plan_locked(path, digest, batch_id, int(shard_rows), airflow_run_id, force, settings)
+        finally:
+            lock_conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+
+
+def _plan_locked(path: Path, digest: str, batch_id: str, shard_rows: int, airflow_run_id: str | None, force: bool,
+                 settings: Settings | None) -> Plan:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from ml import db, registry, tracking
 
     s = settings or get_settings()
-    path = Path(input_path).expanduser().resolve()
-    if not path.exists() or path.is_dir():
-        raise DataError(f"batch input not found (or a directory): {path}")
     fmt = detect_format(path)
-    digest = file_sha256(path)
-    batch_id = f"b-{digest[:16]}"
     with db.connect() as conn:
         row = conn.execute("SELECT status, model_version, n_shards FROM batches WHERE id=%s", (batch_id,)).fetchone()
     if row and row[0] == "done" and not force:
@@ -158,6 +164,8 @@ def plan(
     if champ is None:
         raise RuntimeError("no champion model to score with; train one first (sentiment_training DAG / ml pipeline)")
 
+    if shard_rows == 0:
+        shard_rows = auto_shard_rows(path, fmt)
     out_dir = batch_dir(batch_id, s)
     if out_dir.exists():
         shutil.rmtree(out_dir)
@@ -179,7 +187,8 @@ def plan(
         buf_rows.clear()
         buf_text.clear()
 
-    for line, text, reason in iter_rows(path, fmt):
+    encoding: Counter = Counter()
+    for line, text, reason in iter_rows(path, fmt, encoding):
         rows_read += 1
         if reason:
             rejects.append((batch_id, line, reason))
@@ -209,8 +218,10 @@ def plan(
                 for r in rejects:
                     cp.write_row(r)
     log.info(
-        "batch %s: %s rows read from %s (%s), %s rejected, %d shards, champion v%s (%.1fs)",
-        batch_id, f"{rows_read:,}", path.name, fmt, f"{len(rejects):,}", len(shards), champ.version,
+        "batch %s: %s rows read from %s (%s, %s lines decoded as Latin-1), %s rejected, %d shards of up to %s"
+        " rows, champion v%s (%.1fs)",
+        batch_id, f"{rows_read:,}", path.name, fmt, f"{encoding['latin1_lines']:,}", f"{len(rejects):,}",
+        len(shards), f"{shard_rows:,}", champ.version,
         time.perf_counter() - t0,
     )
     return Plan(batch_id, champ.version, [sh["shard"] for sh in shards], "planned")
@@ -281,6 +292,9 @@ def score_shard(batch_id: str, shard: int, chunk_rows: int = 50_000, settings: S
     pn, pp, lab, srcl = proba[:, 0].tolist(), proba[:, 1].tolist(), labels.tolist(), src.tolist()
     rows = ((texts[i], lab[i], pn[i], pp[i], model_name, version, "batch", batch_id, srcl[i]) for i in range(len(texts)))
     with db.connect() as conn:
+        # one writer per shard at a time (two runs of the same content): the second waits here,
+        # then sees the first's rows and upserts over them -- never a duplicate row
+        conn.execute("SELECT 1 FROM batch_shards WHERE batch_id=%s AND shard=%s FOR UPDATE", (batch_id, shard))
         scored_before = conn.execute(
             "SELECT 1 FROM predictions WHERE batch_id=%s AND source_row BETWEEN %s AND %s LIMIT 1",
             (batch_id, first_row, last_row)).fetchone()
@@ -437,29 +451,60 @@ def list_batches(limit: int = 50) -> list[dict]:
         return [dict(zip(cols, r)) for r in cur.fetchall()]
 
 
-def pending_inbox_file(settings: Settings | None = None) -> str | None:
-    """The oldest file in the inbox folder whose content has not been scored yet."""
+def inbox_dir(settings: Settings | None = None) -> Path:
+    return (settings or get_settings()).var / "inbox"
+
+
+def pending_inbox_files(settings: Settings | None = None, settle_seconds: float = 10.0) -> list[dict]:
+    """Files in the inbox folder whose content has not been scored yet, oldest first:
+    ``{"path", "sha256", "run_id"}``. ``run_id`` is deterministic (``inbox__<content hash>``),
+    so the inbox DAG triggers each content once. Hidden files (write to ``.name`` and rename)
+    and files modified less than ``settle_seconds`` ago (still being written) wait."""
     from ml import db
 
-    s = settings or get_settings()
-    inbox = s.var / "inbox"
+    inbox = inbox_dir(settings)
     inbox.mkdir(parents=True, exist_ok=True)
-    files = sorted((p for p in inbox.iterdir() if p.is_file() and not p.name.startswith(".")
-                    and ".scored." not in p.name), key=lambda p: p.stat().st_mtime)
+    now = time.time()
+    files = []
+    for p in inbox.iterdir():
+        if not p.is_file() or p.name.startswith(".") or ".scored." in p.name:
+            continue
+        age = now - p.stat().st_mtime
+        if age < settle_seconds:
+            log.info("inbox: %s was modified %.0fs ago; waiting until it is %.0fs old (still being written?)",
+                     p.name, age, settle_seconds)
+            continue
+        files.append(p)
+    files.sort(key=lambda p: (p.stat().st_mtime, p.name))
     if not files:
-        return None
+        return []
     with db.connect() as conn:
         done = {r[0] for r in conn.execute("SELECT input_sha256 FROM batches WHERE status='done'")}
+    out, seen = [], set()
     for p in files:
-        if file_sha256(p) not in done:
-            return str(p)
-    return None
+        digest = file_sha256(p)
+        if digest in done or digest in seen:
+            continue
+        seen.add(digest)
+        out.append({"path": str(p), "sha256": digest, "run_id": f"inbox__{digest[:16]}"})
+    return out
 
 
-def score_file(input_path: str | Path, shard_rows: int = 200_000, force: bool = False, workers: int = 1,
+def pending_inbox_file(settings: Settings | None = None) -> str | None:
+    """The oldest file in the inbox folder whose content has not been scored yet."""
+    files = pending_inbox_files(settings, settle_seconds=0)
+    return files[0]["path"] if files else None
+
+
+def score_file(input_path: str | Path, shard_rows: int = 0, force: bool = False, workers: int = 1,
                settings: Settings | None = None) -> dict:
     """The whole batch without Airflow (CLI / benchmarks): plan, every shard (in ``workers``
-    processes, as an executor would run the mapped tasks), finalize."""
+    processes, as an executor would run the mapped tasks), finalize. ``shard_rows=0``: one
+    shard per worker."""
+    if workers < 1:
+        raise DataError(f"workers must be at least 1, got {workers}")
+    if shard_rows == 0 and input_path and Path(input_path).is_file():
+        shard_rows = auto_shard_rows(Path(input_path), workers=workers)
     p = plan(input_path, shard_rows=shard_rows, force=force, settings=settings)
     if workers > 1 and len(p.shards) > 1:
         import multiprocessing as mp
@@ -471,3 +516,20 @@ def score_file(input_path: str | Path, shard_rows: int = 200_000, force: bool = 
         for sh in p.shards:
             score_shard(p.batch_id, sh, settings=settings)
     return finalize(p.batch_id, settings=settings)
+
+
+def inbox_trigger_kwargs(settle_seconds: float = 10.0, settings: Settings | None = None) -> list[dict]:
+    """``TriggerDagRunOperator`` arguments for each pending inbox file (the inbox DAG maps over
+    them): a deterministic run id, the file as ``input_path``, and a note saying why the run
+    exists (shown in the Airflow UI beside the run)."""
+    out = []
+    for f in pending_inbox_files(settings, settle_seconds=settle_seconds):
+        out.append({
+            "trigger_run_id": f["run_id"],
+            "conf": {"input_path": f["path"]},
+            "note": f"Scores inbox file {Path(f['path']).name} (sha256 {f['sha256'][:16]}), triggered by"
+                    " sentiment_inbox. While this run is queued, other batches hold every active-run slot.",
+        })
+    if out:
+        log.info("inbox: %d new file(s): %s", len(out), ", ".join(o["conf"]["input_path"] for o in out))
+    return out

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import shutil
@@ -9,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -18,6 +20,7 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
+import realdata
 
 from ml import data, registry, scoring
 
@@ -30,15 +33,17 @@ def champion(own_champion, tweets_csv):
 
 
 @pytest.fixture
-def score_input(tmp_path, tweets_csv):
-    """1,000 real tweets in Sentiment140's six-column layout, plus 3 malformed rows."""
+def score_input(tmp_path, tweets_csv, request):
+    """1,000 real tweets in Sentiment140's six-column layout, plus 3 malformed rows. The user
+    column names the test, so every test has its own content, hence its own batch id."""
     with tweets_csv.open(encoding="utf-8") as f:
         rows = list(csv.reader(f))[:1000]
     p = tmp_path / "to_score.csv"
+    user = f"u_{uuid.uuid5(uuid.NAMESPACE_URL, request.node.nodeid).hex[:12]}"
     with p.open("w", encoding="utf-8", newline="") as f:
         w = csv.writer(f, quoting=csv.QUOTE_ALL)
         for i, (pol, text) in enumerate(rows):
-            w.writerow([pol, str(i), "Mon Apr 06 22:19:45 PDT 2009", "NO_QUERY", "user", text])
+            w.writerow([pol, str(i), "Mon Apr 06 22:19:45 PDT 2009", "NO_QUERY", user, text])
             if i == 10:
                 f.write('"0","x","y"\n')          # line 12: wrong column count
             if i == 500:
@@ -54,6 +59,249 @@ def _stored(conn, batch_id):
                      " ORDER BY source_row", (batch_id,)).fetchall(),
         columns=["source_row", "text", "label", "p_positive", "model_version"],
     )
+
+
+@pytest.fixture
+def latin1_input(tmp_path, request):
+    """Real tweets (tests/data/sentiment140_20k.csv) as the official corpus ships them: six
+    columns, Latin-1 bytes, so many lines are not valid UTF-8 -- some tweets carry é ü ñ, some
+    keep the corpus' own mojibake -- plus malformed rows. Returns (path, {line: expected text},
+    {line: reject reason prefix})."""
+    rows = [r for r in realdata.read()[:600] if "\n" not in r[1] and "\r" not in r[1]][:500]
+    mojibake = [t for _, t in realdata.read() if "Ã" in t and _utf8_once_latin1(t)][:5]
+    tag = uuid.uuid5(uuid.NAMESPACE_URL, request.node.nodeid).hex[:12]  # own content per test
+    extras = ["café", "über", "niño", "crème brûlée", "mañana"]
+    expected: dict[int, str] = {}
+    rejects: dict[int, str] = {}
+    buf = io.StringIO()
+    w = csv.writer(buf, quoting=csv.QUOTE_ALL, lineterminator="\n")
+    line = 0
+    for i, (label, text) in enumerate(rows):
+        if i % 5 == 0:
+            text = f"{text} {extras[i // 5 % len(extras)]}"  # é ü ñ: invalid as UTF-8 once Latin-1
+        w.writerow([4 * label, f"{tag}{i}", "Mon Apr 06 22:19:45 PDT 2009", "NO_QUERY", "user", text])
+        line += 1
+        expected[line] = _as_read(text)
+        if i == 20:
+            buf.write('"0","x","y"\n')  # wrong column count
+            line += 1
+            rejects[line] = "wrong column count"
+        if i == 300:
+            w.writerow(["4", "1", "d", "q", "u", "   "])  # empty text
+            line += 1
+            rejects[line] = "empty text"
+    for t in mojibake:  # valid UTF-8 once encoded: the reader decodes it as UTF-8, as documented
+        w.writerow(["0", f"{tag}m", "d", "q", "u", t])
+        line += 1
+        expected[line] = _as_read(t)
+        assert expected[line] != t.strip()
+    buf.write('"4","1","d","q","u","unterminated quote caf\xe9\n')  # malformed CSV at EOF
+    line += 1
+    rejects[line] = "malformed CSV"
+    p = tmp_path / f"training.{tag}.latin1.csv"
+    p.write_bytes(buf.getvalue().encode("latin-1"))
+    raw_lines = p.read_bytes().splitlines()
+    bad_utf8 = 0
+    for raw in raw_lines:
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            bad_utf8 += 1
+    assert bad_utf8 >= 100 and len(raw_lines) == line  # the file really is not UTF-8
+    return p, expected, rejects
+
+
+def _as_read(t: str) -> str:
+    """The documented decoding of one Latin-1 line: UTF-8 where its bytes are valid UTF-8 (the
+    corpus' mojibake, e.g. 'whatï¿½s', is such a line), else Latin-1."""
+    raw = t.encode("latin-1")
+    try:
+        return raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        return t.strip()
+
+
+def _utf8_once_latin1(t: str) -> bool:
+    try:
+        t.encode("latin-1").decode("utf-8")
+        return "\n" not in t and "\r" not in t
+    except UnicodeError:
+        return False
+
+
+def _check_latin1_batch(conn, batch_id, expected, rejects):
+    stored = _stored(conn, batch_id)
+    assert dict(zip(stored["source_row"], stored["text"])) == expected  # exactly as decoded, at their lines
+    got = {r["line"]: r["reason"] for r in scoring.get_batch(batch_id)["rejects"]}
+    assert set(got) == set(rejects)
+    for ln, prefix in rejects.items():
+        assert got[ln].startswith(prefix), (ln, got[ln])
+    assert scoring.get_batch(batch_id)["status"] == "done"
+
+
+def test_latin1_sentiment140_file_scores(champion, conn, latin1_input):
+    path, expected, rejects = latin1_input
+    s = scoring.score_file(path, shard_rows=128)
+    assert s["rows_scored"] == len(expected) and s["rows_rejected"] == len(rejects)
+    _check_latin1_batch(conn, s["batch_id"], expected, rejects)
+    # training reads the very same file through the same reader: same texts at the same lines
+    res = data.read_labelled(path)
+    assert dict(zip(res.lines, res.texts)) == expected
+    assert res.encoding["latin1_lines"] >= 100
+
+
+def test_latin1_file_through_the_cli(champion, conn, latin1_input):
+    path, expected, rejects = latin1_input
+    res = subprocess.run([sys.executable, "-m", "ml.cli", "score", str(path), "--shard-rows", "200"],
+                         capture_output=True, text=True, env=os.environ.copy(), timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    s = json.loads(res.stdout[res.stdout.index("{"):])
+    assert s["shards"] == 3 and s["rows_scored"] == len(expected)
+    _check_latin1_batch(conn, s["batch_id"], expected, rejects)
+
+
+@pytest.mark.slow
+def test_latin1_file_through_the_dag(airflow_cli, champion, conn, latin1_input):
+    path, expected, rejects = latin1_input
+    res = airflow_cli("dags", "test", "sentiment_batch_scoring", "-c", json.dumps({"input_path": str(path)}),
+                      extra_env={"SENTIMENT_MODEL_NAME": champion})
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    batch_id = conn.execute("SELECT id FROM batches WHERE input_path=%s", (str(path),)).fetchone()[0]
+    _check_latin1_batch(conn, batch_id, expected, rejects)
+
+
+def test_workers_score_shards_in_parallel_processes(champion, conn, score_input):
+    path, texts = score_input
+    s = scoring.score_file(path, shard_rows=250, workers=2)  # 4 shards over 2 processes
+    assert s["shards"] == 4 and s["rows_scored"] == 1000 and s["rows_rejected"] == 3
+    stored = _stored(conn, s["batch_id"])
+    assert len(stored) == 1000 and stored["source_row"].is_unique
+    proba = registry.load_version(registry.champion().version).predict_proba(texts)
+    by_text = dict(zip(stored["text"], stored["p_positive"]))
+    np.testing.assert_allclose([by_text[t] for t in texts], proba[:, 1], atol=1e-6)
+    # shard_rows=0 sizes shards from the input: one per worker, never tiny
+    assert 900 < scoring.estimate_rows(path) < 1100
+    assert scoring.auto_shard_rows(path, workers=2) == scoring.MIN_AUTO_SHARD_ROWS
+    big = path.with_name("big.parquet")
+    pd.DataFrame({"text": texts * 201}).to_parquet(big)  # 201,000 rows: exact from the metadata
+    assert scoring.auto_shard_rows(big, workers=2) == 100_500
+    assert scoring.auto_shard_rows(big, workers=8) == scoring.MIN_AUTO_SHARD_ROWS
+    with pytest.raises(data.DataError, match="workers must be at least 1"):
+        scoring.score_file(path, workers=0)
+    with pytest.raises(data.DataError, match="no input_path"):
+        scoring.plan("")
+
+
+def test_killed_scoring_process_resumes_with_only_unfinished_shards(champion, conn, score_input):
+    """SIGKILL `ml score` once its first shard is recorded; the resumed batch re-runs only the
+    shard that was in flight and the later ones, and stores each row exactly once."""
+    path, _ = score_input
+    batch_id = f"b-{scoring.file_sha256(path)[:16]}"
+    proc = subprocess.Popen([sys.executable, "-m", "ml.cli", "score", str(path), "--shard-rows", "50"],
+                            env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and proc.poll() is None:
+            n = conn.execute("SELECT count(*) FROM batch_shards WHERE batch_id=%s AND status='done'",
+                             (batch_id,)).fetchone()[0]
+            if n >= 1:
+                break
+            time.sleep(0.005)
+        assert proc.poll() is None, "ml score ended before it could be killed: " + proc.stderr.read().decode()[-2000:]
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.stderr.close()
+    before = {r[0]: (r[1], r[2], r[3]) for r in conn.execute(
+        "SELECT shard, status, attempts, finished_at FROM batch_shards WHERE batch_id=%s", (batch_id,))}
+    done_before = {sh for sh, (st, _, _) in before.items() if st == "done"}
+    assert len(before) == 20 and 1 <= len(done_before) < 20
+    assert done_before == set(range(len(done_before)))  # shards run in order
+    # rows of the finished shards are stored once; nothing of the rest, or a partial shard, is
+    n_rows = conn.execute("SELECT count(*) FROM predictions WHERE batch_id=%s", (batch_id,)).fetchone()[0]
+    assert n_rows == 50 * len(done_before)
+
+    resumed = scoring.plan(path)
+    assert resumed.status == "scoring" and resumed.shards == sorted(set(range(20)) - done_before)
+    summary = scoring.score_file(path)  # resumes the same plan
+    assert summary["rows_scored"] == 1000 and summary["shards"] == 20
+    after = {r[0]: (r[1], r[2], r[3]) for r in conn.execute(
+        "SELECT shard, status, attempts, finished_at FROM batch_shards WHERE batch_id=%s", (batch_id,))}
+    for sh in range(20):
+        if sh in done_before:  # not re-run: same attempt, same finish time
+            assert after[sh] == before[sh]
+        else:  # re-run once more than before the kill (the in-flight shard had started once)
+            assert after[sh][0] == "done" and after[sh][1] == before[sh][1] + 1
+    stored = _stored(conn, batch_id)
+    assert len(stored) == 1000 and stored["source_row"].is_unique
+
+
+@pytest.mark.slow
+def test_dag_retries_a_failed_shard_alone(airflow_cli, platform_env, champion, conn, score_input):
+    """Shard 1's file is missing on its first try (moved away as soon as the plan records it,
+    moved back once that try has started): Airflow retries that mapped task alone."""
+    path, _ = score_input
+    batch_id = f"b-{scoring.file_sha256(path)[:16]}"
+    stop = threading.Event()
+    events: list[str] = []
+
+    def saboteur() -> None:
+        import psycopg
+
+        with psycopg.connect(platform_env.database_url, autocommit=True) as c:
+            hidden = None
+            while not stop.is_set():
+                if hidden is None:
+                    row = c.execute("SELECT path, attempts FROM batch_shards WHERE batch_id=%s AND shard=1",
+                                    (batch_id,)).fetchone()
+                    if row and row[1] == 0 and Path(row[0]).exists():
+                        hidden = (row[0], row[0] + ".away")
+                        os.replace(*hidden)
+                        events.append("hidden")
+                else:  # Airflow has failed the first try and waits to retry it: put the file back
+                    state = _airflow_rows(platform_env, "SELECT ti.state FROM task_instance ti JOIN dag_run r"
+                                          " ON r.dag_id = ti.dag_id AND r.run_id = ti.run_id"
+                                          " WHERE ti.dag_id='sentiment_batch_scoring' AND ti.task_id='score_shard'"
+                                          " AND ti.map_index=1 AND r.conf::text LIKE %s", (f"%{path.name}%",))
+                    if state and state[0][0] == "up_for_retry":
+                        os.replace(hidden[1], hidden[0])
+                        events.append("restored")
+                        return
+                time.sleep(0.02)
+
+    t = threading.Thread(target=saboteur, daemon=True)
+    t.start()
+    try:
+        conf = json.dumps({"input_path": str(path), "shard_rows": 400})
+        res = airflow_cli("dags", "test", "sentiment_batch_scoring", "-c", conf,
+                          extra_env={"SENTIMENT_MODEL_NAME": champion})
+    finally:
+        stop.set()
+        t.join(10)
+    assert events == ["hidden", "restored"], events
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    run_id = conn.execute("SELECT airflow_run_id FROM batches WHERE id=%s", (batch_id,)).fetchone()[0]
+    attempts = dict(conn.execute("SELECT shard, attempts FROM batch_shards WHERE batch_id=%s", (batch_id,)).fetchall())
+    assert attempts == {0: 1, 1: 2, 2: 1}
+    tries = dict(_airflow_rows(platform_env,
+                               "SELECT map_index, try_number FROM task_instance WHERE dag_id='sentiment_batch_scoring'"
+                               " AND run_id=%s AND task_id='score_shard'", (run_id,)))
+    assert tries == {0: 1, 1: 2, 2: 1}
+    stored = _stored(conn, batch_id)
+    assert len(stored) == 1000 and stored["source_row"].is_unique
+
+
+def _airflow_rows(settings, sql: str, params: tuple = ()) -> list[tuple]:
+    """Rows from Airflow's own metadata database (the session's)."""
+    import psycopg
+
+    from ml import db
+
+    with psycopg.connect(db.libpq_url(db.airflow_db_url(settings)), autocommit=True) as c:
+        return c.execute(sql, params).fetchall()
 
 
 def test_chunked_scoring_equals_in_memory_and_reports_rejects(champion, conn, score_input):
@@ -183,6 +431,31 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _start_api_server(airflow: str, env: dict, logs: Path, attempts: int = 3) -> tuple[subprocess.Popen, int]:
+    """An Airflow api-server on a free port. A port found free can be taken by someone else before
+    the server binds it (the server cannot take over a bound socket): then the server exits, and
+    this tries again on another port."""
+    for attempt in range(attempts):
+        port = _free_port()
+        env.update({"AIRFLOW__API__PORT": str(port), "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+                    "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/"})
+        log = logs / f"api-{attempt}.log"
+        proc = subprocess.Popen([airflow, "api-server", "--port", str(port)], env=env, start_new_session=True,
+                                stdout=log.open("w"), stderr=subprocess.STDOUT)
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/api/v2/monitor/health", timeout=2).status_code == 200:
+                    return proc, port
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        _stop(proc)
+        if "address already in use" not in log.read_text().lower():
+            break
+    pytest.fail("Airflow api-server did not start: " + log.read_text()[-2000:])
+
+
 def _stop(proc: subprocess.Popen) -> None:
     try:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -203,52 +476,60 @@ def test_celery_worker_runs_scoring_shards(platform_env, airflow_cli, champion, 
     # a real champion and an input of 1,000 tweets -> 3 shards of 400
     path, _ = score_input
 
-    port = _free_port()
-    redis_db = int(uuid.uuid4().int % 14) + 1
-    queue = "default"
+    # the Redis is shared: this test's broker keys carry a prefix of its own (deleted at the end)
+    # and its tasks go to a queue of its own that only its worker listens on
+    own = uuid.uuid4().hex[:12]
+    prefix, queue = f"smops-test-{own}:", f"smops-test-{own}"
     env = airflow_env(platform_env)
     env.update({
         "AIRFLOW__CORE__EXECUTOR": CELERY_EXECUTOR,
-        "AIRFLOW__CELERY__BROKER_URL": f"redis://{REDIS[0]}:{REDIS[1]}/{redis_db}",
+        "AIRFLOW__CELERY__BROKER_URL": f"redis://{REDIS[0]}:{REDIS[1]}/0",
+        "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__GLOBAL_KEYPREFIX": prefix,
         "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + db.libpq_url(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]),
         "AIRFLOW__CELERY__WORKER_CONCURRENCY": "2",
-        "AIRFLOW__API__PORT": str(port),
-        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+        "AIRFLOW__OPERATORS__DEFAULT_QUEUE": queue,
         "SENTIMENT_MODEL_NAME": champion,
     })
     airflow = str(Path(sys.executable).parent / "airflow")
     logs = tmp_path / "logs"
     logs.mkdir()
-    api = subprocess.Popen([airflow, "api-server", "--port", str(port)], env=env, start_new_session=True,
-                           stdout=(logs / "api.log").open("w"), stderr=subprocess.STDOUT)
-    worker = subprocess.Popen([airflow, "celery", "worker", "--queues", queue, "--concurrency", "2"], env=env,
-                              start_new_session=True, stdout=(logs / "worker.log").open("w"), stderr=subprocess.STDOUT)
+    api, port = _start_api_server(airflow, env, logs)
+    worker = None
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/api/v2/monitor/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        else:
-            pytest.fail("Airflow api-server did not start: " + (logs / "api.log").read_text()[-2000:])
-        conf = json.dumps({"input_path": str(path), "shard_rows": 400, "force": True})
+        worker = subprocess.Popen([airflow, "celery", "worker", "--queues", queue, "--concurrency", "2"], env=env,
+                                  start_new_session=True, stdout=(logs / "worker.log").open("w"),
+                                  stderr=subprocess.STDOUT)
+        conf = json.dumps({"input_path": str(path), "shard_rows": 400})
         res = subprocess.run([airflow, "dags", "test", "sentiment_batch_scoring", "--use-executor", "-c", conf],
                              env=env, capture_output=True, text=True, timeout=400)
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     finally:
-        _stop(worker)
+        if worker is not None:
+            _stop(worker)
         _stop(api)
-    worker_log = (logs / "worker.log").read_text()
-    # find_input, plan, 3 mapped shards, finalize: every task went through the Celery worker
-    assert worker_log.count("execute_workload") >= 6, worker_log[-3000:]
-    batch = conn.execute("SELECT id, status, n_shards, rows_scored FROM batches WHERE input_path=%s",
+        import redis
+
+        r = redis.Redis(host=REDIS[0], port=REDIS[1], db=0)
+        keys = list(r.scan_iter(match=f"{prefix}*")) + list(r.scan_iter(match=f"*{queue}*"))
+        if keys:
+            r.delete(*keys)
+    batch = conn.execute("SELECT id, status, n_shards, rows_scored, airflow_run_id FROM batches WHERE input_path=%s",
                          (str(path),)).fetchone()
-    assert batch[1:] == ("done", 3, 1000)
+    assert batch[1:4] == ("done", 3, 1000)
     assert conn.execute("SELECT count(*) FROM predictions WHERE batch_id=%s", (batch[0],)).fetchone()[0] == 1000
+    # Airflow's own record: plan, 3 mapped shards and finalize each ran from this test's queue,
+    # were sent to Celery (the executor records the Celery task id) and Celery's result backend
+    # (in the same metadata database) says the worker ran each to success
+    tis = _airflow_rows(platform_env, "SELECT task_id, map_index, state, queue, hostname, external_executor_id"
+                        " FROM task_instance WHERE dag_id='sentiment_batch_scoring' AND run_id=%s", (batch[4],))
+    assert sorted((t[0], t[1]) for t in tis) == [("finalize", -1), ("plan", -1), ("score_shard", 0),
+                                                 ("score_shard", 1), ("score_shard", 2)]
+    for task_id, map_index, state, ti_queue, hostname, celery_id in tis:
+        assert (state, ti_queue) == ("success", queue), (task_id, map_index, state, ti_queue)
+        assert hostname and celery_id, (task_id, map_index, hostname, celery_id)
+    celery = dict(_airflow_rows(platform_env, "SELECT task_id, status FROM celery_taskmeta WHERE task_id = ANY(%s)",
+                                ([t[5] for t in tis],)))
+    assert celery == {t[5]: "SUCCESS" for t in tis}
 
 
 def test_batches_api(champion, score_input):
@@ -281,19 +562,108 @@ def test_inbox_file_is_found_once(champion, platform_env, tweets_csv):
     assert scoring.pending_inbox_file() is None  # scored content is not picked up again
 
 
-@pytest.mark.slow
-def test_batch_dag_scores_a_file_landing_in_the_inbox(airflow_cli, champion, platform_env, conn):
-    """No input_path: the sensor finds the new file in the inbox and the batch scores it."""
-    inbox = platform_env.var / "inbox"
+def _land(inbox: Path, name: str, text: str, age: float = 60.0) -> Path:
+    """A file arriving in the inbox (written under a hidden name, renamed, older than the settle time)."""
     inbox.mkdir(parents=True, exist_ok=True)
-    landed = inbox / "dropped.txt"
-    landed.write_text("so happy for you!!\nugh my phone broke again\nbest concert of my life\n")
-    res = airflow_cli("dags", "test", "sentiment_batch_scoring", "-c", json.dumps({"shard_rows": 2}),
-                      extra_env={"SENTIMENT_MODEL_NAME": champion})
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    row = conn.execute("SELECT status, rows_scored, n_shards FROM batches WHERE input_path=%s",
-                       (str(landed),)).fetchone()
-    assert row == ("done", 3, 2)
+    tmp = inbox / f".{name}"
+    tmp.write_text(text)
+    then = time.time() - age
+    os.utime(tmp, (then, then))
+    return tmp.rename(inbox / name)
+
+
+def test_inbox_lists_settled_unscored_files_with_deterministic_run_ids(champion, platform_env):
+    inbox = platform_env.var / "inbox"
+    for p in inbox.glob("*") if inbox.exists() else []:
+        p.unlink()
+    a = _land(inbox, "a.txt", f"lovely {uuid.uuid4().hex}\n")
+    fresh = _land(inbox, "b.txt", f"still being written {uuid.uuid4().hex}\n", age=0)
+    (inbox / ".c.txt").write_text("hidden: not yet renamed\n")
+    kw = scoring.inbox_trigger_kwargs(settle_seconds=10)
+    digest = scoring.file_sha256(a)
+    assert kw == [{"trigger_run_id": f"inbox__{digest[:16]}", "conf": {"input_path": str(a)},
+                   "note": kw[0]["note"]}] and "a.txt" in kw[0]["note"]
+    assert [f["path"] for f in scoring.pending_inbox_files(settle_seconds=0)] == [str(a), str(fresh)]
+    scoring.score_file(a)
+    assert scoring.pending_inbox_files(settle_seconds=10) == []  # scored content is not listed again
+    fresh.unlink()
+
+
+@pytest.mark.slow
+def test_inbox_dag_triggers_one_run_per_file_once(airflow_cli, champion, platform_env):
+    """Two inbox runs over the same file: one sentiment_batch_scoring run (id inbox__<hash>, with a
+    note), the second inbox run's trigger is skipped."""
+    inbox = platform_env.var / "inbox"
+    for p in inbox.glob("*") if inbox.exists() else []:
+        p.unlink()
+    landed = _land(inbox, "dropped.txt", f"so happy for you!!\nugh my phone broke again {uuid.uuid4().hex}\n")
+    run_id = f"inbox__{scoring.file_sha256(landed)[:16]}"
+    for i in range(2):
+        res = airflow_cli("dags", "test", "sentiment_inbox", "-c", json.dumps({"settle_seconds": 5}),
+                          extra_env={"SENTIMENT_MODEL_NAME": champion})
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    runs = _airflow_rows(platform_env, "SELECT r.run_id, r.conf, n.content FROM dag_run r LEFT JOIN dag_run_note n"
+                         " ON n.dag_run_id = r.id WHERE r.dag_id='sentiment_batch_scoring' AND r.run_id LIKE 'inbox__%%'")
+    mine = [r for r in runs if r[0] == run_id]
+    assert len(mine) == 1 and "dropped.txt" in str(mine[0][1]) and "dropped.txt" in mine[0][2]
+    states = [r[0] for r in _airflow_rows(
+        platform_env, "SELECT ti.state FROM task_instance ti JOIN dag_run r ON r.dag_id=ti.dag_id AND r.run_id=ti.run_id"
+        " WHERE ti.dag_id='sentiment_inbox' AND ti.task_id='trigger' ORDER BY r.id")]
+    assert states[-2:] == ["success", "skipped"]
+    landed.unlink()
+
+
+@pytest.mark.slow
+def test_manual_run_does_not_wait_behind_the_watched_inbox(platform_env, champion, conn, tmp_path):
+    """A real scheduler with sentiment_inbox watching var/inbox/: a file landing there and a manual
+    run with input_path both complete, each in its own sentiment_batch_scoring run."""
+    from ml.orchestration import airflow_env
+
+    inbox = platform_env.var / "inbox"
+    for p in inbox.glob("*") if inbox.exists() else []:
+        p.unlink()
+    landed = _land(inbox, "landed.txt", f"best concert of my life\nworst commute ever {uuid.uuid4().hex}\n")
+    manual = tmp_path / "manual.txt"
+    manual.write_text(f"what a lovely morning\nthis is the worst traffic ever {uuid.uuid4().hex}\n")
+    env = airflow_env(platform_env)
+    env.update({"SENTIMENT_MODEL_NAME": champion, "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+                "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
+                "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5"})
+    airflow = str(Path(sys.executable).parent / "airflow")
+    subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True, timeout=300)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    api, _ = _start_api_server(airflow, env, logs)
+    procs = [api]
+    try:
+        for comp in ("dag-processor", "scheduler"):
+            procs.append(subprocess.Popen([airflow, comp], env=env, start_new_session=True,
+                                          stdout=(logs / f"{comp}.log").open("w"), stderr=subprocess.STDOUT))
+        deadline = time.time() + 180
+        while time.time() < deadline:  # both DAGs parsed
+            if len(_airflow_rows(platform_env, "SELECT dag_id FROM dag WHERE dag_id IN"
+                                 " ('sentiment_inbox', 'sentiment_batch_scoring') AND is_stale = false")) == 2:
+                break
+            time.sleep(1)
+        for dag_id in ("sentiment_batch_scoring", "sentiment_inbox"):
+            r = subprocess.run([airflow, "dags", "unpause", dag_id], env=env, capture_output=True, text=True)
+            assert r.returncode == 0, r.stderr[-2000:]
+        r = subprocess.run([airflow, "dags", "trigger", "sentiment_batch_scoring", "-c",
+                            json.dumps({"input_path": str(manual)})], env=env, capture_output=True, text=True)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        deadline = time.time() + 300
+        done = {}
+        while time.time() < deadline and len(done) < 2:
+            done = dict(conn.execute("SELECT input_path, airflow_run_id FROM batches WHERE status='done'"
+                                     " AND input_path = ANY(%s)", ([str(landed), str(manual)],)).fetchall())
+            time.sleep(2)
+        assert len(done) == 2, {p.name: p.read_text()[-1500:] for p in logs.iterdir()}
+    finally:
+        for proc in procs:
+            _stop(proc)
+    assert done[str(landed)] == f"inbox__{scoring.file_sha256(landed)[:16]}"
+    assert done[str(manual)].startswith("manual__")
+    landed.unlink()
 
 
 def test_nul_bytes_are_rejected_rows_not_a_failed_batch(champion, tmp_path):
