@@ -43,13 +43,14 @@ from typing import Any
 import psycopg
 
 from ml.config import Settings, get_settings
+from ml.store import alerts as store
+from ml.store import reports as reports_store
 
 log = logging.getLogger(__name__)
 
 RULE_BURST = "misclassification_burst"
 RULE_DAG_FAILURE = "dag_failure"
 RULE_DRIFT = "drift"
-LOCK_SEED = 74210005  # advisory-lock namespace of the alerts (hashtextextended seed)
 
 _executor: ThreadPoolExecutor | None = None
 _executor_lock = threading.Lock()
@@ -73,10 +74,7 @@ def evaluate_feedback(feedback_id: int, settings: Settings | None = None, dispat
     s = settings or get_settings()
     out: dict[str, Any] = {"feedback_id": feedback_id, "misclassification": False, "raised": False, "alert_id": None}
     with _conn(s) as conn:
-        row = conn.execute(
-            "SELECT p.model_name, f.correct_label <> p.label FROM feedback f JOIN predictions p ON p.id = f.prediction_id"
-            " WHERE f.id = %s", (feedback_id,),
-        ).fetchone()
+        row = store.feedback_verdict(conn, feedback_id)
         if row is None or not row[1]:
             return out  # unknown, or a confirmation (the prediction was right)
         model_name = row[0]
@@ -93,64 +91,39 @@ def evaluate_feedback(feedback_id: int, settings: Settings | None = None, dispat
 def _evaluate_locked(conn: psycopg.Connection, model_name: str, feedback_id: int, s: Settings) -> dict[str, Any]:
     """One transaction: lock (rule, model), count the window, open / extend / resolve the alert."""
     threshold, window = int(s.alert_misclassification_count), float(s.alert_window_seconds)
-    conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, %s))", (f"{RULE_BURST}:{model_name}", LOCK_SEED))
-    # clock_timestamp(), read after the lock: every report committed before now is visible and counted
-    now = conn.execute("SELECT clock_timestamp()").fetchone()[0]
+    now = store.lock(conn, RULE_BURST, model_name)
     start = now - timedelta(seconds=window)
-    n, ids, first, last = conn.execute(
-        "SELECT count(DISTINCT f.prediction_id), coalesce(array_agg(f.id ORDER BY f.id), '{}'),"
-        " min(f.created_at), max(f.created_at)"
-        " FROM feedback f JOIN predictions p ON p.id = f.prediction_id"
-        " WHERE p.model_name = %s AND f.correct_label <> p.label AND f.created_at > %s AND f.created_at <= %s",
-        (model_name, start, now),
-    ).fetchone()
-    res: dict[str, Any] = {"n_reports": int(n), "threshold": threshold, "window_seconds": window, "raised": False,
+    n, ids, first, last = store.wrong_reports_between(conn, model_name, start, now)
+    res: dict[str, Any] = {"n_reports": n, "threshold": threshold, "window_seconds": window, "raised": False,
                            "alert_id": None, "model_name": model_name}
-    open_alert = conn.execute(
-        "SELECT id, last_report_at, first_report_at FROM alerts WHERE rule = %s AND model_name = %s"
-        " AND resolved_at IS NULL FOR UPDATE",
-        (RULE_BURST, model_name),
-    ).fetchone()
-    if open_alert is not None and (n < threshold or open_alert[1] is None or open_alert[1] <= start):
+    open_alert = store.open_alert(conn, RULE_BURST, model_name)
+    if open_alert is not None and (n < threshold or open_alert["last_report_at"] is None
+                                   or open_alert["last_report_at"] <= start):
         # the burst is over: its window holds fewer than `threshold` reports, or nothing new came in a window
-        ended = min(now, open_alert[1] + timedelta(seconds=window)) if open_alert[1] else now
-        conn.execute("UPDATE alerts SET resolved_at = %s WHERE id = %s", (ended, open_alert[0]))
+        last_at = open_alert["last_report_at"]
+        store.resolve(conn, open_alert["id"], min(now, last_at + timedelta(seconds=window)) if last_at else now)
         open_alert = None
     if n < threshold:
         return res
     if open_alert is not None:  # the same burst: record the report on the open alert, recount the burst
-        conn.execute(
-            "UPDATE alerts SET later_feedback_ids = later_feedback_ids || %s::bigint"
-            " WHERE id = %s AND NOT (%s = ANY(feedback_ids)) AND NOT (%s = ANY(later_feedback_ids))",
-            (feedback_id, open_alert[0], feedback_id, feedback_id),
-        )
-        burst_first = open_alert[2] or first
-        n_burst, burst_last = conn.execute(
-            "SELECT count(DISTINCT f.prediction_id), max(f.created_at)"
-            " FROM feedback f JOIN predictions p ON p.id = f.prediction_id"
-            " WHERE p.model_name = %s AND f.correct_label <> p.label AND f.created_at >= %s AND f.created_at <= %s",
-            (model_name, burst_first, now),
-        ).fetchone()
+        store.add_later_report(conn, open_alert["id"], feedback_id)
+        burst_first = open_alert["first_report_at"] or first
+        n_burst, _, _, burst_last = store.wrong_reports_between(conn, model_name, burst_first, now,
+                                                                include_start=True)
         burst_last = max(burst_last or last, last)
-        conn.execute("UPDATE alerts SET n_reports = %s, last_report_at = greatest(last_report_at, %s), message = %s"
-                     " WHERE id = %s",
-                     (int(n_burst), burst_last,
-                      burst_message(int(n_burst), model_name, burst_first, burst_last, threshold, window),
-                      open_alert[0]))
-        res.update(alert_id=open_alert[0], n_burst=int(n_burst))
+        store.update_count(conn, open_alert["id"], n_burst, burst_last,
+                           burst_message(n_burst, model_name, burst_first, burst_last, threshold, window))
+        res.update(alert_id=open_alert["id"], n_burst=n_burst)
         return res
-    message = burst_message(int(n), model_name, first, last, threshold, window)
-    details = {"feedback_ids": list(ids), "first_report_at": first.isoformat(), "last_report_at": last.isoformat()}
-    row = conn.execute(
-        "INSERT INTO alerts (rule, model_name, window_seconds, threshold, n_reports, feedback_ids, first_report_at,"
-        " last_report_at, message, details, channels) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
-        " ON CONFLICT (rule, model_name) WHERE resolved_at IS NULL DO NOTHING RETURNING id",
-        (RULE_BURST, model_name, int(window), threshold, int(n), list(ids), first, last, message, json.dumps(details),
-         json.dumps([_channel_result("log", "logger ml.alerts", "sent")])),
-    ).fetchone()
-    if row is None:  # cannot happen under the lock; the unique index is the second guard
+    message = burst_message(n, model_name, first, last, threshold, window)
+    details = {"feedback_ids": ids, "first_report_at": first.isoformat(), "last_report_at": last.isoformat()}
+    alert_id = store.insert_open(
+        conn, rule=RULE_BURST, model_name=model_name, severity="error", window_seconds=int(window),
+        threshold=threshold, n_reports=n, feedback_ids=ids, first_report_at=first, last_report_at=last,
+        message=message, details=details, channels=[_channel_result("log", "logger ml.alerts", "sent")])
+    if alert_id is None:  # cannot happen under the lock; the unique index is the second guard
         return res
-    res.update(raised=True, alert_id=row[0], message=message, feedback_ids=list(ids))
+    res.update(raised=True, alert_id=alert_id, message=message, feedback_ids=ids)
     return res
 
 
@@ -182,12 +155,8 @@ def raise_event(rule: str, model_name: str, message: str, details: dict[str, Any
     log.warning("ALERT %s (%s): %s", rule, model_name, message)
     try:
         with _conn(s) as conn:
-            alert_id = conn.execute(
-                "INSERT INTO alerts (rule, model_name, severity, message, details, channels, resolved_at)"
-                " VALUES (%s,%s,%s,%s,%s,%s, now()) RETURNING id",
-                (rule, model_name, severity, message, json.dumps(details or {}, default=str),
-                 json.dumps([_channel_result("log", "logger ml.alerts", "sent")])),
-            ).fetchone()[0]
+            alert_id = store.insert_event(conn, rule, model_name, severity, message, details or {},
+                                          [_channel_result("log", "logger ml.alerts", "sent")])
     except Exception as e:  # noqa: BLE001 - a failure callback must not fail
         log.error("could not record alert %s: %s", rule, e)
         return None
@@ -206,14 +175,9 @@ def alert_payload(alert_id: int, settings: Settings | None = None) -> dict[str, 
     """The alert as the webhook receives it (JSON)."""
     s = settings or get_settings()
     with _conn(s) as conn:
-        cur = conn.execute(
-            "SELECT id, created_at, rule, model_name, severity, window_seconds, threshold, n_reports, feedback_ids,"
-            " first_report_at, last_report_at, message, details FROM alerts WHERE id = %s", (alert_id,))
-        row = cur.fetchone()
-        names = [d.name for d in cur.description]
-    if row is None:
+        out = store.payload(conn, alert_id)
+    if out is None:
         raise KeyError(f"no alert {alert_id}")
-    out = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in zip(names, row)}
     out["alert_id"] = out.pop("id")
     out["kind"] = "alert"
     out["source"] = "tweet-sentiment-platform"
@@ -294,8 +258,7 @@ def _send_channels(alert_id: int, s: Settings) -> list[dict[str, Any]]:
     if results:
         try:
             with _conn(s) as conn:
-                conn.execute("UPDATE alerts SET channels = channels || %s::jsonb WHERE id = %s",
-                             (json.dumps(results), alert_id))
+                store.add_channels(conn, alert_id, results)
         except Exception as e:  # noqa: BLE001
             log.error("alert %s: could not record channel outcomes: %s", alert_id, e)
     return results
@@ -341,17 +304,14 @@ def drift_alert(summary: dict[str, Any], settings: Settings | None = None) -> di
     model, rid, status = summary["model_name"], summary["id"], summary["status"]
     out: dict[str, Any] = {"alert_id": None, "raised": False, "continued": False, "resolved": False, "message": None}
     with _conn(s) as conn:
-        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, %s))", (f"{RULE_DRIFT}:{model}", LOCK_SEED))
-        open_alert = conn.execute(
-            "SELECT id, details FROM alerts WHERE rule = %s AND model_name = %s AND resolved_at IS NULL FOR UPDATE",
-            (RULE_DRIFT, model)).fetchone()
+        store.lock(conn, RULE_DRIFT, model)
+        open_alert = store.open_alert(conn, RULE_DRIFT, model)
         if status != "drift":
             if open_alert is not None and status == "ok":
-                conn.execute("UPDATE alerts SET resolved_at = now(), details = details || %s::jsonb WHERE id = %s",
-                             (json.dumps({"resolved_by_report": rid}), open_alert[0]))
-                out.update(alert_id=open_alert[0], resolved=True)
+                store.resolve(conn, open_alert["id"], details={"resolved_by_report": rid})
+                out.update(alert_id=open_alert["id"], resolved=True)
             return out
-        report_ids = list((open_alert[1] or {}).get("report_ids", [])) if open_alert else []
+        report_ids = list(open_alert["details"].get("report_ids", [])) if open_alert else []
         if rid not in report_ids:
             report_ids.append(rid)
         digest = monitoring.report_digest(summary, None, s)
@@ -364,22 +324,17 @@ def drift_alert(summary: dict[str, Any], settings: Settings | None = None) -> di
                    "drifted_signals": digest["drifted_signals"], "verdict": summary["verdict"]}
         created = datetime.fromisoformat(summary["created_at"])
         if open_alert is not None:
-            conn.execute("UPDATE alerts SET n_reports = %s, last_report_at = greatest(last_report_at, %s), message = %s,"
-                         " details = details || %s::jsonb WHERE id = %s",
-                         (len(report_ids), created, message, json.dumps(details), open_alert[0]))
-            out.update(alert_id=open_alert[0], continued=True, message=message)
+            store.update_count(conn, open_alert["id"], len(report_ids), created, message, details)
+            out.update(alert_id=open_alert["id"], continued=True, message=message)
             return out
-        row = conn.execute(
-            "INSERT INTO alerts (rule, model_name, severity, window_seconds, n_reports, first_report_at, last_report_at,"
-            " message, details, channels) VALUES (%s,%s,'warning',%s,1,%s,%s,%s,%s,%s)"
-            " ON CONFLICT (rule, model_name) WHERE resolved_at IS NULL DO NOTHING RETURNING id",
-            (RULE_DRIFT, model, int((datetime.fromisoformat(p["end"]) - datetime.fromisoformat(p["start"]))
-                                    .total_seconds()), created, created, message, json.dumps(details),
-             json.dumps([_channel_result("log", "logger ml.alerts", "sent")])),
-        ).fetchone()
-    if row is not None:
-        log.warning("ALERT %s #%s: %s", RULE_DRIFT, row[0], message)
-        out.update(alert_id=row[0], raised=True, message=message)
+        alert_id = store.insert_open(
+            conn, rule=RULE_DRIFT, model_name=model, severity="warning",
+            window_seconds=int((datetime.fromisoformat(p["end"]) - datetime.fromisoformat(p["start"])).total_seconds()),
+            threshold=None, n_reports=1, feedback_ids=[], first_report_at=created, last_report_at=created,
+            message=message, details=details, channels=[_channel_result("log", "logger ml.alerts", "sent")])
+    if alert_id is not None:
+        log.warning("ALERT %s #%s: %s", RULE_DRIFT, alert_id, message)
+        out.update(alert_id=alert_id, raised=True, message=message)
     return out
 
 
@@ -449,9 +404,7 @@ def deliver_report(report: dict[str, Any] | str, retraining: dict[str, Any] | No
                                                            f" - {r['error']}" if r["error"] else "")
     try:
         with _conn(s) as conn:
-            conn.execute("UPDATE drift_reports SET summary = jsonb_set(summary, '{delivery}',"
-                         " coalesce(summary->'delivery', '[]'::jsonb) || %s::jsonb) WHERE id = %s",
-                         (json.dumps(results), rid))
+            reports_store.append_delivery(conn, rid, results)
     except Exception as e:  # noqa: BLE001
         log.error("drift report %s: could not record channel outcomes: %s", rid, e)
     if alert.get("raised"):
@@ -460,23 +413,8 @@ def deliver_report(report: dict[str, Any] | str, retraining: dict[str, Any] | No
 
 
 # ---------------------------------------------------------------- reading back
-ALERT_COLUMNS = ("id", "created_at", "rule", "model_name", "severity", "window_seconds", "threshold", "n_reports",
-                 "feedback_ids", "later_feedback_ids", "first_report_at", "last_report_at", "message", "channels",
-                 "resolved_at")
-
-
 def list_alerts(limit: int = 50, model_name: str | None = None, rule: str | None = None,
                 settings: Settings | None = None) -> list[dict[str, Any]]:
     s = settings or get_settings()
-    where, args = [], []
-    if model_name:
-        where.append("model_name = %s")
-        args.append(model_name)
-    if rule:
-        where.append("rule = %s")
-        args.append(rule)
-    sql = (f"SELECT {', '.join(ALERT_COLUMNS)} FROM alerts {'WHERE ' + ' AND '.join(where) if where else ''}"
-           " ORDER BY id DESC LIMIT %s")
     with _conn(s) as conn:
-        rows = conn.execute(sql, (*args, limit)).fetchall()
-    return [{k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in zip(ALERT_COLUMNS, r)} for r in rows]
+        return store.latest(conn, limit, model_name or None, rule or None)
