@@ -373,32 +373,56 @@ def services_up(
     train: bool = typer.Option(True, help="run the initial-training DAG if no champion exists"),
     force_train: bool = typer.Option(False, help="train even when a champion exists"),
     wait: bool = typer.Option(True, help="wait for the training DAG run to finish"),
+    only: Optional[str] = typer.Option(None, help="start only these (comma-separated: mlflow, airflow, api); no training"),
 ) -> None:
-    """Start PostgreSQL, MLflow, Airflow and the API; train the first champion."""
-    from ml import services
+    """Start PostgreSQL, the supervisor, MLflow, Airflow and the API; train the first champion."""
+    from ml.platform import startup
+    from ml.platform.supervisor import runtime_dir
 
+    os.environ["XDG_RUNTIME_DIR"] = runtime_dir()
     try:
-        services.up(data=data, train=train, wait=wait, force_train=force_train)
-    except services.ServiceError as e:
-        _fail(str(e))
+        startup.up(data=data, train=train, wait=wait, force_train=force_train, only=only)
+    except startup.ServiceError as e:
+        typer.echo(f"\nERROR: {e}\nServices that did start keep running under the supervisor; "
+                   "`make status` lists them, `make down` stops them.", err=True)
+        raise typer.Exit(1)
 
 
 @services_app.command("down")
 def services_down() -> None:
-    """Stop everything `up` started (data is kept)."""
-    from ml import services
+    """Stop the supervisor, then everything `up` started (data is kept)."""
+    from ml.platform import startup
 
-    services.down()
+    startup.down()
 
 
 @services_app.command("status")
 def services_status(as_json: bool = typer.Option(False, "--json", help="machine-readable")) -> None:
-    """What runs, with pid, URL and log."""
-    from ml import services
+    """What runs, with pid, URL, restarts, crash loops and log."""
+    from ml.platform import startup
 
-    st = services.status(quiet=as_json)
+    st = startup.status(quiet=as_json)
     if as_json:
         typer.echo(json.dumps(st, indent=2, default=str))
+
+
+@services_app.command("supervise", hidden=True)
+def services_supervise(
+    backoff_base: float = typer.Option(1.0, envvar="SMOPS_SUPERVISOR_BACKOFF_BASE", help="first restart delay (s)"),
+    backoff_max: float = typer.Option(30.0, envvar="SMOPS_SUPERVISOR_BACKOFF_MAX", help="longest restart delay (s)"),
+    crash_loop_restarts: int = typer.Option(5, envvar="SMOPS_SUPERVISOR_CRASH_LOOP_RESTARTS",
+                                            help="this many restarts within the window is a crash loop"),
+    crash_loop_window: float = typer.Option(300.0, envvar="SMOPS_SUPERVISOR_CRASH_LOOP_WINDOW", help="seconds"),
+    stable_after: float = typer.Option(60.0, envvar="SMOPS_SUPERVISOR_STABLE_AFTER",
+                                       help="a run this long resets the backoff (s)"),
+) -> None:
+    """The supervisor (started by `ml services up`, detached): restarts crashed services."""
+    from ml.platform import startup
+    from ml.platform.supervisor import Policy
+
+    startup.supervise(policy=Policy(backoff_base=backoff_base, backoff_max=backoff_max,
+                                    crash_loop_restarts=crash_loop_restarts, crash_loop_window=crash_loop_window,
+                                    stable_after=stable_after))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from ml.config import Settings, get_settings
 from ml.models import SentimentModel
 from ml.models.base import decide
@@ -35,9 +37,9 @@ class SentimentPyfunc(_PythonModel):  # type: ignore[misc,valid-type]
 
         self.model = models.load(context.artifacts["model_dir"])
 
-    def predict(self, context, model_input, params=None):
-        import pandas as pd
-
+    # a type hint keeps MLflow 3 from warning "Add type hints to the `predict` method"; with a
+    # DataFrame hint MLflow neither infers a schema from it nor converts the input
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         if isinstance(model_input, pd.DataFrame):
             model_input = model_input.iloc[:, 0]
         texts = [str(t) for t in list(model_input)]
