@@ -1,10 +1,11 @@
 # Tweet-sentiment platform. `make up` starts everything locally (no Docker needed).
 #
 #   make env                     create/refresh .venv (idempotent, instant when up to date)
-#   make up [DATA=path.csv]      start PostgreSQL, MLflow, Airflow, the API; train a first model
+#   make up [DATA=path.csv]      start PostgreSQL and a supervisor running MLflow, Airflow, the API; train a first model
+#   make up ONLY=mlflow,api      start a subset (no training)
 #   make up TRAIN=0              start without training
 #   make up FORCE_TRAIN=1        train even when a champion exists
-#   make status | make down      what runs | stop it all (data is kept)
+#   make status | make down      what runs, restarts, crash loops | stop it all (data is kept)
 #   make test [PYTEST_ARGS=...]  the test suite (PYTEST_ARGS="-m 'not slow'" for the fast part)
 #   make bench                   the benchmarks in benchmarks/
 #   make lint                    byte-compile every module (syntax check, no extra tools)
@@ -16,6 +17,7 @@ PY := $(VENV)/bin/python
 DATA ?=
 TRAIN ?= 1
 FORCE_TRAIN ?= 0
+ONLY ?=
 PYTEST_ARGS ?=
 
 export XDG_RUNTIME_DIR ?= /tmp/runtime-$(shell id -u)
@@ -23,12 +25,13 @@ export HF_HUB_OFFLINE ?= 1
 
 SERVICES_UP_ARGS := $(if $(DATA),--data "$(abspath $(DATA))") \
 	$(if $(filter 0 no false,$(TRAIN)),--no-train) \
-	$(if $(filter-out 0 no false,$(FORCE_TRAIN)),--force-train)
+	$(if $(filter-out 0 no false,$(FORCE_TRAIN)),--force-train) \
+	$(if $(ONLY),--only "$(ONLY)")
 
 .PHONY: help env up down status test bench lint
 
 help:
-	@sed -n '2,10p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,11p' Makefile | sed 's/^# \{0,1\}//'
 
 env:
 	@scripts/bootstrap.sh
