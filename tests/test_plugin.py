@@ -89,8 +89,14 @@ def test_model_card_and_reports(champion, plugin_module, conn):
     assert client.get("/", follow_redirects=False).headers["location"] == "model-card"
 
 
-def test_notifier_records_an_alert(champion, conn):
-    """The DAGs' failure callback (airflow.sdk.BaseNotifier) on a synthetic context."""
+@pytest.mark.slow
+def test_notifier_records_an_alert(champion, conn, airflow_cli, tmp_path, platform_env):
+    """The DAGs' failure callback (airflow.sdk.BaseNotifier) fired by Airflow for a task that really
+    fails: sentiment_training on a file with no usable rows, run with ``airflow dags test``."""
+    import psycopg
+
+    from ml import db
+
     sys.path.insert(0, str(PLUGINS))
     try:
         from sentiment_notifiers import PlatformAlertNotifier
@@ -100,10 +106,21 @@ def test_notifier_records_an_alert(champion, conn):
 
     assert issubclass(PlatformAlertNotifier, BaseNotifier)
 
-    class TI:
-        dag_id, task_id, map_index, try_number = "sentiment_monitoring", "build_report", -1, 1
+    def runs() -> set[str]:
+        with psycopg.connect(db.libpq_url(db.airflow_db_url(platform_env))) as aconn:
+            return {r[0] for r in aconn.execute("SELECT run_id FROM dag_run WHERE dag_id = 'sentiment_training'")}
 
-    PlatformAlertNotifier()({"ti": TI(), "run_id": "manual__x", "exception": RuntimeError("boom"), "params": {}})
-    msg, sev = conn.execute("SELECT message, severity FROM alerts WHERE rule = 'dag_failure' AND model_name = %s"
-                            " ORDER BY id DESC LIMIT 1", (champion["name"],)).fetchone()
-    assert msg == "sentiment_monitoring: task build_report failed in run manual__x (RuntimeError: boom)" and sev == "error"
+    bad = tmp_path / "bad.csv"
+    bad.write_text("not,a,valid\nfile,at,all\n")
+    before = runs()
+    res = airflow_cli("dags", "test", "sentiment_training", "-c", json.dumps({"data_path": str(bad)}),
+                      extra_env={"SENTIMENT_MODEL_NAME": champion["name"]})
+    assert res.returncode != 0
+    [run_id] = runs() - before
+    [(msg, sev, details)] = conn.execute("SELECT message, severity, details FROM alerts WHERE rule = 'dag_failure'"
+                                         " AND model_name = %s", (champion["name"],)).fetchall()
+    assert msg.startswith(f"sentiment_training: task validate failed in run {run_id} (DataError: ") and sev == "error"
+    assert "no usable rows" in msg
+    assert (details["dag_id"], details["task_id"], details["run_id"], details["map_index"], details["try_number"]) == \
+        ("sentiment_training", "validate", run_id, -1, 1)
+    assert details["params"]["data_path"] == str(bad)

@@ -87,3 +87,71 @@ def test_promote_runs_the_behaviour_gate(mlflow_tracking, model_name, snapshot, 
     stored = conn.execute("SELECT behaviour FROM training_runs WHERE run_id = %s", (run_id,)).fetchone()[0]
     assert stored["passed"] and set(stored["types"]) == {"minimum_functionality", "negation", "invariance"}
     assert "behaviour.json" in {a.path for a in mlflow.MlflowClient().list_artifacts(run_id)}
+
+
+def _dag_runs(dag_id: str) -> list[str]:
+    import psycopg
+
+    from ml import db
+    from ml.config import get_settings
+
+    with psycopg.connect(db.libpq_url(db.airflow_db_url(get_settings()))) as aconn:
+        return [r[0] for r in aconn.execute("SELECT run_id FROM dag_run WHERE dag_id = %s", (dag_id,)).fetchall()]
+
+
+STRICT_MINIMUM_FUNCTIONALITY = {"SENTIMENT_BEHAVIOUR_CHECKS": "true", "SENTIMENT_BEHAVIOUR_MIN_FUNCTIONALITY": "1.0"}
+
+
+def _assert_rejected_by_the_gate(conn, name, champion_version, run_id):
+    """The candidate was more accurate than the champion on the same held-out split, failed the
+    minimum-functionality check for real, and was not promoted; recorded in training_runs and model_events."""
+    status, decision, metrics, champion_metrics, behaviour, version = conn.execute(
+        "SELECT status, decision, metrics, champion_metrics, behaviour, model_version FROM training_runs"
+        " WHERE run_id = %s", (run_id,)).fetchone()
+    assert champion_metrics["version"] == champion_version
+    assert metrics["accuracy"] > champion_metrics["accuracy"]  # accuracy alone would promote it
+    mf = behaviour["types"]["minimum_functionality"]
+    assert (behaviour["passed"], mf["passed"], mf["threshold"]) == (False, False, 1.0)
+    assert mf["pass_rate"] < 1.0 and mf["failures"]  # real sentences it got wrong
+    assert status == "rejected" and decision.startswith("failed behavioural checks: minimum_functionality")
+    assert conn.execute("SELECT event, previous_version, reason FROM model_events WHERE model_name = %s AND version = %s",
+                        (name, version)).fetchall() == [("rejected", champion_version, decision)]
+    assert registry.champion().version == champion_version
+
+
+def test_a_more_accurate_candidate_failing_a_check_is_not_promoted(own_champion, tweets_csv, conn, monkeypatch):
+    """Against an existing champion (300 tweets), a candidate on the whole training split is more accurate
+    but gets plain sentences wrong that the gate (minimum functionality required at 100%) asks for."""
+    from ml.config import reset_settings
+
+    with own_champion("tweet-sentiment-gate", tweets_csv, sample_size=300, SENTIMENT_BEHAVIOUR_CHECKS="false") as c:
+        for k, v in STRICT_MINIMUM_FUNCTIONALITY.items():
+            monkeypatch.setenv(k, v)
+        reset_settings()
+        run_id = train.train(c.snapshot.hash, "tfidf_lr")
+        train.evaluate(run_id)
+        train.register(run_id)
+        d = train.promote(run_id)  # runs the gate itself
+        monkeypatch.undo()
+        assert not d["promoted"] and d["behaviour_passed"] is False
+        _assert_rejected_by_the_gate(conn, c.name, c.version, run_id)
+
+
+@pytest.mark.slow
+def test_training_dag_does_not_promote_a_more_accurate_candidate_failing_a_check(own_champion, tweets_csv, conn,
+                                                                                 airflow_cli):
+    """The same gate through sentiment_training (``airflow dags test``): the comparison's winner beats the
+    champion on the same held-out split, fails minimum functionality, and the champion stays."""
+    import json
+
+    with own_champion("tweet-sentiment-gate-dag", tweets_csv, sample_size=300, SENTIMENT_BEHAVIOUR_CHECKS="false") as c:
+        before = _dag_runs("sentiment_training")
+        res = airflow_cli("dags", "test", "sentiment_training", "-c", json.dumps({"data_path": str(tweets_csv)}),
+                          extra_env={**c.env, **STRICT_MINIMUM_FUNCTIONALITY})
+        out = res.stdout + res.stderr
+        assert res.returncode == 0, out[-5000:]  # a rejection is a decision, not a failure
+        [run] = [r for r in _dag_runs("sentiment_training") if r not in before]
+        [(winner, cmp_version)] = conn.execute("SELECT winner_run_id, winner_version FROM comparisons"
+                                               " WHERE airflow_run_id = %s", (run,)).fetchall()
+        assert cmp_version == c.version + 1
+        _assert_rejected_by_the_gate(conn, c.name, c.version, winner)
