@@ -9,8 +9,8 @@ Nothing here is shared between tests: every test builds its own ``Loop`` through
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import psycopg
 
@@ -44,7 +44,7 @@ class Loop:
                 proba = model.predict_proba([t for _, t in batch])
                 rows = serving.prediction_rows([t for _, t in batch], proba, s.model_name, champ.version)
                 serving.copy_predictions(conn, rows)
-                for (y, _), row in zip(batch, rows):
+                for (y, _), row in zip(batch, rows, strict=True):
                     if row.label != y and len(ids) < n:
                         ids.append(conn.execute("INSERT INTO feedback (prediction_id, correct_label) VALUES (%s, %s)"
                                                 " RETURNING id", (row.id, y)).fetchone()[0])

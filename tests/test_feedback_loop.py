@@ -57,7 +57,8 @@ def promoted(loop, triggered) -> dict:
 
 
 def _retrainings(conn, name):
-    return conn.execute("SELECT id, reason, status, n_feedback, threshold, feedback_ids, champion_before, champion_after"
+    return conn.execute("SELECT id, reason, status, n_feedback, threshold, feedback_ids, champion_before,"
+                        " champion_after"
                         " FROM retrainings WHERE model_name = %s ORDER BY id", (name,)).fetchall()
 
 
@@ -123,14 +124,16 @@ def test_below_threshold_no_trigger_then_exactly_once(loop, conn):
 
     last = loop.add_reports(1)
     d1, d2 = retraining.check_trigger(), retraining.check_trigger()  # the trigger, run twice
-    assert d1["trigger"] and d1["reason"] == "feedback_threshold" and d1["airflow_run_id"] == f"retraining__{d1['retraining_id']}"
+    assert d1["trigger"] and d1["reason"] == "feedback_threshold"
+    assert d1["airflow_run_id"] == f"retraining__{d1['retraining_id']}"
     assert not d2["trigger"] and d2["pending_reports"] == 0
     [row] = _retrainings(conn, loop.name)
     rid, reason, status, n, threshold, ids, before, after = row
     assert rid == d1["retraining_id"]
     assert (reason, status, n, threshold, before, after) == ("feedback_threshold", "triggered", thr, thr, loop.v1, None)
     assert sorted(ids) == sorted(first + last)
-    assert conn.execute("SELECT count(*) FROM retraining_feedback WHERE retraining_id = %s", (rid,)).fetchone()[0] == thr
+    consumed = conn.execute("SELECT count(*) FROM retraining_feedback WHERE retraining_id = %s", (rid,)).fetchone()[0]
+    assert consumed == thr
 
 
 def test_concurrent_trigger_checks_record_one_retraining(loop, conn):
@@ -164,7 +167,8 @@ def test_worse_challenger_is_not_promoted(loop, triggered, conn):
     kind, parent, n_rows = conn.execute("SELECT kind, parent_hash, n_rows FROM dataset_snapshots WHERE hash = %s",
                                         (r["snapshot_hash"],)).fetchone()
     assert (kind, parent) == ("retraining", loop.snapshot.hash)
-    assert n_rows == loop.snapshot.n_rows + r["dataset_report"]["new_texts"] - r["dataset_report"]["conflicts_tied_dropped"]
+    rep = r["dataset_report"]
+    assert n_rows == loop.snapshot.n_rows + rep["new_texts"] - rep["conflicts_tied_dropped"]
     # the same held-out set as the champion's (its parent's), never a reported tweet
     s = get_settings()
     _, parent_test = data.split(loop.snapshot.load(), s.test_size, s.seed)
@@ -255,7 +259,8 @@ def test_compare_mode_retrains_through_a_comparison(loop, conn):
     assert (r["mode"], r["reason"], r["n_feedback"]) == ("compare", "manual", 3)
     held = r["metrics"]["held_out"]
     beats = held["challenger"]["accuracy"] > held["champion"]["accuracy"]
-    assert (r["status"], r["champion_after"]) == (("promoted", r["candidate_version"]) if beats else ("rejected", loop.v1))
+    expected = ("promoted", r["candidate_version"]) if beats else ("rejected", loop.v1)
+    assert (r["status"], r["champion_after"]) == expected
     families, winner, table = conn.execute("SELECT families, winner_run_id, table_json FROM comparisons"
                                            " WHERE snapshot_hash = %s", (r["snapshot_hash"],)).fetchone()
     assert families == ["tfidf_lr"] and winner == r["run_id"]
@@ -283,13 +288,15 @@ def test_retraining_with_checks_on_rejects_a_more_accurate_challenger_failing_a_
     assert out["reason"].startswith("failed behavioural checks: minimum_functionality")
     assert registry.champion().version == loop.v1
     assert (r["status"], r["champion_after"], r["decision"]) == ("rejected", loop.v1, out["reason"])
-    behaviour, status, decision = conn.execute("SELECT behaviour, status, decision FROM training_runs WHERE run_id = %s",
+    behaviour, status, decision = conn.execute("SELECT behaviour, status, decision FROM training_runs"
+                                               " WHERE run_id = %s",
                                                (out["run_id"],)).fetchone()
     mf = behaviour["types"]["minimum_functionality"]
     assert (mf["passed"], mf["threshold"]) == (False, 1.0) and mf["pass_rate"] < 1.0 and mf["failures"]
     assert (status, decision) == ("rejected", out["reason"])
     assert conn.execute("SELECT event, previous_version, reason FROM model_events WHERE model_name = %s"
-                        " AND version = %s", (loop.name, out["version"])).fetchall() == [("rejected", loop.v1, out["reason"])]
+                        " AND version = %s", (loop.name, out["version"])).fetchall() == [
+        ("rejected", loop.v1, out["reason"])]
 
 
 def test_lineage_of_a_prediction_names_the_retraining_and_its_reports(loop, promoted):
@@ -329,7 +336,8 @@ def test_rollback_restores_the_previous_champion(loop, promoted, conn):
         assert res.exit_code == 0, res.output
         assert json.loads(res.stdout)["to_version"] == loop.v1
         assert registry.champion().version == loop.v1
-        _wait_for(lambda: client.post("/predict", json={"text": "back to the old model"}).json()["model_version"] == loop.v1,
+        _wait_for(lambda: client.post("/predict", json={"text": "back to the old model"}).json()["model_version"]
+                  == loop.v1,
                   f"the API serves v{loop.v1} again")
     ev = conn.execute("SELECT event, version, previous_version FROM model_events WHERE model_name = %s"
                       " ORDER BY id DESC LIMIT 1", (loop.name,)).fetchone()
@@ -341,7 +349,8 @@ def test_rollback_restores_the_previous_champion(loop, promoted, conn):
 
 def _dag_runs(settings, dag_id: str) -> list[tuple]:
     with psycopg.connect(_airflow_db(settings)) as aconn:
-        return aconn.execute("SELECT run_id, state, conf FROM dag_run WHERE dag_id = %s ORDER BY id", (dag_id,)).fetchall()
+        return aconn.execute("SELECT run_id, state, conf FROM dag_run WHERE dag_id = %s ORDER BY id",
+                             (dag_id,)).fetchall()
 
 
 def _task_states(settings, dag_id: str, run_id: str) -> dict[str, str]:
@@ -389,7 +398,8 @@ def test_better_challenger_promoted_by_the_dag_and_served(loop, triggered, conn,
     assert seen and {code for code, _ in seen} == {200}  # no failed request, before, during or after
     versions = [v for _, v in seen]
     first_new = versions.index(new_version)
-    assert set(versions[:first_new]) == {loop.v1} and set(versions[first_new:]) == {new_version}  # one swap, no flip-back
+    # one swap, no flip-back
+    assert set(versions[:first_new]) == {loop.v1} and set(versions[first_new:]) == {new_version}
     events = conn.execute("SELECT event, version, previous_version FROM model_events WHERE model_name = %s ORDER BY id",
                           (loop.name,)).fetchall()
     assert events == [("promoted", loop.v1, None), ("promoted", new_version, loop.v1)]
@@ -398,7 +408,8 @@ def test_better_challenger_promoted_by_the_dag_and_served(loop, triggered, conn,
     [(run_id, state, conf)] = [x for x in _dag_runs(s, "sentiment_retraining") if x[0] not in runs_before]
     assert (state, str(conf["retraining_id"])) == ("success", str(rid))
     assert r["airflow_run_id"] == run_id
-    assert conn.execute("SELECT airflow_run_id FROM training_runs WHERE run_id = %s", (r["run_id"],)).fetchone()[0] == run_id
+    assert conn.execute("SELECT airflow_run_id FROM training_runs WHERE run_id = %s",
+                        (r["run_id"],)).fetchone()[0] == run_id
     # evaluated on the same held-out set, and on the reported tweets
     m = r["metrics"]
     assert m["held_out"]["challenger"]["accuracy"] > m["held_out"]["champion"]["accuracy"]
@@ -451,10 +462,13 @@ def test_retraining_is_checked_when_the_drift_report_fails(loop, conn, airflow_c
     trig, drift_id = conn.execute("SELECT trigger_airflow_run_id, drift_report_id FROM retrainings WHERE id = %s",
                                   (rid,)).fetchone()
     assert (trig, drift_id) == (mon_run, None)
-    assert [x[0] for x in _dag_runs(s, "sentiment_retraining") if x[0] == f"retraining__{rid}"] == [f"retraining__{rid}"]
+    started = [x[0] for x in _dag_runs(s, "sentiment_retraining") if x[0] == f"retraining__{rid}"]
+    assert started == [f"retraining__{rid}"]
     # the failed drift report is a platform alert too (the DAG's notifier)
-    msg = conn.execute("SELECT message FROM alerts WHERE rule = 'dag_failure' AND model_name = %s", (loop.name,)).fetchone()[0]
-    assert msg.startswith(f"sentiment_monitoring: task build_report failed in run {mon_run} (MonitoringError: empty period")
+    [(msg,)] = conn.execute("SELECT message FROM alerts WHERE rule = 'dag_failure' AND model_name = %s",
+                            (loop.name,)).fetchall()
+    assert msg.startswith(f"sentiment_monitoring: task build_report failed in run {mon_run} "
+                          "(MonitoringError: empty period")
 
 
 @pytest.mark.slow
@@ -466,9 +480,11 @@ def test_a_failed_trigger_marks_the_retraining_failed(loop, conn, airflow_cli):
     loop.add_reports(loop.threshold)
     constraint = f"test_refuse_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(_airflow_db(s), autocommit=True) as aconn:  # no new retraining__* run while it holds
-        aconn.execute(f"ALTER TABLE dag_run ADD CONSTRAINT {constraint} CHECK (run_id NOT LIKE 'retraining%') NOT VALID")
+        aconn.execute(f"ALTER TABLE dag_run ADD CONSTRAINT {constraint} CHECK (run_id NOT LIKE 'retraining%')"
+                      " NOT VALID")
         try:
-            res = airflow_cli("dags", "test", "sentiment_monitoring", "-c", json.dumps({"hours": 1}), extra_env=loop.env)
+            res = airflow_cli("dags", "test", "sentiment_monitoring", "-c", json.dumps({"hours": 1}),
+                              extra_env=loop.env)
         finally:
             aconn.execute(f"ALTER TABLE dag_run DROP CONSTRAINT {constraint}")
     out = res.stdout + res.stderr
@@ -490,8 +506,8 @@ def test_failed_retraining_is_notified_and_recorded(loop, conn, airflow_cli):
     res = airflow_cli("dags", "test", "sentiment_retraining", "-c", json.dumps(conf), extra_env=loop.env)
     assert res.returncode != 0
     [(run_id, _, _)] = [x for x in _dag_runs(s, "sentiment_retraining") if x[0] not in before]
-    [(msg, details)] = conn.execute("SELECT message, details FROM alerts WHERE rule = 'dag_failure' AND model_name = %s",
-                                    (loop.name,)).fetchall()
+    [(msg, details)] = conn.execute("SELECT message, details FROM alerts WHERE rule = 'dag_failure'"
+                                    " AND model_name = %s", (loop.name,)).fetchall()
     assert msg.startswith(f"sentiment_retraining: task train failed in run {run_id} (") and "no_such_param" in msg
     assert (details["dag_id"], details["task_id"], details["run_id"]) == ("sentiment_retraining", "train", run_id)
     [(reason, status, error, n, airflow_run_id)] = conn.execute(

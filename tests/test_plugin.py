@@ -7,7 +7,7 @@ import importlib.util
 import json
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -35,7 +35,7 @@ print(json.dumps({"errors": pm.get_import_errors(), "plugin": info.get("sentimen
 @pytest.fixture(scope="module")
 def champion(own_champion, tweets_csv):
     with own_champion("tweet-sentiment-plugin", tweets_csv, sample_size=300, SENTIMENT_BEHAVIOUR_CHECKS="false") as c:
-        day = datetime(2024, 1, 1, tzinfo=timezone.utc)  # an empty period: a stored report without Evidently
+        day = datetime(2024, 1, 1, tzinfo=UTC)  # an empty period: a stored report without Evidently
         report = monitoring.build_report(start=day, end=day.replace(day=2))
         yield {"name": c.name, "version": c.version, "snapshot": c.snapshot, "report": report, "run_id": c.run_id}
 
@@ -51,7 +51,8 @@ def plugin_module():
 def test_airflow_loads_and_mounts_the_plugin(platform_env, champion):
     from ml.orchestration import airflow_env
 
-    env = {**airflow_env(platform_env), "SENTIMENT_MODEL_NAME": champion["name"], "AIRFLOW__CORE__LAZY_LOAD_PLUGINS": "False"}
+    env = {**airflow_env(platform_env), "SENTIMENT_MODEL_NAME": champion["name"],
+           "AIRFLOW__CORE__LAZY_LOAD_PLUGINS": "False"}
     res = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=180)
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])

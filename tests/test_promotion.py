@@ -39,7 +39,8 @@ def test_failed_checks_never_promoted():
 
 
 def test_failed_checks_block_a_better_candidate_against_a_champion():
-    d = decide_promotion({"accuracy": 0.9}, {"accuracy": 0.6}, metric="accuracy", checks_passed=False,
+    d = decide_promotion({"accuracy": 0.9}, {"accuracy": 0.6}, metric="accuracy", margin=0.0, checks_passed=False,
                          checks_reason="minimum_functionality 8/10 passed")
     assert not d.promote and d.reason == "failed behavioural checks: minimum_functionality 8/10 passed"
-    assert decide_promotion({"accuracy": 0.9}, {"accuracy": 0.6}, metric="accuracy").promote  # the checks alone block it
+    assert decide_promotion({"accuracy": 0.9}, {"accuracy": 0.6}, metric="accuracy",
+                            margin=0.0).promote  # the checks alone block it

@@ -114,8 +114,8 @@ def _assert_rejected_by_the_gate(conn, name, champion_version, run_id):
     assert (behaviour["passed"], mf["passed"], mf["threshold"]) == (False, False, 1.0)
     assert mf["pass_rate"] < 1.0 and mf["failures"]  # real sentences it got wrong
     assert status == "rejected" and decision.startswith("failed behavioural checks: minimum_functionality")
-    assert conn.execute("SELECT event, previous_version, reason FROM model_events WHERE model_name = %s AND version = %s",
-                        (name, version)).fetchall() == [("rejected", champion_version, decision)]
+    assert conn.execute("SELECT event, previous_version, reason FROM model_events WHERE model_name = %s"
+                        " AND version = %s", (name, version)).fetchall() == [("rejected", champion_version, decision)]
     assert registry.champion().version == champion_version
 
 
