@@ -42,6 +42,7 @@ from typing import Any
 
 import psycopg
 
+from ml import db
 from ml.config import Settings, get_settings
 from ml.store import alerts as store
 from ml.store import reports as reports_store
@@ -58,13 +59,6 @@ _pending: set[Future] = set()
 
 
 # ---------------------------------------------------------------- the rule
-def _conn(settings: Settings) -> psycopg.Connection:
-    from ml import db
-
-    return psycopg.connect(db.database_url(settings, start_embedded=False), connect_timeout=5,
-                           application_name="sentiment-alerts")
-
-
 def evaluate_feedback(feedback_id: int, settings: Settings | None = None, dispatch: bool = True) -> dict[str, Any]:
     """Apply the burst rule after feedback ``feedback_id`` was stored (and committed).
 
@@ -73,7 +67,7 @@ def evaluate_feedback(feedback_id: int, settings: Settings | None = None, dispat
     background."""
     s = settings or get_settings()
     out: dict[str, Any] = {"feedback_id": feedback_id, "misclassification": False, "raised": False, "alert_id": None}
-    with _conn(s) as conn:
+    with db.connect(s, start_embedded=False, connect_timeout=5, application_name="sentiment-alerts") as conn:
         row = store.feedback_verdict(conn, feedback_id)
         if row is None or not row[1]:
             return out  # unknown, or a confirmation (the prediction was right)
@@ -154,7 +148,7 @@ def raise_event(rule: str, model_name: str, message: str, details: dict[str, Any
     s = settings or get_settings()
     log.warning("ALERT %s (%s): %s", rule, model_name, message)
     try:
-        with _conn(s) as conn:
+        with db.connect(s, start_embedded=False, connect_timeout=5, application_name="sentiment-alerts") as conn:
             alert_id = store.insert_event(conn, rule, model_name, severity, message, details or {},
                                           [_channel_result("log", "logger ml.alerts", "sent")])
     except Exception as e:  # noqa: BLE001 - a failure callback must not fail
@@ -174,7 +168,7 @@ def _channel_result(channel: str, target: str, status: str, error: str | None = 
 def alert_payload(alert_id: int, settings: Settings | None = None) -> dict[str, Any]:
     """The alert as the webhook receives it (JSON)."""
     s = settings or get_settings()
-    with _conn(s) as conn:
+    with db.connect(s, start_embedded=False, connect_timeout=5, application_name="sentiment-alerts") as conn:
         out = store.payload(conn, alert_id)
     if out is None:
         raise KeyError(f"no alert {alert_id}")
@@ -257,7 +251,7 @@ def _send_channels(alert_id: int, s: Settings) -> list[dict[str, Any]]:
                                                            f" - {r['error']}" if r["error"] else "")
     if results:
         try:
-            with _conn(s) as conn:
+            with db.connect(s, start_embedded=False, connect_timeout=5, application_name="sentiment-alerts") as conn:
                 store.add_channels(conn, alert_id, results)
         except Exception as e:  # noqa: BLE001
             log.error("alert %s: could not record channel outcomes: %s", alert_id, e)
@@ -303,7 +297,7 @@ def drift_alert(summary: dict[str, Any], settings: Settings | None = None) -> di
     s = settings or get_settings()
     model, rid, status = summary["model_name"], summary["id"], summary["status"]
     out: dict[str, Any] = {"alert_id": None, "raised": False, "continued": False, "resolved": False, "message": None}
-    with _conn(s) as conn:
+    with db.connect(s, start_embedded=False, connect_timeout=5, application_name="sentiment-alerts") as conn:
         store.lock(conn, RULE_DRIFT, model)
         open_alert = store.open_alert(conn, RULE_DRIFT, model)
         if status != "drift":
@@ -403,7 +397,7 @@ def deliver_report(report: dict[str, Any] | str, retraining: dict[str, Any] | No
                                                            r["target"], r["status"],
                                                            f" - {r['error']}" if r["error"] else "")
     try:
-        with _conn(s) as conn:
+        with db.connect(s, start_embedded=False, connect_timeout=5, application_name="sentiment-alerts") as conn:
             reports_store.append_delivery(conn, rid, results)
     except Exception as e:  # noqa: BLE001
         log.error("drift report %s: could not record channel outcomes: %s", rid, e)
@@ -416,5 +410,5 @@ def deliver_report(report: dict[str, Any] | str, retraining: dict[str, Any] | No
 def list_alerts(limit: int = 50, model_name: str | None = None, rule: str | None = None,
                 settings: Settings | None = None) -> list[dict[str, Any]]:
     s = settings or get_settings()
-    with _conn(s) as conn:
+    with db.connect(s, start_embedded=False, connect_timeout=5, application_name="sentiment-alerts") as conn:
         return store.latest(conn, limit, model_name or None, rule or None)

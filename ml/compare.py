@@ -1,5 +1,5 @@
 """The model comparison: one row per family (best params, held-out accuracy, F1, ROC AUC,
-inference ms/tweet, size, training time, sample size) as Markdown and HTML, plus a PNG chart of
+accuracy on the external set when ``external_eval_path`` is set, inference ms/tweet, size, training time, sample size) as Markdown and HTML, plus a PNG chart of
 accuracy vs inference time; logged to the parent MLflow run and stored in PostgreSQL
 (``comparisons``). :func:`latest_comparison` reads the newest one back (API, ``ml compare --show``).
 
@@ -16,6 +16,7 @@ from typing import Any
 
 from ml.config import Settings, get_settings
 from ml.store import models as store
+from ml.store import snapshots as snapshots_store
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,7 @@ COLUMNS = [  # key, header, format
     ("accuracy", "accuracy", "{:.4f}"),
     ("f1", "F1", "{:.4f}"),
     ("roc_auc", "ROC AUC", "{:.4f}"),
+    ("external_accuracy", "external acc", "{:.4f}"),  # on external_eval_path (ml.external), when set
     ("inference_ms_per_tweet", "ms/tweet", "{:.3f}"),
     ("model_size_mb", "size MB", "{:.2f}"),
     ("training_seconds", "train s", "{:.1f}"),
@@ -43,6 +45,8 @@ def _cell(row: dict[str, Any], key: str, fmt: str | None) -> str:
         return _fmt_params(row.get("params") or {})
     if key == "val_metric":
         v = row.get(f"val_{row.get('selection_metric', 'accuracy')}")
+    elif key.startswith("external_"):
+        v = (row.get("external") or {}).get(key[len("external_"):])
     else:
         v = row.get(key)
     if v is None:
@@ -84,10 +88,16 @@ def to_markdown(rows: list[dict[str, Any]], winner: str | None = None, metric: s
     split = f"the same held-out split (n={n_test:,})" if n_test else "the same held-out split"
     notes = [f"Metrics on {split}; the winner has the best validation {metric}; training time of the best trial; "
              "ms/tweet: median over repeated scoring of a fixed batch of 1,000 held-out tweets."]
+    ext = next((r["external"] for r in rows if r.get("external")), None)
+    if ext:
+        notes.append(f"external acc: on the external set {Path(ext['path']).name} (n={ext['n']:,}, content hash "
+                     f"{ext['content_hash'][:12]}), never used for training or selection.")
     champ = next((r for r in rows if r.get("champion_version")), None)
     if champ:
+        ch_ext = champ.get("champion_external_accuracy")
         notes.append(f"Current champion v{champ['champion_version']}: held-out accuracy "
-                     f"{champ['champion_accuracy']:.4f}.")
+                     f"{champ['champion_accuracy']:.4f}"
+                     + (f", external accuracy {ch_ext:.4f}" if ch_ext is not None else "") + ".")
     return "\n".join(lines) + "\n\n" + " ".join(notes) + "\n"
 
 
@@ -138,6 +148,23 @@ def plot_accuracy_vs_latency(rows: list[dict[str, Any]], path: Path, winner: str
     return path
 
 
+def _add_external(rows: list[dict[str, Any]], s: Settings) -> None:
+    """The external-set figures ``ml.train.evaluate`` stored for each row's run (and the champion's)."""
+    from ml import db
+
+    with db.connect(s) as conn:
+        for r in rows:
+            if r.get("external") or not r.get("run_id"):
+                continue
+            g = store.gate_inputs(conn, r["run_id"])
+            if g is None or not (g.metrics or {}).get("external"):
+                continue
+            r["external"] = {k: v for k, v in g.metrics["external"].items()}
+            ch = (g.champion_metrics or {}).get("external")
+            if ch:
+                r["champion_external_accuracy"] = ch.get("accuracy")
+
+
 def write_comparison(plan: dict[str, Any], rows: list[dict[str, Any]],
                      settings: Settings | None = None) -> dict[str, Any]:
     """Build the table, Markdown, HTML and chart; log them to the parent MLflow run (which ends
@@ -154,6 +181,7 @@ def write_comparison(plan: dict[str, Any], rows: list[dict[str, Any]],
     for r in rows:
         r["selection_metric"] = metric
         r["winner"] = r["family"] == win["family"]
+    _add_external(rows, s)
     markdown = to_markdown(rows, win["family"], metric)
     html_table = to_html(rows, win["family"], metric)
     parent = plan["parent_run_id"]
@@ -169,11 +197,13 @@ def write_comparison(plan: dict[str, Any], rows: list[dict[str, Any]],
         for k in ("accuracy", "f1", "roc_auc", "inference_ms_per_tweet", "model_size_mb", "training_seconds"):
             if r.get(k) is not None:
                 client.log_metric(parent, f"{r['family']}.{k}", float(r[k]))
+        if (r.get("external") or {}).get("accuracy") is not None:
+            client.log_metric(parent, f"{r['family']}.external_accuracy", float(r["external"]["accuracy"]))
     client.set_tag(parent, "winner_family", win["family"])
     client.set_tag(parent, "winner_run_id", win["run_id"])
     client.set_terminated(parent, "FINISHED")
 
-    with db.connect() as conn:
+    with db.connect(s) as conn:
         cid = store.upsert_comparison(
             conn, parent_run_id=parent, snapshot_hash=plan["snapshot_hash"], profile=plan["profile"],
             families=[r["family"] for r in rows], selection_metric=metric, table=_json_safe(rows),
@@ -190,13 +220,13 @@ def register_best(comparison: dict[str, Any] | int, settings: Settings | None = 
 
     s = settings or get_settings()
     cid = comparison["id"] if isinstance(comparison, dict) else int(comparison)
-    with db.connect() as conn:
+    with db.connect(s) as conn:
         row = store.comparison_winner(conn, cid)
     if row is None or row[0] is None:
         raise ValueError(f"comparison {cid} not found or has no winner")
     run_id, parent = row
     version = train.register(run_id, s)
-    with db.connect() as conn:
+    with db.connect(s) as conn:
         store.set_comparison_version(conn, cid, version)
     import mlflow
 
@@ -210,7 +240,7 @@ def latest_comparison(settings: Settings | None = None) -> dict[str, Any] | None
     from ml import db
 
     s = settings or get_settings()
-    with db.connect(db.database_url(s)) as conn:
+    with db.connect(s) as conn:
         c = store.latest_comparison(conn)
     if c is None:
         return None
@@ -224,11 +254,11 @@ def latest_snapshot(settings: Settings | None = None) -> str:
     from ml import db
     from ml.data import DataError
 
-    with db.connect(db.database_url(settings or get_settings())) as conn:
-        row = conn.execute("SELECT hash FROM dataset_snapshots ORDER BY created_at DESC LIMIT 1").fetchone()
-    if row is None:
+    with db.connect(settings or get_settings()) as conn:
+        h = snapshots_store.latest_hash(conn)
+    if h is None:
         raise DataError("no dataset snapshot yet: give --data FILE (or run `ml data validate FILE` first)")
-    return row[0]
+    return h
 
 
 def run_comparison(

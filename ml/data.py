@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from ml.config import REPO_ROOT, Settings, get_settings
+from ml.store import snapshots as snapshots_store
 
 log = logging.getLogger(__name__)
 
@@ -364,13 +365,10 @@ def store_snapshot(
             created = True
         except OSError:  # a concurrent writer stored the same content
             shutil.rmtree(tmp, ignore_errors=True)
-    with db.connect() as conn:
-        conn.execute(
-            "INSERT INTO dataset_snapshots (hash, source, kind, parent_hash, n_rows, n_positive, path, report)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (hash) DO NOTHING",
-            (h, source, kind, parent, len(frame), int(frame["label"].sum()), str(target / "data.parquet"),
-             json.dumps(report)),
-        )
+    with db.connect(s) as conn:
+        snapshots_store.insert(conn, snapshot_hash=h, source=source, kind=kind, parent_hash=parent,
+                               n_rows=len(frame), n_positive=int(frame["label"].sum()),
+                               path=str(target / "data.parquet"), report=report)
     return Snapshot(hash=h, path=target / "data.parquet", n_rows=len(frame), report=report, created=created)
 
 
@@ -397,11 +395,8 @@ def get_snapshot(h: str, settings: Settings | None = None) -> Snapshot:
     h = (h or "").strip().lower()
     if not re.fullmatch(r"[0-9a-f]{8,64}", h):
         raise DataError(f"dataset snapshot must be a sha256 hash or a prefix of at least 8 hex digits, got {h!r}")
-    with db.connect() as conn:
-        rows = conn.execute(
-            "SELECT hash, path, n_rows, report FROM dataset_snapshots WHERE left(hash, %s) = %s LIMIT 2",
-            (len(h), h),
-        ).fetchall()
+    with db.connect(settings or get_settings()) as conn:
+        rows = snapshots_store.by_prefix(conn, h)
     if not rows:
         raise DataError(f"unknown dataset snapshot {h!r}; run `ml data validate <file>` first")
     if len(rows) > 1:

@@ -16,7 +16,7 @@ import re
 import subprocess
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -209,7 +209,15 @@ def migrate(url: str | None = None) -> list[str]:
 
 
 @contextmanager
-def connect(url: str | None = None, **kwargs) -> Iterator[psycopg.Connection]:
-    """A connection to the platform DB; commits on success, rolls back on error."""
-    with psycopg.connect(url or database_url(), **kwargs) as conn:
+def connect(settings: Settings | str | None = None, *, start_embedded: bool = True,
+            **kwargs: Any) -> Iterator[psycopg.Connection]:
+    """The one way to the platform database: a connection for ``settings`` (its ``database_url``, or
+    the embedded server's), committed on success and rolled back on error. ``start_embedded=False``
+    fails fast instead of starting the embedded server (request paths, alerts). A libpq URL string
+    is accepted for tools that hold one (benchmarks, tests)."""
+    if settings is None:  # transitional: callers pass their settings; the global ones otherwise
+        settings = get_settings()
+    url = settings if isinstance(settings, str) else database_url(settings, start_embedded=start_embedded)
+    kwargs.setdefault("connect_timeout", 10)
+    with psycopg.connect(url, **kwargs) as conn:
         yield conn

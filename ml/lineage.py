@@ -79,7 +79,7 @@ def prediction_lineage(prediction_id: str | uuid.UUID, settings: Settings | None
     except ValueError:
         return None
     if conn is None:
-        with db.connect(db.database_url(s)) as c:
+        with db.connect(s) as c:
             return prediction_lineage(pid, s, c)
     found = store.prediction(conn, pid)
     if found is None:

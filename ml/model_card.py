@@ -1,4 +1,4 @@
-"""The champion's model card: version, metrics, training snapshot (and its lineage), behavioural
+"""The champion's model card: version, metrics (held-out and on the external set), training snapshot (and its lineage), behavioural
 checks, feedback against the retraining threshold, the latest retrainings and alerts. JSON for
 machines, a small HTML page for the Airflow UI plugin (``plugins/sentiment_platform_plugin.py``)."""
 from __future__ import annotations
@@ -31,13 +31,18 @@ def model_card(settings: Settings | None = None) -> dict[str, Any]:
     run = mlflow.MlflowClient().get_run(champ.run_id)
     tags = {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")}
     metrics = {k: v for k, v in run.data.metrics.items() if k in METRIC_KEYS or k.startswith("reported_")}
+    external = {k[len("external_"):]: v for k, v in run.data.metrics.items()
+                if k.startswith("external_") and not k.startswith("external_vs_")}
     card["champion"] = {
         "version": champ.version, "run_id": champ.run_id, "family": tags.get("family"),
         "trained_at": datetime.fromtimestamp(run.info.start_time / 1000, tz=timezone.utc).isoformat(),
         "git_commit": tags.get("git_commit"), "dataset_hash": tags.get("dataset_hash"),
         "metrics": metrics, "retraining_id": tags.get("retraining_id"),
+        # accuracy etc. on external_eval_path at evaluation (ml.external); None: evaluated without one
+        "external": ({**external, "content_hash": tags.get("external_eval_hash"), "path": tags.get("external_eval_path")}
+                     if external else None),
     }
-    with db.connect(db.database_url(s)) as conn:
+    with db.connect(s) as conn:
         tr = lineage_store.training_run(conn, champ.run_id)
         if tr:
             card["champion"].update(params=tr["params"], decision=tr["decision"], airflow_run_id=tr["airflow_run_id"],
@@ -93,6 +98,15 @@ def card_html(card: dict[str, Any]) -> str:
                f"code <code>{_esc(c.get('git_commit'))}</code></p>")
     out.append("<h2>Held-out metrics</h2><table><tr>" + "".join(f"<th>{_esc(k)}</th>" for k in c["metrics"])
                + "</tr><tr>" + "".join(f"<td>{_fmt(v)}</td>" for v in c["metrics"].values()) + "</tr></table>")
+    ext = c.get("external")
+    if ext:
+        keys = [k for k in ("accuracy", "f1", "roc_auc", "n") if k in ext]
+        out.append("<h2 id='external-eval'>External evaluation</h2><p class='muted'>"
+                   f"{_esc(ext.get('path'))}, content hash <code>{_esc(str(ext.get('content_hash'))[:16])}</code>: "
+                   "a file outside the training snapshot, beside the held-out split of the training file</p><table><tr>"
+                   + "".join(f"<th>{_esc(k)}</th>" for k in keys) + "</tr><tr>"
+                   + "".join(f"<td>{int(ext[k]):,}</td>" if k == "n" else f"<td>{_fmt(ext[k])}</td>" for k in keys)
+                   + "</tr></table>")
     if c.get("behaviour"):
         out.append("<h2>Behavioural checks (pass rate)</h2><table><tr>"
                    + "".join(f"<th>{_esc(k)}</th>" for k in c["behaviour"]) + "</tr><tr>"

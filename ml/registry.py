@@ -157,7 +157,7 @@ def rollback(settings: Settings | None = None, reason: str | None = None) -> dic
     current = champion(s)
     if current is None:
         raise ValueError(f"{s.model_name!r} has no champion: nothing to roll back")
-    with db.connect(db.database_url(s)) as conn:
+    with db.connect(s) as conn:
         events = store.champion_history(conn, s.model_name)
     stack: list[int] = []  # the champions in force, oldest first; a rollback pops back to its target
     for version, previous, event in events:
@@ -180,7 +180,7 @@ def rollback(settings: Settings | None = None, reason: str | None = None) -> dic
     target = stack[-2]
     why = reason or f"rollback from v{current.version} to v{target}"
     set_champion(target, s)
-    with db.connect(db.database_url(s)) as conn:
+    with db.connect(s) as conn:
         store.insert_event(conn, s.model_name, target, current.version, "rollback", why)
     log.warning("champion of %s rolled back: v%s -> v%s (%s)", s.model_name, current.version, target, why)
     return {"rolled_back": True, "from_version": current.version, "to_version": target, "reason": why}

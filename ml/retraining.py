@@ -47,6 +47,7 @@ from typing import Any
 
 import pandas as pd
 
+from ml import db
 from ml.config import Settings, get_settings
 from ml.store import lineage as lineage_store
 from ml.store import retrainings as store
@@ -90,12 +91,6 @@ class ChampionContext:
                 "corpus_rows": self.corpus_rows, "family": self.family}
 
 
-def _conn(s: Settings):
-    from ml import db
-
-    return db.connect(db.database_url(s))
-
-
 def champion_context(settings: Settings | None = None, version: int | None = None) -> ChampionContext | None:
     """The champion (or ``version``): when it was trained, on which snapshot, with which family/params."""
     import mlflow
@@ -117,7 +112,7 @@ def champion_context(settings: Settings | None = None, version: int | None = Non
     family = run.data.tags.get("family")
     params: dict[str, Any] = {}
     corpus_rows = None
-    with _conn(s) as conn:
+    with db.connect(s) as conn:
         tr = store.training_family_params(conn, run_id)
         if tr:
             family, params = tr
@@ -136,7 +131,7 @@ def _pending_reports(conn, ctx: ChampionContext, s: Settings) -> list[tuple[int,
 def pending_count(ctx: ChampionContext, settings: Settings | None = None) -> dict[str, Any]:
     """Reports since the champion was trained (not yet consumed) against the threshold."""
     s = settings or get_settings()
-    with _conn(s) as conn:
+    with db.connect(s) as conn:
         rows = _pending_reports(conn, ctx, s)
     n = len({r[1] for r in rows})
     thr = threshold_for(ctx.corpus_rows, s) if ctx.corpus_rows else None
@@ -148,7 +143,7 @@ def pending_count(ctx: ChampionContext, settings: Settings | None = None) -> dic
 def review_feedback(feedback_ids: list[int], reviewer: str = "cli", settings: Settings | None = None) -> int:
     """Mark reports reviewed (they may then enter a retraining set when review is required)."""
     s = settings or get_settings()
-    with _conn(s) as conn:
+    with db.connect(s) as conn:
         return store.mark_reviewed(conn, feedback_ids, reviewer)
 
 
@@ -180,7 +175,7 @@ def check_trigger(drift_report: dict[str, Any] | None = None, airflow_run_id: st
                 "detail": f"champion v{ctx.version} has no recorded training snapshot: no threshold to compare with"}
     thr = threshold_for(ctx.corpus_rows, s)
     drifted = bool(drift and (drift["drift_detected"] or drift["concept_drift"]))
-    with _conn(s) as conn:
+    with db.connect(s) as conn:
         store.lock(conn, s.model_name)
         rows = _pending_reports(conn, ctx, s)
         ids = [int(r[0]) for r in rows]
@@ -228,7 +223,7 @@ def create_manual(note: str = "manual", airflow_run_id: str | None = None, setti
         raise RetrainingError(f"no champion of {s.model_name}: train and promote a model first (sentiment_training)")
     if not ctx.snapshot_hash:
         raise RetrainingError(f"champion v{ctx.version} has no dataset_hash tag: its training set is unknown")
-    with _conn(s) as conn:
+    with db.connect(s) as conn:
         store.lock(conn, s.model_name)
         rows = _pending_reports(conn, ctx, s)
         ids = [int(r[0]) for r in rows]
@@ -248,18 +243,18 @@ def create_manual(note: str = "manual", airflow_run_id: str | None = None, setti
 def get_retraining(retraining_id: int, settings: Settings | None = None, conn=None) -> dict[str, Any] | None:
     if conn is not None:
         return store.get(conn, int(retraining_id))
-    with _conn(settings or get_settings()) as c:
+    with db.connect(settings or get_settings()) as c:
         return store.get(c, int(retraining_id))
 
 
 def list_retrainings(limit: int = 20, settings: Settings | None = None) -> list[dict[str, Any]]:
     s = settings or get_settings()
-    with _conn(s) as conn:
+    with db.connect(s) as conn:
         return store.latest(conn, s.model_name, limit)
 
 
 def _update(rid: int, s: Settings, **values: Any) -> None:
-    with _conn(s) as conn:
+    with db.connect(s) as conn:
         store.update(conn, rid, **values)
 
 
@@ -298,7 +293,7 @@ def prepare(retraining_id: Any = None, airflow_run_id: str | None = None, settin
     base = data.get_snapshot(r["base_snapshot"], s)
     base_frame = base.load()
     _, base_test = data.split(base_frame, s.test_size, s.seed)
-    with _conn(s) as conn:
+    with db.connect(s) as conn:
         reports = _training_reports(conn, r)
     reports["text"] = reports["text"].astype(str).str.strip()
     reports = reports[reports["text"] != ""]
@@ -438,7 +433,7 @@ def evaluate(retraining_id: Any, run_id: str, settings: Settings | None = None) 
     rid = int(retraining_id)
     r = get_retraining(rid, s)
     held = train.evaluate(run_id, s)
-    with _conn(s) as conn:
+    with db.connect(s) as conn:
         champion_metrics = store.champion_metrics_of(conn, run_id)
         reported = store.reported_texts(conn, r["training_feedback_ids"] or [])
     snap = data.get_snapshot(r["snapshot_hash"], s)
@@ -511,7 +506,7 @@ def mark_failed(retraining_id: Any, error: str, settings: Settings | None = None
     rid = _resolve_id(retraining_id)
     if rid is None:
         return
-    with _conn(s) as conn:
+    with db.connect(s) as conn:
         store.mark_failed(conn, rid, error)
 
 

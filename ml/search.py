@@ -341,7 +341,7 @@ def search_family(plan: dict[str, Any], family: str, settings: Settings | None =
     client = mlflow.MlflowClient()
     client.log_metric(plan["parent_run_id"], f"{family}.best_val_{metric}", best["val"][metric])
     client.set_tag(plan["parent_run_id"], f"winner.{family}", best["run_id"])
-    with db.connect() as conn:
+    with db.connect(s) as conn:
         store.insert_run(conn, best["run_id"], snap.hash, family, best["full_params"], commit,
                          plan.get("airflow_run_id"), plan["parent_run_id"])
     winner = {

@@ -69,7 +69,7 @@ def train(
         info = registry.log_model(model)
         mlflow.set_tag("model_uri", info.model_uri)
         run_id = run.info.run_id
-    with db.connect() as conn:
+    with db.connect(s) as conn:
         store.insert_run(conn, run_id, snap.hash, family, model.get_params(), commit, airflow_run_id)
     log.info("trained %s in %.1fs -> MLflow run %s", family, seconds, run_id)
     return run_id
@@ -83,14 +83,16 @@ def load_run_model(run_id: str):
 
 
 def evaluate(run_id: str, settings: Settings | None = None, champion_cache: dict | None = None) -> dict[str, Any]:
-    """Score the run's model and the current champion on the same held-out split; log
-    metrics, confusion matrix and ROC curve to the run; store both in PostgreSQL.
+    """Score the run's model and the current champion on the same held-out split (and, when
+    ``external_eval_path`` is set, on that file: ``metrics["external"]`` with the paired comparison
+    against the champion in ``["vs_champion"]``); log metrics, confusion matrix and ROC curve to
+    the run; store both in PostgreSQL.
 
     ``champion_cache`` (a dict shared across calls on the same snapshot) scores the champion once
     when several candidates are evaluated in a row (the comparison's family winners)."""
     import mlflow
 
-    from ml import db, registry, tracking
+    from ml import db, external, registry, tracking
     from ml.evaluate import (
         METRICS,
         compute_metrics,
@@ -98,6 +100,7 @@ def evaluate(run_id: str, settings: Settings | None = None, champion_cache: dict
         plot_confusion,
         plot_roc,
     )
+    from ml.stats import paired_comparison
 
     s = settings or get_settings()
     tracking.configure(s)
@@ -109,23 +112,47 @@ def evaluate(run_id: str, settings: Settings | None = None, champion_cache: dict
     metrics = compute_metrics(y, proba)
     metrics["inference_ms_per_tweet"] = inference_ms_per_tweet(model, texts)
 
+    ext = external.load(s)
+    ext_pred = None
+    if ext is not None:
+        metrics["external"], ext_pred = external.score(model, ext)
+
     champ = registry.champion(s)
     champion_metrics = None
+    champion_ext_pred = None
     if champ is not None and champ.run_id != run_id:
-        key = f"{snap.hash}:{champ.version}"
+        key = f"{snap.hash}:{champ.version}:{ext.content_hash if ext else '-'}"
         if champion_cache is not None and champion_cache.get("key") == key:
             champion_metrics = champion_cache["metrics"]
+            champion_ext_pred = champion_cache.get("external_pred")
         else:
             cmodel = registry.load_version(champ.version, s)
             champion_metrics = compute_metrics(y, cmodel.predict_proba(texts))
             champion_metrics["version"] = champ.version
+            if ext is not None:  # the champion on the same external texts
+                champion_metrics["external"], champion_ext_pred = external.score(cmodel, ext)
             if champion_cache is not None:
-                champion_cache.update(key=key, metrics=champion_metrics)
+                champion_cache.update(key=key, metrics=champion_metrics, external_pred=champion_ext_pred)
+    if ext is not None and ext_pred is not None and champion_ext_pred is not None and champ is not None:
+        metrics["external"]["vs_champion"] = {
+            **paired_comparison(ext.labels, ext_pred, champion_ext_pred, s.promotion_confidence),
+            "champion_version": champ.version,
+        }
 
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics({k: metrics[k] for k in (*METRICS, "inference_ms_per_tweet")})
         if champion_metrics:
             mlflow.log_metrics({f"champion_{k}": champion_metrics[k] for k in METRICS})
+        if ext is not None:
+            mlflow.log_metrics(external.mlflow_metrics(metrics["external"]))
+            mlflow.set_tags({"external_eval_hash": ext.content_hash, "external_eval_path": str(ext.path)})
+            if champion_metrics and champion_metrics.get("external"):
+                mlflow.log_metrics(external.mlflow_metrics(champion_metrics["external"], "champion_external_"))
+            vs = metrics["external"].get("vs_champion")
+            if vs:
+                mlflow.log_metrics({"external_vs_champion_difference": vs["difference"],
+                                    "external_vs_champion_p_value": vs["p_value"]})
+                mlflow.set_tag("external_vs_champion", vs["verdict"])
         import matplotlib.pyplot as plt
 
         for fig, name in ((plot_confusion(metrics["confusion_matrix"], "held-out confusion matrix"), "confusion_matrix"),
@@ -133,13 +160,19 @@ def evaluate(run_id: str, settings: Settings | None = None, champion_cache: dict
             mlflow.log_figure(fig, f"{name}.png")
             plt.close(fig)
         mlflow.log_dict(metrics, "metrics.json")
-    with db.connect() as conn:
+    with db.connect(s) as conn:
         store.set_evaluated(conn, run_id, metrics, champion_metrics or None)
     log.info(
         "evaluated run %s on %s held-out tweets: acc %.4f f1 %.4f auc %.4f (%.3f ms/tweet)%s",
         run_id, f"{len(y):,}", metrics["accuracy"], metrics["f1"], metrics["roc_auc"], metrics["inference_ms_per_tweet"],
         f"; champion v{champion_metrics['version']} f1 {champion_metrics['f1']:.4f}" if champion_metrics else "",
     )
+    if ext is not None:
+        vs = metrics["external"].get("vs_champion")
+        log.info("external set %s (n=%s): acc %.4f f1 %.4f auc %.4f%s", ext.path.name, f"{ext.n:,}",
+                 metrics["external"]["accuracy"], metrics["external"]["f1"], metrics["external"]["roc_auc"],
+                 f"; vs champion v{vs['champion_version']}: {vs['difference']:+.4f}, p={vs['p_value']:.3g} "
+                 f"({vs['verdict']})" if vs else "")
     return metrics
 
 
@@ -157,7 +190,7 @@ def register(run_id: str, settings: Settings | None = None) -> int:
         version = int(existing[0].version)
     else:
         version = registry.register(client.get_run(run_id).data.tags["model_uri"], run_id, s)
-    with db.connect() as conn:
+    with db.connect(s) as conn:
         store.set_registered(conn, run_id, version)
     log.info("registered run %s as %s version %s", run_id, s.model_name, version)
     return version
@@ -177,7 +210,7 @@ def check_behaviour(run_id: str, settings: Settings | None = None) -> dict[str, 
         mlflow.log_metrics({f"behaviour_{k}_pass_rate": v["pass_rate"] for k, v in result["types"].items()})
         mlflow.set_tag("behaviour_passed", str(result["passed"]).lower())
         mlflow.log_dict(result, "behaviour.json")
-    with db.connect() as conn:
+    with db.connect(s) as conn:
         store.set_behaviour(conn, run_id, result)
     log.info("behavioural checks of run %s: %s", run_id, result["reason"])
     return result
@@ -185,13 +218,15 @@ def check_behaviour(run_id: str, settings: Settings | None = None) -> dict[str, 
 
 def promote(run_id: str, settings: Settings | None = None) -> dict[str, Any]:
     """The champion/challenger gate: behavioural checks (run now unless already run), then the
-    promotion rule against the champion on the same held-out split; moves the champion alias if
-    the candidate wins. The decision and its reason are recorded either way."""
-    from ml import db, registry, tracking
+    promotion rule against the champion on the same held-out split, then the external-set veto (a
+    candidate significantly worse than the champion on ``external_eval_path``, paired test at
+    ``promotion_confidence``, is not promoted); moves the champion alias if the candidate wins.
+    The decision and its reason are recorded either way."""
+    from ml import db, external, registry, tracking
 
     s = settings or get_settings()
     tracking.configure(s)
-    with db.connect() as conn:
+    with db.connect(s) as conn:
         row = store.gate_inputs(conn, run_id)
     if row is None or row.metrics is None or row.version is None:
         raise ValueError(f"run {run_id} must be evaluated and registered before promotion")
@@ -200,7 +235,7 @@ def promote(run_id: str, settings: Settings | None = None) -> dict[str, Any]:
         checks = check_behaviour(run_id, s)
     # decide + move the alias + record under one lock per registered model, so two promoters
     # (training, retraining, a rollback) never interleave between reading and moving the alias
-    with db.connect() as conn:
+    with db.connect(s) as conn:
         store.lock_promotions(conn, s.model_name)
         champ = registry.champion(s)
         if champ is not None and champ.version == version:
@@ -217,6 +252,9 @@ def promote(run_id: str, settings: Settings | None = None) -> dict[str, Any]:
             checks_passed=bool(checks["passed"]) if s.behaviour_checks and checks else True,
             checks_reason=checks["reason"] if checks else "",
         )
+        why_not = external.veto(metrics, champ.version) if decision.promote and champ is not None else None
+        if why_not:  # the promotion rule said yes, the external set says significantly worse
+            decision = registry.Decision(False, f"{decision.reason}, but vetoed: {why_not}")
         if decision.promote:
             registry.set_champion(version, s)
         store.set_decision(conn, run_id, decision.promote, decision.reason)
