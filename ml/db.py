@@ -22,6 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 
 from ml.config import REPO_ROOT, Settings, get_settings
+from ml.store import schema
 
 log = logging.getLogger(__name__)
 
@@ -154,11 +155,10 @@ def ensure_database(url: str) -> bool:
     """Create the database named in ``url`` if it does not exist. Returns True if created."""
     name = database_name(url)
     with psycopg.connect(with_database(libpq_url(url), "postgres"), autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
-        if exists:
+        if schema.database_exists(conn, name):
             return False
         try:
-            conn.execute(f'CREATE DATABASE "{name}"')
+            schema.create_database(conn, name)
         except psycopg.errors.DuplicateDatabase:  # a concurrent creator won
             return False
         return True
@@ -188,23 +188,17 @@ def migrate(url: str | None = None) -> list[str]:
     ensure_database(url)
     applied: list[str] = []
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("SELECT pg_advisory_lock(74210001)")
+        schema.lock_migrations(conn)
         try:
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations ("
-                " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-            )
-            done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
+            done = schema.applied_migrations(conn)
             for path in migration_files():
                 if path.stem in done:
                     continue
-                with conn.transaction():
-                    conn.execute(path.read_text())
-                    conn.execute("INSERT INTO schema_migrations(version) VALUES (%s)", (path.stem,))
+                schema.apply_migration(conn, path.stem, path.read_text())
                 applied.append(path.stem)
                 log.info("applied migration %s", path.name)
         finally:
-            conn.execute("SELECT pg_advisory_unlock(74210001)")
+            schema.unlock_migrations(conn)
     return applied
 
 
