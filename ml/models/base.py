@@ -34,7 +34,8 @@ def pinned(distribution: str) -> str:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed python, numpy and, when already imported, TensorFlow/Keras and torch (reruns reproduce)."""
+    """Seed python, numpy and, when already imported, TensorFlow/Keras (with op determinism: a rerun
+    reproduces its fit exactly, process-wide) and torch (reruns reproduce)."""
     import os
     import random
     import sys
@@ -46,6 +47,10 @@ def seed_everything(seed: int) -> None:
         import keras
 
         keras.utils.set_random_seed(seed)  # python, numpy and the backend (tf)
+        import tensorflow as tf
+
+        # the same seed gives the same fit: without this, TF's parallel reductions may reorder floats
+        tf.config.experimental.enable_op_determinism()
     if "torch" in sys.modules:
         import torch
 
