@@ -175,6 +175,8 @@ class ModelInfo(BaseModel):
     git_commit: str | None
     family: str | None
     tags: dict[str, str]
+    external: dict[str, Any] | None = Field(
+        default=None, description="accuracy, f1, roc_auc, n, content_hash, path on external_eval_path (evaluation)")
 
 
 __all__ = [

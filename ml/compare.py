@@ -1,5 +1,6 @@
 """The model comparison: one row per family (best params, held-out accuracy, F1, ROC AUC,
-accuracy on the external set when ``external_eval_path`` is set, inference ms/tweet, size, training time, sample size) as Markdown and HTML, plus a PNG chart of
+accuracy on the external set when ``external_eval_path`` is set,
+inference ms/tweet, size, training time, sample size) as Markdown and HTML, plus a PNG chart of
 accuracy vs inference time; logged to the parent MLflow run and stored in PostgreSQL
 (``comparisons``). :func:`latest_comparison` reads the newest one back (API, ``ml compare --show``).
 

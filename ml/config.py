@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     experiment_name: str = "tweet-sentiment"
     promotion_metric: str = "accuracy"
     promotion_margin: float = 0.0
+    # external evaluation (ml/external.py): a labelled file scored for every evaluated candidate and
+    # the champion; a candidate significantly worse on it (paired test, ml/stats.py) is not promoted
+    external_eval_path: Path | None = None
+    promotion_confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
 
     # training
     seed: int = 42
@@ -183,6 +187,14 @@ class Settings(BaseSettings):
             return self.public_api_url.rstrip("/")
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
         return f"http://{'[' + host + ']' if ':' in host else host}:{self.api_port}"
+
+    @property
+    def external_eval_file(self) -> Path | None:
+        """``external_eval_path`` resolved against the repository root (None: unset)."""
+        p = self.external_eval_path
+        if p is None or str(p) in ("", "."):
+            return None
+        return p if p.is_absolute() else REPO_ROOT / p
 
     @property
     def search_space_file(self) -> Path:

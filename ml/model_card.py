@@ -1,4 +1,5 @@
-"""The champion's model card: version, metrics (held-out and on the external set), training snapshot (and its lineage), behavioural
+"""The champion's model card: version, metrics (held-out and on the external set),
+training snapshot (and its lineage), behavioural
 checks, feedback against the retraining threshold, the latest retrainings and alerts. JSON for
 machines, a small HTML page for the Airflow UI plugin (``plugins/sentiment_platform_plugin.py``)."""
 from __future__ import annotations
@@ -39,8 +40,8 @@ def model_card(settings: Settings | None = None) -> dict[str, Any]:
         "git_commit": tags.get("git_commit"), "dataset_hash": tags.get("dataset_hash"),
         "metrics": metrics, "retraining_id": tags.get("retraining_id"),
         # accuracy etc. on external_eval_path at evaluation (ml.external); None: evaluated without one
-        "external": ({**external, "content_hash": tags.get("external_eval_hash"), "path": tags.get("external_eval_path")}
-                     if external else None),
+        "external": ({**external, "content_hash": tags.get("external_eval_hash"),
+                      "path": tags.get("external_eval_path")} if external else None),
     }
     with db.connect(s) as conn:
         tr = lineage_store.training_run(conn, champ.run_id)

@@ -26,6 +26,9 @@ One report = one period (default: the last ``monitoring_hours``):
   is below the champion's training-time held-out accuracy (MLflow metric ``accuracy``) by more
   than ``monitoring_accuracy_tolerance`` (with at least ``monitoring_min_rows`` predictions): the
   bound can only overstate accuracy, so this never fires for unreported errors alone.
+- **estimate** (``ml.estimate``): a label-free accuracy estimate (CBPE) of the period's
+  predictions served by the champion: the mean probability of being right of each prediction
+  under an isotonic calibration fitted on the reference (cached as ``calibration.json`` beside it).
 
 Each report is written to ``var/reports/<id>/`` (``report.html`` and ``report.json`` from
 Evidently, ``summary.json`` ours) and its summary stored in ``drift_reports``. An empty period is
@@ -490,6 +493,10 @@ def verdict_line(summary: dict[str, Any]) -> str:
            + f" (the champion's held-out accuracy at training: {_fmt_pct(fb['training_accuracy'])})")
     if fb["concept_drift"]:
         acc += " - CONCEPT DRIFT"
+    if summary.get("estimate") is not None:
+        from ml.estimate import statement
+
+        acc += f"; {statement(summary['estimate'])}"
     head = f"DRIFT in {', '.join(drifted)}" if drifted else "No drift"
     if not drifted and fb["concept_drift"]:
         head = "No data drift but CONCEPT DRIFT"
@@ -525,6 +532,9 @@ def report_digest(summary: dict[str, Any], retraining: dict[str, Any] | None = N
         signals.append("concept drift (live accuracy bound below training accuracy)")
     status = summary["status"]
     predictions = (summary.get("current") or {}).get("rows_in_period", 0)
+    from ml.estimate import statement as estimate_statement
+
+    est = summary.get("estimate") or {"status": "not computed for this report"}
     retr = None
     if retraining:
         retr = {k: retraining.get(k) for k in ("threshold", "fraction", "corpus_rows")}
@@ -553,10 +563,11 @@ def report_digest(summary: dict[str, Any], retraining: dict[str, Any] | None = N
         "accuracy": fb.get("accuracy_statement") or accuracy_statement(predictions, fb.get("reported_wrong"),
                                                                        fb.get("live_accuracy_upper_bound")),
         "training_accuracy": fb.get("training_accuracy"),
-        # a label-free accuracy estimate (no feedback needed) is not computed yet: the slot is kept so
-        # that receivers need no change when it comes
-        "estimated_accuracy": None,
-        "estimated_accuracy_status": "not yet available",
+        # the label-free estimate (ml.estimate, CBPE): no feedback needed; None with a status when
+        # there is nothing to estimate (empty period, no prediction by the champion, a failure)
+        "estimated_accuracy": est.get("estimated_accuracy"),
+        "estimated_accuracy_status": (estimate_statement(est) if est.get("estimated_accuracy") is not None
+                                      else est.get("status") or "not available"),
         "retraining": retr,
         "report_url": report_urls(summary["id"], s)["html"],
         "summary_url": report_urls(summary["id"], s)["summary"],
@@ -680,7 +691,8 @@ def _build(report_id: str, created: datetime, a: datetime, b: datetime, out_dir:
                        reference={"rows": 0}, metrics={}, drifted_columns=None,
                        feedback={"predictions": 0, "with_feedback": 0, "reported_wrong": 0,
                                  "live_accuracy_upper_bound": None, "training_accuracy": None, "concept_drift": None,
-                                 "accuracy_statement": accuracy_statement(0, 0, None)})
+                                 "accuracy_statement": accuracy_statement(0, 0, None)},
+                       estimate={"estimated_accuracy": None, "status": "no predictions in the period"})
         summary["verdict"] = verdict_line(summary)
         Path(summary["files"]["html"]).write_text(_empty_html(summary), encoding="utf-8")
         Path(summary["files"]["json"]).write_text(json.dumps({"status": "empty", "summary": summary}, indent=2,
@@ -698,6 +710,13 @@ def _build(report_id: str, created: datetime, a: datetime, b: datetime, out_dir:
         with db.connect(db.database_url(s)) as conn:
             fb = feedback_stats(conn, s.model_name, a, b, counts["total"], meta.get("training_accuracy"), s)
         metrics = summarise(results, current, reference, s)
+        try:
+            from ml import estimate
+
+            est = estimate.period_estimate(current, reference, meta, s)
+        except Exception as e:  # the estimate is one figure of the report: it never costs the report
+            log.exception("label-free accuracy estimate failed")
+            est = {"estimated_accuracy": None, "status": f"failed: {type(e).__name__}: {e}"[:300]}
         drift = any(v["detected"] for v in metrics.values())
         summary.update(
             status="drift" if drift or fb["concept_drift"] else "ok",
@@ -709,6 +728,7 @@ def _build(report_id: str, created: datetime, a: datetime, b: datetime, out_dir:
             drifted_columns={**(results["dataset"] or {}), "of": len(results["columns"])},
             metrics=metrics,
             feedback=fb,
+            estimate=est,
         )
         summary["verdict"] = verdict_line(summary)
     summary["seconds"] = round(time.perf_counter() - t0, 2)

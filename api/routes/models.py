@@ -1,6 +1,8 @@
 """GET /model: the champion being served, with its MLflow run's metrics and lineage tags."""
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter
 
 from api.deps import ModelDep, SettingsDep
@@ -26,4 +28,13 @@ async def model_info(loaded: ModelDep, settings: SettingsDep) -> ModelInfo:
         git_commit=tags.get("git_commit"),
         family=tags.get("family"),
         tags=tags,
+        external=_external(run.get("metrics", {}), tags),
     )
+
+
+def _external(metrics: dict[str, float], tags: dict[str, str]) -> dict[str, Any] | None:
+    """The champion's figures on the external evaluation set (MLflow ``external_*``), if evaluated on one."""
+    ext: dict[str, Any] = {k[9:]: v for k, v in metrics.items() if k.startswith("external_") and "_vs_" not in k}
+    if not ext:
+        return None
+    return {**ext, "content_hash": tags.get("external_eval_hash"), "path": tags.get("external_eval_path")}

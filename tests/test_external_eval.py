@@ -1,0 +1,186 @@
+"""External evaluation (ml/external.py) and the paired test (ml/stats.py) wired into ml.train.
+
+Real PostgreSQL, real MLflow, real TF-IDF models on real tweets; the external set is the shared
+uniform sample of the whole Sentiment140 corpus (six columns, Latin-1; never trained on). The
+veto case is the 100k file's own flaw in small: a candidate trained on a snapshot whose labels
+follow a shortcut (negatives: tweets with an @mention; positives: tweets without) beats the
+champion on its own held-out split and is significantly worse on the uniform file.
+"""
+from __future__ import annotations
+
+import csv
+import uuid
+
+import mlflow
+import numpy as np
+import pytest
+import realdata
+
+from ml import compare, data, external, model_card, registry, train
+from ml.config import get_settings, reset_settings
+from ml.stats import mcnemar_mid_p, paired_comparison
+
+UNIFORM = realdata.REPO.parent / "shared" / "data" / "sentiment140_uniform_eval.csv"
+
+
+# ---------------------------------------------------------------- the paired test
+def test_mid_p_by_hand():
+    # b=2, c=10: X ~ Bin(12, 1/2); mid-p = 2 * (P(X <= 2) - P(X = 2) / 2)
+    pmf = [1 / 4096, 12 / 4096, 66 / 4096]
+    assert mcnemar_mid_p(2, 10) == pytest.approx(2 * (sum(pmf) - pmf[2] / 2))
+    assert mcnemar_mid_p(0, 0) == 1.0 and mcnemar_mid_p(5, 5) == 1.0
+
+
+def test_paired_comparison_verdicts():
+    y = np.array([1, 0] * 500)
+    a = y.copy()
+    b = y.copy()
+    b[:60] = 1 - b[:60]  # B wrong on 60 texts A gets right
+    a[900:910] = 1 - a[900:910]  # A wrong on 10 others
+    r = paired_comparison(y, a, b, 0.95)
+    assert (r["a_only"], r["b_only"], r["n"]) == (60, 10, 1000)
+    assert r["difference"] == pytest.approx(0.05) and r["verdict"] == "better" and r["p_value"] < 0.001
+    assert r["interval"][0] < 0.05 < r["interval"][1] and r["interval"][0] > 0
+    assert paired_comparison(y, b, a, 0.95)["verdict"] == "worse"
+    c = y.copy()
+    c[:12] = 1 - c[:12]
+    tie = paired_comparison(y, a, c, 0.95)  # 12 vs 10 discordant: noise
+    assert tie["verdict"] == "tie" and tie["interval"][0] < 0 < tie["interval"][1]
+    with pytest.raises(ValueError):
+        paired_comparison(y, a[:10], b, 0.95)
+
+
+# ---------------------------------------------------------------- end to end
+@pytest.fixture(scope="module")
+def env(platform_env, mlflow_tracking, tmp_path_factory):
+    realdata.require(UNIFORM)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SENTIMENT_MODEL_NAME", f"tweet-sentiment-external-{uuid.uuid4().hex[:6]}")
+    mp.setenv("SENTIMENT_EXTERNAL_EVAL_PATH", str(UNIFORM))
+    mp.setenv("SENTIMENT_BEHAVIOUR_CHECKS", "false")  # the shortcut model would fail invariance first
+    reset_settings()
+    rows = realdata.shuffled(seed=21)
+    general, rest = rows[:12_000], rows[12_000:]
+    tmp = tmp_path_factory.mktemp("ext")
+
+    def write(name, rs):
+        path = tmp / name
+        with path.open("w", encoding="utf-8", newline="") as f:
+            csv.writer(f, quoting=csv.QUOTE_ALL).writerows([(4 if y else 0, t) for y, t in rs])
+        return path
+
+    neg = [r for r in rest if r[0] == 0 and "@" in r[1]][:2500]
+    pos = [r for r in rest if r[0] == 1 and "@" not in r[1]][:2500]
+    try:
+        yield {"general": data.validate_and_snapshot(write("general.csv", general)).hash,
+               "shortcut": data.validate_and_snapshot(write("shortcut.csv", neg + pos)).hash,
+               "settings": get_settings()}
+    finally:
+        mp.undo()
+        reset_settings()
+
+
+def _cycle(snapshot_hash, **kw):
+    run_id = train.train(snapshot_hash, "tfidf_lr", **kw)
+    m = train.evaluate(run_id)
+    train.register(run_id)
+    return run_id, m, train.promote(run_id)
+
+
+@pytest.fixture(scope="module")
+def runs(env):
+    out = {}
+    out["weak"] = _cycle(env["general"], sample_size=1500)        # first model
+    out["full"] = _cycle(env["general"])                           # better on both sets
+    out["shortcut"] = _cycle(env["shortcut"])                      # better held-out, worse external
+    return out
+
+
+def test_external_figures_recorded_everywhere(env, runs, conn):
+    run_id, m, decision = runs["weak"]
+    assert decision["promoted"] and "first model" in decision["reason"]
+    ext = m["external"]
+    assert ext["n"] == 9364 and ext["path"] == str(UNIFORM) and len(ext["content_hash"]) == 64
+    assert 0.6 < ext["accuracy"] < 0.9 and {"f1", "roc_auc"} <= set(ext)
+    assert "vs_champion" not in ext  # no champion to compare with
+    stored = conn.execute("SELECT metrics->'external' FROM training_runs WHERE run_id=%s", (run_id,)).fetchone()[0]
+    assert stored["accuracy"] == pytest.approx(ext["accuracy"]) and stored["content_hash"] == ext["content_hash"]
+    r = mlflow.MlflowClient().get_run(run_id)
+    assert r.data.metrics["external_accuracy"] == pytest.approx(ext["accuracy"])
+    assert r.data.metrics["external_n"] == 9364 and r.data.tags["external_eval_hash"] == ext["content_hash"]
+
+
+def test_better_candidate_is_promoted_and_compared_on_the_same_texts(env, runs, conn):
+    _, weak, _ = runs["weak"]
+    run_id, m, decision = runs["full"]
+    assert decision["promoted"], decision
+    vs = m["external"]["vs_champion"]
+    assert vs["champion_version"] == decision["version"] - 1 and vs["n"] == 9364
+    assert vs["accuracy_b"] == pytest.approx(weak["external"]["accuracy"])  # the champion, same file
+    assert vs["accuracy_a"] == pytest.approx(m["external"]["accuracy"]) and vs["verdict"] == "better"
+    champ_ext = conn.execute("SELECT champion_metrics->'external'->>'accuracy' FROM training_runs WHERE run_id=%s",
+                             (run_id,)).fetchone()[0]
+    assert float(champ_ext) == pytest.approx(weak["external"]["accuracy"])
+    assert mlflow.MlflowClient().get_run(run_id).data.metrics["champion_external_accuracy"] == pytest.approx(
+        weak["external"]["accuracy"])
+
+
+def test_significantly_worse_on_the_external_set_is_not_promoted(env, runs, conn):
+    full_run, full, full_decision = runs["full"]
+    run_id, m, decision = runs["shortcut"]
+    vs = m["external"]["vs_champion"]
+    champ_acc = conn.execute("SELECT (champion_metrics->>'accuracy')::float FROM training_runs WHERE run_id=%s",
+                             (run_id,)).fetchone()[0]
+    print(f"\nshortcut candidate: held-out {m['accuracy']:.4f} vs champion {champ_acc:.4f}; "
+          f"external {vs['accuracy_a']:.4f} vs {vs['accuracy_b']:.4f}, diff {vs['difference']:+.4f} "
+          f"{vs['interval']}, p={vs['p_value']:.3g}")
+    assert vs["verdict"] == "worse" and vs["p_value"] < 0.05
+    # the held-out rule alone would have promoted it
+    assert "beats champion" in decision["reason"] and "vetoed" in decision["reason"], decision
+    assert not decision["promoted"]
+    assert registry.champion().version == full_decision["version"]
+    status, reason = conn.execute("SELECT status, decision FROM training_runs WHERE run_id=%s", (run_id,)).fetchone()
+    assert status == "rejected" and reason == decision["reason"] and "McNemar" in reason
+    ev = conn.execute("SELECT event, reason FROM model_events WHERE model_name=%s ORDER BY id DESC LIMIT 1",
+                      (get_settings().model_name,)).fetchone()
+    assert ev == ("rejected", decision["reason"])
+    assert external.veto(m, full_decision["version"]) and external.veto(full, full_decision["version"] - 1) is None
+
+
+def test_card_api_and_comparison_show_the_external_figures(env, runs):
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+
+    run_id, m, decision = runs["full"]
+    ext = m["external"]
+    card = model_card.model_card()
+    assert card["champion"]["version"] == decision["version"]
+    assert card["champion"]["external"]["accuracy"] == pytest.approx(ext["accuracy"])
+    assert card["champion"]["external"]["content_hash"] == ext["content_hash"]
+    assert "External evaluation" in model_card.card_html(card)
+    with TestClient(create_app(env["settings"])) as client:
+        body = client.get("/model").json()
+    assert body["version"] == decision["version"]
+    assert body["external"]["accuracy"] == pytest.approx(ext["accuracy"])
+    assert body["external"]["n"] == 9364 and body["external"]["content_hash"] == ext["content_hash"]
+    rows = [{"family": "tfidf_lr", "run_id": run_id, "params": {}, "accuracy": m["accuracy"], "f1": m["f1"],
+             "roc_auc": m["roc_auc"], "n_test": m["n"], "champion_version": decision["version"] - 1,
+             "champion_accuracy": 0.7}]
+    compare._add_external(rows, env["settings"])
+    md = compare.to_markdown(rows, "tfidf_lr")
+    assert "external acc" in md and f"{ext['accuracy']:.4f}" in md and "sentiment140_uniform_eval.csv" in md
+    assert f"external accuracy {runs['weak'][1]['external']['accuracy']:.4f}" in md
+    assert "external acc" in compare.to_html(rows, "tfidf_lr")
+
+
+def test_unset_means_no_external_and_a_missing_file_is_an_error(env, monkeypatch, tmp_path):
+    monkeypatch.delenv("SENTIMENT_EXTERNAL_EVAL_PATH")
+    reset_settings()
+    assert external.load() is None
+    monkeypatch.setenv("SENTIMENT_EXTERNAL_EVAL_PATH", str(tmp_path / "nope.csv"))
+    reset_settings()
+    with pytest.raises(data.DataError, match="does not exist"):
+        external.load()
+    monkeypatch.setenv("SENTIMENT_EXTERNAL_EVAL_PATH", str(UNIFORM))
+    reset_settings()
