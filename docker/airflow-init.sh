@@ -1,24 +1,31 @@
 #!/bin/sh
 # One-shot start-up job (compose service `init`): the platform's SQL migrations, Airflow's
-# metadata migration, and the Airflow admin password.
+# metadata migration (with the FAB auth manager's tables), and the Airflow admin user.
+# Its secrets come from airflow.env and airflow-admin.env (docker/secrets-init.py, loaded by
+# docker/entrypoint.sh): nothing here has a literal password.
 set -eu
+: "${AIRFLOW_ADMIN_USERNAME:?airflow-admin.env not loaded (PLATFORM_SECRETS_ENV)}"
+: "${AIRFLOW_ADMIN_PASSWORD:?airflow-admin.env not loaded (PLATFORM_SECRETS_ENV)}"
 echo "init: platform tables (sql/)"
 ml db migrate
 echo "init: airflow db migrate"
 airflow db migrate
+echo "init: FAB roles and the admin user"
+# Python rather than the `airflow users create` CLI: the password never appears in argv
 python - <<'PY'
-import json, os, secrets
-path = os.environ["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"]
-user = os.environ.get("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS", "admin:admin").split(",")[0].split(":")[0]
-wanted = os.environ.get("AIRFLOW_ADMIN_PASSWORD") or None
-try:
-    passwords = json.load(open(path))
-except (OSError, ValueError):
-    passwords = {}
-if wanted or user not in passwords:
-    passwords[user] = wanted or "".join(secrets.choice("abcdefghkmnpqrstuvwxyzABCDEFGHKMNPQRSTUVWXYZ23456789") for _ in range(16))
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(passwords) + "\n")
-print(f"init: Airflow login: {user} / {passwords[user]}  (docker compose logs init)")
+import os
+
+from airflow.providers.fab.auth_manager.cli_commands.utils import get_application_builder
+
+user = os.environ["AIRFLOW_ADMIN_USERNAME"]
+with get_application_builder() as ab:
+    ab.sm.sync_roles()  # Viewer, User, Op, Admin (idempotent)
+    if ab.sm.find_user(username=user):
+        print(f"init: Airflow admin {user!r} exists (password unchanged)")
+    else:
+        role = ab.sm.find_role("Admin")
+        if not ab.sm.add_user(user, "Platform", "Admin", f"{user}@localhost", role, os.environ["AIRFLOW_ADMIN_PASSWORD"]):
+            raise SystemExit("init: could not create the Airflow admin user")
+        print(f"init: Airflow admin {user!r} created with role Admin")
 PY
+echo "init: the logins: docker compose run --rm secrets-init python docker/secrets-init.py --show-logins"

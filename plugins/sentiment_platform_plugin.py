@@ -14,23 +14,67 @@ relative (the UI sets ``<base href>``), so a non-root ``AIRFLOW__API__BASE_URL``
 Importing this file does no I/O and imports no ``ml`` module: the plugin manager loads it in every
 Airflow process; the handlers import ``ml`` when called. The platform's settings come from the
 environment Airflow runs with (``ml.orchestration.airflow_env``: ``DATABASE_URL``,
-``SENTIMENT_*``). Like every plugin FastAPI app, these endpoints are not behind Airflow's auth
-(read-only summaries; put the API server behind your proxy's auth if that matters).
+``SENTIMENT_*``).
+
+**Login required.** Airflow mounts a plugin app with ``app.mount()``, which inherits none of the
+core API's auth dependencies, so this app requires the Airflow login itself: every route depends on
+``require_airflow_login``, which resolves the user with Airflow's own ``get_user`` (the
+``Authorization: Bearer`` token from ``POST /auth/token``, or the UI's ``_token`` cookie that the
+embedded iframes carry) and asks the configured auth manager ``is_authorized_view(WEBSITE)`` (any
+role that may use the UI: simple auth manager or FAB Viewer and up). No credential → 401 for the
+JSON endpoints and a redirect to the auth manager's login page for the HTML pages; an invalid
+token → 403; a user without the permission → 403. Airflow's security module is imported on the
+first request, so importing the plugin stays cheap.
 """
 from __future__ import annotations
 
 import html
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Query
-from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
-
 from airflow.plugins_manager import AirflowPlugin
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 URL_PREFIX = "/sentiment-platform"
 
+_bearer = HTTPBearer(auto_error=False)
+_JSON_SUFFIX = ".json"
+
+
+class LoginRequired(Exception):
+    """No Airflow credential on a request for an HTML page: answered with a redirect to the login."""
+
+
+async def require_airflow_login(request: Request,
+                                bearer: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> Any:
+    """The Airflow user of this request, by Airflow's own rules (``get_user``: bearer token first,
+    else the UI's JWT cookie), authorised for the UI (``AccessView.WEBSITE``) by the configured
+    auth manager. Raises 401 (no or expired token), 403 (invalid token, or not authorised)."""
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.api_fastapi.auth.managers.models.resource_details import AccessView
+    from airflow.api_fastapi.core_api.security import get_user
+
+    try:
+        user = await get_user(request, None, bearer)
+    except HTTPException as exc:
+        if exc.status_code == 401 and not request.url.path.endswith(_JSON_SUFFIX):
+            raise LoginRequired() from exc
+        raise
+    if not get_auth_manager().is_authorized_view(access_view=AccessView.WEBSITE, user=user):
+        raise HTTPException(403, detail="Forbidden")
+    return user
+
+
 app = FastAPI(title="Sentiment platform views", description="Drift reports and the champion's model card",
-              docs_url=None, redoc_url=None, openapi_url=None)
+              docs_url=None, redoc_url=None, openapi_url=None, dependencies=[Depends(require_airflow_login)])
+
+
+@app.exception_handler(LoginRequired)
+async def _to_login(request: Request, exc: LoginRequired) -> RedirectResponse:
+    from airflow.api_fastapi.app import get_auth_manager
+
+    return RedirectResponse(get_auth_manager().get_url_login(next_url=str(request.url)), status_code=303)
 
 
 def _settings():

@@ -1,0 +1,305 @@
+"""Security of the compose deployment (docker-compose.yaml, docker/): no published secret, generated
+secrets for every consumer, MLflow with basic auth, Airflow with the FAB auth manager.
+
+There is no Docker engine here: docker-compose.yaml is parsed (YAML, with its anchors) and the
+start-up scripts run for real where they can: docker/secrets-init.py generates into a temporary
+directory, docker/entrypoint.sh loads what it wrote. (The structural compose checks live in
+tests/test_deploy.py.)"""
+from __future__ import annotations
+
+import base64
+import os
+import re
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+COMPOSE = REPO / "docker-compose.yaml"
+DOCKER = REPO / "docker"
+SECRETS_DIR = "/run/platform-secrets"
+FAB = "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
+
+# variable names that hold secrets; *_FILE, PGPASSFILE, *_USERNAME and PLATFORM_SECRETS_ENV name where they are
+SECRET_NAME = re.compile(r"(PASSWORD|SECRET|FERNET|TOKEN|_KEY$|PASSWD|CREDENTIAL)", re.I)
+NOT_A_SECRET = re.compile(r"(_FILE$|^PGPASSFILE$|^PLATFORM_SECRETS_ENV$)")
+URL_WITH_PASSWORD = re.compile(r"://[^/\s@:]+:[^@\s/]+@")
+
+
+def _defaults(text: str) -> str:
+    """``${VAR:-default}`` -> default, ``${VAR}`` -> VAR: what compose would put in the string."""
+    return re.sub(r"\$\{([A-Za-z0-9_]+)(?::?[-?+]([^}]*))?\}", lambda m: m.group(2) or m.group(1), text)
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def _env(svc: dict) -> dict:
+    env = svc.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) if "=" in item else (item, None) for item in env)
+    return env
+
+
+def _strings(node, path=""):
+    """Every (path, string) in the parsed file, keys included."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield f"{path}.{k}", str(k)
+            yield from _strings(v, f"{path}.{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _strings(v, f"{path}[{i}]")
+    elif node is not None:
+        yield path, str(node)
+
+
+def _secret_files(svc: dict) -> list[str]:
+    return (_env(svc).get("PLATFORM_SECRETS_ENV") or "").split()
+
+
+def _mounts_secrets(svc: dict) -> bool:
+    for v in svc.get("volumes", []):
+        if isinstance(v, dict) and v.get("source") == "secrets" and v.get("target") == SECRETS_DIR:
+            return True
+        if isinstance(v, str) and v.split(":")[:2] == ["secrets", SECRETS_DIR]:
+            return True
+    return False
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory) -> Path:
+    """docker/secrets-init.py run for real (as in the one-shot service), into a temporary dir."""
+    out = tmp_path_factory.mktemp("secrets")
+    res = subprocess.run([sys.executable, str(DOCKER / "secrets-init.py"), "--dir", str(out)],
+                         capture_output=True, text=True, timeout=60, env={**os.environ, "POSTGRES_USER": "sentiment"})
+    assert res.returncode == 0, res.stderr
+    assert "7 secret(s) generated" in res.stdout
+    return out
+
+
+def _load(out: Path, *names: str) -> dict[str, str]:
+    """The environment a service gets: docker/entrypoint.sh loading the named files, for real."""
+    files = " ".join(str(out / n) for n in names)
+    res = subprocess.run(["sh", str(DOCKER / "entrypoint.sh"), sys.executable, "-c",
+                          "import json, os; print(json.dumps(dict(os.environ)))"],
+                         env={"PATH": os.environ["PATH"], "PLATFORM_SECRETS_ENV": files},
+                         capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0, res.stderr
+    import json
+
+    return json.loads(res.stdout)
+
+
+# ------------------------------------------------------------------ no published secrets
+def test_no_secret_is_published_in_compose(compose):
+    problems = []
+    for path, text in _strings(compose):
+        # a default for a secret-like variable: ${DB_PASSWORD:-sentiment}, ${AIRFLOW_FERNET_KEY-x}
+        for name, default in re.findall(r"\$\{([A-Za-z0-9_]+):?-([^}]*)\}", text):
+            if SECRET_NAME.search(name):
+                problems.append(f"{path}: ${{{name}}} has a fallback ({default!r}): a secret has none")
+        if URL_WITH_PASSWORD.search(_defaults(text)):
+            problems.append(f"{path}: URL with a password: {text}")
+    for name, svc in compose["services"].items():
+        for key, value in _env(svc).items():
+            if SECRET_NAME.search(key) and not NOT_A_SECRET.search(key):
+                # a secret-like variable set in compose at all is a published value (literal or empty)
+                problems.append(f"{name}: {key}={value!r} (secrets come from the secrets volume)")
+    assert not problems, "\n".join(problems)
+    raw = COMPOSE.read_text()
+    for literal in ("dev-only", "change-me", "POSTGRES_PASSWORD:", "admin:admin", "password1234"):
+        assert literal not in raw, literal
+
+
+def test_the_detector_catches_what_was_published_before():
+    """The rules above flag the secrets this file used to publish."""
+    old = {"services": {"x": {"environment": {
+        "DATABASE_URL": "postgresql://${POSTGRES_USER:-sentiment}:${POSTGRES_PASSWORD:-sentiment}@postgres:5432/s",
+        "AIRFLOW__CORE__FERNET_KEY": "${AIRFLOW_FERNET_KEY:-}",
+        "AIRFLOW__API_AUTH__JWT_SECRET": "${AIRFLOW_JWT_SECRET:-dev-only-jwt-secret-change-me}",
+        "POSTGRES_PASSWORD": "sentiment"}}}}
+    with pytest.raises(AssertionError) as err:
+        test_no_secret_is_published_in_compose(old)
+    msg = str(err.value)
+    for flagged in ("POSTGRES_PASSWORD", "AIRFLOW_JWT_SECRET", "AIRFLOW__CORE__FERNET_KEY", "URL with a password"):
+        assert flagged in msg, flagged
+
+
+def test_no_secret_is_published_in_docker_files():
+    for path in sorted(DOCKER.rglob("*")):
+        if not path.is_file():
+            continue
+        text = path.read_text()
+        assert not URL_WITH_PASSWORD.search(text.replace("{user}:{esc}", "")), path
+        assert "password1234" not in text and "change-me" not in text, path
+        assert not re.search(r"users create .*--password", text), path  # never a password in argv
+    # the entrypoint never falls back: a named secrets file that is missing stops the service
+    res = subprocess.run(["sh", str(DOCKER / "entrypoint.sh"), "true"], capture_output=True, text=True,
+                         env={"PATH": os.environ["PATH"], "PLATFORM_SECRETS_ENV": "/nonexistent/airflow.env"})
+    assert res.returncode == 78 and "missing" in res.stderr
+
+
+# ------------------------------------------------------------------ generated secrets
+def test_secrets_are_generated_once_and_kept(generated):
+    import json
+
+    store = json.loads((generated / "secrets.json").read_text())
+    assert len(store) == 7 and len(set(store.values())) == 7
+    for name, value in store.items():
+        assert len(value) >= 24, name
+    from cryptography.fernet import Fernet
+
+    Fernet(store["airflow_fernet_key"].encode())  # a valid Fernet key
+    assert len(base64.urlsafe_b64decode(store["airflow_fernet_key"])) == 32
+    # a second start keeps every secret (logins and encrypted connections survive restarts)
+    res = subprocess.run([sys.executable, str(DOCKER / "secrets-init.py"), "--dir", str(generated)],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and "0 secret(s) generated, 7 kept" in res.stdout
+    assert json.loads((generated / "secrets.json").read_text()) == store
+    # and another deployment gets other secrets
+    other = generated.parent / "other"
+    subprocess.run([sys.executable, str(DOCKER / "secrets-init.py"), "--dir", str(other)], check=True,
+                   capture_output=True)
+    assert not set(json.loads((other / "secrets.json").read_text()).values()) & set(store.values())
+    # nothing is readable by others; the database password by its two readers only
+    for f in generated.iterdir():
+        mode = stat.S_IMODE(f.stat().st_mode)
+        assert mode & 0o077 == 0 or (f.name == "postgres_password" and mode == 0o440), (f.name, oct(mode))
+
+
+def test_generated_files_give_each_service_what_it_needs(generated):
+    import json
+
+    store = json.loads((generated / "secrets.json").read_text())
+    pw = store["postgres_password"]
+    assert (generated / "postgres_password").read_text() == pw
+    assert (generated / "pgpass").read_text().strip() == f"postgres:5432:*:sentiment:{pw}"
+    api = _load(generated, "api.env")
+    assert api["MLFLOW_TRACKING_USERNAME"] == "admin"
+    assert api["MLFLOW_TRACKING_PASSWORD"] == store["mlflow_admin_password"]
+    assert "AIRFLOW__CORE__FERNET_KEY" not in api  # the API gets only what it uses
+    airflow = _load(generated, "airflow.env")
+    assert airflow["AIRFLOW__CORE__FERNET_KEY"] == store["airflow_fernet_key"]
+    assert airflow["AIRFLOW__API_AUTH__JWT_SECRET"] == store["airflow_jwt_secret"]
+    assert airflow["AIRFLOW__API__SECRET_KEY"] == store["airflow_api_secret_key"]
+    assert airflow["MLFLOW_TRACKING_PASSWORD"] == store["mlflow_admin_password"]
+    assert "AIRFLOW_ADMIN_PASSWORD" not in airflow
+    admin = _load(generated, "airflow.env", "airflow-admin.env")
+    assert admin["AIRFLOW_ADMIN_USERNAME"] == "admin"
+    assert admin["AIRFLOW_ADMIN_PASSWORD"] == store["airflow_admin_password"]
+    mlflow = _load(generated, "mlflow.env")
+    assert mlflow["MLFLOW_FLASK_SERVER_SECRET_KEY"] == store["mlflow_flask_secret_key"]
+    assert (mlflow["MLFLOW_AUTH_ADMIN_USERNAME"], mlflow["MLFLOW_AUTH_ADMIN_PASSWORD"]) == \
+        (api["MLFLOW_TRACKING_USERNAME"], api["MLFLOW_TRACKING_PASSWORD"])
+    assert mlflow["MLFLOW_AUTH_CONFIG_PATH"] == str(generated / "mlflow-auth.ini")
+    import configparser
+
+    ini = configparser.ConfigParser()
+    ini.read(generated / "mlflow-auth.ini")
+    assert ini["mlflow"]["database_uri"].startswith("postgresql+psycopg://sentiment@postgres:5432/")  # never SQLite
+    assert ini["mlflow"]["admin_username"] == "admin" and "admin_password" not in ini["mlflow"]
+    assert pw not in (generated / "mlflow-auth.ini").read_text()
+
+
+def test_every_service_gets_its_secrets_from_the_secrets_volume(compose, generated):
+    services = compose["services"]
+    init = services["secrets-init"]
+    assert init["restart"] == "no" and init.get("network_mode") == "none"
+    assert any(isinstance(v, str) and v.startswith(f"secrets:{SECRETS_DIR}") for v in init["volumes"])
+    assert "secrets" in compose["volumes"]
+    for name, svc in services.items():
+        if name in ("secrets-init", "redis"):
+            continue
+        assert _mounts_secrets(svc), f"{name} must mount the secrets volume read-only"
+        assert [v for v in svc["volumes"] if isinstance(v, dict) and v.get("source") == "secrets"][0]["read_only"]
+        dep = (svc.get("depends_on") or {}).get("secrets-init")
+        assert dep == {"condition": "service_completed_successfully"}, name
+        for f in _secret_files(svc):
+            assert f.startswith(SECRETS_DIR + "/") and (generated / Path(f).name).is_file(), (name, f)
+    pg = _env(services["postgres"])
+    assert pg["POSTGRES_PASSWORD_FILE"] == f"{SECRETS_DIR}/postgres_password" and "POSTGRES_PASSWORD" not in pg
+    # clients: URLs without a password, libpq reads it from the generated pgpass
+    for name, svc in services.items():
+        env = _env(svc)
+        urls = [v for k, v in env.items() if "postgresql" in str(v)]
+        cmd = svc.get("command")
+        urls += [c for c in cmd if "postgresql" in str(c)] if isinstance(cmd, list) else []
+        if urls:
+            assert env.get("PGPASSFILE") == f"{SECRETS_DIR}/pgpass", name
+    # the admin password is read by the init job only
+    readers = {n for n, s in services.items() if any(f.endswith("/airflow-admin.env") for f in _secret_files(s))}
+    assert readers == {"init"}
+
+
+# ------------------------------------------------------------------ MLflow basic auth
+def test_mlflow_runs_with_basic_auth(compose):
+    mlflow = compose["services"]["mlflow"]
+    cmd = mlflow["command"]
+    assert cmd[0] == "/opt/app/docker/mlflow-server.sh"
+    script = (DOCKER / "mlflow-server.sh").read_text()
+    assert re.search(r'^exec mlflow server --app-name basic-auth "\$@"$', script, re.M)
+    assert _secret_files(mlflow) == [f"{SECRETS_DIR}/mlflow.env"]
+    # healthcheck on /health, which basic auth leaves open; everything else needs the login
+    assert "http://localhost:5000/health" in " ".join(mlflow["healthcheck"]["test"])
+    assert "mlflow[auth]" in (DOCKER / "Dockerfile").read_text()  # Flask-WTF for the basic-auth app
+
+
+def test_every_mlflow_client_logs_in_with_generated_credentials(compose, generated):
+    clients = {n: s for n, s in compose["services"].items() if "MLFLOW_TRACKING_URI" in _env(s)}
+    assert {"api", "init", "airflow-api-server", "airflow-scheduler", "airflow-worker"} <= set(clients)
+    for name, svc in clients.items():
+        env = _env(svc)
+        assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000", name
+        assert "MLFLOW_TRACKING_USERNAME" not in env and "MLFLOW_TRACKING_PASSWORD" not in env, name
+        loaded = _load(generated, *[Path(f).name for f in _secret_files(svc)])
+        assert loaded.get("MLFLOW_TRACKING_USERNAME") and loaded.get("MLFLOW_TRACKING_PASSWORD"), name
+        assert loaded["MLFLOW_TRACKING_PASSWORD"] == _load(generated, "mlflow.env")["MLFLOW_AUTH_ADMIN_PASSWORD"]
+
+
+# ------------------------------------------------------------------ Airflow: FAB auth manager
+def test_compose_airflow_uses_the_fab_auth_manager(compose, generated):
+    services = compose["services"]
+    airflow = [n for n in services if n.startswith("airflow-")] + ["init"]
+    for name in airflow:
+        env = _env(services[name])
+        assert env.get("AIRFLOW__CORE__AUTH_MANAGER") == FAB, name
+        assert not any(k.startswith("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER") for k in env), name
+        # every component shares the generated JWT secret and Fernet key
+        loaded = _load(generated, *[Path(f).name for f in _secret_files(services[name])])
+        assert loaded["AIRFLOW__API_AUTH__JWT_SECRET"] and loaded["AIRFLOW__CORE__FERNET_KEY"], name
+    docker = (DOCKER / "Dockerfile").read_text()
+    assert "apache-airflow-providers-fab" in docker and "-c docker/constraints-auth.txt" in docker
+    pins = (DOCKER / "constraints-auth.txt").read_text()
+    assert re.search(r"^apache-airflow-providers-fab==\d", pins, re.M)
+    assert re.search(r"^Flask-WTF==\d", pins, re.M)
+
+
+def test_init_creates_the_admin_from_generated_secrets(compose):
+    init = compose["services"]["init"]
+    assert init["command"] == ["/opt/app/docker/airflow-init.sh"]
+    assert f"{SECRETS_DIR}/airflow-admin.env" in _secret_files(init)
+    script = (DOCKER / "airflow-init.sh").read_text()
+    assert ': "${AIRFLOW_ADMIN_PASSWORD:?' in script  # refuses to run without the generated password
+    assert "get_application_builder" in script and "sync_roles()" in script
+    assert re.search(r'add_user\(user, .*os\.environ\["AIRFLOW_ADMIN_PASSWORD"\]\)', script)
+    assert 'user = os.environ["AIRFLOW_ADMIN_USERNAME"]' in script
+    assert "airflow db migrate" in script
+    r = subprocess.run(["sh", "-n", str(DOCKER / "airflow-init.sh")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    for script in ("entrypoint.sh", "mlflow-server.sh", "secrets-init.py", "airflow-init.sh"):
+        assert os.access(DOCKER / script, os.X_OK), script
+
+
+def test_healthchecks_that_need_secrets_load_them(compose):
+    for name, svc in compose["services"].items():
+        test = svc.get("healthcheck", {}).get("test", [])
+        text = " ".join(test) if isinstance(test, list) else str(test)
+        if re.search(r"\b(airflow|celery) ", text):  # talks to the database: needs airflow.env
+            assert "/opt/app/docker/entrypoint.sh" in text, name
