@@ -18,10 +18,13 @@ from fastapi.staticfiles import StaticFiles
 
 import ml
 from api import errors
+from api.auth import KeyCache
 from api.model_manager import ModelManager
 from api.routes import api_router
 from api.writer import PredictionWriter
+from ml import security
 from ml.config import Settings, get_settings
+from ml.quotas import Quotas
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +48,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         _configure_logging()
         s = settings or get_settings()
         app.state.settings = s
+        app.state.keys = KeyCache(s.api_key_cache_seconds)  # API keys (api/auth.py)
+        app.state.quotas = quotas = Quotas(s)  # per-identity rate limits, counters shared by every process
+        app.state.token_key = await to_thread.run_sync(security.signing_key, s)  # feedback tokens
         app.state.writer = writer = PredictionWriter(s)
         app.state.models = models = ModelManager(s)
         await to_thread.run_sync(writer.start)
@@ -56,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await to_thread.run_sync(models.stop)
             await to_thread.run_sync(writer.close)  # flush everything still buffered
+            await to_thread.run_sync(quotas.close)
             log.info("sentiment API stopped (%d predictions written)", writer.written)
 
     app = FastAPI(

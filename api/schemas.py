@@ -91,6 +91,8 @@ class Prediction(BaseModel):
     probabilities: Probabilities
     model_name: str
     model_version: int
+    feedback_token: str | None = Field(
+        default=None, description="send it back with POST /feedback: it binds this prediction to this caller")
 
 
 class BatchPrediction(BaseModel):
@@ -102,6 +104,9 @@ class BatchPrediction(BaseModel):
 
 class FeedbackRequest(_Request):
     prediction_id: uuid.UUID
+    feedback_token: StrictStr | None = Field(
+        default=None, max_length=200,
+        description="the prediction's feedback_token (from /predict); not needed with a `review` or `admin` key")
     correct_label: LabelId = Field(description="'positive' / 'negative' (or 1 / 0)")
     comment: Comment | None = Field(default=None, description=f"optional, at most {MAX_COMMENT_CHARS} characters")
 
@@ -113,6 +118,7 @@ class FeedbackResponse(BaseModel):
     correct_label_id: Literal[0, 1]
     comment: str | None
     created_at: datetime
+    reporter: str | None = Field(default=None, description="who reported it: key:<name>#<key id> or anon:<address>")
 
 
 class DatabaseHealth(BaseModel):

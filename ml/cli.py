@@ -19,6 +19,8 @@ services_app = typer.Typer(help="Start/stop the whole platform (make up / make d
 app.add_typer(db_app, name="db")
 app.add_typer(data_app, name="data")
 app.add_typer(services_app, name="services")
+keys_app = typer.Typer(help="API keys: create (shown once), list, revoke.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 
 
 @app.callback()
@@ -364,6 +366,58 @@ def serve(port: Optional[int] = None, workers: int = 1) -> None:
 
     s = get_settings()
     uvicorn.run("api.main:app", host=s.host, port=port or s.api_port, workers=workers)
+
+
+# ------------------------------------------------------------------ API keys
+@keys_app.command("create")
+def keys_create(
+    name: str = typer.Argument(..., help="who holds it (e.g. the client's name)"),
+    scope: list[str] = typer.Option(..., "--scope", "-s", help="predict | feedback | review | admin (repeatable, "
+                                                               "or comma-separated)"),
+) -> None:
+    """Create an API key; it is printed once (only its sha256 is stored)."""
+    from ml import security
+
+    scopes = [x for item in scope for x in item.split(",")]
+    try:
+        key, row = security.create_key(name, scopes, created_by=f"cli:{os.environ.get('USER', 'unknown')}")
+    except security.KeyError_ as e:
+        _fail(str(e))
+    typer.echo(key)
+    typer.echo(f"key id {row['key_id']}, name {row['name']}, scopes {','.join(row['scopes'])}: store it now, "
+               "it is not shown again. Send it as `Authorization: Bearer <key>`.", err=True)
+
+
+@keys_app.command("list")
+def keys_list(
+    active: bool = typer.Option(False, "--active", help="only keys not revoked"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable"),
+) -> None:
+    """Every key: key id, name, scopes, created, last used, revoked (never the key)."""
+    from ml import security
+
+    rows = security.list_keys(include_revoked=not active)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2, default=str))
+        return
+    for r in rows:
+        state = f"revoked {r['revoked_at']:%Y-%m-%d %H:%M}" if r["revoked_at"] else "active"
+        used = f"{r['last_used_at']:%Y-%m-%d %H:%M}" if r["last_used_at"] else "never"
+        typer.echo(f"{r['key_id']}  {r['name']:<24} {','.join(r['scopes']):<28} created "
+                   f"{r['created_at']:%Y-%m-%d %H:%M}  last used {used}  {state}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(which: str = typer.Argument(..., help="a key id, or a name (revokes every live key of it)")) -> None:
+    """Revoke keys; the API refuses them within api_key_cache_seconds."""
+    from ml import security
+
+    try:
+        rows = security.revoke_key(which)
+    except security.KeyError_ as e:
+        _fail(str(e))
+    for r in rows:
+        typer.echo(f"revoked {r['key_id']} ({r['name']})")
 
 
 # ------------------------------------------------------------------ services

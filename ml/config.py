@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -116,6 +116,18 @@ class Settings(BaseSettings):
     retraining_report_eval_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
     feedback_review_required: bool = False       # only reviewed reports enter a retraining set
 
+    # security (ml/security.py, ml/quotas.py, api/auth.py; README "Security"): who may do what
+    anonymous_predict: bool = True               # /predict (and /feedback on one's own predictions) without a key
+    feedback_token_secret: SecretStr | None = None  # unset: generated once in var/secrets/feedback_token.key (0600)
+    feedback_token_max_age_seconds: float = Field(default=7 * 86400, gt=0)
+    api_key_cache_seconds: float = Field(default=5.0, ge=0)  # a revoked key is refused within this
+    rate_limits_enabled: bool = True
+    rate_limit_predict: str = "1200/minute"      # per identity; a batch counts each text
+    rate_limit_feedback: str = "30/minute"       # per identity
+    rate_limit_storage_url: str | None = None    # unset: the platform's PostgreSQL; or redis://host:6379/0
+    champion_verify_grace_seconds: float = Field(default=30.0, ge=0)  # alias ahead of its event: wait this long
+    mlflow_auth: bool = True                     # `make up` runs MLflow with --app-name basic-auth
+
     @field_validator("retraining_feedback_fraction")
     @classmethod
     def _check_feedback_fraction(cls, v: float) -> float:
@@ -125,6 +137,17 @@ class Settings(BaseSettings):
                 f"training corpus, got {v!r} ({v:.4%}); set it in config/platform.yaml or "
                 f"SENTIMENT_RETRAINING_FEEDBACK_FRACTION"
             )
+        return v
+
+    @field_validator("rate_limit_predict", "rate_limit_feedback")
+    @classmethod
+    def _check_rate_limit(cls, v: str) -> str:
+        from limits import parse_many
+
+        try:
+            parse_many(v)
+        except ValueError as e:
+            raise ValueError(f"a rate limit reads like '300/minute' or '10/second;1000/day', got {v!r} ({e})") from None
         return v
 
     @field_validator("retraining_mode")

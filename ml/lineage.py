@@ -131,3 +131,36 @@ def _summary(out: dict[str, Any]) -> str:
     if len(chain) > 1:
         parts.append("snapshot chain " + " <- ".join(f"{c['hash'][:10]}:{c.get('kind', '?')}" for c in chain))
     return "; ".join(parts)
+
+
+_SNAPSHOT_PUBLIC = ("hash", "kind", "parent_hash", "n_rows", "n_positive", "created_at", "missing")
+_RETRAINING_PUBLIC = ("id", "created_at", "reason", "status", "n_feedback", "threshold", "champion_before",
+                      "champion_after", "candidate_version", "n_training_reports")
+
+
+def redacted(out: dict[str, Any]) -> dict[str, Any]:
+    """The lineage for callers without ``admin``: what and how many, never texts, comments, file paths,
+    tags or other users' reports (a whitelist, so a field added later stays private)."""
+    def pick(d: dict[str, Any] | None, keys: tuple[str, ...]) -> dict[str, Any] | None:
+        return None if d is None else {k: d[k] for k in keys if k in d}
+
+    def snap(c: dict[str, Any]) -> dict[str, Any]:
+        x = pick(c, _SNAPSHOT_PUBLIC) or {}
+        r = c.get("retraining")
+        x["retraining"] = pick(r, _RETRAINING_PUBLIC)
+        return x
+
+    p, m = out["prediction"], out["model"]
+    return {
+        "redacted": True,
+        "note": "texts, comments, feedback reports, tags and server paths need an API key with scope `admin`",
+        "prediction": pick(p, ("id", "created_at", "label", "p_positive", "model_name", "model_version", "source")),
+        "model": {**(pick(m, ("name", "version", "family", "run_id", "metrics")) or {}),
+                  "events": [pick(e, ("event", "version", "previous_version", "created_at")) for e in m.get("events", [])]},
+        "git_commit": out.get("git_commit"),
+        "snapshot": snap(out["snapshot"]) if out.get("snapshot") else None,
+        "snapshot_chain": [snap(c) for c in out.get("snapshot_chain") or []],
+        "retraining": pick(out.get("retraining"), _RETRAINING_PUBLIC),
+        "feedback": {"count": len(out.get("feedback") or [])},
+        "summary": out.get("summary"),
+    }

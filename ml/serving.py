@@ -142,14 +142,16 @@ def _rollback(conn: psycopg.Connection) -> None:
 
 def insert_feedback(
     conn: psycopg.Connection, prediction_id: uuid.UUID, correct_label: int, comment: str | None,
+    reporter: str | None = None,
 ) -> tuple[int, datetime] | None:
-    """Store feedback on a stored prediction in one statement; ``None`` when no prediction has
-    that id (nothing is written then). Returns (feedback id, created_at)."""
+    """Store feedback on a stored prediction in one statement, with who reported it (``reporter``:
+    ``key:<name>#<key id>`` / ``anon:<address>``); ``None`` when no prediction has that id (nothing is
+    written then). Returns (feedback id, created_at)."""
     row = conn.execute(
-        "INSERT INTO feedback (prediction_id, correct_label, comment) "
-        "SELECT p.id, %s, %s FROM predictions p WHERE p.id = %s "
+        "INSERT INTO feedback (prediction_id, correct_label, comment, reporter) "
+        "SELECT p.id, %s, %s, %s FROM predictions p WHERE p.id = %s "
         "RETURNING id, created_at",
-        (correct_label, comment, prediction_id),
+        (correct_label, comment, reporter, prediction_id),
     ).fetchone()
     return (int(row[0]), row[1]) if row else None
 

@@ -61,6 +61,10 @@ def platform_env(tmp_path_factory):
         "SENTIMENT_AIRFLOW_DATABASE": f"{name}_airflow",
         "SENTIMENT_VAR_DIR": str(var),
         "SENTIMENT_MODEL_POLL_SECONDS": "0.5",
+        # every TestClient is the same anonymous caller ("testclient"): quotas far above what the session
+        # sends; tests/api/test_api_security.py sets its own small ones
+        "SENTIMENT_RATE_LIMIT_PREDICT": "1000000/minute",
+        "SENTIMENT_RATE_LIMIT_FEEDBACK": "1000000/minute",
     }
     saved = {k: os.environ.get(k) for k in [*env, "MLFLOW_TRACKING_URI"]}
     os.environ.pop("MLFLOW_TRACKING_URI", None)

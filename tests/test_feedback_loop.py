@@ -304,11 +304,15 @@ def test_lineage_of_a_prediction_names_the_retraining_and_its_reports(loop, prom
     r, new_version = promoted["retraining"], promoted["version"]
     from api.main import create_app
 
+    from ml import security
+
+    admin = {"Authorization": "Bearer " + security.create_key("lineage-test", ["admin"], s)[0]}  # the full lineage
     with TestClient(create_app(s)) as client:
         assert client.get("/model").json()["version"] == new_version
         pred = client.post("/predict", json={"text": "this retrained model is great"}).json()
         assert pred["model_version"] == new_version
-        lin = _wait_for(lambda: (x := client.get(f"/predictions/{pred['id']}/lineage")).status_code == 200 and x,
+        lin = _wait_for(lambda: (x := client.get(f"/predictions/{pred['id']}/lineage", headers=admin)).status_code
+                        == 200 and x,
                         "the prediction is written and has a lineage")
         lin = lin.json()
         assert lin["model"]["version"] == new_version and lin["model"]["run_id"] == promoted["run_id"] == r["run_id"]

@@ -24,9 +24,14 @@ from airflow.api_fastapi.app import create_app
 from fastapi.testclient import TestClient
 pm.ensure_plugins_loaded()
 info = {p["name"]: p for p in pm.get_plugin_info(["fastapi_apps", "external_views"])}
+from airflow.api_fastapi.app import get_auth_manager
+from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
 client = TestClient(create_app(apps="core"))  # Airflow's API server app, plugins mounted by Airflow
-card = client.get("/sentiment-platform/model-card.json")
+anonymous = client.get("/sentiment-platform/model-card.json")
+token = get_auth_manager().generate_jwt(SimpleAuthManagerUser(username="admin", role="admin"))
+card = client.get("/sentiment-platform/model-card.json", headers={"Authorization": f"Bearer {token}"})
 print(json.dumps({"errors": pm.get_import_errors(), "plugin": info.get("sentiment_platform"),
+                  "anonymous_status": anonymous.status_code,
                   "card_status": card.status_code, "card": card.json() if card.status_code == 200 else card.text},
                  default=str))
 """
@@ -45,6 +50,9 @@ def plugin_module():
     spec = importlib.util.spec_from_file_location("sentiment_platform_plugin", PLUGINS / "sentiment_platform_plugin.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    # the login itself is tested against a real Airflow api-server in tests/test_plugin_auth.py;
+    # here the app's content is tested in process, as a logged-in viewer would get it
+    mod.app.dependency_overrides[mod.require_airflow_login] = lambda: None
     return mod
 
 
@@ -63,6 +71,7 @@ def test_airflow_loads_and_mounts_the_plugin(platform_env, champion):
     views = {v["url_route"]: v for v in plugin["external_views"]}
     assert views["sentiment-model-card"]["href"] == "sentiment-platform/model-card"  # relative to the UI's <base>
     assert views["sentiment-drift-reports"]["destination"] == "nav"
+    assert out["anonymous_status"] == 401, out  # the plugin's views need an Airflow login
     assert out["card_status"] == 200, out["card"]
     assert out["card"]["champion"]["version"] == champion["version"]
 

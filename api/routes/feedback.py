@@ -1,34 +1,60 @@
-"""POST /feedback: a user's correction of a prediction, stored in ``feedback``."""
+"""POST /feedback: a user's correction of a prediction, stored in ``feedback`` with its reporter.
+
+Only on one's own predictions: the request carries the ``feedback_token`` that /predict returned with
+the prediction (bound to the prediction and to the caller's identity), unless the caller holds a
+``review`` or ``admin`` key (reviewers may report on any prediction)."""
 from __future__ import annotations
 
 import logging
 
-from fastapi import APIRouter, HTTPException, status
+from fastapi import APIRouter, HTTPException, Request, status
 
+from api.auth import FeedbackCaller
 from api.deps import SettingsDep, WriterDep, database_unavailable, open_db
-from api.schemas import FeedbackRequest, FeedbackResponse
+from api.schemas import ErrorResponse, FeedbackRequest, FeedbackResponse
 from api.writer import FlushError
-from ml import alerts, serving
+from ml import alerts, security, serving
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["feedback"])
 
 
+def _check_token(body: FeedbackRequest, caller: security.Identity, request: Request, settings) -> None:
+    if caller.has("review"):  # review / admin keys may report on any prediction
+        return
+    if not body.feedback_token:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail=(
+            "feedback_token is required: send the feedback_token that /predict returned with this prediction "
+            "(reports are accepted on one's own predictions only; reviewers use a `review` key)"))
+    why = security.check_feedback_token(request.app.state.token_key, body.feedback_token, body.prediction_id,
+                                        caller.id, settings.feedback_token_max_age_seconds)
+    if why:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail=f"{why}; nothing was stored")
+
+
 @router.post(
     "/feedback",
     response_model=FeedbackResponse,
     status_code=status.HTTP_201_CREATED,
-    responses={404: {"description": "no prediction with that id"}, 503: {"description": "database unavailable"}},
+    responses={401: {"model": ErrorResponse, "description": "an API key is needed, or the key is invalid"},
+               403: {"model": ErrorResponse, "description": "no valid feedback_token for this prediction and caller, "
+                                                            "or the key lacks scope `feedback`"},
+               404: {"description": "no prediction with that id"},
+               429: {"model": ErrorResponse, "description": "the caller's feedback quota is spent (Retry-After)"},
+               503: {"description": "database unavailable"}},
 )
-def create_feedback(body: FeedbackRequest, writer: WriterDep, settings: SettingsDep) -> FeedbackResponse:
-    """Record the correct label for a prediction made earlier (by this API or a batch job)."""
+def create_feedback(body: FeedbackRequest, writer: WriterDep, settings: SettingsDep, caller: FeedbackCaller,
+                    request: Request) -> FeedbackResponse:
+    """Record the correct label for a prediction this caller made (its ``feedback_token``), or any
+    prediction with a ``review`` / ``admin`` key."""
+    _check_token(body, caller, request, settings)
     try:
         writer.flush()  # a prediction made a moment ago may still be buffered: store it first
     except FlushError as exc:
         raise database_unavailable(f"recent predictions cannot be stored right now: {exc}") from exc
     with open_db(settings) as conn:
-        stored = serving.insert_feedback(conn, body.prediction_id, body.correct_label, body.comment)
+        stored = serving.insert_feedback(conn, body.prediction_id, body.correct_label, body.comment, caller.id)
     if stored is None:
         raise HTTPException(
             status.HTTP_404_NOT_FOUND, detail=f"no prediction with id {body.prediction_id}; nothing was stored"
@@ -47,4 +73,5 @@ def create_feedback(body: FeedbackRequest, writer: WriterDep, settings: Settings
         correct_label_id=body.correct_label,
         comment=body.comment,
         created_at=created_at,
+        reporter=caller.id,
     )

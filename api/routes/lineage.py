@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, status
 
+from api.auth import OptionalCaller
 from api.deps import SettingsDep, WriterDep, open_db
 from api.writer import FlushError
 from ml import lineage
@@ -18,10 +19,12 @@ router = APIRouter(tags=["lineage"])
     "/predictions/{prediction_id}/lineage",
     responses={404: {"description": "no prediction with that id"}, 503: {"description": "database unavailable"}},
 )
-def prediction_lineage(prediction_id: uuid.UUID, writer: WriterDep, settings: SettingsDep) -> dict[str, Any]:
-    """The prediction; its model version (MLflow run, metrics, events); the code commit; the dataset
+def prediction_lineage(prediction_id: uuid.UUID, writer: WriterDep, settings: SettingsDep,
+                       caller: OptionalCaller) -> dict[str, Any]:
+    """With an ``admin`` key: the prediction; its model version (MLflow run, metrics, events); the code commit; the dataset
     snapshot that trained it and its ancestors (``parent_hash``), each retraining snapshot with its
-    retraining and the feedback reports it consumed; ``summary`` says it in one line."""
+    retraining and the feedback reports it consumed; ``summary`` says it in one line. Without ``admin``:
+    the same, redacted (``"redacted": true``): counts only; no texts, comments, reports, tags or paths."""
     try:
         writer.flush()  # a prediction made a moment ago may still be buffered
     except FlushError:
@@ -30,4 +33,4 @@ def prediction_lineage(prediction_id: uuid.UUID, writer: WriterDep, settings: Se
         out = lineage.prediction_lineage(prediction_id, settings, conn=conn)
     if out is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no prediction with id {prediction_id}")
-    return out
+    return out if caller.has("admin") else lineage.redacted(out)

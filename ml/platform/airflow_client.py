@@ -86,6 +86,18 @@ def airflow_api(s: Settings, method: str, path: str, token: str, **kw):
     return r
 
 
+def trigger_dag(dag_id: str, conf: dict[str, Any], s: Settings | None = None, note: str | None = None) -> dict[str, Any]:
+    """Trigger one run of ``dag_id`` with ``conf`` (the API's manual retraining); no waiting. Raises
+    ServiceError when Airflow refuses, httpx errors when it cannot be reached."""
+    s = s or get_settings()
+    token = airflow_token(s)
+    r = airflow_api(s, "POST", f"/dags/{dag_id}/dagRuns", token, json={"logical_date": None, "conf": conf, "note": note})
+    if r.status_code not in (200, 201):
+        raise ServiceError(f"triggering {dag_id} failed: HTTP {r.status_code} {r.text[:300]}")
+    run_id = r.json()["dag_run_id"]
+    return {"dag_id": dag_id, "run_id": run_id, "url": f"http://{s.host}:{s.airflow_port}/dags/{dag_id}/runs/{run_id}"}
+
+
 def trigger_training(
     data_path: Path, s: Settings | None = None, wait: bool = True, dag_id: str = TRAINING_DAG,
     poll: float = 5.0, dag_timeout: float = 180, run_timeout: float = 6 * 3600,

@@ -29,6 +29,24 @@ def post_json(client, path: str, payload) -> object:
     return client.post(path, content=json.dumps(payload).encode("ascii"), headers={"Content-Type": "application/json"})
 
 
+def make_key(settings, *scopes: str, name: str | None = None) -> str:
+    """A real API key, made by the function `ml keys create` calls (stored hashed in the session's database)."""
+    from ml import security
+
+    key, _ = security.create_key(name or f"test-{uuid.uuid4().hex[:8]}", list(scopes), settings, created_by="tests")
+    return key
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def report(client, pred: dict, label, **extra):
+    """POST /feedback on a prediction this client made, with its feedback_token."""
+    return client.post("/feedback", json={"prediction_id": pred["id"], "correct_label": label,
+                                          "feedback_token": pred["feedback_token"], **extra})
+
+
 def settings_with(settings, **changes):
     """A copy of the session's settings with some values changed (e.g. a fresh model name)."""
     return settings.model_copy(update=changes)

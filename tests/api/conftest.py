@@ -9,7 +9,7 @@ from typing import Callable, Iterator
 import pytest
 from fastapi.testclient import TestClient
 
-from api_helpers import running_app, settings_with
+from api_helpers import bearer, make_key, running_app, settings_with
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,17 @@ def api_settings(platform_env):
 def champion(api_settings, publish) -> Published:
     """A real champion of ``api_settings.model_name``."""
     return publish(api_settings)
+
+
+@pytest.fixture(scope="session")
+def review_headers(platform_env) -> dict[str, str]:
+    """Authorization of a real `review` key (may report on any prediction, no token needed)."""
+    return bearer(make_key(platform_env, "review"))
+
+
+@pytest.fixture(scope="session")
+def admin_headers(platform_env) -> dict[str, str]:
+    return bearer(make_key(platform_env, "admin"))
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import pytest
 from receivers import refused_port, smtp_receiver, webhook_receiver
 
 from api_helpers import fresh_model_name, running_app, settings_with, wait_for
+from api_helpers import report as send_report
 from ml import alerts
 
 TEXTS = ["I love this, best day ever", "so bored and sad today", "what a great game tonight", "my phone broke again",
@@ -36,7 +37,7 @@ def _report_wrong(client, text):
     """A prediction, then feedback with the other label (a misclassification report)."""
     pred = client.post("/predict", json={"text": text}).json()
     other = "negative" if pred["label"] == "positive" else "positive"
-    r = client.post("/feedback", json={"prediction_id": pred["id"], "correct_label": other})
+    r = send_report(client, pred, other)
     assert r.status_code == 201, r.text
     return r.json()["id"]
 
@@ -58,7 +59,7 @@ def test_three_reports_one_alert_per_burst_across_two_apps(platform_env, publish
     with running_app(settings) as c1, running_app(settings) as c2:  # two app instances, one database
         # a confirmation (the prediction was right) is not a misclassification report
         pred = c1.post("/predict", json={"text": TEXTS[0]}).json()
-        assert c1.post("/feedback", json={"prediction_id": pred["id"], "correct_label": pred["label"]}).status_code == 201
+        assert send_report(c1, pred, pred["label"]).status_code == 201
         f1 = _report_wrong(c1, TEXTS[1])
         f2 = _report_wrong(c2, TEXTS[2])
         assert _alerts(conn, settings.model_name) == []  # 2 reports: no alert
@@ -102,7 +103,7 @@ def test_concurrent_reports_on_two_apps_raise_one_alert(platform_env, publish, c
         def report(item):
             client, pred = item
             other = "negative" if pred["label"] == "positive" else "positive"
-            return client.post("/feedback", json={"prediction_id": pred["id"], "correct_label": other}).status_code
+            return send_report(client, pred, other).status_code
 
         with ThreadPoolExecutor(8) as ex:
             assert list(ex.map(report, preds)) == [201] * 8

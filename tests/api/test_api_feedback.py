@@ -5,43 +5,49 @@ import uuid
 
 import pytest
 
-from api_helpers import post_json, POSITIVE_TEXT
+from api_helpers import POSITIVE_TEXT, post_json, report, wait_for
 
 
 def _feedback_rows(conn, prediction_id):
+    """Reports committed for the prediction: in ``feedback``, or in ``pending_feedback`` while the
+    prediction is still in a worker's prediction log (moved, same id, when it lands)."""
     return conn.execute(
-        "SELECT id, correct_label, comment FROM feedback WHERE prediction_id = %s ORDER BY id", (prediction_id,)
+        "SELECT id, correct_label, comment FROM feedback WHERE prediction_id = %s "
+        "UNION ALL SELECT id, correct_label, comment FROM pending_feedback WHERE prediction_id = %s ORDER BY id",
+        (prediction_id, prediction_id),
     ).fetchall()
 
 
 def test_feedback_right_after_a_prediction_is_stored(client, conn):
     # the prediction is still in the writer's buffer (flush every 0.5s): no false 404
     pred = client.post("/predict", json={"text": POSITIVE_TEXT}).json()
-    r = client.post(
-        "/feedback", json={"prediction_id": pred["id"], "correct_label": "negative", "comment": "sarcasm"}
-    )
+    r = report(client, pred, "negative", comment="sarcasm")
     assert r.status_code == 201, r.text
     body = r.json()
     assert isinstance(body["id"], int)
     assert body["prediction_id"] == pred["id"]
     assert (body["correct_label"], body["correct_label_id"], body["comment"]) == ("negative", 0, "sarcasm")
     assert _feedback_rows(conn, pred["id"]) == [(body["id"], 0, "sarcasm")]
-    # and the prediction it refers to is in PostgreSQL
-    assert conn.execute("SELECT label FROM predictions WHERE id = %s", (pred["id"],)).fetchone() == (1,)
+    assert body["reporter"] == "anon:testclient"  # stored with who reported it
+    # the prediction lands (the writer's next cycle) and the report moves into feedback, same id and reporter
+    wait_for(lambda: conn.execute("SELECT label FROM predictions WHERE id = %s", (pred["id"],)).fetchone() == (1,))
+    wait_for(lambda: conn.execute("SELECT reporter FROM feedback WHERE id = %s", (body["id"],)).fetchone()
+             == ("anon:testclient",))
+    assert conn.execute("SELECT count(*) FROM pending_feedback WHERE id = %s", (body["id"],)).fetchone() == (0,)
 
 
 @pytest.mark.parametrize(("given", "stored"), [("positive", 1), ("negative", 0), (1, 1), (0, 0), ("Positive", 1)])
 def test_feedback_label_forms(client, conn, given, stored):
     pred = client.post("/predict", json={"text": "meh, it is a tuesday"}).json()
-    r = client.post("/feedback", json={"prediction_id": pred["id"], "correct_label": given})
+    r = report(client, pred, given)
     assert r.status_code == 201, r.text
     assert r.json()["correct_label_id"] == stored
     assert _feedback_rows(conn, pred["id"]) == [(r.json()["id"], stored, None)]
 
 
-def test_feedback_for_unknown_prediction_is_404(client, conn):
-    unknown = str(uuid.uuid4())
-    r = client.post("/feedback", json={"prediction_id": unknown, "correct_label": "positive"})
+def test_feedback_for_unknown_prediction_is_404(client, conn, review_headers):
+    unknown = str(uuid.uuid4())  # a reviewer may report on any prediction: the id decides
+    r = client.post("/feedback", json={"prediction_id": unknown, "correct_label": "positive"}, headers=review_headers)
     assert r.status_code == 404
     body = r.json()
     assert "no prediction with id" in body["message"] and unknown in body["message"]
@@ -68,7 +74,7 @@ def test_feedback_for_unknown_prediction_is_404(client, conn):
 )
 def test_bad_feedback_is_rejected_with_the_reason(client, conn, payload, reason):
     pred = client.post("/predict", json={"text": POSITIVE_TEXT}).json()
-    r = post_json(client, "/feedback", {"prediction_id": pred["id"], **payload})
+    r = post_json(client, "/feedback", {"prediction_id": pred["id"], "feedback_token": pred["feedback_token"], **payload})
     assert r.status_code == 422, r.text
     body = r.json()
     assert reason in " | ".join(e["msg"] for e in body["detail"])
@@ -79,6 +85,6 @@ def test_bad_feedback_is_rejected_with_the_reason(client, conn, payload, reason)
 def test_comment_with_unicode_is_stored_as_sent(client, conn):
     pred = client.post("/predict", json={"text": POSITIVE_TEXT}).json()
     comment = "sarcasm \U0001F644 — ça va"
-    r = client.post("/feedback", json={"prediction_id": pred["id"], "correct_label": 0, "comment": comment})
+    r = report(client, pred, 0, comment=comment)
     assert r.status_code == 201, r.text
     assert _feedback_rows(conn, pred["id"]) == [(r.json()["id"], 0, comment)]

@@ -50,7 +50,8 @@ def test_outage_predict_answers_ready_503_feedback_503_rows_kept_once(api_settin
     spool = tmp_path / "var" / "spool"
     texts = tweets[0]
     with running_app(s) as client:
-        before = [client.post("/predict", json={"text": t}).json()["id"] for t in texts[:5]]
+        before_preds = [client.post("/predict", json={"text": t}).json() for t in texts[:5]]
+        before = [p["id"] for p in before_preds]
         client.app.state.writer.flush()
         outage_db.down()
 
@@ -66,7 +67,8 @@ def test_outage_predict_answers_ready_503_feedback_503_rows_kept_once(api_settin
         assert health.status_code == 503 and health.json()["database"]["reachable"] is False
         assert health.json()["model"]["loaded"] is True
 
-        fb = client.post("/feedback", json={"prediction_id": before[0], "correct_label": "negative"})
+        fb = client.post("/feedback", json={"prediction_id": before[0], "correct_label": "negative",
+                                            "feedback_token": before_preds[0]["feedback_token"]})
         assert fb.status_code == 503, fb.text
         assert "database unavailable" in fb.json()["message"] and fb.headers["Retry-After"]
         assert client.app.state.writer.pending == 50
@@ -86,7 +88,8 @@ def test_outage_predict_answers_ready_503_feedback_503_rows_kept_once(api_settin
     outage_db.up()
     with running_app(s) as client:  # back: replayed at start, exactly once
         assert client.get("/health/ready").status_code == 200
-        assert client.post("/feedback", json={"prediction_id": ids[0], "correct_label": 0}).status_code == 201
+        assert client.post("/feedback", json={"prediction_id": ids[0], "correct_label": 0,
+                                              "feedback_token": single[0].json()["feedback_token"]}).status_code == 201
     with outage_db.connect() as conn:
         assert sorted(stored(conn, all_ids)) == sorted(all_ids)
         assert sorted(stored(conn, before)) == sorted(before)

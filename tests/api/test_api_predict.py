@@ -19,7 +19,9 @@ def test_predict_positive_text(client, champion):
     assert probs["negative"] + probs["positive"] == pytest.approx(1.0, abs=1e-9)
     assert body["model_name"] == client.app.state.settings.model_name
     assert body["model_version"] == champion.version
-    assert uuid.UUID(body["id"]).version == 4
+    # a signed id (version 8): any worker can tell an id it issued from one never issued
+    assert uuid.UUID(body["id"]).version == 8
+    assert client.app.state.prediction_ids.issued(uuid.UUID(body["id"]))
 
 
 def test_predict_negative_text(client):
@@ -145,11 +147,11 @@ def test_invalid_json_is_a_4xx(client):
     assert r.json()["status"] == 422 and "JSON" in r.json()["message"]
 
 
-def test_every_error_has_one_shape(client):
+def test_every_error_has_one_shape(client, review_headers):
     """422, 404, 405 and a 503 all answer {"status", "message", "detail": [{"type", "loc", "msg"}]}."""
     responses = [
         client.post("/predict", json={"text": ""}),
-        client.post("/feedback", json={"prediction_id": str(uuid.uuid4()), "correct_label": 1}),
+        client.post("/feedback", json={"prediction_id": str(uuid.uuid4()), "correct_label": 1}, headers=review_headers),
         client.get("/no/such/route"),
         client.delete("/predict"),
         client.get(f"/predictions/{uuid.uuid4()}/lineage"),

@@ -1,0 +1,125 @@
+"""Who is calling, and may they: ``Authorization: Bearer <key>`` -> an :class:`ml.security.Identity`
+(scopes from ``api_keys``), anonymous callers by client address; per-identity quotas.
+
+- 401 (``WWW-Authenticate: Bearer``): no key where one is needed, or a key that is unknown,
+  malformed or revoked;
+- 403: a valid key without the scope the endpoint needs;
+- 429 (``Retry-After``): the identity's quota for the endpoint is spent.
+
+Verified keys are cached per process for ``api_key_cache_seconds`` (a revoked key is refused within
+that time); every error has the one shape of :mod:`api.errors`.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Annotated, Callable
+
+from fastapi import Depends, HTTPException, Request, status
+
+from api.deps import SettingsDep, database_unavailable
+from ml import db, security
+from ml.config import Settings
+from ml.security import Identity
+
+_CACHE_MAX = 10_000
+
+
+class KeyCache:
+    """key sha256 -> (identity or None, expiry); bounded, per process."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._items: dict[str, tuple[Identity | None, float]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str, settings: Settings) -> Identity | None:
+        h = security.hash_key(key)
+        now = time.monotonic()
+        hit = self._items.get(h)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        try:
+            with db.connect(settings, start_embedded=False, connect_timeout=3, application_name="sentiment-api") as conn:
+                ident = security.verify_key(conn, key)
+        except Exception as exc:  # the key cannot be checked: nothing is allowed on it
+            raise database_unavailable(f"the API key cannot be checked: {type(exc).__name__}") from exc
+        with self._lock:
+            if len(self._items) >= _CACHE_MAX:
+                self._items.clear()
+            self._items[h] = (ident, now + self.seconds)
+        return ident
+
+
+def _unauthorized(message: str) -> HTTPException:
+    return HTTPException(status.HTTP_401_UNAUTHORIZED, detail=message, headers={"WWW-Authenticate": "Bearer"})
+
+
+def identify(request: Request, settings: Settings) -> Identity:
+    """The caller: the key's identity, or the anonymous client address when no key is sent."""
+    header = request.headers.get("authorization")
+    if not header:
+        return security.anonymous(request.client.host if request.client else None)
+    scheme, _, key = header.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise _unauthorized("send the API key as `Authorization: Bearer <key>`")
+    cache: KeyCache = request.app.state.keys
+    ident = cache.get(key.strip(), settings)
+    if ident is None:
+        raise _unauthorized("invalid or revoked API key")
+    return ident
+
+
+def require(*scopes: str, anonymous_if: Callable[[Settings], bool] | None = None, quota: str | None = None):
+    """A dependency: the caller, who must hold one of ``scopes`` (``admin`` holds all). Anonymous callers
+    pass only where ``anonymous_if(settings)`` is true. With ``quota``, one unit of that quota is charged."""
+    need = " or ".join(f"`{s}`" for s in scopes)
+
+    def dependency(request: Request, settings: SettingsDep) -> Identity:
+        ident = identify(request, settings)
+        if ident.anonymous:
+            if anonymous_if is None or not anonymous_if(settings):
+                raise _unauthorized(f"this endpoint needs an API key with scope {need}")
+        elif not ident.has(*scopes):
+            raise HTTPException(status.HTTP_403_FORBIDDEN,
+                                detail=f"API key {ident.name!r} lacks scope {need} (it has: {', '.join(sorted(ident.scopes))})")
+        if quota:
+            charge(request, ident, quota, 1)
+        return ident
+
+    return dependency
+
+
+def charge(request: Request, ident: Identity, name: str, cost: int) -> None:
+    """Spend ``cost`` units of the identity's ``name`` quota, or 429 with Retry-After."""
+    refusal = request.app.state.quotas.hit(name, ident.id, cost)
+    if refusal is not None:
+        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, detail=refusal.message,
+                            headers={"Retry-After": str(refusal.retry_after)})
+
+
+def _anonymous_predict(s: Settings) -> bool:
+    return s.anonymous_predict
+
+
+# /predict and /predict/batch: `predict` (or anonymous when open); the batch charges its texts itself
+predict_caller = require("predict", anonymous_if=_anonymous_predict, quota="predict")
+batch_caller = require("predict", anonymous_if=_anonymous_predict)
+# /feedback: anonymous callers where /predict is open (their own predictions only: the token)
+feedback_caller = require("feedback", "review", anonymous_if=_anonymous_predict, quota="feedback")
+admin_caller = require("admin")
+review_caller = require("review")
+
+PredictCaller = Annotated[Identity, Depends(predict_caller)]
+BatchCaller = Annotated[Identity, Depends(batch_caller)]
+FeedbackCaller = Annotated[Identity, Depends(feedback_caller)]
+AdminCaller = Annotated[Identity, Depends(admin_caller)]
+ReviewCaller = Annotated[Identity, Depends(review_caller)]
+
+
+def optional_caller(request: Request, settings: SettingsDep) -> Identity:
+    """The caller where anyone may ask (a bad key is still a 401)."""
+    return identify(request, settings)
+
+
+OptionalCaller = Annotated[Identity, Depends(optional_caller)]

@@ -1,0 +1,168 @@
+"""Per-identity quotas of the API (``rate_limit_predict``, ``rate_limit_feedback``).
+
+The `limits` library (pinned) parses the limits (``"1200/minute"``, ``"10/second;1000/day"``) and
+applies its fixed-window strategy; its counters live where every API process sees them:
+
+- ``rate_limit_storage_url`` unset (the default, and ``make up``): :class:`PostgresStorage`, a
+  `limits` storage over the platform's PostgreSQL (table ``rate_limit_counters``, one atomic
+  ``INSERT .. ON CONFLICT`` per hit; SQL in :mod:`ml.store.quotas`);
+- ``redis://host:6379/0`` (docker compose runs Redis): `limits`' own ``RedisStorage``.
+
+When the counter store cannot be reached the request is let through and the failure is logged
+(at most once a minute): ``/predict`` keeps answering through a database outage, as it does
+without quotas.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from limits import RateLimitItem, parse_many
+from limits.storage import Storage, storage_from_string
+from limits.strategies import FixedWindowRateLimiter
+
+from ml.config import Settings, get_settings
+from ml.store import quotas as store
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "smops"
+
+
+class PostgresStorage(Storage):
+    """A `limits` storage on the platform's PostgreSQL: one autocommit connection per process
+    (serialised by a lock; a statement is one index lookup), reopened after a failure, and not
+    retried for ``retry_seconds`` so an outage costs no request a connect timeout each."""
+
+    STORAGE_SCHEME = ["smops+postgresql"]
+
+    def __init__(self, uri: str | None = None, wrap_exceptions: bool = False, settings: Settings | None = None,
+                 retry_seconds: float = 5.0, **options: Any) -> None:
+        super().__init__(uri, wrap_exceptions=wrap_exceptions, **options)
+        self.settings = settings or get_settings()
+        self.retry_seconds = retry_seconds
+        self._lock = threading.Lock()
+        self._cm: AbstractContextManager[psycopg.Connection] | None = None
+        self._conn: psycopg.Connection | None = None
+        self._down_until = 0.0
+
+    @property
+    def base_exceptions(self) -> type[Exception] | tuple[type[Exception], ...]:
+        return (psycopg.Error, OSError, RuntimeError)
+
+    def _run(self, fn, *args):
+        from ml import db
+
+        with self._lock:
+            if self._conn is None:
+                if time.monotonic() < self._down_until:
+                    raise RuntimeError("rate-limit store unavailable (retrying shortly)")
+                try:
+                    cm = db.connect(self.settings, start_embedded=False, autocommit=True, connect_timeout=2,
+                                    application_name="sentiment-quotas")
+                    self._conn, self._cm = cm.__enter__(), cm
+                except Exception:
+                    self._down_until = time.monotonic() + self.retry_seconds
+                    raise
+            try:
+                return fn(self._conn, *args)
+            except (psycopg.OperationalError, psycopg.InterfaceError):
+                self._close()
+                self._down_until = time.monotonic() + self.retry_seconds
+                raise
+
+    def _close(self) -> None:
+        cm, self._cm, self._conn = self._cm, None, None
+        if cm is not None:
+            try:
+                cm.__exit__(None, None, None)
+            except Exception:  # noqa: BLE001 - a broken connection closes with an error
+                pass
+
+    def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def incr(self, key: str, expiry: int, amount: int = 1) -> int:
+        return self._run(store.incr, key, expiry, amount)
+
+    def get(self, key: str) -> int:
+        row = self._run(store.get, key)
+        return 0 if row is None else row[0]
+
+    def get_expiry(self, key: str) -> float:
+        row = self._run(store.get, key)
+        return time.time() if row is None else row[1]
+
+    def check(self) -> bool:
+        try:
+            return bool(self._run(store.ping))
+        except Exception:  # noqa: BLE001
+            return False
+
+    def reset(self) -> int | None:
+        return self._run(store.reset, "")
+
+    def clear(self, key: str) -> None:
+        self._run(store.clear, key)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Over the limit: how long to wait and what the limit is."""
+
+    retry_after: int
+    limit: str
+    message: str
+
+
+class Quotas:
+    """The API's quotas: ``hit(name, identity, cost)`` -> None (allowed) or a :class:`Refusal`."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        s = settings or get_settings()
+        self.enabled = s.rate_limits_enabled
+        self.limits: dict[str, list[RateLimitItem]] = {
+            "predict": parse_many(s.rate_limit_predict), "feedback": parse_many(s.rate_limit_feedback)}
+        if s.rate_limit_storage_url:
+            self.storage: Storage = storage_from_string(s.rate_limit_storage_url, key_prefix=NAMESPACE) \
+                if s.rate_limit_storage_url.startswith("redis") else storage_from_string(s.rate_limit_storage_url)
+            self.where = s.rate_limit_storage_url.split("@")[-1]
+        else:
+            self.storage = PostgresStorage(settings=s)
+            self.where = "PostgreSQL (rate_limit_counters)"
+        self.limiter = FixedWindowRateLimiter(self.storage)
+        self._last_error_log = 0.0
+
+    def hit(self, name: str, identity: str, cost: int = 1) -> Refusal | None:
+        if not self.enabled:
+            return None
+        for item in self.limits[name]:
+            if cost > item.amount:
+                return Refusal(int(item.get_expiry()), str(item),
+                               f"this request alone ({cost} units) exceeds the {name} limit of {item} per caller; "
+                               f"send at most {item.amount} per request")
+            try:
+                allowed = self.limiter.hit(item, NAMESPACE, name, identity, cost=cost)
+                if allowed:
+                    continue
+                reset = self.limiter.get_window_stats(item, NAMESPACE, name, identity).reset_time
+            except Exception as exc:  # noqa: BLE001 - fail open: the store is down, the API is not
+                if time.monotonic() - self._last_error_log > 60:
+                    self._last_error_log = time.monotonic()
+                    log.warning("rate limits not enforced: counter store %s unavailable (%s: %s)", self.where,
+                                type(exc).__name__, exc)
+                return None
+            retry = max(1, math.ceil(reset - time.time()))
+            return Refusal(retry, str(item), f"rate limit exceeded: {item} per caller for {name}; retry in {retry}s")
+        return None
+
+    def close(self) -> None:
+        if isinstance(self.storage, PostgresStorage):
+            self.storage.close()
