@@ -12,7 +12,7 @@ Prints rows/second for
 and the peak memory of the scoring path. Figures are ratios against (a) from the same run.
 
 Usage: .venv/bin/python benchmarks/batch_scoring.py [--rows 1600000] [--workers 2] [--naive-rows 20000]
-       [--dag-shard-rows 0,200000] [--no-dag]
+       [--dag-shard-rows 0,200000] [--no-dag] [--no-local] [--no-naive]
 Uses DATABASE_URL (a database `smops_bench` on that server) or the embedded PostgreSQL.
 """
 from __future__ import annotations
@@ -41,6 +41,7 @@ def main() -> None:
                     help="comma-separated shard sizes for the scheduler runs (0: auto, one shard per CPU)")
     ap.add_argument("--no-dag", action="store_true", help="skip the scheduler runs (d)")
     ap.add_argument("--no-naive", action="store_true", help="skip the naive loop (c)")
+    ap.add_argument("--no-local", action="store_true", help="skip the scoring path without Airflow (b)")
     args = ap.parse_args()
     params = {"max_steps": 30} if args.family == "transformer" else {"epochs": 1} if args.family != "tfidf_lr" else {}
 
@@ -75,7 +76,7 @@ def main() -> None:
     import psycopg
 
     peaks = {}
-    for workers in sorted({1, args.workers}):
+    for workers in [] if args.no_local else sorted({1, args.workers}):
         with psycopg.connect(db.database_url(), autocommit=True) as conn:  # same starting state each time
             conn.execute("TRUNCATE predictions, batches CASCADE")
         # the scoring path as its own process (as an Airflow task would be), so its peak memory is its own

@@ -87,18 +87,32 @@ def estimate_rows(path: Path, fmt: str | None = None) -> int:
         except Exception:  # unreadable: the reader says why
             return 0
     size = path.stat().st_size
+    if size <= 4 << 20:  # small: count
+        with path.open("rb") as f:
+            return sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b""))
+    # large: mean line length from 256 KiB at 8 places (files are often sorted, e.g. by label)
+    sampled = lines = 0
     with path.open("rb") as f:
-        head = f.read(1 << 20)
-    n_lines = head.count(b"\n") or 1
-    return int(size / (len(head) / n_lines)) if head else 0
+        for i in range(8):
+            f.seek(int((size - (256 << 10)) * i / 7))
+            block = f.read(256 << 10)
+            sampled += len(block)
+            lines += block.count(b"\n")
+    return int(size * lines / sampled) if sampled else 0
 
 
 def auto_shard_rows(path: Path, fmt: str | None = None, workers: int | None = None) -> int:
     """Shard size for ``shard_rows=0``: one shard per available CPU (each mapped task pays a
-    process start and a model load once), never smaller than MIN_AUTO_SHARD_ROWS."""
+    process start and a model load once), never smaller than MIN_AUTO_SHARD_ROWS. (The plan lets
+    the last auto-sized shard grow by AUTO_TAIL_SLACK instead of leaving a tiny extra shard when
+    the estimate is a little low.)"""
     workers = workers or available_cpus()
     est = estimate_rows(path, fmt)
     return max(MIN_AUTO_SHARD_ROWS, -(-est // workers))
+
+
+#: an auto-sized plan folds a remainder of up to this share of a shard into the last shard
+AUTO_TAIL_SLACK = 0.1
 
 
 def plan(
@@ -164,8 +178,10 @@ def _plan_locked(path: Path, digest: str, batch_id: str, shard_rows: int, airflo
     if champ is None:
         raise RuntimeError("no champion model to score with; train one first (sentiment_training DAG / ml pipeline)")
 
+    slack = 0
     if shard_rows == 0:
         shard_rows = auto_shard_rows(path, fmt)
+        slack = int(shard_rows * AUTO_TAIL_SLACK)
     out_dir = batch_dir(batch_id, s)
     if out_dir.exists():
         shutil.rmtree(out_dir)
@@ -177,15 +193,17 @@ def _plan_locked(path: Path, digest: str, batch_id: str, shard_rows: int, airflo
     buf_rows: list[int] = []
     buf_text: list[str] = []
 
-    def flush_shard() -> None:
-        if not buf_rows:
+    def flush_shard(n: int | None = None) -> None:
+        """Write the first ``n`` buffered rows (all by default) as the next shard."""
+        n = len(buf_rows) if n is None else n
+        if not n:
             return
         i = len(shards)
         p = out_dir / "shards" / f"{i:05d}.parquet"
-        pq.write_table(pa.table({"source_row": pa.array(buf_rows, pa.int64()), "text": pa.array(buf_text)}), p)
-        shards.append({"shard": i, "path": str(p), "first": buf_rows[0], "last": buf_rows[-1], "n": len(buf_rows)})
-        buf_rows.clear()
-        buf_text.clear()
+        pq.write_table(pa.table({"source_row": pa.array(buf_rows[:n], pa.int64()), "text": pa.array(buf_text[:n])}),
+                       p)
+        shards.append({"shard": i, "path": str(p), "first": buf_rows[0], "last": buf_rows[n - 1], "n": n})
+        del buf_rows[:n], buf_text[:n]
 
     encoding: Counter = Counter()
     for line, text, reason in iter_rows(path, fmt, encoding):
@@ -195,8 +213,8 @@ def _plan_locked(path: Path, digest: str, batch_id: str, shard_rows: int, airflo
             continue
         buf_rows.append(line)
         buf_text.append(text)  # type: ignore[arg-type]
-        if len(buf_rows) >= shard_rows:
-            flush_shard()
+        if len(buf_rows) > shard_rows + slack:  # the rows past shard_rows start the next shard
+            flush_shard(shard_rows)
             log.info("planned %d shards (%s rows read)", len(shards), f"{rows_read:,}")
     flush_shard()
 
