@@ -2,9 +2,10 @@
 
     DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres .venv/bin/python benchmarks/compare_families.py
 
-Defaults: all four families, the quick profile, TF-IDF on the whole training pool and the
-neural families on stratified samples (cnn 40,000, bilstm 15,000, transformer 5,000 tweets;
-change with ``--family-sample cnn=20000``), about 15-20 minutes on 2 busy CPU cores.
+Defaults: all four families, the quick profile: every family on the whole training pool, each
+against its training budget (``budget_seconds`` in config/search_space.yaml: quick 60/120/180/240 s
+for tfidf_lr/cnn/bilstm/transformer; ``--budget cnn=300`` overrides one), about 15 minutes on 2 idle
+CPU cores (fits ~10 min, scoring the rest). ``--family-sample cnn=20000`` still caps a family's pool.
 
 It runs the same code as the DAG (``ml.compare.run_comparison``: search per family with MLflow
 runs nested under one parent, winners on the same held-out split, the comparison stored in
@@ -25,7 +26,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 SHARED = REPO.parent / "shared" / "data" / "sentiment140_100k.csv"
-DEFAULT_SAMPLES = {"cnn": 40_000, "bilstm": 15_000, "transformer": 5_000}
 
 
 def main() -> None:
@@ -35,7 +35,9 @@ def main() -> None:
     ap.add_argument("--profile", default="quick", choices=["quick", "full"])
     ap.add_argument("--sample-size", type=int, default=None, help="training sample for every family")
     ap.add_argument("--family-sample", action="append", default=[],
-                    help=f"family=N (repeatable); defaults {DEFAULT_SAMPLES}")
+                    help="family=N (repeatable): cap a family's training pool (default: all of it)")
+    ap.add_argument("--budget", action="append", default=[],
+                    help="family=SECONDS (repeatable): override the profile's budget_seconds")
     ap.add_argument("--search-space", default=None, help="JSON merged over the profile")
     ap.add_argument("--db-name", default="sentiment_bench", help="database for the benchmark's records")
     ap.add_argument("--var-dir", default=str(REPO / "var" / "bench"))
@@ -63,24 +65,35 @@ def main() -> None:
     from ml import compare
 
     wanted = [f.strip() for f in args.families.split(",") if f.strip()]
-    sizes = {k: v for k, v in DEFAULT_SAMPLES.items() if k in wanted and args.sample_size is None}
+    sizes: dict[str, int] = {}
     for item in args.family_sample:
         k, v = item.split("=", 1)
         sizes[k] = int(v)
+    space = json.loads(args.search_space) if args.search_space else {}
+    for item in args.budget:
+        k, v = item.split("=", 1)
+        space.setdefault(k, {})["budget_seconds"] = float(v)
+    load_before = os.getloadavg()
     t0 = time.perf_counter()
     res = compare.run_comparison(
-        data_path=args.data, families=args.families, profile=args.profile, sample_size=args.sample_size,
-        sample_sizes=sizes, search_space=json.loads(args.search_space) if args.search_space else None,
+        data_path=args.data, families=[f for f in wanted], profile=args.profile, sample_size=args.sample_size,
+        sample_sizes=sizes, search_space=space or None,
     )
     wall = time.perf_counter() - t0
     latest = compare.latest_comparison()
+    load_after = os.getloadavg()
     print(f"\n# Model comparison: {Path(args.data).name}, profile {args.profile}, {os.cpu_count()} CPU cores, "
-          f"{wall / 60:.1f} min wall\n")
+          f"{wall / 60:.1f} min wall; load average (1/5/15 min) before {load_before[0]:.2f}/{load_before[1]:.2f}/"
+          f"{load_before[2]:.2f}, after {load_after[0]:.2f}/{load_after[1]:.2f}/{load_after[2]:.2f}\n")
     print(latest["markdown"])
-    print("| family | search s (all trials) | trials | held-out n |")
-    print("|---|---:|---:|---:|")
+    print("| family | held-out acc | budget s | fits s | search s (all trials) | stopped | best step | epochs | "
+          "seen | trials | held-out n |")
+    print("|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|")
     for r in res["rows"]:
-        print(f"| {r['family']} | {r['search_seconds']:.0f} | {r['n_trials']} | {r['n_test']:,} |")
+        print(f"| {r['family']} | {r['accuracy']:.4f} | {r.get('budget_seconds') or '-'} | "
+              f"{r.get('budget_used_seconds') or 0:.0f} | {r['search_seconds']:.0f} | {r.get('stopped')} | "
+              f"{r.get('best_step')} | {r.get('epochs')} | {r.get('examples_seen') or 0:,} | {r['n_trials']} | "
+              f"{r['n_test']:,} |")
     print(f"\nwinner: {res['winner_family']}; chart: {latest['chart_path']}; MLflow parent run {res['parent_run_id']}")
     if args.json:
         Path(args.json).write_text(json.dumps(res["rows"], indent=2, default=str))

@@ -1,6 +1,7 @@
 """The model comparison: one row per family (best params, held-out accuracy, F1, ROC AUC,
 accuracy on the external set when ``external_eval_path`` is set,
-inference ms/tweet, size, training time, sample size) as Markdown and HTML, plus a PNG chart of
+inference ms/tweet, size, training time, the training budget used, epochs, steps, examples seen,
+sample size and a link to the learning curve) as Markdown and HTML, plus a PNG chart of
 accuracy vs inference time; logged to the parent MLflow run and stored in PostgreSQL
 (``comparisons``). :func:`latest_comparison` reads the newest one back (API, ``ml compare --show``).
 
@@ -31,9 +32,14 @@ COLUMNS = [  # key, header, format
     ("inference_ms_per_tweet", "ms/tweet", "{:.3f}"),
     ("model_size_mb", "size MB", "{:.2f}"),
     ("training_seconds", "train s", "{:.1f}"),
-    ("sample_size", "sample", "{:,}"),
+    ("budget", "budget used s", None),       # the family's fits / its budget_seconds (ml.search)
+    ("epochs", "epochs", "{:.2f}"),          # the best trial's passes over its training pool (fractional)
+    ("steps", "steps", "{:,}"),
+    ("examples_seen", "seen", "{:,}"),       # examples the best trial trained on (repeats counted)
+    ("sample_size", "sample", "{:,}"),       # the training pool it drew from
     ("n_trials", "trials", "{}"),
     ("val_metric", "val", "{:.4f}"),
+    ("learning_curve", "curve", None),       # link: the best trial's learning curve in MLflow
 ]
 
 
@@ -44,6 +50,13 @@ def _fmt_params(params: dict[str, Any]) -> str:
 def _cell(row: dict[str, Any], key: str, fmt: str | None) -> str:
     if key == "params":
         return _fmt_params(row.get("params") or {})
+    if key == "budget":
+        used, budget = row.get("budget_used_seconds"), row.get("budget_seconds")
+        if used is None:
+            return "-"
+        return f"{used:.0f} / {budget:.0f}" if budget else f"{used:.0f} / -"
+    if key == "learning_curve":
+        return (row.get("learning_curve") or {}).get("url") or "-"
     if key == "val_metric":
         v = row.get(f"val_{row.get('selection_metric', 'accuracy')}")
     elif key.startswith("external_"):
@@ -56,6 +69,16 @@ def _cell(row: dict[str, Any], key: str, fmt: str | None) -> str:
         return fmt.format(v) if fmt else str(v)
     except (ValueError, TypeError):
         return str(v)
+
+
+def _link_md(row: dict[str, Any]) -> str:
+    url = (row.get("learning_curve") or {}).get("url")
+    return f"[curve]({url})" if url else "-"
+
+
+def _link_html(row: dict[str, Any]) -> str:
+    url = (row.get("learning_curve") or {}).get("url")
+    return f'<a href="{html.escape(url, quote=True)}">curve</a>' if url else "-"
 
 
 def _json_safe(obj: Any) -> Any:
@@ -81,7 +104,7 @@ def to_markdown(rows: list[dict[str, Any]], winner: str | None = None, metric: s
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" if k in ("family", "params") else "---:"
                                                                for k, _, _ in COLUMNS) + "|"]
     for r in rows:
-        cells = [_cell(r, k, f) for k, _, f in COLUMNS]
+        cells = [_cell(r, k, f) if k != "learning_curve" else _link_md(r) for k, _, f in COLUMNS]
         if r["family"] == winner:
             cells[0] = f"**{cells[0]}** (winner)"
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
@@ -89,6 +112,10 @@ def to_markdown(rows: list[dict[str, Any]], winner: str | None = None, metric: s
     split = f"the same held-out split (n={n_test:,})" if n_test else "the same held-out split"
     notes = [f"Metrics on {split}; the winner has the best validation {metric}; training time of the best trial; "
              "ms/tweet: median over repeated scoring of a fixed batch of 1,000 held-out tweets."]
+    if any(r.get("budget_used_seconds") is not None for r in rows):
+        notes.append("budget used: wall time of the family's fits / its budget (config/search_space.yaml); "
+                     "epochs, steps, seen: the best trial's passes over its training pool (sample), optimiser "
+                     "steps and examples trained on; curve: its validation accuracy against steps (MLflow).")
     ext = next((r["external"] for r in rows if r.get("external")), None)
     if ext:
         notes.append(f"external acc: on the external set {Path(ext['path']).name} (n={ext['n']:,}, content hash "
@@ -108,7 +135,8 @@ def to_html(rows: list[dict[str, Any]], winner: str | None = None, metric: str =
            + "</tr></thead>", "<tbody>"]
     for r in rows:
         cls = ' class="winner"' if r["family"] == winner else ""
-        cells = "".join(f"<td>{html.escape(_cell(r, k, f))}</td>" for k, _, f in COLUMNS)
+        cells = "".join(f"<td>{_link_html(r)}</td>" if k == "learning_curve" else
+                        f"<td>{html.escape(_cell(r, k, f))}</td>" for k, _, f in COLUMNS)
         out.append(f"<tr{cls}>{cells}</tr>")
     out.append("</tbody></table>")
     return "\n".join(out) + "\n"
@@ -195,7 +223,8 @@ def write_comparison(plan: dict[str, Any], rows: list[dict[str, Any]],
     client.log_text(parent, html_table, "comparison/comparison.html")
     client.log_dict(parent, _json_safe(rows), "comparison/comparison.json")
     for r in rows:
-        for k in ("accuracy", "f1", "roc_auc", "inference_ms_per_tweet", "model_size_mb", "training_seconds"):
+        for k in ("accuracy", "f1", "roc_auc", "inference_ms_per_tweet", "model_size_mb", "training_seconds",
+                  "budget_seconds", "budget_used_seconds", "epochs", "steps", "examples_seen"):
             if r.get(k) is not None:
                 client.log_metric(parent, f"{r['family']}.{k}", float(r[k]))
         if (r.get("external") or {}).get("accuracy") is not None:

@@ -3,9 +3,13 @@
 1. :func:`plan_comparison` checks the request (families, search space, sample sizes), opens the
    parent MLflow run every trial is nested under, and returns the *plan* (a small dict that the
    DAG passes between tasks).
-2. :func:`search_family` runs one family's trials (one DAG task per family, mapped): each trial
-   fits on the family's sample of the training pool and is scored on the validation split carved
-   from the training split (the same rows for every family; the held-out split is never seen).
+2. :func:`search_family` runs one family's trials (one DAG task per family, mapped) against the
+   family's budget (``budget_seconds`` of wall time per profile, shared by its trials): each trial
+   fits on the family's training pool (all of it unless a sample size is asked for) with early
+   stopping on the validation split carved from the training split (the same rows for every
+   family; the held-out split is never seen), logs its learning curve (validation accuracy
+   against steps: MLflow metric ``curve_val_accuracy`` with ``step=``, and ``learning_curve.png``)
+   and is scored on that validation split.
    The best trial's model is logged to MLflow as a pyfunc and recorded in ``training_runs``.
 3. :func:`evaluate_winners` scores every family's winner on the same held-out split.
 
@@ -34,7 +38,8 @@ from ml.store import models as store
 log = logging.getLogger(__name__)
 
 PROFILES = ("quick", "full")
-SPEC_KEYS = {"method", "n_trials", "sample_size", "params", "fixed"}
+SPEC_KEYS = {"method", "n_trials", "sample_size", "budget_seconds", "params", "fixed"}
+LEARNING_CURVE = "learning_curve.png"
 
 
 class SearchSpaceError(ValueError):
@@ -238,8 +243,60 @@ def _log_plots(metrics: dict[str, Any], y, proba, prefix: str) -> None:
         plt.close(fig)
 
 
+def learning_curve_link(run_id: str, s: Settings) -> dict[str, str]:
+    """Where a trial's learning-curve PNG lives: its MLflow artifact URI and the MLflow UI page."""
+    import mlflow
+
+    info = mlflow.MlflowClient().get_run(run_id).info
+    uri = tracking_uri_for_ui(s)
+    return {"artifact_uri": f"{info.artifact_uri.rstrip('/')}/{LEARNING_CURVE}",
+            "url": f"{uri}/#/experiments/{info.experiment_id}/runs/{run_id}/artifacts/{LEARNING_CURVE}"}
+
+
+def tracking_uri_for_ui(s: Settings) -> str:
+    """The MLflow UI's base URL: the tracking server when it is one, else the platform's mlflow port."""
+    from ml import tracking
+
+    uri = tracking.tracking_uri(s)
+    if uri.startswith(("http://", "https://")):
+        return uri.rstrip("/")
+    host = "127.0.0.1" if s.host in ("0.0.0.0", "::", "") else s.host
+    return f"http://{host}:{s.mlflow_port}"
+
+
+TRAINING_KEYS = ("budget_seconds", "seconds", "steps", "epochs", "examples_seen", "n_train", "stopped", "best_step",
+                 "best_val_accuracy")
+
+
+def _log_training(hist: dict[str, Any], family: str, i: int, workdir: Path) -> bool:
+    """The trial's training record to MLflow: budget/steps/epochs/examples as metrics, the learning
+    curve as ``curve_val_accuracy``/``curve_val_loss`` against ``step=`` and as a PNG. True when a
+    curve was logged."""
+    import mlflow
+
+    from ml.models.base import plot_learning_curve
+
+    for k in ("budget_seconds", "steps", "epochs", "examples_seen", "best_step", "best_val_accuracy"):
+        if isinstance(hist.get(k), (int, float)) and not isinstance(hist.get(k), bool):
+            mlflow.log_metric(k, float(hist[k]))
+    if hist.get("stopped"):
+        mlflow.set_tag("stopped", str(hist["stopped"]))
+    curve = hist.get("curve") or {}
+    for step, acc, loss in zip(curve.get("step", []), curve.get("val_accuracy", []), curve.get("val_loss", []),
+                               strict=False):
+        mlflow.log_metric("curve_val_accuracy", float(acc), step=int(step))
+        if loss == loss:  # not NaN
+            mlflow.log_metric("curve_val_loss", float(loss), step=int(step))
+    png = plot_learning_curve(hist, workdir / f"curve{i}" / LEARNING_CURVE, f"{family} trial {i}")
+    if png is None:
+        return False
+    mlflow.log_artifact(str(png))
+    return True
+
+
 def _run_trial(family: str, params: dict[str, Any], i: int, n: int, plan: dict[str, Any], train_df, val_df,
-               timing: dict[str, Any], metric: str, commit: str, workdir: Path, s: Settings) -> dict[str, Any]:
+               timing: dict[str, Any], metric: str, commit: str, workdir: Path, s: Settings,
+               budget_seconds: float | None = None) -> dict[str, Any]:
     import mlflow
 
     from ml import models
@@ -260,11 +317,13 @@ def _run_trial(family: str, params: dict[str, Any], i: int, n: int, plan: dict[s
         mlflow.log_params({"family": family, "trial": i, "sample_size": plan["sample_sizes"].get(family) or "all",
                            "n_train": len(train_df), "n_validation": len(val_df), "seed": s.seed,
                            **{f"model.{k}": v for k, v in model.get_params().items()}})
-        log.info("%s trial %d/%d: %s", family, i + 1, n, json.dumps(params, default=str))
-        t0 = time.perf_counter()
-        model.fit(train_df["text"].tolist(), train_df["label"].to_numpy())
-        seconds = time.perf_counter() - t0
+        log.info("%s trial %d/%d: %s (budget %s)", family, i + 1, n, json.dumps(params, default=str),
+                 f"{budget_seconds:.0f}s" if budget_seconds else "none")
         texts, y = val_df["text"].tolist(), val_df["label"].to_numpy()
+        t0 = time.perf_counter()
+        model.fit(train_df["text"].tolist(), train_df["label"].to_numpy(), validation=(texts, y),
+                  budget_seconds=budget_seconds)
+        seconds = time.perf_counter() - t0
         proba = model.predict_proba(texts)
         m = compute_metrics(y, proba)
         ms = inference_ms_per_tweet(model, texts, batch=int(timing.get("batch", 500)),
@@ -274,16 +333,15 @@ def _run_trial(family: str, params: dict[str, Any], i: int, n: int, plan: dict[s
         mlflow.log_metrics({**{f"val_{k}": m[k] for k in METRICS}, "inference_ms_per_tweet": ms,
                             "model_size_mb": size, "training_seconds": seconds})
         hist = getattr(model, "history_", None) or {}
-        for k in ("epochs_run", "best_epoch", "steps_run"):
-            if isinstance(hist.get(k), (int, float)):
-                mlflow.log_metric(k, hist[k])
+        has_curve = _log_training(hist, family, i, workdir)
         _log_plots(m, y, proba, "validation")
         mlflow.log_dict({"validation": m, "history": hist}, "trial.json")
         log.info("%s trial %d/%d: val %s %.4f, f1 %.4f, auc %.4f, fit %.1fs, %.3f ms/tweet, %.1f MB", family, i + 1,
                  n, metric, m[metric], m["f1"], m["roc_auc"], seconds, ms, size)
         return {"run_id": run.info.run_id, "params": params, "full_params": model.get_params(), "dir": str(path),
                 "val": {k: m[k] for k in METRICS}, "inference_ms_per_tweet": ms, "model_size_mb": size,
-                "training_seconds": seconds}
+                "training_seconds": seconds, "trial_budget_seconds": budget_seconds,
+                "training": {k: hist.get(k) for k in TRAINING_KEYS}, "has_curve": has_curve}
 
 
 def search_family(plan: dict[str, Any], family: str, settings: Settings | None = None) -> dict[str, Any]:
@@ -306,21 +364,36 @@ def search_family(plan: dict[str, Any], family: str, settings: Settings | None =
     commit = tracking.git_commit()
     log.info("searching %s: %d trial(s), %s training tweets, %s validation tweets", family, len(todo),
              f"{len(train_df):,}", f"{len(val_df):,}")
+    budget = float(spec["budget_seconds"]) if spec.get("budget_seconds") else None
     t_search = time.perf_counter()
     best: dict[str, Any] | None = None
-    failures = []
+    failures: list[str] = []
+    used = 0.0  # wall time of the fits so far: what the budget pays for
+    skipped = 0
     with tempfile.TemporaryDirectory(prefix=f"search-{family}-") as tmp:
         for i, params in enumerate(todo):
+            trial_budget = None
+            if budget is not None:  # what is left, shared by the trials still to run
+                left = budget - used
+                if left < max(1.0, 0.1 * budget / len(todo)) and best is not None:
+                    skipped = len(todo) - i
+                    log.info("%s: budget of %.0fs spent (%.0fs used): %d trial(s) not run", family, budget, used,
+                             skipped)
+                    break
+                trial_budget = max(left, 1.0) / (len(todo) - i)
+            t_trial = time.perf_counter()
             try:
                 r = _run_trial(family, params, i, len(todo), plan, train_df, val_df, space["timing"], metric, commit,
-                               Path(tmp), s)
+                               Path(tmp), s, trial_budget)
             except Exception as e:  # one broken trial does not sink the search
+                used += time.perf_counter() - t_trial  # a failed trial's time is spent too
                 log.exception("%s trial %d failed", family, i + 1)
                 failures.append(f"trial {i}: {type(e).__name__}: {e}")
                 active = mlflow.active_run()
                 if active is not None:
                     mlflow.end_run("FAILED")
                 continue
+            used += r["training_seconds"]
             better = best is None or (r["val"][metric], -r["inference_ms_per_tweet"]) > (
                 best["val"][metric], -best["inference_ms_per_tweet"])
             if better:
@@ -344,14 +417,23 @@ def search_family(plan: dict[str, Any], family: str, settings: Settings | None =
     with db.connect(s) as conn:
         store.insert_run(conn, best["run_id"], snap.hash, family, best["full_params"], commit,
                          plan.get("airflow_run_id"), plan["parent_run_id"])
+    tr = best["training"]
     winner = {
         "family": family, "run_id": best["run_id"], "params": best["params"], "full_params": best["full_params"],
         "val": best["val"], "selection_metric": metric, "training_seconds": round(best["training_seconds"], 2),
-        "search_seconds": round(search_seconds, 2), "n_trials": len(todo), "failed_trials": len(failures),
-        "sample_size": len(train_df), "model_size_mb": best["model_size_mb"],
+        "search_seconds": round(search_seconds, 2), "n_trials": len(todo) - skipped, "failed_trials": len(failures),
+        "skipped_trials": skipped, "sample_size": len(train_df), "model_size_mb": best["model_size_mb"],
+        # the budget: the family's, what its trials' fits used, and what the best trial did with its share
+        "budget_seconds": budget, "budget_used_seconds": round(used, 2),
+        "trial_budget_seconds": round(best["trial_budget_seconds"], 2) if best["trial_budget_seconds"] else None,
+        "epochs": tr.get("epochs"), "steps": tr.get("steps"), "examples_seen": tr.get("examples_seen"),
+        "stopped": tr.get("stopped"), "best_step": tr.get("best_step"),
+        "learning_curve": learning_curve_link(best["run_id"], s) if best["has_curve"] else None,
     }
-    log.info("%s: best of %d trial(s) is %s (val %s %.4f) after %.1fs", family, len(todo), best["run_id"], metric,
-             best["val"][metric], search_seconds)
+    log.info("%s: best of %d trial(s) is %s (val %s %.4f; %s steps, %s epochs, %s examples, stopped: %s) after "
+             "%.1fs (fits %.1fs of a %s budget)", family, len(todo) - skipped, best["run_id"], metric,
+             best["val"][metric], tr.get("steps"), tr.get("epochs"), tr.get("examples_seen"), tr.get("stopped"),
+             search_seconds, used, f"{budget:.0f}s" if budget else "no")
     return winner
 
 

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -57,6 +58,90 @@ def seed_everything(seed: int) -> None:
         torch.manual_seed(seed)
 
 
+class Budget:
+    """The training budget of one fit: wall time (``seconds``, measured from the start of ``fit``,
+    so preprocessing, vocabulary, embeddings and validation all count: honest on a loaded machine)
+    and/or a number of optimiser ``steps``; None or 0 means no limit of that kind."""
+
+    def __init__(self, seconds: float | None = None, steps: int | None = None) -> None:
+        import time
+
+        self.seconds = float(seconds) if seconds else None
+        self.steps = int(steps) if steps else None
+        self._clock = time.perf_counter
+        self.t0 = self._clock()
+
+    def elapsed(self) -> float:
+        return self._clock() - self.t0
+
+    def left(self) -> float:
+        return float("inf") if self.seconds is None else self.seconds - self.elapsed()
+
+    def spent(self, step: int = 0, reserve: float = 0.0) -> str | None:
+        """Why training must stop now (``"budget"``, ``"max_steps"``), or None. ``reserve``: seconds
+        still needed after stopping (one more validation), taken from the time left."""
+        if self.steps is not None and step >= self.steps:
+            return "max_steps"
+        if self.seconds is not None and self.elapsed() + reserve >= self.seconds:
+            return "budget"
+        return None
+
+    def progress(self, step: int, total_steps: int | None = None) -> float:
+        """How much of the budget is used, 0..1: the largest of the time, step and epoch fractions
+        (drives learning-rate decay when the number of steps is not known in advance)."""
+        fr = [0.0]
+        if self.seconds:
+            fr.append(self.elapsed() / self.seconds)
+        if self.steps:
+            fr.append(step / self.steps)
+        if total_steps:
+            fr.append(step / total_steps)
+        return min(1.0, max(fr))
+
+
+def new_history(n_train: int, n_eval: int, budget: Budget) -> dict[str, Any]:
+    """The training record every family fills in (saved with the model, logged per trial):
+    budget and seconds used, steps, epochs (fractional), examples seen, why it stopped, and the
+    learning curve (validation accuracy/loss against steps)."""
+    return {"n_train": int(n_train), "n_eval": int(n_eval), "budget_seconds": budget.seconds,
+            "max_steps": budget.steps, "seconds": None, "steps": 0, "epochs": 0.0, "examples_seen": 0,
+            "stopped": None, "best_step": None, "best_val_accuracy": None,
+            "curve": {"step": [], "examples": [], "seconds": [], "val_accuracy": [], "val_loss": []}}
+
+
+def plot_learning_curve(history: dict[str, Any], path: str | Path, title: str = "learning curve") -> Path | None:
+    """PNG of validation accuracy against training steps (None when there is no curve)."""
+    curve = (history or {}).get("curve") or {}
+    if not curve.get("step"):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.plot(curve["step"], curve["val_accuracy"], marker="o", ms=3, color="tab:blue", label="validation accuracy")
+    if history.get("best_step") is not None:
+        ax.axvline(history["best_step"], color="tab:green", ls="--", lw=1, label=f"best (step {history['best_step']})")
+    ax.set_xlabel("training steps")
+    ax.set_ylabel("validation accuracy")
+    n = history.get("examples_seen") or 0
+    ax.set_title(f"{title}: {history.get('epochs', 0):.2f} epochs, {n:,} examples, "
+                 f"{history.get('seconds') or 0:.0f}s" + (f" of {history['budget_seconds']:.0f}s"
+                                                          if history.get("budget_seconds") else ""), fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+Validation = tuple[Sequence[str], Sequence[int] | np.ndarray]
+
+
 class SentimentModel(ABC):
     family: ClassVar[str]
     #: distributions the family needs at inference time, beyond the platform's base ones
@@ -79,7 +164,12 @@ class SentimentModel(ABC):
         return [pinned(r) for r in self.requirements] + requirements_for(self.params.get("preprocess"))
 
     @abstractmethod
-    def fit(self, texts: Sequence[str], labels: Sequence[int] | np.ndarray) -> "SentimentModel": ...
+    def fit(self, texts: Sequence[str], labels: Sequence[int] | np.ndarray, validation: Validation | None = None,
+            budget_seconds: float | None = None) -> SentimentModel:
+        """Train on ``texts``. ``validation`` (texts, labels): the split that early stopping and the
+        learning curve watch (None: the family carves ``validation_fraction`` from ``texts``);
+        ``budget_seconds``: wall time of this fit, the iterative families stop when it is spent
+        (keeping their best state so far). ``self.history_`` records what was used (:func:`new_history`)."""
 
     @staticmethod
     def _check_labels(labels: Sequence[int] | np.ndarray, dtype=np.int8) -> np.ndarray:
@@ -105,7 +195,7 @@ class SentimentModel(ABC):
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "SentimentModel":
+    def load(cls, path: str | Path) -> SentimentModel:
         path = Path(path)
         meta = json.loads((path / META_FILE).read_text())
         obj = cls.__new__(cls)

@@ -7,7 +7,11 @@ training texts) -> ``Embedding`` -> family body -> ``Dense(1, sigmoid)`` = P(pos
 Embeddings start from scratch (``embeddings="scratch"``), from word2vec trained with gensim
 on the training texts themselves (``"word2vec"``, the default), or from a GloVe/word2vec text
 file (``embeddings="/path/to/vectors.txt"``; its dimension wins over ``embedding_dim``).
-Early stopping watches the loss on a validation split carved from the texts given to ``fit``.
+Training runs against a budget (``fit(..., validation=, budget_seconds=)``): the whole training
+pool streams through tf.data (reshuffled every pass); every ``eval_every`` steps the model is scored
+on the validation split (the learning curve), training stops when the wall-time budget, ``max_steps``,
+``epochs`` passes or ``patience`` validations without improvement are spent, and the best weights
+(by validation accuracy) are restored. Without a validation split, one is carved from the texts.
 Text preprocessing (none | basic | lemma) runs in Python before the model, as in every family.
 """
 from __future__ import annotations
@@ -16,8 +20,9 @@ import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -86,9 +91,12 @@ class KerasTextModel(SentimentModel):
             "dropout": 0.3,
             "learning_rate": 1e-3,
             "batch_size": 128,
-            "epochs": 3,
-            "patience": 1,              # early stopping on validation loss
-            "validation_fraction": 0.1,
+            "epochs": 3,                # at most this many passes over the training texts
+            "max_steps": 0,             # at most this many steps (0: no limit); the time budget is fit's
+            "eval_every": 0,            # validate every N steps (0: once per pass)
+            "eval_max_rows": 2000,      # validate on at most this many rows of the validation split
+            "patience": 1,              # early stopping: validations without a better accuracy
+            "validation_fraction": 0.1, # carved from the texts when fit gets no validation split
             "seed": 42,
             "log_every": 100,           # log progress every N steps
         }
@@ -158,61 +166,91 @@ class KerasTextModel(SentimentModel):
         return model
 
     # ---------------------------------------------------------------- fit
-    def fit(self, texts, labels) -> "KerasTextModel":
-        keras, tf = _keras()
+    def fit(self, texts, labels, validation=None, budget_seconds=None) -> KerasTextModel:
+        """Train on all of ``texts`` (streamed through tf.data, reshuffled every pass) until the budget
+        (``budget_seconds`` wall time, ``max_steps``), ``epochs`` passes, or ``patience`` evaluations
+        without a better validation accuracy; evaluates every ``eval_every`` steps on (at most
+        ``eval_max_rows`` of) the validation split and keeps the best weights."""
+        from ml.models.base import Budget, new_history
+
         p = self.params
+        budget = Budget(budget_seconds, int(p["max_steps"]) or None)  # the clock starts here: all of fit counts
+        keras, tf = _keras()
         y = self._check_labels(labels, np.float32)
         seed = int(p["seed"])
         seed_everything(seed)
         x = np.asarray(preprocess(texts, p["preprocess"]), dtype=object)
-        idx_train, idx_val = np.arange(len(x)), np.array([], dtype=int)
-        frac = float(p["validation_fraction"])
-        if frac > 0 and len(x) >= 20:
-            from sklearn.model_selection import train_test_split
+        if validation is not None:
+            x_val = np.asarray(preprocess(list(validation[0]), p["preprocess"]), dtype=object)
+            y_val = np.asarray(validation[1], dtype=np.float32)
+        else:
+            idx_train, idx_val = np.arange(len(x)), np.array([], dtype=int)
+            frac = float(p["validation_fraction"])
+            if frac > 0 and len(x) >= 20:
+                from sklearn.model_selection import train_test_split
 
-            idx_train, idx_val = train_test_split(np.arange(len(x)), test_size=frac, random_state=seed, stratify=y)
+                idx_train, idx_val = train_test_split(np.arange(len(x)), test_size=frac, random_state=seed,
+                                                      stratify=y)
+            x_val, y_val = x[idx_val], y[idx_val]
+            x, y = x[idx_train], y[idx_train]
+        cap = int(p["eval_max_rows"])
+        if cap and len(x_val) > cap:  # a fixed random subset: cheap evaluations, the same every time
+            keep = np.sort(np.random.default_rng(seed).choice(len(x_val), cap, replace=False))
+            x_val, y_val = x_val[keep], y_val[keep]
         t0 = time.perf_counter()
         vectorizer = keras.layers.TextVectorization(
             max_tokens=int(p["vocab_size"]), output_sequence_length=int(p["max_len"]), name="vectorize"
         )
-        vectorizer.adapt(tf.data.Dataset.from_tensor_slices(tf.constant(x[idx_train].tolist())).batch(4096))
+        vectorizer.adapt(tf.data.Dataset.from_tensor_slices(tf.constant(x.tolist())).batch(4096))
         vocab = vectorizer.get_vocabulary()
         log.info("%s: vocabulary of %s tokens from %s tweets (%.1fs)", self.family, f"{len(vocab):,}",
-                 f"{len(idx_train):,}", time.perf_counter() - t0)
+                 f"{len(x):,}", time.perf_counter() - t0)
         matrix = None
         if p["embeddings"] != "scratch":
-            seqs = vectorizer(tf.constant(x[idx_train].tolist())).numpy()
+            seqs = vectorizer(tf.constant(x.tolist())).numpy()
             matrix = self._embedding_matrix(vocab, seqs)
         seed_everything(seed)
         model = self._build(vectorizer, matrix)
 
         bs = int(p["batch_size"])
+        steps_per_epoch = -(-len(x) // bs)
+        max_steps = steps_per_epoch * int(p["epochs"])
+        if budget.steps:
+            max_steps = min(max_steps, budget.steps)
+        eval_every = int(p["eval_every"]) or steps_per_epoch
+        eval_every = max(1, min(eval_every, max_steps))
         train_ds = (
-            tf.data.Dataset.from_tensor_slices((tf.constant(x[idx_train].tolist()), y[idx_train]))
-            .shuffle(len(idx_train), seed=seed, reshuffle_each_iteration=True)
+            tf.data.Dataset.from_tensor_slices((tf.constant(x.tolist()), y))
+            .shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
             .batch(bs)
+            .repeat()
             .prefetch(2)
         )
-        callbacks: list[Any] = [_progress_callback(self.family, int(p["log_every"]), -(-len(idx_train) // bs))]
+        history = new_history(len(x), len(x_val), budget)
+        watch = _BudgetWatch(self.family, history, budget, max_steps, steps_per_epoch, len(x), bs,
+                             int(p["patience"]), int(p["log_every"]))
         val_ds = None
-        if len(idx_val):
-            val_ds = tf.data.Dataset.from_tensor_slices((tf.constant(x[idx_val].tolist()), y[idx_val])).batch(bs * 4)
-            callbacks.append(keras.callbacks.EarlyStopping(
-                monitor="val_loss", patience=int(p["patience"]), restore_best_weights=True, verbose=0))
-        log.info("%s: training on %s tweets (%s validation), up to %d epochs of %d steps", self.family,
-                 f"{len(idx_train):,}", f"{len(idx_val):,}", int(p["epochs"]), -(-len(idx_train) // bs))
+        if len(x_val):
+            val_ds = tf.data.Dataset.from_tensor_slices((tf.constant(x_val.tolist()), y_val)).batch(bs * 4)
+        log.info("%s: training on %s tweets (%s validation), %d steps a pass, up to %d steps (%s epochs), "
+                 "budget %s, validation every %d steps", self.family, f"{len(x):,}", f"{len(x_val):,}",
+                 steps_per_epoch, max_steps, p["epochs"],
+                 f"{budget.seconds:.0f}s ({budget.left():.0f}s left)" if budget.seconds else "none", eval_every)
         import warnings
 
         with warnings.catch_warnings():  # "shuffle=True ... ignored": the dataset is shuffled above
             warnings.simplefilter("ignore", UserWarning)
-            hist = model.fit(train_ds, validation_data=val_ds, epochs=int(p["epochs"]), verbose=0,
-                             callbacks=callbacks)
+            model.fit(train_ds, validation_data=val_ds, epochs=-(-max_steps // eval_every),
+                      steps_per_epoch=eval_every, verbose=0, callbacks=[watch.callback()])
+        watch.finish(model)
         self.model_ = model
         self._serve = None
-        self.history_ = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
-        if "val_loss" in self.history_:
-            self.history_["best_epoch"] = int(np.argmin(self.history_["val_loss"])) + 1
-        self.history_["epochs_run"] = len(self.history_.get("loss", []))
+        history["seconds"] = round(budget.elapsed(), 3)
+        self.history_ = history
+        log.info("%s: stopped (%s) after %d steps = %.2f epochs, %s examples, %.1fs; best step %s (val acc %s)",
+                 self.family, history["stopped"], history["steps"], history["epochs"],
+                 f"{history['examples_seen']:,}", history["seconds"], history["best_step"],
+                 history["best_val_accuracy"])
         return self
 
     # ---------------------------------------------------------------- predict
@@ -253,25 +291,82 @@ class KerasTextModel(SentimentModel):
         self.history_ = json.loads(hist.read_text()) if hist.exists() else {}
 
 
-def _progress_callback(name: str, every: int, steps_per_epoch: int):
-    keras, _ = _keras()
+class _BudgetWatch:
+    """Keras fit in chunks of ``eval_every`` steps ("epochs" to Keras): counts steps and examples,
+    stops when the budget, the step limit or the patience is spent, records the learning curve and
+    keeps the best weights (by validation accuracy)."""
 
-    class Progress(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.epoch, self.t0 = epoch + 1, time.perf_counter()
+    def __init__(self, name, history, budget, max_steps, steps_per_epoch, n_train, batch_size, patience, log_every):
+        self.name, self.h, self.budget, self.max_steps = name, history, budget, max_steps
+        self.spe, self.n, self.bs = steps_per_epoch, n_train, batch_size
+        self.patience, self.log_every = patience, log_every
+        self.step, self.bad, self.best, self.best_weights = 0, 0, -1.0, None
+        self.eval_seconds = 0.0  # how long the last validation took: kept in reserve before the budget ends
+        self.stopped: str | None = None
 
-        def on_train_batch_end(self, batch, logs=None):
-            if every and (batch + 1) % every == 0:
-                log.info("%s epoch %d step %d/%d loss %.4f", name, self.epoch, batch + 1, steps_per_epoch,
-                         float((logs or {}).get("loss", float("nan"))))
+    def examples(self) -> int:
+        full, part = divmod(self.step, self.spe)
+        return full * self.n + min(part * self.bs, self.n)
 
-        def on_epoch_end(self, epoch, logs=None):
-            logs = logs or {}
-            log.info("%s epoch %d done in %.1fs: loss %.4f acc %.4f val_loss %.4f val_acc %.4f", name, epoch + 1,
-                     time.perf_counter() - self.t0, *(float(logs.get(k, float("nan")))
-                                                       for k in ("loss", "accuracy", "val_loss", "val_accuracy")))
+    def callback(self):
+        keras, _ = _keras()
+        watch = self
 
-    return Progress()
+        class Watch(keras.callbacks.Callback):
+            def on_train_batch_end(self, batch, logs=None):
+                watch.step += 1
+                if watch.log_every and watch.step % watch.log_every == 0:
+                    log.info("%s step %d/%d (%.2f epochs) loss %.4f, %.0fs", watch.name, watch.step, watch.max_steps,
+                             watch.step / watch.spe, float((logs or {}).get("loss", float("nan"))),
+                             watch.budget.elapsed())
+                why = watch.budget.spent(watch.step, reserve=watch.eval_seconds)
+                if why is None and watch.step >= watch.max_steps:
+                    why = "epochs"
+                if why:
+                    watch.stopped = watch.stopped or why
+                    self.model.stop_training = True
+
+            def on_test_begin(self, logs=None):
+                self._t_eval = time.perf_counter()
+
+            def on_test_end(self, logs=None):
+                watch.eval_seconds = time.perf_counter() - self._t_eval
+
+            def on_epoch_end(self, epoch, logs=None):
+                logs = logs or {}
+                if "val_accuracy" not in logs:
+                    return
+                acc, loss = float(logs["val_accuracy"]), float(logs.get("val_loss", float("nan")))
+                c = watch.h["curve"]
+                c["step"].append(watch.step)
+                c["examples"].append(watch.examples())
+                c["seconds"].append(round(watch.budget.elapsed(), 2))
+                c["val_accuracy"].append(acc)
+                c["val_loss"].append(loss)
+                log.info("%s step %d (%.2f epochs, %.0fs): val_acc %.4f val_loss %.4f", watch.name, watch.step,
+                         watch.step / watch.spe, watch.budget.elapsed(), acc, loss)
+                if acc > watch.best:
+                    watch.best, watch.bad = acc, 0
+                    watch.best_weights = self.model.get_weights()
+                    watch.h["best_step"], watch.h["best_val_accuracy"] = watch.step, acc
+                else:
+                    watch.bad += 1
+                    if watch.patience and watch.bad >= watch.patience and not self.model.stop_training:
+                        watch.stopped = watch.stopped or "patience"
+                        self.model.stop_training = True
+                if not self.model.stop_training:  # the budget may be spent by this validation itself
+                    why = watch.budget.spent(watch.step, reserve=0.0)
+                    if why:
+                        watch.stopped = watch.stopped or why
+                        self.model.stop_training = True
+
+        return Watch()
+
+    def finish(self, model) -> None:
+        if self.best_weights is not None:
+            model.set_weights(self.best_weights)  # restore the best state seen on validation
+        self.h.update(steps=self.step, epochs=round(self.step / self.spe, 3), examples_seen=self.examples(),
+                      stopped=self.stopped or "epochs")
 
 
 class TextCNN(KerasTextModel):

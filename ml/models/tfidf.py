@@ -1,8 +1,9 @@
 """TF-IDF features + logistic regression (scikit-learn): the baseline family."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import joblib
 import numpy as np
@@ -11,7 +12,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import FeatureUnion, Pipeline
 
 from ml.features import preprocess
-from ml.models.base import SentimentModel
+from ml.models.base import Budget, SentimentModel, new_history
 
 
 class TfidfLogReg(SentimentModel):
@@ -54,9 +55,15 @@ class TfidfLogReg(SentimentModel):
     def _prep(self, texts: Sequence[str]) -> list[str]:
         return preprocess(texts, self.params["preprocess"])
 
-    def fit(self, texts, labels) -> "TfidfLogReg":
+    def fit(self, texts, labels, validation=None, budget_seconds=None) -> TfidfLogReg:
+        """One pass over all of ``texts`` (seconds for 100k tweets): the budget is recorded, not needed."""
+        budget = Budget(budget_seconds)
         y = self._check_labels(labels, np.int8)
         self.pipeline_ = self._pipeline().fit(self._prep(texts), y)
+        h = new_history(len(y), 0, budget)
+        h.update(seconds=round(budget.elapsed(), 3), examples_seen=len(y), epochs=1.0, steps=None,
+                 stopped="converged")
+        self.history_ = h
         return self
 
     def predict_proba(self, texts) -> np.ndarray:

