@@ -13,6 +13,77 @@ from functools import lru_cache
 from ml.config import REPO_ROOT, Settings, get_settings
 
 MLFLOW_URL_FILE = "mlflow.url"
+MLFLOW_CREDENTIALS_FILE = "credentials.json"   # under var/mlflow/, mode 0600
+MLFLOW_AUTH_CONFIG_FILE = "basic_auth.ini"     # under var/mlflow/, mode 0600
+MLFLOW_ADMIN = "platform-admin"
+
+
+def mlflow_dir(settings: Settings | None = None):
+    return (settings or get_settings()).var / "mlflow"
+
+
+def mlflow_credentials(settings: Settings | None = None, create: bool = False) -> dict[str, str] | None:
+    """The MLflow server's admin login and Flask secret (``var/mlflow/credentials.json``, 0600),
+    generated with ``create`` when missing: the platform's processes (API, DAG tasks, CLI) use it;
+    nobody else holds it."""
+    import json
+    import secrets
+
+    path = mlflow_dir(settings) / MLFLOW_CREDENTIALS_FILE
+    if path.exists():
+        return json.loads(path.read_text())
+    if not create:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o700)
+    creds = {"username": MLFLOW_ADMIN, "password": secrets.token_urlsafe(24),
+             "flask_secret_key": secrets.token_hex(32)}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(creds, f)
+    try:
+        os.link(tmp, path)  # the first writer wins
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+    return json.loads(path.read_text())
+
+
+def mlflow_auth_env(settings: Settings | None = None) -> dict[str, str]:
+    """Environment of ``mlflow server --app-name basic-auth``: its config file (admin login, users in the
+    PostgreSQL database ``<mlflow db>_auth``, no permission for other users) and the Flask secret."""
+    from ml import db
+
+    s = settings or get_settings()
+    creds = mlflow_credentials(s, create=True)
+    assert creds is not None
+    auth_db = db.with_database(db.mlflow_backend_url(s), db.database_name(db.mlflow_backend_url(s)) + "_auth")
+    db.ensure_database(auth_db)
+    path = mlflow_dir(s) / MLFLOW_AUTH_CONFIG_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("[mlflow]\ndefault_permission = NO_PERMISSIONS\n"
+                f"database_uri = {auth_db}\n"
+                f"admin_username = {creds['username']}\nadmin_password = {creds['password']}\n"
+                "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+                "grant_default_workspace_access = false\n")
+    os.chmod(path, 0o600)
+    return {"MLFLOW_AUTH_CONFIG_PATH": str(path), "MLFLOW_FLASK_SERVER_SECRET_KEY": creds["flask_secret_key"]}
+
+
+def use_credentials(settings: Settings | None = None) -> bool:
+    """Set MLFLOW_TRACKING_USERNAME / _PASSWORD from ``var/mlflow/credentials.json`` unless the
+    environment already has them (compose passes its own). True when credentials are in force."""
+    if os.environ.get("MLFLOW_TRACKING_USERNAME") and os.environ.get("MLFLOW_TRACKING_PASSWORD"):
+        return True
+    creds = mlflow_credentials(settings)
+    if not creds:
+        return False
+    os.environ["MLFLOW_TRACKING_USERNAME"] = creds["username"]
+    os.environ["MLFLOW_TRACKING_PASSWORD"] = creds["password"]
+    return True
 
 
 def tracking_uri(settings: Settings | None = None) -> str:
@@ -37,6 +108,8 @@ def configure(settings: Settings | None = None) -> str:
     s = settings or get_settings()
     os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
     uri = tracking_uri(s)
+    if uri.startswith("http"):  # the platform's MLflow server answers only its own login
+        use_credentials(s)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     client = mlflow.MlflowClient()

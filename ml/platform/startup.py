@@ -186,6 +186,11 @@ def command(name: str, s: Settings) -> tuple[Service, list[str], dict[str, str]]
         ]  # fmt: skip
         env = platform_env(s, db.database_url(s), None)
         env.pop("MLFLOW_TRACKING_URI", None)
+        if s.mlflow_auth:  # nobody but the platform registers models or moves the alias (README "Security")
+            from ml import tracking
+
+            argv += ["--app-name", "basic-auth"]
+            env.update(tracking.mlflow_auth_env(s))
         # MLflow 3's GenAI job runner (7 huey consumer processes, ~1.5 GB) is not used here
         env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
         return svc, argv, env
@@ -351,11 +356,25 @@ def wait_mlflow(s: Settings, baseline: dict[str, int], timeout: float = 120) -> 
     svc = services(s)["mlflow"]
     wait_http(svc, s, timeout, baseline)
     # /health is exempt from MLflow's host validation: check a real API call as well
-    r = _http_get(f"{svc.url}/api/2.0/mlflow/experiments/search?max_results=1", timeout=10)
+    r = _http_get(f"{svc.url}/api/2.0/mlflow/experiments/search?max_results=1", timeout=10,
+                  headers=_mlflow_auth_header(s))
     if r.status_code != 200:
         raise ServiceError(f"MLflow answers /health but its API refused a request: HTTP {r.status_code} {r.text[:200]}")
     (s.run_dir / "mlflow.url").write_text(svc.url + "\n")
     return svc.url
+
+
+def _mlflow_auth_header(s: Settings) -> dict[str, str]:
+    """HTTP basic auth of the platform's MLflow login (``var/mlflow/credentials.json``), if any."""
+    import base64
+
+    from ml import tracking
+
+    creds = tracking.mlflow_credentials(s) if s.mlflow_auth else None
+    if not creds:
+        return {}
+    token = base64.b64encode(f"{creds['username']}:{creds['password']}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
 
 
 def start_mlflow(s: Settings | None = None, timeout: float = 120) -> dict[str, Any]:

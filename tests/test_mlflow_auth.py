@@ -1,0 +1,91 @@
+"""The platform's MLflow server runs with its authentication (`mlflow server --app-name basic-auth`),
+started exactly as `make up` starts it (ml.platform.startup.command): anonymous registry calls get 401,
+the platform's generated login (var/mlflow/credentials.json, 0600) works through ml.tracking.configure."""
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import subprocess
+import time
+import uuid
+
+import httpx
+import psycopg
+import pytest
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_anonymous_registry_calls_get_401_and_the_platform_login_works(platform_env, tmp_path):
+    from ml import db, tracking
+    from ml.platform import startup
+
+    name = f"{db.database_name(platform_env.database_url)}_mlauth_{uuid.uuid4().hex[:6]}"
+    s = platform_env.model_copy(update={"var_dir": tmp_path / "var", "mlflow_port": _free_port(),
+                                        "mlflow_database": name, "mlflow_auth": True})
+    _, argv, env = startup.command("mlflow", s)
+    assert "--app-name" in argv and argv[argv.index("--app-name") + 1] == "basic-auth"
+    creds_file = tracking.mlflow_dir(s) / tracking.MLFLOW_CREDENTIALS_FILE
+    for f in (creds_file, tracking.mlflow_dir(s) / tracking.MLFLOW_AUTH_CONFIG_FILE):
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600
+    creds = tracking.mlflow_credentials(s)
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+    env.pop("SMOPS_SERVICE", None)
+    url = f"http://127.0.0.1:{s.mlflow_port}"
+    log = (tmp_path / "mlflow.log").open("w")
+    argv[argv.index("--workers") + 1] = "1"
+    proc = subprocess.Popen(argv, env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, (tmp_path / "mlflow.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "MLflow did not start"
+            time.sleep(0.5)
+        api = f"{url}/api/2.0/mlflow"
+        anonymous = [
+            httpx.post(f"{api}/registered-models/create", json={"name": "intruder"}),
+            httpx.post(f"{api}/model-versions/create", json={"name": "intruder", "source": "file:///tmp/x"}),
+            httpx.post(f"{api}/registered-models/alias", json={"name": "tweet-sentiment", "alias": "champion",
+                                                                "version": "1"}),
+            httpx.get(f"{api}/registered-models/search"),
+        ]
+        assert [r.status_code for r in anonymous] == [401] * 4, [r.text[:200] for r in anonymous]
+        wrong = httpx.post(f"{api}/registered-models/create", json={"name": "intruder"}, auth=(creds["username"], "guess"))
+        assert wrong.status_code == 401
+        # the platform's own processes log in with the generated credentials (ml.tracking.configure)
+        for k in saved:
+            os.environ.pop(k, None)
+        import mlflow
+
+        assert tracking.configure(s.model_copy(update={"mlflow_tracking_uri": url})) == url
+        assert os.environ["MLFLOW_TRACKING_USERNAME"] == creds["username"]
+        mlflow.MlflowClient().create_registered_model("platform-made")
+        assert mlflow.MlflowClient().get_registered_model("platform-made").name == "platform-made"
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        os.killpg(proc.pid, 15)
+        proc.wait(30)
+        from ml import tracking as t
+
+        t.configure(platform_env)  # back to the session's store
+        base = db.libpq_url(platform_env.database_url)
+        with psycopg.connect(db.with_database(base, "postgres"), autocommit=True) as conn:
+            for d in (name, f"{name}_auth"):
+                conn.execute(f'DROP DATABASE IF EXISTS "{d}" WITH (FORCE)')
