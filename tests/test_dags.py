@@ -122,3 +122,19 @@ def test_dag_family_names_match_the_library():
     names = next(ast.literal_eval(n.value) for n in tree.body
                  if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "MODEL_FAMILIES")
     assert names == list(models.FAMILIES)
+
+
+def test_batch_scoring_is_unscheduled_and_the_inbox_triggers_it(platform_env):
+    """sentiment_batch_scoring has no sensor (manual runs never wait behind the inbox);
+    sentiment_inbox lists new files and triggers one run each (tests/test_scoring.py runs both)."""
+    import subprocess
+    import sys
+
+    from ml.orchestration import airflow_env
+
+    res = subprocess.run([sys.executable, "-c", DAGBAG_PROBE % str(DAGS)], env=airflow_env(platform_env),
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    dags = json.loads(res.stdout.strip().splitlines()[-1])["dags"]
+    assert dags["sentiment_batch_scoring"]["tasks"] == ["finalize", "plan", "score_shard"]
+    assert dags["sentiment_inbox"]["tasks"] == ["list_new_files", "trigger"]
