@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from ml import registry, serving, tracking
+from ml import alerts, db, registry, serving, tracking
+from ml.store import models as models_store
 from ml.config import Settings
 from ml.models import SentimentModel
 
@@ -44,6 +45,8 @@ class ModelManager:
         self.last_check_at: float | None = None
         self.last_error: str | None = None
         self.champion_seen = False
+        self._refused: dict[int, float] = {}  # version -> first seen refused (monotonic)
+        self._alerted: set[int] = set()
 
     @property
     def current(self) -> LoadedModel | None:
@@ -100,8 +103,16 @@ class ModelManager:
         if current is not None and current.version == info.version:
             self.last_error = None
             return False
+        digest = self._verify(info.version)
+        if digest is None:
+            return False  # not moved by the platform (yet): the current model keeps serving
         started = time.perf_counter()
-        model = registry.load_version(info.version, self.settings)
+        try:
+            model = registry.load_verified(info.version, digest, self.settings)  # digest checked before unpickling
+        except registry.ArtifactMismatch as exc:
+            self._refuse(info.version, str(exc), grace=False)
+            return False
+        self._refused.pop(info.version, None)
         try:
             run = serving.run_details(info.run_id) if info.run_id else {}
         except Exception:
@@ -117,6 +128,37 @@ class ModelManager:
                  self.settings.model_name, f"version {current.version}" if current else "(none)",
                  info.version, info.run_id, time.perf_counter() - started)
         return True
+
+    # ------------------------------------------------------------ only what the platform promoted
+    def _verify(self, version: int) -> str | None:
+        """The recorded artifact digest when the model's latest promotion / rollback event (model_events)
+        put exactly this version behind the alias; otherwise None (refused, alerted after the grace)."""
+        with db.connect(self.settings, start_embedded=False, connect_timeout=5, application_name="sentiment-api") as conn:
+            rec = models_store.serving_event(conn, self.settings.model_name)
+        if rec is not None and rec[0] == version and rec[1]:
+            return rec[1]
+        why = ("no promotion or rollback event in model_events" if rec is None else
+               f"the platform's latest promotion/rollback is of v{rec[0]}" if rec[0] != version else
+               "its promotion event has no artifact digest")
+        self._refuse(version, f"the {self.settings.champion_alias!r} alias points at v{version}, but {why}: "
+                              f"the alias was moved outside the platform", grace=True)
+        return None
+
+    def _refuse(self, version: int, reason: str, grace: bool) -> None:
+        first = self._refused.setdefault(version, time.monotonic())
+        self.last_error = f"not serving v{version}: {reason}"
+        if version in self._alerted:
+            return
+        if grace and time.monotonic() - first < self.settings.champion_verify_grace_seconds:
+            log.info("champion v%s not verified yet (%s); waiting up to %.0fs for its promotion event", version,
+                     reason, self.settings.champion_verify_grace_seconds)
+            return
+        self._alerted.add(version)
+        serving = self._describe(self._current)
+        log.error("REFUSED champion %s v%s: %s; still serving %s", self.settings.model_name, version, reason, serving)
+        alerts.raise_event("unverified_champion", self.settings.model_name,
+                           f"{self.settings.model_name} v{version} was not loaded: {reason}; still serving {serving}",
+                           {"version": version, "reason": reason, "serving": serving}, settings=self.settings)
 
     @staticmethod
     def _describe(m: LoadedModel | None) -> str:

@@ -102,6 +102,49 @@ def champion(settings: Settings | None = None) -> ChampionInfo | None:
     return ChampionInfo(version=int(mv.version), run_id=mv.run_id, tags=dict(mv.tags or {}))
 
 
+class ArtifactMismatch(RuntimeError):
+    """A registered version's artifacts are not the ones the platform recorded."""
+
+
+def artifact_digest(path: str | Path) -> str:
+    """sha256 over a model directory: every file's relative path and content, in sorted order."""
+    import hashlib
+
+    root = Path(path)
+    h = hashlib.sha256()
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(f.relative_to(root).as_posix().encode("utf-8") + b"\0")
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def version_artifact_digest(version: int, settings: Settings | None = None) -> str:
+    """The digest of a registered version's artifacts as the registry serves them now."""
+    import mlflow
+
+    s = settings or get_settings()
+    with tempfile.TemporaryDirectory() as tmp:
+        local = mlflow.artifacts.download_artifacts(f"models:/{s.model_name}/{version}", dst_path=tmp)
+        return artifact_digest(local)
+
+
+def load_verified(version: int, expected_sha256: str, settings: Settings | None = None) -> SentimentModel:
+    """Download a version, check its digest against the recorded one, and only then load (unpickle) it."""
+    import mlflow
+
+    s = settings or get_settings()
+    with tempfile.TemporaryDirectory() as tmp:
+        local = mlflow.artifacts.download_artifacts(f"models:/{s.model_name}/{version}", dst_path=tmp)
+        got = artifact_digest(local)
+        if got != expected_sha256:
+            raise ArtifactMismatch(f"{s.model_name} v{version}: artifacts sha256 {got[:16]}... differ from the "
+                                   f"recorded {expected_sha256[:16]}...")
+        return mlflow.pyfunc.load_model(local).unwrap_python_model().model
+
+
 def load_version(version: int, settings: Settings | None = None) -> SentimentModel:
     """Load a registered version as a :class:`SentimentModel`."""
     import mlflow
@@ -179,8 +222,12 @@ def rollback(settings: Settings | None = None, reason: str | None = None) -> dic
         raise ValueError(f"v{current.version} is the first recorded champion of {s.model_name!r}: nothing before it")
     target = stack[-2]
     why = reason or f"rollback from v{current.version} to v{target}"
+    with db.connect(s) as conn:
+        digest = store.version_digest(conn, s.model_name, target)
+    digest = digest or version_artifact_digest(target, s)
     set_champion(target, s)
     with db.connect(s) as conn:
         store.insert_event(conn, s.model_name, target, current.version, "rollback", why)
+        store.set_event_digest(conn, s.model_name, target, digest)
     log.warning("champion of %s rolled back: v%s -> v%s (%s)", s.model_name, current.version, target, why)
     return {"rolled_back": True, "from_version": current.version, "to_version": target, "reason": why}

@@ -192,6 +192,9 @@ def register(run_id: str, settings: Settings | None = None) -> int:
         version = registry.register(client.get_run(run_id).data.tags["model_uri"], run_id, s)
     with db.connect(s) as conn:
         store.set_registered(conn, run_id, version)
+    digest = registry.version_artifact_digest(version, s)  # what the API will verify before serving it
+    with db.connect(s) as conn:
+        store.set_artifact_digest(conn, run_id, digest)
     log.info("registered run %s as %s version %s", run_id, s.model_name, version)
     return version
 
@@ -260,6 +263,9 @@ def promote(run_id: str, settings: Settings | None = None) -> dict[str, Any]:
         store.set_decision(conn, run_id, decision.promote, decision.reason)
         store.insert_event(conn, s.model_name, version, champ.version if champ else None,
                            "promoted" if decision.promote else "rejected", decision.reason)
+        if decision.promote:  # the digest the API checks before it serves this version
+            digest = store.run_artifact_digest(conn, run_id) or registry.version_artifact_digest(version, s)
+            store.set_event_digest(conn, s.model_name, version, digest)
     log.info("version %s %s: %s", version, "promoted to champion" if decision.promote else "not promoted", decision.reason)
     return {"promoted": decision.promote, "version": version, "reason": decision.reason,
             "behaviour_passed": bool(checks["passed"]) if checks else None}

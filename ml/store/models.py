@@ -115,6 +115,40 @@ def recent_events(conn: psycopg.Connection, model_name: str, limit: int = 10,
              "created_at": r[5]} for r in rows]
 
 
+# ---------------------------------------------------------------- artifact digests (what the API may serve)
+def set_artifact_digest(conn: psycopg.Connection, run_id: str, digest: str) -> None:
+    """The sha256 of the registered version's artifacts, recorded at registration."""
+    conn.execute("UPDATE training_runs SET artifact_sha256 = %s WHERE run_id = %s", (digest, run_id))
+
+
+def run_artifact_digest(conn: psycopg.Connection, run_id: str) -> str | None:
+    row = conn.execute("SELECT artifact_sha256 FROM training_runs WHERE run_id = %s", (run_id,)).fetchone()
+    return None if row is None else row[0]
+
+
+def version_digest(conn: psycopg.Connection, model_name: str, version: int) -> str | None:
+    """The digest recorded when this version last became champion (promotion or rollback)."""
+    row = conn.execute("SELECT artifact_sha256 FROM model_events WHERE model_name = %s AND version = %s"
+                       " AND event IN ('promoted', 'rollback') AND artifact_sha256 IS NOT NULL ORDER BY id DESC LIMIT 1",
+                       (model_name, version)).fetchone()
+    return None if row is None else row[0]
+
+
+def set_event_digest(conn: psycopg.Connection, model_name: str, version: int, digest: str) -> None:
+    """Stamp the digest on the promotion / rollback event just inserted for this version."""
+    conn.execute("UPDATE model_events SET artifact_sha256 = %s WHERE id = (SELECT max(id) FROM model_events"
+                 " WHERE model_name = %s AND version = %s AND event IN ('promoted', 'rollback'))",
+                 (digest, model_name, version))
+
+
+def serving_event(conn: psycopg.Connection, model_name: str) -> tuple[int, str | None] | None:
+    """(version, artifact digest) of the model's latest promotion or rollback: the one version the
+    platform put behind the alias; None when there is none."""
+    row = conn.execute("SELECT version, artifact_sha256 FROM model_events WHERE model_name = %s"
+                       " AND event IN ('promoted', 'rollback') ORDER BY id DESC LIMIT 1", (model_name,)).fetchone()
+    return None if row is None else (int(row[0]), row[1])
+
+
 # ---------------------------------------------------------------- comparisons
 def upsert_comparison(conn: psycopg.Connection, *, parent_run_id: str, snapshot_hash: str, profile: str,
                       families: list[str], selection_metric: str, table: list[dict[str, Any]], markdown: str,

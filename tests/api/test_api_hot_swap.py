@@ -57,9 +57,9 @@ def test_hot_swap_under_load_then_rollback(platform_env, publish, conn, caplog):
         ).fetchall())
         assert stored == {p["id"]: p["model_version"] for _, b in results for p in b["predictions"]}
 
-        # moving the alias back (a rollback) is followed the same way
+        # the platform's rollback (alias + `rollback` event with the artifact digest) is followed the same way
         from ml import registry
 
-        registry.set_champion(v1.version, settings)
+        assert registry.rollback(settings)["to_version"] == v1.version
         wait_for(lambda: client.post("/predict", json={"text": POSITIVE_TEXT}).json()["model_version"] == v1.version,
                  timeout=20)
