@@ -294,6 +294,24 @@ def test_dag_retries_a_failed_shard_alone(airflow_cli, platform_env, champion, c
     assert len(stored) == 1000 and stored["source_row"].is_unique
 
 
+def test_two_runs_of_the_same_content_share_one_batch(champion, conn, score_input):
+    """A manual run and the inbox's run of the same file at once: the second plan waits for the
+    first (advisory lock) and resumes it; both score every shard; each row is stored once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    path, _ = score_input
+    with ThreadPoolExecutor(2) as pool:
+        plans = list(pool.map(lambda _: scoring.plan(path, shard_rows=250), range(2)))
+    assert plans[0].batch_id == plans[1].batch_id
+    assert sorted(p.status for p in plans) == ["planned", "planned"] and all(p.shards == [0, 1, 2, 3] for p in plans)
+    assert conn.execute("SELECT count(*) FROM batch_shards WHERE batch_id=%s", (plans[0].batch_id,)).fetchone()[0] == 4
+    with ThreadPoolExecutor(2) as pool:  # both runs score every shard at the same time
+        list(pool.map(lambda sh: scoring.score_shard(plans[0].batch_id, sh), [0, 1, 2, 3, 0, 1, 2, 3]))
+    assert scoring.finalize(plans[0].batch_id)["rows_scored"] == 1000
+    stored = _stored(conn, plans[0].batch_id)
+    assert len(stored) == 1000 and stored["source_row"].is_unique
+
+
 def _airflow_rows(settings, sql: str, params: tuple = ()) -> list[tuple]:
     """Rows from Airflow's own metadata database (the session's)."""
     import psycopg
