@@ -62,7 +62,7 @@
     $("wrong").disabled = true;
     $("feedback-status").textContent = "Sending…";
     try {
-      const fb = await postJSON("/feedback", { prediction_id: last.id, correct_label: corrected });
+      const fb = await postJSON("/feedback", { prediction_id: last.id, correct_label: corrected, feedback_token: last.feedback_token });
       $("feedback-status").textContent = "Thanks! Recorded as " + fb.correct_label + " (feedback #" + fb.id + ").";
     } catch (e) {
       $("feedback-status").textContent = "Could not send feedback: " + e.message;
