@@ -52,6 +52,13 @@ class Settings(BaseSettings):
     # the champion; a candidate significantly worse on it (paired test, ml/stats.py) is not promoted
     external_eval_path: Path | None = None
     promotion_confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
+    # the promotion gate (ml/gate.py): strict = margin + significant paired win + slices + golden set;
+    # margin = the plain metric-margin rule (evidence recorded, not enforced)
+    promotion_gate: str = "strict"
+    gate_slice_tolerance: float = Field(default=0.02, ge=0.0)   # max accuracy drop of a slice (if significant)
+    gate_max_golden_flips: int = Field(default=0, ge=0)         # golden texts right -> wrong allowed
+    gate_golden_min_confidence: float = Field(default=0.7, ge=0.5, le=1.0)  # champion "right" = p(right) >= this
+    golden_path: Path = Path("config/golden.yaml")              # the golden regression set
 
     # training
     seed: int = 42
@@ -148,6 +155,13 @@ class Settings(BaseSettings):
             parse_many(v)
         except ValueError as e:
             raise ValueError(f"a rate limit reads like '300/minute' or '10/second;1000/day', got {v!r} ({e})") from None
+        return v
+
+    @field_validator("promotion_gate")
+    @classmethod
+    def _check_promotion_gate(cls, v: str) -> str:
+        if v not in ("strict", "margin"):
+            raise ValueError(f"promotion_gate must be 'strict' or 'margin', got {v!r}")
         return v
 
     @field_validator("retraining_mode")

@@ -1,4 +1,5 @@
-"""The champion's model card: version, metrics (held-out and on the external set),
+"""The champion's model card: version, metrics (held-out and on the external set), what changed
+against the champion it replaced (the promotion gate's flip report),
 training snapshot (and its lineage), behavioural
 checks, feedback against the retraining threshold, the latest retrainings and alerts. JSON for
 machines, a small HTML page for the Airflow UI plugin (``plugins/sentiment_platform_plugin.py``)."""
@@ -50,6 +51,7 @@ def model_card(settings: Settings | None = None) -> dict[str, Any]:
                                     behaviour={k: v.get("pass_rate")
                                                for k, v in (tr["behaviour"] or {}).get("types", {}).items()}
                                     if tr["behaviour"] else None)
+        card["champion"]["what_changed"] = what_changed(models_store.run_gate(conn, champ.run_id))
         card["snapshot_chain"] = lineage.snapshot_chain(conn, tags.get("dataset_hash"))
         for c in card["snapshot_chain"]:  # the card lists counts, not every report
             if c.get("retraining"):
@@ -64,6 +66,34 @@ def model_card(settings: Settings | None = None) -> dict[str, Any]:
     card["retrainings"] = retraining.list_retrainings(5, s)
     card["alerts"] = alerts.list_alerts(5, model_name=s.model_name, settings=s)
     return card
+
+
+def what_changed(gate: dict[str, Any] | None, examples: int = 5) -> dict[str, Any] | None:
+    """A short "what changed" of the promotion gate's flip report (``training_runs.gate``): against the
+    champion it replaced, on the held-out set (paired difference, p-value, labels changed, slices) and
+    on the golden set (texts right -> wrong / wrong -> right); a few texts of each list."""
+    if not gate:
+        return None
+    held, golden, dec = gate.get("held_out"), gate.get("golden") or {}, gate.get("decision") or {}
+    out: dict[str, Any] = {"against_version": gate.get("champion_version"), "decision": dec.get("reason"),
+                           "golden_accuracy": golden.get("challenger_accuracy"), "golden_n": golden.get("n")}
+    if held:
+        fl = held["flips"]
+        out["held_out"] = {k: held[k] for k in ("n", "difference", "interval", "p_value", "verdict")}
+        out["held_out"].update(changed_label=fl["changed_label"], right_to_wrong=fl["right_to_wrong"],
+                               wrong_to_right=fl["wrong_to_right"],
+                               right_to_wrong_examples=[r["text"] for r in fl["right_to_wrong_texts"][:examples]],
+                               wrong_to_right_examples=[r["text"] for r in fl["wrong_to_right_texts"][:examples]])
+        out["slices"] = {name: {k: v.get(k) for k in ("n", "champion_accuracy", "challenger_accuracy", "difference",
+                                                        "p_value", "verdict")}
+                         for name, v in held.get("slices", {}).items()}
+        out["golden"] = {k: golden.get(k) for k in ("champion_accuracy", "challenger_accuracy", "right_to_wrong",
+                                                    "right_to_wrong_uncertain", "wrong_to_right")}
+        out["golden"]["right_to_wrong_examples"] = [r["text"] for r in golden.get("right_to_wrong_texts", [])]
+        out["golden"]["wrong_to_right_examples"] = [r["text"] for r in golden.get("wrong_to_right_texts", [])]
+    if gate.get("reported_eval"):
+        out["reported_eval"] = gate["reported_eval"]
+    return out
 
 
 def _esc(v: Any) -> str:
@@ -108,6 +138,30 @@ def card_html(card: dict[str, Any]) -> str:
                    + "".join(f"<th>{_esc(k)}</th>" for k in keys) + "</tr><tr>"
                    + "".join(f"<td>{int(ext[k]):,}</td>" if k == "n" else f"<td>{_fmt(ext[k])}</td>" for k in keys)
                    + "</tr></table>")
+    wc = c.get("what_changed")
+    if wc and wc.get("held_out"):
+        h, g = wc["held_out"], wc["golden"]
+        out.append(f"<h2 id='what-changed'>What changed (against v{_esc(wc['against_version'])})</h2>"
+                   f"<p>Held-out (n={h['n']:,}): accuracy {h['difference']:+.4f} (CI [{h['interval'][0]:+.4f}, "
+                   f"{h['interval'][1]:+.4f}], McNemar mid-p {h['p_value']:.3g}: {_esc(h['verdict'])}); "
+                   f"<b>{h['changed_label']:,}</b> tweets changed label: {h['right_to_wrong']:,} right → wrong, "
+                   f"{h['wrong_to_right']:,} wrong → right. Golden set: {g['champion_accuracy']:.3f} → "
+                   f"{g['challenger_accuracy']:.3f}, <b>{g['right_to_wrong']}</b> right → wrong "
+                   f"(+{g['right_to_wrong_uncertain']} the old champion was unsure of), {g['wrong_to_right']} "
+                   f"wrong → right.</p><table><tr><th>slice</th><th>n</th><th>before</th><th>after</th>"
+                   "<th>difference</th><th>p</th></tr>")
+        for name, v in wc["slices"].items():
+            if v.get("n"):
+                cls = "bad" if v["verdict"] == "worse" else ("ok" if v["verdict"] == "better" else "")
+                out.append(f"<tr><td>{_esc(name)}</td><td>{v['n']:,}</td><td>{_fmt(v['champion_accuracy'])}</td>"
+                           f"<td>{_fmt(v['challenger_accuracy'])}</td><td class='{cls}'>{v['difference']:+.4f}</td>"
+                           f"<td>{v['p_value']:.3g}</td></tr>")
+        out.append("</table>")
+        for label, texts in (("golden right → wrong", g["right_to_wrong_examples"]),
+                             ("golden wrong → right", g["wrong_to_right_examples"]),
+                             ("held-out right → wrong (first)", h["right_to_wrong_examples"])):
+            if texts:
+                out.append(f"<p class='muted'>{_esc(label)}: " + "; ".join(f"“{_esc(t)}”" for t in texts) + "</p>")
     if c.get("behaviour"):
         out.append("<h2>Behavioural checks (pass rate)</h2><table><tr>"
                    + "".join(f"<th>{_esc(k)}</th>" for k in c["behaviour"]) + "</tr><tr>"

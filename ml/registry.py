@@ -1,6 +1,6 @@
 """Model registry: log a model to MLflow, register it, and move the ``champion`` alias.
 
-The promotion rule is one small function, :func:`decide_promotion`.
+The promotion rule is one function, :func:`decide_promotion` (its gate against a champion: ``ml.gate``).
 """
 from __future__ import annotations
 
@@ -158,6 +158,7 @@ def load_version(version: int, settings: Settings | None = None) -> SentimentMod
 class Decision:
     promote: bool
     reason: str
+    checks: dict[str, Any] = field(default_factory=dict)
 
 
 def decide_promotion(
@@ -168,20 +169,32 @@ def decide_promotion(
     margin: float,
     checks_passed: bool = True,
     checks_reason: str = "",
+    gate: dict[str, Any] | None = None,
+    policy: dict[str, Any] | None = None,
 ) -> Decision:
-    """A candidate becomes champion when there is none yet, or when its ``metric`` on the
-    same held-out set beats the champion's by more than ``margin``; never when it failed
-    its behavioural checks."""
+    """THE promotion rule. A candidate that failed its behavioural checks is never promoted; the first
+    model (no champion) is. Against a champion: without ``policy``, its ``metric`` on the same held-out
+    set must beat the champion's by more than ``margin``; with ``policy`` (``ml.train.promote`` always
+    passes the settings': ``mode``, ``slice_tolerance``, ``max_golden_flips``) the gate of
+    :func:`ml.gate.decide` on the paired evidence ``gate`` (``ml.gate.compare``): margin AND a
+    significant paired win AND no slice regression AND no golden right-to-wrong flip beyond the max.
+    The per-criterion outcome is in ``Decision.checks``."""
+    from ml import gate as gate_mod
+
     if not checks_passed:
         return Decision(False, f"failed behavioural checks: {checks_reason}")
     if metric not in candidate:
         raise ValueError(f"candidate has no metric {metric!r}")
     if champion_metrics is None:
         return Decision(True, f"first model: promoted ({metric}={candidate[metric]:.4f})")
-    c, ch = candidate[metric], champion_metrics[metric]
-    if c > ch + margin:
-        return Decision(True, f"{metric} {c:.4f} beats champion {ch:.4f} by more than {margin:.4f}")
-    return Decision(False, f"{metric} {c:.4f} does not beat champion {ch:.4f} by more than {margin:.4f}")
+    if policy is None:
+        c, ch = candidate[metric], champion_metrics[metric]
+        if c > ch + margin:
+            return Decision(True, f"{metric} {c:.4f} beats champion {ch:.4f} by more than {margin:.4f}")
+        return Decision(False, f"{metric} {c:.4f} does not beat champion {ch:.4f} by more than {margin:.4f}")
+    promote, reason, checks = gate_mod.decide(candidate, champion_metrics, gate, metric=metric, margin=margin,
+                                              **policy)
+    return Decision(promote, reason, checks)
 
 
 def set_champion(version: int, settings: Settings | None = None) -> None:

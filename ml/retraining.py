@@ -22,16 +22,20 @@ content-hashed snapshot of kind ``retraining`` whose ``parent_hash`` is the cham
 **Held-out set (the choice, and why).** The new snapshot stores its own split (``split.parquet``,
 honoured by ``ml.data.split`` everywhere: training, evaluation, comparison, monitoring):
 
-- ``test`` = the parent snapshot's held-out texts (the champion's held-out set, unchanged through a
-  chain of retrainings) minus any reported text. Neither model trained on it, so champion and
-  challenger are compared on the SAME unbiased sample of the corpus; this is what the promotion rule
-  uses (``promotion_metric`` with ``retraining_promotion_margin``, default ``promotion_margin``).
-- the reported tweets are never in ``test``: they are the champion's errors by construction, so
-  adding them would hand the challenger an advantage that says nothing about the live population.
+- ``test`` = the parent snapshot's held-out texts, ALL of them, with the PARENT's labels (the
+  champion's held-out set, unchanged through a chain of retrainings). A report on one of those texts
+  neither votes on its label nor makes it trainable: it stays held out with its original label, so
+  the gate sees what the reports changed (a challenger that learnt a reported relabelling loses on
+  it). Neither model trained on it, so champion and challenger are compared on the SAME sample; the
+  promotion gate (``ml.gate``: ``promotion_metric`` with ``retraining_promotion_margin``, default
+  ``promotion_margin``, a significant paired win, slices, the golden set) uses it.
+- reported tweets outside it are never added to ``test``: they are the champion's errors by
+  construction, so adding them would hand the challenger an advantage that says nothing about the
+  live population.
 - ``excluded`` = a deterministic ``retraining_report_eval_fraction`` (20%, by hash of the text) of
   the reported tweets, held out of training: champion and challenger are both scored on them
-  ("did retraining fix this kind of error"), recorded in ``retrainings.metrics`` and on the MLflow
-  run, but not used to promote (a few hundred hand-picked errors are too small and too biased a
+  ("did retraining fix this kind of error"; paired, in ``retrainings.gate["reported_eval"]``),
+  recorded in ``retrainings.metrics`` and on the MLflow run, but not used to promote (a few hundred hand-picked errors are too small and too biased a
   sample for the decision). The other 80% train; the challenger's accuracy on them is in-sample and
   reported as such.
 """
@@ -50,6 +54,7 @@ import pandas as pd
 from ml import db
 from ml.config import Settings, get_settings
 from ml.store import lineage as lineage_store
+from ml.store import models as models_store
 from ml.store import retrainings as store
 from ml.models.base import decide
 
@@ -298,8 +303,14 @@ def prepare(retraining_id: Any = None, airflow_run_id: str | None = None, settin
     reports["text"] = reports["text"].astype(str).str.strip()
     reports = reports[reports["text"] != ""]
     latest = reports.drop_duplicates("prediction_id", keep="last")  # a user's latest word on a prediction
+    # the parent's held-out set stays as it is, with the parent's labels: reports on those texts do not
+    # vote (they are never trained on, and both models are scored on the parent's labels)
+    held_texts = set(base_test["text"])
+    on_held_out = latest["text"].isin(held_texts)
+    reported_in_held_out = int(latest.loc[on_held_out, "text"].nunique())
+    latest_votes = latest[~on_held_out]
     votes = pd.concat([base_frame[["text", "label"]].assign(src="snapshot"),
-                       latest[["text", "label"]].assign(src="report")], ignore_index=True)
+                       latest_votes[["text", "label"]].assign(src="report")], ignore_index=True)
     votes["label"] = votes["label"].astype(int)
     g = votes.groupby("text", sort=False)["label"].agg(["size", "sum"])
     tie = g[g["sum"] * 2 == g["size"]].index
@@ -308,12 +319,12 @@ def prepare(retraining_id: Any = None, airflow_run_id: str | None = None, settin
     frame = frame[~frame["text"].isin(tie)].reset_index(drop=True)
 
     base_labels = dict(zip(base_frame["text"], base_frame["label"].astype(int)))
-    report_texts = set(latest["text"]) - set(tie)
+    report_texts = set(latest_votes["text"]) - set(tie)
     new_texts = {t for t in report_texts if t not in base_labels}
     final = dict(zip(frame["text"], frame["label"].astype(int)))
     relabelled = {t for t in report_texts if t in base_labels and base_labels[t] != final.get(t)}
     eval_texts = sorted(t for t in report_texts if _eval_bucket(t) < s.retraining_report_eval_fraction)
-    test_texts = set(base_test["text"]) - report_texts - set(tie)
+    test_texts = held_texts
     report = {
         "source": f"retraining #{rid}",
         "kind": "retraining",
@@ -328,8 +339,10 @@ def prepare(retraining_id: Any = None, airflow_run_id: str | None = None, settin
         "conflicts_tied_dropped": int(len(tie)),
         "rows_out": int(len(frame)),
         "label_counts": {"negative": int((frame["label"] == 0).sum()), "positive": int(frame["label"].sum())},
-        "held_out": {"rule": "the parent snapshot's held-out texts minus every reported text",
-                     "rows": int(frame["text"].isin(test_texts).sum())},
+        "held_out": {"rule": "the parent snapshot's held-out texts, all of them, with the parent's labels (reported "
+                             "ones included, never trained on)",
+                     "rows": int(frame["text"].isin(test_texts).sum()),
+                     "reported_texts_kept": reported_in_held_out},
         "reported_eval": {"rule": f"{s.retraining_report_eval_fraction:.0%} of the reported texts (sha256 of the "
                                   "text), held out of training; scored, not used to promote",
                           "rows": len(eval_texts)},
@@ -346,7 +359,8 @@ def prepare(retraining_id: Any = None, airflow_run_id: str | None = None, settin
         # nothing new: storing it would be a no-op on the parent's record (its kind and parent kept) and
         # store_split would write the retraining's split into the PARENT's directory
         msg = (f"retraining #{rid}: the {len(latest)} reported tweets add nothing to the champion's snapshot "
-               f"{base.hash[:16]} (no new text, no changed label): nothing to retrain on")
+               f"{base.hash[:16]} (no new text, no changed label outside its held-out set, whose "
+               f"{reported_in_held_out} reported texts keep their labels): nothing to retrain on")
         mark_failed(rid, f"RetrainingError: {msg}", s)
         raise RetrainingError(msg)
     snap = data.store_snapshot(frame, report, source=f"retraining #{rid} of {s.model_name}: {base.hash[:16]} + "
@@ -441,6 +455,7 @@ def evaluate(retraining_id: Any, run_id: str, settings: Settings | None = None) 
     parts = pd.read_parquet(frame.attrs["split_path"]) if frame.attrs.get("split_path") else pd.DataFrame(
         {"text": [], "part": []})
     excluded = set(parts.loc[parts["part"] == "excluded", "text"])
+    held_out_texts = set(parts.loc[parts["part"] == "test", "text"])  # reported or not: scored in (a) only
     labels = dict(zip(frame["text"], frame["label"].astype(int)))
     challenger = train.load_run_model(run_id)
     champ_version = (champion_metrics or {}).get("version") or r["champion_before"]
@@ -453,7 +468,16 @@ def evaluate(retraining_id: Any, run_id: str, settings: Settings | None = None) 
         return float(np.mean(pred == np.array([labels[t] for t in ts])))
 
     eval_texts = sorted(t for t in reported if t in excluded and t in labels)
-    train_texts = sorted(t for t in reported if t not in excluded and t in labels)
+    # (b) of the gate: the reported tweets neither model trained on, paired; recorded, not a criterion
+    reported_vs = None
+    if eval_texts:
+        from ml.stats import paired_comparison
+
+        ey = np.array([labels[t] for t in eval_texts])
+        reported_vs = paired_comparison(ey, decide(np.asarray(challenger.predict_proba(eval_texts))[:, 1]),
+                                        decide(np.asarray(champion.predict_proba(eval_texts))[:, 1]),
+                                        s.promotion_confidence)
+    train_texts = sorted(t for t in reported if t not in excluded and t not in held_out_texts and t in labels)
     keys = ("accuracy", "precision", "recall", "f1", "roc_auc")
     metrics = {
         "held_out": {"n": held.get("n"), "challenger": {k: held[k] for k in keys if k in held},
@@ -475,7 +499,13 @@ def evaluate(retraining_id: Any, run_id: str, settings: Settings | None = None) 
                 logged[f"champion_{part}_accuracy"] = metrics[part]["champion_accuracy"]
         mlflow.log_metrics(logged)
         mlflow.log_dict(metrics, "retraining_metrics.json")
-    _update(rid, s, metrics=metrics, status="evaluated")
+    with db.connect(s) as conn:
+        evidence = models_store.run_gate(conn, run_id) or {}
+    gate_record = {**evidence, "reported_eval": {
+        "n": len(eval_texts), "vs_champion": reported_vs, "criterion": False,
+        "note": "reported tweets held out of training (retraining_report_eval_fraction): compared, recorded, "
+                "not used to promote"}}
+    _update(rid, s, metrics=metrics, status="evaluated", gate=gate_record)
     log.info("retraining #%s: held-out %s challenger %.4f vs champion v%s %s; reported-eval (n=%s) %s vs %s",
              rid, s.promotion_metric, held[s.promotion_metric], champ_version,
              f"{champion_metrics[s.promotion_metric]:.4f}" if champion_metrics else "n/a", len(eval_texts),
@@ -494,8 +524,11 @@ def promote(retraining_id: Any, run_id: str, settings: Settings | None = None) -
     result = train.promote(run_id, s.model_copy(update={"promotion_margin": margin}))
     champ = registry.champion(s)
     status = "promoted" if result["promoted"] else "rejected"
+    r = get_retraining(rid, s) or {}
+    gate_record = {**(result.get("gate") or {}), "reported_eval": (r.get("gate") or {}).get("reported_eval")}
     _update(rid, s, status=status, champion_after=champ.version if champ else None,
-            candidate_version=result["version"], decision=result["reason"], finished_at=datetime.now(timezone.utc))
+            candidate_version=result["version"], decision=result["reason"], finished_at=datetime.now(timezone.utc),
+            **({"gate": gate_record} if result.get("gate") else {}))
     log.info("retraining #%s %s: %s (champion now v%s)", rid, status, result["reason"], champ.version if champ else None)
     return {**result, "retraining_id": rid, "status": status, "champion_after": champ.version if champ else None,
             "margin": margin}

@@ -92,7 +92,9 @@ def evaluate(run_id: str, settings: Settings | None = None, champion_cache: dict
     when several candidates are evaluated in a row (the comparison's family winners)."""
     import mlflow
 
-    from ml import db, external, registry, tracking
+    import numpy as np
+
+    from ml import db, external, gate, registry, tracking
     from ml.evaluate import (
         METRICS,
         compute_metrics,
@@ -112,6 +114,8 @@ def evaluate(run_id: str, settings: Settings | None = None, champion_cache: dict
     metrics = compute_metrics(y, proba)
     metrics["inference_ms_per_tweet"] = inference_ms_per_tweet(model, texts)
 
+    golden = gate.golden_set(s)
+    golden_texts = [t for t, _ in golden]
     ext = external.load(s)
     ext_pred = None
     if ext is not None:
@@ -120,19 +124,30 @@ def evaluate(run_id: str, settings: Settings | None = None, champion_cache: dict
     champ = registry.champion(s)
     champion_metrics = None
     champion_ext_pred = None
+    champion_proba = champion_golden_proba = None
     if champ is not None and champ.run_id != run_id:
-        key = f"{snap.hash}:{champ.version}:{ext.content_hash if ext else '-'}"
+        key = f"{snap.hash}:{champ.version}:{ext.content_hash if ext else '-'}:{hash(tuple(golden))}"
         if champion_cache is not None and champion_cache.get("key") == key:
             champion_metrics = champion_cache["metrics"]
             champion_ext_pred = champion_cache.get("external_pred")
+            champion_proba, champion_golden_proba = champion_cache["proba"], champion_cache["golden_proba"]
         else:
             cmodel = registry.load_version(champ.version, s)
-            champion_metrics = compute_metrics(y, cmodel.predict_proba(texts))
+            champion_proba = np.asarray(cmodel.predict_proba(texts))
+            champion_golden_proba = np.asarray(cmodel.predict_proba(golden_texts))
+            champion_metrics = compute_metrics(y, champion_proba)
             champion_metrics["version"] = champ.version
             if ext is not None:  # the champion on the same external texts
                 champion_metrics["external"], champion_ext_pred = external.score(cmodel, ext)
             if champion_cache is not None:
-                champion_cache.update(key=key, metrics=champion_metrics, external_pred=champion_ext_pred)
+                champion_cache.update(key=key, metrics=champion_metrics, external_pred=champion_ext_pred,
+                                      proba=champion_proba, golden_proba=champion_golden_proba)
+    # the promotion gate's evidence (ml.gate): paired predictions on the held-out set (slices, flips)
+    # and on the golden regression set
+    evidence = gate.compare(y, texts, np.asarray(proba), champion_proba, golden,
+                            np.asarray(model.predict_proba(golden_texts)), champion_golden_proba,
+                            confidence=s.promotion_confidence, golden_min_confidence=s.gate_golden_min_confidence,
+                            champion_version=champ.version if champion_proba is not None else None)
     if ext is not None and ext_pred is not None and champion_ext_pred is not None and champ is not None:
         metrics["external"]["vs_champion"] = {
             **paired_comparison(ext.labels, ext_pred, champion_ext_pred, s.promotion_confidence),
@@ -160,8 +175,17 @@ def evaluate(run_id: str, settings: Settings | None = None, champion_cache: dict
             mlflow.log_figure(fig, f"{name}.png")
             plt.close(fig)
         mlflow.log_dict(metrics, "metrics.json")
+        gm = {"golden_accuracy": evidence["golden"]["challenger_accuracy"]}
+        if "held_out" in evidence:
+            gm.update(gate_vs_champion_difference=evidence["held_out"]["difference"],
+                      gate_vs_champion_p_value=evidence["held_out"]["p_value"],
+                      gate_held_out_changed_labels=evidence["held_out"]["flips"]["changed_label"],
+                      gate_golden_right_to_wrong=evidence["golden"]["right_to_wrong"])
+        mlflow.log_metrics(gm)
+        mlflow.log_dict(evidence, "gate.json")
     with db.connect(s) as conn:
         store.set_evaluated(conn, run_id, metrics, champion_metrics or None)
+        store.set_gate(conn, run_id, evidence)
     log.info(
         "evaluated run %s on %s held-out tweets: acc %.4f f1 %.4f auc %.4f (%.3f ms/tweet)%s",
         run_id, f"{len(y):,}", metrics["accuracy"], metrics["f1"], metrics["roc_auc"], metrics["inference_ms_per_tweet"],
@@ -221,10 +245,12 @@ def check_behaviour(run_id: str, settings: Settings | None = None) -> dict[str, 
 
 def promote(run_id: str, settings: Settings | None = None) -> dict[str, Any]:
     """The champion/challenger gate: behavioural checks (run now unless already run), then the
-    promotion rule against the champion on the same held-out split, then the external-set veto (a
+    promotion rule against the champion (``ml.registry.decide_promotion`` -> ``ml.gate``: margin,
+    significant paired win on the same held-out split, slices, golden set), then the external-set veto (a
     candidate significantly worse than the champion on ``external_eval_path``, paired test at
     ``promotion_confidence``, is not promoted); moves the champion alias if the candidate wins.
-    The decision and its reason are recorded either way."""
+    The decision and its reason are recorded either way, with the gate's evidence and per-criterion
+    outcome (the flip report) in ``training_runs.gate``."""
     from ml import db, external, registry, tracking
 
     s = settings or get_settings()
@@ -234,6 +260,7 @@ def promote(run_id: str, settings: Settings | None = None) -> dict[str, Any]:
     if row is None or row.metrics is None or row.version is None:
         raise ValueError(f"run {run_id} must be evaluated and registered before promotion")
     metrics, champion_metrics, version, checks = row.metrics, row.champion_metrics, row.version, row.behaviour
+    evidence = row.gate or {}
     if s.behaviour_checks and checks is None:
         checks = check_behaviour(run_id, s)
     # decide + move the alias + record under one lock per registered model, so two promoters
@@ -254,12 +281,20 @@ def promote(run_id: str, settings: Settings | None = None) -> dict[str, Any]:
             margin=s.promotion_margin,
             checks_passed=bool(checks["passed"]) if s.behaviour_checks and checks else True,
             checks_reason=checks["reason"] if checks else "",
+            gate=evidence, policy=gate_policy(s),
         )
-        why_not = external.veto(metrics, champ.version) if decision.promote and champ is not None else None
-        if why_not:  # the promotion rule said yes, the external set says significantly worse
-            decision = registry.Decision(False, f"{decision.reason}, but vetoed: {why_not}")
+        why_not = external.veto(metrics, champ.version) if champ is not None else None
+        if why_not:  # significantly worse on the external set: vetoed (recorded also when the gate refused)
+            decision = registry.Decision(False, f"{decision.reason}, {'but' if decision.promote else 'and'} "
+                                                f"vetoed: {why_not}", decision.checks)
         if decision.promote:
             registry.set_champion(version, s)
+        gate_record = {**evidence, "decision": {
+            "promoted": decision.promote, "reason": decision.reason, "checks": decision.checks,
+            "external_veto": why_not, "champion_version": champ.version if champ else None,
+            "policy": {"mode": s.promotion_gate, "metric": s.promotion_metric, "margin": s.promotion_margin,
+                       "confidence": s.promotion_confidence, **gate_policy(s)}}}
+        store.set_gate(conn, run_id, gate_record)
         store.set_decision(conn, run_id, decision.promote, decision.reason)
         store.insert_event(conn, s.model_name, version, champ.version if champ else None,
                            "promoted" if decision.promote else "rejected", decision.reason)
@@ -268,4 +303,10 @@ def promote(run_id: str, settings: Settings | None = None) -> dict[str, Any]:
             store.set_event_digest(conn, s.model_name, version, digest)
     log.info("version %s %s: %s", version, "promoted to champion" if decision.promote else "not promoted", decision.reason)
     return {"promoted": decision.promote, "version": version, "reason": decision.reason,
-            "behaviour_passed": bool(checks["passed"]) if checks else None}
+            "behaviour_passed": bool(checks["passed"]) if checks else None, "gate": gate_record}
+
+
+def gate_policy(s: Settings) -> dict[str, Any]:
+    """The promotion gate's settings, as ``ml.registry.decide_promotion`` takes them."""
+    return {"mode": s.promotion_gate, "slice_tolerance": s.gate_slice_tolerance,
+            "max_golden_flips": s.gate_max_golden_flips}

@@ -175,7 +175,8 @@ def test_worse_challenger_is_not_promoted(loop, triggered, conn):
     new_train, new_test = data.split(data.get_snapshot(r["snapshot_hash"]).load(), s.test_size, s.seed)
     reported = {t for (t,) in conn.execute("SELECT p.text FROM feedback f JOIN predictions p ON p.id = f.prediction_id"
                                            " WHERE f.id = ANY(%s)", (r["feedback_ids"],)).fetchall()}
-    assert set(new_test["text"]) == set(parent_test["text"]) - reported
+    assert set(new_test["text"]) == set(parent_test["text"])  # all of it, with the parent's labels
+    assert dict(zip(new_test["text"], new_test["label"])) == dict(zip(parent_test["text"], parent_test["label"]))
     assert not reported & set(new_test["text"])
     assert not set(new_train["text"]) & set(new_test["text"])
     assert reported & set(new_train["text"])  # most reports are trained on (20% held out to score)
@@ -258,7 +259,13 @@ def test_compare_mode_retrains_through_a_comparison(loop, conn):
     r = retraining.get_retraining(rid)
     assert (r["mode"], r["reason"], r["n_feedback"]) == ("compare", "manual", 3)
     held = r["metrics"]["held_out"]
-    beats = held["challenger"]["accuracy"] > held["champion"]["accuracy"]
+    # the promotion gate (ml.gate): a promotion needs a higher accuracy AND a significant paired win
+    gate = r["gate"]
+    assert gate["held_out"]["accuracy_a"] == pytest.approx(held["challenger"]["accuracy"])
+    beats = (held["challenger"]["accuracy"] > held["champion"]["accuracy"]
+             and gate["held_out"]["verdict"] == "better" and all(
+                 c["passed"] for c in gate["decision"]["checks"].values()))
+    assert gate["decision"]["promoted"] == beats
     expected = ("promoted", r["candidate_version"]) if beats else ("rejected", loop.v1)
     assert (r["status"], r["champion_after"]) == expected
     families, winner, table = conn.execute("SELECT families, winner_run_id, table_json FROM comparisons"

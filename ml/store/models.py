@@ -51,6 +51,16 @@ def set_decision(conn: psycopg.Connection, run_id: str, promoted: bool, reason: 
     )
 
 
+def set_gate(conn: psycopg.Connection, run_id: str, gate: dict[str, Any] | None) -> None:
+    """The promotion gate's evidence (``ml.gate.compare``; at promotion with its decision added)."""
+    conn.execute("UPDATE training_runs SET gate = %s, updated_at = now() WHERE run_id = %s", (_json(gate), run_id))
+
+
+def run_gate(conn: psycopg.Connection, run_id: str) -> dict[str, Any] | None:
+    row = conn.execute("SELECT gate FROM training_runs WHERE run_id = %s", (run_id,)).fetchone()
+    return None if row is None else row[0]
+
+
 @dataclass(frozen=True)
 class GateInputs:
     """What the promotion gate reads of a candidate."""
@@ -59,11 +69,13 @@ class GateInputs:
     champion_metrics: dict[str, Any] | None
     version: int | None
     behaviour: dict[str, Any] | None
+    gate: dict[str, Any] | None = None
 
 
 def gate_inputs(conn: psycopg.Connection, run_id: str) -> GateInputs | None:
     row = conn.execute(
-        "SELECT metrics, champion_metrics, model_version, behaviour FROM training_runs WHERE run_id = %s", (run_id,)
+        "SELECT metrics, champion_metrics, model_version, behaviour, gate FROM training_runs WHERE run_id = %s",
+        (run_id,)
     ).fetchone()
     return None if row is None else GateInputs(*row)
 

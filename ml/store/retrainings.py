@@ -13,10 +13,10 @@ COLUMNS = (
     "id", "created_at", "updated_at", "finished_at", "model_name", "trigger_key", "reason", "detail", "feedback_ids",
     "n_feedback", "threshold", "threshold_fraction", "corpus_rows", "drift_report_id", "status", "champion_before",
     "champion_after", "base_snapshot", "snapshot_hash", "training_feedback_ids", "dataset_report", "mode", "run_id",
-    "candidate_version", "metrics", "decision", "error", "trigger_airflow_run_id", "airflow_run_id",
+    "candidate_version", "metrics", "decision", "error", "trigger_airflow_run_id", "airflow_run_id", "gate",
 )
-LIST_COLUMNS = tuple(c for c in COLUMNS if c not in ("dataset_report", "training_feedback_ids"))
-JSON_COLUMNS = frozenset({"metrics", "dataset_report"})
+LIST_COLUMNS = tuple(c for c in COLUMNS if c not in ("dataset_report", "training_feedback_ids", "gate"))
+JSON_COLUMNS = frozenset({"metrics", "dataset_report", "gate"})
 UPDATABLE = frozenset(COLUMNS) - {"id", "created_at", "updated_at", "model_name", "trigger_key"}
 
 

@@ -41,12 +41,14 @@ def publish(mlflow_tracking, snapshot) -> Callable[..., Published]:
     """``publish(settings, **params)``: ``ml.train`` trains a TF-IDF model on the snapshot's
     training split, evaluates it on the held-out split, registers it under
     ``settings.model_name`` and promotes it. The promotion runs the real rule with
-    ``promotion_margin = -1`` (a newer version always wins: these tests need each publish to
-    become the champion) and without the behavioural checks (tests/test_promotion.py covers them)."""
+    ``promotion_gate = margin`` and ``promotion_margin = -1`` (a newer version always wins: these tests
+    need each publish to become the champion; the paired significance test, slices and golden set of
+    the strict gate are covered by tests/test_gate.py) and without the behavioural checks
+    (tests/test_promotion.py covers them)."""
     from ml import train
 
     def _publish(settings, **params) -> Published:
-        s = settings_with(settings, promotion_margin=-1.0, behaviour_checks=False)
+        s = settings_with(settings, promotion_gate="margin", promotion_margin=-1.0, behaviour_checks=False)
         run_id = train.train(snapshot.hash, "tfidf_lr", params=params or None, settings=s)
         train.evaluate(run_id, s)
         version = train.register(run_id, s)

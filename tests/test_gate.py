@@ -1,0 +1,232 @@
+"""The promotion gate (ml/gate.py, through ml.registry.decide_promotion): a challenger must beat the
+champion for real on paired predictions, lose no slice, and flip no golden text from right to wrong.
+
+The rule's arithmetic on hand-made evidence first; then real TF-IDF models on the bundled 20k real
+tweets (one snapshot, one held-out split of ~4,000 tweets): a challenger equal to the champion within
+noise is not promoted, a clearly better one is, and a retraining poisoned like the reported attack
+(real tweets containing "great" reported as negative) is refused on the golden set although it is
+significantly more accurate on the held-out set. Behavioural checks are off in the real tests so that
+the gate alone decides (tests/test_promotion.py and test_training.py cover the checks)."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import psycopg
+import pytest
+
+import realdata
+from ml import behaviour, data, gate, registry, retraining, serving, train
+from ml.config import Settings, get_settings, reset_settings
+from ml.registry import decide_promotion
+
+S = Settings()
+POLICY = {"mode": "strict", "slice_tolerance": 0.02, "max_golden_flips": 0}
+
+
+# ---------------------------------------------------------------- the rule on hand-made evidence
+def _evidence(a_only: int, b_only: int, n: int = 4000, golden_flip=False, slice_drop=0):
+    """Paired labels on ``n`` texts: ``a_only`` only the candidate gets right, ``b_only`` only the
+    champion, 600 both wrong; ``slice_drop`` of the @mention texts moved from both-right to only-the-champion-right."""
+    rng = np.random.default_rng(0)
+    texts = [f"tweet number {i}" + (" @someone" if i % 4 == 0 else "") for i in range(n)]
+    y = rng.integers(0, 2, n)
+    cand, champ = y.copy(), y.copy()
+    cand[a_only:a_only + b_only] ^= 1
+    champ[:a_only] ^= 1
+    cand[a_only + b_only:a_only + b_only + 600] ^= 1
+    champ[a_only + b_only:a_only + b_only + 600] ^= 1
+    if slice_drop:
+        idx = [i for i in range(a_only + b_only + 600, n) if i % 4 == 0][:slice_drop]
+        cand[idx] ^= 1
+    proba = lambda lab: np.column_stack([0.9 - lab * 0.8, lab * 0.8 + 0.1])  # noqa: E731
+    golden = [("this is great", 1), ("I hate this", 0)]
+    g_cand = np.array([0 if golden_flip else 1, 0])
+    ev = gate.compare(y, texts, proba(cand), proba(champ), golden, proba(g_cand), proba(np.array([1, 0])),
+                      confidence=0.95, golden_min_confidence=0.7, champion_version=1)
+    h = ev["held_out"]
+    return ev, {"accuracy": h["accuracy_a"]}, {"accuracy": h["accuracy_b"]}
+
+
+def test_slices_are_defined_once_and_cover_the_named_ones():
+    m = gate.slice_masks(["@bob not good at all http://t.co/x", "love it"])
+    assert set(gate.SLICES) == {"short", "long", "mention", "no_mention", "url", "no_url", "negation", "no_negation"}
+    assert m["mention"].tolist() == [True, False] and m["url"].tolist() == [True, False]
+    assert m["negation"].tolist() == [True, False] and m["short"].tolist() == [True, True]
+    assert gate.slice_masks(["I don't like it"])["negation"].tolist() == [True]
+
+
+def test_golden_set_is_config_plus_the_behavioural_cases():
+    golden = dict(gate.golden_set(S))
+    assert len(golden) >= 40 + len(behaviour.MINIMUM_FUNCTIONALITY) + len(behaviour.NEGATION)
+    assert golden["this is great, thank you!"] == 1 and golden["This is not good"] == 0
+    assert all(golden[t] == y for t, y in behaviour.MINIMUM_FUNCTIONALITY + behaviour.NEGATION)
+    sample = {t for _, t in realdata.read()}
+    assert not sample & set(golden)  # written for the platform, not taken from Sentiment140
+
+
+def test_significant_win_is_promoted_and_a_noise_win_is_not():
+    ev, cand, champ = _evidence(150, 50)
+    d = decide_promotion(cand, champ, metric="accuracy", margin=0.0, gate=ev, policy=POLICY)
+    assert d.promote and d.checks["significance"]["passed"], d
+    ev, cand, champ = _evidence(110, 100)  # +0.0025: passes "> 0.0", not the paired test
+    d = decide_promotion(cand, champ, metric="accuracy", margin=0.0, gate=ev, policy=POLICY)
+    assert not d.promote and "not a significant win" in d.reason and ev["held_out"]["p_value"] > 0.05
+    # the same evidence under promotion_gate=margin (tests/api publish()): the plain margin rule
+    d = decide_promotion(cand, champ, metric="accuracy", margin=0.0, gate=ev, policy={**POLICY, "mode": "margin"})
+    assert d.promote and "promotion_gate: margin" in d.reason
+
+
+def test_slice_regression_and_golden_flip_block_a_significant_win():
+    ev, cand, champ = _evidence(250, 50, slice_drop=150)
+    d = decide_promotion(cand, champ, metric="accuracy", margin=0.0, gate=ev, policy=POLICY)
+    assert not d.promote and d.checks["significance"]["passed"] and d.checks["slices"]["regressed"] == [
+        "mention"], d.reason
+    assert "slice regression" in d.reason
+    ev, cand, champ = _evidence(250, 50, golden_flip=True)
+    assert ev["golden"]["right_to_wrong_texts"][0]["text"] == "this is great"
+    d = decide_promotion(cand, champ, metric="accuracy", margin=0.0, gate=ev, policy=POLICY)
+    assert not d.promote and "golden text(s) flipped" in d.reason and "'this is great'" in d.reason
+    assert decide_promotion(cand, champ, metric="accuracy", margin=0.0, gate=ev,
+                            policy={**POLICY, "max_golden_flips": 1}).promote
+
+
+def test_first_model_and_failed_checks_and_missing_evidence():
+    assert decide_promotion({"accuracy": 0.6}, None, metric="accuracy", margin=0.0, gate={}, policy=POLICY).promote
+    assert not decide_promotion({"accuracy": 0.9}, None, metric="accuracy", margin=0.0, checks_passed=False,
+                                gate={}, policy=POLICY).promote
+    d = decide_promotion({"accuracy": 0.9}, {"accuracy": 0.6}, metric="accuracy", margin=0.0, gate={},
+                         policy=POLICY)
+    assert not d.promote and "no paired evidence" in d.reason
+
+
+# ---------------------------------------------------------------- real models, real tweets
+@pytest.fixture(scope="module")
+def snap20k(platform_env):
+    """The bundled 20k real tweets as one snapshot: held-out split of ~4,000 tweets."""
+    return data.validate_and_snapshot(realdata.SAMPLE)
+
+
+@pytest.fixture
+def gate_only(model_name, monkeypatch):
+    monkeypatch.setenv("SENTIMENT_BEHAVIOUR_CHECKS", "false")
+    reset_settings()
+    yield
+    monkeypatch.delenv("SENTIMENT_BEHAVIOUR_CHECKS")
+    reset_settings()
+
+
+def _cycle(snapshot_hash: str, **kw):
+    run_id = train.train(snapshot_hash, "tfidf_lr", **kw)
+    train.evaluate(run_id)
+    train.register(run_id)
+    return run_id, train.promote(run_id)
+
+
+def _gate_row(conn, run_id):
+    return conn.execute("SELECT gate, decision, status FROM training_runs WHERE run_id = %s", (run_id,)).fetchone()
+
+
+def _summary(g):
+    h = g["held_out"]
+    return (f"diff {h['difference']:+.4f} p={h['p_value']:.3g} CI {h['interval']} changed {h['flips']['changed_label']}"
+            f" golden r->w {g['golden']['right_to_wrong']} (+{g['golden']['right_to_wrong_uncertain']} unsure)"
+            f" slices " + ", ".join(f"{k} {v['difference']:+.3f}/{v['p_value']:.2g}/n={v['n']}"
+                                    for k, v in h["slices"].items()))
+
+
+def test_a_challenger_equal_within_noise_is_not_promoted(snap20k, gate_only, conn):
+    """Same family and params, a slightly different sample of the same training split (5,000 vs
+    5,300 tweets): its held-out accuracy differs by noise only, so it is not promoted."""
+    run1, d1 = _cycle(snap20k.hash, sample_size=5000)
+    assert d1["promoted"] and "first model" in d1["reason"]
+    run2, d2 = _cycle(snap20k.hash, sample_size=5300)
+    g, decision, status = _gate_row(conn, run2)
+    print("noise:", _summary(g), "|", decision)
+    assert not d2["promoted"] and status == "rejected" and decision == d2["reason"]
+    assert g["held_out"]["verdict"] == "tie" and g["held_out"]["p_value"] >= 0.05
+    assert g["decision"]["checks"]["significance"]["passed"] is False
+    assert abs(g["held_out"]["difference"]) < 0.01 and g["held_out"]["n"] > 3900
+    assert g["held_out"]["flips"]["changed_label"] > 0  # the flip report is stored
+    assert registry.champion().version == d1["version"]
+
+
+def test_a_clearly_better_challenger_is_promoted_and_the_card_says_what_changed(snap20k, gate_only, conn):
+    """300 tweets vs 5,000 of the same split: significantly better, no slice lost, no golden flip."""
+    from ml import model_card
+
+    run1, d1 = _cycle(snap20k.hash, sample_size=300)
+    assert d1["promoted"]
+    run2, d2 = _cycle(snap20k.hash, sample_size=5000)
+    g, decision, _ = _gate_row(conn, run2)
+    print("better:", _summary(g), "|", decision)
+    assert d2["promoted"], d2
+    checks = g["decision"]["checks"]
+    assert checks["significance"]["passed"] and g["held_out"]["verdict"] == "better"
+    assert g["held_out"]["p_value"] < 0.05 and g["held_out"]["difference"] > 0.05
+    assert checks["slices"]["passed"] and checks["golden"]["passed"]
+    card = model_card.model_card()
+    wc = card["champion"]["what_changed"]
+    assert wc["against_version"] == d1["version"] and wc["held_out"]["changed_label"] == \
+        g["held_out"]["flips"]["changed_label"]
+    html = model_card.card_html(card)
+    assert "What changed (against v" in html and "changed label" in html
+
+
+def _report(s, model, rows: list[tuple[int, str]], label: int) -> list[int]:
+    """Store the champion's predictions of ``rows`` and report each as ``label`` (as the API does)."""
+    champ = registry.champion(s)
+    texts = [t for _, t in rows]
+    preds = serving.prediction_rows(texts, model.predict_proba(texts), s.model_name, champ.version)
+    with psycopg.connect(s.database_url, autocommit=True) as conn:
+        serving.copy_predictions(conn, preds)
+        return [conn.execute("INSERT INTO feedback (prediction_id, correct_label) VALUES (%s, %s) RETURNING id",
+                             (p.id, label)).fetchone()[0] for p in preds if p.label != label]
+
+
+def test_a_poisoned_retraining_flipping_golden_texts_is_not_promoted(snap20k, gate_only, conn, shared_data):
+    """The attack, for real: ~600 real positive tweets containing "great" (from the shared 100k, not in
+    the snapshot) reported as negative. The retraining trains on 80% of them plus the whole training
+    split and is significantly MORE accurate on the held-out set than the 5,000-tweet champion, so the
+    old rule would promote it; it now reads "great" as negative: golden texts flip, it is refused."""
+    run1, d1 = _cycle(snap20k.hash, sample_size=5000)
+    assert d1["promoted"]
+    s = get_settings()
+    in_snapshot = set(snap20k.load()["text"])
+    champion = registry.load_version(d1["version"], s)
+    great = [(y, t) for y, t in realdata.read(shared_data)
+             if y == 1 and "great" in t.lower() and t not in in_snapshot]
+    ids = _report(s, champion, great[:650], 0)
+    assert len(ids) >= 500
+    # one held-out text of the parent reported too: it stays held out, with its parent label
+    _, parent_test = data.split(snap20k.load(), s.test_size, s.seed)
+    held_text, held_label = parent_test.iloc[0]["text"], int(parent_test.iloc[0]["label"])
+    _report(s, champion, [(held_label, held_text)], 1 - held_label)
+
+    out = retraining.run_retraining(None)
+    r = retraining.get_retraining(out["retraining_id"])
+    g = r["gate"]
+    print("poisoned:", _summary(g), "|", out["reason"])
+    print("golden right->wrong:", [x["text"] for x in g["golden"]["right_to_wrong_texts"]])
+    print("reported_eval:", g["reported_eval"]["vs_champion"])
+    # the held-out set is the parent's, all of it, with the parent's labels (the reported text included)
+    new_train, new_test = data.split(data.get_snapshot(r["snapshot_hash"]).load(), s.test_size, s.seed)
+    assert set(new_test["text"]) == set(parent_test["text"]) and held_text not in set(new_train["text"])
+    assert dict(zip(new_test["text"], new_test["label"]))[held_text] == held_label
+    # (>= 1: some "great" tweets of the 100k file are also in the 20k sample's held-out set, stripped)
+    assert r["dataset_report"]["held_out"]["reported_texts_kept"] >= 1
+    # significantly better on the held-out set: the old "> 0.0" rule and the significance test both pass
+    assert g["held_out"]["verdict"] == "better" and g["decision"]["checks"]["significance"]["passed"]
+    # ... but golden texts flipped from right to wrong: refused, recorded on the run and the retraining
+    assert not out["promoted"] and r["status"] == "rejected"
+    assert g["decision"]["checks"]["golden"]["passed"] is False and g["golden"]["right_to_wrong"] >= 1
+    assert any("great" in x["text"].lower() for x in g["golden"]["right_to_wrong_texts"])
+    assert "golden text(s) flipped from right to wrong" in out["reason"] and r["decision"] == out["reason"]
+    # (b) the reported tweets held out of training: the poisoned challenger "agrees" with the reports
+    vs = g["reported_eval"]["vs_champion"]
+    assert g["reported_eval"]["criterion"] is False and vs["n"] > 50 and vs["accuracy_a"] > vs["accuracy_b"]
+    assert registry.champion().version == d1["version"]
+    ev = conn.execute("SELECT event, reason FROM model_events WHERE model_name = %s AND version = %s",
+                      (s.model_name, out["version"])).fetchall()
+    assert ev == [("rejected", out["reason"])]
+    assert os.environ["SENTIMENT_MODEL_NAME"] == s.model_name
