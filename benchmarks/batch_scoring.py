@@ -121,9 +121,11 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|")
     for name, n, t in results:
         print(f"| {name} | {n:,} | {t:.1f} | {n / t:,.0f} | {n / t / base_rate:.2f}x |")
-    print("\npeak RSS of the scoring path (largest process): "
-          + ", ".join(f"{w} worker(s): {mb:,.0f} MB" for w, mb in peaks.items()))
-    print(f"model: {args.family} champion v{version}; shard size {args.shard_rows:,} rows; {os.cpu_count()} CPUs")
+    if peaks:
+        print("\npeak RSS of the scoring path (largest process): "
+              + ", ".join(f"{w} worker(s): {mb:,.0f} MB" for w, mb in peaks.items()))
+    print(f"model: {args.family} champion v{version}; shard size {args.shard_rows:,} rows (b); {os.cpu_count()} CPUs;"
+          f" load average {os.getloadavg()[0]:.1f} at the end")
 
 
 def _free_port() -> int:
