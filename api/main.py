@@ -17,14 +17,16 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 import ml
-from api import errors
+from api import errors, inference
 from api.auth import KeyCache
 from api.model_manager import ModelManager
+from api.recording import AlertQueue, FeedbackRecorder
 from api.routes import api_router
 from api.writer import PredictionWriter
 from ml import security
 from ml.config import Settings, get_settings
 from ml.quotas import Quotas
+from ml.serving import PredictionIds
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +53,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.keys = KeyCache(s.api_key_cache_seconds)  # API keys (api/auth.py)
         app.state.quotas = quotas = Quotas(s)  # per-identity rate limits, counters shared by every process
         app.state.token_key = await to_thread.run_sync(security.signing_key, s)  # feedback tokens
-        app.state.writer = writer = PredictionWriter(s)
+        # serving path (api/inference.py, api/recording.py): signed ids, durable log, batcher, pool, alert thread
+        app.state.prediction_ids = ids = await to_thread.run_sync(PredictionIds.for_settings, s)
+        app.state.alerts = alert_queue = AlertQueue(s)
+        app.state.writer = writer = PredictionWriter(s, on_feedback=alert_queue.put_many)
+        app.state.feedback = feedback = FeedbackRecorder(s, ids, alert_queue)
+        app.state.batcher = inference.make_batcher(s, ids)
         app.state.models = models = ModelManager(s)
+        alert_queue.start()
+        await to_thread.run_sync(feedback.open)
         await to_thread.run_sync(writer.start)
         await to_thread.run_sync(models.start)  # first champion load; errors are logged, polling retries
         loaded = models.current
@@ -61,7 +70,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await to_thread.run_sync(models.stop)
-            await to_thread.run_sync(writer.close)  # flush everything still buffered
+            await to_thread.run_sync(writer.close)  # drain the prediction log into PostgreSQL
+            await to_thread.run_sync(feedback.close)
+            await to_thread.run_sync(alert_queue.stop)
             await to_thread.run_sync(quotas.close)
             log.info("sentiment API stopped (%d predictions written)", writer.written)
 

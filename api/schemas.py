@@ -136,9 +136,11 @@ class ModelHealth(BaseModel):
 
 
 class WriterHealth(BaseModel):
-    pending_rows: int = Field(description="predictions in memory, not yet in PostgreSQL")
-    max_pending_rows: int = Field(description="the bound of that buffer (prediction_buffer_max_rows)")
-    spool_files: int = Field(description="saved spool files this process holds, not yet replayed")
+    pending_rows: int = Field(description="predictions acknowledged (in this worker's prediction log), not yet "
+                                          "in PostgreSQL")
+    log_bytes: int = Field(description="bytes of this worker's prediction log on disk")
+    max_log_bytes: int = Field(description="the log's cap (prediction_log_max_bytes): past it /predict answers 503")
+    log_segments: int = Field(description="log files this worker holds (the active one included)")
     written_rows: int
     last_error: str | None = None
 

@@ -59,7 +59,8 @@ _pending: set[Future] = set()
 
 
 # ---------------------------------------------------------------- the rule
-def evaluate_feedback(feedback_id: int, settings: Settings | None = None, dispatch: bool = True) -> dict[str, Any]:
+def evaluate_feedback(feedback_id: int, settings: Settings | None = None, dispatch: bool = True,
+                      conn: psycopg.Connection | None = None) -> dict[str, Any]:
     """Apply the burst rule after feedback ``feedback_id`` was stored (and committed).
 
     Returns ``{"misclassification", "raised", "alert_id", "n_reports", "threshold"}``. When an alert
@@ -67,13 +68,16 @@ def evaluate_feedback(feedback_id: int, settings: Settings | None = None, dispat
     background."""
     s = settings or get_settings()
     out: dict[str, Any] = {"feedback_id": feedback_id, "misclassification": False, "raised": False, "alert_id": None}
-    with db.connect(s, start_embedded=False, connect_timeout=5, application_name="sentiment-alerts") as conn:
-        row = store.feedback_verdict(conn, feedback_id)
+    # ``conn``: a connection the caller keeps (the API's alert thread), one transaction per call
+    with (conn.transaction() if conn is not None else
+          db.connect(s, start_embedded=False, connect_timeout=5, application_name="sentiment-alerts")) as c:
+        c = conn if conn is not None else c
+        row = store.feedback_verdict(c, feedback_id)
         if row is None or not row[1]:
             return out  # unknown, or a confirmation (the prediction was right)
         model_name = row[0]
         out["misclassification"] = True
-        alert = _evaluate_locked(conn, model_name, feedback_id, s)
+        alert = _evaluate_locked(c, model_name, feedback_id, s)
         out.update(alert)
     if out["raised"]:
         log.warning("ALERT %s #%s: %s", RULE_BURST, out["alert_id"], out["message"])

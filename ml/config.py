@@ -81,6 +81,18 @@ class Settings(BaseSettings):
     model_poll_seconds: float = 5.0
     prediction_flush_seconds: float = 0.5
     prediction_flush_rows: int = 500
+    # the API's prediction log (api/predlog.py): an acknowledged prediction is on local disk first
+    prediction_log_max_bytes: int = Field(default=256 * 1024 * 1024, ge=4096)  # past it: 503 + Retry-After
+    prediction_log_fsync: bool = True
+    prediction_id_secret: str | None = None  # HMAC key of prediction ids; unset: var/secrets/prediction-ids.key
+    # micro-batching of concurrent /predict requests (api/batcher.py)
+    predict_batch_max_size: int = Field(default=64, ge=1)
+    predict_batch_wait_ms: float = Field(default=1.0, ge=0.0)
+    # processes and admission (make up: uvicorn --workers)
+    api_workers: int = Field(default=0, ge=0)  # 0: one per CPU core
+    api_max_inflight: int = Field(default=64, ge=1)  # per worker; more requests at once: 503 at once
+    api_max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)  # larger request bodies: 413
+    api_db_pool_size: int = Field(default=4, ge=1)  # pooled connections per worker (/feedback)
 
     # monitoring (ml/monitoring.py, DAG sentiment_monitoring)
     monitoring_hours: float = 24.0

@@ -5,8 +5,12 @@ with COPY, storing feedback, and reading a champion's MLflow run (metrics, tags,
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
+import os
 import uuid
+from pathlib import Path
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterable, Sequence
@@ -75,15 +79,70 @@ class PredictionRow:
         )
 
 
+    def as_log_record(self) -> list[Any]:
+        """The row as the API's prediction log stores it (:data:`PREDICTION_COLUMNS` order, JSON types)."""
+        return [str(self.id), self.created_at.isoformat(), self.text, self.label, self.p_negative,
+                self.p_positive, self.model_name, self.model_version, self.source]
+
+
+class PredictionIds:
+    """The ids the API issues: UUIDs (version 8, RFC 9562) of 66 random bits followed by a 56-bit
+    HMAC-SHA256 of them under the platform's key. Any API process can tell an id it (or another
+    worker) issued from one never issued, before the prediction reaches PostgreSQL."""
+
+    KEY_FILE = "prediction-ids.key"
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) < 16:
+            raise ValueError("the prediction id key must have at least 16 bytes")
+        self._key = key
+
+    @classmethod
+    def for_settings(cls, settings) -> "PredictionIds":
+        """The key of ``prediction_id_secret``, else of ``var/secrets/prediction-ids.key`` (made on
+        first use, mode 0600; every worker and restart reads the same file)."""
+        secret = getattr(settings, "prediction_id_secret", None)
+        if secret:
+            return cls(hashlib.sha256(str(secret).encode("utf-8")).digest())
+        path = Path(settings.var) / "secrets" / cls.KEY_FILE
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not path.exists():
+            tmp = path.with_name(f".{path.name}.{os.getpid()}")
+            tmp.write_bytes(os.urandom(32).hex().encode())
+            os.chmod(tmp, 0o600)
+            try:
+                os.link(tmp, path)  # atomic; the first worker wins, the others read its key
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink()
+        return cls(bytes.fromhex(path.read_text().strip()))
+
+    def _mac(self, head: bytes) -> bytes:
+        return hmac.digest(self._key, head, "sha256")[:7]
+
+    def new(self) -> uuid.UUID:
+        head = bytearray(os.urandom(9))
+        head[6] = 0x80 | (head[6] & 0x0F)  # version 8
+        head[8] = 0x80 | (head[8] & 0x3F)  # RFC 9562 variant
+        return uuid.UUID(bytes=bytes(head) + self._mac(bytes(head)))
+
+    def issued(self, value: uuid.UUID) -> bool:
+        b = value.bytes
+        return value.version == 8 and hmac.compare_digest(b[9:], self._mac(b[:9]))
+
+
 def prediction_rows(
     texts: Sequence[str], proba, model_name: str, model_version: int, source: str = "api",
+    new_id=uuid.uuid4,
 ) -> list[PredictionRow]:
-    """One row per text from a ``predict_proba`` result (columns P(neg), P(pos)); fresh uuid4 ids."""
+    """One row per text from a ``predict_proba`` result (columns P(neg), P(pos)); ids from
+    ``new_id`` (uuid4 by default; the API passes :meth:`PredictionIds.new`)."""
     now = datetime.now(timezone.utc)
     rows = []
     for text, (p_neg, p_pos) in zip(texts, proba.tolist(), strict=True):
         rows.append(PredictionRow(
-            id=uuid.uuid4(), created_at=now, text=text, label=label_id(p_pos), p_negative=float(p_neg),
+            id=new_id(), created_at=now, text=text, label=label_id(p_pos), p_negative=float(p_neg),
             p_positive=float(p_pos), model_name=model_name, model_version=int(model_version), source=source,
         ))
     return rows

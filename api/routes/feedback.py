@@ -10,10 +10,9 @@ import logging
 from fastapi import APIRouter, HTTPException, Request, status
 
 from api.auth import FeedbackCaller
-from api.deps import SettingsDep, WriterDep, database_unavailable, open_db
+from api.deps import SettingsDep, WriterDep
 from api.schemas import ErrorResponse, FeedbackRequest, FeedbackResponse
-from api.writer import FlushError
-from ml import alerts, security, serving
+from ml import security, serving
 
 log = logging.getLogger(__name__)
 
@@ -49,23 +48,14 @@ def create_feedback(body: FeedbackRequest, writer: WriterDep, settings: Settings
     """Record the correct label for a prediction this caller made (its ``feedback_token``), or any
     prediction with a ``review`` / ``admin`` key."""
     _check_token(body, caller, request, settings)
-    try:
-        writer.flush()  # a prediction made a moment ago may still be buffered: store it first
-    except FlushError as exc:
-        raise database_unavailable(f"recent predictions cannot be stored right now: {exc}") from exc
-    with open_db(settings) as conn:
-        stored = serving.insert_feedback(conn, body.prediction_id, body.correct_label, body.comment, caller.id)
+    # one statement on a pooled connection; a prediction still in a log gets a pending report
+    # (moved into feedback when it lands); the alert rule runs in a background thread (api/recording.py)
+    stored = request.app.state.feedback.record(body.prediction_id, body.correct_label, body.comment, caller.id)
     if stored is None:
         raise HTTPException(
             status.HTTP_404_NOT_FOUND, detail=f"no prediction with id {body.prediction_id}; nothing was stored"
         )
     feedback_id, created_at = stored
-    # the feedback is committed: now the alert rule (ml.alerts; counted in PostgreSQL, webhook / e-mail
-    # sent by a background thread). Whatever happens there, the feedback request succeeds.
-    try:
-        alerts.evaluate_feedback(feedback_id, settings)
-    except Exception:  # noqa: BLE001
-        log.exception("alert evaluation failed for feedback %s (the feedback is stored)", feedback_id)
     return FeedbackResponse(
         id=feedback_id,
         prediction_id=body.prediction_id,

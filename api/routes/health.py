@@ -33,21 +33,23 @@ def _health(manager, writer, settings) -> Health:
         last_error=manager.last_error,
     )
     pending = writer.pending
+    used = writer.log.used_bytes
     reasons = []
     if not database.reachable:
         reasons.append(f"database unreachable: {database.error}")
     if loaded is None:
         reasons.append(f"no model loaded: registered model {settings.model_name!r} has no "
                        f"{settings.champion_alias!r} alias yet" + (f" ({manager.last_error})" if manager.last_error else ""))
-    if pending >= writer.max_buffer_rows:
-        reasons.append(f"prediction buffer full: {pending} rows wait (limit {writer.max_buffer_rows})")
+    if not writer.has_room():
+        reasons.append(f"prediction log full: {used} bytes wait to be written to the database "
+                       f"(cap {writer.max_bytes}, prediction_log_max_bytes)")
     return Health(
         status="degraded" if reasons else "ok",
         reasons=reasons,
         database=database,
         model=model,
-        writer=WriterHealth(pending_rows=pending, max_pending_rows=writer.max_buffer_rows,
-                            spool_files=writer.spooled_files, written_rows=writer.written,
+        writer=WriterHealth(pending_rows=pending, log_bytes=used, max_log_bytes=writer.max_bytes,
+                            log_segments=writer.log.segments, written_rows=writer.written,
                             last_error=writer.last_error),
     )
 
@@ -61,7 +63,7 @@ async def live() -> Readiness:
 @router.get("/health/ready", response_model=Readiness,
             responses={503: {"model": ErrorResponse, "description": "not ready; the message says why"}})
 def ready(manager: ManagerDep, writer: WriterDep, settings: SettingsDep):
-    """200 when the database answers, a model is loaded and the prediction buffer has room;
+    """200 when the database answers, a model is loaded and the prediction log has room;
     else 503 with the reasons (for a readiness probe: send no traffic while it fails)."""
     h = _health(manager, writer, settings)
     if h.reasons:

@@ -36,10 +36,20 @@ def smtp():
 def _report_wrong(client, text):
     """A prediction, then feedback with the other label (a misclassification report)."""
     pred = client.post("/predict", json={"text": text}).json()
+    client.app.state.writer.flush()  # the prediction is stored: the report goes straight into feedback
     other = "negative" if pred["label"] == "positive" else "positive"
     r = send_report(client, pred, other)
     assert r.status_code == 201, r.text
+    client.app.state.alerts.join()  # the rule runs in the app's alert thread, off the request path
     return r.json()["id"]
+
+
+def _settle(*clients):
+    """Every prediction stored, every pending report moved, every alert evaluation done."""
+    for c in clients:
+        c.app.state.writer.flush()
+    for c in clients:
+        c.app.state.alerts.join()
 
 
 def _alerts(conn, model):
@@ -107,6 +117,7 @@ def test_concurrent_reports_on_two_apps_raise_one_alert(platform_env, publish, c
 
         with ThreadPoolExecutor(8) as ex:
             assert list(ex.map(report, preds)) == [201] * 8
+        _settle(c1, c2)
     rows = _alerts(conn, settings.model_name)
     assert len(rows) == 1
     assert len(rows[0][2]) + len(rows[0][3]) == 8  # every report is on the one alert

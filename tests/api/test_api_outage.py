@@ -1,34 +1,26 @@
-"""A real database outage through the app, and the spool that keeps every acknowledged row.
+"""A real database outage through the app, the log's cap, and real crashes of real API processes.
 
 The outage is real: the test's own database refuses connections (``ALTER DATABASE ...
-ALLOW_CONNECTIONS false`` + ``pg_terminate_backend``); crashes are real (``SIGKILL`` of a child
-process); the full disk is a real write failure (``RLIMIT_FSIZE`` in a child process)."""
+ALLOW_CONNECTIONS false`` + ``pg_terminate_backend``); the crash is a real ``SIGKILL`` of a real
+uvicorn worker under load."""
 from __future__ import annotations
 
-import json
-import os
 import signal
-import subprocess
-import sys
-from pathlib import Path
+import threading
+import time
 
-import pytest
+import httpx
 
-from api.writer import PredictionWriter
-from api_helpers import POSITIVE_TEXT, running_app, settings_with, wait_for
-from ml import serving
-
-REPO = Path(__file__).resolve().parents[2]
-UNREACHABLE = "postgresql://postgres@127.0.0.1:1/nowhere"
+from api.predlog import decode
+from api_helpers import running_app, settings_with, wait_for
+from live import live_server
 
 
-def spooled(spool: Path) -> list[str]:
-    """Prediction ids in the saved spool files (claimed or not), one per saved row."""
+def logged(directory) -> list[str]:
     ids = []
-    for path in spool.glob("predictions-*.jsonl*"):
-        if path.name.endswith(".tmp"):
-            continue
-        ids += [json.loads(line)["id"] for line in path.read_text().splitlines() if line.strip()]
+    for path in directory.glob("wal-*.log"):
+        rows, _ = decode(path.read_bytes())
+        ids += [r[0] for r in rows]
     return ids
 
 
@@ -36,18 +28,22 @@ def stored(conn, ids) -> list[str]:
     return [r[0] for r in conn.execute("SELECT id::text FROM predictions WHERE id = ANY(%s::uuid[])", (list(ids),))]
 
 
-def rows_of(tweets, n, start=0, name="outage-test"):
-    import numpy as np
-
-    texts = tweets[0][start:start + n]
-    return serving.prediction_rows(texts, np.array([[0.3, 0.7]] * n), name, 1)
+def with_serving_events(outage_db, conn, model_name: str) -> None:
+    """The test's own database gets the platform's promotion events of ``model_name`` (the API serves
+    only a champion whose promotion event it finds in its database)."""
+    with conn.cursor() as src, outage_db.connect() as dst, dst.cursor() as cur:
+        with src.copy("COPY (SELECT * FROM model_events WHERE model_name = %s) TO STDOUT", (model_name,)) as out, \
+                cur.copy("COPY model_events FROM STDIN") as into:
+            for chunk in out:
+                into.write(chunk)
 
 
 def test_outage_predict_answers_ready_503_feedback_503_rows_kept_once(api_settings, champion, outage_db, tweets,
-                                                                     tmp_path):
+                                                                     tmp_path, conn):
+    with_serving_events(outage_db, conn, api_settings.model_name)
     s = settings_with(api_settings, database_url=outage_db.url, var_dir=tmp_path / "var",
                       prediction_flush_seconds=60, prediction_flush_rows=100_000)
-    spool = tmp_path / "var" / "spool"
+    log_dir = tmp_path / "var" / "spool"
     texts = tweets[0]
     with running_app(s) as client:
         before_preds = [client.post("/predict", json={"text": t}).json() for t in texts[:5]]
@@ -66,24 +62,25 @@ def test_outage_predict_answers_ready_503_feedback_503_rows_kept_once(api_settin
         health = client.get("/health")
         assert health.status_code == 503 and health.json()["database"]["reachable"] is False
         assert health.json()["model"]["loaded"] is True
+        assert health.json()["writer"]["pending_rows"] == 50
 
         fb = client.post("/feedback", json={"prediction_id": before[0], "correct_label": "negative",
                                             "feedback_token": before_preds[0]["feedback_token"]})
         assert fb.status_code == 503, fb.text
         assert "database unavailable" in fb.json()["message"] and fb.headers["Retry-After"]
-        assert client.app.state.writer.pending == 50
-    # shutdown with the database down: every row saved once
-    assert sorted(spooled(spool)) == sorted(ids)
+    # shutdown with the database down: every acknowledged row stays in the log, once
+    assert sorted(logged(log_dir)) == sorted(ids)
 
     for i in range(5):  # restarts with the database still down: kept, not multiplied
         with running_app(s) as client:
             assert client.get("/health/ready").status_code == 503
+            # a process started while the database is down may have no verified champion (503), or serve
             r = client.post("/predict", json={"text": texts[60 + i]})
-            assert r.status_code == 200
-            ids.append(r.json()["id"])
-        assert sorted(spooled(spool)) == sorted(ids)  # 50 + one per restart, each once
-    all_ids = spooled(spool)
-    assert len(all_ids) == len(set(all_ids)) == 55
+            assert r.status_code in (200, 503), r.text
+            if r.status_code == 200:
+                ids.append(r.json()["id"])
+        assert sorted(logged(log_dir)) == sorted(ids)  # 50 (+ one per restart that served), each once
+    assert len(ids) == len(set(ids)) >= 50
 
     outage_db.up()
     with running_app(s) as client:  # back: replayed at start, exactly once
@@ -91,181 +88,88 @@ def test_outage_predict_answers_ready_503_feedback_503_rows_kept_once(api_settin
         assert client.post("/feedback", json={"prediction_id": ids[0], "correct_label": 0,
                                               "feedback_token": single[0].json()["feedback_token"]}).status_code == 201
     with outage_db.connect() as conn:
-        assert sorted(stored(conn, all_ids)) == sorted(all_ids)
+        assert sorted(stored(conn, ids)) == sorted(ids)
         assert sorted(stored(conn, before)) == sorted(before)
-    assert spooled(spool) == [] and not list(spool.glob("*.tmp")) and not list(spool.glob("rejected-*"))
-    with running_app(s):
-        pass
-    with outage_db.connect() as conn:
-        n = conn.execute("SELECT count(*) FROM predictions WHERE id = ANY(%s::uuid[])", (all_ids,)).fetchone()[0]
-        assert n == len(all_ids)
+        n = conn.execute("SELECT count(*) FROM predictions WHERE id = ANY(%s::uuid[])", (ids,)).fetchone()[0]
+        assert n == len(ids)
+    assert logged(log_dir) == [] and not list(log_dir.glob("corrupt-*")) and not list(log_dir.glob("rejected-*"))
 
 
-def test_buffer_bound_answers_503_with_retry_after(api_settings, champion, tweets, conn):
-    s = settings_with(api_settings, prediction_buffer_max_rows=10, prediction_flush_seconds=60,
-                      prediction_flush_rows=100_000)
+def test_log_cap_answers_503_with_retry_after_and_the_reason(api_settings, champion, outage_db, tweets, tmp_path,
+                                                            conn):
+    with_serving_events(outage_db, conn, api_settings.model_name)
+    s = settings_with(api_settings, database_url=outage_db.url, var_dir=tmp_path / "var",
+                      prediction_log_max_bytes=8192, prediction_flush_seconds=0.05)
     with running_app(s) as client:
-        ids = [client.post("/predict", json={"text": t}).json()["id"] for t in tweets[0][:10]]
-        r = client.post("/predict", json={"text": tweets[0][10]})
-        assert r.status_code == 503 and int(r.headers["Retry-After"]) >= 1
-        assert "prediction buffer full" in r.json()["message"] and "limit is 10" in r.json()["message"]
-        assert client.post("/predict/batch", json={"texts": tweets[0][11:13]}).status_code == 503
+        outage_db.down()  # nothing drains: the log fills up
+        answered, refused = [], None
+        for t in tweets[0][:200]:
+            r = client.post("/predict", json={"text": t})
+            if r.status_code != 200:
+                refused = r
+                break
+            answered.append(r.json()["id"])
+        assert refused is not None and refused.status_code == 503, "the cap never answered"
+        assert int(refused.headers.get("Retry-After", 0)) >= 1, refused.text
+        assert "prediction log full" in refused.json()["message"]
+        assert "prediction_log_max_bytes" in refused.json()["message"]
+        assert client.post("/predict/batch", json={"texts": tweets[0][300:302]}).status_code == 503
         ready = client.get("/health/ready")
-        assert ready.status_code == 503 and "buffer full" in ready.json()["message"]
-        assert client.app.state.writer.pending == 10  # nothing over the bound was taken
-        client.app.state.writer.flush()
-        assert client.post("/predict", json={"text": tweets[0][10]}).status_code == 200
-    assert sorted(stored(conn, ids)) == sorted(ids)
+        assert ready.status_code == 503 and "prediction log full" in ready.json()["message"]
+        outage_db.up()  # the writer drains the log: room again
+        wait_for(lambda: client.post("/predict", json={"text": tweets[0][400]}).status_code == 200, timeout=30)
+    with outage_db.connect() as conn:
+        assert sorted(stored(conn, answered)) == sorted(answered)
 
 
-def _spool_with(settings, spool: Path, tweets, files: int, per_file: int) -> list[str]:
-    """Spool files as a shutdown with the database down leaves them."""
-    ids = []
-    down = settings_with(settings, database_url=UNREACHABLE)
-    for i in range(files):
-        w = PredictionWriter(down, spool_dir=spool)
-        rows = rows_of(tweets, per_file, start=i * per_file)
-        w.submit(rows)
-        w.close(attempts=1)
-        ids += [str(r.id) for r in rows]
-    assert sorted(spooled(spool)) == sorted(ids)
-    return ids
+def _load(url: str, answered: list, stop: threading.Event, texts: list[str]) -> None:
+    with httpx.Client(base_url=url, timeout=10) as c:
+        i = 0
+        while not stop.is_set():
+            try:
+                r = c.post("/predict", json={"text": texts[i % len(texts)]})
+            except httpx.HTTPError:
+                continue  # in flight when its worker died: never acknowledged
+            if r.status_code == 200:
+                answered.append(r.json())
+            i += 1
 
 
-CHILD = """
-import json, os, sys, time
-from pathlib import Path
-sys.path.insert(0, {repo!r})
-from ml.config import get_settings
-from api.writer import PredictionWriter
-s = get_settings().model_copy(update={{"database_url": {url!r}, "prediction_flush_seconds": 0.05}})
-w = PredictionWriter(s, spool_dir=Path({spool!r}))
-go = Path({go!r})
-while not go.exists():
-    time.sleep(0.01)
-w.start()
-print("started", flush=True)
-{then}
-"""
+def test_kill_9_of_a_worker_under_load_loses_no_acknowledged_prediction(api_settings, champion, tweets, tmp_path,
+                                                                       conn):
+    env = {"SENTIMENT_MODEL_NAME": api_settings.model_name, "SENTIMENT_VAR_DIR": str(tmp_path / "var"),
+           "SENTIMENT_PREDICTION_FLUSH_SECONDS": "1"}
+    with live_server(tmp_path, workers=2, env=env) as srv:
+        answered: list[dict] = []
+        stop = threading.Event()
+        threads = [threading.Thread(target=_load, args=(srv.url, answered, stop, tweets[0][i::8])) for i in range(8)]
+        for t in threads:
+            t.start()
+        wait_for(lambda: len(answered) >= 300, timeout=60)
+        victim = srv.worker_pids()[0]
+        import os
 
-
-def _child(spool: Path, url: str, go: Path, then: str) -> subprocess.Popen:
-    code = CHILD.format(repo=str(REPO), url=url, spool=str(spool), go=str(go), then=then)
-    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=REPO)
-
-
-def test_two_processes_replay_the_same_spool_exactly_once(platform_env, tweets, tmp_path, conn):
-    spool = tmp_path / "spool"
-    ids = _spool_with(platform_env, spool, tweets, files=6, per_file=20)
-    go = tmp_path / "go"
-    then = "w.close(); print(json.dumps({'replayed': w.replayed}), flush=True)"
-    procs = [_child(spool, platform_env.database_url, go, then) for _ in range(2)]
-    go.touch()
-    replayed = 0
-    for p in procs:
-        out, err = p.communicate(timeout=120)
-        assert p.returncode == 0, err[-3000:]
-        replayed += json.loads(out.strip().splitlines()[-1])["replayed"]
-    assert replayed == len(ids) == 120  # each saved row written by exactly one process
-    assert sorted(stored(conn, ids)) == sorted(ids)
-    assert spooled(spool) == []
-
-
-def test_claims_of_a_killed_process_are_taken_over_not_while_it_lives(platform_env, outage_db, tweets, tmp_path):
-    spool = tmp_path / "spool"
-    ids = _spool_with(platform_env, spool, tweets, files=3, per_file=10)
-    outage_db.down()
-    go = tmp_path / "go"
-    go.touch()
-    child = _child(spool, outage_db.url, go, "time.sleep(600)")  # claims the files, cannot write them
-    try:
-        assert child.stdout.readline().strip() == "started"
-        claimed = list(spool.glob(f"*.claimed-{child.pid}"))
-        assert len(claimed) == 3
-        outage_db.up()
-        alive = PredictionWriter(settings_with(platform_env, database_url=outage_db.url), spool_dir=spool)
-        alive.start()  # the files are held by a live process: not taken
-        assert alive.replayed == 0 and len(list(spool.glob(f"*.claimed-{child.pid}"))) == 3
-        alive.close()
-    finally:
-        os.kill(child.pid, signal.SIGKILL)  # a crash: no clean shutdown, the claims stay as files
-        child.wait(30)
-    assert sorted(p.name for p in spool.glob(f"*.claimed-{child.pid}")) == sorted(p.name for p in claimed)
-    w = PredictionWriter(settings_with(platform_env, database_url=outage_db.url), spool_dir=spool)
-    w.start()
-    try:
-        assert w.replayed == 30
-    finally:
-        w.close()
-    with outage_db.connect() as c:
-        assert sorted(stored(c, ids)) == sorted(ids)
-    assert list(spool.iterdir()) == []
-
-
-def test_tmp_left_by_a_dead_writer_is_completed_and_a_live_one_left_alone(platform_env, tweets, tmp_path, conn):
-    import fcntl
-
-    spool = tmp_path / "spool"
-    spool.mkdir()
-    rows = rows_of(tweets, 8)
-    lines = [json.dumps(r.as_json()) + "\n" for r in rows]
-    dead = spool / "predictions-20250101T000000-999999-deadbeef.jsonl.tmp"
-    dead.write_text("".join(lines[:6]) + lines[6][:40])  # cut short in the 7th row
-    live = spool / "predictions-20250101T000000-1-cafecafe.jsonl.tmp"
-    live.write_text(lines[7])
-    with live.open() as held:
-        fcntl.flock(held, fcntl.LOCK_EX)  # a writer in the middle of writing it
-        w = PredictionWriter(platform_env, spool_dir=spool)
-        w.start()
-        try:
-            assert w.replayed == 6
-        finally:
-            w.close()
-        assert live.exists() and not dead.exists()
-    assert sorted(stored(conn, [str(r.id) for r in rows])) == sorted(str(r.id) for r in rows[:6])
-    corrupt = list(spool.glob("corrupt-*"))
-    assert len(corrupt) == 1 and corrupt[0].read_text() == lines[6][:40] + "\n"
-    w = PredictionWriter(platform_env, spool_dir=spool)  # the live writer is gone now: its file completed
-    w.start()
-    w.close()
-    assert stored(conn, [str(rows[7].id)]) == [str(rows[7].id)] and not live.exists()
-
-
-FULL_DISK = """
-import json, logging, resource, sys
-from pathlib import Path
-sys.path.insert(0, {repo!r})
-import numpy as np
-from ml.config import get_settings
-from ml import serving
-from api.writer import PredictionWriter
-logging.basicConfig(level=logging.INFO, stream=sys.stderr)
-texts = json.loads(Path({texts!r}).read_text())
-s = get_settings().model_copy(update={{"database_url": {url!r}}})
-w = PredictionWriter(s, spool_dir=Path({spool!r}))
-rows = serving.prediction_rows(texts, np.array([[0.4, 0.6]] * len(texts)), "full-disk", 1)
-w.submit(rows)
-print(json.dumps([str(r.id) for r in rows]), flush=True)
-resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))  # no file may grow past 4 KiB: writes fail
-w.close(attempts=1)
-"""
-
-
-def test_full_disk_at_shutdown_keeps_what_fits_and_logs_the_rest(platform_env, tweets, tmp_path):
-    spool = tmp_path / "spool"
-    texts = tweets[0][:60] + ["\U0001F600" * 1000]  # the last row alone is bigger than any file may be
-    texts_file = tmp_path / "texts.json"
-    texts_file.write_text(json.dumps(texts))
-    code = FULL_DISK.format(repo=str(REPO), texts=str(texts_file), url=UNREACHABLE, spool=str(spool))
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
-    assert res.returncode == 0, res.stderr[-3000:]
-    ids = json.loads(res.stdout.strip().splitlines()[-1])
-    in_files = spooled(spool)
-    in_log = [json.loads(line.split("unsaved prediction: ", 1)[1])["id"]
-              for line in res.stderr.splitlines() if "unsaved prediction: " in line]
-    assert "COULD NOT SPOOL" in res.stderr
-    assert len(in_files) >= 50  # most rows fit in smaller files
-    assert ids[-1] in in_log  # the one that fits nowhere is in the log, whole
-    assert sorted(in_files + in_log) == sorted(ids)  # every row kept once, somewhere
-    assert not list(spool.glob("*.tmp"))
+        os.kill(victim, signal.SIGKILL)  # mid-load: its log holds acknowledged rows not yet in PostgreSQL
+        at_kill = len(answered)
+        wait_for(lambda: len(answered) >= at_kill + 300, timeout=60)  # the other worker (and the restarted one) serve
+        stop.set()
+        for t in threads:
+            t.join()
+        ids = [p["id"] for p in answered]
+        # reports right away, also on predictions only the dead worker's log holds
+        sample = answered[:: max(1, len(answered) // 50)]
+        with httpx.Client(base_url=srv.url, timeout=10) as c:
+            fb = [c.post("/feedback", json={"prediction_id": p["id"], "correct_label": 1 - p["label_id"],
+                                            "feedback_token": p["feedback_token"]}) for p in sample]
+        assert all(r.status_code == 201 for r in fb), [r.text for r in fb if r.status_code != 201][:3]
+        fids = [r.json()["id"] for r in fb]
+        # the dead worker's segments are claimed (restarted worker at start, or the other one's scan) and replayed
+        wait_for(lambda: len(stored(conn, ids)) == len(ids), timeout=60)
+        wait_for(lambda: conn.execute("SELECT count(*) FROM feedback WHERE id = ANY(%s)", (fids,)).fetchone()[0]
+                 == len(fids), timeout=30)
+        assert victim not in srv.worker_pids()
+    assert len(set(ids)) == len(ids)
+    n = conn.execute("SELECT count(*) FROM predictions WHERE id = ANY(%s::uuid[])", (ids,)).fetchone()[0]
+    assert n == len(ids)  # each once
+    assert logged(tmp_path / "var" / "spool") == []  # graceful shutdown drained the logs
+    time.sleep(0)

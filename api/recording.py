@@ -1,0 +1,170 @@
+"""Feedback on the fast path, and the alert rule off it.
+
+:class:`FeedbackRecorder` stores a report with one statement on a pooled connection
+(psycopg_pool; ``api_db_pool_size`` per worker). A report on a prediction that is acknowledged
+but still in some worker's prediction log (its id is signed: :class:`ml.serving.PredictionIds`)
+is stored in ``pending_feedback`` and moved into ``feedback`` by the writer once the prediction is
+stored. An id that is neither stored nor signed was never issued: 404. Either way the report is
+committed in PostgreSQL before the 201 leaves.
+
+:class:`AlertQueue` runs the misclassification-burst rule (``ml.alerts``) in one background thread
+per worker, on a connection of its own, for the reports that say "wrong"; the request never waits
+for it.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import uuid
+from datetime import datetime
+
+import psycopg
+from fastapi import HTTPException
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from api.deps import database_unavailable
+from ml import alerts, db
+from ml.config import Settings
+from ml.serving import PredictionIds
+from ml.store import predictions as store
+
+log = logging.getLogger(__name__)
+
+POOL_TIMEOUT_SECONDS = 3.0
+
+
+class FeedbackRecorder:
+    def __init__(self, settings: Settings, ids: PredictionIds, alert_queue: AlertQueue | None = None) -> None:
+        self.settings = settings
+        self.ids = ids
+        self.alerts = alert_queue
+        self._pool: ConnectionPool | None = None
+        self._lock = threading.Lock()
+        self.pending_stored = 0
+
+    def _get_pool(self) -> ConnectionPool:
+        if self._pool is None:
+            with self._lock:
+                if self._pool is None:
+                    url = db.database_url(self.settings, start_embedded=False)
+                    pool = ConnectionPool(
+                        url, min_size=1, max_size=int(getattr(self.settings, "api_db_pool_size", 4)),
+                        kwargs={"autocommit": True, "application_name": "sentiment-api", "connect_timeout": 3},
+                        timeout=POOL_TIMEOUT_SECONDS, name="sentiment-api", open=False,
+                        check=ConnectionPool.check_connection,
+                    )
+                    pool.open(wait=False)
+                    self._pool = pool
+        return self._pool
+
+    def open(self) -> None:
+        try:
+            self._get_pool()
+        except Exception as exc:  # the database may come later: the first request tries again
+            log.warning("feedback pool not opened yet: %s", exc)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+
+    def record(self, prediction_id: uuid.UUID, correct_label: int, comment: str | None,
+               reporter: str | None = None) -> tuple[int, datetime] | None:
+        """Store the report (committed on return): (feedback id, created_at); ``None`` when the
+        prediction id was never issued (nothing stored). 503 when the database cannot be reached."""
+        try:
+            with self._get_pool().connection() as conn:
+                stored = store.insert_feedback(conn, prediction_id, correct_label, comment, reporter)
+                if stored is not None:
+                    fid, created_at, wrong = stored
+                    if wrong and self.alerts is not None:
+                        self.alerts.put(fid)
+                    return fid, created_at
+                if not self.ids.issued(prediction_id):
+                    return None
+                # acknowledged, still in a prediction log: stored now, moved when the prediction lands
+                self.pending_stored += 1
+                return store.insert_pending_feedback(conn, prediction_id, correct_label, comment, reporter)
+        except (PoolTimeout, psycopg.OperationalError, psycopg.InterfaceError, db.DatabaseUnavailable) as exc:
+            raise database_unavailable(exc) from exc
+
+    def ping(self) -> None:
+        with self._get_pool().connection(timeout=2) as conn:
+            conn.execute("SELECT 1")
+
+
+class AlertQueue:
+    """Feedback ids whose report says "wrong", evaluated by ``ml.alerts`` in one thread."""
+
+    def __init__(self, settings: Settings, maxsize: int = 10_000) -> None:
+        self.settings = settings
+        self._q: queue.Queue[int | None] = queue.Queue(maxsize=maxsize)
+        self._thread: threading.Thread | None = None
+        self._conn: psycopg.Connection | None = None
+        self.evaluated = 0
+        self.skipped = 0
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="alert-rule", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Evaluate what is queued (up to ``timeout``), then stop."""
+        if self._thread is None:
+            return
+        self._q.put(None)
+        self._thread.join(timeout)
+        self._thread = None
+        if self._conn is not None:
+            self._conn.close()
+
+    def put(self, feedback_id: int) -> None:
+        try:
+            self._q.put_nowait(feedback_id)
+        except queue.Full:  # the rule counts from PostgreSQL: the next wrong report counts this one too
+            self.skipped += 1
+            log.warning("alert rule behind (%d reports queued): report %s is counted by the next evaluation",
+                        self._q.qsize(), feedback_id)
+
+    def put_many(self, moved: list[tuple[int, bool]]) -> None:
+        for fid, wrong in moved:
+            if wrong:
+                self.put(fid)
+
+    def join(self) -> None:
+        """Wait until everything queued so far is evaluated (tests)."""
+        self._q.join()
+
+    def _run(self) -> None:
+        while True:
+            fid = self._q.get()
+            try:
+                if fid is None:
+                    return
+                self._evaluate(fid)
+            finally:
+                self._q.task_done()
+
+    def _evaluate(self, fid: int) -> None:
+        for attempt in range(2):
+            try:
+                if self._conn is None or self._conn.closed:
+                    url = db.database_url(self.settings, start_embedded=False)
+                    self._conn = psycopg.connect(url, autocommit=True, connect_timeout=5,
+                                                 application_name="sentiment-alerts")
+                alerts.evaluate_feedback(fid, self.settings, conn=self._conn)
+                self.evaluated += 1
+                return
+            except (psycopg.OperationalError, psycopg.InterfaceError, db.DatabaseUnavailable) as exc:
+                if self._conn is not None:
+                    self._conn.close()
+                self._conn = None
+                if attempt:
+                    log.error("alert evaluation of feedback %s failed (the feedback is stored): %s", fid, exc)
+            except Exception:  # noqa: BLE001
+                log.exception("alert evaluation failed for feedback %s (the feedback is stored)", fid)
+                return
+
+
+def not_found(prediction_id: uuid.UUID) -> HTTPException:
+    return HTTPException(404, detail=f"no prediction with id {prediction_id}; nothing was stored")

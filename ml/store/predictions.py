@@ -1,0 +1,97 @@
+"""``predictions``, ``feedback`` and ``pending_feedback``: what the API records.
+
+Predictions arrive in batches from the API's prediction log (api/predlog.py) and are stored
+idempotently (a batch replayed after a crash between commit and log truncation writes nothing
+twice). Feedback on a prediction that is still in a log waits in ``pending_feedback`` and is
+moved into ``feedback`` (same id, same time) once its prediction is stored.
+"""
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+import psycopg
+
+COLUMNS: tuple[str, ...] = (
+    "id", "created_at", "text", "label", "p_negative", "p_positive", "model_name", "model_version", "source",
+)
+_COLS = ", ".join(COLUMNS)
+
+
+def copy_predictions_idempotent(conn: psycopg.Connection, rows: Iterable[Sequence[Any]]) -> int:
+    """COPY ``rows`` (tuples in :data:`COLUMNS` order) into a temporary table, then insert those
+    whose id is not stored yet. In the caller's transaction (no commit). Returns the rows inserted."""
+    conn.execute(
+        "CREATE TEMP TABLE IF NOT EXISTS predictions_in "
+        "(LIKE predictions INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+    )
+    with conn.cursor() as cur:
+        with cur.copy(f"COPY predictions_in ({_COLS}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        cur.execute(f"INSERT INTO predictions ({_COLS}) SELECT {_COLS} FROM predictions_in "
+                    "ON CONFLICT (id) DO NOTHING")
+        n = cur.rowcount
+        cur.execute("TRUNCATE predictions_in")
+    return n
+
+
+def feedback_has_reporter(conn: psycopg.Connection) -> bool:
+    """Whether ``feedback`` has the ``reporter`` column (migration 006_security)."""
+    return conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
+        "AND table_name = 'feedback' AND column_name = 'reporter')"
+    ).fetchone()[0]
+
+
+def resolve_pending_feedback(conn: psycopg.Connection, with_reporter: bool = True) -> list[tuple[int, bool]]:
+    """Move every pending report whose prediction is stored now into ``feedback`` (same id, time and
+    reporter). Returns (feedback id, whether it says the prediction was wrong) for each one moved."""
+    rep = ", reporter" if with_reporter else ""
+    rows = conn.execute(
+        "WITH moved AS (DELETE FROM pending_feedback pf USING predictions p WHERE p.id = pf.prediction_id "
+        "  RETURNING pf.id, pf.prediction_id, pf.correct_label, pf.comment, pf.created_at, pf.reporter, "
+        "            pf.correct_label <> p.label AS wrong) "
+        f", ins AS (INSERT INTO feedback (id, prediction_id, correct_label, comment, created_at{rep}) "
+        f"  SELECT id, prediction_id, correct_label, comment, created_at{rep} FROM moved) "
+        "SELECT id, wrong FROM moved ORDER BY id"
+    ).fetchall()
+    return [(int(r[0]), bool(r[1])) for r in rows]
+
+
+def pending_feedback_count(conn: psycopg.Connection) -> int:
+    return int(conn.execute("SELECT count(*) FROM pending_feedback").fetchone()[0])
+
+
+def insert_feedback(
+    conn: psycopg.Connection, prediction_id: uuid.UUID, correct_label: int, comment: str | None,
+    reporter: str | None = None,
+) -> tuple[int, datetime, bool] | None:
+    """Feedback on a stored prediction, in one statement: (id, created_at, whether it says the
+    prediction was wrong); ``None`` when no stored prediction has that id (nothing written)."""
+    rep, rep_value = (", reporter", ", %s") if reporter is not None else ("", "")
+    params = (prediction_id, correct_label, comment) + ((reporter,) if reporter is not None else ())
+    row = conn.execute(
+        "WITH p AS (SELECT id, label FROM predictions WHERE id = %s), "
+        f"f AS (INSERT INTO feedback (prediction_id, correct_label, comment{rep}) "
+        f"      SELECT p.id, %s, %s{rep_value} FROM p RETURNING id, created_at, correct_label) "
+        "SELECT f.id, f.created_at, f.correct_label <> p.label FROM f, p",
+        params,
+    ).fetchone()
+    return (int(row[0]), row[1], bool(row[2])) if row else None
+
+
+def insert_pending_feedback(
+    conn: psycopg.Connection, prediction_id: uuid.UUID, correct_label: int, comment: str | None,
+    reporter: str | None = None,
+) -> tuple[int, datetime]:
+    """Feedback on a prediction not stored yet (it is in a prediction log): its id comes from
+    ``feedback``'s sequence, so it keeps it when the writer moves it. Returns (id, created_at)."""
+    row = conn.execute(
+        "INSERT INTO pending_feedback (id, prediction_id, correct_label, comment, reporter) "
+        "VALUES (nextval(pg_get_serial_sequence('feedback', 'id')), %s, %s, %s, %s) RETURNING id, created_at",
+        (prediction_id, correct_label, comment, reporter),
+    ).fetchone()
+    return int(row[0]), row[1]

@@ -1,0 +1,84 @@
+"""A real API server for the tests that need real processes: ``uvicorn api.main:app`` (optionally
+with ``--workers``) in a child process of its own session, on a free port, with the session's
+environment (database, MLflow store, var/) plus the settings given."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveServer:
+    def __init__(self, proc: subprocess.Popen, url: str, log: Path) -> None:
+        self.proc, self.url, self.log = proc, url, log
+
+    def worker_pids(self) -> list[int]:
+        """The uvicorn worker processes (spawned children; not multiprocessing's resource tracker)."""
+        import psutil
+
+        out = []
+        for c in psutil.Process(self.proc.pid).children():
+            try:
+                if "spawn_main" in " ".join(c.cmdline()):
+                    out.append(c.pid)
+            except psutil.Error:
+                pass
+        return out
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"the API exited ({self.proc.returncode}):\n{self.log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/health/ready", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"the API was not ready within {timeout}s:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        return self.proc.returncode
+
+
+@contextmanager
+def live_server(log_dir: Path, workers: int | None = None, env: dict[str, str] | None = None,
+                extra_args: list[str] | None = None) -> Iterator[LiveServer]:
+    port = free_port()
+    argv = [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(port),
+            "--log-level", "warning", *(["--workers", str(workers)] if workers else []), *(extra_args or [])]
+    log = log_dir / f"api-{port}.log"
+    full_env = {**os.environ, **(env or {})}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(argv, cwd=REPO, env=full_env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    server = LiveServer(proc, f"http://127.0.0.1:{port}", log)
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
