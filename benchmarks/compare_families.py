@@ -3,7 +3,7 @@
     DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres .venv/bin/python benchmarks/compare_families.py
 
 Defaults: all four families, the quick profile: every family on the whole training pool, each
-against its training budget (``budget_seconds`` in config/search_space.yaml: quick 60/120/180/240 s
+against its training budget (``budget_seconds`` in config/search_space.yaml: quick 45/90/180/285 s
 for tfidf_lr/cnn/bilstm/transformer; ``--budget cnn=300`` overrides one), about 15 minutes on 2 idle
 CPU cores (fits ~10 min, scoring the rest). ``--family-sample cnn=20000`` still caps a family's pool.
 

@@ -42,7 +42,10 @@ def test_table_markdown_html_chart(tmp_path):
          "n_trials": 2, "val_accuracy": 0.81, "run_id": "a", "n_test": 20000},
         {"family": "cnn", "params": {"vocab_size": 20000}, "accuracy": 0.79, "f1": 0.80, "roc_auc": 0.87,
          "inference_ms_per_tweet": 0.2, "model_size_mb": 8.0, "training_seconds": 60.0, "sample_size": 5000,
-         "n_trials": 2, "val_accuracy": 0.78, "run_id": "b", "n_test": 20000},
+         "n_trials": 2, "val_accuracy": 0.78, "run_id": "b", "n_test": 20000,
+         "budget_seconds": 120.0, "budget_used_seconds": 118.4, "epochs": 1.53, "steps": 890, "examples_seen": 113920,
+         "learning_curve": {"url": "http://127.0.0.1:5000/#/experiments/1/runs/b/artifacts/learning_curve.png",
+                            "artifact_uri": "file:///x/b/artifacts/learning_curve.png"}},
     ]
     win = compare.choose_winner(rows, "accuracy")
     assert win["family"] == "tfidf_lr"
@@ -50,8 +53,12 @@ def test_table_markdown_html_chart(tmp_path):
     lines = [line for line in md.splitlines() if line.startswith("| ")]
     assert len(lines) == 1 + len(rows)  # header + one row per family
     assert "**tfidf_lr** (winner)" in md and "C=1.0" in md and "75,000" in md
+    # the budget: used / given, fractional epochs, steps, examples seen, and the learning-curve link
+    assert "| 118 / 120 | 1.53 | 890 | 113,920 |" in md
+    assert "[curve](http://127.0.0.1:5000/#/experiments/1/runs/b/artifacts/learning_curve.png)" in md
     html = compare.to_html(rows, win["family"])
     assert html.count("<tr") == 1 + len(rows) and 'class="winner"' in html
+    assert '<a href="http://127.0.0.1:5000/#/experiments/1/runs/b/artifacts/learning_curve.png">curve</a>' in html
     png = compare.plot_accuracy_vs_latency(rows, tmp_path / "c.png", win["family"])
     assert png.read_bytes()[:4] == b"\x89PNG"
 
@@ -117,6 +124,17 @@ def test_comparison_in_process(mlflow_tracking, model_name, snapshot, conn):
         chart = api.get("/models/comparison/chart.png")
         assert chart.status_code == 200 and chart.content[:4] == b"\x89PNG"
         assert api.get("/models/comparison", params={"format": "xml"}).status_code == 422
+
+
+def test_family_budget_limits_the_trials(mlflow_tracking, model_name, snapshot):
+    """The family's budget is shared by its trials: once it is spent, no further trial starts (the
+    first always runs); the row records the budget, what was used and how many trials ran."""
+    res = compare.run_comparison(snapshot_hash=snapshot.hash, families="tfidf_lr", profile="quick",
+                                 search_space={"tfidf_lr": {"budget_seconds": 0.001, "params": {"C": [0.5, 1.0, 2.0]}}})
+    (r,) = res["rows"]
+    assert r["n_trials"] == 1 and r["skipped_trials"] == 2 and r["budget_seconds"] == 0.001
+    assert r["budget_used_seconds"] > 0 and r["examples_seen"] == r["sample_size"]
+    assert r["learning_curve"] is None  # TF-IDF fits in one pass: no steps, no curve
 
 
 def test_bad_comparison_requests_fail_fast(mlflow_tracking, snapshot):

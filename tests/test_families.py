@@ -125,3 +125,41 @@ def test_cnn_through_mlflow_pyfunc(mlflow_tracking, tiny_data):
     out = pyfunc.predict(texts[300:])
     np.testing.assert_array_equal(out["p_positive"].to_numpy(), m.predict_proba(texts[300:])[:, 1])
     assert set(out["label"].unique()) <= {0, 1}
+
+
+@pytest.mark.parametrize("family", ["cnn", "transformer"])
+def test_budgeted_fit_records_steps_epochs_and_curve(family, tiny_data, tmp_path):
+    """A fit given a validation split and a step limit trains exactly that many steps, validates
+    every ``eval_every`` steps (the learning curve), and records steps, fractional epochs and
+    examples seen; the curve plots to a PNG."""
+    from ml.models.base import plot_learning_curve
+
+    texts, y = tiny_data
+    params = {**TINY[family], "epochs": 50, "max_steps": 6, "eval_every": 2, "patience": 0}
+    m = models.create(family, **params).fit(texts[:300], y[:300], validation=(texts[300:380], y[300:380]))
+    h = m.history_
+    bs = m.get_params()["batch_size"]
+    assert h["stopped"] == "max_steps" and h["steps"] == 6 and h["n_train"] == 300 and h["n_eval"] == 80
+    assert h["curve"]["step"] == [2, 4, 6] and all(0 <= a <= 1 for a in h["curve"]["val_accuracy"])
+    full, part = divmod(6, -(-300 // bs))  # passes over the 300 tweets, then steps into the next
+    if family == "cnn":
+        assert h["examples_seen"] == full * 300 + part * bs
+    else:  # length-bucketed batches in shuffled order: the one short batch may come early
+        assert 5 * bs < h["examples_seen"] <= 6 * bs
+    assert h["epochs"] == pytest.approx(6 / -(-300 // bs), abs=1e-3)
+    assert h["best_step"] in (2, 4, 6) and h["seconds"] > 0
+    assert plot_learning_curve(h, tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_time_budget_stops_the_fit(tiny_data):
+    """A budget of wall time, not a number of epochs, ends an otherwise endless fit (the reason is
+    recorded; no duration is asserted) and the best weights by validation accuracy are kept."""
+    texts, y = tiny_data
+    m = models.create("cnn", **{**TINY["cnn"], "epochs": 100_000, "eval_every": 5, "patience": 0})
+    m.fit(texts[:300], y[:300], validation=(texts[300:], y[300:]), budget_seconds=8)
+    h = m.history_
+    assert h["stopped"] == "budget" and h["budget_seconds"] == 8 and h["steps"] > 0
+    best = max(h["curve"]["val_accuracy"])
+    assert h["best_val_accuracy"] == best
+    acc = float((m.predict(texts[300:]) == y[300:]).mean())
+    assert acc == pytest.approx(best, abs=1e-6)  # the restored weights are the best ones

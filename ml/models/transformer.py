@@ -188,20 +188,13 @@ class TransformerClassifier(SentimentModel):
         self.model_ = AutoModelForSequenceClassification.from_pretrained(
             ckpt, num_labels=2, id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1}
         ).to(dev)
-        # tokenise the pool once (no padding): lengths for bucketing, ids for every later pass
-        ids = self.tokenizer_(x, truncation=True, max_length=int(p["max_length"]))["input_ids"]
-        lengths = np.fromiter((len(t) for t in ids), dtype=np.int32, count=len(ids))
-        pad_id = self.tokenizer_.pad_token_id or 0
+        # bucket by character length (a close proxy of token length, free to compute); each batch is
+        # tokenised when it is drawn, padded to its longest tweet
+        lengths = np.fromiter((len(t) for t in x), dtype=np.int32, count=len(x))
 
         def collate(idx: np.ndarray):
-            width = int(lengths[idx].max())
-            input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            for r, i in enumerate(idx):
-                n = int(lengths[i])
-                input_ids[r, :n] = torch.as_tensor(ids[i])
-                mask[r, :n] = 1
-            return input_ids.to(dev), mask.to(dev), torch.as_tensor(y[idx], device=dev)
+            enc = self._encode([x[i] for i in idx]).to(dev)
+            return enc["input_ids"], enc["attention_mask"], torch.as_tensor(y[idx], device=dev)
 
         bs = int(p["batch_size"])
         steps_per_epoch = -(-len(x) // bs)
