@@ -54,6 +54,7 @@ import pandas as pd
 
 from ml.config import Settings, get_settings
 from ml.features import HASHTAG_RE, MENTION_RE, URL_RE, preprocess
+from ml.store import reports as store
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +66,7 @@ REPORT_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,80}$")
 EMBEDDING_DIMS = 20
 REFERENCE_VERSION = 1  # bump when the reference's columns change: old caches are recomputed
 
-SUMMARY_COLUMNS = (
-    "id", "created_at", "period_start", "period_end", "status", "drift_detected", "concept_drift", "verdict",
-    "model_name", "reference_version", "n_current", "n_current_total", "n_reference", "drifted_share",
-    "n_feedback", "n_reported_wrong", "live_accuracy_upper_bound", "training_accuracy", "seconds",
-    "airflow_run_id",
-)
+SUMMARY_COLUMNS = store.SUMMARY_COLUMNS
 
 
 class MonitoringError(RuntimeError):
@@ -263,11 +259,7 @@ def build_reference(champ, settings: Settings | None = None) -> tuple[pd.DataFra
 
 # ---------------------------------------------------------------- current window
 def _period_counts(conn, model_name: str, start: datetime, end: datetime) -> dict[str, Any]:
-    rows = conn.execute(
-        "SELECT source, model_version, count(*) FROM predictions"
-        " WHERE model_name = %s AND created_at >= %s AND created_at < %s GROUP BY source, model_version",
-        (model_name, start, end),
-    ).fetchall()
+    rows = store.period_counts(conn, model_name, start, end)
     by_source: dict[str, int] = {}
     by_version: dict[str, int] = {}
     for source, version, n in rows:
@@ -279,13 +271,8 @@ def _period_counts(conn, model_name: str, start: datetime, end: datetime) -> dic
 def load_current(conn, model_name: str, start: datetime, end: datetime, max_rows: int, seed: int) -> pd.DataFrame:
     """The period's predictions; above ``max_rows`` a random sample that is the same on every run
     (rows ordered by ``md5(seed || id)``)."""
-    cur = conn.execute(
-        "SELECT text, label, p_positive, model_version, source FROM predictions"
-        " WHERE model_name = %s AND created_at >= %s AND created_at < %s"
-        " ORDER BY md5(%s || id::text) LIMIT %s",
-        (model_name, start, end, str(seed), max_rows),
-    )
-    frame = pd.DataFrame(cur.fetchall(), columns=["text", "label", "p_positive", "model_version", "source"])
+    rows = store.period_predictions(conn, model_name, start, end, max_rows, seed)
+    frame = pd.DataFrame(rows, columns=["text", "label", "p_positive", "model_version", "source"])
     frame["label"] = frame["label"].astype(np.int64)
     frame["p_positive"] = frame["p_positive"].astype(np.float64)
     return frame
@@ -294,15 +281,7 @@ def load_current(conn, model_name: str, start: datetime, end: datetime, max_rows
 def feedback_stats(conn, model_name: str, start: datetime, end: datetime, n_predictions: int,
                    training_accuracy: float | None, settings: Settings) -> dict[str, Any]:
     """Feedback on the period's predictions (latest per prediction) and what it says of accuracy."""
-    row = conn.execute(
-        "SELECT count(*), count(*) FILTER (WHERE f.correct_label <> p.label) FROM ("
-        "  SELECT DISTINCT ON (prediction_id) prediction_id, correct_label FROM feedback"
-        "  ORDER BY prediction_id, created_at DESC, id DESC) f"
-        " JOIN predictions p ON p.id = f.prediction_id"
-        " WHERE p.model_name = %s AND p.created_at >= %s AND p.created_at < %s",
-        (model_name, start, end),
-    ).fetchone()
-    n_feedback, wrong = int(row[0]), int(row[1])
+    n_feedback, wrong = store.period_feedback(conn, model_name, start, end)
     upper = 1.0 - wrong / n_predictions if n_predictions else None
     enough = n_predictions >= settings.monitoring_min_rows
     concept = None
@@ -613,24 +592,21 @@ def _store(summary: dict[str, Any], s: Settings) -> None:
     from ml import db
 
     fb = summary.get("feedback") or {}
-    with db.connect(db.database_url(s)) as conn:
-        conn.execute(
-            "INSERT INTO drift_reports (id, created_at, period_start, period_end, status, drift_detected, concept_drift,"
-            " verdict, model_name, reference_version, n_current, n_current_total, n_reference, drifted_share,"
-            " n_feedback, n_reported_wrong, live_accuracy_upper_bound, training_accuracy, seconds, airflow_run_id,"
-            " html_path, json_path, summary)"
-            " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
-            (
-                summary["id"], summary["created_at"], summary["period"]["start"], summary["period"]["end"],
-                summary["status"], summary["drift_detected"], fb.get("concept_drift"), summary["verdict"],
-                summary["model_name"], summary["reference_version"], summary["current"]["rows"],
-                summary["current"]["rows_in_period"], summary["reference"]["rows"],
-                (summary.get("drifted_columns") or {}).get("share"), fb.get("with_feedback", 0),
-                fb.get("reported_wrong", 0), fb.get("live_accuracy_upper_bound"), fb.get("training_accuracy"),
-                summary["seconds"], summary.get("airflow_run_id"), summary["files"]["html"], summary["files"]["json"],
-                json.dumps(summary, default=str),
-            ),
-        )
+    with db.connect(s) as conn:
+        store.insert(conn, {
+            "id": summary["id"], "created_at": summary["created_at"], "period_start": summary["period"]["start"],
+            "period_end": summary["period"]["end"], "status": summary["status"],
+            "drift_detected": summary["drift_detected"], "concept_drift": fb.get("concept_drift"),
+            "verdict": summary["verdict"], "model_name": summary["model_name"],
+            "reference_version": summary["reference_version"], "n_current": summary["current"]["rows"],
+            "n_current_total": summary["current"]["rows_in_period"], "n_reference": summary["reference"]["rows"],
+            "drifted_share": (summary.get("drifted_columns") or {}).get("share"),
+            "n_feedback": fb.get("with_feedback", 0), "n_reported_wrong": fb.get("reported_wrong", 0),
+            "live_accuracy_upper_bound": fb.get("live_accuracy_upper_bound"),
+            "training_accuracy": fb.get("training_accuracy"), "seconds": summary["seconds"],
+            "airflow_run_id": summary.get("airflow_run_id"), "html_path": summary["files"]["html"],
+            "json_path": summary["files"]["json"], "summary": summary,
+        })
 
 
 def build_report(
@@ -660,7 +636,7 @@ def _build(report_id: str, created: datetime, a: datetime, b: datetime, out_dir:
     from ml import db
 
     log.info("monitoring %s: report %s for %s -> %s", s.model_name, report_id, a.isoformat(), b.isoformat())
-    with db.connect(db.database_url(s)) as conn:
+    with db.connect(s) as conn:
         counts = _period_counts(conn, s.model_name, a, b)
         current = (load_current(conn, s.model_name, a, b, s.monitoring_max_rows, s.seed)
                    if counts["total"] else pd.DataFrame())
@@ -707,7 +683,7 @@ def _build(report_id: str, created: datetime, a: datetime, b: datetime, out_dir:
                  "p-value" if small else "distance")
         snapshot.save_html(summary["files"]["html"])
         snapshot.save_json(summary["files"]["json"])
-        with db.connect(db.database_url(s)) as conn:
+        with db.connect(s) as conn:
             fb = feedback_stats(conn, s.model_name, a, b, counts["total"], meta.get("training_accuracy"), s)
         metrics = summarise(results, current, reference, s)
         try:
@@ -739,28 +715,21 @@ def _build(report_id: str, created: datetime, a: datetime, b: datetime, out_dir:
 
 
 # ---------------------------------------------------------------- reading reports back
-def _row_dict(row, names) -> dict[str, Any]:
-    out = {}
-    for k, v in zip(names, row):
-        out[k] = v.isoformat() if isinstance(v, datetime) else v
-    return out
+def _reading(conn, settings: Settings | None):
+    """The caller's connection, or one of the settings' own (a context manager either way)."""
+    from contextlib import nullcontext
+
+    from ml import db
+
+    return nullcontext(conn) if conn is not None else db.connect(settings or get_settings())
 
 
 def list_reports(limit: int = 50, conn=None, settings: Settings | None = None,
                  model_name: str | None = None) -> list[dict[str, Any]]:
     """The newest reports first (of ``model_name`` if given): the summary columns (not the full
     per-column detail) and ``accuracy_statement``."""
-    from ml import db
-
-    where = "WHERE model_name = %s " if model_name else ""
-    args = ((model_name,) if model_name else ()) + (limit,)
-    sql = f"SELECT {', '.join(SUMMARY_COLUMNS)} FROM drift_reports {where}ORDER BY created_at DESC, id DESC LIMIT %s"
-    if conn is None:
-        with db.connect(db.database_url(settings or get_settings())) as c:
-            rows = c.execute(sql, args).fetchall()
-    else:
-        rows = conn.execute(sql, args).fetchall()
-    out = [_row_dict(r, SUMMARY_COLUMNS) for r in rows]
+    with _reading(conn, settings) as c:
+        out = store.latest(c, limit, model_name)
     for r in out:
         r["accuracy_statement"] = accuracy_statement(r["n_current_total"], r["n_reported_wrong"],
                                                      r["live_accuracy_upper_bound"])
@@ -769,32 +738,19 @@ def list_reports(limit: int = 50, conn=None, settings: Settings | None = None,
 
 def get_report(report_id: str, conn=None, settings: Settings | None = None) -> dict[str, Any] | None:
     """The full stored summary of one report, or None."""
-    from ml import db
-
     if not REPORT_ID_RE.match(report_id):
         return None
-    sql = "SELECT summary FROM drift_reports WHERE id = %s"
-    if conn is None:
-        with db.connect(db.database_url(settings or get_settings())) as c:
-            row = c.execute(sql, (report_id,)).fetchone()
-    else:
-        row = conn.execute(sql, (report_id,)).fetchone()
-    return row[0] if row else None
+    with _reading(conn, settings) as c:
+        return store.summary(c, report_id)
 
 
 def report_html_path(report_id: str, conn=None, settings: Settings | None = None) -> Path | None:
     """The report's HTML file (Evidently's, or a plain page for an empty period), or None."""
-    from ml import db
-
     if not REPORT_ID_RE.match(report_id):
         return None
-    sql = "SELECT html_path FROM drift_reports WHERE id = %s"
-    if conn is None:
-        with db.connect(db.database_url(settings or get_settings())) as c:
-            row = c.execute(sql, (report_id,)).fetchone()
-    else:
-        row = conn.execute(sql, (report_id,)).fetchone()
-    if not row or not row[0]:
+    with _reading(conn, settings) as c:
+        found = store.html_path(c, report_id)
+    if not found:
         return None
-    path = Path(row[0])
+    path = Path(found)
     return path if path.exists() else None

@@ -288,6 +288,7 @@ def test_accuracy_bound_is_said_in_words(setup, matching_report):
     spec = importlib.util.spec_from_file_location("_plugin_for_wording", plugins / "sentiment_platform_plugin.py")
     plugin = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(plugin)
+    plugin.app.dependency_overrides[plugin.require_airflow_login] = lambda: None  # a logged-in viewer
     page = TestClient(plugin.app).get("/reports", params={"limit": 500})
     assert page.status_code == 200 and html.escape(MATCHING_ACCURACY) in page.text
 
