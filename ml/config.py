@@ -134,6 +134,18 @@ class Settings(BaseSettings):
     retraining_promotion_margin: float | None = None  # None: promotion_margin
     retraining_report_eval_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
     feedback_review_required: bool = False       # only reviewed reports enter a retraining set
+    # labels the loop can trust (ml/review.py): agreement of identities or a reviewer; per-identity cap
+    feedback_min_identities: int = Field(default=3, ge=1)        # distinct identities giving one label
+    feedback_max_identity_share: float = Field(default=0.1, gt=0.0, le=1.0)  # of the threshold, per identity
+    # burst guard (ml/alerts.py rule feedback_burst): pauses the retraining trigger, raises an alert
+    feedback_burst_identity_count: int = Field(default=20, ge=1)  # wrong-reports from ONE identity ...
+    feedback_burst_window_seconds: float = Field(default=300.0, gt=0)  # ... within this window
+    feedback_burst_rate_factor: float = Field(default=10.0, ge=1.0)  # all reports in a window >= this x normal
+    feedback_burst_rate_min: int = Field(default=100, ge=1)       # ... and at least this many
+    feedback_burst_baseline_hours: float = Field(default=24.0, gt=0)  # "normal": the rate over these hours
+    feedback_burst_quiet_seconds: float = Field(default=3600.0, ge=0)  # the burst ends after this quiet time
+    # review queue (api/routes/review.py): reported texts + least-confident live predictions
+    review_queue_hours: float = Field(default=168.0, gt=0)        # predictions / reports this recent
 
     # security (ml/security.py, ml/quotas.py, api/auth.py; README "Security"): who may do what
     anonymous_predict: bool = True               # /predict (and /feedback on one's own predictions) without a key

@@ -128,21 +128,34 @@ def champion_context(settings: Settings | None = None, version: int | None = Non
 
 
 # ---------------------------------------------------------------- reports
-def _pending_reports(conn, ctx: ChampionContext, s: Settings) -> list[tuple[int, Any]]:
-    """(feedback id, prediction id) of the unconsumed misclassification reports on the champion's predictions."""
-    return store.pending_reports(conn, ctx.model_name, ctx.version, ctx.trained_at, s.feedback_review_required)
+def _pending(conn, ctx: ChampionContext, s: Settings, threshold: int | None) -> dict[str, Any]:
+    """The champion's misclassifications the loop believes (``ml.review``: a reviewer's accept or
+    ``feedback_min_identities`` agreeing identities; a reviewer's rejection excludes), not consumed
+    yet, one vote per text with each identity capped at ``feedback_max_identity_share`` of the threshold."""
+    from ml import review
+
+    return review.pending(conn, ctx.model_name, ctx.version, ctx.trained_at, threshold, s)
+
+
+def _counts(p: dict[str, Any]) -> dict[str, Any]:
+    from ml.review import as_number
+
+    return {"counted_reports": as_number(p["counted"]), "identity_cap": as_number(p["identity_cap"]),
+            "capped_identities": p["capped_identities"], "reported_texts": p["reported_texts"],
+            "untrusted_texts": p["untrusted_texts"], "rejected_texts": p["rejected_texts"]}
 
 
 def pending_count(ctx: ChampionContext, settings: Settings | None = None) -> dict[str, Any]:
-    """Reports since the champion was trained (not yet consumed) against the threshold."""
+    """Trusted reports since the champion was trained (not yet consumed) against the threshold."""
     s = settings or get_settings()
-    with db.connect(s) as conn:
-        rows = _pending_reports(conn, ctx, s)
-    n = len({r[1] for r in rows})
     thr = threshold_for(ctx.corpus_rows, s) if ctx.corpus_rows else None
-    return {"reports": n, "feedback_rows": len(rows), "threshold": thr, "fraction": s.retraining_feedback_fraction,
-            "corpus_rows": ctx.corpus_rows, "review_required": s.feedback_review_required,
-            "share_of_threshold": (n / thr) if thr else None}
+    with db.connect(s) as conn:
+        p = _pending(conn, ctx, s, thr)
+    counted = float(p["counted"])
+    return {"reports": p["reports"], "feedback_rows": p["feedback_rows"], "threshold": thr,
+            "fraction": s.retraining_feedback_fraction, "corpus_rows": ctx.corpus_rows,
+            "review_required": s.feedback_review_required, **_counts(p),
+            "share_of_threshold": (counted / thr) if thr else None}
 
 
 def review_feedback(feedback_ids: list[int], reviewer: str = "cli", settings: Settings | None = None) -> int:
@@ -180,30 +193,42 @@ def check_trigger(drift_report: dict[str, Any] | None = None, airflow_run_id: st
                 "detail": f"champion v{ctx.version} has no recorded training snapshot: no threshold to compare with"}
     thr = threshold_for(ctx.corpus_rows, s)
     drifted = bool(drift and (drift["drift_detected"] or drift["concept_drift"]))
+    from ml import alerts
+    from ml.review import as_number
+
     with db.connect(s) as conn:
         store.lock(conn, s.model_name)
-        rows = _pending_reports(conn, ctx, s)
-        ids = [int(r[0]) for r in rows]
-        n = len({r[1] for r in rows})
+        p = _pending(conn, ctx, s, thr)
+        ids = p["feedback_ids"]
+        n, counted = p["reports"], p["counted"]
         info = {**base, "champion_version": ctx.version, "pending_reports": n, "threshold": thr,
-                "fraction": s.retraining_feedback_fraction, "corpus_rows": ctx.corpus_rows}
+                "fraction": s.retraining_feedback_fraction, "corpus_rows": ctx.corpus_rows, **_counts(p)}
+        burst = alerts.evaluate_burst(conn, s.model_name, s)  # the burst guard: no retraining while it lasts
+        if burst["open"]:
+            return {**info, "reason": "paused_burst", "burst_alert_id": burst["alert_id"],
+                    "detail": f"retraining paused by a burst of reports (alert #{burst['alert_id']}): "
+                              f"{burst['message']}"}
         drift_note = ""
         if drifted:
             drift_note = (f"; drift report {drift['report_id']}: {drift['verdict']}"
                           + ("" if s.retraining_on_drift else " (retraining_on_drift is off: reported only)"))
-        if n >= thr:
+        if counted >= thr:
             reason = "feedback_threshold"
             key = "feedback:" + hashlib.sha256(",".join(map(str, ids)).encode()).hexdigest()
-            detail = (f"{n} misclassification reports on v{ctx.version} since it was trained >= threshold {thr} "
-                      f"({s.retraining_feedback_fraction:.2%} of {ctx.corpus_rows:,} training rows){drift_note}")
+            detail = (f"{as_number(counted)} trusted misclassification reports on v{ctx.version} since it was "
+                      f"trained >= threshold {thr} ({s.retraining_feedback_fraction:.2%} of {ctx.corpus_rows:,} "
+                      f"training rows; {n} texts, identity cap {as_number(p['identity_cap'])}){drift_note}")
         elif drifted and s.retraining_on_drift and drift.get("report_id"):
             reason = "drift"
             key = f"drift:{drift['report_id']}"
-            detail = f"drift report {drift['report_id']} ({drift['verdict']}); {n}/{thr} reports pending"
+            detail = (f"drift report {drift['report_id']} ({drift['verdict']}); "
+                      f"{as_number(counted)}/{thr} reports pending")
         else:
             return {**info, "reason": "below_threshold",
-                    "detail": f"{n}/{thr} misclassification reports on v{ctx.version} since it was trained "
-                              f"({s.retraining_feedback_fraction:.2%} of {ctx.corpus_rows:,}): no retraining{drift_note}"}
+                    "detail": f"{as_number(counted)}/{thr} trusted misclassification reports on v{ctx.version} since "
+                              f"it was trained ({s.retraining_feedback_fraction:.2%} of {ctx.corpus_rows:,}; "
+                              f"{p['untrusted_texts']} reported texts not trusted yet, {p['rejected_texts']} rejected "
+                              f"by a reviewer): no retraining{drift_note}"}
         rid = store.insert(
             conn, model_name=s.model_name, trigger_key=key, reason=reason, detail=detail, feedback_ids=ids,
             n_feedback=n, threshold=thr, threshold_fraction=s.retraining_feedback_fraction,
@@ -228,12 +253,11 @@ def create_manual(note: str = "manual", airflow_run_id: str | None = None, setti
         raise RetrainingError(f"no champion of {s.model_name}: train and promote a model first (sentiment_training)")
     if not ctx.snapshot_hash:
         raise RetrainingError(f"champion v{ctx.version} has no dataset_hash tag: its training set is unknown")
+    thr = threshold_for(ctx.corpus_rows, s) if ctx.corpus_rows else None
     with db.connect(s) as conn:
         store.lock(conn, s.model_name)
-        rows = _pending_reports(conn, ctx, s)
-        ids = [int(r[0]) for r in rows]
-        n = len({r[1] for r in rows})
-        thr = threshold_for(ctx.corpus_rows, s) if ctx.corpus_rows else None
+        p = _pending(conn, ctx, s, thr)
+        ids, n = p["feedback_ids"], p["reports"]
         rid = store.insert(
             conn, model_name=s.model_name, trigger_key=f"manual:{uuid.uuid4().hex}", reason="manual",
             detail=f"{note}: {n} pending reports", feedback_ids=ids, n_feedback=n, threshold=thr,
@@ -269,10 +293,17 @@ def _resolve_id(retraining_id: Any) -> int | None:
     return int(retraining_id)
 
 
-def _training_reports(conn, r: dict[str, Any]) -> pd.DataFrame:
-    """Reports consumed by this retraining and by earlier unsuccessful ones of the same champion."""
+def _training_reports(conn, r: dict[str, Any], s: Settings) -> pd.DataFrame:
+    """Reports consumed by this retraining and by earlier unsuccessful ones of the same champion, that
+    give a label the loop trusts NOW (``ml.review``; a reviewer's rejection since the trigger excludes)."""
+    from ml import review
+
     rows = store.training_reports(conn, r)
-    return pd.DataFrame(rows, columns=["feedback_id", "prediction_id", "text", "label", "created_at"])
+    keep, dropped = review.trusted_training_rows(conn, r["model_name"], r["champion_before"], rows, s)
+    if any(dropped.values()):
+        log.warning("retraining #%s: %s consumed reports do not train (%s)", r["id"], sum(dropped.values()),
+                    ", ".join(f"{k}: {v}" for k, v in dropped.items() if v))
+    return pd.DataFrame(keep, columns=["feedback_id", "prediction_id", "text", "label", "created_at"])
 
 
 def _eval_bucket(text: str) -> float:
@@ -299,10 +330,10 @@ def prepare(retraining_id: Any = None, airflow_run_id: str | None = None, settin
     base_frame = base.load()
     _, base_test = data.split(base_frame, s.test_size, s.seed)
     with db.connect(s) as conn:
-        reports = _training_reports(conn, r)
+        reports = _training_reports(conn, r, s)
     reports["text"] = reports["text"].astype(str).str.strip()
     reports = reports[reports["text"] != ""]
-    latest = reports.drop_duplicates("prediction_id", keep="last")  # a user's latest word on a prediction
+    latest = reports.drop_duplicates("text", keep="last")  # one vote per text: its trusted label (ml.review)
     # the parent's held-out set stays as it is, with the parent's labels: reports on those texts do not
     # vote (they are never trained on, and both models are scored on the parent's labels)
     held_texts = set(base_test["text"])

@@ -18,6 +18,7 @@ from ml import registry, retraining, serving
 from ml.config import get_settings
 
 FRACTION = 0.005  # of ~1,990 snapshot rows -> 10 reports
+IDENTITIES = 3  # feedback_min_identities: each reported tweet is reported by 3 identities of its own (ml/review.py)
 
 
 @dataclass
@@ -33,7 +34,9 @@ class Loop:
 
     def add_reports(self, n: int) -> list[int]:
         """``n`` real tweets the champion gets wrong, stored as its predictions and reported with their
-        true label. Returns the feedback ids."""
+        true label by ``IDENTITIES`` distinct identities each (so the loop trusts the label: ml/review.py),
+        identities of their own per tweet (no identity reaches the per-identity cap). Returns the
+        feedback ids, ``IDENTITIES`` consecutive ones per tweet."""
         s = get_settings()
         champ = registry.champion(s)
         model = registry.load_version(champ.version, s)
@@ -45,9 +48,11 @@ class Loop:
                 rows = serving.prediction_rows([t for _, t in batch], proba, s.model_name, champ.version)
                 serving.copy_predictions(conn, rows)
                 for (y, _), row in zip(batch, rows, strict=True):
-                    if row.label != y and len(ids) < n:
-                        ids.append(conn.execute("INSERT INTO feedback (prediction_id, correct_label) VALUES (%s, %s)"
-                                                " RETURNING id", (row.id, y)).fetchone()[0])
+                    if row.label != y and len(ids) < n * IDENTITIES:
+                        for k in range(IDENTITIES):  # the label is trusted: enough identities agree
+                            ids.append(conn.execute(
+                                "INSERT INTO feedback (prediction_id, correct_label, reporter) VALUES (%s, %s, %s)"
+                                " RETURNING id", (row.id, y, f"key:{self.name}-user-{row.id}-{k}#test")).fetchone()[0])
         return ids
 
     def trigger(self) -> int:

@@ -19,7 +19,7 @@ import psycopg
 import pytest
 import realdata
 from fastapi.testclient import TestClient
-from loop_helpers import FRACTION, Loop, make_loop
+from loop_helpers import FRACTION, IDENTITIES, Loop, make_loop
 
 from ml import data, registry, retraining
 from ml.config import Settings, get_settings, reset_settings
@@ -133,7 +133,7 @@ def test_below_threshold_no_trigger_then_exactly_once(loop, conn):
     assert (reason, status, n, threshold, before, after) == ("feedback_threshold", "triggered", thr, thr, loop.v1, None)
     assert sorted(ids) == sorted(first + last)
     consumed = conn.execute("SELECT count(*) FROM retraining_feedback WHERE retraining_id = %s", (rid,)).fetchone()[0]
-    assert consumed == thr
+    assert consumed == thr * IDENTITIES
 
 
 def test_concurrent_trigger_checks_record_one_retraining(loop, conn):
@@ -223,15 +223,15 @@ def test_preparing_the_same_retraining_twice_gives_one_snapshot_and_no_version(l
 
 
 def test_a_report_corrected_to_agree_no_longer_counts(loop, conn):
-    """The user's latest word per prediction: a misclassification report followed by feedback agreeing
-    with the prediction is not pending any more."""
+    """Each identity's latest word counts: when one of the three reporters of a tweet corrects its report
+    to agree with the prediction, two identities are left, too few to trust the label: not pending any more."""
     ctx = retraining.champion_context()
     assert retraining.pending_count(ctx)["reports"] == 0
     ids = loop.add_reports(2)
     assert retraining.pending_count(ctx)["reports"] == 2
-    for n, fid in enumerate(ids, start=1):
-        conn.execute("INSERT INTO feedback (prediction_id, correct_label) SELECT f.prediction_id, p.label"
-                     " FROM feedback f JOIN predictions p ON p.id = f.prediction_id WHERE f.id = %s", (fid,))
+    for n, fid in enumerate(ids[::IDENTITIES], start=1):
+        conn.execute("INSERT INTO feedback (prediction_id, correct_label, reporter) SELECT f.prediction_id, p.label,"
+                     " f.reporter FROM feedback f JOIN predictions p ON p.id = f.prediction_id WHERE f.id = %s", (fid,))
         assert retraining.pending_count(ctx)["reports"] == 2 - n
     d = retraining.check_trigger()
     assert d["pending_reports"] == 0 and not set(ids) & set(d.get("feedback_ids") or [])

@@ -54,6 +54,29 @@ def wrong_reports_between(conn: psycopg.Connection, model_name: str, start: date
     return int(n), list(ids), first, last
 
 
+def wrong_reports_by_reporter(conn: psycopg.Connection, model_name: str, start: datetime, end: datetime,
+                              include_start: bool = False) -> list[tuple[str, int, datetime, datetime]]:
+    """(reporter, wrong-reports, first, last) in (start, end] (``[start, end]`` with ``include_start``),
+    most first; reviewers' decisions (``review_id``) are not reports and are left out."""
+    op = ">=" if include_start else ">"
+    rows = conn.execute(
+        "SELECT coalesce(f.reporter, 'unidentified'), count(*), min(f.created_at), max(f.created_at)"
+        " FROM feedback f JOIN predictions p ON p.id = f.prediction_id"
+        f" WHERE p.model_name = %s AND f.correct_label <> p.label AND f.review_id IS NULL"
+        f" AND f.created_at {op} %s AND f.created_at <= %s GROUP BY 1 ORDER BY 2 DESC, 1",
+        (model_name, start, end),
+    ).fetchall()
+    return [(r[0], int(r[1]), r[2], r[3]) for r in rows]
+
+
+def wrong_report_total(conn: psycopg.Connection, model_name: str, start: datetime, end: datetime) -> int:
+    """Wrong-reports (not reviewers' decisions) in (start, end]: the normal rate of the burst guard."""
+    return int(conn.execute(
+        "SELECT count(*) FROM feedback f JOIN predictions p ON p.id = f.prediction_id"
+        " WHERE p.model_name = %s AND f.correct_label <> p.label AND f.review_id IS NULL"
+        " AND f.created_at > %s AND f.created_at <= %s", (model_name, start, end)).fetchone()[0])
+
+
 # ---------------------------------------------------------------- open alerts
 def open_alert(conn: psycopg.Connection, rule: str, model_name: str) -> dict[str, Any] | None:
     """The open alert of (rule, model), locked for update."""

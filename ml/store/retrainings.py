@@ -35,25 +35,7 @@ def champion_metrics_of(conn: psycopg.Connection, run_id: str) -> dict[str, Any]
     return row[0] if row else None
 
 
-# ---------------------------------------------------------------- reports
-def pending_reports(conn: psycopg.Connection, model_name: str, version: int, since: datetime,
-                    reviewed_only: bool) -> list[tuple[int, Any]]:
-    """(feedback id, prediction id) of the unconsumed misclassification reports on a version's
-    predictions made after ``since``. The rule "the user's latest word on a prediction counts" lives
-    here: a report later corrected to agree with the prediction no longer counts."""
-    return [(int(r[0]), r[1]) for r in conn.execute(
-        "SELECT id, prediction_id FROM ("
-        " SELECT DISTINCT ON (f.prediction_id) f.id, f.prediction_id, f.correct_label, f.reviewed, p.label"
-        " FROM feedback f JOIN predictions p ON p.id = f.prediction_id"
-        " WHERE p.model_name = %s AND p.model_version = %s AND f.created_at > %s"
-        " ORDER BY f.prediction_id, f.created_at DESC, f.id DESC) latest"
-        " WHERE correct_label <> label AND (reviewed OR NOT %s)"
-        " AND NOT EXISTS (SELECT 1 FROM retraining_feedback rf WHERE rf.feedback_id = latest.id)"
-        " ORDER BY id",
-        (model_name, version, since, reviewed_only),
-    ).fetchall()]
-
-
+# ------------------------------------------------- reports (what is pending: ml/review.py, ml/store/review.py)
 def mark_reviewed(conn: psycopg.Connection, feedback_ids: list[int], reviewer: str) -> int:
     cur = conn.execute("UPDATE feedback SET reviewed = true, reviewed_at = now(), reviewed_by = %s"
                        " WHERE id = ANY(%s) AND NOT reviewed", (reviewer, list(feedback_ids)))
