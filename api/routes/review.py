@@ -62,7 +62,7 @@ def review_item(item: uuid.UUID, body: ReviewDecision, caller: ReviewCaller, set
     except LookupError as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"{exc}; nothing was stored") from exc
     except review.ReviewError as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail=str(exc)) from exc
+        raise HTTPException(422, detail=str(exc)) from exc
     return {"id": row["id"], "item": str(item), "key": row["text_sha256"], "decision": row["decision"],
             "label": label_name(row["label"]) if row["label"] is not None else None,
             "proposed_label": label_name(row["proposed_label"]) if row["proposed_label"] is not None else None,
