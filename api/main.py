@@ -17,7 +17,8 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 import ml
-from api import errors, inference
+from api import contract, errors, inference
+from api.admission import Admission
 from api.auth import KeyCache
 from api.model_manager import ModelManager
 from api.recording import AlertQueue, FeedbackRecorder
@@ -84,6 +85,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)  # every error response: {"status", "message", "detail": [...]}
+    app.add_middleware(Admission)  # api_max_inflight (503 at once), api_max_body_bytes (413)
+    contract.install(app)  # the OpenAPI document states the limits the app enforces (api/contract.py)
     app.include_router(api_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 

@@ -207,9 +207,17 @@ def command(name: str, s: Settings) -> tuple[Service, list[str], dict[str, str]]
             argv += ["--host", s.host, "--port", str(s.airflow_port)]
         return svc, argv, env
     if name == "api":
-        argv = [sys.executable, "-m", "uvicorn", "api.main:app", "--host", s.host, "--port", str(s.api_port)]
+        # N worker processes under uvicorn's own process manager (restarts a worker that dies); each has
+        # its own prediction log, drained at a graceful shutdown. Admission and body limits: api/admission.py
+        argv = [sys.executable, "-m", "uvicorn", "api.main:app", "--host", s.host, "--port", str(s.api_port),
+                "--workers", str(api_workers(s)), "--timeout-graceful-shutdown", "30", "--no-access-log"]
         return svc, argv, platform_env(s, db.database_url(s), _mlflow_url(s))
     raise ServiceError(f"unknown service {name!r}")
+
+
+def api_workers(s: Settings) -> int:
+    """``api_workers``, or one per CPU core when it is 0."""
+    return int(s.api_workers) or (os.cpu_count() or 1)
 
 
 # ======================================================================= the supervisor
@@ -642,9 +650,11 @@ def status(settings: Settings | None = None, quiet: bool = False) -> dict[str, A
     for name, svc in services(s).items():
         pid = svc.pid(s)
         healthy = None
-        if pid and svc.health:
+        # the API: readiness (database answers, a model is loaded, the prediction log has room)
+        probe = f"{svc.url}/health/ready" if name == "api" else svc.health
+        if pid and probe:
             try:
-                healthy = _http_get(svc.health, timeout=2).status_code == 200
+                healthy = _http_get(probe, timeout=2).status_code == 200
             except Exception:  # noqa: BLE001
                 healthy = False
         x = sup.get(name) or {}

@@ -10,10 +10,10 @@ import threading
 import time
 
 import httpx
-
-from api.predlog import decode
 from api_helpers import running_app, settings_with, wait_for
 from live import live_server
+
+from api.predlog import decode
 
 
 def logged(directory) -> list[str]:

@@ -8,10 +8,10 @@ import os
 import uuid
 
 import pytest
+from api_helpers import running_app, settings_with, wait_for
 
 from api.predlog import LogFull, PredictionLog, decode, encode
 from api.writer import FlushError, PredictionWriter
-from api_helpers import running_app, settings_with, wait_for
 from ml import serving
 
 
@@ -30,7 +30,6 @@ def logged_ids(directory) -> list[str]:
 
 def _rows(n: int, marker: str) -> list[serving.PredictionRow]:
     import numpy as np
-
     import realdata
 
     texts = [f"{t} {marker}" for _, t in realdata.balanced(n, seed=3)]
