@@ -208,4 +208,9 @@ def test_burst_alert_says_how_many_reports_over_what_period(platform_env, conn):
     assert msg == alerts.burst_message(n_total, model, first_at, last_at, 3, 300)
     assert f"{first_at.astimezone(timezone.utc):%Y-%m-%d %H:%M:%S} -> " in msg
     assert "alert rule: 3 reports within 300 s" in msg
-    assert conn.execute("SELECT count(*) FROM alerts WHERE model_name = %s", (model,)).fetchone()[0] == 1
+    assert conn.execute("SELECT count(*) FROM alerts WHERE model_name = %s AND rule = 'misclassification_burst'",
+                        (model,)).fetchone()[0] == 1
+    # the burst guard (rule feedback_burst) saw it too: one alert, from one (unidentified) reporter, whole burst
+    [(b_n, b_msg)] = conn.execute("SELECT n_reports, message FROM alerts WHERE model_name = %s"
+                                  " AND rule = 'feedback_burst'", (model,)).fetchall()
+    assert b_n == n_total and "1,497 misclassification reports" in b_msg and "unidentified (1,497)" in b_msg
