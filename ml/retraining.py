@@ -1,10 +1,12 @@
 """Feedback-triggered retraining: the trigger (end of ``sentiment_monitoring``) and the stages of
 the ``sentiment_retraining`` DAG.
 
-**Trigger** (:func:`check_trigger`). Misclassification reports are feedback rows whose
-``correct_label`` differs from the prediction's label, on predictions of the current champion
-version (so made after it was trained), not yet consumed by a retraining (and ``reviewed`` when
-``feedback_review_required`` is on); several reports on one prediction count once. The threshold
+**Trigger** (:func:`check_trigger`). Only labels the loop trusts count (:mod:`ml.review`: a
+reviewer's accept / relabel, or ``feedback_min_identities`` agreeing identities, never a text a
+reviewer rejected) where they differ from the current champion version's prediction, not yet consumed
+by a retraining: one vote per text, each identity capped at ``feedback_max_identity_share`` of the
+threshold. While the burst guard's alert is open (``ml.alerts.evaluate_burst``) the answer is
+``paused_burst`` and nothing is consumed. The threshold
 is ``ceil(retraining_feedback_fraction x n_rows)`` of the champion's training snapshot, the
 fraction validated to lie in [0.1%, 1%]. When it is reached, one ``retrainings`` row is written
 and the reports are consumed (``retraining_feedback``, primary key on the feedback id) in one
