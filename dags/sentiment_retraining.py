@@ -4,8 +4,9 @@ prepare (the champion's snapshot + the reported tweets with their corrected labe
 conflicts by majority, reviewed-only if ``feedback_review_required``: a new snapshot of kind
 ``retraining`` with ``parent_hash``) -> train (the champion's family and params, or a comparison of
 families with ``mode: compare``) -> evaluate (challenger and champion on the SAME held-out set, the
-parent's, and on the reported tweets) -> register -> gate (behavioural checks, ``ml.behaviour``)
--> promote (the promotion rule with ``retraining_promotion_margin``; otherwise the champion stays).
+parent's, and on the reported tweets) -> the ``promotion`` task group shared with sentiment_training
+(plugins/sentiment_promotion.py): register -> gate (behavioural checks, ``ml.behaviour``) -> promote
+(the promotion gate with ``retraining_promotion_margin``; otherwise the champion stays).
 The outcome is recorded in ``retrainings`` either way; the API serves a new champion within its
 poll interval.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 from airflow.sdk import Param, dag, get_current_context, task
 from sentiment_dag_defaults import MODEL_FAMILIES, platform_dag_kwargs  # plugins/ (on sys.path in every Airflow process)
+from sentiment_promotion import promotion
 
 
 @dag(
@@ -42,7 +44,7 @@ from sentiment_dag_defaults import MODEL_FAMILIES, platform_dag_kwargs  # plugin
     doc_md=__doc__,
 )
 def sentiment_retraining():
-    @task
+    @task(multiple_outputs=True)
     def prepare() -> dict:
         from ml.retraining import prepare as build_set
 
@@ -50,43 +52,23 @@ def sentiment_retraining():
         return build_set(ctx["params"]["retraining_id"], airflow_run_id=ctx["run_id"])
 
     @task
-    def train(prep: dict) -> str:
+    def train(retraining_id: int) -> str:
         from ml.retraining import train_challenger
 
         ctx = get_current_context()
         p = ctx["params"]
-        return train_challenger(prep["retraining_id"], p["mode"] or None, p["families"], p["hyperparams"],
+        return train_challenger(retraining_id, p["mode"] or None, p["families"], p["hyperparams"],
                                 p["sample_size"], p["profile"], airflow_run_id=ctx["run_id"])
 
     @task
-    def evaluate(prep: dict, mlflow_run_id: str) -> str:
+    def evaluate(retraining_id: int, mlflow_run_id: str) -> str:
         from ml.retraining import evaluate as evaluate_both
 
-        evaluate_both(prep["retraining_id"], mlflow_run_id)
+        evaluate_both(retraining_id, mlflow_run_id)
         return mlflow_run_id
 
-    @task
-    def register(mlflow_run_id: str) -> str:
-        from ml.train import register as register_run
-
-        register_run(mlflow_run_id)
-        return mlflow_run_id
-
-    @task
-    def gate(mlflow_run_id: str) -> str:
-        from ml.train import check_behaviour
-
-        check_behaviour(mlflow_run_id)
-        return mlflow_run_id
-
-    @task
-    def promote(prep: dict, mlflow_run_id: str) -> dict:
-        from ml.retraining import promote as promote_challenger
-
-        return promote_challenger(prep["retraining_id"], mlflow_run_id)
-
-    prep = prepare()
-    promote(prep, gate(register(evaluate(prep, train(prep)))))
+    rid = prepare()["retraining_id"]
+    promotion(evaluate(rid, train(rid)), rid)
 
 
 sentiment_retraining()

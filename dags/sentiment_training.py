@@ -2,7 +2,8 @@
 
 validate -> plan -> search (one mapped task per family) -> evaluate (all winners on the same
 held-out split) -> compare (table + chart, MLflow + PostgreSQL) -> register (the best) ->
-gate (behavioural checks) -> promote (promotion rule vs the champion on the same held-out split).
+gate (behavioural checks) -> promote (the promotion gate vs the champion): the last three are the
+``promotion`` task group (plugins/sentiment_promotion.py) shared with sentiment_retraining.
 
 The default run compares ``["tfidf_lr"]`` only, so it stays fast; a full comparison is e.g.
 ``{"families": ["tfidf_lr", "cnn", "bilstm", "transformer"], "profile": "full",
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 from airflow.sdk import Param, XComArg, dag, get_current_context, task
 from sentiment_dag_defaults import MODEL_FAMILIES, platform_dag_kwargs  # plugins/ (on sys.path in every Airflow process)
+from sentiment_promotion import promotion
 
 
 @dag(
@@ -51,8 +53,8 @@ def sentiment_training():
 
     @task
     def plan(snapshot_hash: str) -> list:
-        """Check the request, open the parent MLflow run; the plan goes to XCom key "comparison",
-        the list of families (what `search` maps over) is the return value."""
+        """Check the request, open the parent MLflow run. The families are the return value, because
+        Airflow maps only over a task's return value; the plan itself goes to XCom key "comparison"."""
         from ml.search import plan_comparison
 
         ctx = get_current_context()
@@ -76,36 +78,17 @@ def sentiment_training():
 
         return evaluate_winners(comparison, list(winners[:]))  # one slice read, no probing past the end
 
-    @task
+    @task(multiple_outputs=True)
     def compare(comparison: dict, rows: list) -> dict:
         from ml.compare import write_comparison
 
         return write_comparison(comparison, rows)
 
-    @task
-    def register(result: dict) -> str:
-        from ml.compare import register_best
-
-        return register_best(result)
-
-    @task
-    def gate(mlflow_run_id: str) -> str:
-        from ml.train import check_behaviour
-
-        check_behaviour(mlflow_run_id)
-        return mlflow_run_id
-
-    @task
-    def promote(mlflow_run_id: str) -> dict:
-        from ml.train import promote as promote_run
-
-        return promote_run(mlflow_run_id)
-
     families = plan(validate())
     comparison = XComArg(families.operator, key="comparison")
     winners = search.partial(comparison=comparison).expand(family=families)
     result = compare(comparison, evaluate(comparison, winners))
-    promote(gate(register(result)))
+    promotion(result["winner_run_id"])
 
 
 sentiment_training()

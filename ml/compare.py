@@ -254,13 +254,8 @@ def register_best(comparison: dict[str, Any] | int, settings: Settings | None = 
         row = store.comparison_winner(conn, cid)
     if row is None or row[0] is None:
         raise ValueError(f"comparison {cid} not found or has no winner")
-    run_id, parent = row
-    version = train.register(run_id, s)
-    with db.connect(s) as conn:
-        store.set_comparison_version(conn, cid, version)
-    import mlflow
-
-    mlflow.MlflowClient().set_tag(parent, "winner_version", str(version))
+    run_id = row[0]
+    train.register(run_id, s)  # records the version on the comparison (and its parent run's tags)
     return run_id
 
 

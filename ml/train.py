@@ -216,6 +216,9 @@ def register(run_id: str, settings: Settings | None = None) -> int:
         version = registry.register(client.get_run(run_id).data.tags["model_uri"], run_id, s)
     with db.connect(s) as conn:
         store.set_registered(conn, run_id, version)
+        comparisons = store.record_winner_version(conn, run_id, version)
+    for parent in comparisons:  # the comparison's parent run names the version its winner became
+        client.set_tag(parent, "winner_version", str(version))
     digest = registry.version_artifact_digest(version, s)  # what the API will verify before serving it
     with db.connect(s) as conn:
         store.set_artifact_digest(conn, run_id, digest)
@@ -310,3 +313,13 @@ def gate_policy(s: Settings) -> dict[str, Any]:
     """The promotion gate's settings, as ``ml.registry.decide_promotion`` takes them."""
     return {"mode": s.promotion_gate, "slice_tolerance": s.gate_slice_tolerance,
             "max_golden_flips": s.gate_max_golden_flips}
+
+
+def promote_candidate(run_id: str, retraining_id: Any = None, settings: Settings | None = None) -> dict[str, Any]:
+    """The promotion step shared by both DAGs: :func:`promote`, or for a retraining's challenger
+    ``ml.retraining.promote`` (the same gate with the retraining's margin, recorded on it)."""
+    if retraining_id in (None, "", "None"):
+        return promote(run_id, settings)
+    from ml import retraining
+
+    return retraining.promote(retraining_id, run_id, settings)

@@ -34,7 +34,8 @@ def test_dagbag_has_no_import_errors(platform_env):
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out["errors"] == {}
     dag = out["dags"]["sentiment_training"]
-    assert set(dag["tasks"]) == {"validate", "plan", "search", "evaluate", "compare", "register", "gate", "promote"}
+    assert set(dag["tasks"]) == {"validate", "plan", "search", "evaluate", "compare",
+                                  "promotion.register", "promotion.gate", "promotion.promote"}
     assert set(dag["params"]) >= {"data_path", "families", "sample_sizes", "sample_size", "profile", "search_space"}
 
 

@@ -185,8 +185,12 @@ def comparison_winner(conn: psycopg.Connection, comparison_id: int) -> tuple[str
     return None if row is None else (row[0], row[1])
 
 
-def set_comparison_version(conn: psycopg.Connection, comparison_id: int, version: int) -> None:
-    conn.execute("UPDATE comparisons SET winner_version = %s WHERE id = %s", (version, comparison_id))
+def record_winner_version(conn: psycopg.Connection, run_id: str, version: int) -> list[str]:
+    """The registry version of a comparison's winner, on every comparison that chose this run.
+    Returns those comparisons' parent run ids."""
+    rows = conn.execute("UPDATE comparisons SET winner_version = %s WHERE winner_run_id = %s RETURNING parent_run_id",
+                        (version, run_id)).fetchall()
+    return [r[0] for r in rows]
 
 
 def latest_comparison(conn: psycopg.Connection) -> dict[str, Any] | None:
