@@ -27,7 +27,7 @@ class Admission:
     @staticmethod
     def _limits(scope) -> tuple[int, int]:
         settings = getattr(getattr(scope.get("app"), "state", None), "settings", None)
-        return (int(getattr(settings, "api_max_inflight", 64)),
+        return (int(getattr(settings, "api_max_inflight", 32)),
                 int(getattr(settings, "api_max_body_bytes", 8 * 1024 * 1024)))
 
     async def __call__(self, scope, receive, send) -> None:
