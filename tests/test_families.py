@@ -16,7 +16,9 @@ TINY = {
     "cnn": {"epochs": 1, "vocab_size": 2000, "embedding_dim": 16, "filters": 16, "hidden": 8, "w2v_epochs": 1},
     "bilstm": {"epochs": 1, "vocab_size": 2000, "embedding_dim": 16, "lstm_units": 8, "hidden": 8,
                "embeddings": "scratch", "preprocess": "lemma"},
-    "transformer": {"epochs": 1, "batch_size": 16, "max_length": 32, "max_steps": 3, "eval_batch_size": 64},
+    # torch before and after the save (the ONNX export and runtime: tests/test_onnx.py)
+    "transformer": {"epochs": 1, "batch_size": 16, "max_length": 32, "max_steps": 3, "eval_batch_size": 64,
+                    "runtime": "torch", "onnx_export": False},
 }
 
 

@@ -11,12 +11,22 @@ spent; the validation split is scored every ``eval_every`` steps (the learning c
 best state is kept. Inference: batches sorted by
 length (less padding). GPU when ``torch.cuda.is_available()``, else CPU.
 Saved with ``save_pretrained`` (model and tokenizer) under ``hf/``.
+
+Serving runtime (``ml/models/onnx_runtime.py``): ``save`` also exports the fine-tuned model to ONNX
+(``onnx/model.onnx``, fp32) and its dynamically quantised int8 copy (``onnx/model.int8.onnx``), once
+per fitted model, and scores both torch and int8 on the fit's validation split: ``runtime: auto``
+then means int8 when its accuracy is within ``int8_max_drop`` (0.5 point) of torch's, else fp32 ONNX
+(``onnx/export.json`` records the choice and both accuracies; MLflow gets them when a run is active).
+``load`` runs the chosen ONNX model with onnxruntime and the ``tokenizers`` library, without
+importing torch or transformers; ``runtime: torch`` (or ``SENTIMENT_TRANSFORMER_RUNTIME=torch``)
+loads the torch model instead.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any, ClassVar
@@ -28,6 +38,20 @@ import numpy as np  # noqa: E402
 
 from ml.features import preprocess  # noqa: E402
 from ml.models.base import SentimentModel, seed_everything  # noqa: E402
+from ml.models.onnx_runtime import (  # noqa: E402
+    EXPORT_META,
+    FP32_FILE,
+    INT8_FILE,
+    ONNX_DIR,
+    RUNTIMES,
+    OnnxSession,
+    choose_runtime,
+    copy_export,
+    read_meta,
+    runtime_override,
+    softmax,
+)
+from ml.models.onnx_runtime import export as export_onnx  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +100,7 @@ def device():
 
 class TransformerClassifier(SentimentModel):
     family = "transformer"
-    requirements: ClassVar[tuple[str, ...]] = ("torch", "transformers")
+    requirements: ClassVar[tuple[str, ...]] = ("torch", "transformers", "onnxruntime", "tokenizers")
 
     @classmethod
     def default_params(cls) -> dict[str, Any]:
@@ -100,6 +124,9 @@ class TransformerClassifier(SentimentModel):
             "max_steps": 0,               # stop after N steps (0: no limit); the time budget is fit's
             "seed": 42,
             "log_every": 50,
+            "runtime": "auto",            # serving: auto (chosen at export) | onnx-int8 | onnx | torch
+            "onnx_export": True,          # save exports fp32 + int8 ONNX next to the torch weights
+            "int8_max_drop": 0.005,       # int8 serves when its validation accuracy is at most this below torch's
         }
 
     # ---------------------------------------------------------------- helpers
@@ -295,6 +322,8 @@ class TransformerClassifier(SentimentModel):
                        seconds=round(budget.elapsed(), 3))
         history["steps_run"] = step
         self.history_ = history
+        self.validation_ = (val_texts, val_y)  # the export's int8-vs-torch accuracy check
+        self._export_dir = None
         log.info("transformer: stopped (%s) after %d steps = %.2f epochs, %s examples, %.1fs; best step %s "
                  "(val acc %s)", stopped, step, history["epochs"], f"{examples:,}", history["seconds"],
                  history["best_step"], history["best_val_accuracy"])
@@ -305,21 +334,114 @@ class TransformerClassifier(SentimentModel):
         x = preprocess(texts, self.params["preprocess"])
         if not x:
             return np.zeros((0, 2))
-        logits = self._logits(x)
+        onnx = getattr(self, "onnx_", None)
+        logits = onnx.logits(x) if onnx is not None else self._logits(x)
         z = np.exp(logits - logits.max(axis=1, keepdims=True))
         return z / z.sum(axis=1, keepdims=True)
 
     # ---------------------------------------------------------------- persistence
     def _save(self, path: Path) -> None:
-        self.model_.save_pretrained(path / HF_DIR)
-        self.tokenizer_.save_pretrained(path / HF_DIR)
+        src = getattr(self, "source_dir_", None)
+        if getattr(self, "model_", None) is None:  # loaded with an ONNX runtime: copy what was loaded
+            if src is None or not (Path(src) / HF_DIR).exists():
+                raise RuntimeError("this transformer was loaded without torch and its folder is gone; "
+                                   "load it with runtime='torch' to save it again")
+            shutil.copytree(Path(src) / HF_DIR, path / HF_DIR, dirs_exist_ok=True)
+            if (Path(src) / ONNX_DIR).exists():
+                copy_export(Path(src) / ONNX_DIR, path / ONNX_DIR)
+        else:
+            self.model_.save_pretrained(path / HF_DIR)
+            self.tokenizer_.save_pretrained(path / HF_DIR)
+            if src is not None and getattr(self, "validation_", None) is None and (Path(src) / ONNX_DIR).exists():
+                copy_export(Path(src) / ONNX_DIR, path / ONNX_DIR)  # loaded with torch: keep its export
+            elif self.params.get("onnx_export", True):
+                copy_export(self._export(), path / ONNX_DIR)
         (path / "training.json").write_text(json.dumps(getattr(self, "history_", {}), indent=2))
 
+    def _export(self) -> Path:
+        """Export once per fitted model (a save and MLflow's log both copy it): fp32 + int8 ONNX in a
+        folder this object owns, the int8-vs-torch accuracy on the validation split, the choice."""
+        d = getattr(self, "_export_dir", None)
+        if d is not None and (Path(d) / EXPORT_META).exists():
+            return Path(d)
+        import tempfile
+        import weakref
+
+        d = Path(tempfile.mkdtemp(prefix="transformer-onnx-"))
+        weakref.finalize(self, shutil.rmtree, str(d), True)
+        meta = export_onnx(self.model_, d)
+        self.model_.to(device())
+        texts, y = getattr(self, "validation_", ([], np.array([])))
+        torch_acc = int8_acc = None
+        if len(texts):
+            hf = d / "tokenizer"
+            self.tokenizer_.save_pretrained(hf)
+            t = time.perf_counter()
+            torch_logits = self._logits(list(texts))
+            torch_s = time.perf_counter() - t
+            sess = OnnxSession(d / INT8_FILE, hf / "tokenizer.json", int(self.params["max_length"]),
+                               int(self.params["eval_batch_size"]), cpu_threads(self.params.get("threads", 0)))
+            t = time.perf_counter()
+            int8_logits = sess.logits(list(texts))
+            int8_s = time.perf_counter() - t
+            shutil.rmtree(hf, ignore_errors=True)
+            y = np.asarray(y)
+            torch_acc = float((torch_logits.argmax(axis=1) == y).mean())
+            int8_acc = float((int8_logits.argmax(axis=1) == y).mean())
+            meta.update(n_validation=len(texts), torch_seconds=round(torch_s, 2), int8_seconds=round(int8_s, 2),
+                        int8_max_abs_proba_diff=float(np.abs(softmax(torch_logits) - softmax(int8_logits)).max()))
+        drop = float(self.params.get("int8_max_drop", 0.005))
+        chosen = choose_runtime(torch_acc, int8_acc, drop)
+        meta.update(torch_val_accuracy=torch_acc, int8_val_accuracy=int8_acc, int8_max_drop=drop, runtime=chosen)
+        (d / EXPORT_META).write_text(json.dumps(meta, indent=2))
+        log.info("transformer: ONNX export (%.1f MB fp32, %.1f MB int8); validation accuracy torch %s, int8 %s "
+                 "-> serving runtime %s", meta["fp32_mb"], meta["int8_mb"], torch_acc, int8_acc, chosen)
+        try:
+            import sys
+
+            if "mlflow" in sys.modules:
+                import mlflow
+
+                if mlflow.active_run() is not None:
+                    mlflow.set_tag("serving_runtime", chosen)
+                    mlflow.log_metrics({k: v for k, v in {"onnx_torch_val_accuracy": torch_acc,
+                                                          "onnx_int8_val_accuracy": int8_acc,
+                                                          "onnx_int8_mb": meta["int8_mb"]}.items()
+                                        if v is not None})
+        except Exception as exc:  # the export stands without its MLflow record
+            log.warning("transformer: could not log the ONNX export to MLflow: %s", exc)
+        self._export_dir = d
+        return d
+
+    def serving_runtime(self, path: Path | None = None) -> str:
+        """The runtime ``load`` uses: the env override, else the ``runtime`` param; ``auto`` resolves
+        to the export's choice (torch when the folder has no export)."""
+        want = (runtime_override() or str(self.params.get("runtime", "auto"))).lower()
+        if want not in RUNTIMES:
+            raise ValueError(f"unknown transformer runtime {want!r}; known: {', '.join(RUNTIMES)}")
+        if want == "auto":
+            meta = read_meta(Path(path) / ONNX_DIR) if path is not None else {}
+            want = meta.get("runtime", "torch")
+        return want
+
     def _load(self, path: Path) -> None:
+        self.source_dir_ = Path(path)
+        hist = path / "training.json"
+        self.history_ = json.loads(hist.read_text()) if hist.exists() else {}
+        self.model_ = None
+        self.onnx_ = None
+        self.runtime_ = runtime = self.serving_runtime(path)
+        if runtime in ("onnx", "onnx-int8"):
+            f = path / ONNX_DIR / (INT8_FILE if runtime == "onnx-int8" else FP32_FILE)
+            if f.exists():
+                self.onnx_ = OnnxSession(f, path / HF_DIR / "tokenizer.json", int(self.params.get("max_length", 64)),
+                                         int(self.params.get("eval_batch_size", 128)),
+                                         cpu_threads(self.params.get("threads", 0)))
+                return
+            log.warning("transformer: %s has no %s; loading the torch model", path, f.name)
+            self.runtime_ = "torch"
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         self.tokenizer_ = AutoTokenizer.from_pretrained(path / HF_DIR)
         self.model_ = AutoModelForSequenceClassification.from_pretrained(path / HF_DIR).to(device())
         self.model_.eval()
-        hist = path / "training.json"
-        self.history_ = json.loads(hist.read_text()) if hist.exists() else {}

@@ -1,0 +1,124 @@
+"""The transformer family's ONNX serving path: a tiny MiniLM fine-tuned for a few steps on real
+tweets is exported (fp32 + int8) when saved; ONNX Runtime's probabilities match torch's on fixed
+tweets; the int8-or-fp32 choice follows the validation accuracies; loading runs ONNX without
+importing torch; MLflow logs the export with the model."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ml import models
+from ml.models import onnx_runtime as ox
+from tests import realdata
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("torch")
+
+TINY = {"batch_size": 16, "max_length": 48, "max_steps": 6, "eval_batch_size": 64, "threads": 1,
+        "eval_max_rows": 200, "warmup_steps": 1}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """(torch model, saved folder, fixed tweets): 200 real tweets, 6 steps, 100 validation, 40 fixed."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    rows = realdata.balanced(340, seed=7)
+    texts = [t for _, t in rows]
+    y = np.array([1 if p == 4 else 0 for p, _ in rows])
+    m = models.create("transformer", **TINY).fit(texts[:200], y[:200], validation=(texts[200:300], y[200:300]))
+    path = m.save(tmp_path_factory.mktemp("onnx") / "transformer")
+    return m, path, texts[300:]
+
+
+def test_export_files_and_metadata(tiny):
+    _, path, _ = tiny
+    meta = json.loads((path / ox.ONNX_DIR / ox.EXPORT_META).read_text())
+    assert (path / ox.ONNX_DIR / ox.FP32_FILE).exists() and (path / ox.ONNX_DIR / ox.INT8_FILE).exists()
+    assert (path / "hf" / "tokenizer.json").exists()
+    assert meta["int8_mb"] < meta["fp32_mb"] / 2
+    assert meta["n_validation"] == 100
+    # the recorded choice is the rule applied to the recorded accuracies
+    assert meta["runtime"] == ox.choose_runtime(meta["torch_val_accuracy"], meta["int8_val_accuracy"],
+                                                meta["int8_max_drop"])
+
+
+def test_choose_runtime_rule():
+    assert ox.choose_runtime(0.800, 0.796, 0.005) == "onnx-int8"
+    assert ox.choose_runtime(0.800, 0.795, 0.005) == "onnx-int8"  # exactly 0.5 point: still int8
+    assert ox.choose_runtime(0.800, 0.794, 0.005) == "onnx"
+    assert ox.choose_runtime(0.800, 0.830, 0.005) == "onnx-int8"
+    assert ox.choose_runtime(None, None, 0.005) == "onnx"  # nothing to check int8 against: fp32
+
+
+@pytest.mark.parametrize("runtime, tol", [("onnx", 1e-2), ("onnx-int8", None)])
+def test_onnx_parity_with_torch(tiny, runtime, tol, monkeypatch):
+    m, path, fixed = tiny
+    torch_p = m.predict_proba(fixed)
+    monkeypatch.setenv(ox.RUNTIME_ENV, runtime)
+    loaded = models.load(path)
+    assert loaded.runtime_ == runtime and loaded.model_ is None
+    p = loaded.predict_proba(fixed)
+    assert p.shape == (len(fixed), 2) and np.allclose(p.sum(axis=1), 1)
+    diff = float(np.abs(p - torch_p).max())
+    print(f"{runtime}: max |P_onnx - P_torch| = {diff:.2e} over {len(fixed)} tweets")
+    if tol is not None:
+        assert diff <= tol
+    else:  # int8: reported; quantisation moves probabilities a little, never the whole picture
+        assert diff <= 0.15
+    # input order is kept though batches run sorted by length
+    np.testing.assert_allclose(loaded.predict_proba(fixed[::-1]), p[::-1], atol=1e-6)
+    assert loaded.predict_proba([]).shape == (0, 2)
+
+
+def test_auto_loads_the_chosen_runtime_and_torch_on_request(tiny, monkeypatch):
+    m, path, fixed = tiny
+    monkeypatch.delenv(ox.RUNTIME_ENV, raising=False)
+    meta = ox.read_meta(path / ox.ONNX_DIR)
+    assert models.load(path).runtime_ == meta["runtime"]
+    monkeypatch.setenv(ox.RUNTIME_ENV, "torch")
+    t = models.load(path)
+    assert t.runtime_ == "torch" and t.onnx_ is None
+    np.testing.assert_allclose(t.predict_proba(fixed), m.predict_proba(fixed), atol=1e-6)
+
+
+def test_onnx_load_imports_no_torch(tiny):
+    _, path, fixed = tiny
+    probe = ("import sys, json; from ml import models; m = models.load(sys.argv[1]); "
+             "p = m.predict_proba(json.loads(sys.argv[2])); "
+             "print(m.runtime_, p.shape, sorted(x for x in ('torch', 'transformers') if x in sys.modules))")
+    env = {k: v for k, v in os.environ.items() if k != ox.RUNTIME_ENV}
+    out = subprocess.run([sys.executable, "-c", probe, str(path), json.dumps(fixed[:5])], capture_output=True,
+                         text=True, timeout=120, env=env, cwd=realdata.REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith("(5, 2) []"), out.stdout
+
+
+def test_resave_of_an_onnx_loaded_model_keeps_the_export(tiny, tmp_path, monkeypatch):
+    _, path, fixed = tiny
+    monkeypatch.setenv(ox.RUNTIME_ENV, "onnx")
+    loaded = models.load(path)
+    again = loaded.save(tmp_path / "again")
+    for f in (ox.FP32_FILE, ox.INT8_FILE, ox.EXPORT_META):
+        assert (again / ox.ONNX_DIR / f).read_bytes() == (path / ox.ONNX_DIR / f).read_bytes()
+    np.testing.assert_array_equal(models.load(again).predict_proba(fixed), loaded.predict_proba(fixed))
+
+
+def test_mlflow_logs_the_export_with_the_model(tiny, mlflow_tracking, monkeypatch):
+    import mlflow
+
+    from ml import registry
+
+    m, _, fixed = tiny
+    monkeypatch.delenv(ox.RUNTIME_ENV, raising=False)
+    mlflow.set_experiment("test-onnx")
+    with mlflow.start_run():
+        info = registry.log_model(m)
+    served = mlflow.pyfunc.load_model(info.model_uri).unwrap_python_model().model
+    assert served.runtime_ in ("onnx", "onnx-int8") and served.model_ is None
+    assert "onnxruntime" in " ".join(m.pip_requirements())
+    assert served.predict_proba(fixed).shape == (len(fixed), 2)
