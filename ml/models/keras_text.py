@@ -319,7 +319,7 @@ class _BudgetWatch:
                     log.info("%s step %d/%d (%.2f epochs) loss %.4f, %.0fs", watch.name, watch.step, watch.max_steps,
                              watch.step / watch.spe, float((logs or {}).get("loss", float("nan"))),
                              watch.budget.elapsed())
-                why = watch.budget.spent(watch.step, reserve=watch.eval_seconds)
+                why = watch.budget.spent(watch.step, reserve=1.25 * watch.eval_seconds)
                 if why is None and watch.step >= watch.max_steps:
                     why = "epochs"
                 if why:

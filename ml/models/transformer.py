@@ -307,7 +307,7 @@ class TransformerClassifier(SentimentModel):
                         stopped = "patience"
                         break
                 # stop while one more validation still fits in the budget
-                why = budget.spent(step, reserve=(eval_seconds if last_eval != step else 0.0) + step_seconds)
+                why = budget.spent(step, reserve=(1.25 * eval_seconds if last_eval != step else 0.0) + step_seconds)
                 if why is None and step >= max_steps:
                     why = "epochs"
                 if why:
