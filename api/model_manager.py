@@ -5,6 +5,11 @@ poller loads a new champion completely (artifacts, run metadata) before it assig
 attribute, which is atomic; a request reads the attribute once and uses that object
 throughout, so it always sees one consistent (model, version) pair and nothing fails while
 the champion changes.
+
+A challenger in shadow (``ml/shadow.py``) is followed the same way: the poller loads the model's
+running shadow (artifacts verified against the sha256 recorded on the shadow, taken at registration)
+into :attr:`ModelManager.shadow`; :meth:`ModelManager.offer_shadow` hands answered requests to the
+scorer of ``api/shadow.py``, off the request path.
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from api.shadow import LoadedShadow, ShadowScorer
 from ml import alerts, db, registry, serving, tracking
 from ml.store import models as models_store
 from ml.config import Settings
@@ -47,6 +53,9 @@ class ModelManager:
         self.champion_seen = False
         self._refused: dict[int, float] = {}  # version -> first seen refused (monotonic)
         self._alerted: set[int] = set()
+        self.shadow: LoadedShadow | None = None  # the running shadow challenger, if any
+        self.shadow_scorer = ShadowScorer(settings)
+        self.shadow_error: str | None = None
 
     @property
     def current(self) -> LoadedModel | None:
@@ -57,6 +66,7 @@ class ModelManager:
     def start(self) -> None:
         """Load the champion now (if there is one and it can be reached), then follow it."""
         self.refresh()
+        self.shadow_scorer.start()
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="champion-poller", daemon=True)
         self._thread.start()
@@ -66,6 +76,7 @@ class ModelManager:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        self.shadow_scorer.stop(timeout)
 
     def _run(self) -> None:
         while not self._stop.wait(self.poll_seconds):
@@ -85,6 +96,45 @@ class ModelManager:
                 return False
             finally:
                 self.last_check_at = time.time()
+                self._follow_shadow()
+
+    # ------------------------------------------------------------ the shadow challenger
+    def _follow_shadow(self) -> None:
+        """Load the model's running shadow (verified), or drop it when none runs. Never raises."""
+        try:
+            with db.connect(self.settings, start_embedded=False, connect_timeout=2,
+                            application_name="sentiment-api") as conn:
+                from ml.store import shadow as shadow_store
+
+                rec = shadow_store.running(conn, self.settings.model_name)
+            if rec is None:
+                if self.shadow is not None:
+                    log.info("shadow #%s (v%s) ended; no shadow scoring", self.shadow.shadow_id, self.shadow.version)
+                self.shadow = None
+                self.shadow_error = None
+                return
+            if self.shadow is not None and self.shadow.shadow_id == rec["id"]:
+                return
+            model = registry.load_verified(int(rec["challenger_version"]), rec["artifact_sha256"], self.settings)
+            self.shadow = LoadedShadow(shadow_id=int(rec["id"]), model=model, version=int(rec["challenger_version"]),
+                                       champion_version=int(rec["champion_version"]))
+            self.shadow_error = None
+            log.info("shadow #%s: v%s loaded beside champion v%s", rec["id"], rec["challenger_version"],
+                     rec["champion_version"])
+        except Exception as exc:  # the champion keeps serving; the next poll tries again
+            if self.shadow_error is None:
+                log.warning("shadow check failed: %s: %s", type(exc).__name__, exc)
+            self.shadow_error = f"{type(exc).__name__}: {exc}"
+
+    def offer_shadow(self, champion_version: int, texts: list[str], predictions: list[Any]) -> None:
+        """After the answer is built: the champion's predictions of ``texts`` go to the shadow scorer's
+        queue (dropped and counted when it is full); nothing when no shadow shadows this version."""
+        sh = self.shadow
+        if sh is None or sh.champion_version != champion_version:
+            return
+        self.shadow_scorer.offer(sh, champion_version, [
+            (p.id, t, int(p.label_id), float(p.probabilities.positive))
+            for t, p in zip(texts, predictions, strict=True)])
 
     def _refresh(self) -> bool:
         if not self._configured:

@@ -6,7 +6,12 @@ conflicts by majority, reviewed-only if ``feedback_review_required``: a new snap
 families with ``mode: compare``) -> evaluate (challenger and champion on the SAME held-out set, the
 parent's, and on the reported tweets) -> the ``promotion`` task group shared with sentiment_training
 (plugins/sentiment_promotion.py): register -> gate (behavioural checks, ``ml.behaviour``) -> promote
-(the promotion gate with ``retraining_promotion_margin``; otherwise the champion stays).
+(the promotion gate with ``retraining_promotion_margin``; otherwise the champion stays) -> shadow: with a
+shadow window (``shadow_requests`` / ``shadow_hours``, ``ml/shadow.py``) a challenger that passed the gate
+serves in shadow first; ``shadow.window`` (a sensor in reschedule mode: no worker slot held between pokes,
+poke interval ``SENTIMENT_SHADOW_POKE_SECONDS``) waits for the window, ``shadow.decide`` promotes it only if
+agreement with the champion and its estimated (and reviewed) live accuracy hold up. Window 0: both return
+at once.
 The outcome is recorded in ``retrainings`` either way; the API serves a new champion within its
 poll interval.
 
@@ -19,7 +24,7 @@ from __future__ import annotations
 
 from airflow.sdk import Param, dag, get_current_context, task
 from sentiment_dag_defaults import MODEL_FAMILIES, platform_dag_kwargs  # plugins/ (on sys.path in every Airflow process)
-from sentiment_promotion import promotion
+from sentiment_promotion import promotion, shadow
 
 
 @dag(
@@ -68,7 +73,7 @@ def sentiment_retraining():
         return mlflow_run_id
 
     rid = prepare()["retraining_id"]
-    promotion(evaluate(rid, train(rid)), rid)
+    shadow(promotion(evaluate(rid, train(rid)), rid))
 
 
 sentiment_retraining()

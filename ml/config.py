@@ -146,6 +146,16 @@ class Settings(BaseSettings):
     feedback_burst_quiet_seconds: float = Field(default=3600.0, ge=0)  # the burst ends after this quiet time
     # review queue (api/routes/review.py): reported texts + least-confident live predictions
     review_queue_hours: float = Field(default=168.0, gt=0)        # predictions / reports this recent
+    # shadow before promotion (ml/shadow.py): a retraining's challenger that passed the gate first serves in
+    # shadow until shadow_requests live requests were scored beside the champion or shadow_hours passed
+    # (whichever comes first; 0 = no such bound); both 0: no shadow, promotion at once (config/platform.yaml
+    # sets the production window)
+    shadow_requests: int = Field(default=0, ge=0)
+    shadow_hours: float = Field(default=0.0, ge=0.0)
+    shadow_min_agreement: float = Field(default=0.8, ge=0.0, le=1.0)      # same label as the champion, share
+    shadow_max_accuracy_drop: float = Field(default=0.02, ge=0.0, le=1.0)  # estimated / reviewed, vs champion
+    shadow_min_reviewed: int = Field(default=20, ge=1)   # reviewed shadowed texts before they are a criterion
+    shadow_queue_max: int = Field(default=10000, ge=1)   # API: shadow items waiting; beyond it dropped (counted)
 
     # security (ml/security.py, ml/quotas.py, api/auth.py; README "Security"): who may do what
     anonymous_predict: bool = True               # /predict (and /feedback on one's own predictions) without a key

@@ -1,5 +1,6 @@
 """The champion's model card: version, metrics (held-out and on the external set), what changed
-against the champion it replaced (the promotion gate's flip report),
+against the champion it replaced (the promotion gate's flip report), its shadow results (``ml.shadow``:
+agreement, estimated and reviewed live accuracy beside the champion it replaced) and the latest shadow,
 training snapshot (and its lineage), behavioural
 checks, feedback against the retraining threshold, the latest retrainings and alerts. JSON for
 machines, a small HTML page for the Airflow UI plugin (``plugins/sentiment_platform_plugin.py``)."""
@@ -59,6 +60,12 @@ def model_card(settings: Settings | None = None) -> dict[str, Any]:
                 c["retraining"].pop("training_feedback_ids", None)
                 c["retraining"].pop("feedback_ids", None)
         events = models_store.recent_events(conn, s.model_name, 10)
+        from ml import shadow as shadow_mod
+        from ml.store import shadow as shadow_store
+
+        card["champion"]["shadow"] = shadow_mod.summary(shadow_store.of_version(conn, s.model_name, champ.version))
+        latest = shadow_store.latest(conn, s.model_name, 1)
+        card["latest_shadow"] = shadow_mod.summary(latest[0]) if latest else None
     card["events"] = [{"event": e["event"], "version": e["version"], "previous_version": e["previous_version"],
                        "reason": e["reason"], "at": e["created_at"].isoformat()} for e in events]
     ctx = retraining.champion_context(s)
@@ -162,6 +169,22 @@ def card_html(card: dict[str, Any]) -> str:
                              ("held-out right → wrong (first)", h["right_to_wrong_examples"])):
             if texts:
                 out.append(f"<p class='muted'>{_esc(label)}: " + "; ".join(f"“{_esc(t)}”" for t in texts) + "</p>")
+    for title, sh in (("Shadow before promotion", c.get("shadow")),
+                      ("Latest shadow", card.get("latest_shadow") if (card.get("latest_shadow") or {}).get("shadow_id")
+                       != (c.get("shadow") or {}).get("shadow_id") else None)):
+        if not sh:
+            continue
+        est, rev = sh.get("estimated_accuracy") or {}, sh.get("reviewed") or {}
+        cls = "ok" if sh["status"] == "promoted" else ("bad" if sh["status"] == "rejected" else "")
+        out.append(f"<h2 id='shadow-{sh['shadow_id']}'>{_esc(title)} (#{sh['shadow_id']}: v{sh['challenger_version']} "
+                   f"beside v{sh['champion_version']})</h2><p>Window {sh['window_requests']} requests / "
+                   f"{sh['window_hours']:g} h, status <b class='{cls}'>{_esc(sh['status'])}</b>.</p>"
+                   "<table><tr><th>shadowed requests</th><th>agreement</th><th>estimated accuracy (challenger / "
+                   "champion)</th><th>reviewed n</th><th>reviewed accuracy (challenger / champion)</th></tr>"
+                   f"<tr><td>{_esc(sh.get('n'))}</td><td>{_fmt(sh.get('agreement'))}</td>"
+                   f"<td>{_fmt(est.get('challenger'))} / {_fmt(est.get('champion'))}</td><td>{_esc(rev.get('n', 0))}</td>"
+                   f"<td>{_fmt(rev.get('challenger_accuracy'))} / {_fmt(rev.get('champion_accuracy'))}</td></tr></table>"
+                   f"<p class='muted'>{_esc(sh.get('decision'))}</p>")
     if c.get("behaviour"):
         out.append("<h2>Behavioural checks (pass rate)</h2><table><tr>"
                    + "".join(f"<th>{_esc(k)}</th>" for k in c["behaviour"]) + "</tr><tr>"

@@ -548,13 +548,26 @@ def evaluate(retraining_id: Any, run_id: str, settings: Settings | None = None) 
 
 def promote(retraining_id: Any, run_id: str, settings: Settings | None = None) -> dict[str, Any]:
     """The champion/challenger gate (``ml.train.promote``: behavioural checks + the promotion rule on the
-    held-out set) with ``retraining_promotion_margin``; the outcome is recorded on the retraining."""
-    from ml import registry, train
+    held-out set) with ``retraining_promotion_margin``; the outcome is recorded on the retraining.
+
+    With a shadow window (``shadow_requests`` / ``shadow_hours``, ``ml.shadow``) a challenger that passes
+    the gate against a champion is not promoted yet: it goes into shadow (status ``shadow``, ``shadow_id``
+    in the result) and ``ml.shadow.decide`` promotes it or not when the window is over."""
+    from ml import registry, shadow, train
 
     s = settings or get_settings()
     rid = int(retraining_id)
     margin = s.retraining_promotion_margin if s.retraining_promotion_margin is not None else s.promotion_margin
-    result = train.promote(run_id, s.model_copy(update={"promotion_margin": margin}))
+    result = train.promote(run_id, s.model_copy(update={"promotion_margin": margin}), hold=shadow.enabled(s))
+    if result.get("held"):
+        sid = shadow.start(rid, run_id, result, s)
+        r = get_retraining(rid, s) or {}
+        gate_record = {**(result.get("gate") or {}), "reported_eval": (r.get("gate") or {}).get("reported_eval")}
+        reason = f"passed the gate ({result['reason']}); in shadow #{sid} beside v{result['champion_version']}"
+        _update(rid, s, status="shadow", candidate_version=result["version"], decision=reason, gate=gate_record)
+        log.info("retraining #%s: %s", rid, reason)
+        return {**result, "retraining_id": rid, "status": "shadow", "shadow_id": sid, "reason": reason,
+                "champion_after": result["champion_version"], "margin": margin}
     champ = registry.champion(s)
     status = "promoted" if result["promoted"] else "rejected"
     r = get_retraining(rid, s) or {}

@@ -246,14 +246,18 @@ def check_behaviour(run_id: str, settings: Settings | None = None) -> dict[str, 
     return result
 
 
-def promote(run_id: str, settings: Settings | None = None) -> dict[str, Any]:
+def promote(run_id: str, settings: Settings | None = None, hold: bool = False) -> dict[str, Any]:
     """The champion/challenger gate: behavioural checks (run now unless already run), then the
     promotion rule against the champion (``ml.registry.decide_promotion`` -> ``ml.gate``: margin,
     significant paired win on the same held-out split, slices, golden set), then the external-set veto (a
     candidate significantly worse than the champion on ``external_eval_path``, paired test at
     ``promotion_confidence``, is not promoted); moves the champion alias if the candidate wins.
     The decision and its reason are recorded either way, with the gate's evidence and per-criterion
-    outcome (the flip report) in ``training_runs.gate``."""
+    outcome (the flip report) in ``training_runs.gate``.
+
+    ``hold`` (a retraining with a shadow window, ``ml.shadow``): a candidate that passes the gate against a
+    champion does not move the alias; the result says ``passed_gate`` and ``held``, and the promotion is
+    completed (or not) by :func:`confirm_promotion` after the shadow window."""
     from ml import db, external, registry, tracking
 
     s = settings or get_settings()
@@ -290,6 +294,18 @@ def promote(run_id: str, settings: Settings | None = None) -> dict[str, Any]:
         if why_not:  # significantly worse on the external set: vetoed (recorded also when the gate refused)
             decision = registry.Decision(False, f"{decision.reason}, {'but' if decision.promote else 'and'} "
                                                 f"vetoed: {why_not}", decision.checks)
+        held = hold and decision.promote and champ is not None
+        if held:
+            gate_record = {**evidence, "decision": {
+                "promoted": False, "passed_gate": True, "held_for_shadow": True, "reason": decision.reason,
+                "checks": decision.checks, "external_veto": why_not, "champion_version": champ.version,
+                "policy": {"mode": s.promotion_gate, "metric": s.promotion_metric, "margin": s.promotion_margin,
+                           "confidence": s.promotion_confidence, **gate_policy(s)}}}
+            store.set_gate(conn, run_id, gate_record)
+            log.info("version %s passed the gate (%s); held for its shadow window", version, decision.reason)
+            return {"promoted": False, "passed_gate": True, "held": True, "version": version,
+                    "champion_version": champ.version, "reason": decision.reason,
+                    "behaviour_passed": bool(checks["passed"]) if checks else None, "gate": gate_record}
         if decision.promote:
             registry.set_champion(version, s)
         gate_record = {**evidence, "decision": {
@@ -307,6 +323,34 @@ def promote(run_id: str, settings: Settings | None = None) -> dict[str, Any]:
     log.info("version %s %s: %s", version, "promoted to champion" if decision.promote else "not promoted", decision.reason)
     return {"promoted": decision.promote, "version": version, "reason": decision.reason,
             "behaviour_passed": bool(checks["passed"]) if checks else None, "gate": gate_record}
+
+
+def confirm_promotion(run_id: str, version: int, expected_champion: int, reason: str,
+                      settings: Settings | None = None) -> dict[str, Any]:
+    """Complete a promotion held by :func:`promote` (``hold``) once its shadow window said yes: under the
+    same lock, only while the champion is still ``expected_champion``; moves the alias and records the
+    ``promoted`` event with the artifact digest the API verifies. Returns ``promoted`` and the reason."""
+    from ml import db, registry, tracking
+
+    s = settings or get_settings()
+    tracking.configure(s)
+    with db.connect(s) as conn:
+        store.lock_promotions(conn, s.model_name)
+        champ = registry.champion(s)
+        if champ is not None and champ.version == version:
+            return {"promoted": True, "version": version, "reason": "already champion"}
+        if champ is None or champ.version != expected_champion:
+            why = (f"not promoted: the champion changed during the shadow window (v{expected_champion} -> "
+                   f"v{champ.version if champ else 'none'})")
+            store.set_decision(conn, run_id, False, why)
+            return {"promoted": False, "version": version, "reason": why}
+        registry.set_champion(version, s)
+        store.set_decision(conn, run_id, True, reason)
+        store.insert_event(conn, s.model_name, version, champ.version, "promoted", reason)
+        digest = store.run_artifact_digest(conn, run_id) or registry.version_artifact_digest(version, s)
+        store.set_event_digest(conn, s.model_name, version, digest)
+    log.info("version %s promoted to champion after its shadow window: %s", version, reason)
+    return {"promoted": True, "version": version, "reason": reason}
 
 
 def gate_policy(s: Settings) -> dict[str, Any]:

@@ -7,9 +7,18 @@ defaults; each task imports and calls one ``ml`` function inside its body.
 """
 from __future__ import annotations
 
+import os
+from datetime import timedelta
 from typing import Any
 
-from airflow.sdk import task, task_group
+from airflow.sdk import PokeReturnValue, task, task_group
+
+# The shadow window's sensor (parse time, so an environment variable of the DAG processor, not
+# config/platform.yaml: DAG files import no `ml` at parse time). Reschedule mode: between pokes the
+# task holds no worker slot. The window's own bounds (shadow_requests / shadow_hours) end it; the
+# timeout is only a backstop for a window that never fills and has no time cap.
+SHADOW_POKE_SECONDS = float(os.environ.get("SENTIMENT_SHADOW_POKE_SECONDS", "300"))
+SHADOW_TIMEOUT = timedelta(days=float(os.environ.get("SENTIMENT_SHADOW_TIMEOUT_DAYS", "7")))
 
 
 @task_group(group_id="promotion")
@@ -38,3 +47,34 @@ def promotion(mlflow_run_id: Any, retraining_id: Any = None) -> Any:
         return promote_candidate(candidate, retraining)
 
     return promote(gate(register(mlflow_run_id)), retraining_id)
+
+
+@task_group(group_id="shadow")
+def shadow(promotion_result: Any) -> Any:
+    """After a retraining's promote: when the challenger passed the gate and went into shadow
+    (``shadow_id`` in the result, ``ml.shadow``), wait for the window (a rescheduling sensor), then
+    promote it or not on its shadow results. Without a shadow both tasks return at once."""
+
+    @task.sensor(task_id="window", poke_interval=SHADOW_POKE_SECONDS, timeout=SHADOW_TIMEOUT, mode="reschedule")
+    def window(result: dict) -> PokeReturnValue:
+        sid = (result or {}).get("shadow_id")
+        if sid is None:
+            return PokeReturnValue(is_done=True, xcom_value={"shadow_id": None, "why": "no shadow window"})
+        from ml.shadow import window as window_state
+
+        w = window_state(sid)
+        print(f"shadow #{sid}: {w['n']} requests shadowed (window {w['window_requests']} requests / "
+              f"{w['window_hours']:g} h, {w['elapsed_seconds']:.0f} s elapsed): {w['why'] or 'waiting'}")
+        return PokeReturnValue(is_done=w["done"], xcom_value=w)
+
+    @task(task_id="decide")
+    def decide(result: dict, state: dict) -> dict:
+        sid = (state or {}).get("shadow_id")
+        if sid is None:
+            return {k: v for k, v in (result or {}).items() if k != "gate"}
+        from ml.shadow import decide as decide_shadow
+
+        out = decide_shadow(sid)
+        return {k: v for k, v in out.items() if k != "results"} | {"n": out["results"].get("n")}
+
+    return decide(promotion_result, window(promotion_result))

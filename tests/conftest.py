@@ -65,6 +65,10 @@ def platform_env(tmp_path_factory):
         # sends; tests/api/test_api_security.py sets its own small ones
         "SENTIMENT_RATE_LIMIT_PREDICT": "1000000/minute",
         "SENTIMENT_RATE_LIMIT_FEEDBACK": "1000000/minute",
+        # no shadow window (config/platform.yaml sets the production one): a gated challenger is promoted at
+        # once, as the loop tests expect; tests/test_shadow.py sets its own window
+        "SENTIMENT_SHADOW_REQUESTS": "0",
+        "SENTIMENT_SHADOW_HOURS": "0",
     }
     saved = {k: os.environ.get(k) for k in [*env, "MLFLOW_TRACKING_URI"]}
     os.environ.pop("MLFLOW_TRACKING_URI", None)

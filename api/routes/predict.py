@@ -46,6 +46,7 @@ async def predict(body: PredictRequest, loaded: ModelDep, writer: WriterDep, set
     _check_room(1, writer)
     # micro-batched with concurrent requests; durable in the prediction log before it returns
     prediction = await inference.predict_one(body.text, loaded, request.app.state.batcher, writer)
+    request.app.state.models.offer_shadow(loaded.version, [body.text], [prediction])  # queued, never awaited
     return _with_tokens([prediction], caller, request)[0]
 
 
@@ -60,6 +61,7 @@ def predict_batch(body: BatchPredictRequest, loaded: ModelDep, writer: WriterDep
     charge(request, caller, "predict", len(body.texts))
     _check_room(len(body.texts), writer)
     predictions = _with_tokens(_predict(body.texts, loaded, writer, request), caller, request)
+    request.app.state.models.offer_shadow(loaded.version, body.texts, predictions)  # queued, never awaited
     return BatchPrediction(
         count=len(predictions), model_name=loaded.name, model_version=loaded.version, predictions=predictions
     )
