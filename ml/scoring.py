@@ -25,11 +25,12 @@ import numpy as np
 
 from ml.config import Settings, get_settings
 from ml.data import DataError, detect_format, iter_records
+from ml.models.base import decide
+from ml.store import batches as store
 
 log = logging.getLogger(__name__)
 
-SCORE_COLUMNS = ("text", "label", "p_negative", "p_positive", "model_name", "model_version", "source", "batch_id",
-                 "source_row")
+SCORE_COLUMNS = store.SCORE_COLUMNS
 
 
 # ---------------------------------------------------------------- reading inputs
@@ -140,38 +141,37 @@ def plan(
         raise DataError(f"batch input not found (or a directory): {path}")
     digest = file_sha256(path)
     batch_id = f"b-{digest[:16]}"
-    with db.connect() as lock_conn:  # held (session advisory lock) for the whole plan
+    s = settings or get_settings()
+    with db.connect(s) as lock_conn:  # held (session advisory lock) for the whole plan
         key = int(digest[:15], 16)
-        if not lock_conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]:
+        if not store.try_lock_plan(lock_conn, key):
             log.warning("batch %s (%s) is being planned by another run: waiting for it", batch_id, path.name)
-            lock_conn.execute("SELECT pg_advisory_lock(%s)", (key,))
+            store.lock_plan(lock_conn, key)
         try:
-            return _plan_locked(path, digest, batch_id, int(shard_rows), airflow_run_id, force, settings)
+            return _plan_locked(path, digest, batch_id, int(shard_rows), airflow_run_id, force, s)
         finally:
-            lock_conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+            store.unlock_plan(lock_conn, key)
 
 
 def _plan_locked(path: Path, digest: str, batch_id: str, shard_rows: int, airflow_run_id: str | None, force: bool,
-                 settings: Settings | None) -> Plan:
+                 s: Settings) -> Plan:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from ml import db, registry, tracking
 
-    s = settings or get_settings()
     fmt = detect_format(path)
-    with db.connect() as conn:
-        row = conn.execute("SELECT status, model_version, n_shards FROM batches WHERE id=%s", (batch_id,)).fetchone()
+    with db.connect(s) as conn:
+        row = store.batch_state(conn, batch_id)
     if row and row[0] == "done" and not force:
         log.info("batch %s (%s) already scored with v%s: nothing to do", batch_id, path.name, row[1])
         return Plan(batch_id, row[1], [], "done")
     if row and row[0] in ("planned", "scoring") and not force:
         # resume: the shards are on disk, only unfinished ones are scored again
-        with db.connect() as conn:
-            pending = [r[0] for r in conn.execute(
-                "SELECT shard FROM batch_shards WHERE batch_id=%s AND status <> 'done' ORDER BY shard", (batch_id,))]
+        with db.connect(s) as conn:
+            pending = store.unfinished_shards(conn, batch_id)
         log.info("batch %s resumes: %d of %d shards left", batch_id, len(pending), row[2])
-        return Plan(batch_id, row[1], [int(p) for p in pending], row[0])
+        return Plan(batch_id, row[1], pending, row[0])
 
     tracking.configure(s)
     champ = registry.champion(s)
@@ -188,7 +188,7 @@ def _plan_locked(path: Path, digest: str, batch_id: str, shard_rows: int, airflo
     (out_dir / "shards").mkdir(parents=True)
     t0 = time.perf_counter()
     shards: list[dict[str, Any]] = []
-    rejects: list[tuple[str, int, str]] = []
+    rejects: list[tuple[int, str]] = []
     rows_read = 0
     buf_rows: list[int] = []
     buf_text: list[str] = []
@@ -209,7 +209,7 @@ def _plan_locked(path: Path, digest: str, batch_id: str, shard_rows: int, airflo
     for line, text, reason in iter_rows(path, fmt, encoding):
         rows_read += 1
         if reason:
-            rejects.append((batch_id, line, reason))
+            rejects.append((line, reason))
             continue
         buf_rows.append(line)
         buf_text.append(text)  # type: ignore[arg-type]
@@ -218,23 +218,11 @@ def _plan_locked(path: Path, digest: str, batch_id: str, shard_rows: int, airflo
             log.info("planned %d shards (%s rows read)", len(shards), f"{rows_read:,}")
     flush_shard()
 
-    with db.connect() as conn:
-        # a forced re-plan: shards/rejects cascade; the batch's predictions stay (users' feedback may
-        # point at them) and are updated in place by the shards, keyed on (batch_id, source_row)
-        conn.execute("DELETE FROM batches WHERE id=%s", (batch_id,))
-        conn.execute(
-            "INSERT INTO batches (id, input_path, input_format, input_sha256, status, model_name, model_version,"
-            " n_shards, rows_read, rows_rejected, airflow_run_id) VALUES (%s,%s,%s,%s,'planned',%s,%s,%s,%s,%s,%s)",
-            (batch_id, str(path), fmt, digest, s.model_name, champ.version, len(shards), rows_read, len(rejects),
-             airflow_run_id),
-        )
-        with conn.cursor() as cur:
-            with cur.copy("COPY batch_shards (batch_id, shard, path, first_row, last_row, n_rows) FROM STDIN") as cp:
-                for sh in shards:
-                    cp.write_row((batch_id, sh["shard"], sh["path"], sh["first"], sh["last"], sh["n"]))
-            with cur.copy("COPY batch_rejects (batch_id, line, reason) FROM STDIN") as cp:
-                for r in rejects:
-                    cp.write_row(r)
+    with db.connect(s) as conn:
+        store.replace_plan(conn, batch_id=batch_id, input_path=str(path), input_format=fmt, input_sha256=digest,
+                           model_name=s.model_name, model_version=champ.version, rows_read=rows_read,
+                           airflow_run_id=airflow_run_id, rejects=rejects,
+                           shards=[(sh["shard"], sh["path"], sh["first"], sh["last"], sh["n"]) for sh in shards])
     log.info(
         "batch %s: %s rows read from %s (%s, %s lines decoded as Latin-1), %s rejected, %d shards of up to %s"
         " rows, champion v%s (%.1fs)",
@@ -260,14 +248,6 @@ def _model(version: int, s: Settings):
     return _MODEL_CACHE[key]
 
 
-def copy_predictions(conn, rows: Iterator[tuple] | list[tuple]) -> None:
-    """Bulk-write prediction rows (in SCORE_COLUMNS order) with COPY."""
-    with conn.cursor() as cur:
-        with cur.copy(f"COPY predictions ({', '.join(SCORE_COLUMNS)}) FROM STDIN") as cp:
-            for r in rows:
-                cp.write_row(r)
-
-
 def score_shard(batch_id: str, shard: int, chunk_rows: int = 50_000, settings: Settings | None = None) -> dict:
     """Score one shard with the batch's fixed model version; replace the shard's rows in
     PostgreSQL in one transaction (idempotent, retry-safe); write the scored part file."""
@@ -277,16 +257,10 @@ def score_shard(batch_id: str, shard: int, chunk_rows: int = 50_000, settings: S
     from ml import db
 
     s = settings or get_settings()
-    with db.connect() as conn:
-        row = conn.execute(
-            "SELECT b.model_name, b.model_version, sh.path, sh.first_row, sh.last_row, sh.status FROM batches b"
-            " JOIN batch_shards sh ON sh.batch_id = b.id WHERE b.id=%s AND sh.shard=%s",
-            (batch_id, shard),
-        ).fetchone()
-        if row is None:
-            raise DataError(f"unknown shard {shard} of batch {batch_id}")
-        conn.execute("UPDATE batch_shards SET attempts = attempts + 1 WHERE batch_id=%s AND shard=%s", (batch_id, shard))
-        conn.execute("UPDATE batches SET status='scoring' WHERE id=%s AND status='planned'", (batch_id,))
+    with db.connect(s) as conn:
+        row = store.start_shard(conn, batch_id, shard)
+    if row is None:
+        raise DataError(f"unknown shard {shard} of batch {batch_id}")
     model_name, version, shard_path, first_row, last_row, status = row
     if model_name != s.model_name:
         s = s.model_copy(update={"model_name": model_name})
@@ -299,7 +273,7 @@ def score_shard(batch_id: str, shard: int, chunk_rows: int = 50_000, settings: S
     for i in range(0, len(texts), chunk_rows):
         parts.append(model.predict_proba(texts[i:i + chunk_rows]))
     proba = np.vstack(parts) if parts else np.zeros((0, 2))
-    labels = (proba[:, 1] >= 0.5).astype(np.int8)
+    labels = decide(proba[:, 1])
     t_pred = time.perf_counter() - t0
 
     pq.write_table(
@@ -309,42 +283,19 @@ def score_shard(batch_id: str, shard: int, chunk_rows: int = 50_000, settings: S
     )
     pn, pp, lab, srcl = proba[:, 0].tolist(), proba[:, 1].tolist(), labels.tolist(), src.tolist()
     rows = ((texts[i], lab[i], pn[i], pp[i], model_name, version, "batch", batch_id, srcl[i]) for i in range(len(texts)))
-    with db.connect() as conn:
+    with db.connect(s) as conn:
         # one writer per shard at a time (two runs of the same content): the second waits here,
         # then sees the first's rows and upserts over them -- never a duplicate row
-        conn.execute("SELECT 1 FROM batch_shards WHERE batch_id=%s AND shard=%s FOR UPDATE", (batch_id, shard))
-        scored_before = conn.execute(
-            "SELECT 1 FROM predictions WHERE batch_id=%s AND source_row BETWEEN %s AND %s LIMIT 1",
-            (batch_id, first_row, last_row)).fetchone()
-        if scored_before is None:  # the usual case: one COPY straight into the table
-            copy_predictions(conn, rows)
+        store.lock_shard(conn, batch_id, shard)
+        if not store.shard_has_rows(conn, batch_id, first_row, last_row):  # the usual case: one COPY
+            store.copy_scored(conn, rows)
         else:  # a retry or a forced re-score: upsert, keeping ids (feedback may reference them)
-            _upsert_predictions(conn, rows)
-        conn.execute(
-            "UPDATE batch_shards SET status='done', rows_scored=%s, seconds=%s, finished_at=now()"
-            " WHERE batch_id=%s AND shard=%s",
-            (len(texts), time.perf_counter() - t0, batch_id, shard),
-        )
+            store.upsert_scored(conn, rows)
+        store.finish_shard(conn, batch_id, shard, len(texts), time.perf_counter() - t0)
     secs = time.perf_counter() - t0
     log.info("batch %s shard %d: %s rows scored with v%s in %.2fs (predict %.2fs, %s rows/s)",
              batch_id, shard, f"{len(texts):,}", version, secs, t_pred, f"{len(texts) / max(secs, 1e-9):,.0f}")
     return {"batch_id": batch_id, "shard": shard, "rows": len(texts), "seconds": secs}
-
-
-def _upsert_predictions(conn, rows) -> None:
-    """COPY into a temporary table, then insert-or-update on (batch_id, source_row)."""
-    conn.execute("CREATE TEMP TABLE scored_rows (LIKE predictions INCLUDING DEFAULTS) ON COMMIT DROP")
-    with conn.cursor() as cur:
-        with cur.copy(f"COPY scored_rows ({', '.join(SCORE_COLUMNS)}) FROM STDIN") as cp:
-            for r in rows:
-                cp.write_row(r)
-    cols = ", ".join(SCORE_COLUMNS)
-    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in SCORE_COLUMNS if c not in ("batch_id", "source_row"))
-    conn.execute(
-        f"INSERT INTO predictions (id, created_at, {cols}) SELECT id, created_at, {cols} FROM scored_rows"
-        f" ON CONFLICT (batch_id, source_row) WHERE batch_id IS NOT NULL DO UPDATE SET {updates},"
-        " created_at = now()"
-    )
 
 
 # ---------------------------------------------------------------- finalize
@@ -354,41 +305,32 @@ def finalize(batch_id: str, settings: Settings | None = None) -> dict:
     from ml import db
 
     s = settings or get_settings()
-    with db.connect() as conn:
-        b = conn.execute(
-            "SELECT input_path, model_version, rows_read, rows_rejected, created_at, status, summary FROM batches"
-            " WHERE id=%s", (batch_id,),
-        ).fetchone()
-        if b is None:
-            raise DataError(f"unknown batch {batch_id}")
-        if b[5] == "done":
-            return b[6]
-        shards = conn.execute("SELECT shard, status, path FROM batch_shards WHERE batch_id=%s ORDER BY shard",
-                              (batch_id,)).fetchall()
-        not_done = [sh[0] for sh in shards if sh[1] != "done"]
-        if not_done:
-            raise RuntimeError(f"batch {batch_id}: shards {not_done} are not scored; retry them")
-        n_scored, n_pos = conn.execute(
-            "SELECT count(*), coalesce(sum(label), 0) FROM predictions WHERE batch_id=%s", (batch_id,)).fetchone()
-        first_rejects = conn.execute(
-            "SELECT line, reason FROM batch_rejects WHERE batch_id=%s ORDER BY line LIMIT 20", (batch_id,)).fetchall()
-        seconds = conn.execute("SELECT extract(epoch FROM now() - %s)", (b[4],)).fetchone()[0]
+    with db.connect(s) as conn:
+        b = store.finalize_inputs(conn, batch_id)
+    if b is None:
+        raise DataError(f"unknown batch {batch_id}")
+    if b["status"] == "done":
+        return b["summary"]
+    shards = b["shards"]
+    not_done = [sh[0] for sh in shards if sh[1] != "done"]
+    if not_done:
+        raise RuntimeError(f"batch {batch_id}: shards {not_done} are not scored; retry them")
+    n_scored, n_pos, seconds, first_rejects = b["n_scored"], b["n_positive"], b["seconds"], b["first_rejects"]
 
-    input_path = Path(b[0])
+    input_path = Path(b["input_path"])
     out_name = input_path.name + ".scored.parquet"  # a.csv and a.txt in one folder never collide
     out = input_path.with_name(out_name)
     if not _writable(input_path.parent):  # e.g. a read-only data share: keep the output under var/
         out = batch_dir(batch_id, s) / out_name
     _merge_parts([Path(sh[2]).with_suffix(".scored.parquet") for sh in shards], out)
-    n_scored, n_pos = int(n_scored), int(n_pos)
     summary = {
         "batch_id": batch_id,
         "input": str(input_path),
         "output": str(out),
-        "model_version": b[1],
-        "rows_read": int(b[2]),
+        "model_version": b["model_version"],
+        "rows_read": int(b["rows_read"]),
         "rows_scored": n_scored,
-        "rows_rejected": int(b[3]),
+        "rows_rejected": int(b["rows_rejected"]),
         "label_counts": {"negative": n_scored - n_pos, "positive": n_pos},
         "positive_share": round(n_pos / n_scored, 4) if n_scored else None,
         "shards": len(shards),
@@ -397,14 +339,10 @@ def finalize(batch_id: str, settings: Settings | None = None) -> dict:
         "first_rejects": [{"line": int(line), "reason": r} for line, r in first_rejects],
     }
     if summary["rows_read"] != n_scored + summary["rows_rejected"]:
-        raise RuntimeError(f"batch {batch_id}: {n_scored} scored + {b[3]} rejected != {b[2]} read")
-    with db.connect() as conn:
-        conn.execute(
-            "UPDATE batches SET status='done', output_path=%s, rows_scored=%s, label_counts=%s, rows_per_second=%s,"
-            " summary=%s, finished_at=now() WHERE id=%s",
-            (str(out), n_scored, json.dumps(summary["label_counts"]), summary["rows_per_second"], json.dumps(summary),
-             batch_id),
-        )
+        raise RuntimeError(f"batch {batch_id}: {n_scored} scored + {b['rows_rejected']} rejected "
+                           f"!= {b['rows_read']} read")
+    with db.connect(s) as conn:
+        store.mark_done(conn, batch_id, str(out), summary)
     log.info("batch %s done: %s", batch_id, json.dumps(summary))
     return summary
 
@@ -438,35 +376,18 @@ def _merge_parts(parts: list[Path], out: Path) -> None:
 
 
 # ---------------------------------------------------------------- queries
-def get_batch(batch_id: str) -> dict | None:
+def get_batch(batch_id: str, settings: Settings | None = None) -> dict | None:
     from ml import db
 
-    with db.connect() as conn:
-        cur = conn.execute(
-            "SELECT id, input_path, input_format, output_path, status, model_name, model_version, n_shards, rows_read,"
-            " rows_scored, rows_rejected, label_counts, rows_per_second, summary, created_at, finished_at"
-            " FROM batches WHERE id=%s", (batch_id,))
-        row = cur.fetchone()
-        if row is None:
-            return None
-        out = dict(zip([d.name for d in cur.description], row))
-        out["shards"] = [dict(zip(("shard", "status", "n_rows", "rows_scored", "seconds", "attempts"), r)) for r in
-                         conn.execute("SELECT shard, status, n_rows, rows_scored, seconds, attempts FROM batch_shards"
-                                      " WHERE batch_id=%s ORDER BY shard", (batch_id,))]
-        out["rejects"] = [{"line": r[0], "reason": r[1]} for r in conn.execute(
-            "SELECT line, reason FROM batch_rejects WHERE batch_id=%s ORDER BY line LIMIT 1000", (batch_id,))]
-    return out
+    with db.connect(settings or get_settings()) as conn:
+        return store.get(conn, batch_id)
 
 
-def list_batches(limit: int = 50) -> list[dict]:
+def list_batches(limit: int = 50, settings: Settings | None = None) -> list[dict]:
     from ml import db
 
-    with db.connect() as conn:
-        cur = conn.execute(
-            "SELECT id, input_path, status, model_version, rows_read, rows_scored, rows_rejected, rows_per_second,"
-            " created_at, finished_at FROM batches ORDER BY created_at DESC LIMIT %s", (limit,))
-        cols = [d.name for d in cur.description]
-        return [dict(zip(cols, r)) for r in cur.fetchall()]
+    with db.connect(settings or get_settings()) as conn:
+        return store.latest(conn, limit)
 
 
 def inbox_dir(settings: Settings | None = None) -> Path:
@@ -496,8 +417,8 @@ def pending_inbox_files(settings: Settings | None = None, settle_seconds: float 
     files.sort(key=lambda p: (p.stat().st_mtime, p.name))
     if not files:
         return []
-    with db.connect() as conn:
-        done = {r[0] for r in conn.execute("SELECT input_sha256 FROM batches WHERE status='done'")}
+    with db.connect(settings or get_settings()) as conn:
+        done = store.done_input_hashes(conn)
     out, seen = [], set()
     for p in files:
         digest = file_sha256(p)

@@ -9,24 +9,30 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Query, status
 from fastapi.responses import FileResponse, HTMLResponse
 
+from api.deps import SettingsDep
+from api.read_models import Comparison
+
 router = APIRouter(tags=["models"])
 
 _NONE = "no model comparison yet: run the sentiment_training DAG (or `ml compare`) first"
 
 
-def _latest() -> dict[str, Any]:
+def _latest(settings: Any) -> dict[str, Any]:
     from ml.compare import latest_comparison
 
-    comp = latest_comparison()
+    comp = latest_comparison(settings)
     if comp is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, _NONE)
     return comp
 
 
-@router.get("/models/comparison", responses={404: {"description": "no comparison yet"}})
-def comparison(format: str = Query("json", pattern="^(json|html)$")) -> Any:
+@router.get("/models/comparison", response_model=Comparison,
+            responses={404: {"description": "no comparison yet"},
+                       200: {"content": {"text/html": {"schema": {"type": "string"}}},
+                             "description": "the comparison (JSON), or with ?format=html a page"}})
+def comparison(settings: SettingsDep, format: str = Query("json", pattern="^(json|html)$")) -> Any:
     """The latest comparison: ``?format=html`` gives a page with the table and the chart."""
-    comp = _latest()
+    comp = _latest(settings)
     if format == "json":
         return comp
     w = comp["winner"]
@@ -46,8 +52,8 @@ def comparison(format: str = Query("json", pattern="^(json|html)$")) -> Any:
 
 
 @router.get("/models/comparison/chart.png", responses={404: {"description": "no comparison or chart"}})
-def comparison_chart() -> FileResponse:
-    comp = _latest()
+def comparison_chart(settings: SettingsDep) -> FileResponse:
+    comp = _latest(settings)
     path = comp.get("chart_path")
     if not path or not Path(path).exists():
         raise HTTPException(status.HTTP_404_NOT_FOUND, "the latest comparison has no chart file")

@@ -9,6 +9,7 @@ from fastapi import APIRouter, HTTPException, status
 
 from api.auth import OptionalCaller
 from api.deps import SettingsDep, WriterDep, open_db
+from api.read_models import Lineage
 from api.writer import FlushError
 from ml import lineage
 
@@ -17,6 +18,7 @@ router = APIRouter(tags=["lineage"])
 
 @router.get(
     "/predictions/{prediction_id}/lineage",
+    response_model=Lineage,
     responses={404: {"description": "no prediction with that id"}, 503: {"description": "database unavailable"}},
 )
 def prediction_lineage(prediction_id: uuid.UUID, writer: WriterDep, settings: SettingsDep,

@@ -50,7 +50,7 @@ def review_queue(caller: ReviewCaller, settings: SettingsDep,
     return {**out, "reviewer": caller.id}
 
 
-@router.post("/review/{item}", status_code=status.HTTP_201_CREATED,
+@router.post("/review/{item:uuid}", status_code=status.HTTP_201_CREATED,
              responses={**AUTH, 404: {"description": "no prediction with that id"},
                         422: {"description": "bad decision, or relabel without a label"}})
 def review_item(item: uuid.UUID, body: ReviewDecision, caller: ReviewCaller, settings: SettingsDep) -> dict[str, Any]:
