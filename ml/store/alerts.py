@@ -9,6 +9,8 @@ from typing import Any
 
 import psycopg
 
+from ml.store._rows import returned
+
 LOCK_SEED = 74210005
 
 COLUMNS = ("id", "created_at", "rule", "model_name", "severity", "window_seconds", "threshold", "n_reports",
@@ -26,7 +28,7 @@ def lock(conn: psycopg.Connection, rule: str, model_name: str) -> datetime:
     """Hold (rule, model) until the transaction ends; returns the clock read AFTER the lock, so every
     report committed before it is visible."""
     conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, %s))", (f"{rule}:{model_name}", LOCK_SEED))
-    return conn.execute("SELECT clock_timestamp()").fetchone()[0]
+    return returned(conn.execute("SELECT clock_timestamp()").fetchone(), "clock read")[0]
 
 
 # ---------------------------------------------------------------- what the burst rule counts
@@ -44,13 +46,13 @@ def wrong_reports_between(conn: psycopg.Connection, model_name: str, start: date
     """(distinct predictions reported wrong, feedback ids, first, last report time) in (start, end]
     (or [start, end] with ``include_start``)."""
     op = ">=" if include_start else ">"
-    n, ids, first, last = conn.execute(
+    n, ids, first, last = returned(conn.execute(
         "SELECT count(DISTINCT f.prediction_id), coalesce(array_agg(f.id ORDER BY f.id), '{}'),"
         " min(f.created_at), max(f.created_at)"
         " FROM feedback f JOIN predictions p ON p.id = f.prediction_id"
         f" WHERE p.model_name = %s AND f.correct_label <> p.label AND f.created_at {op} %s AND f.created_at <= %s",
         (model_name, start, end),
-    ).fetchone()
+    ).fetchone(), "wrong reports between")
     return int(n), list(ids), first, last
 
 
@@ -71,10 +73,11 @@ def wrong_reports_by_reporter(conn: psycopg.Connection, model_name: str, start: 
 
 def wrong_report_total(conn: psycopg.Connection, model_name: str, start: datetime, end: datetime) -> int:
     """Wrong-reports (not reviewers' decisions) in (start, end]: the normal rate of the burst guard."""
-    return int(conn.execute(
+    return int(returned(conn.execute(
         "SELECT count(*) FROM feedback f JOIN predictions p ON p.id = f.prediction_id"
         " WHERE p.model_name = %s AND f.correct_label <> p.label AND f.review_id IS NULL"
-        " AND f.created_at > %s AND f.created_at <= %s", (model_name, start, end)).fetchone()[0])
+        " AND f.created_at > %s AND f.created_at <= %s", (model_name, start, end)).fetchone(),
+        "wrong-report count")[0])
 
 
 # ---------------------------------------------------------------- open alerts
@@ -127,11 +130,11 @@ def insert_open(conn: psycopg.Connection, *, rule: str, model_name: str, severit
 def insert_event(conn: psycopg.Connection, rule: str, model_name: str, severity: str, message: str,
                  details: dict[str, Any], channels: list[dict[str, Any]]) -> int:
     """A one-off alert, resolved as it is recorded (an event, not a state)."""
-    return int(conn.execute(
+    return int(returned(conn.execute(
         "INSERT INTO alerts (rule, model_name, severity, message, details, channels, resolved_at)"
         " VALUES (%s,%s,%s,%s,%s,%s, now()) RETURNING id",
         (rule, model_name, severity, message, json.dumps(details, default=str), json.dumps(channels)),
-    ).fetchone()[0])
+    ).fetchone(), "alert event insert")[0])
 
 
 def add_channels(conn: psycopg.Connection, alert_id: int, results: list[dict[str, Any]]) -> None:

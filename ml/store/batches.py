@@ -10,6 +10,8 @@ from typing import Any
 
 import psycopg
 
+from ml.store._rows import returned
+
 #: the columns batch scoring writes into ``predictions`` (id and created_at take their defaults)
 SCORE_COLUMNS = ("text", "label", "p_negative", "p_positive", "model_name", "model_version", "source", "batch_id",
                  "source_row")
@@ -23,7 +25,8 @@ LIST_COLUMNS = ("id", "input_path", "status", "model_version", "rows_read", "row
 # ---------------------------------------------------------------- planning
 def try_lock_plan(conn: psycopg.Connection, key: int) -> bool:
     """The session-level lock two runs of the same content plan under (False: someone holds it)."""
-    return bool(conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0])
+    return bool(returned(conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone(),
+                         "plan advisory lock")[0])
 
 
 def lock_plan(conn: psycopg.Connection, key: int) -> None:
@@ -80,7 +83,7 @@ def start_shard(conn: psycopg.Connection, batch_id: str, shard: int) -> tuple[st
         return None
     conn.execute("UPDATE batch_shards SET attempts = attempts + 1 WHERE batch_id=%s AND shard=%s", (batch_id, shard))
     conn.execute("UPDATE batches SET status='scoring' WHERE id=%s AND status='planned'", (batch_id,))
-    return tuple(row)  # type: ignore[return-value]
+    return tuple(row)
 
 
 def lock_shard(conn: psycopg.Connection, batch_id: str, shard: int) -> None:
@@ -136,8 +139,9 @@ def finalize_inputs(conn: psycopg.Connection, batch_id: str) -> dict[str, Any] |
         return None
     shards = conn.execute("SELECT shard, status, path FROM batch_shards WHERE batch_id=%s ORDER BY shard",
                           (batch_id,)).fetchall()
-    n_scored, n_pos = conn.execute(
-        "SELECT count(*), coalesce(sum(label), 0) FROM predictions WHERE batch_id=%s", (batch_id,)).fetchone()
+    n_scored, n_pos = returned(conn.execute(
+        "SELECT count(*), coalesce(sum(label), 0) FROM predictions WHERE batch_id=%s", (batch_id,)).fetchone(),
+        "batch scored counts")
     first_rejects = conn.execute(
         "SELECT line, reason FROM batch_rejects WHERE batch_id=%s ORDER BY line LIMIT 20", (batch_id,)).fetchall()
     return {"input_path": b[0], "model_version": b[1], "rows_read": b[2], "rows_rejected": b[3], "status": b[5],

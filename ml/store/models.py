@@ -7,6 +7,8 @@ from typing import Any
 
 import psycopg
 
+from ml.store._rows import returned
+
 
 def _json(v: Any) -> str | None:
     return None if v is None else json.dumps(v, default=str)
@@ -166,7 +168,7 @@ def upsert_comparison(conn: psycopg.Connection, *, parent_run_id: str, snapshot_
                       families: list[str], selection_metric: str, table: list[dict[str, Any]], markdown: str,
                       html: str, chart_path: str, winner_family: str, winner_run_id: str,
                       airflow_run_id: str | None) -> int:
-    return int(conn.execute(
+    return int(returned(conn.execute(
         "INSERT INTO comparisons (parent_run_id, snapshot_hash, profile, families, selection_metric, table_json,"
         " markdown, html, chart_path, winner_family, winner_run_id, airflow_run_id)"
         " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
@@ -175,7 +177,7 @@ def upsert_comparison(conn: psycopg.Connection, *, parent_run_id: str, snapshot_
         " winner_family = EXCLUDED.winner_family, winner_run_id = EXCLUDED.winner_run_id RETURNING id",
         (parent_run_id, snapshot_hash, profile, families, selection_metric, _json(table), markdown, html,
          chart_path, winner_family, winner_run_id, airflow_run_id),
-    ).fetchone()[0])
+    ).fetchone(), "comparisons upsert")[0])
 
 
 def comparison_winner(conn: psycopg.Connection, comparison_id: int) -> tuple[str | None, str] | None:

@@ -14,6 +14,8 @@ from typing import Any
 
 import psycopg
 
+from ml.store._rows import returned
+
 COLUMNS: tuple[str, ...] = (
     "id", "created_at", "text", "label", "p_negative", "p_positive", "model_name", "model_version", "source",
 )
@@ -40,10 +42,10 @@ def copy_predictions_idempotent(conn: psycopg.Connection, rows: Iterable[Sequenc
 
 def feedback_has_reporter(conn: psycopg.Connection) -> bool:
     """Whether ``feedback`` has the ``reporter`` column (migration 006_security)."""
-    return conn.execute(
+    return returned(conn.execute(
         "SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
         "AND table_name = 'feedback' AND column_name = 'reporter')"
-    ).fetchone()[0]
+    ).fetchone(), "feedback reporter column check")[0]
 
 
 def resolve_pending_feedback(conn: psycopg.Connection, with_reporter: bool = True) -> list[tuple[int, bool]]:
@@ -62,7 +64,8 @@ def resolve_pending_feedback(conn: psycopg.Connection, with_reporter: bool = Tru
 
 
 def pending_feedback_count(conn: psycopg.Connection) -> int:
-    return int(conn.execute("SELECT count(*) FROM pending_feedback").fetchone()[0])
+    return int(returned(conn.execute("SELECT count(*) FROM pending_feedback").fetchone(),
+                        "pending_feedback count")[0])
 
 
 def insert_feedback(
@@ -89,9 +92,9 @@ def insert_pending_feedback(
 ) -> tuple[int, datetime]:
     """Feedback on a prediction not stored yet (it is in a prediction log): its id comes from
     ``feedback``'s sequence, so it keeps it when the writer moves it. Returns (id, created_at)."""
-    row = conn.execute(
+    row = returned(conn.execute(
         "INSERT INTO pending_feedback (id, prediction_id, correct_label, comment, reporter) "
         "VALUES (nextval(pg_get_serial_sequence('feedback', 'id')), %s, %s, %s, %s) RETURNING id, created_at",
         (prediction_id, correct_label, comment, reporter),
-    ).fetchone()
+    ).fetchone(), "pending_feedback insert")
     return int(row[0]), row[1]

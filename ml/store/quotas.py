@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import psycopg
 
+from ml.store._rows import returned
+
 
 def incr(conn: psycopg.Connection, key: str, expiry_seconds: float, amount: int) -> int:
     """Add ``amount`` to the key's counter, starting a new window of ``expiry_seconds`` when the last
     one has expired; one atomic statement. Returns the count in the window."""
-    row = conn.execute(
+    row = returned(conn.execute(
         "INSERT INTO rate_limit_counters AS c (key, count, expires_at)"
         " VALUES (%s, %s, clock_timestamp() + make_interval(secs => %s))"
         " ON CONFLICT (key) DO UPDATE SET"
@@ -15,7 +17,7 @@ def incr(conn: psycopg.Connection, key: str, expiry_seconds: float, amount: int)
         "  expires_at = CASE WHEN c.expires_at <= clock_timestamp() THEN EXCLUDED.expires_at ELSE c.expires_at END"
         " RETURNING count",
         (key, amount, float(expiry_seconds)),
-    ).fetchone()
+    ).fetchone(), "rate_limit_counters upsert")
     return int(row[0])
 
 

@@ -7,6 +7,8 @@ from typing import Any
 
 import psycopg
 
+from ml.store._rows import returned
+
 
 def append_delivery(conn: psycopg.Connection, report_id: str, results: list[dict[str, Any]]) -> None:
     """Append the channels' outcomes of delivering a report to its summary (``delivery``)."""
@@ -50,14 +52,14 @@ def period_predictions(conn: psycopg.Connection, model_name: str, start: datetim
 def period_feedback(conn: psycopg.Connection, model_name: str, start: datetime, end: datetime) -> tuple[int, int]:
     """(predictions of the period with feedback, of which reported wrong), the user's latest word per
     prediction counting."""
-    row = conn.execute(
+    row = returned(conn.execute(
         "SELECT count(*), count(*) FILTER (WHERE f.correct_label <> p.label) FROM ("
         "  SELECT DISTINCT ON (prediction_id) prediction_id, correct_label FROM feedback"
         "  ORDER BY prediction_id, created_at DESC, id DESC) f"
         " JOIN predictions p ON p.id = f.prediction_id"
         " WHERE p.model_name = %s AND p.created_at >= %s AND p.created_at < %s",
         (model_name, start, end),
-    ).fetchone()
+    ).fetchone(), "period feedback counts")
     return int(row[0]), int(row[1])
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import psycopg
 
-from ml.store._rows import many, one
+from ml.store._rows import many, one, returned
 
 # one row per report: what ml.review.judge needs
 REPORT_COLUMNS = ("feedback_id", "prediction_id", "text", "reporter", "label", "predicted", "created_at",
@@ -66,10 +66,10 @@ def insert_review(conn: psycopg.Connection, *, model_name: str, text: str, text_
 def insert_review_report(conn: psycopg.Connection, prediction_id: uuid.UUID | str, label: int, reviewer: str,
                          review_id: int, comment: str) -> int:
     """The reviewer's label as a report on the item's prediction (consumed and traced like any report)."""
-    return int(conn.execute(
+    return int(returned(conn.execute(
         "INSERT INTO feedback (prediction_id, correct_label, comment, reporter, review_id, reviewed, reviewed_at,"
         " reviewed_by) VALUES (%s, %s, %s, %s, %s, true, now(), %s) RETURNING id",
-        (prediction_id, label, comment, reviewer, review_id, reviewer)).fetchone()[0])
+        (prediction_id, label, comment, reviewer, review_id, reviewer)).fetchone(), "review report insert")[0])
 
 
 def prediction(conn: psycopg.Connection, prediction_id: uuid.UUID | str) -> dict[str, Any] | None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import psycopg
 
-from ml.store._rows import many, one
+from ml.store._rows import many, one, returned
 
 COLUMNS = ("id", "created_at", "updated_at", "finished_at", "model_name", "retraining_id", "run_id",
            "challenger_version", "champion_version", "artifact_sha256", "window_requests", "window_hours",
@@ -26,14 +26,14 @@ def start(conn: psycopg.Connection, *, model_name: str, retraining_id: int | Non
     conn.execute("UPDATE shadows SET status = 'superseded', finished_at = now(), updated_at = now(),"
                  " decision = 'superseded by a newer challenger' WHERE model_name = %s AND status = 'running'",
                  (model_name,))
-    return int(conn.execute(
+    return int(returned(conn.execute(
         "INSERT INTO shadows (model_name, retraining_id, run_id, challenger_version, champion_version,"
         " artifact_sha256, window_requests, window_hours, ends_at, calibration)"
         " VALUES (%s, %s, %s, %s, %s, %s, %s, %s,"
         "  CASE WHEN %s > 0 THEN now() + make_interval(secs => %s * 3600) END, %s) RETURNING id",
         (model_name, retraining_id, run_id, challenger_version, champion_version, artifact_sha256, window_requests,
          window_hours, window_hours, window_hours, _json(calibration)),
-    ).fetchone()[0])
+    ).fetchone(), "shadows insert")[0])
 
 
 def get(conn: psycopg.Connection, shadow_id: int) -> dict[str, Any] | None:
