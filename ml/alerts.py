@@ -38,7 +38,7 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from email.message import EmailMessage
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 
@@ -71,8 +71,9 @@ def evaluate_feedback(feedback_id: int, settings: Settings | None = None, dispat
     out: dict[str, Any] = {"feedback_id": feedback_id, "misclassification": False, "raised": False, "alert_id": None}
     # ``conn``: a connection the caller keeps (the API's alert thread), one transaction per call
     with (conn.transaction() if conn is not None else
-          db.connect(s, start_embedded=False, connect_timeout=5, application_name="sentiment-alerts")) as c:
-        c = conn if conn is not None else c
+          db.connect(s, start_embedded=False, connect_timeout=5, application_name="sentiment-alerts")) as opened:
+        # with ``conn`` the context is its transaction; without, the new connection itself
+        c = conn if conn is not None else cast(psycopg.Connection, opened)
         row = store.feedback_verdict(c, feedback_id)
         if row is None or not row[1]:
             return out  # unknown, or a confirmation (the prediction was right)
@@ -107,6 +108,8 @@ def _evaluate_locked(conn: psycopg.Connection, model_name: str, feedback_id: int
         open_alert = None
     if n < threshold:
         return res
+    if first is None or last is None:  # n >= threshold reports in the window: both are set
+        raise RuntimeError(f"{RULE_BURST} ({model_name}): {n} reports in the window but no first / last report time")
     if open_alert is not None:  # the same burst: record the report on the open alert, recount the burst
         store.add_later_report(conn, open_alert["id"], feedback_id)
         burst_first = open_alert["first_report_at"] or first
@@ -286,6 +289,8 @@ def _email_recipients(s: Settings) -> list[str]:
 def send_webhook(payload: dict[str, Any], s: Settings) -> None:
     import httpx
 
+    if s.alert_webhook_url is None:
+        raise ValueError("alert_webhook_url is not set")
     r = httpx.post(s.alert_webhook_url, json=payload, timeout=s.alert_webhook_timeout_seconds)
     r.raise_for_status()
 
@@ -303,6 +308,8 @@ def send_mail(subject: str, body: str, recipients: list[str], s: Settings) -> No
     msg["From"] = s.alert_email_from
     msg["To"] = ", ".join(recipients)
     msg.set_content(body)
+    if s.alert_smtp_host is None:
+        raise ValueError("alert_smtp_host is not set")
     with smtplib.SMTP(s.alert_smtp_host, s.alert_smtp_port, timeout=s.alert_webhook_timeout_seconds) as smtp:
         if s.alert_smtp_starttls:
             smtp.starttls()
