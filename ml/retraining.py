@@ -112,7 +112,10 @@ def champion_context(settings: Settings | None = None, version: int | None = Non
             return None
         version, run_id = champ.version, champ.run_id
     else:
-        run_id = mlflow.MlflowClient().get_model_version(s.model_name, str(version)).run_id
+        mv_run_id = mlflow.MlflowClient().get_model_version(s.model_name, str(version)).run_id
+        if mv_run_id is None:
+            raise RuntimeError(f"version {version} of {s.model_name} has no MLflow run")
+        run_id = mv_run_id
     run = mlflow.MlflowClient().get_run(run_id)
     trained_at = datetime.fromtimestamp(run.info.start_time / 1000, tz=timezone.utc)
     snapshot_hash = run.data.tags.get("dataset_hash")
@@ -211,7 +214,7 @@ def check_trigger(drift_report: dict[str, Any] | None = None, airflow_run_id: st
                     "detail": f"retraining paused by a burst of reports (alert #{burst['alert_id']}): "
                               f"{burst['message']}"}
         drift_note = ""
-        if drifted:
+        if drifted and drift is not None:  # (drifted implies a drift report)
             drift_note = (f"; drift report {drift['report_id']}: {drift['verdict']}"
                           + ("" if s.retraining_on_drift else " (retraining_on_drift is off: reported only)"))
         if counted >= thr:
@@ -220,7 +223,7 @@ def check_trigger(drift_report: dict[str, Any] | None = None, airflow_run_id: st
             detail = (f"{as_number(counted)} trusted misclassification reports on v{ctx.version} since it was "
                       f"trained >= threshold {thr} ({s.retraining_feedback_fraction:.2%} of {ctx.corpus_rows:,} "
                       f"training rows; {n} texts, identity cap {as_number(p['identity_cap'])}){drift_note}")
-        elif drifted and s.retraining_on_drift and drift.get("report_id"):
+        elif drifted and drift is not None and s.retraining_on_drift and drift.get("report_id"):
             reason = "drift"
             key = f"drift:{drift['report_id']}"
             detail = (f"drift report {drift['report_id']} ({drift['verdict']}); "
@@ -358,7 +361,7 @@ def prepare(retraining_id: Any = None, airflow_run_id: str | None = None, settin
     relabelled = {t for t in report_texts if t in base_labels and base_labels[t] != final.get(t)}
     eval_texts = sorted(t for t in report_texts if _eval_bucket(t) < s.retraining_report_eval_fraction)
     test_texts = held_texts
-    report = {
+    report: dict[str, Any] = {
         "source": f"retraining #{rid}",
         "kind": "retraining",
         "parent": base.hash,
@@ -415,6 +418,8 @@ def _champion_family_params(r: dict[str, Any], s: Settings) -> tuple[str, dict[s
     from ml import models
 
     ctx = champion_context(s, version=r["champion_before"])
+    if ctx is None:
+        raise RetrainingError(f"no champion context for v{r['champion_before']} of {s.model_name}")
     family, params = ctx.family, dict(ctx.params)
     if not family or not params:
         from ml import registry
@@ -482,6 +487,8 @@ def evaluate(retraining_id: Any, run_id: str, settings: Settings | None = None) 
     held = train.evaluate(run_id, s)
     with db.connect(s) as conn:
         champion_metrics = store.champion_metrics_of(conn, run_id)
+        if r is None:
+            raise RetrainingError(f"no retraining #{rid}")
         reported = store.reported_texts(conn, r["training_feedback_ids"] or [])
     snap = data.get_snapshot(r["snapshot_hash"], s)
     frame = snap.load()
@@ -512,7 +519,7 @@ def evaluate(retraining_id: Any, run_id: str, settings: Settings | None = None) 
                                         s.promotion_confidence)
     train_texts = sorted(t for t in reported if t not in excluded and t not in held_out_texts and t in labels)
     keys = ("accuracy", "precision", "recall", "f1", "roc_auc")
-    metrics = {
+    metrics: dict[str, dict[str, Any]] = {
         "held_out": {"n": held.get("n"), "challenger": {k: held[k] for k in keys if k in held},
                      "champion": {k: champion_metrics[k] for k in keys} if champion_metrics else None,
                      "champion_version": int(champ_version)},
@@ -525,7 +532,7 @@ def evaluate(retraining_id: Any, run_id: str, settings: Settings | None = None) 
     }
     tracking.configure(s)
     with mlflow.start_run(run_id=run_id):
-        logged = {"reported_eval_n": len(eval_texts), "reported_train_n": len(train_texts)}
+        logged: dict[str, float] = {"reported_eval_n": len(eval_texts), "reported_train_n": len(train_texts)}
         for part in ("reported_eval", "reported_train"):
             if metrics[part]["challenger_accuracy"] is not None:
                 logged[f"{part}_accuracy"] = metrics[part]["challenger_accuracy"]
