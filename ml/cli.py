@@ -6,7 +6,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import NoReturn, Optional
 
 import typer
 
@@ -34,7 +34,7 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="debug log
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _fail(msg: str) -> None:
+def _fail(msg: str) -> NoReturn:
     typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
 
@@ -219,6 +219,8 @@ def compare(
     except (DataError, ValueError) as e:
         _fail(str(e))
     latest = c.latest_comparison()
+    if latest is None:
+        _fail("the comparison was not recorded")
     typer.echo(latest["html"] if html else latest["markdown"])
     typer.echo(f"winner: {result['winner_family']} (run {result['winner_run_id']}); chart: {latest['chart_path']}")
     if promote:
