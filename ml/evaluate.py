@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc")
 
 
-def compute_metrics(y_true: Sequence[int], proba: np.ndarray) -> dict[str, Any]:
+def compute_metrics(y_true: Sequence[int] | np.ndarray, proba: np.ndarray) -> dict[str, Any]:
     from sklearn.metrics import (
         accuracy_score,
         confusion_matrix,

@@ -140,28 +140,28 @@ def held_out_evidence(y: Sequence[int], texts: Sequence[str], cand_proba: np.nda
     """Paired comparison on the held-out set, per slice, and which texts changed label."""
     from ml.stats import paired_comparison
 
-    y = np.asarray(y).astype(int)
+    y_arr = np.asarray(y).astype(int)
     a, b = _labels(cand_proba), _labels(champ_proba)
     pa, pb = np.asarray(cand_proba)[:, 1], np.asarray(champ_proba)[:, 1]
-    overall = paired_comparison(y, a, b, confidence)
+    overall = paired_comparison(y_arr, a, b, confidence)
     slices: dict[str, Any] = {}
     for name, m in slice_masks(texts).items():
         n = int(m.sum())
         if n == 0:
             slices[name] = {"n": 0}
             continue
-        pc = paired_comparison(y[m], a[m], b[m], confidence)
+        pc = paired_comparison(y_arr[m], a[m], b[m], confidence)
         slices[name] = {"n": n, "challenger_accuracy": pc["accuracy_a"], "champion_accuracy": pc["accuracy_b"],
                         "difference": pc["difference"], "p_value": pc["p_value"], "verdict": pc["verdict"]}
-    ra, rb = a == y, b == y
+    ra, rb = a == y_arr, b == y_arr
     r2w, w2r = np.flatnonzero(rb & ~ra), np.flatnonzero(~rb & ra)
     return {
         **overall,
         "slices": slices,
         "flips": {"changed_label": int(np.sum(a != b)), "right_to_wrong": int(len(r2w)),
                   "wrong_to_right": int(len(w2r)),
-                  "right_to_wrong_texts": _flip_rows(r2w, texts, y, pa, pb),
-                  "wrong_to_right_texts": _flip_rows(w2r, texts, y, pa, pb), "cap": FLIP_LIST_CAP},
+                  "right_to_wrong_texts": _flip_rows(r2w, texts, y_arr, pa, pb),
+                  "wrong_to_right_texts": _flip_rows(w2r, texts, y_arr, pa, pb), "cap": FLIP_LIST_CAP},
     }
 
 
