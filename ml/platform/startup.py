@@ -322,6 +322,8 @@ def wait_http(
     while time.monotonic() < deadline:
         _check_started([svc.name, *companions], baseline, s)
         try:
+            if svc.health is None:
+                raise ServiceError(f"{svc.name} has no health URL")
             r = _http_get(svc.health, timeout=3)
             if r.status_code == 200 and (ready is None or ready(r)):
                 return
@@ -363,13 +365,16 @@ def start_postgres(s: Settings) -> str:
 def wait_mlflow(s: Settings, baseline: dict[str, int], timeout: float = 120) -> str:
     svc = services(s)["mlflow"]
     wait_http(svc, s, timeout, baseline)
+    url = svc.url
+    if url is None:
+        raise ServiceError(f"{svc.name} has no URL")
     # /health is exempt from MLflow's host validation: check a real API call as well
-    r = _http_get(f"{svc.url}/api/2.0/mlflow/experiments/search?max_results=1", timeout=10,
+    r = _http_get(f"{url}/api/2.0/mlflow/experiments/search?max_results=1", timeout=10,
                   headers=_mlflow_auth_header(s))
     if r.status_code != 200:
         raise ServiceError(f"MLflow answers /health but its API refused a request: HTTP {r.status_code} {r.text[:200]}")
-    (s.run_dir / "mlflow.url").write_text(svc.url + "\n")
-    return svc.url
+    (s.run_dir / "mlflow.url").write_text(url + "\n")
+    return url
 
 
 def _mlflow_auth_header(s: Settings) -> dict[str, str]:
@@ -671,7 +676,7 @@ def status(settings: Settings | None = None, quiet: bool = False) -> dict[str, A
     else:
         url_file = db.embedded_url_path(s)
         url = url_file.read_text().strip() if url_file.exists() else None
-        out["postgres"] = {"url": url, "embedded": True, "running": bool(url) and db._is_reachable(url)}
+        out["postgres"] = {"url": url, "embedded": True, "running": bool(url and db._is_reachable(url))}
     if not quiet:
         sv = out["supervisor"]
         say(f"{'supervisor':22s} {'running' if sv['running'] else 'NOT RUNNING (crashed services are not restarted)':24s} "
