@@ -147,7 +147,8 @@ def evaluate(run_id: str, settings: Settings | None = None, champion_cache: dict
     evidence = gate.compare(y, texts, np.asarray(proba), champion_proba, golden,
                             np.asarray(model.predict_proba(golden_texts)), champion_golden_proba,
                             confidence=s.promotion_confidence, golden_min_confidence=s.gate_golden_min_confidence,
-                            champion_version=champ.version if champion_proba is not None else None)
+                            champion_version=(champ.version if champion_proba is not None and champ is not None
+                                              else None))
     if ext is not None and ext_pred is not None and champion_ext_pred is not None and champ is not None:
         metrics["external"]["vs_champion"] = {
             **paired_comparison(ext.labels, ext_pred, champion_ext_pred, s.promotion_confidence),
@@ -295,7 +296,7 @@ def promote(run_id: str, settings: Settings | None = None, hold: bool = False) -
             decision = registry.Decision(False, f"{decision.reason}, {'but' if decision.promote else 'and'} "
                                                 f"vetoed: {why_not}", decision.checks)
         held = hold and decision.promote and champ is not None
-        if held:
+        if held and champ is not None:  # (held implies a champion; narrowed for the type checker)
             gate_record = {**evidence, "decision": {
                 "promoted": False, "passed_gate": True, "held_for_shadow": True, "reason": decision.reason,
                 "checks": decision.checks, "external_veto": why_not, "champion_version": champ.version,
