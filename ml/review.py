@@ -96,6 +96,12 @@ class Judged:
                 "supporters": [redact(x) for x in self.supporters]}
 
 
+def _last_report_ts(j: Judged) -> float:
+    if j.last_report_at is None:  # judge() sets it on every text it returns (each has a report)
+        raise ValueError(f"text {j.key}: no report time")
+    return j.last_report_at.timestamp()
+
+
 def judge(reports: list[dict[str, Any]], reviews: dict[str, dict[str, Any]], settings: Settings) -> dict[str, Judged]:
     """Group ``reports`` (ml.store.review rows, oldest first) by text and apply the rules, with the
     latest ``reviews`` by text key."""
@@ -134,6 +140,8 @@ def judge(reports: list[dict[str, Any]], reviews: dict[str, dict[str, Any]], set
             if len(j.votes[best]) >= min_ids and len(j.votes[best]) > other:
                 j.status, j.label, j.source = "trusted", best, "agreement"
         if j.status == "trusted":
+            if j.label is None:  # every rule that trusts a text gives it its label
+                raise ValueError(f"text {k}: trusted without a label")
             j.supporters = sorted(j.votes[j.label]) or [f"review:{(j.review or {}).get('reviewer', 'unknown')}"]
     return out
 
@@ -187,9 +195,8 @@ def trusted_training_rows(conn, model_name: str, version: int, consumed: list[tu
     dropped = {"untrusted": 0, "rejected": 0, "other_label": 0}
     for row in consumed:
         j = judged.get(text_key(row[2]))
-        status = j.status if j is not None else "untrusted"
-        if status != "trusted":
-            dropped[status] += 1
+        if j is None or j.status != "trusted":
+            dropped[j.status if j is not None else "untrusted"] += 1
         elif int(row[3]) != j.label:
             dropped["other_label"] += 1
         else:
@@ -238,7 +245,7 @@ def queue(conn, model_name: str, settings: Settings, limit: int = 50) -> dict[st
     reviews = store.latest_reviews(conn, model_name, sorted(keys)) if keys else {}
     judged = judge(reports, reviews, settings)
     reported = sorted((j for j in judged.values() if j.review is None),
-                      key=lambda j: (-len({r["reporter"] for r in j.reports}), -(j.last_report_at.timestamp())))
+                      key=lambda j: (-len({r["reporter"] for r in j.reports}), -_last_report_ts(j)))
     uncertain: list[dict[str, Any]] = []
     seen = set(judged) | set(reviews)
     for p in uncertain_rows:

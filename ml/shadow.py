@@ -60,9 +60,11 @@ def calibrators(run_id: str, champion_version: int, settings: Settings | None = 
     s = settings or get_settings()
     with db.connect(s) as conn:
         rec = models_store.run_record(conn, run_id)
+    if rec is None:
+        raise ValueError(f"no training run {run_id}")
     _, _, test_df = train._split_for(rec["snapshot_hash"], s)
     texts, y = test_df["text"].tolist(), test_df["label"].to_numpy()
-    out = {}
+    out: dict[str, Any] = {}
     for name, model in (("challenger", train.load_run_model(run_id)),
                         ("champion", registry.load_version(int(champion_version), s))):
         p = np.asarray(model.predict_proba(texts))[:, 1]
