@@ -131,7 +131,7 @@ def iter_records(path: str | Path, encoding: Counter | None = None, fmt: str | N
         except csv.Error as e:
             yield Record(reader.line_num, None, None, "csv", f"malformed CSV: {e}")
             continue
-        line = reader.line_num
+        line_no = reader.line_num
         if not row or (len(row) == 1 and not row[0].strip()):
             continue  # blank line
         if len(row) == 6:
@@ -140,15 +140,15 @@ def iter_records(path: str | Path, encoding: Counter | None = None, fmt: str | N
             pol, text, layout = row[0].strip(), row[1], "polarity,text"
         elif len(row) == 1:
             pol, text, layout = None, row[0], "text"
-            if line == 1 and text.strip().lower() == "text":
+            if line_no == 1 and text.strip().lower() == "text":
                 continue  # header
         else:
-            yield Record(line, None, None, "csv",
+            yield Record(line_no, None, None, "csv",
                          f"wrong column count: expected 1 (text), 2 (polarity,text) or 6 (Sentiment140), got {len(row)}")
             continue
-        if line == 1 and pol is not None and pol.lower() in HEADER_WORDS:
+        if line_no == 1 and pol is not None and pol.lower() in HEADER_WORDS:
             continue  # header
-        yield _checked(line, pol, text, layout)
+        yield _checked(line_no, pol, text, layout)
 
 
 def _parquet_records(path: Path) -> Iterator[Record]:
