@@ -37,6 +37,8 @@ def _model_version(model_name: str, version: int) -> tuple[dict[str, Any], dict[
             "registered_at": datetime.fromtimestamp(mv.creation_timestamp / 1000, tz=timezone.utc).isoformat()
             if mv.creation_timestamp else None,
             "aliases": list(getattr(mv, "aliases", []) or [])}
+    if mv.run_id is None:
+        raise ValueError(f"version {version} of {model_name} has no MLflow run")
     run = client.get_run(mv.run_id)
     tags = {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")}
     return info, tags, dict(run.data.metrics)

@@ -31,7 +31,10 @@ def model_card(settings: Settings | None = None) -> dict[str, Any]:
     if champ is None:
         card["note"] = f"no champion yet: {s.model_name!r} has no {s.champion_alias!r} alias"
         return card
-    run = mlflow.MlflowClient().get_run(champ.run_id)
+    run_id = champ.run_id
+    if run_id is None:
+        raise ValueError(f"champion v{champ.version} of {s.model_name} has no MLflow run")
+    run = mlflow.MlflowClient().get_run(run_id)
     tags = {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")}
     metrics = {k: v for k, v in run.data.metrics.items() if k in METRIC_KEYS or k.startswith("reported_")}
     external = {k[len("external_"):]: v for k, v in run.data.metrics.items()
@@ -46,13 +49,13 @@ def model_card(settings: Settings | None = None) -> dict[str, Any]:
                       "path": tags.get("external_eval_path")} if external else None),
     }
     with db.connect(s) as conn:
-        tr = lineage_store.training_run(conn, champ.run_id)
+        tr = lineage_store.training_run(conn, run_id)
         if tr:
             card["champion"].update(params=tr["params"], decision=tr["decision"], airflow_run_id=tr["airflow_run_id"],
                                     behaviour={k: v.get("pass_rate")
                                                for k, v in (tr["behaviour"] or {}).get("types", {}).items()}
                                     if tr["behaviour"] else None)
-        card["champion"]["what_changed"] = what_changed(models_store.run_gate(conn, champ.run_id))
+        card["champion"]["what_changed"] = what_changed(models_store.run_gate(conn, run_id))
         card["snapshot_chain"] = lineage.snapshot_chain(conn, tags.get("dataset_hash"))
         for c in card["snapshot_chain"]:  # the card lists counts, not every report
             if c.get("retraining"):

@@ -28,7 +28,7 @@ except ImportError:  # pragma: no cover
     _PythonModel = object  # type: ignore[assignment,misc]
 
 
-class SentimentPyfunc(_PythonModel):  # type: ignore[misc,valid-type]
+class SentimentPyfunc(_PythonModel):
     """MLflow pyfunc wrapper: any family, saved with its own ``save``; ``predict`` takes a list
     (or Series) of texts and returns a DataFrame with label, p_negative, p_positive."""
 
@@ -80,7 +80,7 @@ def register(model_uri: str, run_id: str, settings: Settings | None = None) -> i
 @dataclass
 class ChampionInfo:
     version: int
-    run_id: str
+    run_id: str | None  # MLflow's ModelVersion.run_id (None for a version registered without a run)
     tags: dict[str, str] = field(default_factory=dict)
 
 

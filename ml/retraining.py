@@ -112,10 +112,9 @@ def champion_context(settings: Settings | None = None, version: int | None = Non
             return None
         version, run_id = champ.version, champ.run_id
     else:
-        mv_run_id = mlflow.MlflowClient().get_model_version(s.model_name, str(version)).run_id
-        if mv_run_id is None:
-            raise RuntimeError(f"version {version} of {s.model_name} has no MLflow run")
-        run_id = mv_run_id
+        run_id = mlflow.MlflowClient().get_model_version(s.model_name, str(version)).run_id
+    if run_id is None:
+        raise RuntimeError(f"version {version} of {s.model_name} has no MLflow run")
     run = mlflow.MlflowClient().get_run(run_id)
     trained_at = datetime.fromtimestamp(run.info.start_time / 1000, tz=timezone.utc)
     snapshot_hash = run.data.tags.get("dataset_hash")
