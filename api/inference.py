@@ -36,7 +36,7 @@ def make_batcher(settings: Settings, ids: PredictionIds) -> MicroBatcher[str, Pr
 def to_predictions(rows: list[PredictionRow]) -> list[Prediction]:
     return [
         Prediction(
-            id=r.id, label=serving.label_name(r.label), label_id=r.label,
+            id=r.id, label=serving.label_name(r.label), label_id=r.label,  # type: ignore[arg-type]  # 0/1 by rule
             probabilities=Probabilities(negative=r.p_negative, positive=r.p_positive),
             model_name=r.model_name, model_version=r.model_version,
         )

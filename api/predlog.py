@@ -32,7 +32,7 @@ import threading
 import time
 import zlib
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,7 +136,8 @@ class PredictionLog:
         self.max_bytes = int(max_bytes)
         self.fsync = bool(fsync)
         self.stats = _Stats()
-        self.on_commit = None  # called by the commit thread with the active segment's row count
+        # called by the commit thread with the active segment's row count
+        self.on_commit: Callable[[int], None] | None = None
         self.last_db_error: str | None = None  # set by the writer: why segments are not being replayed
         self._lock = threading.Lock()            # _pending, _used, _sealed
         self._cond = threading.Condition(self._lock)
