@@ -165,3 +165,16 @@ def test_signed_ids_tell_issued_from_never_issued(platform_env):
     forged = uuid.UUID(bytes=issued[0].bytes[:15] + bytes([issued[0].bytes[15] ^ 1]))
     assert not ids.issued(forged)
     assert oct(os.stat(platform_env.var / "secrets" / ids.KEY_FILE).st_mode & 0o777) == "0o600"
+
+
+def test_spool_files_of_the_earlier_writer_are_replayed_once(platform_env, tmp_path, conn):
+    import json
+
+    marker = uuid.uuid4().hex
+    rows = _rows(12, marker)
+    legacy = tmp_path / "predictions-20261101T000000-1-abcd1234.jsonl"
+    legacy.write_text("".join(json.dumps(r.as_json()) + "\n" for r in rows))
+    w = PredictionWriter(platform_env, spool_dir=tmp_path)
+    w.start()
+    w.close()
+    assert count_predictions_like(conn, marker) == 12 and not legacy.exists()
