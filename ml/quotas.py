@@ -131,8 +131,12 @@ class Quotas:
         self.limits: dict[str, list[RateLimitItem]] = {
             "predict": parse_many(s.rate_limit_predict), "feedback": parse_many(s.rate_limit_feedback)}
         if s.rate_limit_storage_url:
-            self.storage: Storage = storage_from_string(s.rate_limit_storage_url, key_prefix=NAMESPACE) \
+            storage = storage_from_string(s.rate_limit_storage_url, key_prefix=NAMESPACE) \
                 if s.rate_limit_storage_url.startswith("redis") else storage_from_string(s.rate_limit_storage_url)
+            if not isinstance(storage, Storage):  # an async+ scheme: the limiter below is synchronous
+                raise ValueError(f"rate_limit_storage_url: {type(storage).__name__} is an async storage; "
+                                 "the API's limiter needs a synchronous one")
+            self.storage: Storage = storage
             self.where = s.rate_limit_storage_url.split("@")[-1]
         else:
             self.storage = PostgresStorage(settings=s)
