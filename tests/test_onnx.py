@@ -11,10 +11,10 @@ import sys
 
 import numpy as np
 import pytest
+import realdata
 
 from ml import models
 from ml.models import onnx_runtime as ox
-from tests import realdata
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("torch")
