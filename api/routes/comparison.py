@@ -26,7 +26,7 @@ def _latest(settings: Any) -> dict[str, Any]:
     return comp
 
 
-@router.get("/models/comparison", response_model=Comparison,
+@router.get("/models/comparison", response_model=Comparison, response_model_exclude_unset=True,
             responses={404: {"description": "no comparison yet"},
                        200: {"content": {"text/html": {"schema": {"type": "string"}}},
                              "description": "the comparison (JSON), or with ?format=html a page"}})

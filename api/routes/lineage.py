@@ -18,7 +18,7 @@ router = APIRouter(tags=["lineage"])
 
 @router.get(
     "/predictions/{prediction_id}/lineage",
-    response_model=Lineage,
+    response_model=Lineage, response_model_exclude_unset=True,
     responses={404: {"description": "no prediction with that id"}, 503: {"description": "database unavailable"}},
 )
 def prediction_lineage(prediction_id: uuid.UUID, writer: WriterDep, settings: SettingsDep,

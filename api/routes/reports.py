@@ -15,7 +15,7 @@ router = APIRouter(tags=["reports"])
 NOT_FOUND = {404: {"description": "no report with that id"}, 503: {"description": "database unavailable"}}
 
 
-@router.get("/reports", response_model=list[DriftReportSummary], responses={503: {"description": "database unavailable"}})
+@router.get("/reports", response_model=list[DriftReportSummary], response_model_exclude_unset=True, responses={503: {"description": "database unavailable"}})
 def list_reports(settings: SettingsDep, limit: int = Query(50, ge=1, le=500)) -> list[dict[str, Any]]:
     """Drift reports, newest first: period, status (ok | drift | empty), the one-line verdict,
     row and feedback counts, live-accuracy bound."""
@@ -23,7 +23,7 @@ def list_reports(settings: SettingsDep, limit: int = Query(50, ge=1, le=500)) ->
         return monitoring.list_reports(limit, conn=conn)
 
 
-@router.get("/reports/{report_id}", response_model=DriftReport, responses=NOT_FOUND)
+@router.get("/reports/{report_id}", response_model=DriftReport, response_model_exclude_unset=True, responses=NOT_FOUND)
 def get_report(report_id: str, settings: SettingsDep) -> dict[str, Any]:
     """One report's full summary: per-metric drift verdicts, per-column scores, feedback."""
     with open_db(settings) as conn:
