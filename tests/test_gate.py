@@ -14,8 +14,9 @@ import os
 import numpy as np
 import psycopg
 import pytest
-
 import realdata
+from loop_helpers import IDENTITIES
+
 from ml import behaviour, data, gate, registry, retraining, serving, train
 from ml.config import Settings, get_settings, reset_settings
 from ml.registry import decide_promotion
@@ -174,14 +175,23 @@ def test_a_clearly_better_challenger_is_promoted_and_the_card_says_what_changed(
 
 
 def _report(s, model, rows: list[tuple[int, str]], label: int) -> list[int]:
-    """Store the champion's predictions of ``rows`` and report each as ``label`` (as the API does)."""
+    """Store the champion's predictions of ``rows`` and report each as ``label`` (as the API does), by
+    ``IDENTITIES`` identities of its own per text: an attacker holding many keys gets past the
+    trusted-label rules (ml/review.py), so the gate is what must stop it."""
     champ = registry.champion(s)
     texts = [t for _, t in rows]
     preds = serving.prediction_rows(texts, model.predict_proba(texts), s.model_name, champ.version)
+    ids: list[int] = []
     with psycopg.connect(s.database_url, autocommit=True) as conn:
         serving.copy_predictions(conn, preds)
-        return [conn.execute("INSERT INTO feedback (prediction_id, correct_label) VALUES (%s, %s) RETURNING id",
-                             (p.id, label)).fetchone()[0] for p in preds if p.label != label]
+        for p in preds:
+            if p.label == label:
+                continue
+            for k in range(IDENTITIES):
+                ids.append(conn.execute(
+                    "INSERT INTO feedback (prediction_id, correct_label, reporter) VALUES (%s, %s, %s) RETURNING id",
+                    (p.id, label, f"key:sybil-{p.id}-{k}#test")).fetchone()[0])
+    return ids
 
 
 def test_a_poisoned_retraining_flipping_golden_texts_is_not_promoted(snap20k, gate_only, conn, shared_data):
@@ -197,7 +207,7 @@ def test_a_poisoned_retraining_flipping_golden_texts_is_not_promoted(snap20k, ga
     great = [(y, t) for y, t in realdata.read(shared_data)
              if y == 1 and "great" in t.lower() and t not in in_snapshot]
     ids = _report(s, champion, great[:650], 0)
-    assert len(ids) >= 500
+    assert len(ids) >= 500 * IDENTITIES
     # one held-out text of the parent reported too: it stays held out, with its parent label
     _, parent_test = data.split(snap20k.load(), s.test_size, s.seed)
     held_text, held_label = parent_test.iloc[0]["text"], int(parent_test.iloc[0]["label"])
