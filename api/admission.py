@@ -8,6 +8,7 @@
 
 Both answers have the one error shape of :mod:`api.errors`.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,10 @@ class Admission:
     @staticmethod
     def _limits(scope) -> tuple[int, int]:
         settings = getattr(getattr(scope.get("app"), "state", None), "settings", None)
-        return (int(getattr(settings, "api_max_inflight", 32)),
-                int(getattr(settings, "api_max_body_bytes", 8 * 1024 * 1024)))
+        return (
+            int(getattr(settings, "api_max_inflight", 32)),
+            int(getattr(settings, "api_max_body_bytes", 8 * 1024 * 1024)),
+        )
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -42,13 +45,21 @@ class Admission:
                 except ValueError:
                     too_large = False
                 if too_large:
-                    await _answer(send, 413, f"request body too large: {int(v)} bytes, the limit is {max_body} "
-                                             f"(api_max_body_bytes)")
+                    await _answer(
+                        send,
+                        413,
+                        f"request body too large: {int(v)} bytes, the limit is {max_body} (api_max_body_bytes)",
+                    )
                     return
         if self.inflight >= max_inflight and scope.get("path") not in NEVER_SHED:
             self.shed += 1
-            await _answer(send, 503, f"overloaded: {self.inflight} requests in progress in this worker, the limit "
-                                     f"is {max_inflight} (api_max_inflight); retry in a moment", {"retry-after": "1"})
+            await _answer(
+                send,
+                503,
+                f"overloaded: {self.inflight} requests in progress in this worker, the limit "
+                f"is {max_inflight} (api_max_inflight); retry in a moment",
+                {"retry-after": "1"},
+            )
             return
         self.inflight += 1
         received = 0

@@ -9,11 +9,13 @@
 Verified keys are cached per process for ``api_key_cache_seconds`` (a revoked key is refused within
 that time); every error has the one shape of :mod:`api.errors`.
 """
+
 from __future__ import annotations
 
 import threading
 import time
-from typing import Annotated, Callable
+from collections.abc import Callable
+from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
 
@@ -40,7 +42,9 @@ class KeyCache:
         if hit is not None and hit[1] > now:
             return hit[0]
         try:
-            with db.connect(settings, start_embedded=False, connect_timeout=3, application_name="sentiment-api") as conn:
+            with db.connect(
+                settings, start_embedded=False, connect_timeout=3, application_name="sentiment-api"
+            ) as conn:
                 ident = security.verify_key(conn, key)
         except Exception as exc:  # the key cannot be checked: nothing is allowed on it
             raise database_unavailable(f"the API key cannot be checked: {type(exc).__name__}") from exc
@@ -81,8 +85,10 @@ def require(*scopes: str, anonymous_if: Callable[[Settings], bool] | None = None
             if anonymous_if is None or not anonymous_if(settings):
                 raise _unauthorized(f"this endpoint needs an API key with scope {need}")
         elif not ident.has(*scopes):
-            raise HTTPException(status.HTTP_403_FORBIDDEN,
-                                detail=f"API key {ident.name!r} lacks scope {need} (it has: {', '.join(sorted(ident.scopes))})")
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN,
+                detail=f"API key {ident.name!r} lacks scope {need} (it has: {', '.join(sorted(ident.scopes))})",
+            )
         if quota:
             charge(request, ident, quota, 1)
         return ident
@@ -94,8 +100,9 @@ def charge(request: Request, ident: Identity, name: str, cost: int) -> None:
     """Spend ``cost`` units of the identity's ``name`` quota, or 429 with Retry-After."""
     refusal = request.app.state.quotas.hit(name, ident.id, cost)
     if refusal is not None:
-        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, detail=refusal.message,
-                            headers={"Retry-After": str(refusal.retry_after)})
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS, detail=refusal.message, headers={"Retry-After": str(refusal.retry_after)}
+        )
 
 
 def _anonymous_predict(s: Settings) -> bool:

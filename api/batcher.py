@@ -15,6 +15,7 @@ thread hand-off), else in one worker thread (a transformer, ONNX: the loop stays
 raises, every request of that batch gets the exception, and only those; if it returns the wrong
 number of results, the same (a ``RuntimeError``).
 """
+
 from __future__ import annotations
 
 import asyncio

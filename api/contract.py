@@ -8,6 +8,7 @@ FastAPI's generated schema is completed with what the app enforces outside the m
   shape; on every operation with a body: 400 (a body that is not JSON / not UTF-8) and 413 (a body
   over ``api_max_body_bytes``).
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -1,8 +1,10 @@
 """Dependencies: the app's settings, model, writer and database connections."""
+
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Annotated, Iterator, Sequence
+from typing import Annotated
 
 import psycopg
 from fastapi import Depends, HTTPException, Request, status

@@ -6,11 +6,13 @@
 e.g. ``["body", "texts", 2]``), a single item with an empty ``loc`` otherwise. Headers of the
 error (``Retry-After`` on a 503) are kept. The rejected input is not echoed back.
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from http import HTTPStatus
-from typing import Any, Sequence
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -46,8 +48,10 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    items = [{"type": str(e.get("type", "invalid")), "loc": [p for p in e.get("loc", ())], "msg": str(e.get("msg", ""))}
-             for e in exc.errors()]
+    items = [
+        {"type": str(e.get("type", "invalid")), "loc": [p for p in e.get("loc", ())], "msg": str(e.get("msg", ""))}
+        for e in exc.errors()
+    ]
     message = "; ".join(f"{_loc(e['loc'])}: {e['msg']}" if e["loc"] else e["msg"] for e in items) or "invalid request"
     return error_response(422, message, items)
 

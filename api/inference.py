@@ -1,5 +1,6 @@
 """The /predict path: micro-batched model calls (api/batcher.py), signed prediction ids, rows made
 durable in the prediction log (api/writer.py) before an answer leaves."""
+
 from __future__ import annotations
 
 from fastapi import HTTPException, status
@@ -36,9 +37,12 @@ def make_batcher(settings: Settings, ids: PredictionIds) -> MicroBatcher[str, Pr
 def to_predictions(rows: list[PredictionRow]) -> list[Prediction]:
     return [
         Prediction(
-            id=r.id, label=serving.label_name(r.label), label_id=r.label,  # type: ignore[arg-type]  # 0/1 by rule
+            id=r.id,
+            label=serving.label_name(r.label),
+            label_id=r.label,  # type: ignore[arg-type]  # 0/1 by rule
             probabilities=Probabilities(negative=r.p_negative, positive=r.p_positive),
-            model_name=r.model_name, model_version=r.model_version,
+            model_name=r.model_name,
+            model_version=r.model_version,
         )
         for r in rows
     ]
@@ -65,8 +69,9 @@ async def predict_one(text: str, loaded: LoadedModel, batcher: MicroBatcher, wri
     return to_predictions([row])[0]
 
 
-def predict_many(texts: list[str], loaded: LoadedModel, writer: PredictionWriter,
-                 ids: PredictionIds) -> list[Prediction]:
+def predict_many(
+    texts: list[str], loaded: LoadedModel, writer: PredictionWriter, ids: PredictionIds
+) -> list[Prediction]:
     rows = predict_rows(loaded, texts, ids)
     try:
         writer.record(rows)

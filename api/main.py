@@ -4,12 +4,13 @@ Importing this module does no I/O: settings are read, the champion loaded and th
 prediction writer started in the lifespan, and stopped there (the writer flushes
 everything it holds before the process exits).
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import AsyncIterator
 
 from anyio import to_thread
 from fastapi import FastAPI

@@ -11,20 +11,21 @@ running shadow (artifacts verified against the sha256 recorded on the shadow, ta
 into :attr:`ModelManager.shadow`; :meth:`ModelManager.offer_shadow` hands answered requests to the
 scorer of ``api/shadow.py``, off the request path.
 """
+
 from __future__ import annotations
 
 import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from api.shadow import LoadedShadow, ShadowScorer
 from ml import alerts, db, registry, serving, tracking
-from ml.store import models as models_store
 from ml.config import Settings
 from ml.models import SentimentModel
+from ml.store import models as models_store
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +103,9 @@ class ModelManager:
     def _follow_shadow(self) -> None:
         """Load the model's running shadow (verified), or drop it when none runs. Never raises."""
         try:
-            with db.connect(self.settings, start_embedded=False, connect_timeout=2,
-                            application_name="sentiment-api") as conn:
+            with db.connect(
+                self.settings, start_embedded=False, connect_timeout=2, application_name="sentiment-api"
+            ) as conn:
                 from ml.store import shadow as shadow_store
 
                 rec = shadow_store.running(conn, self.settings.model_name)
@@ -116,11 +118,19 @@ class ModelManager:
             if self.shadow is not None and self.shadow.shadow_id == rec["id"]:
                 return
             model = registry.load_verified(int(rec["challenger_version"]), rec["artifact_sha256"], self.settings)
-            self.shadow = LoadedShadow(shadow_id=int(rec["id"]), model=model, version=int(rec["challenger_version"]),
-                                       champion_version=int(rec["champion_version"]))
+            self.shadow = LoadedShadow(
+                shadow_id=int(rec["id"]),
+                model=model,
+                version=int(rec["challenger_version"]),
+                champion_version=int(rec["champion_version"]),
+            )
             self.shadow_error = None
-            log.info("shadow #%s: v%s loaded beside champion v%s", rec["id"], rec["challenger_version"],
-                     rec["champion_version"])
+            log.info(
+                "shadow #%s: v%s loaded beside champion v%s",
+                rec["id"],
+                rec["challenger_version"],
+                rec["champion_version"],
+            )
         except Exception as exc:  # the champion keeps serving; the next poll tries again
             if self.shadow_error is None:
                 log.warning("shadow check failed: %s: %s", type(exc).__name__, exc)
@@ -132,9 +142,14 @@ class ModelManager:
         sh = self.shadow
         if sh is None or sh.champion_version != champion_version:
             return
-        self.shadow_scorer.offer(sh, champion_version, [
-            (p.id, t, int(p.label_id), float(p.probabilities.positive))
-            for t, p in zip(texts, predictions, strict=True)])
+        self.shadow_scorer.offer(
+            sh,
+            champion_version,
+            [
+                (p.id, t, int(p.label_id), float(p.probabilities.positive))
+                for t, p in zip(texts, predictions, strict=True)
+            ],
+        )
 
     def _refresh(self) -> bool:
         if not self._configured:
@@ -143,8 +158,12 @@ class ModelManager:
         info = registry.champion(self.settings)
         if info is None:
             if self._current is not None and self.champion_seen:
-                log.warning("the %r alias of %r is gone; still serving version %s",
-                            self.settings.champion_alias, self.settings.model_name, self._current.version)
+                log.warning(
+                    "the %r alias of %r is gone; still serving version %s",
+                    self.settings.champion_alias,
+                    self.settings.model_name,
+                    self._current.version,
+                )
             self.champion_seen = False
             self.last_error = None
             return False
@@ -169,29 +188,48 @@ class ModelManager:
             log.warning("could not read MLflow run %s of version %s", info.run_id, info.version, exc_info=True)
             run = {}
         loaded = LoadedModel(
-            model=model, name=self.settings.model_name, version=info.version, run_id=info.run_id or "",
-            loaded_at=datetime.now(timezone.utc), run=run,
+            model=model,
+            name=self.settings.model_name,
+            version=info.version,
+            run_id=info.run_id or "",
+            loaded_at=datetime.now(UTC),
+            run=run,
         )
         self._current = loaded  # the swap: one reference assignment
         self.last_error = None
-        log.info("model swap: %s %s -> version %s (run %s), loaded in %.2fs",
-                 self.settings.model_name, f"version {current.version}" if current else "(none)",
-                 info.version, info.run_id, time.perf_counter() - started)
+        log.info(
+            "model swap: %s %s -> version %s (run %s), loaded in %.2fs",
+            self.settings.model_name,
+            f"version {current.version}" if current else "(none)",
+            info.version,
+            info.run_id,
+            time.perf_counter() - started,
+        )
         return True
 
     # ------------------------------------------------------------ only what the platform promoted
     def _verify(self, version: int) -> str | None:
         """The recorded artifact digest when the model's latest promotion / rollback event (model_events)
         put exactly this version behind the alias; otherwise None (refused, alerted after the grace)."""
-        with db.connect(self.settings, start_embedded=False, connect_timeout=5, application_name="sentiment-api") as conn:
+        with db.connect(
+            self.settings, start_embedded=False, connect_timeout=5, application_name="sentiment-api"
+        ) as conn:
             rec = models_store.serving_event(conn, self.settings.model_name)
         if rec is not None and rec[0] == version and rec[1]:
             return rec[1]
-        why = ("no promotion or rollback event in model_events" if rec is None else
-               f"the platform's latest promotion/rollback is of v{rec[0]}" if rec[0] != version else
-               "its promotion event has no artifact digest")
-        self._refuse(version, f"the {self.settings.champion_alias!r} alias points at v{version}, but {why}: "
-                              f"the alias was moved outside the platform", grace=True)
+        why = (
+            "no promotion or rollback event in model_events"
+            if rec is None
+            else f"the platform's latest promotion/rollback is of v{rec[0]}"
+            if rec[0] != version
+            else "its promotion event has no artifact digest"
+        )
+        self._refuse(
+            version,
+            f"the {self.settings.champion_alias!r} alias points at v{version}, but {why}: "
+            f"the alias was moved outside the platform",
+            grace=True,
+        )
         return None
 
     def _refuse(self, version: int, reason: str, grace: bool) -> None:
@@ -200,15 +238,23 @@ class ModelManager:
         if version in self._alerted:
             return
         if grace and time.monotonic() - first < self.settings.champion_verify_grace_seconds:
-            log.info("champion v%s not verified yet (%s); waiting up to %.0fs for its promotion event", version,
-                     reason, self.settings.champion_verify_grace_seconds)
+            log.info(
+                "champion v%s not verified yet (%s); waiting up to %.0fs for its promotion event",
+                version,
+                reason,
+                self.settings.champion_verify_grace_seconds,
+            )
             return
         self._alerted.add(version)
         serving = self._describe(self._current)
         log.error("REFUSED champion %s v%s: %s; still serving %s", self.settings.model_name, version, reason, serving)
-        alerts.raise_event("unverified_champion", self.settings.model_name,
-                           f"{self.settings.model_name} v{version} was not loaded: {reason}; still serving {serving}",
-                           {"version": version, "reason": reason, "serving": serving}, settings=self.settings)
+        alerts.raise_event(
+            "unverified_champion",
+            self.settings.model_name,
+            f"{self.settings.model_name} v{version} was not loaded: {reason}; still serving {serving}",
+            {"version": version, "reason": reason, "serving": serving},
+            settings=self.settings,
+        )
 
     @staticmethod
     def _describe(m: LoadedModel | None) -> str:

@@ -20,6 +20,7 @@ The log has a size cap (``prediction_log_max_bytes``, all segments of the proces
 past it :meth:`append` raises :class:`LogFull`, and the API answers 503 with Retry-After. Nothing
 is held in memory beyond the requests in flight.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -83,7 +84,7 @@ def decode(data: bytes) -> tuple[list[list[Any]], int]:
         start = pos + _HEADER.size
         if start + length > end:
             break
-        payload = data[start:start + length]
+        payload = data[start : start + length]
         if zlib.crc32(payload) != crc:
             break
         try:
@@ -97,10 +98,10 @@ def decode(data: bytes) -> tuple[list[list[Any]], int]:
 @dataclass(eq=False)
 class Segment:
     path: Path
-    fd: int               # open and flock'ed while this process holds the segment
-    size: int = 0         # bytes written and synced
-    rows: int = 0         # rows in it (claimed segments: known once read)
-    own: bool = True      # written by this process (False: claimed from a dead one)
+    fd: int  # open and flock'ed while this process holds the segment
+    size: int = 0  # bytes written and synced
+    rows: int = 0  # rows in it (claimed segments: known once read)
+    own: bool = True  # written by this process (False: claimed from a dead one)
 
 
 class _SyncWaiter:
@@ -139,11 +140,11 @@ class PredictionLog:
         # called by the commit thread with the active segment's row count
         self.on_commit: Callable[[int], None] | None = None
         self.last_db_error: str | None = None  # set by the writer: why segments are not being replayed
-        self._lock = threading.Lock()            # _pending, _used, _sealed
+        self._lock = threading.Lock()  # _pending, _used, _sealed
         self._cond = threading.Condition(self._lock)
-        self._io_lock = threading.Lock()         # the active segment (commit thread vs seal)
+        self._io_lock = threading.Lock()  # the active segment (commit thread vs seal)
         self._pending: list[_Pending] = []
-        self._used = 0                           # bytes on disk + reserved for pending appends
+        self._used = 0  # bytes on disk + reserved for pending appends
         self._sealed: deque[Segment] = deque()
         self._seq = 0
         self._active: Segment | None = None
@@ -232,7 +233,7 @@ class PredictionLog:
                         raise LogWriteError("the prediction log is closed")
                     view = memoryview(data)
                     while view:
-                        view = view[os.write(seg.fd, view):]
+                        view = view[os.write(seg.fd, view) :]
                     t = time.perf_counter()
                     if self.fsync:
                         os.fdatasync(seg.fd)
@@ -241,8 +242,10 @@ class PredictionLog:
                     seg.rows += nrows
                     active_rows = seg.rows
                 except OSError as exc:
-                    error = LogWriteError(f"writing the prediction log {seg.path.name if seg else ''} failed: "
-                                          f"{type(exc).__name__}: {exc}; nothing was recorded")
+                    error = LogWriteError(
+                        f"writing the prediction log {seg.path.name if seg else ''} failed: "
+                        f"{type(exc).__name__}: {exc}; nothing was recorded"
+                    )
                     log.error("%s", error)
                     if seg is not None:  # cut the partial write off: the file holds only whole, synced records
                         try:
@@ -335,8 +338,12 @@ class PredictionLog:
                 corrupt.write_bytes(data[valid:])
             except OSError:  # pragma: no cover
                 log.exception("could not keep the torn tail of %s", seg.path.name)
-            log.error("%s ends with %d bytes that are not a whole record (a write cut short: never "
-                      "acknowledged); kept in %s", seg.path.name, len(data) - valid, corrupt.name)
+            log.error(
+                "%s ends with %d bytes that are not a whole record (a write cut short: never acknowledged); kept in %s",
+                seg.path.name,
+                len(data) - valid,
+                corrupt.name,
+            )
         seg.rows = len(rows)
         return rows
 
@@ -368,8 +375,12 @@ class PredictionLog:
             with self._lock:
                 self._sealed.extend(claimed)
                 self._used += sum(s.size for s in claimed)
-            log.warning("claimed %d prediction log segment%s left by a process that is gone: %s",
-                        len(claimed), "" if len(claimed) == 1 else "s", ", ".join(s.path.name for s in claimed[:5]))
+            log.warning(
+                "claimed %d prediction log segment%s left by a process that is gone: %s",
+                len(claimed),
+                "" if len(claimed) == 1 else "s",
+                ", ".join(s.path.name for s in claimed[:5]),
+            )
         return claimed
 
     # ------------------------------------------------------------ state
@@ -407,7 +418,7 @@ def _resolve(futs: list[asyncio.Future], error: BaseException | None) -> None:
 
 
 def _segment_order(path: Path) -> tuple:
-    parts = path.name[len(SEGMENT_PREFIX):-len(SEGMENT_SUFFIX)].split("-")
+    parts = path.name[len(SEGMENT_PREFIX) : -len(SEGMENT_SUFFIX)].split("-")
     try:
         return (int(parts[1]), int(parts[2]), path.name)
     except (IndexError, ValueError):

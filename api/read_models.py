@@ -3,6 +3,7 @@
 The records these routes return are wide and grow with the platform (per-column drift scores,
 per-family metrics), so each model names and types the fields a client relies on and keeps the
 rest (``extra="allow"``): OpenAPI documents the contract, nothing stored is dropped."""
+
 from __future__ import annotations
 
 from datetime import datetime

@@ -11,6 +11,7 @@ committed in PostgreSQL before the 201 leaves.
 per worker, on a connection of its own, for the reports that say "wrong"; the request never waits
 for it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -49,9 +50,13 @@ class FeedbackRecorder:
                 if self._pool is None:
                     url = db.database_url(self.settings, start_embedded=False)
                     pool = ConnectionPool(
-                        url, min_size=1, max_size=int(getattr(self.settings, "api_db_pool_size", 4)),
+                        url,
+                        min_size=1,
+                        max_size=int(getattr(self.settings, "api_db_pool_size", 4)),
                         kwargs={"autocommit": True, "application_name": "sentiment-api", "connect_timeout": 3},
-                        timeout=POOL_TIMEOUT_SECONDS, name="sentiment-api", open=False,
+                        timeout=POOL_TIMEOUT_SECONDS,
+                        name="sentiment-api",
+                        open=False,
                         check=ConnectionPool.check_connection,
                     )
                     pool.open(wait=False)
@@ -68,8 +73,9 @@ class FeedbackRecorder:
         if self._pool is not None:
             self._pool.close()
 
-    def record(self, prediction_id: uuid.UUID, correct_label: int, comment: str | None,
-               reporter: str | None = None) -> tuple[int, datetime] | None:
+    def record(
+        self, prediction_id: uuid.UUID, correct_label: int, comment: str | None, reporter: str | None = None
+    ) -> tuple[int, datetime] | None:
         """Store the report (committed on return): (feedback id, created_at); ``None`` when the
         prediction id was never issued (nothing stored). 503 when the database cannot be reached."""
         try:
@@ -123,8 +129,11 @@ class AlertQueue:
             self._q.put_nowait(feedback_id)
         except queue.Full:  # the rule counts from PostgreSQL: the next wrong report counts this one too
             self.skipped += 1
-            log.warning("alert rule behind (%d reports queued): report %s is counted by the next evaluation",
-                        self._q.qsize(), feedback_id)
+            log.warning(
+                "alert rule behind (%d reports queued): report %s is counted by the next evaluation",
+                self._q.qsize(),
+                feedback_id,
+            )
 
     def put_many(self, moved: list[tuple[int, bool]]) -> None:
         for fid, wrong in moved:
@@ -150,8 +159,9 @@ class AlertQueue:
             try:
                 if self._conn is None or self._conn.closed:
                     url = db.database_url(self.settings, start_embedded=False)
-                    self._conn = psycopg.connect(url, autocommit=True, connect_timeout=5,
-                                                 application_name="sentiment-alerts")
+                    self._conn = psycopg.connect(
+                        url, autocommit=True, connect_timeout=5, application_name="sentiment-alerts"
+                    )
                 alerts.evaluate_feedback(fid, self.settings, conn=self._conn)
                 self.evaluated += 1
                 return

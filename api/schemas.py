@@ -4,6 +4,7 @@ Static rules (types, blank text, label values) live here; the limits that come f
 settings (``max_text_chars``, ``max_batch_size``) are checked in the routes against the
 app's own settings and answered with the same 422 error shape.
 """
+
 from __future__ import annotations
 
 import uuid
@@ -11,7 +12,14 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictStr, StringConstraints, ValidationInfo,
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictStr,
+    StringConstraints,
+    ValidationInfo,
     WithJsonSchema,
 )
 from pydantic_core import PydanticCustomError
@@ -29,13 +37,13 @@ def _check_chars(value: Any, info: ValidationInfo) -> Any:
         return value  # the type check that follows says what is wrong
     field = "text" if info.field_name == "texts" else (info.field_name or "text")
     if "\x00" in value:
-        raise PydanticCustomError("invalid_text", "{field} must not contain NUL (\\u0000) characters",
-                                  {"field": field})
+        raise PydanticCustomError("invalid_text", "{field} must not contain NUL (\\u0000) characters", {"field": field})
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise PydanticCustomError("invalid_text", "{field} is not valid Unicode (it holds a lone surrogate)",
-                                  {"field": field}) from None
+        raise PydanticCustomError(
+            "invalid_text", "{field} is not valid Unicode (it holds a lone surrogate)", {"field": field}
+        ) from None
     return value
 
 
@@ -55,7 +63,8 @@ def _parse_label(value: Any) -> int:
     if type(value) is int and value in (0, 1):  # not bool, not 1.0, not "1"
         return value
     raise PydanticCustomError(
-        "invalid_label", "correct_label must be 'positive' or 'negative' (or 1 / 0), got {value}",
+        "invalid_label",
+        "correct_label must be 'positive' or 'negative' (or 1 / 0), got {value}",
         {"value": repr(value)[:50]},
     )
 
@@ -92,7 +101,8 @@ class Prediction(BaseModel):
     model_name: str
     model_version: int
     feedback_token: str | None = Field(
-        default=None, description="send it back with POST /feedback: it binds this prediction to this caller")
+        default=None, description="send it back with POST /feedback: it binds this prediction to this caller"
+    )
 
 
 class BatchPrediction(BaseModel):
@@ -105,8 +115,10 @@ class BatchPrediction(BaseModel):
 class FeedbackRequest(_Request):
     prediction_id: uuid.UUID
     feedback_token: StrictStr | None = Field(
-        default=None, max_length=200,
-        description="the prediction's feedback_token (from /predict); not needed with a `review` or `admin` key")
+        default=None,
+        max_length=200,
+        description="the prediction's feedback_token (from /predict); not needed with a `review` or `admin` key",
+    )
     correct_label: LabelId = Field(description="'positive' / 'negative' (or 1 / 0)")
     comment: Comment | None = Field(default=None, description=f"optional, at most {MAX_COMMENT_CHARS} characters")
 
@@ -136,8 +148,9 @@ class ModelHealth(BaseModel):
 
 
 class WriterHealth(BaseModel):
-    pending_rows: int = Field(description="predictions acknowledged (in this worker's prediction log), not yet "
-                                          "in PostgreSQL")
+    pending_rows: int = Field(
+        description="predictions acknowledged (in this worker's prediction log), not yet in PostgreSQL"
+    )
     log_bytes: int = Field(description="bytes of this worker's prediction log on disk")
     max_log_bytes: int = Field(description="the log's cap (prediction_log_max_bytes): past it /predict answers 503")
     log_segments: int = Field(description="log files this worker holds (the active one included)")
@@ -166,6 +179,7 @@ class ErrorItem(BaseModel):
 
 class ErrorResponse(BaseModel):
     """The body of every error response."""
+
     status: int
     message: str
     detail: list[ErrorItem]
@@ -184,11 +198,21 @@ class ModelInfo(BaseModel):
     family: str | None
     tags: dict[str, str]
     external: dict[str, Any] | None = Field(
-        default=None, description="accuracy, f1, roc_auc, n, content_hash, path on external_eval_path (evaluation)")
+        default=None, description="accuracy, f1, roc_auc, n, content_hash, path on external_eval_path (evaluation)"
+    )
 
 
 __all__ = [
-    "LABELS", "BatchPredictRequest", "BatchPrediction", "ErrorResponse", "FeedbackRequest", "FeedbackResponse", "Health",
+    "LABELS",
+    "BatchPredictRequest",
+    "BatchPrediction",
+    "ErrorResponse",
+    "FeedbackRequest",
+    "FeedbackResponse",
+    "Health",
     "Readiness",
-    "ModelInfo", "PredictRequest", "Prediction", "Probabilities",
+    "ModelInfo",
+    "PredictRequest",
+    "Prediction",
+    "Probabilities",
 ]

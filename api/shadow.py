@@ -7,6 +7,7 @@ scores them with the shadow challenger (one ``predict_proba`` per batch) and wri
 ``shadow_predictions`` (one transaction per batch). A failed write is logged and counted, never
 retried into the request path.
 """
+
 from __future__ import annotations
 
 import logging
@@ -42,7 +43,9 @@ class ShadowScorer:
         self.errors = 0
         self.last_error: str | None = None
 
-    def offer(self, shadow: LoadedShadow | None, champion_version: int, items: list[tuple[Any, str, int, float]]) -> None:
+    def offer(
+        self, shadow: LoadedShadow | None, champion_version: int, items: list[tuple[Any, str, int, float]]
+    ) -> None:
         """(prediction id, text, champion label, champion P(positive)) of answers the champion
         ``champion_version`` gave; ignored unless ``shadow`` shadows that version. Never blocks."""
         if shadow is None or shadow.champion_version != champion_version:
@@ -66,8 +69,14 @@ class ShadowScorer:
             self._thread = None
 
     def stats(self) -> dict[str, Any]:
-        return {"offered": self.offered, "scored": self.scored, "dropped": self.dropped, "errors": self.errors,
-                "queued": self._q.qsize(), "last_error": self.last_error}
+        return {
+            "offered": self.offered,
+            "scored": self.scored,
+            "dropped": self.dropped,
+            "errors": self.errors,
+            "queued": self._q.qsize(),
+            "last_error": self.last_error,
+        }
 
     def _run(self) -> None:
         while not (self._stop.is_set() and self._q.empty()):
@@ -93,19 +102,22 @@ class ShadowScorer:
                     log.warning("shadow scoring of %d requests failed: %s", len(group), self.last_error)
 
     def _score(self, sh: LoadedShadow, items: list[tuple[Any, str, int, float]]) -> None:
+        import numpy as np
+
         from ml import db
         from ml.models.base import decide
         from ml.review import text_key
         from ml.store import shadow as store
 
-        import numpy as np
-
         proba = np.asarray(sh.model.predict_proba([t for _, t, _, _ in items]))
         p = [float(x) for x in proba[:, 1]]
         labels = [int(x) for x in decide(proba[:, 1])]
-        rows = [(str(pid), text_key(text), int(label), float(pp), lab, pc)
-                for (pid, text, label, pp), lab, pc in zip(items, labels, p, strict=True)]
-        with db.connect(self.settings, start_embedded=False, connect_timeout=5,
-                        application_name="sentiment-api-shadow") as conn:
+        rows = [
+            (str(pid), text_key(text), int(label), float(pp), lab, pc)
+            for (pid, text, label, pp), lab, pc in zip(items, labels, p, strict=True)
+        ]
+        with db.connect(
+            self.settings, start_embedded=False, connect_timeout=5, application_name="sentiment-api-shadow"
+        ) as conn:
             store.insert_predictions(conn, sh.shadow_id, rows)
         self.scored += len(rows)

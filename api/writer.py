@@ -17,6 +17,7 @@ database does not take stays on disk for the next start (or a live worker).
 Spool files of the earlier writer (``predictions-*.jsonl`` under ``var/spool``) are replayed
 once, the same way.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -77,7 +78,7 @@ class PredictionWriter:
         self._thread: threading.Thread | None = None
         self._next_scan = 0.0
         self.written = 0
-        self.replayed = 0          # rows of segments claimed from processes that died
+        self.replayed = 0  # rows of segments claimed from processes that died
         self.feedback_resolved = 0
         self.failures = 0
         self.last_error: str | None = None
@@ -116,9 +117,13 @@ class PredictionWriter:
             left = self.log.release_all()
             self._reset_connection()
         if left:
-            log.error("database unavailable at shutdown: %d prediction log segment%s kept in %s (replayed "
-                      "at the next start, or by another worker)", len(left), "" if len(left) == 1 else "s",
-                      self.spool_dir)
+            log.error(
+                "database unavailable at shutdown: %d prediction log segment%s kept in %s (replayed "
+                "at the next start, or by another worker)",
+                len(left),
+                "" if len(left) == 1 else "s",
+                self.spool_dir,
+            )
 
     # ------------------------------------------------------------ request side
     def has_room(self, n: int = 1) -> bool:
@@ -175,8 +180,9 @@ class PredictionWriter:
                 with conn.transaction():
                     n = store.copy_predictions_idempotent(conn, rows)
             except serving.TRANSIENT_ERRORS as exc:
-                raise self._failed(exc, f"writing {len(rows)} logged predictions failed (kept in "
-                                        f"{seg.path.name}, will retry)") from exc
+                raise self._failed(
+                    exc, f"writing {len(rows)} logged predictions failed (kept in {seg.path.name}, will retry)"
+                ) from exc
             except Exception as exc:  # a row the database refuses: one by one, the bad ones set aside
                 log.warning("COPY of %s failed (%s); writing its rows one by one", seg.path.name, exc)
                 n = self._write_one_by_one(rows)
@@ -224,8 +230,12 @@ class PredictionWriter:
                 f.write(json.dumps({**r.as_json(), "error": str(e)}, ensure_ascii=False) + "\n")
             f.flush()
             os.fsync(f.fileno())
-        log.error("the database refused %d prediction rows (ids %s); saved to %s",
-                  len(rejected), ", ".join(str(r.id) for r, _ in rejected[:10]), path.name)
+        log.error(
+            "the database refused %d prediction rows (ids %s); saved to %s",
+            len(rejected),
+            ", ".join(str(r.id) for r, _ in rejected[:10]),
+            path.name,
+        )
 
     def _failed(self, exc: BaseException, what: str) -> FlushError:
         self._reset_connection()

@@ -1,4 +1,5 @@
 """Shared benchmark setup: an isolated database + var/ and a TF-IDF champion on the shared tweets."""
+
 from __future__ import annotations
 
 import os
@@ -30,8 +31,9 @@ def isolated_platform(name: str) -> Path:
     return work
 
 
-def train_champion(path: Path = SHARED, family: str = "tfidf_lr", params: dict | None = None,
-                   sample_size: int | None = None) -> int:
+def train_champion(
+    path: Path = SHARED, family: str = "tfidf_lr", params: dict | None = None, sample_size: int | None = None
+) -> int:
     """validate -> train -> evaluate -> register -> promote a model; returns its version.
     Other families than TF-IDF train on a small sample for timing only, so the behavioural
     gate is switched off for them."""

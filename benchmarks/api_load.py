@@ -18,6 +18,7 @@ Usage: .venv/bin/python benchmarks/api_load.py [--seconds 8] [--workers 1,2,4] [
 Needs wrk and hey on PATH (apt-get install -y wrk hey). Uses DATABASE_URL (database
 `smops_bench_api` on that server) or the embedded PostgreSQL.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -74,15 +75,34 @@ def wrk(url: str, path: str, bodies: list[str], conns: int, seconds: float, work
     script = work / f"wrk-{abs(hash(path))}.lua"
     script.write_text(LUA % (data, path))
     threads = 1 if conns == 1 else 2
-    out = subprocess.run(["wrk", "-t", str(threads), "-c", str(conns), "-d", f"{int(seconds)}s", "--latency",
-                          "--timeout", "5s", "-s", str(script), url], capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t",
+            str(threads),
+            "-c",
+            str(conns),
+            "-d",
+            f"{int(seconds)}s",
+            "--latency",
+            "--timeout",
+            "5s",
+            "-s",
+            str(script),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+    )
     if "Requests/sec" not in out.stdout:
         raise SystemExit(f"wrk failed: {out.stdout[-2000:]} {out.stderr[-2000:]}")
     out = out.stdout
-    res = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-           "n": int(re.search(r"(\d+) requests in", out).group(1)),
-           "non2xx": int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0,
-           "timeouts": int(m.group(1)) if (m := re.search(r"timeout (\d+)", out)) else 0}
+    res = {
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        "n": int(re.search(r"(\d+) requests in", out).group(1)),
+        "non2xx": int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0,
+        "timeouts": int(m.group(1)) if (m := re.search(r"timeout (\d+)", out)) else 0,
+    }
     for q in ("50", "99"):
         m = re.search(rf"\s{q}(?:\.000)?%\s+([\d.]+)(us|ms|s|m)\b", out)
         res[f"p{q}"] = _ms(m.group(1), m.group(2)) if m else float("nan")
@@ -91,8 +111,26 @@ def wrk(url: str, path: str, bodies: list[str], conns: int, seconds: float, work
 
 def hey(url: str, body: str, rate: int, seconds: float) -> dict:
     workers = 10
-    out = subprocess.run(["hey", "-z", f"{int(seconds)}s", "-c", str(workers), "-q", str(rate / workers), "-m", "POST",
-                          "-T", "application/json", "-d", body, url], capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [
+            "hey",
+            "-z",
+            f"{int(seconds)}s",
+            "-c",
+            str(workers),
+            "-q",
+            str(rate / workers),
+            "-m",
+            "POST",
+            "-T",
+            "application/json",
+            "-d",
+            body,
+            url,
+        ],
+        capture_output=True,
+        text=True,
+    ).stdout
     res = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}
     for q in ("50", "99"):
         m = re.search(rf"\s{q}%+ in ([\d.]+) secs", out)
@@ -178,26 +216,64 @@ def main() -> None:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         log = work / f"api-{n_workers}.log"
-        proc = start([sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(port),
-                      "--workers", str(n_workers), "--no-access-log", "--log-level", "warning",
-                      "--timeout-graceful-shutdown", "30"], log)
+        proc = start(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "api.main:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                str(n_workers),
+                "--no-access-log",
+                "--log-level",
+                "warning",
+                "--timeout-graceful-shutdown",
+                "30",
+            ],
+            log,
+        )
         try:
             wait_http(f"{url}/health/ready", proc, log)
             import httpx
 
             made = httpx.post(f"{url}/predict/batch", json={"texts": texts[:500]}, timeout=60).json()["predictions"]
-            fb_bodies = [json.dumps({"prediction_id": p["id"], "correct_label": p["label"],
-                                     "feedback_token": p["feedback_token"]}) for p in made]
+            fb_bodies = [
+                json.dumps(
+                    {"prediction_id": p["id"], "correct_label": p["label"], "feedback_token": p["feedback_token"]}
+                )
+                for p in made
+            ]
             wrk(url, "/predict", predict_bodies, 8, 2, scratch)  # warm-up
             for c in conns:
-                rows.append((f"API, {n_workers} worker(s)", "POST /predict", f"{c} conn", wrk(url, "/predict",
-                                                                                       predict_bodies, c, args.seconds,
-                                                                                       scratch)))
-            rows.append((f"API, {n_workers} worker(s)", "POST /predict", f"{args.rate}/s open",
-                         hey(f"{url}/predict", predict_bodies[0], args.rate, args.seconds)))
+                rows.append(
+                    (
+                        f"API, {n_workers} worker(s)",
+                        "POST /predict",
+                        f"{c} conn",
+                        wrk(url, "/predict", predict_bodies, c, args.seconds, scratch),
+                    )
+                )
+            rows.append(
+                (
+                    f"API, {n_workers} worker(s)",
+                    "POST /predict",
+                    f"{args.rate}/s open",
+                    hey(f"{url}/predict", predict_bodies[0], args.rate, args.seconds),
+                )
+            )
             for c in conns:
-                rows.append((f"API, {n_workers} worker(s)", "POST /feedback", f"{c} conn",
-                             wrk(url, "/feedback", fb_bodies, c, args.seconds, scratch)))
+                rows.append(
+                    (
+                        f"API, {n_workers} worker(s)",
+                        "POST /feedback",
+                        f"{c} conn",
+                        wrk(url, "/feedback", fb_bodies, c, args.seconds, scratch),
+                    )
+                )
         finally:
             stop(proc)
 
@@ -205,39 +281,75 @@ def main() -> None:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         log = work / "mlflow-serve.log"
-        proc = start([str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{s.model_name}@{s.champion_alias}",
-                      "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)], log,
-                     {"MLFLOW_TRACKING_URI": uri})
+        proc = start(
+            [
+                str(BIN / "mlflow"),
+                "models",
+                "serve",
+                "-m",
+                f"models:/{s.model_name}@{s.champion_alias}",
+                "--env-manager",
+                "local",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+            ],
+            log,
+            {"MLFLOW_TRACKING_URI": uri},
+        )
         try:
             wait_http(f"{url}/ping", proc, log)
-            bodies = [json.dumps({"dataframe_split": {"columns": ["text"], "data": [[json.loads(b)["text"]]]}})
-                      for b in predict_bodies]
+            bodies = [
+                json.dumps({"dataframe_split": {"columns": ["text"], "data": [[json.loads(b)["text"]]]}})
+                for b in predict_bodies
+            ]
             wrk(url, "/invocations", bodies, 8, 2, scratch)
             for c in conns:
-                rows.append(("mlflow models serve", "POST /invocations", f"{c} conn",
-                             wrk(url, "/invocations", bodies, c, args.seconds, scratch)))
-            rows.append(("mlflow models serve", "POST /invocations", f"{args.rate}/s open",
-                         hey(f"{url}/invocations", bodies[0], args.rate, args.seconds)))
+                rows.append(
+                    (
+                        "mlflow models serve",
+                        "POST /invocations",
+                        f"{c} conn",
+                        wrk(url, "/invocations", bodies, c, args.seconds, scratch),
+                    )
+                )
+            rows.append(
+                (
+                    "mlflow models serve",
+                    "POST /invocations",
+                    f"{args.rate}/s open",
+                    hey(f"{url}/invocations", bodies[0], args.rate, args.seconds),
+                )
+            )
         finally:
             stop(proc)
 
     for _, _, _, r in rows:  # wrk/hey count every answer: the rate of 2xx answers is what is compared
         r["ok_rps"] = r["rps"] * (r["n"] - r["non2xx"]) / r["n"] if r["n"] else 0.0
     ref = {load: r["ok_rps"] for name, _, load, r in rows if name == "mlflow models serve"}
-    print(f"\nbare predict_proba, 1 tweet per call, in process: {bare_rate:,.0f} calls/s "
-          f"(p50 {statistics.median(bare) * 1e3:.3f} ms, p99 {pct(bare, 0.99) * 1e3:.3f} ms)\n")
-    print("| server | endpoint | load | requests | non-2xx (503 shed) | timeouts | 2xx/s | p50 ms | p99 ms "
-          "| vs bare | vs mlflow |")
+    print(
+        f"\nbare predict_proba, 1 tweet per call, in process: {bare_rate:,.0f} calls/s "
+        f"(p50 {statistics.median(bare) * 1e3:.3f} ms, p99 {pct(bare, 0.99) * 1e3:.3f} ms)\n"
+    )
+    print(
+        "| server | endpoint | load | requests | non-2xx (503 shed) | timeouts | 2xx/s | p50 ms | p99 ms "
+        "| vs bare | vs mlflow |"
+    )
     print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, ep, load, r in rows:
         vs_ml = f"{r['ok_rps'] / ref[load]:.2f}x" if ep == "POST /predict" and ref.get(load) else ""
         vs_bare = f"{r['ok_rps'] / bare_rate:.2f}x" if "predict" in ep or "invocations" in ep else ""
-        print(f"| {name} | {ep} | {load} | {r['n']:,} | {r['non2xx']:,} | {r['timeouts']} | {r['ok_rps']:,.0f} | "
-              f"{r['p50']:.2f} | {r['p99']:.2f} | {vs_bare} | {vs_ml} |")
+        print(
+            f"| {name} | {ep} | {load} | {r['n']:,} | {r['non2xx']:,} | {r['timeouts']} | {r['ok_rps']:,.0f} | "
+            f"{r['p50']:.2f} | {r['p99']:.2f} | {vs_bare} | {vs_ml} |"
+        )
     print("\np50/p99: of every answer, the fast 503s of admission control included (wrk and hey do not split them).")
-    print(f"\n{os.cpu_count()} CPUs shared by the servers, PostgreSQL and the load generators (wrk -t1/-t2, "
-          f"hey -c 10); wrk --timeout 5s; open loop: hey -q at {args.rate} req/s in total. Each /predict answer "
-          f"was fsynced to a prediction log first; each /feedback answer committed in PostgreSQL.")
+    print(
+        f"\n{os.cpu_count()} CPUs shared by the servers, PostgreSQL and the load generators (wrk -t1/-t2, "
+        f"hey -c 10); wrk --timeout 5s; open loop: hey -q at {args.rate} req/s in total. Each /predict answer "
+        f"was fsynced to a prediction log first; each /feedback answer committed in PostgreSQL."
+    )
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ Usage: .venv/bin/python benchmarks/batch_scoring.py [--rows 1600000] [--workers 
        [--dag-shard-rows 0,200000] [--no-dag] [--no-local] [--no-naive]
 Uses DATABASE_URL (a database `smops_bench` on that server) or the embedded PostgreSQL.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,11 @@ def main() -> None:
     ap.add_argument("--naive-rows", type=int, default=20_000)
     ap.add_argument("--family", default="tfidf_lr", help="champion family (e.g. transformer: batched inference)")
     ap.add_argument("--train-sample", type=int, default=None, help="training sample for a non-TF-IDF champion")
-    ap.add_argument("--dag-shard-rows", default="0,200000",
-                    help="comma-separated shard sizes for the scheduler runs (0: auto, one shard per CPU)")
+    ap.add_argument(
+        "--dag-shard-rows",
+        default="0,200000",
+        help="comma-separated shard sizes for the scheduler runs (0: auto, one shard per CPU)",
+    )
     ap.add_argument("--no-dag", action="store_true", help="skip the scheduler runs (d)")
     ap.add_argument("--no-naive", action="store_true", help="skip the naive loop (c)")
     ap.add_argument("--no-local", action="store_true", help="skip the scoring path without Airflow (b)")
@@ -48,8 +52,9 @@ def main() -> None:
     work = isolated_platform("bench_scoring")
     from ml import db, registry
 
-    version = train_champion(family=args.family, params=params,
-                             sample_size=args.train_sample if args.family != "tfidf_lr" else None)
+    version = train_champion(
+        family=args.family, params=params, sample_size=args.train_sample if args.family != "tfidf_lr" else None
+    )
 
     # the input: the shared 100k tweets repeated to --rows (Sentiment140 two-column layout)
     with SHARED.open(encoding="utf-8", newline="") as f:
@@ -80,11 +85,25 @@ def main() -> None:
         with psycopg.connect(db.database_url(), autocommit=True) as conn:  # same starting state each time
             conn.execute("TRUNCATE predictions, batches CASCADE")
         # the scoring path as its own process (as an Airflow task would be), so its peak memory is its own
-        res = subprocess.run([sys.executable, "-m", "ml.cli", "score", str(big), "--shard-rows", str(args.shard_rows),
-                              "--workers", str(workers)], capture_output=True, text=True, env=os.environ.copy())
+        res = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "ml.cli",
+                "score",
+                str(big),
+                "--shard-rows",
+                str(args.shard_rows),
+                "--workers",
+                str(workers),
+            ],
+            capture_output=True,
+            text=True,
+            env=os.environ.copy(),
+        )
         if res.returncode != 0:
             raise SystemExit(res.stderr[-3000:])
-        s = json.loads(res.stdout[res.stdout.index("{"):])
+        s = json.loads(res.stdout[res.stdout.index("{") :])
         assert s["rows_scored"] == args.rows, s
         # s["seconds"]: from the batch's creation (plan start) to finalize, excluding interpreter start-up
         results.append((f"(b) DAG scoring path, {workers} worker(s)", args.rows, float(s["seconds"])))
@@ -96,8 +115,9 @@ def main() -> None:
                 conn.execute("TRUNCATE predictions, batches CASCADE")
             secs, shards = scheduler_run(big, shard_rows, work)
             label = "auto: one per CPU" if shard_rows == 0 else f"{shard_rows:,} rows"
-            results.append((f"(d) DAG via the scheduler, run start -> success ({shards} shards, {label})",
-                            args.rows, secs))
+            results.append(
+                (f"(d) DAG via the scheduler, run start -> success ({shards} shards, {label})", args.rows, secs)
+            )
 
     # (c) naive: one predict + one INSERT (own transaction) per row, on a subset
     sub = [r[1] for r in rows[: args.naive_rows]]
@@ -122,10 +142,14 @@ def main() -> None:
     for name, n, t in results:
         print(f"| {name} | {n:,} | {t:.1f} | {n / t:,.0f} | {n / t / base_rate:.2f}x |")
     if peaks:
-        print("\npeak RSS of the scoring path (largest process): "
-              + ", ".join(f"{w} worker(s): {mb:,.0f} MB" for w, mb in peaks.items()))
-    print(f"model: {args.family} champion v{version}; shard size {args.shard_rows:,} rows (b); {os.cpu_count()} CPUs;"
-          f" load average {os.getloadavg()[0]:.1f} at the end")
+        print(
+            "\npeak RSS of the scoring path (largest process): "
+            + ", ".join(f"{w} worker(s): {mb:,.0f} MB" for w, mb in peaks.items())
+        )
+    print(
+        f"model: {args.family} champion v{version}; shard size {args.shard_rows:,} rows (b); {os.cpu_count()} CPUs;"
+        f" load average {os.getloadavg()[0]:.1f} at the end"
+    )
 
 
 def _free_port() -> int:
@@ -152,17 +176,29 @@ def scheduler_run(path: Path, shard_rows: int, work: Path) -> tuple[float, int]:
 
     env = airflow_env()
     port = _free_port()
-    env.update({"AIRFLOW__API__PORT": str(port), "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
-                "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
-                "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
-                "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1"})
+    env.update(
+        {
+            "AIRFLOW__API__PORT": str(port),
+            "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+            "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
+        }
+    )
     airflow = str(Path(sys.executable).parent / "airflow")
     subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True)
     logs = work / "airflow-logs"
     logs.mkdir(exist_ok=True)
-    procs = [subprocess.Popen([airflow, *cmd], env=env, start_new_session=True,
-                              stdout=(logs / f"{cmd[0]}.log").open("w"), stderr=subprocess.STDOUT)
-             for cmd in (["api-server", "--port", str(port)], ["dag-processor"], ["scheduler"])]
+    procs = [
+        subprocess.Popen(
+            [airflow, *cmd],
+            env=env,
+            start_new_session=True,
+            stdout=(logs / f"{cmd[0]}.log").open("w"),
+            stderr=subprocess.STDOUT,
+        )
+        for cmd in (["api-server", "--port", str(port)], ["dag-processor"], ["scheduler"])
+    ]
     af_url = db.libpq_url(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
     try:
         deadline = time.time() + 300
@@ -178,18 +214,26 @@ def scheduler_run(path: Path, shard_rows: int, work: Path) -> tuple[float, int]:
             if up and parsed:
                 break
             time.sleep(1)
-        subprocess.run([airflow, "dags", "unpause", "sentiment_batch_scoring"], env=env, check=True,
-                       capture_output=True)
+        subprocess.run(
+            [airflow, "dags", "unpause", "sentiment_batch_scoring"], env=env, check=True, capture_output=True
+        )
         conf = json.dumps({"input_path": str(path), "shard_rows": shard_rows})
         run_id = f"bench__{int(time.time())}_{shard_rows}"
-        subprocess.run([airflow, "dags", "trigger", "sentiment_batch_scoring", "-c", conf, "--run-id", run_id],
-                       env=env, check=True, capture_output=True, text=True)
+        subprocess.run(
+            [airflow, "dags", "trigger", "sentiment_batch_scoring", "-c", conf, "--run-id", run_id],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         print(f"triggered {run_id} (shard_rows={shard_rows})", flush=True)
         while True:
             with psycopg.connect(af_url, autocommit=True) as c:
                 state, start, end = c.execute(
                     "SELECT state, start_date, end_date FROM dag_run WHERE dag_id='sentiment_batch_scoring'"
-                    " AND run_id=%s", (run_id,)).fetchone()
+                    " AND run_id=%s",
+                    (run_id,),
+                ).fetchone()
             if state in ("success", "failed"):
                 break
             time.sleep(1)

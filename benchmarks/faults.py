@@ -13,6 +13,7 @@ meanwhile. Asserts nothing.
 
 Usage: .venv/bin/python benchmarks/faults.py [--seconds 4]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,8 +60,14 @@ class Load:
                 self.predictions.append(p["id"])
                 if i % 5 == 0:
                     try:
-                        f = c.post("/feedback", json={"prediction_id": p["id"], "correct_label": p["label"],
-                                                      "feedback_token": p["feedback_token"]})
+                        f = c.post(
+                            "/feedback",
+                            json={
+                                "prediction_id": p["id"],
+                                "correct_label": p["label"],
+                                "feedback_token": p["feedback_token"],
+                            },
+                        )
                     except httpx.HTTPError as exc:
                         self.codes[f"feedback {type(exc).__name__}"] += 1
                         continue
@@ -88,11 +95,14 @@ def stored(url: str, load: Load, timeout: float = 90) -> tuple[int, int, float]:
     while True:
         try:
             with psycopg.connect(url, connect_timeout=3) as conn:
-                p = conn.execute("SELECT count(*) FROM predictions WHERE id = ANY(%s::uuid[])",
-                                 (load.predictions,)).fetchone()[0]
-                f = conn.execute("SELECT (SELECT count(*) FROM feedback WHERE id = ANY(%s)) + "
-                                 "(SELECT count(*) FROM pending_feedback WHERE id = ANY(%s))",
-                                 (load.feedback, load.feedback)).fetchone()[0]
+                p = conn.execute(
+                    "SELECT count(*) FROM predictions WHERE id = ANY(%s::uuid[])", (load.predictions,)
+                ).fetchone()[0]
+                f = conn.execute(
+                    "SELECT (SELECT count(*) FROM feedback WHERE id = ANY(%s)) + "
+                    "(SELECT count(*) FROM pending_feedback WHERE id = ANY(%s))",
+                    (load.feedback, load.feedback),
+                ).fetchone()[0]
         except psycopg.OperationalError:
             p = f = -1
         if (p == len(load.predictions) and f == len(load.feedback)) or time.monotonic() - t0 > timeout:
@@ -113,9 +123,16 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bench-faults-"))
     os.environ.pop("DATABASE_URL", None)
-    os.environ.update({"SENTIMENT_VAR_DIR": str(work), "SENTIMENT_EMBEDDED_PG_PORT": str(free_port()),
-                       "SENTIMENT_MODEL_NAME": "bench-faults", "SENTIMENT_RATE_LIMITS_ENABLED": "false",
-                       "SENTIMENT_PREDICTION_FLUSH_SECONDS": "0.2", "XDG_RUNTIME_DIR": "/tmp"})
+    os.environ.update(
+        {
+            "SENTIMENT_VAR_DIR": str(work),
+            "SENTIMENT_EMBEDDED_PG_PORT": str(free_port()),
+            "SENTIMENT_MODEL_NAME": "bench-faults",
+            "SENTIMENT_RATE_LIMITS_ENABLED": "false",
+            "SENTIMENT_PREDICTION_FLUSH_SECONDS": "0.2",
+            "XDG_RUNTIME_DIR": "/tmp",
+        }
+    )
     from ml import db
     from ml.config import get_settings, reset_settings
 
@@ -137,9 +154,26 @@ def main() -> None:
         port = free_port()
         api_url = f"http://127.0.0.1:{port}"
         log = work / "api.log"
-        api = start([sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(port),
-                     "--workers", "2", "--no-access-log", "--log-level", "warning",
-                     "--timeout-graceful-shutdown", "30"], log)
+        api = start(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "api.main:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "2",
+                "--no-access-log",
+                "--log-level",
+                "warning",
+                "--timeout-graceful-shutdown",
+                "30",
+            ],
+            log,
+        )
         wait_http(f"{api_url}/health/ready", api, log)
         rows = []
 
@@ -166,15 +200,21 @@ def main() -> None:
             stop(api)
         db.stop_embedded_postgres(s)
 
-    print("\n| fault | predictions answered | stored | lost | feedback answered | stored | lost | "
-          "all stored after | what the clients got |")
+    print(
+        "\n| fault | predictions answered | stored | lost | feedback answered | stored | lost | "
+        "all stored after | what the clients got |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
     for name, load, p, f, wait in rows:
         codes = ", ".join(f"{k}: {v}" for k, v in sorted(load.codes.items()))
-        print(f"| {name} | {len(load.predictions):,} | {p:,} | {len(load.predictions) - p:,} | {len(load.feedback):,} "
-              f"| {f:,} | {len(load.feedback) - f:,} | {wait:.1f}s | {codes} |")
-    print("\nstored: predictions in `predictions`; feedback in `feedback` or `pending_feedback` (a report on a "
-          "prediction still in a worker's log). 8 client threads; API: uvicorn --workers 2.")
+        print(
+            f"| {name} | {len(load.predictions):,} | {p:,} | {len(load.predictions) - p:,} | {len(load.feedback):,} "
+            f"| {f:,} | {len(load.feedback) - f:,} | {wait:.1f}s | {codes} |"
+        )
+    print(
+        "\nstored: predictions in `predictions`; feedback in `feedback` or `pending_feedback` (a report on a "
+        "prediction still in a worker's log). 8 client threads; API: uvicorn --workers 2."
+    )
 
 
 if __name__ == "__main__":

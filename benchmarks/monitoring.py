@@ -12,6 +12,7 @@ and a breakdown of (2): load from PostgreSQL, descriptors, Evidently, HTML + JSO
 Usage: .venv/bin/python benchmarks/monitoring.py [--rows 10000] [--repeat 2]
 Uses DATABASE_URL (a database `smops_bench_mon` on that server) or the embedded PostgreSQL.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,13 +24,13 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 SHARED = REPO.parent / "shared" / "data" / "sentiment140_100k.csv"
-DAY = datetime(2025, 6, 1, tzinfo=timezone.utc)
+DAY = datetime(2025, 6, 1, tzinfo=UTC)
 SMALL_DAY = DAY + timedelta(days=1)
 
 
@@ -75,11 +76,23 @@ def main() -> None:
         proba = model.predict_proba(chosen)
         step = 86_000 / n
         with psycopg.connect(s.database_url, autocommit=True) as conn, conn.cursor() as cur:
-            with cur.copy("COPY predictions (text, label, p_negative, p_positive, model_name, model_version, source,"
-                          " created_at) FROM STDIN") as cp:
+            with cur.copy(
+                "COPY predictions (text, label, p_negative, p_positive, model_name, model_version, source,"
+                " created_at) FROM STDIN"
+            ) as cp:
                 for i, (t, p) in enumerate(zip(chosen, proba)):
-                    cp.write_row((t, int(p[1] >= 0.5), float(p[0]), float(p[1]), name, version,
-                                  "api" if i % 2 else "batch", day + timedelta(seconds=i * step)))
+                    cp.write_row(
+                        (
+                            t,
+                            int(p[1] >= 0.5),
+                            float(p[0]),
+                            float(p[1]),
+                            name,
+                            version,
+                            "api" if i % 2 else "batch",
+                            day + timedelta(seconds=i * step),
+                        )
+                    )
 
     store(DAY, args.rows)
     store(SMALL_DAY, 1000)

@@ -22,6 +22,7 @@ Usage: .venv/bin/python benchmarks/retraining.py [--no-airflow] [--poll 5]
 Uses DATABASE_URL's server (throw-away databases ``smops_bench_rt_*``, dropped at the end) or the
 embedded PostgreSQL.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,14 +64,16 @@ def main() -> None:
     tag = uuid.uuid4().hex[:6]
     dbname = f"smops_bench_rt_{tag}"
     work = Path(tempfile.mkdtemp(prefix="bench-retraining-", dir=REPO / "var" if (REPO / "var").exists() else None))
-    os.environ.update({
-        "DATABASE_URL": db.with_database(db.libpq_url(server), dbname),
-        "SENTIMENT_MLFLOW_DATABASE": f"{dbname}_mlflow",
-        "SENTIMENT_AIRFLOW_DATABASE": f"{dbname}_airflow",
-        "SENTIMENT_VAR_DIR": str(work / "var"),
-        "SENTIMENT_MODEL_NAME": f"bench-retraining-{tag}",
-        "SENTIMENT_RETRAINING_PROMOTION_MARGIN": "-1",
-    })
+    os.environ.update(
+        {
+            "DATABASE_URL": db.with_database(db.libpq_url(server), dbname),
+            "SENTIMENT_MLFLOW_DATABASE": f"{dbname}_mlflow",
+            "SENTIMENT_AIRFLOW_DATABASE": f"{dbname}_airflow",
+            "SENTIMENT_VAR_DIR": str(work / "var"),
+            "SENTIMENT_MODEL_NAME": f"bench-retraining-{tag}",
+            "SENTIMENT_RETRAINING_PROMOTION_MARGIN": "-1",
+        }
+    )
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     if args.poll is not None:
         os.environ["SENTIMENT_MODEL_POLL_SECONDS"] = str(args.poll)
@@ -123,8 +126,14 @@ def run(args, work: Path):
 
     port = _free_port()
     log = (work / "api.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(port)],
-                            cwd=REPO, env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=REPO,
+        env=dict(os.environ),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     base = f"http://127.0.0.1:{port}"
     client = httpx.Client(base_url=base, timeout=60)
     deadline = time.monotonic() + 120
@@ -200,9 +209,13 @@ def run(args, work: Path):
         d = retraining.check_trigger()
         marks.append(("trigger (check_trigger)", time.perf_counter()))
         assert d["trigger"], d
-        res = subprocess.run([airflow, "dags", "test", "sentiment_retraining", "-c",
-                              json.dumps({"retraining_id": d["retraining_id"]})], env=env, capture_output=True,
-                             text=True, timeout=1800)
+        res = subprocess.run(
+            [airflow, "dags", "test", "sentiment_retraining", "-c", json.dumps({"retraining_id": d["retraining_id"]})],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
         marks.append(("airflow dags test sentiment_retraining", time.perf_counter()))
         r = retraining.get_retraining(d["retraining_id"])
         if res.returncode != 0 or r["status"] != "promoted":
@@ -212,12 +225,16 @@ def run(args, work: Path):
         results.append(("airflow dags test", thr, corpus_rows, marks, r["metrics"], r["dataset_report"]))
 
     poll = s.model_poll_seconds
-    print(f"\nRetraining on feedback: {os.cpu_count()} CPUs (shared), baseline family tfidf_lr, "
-          f"API poll {poll:g}s, threshold {s.retraining_feedback_fraction:.1%} of the champion's corpus\n")
+    print(
+        f"\nRetraining on feedback: {os.cpu_count()} CPUs (shared), baseline family tfidf_lr, "
+        f"API poll {poll:g}s, threshold {s.retraining_feedback_fraction:.1%} of the champion's corpus\n"
+    )
     for label, thr, corpus_rows, marks, m, prep in results:
-        print(f"### {label}: {thr} reports = {s.retraining_feedback_fraction:.1%} of {corpus_rows:,} rows; "
-              f"new snapshot {prep['rows_out']:,} rows ({prep['new_texts']} new texts, {prep['relabelled_texts']} "
-              f"relabelled), held-out {prep['held_out']['rows']:,}, reported-eval {prep['reported_eval']['rows']}\n")
+        print(
+            f"### {label}: {thr} reports = {s.retraining_feedback_fraction:.1%} of {corpus_rows:,} rows; "
+            f"new snapshot {prep['rows_out']:,} rows ({prep['new_texts']} new texts, {prep['relabelled_texts']} "
+            f"relabelled), held-out {prep['held_out']['rows']:,}, reported-eval {prep['reported_eval']['rows']}\n"
+        )
         print("| stage | seconds | since crossing |\n|---|---:|---:|")
         for (name, t1), (_, t0) in zip(marks[1:], marks[:-1]):
             print(f"| {name} | {t1 - t0:.1f} | {t1 - marks[0][1]:.1f} |")
@@ -225,16 +242,22 @@ def run(args, work: Path):
         h = m["held_out"]
         ch, cp = h["challenger"]["accuracy"], h["champion"]["accuracy"]
         configured = s.promotion_margin
-        print(f"\nheld-out accuracy (n={h['n']:,}, same set): challenger {ch:.4f} vs champion v{h['champion_version']} "
-              f"{cp:.4f} ({ch - cp:+.4f}); with the configured margin {configured:g} it would "
-              f"{'be' if ch > cp + configured else 'NOT be'} promoted")
+        print(
+            f"\nheld-out accuracy (n={h['n']:,}, same set): challenger {ch:.4f} vs champion v{h['champion_version']} "
+            f"{cp:.4f} ({ch - cp:+.4f}); with the configured margin {configured:g} it would "
+            f"{'be' if ch > cp + configured else 'NOT be'} promoted"
+        )
         re_, rt = m["reported_eval"], m["reported_train"]
         fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
-        print(f"reported tweets held out (n={re_['n']}): challenger {fmt(re_['challenger_accuracy'])} vs champion "
-              f"{fmt(re_['champion_accuracy'])}; trained-on reports (n={rt['n']}, in-sample): challenger "
-              f"{fmt(rt['challenger_accuracy'])} vs champion {fmt(rt['champion_accuracy'])}\n")
-    print(f"(in production the trigger runs at the end of sentiment_monitoring (@daily): add the wait until its "
-          f"next run; the API picks a new champion up within model_poll_seconds = {poll:g}s)")
+        print(
+            f"reported tweets held out (n={re_['n']}): challenger {fmt(re_['challenger_accuracy'])} vs champion "
+            f"{fmt(re_['champion_accuracy'])}; trained-on reports (n={rt['n']}, in-sample): challenger "
+            f"{fmt(rt['challenger_accuracy'])} vs champion {fmt(rt['champion_accuracy'])}\n"
+        )
+    print(
+        f"(in production the trigger runs at the end of sentiment_monitoring (@daily): add the wait until its "
+        f"next run; the API picks a new champion up within model_poll_seconds = {poll:g}s)"
+    )
     return proc
 
 

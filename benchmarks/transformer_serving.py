@@ -21,6 +21,7 @@ Usage: .venv/bin/python benchmarks/transformer_serving.py [--steps 200] [--rows 
        [--eval-rows 2000] [--seconds 10] [--conns 8,32] [--batch-size 32] [--wait-ms 2]
 Needs wrk on PATH (apt-get install -y wrk). Uses DATABASE_URL (database ``smops_bench_onnx``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,8 +55,7 @@ def per_request(model, texts: list[str], seconds: float) -> dict:
         model.predict_proba([texts[i % len(texts)]])
         lat.append(time.perf_counter() - t0)
         i += 1
-    return {"rps": len(lat) / sum(lat), "n": len(lat), "p50": statistics.median(lat) * 1e3,
-            "p99": pct(lat, 0.99) * 1e3}
+    return {"rps": len(lat) / sum(lat), "n": len(lat), "p50": statistics.median(lat) * 1e3, "p99": pct(lat, 0.99) * 1e3}
 
 
 def load_as(model_dir: Path, runtime: str):
@@ -72,8 +72,9 @@ def load_as(model_dir: Path, runtime: str):
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=200, help="fine-tuning steps (batch 32)")
-    ap.add_argument("--rows", type=int, default=15000,
-                    help="tweets of the shared 100k to snapshot (80%% train, 20%% held out)")
+    ap.add_argument(
+        "--rows", type=int, default=15000, help="tweets of the shared 100k to snapshot (80%% train, 20%% held out)"
+    )
     ap.add_argument("--sample", type=int, default=0, help="training tweets sampled from the train split (0: all)")
     ap.add_argument("--eval-rows", type=int, default=2000)
     ap.add_argument("--seconds", type=float, default=10)
@@ -110,8 +111,11 @@ def main() -> None:
     model_dir = next(p.parent for p in local.rglob("family.json"))
     export = json.loads((model_dir / "onnx" / "export.json").read_text())
     training = json.loads((model_dir / "training.json").read_text())
-    print(f"champion v{version}: {training.get('steps')} steps, {training.get('examples_seen')} tweets seen, "
-          f"{train_s:.0f}s (train+evaluate+register+promote); export: {json.dumps(export)}", flush=True)
+    print(
+        f"champion v{version}: {training.get('steps')} steps, {training.get('examples_seen')} tweets seen, "
+        f"{train_s:.0f}s (train+evaluate+register+promote); export: {json.dumps(export)}",
+        flush=True,
+    )
 
     with EVAL.open(encoding="latin-1", newline="") as f:
         rows = [(1 if r[0] == "4" else 0, r[5]) for r in csv.reader(f) if r and r[0] in ("0", "4")]
@@ -128,8 +132,11 @@ def main() -> None:
         acc[runtime] = (float(((probs[runtime][:, 1] >= 0.5) == y).mean()), time.perf_counter() - t)
         loads.append(os.getloadavg())
         rates[runtime] = per_request(m, eval_texts, args.seconds)
-        print(f"{runtime}: accuracy {acc[runtime][0]:.4f} ({len(y)} tweets, {acc[runtime][1]:.1f}s); per request "
-              f"{rates[runtime]['rps']:.1f}/s", flush=True)
+        print(
+            f"{runtime}: accuracy {acc[runtime][0]:.4f} ({len(y)} tweets, {acc[runtime][1]:.1f}s); per request "
+            f"{rates[runtime]['rps']:.1f}/s",
+            flush=True,
+        )
         del m
         gc.collect()
 
@@ -141,40 +148,68 @@ def main() -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = work / "api.log"
-    proc = start([sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(port),
-                  "--workers", "1", "--no-access-log", "--log-level", "warning", "--timeout-graceful-shutdown", "30"],
-                 log)
+    proc = start(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "api.main:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+            "--timeout-graceful-shutdown",
+            "30",
+        ],
+        log,
+    )
     try:
         wait_http(f"{url}/health/ready", proc, log)
         bodies = [json.dumps({"text": t}) for t in eval_texts[:500]]
         wrk(url, "/predict", bodies, 8, 3, work)  # warm-up
         for c in [int(c) for c in args.conns.split(",")]:
             loads.append(os.getloadavg())
-            rows_out.append((f"POST /predict, API 1 worker, {export.get('runtime')}, micro-batch "
-                             f"<= {args.batch_size} / {args.wait_ms:g} ms", f"wrk {c} conn",
-                             wrk(url, "/predict", bodies, c, args.seconds, work)))
+            rows_out.append(
+                (
+                    f"POST /predict, API 1 worker, {export.get('runtime')}, micro-batch "
+                    f"<= {args.batch_size} / {args.wait_ms:g} ms",
+                    f"wrk {c} conn",
+                    wrk(url, "/predict", bodies, c, args.seconds, work),
+                )
+            )
     finally:
         stop(proc)
     loads.append(os.getloadavg())
 
     base = rates["torch"]["rps"]
-    print(f"\n## Transformer serving (MiniLM fine-tuned {training.get('steps')} steps; {os.cpu_count()} CPUs; "
-          f"load average seen {min(la[0] for la in loads):.1f}-{max(la[0] for la in loads):.1f})\n")
+    print(
+        f"\n## Transformer serving (MiniLM fine-tuned {training.get('steps')} steps; {os.cpu_count()} CPUs; "
+        f"load average seen {min(la[0] for la in loads):.1f}-{max(la[0] for la in loads):.1f})\n"
+    )
     print("| path | load | requests | req/s | p50 ms | p99 ms | vs torch per-request |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for name, load, r in rows_out:
         extra = f" ({r['non2xx']} non-2xx, {r['timeouts']} timeouts)" if r.get("non2xx") or r.get("timeouts") else ""
-        print(f"| {name} | {load} | {r['n']:,}{extra} | {r['rps']:,.1f} | {r['p50']:.1f} | {r['p99']:.1f} | "
-              f"{r['rps'] / base:.2f}x |")
+        print(
+            f"| {name} | {load} | {r['n']:,}{extra} | {r['rps']:,.1f} | {r['p50']:.1f} | {r['p99']:.1f} | "
+            f"{r['rps'] / base:.2f}x |"
+        )
     print(f"\n## Accuracy on {EVAL.name} ({len(y):,} random rows, seed 0)\n")
     print("| runtime | accuracy | max abs P diff vs torch | scoring seconds |")
     print("|---|---:|---:|---:|")
     for runtime in ("torch", "onnx", "onnx-int8"):
         d = float(np.abs(probs[runtime] - probs["torch"]).max())
         print(f"| {runtime} | {acc[runtime][0] * 100:.2f}% | {d:.2e} | {acc[runtime][1]:.1f} |")
-    print(f"\nint8 - torch: {(acc['onnx-int8'][0] - acc['torch'][0]) * 100:+.2f} points; export chose "
-          f"{export.get('runtime')} (validation: torch {export.get('torch_val_accuracy')}, int8 "
-          f"{export.get('int8_val_accuracy')}, n={export.get('n_validation')})")
+    print(
+        f"\nint8 - torch: {(acc['onnx-int8'][0] - acc['torch'][0]) * 100:+.2f} points; export chose "
+        f"{export.get('runtime')} (validation: torch {export.get('torch_val_accuracy')}, int8 "
+        f"{export.get('int8_val_accuracy')}, n={export.get('n_validation')})"
+    )
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ with a note naming the file). Several runs may be active at once; runs beyond th
 wait in the ``queued`` state, and two runs of the same content share one batch (the
 second waits for the first's plan, logging why, and never writes a duplicate row).
 """
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -29,11 +30,15 @@ MAX_ACTIVE_BATCHES = 4
     schedule=None,
     tags=["sentiment", "scoring"],
     params={
-        "input_path": Param("", type="string",
-                            description="File to score (CSV: Sentiment140 / polarity,text / one column; .txt; .parquet)."
-                                        " Required: files dropped in var/inbox/ are triggered by sentiment_inbox."),
-        "shard_rows": Param(0, type="integer", minimum=0,
-                            description="Rows per shard (one mapped task each); 0: one shard per CPU"),
+        "input_path": Param(
+            "",
+            type="string",
+            description="File to score (CSV: Sentiment140 / polarity,text / one column; .txt; .parquet)."
+            " Required: files dropped in var/inbox/ are triggered by sentiment_inbox.",
+        ),
+        "shard_rows": Param(
+            0, type="integer", minimum=0, description="Rows per shard (one mapped task each); 0: one shard per CPU"
+        ),
         "force": Param(False, type="boolean", description="Re-score a batch that is already done"),
     },
     **{**platform_dag_kwargs(retries=2, retry_delay=timedelta(seconds=10)), "max_active_runs": MAX_ACTIVE_BATCHES},
@@ -45,8 +50,12 @@ def sentiment_batch_scoring():
         from ml.scoring import plan as plan_batch
 
         ctx = get_current_context()
-        p = plan_batch(ctx["params"]["input_path"], shard_rows=ctx["params"]["shard_rows"],
-                       force=ctx["params"]["force"], airflow_run_id=ctx["run_id"])
+        p = plan_batch(
+            ctx["params"]["input_path"],
+            shard_rows=ctx["params"]["shard_rows"],
+            force=ctx["params"]["force"],
+            airflow_run_id=ctx["run_id"],
+        )
         return [{"batch_id": p.batch_id, "shard": s} for s in p.shards] or [{"batch_id": p.batch_id, "shard": None}]
 
     @task(max_active_tis_per_dagrun=8)

@@ -11,6 +11,7 @@ has no schedule and no sensor, so a manual run never waits behind the inbox.
 Not an AssetWatcher: the file triggers Airflow ships for event-driven scheduling
 (``FileDeleteTrigger``) delete the file they find, and the batch needs it.
 """
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -26,8 +27,9 @@ from sentiment_dag_defaults import platform_dag_kwargs  # plugins/ (on sys.path 
     schedule=timedelta(minutes=1),
     tags=["sentiment", "scoring"],
     params={
-        "settle_seconds": Param(10, type="number", minimum=0,
-                                description="A file must be unchanged this long before it is scored"),
+        "settle_seconds": Param(
+            10, type="number", minimum=0, description="A file must be unchanged this long before it is scored"
+        ),
     },
     **platform_dag_kwargs(),
     doc_md=__doc__,

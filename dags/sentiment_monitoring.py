@@ -19,10 +19,11 @@ Last, ``deliver_report`` (``ml.alerts.deliver_report``) tells people: the report
 to the HTML) by e-mail to ``report_recipients`` and to the webhook; a drift verdict also raises the
 ``drift`` alert. Each channel's outcome is stored on the report; a failing channel fails nothing.
 """
+
 from __future__ import annotations
 
-from airflow.sdk import Param, dag, get_current_context, task
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
+from airflow.sdk import Param, dag, get_current_context, task
 from sentiment_dag_defaults import platform_dag_kwargs  # plugins/ (on sys.path in every Airflow process)
 from sentiment_notifiers import PlatformAlertNotifier
 
@@ -37,8 +38,11 @@ def _trigger_failed(context) -> None:
         decision = context["ti"].xcom_pull(task_ids="check_retraining") or {}
         if decision.get("retraining_id") is not None:
             exc = context.get("exception")
-            mark_failed(decision["retraining_id"], "sentiment_monitoring: trigger_retraining failed, no "
-                        "sentiment_retraining run" + (f" ({type(exc).__name__}: {exc})" if exc else ""))
+            mark_failed(
+                decision["retraining_id"],
+                "sentiment_monitoring: trigger_retraining failed, no "
+                "sentiment_retraining run" + (f" ({type(exc).__name__}: {exc})" if exc else ""),
+            )
     except Exception as e:  # noqa: BLE001 - a failure callback must never fail the run further
         logging.getLogger("ml.retraining").error("could not mark the retraining failed: %s", e)
 
@@ -50,10 +54,17 @@ def _trigger_failed(context) -> None:
     tags=["sentiment", "monitoring"],
     params={
         "start": Param("", type="string", description="Period start (ISO timestamp); empty: end - hours"),
-        "end": Param("", type="string", description="Period end (ISO timestamp); empty: the data interval's end "
-                                                    "(scheduled) or now (manual)"),
-        "hours": Param(None, type=["null", "number"], exclusiveMinimum=0,
-                       description="Period length in hours when start is empty (default: monitoring_hours, 24)"),
+        "end": Param(
+            "",
+            type="string",
+            description="Period end (ISO timestamp); empty: the data interval's end (scheduled) or now (manual)",
+        ),
+        "hours": Param(
+            None,
+            type=["null", "number"],
+            exclusiveMinimum=0,
+            description="Period length in hours when start is empty (default: monitoring_hours, 24)",
+        ),
     },
     **platform_dag_kwargs(),
     doc_md=__doc__,

@@ -20,10 +20,14 @@ conf ``{"retraining_id": id}``) when the misclassification reports since the cha
 reach ``retraining_feedback_fraction`` of its training corpus; by hand without ``retraining_id``
 (a manual retraining on the pending reports). Held-out choice: see ``ml/retraining.py``.
 """
+
 from __future__ import annotations
 
 from airflow.sdk import Param, dag, get_current_context, task
-from sentiment_dag_defaults import MODEL_FAMILIES, platform_dag_kwargs  # plugins/ (on sys.path in every Airflow process)
+from sentiment_dag_defaults import (  # plugins/ (on sys.path in every Airflow process)
+    MODEL_FAMILIES,
+    platform_dag_kwargs,
+)
 from sentiment_promotion import promotion, shadow
 
 
@@ -33,17 +37,33 @@ from sentiment_promotion import promotion, shadow
     schedule=None,
     tags=["sentiment", "training", "feedback"],
     params={
-        "retraining_id": Param(None, type=["null", "integer", "string"],
-                               description="The triggered retraining (set by sentiment_monitoring); empty: a manual "
-                                           "retraining on the pending reports"),
-        "mode": Param("", type="string", enum=["", "champion", "compare"],
-                      description="champion: its family + params; compare: compare `families`; empty: retraining_mode"),
-        "families": Param(MODEL_FAMILIES, type="array", items={"type": "string", "enum": MODEL_FAMILIES}, minItems=1,
-                          description="Families to compare (mode compare)"),
+        "retraining_id": Param(
+            None,
+            type=["null", "integer", "string"],
+            description="The triggered retraining (set by sentiment_monitoring); empty: a manual "
+            "retraining on the pending reports",
+        ),
+        "mode": Param(
+            "",
+            type="string",
+            enum=["", "champion", "compare"],
+            description="champion: its family + params; compare: compare `families`; empty: retraining_mode",
+        ),
+        "families": Param(
+            MODEL_FAMILIES,
+            type="array",
+            items={"type": "string", "enum": MODEL_FAMILIES},
+            minItems=1,
+            description="Families to compare (mode compare)",
+        ),
         "profile": Param("quick", type="string", enum=["quick", "full"], description="Search profile (mode compare)"),
         "hyperparams": Param({}, type="object", description="Overrides of the champion's params (mode champion)"),
-        "sample_size": Param(None, type=["null", "integer"], minimum=20,
-                             description="Stratified sample of the training split (tests, quick runs)"),
+        "sample_size": Param(
+            None,
+            type=["null", "integer"],
+            minimum=20,
+            description="Stratified sample of the training split (tests, quick runs)",
+        ),
     },
     **platform_dag_kwargs(),
     doc_md=__doc__,
@@ -62,8 +82,15 @@ def sentiment_retraining():
 
         ctx = get_current_context()
         p = ctx["params"]
-        return train_challenger(retraining_id, p["mode"] or None, p["families"], p["hyperparams"],
-                                p["sample_size"], p["profile"], airflow_run_id=ctx["run_id"])
+        return train_challenger(
+            retraining_id,
+            p["mode"] or None,
+            p["families"],
+            p["hyperparams"],
+            p["sample_size"],
+            p["profile"],
+            airflow_run_id=ctx["run_id"],
+        )
 
     @task
     def evaluate(retraining_id: int, mlflow_run_id: str) -> str:

@@ -13,10 +13,14 @@ Search spaces: config/search_space.yaml (``search_space`` merges over the profil
 Thin on purpose: each task calls one function of ``ml`` (imported inside the task, so the
 DAG file parses in milliseconds); the same functions back the ``ml`` CLI (``ml compare``).
 """
+
 from __future__ import annotations
 
 from airflow.sdk import Param, XComArg, dag, get_current_context, task
-from sentiment_dag_defaults import MODEL_FAMILIES, platform_dag_kwargs  # plugins/ (on sys.path in every Airflow process)
+from sentiment_dag_defaults import (  # plugins/ (on sys.path in every Airflow process)
+    MODEL_FAMILIES,
+    platform_dag_kwargs,
+)
 from sentiment_promotion import promotion
 
 
@@ -27,16 +31,30 @@ from sentiment_promotion import promotion
     tags=["sentiment", "training", "comparison"],
     params={
         "data_path": Param("", type="string", description="Labelled CSV: Sentiment140 (6 columns) or polarity,text"),
-        "families": Param(["tfidf_lr"], type="array", items={"type": "string", "enum": MODEL_FAMILIES}, minItems=1,
-                          description="Model families to compare (one mapped search task each)"),
-        "profile": Param("quick", type="string", enum=["quick", "full"],
-                         description="Search profile of config/search_space.yaml"),
-        "sample_sizes": Param({}, type="object",
-                              description='Training sample per family, e.g. {"cnn": 5000} (default: the profile\'s)'),
-        "sample_size": Param(None, type=["null", "integer"], minimum=20,
-                             description="Training sample for every family not in sample_sizes (empty = profile's)"),
-        "search_space": Param({}, type="object",
-                              description='Merged over the profile, e.g. {"cnn": {"n_trials": 1, "params": {"epochs": [1]}}}'),
+        "families": Param(
+            ["tfidf_lr"],
+            type="array",
+            items={"type": "string", "enum": MODEL_FAMILIES},
+            minItems=1,
+            description="Model families to compare (one mapped search task each)",
+        ),
+        "profile": Param(
+            "quick", type="string", enum=["quick", "full"], description="Search profile of config/search_space.yaml"
+        ),
+        "sample_sizes": Param(
+            {}, type="object", description='Training sample per family, e.g. {"cnn": 5000} (default: the profile\'s)'
+        ),
+        "sample_size": Param(
+            None,
+            type=["null", "integer"],
+            minimum=20,
+            description="Training sample for every family not in sample_sizes (empty = profile's)",
+        ),
+        "search_space": Param(
+            {},
+            type="object",
+            description='Merged over the profile, e.g. {"cnn": {"n_trials": 1, "params": {"epochs": [1]}}}',
+        ),
     },
     **platform_dag_kwargs(),
     doc_md=__doc__,
@@ -59,8 +77,15 @@ def sentiment_training():
 
         ctx = get_current_context()
         p = ctx["params"]
-        comparison = plan_comparison(snapshot_hash, p["families"], p["profile"], p["sample_sizes"],
-                                     p["sample_size"], p["search_space"], airflow_run_id=ctx["run_id"])
+        comparison = plan_comparison(
+            snapshot_hash,
+            p["families"],
+            p["profile"],
+            p["sample_sizes"],
+            p["sample_size"],
+            p["search_space"],
+            airflow_run_id=ctx["run_id"],
+        )
         ctx["ti"].xcom_push(key="comparison", value=comparison)
         return comparison["families"]
 

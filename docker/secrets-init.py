@@ -21,6 +21,7 @@ database password 0440 (postgres user, group 0 = the app's group).
 
     python docker/secrets-init.py [--dir DIR] [--show-logins]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -98,20 +99,23 @@ def derived_files(v: dict[str, str], env: dict[str, str], secrets_dir: str) -> d
         "MLFLOW_AUTH_ADMIN_USERNAME": mlflow_user,
         "MLFLOW_AUTH_ADMIN_PASSWORD": v["mlflow_admin_password"],
     }
-    ini = ("[mlflow]\n"
-           "default_permission = READ\n"
-           f"database_uri = postgresql+psycopg://{user}@{host}:5432/mlflow_auth\n"
-           f"admin_username = {mlflow_user}\n"
-           "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
-           "grant_default_workspace_access = false\n")
+    ini = (
+        "[mlflow]\n"
+        "default_permission = READ\n"
+        f"database_uri = postgresql+psycopg://{user}@{host}:5432/mlflow_auth\n"
+        f"admin_username = {mlflow_user}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        "grant_default_workspace_access = false\n"
+    )
     esc = v["postgres_password"].replace("\\", "\\\\").replace(":", "\\:")
     return {
         "postgres_password": v["postgres_password"],
         "pgpass": f"{host}:5432:*:{user}:{esc}\n",
         "api.env": _env_file(tracking),
         "airflow.env": _env_file(airflow),
-        "airflow-admin.env": _env_file({"AIRFLOW_ADMIN_USERNAME": airflow_user,
-                                        "AIRFLOW_ADMIN_PASSWORD": v["airflow_admin_password"]}),
+        "airflow-admin.env": _env_file(
+            {"AIRFLOW_ADMIN_USERNAME": airflow_user, "AIRFLOW_ADMIN_PASSWORD": v["airflow_admin_password"]}
+        ),
         "mlflow.env": _env_file(mlflow),
         "mlflow-auth.ini": ini,
     }

@@ -29,6 +29,7 @@ Rule ``misclassification_burst`` (from the original deployment): ``alert_misclas
   ``alert_email_to`` are set. The webhook and e-mail are sent by a background thread, off the
   request path; what each channel did (sent / failed + error) is recorded in ``alerts.channels``.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,7 +37,7 @@ import logging
 import smtplib
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from typing import Any, cast
 
@@ -60,8 +61,9 @@ _pending: set[Future] = set()
 
 
 # ---------------------------------------------------------------- the rule
-def evaluate_feedback(feedback_id: int, settings: Settings | None = None, dispatch: bool = True,
-                      conn: psycopg.Connection | None = None) -> dict[str, Any]:
+def evaluate_feedback(
+    feedback_id: int, settings: Settings | None = None, dispatch: bool = True, conn: psycopg.Connection | None = None
+) -> dict[str, Any]:
     """Apply the burst rule after feedback ``feedback_id`` was stored (and committed).
 
     Returns ``{"misclassification", "raised", "alert_id", "n_reports", "threshold"}``. When an alert
@@ -70,8 +72,11 @@ def evaluate_feedback(feedback_id: int, settings: Settings | None = None, dispat
     s = settings or get_settings()
     out: dict[str, Any] = {"feedback_id": feedback_id, "misclassification": False, "raised": False, "alert_id": None}
     # ``conn``: a connection the caller keeps (the API's alert thread), one transaction per call
-    with (conn.transaction() if conn is not None else
-          db.connect(s, start_embedded=False, connect_timeout=5, application_name="sentiment-alerts")) as opened:
+    with (
+        conn.transaction()
+        if conn is not None
+        else db.connect(s, start_embedded=False, connect_timeout=5, application_name="sentiment-alerts")
+    ) as opened:
         # with ``conn`` the context is its transaction; without, the new connection itself
         c = conn if conn is not None else cast(psycopg.Connection, opened)
         row = store.feedback_verdict(c, feedback_id)
@@ -97,11 +102,18 @@ def _evaluate_locked(conn: psycopg.Connection, model_name: str, feedback_id: int
     now = store.lock(conn, RULE_BURST, model_name)
     start = now - timedelta(seconds=window)
     n, ids, first, last = store.wrong_reports_between(conn, model_name, start, now)
-    res: dict[str, Any] = {"n_reports": n, "threshold": threshold, "window_seconds": window, "raised": False,
-                           "alert_id": None, "model_name": model_name}
+    res: dict[str, Any] = {
+        "n_reports": n,
+        "threshold": threshold,
+        "window_seconds": window,
+        "raised": False,
+        "alert_id": None,
+        "model_name": model_name,
+    }
     open_alert = store.open_alert(conn, RULE_BURST, model_name)
-    if open_alert is not None and (n < threshold or open_alert["last_report_at"] is None
-                                   or open_alert["last_report_at"] <= start):
+    if open_alert is not None and (
+        n < threshold or open_alert["last_report_at"] is None or open_alert["last_report_at"] <= start
+    ):
         # the burst is over: its window holds fewer than `threshold` reports, or nothing new came in a window
         last_at = open_alert["last_report_at"]
         store.resolve(conn, open_alert["id"], min(now, last_at + timedelta(seconds=window)) if last_at else now)
@@ -113,19 +125,34 @@ def _evaluate_locked(conn: psycopg.Connection, model_name: str, feedback_id: int
     if open_alert is not None:  # the same burst: record the report on the open alert, recount the burst
         store.add_later_report(conn, open_alert["id"], feedback_id)
         burst_first = open_alert["first_report_at"] or first
-        n_burst, _, _, burst_last = store.wrong_reports_between(conn, model_name, burst_first, now,
-                                                                include_start=True)
+        n_burst, _, _, burst_last = store.wrong_reports_between(conn, model_name, burst_first, now, include_start=True)
         burst_last = max(burst_last or last, last)
-        store.update_count(conn, open_alert["id"], n_burst, burst_last,
-                           burst_message(n_burst, model_name, burst_first, burst_last, threshold, window))
+        store.update_count(
+            conn,
+            open_alert["id"],
+            n_burst,
+            burst_last,
+            burst_message(n_burst, model_name, burst_first, burst_last, threshold, window),
+        )
         res.update(alert_id=open_alert["id"], n_burst=n_burst)
         return res
     message = burst_message(n, model_name, first, last, threshold, window)
     details = {"feedback_ids": ids, "first_report_at": first.isoformat(), "last_report_at": last.isoformat()}
     alert_id = store.insert_open(
-        conn, rule=RULE_BURST, model_name=model_name, severity="error", window_seconds=int(window),
-        threshold=threshold, n_reports=n, feedback_ids=ids, first_report_at=first, last_report_at=last,
-        message=message, details=details, channels=[_channel_result("log", "logger ml.alerts", "sent")])
+        conn,
+        rule=RULE_BURST,
+        model_name=model_name,
+        severity="error",
+        window_seconds=int(window),
+        threshold=threshold,
+        n_reports=n,
+        feedback_ids=ids,
+        first_report_at=first,
+        last_report_at=last,
+        message=message,
+        details=details,
+        channels=[_channel_result("log", "logger ml.alerts", "sent")],
+    )
     if alert_id is None:  # cannot happen under the lock; the unique index is the second guard
         return res
     res.update(raised=True, alert_id=alert_id, message=message, feedback_ids=ids)
@@ -144,10 +171,12 @@ def _duration(seconds: float) -> str:
 def burst_message(n: int, model_name: str, first: datetime, last: datetime, threshold: int, window: float) -> str:
     """The burst alert's text: how many reports, over what period (rewritten on every report of the
     burst, so that it always says the whole burst), and the rule that raised it."""
-    a, b = first.astimezone(timezone.utc), last.astimezone(timezone.utc)
-    return (f"{n:,} predictions of {model_name} reported wrong in {_duration((b - a).total_seconds())} "
-            f"({a:%Y-%m-%d %H:%M:%S} -> {b:%Y-%m-%d %H:%M:%S} UTC); "
-            f"alert rule: {threshold} reports within {window:g} s")
+    a, b = first.astimezone(UTC), last.astimezone(UTC)
+    return (
+        f"{n:,} predictions of {model_name} reported wrong in {_duration((b - a).total_seconds())} "
+        f"({a:%Y-%m-%d %H:%M:%S} -> {b:%Y-%m-%d %H:%M:%S} UTC); "
+        f"alert rule: {threshold} reports within {window:g} s"
+    )
 
 
 # ---------------------------------------------------------------- the burst guard (feedback_burst)
@@ -177,20 +206,32 @@ def evaluate_burst(conn: psycopg.Connection, model_name: str, s: Settings) -> di
     counts = store.wrong_reports_by_reporter(conn, model_name, start, now)
     total = sum(n for _, n, _, _ in counts)
     base_start = now - timedelta(hours=float(s.feedback_burst_baseline_hours))
-    base_total = (store.wrong_report_total(conn, model_name, base_start, start)
-                  if total >= s.feedback_burst_rate_min else 0)  # below the minimum: no rate burst anyway
+    base_total = (
+        store.wrong_report_total(conn, model_name, base_start, start) if total >= s.feedback_burst_rate_min else 0
+    )  # below the minimum: no rate burst anyway
     normal = base_total * window / max(1.0, (start - base_start).total_seconds())  # per window
     rate_limit = max(float(s.feedback_burst_rate_min), float(s.feedback_burst_rate_factor) * normal)
     loud = [(who, n) for who, n, _, _ in counts if n >= s.feedback_burst_identity_count]
     rate_burst = total >= rate_limit
-    res: dict[str, Any] = {"open": False, "raised": False, "alert_id": None, "message": None,
-                           "model_name": model_name, "window_reports": total, "normal_per_window": round(normal, 2)}
+    res: dict[str, Any] = {
+        "open": False,
+        "raised": False,
+        "alert_id": None,
+        "message": None,
+        "model_name": model_name,
+        "window_reports": total,
+        "normal_per_window": round(normal, 2),
+    }
     open_alert = store.open_alert(conn, RULE_FEEDBACK_BURST, model_name)
     if open_alert is not None and not (loud or rate_burst):
         last_at = open_alert["last_report_at"]
         if last_at is None or last_at + timedelta(seconds=quiet) <= now:  # quiet long enough: it is over
-            store.resolve(conn, open_alert["id"], (last_at + timedelta(seconds=quiet)) if last_at else now,
-                          {"resolved": f"no burst for {quiet:g} s"})
+            store.resolve(
+                conn,
+                open_alert["id"],
+                (last_at + timedelta(seconds=quiet)) if last_at else now,
+                {"resolved": f"no burst for {quiet:g} s"},
+            )
             res["resolved"] = open_alert["id"]
             return res
         res.update(open=True, alert_id=open_alert["id"], message=open_alert["details"].get("message"))
@@ -200,8 +241,11 @@ def evaluate_burst(conn: psycopg.Connection, model_name: str, s: Settings) -> di
     details = dict(open_alert["details"]) if open_alert else {}
     hashes = set(details.get("identity_sha256", [])) | {_sha(w) for w, _ in loud}
     kind = "identity" if hashes else "rate"  # one (or a few) identities, or everyone at once
-    first_at = open_alert["first_report_at"] if open_alert and open_alert["first_report_at"] else min(
-        f for _, _, f, _ in counts)
+    first_at = (
+        open_alert["first_report_at"]
+        if open_alert and open_alert["first_report_at"]
+        else min(f for _, _, f, _ in counts)
+    )
     burst_counts = store.wrong_reports_by_reporter(conn, model_name, first_at, now, include_start=True)
     if kind == "identity":  # their reports since the burst began
         burst_counts = [c for c in burst_counts if _sha(c[0]) in hashes]
@@ -211,26 +255,48 @@ def evaluate_burst(conn: psycopg.Connection, model_name: str, s: Settings) -> di
     who = [(redact(c[0]), c[1]) for c in burst_counts[:5]]
     more = len(burst_counts) - len(who)
     whom = ", ".join(f"{w} ({k:,})" for w, k in who) + (f" and {more} more" if more > 0 else "")
-    rule = (f"{s.feedback_burst_identity_count} wrong-reports from one identity within {window:g} s"
-            if kind == "identity" else
-            f"wrong-reports at {s.feedback_burst_rate_factor:g}x the normal rate ({normal:.1f} per {window:g} s) "
-            f"and >= {s.feedback_burst_rate_min}")
-    a, b = first.astimezone(timezone.utc), last.astimezone(timezone.utc)
-    message = (f"{n:,} misclassification reports on {model_name} from {whom} in "
-               f"{_duration((b - a).total_seconds())} ({a:%Y-%m-%d %H:%M:%S} -> {b:%Y-%m-%d %H:%M:%S} UTC); "
-               f"burst rule: {rule}. Retraining is paused until {quiet:g} s pass without a burst.")
-    details.update(kind=kind, identities=[w for w, _ in who], identity_sha256=sorted(hashes), message=message,
-                   first_report_at=a.isoformat(), last_report_at=b.isoformat(), window_reports=total,
-                   normal_per_window=round(normal, 2), per_identity={w: k for w, k in who})
+    rule = (
+        f"{s.feedback_burst_identity_count} wrong-reports from one identity within {window:g} s"
+        if kind == "identity"
+        else f"wrong-reports at {s.feedback_burst_rate_factor:g}x the normal rate ({normal:.1f} per {window:g} s) "
+        f"and >= {s.feedback_burst_rate_min}"
+    )
+    a, b = first.astimezone(UTC), last.astimezone(UTC)
+    message = (
+        f"{n:,} misclassification reports on {model_name} from {whom} in "
+        f"{_duration((b - a).total_seconds())} ({a:%Y-%m-%d %H:%M:%S} -> {b:%Y-%m-%d %H:%M:%S} UTC); "
+        f"burst rule: {rule}. Retraining is paused until {quiet:g} s pass without a burst."
+    )
+    details.update(
+        kind=kind,
+        identities=[w for w, _ in who],
+        identity_sha256=sorted(hashes),
+        message=message,
+        first_report_at=a.isoformat(),
+        last_report_at=b.isoformat(),
+        window_reports=total,
+        normal_per_window=round(normal, 2),
+        per_identity={w: k for w, k in who},
+    )
     if open_alert is not None:
         store.update_count(conn, open_alert["id"], n, last, message, details)
         res.update(open=True, alert_id=open_alert["id"], message=message, n_reports=n)
         return res
     alert_id = store.insert_open(
-        conn, rule=RULE_FEEDBACK_BURST, model_name=model_name, severity="error", window_seconds=int(window),
-        threshold=int(s.feedback_burst_identity_count), n_reports=n, feedback_ids=[], first_report_at=first,
-        last_report_at=last, message=message, details=details,
-        channels=[_channel_result("log", "logger ml.alerts", "sent")])
+        conn,
+        rule=RULE_FEEDBACK_BURST,
+        model_name=model_name,
+        severity="error",
+        window_seconds=int(window),
+        threshold=int(s.feedback_burst_identity_count),
+        n_reports=n,
+        feedback_ids=[],
+        first_report_at=first,
+        last_report_at=last,
+        message=message,
+        details=details,
+        channels=[_channel_result("log", "logger ml.alerts", "sent")],
+    )
     if alert_id is None:  # the unique index: another process raised it a moment ago
         return res
     log.warning("ALERT %s #%s: %s", RULE_FEEDBACK_BURST, alert_id, message)
@@ -239,8 +305,15 @@ def evaluate_burst(conn: psycopg.Connection, model_name: str, s: Settings) -> di
 
 
 # ---------------------------------------------------------------- events (DAG failures)
-def raise_event(rule: str, model_name: str, message: str, details: dict[str, Any] | None = None,
-                severity: str = "error", settings: Settings | None = None, send: bool = True) -> int | None:
+def raise_event(
+    rule: str,
+    model_name: str,
+    message: str,
+    details: dict[str, Any] | None = None,
+    severity: str = "error",
+    settings: Settings | None = None,
+    send: bool = True,
+) -> int | None:
     """Record a one-off alert (already resolved: an event, not a state) and send it on every channel
     now, in this thread (DAG callbacks are not on a request path). Returns its id, or None when the
     database is unreachable (the log line is written either way)."""
@@ -248,8 +321,15 @@ def raise_event(rule: str, model_name: str, message: str, details: dict[str, Any
     log.warning("ALERT %s (%s): %s", rule, model_name, message)
     try:
         with db.connect(s, start_embedded=False, connect_timeout=5, application_name="sentiment-alerts") as conn:
-            alert_id = store.insert_event(conn, rule, model_name, severity, message, details or {},
-                                          [_channel_result("log", "logger ml.alerts", "sent")])
+            alert_id = store.insert_event(
+                conn,
+                rule,
+                model_name,
+                severity,
+                message,
+                details or {},
+                [_channel_result("log", "logger ml.alerts", "sent")],
+            )
     except Exception as e:  # noqa: BLE001 - a failure callback must not fail
         log.error("could not record alert %s: %s", rule, e)
         return None
@@ -260,8 +340,7 @@ def raise_event(rule: str, model_name: str, message: str, details: dict[str, Any
 
 # ---------------------------------------------------------------- channels
 def _channel_result(channel: str, target: str, status: str, error: str | None = None) -> dict[str, Any]:
-    return {"channel": channel, "target": target, "status": status, "error": error,
-            "at": datetime.now(timezone.utc).isoformat()}
+    return {"channel": channel, "target": target, "status": status, "error": error, "at": datetime.now(UTC).isoformat()}
 
 
 def alert_payload(alert_id: int, settings: Settings | None = None) -> dict[str, Any]:
@@ -297,8 +376,12 @@ def send_webhook(payload: dict[str, Any], s: Settings) -> None:
 
 def send_email(payload: dict[str, Any], s: Settings) -> None:
     """An alert by e-mail to ``alert_email_to``."""
-    send_mail(f"[sentiment] ALERT {payload['rule']} ({payload['model_name']}): {payload['message'][:120]}",
-              f"{payload['message']}\n\n{json.dumps(payload, indent=2, default=str)}\n", _email_recipients(s), s)
+    send_mail(
+        f"[sentiment] ALERT {payload['rule']} ({payload['model_name']}): {payload['message'][:120]}",
+        f"{payload['message']}\n\n{json.dumps(payload, indent=2, default=str)}\n",
+        _email_recipients(s),
+        s,
+    )
 
 
 def send_mail(subject: str, body: str, recipients: list[str], s: Settings) -> None:
@@ -339,8 +422,14 @@ def _send_channels(alert_id: int, s: Settings) -> list[dict[str, Any]]:
             send_webhook(payload, s)
             results.append(_channel_result("webhook", _redacted(s.alert_webhook_url), "sent"))
         except Exception as e:  # noqa: BLE001 - recorded, never raised
-            results.append(_channel_result("webhook", _redacted(s.alert_webhook_url), "failed",
-                                           f"{type(e).__name__}: {str(e).replace(s.alert_webhook_url, '<webhook>')}"))
+            results.append(
+                _channel_result(
+                    "webhook",
+                    _redacted(s.alert_webhook_url),
+                    "failed",
+                    f"{type(e).__name__}: {str(e).replace(s.alert_webhook_url, '<webhook>')}",
+                )
+            )
     if s.alert_smtp_host and _email_recipients(s):
         target = f"smtp://{s.alert_smtp_host}:{s.alert_smtp_port} -> {', '.join(_email_recipients(s))}"
         try:
@@ -349,9 +438,14 @@ def _send_channels(alert_id: int, s: Settings) -> list[dict[str, Any]]:
         except Exception as e:  # noqa: BLE001
             results.append(_channel_result("email", target, "failed", f"{type(e).__name__}: {e}"))
     for r in results:
-        (log.info if r["status"] == "sent" else log.error)("alert %s via %s (%s): %s%s", alert_id, r["channel"],
-                                                           r["target"], r["status"],
-                                                           f" - {r['error']}" if r["error"] else "")
+        (log.info if r["status"] == "sent" else log.error)(
+            "alert %s via %s (%s): %s%s",
+            alert_id,
+            r["channel"],
+            r["target"],
+            r["status"],
+            f" - {r['error']}" if r["error"] else "",
+        )
     if results:
         try:
             with db.connect(s, start_embedded=False, connect_timeout=5, application_name="sentiment-alerts") as conn:
@@ -413,22 +507,38 @@ def drift_alert(summary: dict[str, Any], settings: Settings | None = None) -> di
             report_ids.append(rid)
         digest = monitoring.report_digest(summary, None, s)
         p = summary["period"]
-        message = (f"DRIFT in {', '.join(digest['drifted_signals']) or 'the report'}: drift report {rid} of {model} "
-                   f"({p['start'][:16]} -> {p['end'][:16]} UTC, {digest['predictions']:,} predictions)"
-                   + (f"; drift in {len(report_ids)} reports in a row" if len(report_ids) > 1 else "")
-                   + f". Report: {digest['report_url']}")
-        details = {"report_ids": report_ids, "report_url": digest["report_url"],
-                   "drifted_signals": digest["drifted_signals"], "verdict": summary["verdict"]}
+        message = (
+            f"DRIFT in {', '.join(digest['drifted_signals']) or 'the report'}: drift report {rid} of {model} "
+            f"({p['start'][:16]} -> {p['end'][:16]} UTC, {digest['predictions']:,} predictions)"
+            + (f"; drift in {len(report_ids)} reports in a row" if len(report_ids) > 1 else "")
+            + f". Report: {digest['report_url']}"
+        )
+        details = {
+            "report_ids": report_ids,
+            "report_url": digest["report_url"],
+            "drifted_signals": digest["drifted_signals"],
+            "verdict": summary["verdict"],
+        }
         created = datetime.fromisoformat(summary["created_at"])
         if open_alert is not None:
             store.update_count(conn, open_alert["id"], len(report_ids), created, message, details)
             out.update(alert_id=open_alert["id"], continued=True, message=message)
             return out
         alert_id = store.insert_open(
-            conn, rule=RULE_DRIFT, model_name=model, severity="warning",
+            conn,
+            rule=RULE_DRIFT,
+            model_name=model,
+            severity="warning",
             window_seconds=int((datetime.fromisoformat(p["end"]) - datetime.fromisoformat(p["start"])).total_seconds()),
-            threshold=None, n_reports=1, feedback_ids=[], first_report_at=created, last_report_at=created,
-            message=message, details=details, channels=[_channel_result("log", "logger ml.alerts", "sent")])
+            threshold=None,
+            n_reports=1,
+            feedback_ids=[],
+            first_report_at=created,
+            last_report_at=created,
+            message=message,
+            details=details,
+            channels=[_channel_result("log", "logger ml.alerts", "sent")],
+        )
     if alert_id is not None:
         log.warning("ALERT %s #%s: %s", RULE_DRIFT, alert_id, message)
         out.update(alert_id=alert_id, raised=True, message=message)
@@ -447,8 +557,9 @@ def _retraining_status(s: Settings) -> dict[str, Any] | None:
         return None
 
 
-def deliver_report(report: dict[str, Any] | str, retraining: dict[str, Any] | None = None,
-                   settings: Settings | None = None) -> dict[str, Any]:
+def deliver_report(
+    report: dict[str, Any] | str, retraining: dict[str, Any] | None = None, settings: Settings | None = None
+) -> dict[str, Any]:
     """Tell people about one stored drift report: its digest (``ml.monitoring.report_digest``: verdict,
     drifted signals, prediction volume, reported-wrong count and what it means for accuracy, reports
     against the retraining threshold, a link to the HTML) to ``report_recipients`` by e-mail and to
@@ -482,8 +593,14 @@ def deliver_report(report: dict[str, Any] | str, retraining: dict[str, Any] | No
             send_webhook(digest, s)
             results.append(_channel_result("webhook", target, "sent"))
         except Exception as e:  # noqa: BLE001 - recorded, never raised
-            results.append(_channel_result("webhook", target, "failed",
-                                           f"{type(e).__name__}: {str(e).replace(s.alert_webhook_url, '<webhook>')}"))
+            results.append(
+                _channel_result(
+                    "webhook",
+                    target,
+                    "failed",
+                    f"{type(e).__name__}: {str(e).replace(s.alert_webhook_url, '<webhook>')}",
+                )
+            )
     recipients = _addresses(s.report_recipients)
     if recipients:
         target = f"smtp://{s.alert_smtp_host}:{s.alert_smtp_port} -> {', '.join(recipients)}"
@@ -496,9 +613,14 @@ def deliver_report(report: dict[str, Any] | str, retraining: dict[str, Any] | No
             except Exception as e:  # noqa: BLE001
                 results.append(_channel_result("email", target, "failed", f"{type(e).__name__}: {e}"))
     for r in results:
-        (log.info if r["status"] == "sent" else log.error)("drift report %s via %s (%s): %s%s", rid, r["channel"],
-                                                           r["target"], r["status"],
-                                                           f" - {r['error']}" if r["error"] else "")
+        (log.info if r["status"] == "sent" else log.error)(
+            "drift report %s via %s (%s): %s%s",
+            rid,
+            r["channel"],
+            r["target"],
+            r["status"],
+            f" - {r['error']}" if r["error"] else "",
+        )
     try:
         with db.connect(s, start_embedded=False, connect_timeout=5, application_name="sentiment-alerts") as conn:
             reports_store.append_delivery(conn, rid, results)
@@ -510,8 +632,9 @@ def deliver_report(report: dict[str, Any] | str, retraining: dict[str, Any] | No
 
 
 # ---------------------------------------------------------------- reading back
-def list_alerts(limit: int = 50, model_name: str | None = None, rule: str | None = None,
-                settings: Settings | None = None) -> list[dict[str, Any]]:
+def list_alerts(
+    limit: int = 50, model_name: str | None = None, rule: str | None = None, settings: Settings | None = None
+) -> list[dict[str, Any]]:
     s = settings or get_settings()
     with db.connect(s, start_embedded=False, connect_timeout=5, application_name="sentiment-alerts") as conn:
         return store.latest(conn, limit, model_name or None, rule or None)

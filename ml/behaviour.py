@@ -9,6 +9,7 @@ in config/platform.yaml):
 - negation: a negated positive is negative ("This is not good");
 - invariance: changing an @mention or a URL must not flip the predicted label.
 """
+
 from __future__ import annotations
 
 import logging
@@ -83,12 +84,14 @@ def run_checks(model, settings: Settings | None = None) -> dict[str, Any]:
     for name, cases in labelled.items():
         failures = [
             {"text": t, "expected": "positive" if y else "negative", "p_positive": round(at[t], 4)}
-            for t, y in cases if int(decide(at[t])) != y
+            for t, y in cases
+            if int(decide(at[t])) != y
         ]
         types[name] = {"n": len(cases), "failed": len(failures), "failures": failures}
     inv_fail = [
         {"text": a, "perturbed": b, "p_positive": round(at[a], 4), "p_positive_perturbed": round(at[b], 4)}
-        for a, b in INVARIANCE if decide(at[a]) != decide(at[b])
+        for a, b in INVARIANCE
+        if decide(at[a]) != decide(at[b])
     ]
     types["invariance"] = {"n": len(INVARIANCE), "failed": len(inv_fail), "failures": inv_fail}
 
@@ -99,10 +102,15 @@ def run_checks(model, settings: Settings | None = None) -> dict[str, Any]:
         r["passed"] = r["pass_rate"] >= limits[name]
         if not r["passed"]:
             examples = "; ".join(f"'{f['text']}'" for f in r["failures"][:3])
-            problems.append(f"{name} {r['n'] - r['failed']}/{r['n']} passed "
-                            f"({r['pass_rate']:.0%} < {limits[name]:.0%}; e.g. {examples})")
+            problems.append(
+                f"{name} {r['n'] - r['failed']}/{r['n']} passed "
+                f"({r['pass_rate']:.0%} < {limits[name]:.0%}; e.g. {examples})"
+            )
     passed = not problems
     reason = "all behavioural checks passed" if passed else "; ".join(problems)
-    log.info("behavioural checks: %s (%s)", "PASSED" if passed else "FAILED",
-             ", ".join(f"{k} {v['pass_rate']:.0%}" for k, v in types.items()))
+    log.info(
+        "behavioural checks: %s (%s)",
+        "PASSED" if passed else "FAILED",
+        ", ".join(f"{k} {v['pass_rate']:.0%}" for k, v in types.items()),
+    )
     return {"passed": passed, "reason": reason, "types": types}

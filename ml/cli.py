@@ -1,4 +1,5 @@
 """``ml``: every stage of the platform by hand (the DAG tasks call the same functions)."""
+
 from __future__ import annotations
 
 import json
@@ -6,7 +7,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import NoReturn, Optional
+from typing import NoReturn
 
 import typer
 
@@ -105,9 +106,9 @@ def data_validate(path: Path = typer.Argument(..., help="CSV: Sentiment140 six c
 @app.command()
 def train(
     snapshot: str = typer.Option(..., help="dataset snapshot hash (or prefix)"),
-    family: Optional[str] = typer.Option(None, help="model family (default from config)"),
+    family: str | None = typer.Option(None, help="model family (default from config)"),
     param: list[str] = typer.Option([], "--param", "-p", help="model hyperparameter key=value (repeatable)"),
-    sample_size: Optional[int] = typer.Option(None, help="stratified sample of the training split"),
+    sample_size: int | None = typer.Option(None, help="stratified sample of the training split"),
 ) -> None:
     """Train one model; prints the MLflow run id."""
     from ml import train as t
@@ -138,9 +139,9 @@ def register(run_id: str) -> None:
 
 @app.command()
 def promote(
-    run_id: Optional[str] = typer.Argument(None, help="MLflow run id of the candidate (not with --rollback)"),
+    run_id: str | None = typer.Argument(None, help="MLflow run id of the candidate (not with --rollback)"),
     rollback: bool = typer.Option(False, "--rollback", help="put the previous champion back (from model_events)"),
-    reason: Optional[str] = typer.Option(None, help="why (recorded with a rollback)"),
+    reason: str | None = typer.Option(None, help="why (recorded with a rollback)"),
 ) -> None:
     """Make the run's version champion if it beats the current one; --rollback restores the previous champion."""
     if rollback:
@@ -164,9 +165,9 @@ def promote(
 @app.command()
 def pipeline(
     path: Path,
-    family: Optional[str] = None,
+    family: str | None = None,
     param: list[str] = typer.Option([], "--param", "-p"),
-    sample_size: Optional[int] = None,
+    sample_size: int | None = None,
 ) -> None:
     """validate -> train -> evaluate -> register -> promote, in this process."""
     from ml import data
@@ -185,12 +186,14 @@ def pipeline(
 @app.command()
 def compare(
     families: str = typer.Option("tfidf_lr", help="comma-separated families: tfidf_lr,cnn,bilstm,transformer"),
-    sample_size: Optional[int] = typer.Option(None, help="training sample per family (default: the profile's)"),
-    family_sample: list[str] = typer.Option([], "--family-sample", help="per-family sample, e.g. cnn=5000 (repeatable)"),
-    profile: Optional[str] = typer.Option(None, help="search profile in config/search_space.yaml: quick | full"),
-    search_space: Optional[str] = typer.Option(None, help='JSON merged over the profile, e.g. {"cnn": {"n_trials": 1}}'),
-    data: Optional[Path] = typer.Option(None, help="labelled CSV (default: the latest snapshot)"),
-    snapshot: Optional[str] = typer.Option(None, help="dataset snapshot hash (or prefix)"),
+    sample_size: int | None = typer.Option(None, help="training sample per family (default: the profile's)"),
+    family_sample: list[str] = typer.Option(
+        [], "--family-sample", help="per-family sample, e.g. cnn=5000 (repeatable)"
+    ),
+    profile: str | None = typer.Option(None, help="search profile in config/search_space.yaml: quick | full"),
+    search_space: str | None = typer.Option(None, help='JSON merged over the profile, e.g. {"cnn": {"n_trials": 1}}'),
+    data: Path | None = typer.Option(None, help="labelled CSV (default: the latest snapshot)"),
+    snapshot: str | None = typer.Option(None, help="dataset snapshot hash (or prefix)"),
     promote: bool = typer.Option(False, help="also register the winner and run the champion/challenger gate"),
     show: bool = typer.Option(False, "--show", help="print the latest comparison and exit"),
     html: bool = typer.Option(False, "--html", help="print the table as HTML instead of Markdown"),
@@ -204,17 +207,24 @@ def compare(
         if latest is None:
             _fail("no comparison yet: run `ml compare --families ...` or the sentiment_training DAG")
         w = latest["winner"]
-        typer.echo(f"comparison {latest['id']} ({latest['created_at']}, profile {latest['profile']}, "
-                   f"snapshot {latest['snapshot_hash'][:16]}, MLflow run {latest['parent_run_id']})\n")
+        typer.echo(
+            f"comparison {latest['id']} ({latest['created_at']}, profile {latest['profile']}, "
+            f"snapshot {latest['snapshot_hash'][:16]}, MLflow run {latest['parent_run_id']})\n"
+        )
         typer.echo(latest["html"] if html else latest["markdown"])
         typer.echo(f"winner: {w['family']} (run {w['run_id']}, version {w['version']}, {w['status']}: {w['decision']})")
         typer.echo(f"chart: {latest['chart_path']}")
         return
     try:
         result = c.run_comparison(
-            data_path=data, snapshot_hash=snapshot, families=families, profile=profile, sample_size=sample_size,
+            data_path=data,
+            snapshot_hash=snapshot,
+            families=families,
+            profile=profile,
+            sample_size=sample_size,
             sample_sizes={k: int(v) for k, v in _parse_params(family_sample).items()},
-            search_space=json.loads(search_space) if search_space else None, promote=promote,
+            search_space=json.loads(search_space) if search_space else None,
+            promote=promote,
         )
     except (DataError, ValueError) as e:
         _fail(str(e))
@@ -256,7 +266,7 @@ def score(
 
 
 @app.command()
-def batches(batch_id: Optional[str] = typer.Argument(None)) -> None:
+def batches(batch_id: str | None = typer.Argument(None)) -> None:
     """List batches, or show one (summary, shards, rejected rows)."""
     from ml import scoring
 
@@ -268,9 +278,9 @@ def batches(batch_id: Optional[str] = typer.Argument(None)) -> None:
 
 @app.command()
 def monitor(
-    hours: Optional[float] = typer.Option(None, help="period length back from --end (default: monitoring_hours, 24)"),
-    start: Optional[str] = typer.Option(None, help="period start, ISO timestamp (UTC when no zone)"),
-    end: Optional[str] = typer.Option(None, help="period end, ISO timestamp (default: now)"),
+    hours: float | None = typer.Option(None, help="period length back from --end (default: monitoring_hours, 24)"),
+    start: str | None = typer.Option(None, help="period start, ISO timestamp (UTC when no zone)"),
+    end: str | None = typer.Option(None, help="period end, ISO timestamp (default: now)"),
 ) -> None:
     """Build one drift report of the stored predictions (the monitoring DAG's task); print its summary."""
     from ml import monitoring
@@ -285,7 +295,7 @@ def monitor(
 
 @app.command()
 def reports(
-    report_id: Optional[str] = typer.Argument(None, help="show one report's full summary"),
+    report_id: str | None = typer.Argument(None, help="show one report's full summary"),
     limit: int = typer.Option(20, help="how many to list"),
 ) -> None:
     """List drift reports (newest first), or show one."""
@@ -316,12 +326,15 @@ def lineage(prediction_id: str = typer.Argument(..., help="prediction id (uuid) 
 @app.command()
 def retrain(
     check: bool = typer.Option(False, "--check", help="only run the trigger (as the monitoring DAG does)"),
-    retraining_id: Optional[int] = typer.Option(None, help="run this triggered retraining (default: a manual one)"),
-    mode: Optional[str] = typer.Option(None, help="champion (its family + params) | compare"),
-    families: Optional[str] = typer.Option(None, help="mode compare: comma-separated families, e.g. tfidf_lr,cnn "
-                                                      "(default: all, as the sentiment_retraining DAG)"),
+    retraining_id: int | None = typer.Option(None, help="run this triggered retraining (default: a manual one)"),
+    mode: str | None = typer.Option(None, help="champion (its family + params) | compare"),
+    families: str | None = typer.Option(
+        None,
+        help="mode compare: comma-separated families, e.g. tfidf_lr,cnn "
+        "(default: all, as the sentiment_retraining DAG)",
+    ),
     param: list[str] = typer.Option([], "--param", "-p", help="hyperparameter override key=value (repeatable)"),
-    sample_size: Optional[int] = typer.Option(None, help="stratified sample of the training split"),
+    sample_size: int | None = typer.Option(None, help="stratified sample of the training split"),
     status: bool = typer.Option(False, "--status", help="reports against the threshold, latest retrainings"),
 ) -> None:
     """Feedback-triggered retraining: --status, --check (the trigger), or the whole sentiment_retraining DAG here."""
@@ -335,8 +348,9 @@ def retrain(
         return
     try:
         fams = [f.strip() for f in families.split(",") if f.strip()] if families else None
-        out = r.run_retraining(retraining_id, mode=mode, families=fams, hyperparams=_parse_params(param),
-                               sample_size=sample_size)
+        out = r.run_retraining(
+            retraining_id, mode=mode, families=fams, hyperparams=_parse_params(param), sample_size=sample_size
+        )
     except (r.RetrainingError, ValueError) as e:
         _fail(str(e))
     typer.echo(json.dumps(out, indent=2, default=str))
@@ -351,8 +365,10 @@ def alerts(limit: int = typer.Option(20, help="how many")) -> None:
 
 
 @app.command()
-def review(feedback_ids: list[int] = typer.Argument(..., help="feedback ids to mark reviewed"),
-           reviewer: str = typer.Option("cli", help="who reviewed them")) -> None:
+def review(
+    feedback_ids: list[int] = typer.Argument(..., help="feedback ids to mark reviewed"),
+    reviewer: str = typer.Option("cli", help="who reviewed them"),
+) -> None:
     """Mark misclassification reports reviewed (needed for retraining when feedback_review_required is on)."""
     from ml import retraining as r
 
@@ -360,7 +376,7 @@ def review(feedback_ids: list[int] = typer.Argument(..., help="feedback ids to m
 
 
 @app.command()
-def serve(port: Optional[int] = None, workers: int = 1) -> None:
+def serve(port: int | None = None, workers: int = 1) -> None:
     """Run the API (uvicorn) in the foreground."""
     import uvicorn
 
@@ -374,8 +390,9 @@ def serve(port: Optional[int] = None, workers: int = 1) -> None:
 @keys_app.command("create")
 def keys_create(
     name: str = typer.Argument(..., help="who holds it (e.g. the client's name)"),
-    scope: list[str] = typer.Option(..., "--scope", "-s", help="predict | feedback | review | admin (repeatable, "
-                                                               "or comma-separated)"),
+    scope: list[str] = typer.Option(
+        ..., "--scope", "-s", help="predict | feedback | review | admin (repeatable, or comma-separated)"
+    ),
 ) -> None:
     """Create an API key; it is printed once (only its sha256 is stored)."""
     from ml import security
@@ -386,8 +403,11 @@ def keys_create(
     except security.KeyError_ as e:
         _fail(str(e))
     typer.echo(key)
-    typer.echo(f"key id {row['key_id']}, name {row['name']}, scopes {','.join(row['scopes'])}: store it now, "
-               "it is not shown again. Send it as `Authorization: Bearer <key>`.", err=True)
+    typer.echo(
+        f"key id {row['key_id']}, name {row['name']}, scopes {','.join(row['scopes'])}: store it now, "
+        "it is not shown again. Send it as `Authorization: Bearer <key>`.",
+        err=True,
+    )
 
 
 @keys_app.command("list")
@@ -405,8 +425,10 @@ def keys_list(
     for r in rows:
         state = f"revoked {r['revoked_at']:%Y-%m-%d %H:%M}" if r["revoked_at"] else "active"
         used = f"{r['last_used_at']:%Y-%m-%d %H:%M}" if r["last_used_at"] else "never"
-        typer.echo(f"{r['key_id']}  {r['name']:<24} {','.join(r['scopes']):<28} created "
-                   f"{r['created_at']:%Y-%m-%d %H:%M}  last used {used}  {state}")
+        typer.echo(
+            f"{r['key_id']}  {r['name']:<24} {','.join(r['scopes']):<28} created "
+            f"{r['created_at']:%Y-%m-%d %H:%M}  last used {used}  {state}"
+        )
 
 
 @keys_app.command("revoke")
@@ -425,11 +447,11 @@ def keys_revoke(which: str = typer.Argument(..., help="a key id, or a name (revo
 # ------------------------------------------------------------------ services
 @services_app.command("up")
 def services_up(
-    data: Optional[str] = typer.Option(None, envvar="DATA", help="training file for the first model"),
+    data: str | None = typer.Option(None, envvar="DATA", help="training file for the first model"),
     train: bool = typer.Option(True, help="run the initial-training DAG if no champion exists"),
     force_train: bool = typer.Option(False, help="train even when a champion exists"),
     wait: bool = typer.Option(True, help="wait for the training DAG run to finish"),
-    only: Optional[str] = typer.Option(None, help="start only these (comma-separated: mlflow, airflow, api); no training"),
+    only: str | None = typer.Option(None, help="start only these (comma-separated: mlflow, airflow, api); no training"),
 ) -> None:
     """Start PostgreSQL, the supervisor, MLflow, Airflow and the API; train the first champion."""
     from ml.platform import startup
@@ -439,9 +461,12 @@ def services_up(
     try:
         startup.up(data=data, train=train, wait=wait, force_train=force_train, only=only)
     except startup.ServiceError as e:
-        typer.echo(f"\nERROR: {e}\nServices that did start keep running under the supervisor; "
-                   "`make status` lists them, `make down` stops them.", err=True)
-        raise typer.Exit(1)
+        typer.echo(
+            f"\nERROR: {e}\nServices that did start keep running under the supervisor; "
+            "`make status` lists them, `make down` stops them.",
+            err=True,
+        )
+        raise typer.Exit(1) from e
 
 
 @services_app.command("down")
@@ -466,19 +491,27 @@ def services_status(as_json: bool = typer.Option(False, "--json", help="machine-
 def services_supervise(
     backoff_base: float = typer.Option(1.0, envvar="SMOPS_SUPERVISOR_BACKOFF_BASE", help="first restart delay (s)"),
     backoff_max: float = typer.Option(30.0, envvar="SMOPS_SUPERVISOR_BACKOFF_MAX", help="longest restart delay (s)"),
-    crash_loop_restarts: int = typer.Option(5, envvar="SMOPS_SUPERVISOR_CRASH_LOOP_RESTARTS",
-                                            help="this many restarts within the window is a crash loop"),
+    crash_loop_restarts: int = typer.Option(
+        5, envvar="SMOPS_SUPERVISOR_CRASH_LOOP_RESTARTS", help="this many restarts within the window is a crash loop"
+    ),
     crash_loop_window: float = typer.Option(300.0, envvar="SMOPS_SUPERVISOR_CRASH_LOOP_WINDOW", help="seconds"),
-    stable_after: float = typer.Option(60.0, envvar="SMOPS_SUPERVISOR_STABLE_AFTER",
-                                       help="a run this long resets the backoff (s)"),
+    stable_after: float = typer.Option(
+        60.0, envvar="SMOPS_SUPERVISOR_STABLE_AFTER", help="a run this long resets the backoff (s)"
+    ),
 ) -> None:
     """The supervisor (started by `ml services up`, detached): restarts crashed services."""
     from ml.platform import startup
     from ml.platform.supervisor import Policy
 
-    startup.supervise(policy=Policy(backoff_base=backoff_base, backoff_max=backoff_max,
-                                    crash_loop_restarts=crash_loop_restarts, crash_loop_window=crash_loop_window,
-                                    stable_after=stable_after))
+    startup.supervise(
+        policy=Policy(
+            backoff_base=backoff_base,
+            backoff_max=backoff_max,
+            crash_loop_restarts=crash_loop_restarts,
+            crash_loop_window=crash_loop_window,
+            stable_after=stable_after,
+        )
+    )
 
 
 if __name__ == "__main__":

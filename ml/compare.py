@@ -9,6 +9,7 @@ The winner is the family whose best trial scored highest on the *validation* spl
 selection metric, ``accuracy`` unless configured), so the held-out split only reports; it is
 then registered and goes through the champion/challenger gate (``ml.train.promote``).
 """
+
 from __future__ import annotations
 
 import html
@@ -32,14 +33,14 @@ COLUMNS = [  # key, header, format
     ("inference_ms_per_tweet", "ms/tweet", "{:.3f}"),
     ("model_size_mb", "size MB", "{:.2f}"),
     ("training_seconds", "train s", "{:.1f}"),
-    ("budget", "budget used s", None),       # the family's fits / its budget_seconds (ml.search)
-    ("epochs", "epochs", "{:.2f}"),          # the best trial's passes over its training pool (fractional)
+    ("budget", "budget used s", None),  # the family's fits / its budget_seconds (ml.search)
+    ("epochs", "epochs", "{:.2f}"),  # the best trial's passes over its training pool (fractional)
     ("steps", "steps", "{:,}"),
-    ("examples_seen", "seen", "{:,}"),       # examples the best trial trained on (repeats counted)
-    ("sample_size", "sample", "{:,}"),       # the training pool it drew from
+    ("examples_seen", "seen", "{:,}"),  # examples the best trial trained on (repeats counted)
+    ("sample_size", "sample", "{:,}"),  # the training pool it drew from
     ("n_trials", "trials", "{}"),
     ("val_metric", "val", "{:.4f}"),
-    ("learning_curve", "curve", None),       # link: the best trial's learning curve in MLflow
+    ("learning_curve", "curve", None),  # link: the best trial's learning curve in MLflow
 ]
 
 
@@ -60,7 +61,7 @@ def _cell(row: dict[str, Any], key: str, fmt: str | None) -> str:
     if key == "val_metric":
         v = row.get(f"val_{row.get('selection_metric', 'accuracy')}")
     elif key.startswith("external_"):
-        v = (row.get("external") or {}).get(key[len("external_"):])
+        v = (row.get("external") or {}).get(key[len("external_") :])
     else:
         v = row.get(key)
     if v is None:
@@ -101,8 +102,10 @@ def choose_winner(rows: list[dict[str, Any]], metric: str) -> dict[str, Any]:
 
 def to_markdown(rows: list[dict[str, Any]], winner: str | None = None, metric: str = "accuracy") -> str:
     headers = [h if k != "val_metric" else f"val {metric}" for k, h, _ in COLUMNS]
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" if k in ("family", "params") else "---:"
-                                                               for k, _, _ in COLUMNS) + "|"]
+    lines = [
+        "| " + " | ".join(headers) + " |",
+        "|" + "|".join("---" if k in ("family", "params") else "---:" for k, _, _ in COLUMNS) + "|",
+    ]
     for r in rows:
         cells = [_cell(r, k, f) if k != "learning_curve" else _link_md(r) for k, _, f in COLUMNS]
         if r["family"] == winner:
@@ -110,33 +113,47 @@ def to_markdown(rows: list[dict[str, Any]], winner: str | None = None, metric: s
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     n_test = rows[0].get("n_test")
     split = f"the same held-out split (n={n_test:,})" if n_test else "the same held-out split"
-    notes = [f"Metrics on {split}; the winner has the best validation {metric}; training time of the best trial; "
-             "ms/tweet: median over repeated scoring of a fixed batch of 1,000 held-out tweets."]
+    notes = [
+        f"Metrics on {split}; the winner has the best validation {metric}; training time of the best trial; "
+        "ms/tweet: median over repeated scoring of a fixed batch of 1,000 held-out tweets."
+    ]
     if any(r.get("budget_used_seconds") is not None for r in rows):
-        notes.append("budget used: wall time of the family's fits / its budget (config/search_space.yaml); "
-                     "epochs, steps, seen: the best trial's passes over its training pool (sample), optimiser "
-                     "steps and examples trained on; curve: its validation accuracy against steps (MLflow).")
+        notes.append(
+            "budget used: wall time of the family's fits / its budget (config/search_space.yaml); "
+            "epochs, steps, seen: the best trial's passes over its training pool (sample), optimiser "
+            "steps and examples trained on; curve: its validation accuracy against steps (MLflow)."
+        )
     ext = next((r["external"] for r in rows if r.get("external")), None)
     if ext:
-        notes.append(f"external acc: on the external set {Path(ext['path']).name} (n={ext['n']:,}, content hash "
-                     f"{ext['content_hash'][:12]}), never used for training or selection.")
+        notes.append(
+            f"external acc: on the external set {Path(ext['path']).name} (n={ext['n']:,}, content hash "
+            f"{ext['content_hash'][:12]}), never used for training or selection."
+        )
     champ = next((r for r in rows if r.get("champion_version")), None)
     if champ:
         ch_ext = champ.get("champion_external_accuracy")
-        notes.append(f"Current champion v{champ['champion_version']}: held-out accuracy "
-                     f"{champ['champion_accuracy']:.4f}"
-                     + (f", external accuracy {ch_ext:.4f}" if ch_ext is not None else "") + ".")
+        notes.append(
+            f"Current champion v{champ['champion_version']}: held-out accuracy "
+            f"{champ['champion_accuracy']:.4f}"
+            + (f", external accuracy {ch_ext:.4f}" if ch_ext is not None else "")
+            + "."
+        )
     return "\n".join(lines) + "\n\n" + " ".join(notes) + "\n"
 
 
 def to_html(rows: list[dict[str, Any]], winner: str | None = None, metric: str = "accuracy") -> str:
     headers = [h if k != "val_metric" else f"val {metric}" for k, h, _ in COLUMNS]
-    out = ['<table class="comparison">', "<thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-           + "</tr></thead>", "<tbody>"]
+    out = [
+        '<table class="comparison">',
+        "<thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in headers) + "</tr></thead>",
+        "<tbody>",
+    ]
     for r in rows:
         cls = ' class="winner"' if r["family"] == winner else ""
-        cells = "".join(f"<td>{_link_html(r)}</td>" if k == "learning_curve" else
-                        f"<td>{html.escape(_cell(r, k, f))}</td>" for k, _, f in COLUMNS)
+        cells = "".join(
+            f"<td>{_link_html(r)}</td>" if k == "learning_curve" else f"<td>{html.escape(_cell(r, k, f))}</td>"
+            for k, _, f in COLUMNS
+        )
         out.append(f"<tr{cls}>{cells}</tr>")
     out.append("</tbody></table>")
     return "\n".join(out) + "\n"
@@ -151,8 +168,13 @@ def plot_accuracy_vs_latency(rows: list[dict[str, Any]], path: Path, winner: str
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in rows:
         x, y = max(float(r["inference_ms_per_tweet"]), 1e-4), float(r["accuracy"])
-        ax.scatter([x], [y], s=60 + 8 * float(r.get("model_size_mb") or 0) ** 0.5,
-                   color="tab:red" if r["family"] == winner else "tab:blue", zorder=3)
+        ax.scatter(
+            [x],
+            [y],
+            s=60 + 8 * float(r.get("model_size_mb") or 0) ** 0.5,
+            color="tab:red" if r["family"] == winner else "tab:blue",
+            zorder=3,
+        )
         ax.annotate(r["family"], (x, y), textcoords="offset points", xytext=(6, 4))
     ax.set_xscale("log")
     from matplotlib.ticker import FuncFormatter, NullFormatter
@@ -194,8 +216,9 @@ def _add_external(rows: list[dict[str, Any]], s: Settings) -> None:
                 r["champion_external_accuracy"] = ch.get("accuracy")
 
 
-def write_comparison(plan: dict[str, Any], rows: list[dict[str, Any]],
-                     settings: Settings | None = None) -> dict[str, Any]:
+def write_comparison(
+    plan: dict[str, Any], rows: list[dict[str, Any]], settings: Settings | None = None
+) -> dict[str, Any]:
     """Build the table, Markdown, HTML and chart; log them to the parent MLflow run (which ends
     here) and store them in ``comparisons``. Returns id, winner family and run."""
     import mlflow
@@ -223,8 +246,19 @@ def write_comparison(plan: dict[str, Any], rows: list[dict[str, Any]],
     client.log_text(parent, html_table, "comparison/comparison.html")
     client.log_dict(parent, _json_safe(rows), "comparison/comparison.json")
     for r in rows:
-        for k in ("accuracy", "f1", "roc_auc", "inference_ms_per_tweet", "model_size_mb", "training_seconds",
-                  "budget_seconds", "budget_used_seconds", "epochs", "steps", "examples_seen"):
+        for k in (
+            "accuracy",
+            "f1",
+            "roc_auc",
+            "inference_ms_per_tweet",
+            "model_size_mb",
+            "training_seconds",
+            "budget_seconds",
+            "budget_used_seconds",
+            "epochs",
+            "steps",
+            "examples_seen",
+        ):
             if r.get(k) is not None:
                 client.log_metric(parent, f"{r['family']}.{k}", float(r[k]))
         if (r.get("external") or {}).get("accuracy") is not None:
@@ -235,10 +269,20 @@ def write_comparison(plan: dict[str, Any], rows: list[dict[str, Any]],
 
     with db.connect(s) as conn:
         cid = store.upsert_comparison(
-            conn, parent_run_id=parent, snapshot_hash=plan["snapshot_hash"], profile=plan["profile"],
-            families=[r["family"] for r in rows], selection_metric=metric, table=_json_safe(rows),
-            markdown=markdown, html=html_table, chart_path=str(chart), winner_family=win["family"],
-            winner_run_id=win["run_id"], airflow_run_id=plan.get("airflow_run_id"))
+            conn,
+            parent_run_id=parent,
+            snapshot_hash=plan["snapshot_hash"],
+            profile=plan["profile"],
+            families=[r["family"] for r in rows],
+            selection_metric=metric,
+            table=_json_safe(rows),
+            markdown=markdown,
+            html=html_table,
+            chart_path=str(chart),
+            winner_family=win["family"],
+            winner_run_id=win["run_id"],
+            airflow_run_id=plan.get("airflow_run_id"),
+        )
     log.info("comparison %d (parent run %s): winner %s\n%s", cid, parent, win["family"], markdown)
     return {"id": cid, "parent_run_id": parent, "winner_family": win["family"], "winner_run_id": win["run_id"]}
 
@@ -269,8 +313,13 @@ def latest_comparison(settings: Settings | None = None) -> dict[str, Any] | None
         c = store.latest_comparison(conn)
     if c is None:
         return None
-    winner = {"family": c.pop("winner_family"), "run_id": c.pop("winner_run_id"),
-              "version": c.pop("winner_version"), "status": c.pop("status"), "decision": c.pop("decision")}
+    winner = {
+        "family": c.pop("winner_family"),
+        "run_id": c.pop("winner_run_id"),
+        "version": c.pop("winner_version"),
+        "status": c.pop("status"),
+        "decision": c.pop("decision"),
+    }
     return {**c, "created_at": c["created_at"].isoformat(), "families": list(c["families"]), "winner": winner}
 
 
@@ -307,8 +356,7 @@ def run_comparison(
         snapshot_hash = data.validate_and_snapshot(data_path, s).hash
     if snapshot_hash is None:
         snapshot_hash = latest_snapshot(s)
-    plan = search.plan_comparison(snapshot_hash, families, profile, sample_sizes, sample_size, search_space,
-                                  settings=s)
+    plan = search.plan_comparison(snapshot_hash, families, profile, sample_sizes, sample_size, search_space, settings=s)
     winners = [search.search_family(plan, f, s) for f in plan["families"]]
     rows = search.evaluate_winners(plan, winners, s)
     result = write_comparison(plan, rows, s)

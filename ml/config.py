@@ -4,6 +4,7 @@ Precedence (highest first): constructor arguments, environment (``SENTIMENT_<KEY
 plus ``DATABASE_URL`` / ``MLFLOW_TRACKING_URI`` under their usual names), the YAML file
 named by ``SENTIMENT_CONFIG`` (default ``config/platform.yaml`` in the repository).
 """
+
 from __future__ import annotations
 
 import os
@@ -26,7 +27,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SENTIMENT_", extra="ignore", populate_by_name=True)
 
     # storage
-    database_url: str | None = Field(default=None, validation_alias=AliasChoices("DATABASE_URL", "SENTIMENT_DATABASE_URL"))
+    database_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("DATABASE_URL", "SENTIMENT_DATABASE_URL")
+    )
     mlflow_tracking_uri: str | None = Field(
         default=None, validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "SENTIMENT_MLFLOW_TRACKING_URI")
     )
@@ -55,10 +58,10 @@ class Settings(BaseSettings):
     # the promotion gate (ml/gate.py): strict = margin + significant paired win + slices + golden set;
     # margin = the plain metric-margin rule (evidence recorded, not enforced)
     promotion_gate: str = "strict"
-    gate_slice_tolerance: float = Field(default=0.02, ge=0.0)   # max accuracy drop of a slice (if significant)
-    gate_max_golden_flips: int = Field(default=0, ge=0)         # golden texts right -> wrong allowed
+    gate_slice_tolerance: float = Field(default=0.02, ge=0.0)  # max accuracy drop of a slice (if significant)
+    gate_max_golden_flips: int = Field(default=0, ge=0)  # golden texts right -> wrong allowed
     gate_golden_min_confidence: float = Field(default=0.7, ge=0.5, le=1.0)  # champion "right" = p(right) >= this
-    golden_path: Path = Path("config/golden.yaml")              # the golden regression set
+    golden_path: Path = Path("config/golden.yaml")  # the golden regression set
 
     # training
     seed: int = 42
@@ -123,51 +126,51 @@ class Settings(BaseSettings):
     alert_email_to: str | None = None  # comma-separated addresses
 
     # drift-report delivery (ml/alerts.py deliver_report, last task of DAG sentiment_monitoring)
-    public_api_url: str | None = None       # base of the links in messages; unset: http://<host>:<api_port>
-    report_recipients: str | None = None    # comma-separated addresses that receive every drift report
-    report_webhook: bool = True             # alert_webhook_url also receives every report (kind "drift_report")
+    public_api_url: str | None = None  # base of the links in messages; unset: http://<host>:<api_port>
+    report_recipients: str | None = None  # comma-separated addresses that receive every drift report
+    report_webhook: bool = True  # alert_webhook_url also receives every report (kind "drift_report")
 
     # feedback-triggered retraining (ml/retraining.py, DAG sentiment_retraining)
     retraining_feedback_fraction: float = 0.005  # reports needed = this x the champion's corpus rows
-    retraining_on_drift: bool = False            # a drift report alone also triggers a retraining
-    retraining_mode: str = "champion"            # champion (its family + params) | compare
+    retraining_on_drift: bool = False  # a drift report alone also triggers a retraining
+    retraining_mode: str = "champion"  # champion (its family + params) | compare
     retraining_promotion_margin: float | None = None  # None: promotion_margin
     retraining_report_eval_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
-    feedback_review_required: bool = False       # only reviewed reports enter a retraining set
+    feedback_review_required: bool = False  # only reviewed reports enter a retraining set
     # labels the loop can trust (ml/review.py): agreement of identities or a reviewer; per-identity cap
-    feedback_min_identities: int = Field(default=3, ge=1)        # distinct identities giving one label
+    feedback_min_identities: int = Field(default=3, ge=1)  # distinct identities giving one label
     feedback_max_identity_share: float = Field(default=0.1, gt=0.0, le=1.0)  # of the threshold, per identity
     # burst guard (ml/alerts.py rule feedback_burst): pauses the retraining trigger, raises an alert
     feedback_burst_identity_count: int = Field(default=20, ge=1)  # wrong-reports from ONE identity ...
     feedback_burst_window_seconds: float = Field(default=300.0, gt=0)  # ... within this window
     feedback_burst_rate_factor: float = Field(default=10.0, ge=1.0)  # all reports in a window >= this x normal
-    feedback_burst_rate_min: int = Field(default=100, ge=1)       # ... and at least this many
+    feedback_burst_rate_min: int = Field(default=100, ge=1)  # ... and at least this many
     feedback_burst_baseline_hours: float = Field(default=24.0, gt=0)  # "normal": the rate over these hours
     feedback_burst_quiet_seconds: float = Field(default=3600.0, ge=0)  # the burst ends after this quiet time
     # review queue (api/routes/review.py): reported texts + least-confident live predictions
-    review_queue_hours: float = Field(default=168.0, gt=0)        # predictions / reports this recent
+    review_queue_hours: float = Field(default=168.0, gt=0)  # predictions / reports this recent
     # shadow before promotion (ml/shadow.py): a retraining's challenger that passed the gate first serves in
     # shadow until shadow_requests live requests were scored beside the champion or shadow_hours passed
     # (whichever comes first; 0 = no such bound); both 0: no shadow, promotion at once (config/platform.yaml
     # sets the production window)
     shadow_requests: int = Field(default=0, ge=0)
     shadow_hours: float = Field(default=0.0, ge=0.0)
-    shadow_min_agreement: float = Field(default=0.8, ge=0.0, le=1.0)      # same label as the champion, share
+    shadow_min_agreement: float = Field(default=0.8, ge=0.0, le=1.0)  # same label as the champion, share
     shadow_max_accuracy_drop: float = Field(default=0.02, ge=0.0, le=1.0)  # estimated / reviewed, vs champion
-    shadow_min_reviewed: int = Field(default=20, ge=1)   # reviewed shadowed texts before they are a criterion
-    shadow_queue_max: int = Field(default=10000, ge=1)   # API: shadow items waiting; beyond it dropped (counted)
+    shadow_min_reviewed: int = Field(default=20, ge=1)  # reviewed shadowed texts before they are a criterion
+    shadow_queue_max: int = Field(default=10000, ge=1)  # API: shadow items waiting; beyond it dropped (counted)
 
     # security (ml/security.py, ml/quotas.py, api/auth.py; README "Security"): who may do what
-    anonymous_predict: bool = True               # /predict (and /feedback on one's own predictions) without a key
+    anonymous_predict: bool = True  # /predict (and /feedback on one's own predictions) without a key
     feedback_token_secret: SecretStr | None = None  # unset: generated once in var/secrets/feedback_token.key (0600)
     feedback_token_max_age_seconds: float = Field(default=7 * 86400, gt=0)
     api_key_cache_seconds: float = Field(default=5.0, ge=0)  # a revoked key is refused within this
     rate_limits_enabled: bool = True
-    rate_limit_predict: str = "1200/minute"      # per identity; a batch counts each text
-    rate_limit_feedback: str = "30/minute"       # per identity
-    rate_limit_storage_url: str | None = None    # unset: the platform's PostgreSQL; or redis://host:6379/0
+    rate_limit_predict: str = "1200/minute"  # per identity; a batch counts each text
+    rate_limit_feedback: str = "30/minute"  # per identity
+    rate_limit_storage_url: str | None = None  # unset: the platform's PostgreSQL; or redis://host:6379/0
     champion_verify_grace_seconds: float = Field(default=30.0, ge=0)  # alias ahead of its event: wait this long
-    mlflow_auth: bool = True                     # `make up` runs MLflow with --app-name basic-auth
+    mlflow_auth: bool = True  # `make up` runs MLflow with --app-name basic-auth
 
     @field_validator("retraining_feedback_fraction")
     @classmethod

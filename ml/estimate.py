@@ -20,6 +20,7 @@ NannyML implements CBPE, but ``pip install nannyml`` (0.13.1) would add 21 packa
 platform's environment (xgboost, lightgbm, the CUDA NCCL wheel, gcsfs/s3fs, a telemetry client)
 and move grpcio under TensorFlow, for what is a dozen lines here.
 """
+
 from __future__ import annotations
 
 import json
@@ -84,15 +85,23 @@ def champion_calibrator(reference, meta: dict[str, Any], settings=None) -> dict[
         if cal.get("run_id") == meta.get("run_id") and cal.get("n") == len(reference):
             return cal
     cal = fit_calibrator(reference["p_positive"].to_numpy(), reference["true_label"].to_numpy())
-    cal.update(version=int(meta["version"]), run_id=meta.get("run_id"), dataset_hash=meta.get("dataset_hash"),
-               fitted_on=f"champion's held-out split ({len(reference):,} rows, the monitoring reference)")
+    cal.update(
+        version=int(meta["version"]),
+        run_id=meta.get("run_id"),
+        dataset_hash=meta.get("dataset_hash"),
+        fitted_on=f"champion's held-out split ({len(reference):,} rows, the monitoring reference)",
+    )
     if target.is_dir():
         fd, tmp = tempfile.mkstemp(dir=target, prefix=".cal-", suffix=".json")
         with os.fdopen(fd, "w") as f:
             json.dump(cal, f)
         os.replace(tmp, path)
-    log.info("calibrator of v%s: isotonic, %d thresholds, fitted on %s held-out rows", meta["version"],
-             len(cal["x"]), f"{len(reference):,}")
+    log.info(
+        "calibrator of v%s: isotonic, %d thresholds, fitted on %s held-out rows",
+        meta["version"],
+        len(cal["x"]),
+        f"{len(reference):,}",
+    )
     return cal
 
 
@@ -118,13 +127,19 @@ def period_estimate(current, reference, meta: dict[str, Any], settings=None) -> 
     est = float(np.mean(correct))
     # the estimate's own sampling spread (expected correctness of independent predictions)
     se = float(np.sqrt(np.sum(correct * (1 - correct)))) / len(rows)
-    out.update(estimated_accuracy=est, standard_error=se, status="ok",
-               raw_confidence=float(np.mean(np.maximum(rows["p_positive"], 1 - rows["p_positive"]))))
+    out.update(
+        estimated_accuracy=est,
+        standard_error=se,
+        status="ok",
+        raw_confidence=float(np.mean(np.maximum(rows["p_positive"], 1 - rows["p_positive"]))),
+    )
     return out
 
 
 def statement(est: dict[str, Any] | None) -> str:
     if not est or est.get("estimated_accuracy") is None:
         return "estimated accuracy (label-free): " + ((est or {}).get("status") or "not available")
-    return (f"estimated accuracy (label-free, CBPE) {est['estimated_accuracy']:.1%} "
-            f"± {1.96 * est['standard_error']:.1%} over {est['rows']:,} predictions")
+    return (
+        f"estimated accuracy (label-free, CBPE) {est['estimated_accuracy']:.1%} "
+        f"± {1.96 * est['standard_error']:.1%} over {est['rows']:,} predictions"
+    )

@@ -1,11 +1,13 @@
 """Evaluation on the held-out split: metrics, timing, plots."""
+
 from __future__ import annotations
 
 import logging
 import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -8,6 +8,7 @@ external figures sit beside the held-out ones (training_runs.metrics["external"]
 ``external_*``, the comparison table, the model card, GET /model) and a candidate significantly
 worse than the champion on them (``ml.stats.paired_comparison``) is not promoted.
 """
+
 from __future__ import annotations
 
 import logging
@@ -22,6 +23,7 @@ from ml.config import Settings, get_settings
 log = logging.getLogger(__name__)
 
 MLFLOW_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc", "n")
+
 
 @dataclass(frozen=True)
 class ExternalSet:
@@ -56,8 +58,9 @@ def load(settings: Settings | None = None) -> ExternalSet | None:
     if path is None:
         return None
     if not path.exists():
-        raise data.DataError(f"external_eval_path {path} does not exist "
-                             "(unset it to evaluate on the held-out split only)")
+        raise data.DataError(
+            f"external_eval_path {path} does not exist (unset it to evaluate on the held-out split only)"
+        )
     st = path.stat()
     key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
     if key in _CACHE:
@@ -67,8 +70,9 @@ def load(settings: Settings | None = None) -> ExternalSet | None:
         raise data.DataError(f"external_eval_path {path}: no labelled rows ({dict(res.rejected_by_reason)})")
     labels = np.asarray(res.labels, dtype=int)
     h = data.content_hash(pd.DataFrame({"label": labels, "text": res.texts}))
-    ext = ExternalSet(path=path, texts=list(res.texts), labels=labels, content_hash=h,
-                      rejected=sum(res.rejected_by_reason.values()))
+    ext = ExternalSet(
+        path=path, texts=list(res.texts), labels=labels, content_hash=h, rejected=sum(res.rejected_by_reason.values())
+    )
     if len(set(labels.tolist())) < 2:
         raise data.DataError(f"external_eval_path {path}: only one class among {ext.n} rows")
     log.info("external evaluation set %s: %s tweets, hash %s", path, f"{ext.n:,}", h[:16])
@@ -102,7 +106,9 @@ def veto(metrics: dict[str, Any] | None, champion_version: int | None) -> str | 
     if not cmp_ or cmp_.get("champion_version") != champion_version or cmp_.get("verdict") != "worse":
         return None
     lo, hi = cmp_["interval"]
-    return (f"significantly worse than champion v{champion_version} on the external set "
-            f"({Path(ext.get('path', '')).name}, n={cmp_['n']:,}, hash {str(ext.get('content_hash'))[:12]}): "
-            f"accuracy {cmp_['accuracy_a']:.4f} vs {cmp_['accuracy_b']:.4f}, difference {cmp_['difference']:+.4f} "
-            f"[{lo:+.4f}, {hi:+.4f}] at {cmp_['confidence']:.0%}, McNemar mid-p {cmp_['p_value']:.2g}")
+    return (
+        f"significantly worse than champion v{champion_version} on the external set "
+        f"({Path(ext.get('path', '')).name}, n={cmp_['n']:,}, hash {str(ext.get('content_hash'))[:12]}): "
+        f"accuracy {cmp_['accuracy_a']:.4f} vs {cmp_['accuracy_b']:.4f}, difference {cmp_['difference']:+.4f} "
+        f"[{lo:+.4f}, {hi:+.4f}] at {cmp_['confidence']:.0%}, McNemar mid-p {cmp_['p_value']:.2g}"
+    )

@@ -1,10 +1,11 @@
 """Text preprocessing shared by every family (a searched hyperparameter, not a code fork)."""
+
 from __future__ import annotations
 
 import html
 import re
+from collections.abc import Iterable
 from functools import lru_cache
-from typing import Iterable
 
 URL_RE = re.compile(r"(https?://\S+|www\.\S+)", re.IGNORECASE)
 MENTION_RE = re.compile(r"@\w+")

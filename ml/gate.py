@@ -31,6 +31,7 @@ two models' *paired predictions* on three sets and records what changed:
 
 The first model (no champion) is promoted as before when its behavioural checks pass.
 """
+
 from __future__ import annotations
 
 import re
@@ -46,9 +47,11 @@ FLIP_LIST_CAP = 20
 
 _MENTION = re.compile(r"@\w+")
 _URL = re.compile(r"(https?://|www\.)\S+", re.IGNORECASE)
-_NEGATION = re.compile(r"\b(not|no|never|nothing|nobody|none|nowhere|neither|nor|cannot|without)\b|n't\b|\bcant\b"
-                       r"|\bdont\b|\bdoesnt\b|\bdidnt\b|\bisnt\b|\bwont\b|\bwasnt\b|\bcouldnt\b",
-                       re.IGNORECASE)
+_NEGATION = re.compile(
+    r"\b(not|no|never|nothing|nobody|none|nowhere|neither|nor|cannot|without)\b|n't\b|\bcant\b"
+    r"|\bdont\b|\bdoesnt\b|\bdidnt\b|\bisnt\b|\bwont\b|\bwasnt\b|\bcouldnt\b",
+    re.IGNORECASE,
+)
 SHORT_WORDS = 10  # a tweet of fewer words is "short"
 
 #: the slices of the held-out set the gate watches — defined here only (name -> predicate on the text)
@@ -67,8 +70,7 @@ MODES = ("strict", "margin")
 
 
 def slice_masks(texts: Sequence[str]) -> dict[str, np.ndarray]:
-    return {name: np.fromiter((bool(f(t)) for t in texts), dtype=bool, count=len(texts))
-            for name, f in SLICES.items()}
+    return {name: np.fromiter((bool(f(t)) for t in texts), dtype=bool, count=len(texts)) for name, f in SLICES.items()}
 
 
 # ---------------------------------------------------------------- the golden set
@@ -122,8 +124,9 @@ def _labels(proba: np.ndarray) -> np.ndarray:
     return np.asarray(decide_label(np.asarray(proba)[:, 1])).astype(int)
 
 
-def _flip_rows(idx: np.ndarray, texts: Sequence[str], y: np.ndarray, p_cand: np.ndarray | None,
-               p_champ: np.ndarray | None) -> list[dict[str, Any]]:
+def _flip_rows(
+    idx: np.ndarray, texts: Sequence[str], y: np.ndarray, p_cand: np.ndarray | None, p_champ: np.ndarray | None
+) -> list[dict[str, Any]]:
     out = []
     for i in idx[:FLIP_LIST_CAP]:
         row: dict[str, Any] = {"text": texts[i], "label": int(y[i])}
@@ -135,8 +138,9 @@ def _flip_rows(idx: np.ndarray, texts: Sequence[str], y: np.ndarray, p_cand: np.
     return out
 
 
-def held_out_evidence(y: Sequence[int], texts: Sequence[str], cand_proba: np.ndarray, champ_proba: np.ndarray,
-                      confidence: float) -> dict[str, Any]:
+def held_out_evidence(
+    y: Sequence[int], texts: Sequence[str], cand_proba: np.ndarray, champ_proba: np.ndarray, confidence: float
+) -> dict[str, Any]:
     """Paired comparison on the held-out set, per slice, and which texts changed label."""
     from ml.stats import paired_comparison
 
@@ -151,22 +155,33 @@ def held_out_evidence(y: Sequence[int], texts: Sequence[str], cand_proba: np.nda
             slices[name] = {"n": 0}
             continue
         pc = paired_comparison(y_arr[m], a[m], b[m], confidence)
-        slices[name] = {"n": n, "challenger_accuracy": pc["accuracy_a"], "champion_accuracy": pc["accuracy_b"],
-                        "difference": pc["difference"], "p_value": pc["p_value"], "verdict": pc["verdict"]}
+        slices[name] = {
+            "n": n,
+            "challenger_accuracy": pc["accuracy_a"],
+            "champion_accuracy": pc["accuracy_b"],
+            "difference": pc["difference"],
+            "p_value": pc["p_value"],
+            "verdict": pc["verdict"],
+        }
     ra, rb = a == y_arr, b == y_arr
     r2w, w2r = np.flatnonzero(rb & ~ra), np.flatnonzero(~rb & ra)
     return {
         **overall,
         "slices": slices,
-        "flips": {"changed_label": int(np.sum(a != b)), "right_to_wrong": int(len(r2w)),
-                  "wrong_to_right": int(len(w2r)),
-                  "right_to_wrong_texts": _flip_rows(r2w, texts, y_arr, pa, pb),
-                  "wrong_to_right_texts": _flip_rows(w2r, texts, y_arr, pa, pb), "cap": FLIP_LIST_CAP},
+        "flips": {
+            "changed_label": int(np.sum(a != b)),
+            "right_to_wrong": int(len(r2w)),
+            "wrong_to_right": int(len(w2r)),
+            "right_to_wrong_texts": _flip_rows(r2w, texts, y_arr, pa, pb),
+            "wrong_to_right_texts": _flip_rows(w2r, texts, y_arr, pa, pb),
+            "cap": FLIP_LIST_CAP,
+        },
     }
 
 
-def golden_evidence(golden: Sequence[tuple[str, int]], cand_proba: np.ndarray,
-                    champ_proba: np.ndarray | None, min_confidence: float) -> dict[str, Any]:
+def golden_evidence(
+    golden: Sequence[tuple[str, int]], cand_proba: np.ndarray, champ_proba: np.ndarray | None, min_confidence: float
+) -> dict[str, Any]:
     """The golden set: accuracy of both, and the texts that went right -> wrong (``counted`` when the
     champion's probability of the right label was >= ``min_confidence``) and wrong -> right."""
     texts = [t for t, _ in golden]
@@ -186,33 +201,58 @@ def golden_evidence(golden: Sequence[tuple[str, int]], cand_proba: np.ndarray,
     counted = r2w[p_right[r2w] >= min_confidence]
     uncertain = r2w[p_right[r2w] < min_confidence]
     w2r = np.flatnonzero(~rb & ra)
-    out.update({
-        "champion_accuracy": float(np.mean(rb)), "changed_label": int(np.sum(a != b)),
-        "right_to_wrong": int(len(counted)), "right_to_wrong_uncertain": int(len(uncertain)),
-        "wrong_to_right": int(len(w2r)), "min_confidence": min_confidence,
-        "right_to_wrong_texts": _flip_rows(counted, texts, y, pa, pb),
-        "right_to_wrong_uncertain_texts": _flip_rows(uncertain, texts, y, pa, pb),
-        "wrong_to_right_texts": _flip_rows(w2r, texts, y, pa, pb), "cap": FLIP_LIST_CAP,
-    })
+    out.update(
+        {
+            "champion_accuracy": float(np.mean(rb)),
+            "changed_label": int(np.sum(a != b)),
+            "right_to_wrong": int(len(counted)),
+            "right_to_wrong_uncertain": int(len(uncertain)),
+            "wrong_to_right": int(len(w2r)),
+            "min_confidence": min_confidence,
+            "right_to_wrong_texts": _flip_rows(counted, texts, y, pa, pb),
+            "right_to_wrong_uncertain_texts": _flip_rows(uncertain, texts, y, pa, pb),
+            "wrong_to_right_texts": _flip_rows(w2r, texts, y, pa, pb),
+            "cap": FLIP_LIST_CAP,
+        }
+    )
     return out
 
 
-def compare(y: Sequence[int], texts: Sequence[str], cand_proba: np.ndarray, champ_proba: np.ndarray | None,
-            golden: Sequence[tuple[str, int]], cand_golden_proba: np.ndarray,
-            champ_golden_proba: np.ndarray | None, *, confidence: float, golden_min_confidence: float,
-            champion_version: int | None = None) -> dict[str, Any]:
+def compare(
+    y: Sequence[int],
+    texts: Sequence[str],
+    cand_proba: np.ndarray,
+    champ_proba: np.ndarray | None,
+    golden: Sequence[tuple[str, int]],
+    cand_golden_proba: np.ndarray,
+    champ_golden_proba: np.ndarray | None,
+    *,
+    confidence: float,
+    golden_min_confidence: float,
+    champion_version: int | None = None,
+) -> dict[str, Any]:
     """The gate's evidence for one candidate (``training_runs.gate``): held-out (a) and golden (c)."""
-    ev: dict[str, Any] = {"champion_version": champion_version, "confidence": confidence,
-                          "golden": golden_evidence(golden, cand_golden_proba, champ_golden_proba,
-                                                    golden_min_confidence)}
+    ev: dict[str, Any] = {
+        "champion_version": champion_version,
+        "confidence": confidence,
+        "golden": golden_evidence(golden, cand_golden_proba, champ_golden_proba, golden_min_confidence),
+    }
     if champ_proba is not None:
         ev["held_out"] = held_out_evidence(y, texts, cand_proba, champ_proba, confidence)
     return ev
 
 
-def compare_models(candidate, champion, y: Sequence[int], texts: Sequence[str], settings=None, *,
-                   cand_proba: np.ndarray | None = None, champ_proba: np.ndarray | None = None,
-                   champion_version: int | None = None) -> dict[str, Any]:
+def compare_models(
+    candidate,
+    champion,
+    y: Sequence[int],
+    texts: Sequence[str],
+    settings=None,
+    *,
+    cand_proba: np.ndarray | None = None,
+    champ_proba: np.ndarray | None = None,
+    champion_version: int | None = None,
+) -> dict[str, Any]:
     """:func:`compare` on two models (anything with ``predict_proba``); given probabilities are reused."""
     from ml.config import get_settings
 
@@ -223,58 +263,110 @@ def compare_models(candidate, champion, y: Sequence[int], texts: Sequence[str], 
         cand_proba = np.asarray(candidate.predict_proba(list(texts)))
     if champion is not None and champ_proba is None:
         champ_proba = np.asarray(champion.predict_proba(list(texts)))
-    return compare(y, texts, cand_proba, champ_proba if champion is not None else None, golden,
-                   np.asarray(candidate.predict_proba(gtexts)),
-                   np.asarray(champion.predict_proba(gtexts)) if champion is not None else None,
-                   confidence=s.promotion_confidence, golden_min_confidence=s.gate_golden_min_confidence,
-                   champion_version=champion_version)
+    return compare(
+        y,
+        texts,
+        cand_proba,
+        champ_proba if champion is not None else None,
+        golden,
+        np.asarray(candidate.predict_proba(gtexts)),
+        np.asarray(champion.predict_proba(gtexts)) if champion is not None else None,
+        confidence=s.promotion_confidence,
+        golden_min_confidence=s.gate_golden_min_confidence,
+        champion_version=champion_version,
+    )
 
 
 # ---------------------------------------------------------------- the rule
-def decide(candidate: dict[str, Any], champion_metrics: dict[str, Any], evidence: dict[str, Any] | None, *,
-           metric: str, margin: float, mode: str = "strict", slice_tolerance: float = 0.02,
-           max_golden_flips: int = 0) -> tuple[bool, str, dict[str, Any]]:
+def decide(
+    candidate: dict[str, Any],
+    champion_metrics: dict[str, Any],
+    evidence: dict[str, Any] | None,
+    *,
+    metric: str,
+    margin: float,
+    mode: str = "strict",
+    slice_tolerance: float = 0.02,
+    max_golden_flips: int = 0,
+) -> tuple[bool, str, dict[str, Any]]:
     """The rule against an existing champion: (promote, reason, per-criterion outcome)."""
     if mode not in MODES:
         raise ValueError(f"promotion_gate must be one of {MODES}, got {mode!r}")
     c, ch = candidate[metric], champion_metrics[metric]
     beats = c > ch + margin
-    checks: dict[str, Any] = {"margin": {"passed": beats, "candidate": c, "champion": ch, "margin": margin,
-                                         "metric": metric}}
-    margin_text = (f"{metric} {c:.4f} beats champion {ch:.4f} by more than {margin:.4f}" if beats else
-                   f"{metric} {c:.4f} does not beat champion {ch:.4f} by more than {margin:.4f}")
+    checks: dict[str, Any] = {
+        "margin": {"passed": beats, "candidate": c, "champion": ch, "margin": margin, "metric": metric}
+    }
+    margin_text = (
+        f"{metric} {c:.4f} beats champion {ch:.4f} by more than {margin:.4f}"
+        if beats
+        else f"{metric} {c:.4f} does not beat champion {ch:.4f} by more than {margin:.4f}"
+    )
     if mode == "margin":
-        return beats, margin_text + " (promotion_gate: margin — paired test, slices and golden set not enforced)", \
-            checks
+        return (
+            beats,
+            margin_text + " (promotion_gate: margin — paired test, slices and golden set not enforced)",
+            checks,
+        )
     held = (evidence or {}).get("held_out")
     if held is None:
-        return False, (f"{margin_text}; no paired evidence against the champion (evaluate the candidate again): "
-                       "not promoted"), checks
+        return (
+            False,
+            (f"{margin_text}; no paired evidence against the champion (evaluate the candidate again): not promoted"),
+            checks,
+        )
     problems: list[str] = [] if beats else [margin_text]
     conf = held["confidence"]
     significant = held["verdict"] == "better"
-    checks["significance"] = {"passed": significant, "difference": held["difference"], "p_value": held["p_value"],
-                              "interval": held["interval"], "confidence": conf, "n": held["n"]}
-    paired = (f"paired held-out difference {held['difference']:+.4f} ({conf:.0%} CI "
-              f"[{held['interval'][0]:+.4f}, {held['interval'][1]:+.4f}]), McNemar mid-p {held['p_value']:.3g}, "
-              f"n={held['n']:,}")
+    checks["significance"] = {
+        "passed": significant,
+        "difference": held["difference"],
+        "p_value": held["p_value"],
+        "interval": held["interval"],
+        "confidence": conf,
+        "n": held["n"],
+    }
+    paired = (
+        f"paired held-out difference {held['difference']:+.4f} ({conf:.0%} CI "
+        f"[{held['interval'][0]:+.4f}, {held['interval'][1]:+.4f}]), McNemar mid-p {held['p_value']:.3g}, "
+        f"n={held['n']:,}"
+    )
     if not significant:
         problems.append(f"not a significant win: {paired} (needs p < {1 - conf:.2g} and a positive difference)")
-    regressed = {name: v for name, v in held.get("slices", {}).items()
-                 if v.get("n") and v["difference"] < -slice_tolerance and v["verdict"] == "worse"}
+    regressed = {
+        name: v
+        for name, v in held.get("slices", {}).items()
+        if v.get("n") and v["difference"] < -slice_tolerance and v["verdict"] == "worse"
+    }
     checks["slices"] = {"passed": not regressed, "tolerance": slice_tolerance, "regressed": sorted(regressed)}
     if regressed:
-        problems.append("slice regression beyond " + f"{slice_tolerance:.3f}: " + ", ".join(
-            f"{name} {v['champion_accuracy']:.4f} -> {v['challenger_accuracy']:.4f} ({v['difference']:+.4f}, "
-            f"p={v['p_value']:.3g}, n={v['n']})" for name, v in sorted(regressed.items())))
+        problems.append(
+            "slice regression beyond "
+            + f"{slice_tolerance:.3f}: "
+            + ", ".join(
+                f"{name} {v['champion_accuracy']:.4f} -> {v['challenger_accuracy']:.4f} ({v['difference']:+.4f}, "
+                f"p={v['p_value']:.3g}, n={v['n']})"
+                for name, v in sorted(regressed.items())
+            )
+        )
     golden = (evidence or {}).get("golden") or {}
     flips = int(golden.get("right_to_wrong", 0))
-    checks["golden"] = {"passed": flips <= max_golden_flips, "right_to_wrong": flips, "max": max_golden_flips,
-                        "right_to_wrong_uncertain": golden.get("right_to_wrong_uncertain", 0)}
+    checks["golden"] = {
+        "passed": flips <= max_golden_flips,
+        "right_to_wrong": flips,
+        "max": max_golden_flips,
+        "right_to_wrong_uncertain": golden.get("right_to_wrong_uncertain", 0),
+    }
     if flips > max_golden_flips:
         examples = "; ".join(f"'{r['text']}'" for r in golden.get("right_to_wrong_texts", [])[:3])
         problems.append(f"{flips} golden text(s) flipped from right to wrong (max {max_golden_flips}): {examples}")
     if problems:
         return False, "; ".join(problems), checks
-    return True, (f"{margin_text}; {paired}: better; no slice regresses beyond {slice_tolerance:.3f}; "
-                  f"{flips} golden right-to-wrong flips (max {max_golden_flips})"), checks
+    return (
+        True,
+        (
+            f"{margin_text}; {paired}: better; no slice regresses beyond {slice_tolerance:.3f}; "
+            f"{flips} golden right-to-wrong flips (max {max_golden_flips})"
+        ),
+        checks,
+    )

@@ -1,11 +1,12 @@
 """Lineage of a prediction: model version -> MLflow run (code commit) -> dataset snapshot -> the
 chain of parent snapshots, and for each retraining snapshot the retraining and the feedback reports
 that produced it. ``GET /predictions/{id}/lineage`` and ``ml lineage ID``."""
+
 from __future__ import annotations
 
 import logging
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from ml.config import Settings, get_settings
@@ -33,10 +34,15 @@ def _model_version(model_name: str, version: int) -> tuple[dict[str, Any], dict[
 
     client = mlflow.MlflowClient()
     mv = client.get_model_version(model_name, str(version))
-    info = {"name": model_name, "version": int(version), "run_id": mv.run_id,
-            "registered_at": datetime.fromtimestamp(mv.creation_timestamp / 1000, tz=timezone.utc).isoformat()
-            if mv.creation_timestamp else None,
-            "aliases": list(getattr(mv, "aliases", []) or [])}
+    info = {
+        "name": model_name,
+        "version": int(version),
+        "run_id": mv.run_id,
+        "registered_at": datetime.fromtimestamp(mv.creation_timestamp / 1000, tz=UTC).isoformat()
+        if mv.creation_timestamp
+        else None,
+        "aliases": list(getattr(mv, "aliases", []) or []),
+    }
     if mv.run_id is None:
         raise ValueError(f"version {version} of {model_name} has no MLflow run")
     run = client.get_run(mv.run_id)
@@ -71,7 +77,9 @@ def snapshot_chain(conn, snapshot_hash: str | None) -> list[dict[str, Any]]:
     return chain
 
 
-def prediction_lineage(prediction_id: str | uuid.UUID, settings: Settings | None = None, conn=None) -> dict[str, Any] | None:
+def prediction_lineage(
+    prediction_id: str | uuid.UUID, settings: Settings | None = None, conn=None
+) -> dict[str, Any] | None:
     """Everything that led to one prediction; None for an unknown id."""
     from ml import db, tracking
 
@@ -102,8 +110,7 @@ def prediction_lineage(prediction_id: str | uuid.UUID, settings: Settings | None
     if tr:
         tr.pop("behaviour", None)
     model["training_run"] = tr
-    model["events"] = [_jsonable(e) for e in
-                       store.events_of_version(conn, pred["model_name"], pred["model_version"])]
+    model["events"] = [_jsonable(e) for e in store.events_of_version(conn, pred["model_name"], pred["model_version"])]
     out["model"] = model
     dataset_hash = tags.get("dataset_hash") or (tr or {}).get("snapshot_hash")
     out["git_commit"] = tags.get("git_commit") or (tr or {}).get("git_commit")
@@ -119,8 +126,10 @@ def prediction_lineage(prediction_id: str | uuid.UUID, settings: Settings | None
 
 def _summary(out: dict[str, Any]) -> str:
     p, m = out["prediction"], out["model"]
-    parts = [f"prediction {p['id']} ({p['source']}, {p['created_at'][:19]}) by {m['name']} v{m['version']}"
-             + (f" ({m.get('family')}, run {m.get('run_id')})" if m.get("run_id") else "")]
+    parts = [
+        f"prediction {p['id']} ({p['source']}, {p['created_at'][:19]}) by {m['name']} v{m['version']}"
+        + (f" ({m.get('family')}, run {m.get('run_id')})" if m.get("run_id") else "")
+    ]
     if out.get("git_commit"):
         parts.append(f"code {out['git_commit']}")
     snap = out.get("snapshot")
@@ -136,13 +145,24 @@ def _summary(out: dict[str, Any]) -> str:
 
 
 _SNAPSHOT_PUBLIC = ("hash", "kind", "parent_hash", "n_rows", "n_positive", "created_at", "missing")
-_RETRAINING_PUBLIC = ("id", "created_at", "reason", "status", "n_feedback", "threshold", "champion_before",
-                      "champion_after", "candidate_version", "n_training_reports")
+_RETRAINING_PUBLIC = (
+    "id",
+    "created_at",
+    "reason",
+    "status",
+    "n_feedback",
+    "threshold",
+    "champion_before",
+    "champion_after",
+    "candidate_version",
+    "n_training_reports",
+)
 
 
 def redacted(out: dict[str, Any]) -> dict[str, Any]:
     """The lineage for callers without ``admin``: what and how many, never texts, comments, file paths,
     tags or other users' reports (a whitelist, so a field added later stays private)."""
+
     def pick(d: dict[str, Any] | None, keys: tuple[str, ...]) -> dict[str, Any] | None:
         return None if d is None else {k: d[k] for k in keys if k in d}
 
@@ -157,8 +177,10 @@ def redacted(out: dict[str, Any]) -> dict[str, Any]:
         "redacted": True,
         "note": "texts, comments, feedback reports, tags and server paths need an API key with scope `admin`",
         "prediction": pick(p, ("id", "created_at", "label", "p_positive", "model_name", "model_version", "source")),
-        "model": {**(pick(m, ("name", "version", "family", "run_id", "metrics")) or {}),
-                  "events": [pick(e, ("event", "version", "previous_version", "created_at")) for e in m.get("events", [])]},
+        "model": {
+            **(pick(m, ("name", "version", "family", "run_id", "metrics")) or {}),
+            "events": [pick(e, ("event", "version", "previous_version", "created_at")) for e in m.get("events", [])],
+        },
         "git_commit": out.get("git_commit"),
         "snapshot": snap(out["snapshot"]) if out.get("snapshot") else None,
         "snapshot_chain": [snap(c) for c in out.get("snapshot_chain") or []],

@@ -4,18 +4,27 @@ agreement, estimated and reviewed live accuracy beside the champion it replaced)
 training snapshot (and its lineage), behavioural
 checks, feedback against the retraining threshold, the latest retrainings and alerts. JSON for
 machines, a small HTML page for the Airflow UI plugin (``plugins/sentiment_platform_plugin.py``)."""
+
 from __future__ import annotations
 
 import html
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from ml.config import Settings, get_settings
 from ml.store import lineage as lineage_store
 from ml.store import models as models_store
 
-METRIC_KEYS = ("accuracy", "f1", "precision", "recall", "roc_auc", "inference_ms_per_tweet", "training_seconds",
-               "model_size_mb")
+METRIC_KEYS = (
+    "accuracy",
+    "f1",
+    "precision",
+    "recall",
+    "roc_auc",
+    "inference_ms_per_tweet",
+    "training_seconds",
+    "model_size_mb",
+)
 
 
 def model_card(settings: Settings | None = None) -> dict[str, Any]:
@@ -25,8 +34,12 @@ def model_card(settings: Settings | None = None) -> dict[str, Any]:
 
     s = settings or get_settings()
     tracking.configure(s)
-    card: dict[str, Any] = {"model_name": s.model_name, "alias": s.champion_alias,
-                            "generated_at": datetime.now(timezone.utc).isoformat(), "champion": None}
+    card: dict[str, Any] = {
+        "model_name": s.model_name,
+        "alias": s.champion_alias,
+        "generated_at": datetime.now(UTC).isoformat(),
+        "champion": None,
+    }
     champ = registry.champion(s)
     if champ is None:
         card["note"] = f"no champion yet: {s.model_name!r} has no {s.champion_alias!r} alias"
@@ -37,24 +50,38 @@ def model_card(settings: Settings | None = None) -> dict[str, Any]:
     run = mlflow.MlflowClient().get_run(run_id)
     tags = {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")}
     metrics = {k: v for k, v in run.data.metrics.items() if k in METRIC_KEYS or k.startswith("reported_")}
-    external = {k[len("external_"):]: v for k, v in run.data.metrics.items()
-                if k.startswith("external_") and not k.startswith("external_vs_")}
+    external = {
+        k[len("external_") :]: v
+        for k, v in run.data.metrics.items()
+        if k.startswith("external_") and not k.startswith("external_vs_")
+    }
     card["champion"] = {
-        "version": champ.version, "run_id": champ.run_id, "family": tags.get("family"),
-        "trained_at": datetime.fromtimestamp(run.info.start_time / 1000, tz=timezone.utc).isoformat(),
-        "git_commit": tags.get("git_commit"), "dataset_hash": tags.get("dataset_hash"),
-        "metrics": metrics, "retraining_id": tags.get("retraining_id"),
+        "version": champ.version,
+        "run_id": champ.run_id,
+        "family": tags.get("family"),
+        "trained_at": datetime.fromtimestamp(run.info.start_time / 1000, tz=UTC).isoformat(),
+        "git_commit": tags.get("git_commit"),
+        "dataset_hash": tags.get("dataset_hash"),
+        "metrics": metrics,
+        "retraining_id": tags.get("retraining_id"),
         # accuracy etc. on external_eval_path at evaluation (ml.external); None: evaluated without one
-        "external": ({**external, "content_hash": tags.get("external_eval_hash"),
-                      "path": tags.get("external_eval_path")} if external else None),
+        "external": (
+            {**external, "content_hash": tags.get("external_eval_hash"), "path": tags.get("external_eval_path")}
+            if external
+            else None
+        ),
     }
     with db.connect(s) as conn:
         tr = lineage_store.training_run(conn, run_id)
         if tr:
-            card["champion"].update(params=tr["params"], decision=tr["decision"], airflow_run_id=tr["airflow_run_id"],
-                                    behaviour={k: v.get("pass_rate")
-                                               for k, v in (tr["behaviour"] or {}).get("types", {}).items()}
-                                    if tr["behaviour"] else None)
+            card["champion"].update(
+                params=tr["params"],
+                decision=tr["decision"],
+                airflow_run_id=tr["airflow_run_id"],
+                behaviour={k: v.get("pass_rate") for k, v in (tr["behaviour"] or {}).get("types", {}).items()}
+                if tr["behaviour"]
+                else None,
+            )
         card["champion"]["what_changed"] = what_changed(models_store.run_gate(conn, run_id))
         card["snapshot_chain"] = lineage.snapshot_chain(conn, tags.get("dataset_hash"))
         for c in card["snapshot_chain"]:  # the card lists counts, not every report
@@ -69,8 +96,16 @@ def model_card(settings: Settings | None = None) -> dict[str, Any]:
         card["champion"]["shadow"] = shadow_mod.summary(shadow_store.of_version(conn, s.model_name, champ.version))
         latest = shadow_store.latest(conn, s.model_name, 1)
         card["latest_shadow"] = shadow_mod.summary(latest[0]) if latest else None
-    card["events"] = [{"event": e["event"], "version": e["version"], "previous_version": e["previous_version"],
-                       "reason": e["reason"], "at": e["created_at"].isoformat()} for e in events]
+    card["events"] = [
+        {
+            "event": e["event"],
+            "version": e["version"],
+            "previous_version": e["previous_version"],
+            "reason": e["reason"],
+            "at": e["created_at"].isoformat(),
+        }
+        for e in events
+    ]
     ctx = retraining.champion_context(s)
     card["feedback"] = retraining.pending_count(ctx, s) if ctx and ctx.corpus_rows else None
     card["retrainings"] = retraining.list_retrainings(5, s)
@@ -85,20 +120,39 @@ def what_changed(gate: dict[str, Any] | None, examples: int = 5) -> dict[str, An
     if not gate:
         return None
     held, golden, dec = gate.get("held_out"), gate.get("golden") or {}, gate.get("decision") or {}
-    out: dict[str, Any] = {"against_version": gate.get("champion_version"), "decision": dec.get("reason"),
-                           "golden_accuracy": golden.get("challenger_accuracy"), "golden_n": golden.get("n")}
+    out: dict[str, Any] = {
+        "against_version": gate.get("champion_version"),
+        "decision": dec.get("reason"),
+        "golden_accuracy": golden.get("challenger_accuracy"),
+        "golden_n": golden.get("n"),
+    }
     if held:
         fl = held["flips"]
         out["held_out"] = {k: held[k] for k in ("n", "difference", "interval", "p_value", "verdict")}
-        out["held_out"].update(changed_label=fl["changed_label"], right_to_wrong=fl["right_to_wrong"],
-                               wrong_to_right=fl["wrong_to_right"],
-                               right_to_wrong_examples=[r["text"] for r in fl["right_to_wrong_texts"][:examples]],
-                               wrong_to_right_examples=[r["text"] for r in fl["wrong_to_right_texts"][:examples]])
-        out["slices"] = {name: {k: v.get(k) for k in ("n", "champion_accuracy", "challenger_accuracy", "difference",
-                                                        "p_value", "verdict")}
-                         for name, v in held.get("slices", {}).items()}
-        out["golden"] = {k: golden.get(k) for k in ("champion_accuracy", "challenger_accuracy", "right_to_wrong",
-                                                    "right_to_wrong_uncertain", "wrong_to_right")}
+        out["held_out"].update(
+            changed_label=fl["changed_label"],
+            right_to_wrong=fl["right_to_wrong"],
+            wrong_to_right=fl["wrong_to_right"],
+            right_to_wrong_examples=[r["text"] for r in fl["right_to_wrong_texts"][:examples]],
+            wrong_to_right_examples=[r["text"] for r in fl["wrong_to_right_texts"][:examples]],
+        )
+        out["slices"] = {
+            name: {
+                k: v.get(k)
+                for k in ("n", "champion_accuracy", "challenger_accuracy", "difference", "p_value", "verdict")
+            }
+            for name, v in held.get("slices", {}).items()
+        }
+        out["golden"] = {
+            k: golden.get(k)
+            for k in (
+                "champion_accuracy",
+                "challenger_accuracy",
+                "right_to_wrong",
+                "right_to_wrong_uncertain",
+                "wrong_to_right",
+            )
+        }
         out["golden"]["right_to_wrong_examples"] = [r["text"] for r in golden.get("right_to_wrong_texts", [])]
         out["golden"]["wrong_to_right_examples"] = [r["text"] for r in golden.get("wrong_to_right_texts", [])]
     if gate.get("reported_eval"):
@@ -128,114 +182,165 @@ border-radius:3px;overflow:hidden;display:inline-block;vertical-align:middle} .f
 
 def card_html(card: dict[str, Any]) -> str:
     c = card.get("champion")
-    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>Model card {_esc(card['model_name'])}</title>"
-           f"<style>{STYLE}</style></head><body>",
-           f"<h1>Model card: {_esc(card['model_name'])} <span class='muted'>@{_esc(card['alias'])}</span></h1>"]
+    out = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>Model card {_esc(card['model_name'])}</title>"
+        f"<style>{STYLE}</style></head><body>",
+        f"<h1>Model card: {_esc(card['model_name'])} <span class='muted'>@{_esc(card['alias'])}</span></h1>",
+    ]
     if c is None:
         out.append(f"<p>{_esc(card.get('note'))}</p></body></html>")
         return "".join(out)
-    out.append(f"<p id='champion-version'>Champion <b>version {c['version']}</b> ({_esc(c.get('family'))}), "
-               f"trained {_esc(c['trained_at'][:19])} UTC, run <code>{_esc(c['run_id'])}</code>, "
-               f"code <code>{_esc(c.get('git_commit'))}</code></p>")
-    out.append("<h2>Held-out metrics</h2><table><tr>" + "".join(f"<th>{_esc(k)}</th>" for k in c["metrics"])
-               + "</tr><tr>" + "".join(f"<td>{_fmt(v)}</td>" for v in c["metrics"].values()) + "</tr></table>")
+    out.append(
+        f"<p id='champion-version'>Champion <b>version {c['version']}</b> ({_esc(c.get('family'))}), "
+        f"trained {_esc(c['trained_at'][:19])} UTC, run <code>{_esc(c['run_id'])}</code>, "
+        f"code <code>{_esc(c.get('git_commit'))}</code></p>"
+    )
+    out.append(
+        "<h2>Held-out metrics</h2><table><tr>"
+        + "".join(f"<th>{_esc(k)}</th>" for k in c["metrics"])
+        + "</tr><tr>"
+        + "".join(f"<td>{_fmt(v)}</td>" for v in c["metrics"].values())
+        + "</tr></table>"
+    )
     ext = c.get("external")
     if ext:
         keys = [k for k in ("accuracy", "f1", "roc_auc", "n") if k in ext]
-        out.append("<h2 id='external-eval'>External evaluation</h2><p class='muted'>"
-                   f"{_esc(ext.get('path'))}, content hash <code>{_esc(str(ext.get('content_hash'))[:16])}</code>: "
-                   "a file outside the training snapshot, beside the held-out split of the training file</p><table><tr>"
-                   + "".join(f"<th>{_esc(k)}</th>" for k in keys) + "</tr><tr>"
-                   + "".join(f"<td>{int(ext[k]):,}</td>" if k == "n" else f"<td>{_fmt(ext[k])}</td>" for k in keys)
-                   + "</tr></table>")
+        out.append(
+            "<h2 id='external-eval'>External evaluation</h2><p class='muted'>"
+            f"{_esc(ext.get('path'))}, content hash <code>{_esc(str(ext.get('content_hash'))[:16])}</code>: "
+            "a file outside the training snapshot, beside the held-out split of the training file</p><table><tr>"
+            + "".join(f"<th>{_esc(k)}</th>" for k in keys)
+            + "</tr><tr>"
+            + "".join(f"<td>{int(ext[k]):,}</td>" if k == "n" else f"<td>{_fmt(ext[k])}</td>" for k in keys)
+            + "</tr></table>"
+        )
     wc = c.get("what_changed")
     if wc and wc.get("held_out"):
         h, g = wc["held_out"], wc["golden"]
-        out.append(f"<h2 id='what-changed'>What changed (against v{_esc(wc['against_version'])})</h2>"
-                   f"<p>Held-out (n={h['n']:,}): accuracy {h['difference']:+.4f} (CI [{h['interval'][0]:+.4f}, "
-                   f"{h['interval'][1]:+.4f}], McNemar mid-p {h['p_value']:.3g}: {_esc(h['verdict'])}); "
-                   f"<b>{h['changed_label']:,}</b> tweets changed label: {h['right_to_wrong']:,} right → wrong, "
-                   f"{h['wrong_to_right']:,} wrong → right. Golden set: {g['champion_accuracy']:.3f} → "
-                   f"{g['challenger_accuracy']:.3f}, <b>{g['right_to_wrong']}</b> right → wrong "
-                   f"(+{g['right_to_wrong_uncertain']} the old champion was unsure of), {g['wrong_to_right']} "
-                   f"wrong → right.</p><table><tr><th>slice</th><th>n</th><th>before</th><th>after</th>"
-                   "<th>difference</th><th>p</th></tr>")
+        out.append(
+            f"<h2 id='what-changed'>What changed (against v{_esc(wc['against_version'])})</h2>"
+            f"<p>Held-out (n={h['n']:,}): accuracy {h['difference']:+.4f} (CI [{h['interval'][0]:+.4f}, "
+            f"{h['interval'][1]:+.4f}], McNemar mid-p {h['p_value']:.3g}: {_esc(h['verdict'])}); "
+            f"<b>{h['changed_label']:,}</b> tweets changed label: {h['right_to_wrong']:,} right → wrong, "
+            f"{h['wrong_to_right']:,} wrong → right. Golden set: {g['champion_accuracy']:.3f} → "
+            f"{g['challenger_accuracy']:.3f}, <b>{g['right_to_wrong']}</b> right → wrong "
+            f"(+{g['right_to_wrong_uncertain']} the old champion was unsure of), {g['wrong_to_right']} "
+            f"wrong → right.</p><table><tr><th>slice</th><th>n</th><th>before</th><th>after</th>"
+            "<th>difference</th><th>p</th></tr>"
+        )
         for name, v in wc["slices"].items():
             if v.get("n"):
                 cls = "bad" if v["verdict"] == "worse" else ("ok" if v["verdict"] == "better" else "")
-                out.append(f"<tr><td>{_esc(name)}</td><td>{v['n']:,}</td><td>{_fmt(v['champion_accuracy'])}</td>"
-                           f"<td>{_fmt(v['challenger_accuracy'])}</td><td class='{cls}'>{v['difference']:+.4f}</td>"
-                           f"<td>{v['p_value']:.3g}</td></tr>")
+                out.append(
+                    f"<tr><td>{_esc(name)}</td><td>{v['n']:,}</td><td>{_fmt(v['champion_accuracy'])}</td>"
+                    f"<td>{_fmt(v['challenger_accuracy'])}</td><td class='{cls}'>{v['difference']:+.4f}</td>"
+                    f"<td>{v['p_value']:.3g}</td></tr>"
+                )
         out.append("</table>")
-        for label, texts in (("golden right → wrong", g["right_to_wrong_examples"]),
-                             ("golden wrong → right", g["wrong_to_right_examples"]),
-                             ("held-out right → wrong (first)", h["right_to_wrong_examples"])):
+        for label, texts in (
+            ("golden right → wrong", g["right_to_wrong_examples"]),
+            ("golden wrong → right", g["wrong_to_right_examples"]),
+            ("held-out right → wrong (first)", h["right_to_wrong_examples"]),
+        ):
             if texts:
                 out.append(f"<p class='muted'>{_esc(label)}: " + "; ".join(f"“{_esc(t)}”" for t in texts) + "</p>")
-    for title, sh in (("Shadow before promotion", c.get("shadow")),
-                      ("Latest shadow", card.get("latest_shadow") if (card.get("latest_shadow") or {}).get("shadow_id")
-                       != (c.get("shadow") or {}).get("shadow_id") else None)):
+    for title, sh in (
+        ("Shadow before promotion", c.get("shadow")),
+        (
+            "Latest shadow",
+            card.get("latest_shadow")
+            if (card.get("latest_shadow") or {}).get("shadow_id") != (c.get("shadow") or {}).get("shadow_id")
+            else None,
+        ),
+    ):
         if not sh:
             continue
         est, rev = sh.get("estimated_accuracy") or {}, sh.get("reviewed") or {}
         cls = "ok" if sh["status"] == "promoted" else ("bad" if sh["status"] == "rejected" else "")
-        out.append(f"<h2 id='shadow-{sh['shadow_id']}'>{_esc(title)} (#{sh['shadow_id']}: v{sh['challenger_version']} "
-                   f"beside v{sh['champion_version']})</h2><p>Window {sh['window_requests']} requests / "
-                   f"{sh['window_hours']:g} h, status <b class='{cls}'>{_esc(sh['status'])}</b>.</p>"
-                   "<table><tr><th>shadowed requests</th><th>agreement</th><th>estimated accuracy (challenger / "
-                   "champion)</th><th>reviewed n</th><th>reviewed accuracy (challenger / champion)</th></tr>"
-                   f"<tr><td>{_esc(sh.get('n'))}</td><td>{_fmt(sh.get('agreement'))}</td>"
-                   f"<td>{_fmt(est.get('challenger'))} / {_fmt(est.get('champion'))}</td><td>{_esc(rev.get('n', 0))}</td>"
-                   f"<td>{_fmt(rev.get('challenger_accuracy'))} / {_fmt(rev.get('champion_accuracy'))}</td></tr></table>"
-                   f"<p class='muted'>{_esc(sh.get('decision'))}</p>")
+        out.append(
+            f"<h2 id='shadow-{sh['shadow_id']}'>{_esc(title)} (#{sh['shadow_id']}: v{sh['challenger_version']} "
+            f"beside v{sh['champion_version']})</h2><p>Window {sh['window_requests']} requests / "
+            f"{sh['window_hours']:g} h, status <b class='{cls}'>{_esc(sh['status'])}</b>.</p>"
+            "<table><tr><th>shadowed requests</th><th>agreement</th><th>estimated accuracy (challenger / "
+            "champion)</th><th>reviewed n</th><th>reviewed accuracy (challenger / champion)</th></tr>"
+            f"<tr><td>{_esc(sh.get('n'))}</td><td>{_fmt(sh.get('agreement'))}</td>"
+            f"<td>{_fmt(est.get('challenger'))} / {_fmt(est.get('champion'))}</td><td>{_esc(rev.get('n', 0))}</td>"
+            f"<td>{_fmt(rev.get('challenger_accuracy'))} / {_fmt(rev.get('champion_accuracy'))}</td></tr></table>"
+            f"<p class='muted'>{_esc(sh.get('decision'))}</p>"
+        )
     if c.get("behaviour"):
-        out.append("<h2>Behavioural checks (pass rate)</h2><table><tr>"
-                   + "".join(f"<th>{_esc(k)}</th>" for k in c["behaviour"]) + "</tr><tr>"
-                   + "".join(f"<td>{_fmt(v)}</td>" for v in c["behaviour"].values()) + "</tr></table>")
+        out.append(
+            "<h2>Behavioural checks (pass rate)</h2><table><tr>"
+            + "".join(f"<th>{_esc(k)}</th>" for k in c["behaviour"])
+            + "</tr><tr>"
+            + "".join(f"<td>{_fmt(v)}</td>" for v in c["behaviour"].values())
+            + "</tr></table>"
+        )
     fb = card.get("feedback")
     if fb:
         share = min(1.0, fb["share_of_threshold"] or 0.0)
-        out.append(f"<h2>Feedback against the retraining threshold</h2><p id='feedback-count'>"
-                   f"<b>{fb['reports']}</b> misclassification reports since this champion was trained, threshold "
-                   f"<b>{fb['threshold']}</b> ({fb['fraction']:.2%} of {fb['corpus_rows']:,} training rows)"
-                   f"{' - reviewed reports only' if fb['review_required'] else ''} "
-                   f"<span class='bar'><span class='fill' style='width:{share * 100:.0f}%;display:block'></span></span>"
-                   f" {share:.0%}</p>")
-    out.append("<h2>Training data (snapshot lineage)</h2><table><tr><th>snapshot</th><th>kind</th><th>rows</th>"
-               "<th>created</th><th>built by</th></tr>")
+        out.append(
+            f"<h2>Feedback against the retraining threshold</h2><p id='feedback-count'>"
+            f"<b>{fb['reports']}</b> misclassification reports since this champion was trained, threshold "
+            f"<b>{fb['threshold']}</b> ({fb['fraction']:.2%} of {fb['corpus_rows']:,} training rows)"
+            f"{' - reviewed reports only' if fb['review_required'] else ''} "
+            f"<span class='bar'><span class='fill' style='width:{share * 100:.0f}%;display:block'></span></span>"
+            f" {share:.0%}</p>"
+        )
+    out.append(
+        "<h2>Training data (snapshot lineage)</h2><table><tr><th>snapshot</th><th>kind</th><th>rows</th>"
+        "<th>created</th><th>built by</th></tr>"
+    )
     for snap in card.get("snapshot_chain") or []:
         r = snap.get("retraining")
-        by = (f"retraining #{r['id']} ({_esc(r['reason'])}, {r['n_training_reports']} reports, {_esc(r['status'])})"
-              if r else _esc(snap.get("source")))
-        out.append(f"<tr><td><code>{_esc(snap['hash'][:16])}</code></td><td>{_esc(snap.get('kind'))}</td>"
-                   f"<td>{_esc(snap.get('n_rows'))}</td><td>{_esc(str(snap.get('created_at', ''))[:19])}</td>"
-                   f"<td>{by}</td></tr>")
+        by = (
+            f"retraining #{r['id']} ({_esc(r['reason'])}, {r['n_training_reports']} reports, {_esc(r['status'])})"
+            if r
+            else _esc(snap.get("source"))
+        )
+        out.append(
+            f"<tr><td><code>{_esc(snap['hash'][:16])}</code></td><td>{_esc(snap.get('kind'))}</td>"
+            f"<td>{_esc(snap.get('n_rows'))}</td><td>{_esc(str(snap.get('created_at', ''))[:19])}</td>"
+            f"<td>{by}</td></tr>"
+        )
     out.append("</table>")
     if card.get("retrainings"):
-        out.append("<h2>Latest retrainings</h2><table><tr><th>#</th><th>when</th><th>reason</th><th>reports</th>"
-                   "<th>status</th><th>champion before → after</th><th>decision</th></tr>")
+        out.append(
+            "<h2>Latest retrainings</h2><table><tr><th>#</th><th>when</th><th>reason</th><th>reports</th>"
+            "<th>status</th><th>champion before → after</th><th>decision</th></tr>"
+        )
         for r in card["retrainings"]:
             cls = "ok" if r["status"] == "promoted" else ("bad" if r["status"] == "failed" else "")
-            out.append(f"<tr><td>{r['id']}</td><td>{_esc(r['created_at'][:19])}</td><td>{_esc(r['reason'])}</td>"
-                       f"<td>{r['n_feedback']}/{_esc(r['threshold'])}</td><td class='{cls}'>{_esc(r['status'])}</td>"
-                       f"<td>v{_esc(r['champion_before'])} → v{_esc(r['champion_after'])}</td>"
-                       f"<td>{_esc(r['decision'] or r['error'])}</td></tr>")
+            out.append(
+                f"<tr><td>{r['id']}</td><td>{_esc(r['created_at'][:19])}</td><td>{_esc(r['reason'])}</td>"
+                f"<td>{r['n_feedback']}/{_esc(r['threshold'])}</td><td class='{cls}'>{_esc(r['status'])}</td>"
+                f"<td>v{_esc(r['champion_before'])} → v{_esc(r['champion_after'])}</td>"
+                f"<td>{_esc(r['decision'] or r['error'])}</td></tr>"
+            )
         out.append("</table>")
     if card.get("events"):
-        out.append("<h2>Champion history</h2><table><tr><th>when</th><th>event</th><th>version</th><th>previous</th>"
-                   "<th>reason</th></tr>")
+        out.append(
+            "<h2>Champion history</h2><table><tr><th>when</th><th>event</th><th>version</th><th>previous</th>"
+            "<th>reason</th></tr>"
+        )
         for e in card["events"]:
-            out.append(f"<tr><td>{_esc(e['at'][:19])}</td><td>{_esc(e['event'])}</td><td>{e['version']}</td>"
-                       f"<td>{_esc(e['previous_version'])}</td><td>{_esc(e['reason'])}</td></tr>")
+            out.append(
+                f"<tr><td>{_esc(e['at'][:19])}</td><td>{_esc(e['event'])}</td><td>{e['version']}</td>"
+                f"<td>{_esc(e['previous_version'])}</td><td>{_esc(e['reason'])}</td></tr>"
+            )
         out.append("</table>")
     if card.get("alerts"):
         out.append("<h2>Latest alerts</h2><table><tr><th>when</th><th>rule</th><th>message</th><th>channels</th></tr>")
         for a in card["alerts"]:
             ch = ", ".join(f"{x['channel']}: {x['status']}" for x in a.get("channels") or [])
-            out.append(f"<tr><td>{_esc(a['created_at'][:19])}</td><td>{_esc(a['rule'])}</td>"
-                       f"<td>{_esc(a['message'])}</td><td>{_esc(ch)}</td></tr>")
+            out.append(
+                f"<tr><td>{_esc(a['created_at'][:19])}</td><td>{_esc(a['rule'])}</td>"
+                f"<td>{_esc(a['message'])}</td><td>{_esc(ch)}</td></tr>"
+            )
         out.append("</table>")
-    out.append(f"<p class='muted'>JSON: <a href='model-card.json'>model-card.json</a> · generated "
-               f"{_esc(card['generated_at'][:19])} UTC</p>")
+    out.append(
+        f"<p class='muted'>JSON: <a href='model-card.json'>model-card.json</a> · generated "
+        f"{_esc(card['generated_at'][:19])} UTC</p>"
+    )
     out.append("</body></html>")
     return "".join(out)

@@ -34,6 +34,7 @@ Each report is written to ``var/reports/<id>/`` (``report.html`` and ``report.js
 Evidently, ``summary.json`` ours) and its summary stored in ``drift_reports``. An empty period is
 a stored report with status ``empty``.
 """
+
 from __future__ import annotations
 
 import html
@@ -45,7 +46,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,7 @@ class MonitoringError(RuntimeError):
 # ---------------------------------------------------------------- periods
 def _utc(value: datetime | str) -> datetime:
     dt = datetime.fromisoformat(value.replace("Z", "+00:00")) if isinstance(value, str) else value
-    return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
 
 
 def resolve_period(
@@ -95,7 +96,7 @@ def resolve_period(
         a = _utc(start)
         b = a + span
     else:
-        b = _utc(end) if end else datetime.now(timezone.utc)
+        b = _utc(end) if end else datetime.now(UTC)
         a = b - span
     if a >= b:
         raise MonitoringError(f"empty period: start {a.isoformat()} is not before end {b.isoformat()}")
@@ -169,7 +170,9 @@ def load_reference(settings: Settings | None = None) -> tuple[pd.DataFrame, dict
         if meta.get("format") == REFERENCE_VERSION:
             frame = pd.read_parquet(target / "reference.parquet")
             vocab = set((target / "vocabulary.txt").read_text(encoding="utf-8").split("\n")) - {""}
-            log.info("reference of %s v%s: %s rows (cached in %s)", s.model_name, champ.version, f"{len(frame):,}", target)
+            log.info(
+                "reference of %s v%s: %s rows (cached in %s)", s.model_name, champ.version, f"{len(frame):,}", target
+            )
             return frame, meta, vocab
     return build_reference(champ, s)
 
@@ -196,8 +199,13 @@ def build_reference(champ, settings: Settings | None = None) -> tuple[pd.DataFra
     test_df = data.stratified_sample(test_df, s.monitoring_reference_max_rows, s.seed)
     model = registry.load_version(champ.version, s)
     texts = test_df["text"].astype(str).tolist()
-    log.info("reference of %s v%s: scoring %s held-out tweets of snapshot %s", s.model_name, champ.version,
-             f"{len(texts):,}", dataset_hash[:16])
+    log.info(
+        "reference of %s v%s: scoring %s held-out tweets of snapshot %s",
+        s.model_name,
+        champ.version,
+        f"{len(texts):,}",
+        dataset_hash[:16],
+    )
     proba = model.predict_proba(texts)
     mode = str(getattr(model, "params", {}).get("preprocess", "basic"))
     vocab_fn = getattr(model, "vocabulary", None)
@@ -216,12 +224,14 @@ def build_reference(champ, settings: Settings | None = None) -> tuple[pd.DataFra
         counts = Counter(t for toks in tokens(train_df["text"].astype(str).tolist(), mode) for t in set(toks))
         vocab = {w for w, c in counts.items() if c >= 2}
         vocab_source = "training split (model has no vocabulary())"
-    ref = pd.DataFrame({
-        "text": texts,
-        "label": (proba[:, 1] >= 0.5).astype(np.int64),
-        "p_positive": proba[:, 1].astype(np.float64),
-        "true_label": test_df["label"].to_numpy().astype(np.int64),
-    })
+    ref = pd.DataFrame(
+        {
+            "text": texts,
+            "label": (proba[:, 1] >= 0.5).astype(np.int64),
+            "p_positive": proba[:, 1].astype(np.float64),
+            "true_label": test_df["label"].to_numpy().astype(np.int64),
+        }
+    )
     ref = add_descriptors(ref, vocab, mode)
     meta = {
         "format": REFERENCE_VERSION,
@@ -237,7 +247,7 @@ def build_reference(champ, settings: Settings | None = None) -> tuple[pd.DataFra
         "vocabulary_size": len(vocab),
         "training_accuracy": run.data.metrics.get("accuracy"),
         "reference_accuracy": float((ref["label"] == ref["true_label"]).mean()),
-        "created_at": datetime.now(timezone.utc).isoformat(),
+        "created_at": datetime.now(UTC).isoformat(),
         "seconds": round(time.perf_counter() - t0, 2),
     }
     target = reference_dir(champ.version, s)
@@ -252,8 +262,16 @@ def build_reference(champ, settings: Settings | None = None) -> tuple[pd.DataFra
         os.rename(tmp, target)
     except OSError:  # a concurrent builder won: theirs is the same content
         shutil.rmtree(tmp, ignore_errors=True)
-    log.info("reference of %s v%s: %s rows cached in %s (%.1fs; vocabulary: %s, %s words)", s.model_name,
-             champ.version, f"{len(ref):,}", target, meta["seconds"], vocab_source, f"{len(vocab):,}")
+    log.info(
+        "reference of %s v%s: %s rows cached in %s (%.1fs; vocabulary: %s, %s words)",
+        s.model_name,
+        champ.version,
+        f"{len(ref):,}",
+        target,
+        meta["seconds"],
+        vocab_source,
+        f"{len(vocab):,}",
+    )
     return ref, meta, vocab
 
 
@@ -278,8 +296,15 @@ def load_current(conn, model_name: str, start: datetime, end: datetime, max_rows
     return frame
 
 
-def feedback_stats(conn, model_name: str, start: datetime, end: datetime, n_predictions: int,
-                   training_accuracy: float | None, settings: Settings) -> dict[str, Any]:
+def feedback_stats(
+    conn,
+    model_name: str,
+    start: datetime,
+    end: datetime,
+    n_predictions: int,
+    training_accuracy: float | None,
+    settings: Settings,
+) -> dict[str, Any]:
     """Feedback on the period's predictions (latest per prediction) and what it says of accuracy."""
     n_feedback, wrong = store.period_feedback(conn, model_name, start, end)
     upper = 1.0 - wrong / n_predictions if n_predictions else None
@@ -320,27 +345,41 @@ def accuracy_statement(predictions: int | None, reported_wrong: int | None, uppe
         return "no predictions in the period: nothing to say about accuracy"
     wrong = int(reported_wrong or 0)
     bound = upper_bound if upper_bound is not None else 1.0 - wrong / predictions
-    reported = ("none were reported wrong" if wrong == 0 else
-                f"{wrong:,} {'was' if wrong == 1 else 'were'} reported wrong")
+    reported = (
+        "none were reported wrong" if wrong == 0 else f"{wrong:,} {'was' if wrong == 1 else 'were'} reported wrong"
+    )
     digits = 1  # enough decimals that a bound below 100% never reads "100.0%"
     while wrong and digits < 4 and round(bound * 100, digits) >= 100:
         digits += 1
-    return (f"at most {bound * 100:.{digits}f}% of the period's {predictions:,} predictions were right: {reported}; "
-            "unreported predictions are counted as right")
+    return (
+        f"at most {bound * 100:.{digits}f}% of the period's {predictions:,} predictions were right: {reported}; "
+        "unreported predictions are counted as right"
+    )
 
 
 # ---------------------------------------------------------------- the Evidently report
 def _methods(small: bool, s: Settings) -> tuple[dict[str, str], dict[str, float]]:
     if small:  # p-value tests: they account for the sample size
-        methods = {"label": "z", "p_positive": "ks", "text": "perc_text_content_drift",
-                   **{c: "ks" for c in DESCRIPTORS}}
+        methods = {
+            "label": "z",
+            "p_positive": "ks",
+            "text": "perc_text_content_drift",
+            **{c: "ks" for c in DESCRIPTORS},
+        }
         thresholds = {c: s.monitoring_p_value for c in methods}
         thresholds["text"] = 1 - s.monitoring_p_value  # Evidently's percentile test takes a confidence
     else:  # effect sizes: large samples do not make trivial differences "significant"
-        methods = {"label": "jensenshannon", "p_positive": "wasserstein", "text": "abs_text_content_drift",
-                   **{c: "wasserstein" for c in NUMERIC_DESCRIPTORS}, **{c: "jensenshannon" for c in COUNT_DESCRIPTORS}}
-        thresholds = {c: (s.monitoring_cat_threshold if m == "jensenshannon" else s.monitoring_num_threshold)
-                      for c, m in methods.items()}
+        methods = {
+            "label": "jensenshannon",
+            "p_positive": "wasserstein",
+            "text": "abs_text_content_drift",
+            **{c: "wasserstein" for c in NUMERIC_DESCRIPTORS},
+            **{c: "jensenshannon" for c in COUNT_DESCRIPTORS},
+        }
+        thresholds = {
+            c: (s.monitoring_cat_threshold if m == "jensenshannon" else s.monitoring_num_threshold)
+            for c, m in methods.items()
+        }
         thresholds["text"] = s.monitoring_text_threshold
     return methods, thresholds
 
@@ -370,8 +409,14 @@ def run_report(current: pd.DataFrame, reference: pd.DataFrame, s: Settings):
     definition: dict[str, Any] = dict(
         text_columns=["text"], categorical_columns=["label"], numerical_columns=["p_positive", *DESCRIPTORS]
     )
-    metrics: list[Any] = [DataDriftPreset(columns=columns, per_column_method=methods,
-                                          per_column_threshold=thresholds, drift_share=s.monitoring_drift_share)]
+    metrics: list[Any] = [
+        DataDriftPreset(
+            columns=columns,
+            per_column_method=methods,
+            per_column_threshold=thresholds,
+            drift_share=s.monitoring_drift_share,
+        )
+    ]
     if s.monitoring_embedding_drift:
         from evidently.metrics import EmbeddingsDrift
         from evidently.metrics.embeddings import ModelDriftMethod
@@ -381,17 +426,21 @@ def run_report(current: pd.DataFrame, reference: pd.DataFrame, s: Settings):
         ref = pd.concat([ref.reset_index(drop=True), pd.DataFrame(ref_emb, columns=names)], axis=1)
         cur = pd.concat([cur.reset_index(drop=True), pd.DataFrame(cur_emb, columns=names)], axis=1)
         definition["embeddings"] = {"text_lsa": names}
-        metrics.append(EmbeddingsDrift(embeddings_name="text_lsa",
-                                       drift_method=ModelDriftMethod(threshold=s.monitoring_text_threshold,
-                                                                     bootstrap=small)))
+        metrics.append(
+            EmbeddingsDrift(
+                embeddings_name="text_lsa",
+                drift_method=ModelDriftMethod(threshold=s.monitoring_text_threshold, bootstrap=small),
+            )
+        )
     dd = DataDefinition(**definition)
     report = Report(metrics, include_tests=True)
     snapshot = report.run(Dataset.from_pandas(cur, data_definition=dd), Dataset.from_pandas(ref, data_definition=dd))
     return snapshot, _column_results(snapshot.dict(), methods, thresholds, small), small
 
 
-def _column_results(snap: dict[str, Any], methods: dict[str, str], thresholds: dict[str, float],
-                    small: bool) -> dict[str, Any]:
+def _column_results(
+    snap: dict[str, Any], methods: dict[str, str], thresholds: dict[str, float], small: bool
+) -> dict[str, Any]:
     """Per column: score, method, threshold and Evidently's own drift verdict (its test)."""
     detected: dict[str, bool] = {}
     for t in snap.get("tests", []):
@@ -417,9 +466,13 @@ def _column_results(snap: dict[str, Any], methods: dict[str, str], thresholds: d
             score = float(m["value"])
             method = cfg.get("drift_method") or {}
             thr = float(method.get("threshold", 0.55))
-            out["embeddings"] = {"method": "domain classifier ROC AUC (LSA embeddings)", "score": score,
-                                 "threshold": thr, "detected": bool(score > thr)}
-    for col, r in out["columns"].items():
+            out["embeddings"] = {
+                "method": "domain classifier ROC AUC (LSA embeddings)",
+                "score": score,
+                "threshold": thr,
+                "detected": bool(score > thr),
+            }
+    for r in out["columns"].values():
         if r["detected"] is None:  # no test result: fall back to the score's side of the threshold
             p_value = r["method"] in ("ks", "z", "chisquare")
             r["detected"] = bool(r["score"] < r["threshold"]) if p_value else bool(r["score"] >= r["threshold"])
@@ -437,18 +490,28 @@ def summarise(results: dict[str, Any], current: pd.DataFrame, reference: pd.Data
     def col(name: str, **extra) -> dict[str, Any]:
         return {**cols[name], **extra}
 
-    desc = {c: col(c, current_mean=float(current[c].mean()), reference_mean=float(reference[c].mean()))
-            for c in DESCRIPTORS}
+    desc = {
+        c: col(c, current_mean=float(current[c].mean()), reference_mean=float(reference[c].mean())) for c in DESCRIPTORS
+    }
     n_desc = sum(d["detected"] for d in desc.values())
     metrics = {
-        "prediction_label": col("label", current_positive_share=float(current["label"].mean()),
-                                reference_positive_share=float(reference["label"].mean())),
-        "probability": col("p_positive", current_mean=float(current["p_positive"].mean()),
-                           reference_mean=float(reference["p_positive"].mean())),
+        "prediction_label": col(
+            "label",
+            current_positive_share=float(current["label"].mean()),
+            reference_positive_share=float(reference["label"].mean()),
+        ),
+        "probability": col(
+            "p_positive",
+            current_mean=float(current["p_positive"].mean()),
+            reference_mean=float(reference["p_positive"].mean()),
+        ),
         "text_descriptors": {
             "detected": bool(n_desc / len(DESCRIPTORS) >= s.monitoring_drift_share),
-            "drifted": n_desc, "of": len(DESCRIPTORS), "share": n_desc / len(DESCRIPTORS),
-            "drift_share": s.monitoring_drift_share, "columns": desc,
+            "drifted": n_desc,
+            "of": len(DESCRIPTORS),
+            "share": n_desc / len(DESCRIPTORS),
+            "drift_share": s.monitoring_drift_share,
+            "columns": desc,
         },
         "raw_text": col("text"),
     }
@@ -468,8 +531,10 @@ def verdict_line(summary: dict[str, Any]) -> str:
     pl = m["prediction_label"]
     share = f"positive {pl['current_positive_share']:.0%} vs {pl['reference_positive_share']:.0%} in reference"
     fb = summary["feedback"]
-    acc = (accuracy_statement(fb["predictions"], fb["reported_wrong"], fb["live_accuracy_upper_bound"])
-           + f" (the champion's held-out accuracy at training: {_fmt_pct(fb['training_accuracy'])})")
+    acc = (
+        accuracy_statement(fb["predictions"], fb["reported_wrong"], fb["live_accuracy_upper_bound"])
+        + f" (the champion's held-out accuracy at training: {_fmt_pct(fb['training_accuracy'])})"
+    )
     if fb["concept_drift"]:
         acc += " - CONCEPT DRIFT"
     if summary.get("estimate") is not None:
@@ -479,16 +544,23 @@ def verdict_line(summary: dict[str, Any]) -> str:
     head = f"DRIFT in {', '.join(drifted)}" if drifted else "No drift"
     if not drifted and fb["concept_drift"]:
         head = "No data drift but CONCEPT DRIFT"
-    line = (f"{head}: {summary['current']['rows']:,} predictions ({when}) vs {summary['reference']['rows']:,} "
-            f"reference (v{summary['reference_version']}); {share}; {acc}.")
+    line = (
+        f"{head}: {summary['current']['rows']:,} predictions ({when}) vs {summary['reference']['rows']:,} "
+        f"reference (v{summary['reference_version']}); {share}; {acc}."
+    )
     served = sorted(summary["current"]["by_model_version"], key=int)
     if served != [str(summary["reference_version"])]:
         line += f" Note: the period was served by v{', v'.join(served)}; prediction drift may be the model change."
     return line
 
 
-SIGNAL_NAMES = {"prediction_label": "predicted labels", "probability": "p_positive",
-                "text_descriptors": "text descriptors", "raw_text": "raw text", "embeddings": "text embeddings"}
+SIGNAL_NAMES = {
+    "prediction_label": "predicted labels",
+    "probability": "p_positive",
+    "text_descriptors": "text descriptors",
+    "raw_text": "raw text",
+    "embeddings": "text embeddings",
+}
 
 
 def report_urls(report_id: str, settings: Settings | None = None) -> dict[str, str]:
@@ -497,8 +569,9 @@ def report_urls(report_id: str, settings: Settings | None = None) -> dict[str, s
     return {"html": f"{base}/reports/{report_id}/html", "summary": f"{base}/reports/{report_id}"}
 
 
-def report_digest(summary: dict[str, Any], retraining: dict[str, Any] | None = None,
-                  settings: Settings | None = None) -> dict[str, Any]:
+def report_digest(
+    summary: dict[str, Any], retraining: dict[str, Any] | None = None, settings: Settings | None = None
+) -> dict[str, Any]:
     """The short summary of a stored report that the channels carry (webhook JSON, e-mail text).
 
     ``retraining``: misclassification reports since the champion was trained against the retraining
@@ -521,9 +594,12 @@ def report_digest(summary: dict[str, Any], retraining: dict[str, Any] | None = N
         retr["triggered"] = bool(retraining.get("trigger"))
         retr["retraining_id"] = retraining.get("retraining_id")
         done, thr = retr["reports"], retr["threshold"]
-        retr["text"] = (f"{done:,} misclassification reports since the champion was trained, retraining threshold "
-                        f"{thr:,}" + (" - retraining triggered" if retr["triggered"] else "")
-                        if done is not None and thr else "no retraining threshold (no champion snapshot)")
+        retr["text"] = (
+            f"{done:,} misclassification reports since the champion was trained, retraining threshold "
+            f"{thr:,}" + (" - retraining triggered" if retr["triggered"] else "")
+            if done is not None and thr
+            else "no retraining threshold (no champion snapshot)"
+        )
     return {
         "kind": "drift_report",
         "source": "tweet-sentiment-platform",
@@ -539,14 +615,17 @@ def report_digest(summary: dict[str, Any], retraining: dict[str, Any] | None = N
         "predictions_compared": (summary.get("current") or {}).get("rows", 0),
         "reported_wrong": fb.get("reported_wrong", 0),
         "live_accuracy_upper_bound": fb.get("live_accuracy_upper_bound"),
-        "accuracy": fb.get("accuracy_statement") or accuracy_statement(predictions, fb.get("reported_wrong"),
-                                                                       fb.get("live_accuracy_upper_bound")),
+        "accuracy": fb.get("accuracy_statement")
+        or accuracy_statement(predictions, fb.get("reported_wrong"), fb.get("live_accuracy_upper_bound")),
         "training_accuracy": fb.get("training_accuracy"),
         # the label-free estimate (ml.estimate, CBPE): no feedback needed; None with a status when
         # there is nothing to estimate (empty period, no prediction by the champion, a failure)
         "estimated_accuracy": est.get("estimated_accuracy"),
-        "estimated_accuracy_status": (estimate_statement(est) if est.get("estimated_accuracy") is not None
-                                      else est.get("status") or "not available"),
+        "estimated_accuracy_status": (
+            estimate_statement(est)
+            if est.get("estimated_accuracy") is not None
+            else est.get("status") or "not available"
+        ),
         "retraining": retr,
         "report_url": report_urls(summary["id"], s)["html"],
         "summary_url": report_urls(summary["id"], s)["summary"],
@@ -593,20 +672,34 @@ def _store(summary: dict[str, Any], s: Settings) -> None:
 
     fb = summary.get("feedback") or {}
     with db.connect(s) as conn:
-        store.insert(conn, {
-            "id": summary["id"], "created_at": summary["created_at"], "period_start": summary["period"]["start"],
-            "period_end": summary["period"]["end"], "status": summary["status"],
-            "drift_detected": summary["drift_detected"], "concept_drift": fb.get("concept_drift"),
-            "verdict": summary["verdict"], "model_name": summary["model_name"],
-            "reference_version": summary["reference_version"], "n_current": summary["current"]["rows"],
-            "n_current_total": summary["current"]["rows_in_period"], "n_reference": summary["reference"]["rows"],
-            "drifted_share": (summary.get("drifted_columns") or {}).get("share"),
-            "n_feedback": fb.get("with_feedback", 0), "n_reported_wrong": fb.get("reported_wrong", 0),
-            "live_accuracy_upper_bound": fb.get("live_accuracy_upper_bound"),
-            "training_accuracy": fb.get("training_accuracy"), "seconds": summary["seconds"],
-            "airflow_run_id": summary.get("airflow_run_id"), "html_path": summary["files"]["html"],
-            "json_path": summary["files"]["json"], "summary": summary,
-        })
+        store.insert(
+            conn,
+            {
+                "id": summary["id"],
+                "created_at": summary["created_at"],
+                "period_start": summary["period"]["start"],
+                "period_end": summary["period"]["end"],
+                "status": summary["status"],
+                "drift_detected": summary["drift_detected"],
+                "concept_drift": fb.get("concept_drift"),
+                "verdict": summary["verdict"],
+                "model_name": summary["model_name"],
+                "reference_version": summary["reference_version"],
+                "n_current": summary["current"]["rows"],
+                "n_current_total": summary["current"]["rows_in_period"],
+                "n_reference": summary["reference"]["rows"],
+                "drifted_share": (summary.get("drifted_columns") or {}).get("share"),
+                "n_feedback": fb.get("with_feedback", 0),
+                "n_reported_wrong": fb.get("reported_wrong", 0),
+                "live_accuracy_upper_bound": fb.get("live_accuracy_upper_bound"),
+                "training_accuracy": fb.get("training_accuracy"),
+                "seconds": summary["seconds"],
+                "airflow_run_id": summary.get("airflow_run_id"),
+                "html_path": summary["files"]["html"],
+                "json_path": summary["files"]["json"],
+                "summary": summary,
+            },
+        )
 
 
 def build_report(
@@ -620,7 +713,7 @@ def build_report(
     s = settings or get_settings()
     t0 = time.perf_counter()
     a, b = resolve_period(start, end, hours, s)
-    created = datetime.now(timezone.utc)
+    created = datetime.now(UTC)
     report_id = f"{created:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
     out_dir = s.reports_dir / report_id
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -631,29 +724,49 @@ def build_report(
         raise
 
 
-def _build(report_id: str, created: datetime, a: datetime, b: datetime, out_dir: Path, airflow_run_id: str | None,
-           s: Settings, t0: float) -> dict[str, Any]:
+def _build(
+    report_id: str,
+    created: datetime,
+    a: datetime,
+    b: datetime,
+    out_dir: Path,
+    airflow_run_id: str | None,
+    s: Settings,
+    t0: float,
+) -> dict[str, Any]:
     from ml import db
 
     log.info("monitoring %s: report %s for %s -> %s", s.model_name, report_id, a.isoformat(), b.isoformat())
     with db.connect(s) as conn:
         counts = _period_counts(conn, s.model_name, a, b)
-        current = (load_current(conn, s.model_name, a, b, s.monitoring_max_rows, s.seed)
-                   if counts["total"] else pd.DataFrame())
+        current = (
+            load_current(conn, s.model_name, a, b, s.monitoring_max_rows, s.seed) if counts["total"] else pd.DataFrame()
+        )
     summary: dict[str, Any] = {
         "id": report_id,
         "created_at": created.isoformat(),
         "period": {"start": a.isoformat(), "end": b.isoformat()},
         "model_name": s.model_name,
         "airflow_run_id": airflow_run_id,
-        "current": {"rows": len(current), "rows_in_period": counts["total"], "sampled": counts["total"] > len(current),
-                    "max_rows": s.monitoring_max_rows, "by_source": counts["by_source"],
-                    "by_model_version": counts["by_model_version"]},
-        "files": {"html": str(out_dir / "report.html"), "json": str(out_dir / "report.json"),
-                  "summary": str(out_dir / "summary.json")},
+        "current": {
+            "rows": len(current),
+            "rows_in_period": counts["total"],
+            "sampled": counts["total"] > len(current),
+            "max_rows": s.monitoring_max_rows,
+            "by_source": counts["by_source"],
+            "by_model_version": counts["by_model_version"],
+        },
+        "files": {
+            "html": str(out_dir / "report.html"),
+            "json": str(out_dir / "report.json"),
+            "summary": str(out_dir / "summary.json"),
+        },
     }
-    log.info("monitoring: %s predictions in the period%s", f"{counts['total']:,}",
-             f", sampled to {len(current):,}" if summary["current"]["sampled"] else "")
+    log.info(
+        "monitoring: %s predictions in the period%s",
+        f"{counts['total']:,}",
+        f", sampled to {len(current):,}" if summary["current"]["sampled"] else "",
+    )
     if current.empty:
         champ = None
         try:
@@ -663,24 +776,41 @@ def _build(report_id: str, created: datetime, a: datetime, b: datetime, out_dir:
             champ = registry.champion(s)
         except Exception as e:  # the empty report does not need the registry
             log.warning("champion lookup failed (%s); the empty report names no version", e)
-        summary.update(status="empty", drift_detected=False, reference_version=champ.version if champ else None,
-                       reference={"rows": 0}, metrics={}, drifted_columns=None,
-                       feedback={"predictions": 0, "with_feedback": 0, "reported_wrong": 0,
-                                 "live_accuracy_upper_bound": None, "training_accuracy": None, "concept_drift": None,
-                                 "accuracy_statement": accuracy_statement(0, 0, None)},
-                       estimate={"estimated_accuracy": None, "status": "no predictions in the period"})
+        summary.update(
+            status="empty",
+            drift_detected=False,
+            reference_version=champ.version if champ else None,
+            reference={"rows": 0},
+            metrics={},
+            drifted_columns=None,
+            feedback={
+                "predictions": 0,
+                "with_feedback": 0,
+                "reported_wrong": 0,
+                "live_accuracy_upper_bound": None,
+                "training_accuracy": None,
+                "concept_drift": None,
+                "accuracy_statement": accuracy_statement(0, 0, None),
+            },
+            estimate={"estimated_accuracy": None, "status": "no predictions in the period"},
+        )
         summary["verdict"] = verdict_line(summary)
         Path(summary["files"]["html"]).write_text(_empty_html(summary), encoding="utf-8")
-        Path(summary["files"]["json"]).write_text(json.dumps({"status": "empty", "summary": summary}, indent=2,
-                                                             default=str))
+        Path(summary["files"]["json"]).write_text(
+            json.dumps({"status": "empty", "summary": summary}, indent=2, default=str)
+        )
     else:
         reference, meta, vocab = load_reference(s)
         current = add_descriptors(current, vocab, meta.get("preprocess", "basic"))
         t1 = time.perf_counter()
         snapshot, results, small = run_report(current, reference, s)
-        log.info("monitoring: Evidently report over %s current vs %s reference rows in %.1fs (%s tests)",
-                 f"{len(current):,}", f"{len(reference):,}", time.perf_counter() - t1,
-                 "p-value" if small else "distance")
+        log.info(
+            "monitoring: Evidently report over %s current vs %s reference rows in %.1fs (%s tests)",
+            f"{len(current):,}",
+            f"{len(reference):,}",
+            time.perf_counter() - t1,
+            "p-value" if small else "distance",
+        )
         snapshot.save_html(summary["files"]["html"])
         snapshot.save_json(summary["files"]["json"])
         with db.connect(s) as conn:
@@ -698,8 +828,19 @@ def _build(report_id: str, created: datetime, a: datetime, b: datetime, out_dir:
             status="drift" if drift or fb["concept_drift"] else "ok",
             drift_detected=drift,
             reference_version=meta["version"],
-            reference={k: meta.get(k) for k in ("rows", "held_out_rows", "dataset_hash", "run_id", "family",
-                                                "vocabulary_source", "vocabulary_size", "reference_accuracy")},
+            reference={
+                k: meta.get(k)
+                for k in (
+                    "rows",
+                    "held_out_rows",
+                    "dataset_hash",
+                    "run_id",
+                    "family",
+                    "vocabulary_source",
+                    "vocabulary_size",
+                    "reference_accuracy",
+                )
+            },
             tests="p-value (small sample)" if small else "distance (effect size)",
             drifted_columns={**(results["dataset"] or {}), "of": len(results["columns"])},
             metrics=metrics,
@@ -710,7 +851,9 @@ def _build(report_id: str, created: datetime, a: datetime, b: datetime, out_dir:
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     Path(summary["files"]["summary"]).write_text(json.dumps(summary, indent=2, default=str))
     _store(summary, s)
-    log.info("monitoring report %s (%s, %.1fs): %s", report_id, summary["status"], summary["seconds"], summary["verdict"])
+    log.info(
+        "monitoring report %s (%s, %.1fs): %s", report_id, summary["status"], summary["seconds"], summary["verdict"]
+    )
     return summary
 
 
@@ -724,15 +867,17 @@ def _reading(conn, settings: Settings | None):
     return nullcontext(conn) if conn is not None else db.connect(settings or get_settings())
 
 
-def list_reports(limit: int = 50, conn=None, settings: Settings | None = None,
-                 model_name: str | None = None) -> list[dict[str, Any]]:
+def list_reports(
+    limit: int = 50, conn=None, settings: Settings | None = None, model_name: str | None = None
+) -> list[dict[str, Any]]:
     """The newest reports first (of ``model_name`` if given): the summary columns (not the full
     per-column detail) and ``accuracy_statement``."""
     with _reading(conn, settings) as c:
         out = store.latest(c, limit, model_name)
     for r in out:
-        r["accuracy_statement"] = accuracy_statement(r["n_current_total"], r["n_reported_wrong"],
-                                                     r["live_accuracy_upper_bound"])
+        r["accuracy_statement"] = accuracy_statement(
+            r["n_current_total"], r["n_reported_wrong"], r["live_accuracy_upper_bound"]
+        )
     return out
 
 

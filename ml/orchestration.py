@@ -2,6 +2,7 @@
 
 Used by ``ml services`` (``make up``) and by the tests that run ``airflow dags test``.
 """
+
 from __future__ import annotations
 
 import os

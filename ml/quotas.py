@@ -12,6 +12,7 @@ When the counter store cannot be reached the request is let through and the fail
 (at most once a minute): ``/predict`` keeps answering through a database outage, as it does
 without quotas.
 """
+
 from __future__ import annotations
 
 import logging
@@ -42,8 +43,14 @@ class PostgresStorage(Storage):
 
     STORAGE_SCHEME = ["smops+postgresql"]
 
-    def __init__(self, uri: str | None = None, wrap_exceptions: bool = False, settings: Settings | None = None,
-                 retry_seconds: float = 5.0, **options: Any) -> None:
+    def __init__(
+        self,
+        uri: str | None = None,
+        wrap_exceptions: bool = False,
+        settings: Settings | None = None,
+        retry_seconds: float = 5.0,
+        **options: Any,
+    ) -> None:
         super().__init__(uri, wrap_exceptions=wrap_exceptions, **options)
         self.settings = settings or get_settings()
         self.retry_seconds = retry_seconds
@@ -64,8 +71,13 @@ class PostgresStorage(Storage):
                 if time.monotonic() < self._down_until:
                     raise RuntimeError("rate-limit store unavailable (retrying shortly)")
                 try:
-                    cm = db.connect(self.settings, start_embedded=False, autocommit=True, connect_timeout=2,
-                                    application_name="sentiment-quotas")
+                    cm = db.connect(
+                        self.settings,
+                        start_embedded=False,
+                        autocommit=True,
+                        connect_timeout=2,
+                        application_name="sentiment-quotas",
+                    )
                     self._conn, self._cm = cm.__enter__(), cm
                 except Exception:
                     self._down_until = time.monotonic() + self.retry_seconds
@@ -129,13 +141,20 @@ class Quotas:
         s = settings or get_settings()
         self.enabled = s.rate_limits_enabled
         self.limits: dict[str, list[RateLimitItem]] = {
-            "predict": parse_many(s.rate_limit_predict), "feedback": parse_many(s.rate_limit_feedback)}
+            "predict": parse_many(s.rate_limit_predict),
+            "feedback": parse_many(s.rate_limit_feedback),
+        }
         if s.rate_limit_storage_url:
-            storage = storage_from_string(s.rate_limit_storage_url, key_prefix=NAMESPACE) \
-                if s.rate_limit_storage_url.startswith("redis") else storage_from_string(s.rate_limit_storage_url)
+            storage = (
+                storage_from_string(s.rate_limit_storage_url, key_prefix=NAMESPACE)
+                if s.rate_limit_storage_url.startswith("redis")
+                else storage_from_string(s.rate_limit_storage_url)
+            )
             if not isinstance(storage, Storage):  # an async+ scheme: the limiter below is synchronous
-                raise ValueError(f"rate_limit_storage_url: {type(storage).__name__} is an async storage; "
-                                 "the API's limiter needs a synchronous one")
+                raise ValueError(
+                    f"rate_limit_storage_url: {type(storage).__name__} is an async storage; "
+                    "the API's limiter needs a synchronous one"
+                )
             self.storage: Storage = storage
             self.where = s.rate_limit_storage_url.split("@")[-1]
         else:
@@ -149,9 +168,12 @@ class Quotas:
             return None
         for item in self.limits[name]:
             if cost > item.amount:
-                return Refusal(int(item.get_expiry()), str(item),
-                               f"this request alone ({cost} units) exceeds the {name} limit of {item} per caller; "
-                               f"send at most {item.amount} per request")
+                return Refusal(
+                    int(item.get_expiry()),
+                    str(item),
+                    f"this request alone ({cost} units) exceeds the {name} limit of {item} per caller; "
+                    f"send at most {item.amount} per request",
+                )
             try:
                 allowed = self.limiter.hit(item, NAMESPACE, name, identity, cost=cost)
                 if allowed:
@@ -160,8 +182,12 @@ class Quotas:
             except Exception as exc:  # noqa: BLE001 - fail open: the store is down, the API is not
                 if time.monotonic() - self._last_error_log > 60:
                     self._last_error_log = time.monotonic()
-                    log.warning("rate limits not enforced: counter store %s unavailable (%s: %s)", self.where,
-                                type(exc).__name__, exc)
+                    log.warning(
+                        "rate limits not enforced: counter store %s unavailable (%s: %s)",
+                        self.where,
+                        type(exc).__name__,
+                        exc,
+                    )
                 return None
             retry = max(1, math.ceil(reset - time.time()))
             return Refusal(retry, str(item), f"rate limit exceeded: {item} per caller for {name}; retry in {retry}s")

@@ -2,6 +2,7 @@
 
 The promotion rule is one function, :func:`decide_promotion` (its gate against a champion: ``ml.gate``).
 """
+
 from __future__ import annotations
 
 import logging
@@ -140,8 +141,10 @@ def load_verified(version: int, expected_sha256: str, settings: Settings | None 
         local = mlflow.artifacts.download_artifacts(f"models:/{s.model_name}/{version}", dst_path=tmp)
         got = artifact_digest(local)
         if got != expected_sha256:
-            raise ArtifactMismatch(f"{s.model_name} v{version}: artifacts sha256 {got[:16]}... differ from the "
-                                   f"recorded {expected_sha256[:16]}...")
+            raise ArtifactMismatch(
+                f"{s.model_name} v{version}: artifacts sha256 {got[:16]}... differ from the "
+                f"recorded {expected_sha256[:16]}..."
+            )
         return mlflow.pyfunc.load_model(local).unwrap_python_model().model
 
 
@@ -192,8 +195,7 @@ def decide_promotion(
         if c > ch + margin:
             return Decision(True, f"{metric} {c:.4f} beats champion {ch:.4f} by more than {margin:.4f}")
         return Decision(False, f"{metric} {c:.4f} does not beat champion {ch:.4f} by more than {margin:.4f}")
-    promote, reason, checks = gate_mod.decide(candidate, champion_metrics, gate, metric=metric, margin=margin,
-                                              **policy)
+    promote, reason, checks = gate_mod.decide(candidate, champion_metrics, gate, metric=metric, margin=margin, **policy)
     return Decision(promote, reason, checks)
 
 
@@ -230,7 +232,8 @@ def rollback(settings: Settings | None = None, reason: str | None = None) -> dic
     if not stack or stack[-1] != current.version:
         raise ValueError(
             f"champion v{current.version} of {s.model_name!r} was not set by a recorded promotion "
-            f"(model_events ends with v{stack[-1] if stack else '-'}): no previous champion to restore")
+            f"(model_events ends with v{stack[-1] if stack else '-'}): no previous champion to restore"
+        )
     if len(stack) < 2:
         raise ValueError(f"v{current.version} is the first recorded champion of {s.model_name!r}: nothing before it")
     target = stack[-2]

@@ -41,6 +41,7 @@ honoured by ``ml.data.split`` everywhere: training, evaluation, comparison, moni
   sample for the decision). The other 80% train; the challenger's accuracy on them is in-sample and
   reported as such.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -48,17 +49,17 @@ import logging
 import math
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
 
 from ml import db
 from ml.config import Settings, get_settings
+from ml.models.base import decide
 from ml.store import lineage as lineage_store
 from ml.store import models as models_store
 from ml.store import retrainings as store
-from ml.models.base import decide
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +77,10 @@ def threshold_for(corpus_rows: int, settings: Settings | None = None) -> int:
     s = settings or get_settings()
     f = float(s.retraining_feedback_fraction)
     if not FRACTION_MIN <= f <= FRACTION_MAX:  # settings validate this too; a model_copy() does not
-        raise ValueError(f"retraining_feedback_fraction must lie between {FRACTION_MIN} (0.1%) and {FRACTION_MAX} "
-                         f"(1%) of the training corpus, got {f!r}")
+        raise ValueError(
+            f"retraining_feedback_fraction must lie between {FRACTION_MIN} (0.1%) and {FRACTION_MAX} "
+            f"(1%) of the training corpus, got {f!r}"
+        )
     return max(1, math.ceil(f * int(corpus_rows) - 1e-9))
 
 
@@ -93,9 +96,15 @@ class ChampionContext:
     params: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"model_name": self.model_name, "version": self.version, "run_id": self.run_id,
-                "trained_at": self.trained_at.isoformat(), "snapshot_hash": self.snapshot_hash,
-                "corpus_rows": self.corpus_rows, "family": self.family}
+        return {
+            "model_name": self.model_name,
+            "version": self.version,
+            "run_id": self.run_id,
+            "trained_at": self.trained_at.isoformat(),
+            "snapshot_hash": self.snapshot_hash,
+            "corpus_rows": self.corpus_rows,
+            "family": self.family,
+        }
 
 
 def champion_context(settings: Settings | None = None, version: int | None = None) -> ChampionContext | None:
@@ -116,7 +125,7 @@ def champion_context(settings: Settings | None = None, version: int | None = Non
     if run_id is None:
         raise RuntimeError(f"version {version} of {s.model_name} has no MLflow run")
     run = mlflow.MlflowClient().get_run(run_id)
-    trained_at = datetime.fromtimestamp(run.info.start_time / 1000, tz=timezone.utc)
+    trained_at = datetime.fromtimestamp(run.info.start_time / 1000, tz=UTC)
     snapshot_hash = run.data.tags.get("dataset_hash")
     family = run.data.tags.get("family")
     params: dict[str, Any] = {}
@@ -144,9 +153,14 @@ def _pending(conn, ctx: ChampionContext, s: Settings, threshold: int | None) -> 
 def _counts(p: dict[str, Any]) -> dict[str, Any]:
     from ml.review import as_number
 
-    return {"counted_reports": as_number(p["counted"]), "identity_cap": as_number(p["identity_cap"]),
-            "capped_identities": p["capped_identities"], "reported_texts": p["reported_texts"],
-            "untrusted_texts": p["untrusted_texts"], "rejected_texts": p["rejected_texts"]}
+    return {
+        "counted_reports": as_number(p["counted"]),
+        "identity_cap": as_number(p["identity_cap"]),
+        "capped_identities": p["capped_identities"],
+        "reported_texts": p["reported_texts"],
+        "untrusted_texts": p["untrusted_texts"],
+        "rejected_texts": p["rejected_texts"],
+    }
 
 
 def pending_count(ctx: ChampionContext, settings: Settings | None = None) -> dict[str, Any]:
@@ -156,10 +170,16 @@ def pending_count(ctx: ChampionContext, settings: Settings | None = None) -> dic
     with db.connect(s) as conn:
         p = _pending(conn, ctx, s, thr)
     counted = float(p["counted"])
-    return {"reports": p["reports"], "feedback_rows": p["feedback_rows"], "threshold": thr,
-            "fraction": s.retraining_feedback_fraction, "corpus_rows": ctx.corpus_rows,
-            "review_required": s.feedback_review_required, **_counts(p),
-            "share_of_threshold": (counted / thr) if thr else None}
+    return {
+        "reports": p["reports"],
+        "feedback_rows": p["feedback_rows"],
+        "threshold": thr,
+        "fraction": s.retraining_feedback_fraction,
+        "corpus_rows": ctx.corpus_rows,
+        "review_required": s.feedback_review_required,
+        **_counts(p),
+        "share_of_threshold": (counted / thr) if thr else None,
+    }
 
 
 def review_feedback(feedback_ids: list[int], reviewer: str = "cli", settings: Settings | None = None) -> int:
@@ -174,13 +194,18 @@ def _drift_flags(report: dict[str, Any] | None) -> dict[str, Any] | None:
     if not report:
         return None
     fb = report.get("feedback") or {}
-    return {"report_id": report.get("id"), "status": report.get("status"),
-            "drift_detected": bool(report.get("drift_detected")), "concept_drift": bool(fb.get("concept_drift")),
-            "verdict": report.get("verdict")}
+    return {
+        "report_id": report.get("id"),
+        "status": report.get("status"),
+        "drift_detected": bool(report.get("drift_detected")),
+        "concept_drift": bool(fb.get("concept_drift")),
+        "verdict": report.get("verdict"),
+    }
 
 
-def check_trigger(drift_report: dict[str, Any] | None = None, airflow_run_id: str | None = None,
-                  settings: Settings | None = None) -> dict[str, Any]:
+def check_trigger(
+    drift_report: dict[str, Any] | None = None, airflow_run_id: str | None = None, settings: Settings | None = None
+) -> dict[str, Any]:
     """Decide whether to retrain; when yes, record the retraining and consume its reports (once).
 
     Returns the decision: ``trigger`` (bool), ``reason``, ``detail``, the counts, and when triggered
@@ -188,13 +213,22 @@ def check_trigger(drift_report: dict[str, Any] | None = None, airflow_run_id: st
     s = settings or get_settings()
     drift = _drift_flags(drift_report)
     ctx = champion_context(s)
-    base: dict[str, Any] = {"trigger": False, "retraining_id": None, "airflow_run_id": None, "drift": drift,
-                            "model_name": s.model_name}
+    base: dict[str, Any] = {
+        "trigger": False,
+        "retraining_id": None,
+        "airflow_run_id": None,
+        "drift": drift,
+        "model_name": s.model_name,
+    }
     if ctx is None:
         return {**base, "reason": "no_champion", "detail": f"no champion of {s.model_name}: nothing to retrain"}
     if not ctx.snapshot_hash or not ctx.corpus_rows:
-        return {**base, "reason": "no_snapshot", "champion_version": ctx.version,
-                "detail": f"champion v{ctx.version} has no recorded training snapshot: no threshold to compare with"}
+        return {
+            **base,
+            "reason": "no_snapshot",
+            "champion_version": ctx.version,
+            "detail": f"champion v{ctx.version} has no recorded training snapshot: no threshold to compare with",
+        }
     thr = threshold_for(ctx.corpus_rows, s)
     drifted = bool(drift and (drift["drift_detected"] or drift["concept_drift"]))
     from ml import alerts
@@ -205,47 +239,82 @@ def check_trigger(drift_report: dict[str, Any] | None = None, airflow_run_id: st
         p = _pending(conn, ctx, s, thr)
         ids = p["feedback_ids"]
         n, counted = p["reports"], p["counted"]
-        info = {**base, "champion_version": ctx.version, "pending_reports": n, "threshold": thr,
-                "fraction": s.retraining_feedback_fraction, "corpus_rows": ctx.corpus_rows, **_counts(p)}
+        info = {
+            **base,
+            "champion_version": ctx.version,
+            "pending_reports": n,
+            "threshold": thr,
+            "fraction": s.retraining_feedback_fraction,
+            "corpus_rows": ctx.corpus_rows,
+            **_counts(p),
+        }
         burst = alerts.evaluate_burst(conn, s.model_name, s)  # the burst guard: no retraining while it lasts
         if burst["open"]:
-            return {**info, "reason": "paused_burst", "burst_alert_id": burst["alert_id"],
-                    "detail": f"retraining paused by a burst of reports (alert #{burst['alert_id']}): "
-                              f"{burst['message']}"}
+            return {
+                **info,
+                "reason": "paused_burst",
+                "burst_alert_id": burst["alert_id"],
+                "detail": f"retraining paused by a burst of reports (alert #{burst['alert_id']}): {burst['message']}",
+            }
         drift_note = ""
         if drifted and drift is not None:  # (drifted implies a drift report)
-            drift_note = (f"; drift report {drift['report_id']}: {drift['verdict']}"
-                          + ("" if s.retraining_on_drift else " (retraining_on_drift is off: reported only)"))
+            drift_note = f"; drift report {drift['report_id']}: {drift['verdict']}" + (
+                "" if s.retraining_on_drift else " (retraining_on_drift is off: reported only)"
+            )
         if counted >= thr:
             reason = "feedback_threshold"
             key = "feedback:" + hashlib.sha256(",".join(map(str, ids)).encode()).hexdigest()
-            detail = (f"{as_number(counted)} trusted misclassification reports on v{ctx.version} since it was "
-                      f"trained >= threshold {thr} ({s.retraining_feedback_fraction:.2%} of {ctx.corpus_rows:,} "
-                      f"training rows; {n} texts, identity cap {as_number(p['identity_cap'])}){drift_note}")
+            detail = (
+                f"{as_number(counted)} trusted misclassification reports on v{ctx.version} since it was "
+                f"trained >= threshold {thr} ({s.retraining_feedback_fraction:.2%} of {ctx.corpus_rows:,} "
+                f"training rows; {n} texts, identity cap {as_number(p['identity_cap'])}){drift_note}"
+            )
         elif drifted and drift is not None and s.retraining_on_drift and drift.get("report_id"):
             reason = "drift"
             key = f"drift:{drift['report_id']}"
-            detail = (f"drift report {drift['report_id']} ({drift['verdict']}); "
-                      f"{as_number(counted)}/{thr} reports pending")
+            detail = (
+                f"drift report {drift['report_id']} ({drift['verdict']}); {as_number(counted)}/{thr} reports pending"
+            )
         else:
-            return {**info, "reason": "below_threshold",
-                    "detail": f"{as_number(counted)}/{thr} trusted misclassification reports on v{ctx.version} since "
-                              f"it was trained ({s.retraining_feedback_fraction:.2%} of {ctx.corpus_rows:,}; "
-                              f"{p['untrusted_texts']} reported texts not trusted yet, {p['rejected_texts']} rejected "
-                              f"by a reviewer): no retraining{drift_note}"}
+            return {
+                **info,
+                "reason": "below_threshold",
+                "detail": f"{as_number(counted)}/{thr} trusted misclassification reports on v{ctx.version} since "
+                f"it was trained ({s.retraining_feedback_fraction:.2%} of {ctx.corpus_rows:,}; "
+                f"{p['untrusted_texts']} reported texts not trusted yet, {p['rejected_texts']} rejected "
+                f"by a reviewer): no retraining{drift_note}",
+            }
         rid = store.insert(
-            conn, model_name=s.model_name, trigger_key=key, reason=reason, detail=detail, feedback_ids=ids,
-            n_feedback=n, threshold=thr, threshold_fraction=s.retraining_feedback_fraction,
-            corpus_rows=ctx.corpus_rows, drift_report_id=(drift or {}).get("report_id"),
-            champion_before=ctx.version, base_snapshot=ctx.snapshot_hash, trigger_airflow_run_id=airflow_run_id)
+            conn,
+            model_name=s.model_name,
+            trigger_key=key,
+            reason=reason,
+            detail=detail,
+            feedback_ids=ids,
+            n_feedback=n,
+            threshold=thr,
+            threshold_fraction=s.retraining_feedback_fraction,
+            corpus_rows=ctx.corpus_rows,
+            drift_report_id=(drift or {}).get("report_id"),
+            champion_before=ctx.version,
+            base_snapshot=ctx.snapshot_hash,
+            trigger_airflow_run_id=airflow_run_id,
+        )
         if rid is None:
             return {**info, "reason": "already_triggered", "detail": f"a retraining with key {key[:24]}… exists"}
         store.consume(conn, ids, rid)
         run_id = f"retraining__{rid}"
         store.update(conn, rid, airflow_run_id=run_id)
     log.warning("RETRAINING #%s triggered (%s): %s", rid, reason, detail)
-    return {**info, "trigger": True, "reason": reason, "detail": detail, "retraining_id": rid,
-            "airflow_run_id": run_id, "feedback_ids": ids}
+    return {
+        **info,
+        "trigger": True,
+        "reason": reason,
+        "detail": detail,
+        "retraining_id": rid,
+        "airflow_run_id": run_id,
+        "feedback_ids": ids,
+    }
 
 
 def create_manual(note: str = "manual", airflow_run_id: str | None = None, settings: Settings | None = None) -> int:
@@ -263,10 +332,20 @@ def create_manual(note: str = "manual", airflow_run_id: str | None = None, setti
         p = _pending(conn, ctx, s, thr)
         ids, n = p["feedback_ids"], p["reports"]
         rid = store.insert(
-            conn, model_name=s.model_name, trigger_key=f"manual:{uuid.uuid4().hex}", reason="manual",
-            detail=f"{note}: {n} pending reports", feedback_ids=ids, n_feedback=n, threshold=thr,
-            threshold_fraction=s.retraining_feedback_fraction, corpus_rows=ctx.corpus_rows,
-            champion_before=ctx.version, base_snapshot=ctx.snapshot_hash, airflow_run_id=airflow_run_id)
+            conn,
+            model_name=s.model_name,
+            trigger_key=f"manual:{uuid.uuid4().hex}",
+            reason="manual",
+            detail=f"{note}: {n} pending reports",
+            feedback_ids=ids,
+            n_feedback=n,
+            threshold=thr,
+            threshold_fraction=s.retraining_feedback_fraction,
+            corpus_rows=ctx.corpus_rows,
+            champion_before=ctx.version,
+            base_snapshot=ctx.snapshot_hash,
+            airflow_run_id=airflow_run_id,
+        )
         assert rid is not None  # a fresh uuid key never conflicts
         store.consume(conn, ids, rid)
     return rid
@@ -305,8 +384,12 @@ def _training_reports(conn, r: dict[str, Any], s: Settings) -> pd.DataFrame:
     rows = store.training_reports(conn, r)
     keep, dropped = review.trusted_training_rows(conn, r["model_name"], r["champion_before"], rows, s)
     if any(dropped.values()):
-        log.warning("retraining #%s: %s consumed reports do not train (%s)", r["id"], sum(dropped.values()),
-                    ", ".join(f"{k}: {v}" for k, v in dropped.items() if v))
+        log.warning(
+            "retraining #%s: %s consumed reports do not train (%s)",
+            r["id"],
+            sum(dropped.values()),
+            ", ".join(f"{k}: {v}" for k, v in dropped.items() if v),
+        )
     return pd.DataFrame(keep, columns=["feedback_id", "prediction_id", "text", "label", "created_at"])
 
 
@@ -314,7 +397,9 @@ def _eval_bucket(text: str) -> float:
     return int(hashlib.sha256(text.encode("utf-8")).hexdigest()[:8], 16) / 2**32
 
 
-def prepare(retraining_id: Any = None, airflow_run_id: str | None = None, settings: Settings | None = None) -> dict[str, Any]:
+def prepare(
+    retraining_id: Any = None, airflow_run_id: str | None = None, settings: Settings | None = None
+) -> dict[str, Any]:
     """Build the retraining's training set (a new snapshot, kind ``retraining``, with its own split).
     Without ``retraining_id``, a manual retraining is recorded first. Idempotent per retraining."""
     from ml import data
@@ -344,8 +429,10 @@ def prepare(retraining_id: Any = None, airflow_run_id: str | None = None, settin
     on_held_out = latest["text"].isin(held_texts)
     reported_in_held_out = int(latest.loc[on_held_out, "text"].nunique())
     latest_votes = latest[~on_held_out]
-    votes = pd.concat([base_frame[["text", "label"]].assign(src="snapshot"),
-                       latest_votes[["text", "label"]].assign(src="report")], ignore_index=True)
+    votes = pd.concat(
+        [base_frame[["text", "label"]].assign(src="snapshot"), latest_votes[["text", "label"]].assign(src="report")],
+        ignore_index=True,
+    )
     votes["label"] = votes["label"].astype(int)
     g = votes.groupby("text", sort=False)["label"].agg(["size", "sum"])
     tie = g[g["sum"] * 2 == g["size"]].index
@@ -374,42 +461,89 @@ def prepare(retraining_id: Any = None, airflow_run_id: str | None = None, settin
         "conflicts_tied_dropped": int(len(tie)),
         "rows_out": int(len(frame)),
         "label_counts": {"negative": int((frame["label"] == 0).sum()), "positive": int(frame["label"].sum())},
-        "held_out": {"rule": "the parent snapshot's held-out texts, all of them, with the parent's labels (reported "
-                             "ones included, never trained on)",
-                     "rows": int(frame["text"].isin(test_texts).sum()),
-                     "reported_texts_kept": reported_in_held_out},
-        "reported_eval": {"rule": f"{s.retraining_report_eval_fraction:.0%} of the reported texts (sha256 of the "
-                                  "text), held out of training; scored, not used to promote",
-                          "rows": len(eval_texts)},
+        "held_out": {
+            "rule": "the parent snapshot's held-out texts, all of them, with the parent's labels (reported "
+            "ones included, never trained on)",
+            "rows": int(frame["text"].isin(test_texts).sum()),
+            "reported_texts_kept": reported_in_held_out,
+        },
+        "reported_eval": {
+            "rule": f"{s.retraining_report_eval_fraction:.0%} of the reported texts (sha256 of the "
+            "text), held out of training; scored, not used to promote",
+            "rows": len(eval_texts),
+        },
         "reported_train_rows": len(report_texts) - len(eval_texts),
         # what ml.data.validate reports, for the snapshot page
-        "rows_read": int(len(votes)), "rows_rejected": 0, "empty_texts": 0, "latin1_lines": 0,
-        "duplicate_texts": int((g["size"] > 1).sum()), "duplicate_rows_removed": int(g["size"].sum() - len(g)),
+        "rows_read": int(len(votes)),
+        "rows_rejected": 0,
+        "empty_texts": 0,
+        "latin1_lines": 0,
+        "duplicate_texts": int((g["size"] > 1).sum()),
+        "duplicate_rows_removed": int(g["size"].sum() - len(g)),
         "conflicting_texts": int(((g["sum"] > 0) & (g["sum"] < g["size"])).sum()),
         "conflicts_resolved_by_majority": int(((g["sum"] > 0) & (g["sum"] < g["size"])).sum() - len(tie)),
-        "rejected_by_reason": {}, "rejected_rows": [],
+        "rejected_by_reason": {},
+        "rejected_rows": [],
         "positive_share": round(float(frame["label"].mean()), 4),
     }
     if data.content_hash(frame) == base.hash:
         # nothing new: storing it would be a no-op on the parent's record (its kind and parent kept) and
         # store_split would write the retraining's split into the PARENT's directory
-        msg = (f"retraining #{rid}: the {len(latest)} reported tweets add nothing to the champion's snapshot "
-               f"{base.hash[:16]} (no new text, no changed label outside its held-out set, whose "
-               f"{reported_in_held_out} reported texts keep their labels): nothing to retrain on")
+        msg = (
+            f"retraining #{rid}: the {len(latest)} reported tweets add nothing to the champion's snapshot "
+            f"{base.hash[:16]} (no new text, no changed label outside its held-out set, whose "
+            f"{reported_in_held_out} reported texts keep their labels): nothing to retrain on"
+        )
         mark_failed(rid, f"RetrainingError: {msg}", s)
         raise RetrainingError(msg)
-    snap = data.store_snapshot(frame, report, source=f"retraining #{rid} of {s.model_name}: {base.hash[:16]} + "
-                                                     f"{len(latest)} reported tweets",
-                               kind="retraining", parent=base.hash, settings=s)
+    snap = data.store_snapshot(
+        frame,
+        report,
+        source=f"retraining #{rid} of {s.model_name}: {base.hash[:16]} + {len(latest)} reported tweets",
+        kind="retraining",
+        parent=base.hash,
+        settings=s,
+    )
     data.store_split(snap, test_texts, eval_texts)
-    summary = {k: report[k] for k in ("parent", "parent_rows", "reports", "reported_predictions", "new_texts",
-                                      "relabelled_texts", "conflicts_tied_dropped", "rows_out", "held_out",
-                                      "reported_eval", "reported_train_rows")}
-    _update(rid, s, snapshot_hash=snap.hash, training_feedback_ids=report["feedback_ids"], dataset_report=summary,
-            status="prepared", airflow_run_id=airflow_run_id or r["airflow_run_id"])
-    log.info("retraining #%s: snapshot %s = %s rows (parent %s + %s reported tweets: %s new, %s relabelled, %s ties "
-             "dropped); held-out %s, reported-eval %s", rid, snap.hash[:16], f"{len(frame):,}", base.hash[:16],
-             len(latest), len(new_texts), len(relabelled), len(tie), summary["held_out"]["rows"], len(eval_texts))
+    summary = {
+        k: report[k]
+        for k in (
+            "parent",
+            "parent_rows",
+            "reports",
+            "reported_predictions",
+            "new_texts",
+            "relabelled_texts",
+            "conflicts_tied_dropped",
+            "rows_out",
+            "held_out",
+            "reported_eval",
+            "reported_train_rows",
+        )
+    }
+    _update(
+        rid,
+        s,
+        snapshot_hash=snap.hash,
+        training_feedback_ids=report["feedback_ids"],
+        dataset_report=summary,
+        status="prepared",
+        airflow_run_id=airflow_run_id or r["airflow_run_id"],
+    )
+    log.info(
+        "retraining #%s: snapshot %s = %s rows (parent %s + %s reported tweets: %s new, %s relabelled, %s ties "
+        "dropped); held-out %s, reported-eval %s",
+        rid,
+        snap.hash[:16],
+        f"{len(frame):,}",
+        base.hash[:16],
+        len(latest),
+        len(new_texts),
+        len(relabelled),
+        len(tie),
+        summary["held_out"]["rows"],
+        len(eval_texts),
+    )
     return {"retraining_id": rid, "snapshot_hash": snap.hash, **summary}
 
 
@@ -429,10 +563,16 @@ def _champion_family_params(r: dict[str, Any], s: Settings) -> tuple[str, dict[s
     return family, {k: v for k, v in params.items() if k in known}
 
 
-def train_challenger(retraining_id: Any, mode: str | None = None, families: list[str] | None = None,
-                     hyperparams: dict[str, Any] | None = None, sample_size: int | None = None,
-                     profile: str | None = None, airflow_run_id: str | None = None,
-                     settings: Settings | None = None) -> str:
+def train_challenger(
+    retraining_id: Any,
+    mode: str | None = None,
+    families: list[str] | None = None,
+    hyperparams: dict[str, Any] | None = None,
+    sample_size: int | None = None,
+    profile: str | None = None,
+    airflow_run_id: str | None = None,
+    settings: Settings | None = None,
+) -> str:
     """Train the challenger on the retraining snapshot: the champion's family and params (``mode``
     champion, the default) or a comparison of ``families`` (``mode`` compare; default: every family in
     ``ml.models.FAMILIES``). Returns its MLflow run id."""
@@ -458,16 +598,22 @@ def train_challenger(retraining_id: Any, mode: str | None = None, families: list
         from ml import compare, models
 
         families = list(families or models.FAMILIES)  # all of them unless told (the DAG's default too)
-        result = compare.run_comparison(snapshot_hash=r["snapshot_hash"], families=families, profile=profile,
-                                        sample_size=sample_size,
-                                        search_space=None, settings=s)
+        result = compare.run_comparison(
+            snapshot_hash=r["snapshot_hash"],
+            families=families,
+            profile=profile,
+            sample_size=sample_size,
+            search_space=None,
+            settings=s,
+        )
         run_id = compare.register_best(result, s)
     else:
         raise ValueError(f"mode must be 'champion' or 'compare', got {mode!r}")
     tracking.configure(s)
     with mlflow.start_run(run_id=run_id):
-        mlflow.set_tags({"retraining_id": str(rid), "retraining_reason": r["reason"],
-                         "parent_dataset_hash": r["base_snapshot"]})
+        mlflow.set_tags(
+            {"retraining_id": str(rid), "retraining_reason": r["reason"], "parent_dataset_hash": r["base_snapshot"]}
+        )
     _update(rid, s, run_id=run_id, status="trained")
     return run_id
 
@@ -491,8 +637,11 @@ def evaluate(retraining_id: Any, run_id: str, settings: Settings | None = None) 
         reported = store.reported_texts(conn, r["training_feedback_ids"] or [])
     snap = data.get_snapshot(r["snapshot_hash"], s)
     frame = snap.load()
-    parts = pd.read_parquet(frame.attrs["split_path"]) if frame.attrs.get("split_path") else pd.DataFrame(
-        {"text": [], "part": []})
+    parts = (
+        pd.read_parquet(frame.attrs["split_path"])
+        if frame.attrs.get("split_path")
+        else pd.DataFrame({"text": [], "part": []})
+    )
     excluded = set(parts.loc[parts["part"] == "excluded", "text"])
     held_out_texts = set(parts.loc[parts["part"] == "test", "text"])  # reported or not: scored in (a) only
     labels = dict(zip(frame["text"], frame["label"].astype(int)))
@@ -513,21 +662,33 @@ def evaluate(retraining_id: Any, run_id: str, settings: Settings | None = None) 
         from ml.stats import paired_comparison
 
         ey = np.array([labels[t] for t in eval_texts])
-        reported_vs = paired_comparison(ey, decide(np.asarray(challenger.predict_proba(eval_texts))[:, 1]),
-                                        decide(np.asarray(champion.predict_proba(eval_texts))[:, 1]),
-                                        s.promotion_confidence)
+        reported_vs = paired_comparison(
+            ey,
+            decide(np.asarray(challenger.predict_proba(eval_texts))[:, 1]),
+            decide(np.asarray(champion.predict_proba(eval_texts))[:, 1]),
+            s.promotion_confidence,
+        )
     train_texts = sorted(t for t in reported if t not in excluded and t not in held_out_texts and t in labels)
     keys = ("accuracy", "precision", "recall", "f1", "roc_auc")
     metrics: dict[str, dict[str, Any]] = {
-        "held_out": {"n": held.get("n"), "challenger": {k: held[k] for k in keys if k in held},
-                     "champion": {k: champion_metrics[k] for k in keys} if champion_metrics else None,
-                     "champion_version": int(champ_version)},
-        "reported_eval": {"n": len(eval_texts), "challenger_accuracy": acc(challenger, eval_texts),
-                          "champion_accuracy": acc(champion, eval_texts),
-                          "note": "reported tweets held out of training (neither model saw them)"},
-        "reported_train": {"n": len(train_texts), "challenger_accuracy": acc(challenger, train_texts),
-                           "champion_accuracy": acc(champion, train_texts),
-                           "note": "reported tweets the challenger trained on: in-sample for it"},
+        "held_out": {
+            "n": held.get("n"),
+            "challenger": {k: held[k] for k in keys if k in held},
+            "champion": {k: champion_metrics[k] for k in keys} if champion_metrics else None,
+            "champion_version": int(champ_version),
+        },
+        "reported_eval": {
+            "n": len(eval_texts),
+            "challenger_accuracy": acc(challenger, eval_texts),
+            "champion_accuracy": acc(champion, eval_texts),
+            "note": "reported tweets held out of training (neither model saw them)",
+        },
+        "reported_train": {
+            "n": len(train_texts),
+            "challenger_accuracy": acc(challenger, train_texts),
+            "champion_accuracy": acc(champion, train_texts),
+            "note": "reported tweets the challenger trained on: in-sample for it",
+        },
     }
     tracking.configure(s)
     with mlflow.start_run(run_id=run_id):
@@ -540,15 +701,28 @@ def evaluate(retraining_id: Any, run_id: str, settings: Settings | None = None) 
         mlflow.log_dict(metrics, "retraining_metrics.json")
     with db.connect(s) as conn:
         evidence = models_store.run_gate(conn, run_id) or {}
-    gate_record = {**evidence, "reported_eval": {
-        "n": len(eval_texts), "vs_champion": reported_vs, "criterion": False,
-        "note": "reported tweets held out of training (retraining_report_eval_fraction): compared, recorded, "
-                "not used to promote"}}
+    gate_record = {
+        **evidence,
+        "reported_eval": {
+            "n": len(eval_texts),
+            "vs_champion": reported_vs,
+            "criterion": False,
+            "note": "reported tweets held out of training (retraining_report_eval_fraction): compared, recorded, "
+            "not used to promote",
+        },
+    }
     _update(rid, s, metrics=metrics, status="evaluated", gate=gate_record)
-    log.info("retraining #%s: held-out %s challenger %.4f vs champion v%s %s; reported-eval (n=%s) %s vs %s",
-             rid, s.promotion_metric, held[s.promotion_metric], champ_version,
-             f"{champion_metrics[s.promotion_metric]:.4f}" if champion_metrics else "n/a", len(eval_texts),
-             metrics["reported_eval"]["challenger_accuracy"], metrics["reported_eval"]["champion_accuracy"])
+    log.info(
+        "retraining #%s: held-out %s challenger %.4f vs champion v%s %s; reported-eval (n=%s) %s vs %s",
+        rid,
+        s.promotion_metric,
+        held[s.promotion_metric],
+        champ_version,
+        f"{champion_metrics[s.promotion_metric]:.4f}" if champion_metrics else "n/a",
+        len(eval_texts),
+        metrics["reported_eval"]["challenger_accuracy"],
+        metrics["reported_eval"]["champion_accuracy"],
+    )
     return metrics
 
 
@@ -572,18 +746,39 @@ def promote(retraining_id: Any, run_id: str, settings: Settings | None = None) -
         reason = f"passed the gate ({result['reason']}); in shadow #{sid} beside v{result['champion_version']}"
         _update(rid, s, status="shadow", candidate_version=result["version"], decision=reason, gate=gate_record)
         log.info("retraining #%s: %s", rid, reason)
-        return {**result, "retraining_id": rid, "status": "shadow", "shadow_id": sid, "reason": reason,
-                "champion_after": result["champion_version"], "margin": margin}
+        return {
+            **result,
+            "retraining_id": rid,
+            "status": "shadow",
+            "shadow_id": sid,
+            "reason": reason,
+            "champion_after": result["champion_version"],
+            "margin": margin,
+        }
     champ = registry.champion(s)
     status = "promoted" if result["promoted"] else "rejected"
     r = get_retraining(rid, s) or {}
     gate_record = {**(result.get("gate") or {}), "reported_eval": (r.get("gate") or {}).get("reported_eval")}
-    _update(rid, s, status=status, champion_after=champ.version if champ else None,
-            candidate_version=result["version"], decision=result["reason"], finished_at=datetime.now(timezone.utc),
-            **({"gate": gate_record} if result.get("gate") else {}))
-    log.info("retraining #%s %s: %s (champion now v%s)", rid, status, result["reason"], champ.version if champ else None)
-    return {**result, "retraining_id": rid, "status": status, "champion_after": champ.version if champ else None,
-            "margin": margin}
+    _update(
+        rid,
+        s,
+        status=status,
+        champion_after=champ.version if champ else None,
+        candidate_version=result["version"],
+        decision=result["reason"],
+        finished_at=datetime.now(UTC),
+        **({"gate": gate_record} if result.get("gate") else {}),
+    )
+    log.info(
+        "retraining #%s %s: %s (champion now v%s)", rid, status, result["reason"], champ.version if champ else None
+    )
+    return {
+        **result,
+        "retraining_id": rid,
+        "status": status,
+        "champion_after": champ.version if champ else None,
+        "margin": margin,
+    }
 
 
 def mark_failed(retraining_id: Any, error: str, settings: Settings | None = None) -> None:
@@ -595,9 +790,14 @@ def mark_failed(retraining_id: Any, error: str, settings: Settings | None = None
         store.mark_failed(conn, rid, error)
 
 
-def run_retraining(retraining_id: Any = None, mode: str | None = None, families: list[str] | None = None,
-                   hyperparams: dict[str, Any] | None = None, sample_size: int | None = None,
-                   settings: Settings | None = None) -> dict[str, Any]:
+def run_retraining(
+    retraining_id: Any = None,
+    mode: str | None = None,
+    families: list[str] | None = None,
+    hyperparams: dict[str, Any] | None = None,
+    sample_size: int | None = None,
+    settings: Settings | None = None,
+) -> dict[str, Any]:
     """Every stage of the DAG in this process (``ml retrain``, the benchmark, tests)."""
     from ml import train
 
@@ -622,8 +822,11 @@ def loop_status(settings: Settings | None = None) -> dict[str, Any]:
     """The champion, its reports against the retraining threshold, the latest retrainings."""
     s = settings or get_settings()
     ctx = champion_context(s)
-    out: dict[str, Any] = {"model_name": s.model_name, "champion": ctx.as_dict() if ctx else None,
-                           "retraining_on_drift": s.retraining_on_drift}
+    out: dict[str, Any] = {
+        "model_name": s.model_name,
+        "champion": ctx.as_dict() if ctx else None,
+        "retraining_on_drift": s.retraining_on_drift,
+    }
     if ctx is not None and ctx.corpus_rows:
         out["feedback"] = pending_count(ctx, s)
     out["retrainings"] = list_retrainings(10, s)

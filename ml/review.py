@@ -20,13 +20,14 @@ reporters; the reviewer when nobody reported it), and no identity counts for mor
 client's unlimited reports count at most that share, and only on texts others agreed with or a
 reviewer accepted.
 """
+
 from __future__ import annotations
 
 import hashlib
 import ipaddress
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from fractions import Fraction
 from typing import Any
 
@@ -65,10 +66,10 @@ class Judged:
 
     key: str
     text: str
-    status: str = "untrusted"            # trusted | rejected | untrusted
+    status: str = "untrusted"  # trusted | rejected | untrusted
     label: int | None = None
-    source: str | None = None            # review | reviewed_report | agreement
-    predicted: int | None = None         # the version's label for it (latest report's prediction)
+    source: str | None = None  # review | reviewed_report | agreement
+    predicted: int | None = None  # the version's label for it (latest report's prediction)
     prediction_id: Any = None
     votes: dict[int, list[str]] = field(default_factory=lambda: {0: [], 1: []})
     supporters: list[str] = field(default_factory=list)
@@ -90,10 +91,16 @@ class Judged:
         return [int(r["feedback_id"]) for r in self.reports if self.label is not None and r["label"] == self.label]
 
     def as_dict(self) -> dict[str, Any]:
-        return {"key": self.key, "text": self.text, "status": self.status, "label": self.label,
-                "source": self.source, "predicted": self.predicted,
-                "votes": {LABELS[k]: len(v) for k, v in self.votes.items()},
-                "supporters": [redact(x) for x in self.supporters]}
+        return {
+            "key": self.key,
+            "text": self.text,
+            "status": self.status,
+            "label": self.label,
+            "source": self.source,
+            "predicted": self.predicted,
+            "votes": {LABELS[k]: len(v) for k, v in self.votes.items()},
+            "supporters": [redact(x) for x in self.supporters],
+        }
 
 
 def _last_report_ts(j: Judged) -> float:
@@ -165,8 +172,9 @@ def count_votes(items: list[Judged], threshold: int, settings: Settings) -> dict
     return {"counted": counted, "cap": float(cap), "identities": len(per), "capped": capped}
 
 
-def pending(conn, model_name: str, version: int, since: datetime | None, threshold: int | None,
-            settings: Settings) -> dict[str, Any]:
+def pending(
+    conn, model_name: str, version: int, since: datetime | None, threshold: int | None, settings: Settings
+) -> dict[str, Any]:
     """The version's misclassifications the loop believes and has not consumed yet, counted against
     ``threshold``; the feedback ids a retraining would consume (every unconsumed report on those texts)."""
     reports = store.reports_of_version(conn, model_name, version, since)
@@ -176,8 +184,13 @@ def pending(conn, model_name: str, version: int, since: datetime | None, thresho
     ids = sorted(int(r["feedback_id"]) for j in items for r in j.reports if not r["consumed"])
     open_texts = [j for j in judged.values() if not j.consumed]
     return {
-        "items": items, "feedback_ids": ids, "reports": len(items), "counted": votes["counted"],
-        "identity_cap": votes["cap"], "identities": votes["identities"], "capped_identities": votes["capped"],
+        "items": items,
+        "feedback_ids": ids,
+        "reports": len(items),
+        "counted": votes["counted"],
+        "identity_cap": votes["cap"],
+        "identities": votes["identities"],
+        "capped_identities": votes["capped"],
         "reported_texts": len(open_texts),
         "untrusted_texts": sum(1 for j in open_texts if j.status == "untrusted"),
         "rejected_texts": sum(1 for j in open_texts if j.status == "rejected"),
@@ -185,8 +198,9 @@ def pending(conn, model_name: str, version: int, since: datetime | None, thresho
     }
 
 
-def trusted_training_rows(conn, model_name: str, version: int, consumed: list[tuple[Any, ...]],
-                          settings: Settings) -> tuple[list[tuple[Any, ...]], dict[str, int]]:
+def trusted_training_rows(
+    conn, model_name: str, version: int, consumed: list[tuple[Any, ...]], settings: Settings
+) -> tuple[list[tuple[Any, ...]], dict[str, int]]:
     """Of the consumed reports (feedback id, prediction id, text, label, created at), those that train:
     on a text whose label is trusted NOW (judged on every report of the version and the latest
     reviews: a reviewer's rejection after the trigger still excludes it), giving that label."""
@@ -220,8 +234,12 @@ def _proposed(j: Judged) -> int:
 def _item(kind: str, pred: dict[str, Any], key: str, text: str, proposed: int, j: Judged | None) -> dict[str, Any]:
     p_pos = float(pred["p_positive"]) if pred.get("p_positive") is not None else None
     return {
-        "id": str(pred["id"]), "key": key, "kind": kind, "text": text,
-        "predicted_label": LABELS[int(pred["label"])], "p_positive": p_pos,
+        "id": str(pred["id"]),
+        "key": key,
+        "kind": kind,
+        "text": text,
+        "predicted_label": LABELS[int(pred["label"])],
+        "p_positive": p_pos,
         "confidence": None if p_pos is None else round(max(p_pos, 1 - p_pos), 4),
         "model_version": pred.get("model_version"),
         "proposed_label": LABELS[proposed],
@@ -236,16 +254,18 @@ def queue(conn, model_name: str, settings: Settings, limit: int = 50) -> dict[st
     """Items for a reviewer, deduplicated by text, none reviewed yet: reported texts (most reporting
     identities first, then the latest) and the least-confident live predictions (uncertainty
     sampling: probability closest to 0.5), at least a quarter of the queue when there are any."""
-    from datetime import timedelta, timezone
+    from datetime import timedelta
 
-    since = datetime.now(timezone.utc) - timedelta(hours=float(settings.review_queue_hours))
+    since = datetime.now(UTC) - timedelta(hours=float(settings.review_queue_hours))
     reports = list(reversed(store.reported_predictions(conn, model_name, since, max(1000, limit * 40))))
     uncertain_rows = store.least_confident(conn, model_name, since, limit * 5)
     keys = {text_key(r["text"]) for r in reports} | {text_key(p["text"]) for p in uncertain_rows}
     reviews = store.latest_reviews(conn, model_name, sorted(keys)) if keys else {}
     judged = judge(reports, reviews, settings)
-    reported = sorted((j for j in judged.values() if j.review is None),
-                      key=lambda j: (-len({r["reporter"] for r in j.reports}), -_last_report_ts(j)))
+    reported = sorted(
+        (j for j in judged.values() if j.review is None),
+        key=lambda j: (-len({r["reporter"] for r in j.reports}), -_last_report_ts(j)),
+    )
     uncertain: list[dict[str, Any]] = []
     seen = set(judged) | set(reviews)
     for p in uncertain_rows:
@@ -263,16 +283,21 @@ def queue(conn, model_name: str, settings: Settings, limit: int = 50) -> dict[st
             if pred is not None:
                 items.append(_item("reported", pred, j.key, j.text, _proposed(j), j))
     items += uncertain[: limit - len(items)]
-    return {"model_name": model_name, "items": items, "reported_waiting": len(reported),
-            "uncertain_waiting": len(uncertain)}
+    return {
+        "model_name": model_name,
+        "items": items,
+        "reported_waiting": len(reported),
+        "uncertain_waiting": len(uncertain),
+    }
 
 
 class ReviewError(ValueError):
     """A decision that cannot be recorded (unknown item, missing label)."""
 
 
-def decide(conn, prediction_id: Any, decision: str, label: int | None, reviewer: str,
-           settings: Settings) -> dict[str, Any]:
+def decide(
+    conn, prediction_id: Any, decision: str, label: int | None, reviewer: str, settings: Settings
+) -> dict[str, Any]:
     """Record a reviewer's decision on the item of ``prediction_id`` (its text): ``accept`` (``label``,
     default: what the item proposes), ``relabel`` (``label`` required) or ``reject``. Accept / relabel
     are also stored as the reviewer's report on that prediction (consumed and traced like any report)."""
@@ -283,8 +308,9 @@ def decide(conn, prediction_id: Any, decision: str, label: int | None, reviewer:
         raise LookupError(f"no prediction with id {prediction_id}")
     text = str(pred["text"]).strip()
     k = text_key(text)
-    reports = [r for r in store.reports_of_version(conn, pred["model_name"], pred["model_version"])
-               if text_key(r["text"]) == k]
+    reports = [
+        r for r in store.reports_of_version(conn, pred["model_name"], pred["model_version"]) if text_key(r["text"]) == k
+    ]
     j = judge(reports, {}, settings).get(k) if reports else None
     proposed = _proposed(j) if j else int(pred["label"])
     if decision == "reject":
@@ -293,12 +319,21 @@ def decide(conn, prediction_id: Any, decision: str, label: int | None, reviewer:
         raise ReviewError("relabel needs the label: negative or positive")
     elif decision == "accept" and label is None:
         label = proposed
-    row = store.insert_review(conn, model_name=pred["model_name"], text=text, text_sha256=k,
-                              prediction_id=pred["id"], decision=decision, label=label, proposed_label=proposed,
-                              reviewer=reviewer)
+    row = store.insert_review(
+        conn,
+        model_name=pred["model_name"],
+        text=text,
+        text_sha256=k,
+        prediction_id=pred["id"],
+        decision=decision,
+        label=label,
+        proposed_label=proposed,
+        reviewer=reviewer,
+    )
     row["feedback_id"] = None
     if label is not None:
-        row["feedback_id"] = store.insert_review_report(conn, pred["id"], int(label), reviewer, row["id"],
-                                                        f"review #{row['id']}: {decision}")
+        row["feedback_id"] = store.insert_review_report(
+            conn, pred["id"], int(label), reviewer, row["id"], f"review #{row['id']}: {decision}"
+        )
     row["text"] = text
     return row

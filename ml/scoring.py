@@ -8,6 +8,7 @@
 - Each shard's predictions are written with COPY, replacing that shard's rows in one
   transaction, so a retried shard leaves exactly one row per input row.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -17,9 +18,10 @@ import os
 import shutil
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -34,8 +36,9 @@ SCORE_COLUMNS = store.SCORE_COLUMNS
 
 
 # ---------------------------------------------------------------- reading inputs
-def iter_rows(path: Path, fmt: str | None = None, encoding: Counter | None = None
-              ) -> Iterator[tuple[int, str | None, str | None]]:
+def iter_rows(
+    path: Path, fmt: str | None = None, encoding: Counter | None = None
+) -> Iterator[tuple[int, str | None, str | None]]:
     """Yield (line/row number, text or None, reject reason or None), through the one tweet
     reader (:func:`ml.data.iter_records`) that training uses too."""
     for rec in iter_records(path, encoding, fmt):
@@ -132,8 +135,10 @@ def plan(
     from ml import db
 
     if input_path is None or not str(input_path).strip():
-        raise DataError("no input_path given: pass the file to score (drop files in var/inbox/ for the"
-                        " sentiment_inbox DAG to pick them up)")
+        raise DataError(
+            "no input_path given: pass the file to score (drop files in var/inbox/ for the"
+            " sentiment_inbox DAG to pick them up)"
+        )
     if shard_rows is None or int(shard_rows) < 0:
         raise DataError(f"shard_rows must be 0 (auto) or a positive number of rows, got {shard_rows!r}")
     path = Path(input_path).expanduser().resolve()
@@ -153,8 +158,9 @@ def plan(
             store.unlock_plan(lock_conn, key)
 
 
-def _plan_locked(path: Path, digest: str, batch_id: str, shard_rows: int, airflow_run_id: str | None, force: bool,
-                 s: Settings) -> Plan:
+def _plan_locked(
+    path: Path, digest: str, batch_id: str, shard_rows: int, airflow_run_id: str | None, force: bool, s: Settings
+) -> Plan:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -200,8 +206,7 @@ def _plan_locked(path: Path, digest: str, batch_id: str, shard_rows: int, airflo
             return
         i = len(shards)
         p = out_dir / "shards" / f"{i:05d}.parquet"
-        pq.write_table(pa.table({"source_row": pa.array(buf_rows[:n], pa.int64()), "text": pa.array(buf_text[:n])}),
-                       p)
+        pq.write_table(pa.table({"source_row": pa.array(buf_rows[:n], pa.int64()), "text": pa.array(buf_text[:n])}), p)
         shards.append({"shard": i, "path": str(p), "first": buf_rows[0], "last": buf_rows[n - 1], "n": n})
         del buf_rows[:n], buf_text[:n]
 
@@ -219,15 +224,31 @@ def _plan_locked(path: Path, digest: str, batch_id: str, shard_rows: int, airflo
     flush_shard()
 
     with db.connect(s) as conn:
-        store.replace_plan(conn, batch_id=batch_id, input_path=str(path), input_format=fmt, input_sha256=digest,
-                           model_name=s.model_name, model_version=champ.version, rows_read=rows_read,
-                           airflow_run_id=airflow_run_id, rejects=rejects,
-                           shards=[(sh["shard"], sh["path"], sh["first"], sh["last"], sh["n"]) for sh in shards])
+        store.replace_plan(
+            conn,
+            batch_id=batch_id,
+            input_path=str(path),
+            input_format=fmt,
+            input_sha256=digest,
+            model_name=s.model_name,
+            model_version=champ.version,
+            rows_read=rows_read,
+            airflow_run_id=airflow_run_id,
+            rejects=rejects,
+            shards=[(sh["shard"], sh["path"], sh["first"], sh["last"], sh["n"]) for sh in shards],
+        )
     log.info(
         "batch %s: %s rows read from %s (%s, %s lines decoded as Latin-1), %s rejected, %d shards of up to %s"
         " rows, champion v%s (%.1fs)",
-        batch_id, f"{rows_read:,}", path.name, fmt, f"{encoding['latin1_lines']:,}", f"{len(rejects):,}",
-        len(shards), f"{shard_rows:,}", champ.version,
+        batch_id,
+        f"{rows_read:,}",
+        path.name,
+        fmt,
+        f"{encoding['latin1_lines']:,}",
+        f"{len(rejects):,}",
+        len(shards),
+        f"{shard_rows:,}",
+        champ.version,
         time.perf_counter() - t0,
     )
     return Plan(batch_id, champ.version, [sh["shard"] for sh in shards], "planned")
@@ -271,18 +292,28 @@ def score_shard(batch_id: str, shard: int, chunk_rows: int = 50_000, settings: S
     src = table.column("source_row").to_numpy()
     parts = []
     for i in range(0, len(texts), chunk_rows):
-        parts.append(model.predict_proba(texts[i:i + chunk_rows]))
+        parts.append(model.predict_proba(texts[i : i + chunk_rows]))
     proba = np.vstack(parts) if parts else np.zeros((0, 2))
     labels = decide(proba[:, 1])
     t_pred = time.perf_counter() - t0
 
     pq.write_table(
-        pa.table({"source_row": src, "text": texts, "label": labels, "p_negative": proba[:, 0].astype(np.float32),
-                  "p_positive": proba[:, 1].astype(np.float32), "model_version": np.full(len(texts), version, np.int32)}),
+        pa.table(
+            {
+                "source_row": src,
+                "text": texts,
+                "label": labels,
+                "p_negative": proba[:, 0].astype(np.float32),
+                "p_positive": proba[:, 1].astype(np.float32),
+                "model_version": np.full(len(texts), version, np.int32),
+            }
+        ),
         Path(shard_path).with_suffix(".scored.parquet"),
     )
     pn, pp, lab, srcl = proba[:, 0].tolist(), proba[:, 1].tolist(), labels.tolist(), src.tolist()
-    rows = ((texts[i], lab[i], pn[i], pp[i], model_name, version, "batch", batch_id, srcl[i]) for i in range(len(texts)))
+    rows = (
+        (texts[i], lab[i], pn[i], pp[i], model_name, version, "batch", batch_id, srcl[i]) for i in range(len(texts))
+    )
     with db.connect(s) as conn:
         # one writer per shard at a time (two runs of the same content): the second waits here,
         # then sees the first's rows and upserts over them -- never a duplicate row
@@ -293,8 +324,16 @@ def score_shard(batch_id: str, shard: int, chunk_rows: int = 50_000, settings: S
             store.upsert_scored(conn, rows)
         store.finish_shard(conn, batch_id, shard, len(texts), time.perf_counter() - t0)
     secs = time.perf_counter() - t0
-    log.info("batch %s shard %d: %s rows scored with v%s in %.2fs (predict %.2fs, %s rows/s)",
-             batch_id, shard, f"{len(texts):,}", version, secs, t_pred, f"{len(texts) / max(secs, 1e-9):,.0f}")
+    log.info(
+        "batch %s shard %d: %s rows scored with v%s in %.2fs (predict %.2fs, %s rows/s)",
+        batch_id,
+        shard,
+        f"{len(texts):,}",
+        version,
+        secs,
+        t_pred,
+        f"{len(texts) / max(secs, 1e-9):,.0f}",
+    )
     return {"batch_id": batch_id, "shard": shard, "rows": len(texts), "seconds": secs}
 
 
@@ -339,8 +378,9 @@ def finalize(batch_id: str, settings: Settings | None = None) -> dict:
         "first_rejects": [{"line": int(line), "reason": r} for line, r in first_rejects],
     }
     if summary["rows_read"] != n_scored + summary["rows_rejected"]:
-        raise RuntimeError(f"batch {batch_id}: {n_scored} scored + {b['rows_rejected']} rejected "
-                           f"!= {b['rows_read']} read")
+        raise RuntimeError(
+            f"batch {batch_id}: {n_scored} scored + {b['rows_rejected']} rejected != {b['rows_read']} read"
+        )
     with db.connect(s) as conn:
         store.mark_done(conn, batch_id, str(out), summary)
     log.info("batch %s done: %s", batch_id, json.dumps(summary))
@@ -410,8 +450,12 @@ def pending_inbox_files(settings: Settings | None = None, settle_seconds: float 
             continue
         age = now - p.stat().st_mtime
         if age < settle_seconds:
-            log.info("inbox: %s was modified %.0fs ago; waiting until it is %.0fs old (still being written?)",
-                     p.name, age, settle_seconds)
+            log.info(
+                "inbox: %s was modified %.0fs ago; waiting until it is %.0fs old (still being written?)",
+                p.name,
+                age,
+                settle_seconds,
+            )
             continue
         files.append(p)
     files.sort(key=lambda p: (p.stat().st_mtime, p.name))
@@ -435,8 +479,9 @@ def pending_inbox_file(settings: Settings | None = None) -> str | None:
     return files[0]["path"] if files else None
 
 
-def score_file(input_path: str | Path, shard_rows: int = 0, force: bool = False, workers: int = 1,
-               settings: Settings | None = None) -> dict:
+def score_file(
+    input_path: str | Path, shard_rows: int = 0, force: bool = False, workers: int = 1, settings: Settings | None = None
+) -> dict:
     """The whole batch without Airflow (CLI / benchmarks): plan, every shard (in ``workers``
     processes, as an executor would run the mapped tasks), finalize. ``shard_rows=0``: one
     shard per worker."""
@@ -463,12 +508,14 @@ def inbox_trigger_kwargs(settle_seconds: float = 10.0, settings: Settings | None
     exists (shown in the Airflow UI beside the run)."""
     out = []
     for f in pending_inbox_files(settings, settle_seconds=settle_seconds):
-        out.append({
-            "trigger_run_id": f["run_id"],
-            "conf": {"input_path": f["path"]},
-            "note": f"Scores inbox file {Path(f['path']).name} (sha256 {f['sha256'][:16]}), triggered by"
-                    " sentiment_inbox. While this run is queued, other batches hold every active-run slot.",
-        })
+        out.append(
+            {
+                "trigger_run_id": f["run_id"],
+                "conf": {"input_path": f["path"]},
+                "note": f"Scores inbox file {Path(f['path']).name} (sha256 {f['sha256'][:16]}), triggered by"
+                " sentiment_inbox. While this run is queued, other batches hold every active-run slot.",
+            }
+        )
     if out:
         log.info("inbox: %d new file(s): %s", len(out), ", ".join(o["conf"]["input_path"] for o in out))
     return out

@@ -11,6 +11,7 @@ or ``anon:<client address>``): ``<issued unix time>.<HMAC-SHA256 of (prediction 
 base64url. The signing key is ``feedback_token_secret`` when set, else 32 random bytes generated once
 in ``var/secrets/feedback_token.key`` (mode 0600; every API process on the machine reads the same).
 """
+
 from __future__ import annotations
 
 import base64
@@ -70,7 +71,7 @@ def _parse(key: str) -> str | None:
     """The key id of a well-formed key, else None."""
     if not key.startswith(KEY_PREFIX):
         return None
-    key_id, sep, secret = key[len(KEY_PREFIX):].partition("_")
+    key_id, sep, secret = key[len(KEY_PREFIX) :].partition("_")
     if not sep or len(key_id) != 12 or len(secret) < 32:
         return None
     return key_id
@@ -84,8 +85,9 @@ def check_scopes(scopes: list[str] | tuple[str, ...]) -> list[str]:
     return out
 
 
-def create_key(name: str, scopes: list[str] | tuple[str, ...], settings: Settings | None = None,
-               created_by: str | None = "cli") -> tuple[str, dict[str, Any]]:
+def create_key(
+    name: str, scopes: list[str] | tuple[str, ...], settings: Settings | None = None, created_by: str | None = "cli"
+) -> tuple[str, dict[str, Any]]:
     """A new key: (the key, shown once and never stored, its row without the hash)."""
     from ml import db
     from ml.store import keys as store

@@ -3,6 +3,7 @@
 Small, I/O-explicit functions: label conventions, writing prediction rows to PostgreSQL
 with COPY, storing feedback, and reading a champion's MLflow run (metrics, tags, time).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -10,10 +11,11 @@ import hmac
 import logging
 import os
 import uuid
-from pathlib import Path
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Iterable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -24,7 +26,15 @@ LABEL_IDS: dict[str, int] = {name: i for i, name in enumerate(LABELS)}
 
 #: the columns of ``predictions`` that a :class:`PredictionRow` fills, in COPY order
 PREDICTION_COLUMNS: tuple[str, ...] = (
-    "id", "created_at", "text", "label", "p_negative", "p_positive", "model_name", "model_version", "source",
+    "id",
+    "created_at",
+    "text",
+    "label",
+    "p_negative",
+    "p_positive",
+    "model_name",
+    "model_version",
+    "source",
 )
 COPY_PREDICTIONS_SQL = f"COPY predictions ({', '.join(PREDICTION_COLUMNS)}) FROM STDIN"
 INSERT_PREDICTION_SQL = (
@@ -59,30 +69,57 @@ class PredictionRow:
 
     def as_tuple(self) -> tuple[Any, ...]:
         return (
-            self.id, self.created_at, self.text, self.label, self.p_negative, self.p_positive,
-            self.model_name, self.model_version, self.source,
+            self.id,
+            self.created_at,
+            self.text,
+            self.label,
+            self.p_negative,
+            self.p_positive,
+            self.model_name,
+            self.model_version,
+            self.source,
         )
 
     def as_json(self) -> dict[str, Any]:
         return {
-            "id": str(self.id), "created_at": self.created_at.isoformat(), "text": self.text, "label": self.label,
-            "p_negative": self.p_negative, "p_positive": self.p_positive, "model_name": self.model_name,
-            "model_version": self.model_version, "source": self.source,
+            "id": str(self.id),
+            "created_at": self.created_at.isoformat(),
+            "text": self.text,
+            "label": self.label,
+            "p_negative": self.p_negative,
+            "p_positive": self.p_positive,
+            "model_name": self.model_name,
+            "model_version": self.model_version,
+            "source": self.source,
         }
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "PredictionRow":
+    def from_json(cls, d: dict[str, Any]) -> PredictionRow:
         return cls(
-            id=uuid.UUID(d["id"]), created_at=datetime.fromisoformat(d["created_at"]), text=d["text"],
-            label=int(d["label"]), p_negative=float(d["p_negative"]), p_positive=float(d["p_positive"]),
-            model_name=d["model_name"], model_version=int(d["model_version"]), source=d.get("source", "api"),
+            id=uuid.UUID(d["id"]),
+            created_at=datetime.fromisoformat(d["created_at"]),
+            text=d["text"],
+            label=int(d["label"]),
+            p_negative=float(d["p_negative"]),
+            p_positive=float(d["p_positive"]),
+            model_name=d["model_name"],
+            model_version=int(d["model_version"]),
+            source=d.get("source", "api"),
         )
-
 
     def as_log_record(self) -> list[Any]:
         """The row as the API's prediction log stores it (:data:`PREDICTION_COLUMNS` order, JSON types)."""
-        return [str(self.id), self.created_at.isoformat(), self.text, self.label, self.p_negative,
-                self.p_positive, self.model_name, self.model_version, self.source]
+        return [
+            str(self.id),
+            self.created_at.isoformat(),
+            self.text,
+            self.label,
+            self.p_negative,
+            self.p_positive,
+            self.model_name,
+            self.model_version,
+            self.source,
+        ]
 
 
 class PredictionIds:
@@ -98,7 +135,7 @@ class PredictionIds:
         self._key = key
 
     @classmethod
-    def for_settings(cls, settings) -> "PredictionIds":
+    def for_settings(cls, settings) -> PredictionIds:
         """The key of ``prediction_id_secret``, else of ``var/secrets/prediction-ids.key`` (made on
         first use, mode 0600; every worker and restart reads the same file)."""
         secret = getattr(settings, "prediction_id_secret", None)
@@ -133,18 +170,31 @@ class PredictionIds:
 
 
 def prediction_rows(
-    texts: Sequence[str], proba, model_name: str, model_version: int, source: str = "api",
+    texts: Sequence[str],
+    proba,
+    model_name: str,
+    model_version: int,
+    source: str = "api",
     new_id=uuid.uuid4,
 ) -> list[PredictionRow]:
     """One row per text from a ``predict_proba`` result (columns P(neg), P(pos)); ids from
     ``new_id`` (uuid4 by default; the API passes :meth:`PredictionIds.new`)."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     rows = []
     for text, (p_neg, p_pos) in zip(texts, proba.tolist(), strict=True):
-        rows.append(PredictionRow(
-            id=new_id(), created_at=now, text=text, label=label_id(p_pos), p_negative=float(p_neg),
-            p_positive=float(p_pos), model_name=model_name, model_version=int(model_version), source=source,
-        ))
+        rows.append(
+            PredictionRow(
+                id=new_id(),
+                created_at=now,
+                text=text,
+                label=label_id(p_pos),
+                p_negative=float(p_neg),
+                p_positive=float(p_pos),
+                model_name=model_name,
+                model_version=int(model_version),
+                source=source,
+            )
+        )
     return rows
 
 
@@ -159,7 +209,8 @@ def copy_predictions(conn: psycopg.Connection, rows: Iterable[PredictionRow]) ->
 
 
 def write_predictions(
-    conn: psycopg.Connection, rows: Sequence[PredictionRow],
+    conn: psycopg.Connection,
+    rows: Sequence[PredictionRow],
 ) -> list[tuple[PredictionRow, BaseException]]:
     """Store ``rows`` and commit: one COPY when it goes through; if the database rejects the
     batch (a duplicate id after a retried commit, a row it cannot store) it falls back to one
@@ -200,7 +251,10 @@ def _rollback(conn: psycopg.Connection) -> None:
 
 
 def insert_feedback(
-    conn: psycopg.Connection, prediction_id: uuid.UUID, correct_label: int, comment: str | None,
+    conn: psycopg.Connection,
+    prediction_id: uuid.UUID,
+    correct_label: int,
+    comment: str | None,
     reporter: str | None = None,
 ) -> tuple[int, datetime] | None:
     """Store feedback on a stored prediction in one statement, with who reported it (``reporter``:
@@ -227,7 +281,7 @@ def run_details(run_id: str) -> dict[str, Any]:
     run = mlflow.MlflowClient().get_run(run_id)
 
     def ts(ms: int | None) -> datetime | None:
-        return datetime.fromtimestamp(ms / 1000, tz=timezone.utc) if ms else None
+        return datetime.fromtimestamp(ms / 1000, tz=UTC) if ms else None
 
     return {
         "metrics": dict(run.data.metrics),

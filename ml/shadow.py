@@ -29,10 +29,11 @@ shadow, and is promoted only if it holds up on live traffic.
 Both bounds 0 (the default of ``ml.config``; ``config/platform.yaml`` sets 500 requests / 24 h) is no
 shadow: the gate's promotion happens at once, as before.
 """
+
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -65,8 +66,10 @@ def calibrators(run_id: str, champion_version: int, settings: Settings | None = 
     _, _, test_df = train._split_for(rec["snapshot_hash"], s)
     texts, y = test_df["text"].tolist(), test_df["label"].to_numpy()
     out: dict[str, Any] = {}
-    for name, model in (("challenger", train.load_run_model(run_id)),
-                        ("champion", registry.load_version(int(champion_version), s))):
+    for name, model in (
+        ("challenger", train.load_run_model(run_id)),
+        ("champion", registry.load_version(int(champion_version), s)),
+    ):
         p = np.asarray(model.predict_proba(texts))[:, 1]
         out[name] = estimate.fit_calibrator(p, y)
     out["fitted_on"] = f"held-out split of snapshot {rec['snapshot_hash'][:16]} ({len(texts):,} rows)"
@@ -83,16 +86,28 @@ def start(retraining_id: int | None, run_id: str, held: dict[str, Any], settings
     with db.connect(s) as conn:
         digest = models_store.run_artifact_digest(conn, run_id)
     digest = digest or registry.version_artifact_digest(version, s)
-    window = (f"{s.shadow_requests} requests" if s.shadow_requests else "") + \
-             (" or " if s.shadow_requests and s.shadow_hours else "") + \
-             (f"{s.shadow_hours:g} h" if s.shadow_hours else "")
+    window = (
+        (f"{s.shadow_requests} requests" if s.shadow_requests else "")
+        + (" or " if s.shadow_requests and s.shadow_hours else "")
+        + (f"{s.shadow_hours:g} h" if s.shadow_hours else "")
+    )
     reason = f"passed the gate ({held['reason']}); in shadow beside v{champion_version} for {window}"
     with db.connect(s) as conn:
-        sid = store.start(conn, model_name=s.model_name, retraining_id=retraining_id, run_id=run_id,
-                          challenger_version=version, champion_version=champion_version, artifact_sha256=digest,
-                          window_requests=int(s.shadow_requests), window_hours=float(s.shadow_hours), calibration=cal)
-        store.insert_event(conn, s.model_name, version, champion_version, "shadow_started",
-                           f"shadow #{sid}: {reason}", digest)
+        sid = store.start(
+            conn,
+            model_name=s.model_name,
+            retraining_id=retraining_id,
+            run_id=run_id,
+            challenger_version=version,
+            champion_version=champion_version,
+            artifact_sha256=digest,
+            window_requests=int(s.shadow_requests),
+            window_hours=float(s.shadow_hours),
+            calibration=cal,
+        )
+        store.insert_event(
+            conn, s.model_name, version, champion_version, "shadow_started", f"shadow #{sid}: {reason}", digest
+        )
         store.set_run_status(conn, run_id, "shadow", reason)
     log.info("shadow #%s: v%s beside champion v%s for %s", sid, version, champion_version, window)
     return sid
@@ -108,11 +123,24 @@ def window(shadow_id: int, settings: Settings | None = None) -> dict[str, Any]:
     if w is None:
         raise LookupError(f"no shadow #{shadow_id}")
     n, req = int(w["n"]), int(w["window_requests"])
-    why = ("ended: " + w["status"] if w["status"] != "running" else
-           f"{n} of {req} requests shadowed" if req and n >= req else
-           f"{w['window_hours']:g} h passed ({n} requests shadowed)" if w["timed_out"] else None)
-    return {"shadow_id": int(shadow_id), "done": why is not None, "why": why, "n": n, "window_requests": req,
-            "window_hours": float(w["window_hours"]), "elapsed_seconds": float(w["elapsed_seconds"])}
+    why = (
+        "ended: " + w["status"]
+        if w["status"] != "running"
+        else f"{n} of {req} requests shadowed"
+        if req and n >= req
+        else f"{w['window_hours']:g} h passed ({n} requests shadowed)"
+        if w["timed_out"]
+        else None
+    )
+    return {
+        "shadow_id": int(shadow_id),
+        "done": why is not None,
+        "why": why,
+        "n": n,
+        "window_requests": req,
+        "window_hours": float(w["window_hours"]),
+        "elapsed_seconds": float(w["elapsed_seconds"]),
+    }
 
 
 # ---------------------------------------------------------------- decide
@@ -127,9 +155,14 @@ def assess(rows: list[dict[str, Any]], calibration: dict[str, Any], settings: Se
 
     s = settings or get_settings()
     drop_max = float(s.shadow_max_accuracy_drop)
-    out: dict[str, Any] = {"n": len(rows), "policy": {
-        "min_agreement": float(s.shadow_min_agreement), "max_accuracy_drop": drop_max,
-        "min_reviewed": int(s.shadow_min_reviewed)}}
+    out: dict[str, Any] = {
+        "n": len(rows),
+        "policy": {
+            "min_agreement": float(s.shadow_min_agreement),
+            "max_accuracy_drop": drop_max,
+            "min_reviewed": int(s.shadow_min_reviewed),
+        },
+    }
     if not rows:
         out.update(promote=False, criteria={}, reason="no live request was shadowed in the window: no evidence")
         return out
@@ -141,15 +174,23 @@ def assess(rows: list[dict[str, Any]], calibration: dict[str, Any], settings: Se
     est = {}
     for name, p, lab in (("champion", ch_p, ch_l), ("challenger", cl_p, cl_l)):
         c = estimate.expected_correct(calibration[name], p, lab)
-        est[name] = {"estimated_accuracy": float(np.mean(c)),
-                     "standard_error": float(np.sqrt(np.sum(c * (1 - c)))) / len(c),
-                     "held_out_accuracy": calibration[name].get("held_out_accuracy")}
+        est[name] = {
+            "estimated_accuracy": float(np.mean(c)),
+            "standard_error": float(np.sqrt(np.sum(c * (1 - c)))) / len(c),
+            "held_out_accuracy": calibration[name].get("held_out_accuracy"),
+        }
     est_drop = est["champion"]["estimated_accuracy"] - est["challenger"]["estimated_accuracy"]
-    out.update(agreement=agreement, disagreements=int(np.sum(ch_l != cl_l)),
-               estimate={**est, "drop": est_drop, "method": estimate.METHOD.replace("the champion's", "each model's")})
+    out.update(
+        agreement=agreement,
+        disagreements=int(np.sum(ch_l != cl_l)),
+        estimate={**est, "drop": est_drop, "method": estimate.METHOD.replace("the champion's", "each model's")},
+    )
     criteria = {
-        "agreement": {"value": agreement, "min": float(s.shadow_min_agreement),
-                      "passed": agreement >= float(s.shadow_min_agreement)},
+        "agreement": {
+            "value": agreement,
+            "min": float(s.shadow_min_agreement),
+            "passed": agreement >= float(s.shadow_min_agreement),
+        },
         "estimated_accuracy": {"drop": est_drop, "max": drop_max, "passed": est_drop <= drop_max},
     }
     rev = [r for r in rows if r.get("reviewed_label") is not None]
@@ -158,27 +199,42 @@ def assess(rows: list[dict[str, Any]], calibration: dict[str, Any], settings: Se
         y = np.array([r["reviewed_label"] for r in rev], dtype=int)
         a = np.array([r["challenger_label"] for r in rev], dtype=int)
         b = np.array([r["champion_label"] for r in rev], dtype=int)
-        reviewed.update(challenger_accuracy=_acc(a, y), champion_accuracy=_acc(b, y),
-                        drop=_acc(b, y) - _acc(a, y),
-                        vs_champion=paired_comparison(y, a, b, s.promotion_confidence))
+        reviewed.update(
+            challenger_accuracy=_acc(a, y),
+            champion_accuracy=_acc(b, y),
+            drop=_acc(b, y) - _acc(a, y),
+            vs_champion=paired_comparison(y, a, b, s.promotion_confidence),
+        )
     criterion = len(rev) >= int(s.shadow_min_reviewed)
     criteria["reviewed_accuracy"] = {
-        "n": len(rev), "min_n": int(s.shadow_min_reviewed), "criterion": criterion,
-        **({"drop": reviewed["drop"], "max": drop_max, "passed": reviewed["drop"] <= drop_max} if criterion else
-           {"passed": True, "note": f"{len(rev)} reviewed texts < shadow_min_reviewed: recorded, not a criterion"})}
+        "n": len(rev),
+        "min_n": int(s.shadow_min_reviewed),
+        "criterion": criterion,
+        **(
+            {"drop": reviewed["drop"], "max": drop_max, "passed": reviewed["drop"] <= drop_max}
+            if criterion
+            else {"passed": True, "note": f"{len(rev)} reviewed texts < shadow_min_reviewed: recorded, not a criterion"}
+        ),
+    }
     out.update(reviewed=reviewed, criteria=criteria)
     failed = [k for k, v in criteria.items() if not v["passed"]]
     out["promote"] = not failed
-    parts = [f"agreement {agreement:.3f} ({'>=' if criteria['agreement']['passed'] else '<'} "
-             f"{s.shadow_min_agreement:g})",
-             f"estimated accuracy {est['challenger']['estimated_accuracy']:.4f} vs champion "
-             f"{est['champion']['estimated_accuracy']:.4f} (drop {est_drop:+.4f}, max {drop_max:g})"]
+    parts = [
+        f"agreement {agreement:.3f} ({'>=' if criteria['agreement']['passed'] else '<'} {s.shadow_min_agreement:g})",
+        f"estimated accuracy {est['challenger']['estimated_accuracy']:.4f} vs champion "
+        f"{est['champion']['estimated_accuracy']:.4f} (drop {est_drop:+.4f}, max {drop_max:g})",
+    ]
     if rev:
-        parts.append(f"reviewed labels n={len(rev)}: {reviewed['challenger_accuracy']:.3f} vs champion "
-                     f"{reviewed['champion_accuracy']:.3f} (drop {reviewed['drop']:+.3f}"
-                     f"{', max %g' % drop_max if criterion else ', not a criterion below %d' % s.shadow_min_reviewed})")
-    out["reason"] = (f"shadow on {len(rows)} live requests: " + "; ".join(parts)
-                     + (f": held up" if not failed else f": failed {', '.join(failed)}"))
+        parts.append(
+            f"reviewed labels n={len(rev)}: {reviewed['challenger_accuracy']:.3f} vs champion "
+            f"{reviewed['champion_accuracy']:.3f} (drop {reviewed['drop']:+.3f}"
+            f"{', max %g' % drop_max if criterion else ', not a criterion below %d' % s.shadow_min_reviewed})"
+        )
+    out["reason"] = (
+        f"shadow on {len(rows)} live requests: "
+        + "; ".join(parts)
+        + (": held up" if not failed else f": failed {', '.join(failed)}")
+    )
     return out
 
 
@@ -195,8 +251,14 @@ def decide(shadow_id: int, settings: Settings | None = None) -> dict[str, Any]:
         if sh is None:
             raise LookupError(f"no shadow #{sid}")
         if sh["status"] != "running":
-            return {"shadow_id": sid, "status": sh["status"], "promoted": sh["status"] == "promoted",
-                    "reason": sh["decision"], "results": sh["results"], "version": sh["challenger_version"]}
+            return {
+                "shadow_id": sid,
+                "status": sh["status"],
+                "promoted": sh["status"] == "promoted",
+                "reason": sh["decision"],
+                "results": sh["results"],
+                "version": sh["challenger_version"],
+            }
         rows = store.predictions(conn, sid)
         gate = models_store.run_gate(conn, sh["run_id"]) or {}
     results = assess(rows, sh["calibration"], s)
@@ -219,13 +281,25 @@ def decide(shadow_id: int, settings: Settings | None = None) -> dict[str, Any]:
         if sh["retraining_id"] is not None:
             r = retrainings_store.get(conn, int(sh["retraining_id"])) or {}
             champ = registry.champion(s)
-            retrainings_store.update(conn, int(sh["retraining_id"]), status=status, decision=reason,
-                                     champion_after=champ.version if champ else None,
-                                     finished_at=datetime.now(timezone.utc),
-                                     gate={**(r.get("gate") or {}), "shadow": {**results, "shadow_id": sid}})
+            retrainings_store.update(
+                conn,
+                int(sh["retraining_id"]),
+                status=status,
+                decision=reason,
+                champion_after=champ.version if champ else None,
+                finished_at=datetime.now(UTC),
+                gate={**(r.get("gate") or {}), "shadow": {**results, "shadow_id": sid}},
+            )
     log.info("shadow #%s: v%s %s: %s", sid, version, status, reason)
-    return {"shadow_id": sid, "status": status, "promoted": promoted, "reason": reason, "results": results,
-            "version": version, "champion_version": champion_version}
+    return {
+        "shadow_id": sid,
+        "status": status,
+        "promoted": promoted,
+        "reason": reason,
+        "results": results,
+        "version": version,
+        "champion_version": champion_version,
+    }
 
 
 def summary(shadow_row: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -236,13 +310,20 @@ def summary(shadow_row: dict[str, Any] | None) -> dict[str, Any] | None:
     est = res.get("estimate") or {}
     rev = res.get("reviewed") or {}
     return {
-        "shadow_id": shadow_row["id"], "status": shadow_row["status"],
-        "challenger_version": shadow_row["challenger_version"], "champion_version": shadow_row["champion_version"],
-        "window_requests": shadow_row["window_requests"], "window_hours": shadow_row["window_hours"],
-        "started_at": str(shadow_row["created_at"]), "finished_at": str(shadow_row.get("finished_at") or ""),
-        "n": res.get("n"), "agreement": res.get("agreement"),
+        "shadow_id": shadow_row["id"],
+        "status": shadow_row["status"],
+        "challenger_version": shadow_row["challenger_version"],
+        "champion_version": shadow_row["champion_version"],
+        "window_requests": shadow_row["window_requests"],
+        "window_hours": shadow_row["window_hours"],
+        "started_at": str(shadow_row["created_at"]),
+        "finished_at": str(shadow_row.get("finished_at") or ""),
+        "n": res.get("n"),
+        "agreement": res.get("agreement"),
         "estimated_accuracy": {k: (est.get(k) or {}).get("estimated_accuracy") for k in ("challenger", "champion")}
-        if est else None,
+        if est
+        else None,
         "reviewed": {k: rev.get(k) for k in ("n", "challenger_accuracy", "champion_accuracy")} if rev else None,
-        "criteria": res.get("criteria"), "decision": shadow_row.get("decision"),
+        "criteria": res.get("criteria"),
+        "decision": shadow_row.get("decision"),
     }

@@ -6,6 +6,7 @@ them, in its exact mid-p form (binomial, no large-sample approximation; less con
 plain exact test), gives the p-value; the interval is the paired Wald interval of the accuracy
 difference.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -26,8 +27,12 @@ def mcnemar_mid_p(b: int, c: int) -> float:
     return float(min(1.0, max(0.0, p)))
 
 
-def paired_comparison(y: Sequence[int] | np.ndarray, pred_a: Sequence[int] | np.ndarray,
-                      pred_b: Sequence[int] | np.ndarray, confidence: float = 0.95) -> dict[str, Any]:
+def paired_comparison(
+    y: Sequence[int] | np.ndarray,
+    pred_a: Sequence[int] | np.ndarray,
+    pred_b: Sequence[int] | np.ndarray,
+    confidence: float = 0.95,
+) -> dict[str, Any]:
     """Is A's accuracy different from B's on the same labelled texts?
 
     Returns ``difference`` (accuracy A - accuracy B), its ``interval`` at ``confidence``, the

@@ -4,6 +4,7 @@ Tracking URI, in order: ``MLFLOW_TRACKING_URI`` / settings; the URL of the platf
 server when ``make up`` started one (``var/run/mlflow.url``); else MLflow's store directly
 in the PostgreSQL database ``mlflow_database`` with artifacts under ``var/mlartifacts``.
 """
+
 from __future__ import annotations
 
 import os
@@ -13,8 +14,8 @@ from functools import lru_cache
 from ml.config import REPO_ROOT, Settings, get_settings
 
 MLFLOW_URL_FILE = "mlflow.url"
-MLFLOW_CREDENTIALS_FILE = "credentials.json"   # under var/mlflow/, mode 0600
-MLFLOW_AUTH_CONFIG_FILE = "basic_auth.ini"     # under var/mlflow/, mode 0600
+MLFLOW_CREDENTIALS_FILE = "credentials.json"  # under var/mlflow/, mode 0600
+MLFLOW_AUTH_CONFIG_FILE = "basic_auth.ini"  # under var/mlflow/, mode 0600
 MLFLOW_ADMIN = "platform-admin"
 
 
@@ -36,8 +37,7 @@ def mlflow_credentials(settings: Settings | None = None, create: bool = False) -
         return None
     path.parent.mkdir(parents=True, exist_ok=True)
     os.chmod(path.parent, 0o700)
-    creds = {"username": MLFLOW_ADMIN, "password": secrets.token_urlsafe(24),
-             "flask_secret_key": secrets.token_hex(32)}
+    creds = {"username": MLFLOW_ADMIN, "password": secrets.token_urlsafe(24), "flask_secret_key": secrets.token_hex(32)}
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -64,11 +64,13 @@ def mlflow_auth_env(settings: Settings | None = None) -> dict[str, str]:
     path = mlflow_dir(s) / MLFLOW_AUTH_CONFIG_FILE
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
-        f.write("[mlflow]\ndefault_permission = NO_PERMISSIONS\n"
-                f"database_uri = {auth_db}\n"
-                f"admin_username = {creds['username']}\nadmin_password = {creds['password']}\n"
-                "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
-                "grant_default_workspace_access = false\n")
+        f.write(
+            "[mlflow]\ndefault_permission = NO_PERMISSIONS\n"
+            f"database_uri = {auth_db}\n"
+            f"admin_username = {creds['username']}\nadmin_password = {creds['password']}\n"
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+            "grant_default_workspace_access = false\n"
+        )
     os.chmod(path, 0o600)
     return {"MLFLOW_AUTH_CONFIG_PATH": str(path), "MLFLOW_FLASK_SERVER_SECRET_KEY": creds["flask_secret_key"]}
 
@@ -139,7 +141,10 @@ def git_commit() -> str:
             ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT, capture_output=True, text=True,
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
             timeout=5,
         ).stdout.strip()
         return out + ("-dirty" if dirty else "")

@@ -5,6 +5,7 @@ candidate: stages of the ``sentiment_training`` DAG (whose search and comparison
 Tasks pass only small values (snapshot hash, MLflow run id, version) between them;
 models travel through MLflow.
 """
+
 from __future__ import annotations
 
 import logging
@@ -52,12 +53,25 @@ def train(
     log.info("training %s on %s tweets (snapshot %s)", family, f"{len(train_df):,}", snap.hash[:16])
     with mlflow.start_run(run_name=f"{family}-{snap.hash[:8]}") as run:
         mlflow.set_tags(
-            {"dataset_hash": snap.hash, "git_commit": commit, "family": family, "stage": "candidate",
-             **({"airflow_run_id": airflow_run_id} if airflow_run_id else {})}
+            {
+                "dataset_hash": snap.hash,
+                "git_commit": commit,
+                "family": family,
+                "stage": "candidate",
+                **({"airflow_run_id": airflow_run_id} if airflow_run_id else {}),
+            }
         )
-        mlflow.log_params({"family": family, "sample_size": sample_size or "all", "n_train": len(train_df),
-                           "n_test": len(test_df), "seed": s.seed, "test_size": s.test_size,
-                           **{f"model.{k}": v for k, v in model.get_params().items()}})
+        mlflow.log_params(
+            {
+                "family": family,
+                "sample_size": sample_size or "all",
+                "n_train": len(train_df),
+                "n_test": len(test_df),
+                "seed": s.seed,
+                "test_size": s.test_size,
+                **{f"model.{k}": v for k, v in model.get_params().items()},
+            }
+        )
         t0 = time.perf_counter()
         model.fit(train_df["text"].tolist(), train_df["label"].to_numpy())
         seconds = time.perf_counter() - t0
@@ -91,7 +105,6 @@ def evaluate(run_id: str, settings: Settings | None = None, champion_cache: dict
     ``champion_cache`` (a dict shared across calls on the same snapshot) scores the champion once
     when several candidates are evaluated in a row (the comparison's family winners)."""
     import mlflow
-
     import numpy as np
 
     from ml import db, external, gate, registry, tracking
@@ -140,15 +153,27 @@ def evaluate(run_id: str, settings: Settings | None = None, champion_cache: dict
             if ext is not None:  # the champion on the same external texts
                 champion_metrics["external"], champion_ext_pred = external.score(cmodel, ext)
             if champion_cache is not None:
-                champion_cache.update(key=key, metrics=champion_metrics, external_pred=champion_ext_pred,
-                                      proba=champion_proba, golden_proba=champion_golden_proba)
+                champion_cache.update(
+                    key=key,
+                    metrics=champion_metrics,
+                    external_pred=champion_ext_pred,
+                    proba=champion_proba,
+                    golden_proba=champion_golden_proba,
+                )
     # the promotion gate's evidence (ml.gate): paired predictions on the held-out set (slices, flips)
     # and on the golden regression set
-    evidence = gate.compare(y, texts, np.asarray(proba), champion_proba, golden,
-                            np.asarray(model.predict_proba(golden_texts)), champion_golden_proba,
-                            confidence=s.promotion_confidence, golden_min_confidence=s.gate_golden_min_confidence,
-                            champion_version=(champ.version if champion_proba is not None and champ is not None
-                                              else None))
+    evidence = gate.compare(
+        y,
+        texts,
+        np.asarray(proba),
+        champion_proba,
+        golden,
+        np.asarray(model.predict_proba(golden_texts)),
+        champion_golden_proba,
+        confidence=s.promotion_confidence,
+        golden_min_confidence=s.gate_golden_min_confidence,
+        champion_version=(champ.version if champion_proba is not None and champ is not None else None),
+    )
     if ext is not None and ext_pred is not None and champion_ext_pred is not None and champ is not None:
         metrics["external"]["vs_champion"] = {
             **paired_comparison(ext.labels, ext_pred, champion_ext_pred, s.promotion_confidence),
@@ -166,22 +191,27 @@ def evaluate(run_id: str, settings: Settings | None = None, champion_cache: dict
                 mlflow.log_metrics(external.mlflow_metrics(champion_metrics["external"], "champion_external_"))
             vs = metrics["external"].get("vs_champion")
             if vs:
-                mlflow.log_metrics({"external_vs_champion_difference": vs["difference"],
-                                    "external_vs_champion_p_value": vs["p_value"]})
+                mlflow.log_metrics(
+                    {"external_vs_champion_difference": vs["difference"], "external_vs_champion_p_value": vs["p_value"]}
+                )
                 mlflow.set_tag("external_vs_champion", vs["verdict"])
         import matplotlib.pyplot as plt
 
-        for fig, name in ((plot_confusion(metrics["confusion_matrix"], "held-out confusion matrix"), "confusion_matrix"),
-                          (plot_roc(y, proba, "held-out ROC"), "roc_curve")):
+        for fig, name in (
+            (plot_confusion(metrics["confusion_matrix"], "held-out confusion matrix"), "confusion_matrix"),
+            (plot_roc(y, proba, "held-out ROC"), "roc_curve"),
+        ):
             mlflow.log_figure(fig, f"{name}.png")
             plt.close(fig)
         mlflow.log_dict(metrics, "metrics.json")
         gm = {"golden_accuracy": evidence["golden"]["challenger_accuracy"]}
         if "held_out" in evidence:
-            gm.update(gate_vs_champion_difference=evidence["held_out"]["difference"],
-                      gate_vs_champion_p_value=evidence["held_out"]["p_value"],
-                      gate_held_out_changed_labels=evidence["held_out"]["flips"]["changed_label"],
-                      gate_golden_right_to_wrong=evidence["golden"]["right_to_wrong"])
+            gm.update(
+                gate_vs_champion_difference=evidence["held_out"]["difference"],
+                gate_vs_champion_p_value=evidence["held_out"]["p_value"],
+                gate_held_out_changed_labels=evidence["held_out"]["flips"]["changed_label"],
+                gate_golden_right_to_wrong=evidence["golden"]["right_to_wrong"],
+            )
         mlflow.log_metrics(gm)
         mlflow.log_dict(evidence, "gate.json")
     with db.connect(s) as conn:
@@ -189,15 +219,27 @@ def evaluate(run_id: str, settings: Settings | None = None, champion_cache: dict
         store.set_gate(conn, run_id, evidence)
     log.info(
         "evaluated run %s on %s held-out tweets: acc %.4f f1 %.4f auc %.4f (%.3f ms/tweet)%s",
-        run_id, f"{len(y):,}", metrics["accuracy"], metrics["f1"], metrics["roc_auc"], metrics["inference_ms_per_tweet"],
+        run_id,
+        f"{len(y):,}",
+        metrics["accuracy"],
+        metrics["f1"],
+        metrics["roc_auc"],
+        metrics["inference_ms_per_tweet"],
         f"; champion v{champion_metrics['version']} f1 {champion_metrics['f1']:.4f}" if champion_metrics else "",
     )
     if ext is not None:
         vs = metrics["external"].get("vs_champion")
-        log.info("external set %s (n=%s): acc %.4f f1 %.4f auc %.4f%s", ext.path.name, f"{ext.n:,}",
-                 metrics["external"]["accuracy"], metrics["external"]["f1"], metrics["external"]["roc_auc"],
-                 f"; vs champion v{vs['champion_version']}: {vs['difference']:+.4f}, p={vs['p_value']:.3g} "
-                 f"({vs['verdict']})" if vs else "")
+        log.info(
+            "external set %s (n=%s): acc %.4f f1 %.4f auc %.4f%s",
+            ext.path.name,
+            f"{ext.n:,}",
+            metrics["external"]["accuracy"],
+            metrics["external"]["f1"],
+            metrics["external"]["roc_auc"],
+            f"; vs champion v{vs['champion_version']}: {vs['difference']:+.4f}, p={vs['p_value']:.3g} ({vs['verdict']})"
+            if vs
+            else "",
+        )
     return metrics
 
 
@@ -285,49 +327,100 @@ def promote(run_id: str, settings: Settings | None = None, hold: bool = False) -
                 f"evaluate it again (ml evaluate {run_id})"
             )
         decision = registry.decide_promotion(
-            metrics, champion_metrics if champ is not None else None, metric=s.promotion_metric,
+            metrics,
+            champion_metrics if champ is not None else None,
+            metric=s.promotion_metric,
             margin=s.promotion_margin,
             checks_passed=bool(checks["passed"]) if s.behaviour_checks and checks else True,
             checks_reason=checks["reason"] if checks else "",
-            gate=evidence, policy=gate_policy(s),
+            gate=evidence,
+            policy=gate_policy(s),
         )
         why_not = external.veto(metrics, champ.version) if champ is not None else None
         if why_not:  # significantly worse on the external set: vetoed (recorded also when the gate refused)
-            decision = registry.Decision(False, f"{decision.reason}, {'but' if decision.promote else 'and'} "
-                                                f"vetoed: {why_not}", decision.checks)
+            decision = registry.Decision(
+                False, f"{decision.reason}, {'but' if decision.promote else 'and'} vetoed: {why_not}", decision.checks
+            )
         held = hold and decision.promote and champ is not None
         if held and champ is not None:  # (held implies a champion; narrowed for the type checker)
-            gate_record = {**evidence, "decision": {
-                "promoted": False, "passed_gate": True, "held_for_shadow": True, "reason": decision.reason,
-                "checks": decision.checks, "external_veto": why_not, "champion_version": champ.version,
-                "policy": {"mode": s.promotion_gate, "metric": s.promotion_metric, "margin": s.promotion_margin,
-                           "confidence": s.promotion_confidence, **gate_policy(s)}}}
+            gate_record = {
+                **evidence,
+                "decision": {
+                    "promoted": False,
+                    "passed_gate": True,
+                    "held_for_shadow": True,
+                    "reason": decision.reason,
+                    "checks": decision.checks,
+                    "external_veto": why_not,
+                    "champion_version": champ.version,
+                    "policy": {
+                        "mode": s.promotion_gate,
+                        "metric": s.promotion_metric,
+                        "margin": s.promotion_margin,
+                        "confidence": s.promotion_confidence,
+                        **gate_policy(s),
+                    },
+                },
+            }
             store.set_gate(conn, run_id, gate_record)
             log.info("version %s passed the gate (%s); held for its shadow window", version, decision.reason)
-            return {"promoted": False, "passed_gate": True, "held": True, "version": version,
-                    "champion_version": champ.version, "reason": decision.reason,
-                    "behaviour_passed": bool(checks["passed"]) if checks else None, "gate": gate_record}
+            return {
+                "promoted": False,
+                "passed_gate": True,
+                "held": True,
+                "version": version,
+                "champion_version": champ.version,
+                "reason": decision.reason,
+                "behaviour_passed": bool(checks["passed"]) if checks else None,
+                "gate": gate_record,
+            }
         if decision.promote:
             registry.set_champion(version, s)
-        gate_record = {**evidence, "decision": {
-            "promoted": decision.promote, "reason": decision.reason, "checks": decision.checks,
-            "external_veto": why_not, "champion_version": champ.version if champ else None,
-            "policy": {"mode": s.promotion_gate, "metric": s.promotion_metric, "margin": s.promotion_margin,
-                       "confidence": s.promotion_confidence, **gate_policy(s)}}}
+        gate_record = {
+            **evidence,
+            "decision": {
+                "promoted": decision.promote,
+                "reason": decision.reason,
+                "checks": decision.checks,
+                "external_veto": why_not,
+                "champion_version": champ.version if champ else None,
+                "policy": {
+                    "mode": s.promotion_gate,
+                    "metric": s.promotion_metric,
+                    "margin": s.promotion_margin,
+                    "confidence": s.promotion_confidence,
+                    **gate_policy(s),
+                },
+            },
+        }
         store.set_gate(conn, run_id, gate_record)
         store.set_decision(conn, run_id, decision.promote, decision.reason)
-        store.insert_event(conn, s.model_name, version, champ.version if champ else None,
-                           "promoted" if decision.promote else "rejected", decision.reason)
+        store.insert_event(
+            conn,
+            s.model_name,
+            version,
+            champ.version if champ else None,
+            "promoted" if decision.promote else "rejected",
+            decision.reason,
+        )
         if decision.promote:  # the digest the API checks before it serves this version
             digest = store.run_artifact_digest(conn, run_id) or registry.version_artifact_digest(version, s)
             store.set_event_digest(conn, s.model_name, version, digest)
-    log.info("version %s %s: %s", version, "promoted to champion" if decision.promote else "not promoted", decision.reason)
-    return {"promoted": decision.promote, "version": version, "reason": decision.reason,
-            "behaviour_passed": bool(checks["passed"]) if checks else None, "gate": gate_record}
+    log.info(
+        "version %s %s: %s", version, "promoted to champion" if decision.promote else "not promoted", decision.reason
+    )
+    return {
+        "promoted": decision.promote,
+        "version": version,
+        "reason": decision.reason,
+        "behaviour_passed": bool(checks["passed"]) if checks else None,
+        "gate": gate_record,
+    }
 
 
-def confirm_promotion(run_id: str, version: int, expected_champion: int, reason: str,
-                      settings: Settings | None = None) -> dict[str, Any]:
+def confirm_promotion(
+    run_id: str, version: int, expected_champion: int, reason: str, settings: Settings | None = None
+) -> dict[str, Any]:
     """Complete a promotion held by :func:`promote` (``hold``) once its shadow window said yes: under the
     same lock, only while the champion is still ``expected_champion``; moves the alias and records the
     ``promoted`` event with the artifact digest the API verifies. Returns ``promoted`` and the reason."""
@@ -341,8 +434,10 @@ def confirm_promotion(run_id: str, version: int, expected_champion: int, reason:
         if champ is not None and champ.version == version:
             return {"promoted": True, "version": version, "reason": "already champion"}
         if champ is None or champ.version != expected_champion:
-            why = (f"not promoted: the champion changed during the shadow window (v{expected_champion} -> "
-                   f"v{champ.version if champ else 'none'})")
+            why = (
+                f"not promoted: the champion changed during the shadow window (v{expected_champion} -> "
+                f"v{champ.version if champ else 'none'})"
+            )
             store.set_decision(conn, run_id, False, why)
             return {"promoted": False, "version": version, "reason": why}
         registry.set_champion(version, s)
@@ -356,8 +451,11 @@ def confirm_promotion(run_id: str, version: int, expected_champion: int, reason:
 
 def gate_policy(s: Settings) -> dict[str, Any]:
     """The promotion gate's settings, as ``ml.registry.decide_promotion`` takes them."""
-    return {"mode": s.promotion_gate, "slice_tolerance": s.gate_slice_tolerance,
-            "max_golden_flips": s.gate_max_golden_flips}
+    return {
+        "mode": s.promotion_gate,
+        "slice_tolerance": s.gate_slice_tolerance,
+        "max_golden_flips": s.gate_max_golden_flips,
+    }
 
 
 def promote_candidate(run_id: str, retraining_id: Any = None, settings: Settings | None = None) -> dict[str, Any]:

@@ -4,6 +4,7 @@ notifier, and the model-family names for DAG params.
 Lives in ``plugins/`` (on ``sys.path`` in every Airflow process) so DAG files import it by
 name and stay free of ``ml`` imports at parse time.
 """
+
 from __future__ import annotations
 
 from typing import Any

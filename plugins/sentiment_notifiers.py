@@ -10,6 +10,7 @@ This file lives in ``plugins/``, which Airflow puts on ``sys.path`` in every pro
 processor, workers, ``dags test``): the DAG files import it by name and stay free of ``ml``
 imports at parse time (the ``ml`` imports happen inside :meth:`notify`).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -41,7 +42,9 @@ class PlatformAlertNotifier(BaseNotifier):
             "map_index": getattr(ti, "map_index", None),
             "try_number": getattr(ti, "try_number", None),
             "exception": f"{type(exc).__name__}: {exc}" if exc is not None else None,
-            "params": {k: v for k, v in (context.get("params") or {}).items() if isinstance(v, (str, int, float, bool))},
+            "params": {
+                k: v for k, v in (context.get("params") or {}).items() if isinstance(v, (str, int, float, bool))
+            },
         }
 
     def notify(self, context: dict[str, Any]) -> None:
@@ -53,8 +56,10 @@ class PlatformAlertNotifier(BaseNotifier):
             from ml.config import get_settings
 
             d = self._details(context)
-            message = self.message or (f"{d['dag_id']}: task {d['task_id']} failed in run {d['run_id']}"
-                                       + (f" ({d['exception']})" if d["exception"] else ""))
+            message = self.message or (
+                f"{d['dag_id']}: task {d['task_id']} failed in run {d['run_id']}"
+                + (f" ({d['exception']})" if d["exception"] else "")
+            )
             alerts.raise_event(self.rule, get_settings().model_name, message, d, severity=self.severity)
             if d["dag_id"] == "sentiment_retraining":
                 self._mark_retraining_failed(context, message)

@@ -26,6 +26,7 @@ JSON endpoints and a redirect to the auth manager's login page for the HTML page
 token → 403; a user without the permission → 403. Airflow's security module is imported on the
 first request, so importing the plugin stays cheap.
 """
+
 from __future__ import annotations
 
 import html
@@ -46,8 +47,9 @@ class LoginRequired(Exception):
     """No Airflow credential on a request for an HTML page: answered with a redirect to the login."""
 
 
-async def require_airflow_login(request: Request,
-                                bearer: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> Any:
+async def require_airflow_login(
+    request: Request, bearer: HTTPAuthorizationCredentials | None = Depends(_bearer)
+) -> Any:
     """The Airflow user of this request, by Airflow's own rules (``get_user``: bearer token first,
     else the UI's JWT cookie), authorised for the UI (``AccessView.WEBSITE``) by the configured
     auth manager. Raises 401 (no or expired token), 403 (invalid token, or not authorised)."""
@@ -66,8 +68,14 @@ async def require_airflow_login(request: Request,
     return user
 
 
-app = FastAPI(title="Sentiment platform views", description="Drift reports and the champion's model card",
-              docs_url=None, redoc_url=None, openapi_url=None, dependencies=[Depends(require_airflow_login)])
+app = FastAPI(
+    title="Sentiment platform views",
+    description="Drift reports and the champion's model card",
+    docs_url=None,
+    redoc_url=None,
+    openapi_url=None,
+    dependencies=[Depends(require_airflow_login)],
+)
 
 
 @app.exception_handler(LoginRequired)
@@ -116,22 +124,27 @@ def reports_page(limit: int = Query(30, ge=1, le=500)) -> HTMLResponse:
     s = _settings()
     rows = monitoring.list_reports(limit, settings=s)
     e = html.escape
-    out = ["<!doctype html><html><head><meta charset='utf-8'><title>Drift reports</title><style>"
-           "body{font-family:system-ui,sans-serif;margin:1.5rem;color:#1d2330}table{border-collapse:collapse}"
-           "td,th{border:1px solid #dde1e8;padding:.25rem .6rem;font-size:.9rem;text-align:left}th{background:#f3f5f8}"
-           ".drift{color:#b00020;font-weight:600}.ok{color:#2b7a3d}.empty{color:#5b6475}</style></head><body>",
-           f"<h1>Drift reports <small>({e(s.model_name)})</small></h1>"]
+    out = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>Drift reports</title><style>"
+        "body{font-family:system-ui,sans-serif;margin:1.5rem;color:#1d2330}table{border-collapse:collapse}"
+        "td,th{border:1px solid #dde1e8;padding:.25rem .6rem;font-size:.9rem;text-align:left}th{background:#f3f5f8}"
+        ".drift{color:#b00020;font-weight:600}.ok{color:#2b7a3d}.empty{color:#5b6475}</style></head><body>",
+        f"<h1>Drift reports <small>({e(s.model_name)})</small></h1>",
+    ]
     if not rows:
         out.append("<p id='no-reports'>No drift report yet: the sentiment_monitoring DAG writes one per run.</p>")
     else:
-        out.append("<table id='reports'><tr><th>report</th><th>period</th><th>status</th><th>rows</th>"
-                   "<th>reported wrong</th><th>verdict</th></tr>")
+        out.append(
+            "<table id='reports'><tr><th>report</th><th>period</th><th>status</th><th>rows</th>"
+            "<th>reported wrong</th><th>verdict</th></tr>"
+        )
         for r in rows:
             out.append(
                 f"<tr><td><a href='reports/{e(r['id'])}/html' target='_blank'>{e(r['id'])}</a></td>"
                 f"<td>{e(str(r['period_start'])[:16])} → {e(str(r['period_end'])[:16])}</td>"
                 f"<td class='{e(r['status'])}'>{e(r['status'])}</td><td>{r['n_current_total']}</td>"
-                f"<td>{r['n_reported_wrong']}</td><td>{e(r['verdict'])}</td></tr>")
+                f"<td>{r['n_reported_wrong']}</td><td>{e(r['verdict'])}</td></tr>"
+            )
         out.append("</table>")
     out.append("<p><a href='model-card'>Champion model card</a> · <a href='reports.json'>JSON</a></p></body></html>")
     return HTMLResponse("".join(out))
@@ -151,8 +164,18 @@ class SentimentPlatformPlugin(AirflowPlugin):
     name = "sentiment_platform"
     fastapi_apps = [{"app": app, "url_prefix": URL_PREFIX, "name": "Sentiment platform"}]
     external_views = [
-        {"name": "Drift reports", "href": URL_PREFIX.lstrip("/") + "/reports", "destination": "nav",
-         "category": "browse", "url_route": "sentiment-drift-reports"},
-        {"name": "Champion model card", "href": URL_PREFIX.lstrip("/") + "/model-card", "destination": "nav",
-         "category": "browse", "url_route": "sentiment-model-card"},
+        {
+            "name": "Drift reports",
+            "href": URL_PREFIX.lstrip("/") + "/reports",
+            "destination": "nav",
+            "category": "browse",
+            "url_route": "sentiment-drift-reports",
+        },
+        {
+            "name": "Champion model card",
+            "href": URL_PREFIX.lstrip("/") + "/model-card",
+            "destination": "nav",
+            "category": "browse",
+            "url_route": "sentiment-model-card",
+        },
     ]

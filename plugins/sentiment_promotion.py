@@ -5,6 +5,7 @@ promotion gate against the champion; for a retraining, its outcome recorded on t
 Lives in ``plugins/`` (on ``sys.path`` in every Airflow process) next to the DAGs' shared
 defaults; each task imports and calls one ``ml`` function inside its body.
 """
+
 from __future__ import annotations
 
 import os
@@ -63,8 +64,10 @@ def shadow(promotion_result: Any) -> Any:
         from ml.shadow import window as window_state
 
         w = window_state(sid)
-        print(f"shadow #{sid}: {w['n']} requests shadowed (window {w['window_requests']} requests / "
-              f"{w['window_hours']:g} h, {w['elapsed_seconds']:.0f} s elapsed): {w['why'] or 'waiting'}")
+        print(
+            f"shadow #{sid}: {w['n']} requests shadowed (window {w['window_requests']} requests / "
+            f"{w['window_hours']:g} h, {w['elapsed_seconds']:.0f} s elapsed): {w['why'] or 'waiting'}"
+        )
         return PokeReturnValue(is_done=w["done"], xcom_value=w)
 
     @task(task_id="decide")

@@ -5,6 +5,7 @@ Everything the platform reads from the environment is pointed at these for the s
 so code under test runs exactly as in production, only against fresh databases and a
 temporary ``var/``.
 """
+
 from __future__ import annotations
 
 import csv
@@ -14,7 +15,6 @@ from pathlib import Path
 
 import psycopg
 import pytest
-
 import realdata
 
 REPO = realdata.REPO
@@ -144,8 +144,9 @@ def airflow_cli(platform_env):
     subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True, timeout=300)
 
     def run(*args: str, extra_env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-        return subprocess.run([airflow, *args], env={**env, **(extra_env or {})}, capture_output=True, text=True,
-                              timeout=timeout)
+        return subprocess.run(
+            [airflow, *args], env={**env, **(extra_env or {})}, capture_output=True, text=True, timeout=timeout
+        )
 
     return run
 

@@ -6,6 +6,7 @@ them) and a pool of real tweets it was not trained on, from which :meth:`Loop.ad
 predictions the champion gets wrong and reports them with their true label, as the API does.
 Nothing here is shared between tests: every test builds its own ``Loop`` through a fixture.
 """
+
 from __future__ import annotations
 
 import random
@@ -50,9 +51,13 @@ class Loop:
                 for (y, _), row in zip(batch, rows, strict=True):
                     if row.label != y and len(ids) < n * IDENTITIES:
                         for k in range(IDENTITIES):  # the label is trusted: enough identities agree
-                            ids.append(conn.execute(
-                                "INSERT INTO feedback (prediction_id, correct_label, reporter) VALUES (%s, %s, %s)"
-                                " RETURNING id", (row.id, y, f"key:{self.name}-user-{row.id}-{k}#test")).fetchone()[0])
+                            ids.append(
+                                conn.execute(
+                                    "INSERT INTO feedback (prediction_id, correct_label, reporter) VALUES (%s, %s, %s)"
+                                    " RETURNING id",
+                                    (row.id, y, f"key:{self.name}-user-{row.id}-{k}#test"),
+                                ).fetchone()[0]
+                            )
         return ids
 
     def trigger(self) -> int:
@@ -69,6 +74,12 @@ def make_loop(champion, pool_rows: tuple[tuple[int, str], ...], seed: str) -> Lo
     in_snapshot = set(champion.snapshot.load()["text"])
     pool = [(y, t) for y, t in pool_rows if t not in in_snapshot]
     random.Random(seed).shuffle(pool)
-    return Loop(name=champion.name, env=champion.env, snapshot=champion.snapshot, v1=champion.version,
-                run1=champion.run_id, pool=iter(pool),
-                threshold=retraining.threshold_for(champion.snapshot.n_rows, get_settings()))
+    return Loop(
+        name=champion.name,
+        env=champion.env,
+        snapshot=champion.snapshot,
+        v1=champion.version,
+        run1=champion.run_id,
+        pool=iter(pool),
+        threshold=retraining.threshold_for(champion.snapshot.n_rows, get_settings()),
+    )

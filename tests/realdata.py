@@ -1,6 +1,7 @@
 """Real tweets for tests, and nothing else: the bundled 20k sample (tests/data, always present)
 and the shared 100k file for the few tests that need more rows. A missing file fails the test
 loudly; no test ever swaps in generated text."""
+
 from __future__ import annotations
 
 import csv

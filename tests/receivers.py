@@ -7,15 +7,16 @@
 - ``refused_port()``: a port bound (not listening) for the test's duration: connections to it are
   refused, and no other process can start listening on it meanwhile.
 """
+
 from __future__ import annotations
 
 import json
 import socket
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from email import message_from_bytes, policy
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Iterator
 
 from aiosmtpd.controller import Controller
 
@@ -23,8 +24,9 @@ from aiosmtpd.controller import Controller
 class _Hook(BaseHTTPRequestHandler):
     def do_POST(self):  # noqa: N802
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self.server.received.append({"path": self.path, "content_type": self.headers.get("Content-Type"),
-                                     "json": json.loads(body)})
+        self.server.received.append(
+            {"path": self.path, "content_type": self.headers.get("Content-Type"), "json": json.loads(body)}
+        )
         self.send_response(204)
         self.end_headers()
 
@@ -53,8 +55,15 @@ class _Mailbox:
     async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd's hook name
         msg = message_from_bytes(envelope.original_content or envelope.content, policy=policy.default)
         body = msg.get_body(preferencelist=("plain",))
-        self.mails.append({"from": envelope.mail_from, "rcpt": list(envelope.rcpt_tos), "subject": str(msg["Subject"]),
-                           "to": str(msg["To"]), "body": body.get_content() if body is not None else ""})
+        self.mails.append(
+            {
+                "from": envelope.mail_from,
+                "rcpt": list(envelope.rcpt_tos),
+                "subject": str(msg["Subject"]),
+                "to": str(msg["To"]),
+                "body": body.get_content() if body is not None else "",
+            }
+        )
         return "250 Message accepted for delivery"
 
 

@@ -6,6 +6,7 @@ uvicorn server (in a thread) on a socket bound to port 0 and handed to uvicorn, 
 database with a real champion. A screenshot of the page after the feedback goes to the test's
 tmp_path. Without chromium the test is skipped, saying why, except under CI=true: it fails there.
 """
+
 from __future__ import annotations
 
 import os
@@ -19,10 +20,21 @@ import httpx
 import pytest
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
-CHROMEDRIVER = shutil.which("chromedriver") or ("/usr/bin/chromedriver" if os.path.exists("/usr/bin/chromedriver") else None)
-CHROME_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               "--disable-dev-shm-usage", "--window-size=1000,820"]
+CHROMEDRIVER = shutil.which("chromedriver") or (
+    "/usr/bin/chromedriver" if os.path.exists("/usr/bin/chromedriver") else None
+)
+CHROME_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1000,820",
+]
 
 pytestmark = [pytest.mark.slow]
 
@@ -30,8 +42,7 @@ pytestmark = [pytest.mark.slow]
 def _require_chromium() -> None:
     if CHROMIUM is not None and CHROMEDRIVER is not None:
         return
-    why = ("chromium / chromedriver not found (apt-get install chromium chromium-driver; "
-           ".ci/run installs them)")
+    why = "chromium / chromedriver not found (apt-get install chromium chromium-driver; .ci/run installs them)"
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"CI=true: the browser test must run here, but {why}", pytrace=False)
     pytest.skip(why)
@@ -118,8 +129,12 @@ def test_this_is_wrong_button_stores_feedback(live_api, browser, conn, tmp_path)
     assert browser.find_element(By.ID, "lineage").get_attribute("href").endswith(f"/predictions/{pid}/lineage")
 
     browser.find_element(By.ID, "wrong").click()
-    status = wait.until(lambda d: d.find_element(By.ID, "feedback-status").text.startswith("Thanks") and
-                        d.find_element(By.ID, "feedback-status").text)
+    status = wait.until(
+        lambda d: (
+            d.find_element(By.ID, "feedback-status").text.startswith("Thanks")
+            and d.find_element(By.ID, "feedback-status").text
+        )
+    )
     expected = "negative" if label == "positive" else "positive"
     assert f"Recorded as {expected}" in status
     assert not browser.find_element(By.ID, "wrong").is_enabled()  # one report per prediction from the page
@@ -129,7 +144,9 @@ def test_this_is_wrong_button_stores_feedback(live_api, browser, conn, tmp_path)
 
     rows = conn.execute("SELECT correct_label FROM feedback WHERE prediction_id = %s", (pid,)).fetchall()
     assert rows == [(1 if expected == "positive" else 0,)]
-    assert conn.execute("SELECT model_version FROM predictions WHERE id = %s", (pid,)).fetchone()[0] == live_api["version"]
+    assert (
+        conn.execute("SELECT model_version FROM predictions WHERE id = %s", (pid,)).fetchone()[0] == live_api["version"]
+    )
 
     # the page links to the drift reports, and the link works
     href = browser.find_element(By.ID, "reports-link").get_attribute("href")

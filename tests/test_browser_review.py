@@ -5,6 +5,7 @@ The page asks for the review key once and keeps it in sessionStorage (never in t
 keyboard decides: ``a`` accepts, ``r`` rejects, ``p`` relabels positive. Each decision is stored
 with the key's identity as the reviewer. Without chromium the test is skipped (fails under CI=true).
 """
+
 from __future__ import annotations
 
 import time
@@ -25,8 +26,13 @@ def _wait(predicate, what: str, timeout: float = 30.0):
     return value
 
 
-def test_review_page_keyboard_decisions_are_stored_with_the_keys_identity(live_api, browser, conn,  # noqa: F811
-                                                                           platform_env, tmp_path):
+def test_review_page_keyboard_decisions_are_stored_with_the_keys_identity(
+    live_api,  # noqa: F811 - the fixture imported from test_browser
+    browser,  # noqa: F811
+    conn,
+    platform_env,
+    tmp_path,
+):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as ec
@@ -39,12 +45,19 @@ def test_review_page_keyboard_decisions_are_stored_with_the_keys_identity(live_a
     texts = [f"not sure how I feel about monday {tag} {i}" for i in range(5)] + [f"what a day {tag}"]
     preds = httpx.post(f"{base}/predict/batch", json={"texts": texts}, timeout=30).json()["predictions"]
     ids = [p["id"] for p in preds]
-    _wait(lambda: conn.execute("SELECT count(*) FROM predictions WHERE id = ANY(%s::uuid[])",
-                               (ids,)).fetchone()[0] == len(ids), "the predictions are stored")
+    _wait(
+        lambda: (
+            conn.execute("SELECT count(*) FROM predictions WHERE id = ANY(%s::uuid[])", (ids,)).fetchone()[0]
+            == len(ids)
+        ),
+        "the predictions are stored",
+    )
     reported = preds[-1]  # one text reported wrong by two identities: first in the queue
     for who in ("key:a#1", "key:b#2"):
-        conn.execute("INSERT INTO feedback (prediction_id, correct_label, reporter) VALUES (%s, %s, %s)",
-                     (reported["id"], 0 if reported["label"] == "positive" else 1, who))
+        conn.execute(
+            "INSERT INTO feedback (prediction_id, correct_label, reporter) VALUES (%s, %s, %s)",
+            (reported["id"], 0 if reported["label"] == "positive" else 1, who),
+        )
     key, row = security.create_key(f"reviewer-{tag}", ["review"], platform_env, created_by="tests")
     reviewer = f"key:{row['name']}#{row['key_id']}"
 
@@ -66,8 +79,10 @@ def test_review_page_keyboard_decisions_are_stored_with_the_keys_identity(live_a
         before = browser.find_element(By.ID, "status").get_attribute("data-last-review")
         seen = item()
         browser.find_element(By.TAG_NAME, "body").send_keys(k)
-        _wait(lambda: browser.find_element(By.ID, "status").get_attribute("data-last-review") != before,
-              f"the decision {k!r} is recorded")
+        _wait(
+            lambda: browser.find_element(By.ID, "status").get_attribute("data-last-review") != before,
+            f"the decision {k!r} is recorded",
+        )
         return seen
 
     first = decide("a")
@@ -75,11 +90,15 @@ def test_review_page_keyboard_decisions_are_stored_with_the_keys_identity(live_a
     second = decide("r")
     third = decide("p")
     assert browser.find_element(By.ID, "status").text.startswith("Recorded: relabel as positive")
-    rows = conn.execute("SELECT prediction_id::text, decision, label, reviewer FROM reviews WHERE model_name = %s"
-                        " ORDER BY id", (name,)).fetchall()
+    rows = conn.execute(
+        "SELECT prediction_id::text, decision, label, reviewer FROM reviews WHERE model_name = %s ORDER BY id", (name,)
+    ).fetchall()
     expected_label = 0 if reported["label"] == "positive" else 1
-    assert rows == [(reported["id"], "accept", expected_label, reviewer), (second[0], "reject", None, reviewer),
-                    (third[0], "relabel", 1, reviewer)]
+    assert rows == [
+        (reported["id"], "accept", expected_label, reviewer),
+        (second[0], "reject", None, reviewer),
+        (third[0], "relabel", 1, reviewer),
+    ]
     assert {second[1], third[1]} == {"uncertain"}
 
     # a reload keeps the key (this tab's sessionStorage): no prompt, the queue without the reviewed items

@@ -1,6 +1,7 @@
 """The champion over time, against the real registry and a real API app: two rollbacks across three
 champions with the API following each, and a champion whose model artifact is broken in the artifact
 store, which the API refuses to swap in (the old model keeps serving, the error is reported)."""
+
 from __future__ import annotations
 
 import json
@@ -64,8 +65,9 @@ def _served(client) -> int:
     return r.json()["model_version"]
 
 
-def test_two_rollbacks_across_three_champions_and_the_api_follows(mlflow_tracking, model_name, no_behaviour_gate,
-                                                                  snapshot, conn):
+def test_two_rollbacks_across_three_champions_and_the_api_follows(
+    mlflow_tracking, model_name, no_behaviour_gate, snapshot, conn
+):
     versions = []
     for n in (300, 5000, None):  # each better on the same held-out set: each promoted
         run_id, v = _candidate(snapshot.hash, n)
@@ -84,10 +86,16 @@ def test_two_rollbacks_across_three_champions_and_the_api_follows(mlflow_trackin
         again = _rollback()
         assert again.exit_code == 2 and "first recorded champion" in again.output
         assert registry.champion().version == v1 and _served(client) == v1
-    events = conn.execute("SELECT event, version, previous_version FROM model_events WHERE model_name = %s ORDER BY id",
-                          (model_name,)).fetchall()
-    assert events == [("promoted", v1, None), ("promoted", v2, v1), ("promoted", v3, v2),
-                      ("rollback", v2, v3), ("rollback", v1, v2)]
+    events = conn.execute(
+        "SELECT event, version, previous_version FROM model_events WHERE model_name = %s ORDER BY id", (model_name,)
+    ).fetchall()
+    assert events == [
+        ("promoted", v1, None),
+        ("promoted", v2, v1),
+        ("promoted", v3, v2),
+        ("rollback", v2, v3),
+        ("rollback", v1, v2),
+    ]
 
 
 def _app():
@@ -106,8 +114,9 @@ def _artifact_dir(run_id: str) -> Path:
     return path
 
 
-def test_a_champion_with_a_broken_artifact_leaves_the_old_model_serving(mlflow_tracking, model_name,
-                                                                       no_behaviour_gate, snapshot):
+def test_a_champion_with_a_broken_artifact_leaves_the_old_model_serving(
+    mlflow_tracking, model_name, no_behaviour_gate, snapshot
+):
     run1, v1 = _candidate(snapshot.hash, 200)
     assert train.promote(run1)["promoted"]
     run2, v2 = _candidate(snapshot.hash, None)  # better: it will be promoted
@@ -118,8 +127,9 @@ def test_a_champion_with_a_broken_artifact_leaves_the_old_model_serving(mlflow_t
     with TestClient(_app()) as client:
         assert _served(client) == v1 and client.get("/health").json()["model"]["last_error"] is None
         assert train.promote(run2)["promoted"] and registry.champion().version == v2
-        err = _wait_for(lambda: client.get("/health").json()["model"]["last_error"],
-                        "the API tried to load the broken champion")
+        err = _wait_for(
+            lambda: client.get("/health").json()["model"]["last_error"], "the API tried to load the broken champion"
+        )
         assert err
         health = client.get("/health").json()
         assert (health["status"], health["model"]["version"]) == ("ok", v1)
@@ -129,6 +139,8 @@ def test_a_champion_with_a_broken_artifact_leaves_the_old_model_serving(mlflow_t
 
         res = _rollback()  # the operator's way out: the alias back on v1, the error clears
         assert res.exit_code == 0, res.output
-        _wait_for(lambda: client.get("/health").json()["model"]["last_error"] is None,
-                  "the poller sees the alias back on the loaded version")
+        _wait_for(
+            lambda: client.get("/health").json()["model"]["last_error"] is None,
+            "the poller sees the alias back on the loaded version",
+        )
         assert _served(client) == v1

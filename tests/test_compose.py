@@ -5,6 +5,7 @@ There is no Docker engine here: docker-compose.yaml is parsed (YAML, with its an
 start-up scripts run for real where they can: docker/secrets-init.py generates into a temporary
 directory, docker/entrypoint.sh loads what it wrote. (The structural compose checks live in
 tests/test_deploy.py.)"""
+
 from __future__ import annotations
 
 import base64
@@ -77,8 +78,13 @@ def _mounts_secrets(svc: dict) -> bool:
 def generated(tmp_path_factory) -> Path:
     """docker/secrets-init.py run for real (as in the one-shot service), into a temporary dir."""
     out = tmp_path_factory.mktemp("secrets")
-    res = subprocess.run([sys.executable, str(DOCKER / "secrets-init.py"), "--dir", str(out)],
-                         capture_output=True, text=True, timeout=60, env={**os.environ, "POSTGRES_USER": "sentiment"})
+    res = subprocess.run(
+        [sys.executable, str(DOCKER / "secrets-init.py"), "--dir", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "POSTGRES_USER": "sentiment"},
+    )
     assert res.returncode == 0, res.stderr
     assert "7 secret(s) generated" in res.stdout
     return out
@@ -87,10 +93,19 @@ def generated(tmp_path_factory) -> Path:
 def _load(out: Path, *names: str) -> dict[str, str]:
     """The environment a service gets: docker/entrypoint.sh loading the named files, for real."""
     files = " ".join(str(out / n) for n in names)
-    res = subprocess.run(["sh", str(DOCKER / "entrypoint.sh"), sys.executable, "-c",
-                          "import json, os; print(json.dumps(dict(os.environ)))"],
-                         env={"PATH": os.environ["PATH"], "PLATFORM_SECRETS_ENV": files},
-                         capture_output=True, text=True, timeout=30)
+    res = subprocess.run(
+        [
+            "sh",
+            str(DOCKER / "entrypoint.sh"),
+            sys.executable,
+            "-c",
+            "import json, os; print(json.dumps(dict(os.environ)))",
+        ],
+        env={"PATH": os.environ["PATH"], "PLATFORM_SECRETS_ENV": files},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert res.returncode == 0, res.stderr
     import json
 
@@ -120,11 +135,18 @@ def test_no_secret_is_published_in_compose(compose):
 
 def test_the_detector_catches_what_was_published_before():
     """The rules above flag the secrets this file used to publish."""
-    old = {"services": {"x": {"environment": {
-        "DATABASE_URL": "postgresql://${POSTGRES_USER:-sentiment}:${POSTGRES_PASSWORD:-sentiment}@postgres:5432/s",
-        "AIRFLOW__CORE__FERNET_KEY": "${AIRFLOW_FERNET_KEY:-}",
-        "AIRFLOW__API_AUTH__JWT_SECRET": "${AIRFLOW_JWT_SECRET:-dev-only-jwt-secret-change-me}",
-        "POSTGRES_PASSWORD": "sentiment"}}}}
+    old = {
+        "services": {
+            "x": {
+                "environment": {
+                    "DATABASE_URL": "postgresql://${POSTGRES_USER:-sentiment}:${POSTGRES_PASSWORD:-sentiment}@postgres:5432/s",
+                    "AIRFLOW__CORE__FERNET_KEY": "${AIRFLOW_FERNET_KEY:-}",
+                    "AIRFLOW__API_AUTH__JWT_SECRET": "${AIRFLOW_JWT_SECRET:-dev-only-jwt-secret-change-me}",
+                    "POSTGRES_PASSWORD": "sentiment",
+                }
+            }
+        }
+    }
     with pytest.raises(AssertionError) as err:
         test_no_secret_is_published_in_compose(old)
     msg = str(err.value)
@@ -141,8 +163,12 @@ def test_no_secret_is_published_in_docker_files():
         assert "password1234" not in text and "change-me" not in text, path
         assert not re.search(r"users create .*--password", text), path  # never a password in argv
     # the entrypoint never falls back: a named secrets file that is missing stops the service
-    res = subprocess.run(["sh", str(DOCKER / "entrypoint.sh"), "true"], capture_output=True, text=True,
-                         env={"PATH": os.environ["PATH"], "PLATFORM_SECRETS_ENV": "/nonexistent/airflow.env"})
+    res = subprocess.run(
+        ["sh", str(DOCKER / "entrypoint.sh"), "true"],
+        capture_output=True,
+        text=True,
+        env={"PATH": os.environ["PATH"], "PLATFORM_SECRETS_ENV": "/nonexistent/airflow.env"},
+    )
     assert res.returncode == 78 and "missing" in res.stderr
 
 
@@ -159,14 +185,19 @@ def test_secrets_are_generated_once_and_kept(generated):
     Fernet(store["airflow_fernet_key"].encode())  # a valid Fernet key
     assert len(base64.urlsafe_b64decode(store["airflow_fernet_key"])) == 32
     # a second start keeps every secret (logins and encrypted connections survive restarts)
-    res = subprocess.run([sys.executable, str(DOCKER / "secrets-init.py"), "--dir", str(generated)],
-                         capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [sys.executable, str(DOCKER / "secrets-init.py"), "--dir", str(generated)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode == 0 and "0 secret(s) generated, 7 kept" in res.stdout
     assert json.loads((generated / "secrets.json").read_text()) == store
     # and another deployment gets other secrets
     other = generated.parent / "other"
-    subprocess.run([sys.executable, str(DOCKER / "secrets-init.py"), "--dir", str(other)], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, str(DOCKER / "secrets-init.py"), "--dir", str(other)], check=True, capture_output=True
+    )
     assert not set(json.loads((other / "secrets.json").read_text()).values()) & set(store.values())
     # nothing is readable by others; the database password by its two readers only
     for f in generated.iterdir():
@@ -196,8 +227,10 @@ def test_generated_files_give_each_service_what_it_needs(generated):
     assert admin["AIRFLOW_ADMIN_PASSWORD"] == store["airflow_admin_password"]
     mlflow = _load(generated, "mlflow.env")
     assert mlflow["MLFLOW_FLASK_SERVER_SECRET_KEY"] == store["mlflow_flask_secret_key"]
-    assert (mlflow["MLFLOW_AUTH_ADMIN_USERNAME"], mlflow["MLFLOW_AUTH_ADMIN_PASSWORD"]) == \
-        (api["MLFLOW_TRACKING_USERNAME"], api["MLFLOW_TRACKING_PASSWORD"])
+    assert (mlflow["MLFLOW_AUTH_ADMIN_USERNAME"], mlflow["MLFLOW_AUTH_ADMIN_PASSWORD"]) == (
+        api["MLFLOW_TRACKING_USERNAME"],
+        api["MLFLOW_TRACKING_PASSWORD"],
+    )
     assert mlflow["MLFLOW_AUTH_CONFIG_PATH"] == str(generated / "mlflow-auth.ini")
     import configparser
 
@@ -317,14 +350,26 @@ def test_the_image_requirements_resolve(tmp_path):
     assert line, "the Dockerfile's dependency install step was not found"
     words = line.group(1).replace("\\\n", " ").split()
     constraints = [words[i + 1] for i, w in enumerate(words) if w == "-c"]
-    extra = [w.strip('"') for w in words[words.index("/tmp/requirements.txt") + 1:]]
+    extra = [w.strip('"') for w in words[words.index("/tmp/requirements.txt") + 1 :]]
     assert constraints and all((REPO / c).is_file() for c in constraints), constraints
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     extras = re.search(r"ARG EXTRAS=(\S+)", dockerfile).group(1).split(",")
     reqs = tmp_path / "requirements.txt"
-    reqs.write_text("\n".join(project["dependencies"]
-                              + [d for e in extras for d in project["optional-dependencies"].get(e, [])]))
-    cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--disable-pip-version-check",
-           *[a for c in constraints for a in ("-c", str(REPO / c))], "-r", str(reqs), *extra]
+    reqs.write_text(
+        "\n".join(project["dependencies"] + [d for e in extras for d in project["optional-dependencies"].get(e, [])])
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--dry-run",
+        "--quiet",
+        "--disable-pip-version-check",
+        *[a for c in constraints for a in ("-c", str(REPO / c))],
+        "-r",
+        str(reqs),
+        *extra,
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]

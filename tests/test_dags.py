@@ -1,4 +1,5 @@
 """DAG files: import cleanly, stay thin, and run for real under `airflow dags test`."""
+
 from __future__ import annotations
 
 import ast
@@ -28,14 +29,27 @@ def test_dagbag_has_no_import_errors(platform_env):
 
     from ml.orchestration import airflow_env
 
-    res = subprocess.run([sys.executable, "-c", DAGBAG_PROBE % str(DAGS)], env=airflow_env(platform_env),
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-c", DAGBAG_PROBE % str(DAGS)],
+        env=airflow_env(platform_env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out["errors"] == {}
     dag = out["dags"]["sentiment_training"]
-    assert set(dag["tasks"]) == {"validate", "plan", "search", "evaluate", "compare",
-                                  "promotion.register", "promotion.gate", "promotion.promote"}
+    assert set(dag["tasks"]) == {
+        "validate",
+        "plan",
+        "search",
+        "evaluate",
+        "compare",
+        "promotion.register",
+        "promotion.gate",
+        "promotion.promote",
+    }
     assert set(dag["params"]) >= {"data_path", "families", "sample_sizes", "sample_size", "profile", "search_space"}
 
 
@@ -59,8 +73,13 @@ def test_dag_files_import_nothing_heavy_at_parse_time(path, platform_env):
 
     from ml.orchestration import airflow_env
 
-    res = subprocess.run([sys.executable, "-c", IMPORT_PROBE % (str(DAGS.parent / "plugins"), str(path))],
-                         env=airflow_env(platform_env), capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-c", IMPORT_PROBE % (str(DAGS.parent / "plugins"), str(path))],
+        env=airflow_env(platform_env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     loaded = set(json.loads(res.stdout.strip().splitlines()[-1]))
     assert "airflow" in loaded  # the probe really imported the DAG file
@@ -71,16 +90,27 @@ def test_dag_files_import_nothing_heavy_at_parse_time(path, platform_env):
 def test_comparison_dag_runs_mapped_families(airflow_cli, model_name, tweets_csv, conn):
     """Two families (one mapped search task each) on a tiny sample: comparison written with one
     row per family, the best registered and gated; the decision is recorded either way."""
-    conf = json.dumps({
-        "data_path": str(tweets_csv),
-        "families": ["tfidf_lr", "cnn"],
-        "sample_sizes": {"tfidf_lr": 600, "cnn": 300},
-        "search_space": {"tfidf_lr": {"params": {"C": [1.0]}},
-                         "cnn": {"n_trials": 1, "params": {"epochs": [1], "vocab_size": [2000], "embedding_dim": [16],
-                                                            "filters": [16], "embeddings": ["scratch"]}}},
-    })
-    res = airflow_cli("dags", "test", "sentiment_training", "-c", conf,
-                      extra_env={"SENTIMENT_MODEL_NAME": model_name})
+    conf = json.dumps(
+        {
+            "data_path": str(tweets_csv),
+            "families": ["tfidf_lr", "cnn"],
+            "sample_sizes": {"tfidf_lr": 600, "cnn": 300},
+            "search_space": {
+                "tfidf_lr": {"params": {"C": [1.0]}},
+                "cnn": {
+                    "n_trials": 1,
+                    "params": {
+                        "epochs": [1],
+                        "vocab_size": [2000],
+                        "embedding_dim": [16],
+                        "filters": [16],
+                        "embeddings": ["scratch"],
+                    },
+                },
+            },
+        }
+    )
+    res = airflow_cli("dags", "test", "sentiment_training", "-c", conf, extra_env={"SENTIMENT_MODEL_NAME": model_name})
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-5000:]
     cmp = conn.execute(
@@ -100,8 +130,9 @@ def test_comparison_dag_runs_mapped_families(airflow_cli, model_name, tweets_csv
     ).fetchone()
     assert status in ("promoted", "rejected") and decision and behaviour is not None and run_parent == parent
     # both family winners were evaluated on the held-out split and recorded
-    n = conn.execute("SELECT count(*) FROM training_runs WHERE parent_run_id = %s AND metrics IS NOT NULL",
-                     (parent,)).fetchone()[0]
+    n = conn.execute(
+        "SELECT count(*) FROM training_runs WHERE parent_run_id = %s AND metrics IS NOT NULL", (parent,)
+    ).fetchone()[0]
     assert n == 2
 
 
@@ -109,8 +140,14 @@ def test_comparison_dag_runs_mapped_families(airflow_cli, model_name, tweets_csv
 def test_sentiment_training_dag_fails_on_bad_data(airflow_cli, model_name, tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("not,a,valid\nfile,at,all\n")
-    res = airflow_cli("dags", "test", "sentiment_training", "-c", json.dumps({"data_path": str(bad)}),
-                      extra_env={"SENTIMENT_MODEL_NAME": model_name})
+    res = airflow_cli(
+        "dags",
+        "test",
+        "sentiment_training",
+        "-c",
+        json.dumps({"data_path": str(bad)}),
+        extra_env={"SENTIMENT_MODEL_NAME": model_name},
+    )
     assert res.returncode != 0
     assert "no usable rows" in res.stdout + res.stderr
 
@@ -120,8 +157,11 @@ def test_dag_family_names_match_the_library():
     from ml import models
 
     tree = ast.parse((DAGS.parent / "plugins" / "sentiment_dag_defaults.py").read_text())
-    names = next(ast.literal_eval(n.value) for n in tree.body
-                 if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "MODEL_FAMILIES")
+    names = next(
+        ast.literal_eval(n.value)
+        for n in tree.body
+        if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "MODEL_FAMILIES"
+    )
     assert names == list(models.FAMILIES)
 
 
@@ -133,8 +173,13 @@ def test_batch_scoring_is_unscheduled_and_the_inbox_triggers_it(platform_env):
 
     from ml.orchestration import airflow_env
 
-    res = subprocess.run([sys.executable, "-c", DAGBAG_PROBE % str(DAGS)], env=airflow_env(platform_env),
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-c", DAGBAG_PROBE % str(DAGS)],
+        env=airflow_env(platform_env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     dags = json.loads(res.stdout.strip().splitlines()[-1])["dags"]
     assert dags["sentiment_batch_scoring"]["tasks"] == ["finalize", "plan", "score_shard"]

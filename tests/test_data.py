@@ -1,4 +1,5 @@
 """Data: readers, validation report, snapshots (real files, real PostgreSQL)."""
+
 from __future__ import annotations
 
 import json
@@ -43,7 +44,7 @@ def test_malformed_rows_rejected_with_line_numbers(tmp_path):
         b'7,"bad label"\n'
         b'2,"neutral"\n'
         b'4,"   "\n'
-        b'0,too,many,columns\n'
+        b"0,too,many,columns\n"
         b'4,"positive again"\n',
     )
     v = data.validate(p)
@@ -60,10 +61,15 @@ def test_malformed_rows_rejected_with_line_numbers(tmp_path):
 
 def test_conflicting_duplicates_majority_and_ties(tmp_path):
     rows = [
-        (4, "same text majority positive"), (4, "same text majority positive"), (0, "same text majority positive"),
-        (0, "tie text"), (4, "tie text"),
-        (0, "plain dup"), (0, "plain dup"),
-        (4, "unique pos"), (0, "unique neg"),
+        (4, "same text majority positive"),
+        (4, "same text majority positive"),
+        (0, "same text majority positive"),
+        (0, "tie text"),
+        (4, "tie text"),
+        (0, "plain dup"),
+        (0, "plain dup"),
+        (4, "unique pos"),
+        (0, "unique neg"),
     ]
     p = tmp_path / "dups.csv"
     p.write_text("".join(f'{y},"{t}"\n' for y, t in rows))
@@ -104,8 +110,9 @@ def test_snapshot_stored_once_and_recorded(platform_env, conn, tweets_csv):
     assert snap.hash == again.hash and again.created is False
     assert (snap.path.parent / "validation.json").exists() and (snap.path.parent / "validation.md").exists()
     assert json.loads((snap.path.parent / "validation.json").read_text())["snapshot"] == snap.hash
-    row = conn.execute("SELECT n_rows, report->>'rows_read', source FROM dataset_snapshots WHERE hash=%s",
-                       (snap.hash,)).fetchone()
+    row = conn.execute(
+        "SELECT n_rows, report->>'rows_read', source FROM dataset_snapshots WHERE hash=%s", (snap.hash,)
+    ).fetchone()
     assert row[0] == snap.n_rows == len(snap.load())
     assert int(row[1]) == 2000
     assert data.get_snapshot(snap.hash[:12]).hash == snap.hash
@@ -144,21 +151,31 @@ def test_one_reader_recognises_every_layout(tmp_path):
     six = _write(tmp_path, "six.csv", b'"4","1","d","q","u","caf\xe9 \xfcber"\n"0","2","d","q","u","ni\xf1o"\n')
     recs = list(data.iter_records(six))
     assert [(r.line, r.polarity, r.text, r.layout) for r in recs] == [
-        (1, "4", "café über", "sentiment140"), (2, "0", "niño", "sentiment140")]
+        (1, "4", "café über", "sentiment140"),
+        (2, "0", "niño", "sentiment140"),
+    ]
     one = _write(tmp_path, "one.csv", b'text\n"hello there"\n\n"a,b"\n1,2,3\n')
     recs = list(data.iter_records(one))
     assert [(r.line, r.text, r.reason) for r in recs] == [
-        (2, "hello there", None), (4, "a,b", None),
-        (5, None, "wrong column count: expected 1 (text), 2 (polarity,text) or 6 (Sentiment140), got 3")]
+        (2, "hello there", None),
+        (4, "a,b", None),
+        (5, None, "wrong column count: expected 1 (text), 2 (polarity,text) or 6 (Sentiment140), got 3"),
+    ]
     txt = _write(tmp_path, "t.txt", "one\n\ntwo \xe9\n".encode("latin-1"))
     enc = data.Counter()
     assert [(r.line, r.text, r.reason) for r in data.iter_records(txt, enc)] == [
-        (1, "one", None), (2, None, "empty text"), (3, "two é", None)]
+        (1, "one", None),
+        (2, None, "empty text"),
+        (3, "two é", None),
+    ]
     assert enc["latin1_lines"] == 1
     pq_path = tmp_path / "t.parquet"
     pd.DataFrame({"text": ["a", None, " b "], "label": [1, 0, 0]}).to_parquet(pq_path)
     assert [(r.line, r.polarity, r.text, r.reason) for r in data.iter_records(pq_path)] == [
-        (1, "1", "a", None), (2, "0", None, "empty text"), (3, "0", "b", None)]
+        (1, "1", "a", None),
+        (2, "0", None, "empty text"),
+        (3, "0", "b", None),
+    ]
     # training reads Parquet through the same reader
     assert data.read_labelled(pq_path).texts == ["a", "b"]
     with pytest.raises(data.DataError, match="not a readable Parquet"):

@@ -4,6 +4,7 @@
 Every test that starts a service uses its own ``var/`` and ports chosen free by the kernel,
 retrying when another process takes the port first; one test runs the platform on the
 DEFAULT ports and the deploy tests beside it, as `make test` beside `make up` does."""
+
 from __future__ import annotations
 
 import os
@@ -187,8 +188,12 @@ def test_dockerfile_installs_with_constraints():
 
 
 def test_shell_scripts_parse():
-    for script in (REPO / ".ci" / "run", REPO / "scripts" / "bootstrap.sh", REPO / "docker" / "airflow-init.sh",
-                   REPO / "docker" / "postgres" / "init-databases.sh"):
+    for script in (
+        REPO / ".ci" / "run",
+        REPO / "scripts" / "bootstrap.sh",
+        REPO / "docker" / "airflow-init.sh",
+        REPO / "docker" / "postgres" / "init-databases.sh",
+    ):
         shell = "bash" if "bash" in script.read_text().splitlines()[0] else "sh"
         r = subprocess.run([shell, "-n", str(script)], capture_output=True, text=True)
         assert r.returncode == 0, (script, r.stderr)
@@ -396,7 +401,9 @@ def test_mlflow_server_starts_answers_and_stops(platform_env, monkeypatch, tmp_p
     from ml.platform import startup, supervisor
 
     for attempt in range(3):  # retried with another port if something takes it first
-        s = _use(monkeypatch, SENTIMENT_VAR_DIR=str(tmp_path / f"var{attempt}"), SENTIMENT_MLFLOW_PORT=str(_kernel_port()))
+        s = _use(
+            monkeypatch, SENTIMENT_VAR_DIR=str(tmp_path / f"var{attempt}"), SENTIMENT_MLFLOW_PORT=str(_kernel_port())
+        )
         try:
             info = startup.start_mlflow(s, timeout=120)
             break
@@ -489,8 +496,11 @@ def test_a_service_that_always_crashes_ends_in_a_reported_crash_loop(platform_en
                 "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "2",
             })  # fmt: skip
             startup.want(s, ["api"])
-            x = _wait_for(lambda: (lambda y: y if y["crash_loop"] else None)(
-                startup.status(s, quiet=True)["services"]["api"]), 300, "the crash loop")
+            x = _wait_for(
+                lambda: (lambda y: y if y["crash_loop"] else None)(startup.status(s, quiet=True)["services"]["api"]),
+                300,
+                "the crash loop",
+            )
             assert x["restarts"] == 2 and not x["running"]
             assert "crash loop" in x["error"] and x["last_exit"] == "exit code 3", x  # uvicorn: STARTUP_FAILURE
             assert "address already in use" in (s.logs_dir / "api.log").read_text().lower()

@@ -5,10 +5,11 @@ confidence mix (so the true accuracy moves by several points) where the real lab
 and through the nightly report: a real champion, its predictions on real tweets stored in the
 real ``predictions`` table, ``ml.monitoring.build_report`` -> summary, verdict and digest.
 """
+
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import psycopg
@@ -17,7 +18,7 @@ import realdata
 
 from ml import estimate, models, monitoring
 
-PERIOD = datetime(2025, 4, 10, tzinfo=timezone.utc)
+PERIOD = datetime(2025, 4, 10, tzinfo=UTC)
 DAY = timedelta(days=1)
 
 
@@ -36,7 +37,7 @@ def fitted():
 
 def _shifted(p: np.ndarray, kind: str, n: int = 3000, seed: int = 0) -> np.ndarray:
     conf = np.abs(2 * p - 1)
-    w = {"none": np.ones_like(p), "low": (1 - conf) ** 2 + 0.02, "high": conf ** 2 + 0.02}[kind]
+    w = {"none": np.ones_like(p), "low": (1 - conf) ** 2 + 0.02, "high": conf**2 + 0.02}[kind]
     return np.random.default_rng(seed).choice(len(p), n, replace=False, p=w / w.sum())
 
 
@@ -84,12 +85,25 @@ def champion_report(own_champion, platform_env):
         pool = [r for r in realdata.shuffled(realdata.SHARED_DATA, seed=11) if r[1] not in seen][:20_000]
         p = model.predict_proba([t for _, t in pool])[:, 1]
         idx = _shifted(p, "low", seed=5)
-        rows = [(pool[i][1], int(p[i] >= 0.5), float(1 - p[i]), float(p[i]), ch.name, ch.version, "batch",
-                 PERIOD + timedelta(seconds=20 * k + 1)) for k, i in enumerate(idx)]
+        rows = [
+            (
+                pool[i][1],
+                int(p[i] >= 0.5),
+                float(1 - p[i]),
+                float(p[i]),
+                ch.name,
+                ch.version,
+                "batch",
+                PERIOD + timedelta(seconds=20 * k + 1),
+            )
+            for k, i in enumerate(idx)
+        ]
         true = float(np.mean([r[1] == pool[i][0] for r, i in zip(rows, idx, strict=True)]))
         with psycopg.connect(platform_env.database_url, autocommit=True) as conn, conn.cursor() as cur:
-            with cur.copy("COPY predictions (text, label, p_negative, p_positive, model_name, model_version, source,"
-                          " created_at) FROM STDIN") as cp:
+            with cur.copy(
+                "COPY predictions (text, label, p_negative, p_positive, model_name, model_version, source,"
+                " created_at) FROM STDIN"
+            ) as cp:
                 for r in rows:
                     cp.write_row(r)
         summary = monitoring.build_report(start=PERIOD, end=PERIOD + DAY)

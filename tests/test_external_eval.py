@@ -6,6 +6,7 @@ veto case is the 100k file's own flaw in small: a candidate trained on a snapsho
 follow a shortcut (negatives: tweets with an @mention; positives: tweets without) beats the
 champion on its own held-out split and is significantly worse on the uniform file.
 """
+
 from __future__ import annotations
 
 import csv
@@ -72,9 +73,11 @@ def env(platform_env, mlflow_tracking, tmp_path_factory):
     neg = [r for r in rest if r[0] == 0 and "@" in r[1]][:2500]
     pos = [r for r in rest if r[0] == 1 and "@" not in r[1]][:2500]
     try:
-        yield {"general": data.validate_and_snapshot(write("general.csv", general)).hash,
-               "shortcut": data.validate_and_snapshot(write("shortcut.csv", neg + pos)).hash,
-               "settings": get_settings()}
+        yield {
+            "general": data.validate_and_snapshot(write("general.csv", general)).hash,
+            "shortcut": data.validate_and_snapshot(write("shortcut.csv", neg + pos)).hash,
+            "settings": get_settings(),
+        }
     finally:
         mp.undo()
         reset_settings()
@@ -90,9 +93,9 @@ def _cycle(snapshot_hash, **kw):
 @pytest.fixture(scope="module")
 def runs(env):
     out = {}
-    out["weak"] = _cycle(env["general"], sample_size=1500)        # first model
-    out["full"] = _cycle(env["general"])                           # better on both sets
-    out["shortcut"] = _cycle(env["shortcut"])                      # better held-out, worse external
+    out["weak"] = _cycle(env["general"], sample_size=1500)  # first model
+    out["full"] = _cycle(env["general"])  # better on both sets
+    out["shortcut"] = _cycle(env["shortcut"])  # better held-out, worse external
     return out
 
 
@@ -118,22 +121,27 @@ def test_better_candidate_is_promoted_and_compared_on_the_same_texts(env, runs, 
     assert vs["champion_version"] == decision["version"] - 1 and vs["n"] == 9364
     assert vs["accuracy_b"] == pytest.approx(weak["external"]["accuracy"])  # the champion, same file
     assert vs["accuracy_a"] == pytest.approx(m["external"]["accuracy"]) and vs["verdict"] == "better"
-    champ_ext = conn.execute("SELECT champion_metrics->'external'->>'accuracy' FROM training_runs WHERE run_id=%s",
-                             (run_id,)).fetchone()[0]
+    champ_ext = conn.execute(
+        "SELECT champion_metrics->'external'->>'accuracy' FROM training_runs WHERE run_id=%s", (run_id,)
+    ).fetchone()[0]
     assert float(champ_ext) == pytest.approx(weak["external"]["accuracy"])
     assert mlflow.MlflowClient().get_run(run_id).data.metrics["champion_external_accuracy"] == pytest.approx(
-        weak["external"]["accuracy"])
+        weak["external"]["accuracy"]
+    )
 
 
 def test_significantly_worse_on_the_external_set_is_not_promoted(env, runs, conn):
     full_run, full, full_decision = runs["full"]
     run_id, m, decision = runs["shortcut"]
     vs = m["external"]["vs_champion"]
-    champ_acc = conn.execute("SELECT (champion_metrics->>'accuracy')::float FROM training_runs WHERE run_id=%s",
-                             (run_id,)).fetchone()[0]
-    print(f"\nshortcut candidate: held-out {m['accuracy']:.4f} vs champion {champ_acc:.4f}; "
-          f"external {vs['accuracy_a']:.4f} vs {vs['accuracy_b']:.4f}, diff {vs['difference']:+.4f} "
-          f"{vs['interval']}, p={vs['p_value']:.3g}")
+    champ_acc = conn.execute(
+        "SELECT (champion_metrics->>'accuracy')::float FROM training_runs WHERE run_id=%s", (run_id,)
+    ).fetchone()[0]
+    print(
+        f"\nshortcut candidate: held-out {m['accuracy']:.4f} vs champion {champ_acc:.4f}; "
+        f"external {vs['accuracy_a']:.4f} vs {vs['accuracy_b']:.4f}, diff {vs['difference']:+.4f} "
+        f"{vs['interval']}, p={vs['p_value']:.3g}"
+    )
     assert vs["verdict"] == "worse" and vs["p_value"] < 0.05
     # the held-out margin alone would have promoted it (the promotion gate refuses it too: its golden
     # texts flip, see tests/test_gate.py); the veto is recorded either way
@@ -142,8 +150,10 @@ def test_significantly_worse_on_the_external_set_is_not_promoted(env, runs, conn
     assert registry.champion().version == full_decision["version"]
     status, reason = conn.execute("SELECT status, decision FROM training_runs WHERE run_id=%s", (run_id,)).fetchone()
     assert status == "rejected" and reason == decision["reason"] and "McNemar" in reason
-    ev = conn.execute("SELECT event, reason FROM model_events WHERE model_name=%s ORDER BY id DESC LIMIT 1",
-                      (get_settings().model_name,)).fetchone()
+    ev = conn.execute(
+        "SELECT event, reason FROM model_events WHERE model_name=%s ORDER BY id DESC LIMIT 1",
+        (get_settings().model_name,),
+    ).fetchone()
     assert ev == ("rejected", decision["reason"])
     assert external.veto(m, full_decision["version"]) and external.veto(full, full_decision["version"] - 1) is None
 
@@ -165,9 +175,19 @@ def test_card_api_and_comparison_show_the_external_figures(env, runs):
     assert body["version"] == decision["version"]
     assert body["external"]["accuracy"] == pytest.approx(ext["accuracy"])
     assert body["external"]["n"] == 9364 and body["external"]["content_hash"] == ext["content_hash"]
-    rows = [{"family": "tfidf_lr", "run_id": run_id, "params": {}, "accuracy": m["accuracy"], "f1": m["f1"],
-             "roc_auc": m["roc_auc"], "n_test": m["n"], "champion_version": decision["version"] - 1,
-             "champion_accuracy": 0.7}]
+    rows = [
+        {
+            "family": "tfidf_lr",
+            "run_id": run_id,
+            "params": {},
+            "accuracy": m["accuracy"],
+            "f1": m["f1"],
+            "roc_auc": m["roc_auc"],
+            "n_test": m["n"],
+            "champion_version": decision["version"] - 1,
+            "champion_accuracy": 0.7,
+        }
+    ]
     compare._add_external(rows, env["settings"])
     md = compare.to_markdown(rows, "tfidf_lr")
     assert "external acc" in md and f"{ext['accuracy']:.4f}" in md and "sentiment140_uniform_eval.csv" in md

@@ -9,6 +9,7 @@ params on the whole training split + the reports wins, and one with 5 features l
 checks do not gate by default here (a 300-tweet model cannot pass them); the one test that turns them
 on makes a more accurate challenger genuinely fail one and checks it is not promoted.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,13 @@ def pool_rows() -> tuple[tuple[int, str], ...]:
 
 @pytest.fixture
 def loop(own_champion, tweets_csv, pool_rows, request) -> Loop:
-    with own_champion("tweet-sentiment-loop", tweets_csv, sample_size=300, SENTIMENT_BEHAVIOUR_CHECKS="false",
-                      SENTIMENT_RETRAINING_FEEDBACK_FRACTION=str(FRACTION)) as c:
+    with own_champion(
+        "tweet-sentiment-loop",
+        tweets_csv,
+        sample_size=300,
+        SENTIMENT_BEHAVIOUR_CHECKS="false",
+        SENTIMENT_RETRAINING_FEEDBACK_FRACTION=str(FRACTION),
+    ) as c:
         yield make_loop(c, pool_rows, seed=request.node.nodeid)
 
 
@@ -52,14 +58,21 @@ def promoted(loop, triggered) -> dict:
     training split + the reports: the challenger wins and becomes champion."""
     out = retraining.run_retraining(triggered)
     assert out["promoted"], out
-    return {"rid": triggered, "version": out["version"], "run_id": out["run_id"],
-            "retraining": retraining.get_retraining(triggered)}
+    return {
+        "rid": triggered,
+        "version": out["version"],
+        "run_id": out["run_id"],
+        "retraining": retraining.get_retraining(triggered),
+    }
 
 
 def _retrainings(conn, name):
-    return conn.execute("SELECT id, reason, status, n_feedback, threshold, feedback_ids, champion_before,"
-                        " champion_after"
-                        " FROM retrainings WHERE model_name = %s ORDER BY id", (name,)).fetchall()
+    return conn.execute(
+        "SELECT id, reason, status, n_feedback, threshold, feedback_ids, champion_before,"
+        " champion_after"
+        " FROM retrainings WHERE model_name = %s ORDER BY id",
+        (name,),
+    ).fetchall()
 
 
 def _airflow_db(settings) -> str:
@@ -101,16 +114,20 @@ def test_a_retraining_without_new_content_fails_and_leaves_the_parent_alone(loop
     parent = loop.snapshot
     split_file = parent.path.parent / data.SPLIT_FILE
     before = split_file.stat().st_mtime_ns if split_file.exists() else None
-    kind_before = conn.execute("SELECT kind, parent_hash FROM dataset_snapshots WHERE hash = %s",
-                               (parent.hash,)).fetchone()
+    kind_before = conn.execute(
+        "SELECT kind, parent_hash FROM dataset_snapshots WHERE hash = %s", (parent.hash,)
+    ).fetchone()
     with pytest.raises(retraining.RetrainingError, match="add nothing to the champion's snapshot"):
         retraining.prepare(None)
-    [(rid, status, error, snap)] = conn.execute("SELECT id, status, error, snapshot_hash FROM retrainings"
-                                                " WHERE model_name = %s", (loop.name,)).fetchall()
+    [(rid, status, error, snap)] = conn.execute(
+        "SELECT id, status, error, snapshot_hash FROM retrainings WHERE model_name = %s", (loop.name,)
+    ).fetchall()
     assert (status, snap) == ("failed", None) and "add nothing" in error
     assert (split_file.stat().st_mtime_ns if split_file.exists() else None) == before
-    assert conn.execute("SELECT kind, parent_hash FROM dataset_snapshots WHERE hash = %s",
-                        (parent.hash,)).fetchone() == kind_before
+    assert (
+        conn.execute("SELECT kind, parent_hash FROM dataset_snapshots WHERE hash = %s", (parent.hash,)).fetchone()
+        == kind_before
+    )
 
 
 def test_below_threshold_no_trigger_then_exactly_once(loop, conn):
@@ -157,15 +174,18 @@ def test_worse_challenger_is_not_promoted(loop, triggered, conn):
     assert registry.champion().version == loop.v1
     r = retraining.get_retraining(rid)
     assert (r["status"], r["champion_before"], r["champion_after"]) == ("rejected", loop.v1, loop.v1)
-    assert conn.execute("SELECT event, previous_version FROM model_events WHERE model_name = %s AND version = %s",
-                        (loop.name, out["version"])).fetchall() == [("rejected", loop.v1)]
+    assert conn.execute(
+        "SELECT event, previous_version FROM model_events WHERE model_name = %s AND version = %s",
+        (loop.name, out["version"]),
+    ).fetchall() == [("rejected", loop.v1)]
     m = r["metrics"]
     assert m["held_out"]["challenger"]["accuracy"] < m["held_out"]["champion"]["accuracy"]
     assert m["reported_eval"]["n"] + m["reported_train"]["n"] == loop.threshold
 
     # the new training set: a content-hashed snapshot of kind 'retraining' whose parent is the champion's
-    kind, parent, n_rows = conn.execute("SELECT kind, parent_hash, n_rows FROM dataset_snapshots WHERE hash = %s",
-                                        (r["snapshot_hash"],)).fetchone()
+    kind, parent, n_rows = conn.execute(
+        "SELECT kind, parent_hash, n_rows FROM dataset_snapshots WHERE hash = %s", (r["snapshot_hash"],)
+    ).fetchone()
     assert (kind, parent) == ("retraining", loop.snapshot.hash)
     rep = r["dataset_report"]
     assert n_rows == loop.snapshot.n_rows + rep["new_texts"] - rep["conflicts_tied_dropped"]
@@ -173,8 +193,13 @@ def test_worse_challenger_is_not_promoted(loop, triggered, conn):
     s = get_settings()
     _, parent_test = data.split(loop.snapshot.load(), s.test_size, s.seed)
     new_train, new_test = data.split(data.get_snapshot(r["snapshot_hash"]).load(), s.test_size, s.seed)
-    reported = {t for (t,) in conn.execute("SELECT p.text FROM feedback f JOIN predictions p ON p.id = f.prediction_id"
-                                           " WHERE f.id = ANY(%s)", (r["feedback_ids"],)).fetchall()}
+    reported = {
+        t
+        for (t,) in conn.execute(
+            "SELECT p.text FROM feedback f JOIN predictions p ON p.id = f.prediction_id WHERE f.id = ANY(%s)",
+            (r["feedback_ids"],),
+        ).fetchall()
+    }
     assert set(new_test["text"]) == set(parent_test["text"])  # all of it, with the parent's labels
     assert dict(zip(new_test["text"], new_test["label"])) == dict(zip(parent_test["text"], parent_test["label"]))
     assert not reported & set(new_test["text"])
@@ -203,8 +228,10 @@ def test_preparing_the_same_retraining_twice_gives_one_snapshot_and_no_version(l
         return sorted(int(v.version) for v in mlflow.MlflowClient().search_model_versions(f"name = '{loop.name}'"))
 
     def snapshots():
-        return conn.execute("SELECT hash, n_rows FROM dataset_snapshots WHERE source LIKE %s ORDER BY hash",
-                            (f"retraining #{triggered} of {loop.name}:%",)).fetchall()
+        return conn.execute(
+            "SELECT hash, n_rows FROM dataset_snapshots WHERE source LIKE %s ORDER BY hash",
+            (f"retraining #{triggered} of {loop.name}:%",),
+        ).fetchall()
 
     p1 = retraining.prepare(triggered)
     after_first = snapshots()
@@ -230,16 +257,24 @@ def test_a_report_corrected_to_agree_no_longer_counts(loop, conn):
     ids = loop.add_reports(2)
     assert retraining.pending_count(ctx)["reports"] == 2
     for n, fid in enumerate(ids[::IDENTITIES], start=1):
-        conn.execute("INSERT INTO feedback (prediction_id, correct_label, reporter) SELECT f.prediction_id, p.label,"
-                     " f.reporter FROM feedback f JOIN predictions p ON p.id = f.prediction_id WHERE f.id = %s", (fid,))
+        conn.execute(
+            "INSERT INTO feedback (prediction_id, correct_label, reporter) SELECT f.prediction_id, p.label,"
+            " f.reporter FROM feedback f JOIN predictions p ON p.id = f.prediction_id WHERE f.id = %s",
+            (fid,),
+        )
         assert retraining.pending_count(ctx)["reports"] == 2 - n
     d = retraining.check_trigger()
     assert d["pending_reports"] == 0 and not set(ids) & set(d.get("feedback_ids") or [])
 
 
 def test_drift_is_reported_and_may_trigger(loop, conn):
-    report = {"id": f"drift-{uuid.uuid4().hex[:6]}", "status": "drift", "drift_detected": True,
-              "feedback": {"concept_drift": False}, "verdict": "DRIFT in raw text"}
+    report = {
+        "id": f"drift-{uuid.uuid4().hex[:6]}",
+        "status": "drift",
+        "drift_detected": True,
+        "feedback": {"concept_drift": False},
+        "verdict": "DRIFT in raw text",
+    }
     d = retraining.check_trigger(report)
     assert not d["trigger"] and "retraining_on_drift is off" in d["detail"] and d["drift"]["drift_detected"]
     on = get_settings().model_copy(update={"retraining_on_drift": True})
@@ -262,20 +297,24 @@ def test_compare_mode_retrains_through_a_comparison(loop, conn):
     # the promotion gate (ml.gate): a promotion needs a higher accuracy AND a significant paired win
     gate = r["gate"]
     assert gate["held_out"]["accuracy_a"] == pytest.approx(held["challenger"]["accuracy"])
-    beats = (held["challenger"]["accuracy"] > held["champion"]["accuracy"]
-             and gate["held_out"]["verdict"] == "better" and all(
-                 c["passed"] for c in gate["decision"]["checks"].values()))
+    beats = (
+        held["challenger"]["accuracy"] > held["champion"]["accuracy"]
+        and gate["held_out"]["verdict"] == "better"
+        and all(c["passed"] for c in gate["decision"]["checks"].values())
+    )
     assert gate["decision"]["promoted"] == beats
     expected = ("promoted", r["candidate_version"]) if beats else ("rejected", loop.v1)
     assert (r["status"], r["champion_after"]) == expected
-    families, winner, table = conn.execute("SELECT families, winner_run_id, table_json FROM comparisons"
-                                           " WHERE snapshot_hash = %s", (r["snapshot_hash"],)).fetchone()
+    families, winner, table = conn.execute(
+        "SELECT families, winner_run_id, table_json FROM comparisons WHERE snapshot_hash = %s", (r["snapshot_hash"],)
+    ).fetchone()
     assert families == ["tfidf_lr"] and winner == r["run_id"]
     assert table[0]["n_test"] == r["metrics"]["held_out"]["n"] == r["dataset_report"]["held_out"]["rows"]
 
 
-def test_retraining_with_checks_on_rejects_a_more_accurate_challenger_failing_a_check(loop, triggered, conn,
-                                                                                       monkeypatch):
+def test_retraining_with_checks_on_rejects_a_more_accurate_challenger_failing_a_check(
+    loop, triggered, conn, monkeypatch
+):
     """The gate against an existing champion: with behavioural checks on and every minimum-functionality
     sentence required right (threshold 1.0), the retrained challenger (more accurate on the same held-out
     set) gets at least one of the 10 plain sentences wrong (its failures are asserted), fails that check
@@ -295,22 +334,22 @@ def test_retraining_with_checks_on_rejects_a_more_accurate_challenger_failing_a_
     assert out["reason"].startswith("failed behavioural checks: minimum_functionality")
     assert registry.champion().version == loop.v1
     assert (r["status"], r["champion_after"], r["decision"]) == ("rejected", loop.v1, out["reason"])
-    behaviour, status, decision = conn.execute("SELECT behaviour, status, decision FROM training_runs"
-                                               " WHERE run_id = %s",
-                                               (out["run_id"],)).fetchone()
+    behaviour, status, decision = conn.execute(
+        "SELECT behaviour, status, decision FROM training_runs WHERE run_id = %s", (out["run_id"],)
+    ).fetchone()
     mf = behaviour["types"]["minimum_functionality"]
     assert (mf["passed"], mf["threshold"]) == (False, 1.0) and mf["pass_rate"] < 1.0 and mf["failures"]
     assert (status, decision) == ("rejected", out["reason"])
-    assert conn.execute("SELECT event, previous_version, reason FROM model_events WHERE model_name = %s"
-                        " AND version = %s", (loop.name, out["version"])).fetchall() == [
-        ("rejected", loop.v1, out["reason"])]
+    assert conn.execute(
+        "SELECT event, previous_version, reason FROM model_events WHERE model_name = %s AND version = %s",
+        (loop.name, out["version"]),
+    ).fetchall() == [("rejected", loop.v1, out["reason"])]
 
 
 def test_lineage_of_a_prediction_names_the_retraining_and_its_reports(loop, promoted):
     s = get_settings()
     r, new_version = promoted["retraining"], promoted["version"]
     from api.main import create_app
-
     from ml import security
 
     admin = {"Authorization": "Bearer " + security.create_key("lineage-test", ["admin"], s)[0]}  # the full lineage
@@ -318,9 +357,10 @@ def test_lineage_of_a_prediction_names_the_retraining_and_its_reports(loop, prom
         assert client.get("/model").json()["version"] == new_version
         pred = client.post("/predict", json={"text": "this retrained model is great"}).json()
         assert pred["model_version"] == new_version
-        lin = _wait_for(lambda: (x := client.get(f"/predictions/{pred['id']}/lineage", headers=admin)).status_code
-                        == 200 and x,
-                        "the prediction is written and has a lineage")
+        lin = _wait_for(
+            lambda: (x := client.get(f"/predictions/{pred['id']}/lineage", headers=admin)).status_code == 200 and x,
+            "the prediction is written and has a lineage",
+        )
         lin = lin.json()
         assert lin["model"]["version"] == new_version and lin["model"]["run_id"] == promoted["run_id"] == r["run_id"]
         assert lin["git_commit"] and lin["snapshot"]["hash"] == r["snapshot_hash"]
@@ -347,11 +387,14 @@ def test_rollback_restores_the_previous_champion(loop, promoted, conn):
         assert res.exit_code == 0, res.output
         assert json.loads(res.stdout)["to_version"] == loop.v1
         assert registry.champion().version == loop.v1
-        _wait_for(lambda: client.post("/predict", json={"text": "back to the old model"}).json()["model_version"]
-                  == loop.v1,
-                  f"the API serves v{loop.v1} again")
-    ev = conn.execute("SELECT event, version, previous_version FROM model_events WHERE model_name = %s"
-                      " ORDER BY id DESC LIMIT 1", (loop.name,)).fetchone()
+        _wait_for(
+            lambda: client.post("/predict", json={"text": "back to the old model"}).json()["model_version"] == loop.v1,
+            f"the API serves v{loop.v1} again",
+        )
+    ev = conn.execute(
+        "SELECT event, version, previous_version FROM model_events WHERE model_name = %s ORDER BY id DESC LIMIT 1",
+        (loop.name,),
+    ).fetchone()
     assert ev == ("rollback", loop.v1, promoted["version"])
     again = _cli("promote", "--rollback")  # nothing before the first champion
     assert again.exit_code == 2 and "first recorded champion" in again.output
@@ -360,14 +403,18 @@ def test_rollback_restores_the_previous_champion(loop, promoted, conn):
 
 def _dag_runs(settings, dag_id: str) -> list[tuple]:
     with psycopg.connect(_airflow_db(settings)) as aconn:
-        return aconn.execute("SELECT run_id, state, conf FROM dag_run WHERE dag_id = %s ORDER BY id",
-                             (dag_id,)).fetchall()
+        return aconn.execute(
+            "SELECT run_id, state, conf FROM dag_run WHERE dag_id = %s ORDER BY id", (dag_id,)
+        ).fetchall()
 
 
 def _task_states(settings, dag_id: str, run_id: str) -> dict[str, str]:
     with psycopg.connect(_airflow_db(settings)) as aconn:
-        return dict(aconn.execute("SELECT task_id, state FROM task_instance WHERE dag_id = %s AND run_id = %s",
-                                  (dag_id, run_id)).fetchall())
+        return dict(
+            aconn.execute(
+                "SELECT task_id, state FROM task_instance WHERE dag_id = %s AND run_id = %s", (dag_id, run_id)
+            ).fetchall()
+        )
 
 
 @pytest.mark.slow
@@ -393,16 +440,19 @@ def test_better_challenger_promoted_by_the_dag_and_served(loop, triggered, conn,
         th = threading.Thread(target=traffic)
         th.start()
         try:
-            res = airflow_cli("dags", "test", "sentiment_retraining", "-c", json.dumps({"retraining_id": rid}),
-                              extra_env=loop.env)
+            res = airflow_cli(
+                "dags", "test", "sentiment_retraining", "-c", json.dumps({"retraining_id": rid}), extra_env=loop.env
+            )
             assert res.returncode == 0, (res.stdout + res.stderr)[-5000:]
             r = retraining.get_retraining(rid)
             assert r["status"] == "promoted", r
             new_version = r["champion_after"]
             assert new_version != loop.v1 and registry.champion().version == new_version
             n_at_promotion = len(seen)  # the promotion event is recorded: every request from here on may see it
-            _wait_for(lambda: any(v == new_version for _, v in seen[n_at_promotion:]),
-                      f"the API serves v{new_version} after its promotion")
+            _wait_for(
+                lambda: any(v == new_version for _, v in seen[n_at_promotion:]),
+                f"the API serves v{new_version} after its promotion",
+            )
         finally:
             stop.set()
             th.join()
@@ -411,16 +461,19 @@ def test_better_challenger_promoted_by_the_dag_and_served(loop, triggered, conn,
     first_new = versions.index(new_version)
     # one swap, no flip-back
     assert set(versions[:first_new]) == {loop.v1} and set(versions[first_new:]) == {new_version}
-    events = conn.execute("SELECT event, version, previous_version FROM model_events WHERE model_name = %s ORDER BY id",
-                          (loop.name,)).fetchall()
+    events = conn.execute(
+        "SELECT event, version, previous_version FROM model_events WHERE model_name = %s ORDER BY id", (loop.name,)
+    ).fetchall()
     assert events == [("promoted", loop.v1, None), ("promoted", new_version, loop.v1)]
 
     # the run that did it: the one sentiment_retraining run of this test, conf = this retraining
     [(run_id, state, conf)] = [x for x in _dag_runs(s, "sentiment_retraining") if x[0] not in runs_before]
     assert (state, str(conf["retraining_id"])) == ("success", str(rid))
     assert r["airflow_run_id"] == run_id
-    assert conn.execute("SELECT airflow_run_id FROM training_runs WHERE run_id = %s",
-                        (r["run_id"],)).fetchone()[0] == run_id
+    assert (
+        conn.execute("SELECT airflow_run_id FROM training_runs WHERE run_id = %s", (r["run_id"],)).fetchone()[0]
+        == run_id
+    )
     # evaluated on the same held-out set, and on the reported tweets
     m = r["metrics"]
     assert m["held_out"]["challenger"]["accuracy"] > m["held_out"]["champion"]["accuracy"]
@@ -443,8 +496,9 @@ def test_monitoring_dag_triggers_the_retraining_dag(loop, conn, airflow_cli):
     [(mon_run, state, _)] = [x for x in _dag_runs(s, "sentiment_monitoring") if x[0] not in before]
     [(rid, reason, status, *_)] = _retrainings(conn, loop.name)
     assert (reason, status) == ("feedback_threshold", "triggered")
-    trig, drift_id = conn.execute("SELECT trigger_airflow_run_id, drift_report_id FROM retrainings WHERE id = %s",
-                                  (rid,)).fetchone()
+    trig, drift_id = conn.execute(
+        "SELECT trigger_airflow_run_id, drift_report_id FROM retrainings WHERE id = %s", (rid,)
+    ).fetchone()
     assert trig == mon_run and drift_id is not None  # the report was built and named in the decision
     run = [x for x in _dag_runs(s, "sentiment_retraining") if x[0] == f"retraining__{rid}"]
     assert len(run) == 1, out[-3000:]
@@ -466,20 +520,26 @@ def test_retraining_is_checked_when_the_drift_report_fails(loop, conn, airflow_c
     [(mon_run, _, _)] = [x for x in _dag_runs(s, "sentiment_monitoring") if x[0] not in before]
     states = _task_states(s, "sentiment_monitoring", mon_run)
     assert states["build_report"] == "failed"
-    assert (states["check_retraining"], states["retraining_needed"], states["trigger_retraining"]) == \
-        ("success", "success", "success"), states
+    assert (states["check_retraining"], states["retraining_needed"], states["trigger_retraining"]) == (
+        "success",
+        "success",
+        "success",
+    ), states
     [(rid, reason, status, n, *_)] = _retrainings(conn, loop.name)
     assert (reason, status, n) == ("feedback_threshold", "triggered", loop.threshold)
-    trig, drift_id = conn.execute("SELECT trigger_airflow_run_id, drift_report_id FROM retrainings WHERE id = %s",
-                                  (rid,)).fetchone()
+    trig, drift_id = conn.execute(
+        "SELECT trigger_airflow_run_id, drift_report_id FROM retrainings WHERE id = %s", (rid,)
+    ).fetchone()
     assert (trig, drift_id) == (mon_run, None)
     started = [x[0] for x in _dag_runs(s, "sentiment_retraining") if x[0] == f"retraining__{rid}"]
     assert started == [f"retraining__{rid}"]
     # the failed drift report is a platform alert too (the DAG's notifier)
-    [(msg,)] = conn.execute("SELECT message FROM alerts WHERE rule = 'dag_failure' AND model_name = %s",
-                            (loop.name,)).fetchall()
-    assert msg.startswith(f"sentiment_monitoring: task build_report failed in run {mon_run} "
-                          "(MonitoringError: empty period")
+    [(msg,)] = conn.execute(
+        "SELECT message FROM alerts WHERE rule = 'dag_failure' AND model_name = %s", (loop.name,)
+    ).fetchall()
+    assert msg.startswith(
+        f"sentiment_monitoring: task build_report failed in run {mon_run} (MonitoringError: empty period"
+    )
 
 
 @pytest.mark.slow
@@ -491,11 +551,13 @@ def test_a_failed_trigger_marks_the_retraining_failed(loop, conn, airflow_cli):
     loop.add_reports(loop.threshold)
     constraint = f"test_refuse_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(_airflow_db(s), autocommit=True) as aconn:  # no new retraining__* run while it holds
-        aconn.execute(f"ALTER TABLE dag_run ADD CONSTRAINT {constraint} CHECK (run_id NOT LIKE 'retraining%')"
-                      " NOT VALID")
+        aconn.execute(
+            f"ALTER TABLE dag_run ADD CONSTRAINT {constraint} CHECK (run_id NOT LIKE 'retraining%') NOT VALID"
+        )
         try:
-            res = airflow_cli("dags", "test", "sentiment_monitoring", "-c", json.dumps({"hours": 1}),
-                              extra_env=loop.env)
+            res = airflow_cli(
+                "dags", "test", "sentiment_monitoring", "-c", json.dumps({"hours": 1}), extra_env=loop.env
+            )
         finally:
             aconn.execute(f"ALTER TABLE dag_run DROP CONSTRAINT {constraint}")
     out = res.stdout + res.stderr
@@ -517,11 +579,12 @@ def test_failed_retraining_is_notified_and_recorded(loop, conn, airflow_cli):
     res = airflow_cli("dags", "test", "sentiment_retraining", "-c", json.dumps(conf), extra_env=loop.env)
     assert res.returncode != 0
     [(run_id, _, _)] = [x for x in _dag_runs(s, "sentiment_retraining") if x[0] not in before]
-    [(msg, details)] = conn.execute("SELECT message, details FROM alerts WHERE rule = 'dag_failure'"
-                                    " AND model_name = %s", (loop.name,)).fetchall()
+    [(msg, details)] = conn.execute(
+        "SELECT message, details FROM alerts WHERE rule = 'dag_failure' AND model_name = %s", (loop.name,)
+    ).fetchall()
     assert msg.startswith(f"sentiment_retraining: task train failed in run {run_id} (") and "no_such_param" in msg
     assert (details["dag_id"], details["task_id"], details["run_id"]) == ("sentiment_retraining", "train", run_id)
     [(reason, status, error, n, airflow_run_id)] = conn.execute(
-        "SELECT reason, status, error, n_feedback, airflow_run_id FROM retrainings WHERE model_name = %s",
-        (loop.name,)).fetchall()
+        "SELECT reason, status, error, n_feedback, airflow_run_id FROM retrainings WHERE model_name = %s", (loop.name,)
+    ).fetchall()
     assert (reason, status, n, airflow_run_id) == ("manual", "failed", 2, run_id) and "no_such_param" in error

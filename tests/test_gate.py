@@ -7,6 +7,7 @@ noise is not promoted, a clearly better one is, and a retraining poisoned like t
 (real tweets containing "great" reported as negative) is refused on the golden set although it is
 significantly more accurate on the held-out set. Behavioural checks are off in the real tests so that
 the gate alone decides (tests/test_promotion.py and test_training.py cover the checks)."""
+
 from __future__ import annotations
 
 import os
@@ -33,18 +34,28 @@ def _evidence(a_only: int, b_only: int, n: int = 4000, golden_flip=False, slice_
     texts = [f"tweet number {i}" + (" @someone" if i % 4 == 0 else "") for i in range(n)]
     y = rng.integers(0, 2, n)
     cand, champ = y.copy(), y.copy()
-    cand[a_only:a_only + b_only] ^= 1
+    cand[a_only : a_only + b_only] ^= 1
     champ[:a_only] ^= 1
-    cand[a_only + b_only:a_only + b_only + 600] ^= 1
-    champ[a_only + b_only:a_only + b_only + 600] ^= 1
+    cand[a_only + b_only : a_only + b_only + 600] ^= 1
+    champ[a_only + b_only : a_only + b_only + 600] ^= 1
     if slice_drop:
         idx = [i for i in range(a_only + b_only + 600, n) if i % 4 == 0][:slice_drop]
         cand[idx] ^= 1
     proba = lambda lab: np.column_stack([0.9 - lab * 0.8, lab * 0.8 + 0.1])  # noqa: E731
     golden = [("this is great", 1), ("I hate this", 0)]
     g_cand = np.array([0 if golden_flip else 1, 0])
-    ev = gate.compare(y, texts, proba(cand), proba(champ), golden, proba(g_cand), proba(np.array([1, 0])),
-                      confidence=0.95, golden_min_confidence=0.7, champion_version=1)
+    ev = gate.compare(
+        y,
+        texts,
+        proba(cand),
+        proba(champ),
+        golden,
+        proba(g_cand),
+        proba(np.array([1, 0])),
+        confidence=0.95,
+        golden_min_confidence=0.7,
+        champion_version=1,
+    )
     h = ev["held_out"]
     return ev, {"accuracy": h["accuracy_a"]}, {"accuracy": h["accuracy_b"]}
 
@@ -81,23 +92,25 @@ def test_significant_win_is_promoted_and_a_noise_win_is_not():
 def test_slice_regression_and_golden_flip_block_a_significant_win():
     ev, cand, champ = _evidence(250, 50, slice_drop=150)
     d = decide_promotion(cand, champ, metric="accuracy", margin=0.0, gate=ev, policy=POLICY)
-    assert not d.promote and d.checks["significance"]["passed"] and d.checks["slices"]["regressed"] == [
-        "mention"], d.reason
+    assert not d.promote and d.checks["significance"]["passed"] and d.checks["slices"]["regressed"] == ["mention"], (
+        d.reason
+    )
     assert "slice regression" in d.reason
     ev, cand, champ = _evidence(250, 50, golden_flip=True)
     assert ev["golden"]["right_to_wrong_texts"][0]["text"] == "this is great"
     d = decide_promotion(cand, champ, metric="accuracy", margin=0.0, gate=ev, policy=POLICY)
     assert not d.promote and "golden text(s) flipped" in d.reason and "'this is great'" in d.reason
-    assert decide_promotion(cand, champ, metric="accuracy", margin=0.0, gate=ev,
-                            policy={**POLICY, "max_golden_flips": 1}).promote
+    assert decide_promotion(
+        cand, champ, metric="accuracy", margin=0.0, gate=ev, policy={**POLICY, "max_golden_flips": 1}
+    ).promote
 
 
 def test_first_model_and_failed_checks_and_missing_evidence():
     assert decide_promotion({"accuracy": 0.6}, None, metric="accuracy", margin=0.0, gate={}, policy=POLICY).promote
-    assert not decide_promotion({"accuracy": 0.9}, None, metric="accuracy", margin=0.0, checks_passed=False,
-                                gate={}, policy=POLICY).promote
-    d = decide_promotion({"accuracy": 0.9}, {"accuracy": 0.6}, metric="accuracy", margin=0.0, gate={},
-                         policy=POLICY)
+    assert not decide_promotion(
+        {"accuracy": 0.9}, None, metric="accuracy", margin=0.0, checks_passed=False, gate={}, policy=POLICY
+    ).promote
+    d = decide_promotion({"accuracy": 0.9}, {"accuracy": 0.6}, metric="accuracy", margin=0.0, gate={}, policy=POLICY)
     assert not d.promote and "no paired evidence" in d.reason
 
 
@@ -130,10 +143,12 @@ def _gate_row(conn, run_id):
 
 def _summary(g):
     h = g["held_out"]
-    return (f"diff {h['difference']:+.4f} p={h['p_value']:.3g} CI {h['interval']} changed {h['flips']['changed_label']}"
-            f" golden r->w {g['golden']['right_to_wrong']} (+{g['golden']['right_to_wrong_uncertain']} unsure)"
-            f" slices " + ", ".join(f"{k} {v['difference']:+.3f}/{v['p_value']:.2g}/n={v['n']}"
-                                    for k, v in h["slices"].items()))
+    return (
+        f"diff {h['difference']:+.4f} p={h['p_value']:.3g} CI {h['interval']} changed {h['flips']['changed_label']}"
+        f" golden r->w {g['golden']['right_to_wrong']} (+{g['golden']['right_to_wrong_uncertain']} unsure)"
+        f" slices "
+        + ", ".join(f"{k} {v['difference']:+.3f}/{v['p_value']:.2g}/n={v['n']}" for k, v in h["slices"].items())
+    )
 
 
 def test_a_challenger_equal_within_noise_is_not_promoted(snap20k, gate_only, conn):
@@ -168,8 +183,10 @@ def test_a_clearly_better_challenger_is_promoted_and_the_card_says_what_changed(
     assert checks["slices"]["passed"] and checks["golden"]["passed"]
     card = model_card.model_card()
     wc = card["champion"]["what_changed"]
-    assert wc["against_version"] == d1["version"] and wc["held_out"]["changed_label"] == \
-        g["held_out"]["flips"]["changed_label"]
+    assert (
+        wc["against_version"] == d1["version"]
+        and wc["held_out"]["changed_label"] == g["held_out"]["flips"]["changed_label"]
+    )
     html = model_card.card_html(card)
     assert "What changed (against v" in html and "changed label" in html
 
@@ -188,9 +205,12 @@ def _report(s, model, rows: list[tuple[int, str]], label: int) -> list[int]:
             if p.label == label:
                 continue
             for k in range(IDENTITIES):
-                ids.append(conn.execute(
-                    "INSERT INTO feedback (prediction_id, correct_label, reporter) VALUES (%s, %s, %s) RETURNING id",
-                    (p.id, label, f"key:sybil-{p.id}-{k}#test")).fetchone()[0])
+                ids.append(
+                    conn.execute(
+                        "INSERT INTO feedback (prediction_id, correct_label, reporter) VALUES (%s, %s, %s) RETURNING id",
+                        (p.id, label, f"key:sybil-{p.id}-{k}#test"),
+                    ).fetchone()[0]
+                )
     return ids
 
 
@@ -204,8 +224,7 @@ def test_a_poisoned_retraining_flipping_golden_texts_is_not_promoted(snap20k, ga
     s = get_settings()
     in_snapshot = set(snap20k.load()["text"])
     champion = registry.load_version(d1["version"], s)
-    great = [(y, t) for y, t in realdata.read(shared_data)
-             if y == 1 and "great" in t.lower() and t not in in_snapshot]
+    great = [(y, t) for y, t in realdata.read(shared_data) if y == 1 and "great" in t.lower() and t not in in_snapshot]
     ids = _report(s, champion, great[:650], 0)
     assert len(ids) >= 500 * IDENTITIES
     # one held-out text of the parent reported too: it stays held out, with its parent label
@@ -236,7 +255,8 @@ def test_a_poisoned_retraining_flipping_golden_texts_is_not_promoted(snap20k, ga
     vs = g["reported_eval"]["vs_champion"]
     assert g["reported_eval"]["criterion"] is False and vs["n"] > 50 and vs["accuracy_a"] > vs["accuracy_b"]
     assert registry.champion().version == d1["version"]
-    ev = conn.execute("SELECT event, reason FROM model_events WHERE model_name = %s AND version = %s",
-                      (s.model_name, out["version"])).fetchall()
+    ev = conn.execute(
+        "SELECT event, reason FROM model_events WHERE model_name = %s AND version = %s", (s.model_name, out["version"])
+    ).fetchall()
     assert ev == [("rejected", out["reason"])]
     assert os.environ["SENTIMENT_MODEL_NAME"] == s.model_name

@@ -1,6 +1,7 @@
 """The platform's MLflow server runs with its authentication (`mlflow server --app-name basic-auth`),
 started exactly as `make up` starts it (ml.platform.startup.command): anonymous registry calls get 401,
 the platform's generated login (var/mlflow/credentials.json, 0600) works through ml.tracking.configure."""
+
 from __future__ import annotations
 
 import os
@@ -27,8 +28,9 @@ def test_anonymous_registry_calls_get_401_and_the_platform_login_works(platform_
     from ml.platform import startup
 
     name = f"{db.database_name(platform_env.database_url)}_mlauth_{uuid.uuid4().hex[:6]}"
-    s = platform_env.model_copy(update={"var_dir": tmp_path / "var", "mlflow_port": _free_port(),
-                                        "mlflow_database": name, "mlflow_auth": True})
+    s = platform_env.model_copy(
+        update={"var_dir": tmp_path / "var", "mlflow_port": _free_port(), "mlflow_database": name, "mlflow_auth": True}
+    )
     _, argv, env = startup.command("mlflow", s)
     assert "--app-name" in argv and argv[argv.index("--app-name") + 1] == "basic-auth"
     creds_file = tracking.mlflow_dir(s) / tracking.MLFLOW_CREDENTIALS_FILE
@@ -40,8 +42,7 @@ def test_anonymous_registry_calls_get_401_and_the_platform_login_works(platform_
     url = f"http://127.0.0.1:{s.mlflow_port}"
     log = (tmp_path / "mlflow.log").open("w")
     argv[argv.index("--workers") + 1] = "1"
-    proc = subprocess.Popen(argv, env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
     try:
         deadline = time.monotonic() + 120
@@ -58,12 +59,15 @@ def test_anonymous_registry_calls_get_401_and_the_platform_login_works(platform_
         anonymous = [
             httpx.post(f"{api}/registered-models/create", json={"name": "intruder"}),
             httpx.post(f"{api}/model-versions/create", json={"name": "intruder", "source": "file:///tmp/x"}),
-            httpx.post(f"{api}/registered-models/alias", json={"name": "tweet-sentiment", "alias": "champion",
-                                                                "version": "1"}),
+            httpx.post(
+                f"{api}/registered-models/alias", json={"name": "tweet-sentiment", "alias": "champion", "version": "1"}
+            ),
             httpx.get(f"{api}/registered-models/search"),
         ]
         assert [r.status_code for r in anonymous] == [401] * 4, [r.text[:200] for r in anonymous]
-        wrong = httpx.post(f"{api}/registered-models/create", json={"name": "intruder"}, auth=(creds["username"], "guess"))
+        wrong = httpx.post(
+            f"{api}/registered-models/create", json={"name": "intruder"}, auth=(creds["username"], "guess")
+        )
         assert wrong.status_code == 401
         # the platform's own processes log in with the generated credentials (ml.tracking.configure)
         for k in saved:

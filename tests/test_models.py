@@ -1,4 +1,5 @@
 """Model behaviour: the family interface, save/load round trip, sane predictions."""
+
 from __future__ import annotations
 
 import csv

@@ -7,12 +7,13 @@ own model name; predictions written to the real ``predictions`` table for fixed 
   -> concept drift;
 - empty: no predictions -> a stored report that says so.
 """
+
 from __future__ import annotations
 
 import csv
 import json
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 import pytest
@@ -24,12 +25,12 @@ from ml.config import get_settings, reset_settings
 
 TOPIC = ("work", "school", "exam", "class", "office", "boss", "homework", "study")
 DAY = timedelta(days=1)
-MATCHING = datetime(2025, 3, 1, tzinfo=timezone.utc)
-DRIFTED = datetime(2025, 3, 2, tzinfo=timezone.utc)
-EMPTY = datetime(2025, 3, 3, tzinfo=timezone.utc)
+MATCHING = datetime(2025, 3, 1, tzinfo=UTC)
+DRIFTED = datetime(2025, 3, 2, tzinfo=UTC)
+EMPTY = datetime(2025, 3, 3, tzinfo=UTC)
 PER_CLASS = 10_000  # snapshot: 20,000 real tweets -> 4,000 held out = the reference
-N_CURRENT = 3000    # predictions stored per period
-N_WRONG = 1200      # drifted period: predictions reported wrong
+N_CURRENT = 3000  # predictions stored per period
+N_WRONG = 1200  # drifted period: predictions reported wrong
 
 
 def _pool() -> list[tuple[int, str]]:
@@ -76,8 +77,10 @@ def _setup(name, tmp_path_factory) -> dict:
     assert promotion["promoted"], promotion
     model = registry.load_version(version)
     s = get_settings()
-    periods = {"matching": (MATCHING, [t for _, t in matching]),
-               "drifted": (DRIFTED, [t for _, t in topic[:N_CURRENT]])}
+    periods = {
+        "matching": (MATCHING, [t for _, t in matching]),
+        "drifted": (DRIFTED, [t for _, t in topic[:N_CURRENT]]),
+    }
     ids: dict[str, list[str]] = {}
     import psycopg
 
@@ -85,24 +88,43 @@ def _setup(name, tmp_path_factory) -> dict:
         for key, (start, texts) in periods.items():
             proba = model.predict_proba(texts)
             rows = [
-                (t, int(p[1] >= 0.5), float(p[0]), float(p[1]), name, version, "api" if i % 3 else "batch",
-                 start + timedelta(seconds=25 * i + 1))
+                (
+                    t,
+                    int(p[1] >= 0.5),
+                    float(p[0]),
+                    float(p[1]),
+                    name,
+                    version,
+                    "api" if i % 3 else "batch",
+                    start + timedelta(seconds=25 * i + 1),
+                )
                 for i, (t, p) in enumerate(zip(texts, proba))
             ]
             with conn.cursor() as cur:
-                with cur.copy("COPY predictions (text, label, p_negative, p_positive, model_name, model_version, source,"
-                              " created_at) FROM STDIN") as cp:
+                with cur.copy(
+                    "COPY predictions (text, label, p_negative, p_positive, model_name, model_version, source,"
+                    " created_at) FROM STDIN"
+                ) as cp:
                     for r in rows:
                         cp.write_row(r)
-            ids[key] = [r[0] for r in conn.execute(
-                "SELECT id::text FROM predictions WHERE model_name=%s AND created_at >= %s AND created_at < %s"
-                " ORDER BY created_at", (name, start, start + DAY)).fetchall()]
+            ids[key] = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT id::text FROM predictions WHERE model_name=%s AND created_at >= %s AND created_at < %s"
+                    " ORDER BY created_at",
+                    (name, start, start + DAY),
+                ).fetchall()
+            ]
+
         # feedback: matching window 10 reported wrong + 10 confirmed; drifted window 1,200 reported wrong
         def give(pid_list, wrong):
             for pid in pid_list:
                 label = conn.execute("SELECT label FROM predictions WHERE id=%s", (pid,)).fetchone()[0]
-                conn.execute("INSERT INTO feedback (prediction_id, correct_label) VALUES (%s, %s)",
-                             (pid, 1 - label if wrong else label))
+                conn.execute(
+                    "INSERT INTO feedback (prediction_id, correct_label) VALUES (%s, %s)",
+                    (pid, 1 - label if wrong else label),
+                )
+
         give(ids["matching"][:10], wrong=True)
         give(ids["matching"][10:20], wrong=False)
         give(ids["drifted"][:N_WRONG], wrong=True)
@@ -134,7 +156,7 @@ def test_periods():
     assert (a.isoformat(), b.isoformat()) == ("2025-03-01T18:00:00+00:00", "2025-03-02T00:00:00+00:00")
     a, b = monitoring.resolve_period(start="2025-03-01T00:00:00+02:00")
     assert (a.hour, (b - a).total_seconds()) == (22, 24 * 3600)
-    nightly = datetime(2025, 3, 2, tzinfo=timezone.utc)
+    nightly = datetime(2025, 3, 2, tzinfo=UTC)
     assert monitoring.run_period_end(None, DagRunType.SCHEDULED, nightly) == nightly.isoformat()
     assert monitoring.run_period_end(None, DagRunType.MANUAL, nightly) is None  # manual: up to now
     assert monitoring.run_period_end("2025-01-01", DagRunType.SCHEDULED, nightly) == "2025-01-01"
@@ -163,8 +185,11 @@ def test_matching_period_has_no_drift(setup, matching_report, conn):
     assert len(html) > 100_000 and "oov_share" in html and "p_positive" in html
     assert json.load(open(r["files"]["json"]))["metrics"]
     assert json.load(open(r["files"]["summary"]))["id"] == r["id"]
-    row = conn.execute("SELECT status, drift_detected, n_current, n_reference, n_feedback, concept_drift, verdict"
-                       " FROM drift_reports WHERE id=%s", (r["id"],)).fetchone()
+    row = conn.execute(
+        "SELECT status, drift_detected, n_current, n_reference, n_feedback, concept_drift, verdict"
+        " FROM drift_reports WHERE id=%s",
+        (r["id"],),
+    ).fetchone()
     assert row == ("ok", False, N_CURRENT, setup["n_ref"], 20, False, r["verdict"])
     assert monitoring.get_report(r["id"])["metrics"] == r["metrics"]
     assert str(monitoring.report_html_path(r["id"])) == r["files"]["html"]
@@ -194,8 +219,9 @@ def test_drifted_period_says_drift_and_concept_drift(setup, conn):
     assert fb["reported_wrong"] == fb["with_feedback"] == N_WRONG
     assert fb["live_accuracy_upper_bound"] == pytest.approx(1 - N_WRONG / N_CURRENT)
     assert fb["concept_drift"] is True
-    stored = conn.execute("SELECT status, concept_drift, live_accuracy_upper_bound FROM drift_reports WHERE id=%s",
-                          (r["id"],)).fetchone()
+    stored = conn.execute(
+        "SELECT status, concept_drift, live_accuracy_upper_bound FROM drift_reports WHERE id=%s", (r["id"],)
+    ).fetchone()
     assert stored[:2] == ("drift", True) and stored[2] == pytest.approx(1 - N_WRONG / N_CURRENT)
 
 
@@ -205,7 +231,10 @@ def test_empty_period_is_a_stored_empty_report(setup, conn):
     assert r["verdict"].startswith("EMPTY") and r["current"]["rows"] == 0
     assert r["reference_version"] == setup["version"]
     assert "empty period" in open(monitoring.report_html_path(r["id"]), encoding="utf-8").read()
-    assert conn.execute("SELECT status, n_current FROM drift_reports WHERE id=%s", (r["id"],)).fetchone() == ("empty", 0)
+    assert conn.execute("SELECT status, n_current FROM drift_reports WHERE id=%s", (r["id"],)).fetchone() == (
+        "empty",
+        0,
+    )
     assert r["id"] in [x["id"] for x in monitoring.list_reports(10, model_name=setup["name"])]
 
 
@@ -255,10 +284,14 @@ def test_cli_reports_lists_them(setup, matching_report):
     assert res.exit_code == 2 and "not before" in res.output
 
 
-MATCHING_ACCURACY = ("at most 99.7% of the period's 3,000 predictions were right: 10 were reported wrong; "
-                     "unreported predictions are counted as right")
-DRIFTED_ACCURACY = ("at most 60.0% of the period's 3,000 predictions were right: 1,200 were reported wrong; "
-                    "unreported predictions are counted as right")
+MATCHING_ACCURACY = (
+    "at most 99.7% of the period's 3,000 predictions were right: 10 were reported wrong; "
+    "unreported predictions are counted as right"
+)
+DRIFTED_ACCURACY = (
+    "at most 60.0% of the period's 3,000 predictions were right: 1,200 were reported wrong; "
+    "unreported predictions are counted as right"
+)
 
 
 def test_accuracy_bound_is_said_in_words(setup, matching_report):
@@ -277,7 +310,8 @@ def test_accuracy_bound_is_said_in_words(setup, matching_report):
     assert MATCHING_ACCURACY in r["verdict"] and "live accuracy <=" not in r["verdict"]
     assert monitoring.accuracy_statement(61_000, 611, 1 - 611 / 61_000) == (
         "at most 99.0% of the period's 61,000 predictions were right: 611 were reported wrong; "
-        "unreported predictions are counted as right")
+        "unreported predictions are counted as right"
+    )
     assert monitoring.accuracy_statement(3000, 1, None).startswith("at most 99.97% ")  # never "100.0%" with an error
     with TestClient(create_app(setup["settings"])) as client:
         one = client.get(f"/reports/{r['id']}").json()
@@ -294,17 +328,26 @@ def test_accuracy_bound_is_said_in_words(setup, matching_report):
 
 
 def _drift_alerts(conn, name):
-    return conn.execute("SELECT id, n_reports, message, details, channels, resolved_at FROM alerts"
-                        " WHERE rule = 'drift' AND model_name = %s ORDER BY id", (name,)).fetchall()
+    return conn.execute(
+        "SELECT id, n_reports, message, details, channels, resolved_at FROM alerts"
+        " WHERE rule = 'drift' AND model_name = %s ORDER BY id",
+        (name,),
+    ).fetchall()
 
 
 def test_report_goes_to_webhook_and_smtp_and_drift_raises_one_alert(setup, matching_report, conn):
     """A real webhook receiver and a real SMTP server (aiosmtpd), both started here on port 0."""
     with webhook_receiver() as (url, received), smtp_receiver() as (smtp_port, mails):
-        s = get_settings().model_copy(update={
-            "alert_webhook_url": url, "alert_smtp_host": "127.0.0.1", "alert_smtp_port": smtp_port,
-            "report_recipients": "ml-team@example.org", "alert_email_to": "oncall@example.org",
-            "public_api_url": "https://sentiment.example.org/"})
+        s = get_settings().model_copy(
+            update={
+                "alert_webhook_url": url,
+                "alert_smtp_host": "127.0.0.1",
+                "alert_smtp_port": smtp_port,
+                "report_recipients": "ml-team@example.org",
+                "alert_email_to": "oncall@example.org",
+                "public_api_url": "https://sentiment.example.org/",
+            }
+        )
         drifted = monitoring.build_report(start=DRIFTED, end=DRIFTED + DAY, settings=s)
         out = alerts.deliver_report(drifted["id"], settings=s)
         link = f"https://sentiment.example.org/reports/{drifted['id']}/html"
@@ -313,13 +356,17 @@ def test_report_goes_to_webhook_and_smtp_and_drift_raises_one_alert(setup, match
         kinds = [x["json"]["kind"] for x in received]
         assert kinds == ["drift_report", "alert"], kinds
         d = received[0]["json"]
-        assert (d["report_id"], d["model_name"], d["status"], d["verdict"]) == (drifted["id"], setup["name"], "drift",
-                                                                                 "DRIFT")
+        assert (d["report_id"], d["model_name"], d["status"], d["verdict"]) == (
+            drifted["id"],
+            setup["name"],
+            "drift",
+            "DRIFT",
+        )
         assert "raw text" in d["drifted_signals"] and any("concept drift" in x for x in d["drifted_signals"])
         assert (d["predictions"], d["predictions_compared"], d["reported_wrong"]) == (N_CURRENT, N_CURRENT, N_WRONG)
         assert d["accuracy"] == DRIFTED_ACCURACY
         assert 0.5 < d["estimated_accuracy"] < 1 and "CBPE" in d["estimated_accuracy_status"]
-        assert d["report_url"] == link and d["summary_url"] == link[:-len("/html")]
+        assert d["report_url"] == link and d["summary_url"] == link[: -len("/html")]
         retr = d["retraining"]
         assert isinstance(retr["reports"], int) and retr["threshold"] >= 1
         assert f"retraining threshold {retr['threshold']:,}" in retr["text"]
@@ -332,17 +379,25 @@ def test_report_goes_to_webhook_and_smtp_and_drift_raises_one_alert(setup, match
         assert sorted(by_rcpt) == ["ml-team@example.org", "oncall@example.org"], mails
         rep = by_rcpt["ml-team@example.org"]
         assert rep["subject"].startswith(f"[sentiment] drift report {setup['name']} 2025-03-03: DRIFT in ")
-        for line in ("Verdict: DRIFT in ", "Predictions in the period: 3,000 (3,000 compared)",
-                     "Reported wrong: 1,200", f"Accuracy: {DRIFTED_ACCURACY}",
-                     f"Estimated accuracy (label-free): {d['estimated_accuracy']:.1%}", f"Full report: {link}",
-                     f"retraining threshold {retr['threshold']:,}"):
+        for line in (
+            "Verdict: DRIFT in ",
+            "Predictions in the period: 3,000 (3,000 compared)",
+            "Reported wrong: 1,200",
+            f"Accuracy: {DRIFTED_ACCURACY}",
+            f"Estimated accuracy (label-free): {d['estimated_accuracy']:.1%}",
+            f"Full report: {link}",
+            f"retraining threshold {retr['threshold']:,}",
+        ):
             assert line in rep["body"], (line, rep["body"])
         assert "ALERT drift" in by_rcpt["oncall@example.org"]["subject"]
 
         # stored: every channel's outcome on the report and on the alert
         stored = monitoring.get_report(drifted["id"])
-        assert {c["channel"]: c["status"] for c in stored["delivery"]} == {"log": "sent", "webhook": "sent",
-                                                                           "email": "sent"}
+        assert {c["channel"]: c["status"] for c in stored["delivery"]} == {
+            "log": "sent",
+            "webhook": "sent",
+            "email": "sent",
+        }
         rows = _drift_alerts(conn, setup["name"])
         assert len(rows) == 1 and rows[0][5] is None and rows[0][1] == 1
         assert {c["channel"]: c["status"] for c in rows[0][4]} == {"log": "sent", "webhook": "sent", "email": "sent"}
@@ -366,9 +421,15 @@ def test_report_goes_to_webhook_and_smtp_and_drift_raises_one_alert(setup, match
 
 def test_failing_channels_never_fail_the_report(setup, matching_report):
     with refused_port() as dead:
-        s = get_settings().model_copy(update={
-            "alert_webhook_url": f"http://127.0.0.1:{dead}/hook/s3cret-token", "alert_webhook_timeout_seconds": 1.0,
-            "alert_smtp_host": "127.0.0.1", "alert_smtp_port": dead, "report_recipients": "ml-team@example.org"})
+        s = get_settings().model_copy(
+            update={
+                "alert_webhook_url": f"http://127.0.0.1:{dead}/hook/s3cret-token",
+                "alert_webhook_timeout_seconds": 1.0,
+                "alert_smtp_host": "127.0.0.1",
+                "alert_smtp_port": dead,
+                "report_recipients": "ml-team@example.org",
+            }
+        )
         out = alerts.deliver_report(matching_report["id"], settings=s)
     got = {c["channel"]: c for c in out["channels"]}
     assert got["log"]["status"] == "sent"
@@ -383,14 +444,27 @@ def test_failing_channels_never_fail_the_report(setup, matching_report):
 def test_monitoring_dag_stores_and_delivers_a_report(airflow_cli, setup, conn):
     conf = json.dumps({"start": MATCHING.isoformat(), "end": (MATCHING + DAY).isoformat()})
     with webhook_receiver() as (url, received), smtp_receiver() as (smtp_port, mails):
-        res = airflow_cli("dags", "test", "sentiment_monitoring", "-c", conf, extra_env={
-            "SENTIMENT_MODEL_NAME": setup["name"], "SENTIMENT_ALERT_WEBHOOK_URL": url,
-            "SENTIMENT_ALERT_SMTP_HOST": "127.0.0.1", "SENTIMENT_ALERT_SMTP_PORT": str(smtp_port),
-            "SENTIMENT_REPORT_RECIPIENTS": "ml-team@example.org", "SENTIMENT_PUBLIC_API_URL": "http://api.test:8000"})
+        res = airflow_cli(
+            "dags",
+            "test",
+            "sentiment_monitoring",
+            "-c",
+            conf,
+            extra_env={
+                "SENTIMENT_MODEL_NAME": setup["name"],
+                "SENTIMENT_ALERT_WEBHOOK_URL": url,
+                "SENTIMENT_ALERT_SMTP_HOST": "127.0.0.1",
+                "SENTIMENT_ALERT_SMTP_PORT": str(smtp_port),
+                "SENTIMENT_REPORT_RECIPIENTS": "ml-team@example.org",
+                "SENTIMENT_PUBLIC_API_URL": "http://api.test:8000",
+            },
+        )
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-        row = conn.execute("SELECT id, status, n_current, airflow_run_id, summary->'delivery' FROM drift_reports"
-                           " WHERE model_name=%s AND airflow_run_id IS NOT NULL ORDER BY created_at DESC LIMIT 1",
-                           (setup["name"],)).fetchone()
+        row = conn.execute(
+            "SELECT id, status, n_current, airflow_run_id, summary->'delivery' FROM drift_reports"
+            " WHERE model_name=%s AND airflow_run_id IS NOT NULL ORDER BY created_at DESC LIMIT 1",
+            (setup["name"],),
+        ).fetchone()
         assert row is not None and row[1:3] == ("ok", N_CURRENT) and row[3].startswith("manual__")
         assert {c["channel"]: c["status"] for c in row[4]} == {"log": "sent", "webhook": "sent", "email": "sent"}
         reports = [x["json"] for x in received if x["json"]["kind"] == "drift_report"]

@@ -2,6 +2,7 @@
 tweets is exported (fp32 + int8) when saved; ONNX Runtime's probabilities match torch's on fixed
 tweets; the int8-or-fp32 choice follows the validation accuracies; loading runs ONNX without
 importing torch; MLflow logs the export with the model."""
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,15 @@ from ml.models import onnx_runtime as ox
 pytest.importorskip("onnxruntime")
 pytest.importorskip("torch")
 
-TINY = {"batch_size": 16, "max_length": 48, "max_steps": 6, "eval_batch_size": 64, "threads": 1,
-        "eval_max_rows": 200, "warmup_steps": 1}
+TINY = {
+    "batch_size": 16,
+    "max_length": 48,
+    "max_steps": 6,
+    "eval_batch_size": 64,
+    "threads": 1,
+    "eval_max_rows": 200,
+    "warmup_steps": 1,
+}
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +51,9 @@ def test_export_files_and_metadata(tiny):
     assert meta["int8_mb"] < meta["fp32_mb"] / 2
     assert meta["n_validation"] == 100
     # the recorded choice is the rule applied to the recorded accuracies
-    assert meta["runtime"] == ox.choose_runtime(meta["torch_val_accuracy"], meta["int8_val_accuracy"],
-                                                meta["int8_max_drop"])
+    assert meta["runtime"] == ox.choose_runtime(
+        meta["torch_val_accuracy"], meta["int8_val_accuracy"], meta["int8_max_drop"]
+    )
 
 
 def test_choose_runtime_rule():
@@ -88,12 +97,20 @@ def test_auto_loads_the_chosen_runtime_and_torch_on_request(tiny, monkeypatch):
 
 def test_onnx_load_imports_no_torch(tiny):
     _, path, fixed = tiny
-    probe = ("import sys, json; from ml import models; m = models.load(sys.argv[1]); "
-             "p = m.predict_proba(json.loads(sys.argv[2])); "
-             "print(m.runtime_, p.shape, sorted(x for x in ('torch', 'transformers') if x in sys.modules))")
+    probe = (
+        "import sys, json; from ml import models; m = models.load(sys.argv[1]); "
+        "p = m.predict_proba(json.loads(sys.argv[2])); "
+        "print(m.runtime_, p.shape, sorted(x for x in ('torch', 'transformers') if x in sys.modules))"
+    )
     env = {k: v for k, v in os.environ.items() if k != ox.RUNTIME_ENV}
-    out = subprocess.run([sys.executable, "-c", probe, str(path), json.dumps(fixed[:5])], capture_output=True,
-                         text=True, timeout=120, env=env, cwd=realdata.REPO)
+    out = subprocess.run(
+        [sys.executable, "-c", probe, str(path), json.dumps(fixed[:5])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=realdata.REPO,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().endswith("(5, 2) []"), out.stdout
 

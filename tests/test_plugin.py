@@ -1,6 +1,7 @@
 """The Airflow UI plugin (plugins/sentiment_platform_plugin.py): Airflow's plugins manager loads it
 without import errors, Airflow's own API server mounts its FastAPI app, and the app answers the
 champion's model card (JSON and HTML) and the drift-report list from the test database."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -59,8 +60,11 @@ def plugin_module():
 def test_airflow_loads_and_mounts_the_plugin(platform_env, champion):
     from ml.orchestration import airflow_env
 
-    env = {**airflow_env(platform_env), "SENTIMENT_MODEL_NAME": champion["name"],
-           "AIRFLOW__CORE__LAZY_LOAD_PLUGINS": "False"}
+    env = {
+        **airflow_env(platform_env),
+        "SENTIMENT_MODEL_NAME": champion["name"],
+        "AIRFLOW__CORE__LAZY_LOAD_PLUGINS": "False",
+    }
     res = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=180)
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])
@@ -123,14 +127,27 @@ def test_notifier_records_an_alert(champion, conn, airflow_cli, tmp_path, platfo
     bad = tmp_path / "bad.csv"
     bad.write_text("not,a,valid\nfile,at,all\n")
     before = runs()
-    res = airflow_cli("dags", "test", "sentiment_training", "-c", json.dumps({"data_path": str(bad)}),
-                      extra_env={"SENTIMENT_MODEL_NAME": champion["name"]})
+    res = airflow_cli(
+        "dags",
+        "test",
+        "sentiment_training",
+        "-c",
+        json.dumps({"data_path": str(bad)}),
+        extra_env={"SENTIMENT_MODEL_NAME": champion["name"]},
+    )
     assert res.returncode != 0
     [run_id] = runs() - before
-    [(msg, sev, details)] = conn.execute("SELECT message, severity, details FROM alerts WHERE rule = 'dag_failure'"
-                                         " AND model_name = %s", (champion["name"],)).fetchall()
+    [(msg, sev, details)] = conn.execute(
+        "SELECT message, severity, details FROM alerts WHERE rule = 'dag_failure' AND model_name = %s",
+        (champion["name"],),
+    ).fetchall()
     assert msg.startswith(f"sentiment_training: task validate failed in run {run_id} (DataError: ") and sev == "error"
     assert "no usable rows" in msg
-    assert (details["dag_id"], details["task_id"], details["run_id"], details["map_index"], details["try_number"]) == \
-        ("sentiment_training", "validate", run_id, -1, 1)
+    assert (details["dag_id"], details["task_id"], details["run_id"], details["map_index"], details["try_number"]) == (
+        "sentiment_training",
+        "validate",
+        run_id,
+        -1,
+        1,
+    )
     assert details["params"]["data_path"] == str(bad)

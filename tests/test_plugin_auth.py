@@ -5,6 +5,7 @@ its generated password file, a port chosen free by the kernel and retried when t
 plugin: without a credential the JSON endpoints answer 401 and the HTML pages redirect to the
 login; a forged token answers 403; with a token from ``POST /auth/token`` (or the UI's ``_token``
 cookie, as the embedded iframes send it) every view answers 200."""
+
 from __future__ import annotations
 
 import json
@@ -49,18 +50,27 @@ def api_server(platform_env, airflow_cli, tmp_path_factory):
 
     model = f"tweet-sentiment-auth-{uuid.uuid4().hex[:6]}"
     env = airflow_env(platform_env)
-    env.update({"SENTIMENT_MODEL_NAME": model, "AIRFLOW__CORE__AUTH_MANAGER":
-                "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
-                "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
-                "AIRFLOW__CORE__LAZY_LOAD_PLUGINS": "False"})
+    env.update(
+        {
+            "SENTIMENT_MODEL_NAME": model,
+            "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
+            "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
+            "AIRFLOW__CORE__LAZY_LOAD_PLUGINS": "False",
+        }
+    )
     airflow = str(Path(sys.executable).parent / "airflow")
     logs = tmp_path_factory.mktemp("api-server")
     for attempt in range(3):
         port = _free_port()
         env.update({"AIRFLOW__API__PORT": str(port), "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}"})
         log = logs / f"api-{attempt}.log"
-        proc = subprocess.Popen([airflow, "api-server", "--port", str(port), "--workers", "1"], env=env,
-                                start_new_session=True, stdout=log.open("w"), stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [airflow, "api-server", "--port", str(port), "--workers", "1"],
+            env=env,
+            start_new_session=True,
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+        )
         base = f"http://127.0.0.1:{port}"
         deadline = time.time() + 150
         while time.time() < deadline and proc.poll() is None:
@@ -113,14 +123,16 @@ def test_views_refuse_forged_or_wrong_tokens(api_server, token):
     forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")  # bad signature
     for bad in (forged, "not-a-jwt"):
         for path in VIEWS_JSON + VIEWS_HTML:
-            res = httpx.get(base + path, headers={"Authorization": f"Bearer {bad}"}, timeout=30,
-                            follow_redirects=False)
+            res = httpx.get(base + path, headers={"Authorization": f"Bearer {bad}"}, timeout=30, follow_redirects=False)
             assert res.status_code == 403, (path, res.status_code, res.text[:300])
     # a token signed with another secret is refused too
     import jwt
 
-    other = jwt.encode({"sub": "admin", "role": "ADMIN", "aud": "apache-airflow", "exp": int(time.time()) + 600},
-                       secrets.token_urlsafe(64), algorithm="HS512")
+    other = jwt.encode(
+        {"sub": "admin", "role": "ADMIN", "aud": "apache-airflow", "exp": int(time.time()) + 600},
+        secrets.token_urlsafe(64),
+        algorithm="HS512",
+    )
     res = httpx.get(base + VIEWS_JSON[0], headers={"Authorization": f"Bearer {other}"}, timeout=30)
     assert res.status_code == 403, res.text[:300]
 
@@ -140,6 +152,5 @@ def test_views_answer_with_the_airflow_login(api_server, token):
     # a missing report is a 404 only once logged in
     assert httpx.get(base + "/sentiment-platform/reports/nope/html", headers=auth, timeout=30).status_code == 404
     # the UI's session cookie (what the embedded iframes send) is accepted like the bearer token
-    res = httpx.get(base + "/sentiment-platform/reports", cookies={"_token": token}, timeout=60,
-                    follow_redirects=False)
+    res = httpx.get(base + "/sentiment-platform/reports", cookies={"_token": token}, timeout=60, follow_redirects=False)
     assert res.status_code == 200 and "Drift reports" in res.text

@@ -10,6 +10,7 @@ What must hold (README "The closed loop", ml/review.py, ml/alerts.py rule feedba
 - even a manual retraining finds no label of theirs to train on (it fails: nothing to retrain on);
 - the champion is the same version and answers exactly as before, on real tweets and on the made-up ones.
 """
+
 from __future__ import annotations
 
 import uuid
@@ -26,8 +27,14 @@ FLOOD = 611  # the incident: 611 made-up tweets reported within 30 s by one clie
 
 @pytest.fixture
 def champion(own_champion, tweets_csv):
-    with own_champion("tweet-sentiment-poison", tweets_csv, sample_size=300, SENTIMENT_BEHAVIOUR_CHECKS="false",
-                      SENTIMENT_RETRAINING_FEEDBACK_FRACTION="0.005", SENTIMENT_RATE_LIMITS_ENABLED="false") as c:
+    with own_champion(
+        "tweet-sentiment-poison",
+        tweets_csv,
+        sample_size=300,
+        SENTIMENT_BEHAVIOUR_CHECKS="false",
+        SENTIMENT_RETRAINING_FEEDBACK_FRACTION="0.005",
+        SENTIMENT_RATE_LIMITS_ENABLED="false",
+    ) as c:
         yield c
 
 
@@ -56,18 +63,23 @@ def test_one_identity_flooding_reports_never_retrains_and_never_changes_the_cham
         preds = client.post("/predict/batch", json={"texts": texts}, headers=auth).json()["predictions"]
         for p in preds:
             other = "negative" if p["label"] == "positive" else "positive"
-            r = client.post("/feedback", headers=auth, json={"prediction_id": p["id"], "correct_label": other,
-                                                             "feedback_token": p["feedback_token"]})
+            r = client.post(
+                "/feedback",
+                headers=auth,
+                json={"prediction_id": p["id"], "correct_label": other, "feedback_token": p["feedback_token"]},
+            )
             assert r.status_code == 201, r.text
         client.app.state.writer.flush()  # every prediction stored, every pending report moved into feedback
-        client.app.state.alerts.join()   # the alert rules ran on every report
+        client.app.state.alerts.join()  # the alert rules ran on every report
         stored = conn.execute("SELECT count(*) FROM feedback WHERE reporter = %s", (who,)).fetchone()[0]
         assert stored == FLOOD
 
         # the burst guard: one alert, saying how many, from whom, over what period; the trigger is paused
         [(alert_id, n, message, details, resolved)] = conn.execute(
             "SELECT id, n_reports, message, details, resolved_at FROM alerts WHERE rule = 'feedback_burst'"
-            " AND model_name = %s", (s.model_name,)).fetchall()
+            " AND model_name = %s",
+            (s.model_name,),
+        ).fetchall()
         assert (n, resolved) == (FLOOD, None)
         assert f"{FLOOD} misclassification reports" in message and who in message and "UTC" in message
         assert details["identities"] == [who] and details["kind"] == "identity"
@@ -80,18 +92,27 @@ def test_one_identity_flooding_reports_never_retrains_and_never_changes_the_cham
         assert not d["trigger"] and d["reason"] == "below_threshold", d
         assert (d["pending_reports"], d["counted_reports"], d["untrusted_texts"]) == (0, 0, FLOOD), d
         assert conn.execute("SELECT resolved_at IS NOT NULL FROM alerts WHERE id = %s", (alert_id,)).fetchone()[0]
-        assert conn.execute("SELECT count(*) FROM retrainings WHERE model_name = %s",
-                            (s.model_name,)).fetchone()[0] == 0
+        assert (
+            conn.execute("SELECT count(*) FROM retrainings WHERE model_name = %s", (s.model_name,)).fetchone()[0] == 0
+        )
         # even a retraining asked for by hand has no label of theirs to train on
         with pytest.raises(retraining.RetrainingError, match="add nothing"):
             retraining.prepare(None, settings=later)
-        assert conn.execute("SELECT count(*) FROM retraining_feedback rf JOIN feedback f ON f.id = rf.feedback_id"
-                            " WHERE f.reporter = %s", (who,)).fetchone()[0] == 0
+        assert (
+            conn.execute(
+                "SELECT count(*) FROM retraining_feedback rf JOIN feedback f ON f.id = rf.feedback_id"
+                " WHERE f.reporter = %s",
+                (who,),
+            ).fetchone()[0]
+            == 0
+        )
 
         # the champion: same version, same answers
         assert registry.champion(s).version == champion.version
         after = client.post("/predict/batch", json={"texts": probe + texts}).json()["predictions"]
         assert [(p["model_version"], p["label"]) for p in after] == [(p["model_version"], p["label"]) for p in before]
-    print(f"\npoisoning: {FLOOD} reports from {who} -> alert #{alert_id} ({n} reports), trigger paused_burst, "
-          f"then below_threshold 0/{thr} (untrusted {FLOOD}); retrainings started: 0; champion v{champion.version} "
-          f"unchanged on {len(probe) + len(texts)} texts")
+    print(
+        f"\npoisoning: {FLOOD} reports from {who} -> alert #{alert_id} ({n} reports), trigger paused_burst, "
+        f"then below_threshold 0/{thr} (untrusted {FLOOD}); retrainings started: 0; champion v{champion.version} "
+        f"unchanged on {len(probe) + len(texts)} texts"
+    )

@@ -1,5 +1,6 @@
 """The promotion rule: one small function, with no default of its own (the metric and margin
 always come from the platform's settings)."""
+
 import pytest
 
 from ml.config import Settings
@@ -27,20 +28,29 @@ def test_better_candidate_promoted_worse_or_equal_not():
 
 
 def test_margin_and_metric():
-    assert not decide_promotion({"f1": 0.9, "accuracy": 0.805}, {"f1": 0.8, "accuracy": 0.80},
-                                metric="accuracy", margin=0.01).promote
+    assert not decide_promotion(
+        {"f1": 0.9, "accuracy": 0.805}, {"f1": 0.8, "accuracy": 0.80}, metric="accuracy", margin=0.01
+    ).promote
     assert decide_promotion({"f1": 0.9, "accuracy": 0.7}, {"f1": 0.8, "accuracy": 0.8}, metric="f1", margin=0.0).promote
 
 
 def test_failed_checks_never_promoted():
-    d = decide_promotion({"accuracy": 0.99}, None, metric="accuracy", margin=0.0, checks_passed=False,
-                         checks_reason="negation")
+    d = decide_promotion(
+        {"accuracy": 0.99}, None, metric="accuracy", margin=0.0, checks_passed=False, checks_reason="negation"
+    )
     assert not d.promote and "negation" in d.reason
 
 
 def test_failed_checks_block_a_better_candidate_against_a_champion():
-    d = decide_promotion({"accuracy": 0.9}, {"accuracy": 0.6}, metric="accuracy", margin=0.0, checks_passed=False,
-                         checks_reason="minimum_functionality 8/10 passed")
+    d = decide_promotion(
+        {"accuracy": 0.9},
+        {"accuracy": 0.6},
+        metric="accuracy",
+        margin=0.0,
+        checks_passed=False,
+        checks_reason="minimum_functionality 8/10 passed",
+    )
     assert not d.promote and d.reason == "failed behavioural checks: minimum_functionality 8/10 passed"
-    assert decide_promotion({"accuracy": 0.9}, {"accuracy": 0.6}, metric="accuracy",
-                            margin=0.0).promote  # the checks alone block it
+    assert decide_promotion(
+        {"accuracy": 0.9}, {"accuracy": 0.6}, metric="accuracy", margin=0.0
+    ).promote  # the checks alone block it

@@ -7,6 +7,7 @@ reviewers' decisions through the real API with real `review` keys.
 - ``prepare`` takes trusted labels only (``trusted_training_rows``);
 - the queue: reported texts and least-confident live predictions, one item per text; review keys only.
 """
+
 from __future__ import annotations
 
 import uuid
@@ -22,8 +23,13 @@ from ml.config import get_settings
 
 @pytest.fixture
 def champion(own_champion, tweets_csv):
-    with own_champion("tweet-sentiment-review", tweets_csv, sample_size=300, SENTIMENT_BEHAVIOUR_CHECKS="false",
-                      SENTIMENT_RATE_LIMITS_ENABLED="false") as c:
+    with own_champion(
+        "tweet-sentiment-review",
+        tweets_csv,
+        sample_size=300,
+        SENTIMENT_BEHAVIOUR_CHECKS="false",
+        SENTIMENT_RATE_LIMITS_ENABLED="false",
+    ) as c:
         yield c
 
 
@@ -39,8 +45,13 @@ def _predict(texts: list[str]) -> list[serving.PredictionRow]:
 
 
 def _report(conn, row, label: int, *reporters: str) -> list[int]:
-    return [conn.execute("INSERT INTO feedback (prediction_id, correct_label, reporter) VALUES (%s, %s, %s)"
-                         " RETURNING id", (row.id, label, who)).fetchone()[0] for who in reporters]
+    return [
+        conn.execute(
+            "INSERT INTO feedback (prediction_id, correct_label, reporter) VALUES (%s, %s, %s) RETURNING id",
+            (row.id, label, who),
+        ).fetchone()[0]
+        for who in reporters
+    ]
 
 
 def _key(*scopes: str) -> tuple[dict[str, str], str]:
@@ -60,9 +71,9 @@ def test_three_identities_make_a_label_one_does_not_and_a_reviewers_rejection_wi
     a, b, c, d = _predict(tweets[:4])
     flip = {r.id: 1 - r.label for r in (a, b, c, d)}
     ids_a = _report(conn, a, flip[a.id], "key:u1#1", "key:u2#2", "key:u3#3")
-    _report(conn, b, flip[b.id], *(["key:solo#9"] * 6))                       # one identity, six times
+    _report(conn, b, flip[b.id], *(["key:solo#9"] * 6))  # one identity, six times
     ids_c = _report(conn, c, flip[c.id], "key:u1#1", "key:u2#2", "key:u3#3")
-    _report(conn, d, flip[d.id], "key:u1#1", "key:u2#2")                       # two: not enough
+    _report(conn, d, flip[d.id], "key:u1#1", "key:u2#2")  # two: not enough
     # a second prediction of a's text (another caller's) reported by a fourth identity: one item, four votes
     [a2] = _predict([tweets[0] + "  "])
     _report(conn, a2, flip[a.id], "anon:203.0.113.7")
@@ -70,8 +81,12 @@ def test_three_identities_make_a_label_one_does_not_and_a_reviewers_rejection_wi
     p = _pending(conn)
     assert {j.text for j in p["items"]} == {tweets[0].strip(), tweets[2].strip()}
     assert (p["reports"], p["untrusted_texts"], p["rejected_texts"]) == (2, 2, 0)
-    judged = {j.text: j for j in review.judge_texts(conn, champion.name, review.store.reports_of_version(
-        conn, champion.name, champion.version), get_settings()).values()}
+    judged = {
+        j.text: j
+        for j in review.judge_texts(
+            conn, champion.name, review.store.reports_of_version(conn, champion.name, champion.version), get_settings()
+        ).values()
+    }
     ja = judged[tweets[0].strip()]
     assert (ja.status, ja.source, ja.label, len(ja.supporters)) == ("trusted", "agreement", flip[a.id], 4)
     assert judged[tweets[1].strip()].status == "untrusted" and judged[tweets[3].strip()].status == "untrusted"
@@ -90,9 +105,11 @@ def test_three_identities_make_a_label_one_does_not_and_a_reviewers_rejection_wi
     assert not set(ids_c) & set(p["feedback_ids"]) and set(ids_a) <= set(p["feedback_ids"])
 
     # prepare's selection: trusted labels only (a by agreement, b by the reviewer; never c, never d)
-    consumed = conn.execute("SELECT f.id, f.prediction_id, p.text, f.correct_label, f.created_at FROM feedback f"
-                            " JOIN predictions p ON p.id = f.prediction_id WHERE p.model_name = %s ORDER BY f.id",
-                            (champion.name,)).fetchall()
+    consumed = conn.execute(
+        "SELECT f.id, f.prediction_id, p.text, f.correct_label, f.created_at FROM feedback f"
+        " JOIN predictions p ON p.id = f.prediction_id WHERE p.model_name = %s ORDER BY f.id",
+        (champion.name,),
+    ).fetchall()
     keep, dropped = review.trusted_training_rows(conn, champion.name, champion.version, consumed, get_settings())
     assert {row[2].strip() for row in keep} == {tweets[0].strip(), tweets[1].strip()}
     assert dropped["rejected"] == 3 and dropped["untrusted"] == 2
@@ -101,9 +118,11 @@ def test_three_identities_make_a_label_one_does_not_and_a_reviewers_rejection_wi
     many = _predict([f"{t} #{i}" for i, (_, t) in enumerate(realdata.balanced(30, seed=9))])
     for row in many:
         _report(conn, row, 1 - row.label, "key:loud#1")
-        conn.execute("INSERT INTO reviews (model_name, text, text_sha256, prediction_id, decision, label, reviewer)"
-                     " VALUES (%s, %s, %s, %s, 'accept', %s, 'key:rev#1')",
-                     (champion.name, row.text.strip(), review.text_key(row.text), row.id, 1 - row.label))
+        conn.execute(
+            "INSERT INTO reviews (model_name, text, text_sha256, prediction_id, decision, label, reviewer)"
+            " VALUES (%s, %s, %s, %s, 'accept', %s, 'key:rev#1')",
+            (champion.name, row.text.strip(), review.text_key(row.text), row.id, 1 - row.label),
+        )
     p = _pending(conn)
     assert p["identity_cap"] == 1.0 and "key:loud#1" in p["capped_identities"]
     assert p["reports"] == 32 and p["counted"] < 4  # 30 reviewed texts of one identity count as 1
@@ -122,8 +141,10 @@ def test_review_queue_reported_and_uncertain_items_for_review_keys_only(champion
     with TestClient(create_app(get_settings())) as client:
         assert client.get("/review/queue").status_code == 401
         assert client.get("/review/queue", headers=predict_headers).status_code == 403
-        assert client.post(f"/review/{reported.id}", json={"decision": "reject"},
-                           headers=predict_headers).status_code == 403
+        assert (
+            client.post(f"/review/{reported.id}", json={"decision": "reject"}, headers=predict_headers).status_code
+            == 403
+        )
         q = client.get("/review/queue?limit=10", headers=review_headers).json()
         assert q["reviewer"] == reviewer
         items = q["items"]
@@ -142,10 +163,12 @@ def test_review_queue_reported_and_uncertain_items_for_review_keys_only(champion
         assert r.status_code == 422 and "label" in r.json()["message"]
         r = client.post(f"/review/{uuid.uuid4()}", json={"decision": "reject"}, headers=review_headers)
         assert r.status_code == 404
-        r = client.post(f"/review/{unc[0]['id']}", json={"decision": "relabel", "label": "positive"},
-                        headers=review_headers)
+        r = client.post(
+            f"/review/{unc[0]['id']}", json={"decision": "relabel", "label": "positive"}, headers=review_headers
+        )
         assert r.status_code == 201 and r.json()["feedback_id"], r.text
-        assert conn.execute("SELECT reporter, correct_label, review_id FROM feedback WHERE id = %s",
-                            (r.json()["feedback_id"],)).fetchone() == (reviewer, 1, r.json()["id"])
+        assert conn.execute(
+            "SELECT reporter, correct_label, review_id FROM feedback WHERE id = %s", (r.json()["feedback_id"],)
+        ).fetchone() == (reviewer, 1, r.json()["id"])
         q2 = client.get("/review/queue?limit=10", headers=review_headers).json()
         assert unc[0]["key"] not in {i["key"] for i in q2["items"]}  # reviewed: out of the queue

@@ -1,4 +1,5 @@
 """Batch scoring: chunking, idempotence, shard retry, malformed rows, formats, the mapped DAG."""
+
 from __future__ import annotations
 
 import csv
@@ -16,7 +17,6 @@ import uuid
 from pathlib import Path
 
 import httpx
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -45,7 +45,7 @@ def score_input(tmp_path, tweets_csv, request):
         for i, (pol, text) in enumerate(rows):
             w.writerow([pol, str(i), "Mon Apr 06 22:19:45 PDT 2009", "NO_QUERY", user, text])
             if i == 10:
-                f.write('"0","x","y"\n')          # line 12: wrong column count
+                f.write('"0","x","y"\n')  # line 12: wrong column count
             if i == 500:
                 w.writerow(["4", "1", "d", "q", "u", "   "])  # line 503: empty text
     with p.open("a", encoding="utf-8") as f:
@@ -55,8 +55,11 @@ def score_input(tmp_path, tweets_csv, request):
 
 def _stored(conn, batch_id):
     return pd.DataFrame(
-        conn.execute("SELECT source_row, text, label, p_positive, model_version FROM predictions WHERE batch_id=%s"
-                     " ORDER BY source_row", (batch_id,)).fetchall(),
+        conn.execute(
+            "SELECT source_row, text, label, p_positive, model_version FROM predictions WHERE batch_id=%s"
+            " ORDER BY source_row",
+            (batch_id,),
+        ).fetchall(),
         columns=["source_row", "text", "label", "p_positive", "model_version"],
     )
 
@@ -152,10 +155,15 @@ def test_latin1_sentiment140_file_scores(champion, conn, latin1_input):
 
 def test_latin1_file_through_the_cli(champion, conn, latin1_input):
     path, expected, rejects = latin1_input
-    res = subprocess.run([sys.executable, "-m", "ml.cli", "score", str(path), "--shard-rows", "200"],
-                         capture_output=True, text=True, env=os.environ.copy(), timeout=300)
+    res = subprocess.run(
+        [sys.executable, "-m", "ml.cli", "score", str(path), "--shard-rows", "200"],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
-    s = json.loads(res.stdout[res.stdout.index("{"):])
+    s = json.loads(res.stdout[res.stdout.index("{") :])
     assert s["shards"] == 3 and s["rows_scored"] == len(expected)
     _check_latin1_batch(conn, s["batch_id"], expected, rejects)
 
@@ -163,8 +171,14 @@ def test_latin1_file_through_the_cli(champion, conn, latin1_input):
 @pytest.mark.slow
 def test_latin1_file_through_the_dag(airflow_cli, champion, conn, latin1_input):
     path, expected, rejects = latin1_input
-    res = airflow_cli("dags", "test", "sentiment_batch_scoring", "-c", json.dumps({"input_path": str(path)}),
-                      extra_env={"SENTIMENT_MODEL_NAME": champion})
+    res = airflow_cli(
+        "dags",
+        "test",
+        "sentiment_batch_scoring",
+        "-c",
+        json.dumps({"input_path": str(path)}),
+        extra_env={"SENTIMENT_MODEL_NAME": champion},
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     batch_id = conn.execute("SELECT id FROM batches WHERE input_path=%s", (str(path),)).fetchone()[0]
     _check_latin1_batch(conn, batch_id, expected, rejects)
@@ -197,14 +211,19 @@ def test_killed_scoring_process_resumes_with_only_unfinished_shards(champion, co
     shard that was in flight and the later ones, and stores each row exactly once."""
     path, _ = score_input
     batch_id = f"b-{scoring.file_sha256(path)[:16]}"
-    proc = subprocess.Popen([sys.executable, "-m", "ml.cli", "score", str(path), "--shard-rows", "50"],
-                            env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ml.cli", "score", str(path), "--shard-rows", "50"],
+        env=os.environ.copy(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 180
         while time.time() < deadline and proc.poll() is None:
-            n = conn.execute("SELECT count(*) FROM batch_shards WHERE batch_id=%s AND status='done'",
-                             (batch_id,)).fetchone()[0]
+            n = conn.execute(
+                "SELECT count(*) FROM batch_shards WHERE batch_id=%s AND status='done'", (batch_id,)
+            ).fetchone()[0]
             if n >= 1:
                 break
             time.sleep(0.005)
@@ -215,8 +234,12 @@ def test_killed_scoring_process_resumes_with_only_unfinished_shards(champion, co
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.stderr.close()
-    before = {r[0]: (r[1], r[2], r[3]) for r in conn.execute(
-        "SELECT shard, status, attempts, finished_at FROM batch_shards WHERE batch_id=%s", (batch_id,))}
+    before = {
+        r[0]: (r[1], r[2], r[3])
+        for r in conn.execute(
+            "SELECT shard, status, attempts, finished_at FROM batch_shards WHERE batch_id=%s", (batch_id,)
+        )
+    }
     done_before = {sh for sh, (st, _, _) in before.items() if st == "done"}
     assert len(before) == 20 and 1 <= len(done_before) < 20
     assert done_before == set(range(len(done_before)))  # shards run in order
@@ -228,8 +251,12 @@ def test_killed_scoring_process_resumes_with_only_unfinished_shards(champion, co
     assert resumed.status == "scoring" and resumed.shards == sorted(set(range(20)) - done_before)
     summary = scoring.score_file(path)  # resumes the same plan
     assert summary["rows_scored"] == 1000 and summary["shards"] == 20
-    after = {r[0]: (r[1], r[2], r[3]) for r in conn.execute(
-        "SELECT shard, status, attempts, finished_at FROM batch_shards WHERE batch_id=%s", (batch_id,))}
+    after = {
+        r[0]: (r[1], r[2], r[3])
+        for r in conn.execute(
+            "SELECT shard, status, attempts, finished_at FROM batch_shards WHERE batch_id=%s", (batch_id,)
+        )
+    }
     for sh in range(20):
         if sh in done_before:  # not re-run: same attempt, same finish time
             assert after[sh] == before[sh]
@@ -255,17 +282,22 @@ def test_dag_retries_a_failed_shard_alone(airflow_cli, platform_env, champion, c
             hidden = None
             while not stop.is_set():
                 if hidden is None:
-                    row = c.execute("SELECT path, attempts FROM batch_shards WHERE batch_id=%s AND shard=1",
-                                    (batch_id,)).fetchone()
+                    row = c.execute(
+                        "SELECT path, attempts FROM batch_shards WHERE batch_id=%s AND shard=1", (batch_id,)
+                    ).fetchone()
                     if row and row[1] == 0 and Path(row[0]).exists():
                         hidden = (row[0], row[0] + ".away")
                         os.replace(*hidden)
                         events.append("hidden")
                 else:  # Airflow has failed the first try and waits to retry it: put the file back
-                    state = _airflow_rows(platform_env, "SELECT ti.state FROM task_instance ti JOIN dag_run r"
-                                          " ON r.dag_id = ti.dag_id AND r.run_id = ti.run_id"
-                                          " WHERE ti.dag_id='sentiment_batch_scoring' AND ti.task_id='score_shard'"
-                                          " AND ti.map_index=1 AND r.conf::text LIKE %s", (f"%{path.name}%",))
+                    state = _airflow_rows(
+                        platform_env,
+                        "SELECT ti.state FROM task_instance ti JOIN dag_run r"
+                        " ON r.dag_id = ti.dag_id AND r.run_id = ti.run_id"
+                        " WHERE ti.dag_id='sentiment_batch_scoring' AND ti.task_id='score_shard'"
+                        " AND ti.map_index=1 AND r.conf::text LIKE %s",
+                        (f"%{path.name}%",),
+                    )
                     if state and state[0][0] == "up_for_retry":
                         os.replace(hidden[1], hidden[0])
                         events.append("restored")
@@ -276,8 +308,9 @@ def test_dag_retries_a_failed_shard_alone(airflow_cli, platform_env, champion, c
     t.start()
     try:
         conf = json.dumps({"input_path": str(path), "shard_rows": 400})
-        res = airflow_cli("dags", "test", "sentiment_batch_scoring", "-c", conf,
-                          extra_env={"SENTIMENT_MODEL_NAME": champion})
+        res = airflow_cli(
+            "dags", "test", "sentiment_batch_scoring", "-c", conf, extra_env={"SENTIMENT_MODEL_NAME": champion}
+        )
     finally:
         stop.set()
         t.join(10)
@@ -286,9 +319,14 @@ def test_dag_retries_a_failed_shard_alone(airflow_cli, platform_env, champion, c
     run_id = conn.execute("SELECT airflow_run_id FROM batches WHERE id=%s", (batch_id,)).fetchone()[0]
     attempts = dict(conn.execute("SELECT shard, attempts FROM batch_shards WHERE batch_id=%s", (batch_id,)).fetchall())
     assert attempts == {0: 1, 1: 2, 2: 1}
-    tries = dict(_airflow_rows(platform_env,
-                               "SELECT map_index, try_number FROM task_instance WHERE dag_id='sentiment_batch_scoring'"
-                               " AND run_id=%s AND task_id='score_shard'", (run_id,)))
+    tries = dict(
+        _airflow_rows(
+            platform_env,
+            "SELECT map_index, try_number FROM task_instance WHERE dag_id='sentiment_batch_scoring'"
+            " AND run_id=%s AND task_id='score_shard'",
+            (run_id,),
+        )
+    )
     assert tries == {0: 1, 1: 2, 2: 1}
     stored = _stored(conn, batch_id)
     assert len(stored) == 1000 and stored["source_row"].is_unique
@@ -359,8 +397,9 @@ def test_rerun_does_not_duplicate(champion, conn, score_input):
 def test_failed_shard_retried_alone_completes_batch(champion, conn, score_input):
     path, _ = score_input
     plan = scoring.plan(path, shard_rows=250, force=True)
-    shard_file = conn.execute("SELECT path FROM batch_shards WHERE batch_id=%s AND shard=2",
-                              (plan.batch_id,)).fetchone()[0]
+    shard_file = conn.execute(
+        "SELECT path FROM batch_shards WHERE batch_id=%s AND shard=2", (plan.batch_id,)
+    ).fetchone()[0]
     hidden = shard_file + ".away"
     shutil.move(shard_file, hidden)  # shard 2's input disappears: its task fails
     results = {}
@@ -381,7 +420,9 @@ def test_failed_shard_retried_alone_completes_batch(champion, conn, score_input)
     assert summary["rows_scored"] == 1000
     stored = _stored(conn, plan.batch_id)
     assert len(stored) == 1000 and stored["source_row"].is_unique
-    attempts = dict(conn.execute("SELECT shard, attempts FROM batch_shards WHERE batch_id=%s", (plan.batch_id,)).fetchall())
+    attempts = dict(
+        conn.execute("SELECT shard, attempts FROM batch_shards WHERE batch_id=%s", (plan.batch_id,)).fetchall()
+    )
     assert attempts[2] == 2 and attempts[0] == 2 and attempts[1] == 1
 
 
@@ -417,11 +458,14 @@ def test_no_champion_is_a_clear_error(platform_env, mlflow_tracking, model_name,
 def test_batch_scoring_dag_maps_shards(airflow_cli, champion, conn, score_input):
     path, _ = score_input
     conf = json.dumps({"input_path": str(path), "shard_rows": 400, "force": True})
-    res = airflow_cli("dags", "test", "sentiment_batch_scoring", "-c", conf,
-                      extra_env={"SENTIMENT_MODEL_NAME": champion})
+    res = airflow_cli(
+        "dags", "test", "sentiment_batch_scoring", "-c", conf, extra_env={"SENTIMENT_MODEL_NAME": champion}
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    row = conn.execute("SELECT id, status, n_shards, rows_scored, rows_rejected, airflow_run_id FROM batches"
-                       " WHERE input_path=%s", (str(path),)).fetchone()
+    row = conn.execute(
+        "SELECT id, status, n_shards, rows_scored, rows_rejected, airflow_run_id FROM batches WHERE input_path=%s",
+        (str(path),),
+    ).fetchone()
     assert row[1:5] == ("done", 3, 1000, 3) and row[5].startswith("manual__")
     assert conn.execute("SELECT count(*) FROM predictions WHERE batch_id=%s", (row[0],)).fetchone()[0] == 1000
 
@@ -455,11 +499,21 @@ def _start_api_server(airflow: str, env: dict, logs: Path, attempts: int = 3) ->
     this tries again on another port."""
     for attempt in range(attempts):
         port = _free_port()
-        env.update({"AIRFLOW__API__PORT": str(port), "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
-                    "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/"})
+        env.update(
+            {
+                "AIRFLOW__API__PORT": str(port),
+                "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+                "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+            }
+        )
         log = logs / f"api-{attempt}.log"
-        proc = subprocess.Popen([airflow, "api-server", "--port", str(port)], env=env, start_new_session=True,
-                                stdout=log.open("w"), stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [airflow, "api-server", "--port", str(port)],
+            env=env,
+            start_new_session=True,
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.time() + 120
         while time.time() < deadline and proc.poll() is None:
             try:
@@ -499,14 +553,16 @@ def test_celery_worker_runs_scoring_shards(platform_env, airflow_cli, champion, 
     own = uuid.uuid4().hex[:12]
     prefix, queue, worker_name = f"smops-test-{own}:", "default", f"celery-worker-{own}"
     env = airflow_env(platform_env)
-    env.update({
-        "AIRFLOW__CORE__EXECUTOR": CELERY_EXECUTOR,
-        "AIRFLOW__CELERY__BROKER_URL": f"redis://{REDIS[0]}:{REDIS[1]}/0",
-        "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__GLOBAL_KEYPREFIX": prefix,
-        "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + db.libpq_url(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]),
-        "AIRFLOW__CELERY__WORKER_CONCURRENCY": "2",
-        "SENTIMENT_MODEL_NAME": champion,
-    })
+    env.update(
+        {
+            "AIRFLOW__CORE__EXECUTOR": CELERY_EXECUTOR,
+            "AIRFLOW__CELERY__BROKER_URL": f"redis://{REDIS[0]}:{REDIS[1]}/0",
+            "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__GLOBAL_KEYPREFIX": prefix,
+            "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + db.libpq_url(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]),
+            "AIRFLOW__CELERY__WORKER_CONCURRENCY": "2",
+            "SENTIMENT_MODEL_NAME": champion,
+        }
+    )
     airflow = str(Path(sys.executable).parent / "airflow")
     logs = tmp_path / "logs"
     logs.mkdir()
@@ -516,17 +572,39 @@ def test_celery_worker_runs_scoring_shards(platform_env, airflow_cli, champion, 
         # the worker's task processes report a host name of their own (Airflow's hostname_callable),
         # so each task instance's recorded hostname says which process tree ran it
         (tmp_path / "smops_worker_name.py").write_text(
-            "import os\n\ndef hostname():\n    return os.environ['SMOPS_TEST_WORKER_NAME']\n")
-        worker_env = {**env, "SMOPS_TEST_WORKER_NAME": worker_name,
-                      "AIRFLOW__CORE__HOSTNAME_CALLABLE": "smops_worker_name.hostname",
-                      "PYTHONPATH": os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])}
-        worker = subprocess.Popen([airflow, "celery", "worker", "--queues", queue, "--concurrency", "2",
-                                   "--celery-hostname", f"{worker_name}@%h"], env=worker_env,
-                                  start_new_session=True, stdout=(logs / "worker.log").open("w"),
-                                  stderr=subprocess.STDOUT)
+            "import os\n\ndef hostname():\n    return os.environ['SMOPS_TEST_WORKER_NAME']\n"
+        )
+        worker_env = {
+            **env,
+            "SMOPS_TEST_WORKER_NAME": worker_name,
+            "AIRFLOW__CORE__HOSTNAME_CALLABLE": "smops_worker_name.hostname",
+            "PYTHONPATH": os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")]),
+        }
+        worker = subprocess.Popen(
+            [
+                airflow,
+                "celery",
+                "worker",
+                "--queues",
+                queue,
+                "--concurrency",
+                "2",
+                "--celery-hostname",
+                f"{worker_name}@%h",
+            ],
+            env=worker_env,
+            start_new_session=True,
+            stdout=(logs / "worker.log").open("w"),
+            stderr=subprocess.STDOUT,
+        )
         conf = json.dumps({"input_path": str(path), "shard_rows": 400})
-        res = subprocess.run([airflow, "dags", "test", "sentiment_batch_scoring", "--use-executor", "-c", conf],
-                             env=env, capture_output=True, text=True, timeout=400)
+        res = subprocess.run(
+            [airflow, "dags", "test", "sentiment_batch_scoring", "--use-executor", "-c", conf],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=400,
+        )
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     finally:
         if worker is not None:
@@ -538,16 +616,26 @@ def test_celery_worker_runs_scoring_shards(platform_env, airflow_cli, champion, 
         keys = list(r.scan_iter(match=f"{prefix}*"))
         if keys:
             r.delete(*keys)
-    batch = conn.execute("SELECT id, status, n_shards, rows_scored, airflow_run_id FROM batches WHERE input_path=%s",
-                         (str(path),)).fetchone()
+    batch = conn.execute(
+        "SELECT id, status, n_shards, rows_scored, airflow_run_id FROM batches WHERE input_path=%s", (str(path),)
+    ).fetchone()
     assert batch[1:4] == ("done", 3, 1000)
     assert conn.execute("SELECT count(*) FROM predictions WHERE batch_id=%s", (batch[0],)).fetchone()[0] == 1000
     # Airflow's own record: plan, 3 mapped shards and finalize each went to the worker's queue and
     # ran, to success, on that worker (the host name only its task processes report)
-    tis = _airflow_rows(platform_env, "SELECT task_id, map_index, state, queue, hostname"
-                        " FROM task_instance WHERE dag_id='sentiment_batch_scoring' AND run_id=%s", (batch[4],))
-    assert sorted((t[0], t[1]) for t in tis) == [("finalize", -1), ("plan", -1), ("score_shard", 0),
-                                                 ("score_shard", 1), ("score_shard", 2)]
+    tis = _airflow_rows(
+        platform_env,
+        "SELECT task_id, map_index, state, queue, hostname"
+        " FROM task_instance WHERE dag_id='sentiment_batch_scoring' AND run_id=%s",
+        (batch[4],),
+    )
+    assert sorted((t[0], t[1]) for t in tis) == [
+        ("finalize", -1),
+        ("plan", -1),
+        ("score_shard", 0),
+        ("score_shard", 1),
+        ("score_shard", 2),
+    ]
     for task_id, map_index, state, ti_queue, hostname in tis:
         assert (state, ti_queue, hostname) == ("success", queue, worker_name), (task_id, map_index)
 
@@ -601,8 +689,10 @@ def test_inbox_lists_settled_unscored_files_with_deterministic_run_ids(champion,
     (inbox / ".c.txt").write_text("hidden: not yet renamed\n")
     kw = scoring.inbox_trigger_kwargs(settle_seconds=10)
     digest = scoring.file_sha256(a)
-    assert kw == [{"trigger_run_id": f"inbox__{digest[:16]}", "conf": {"input_path": str(a)},
-                   "note": kw[0]["note"]}] and "a.txt" in kw[0]["note"]
+    assert (
+        kw == [{"trigger_run_id": f"inbox__{digest[:16]}", "conf": {"input_path": str(a)}, "note": kw[0]["note"]}]
+        and "a.txt" in kw[0]["note"]
+    )
     assert [f["path"] for f in scoring.pending_inbox_files(settle_seconds=0)] == [str(a), str(fresh)]
     scoring.score_file(a)
     assert scoring.pending_inbox_files(settle_seconds=10) == []  # scored content is not listed again
@@ -618,17 +708,31 @@ def test_inbox_dag_triggers_one_run_per_file_once(airflow_cli, champion, platfor
         p.unlink()
     landed = _land(inbox, "dropped.txt", f"so happy for you!!\nugh my phone broke again {uuid.uuid4().hex}\n")
     run_id = f"inbox__{scoring.file_sha256(landed)[:16]}"
-    for i in range(2):
-        res = airflow_cli("dags", "test", "sentiment_inbox", "-c", json.dumps({"settle_seconds": 5}),
-                          extra_env={"SENTIMENT_MODEL_NAME": champion})
+    for _ in range(2):
+        res = airflow_cli(
+            "dags",
+            "test",
+            "sentiment_inbox",
+            "-c",
+            json.dumps({"settle_seconds": 5}),
+            extra_env={"SENTIMENT_MODEL_NAME": champion},
+        )
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    runs = _airflow_rows(platform_env, "SELECT r.run_id, r.conf, n.content FROM dag_run r LEFT JOIN dag_run_note n"
-                         " ON n.dag_run_id = r.id WHERE r.dag_id='sentiment_batch_scoring' AND r.run_id LIKE 'inbox__%%'")
+    runs = _airflow_rows(
+        platform_env,
+        "SELECT r.run_id, r.conf, n.content FROM dag_run r LEFT JOIN dag_run_note n"
+        " ON n.dag_run_id = r.id WHERE r.dag_id='sentiment_batch_scoring' AND r.run_id LIKE 'inbox__%%'",
+    )
     mine = [r for r in runs if r[0] == run_id]
     assert len(mine) == 1 and "dropped.txt" in str(mine[0][1]) and "dropped.txt" in mine[0][2]
-    states = [r[0] for r in _airflow_rows(
-        platform_env, "SELECT ti.state FROM task_instance ti JOIN dag_run r ON r.dag_id=ti.dag_id AND r.run_id=ti.run_id"
-        " WHERE ti.dag_id='sentiment_inbox' AND ti.task_id='trigger' ORDER BY r.id")]
+    states = [
+        r[0]
+        for r in _airflow_rows(
+            platform_env,
+            "SELECT ti.state FROM task_instance ti JOIN dag_run r ON r.dag_id=ti.dag_id AND r.run_id=ti.run_id"
+            " WHERE ti.dag_id='sentiment_inbox' AND ti.task_id='trigger' ORDER BY r.id",
+        )
+    ]
     assert states[-2:] == ["success", "skipped"]
     landed.unlink()
 
@@ -646,9 +750,14 @@ def test_manual_run_does_not_wait_behind_the_watched_inbox(platform_env, champio
     manual = tmp_path / "manual.txt"
     manual.write_text(f"what a lovely morning\nthis is the worst traffic ever {uuid.uuid4().hex}\n")
     env = airflow_env(platform_env)
-    env.update({"SENTIMENT_MODEL_NAME": champion, "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
-                "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
-                "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5"})
+    env.update(
+        {
+            "SENTIMENT_MODEL_NAME": champion,
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+            "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+        }
+    )
     airflow = str(Path(sys.executable).parent / "airflow")
     subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True, timeout=300)
     logs = tmp_path / "logs"
@@ -657,25 +766,48 @@ def test_manual_run_does_not_wait_behind_the_watched_inbox(platform_env, champio
     procs = [api]
     try:
         for comp in ("dag-processor", "scheduler"):
-            procs.append(subprocess.Popen([airflow, comp], env=env, start_new_session=True,
-                                          stdout=(logs / f"{comp}.log").open("w"), stderr=subprocess.STDOUT))
+            procs.append(
+                subprocess.Popen(
+                    [airflow, comp],
+                    env=env,
+                    start_new_session=True,
+                    stdout=(logs / f"{comp}.log").open("w"),
+                    stderr=subprocess.STDOUT,
+                )
+            )
         deadline = time.time() + 180
         while time.time() < deadline:  # both DAGs parsed
-            if len(_airflow_rows(platform_env, "SELECT dag_id FROM dag WHERE dag_id IN"
-                                 " ('sentiment_inbox', 'sentiment_batch_scoring') AND is_stale = false")) == 2:
+            if (
+                len(
+                    _airflow_rows(
+                        platform_env,
+                        "SELECT dag_id FROM dag WHERE dag_id IN"
+                        " ('sentiment_inbox', 'sentiment_batch_scoring') AND is_stale = false",
+                    )
+                )
+                == 2
+            ):
                 break
             time.sleep(1)
         for dag_id in ("sentiment_batch_scoring", "sentiment_inbox"):
             r = subprocess.run([airflow, "dags", "unpause", dag_id], env=env, capture_output=True, text=True)
             assert r.returncode == 0, r.stderr[-2000:]
-        r = subprocess.run([airflow, "dags", "trigger", "sentiment_batch_scoring", "-c",
-                            json.dumps({"input_path": str(manual)})], env=env, capture_output=True, text=True)
+        r = subprocess.run(
+            [airflow, "dags", "trigger", "sentiment_batch_scoring", "-c", json.dumps({"input_path": str(manual)})],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
         deadline = time.time() + 300
         done = {}
         while time.time() < deadline and len(done) < 2:
-            done = dict(conn.execute("SELECT input_path, airflow_run_id FROM batches WHERE status='done'"
-                                     " AND input_path = ANY(%s)", ([str(landed), str(manual)],)).fetchall())
+            done = dict(
+                conn.execute(
+                    "SELECT input_path, airflow_run_id FROM batches WHERE status='done' AND input_path = ANY(%s)",
+                    ([str(landed), str(manual)],),
+                ).fetchall()
+            )
             time.sleep(2)
         assert len(done) == 2, {p.name: p.read_text()[-1500:] for p in logs.iterdir()}
     finally:

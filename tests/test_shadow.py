@@ -11,6 +11,7 @@ with the champion and scores the same texts with the challenger off the request 
 
 Run with ``-s`` to see the shadow numbers of both runs.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,11 +40,19 @@ def pool_rows() -> tuple[tuple[int, str], ...]:
 
 @pytest.fixture
 def loop(own_champion, tweets_csv, pool_rows, request):
-    with own_champion("tweet-sentiment-shadow", tweets_csv, sample_size=300, SENTIMENT_BEHAVIOUR_CHECKS="false",
-                      SENTIMENT_RETRAINING_FEEDBACK_FRACTION=str(FRACTION), SENTIMENT_SHADOW_REQUESTS=str(WINDOW),
-                      SENTIMENT_SHADOW_HOURS="1", SENTIMENT_SHADOW_MIN_AGREEMENT="0.6",
-                      SENTIMENT_SHADOW_MAX_ACCURACY_DROP="0.02", SENTIMENT_SHADOW_MIN_REVIEWED=str(REVIEWED),
-                      SENTIMENT_SHADOW_POKE_SECONDS="2") as c:
+    with own_champion(
+        "tweet-sentiment-shadow",
+        tweets_csv,
+        sample_size=300,
+        SENTIMENT_BEHAVIOUR_CHECKS="false",
+        SENTIMENT_RETRAINING_FEEDBACK_FRACTION=str(FRACTION),
+        SENTIMENT_SHADOW_REQUESTS=str(WINDOW),
+        SENTIMENT_SHADOW_HOURS="1",
+        SENTIMENT_SHADOW_MIN_AGREEMENT="0.6",
+        SENTIMENT_SHADOW_MAX_ACCURACY_DROP="0.02",
+        SENTIMENT_SHADOW_MIN_REVIEWED=str(REVIEWED),
+        SENTIMENT_SHADOW_POKE_SECONDS="2",
+    ) as c:
         yield make_loop(c, pool_rows, seed=request.node.nodeid)
 
 
@@ -55,9 +64,12 @@ def _airflow(settings, sql: str, args: tuple) -> list[tuple]:
 
 
 def _shadow_rows(conn, name: str) -> list[tuple]:
-    return conn.execute("SELECT sp.prediction_id, sp.champion_label, sp.challenger_label FROM shadow_predictions sp"
-                        " JOIN shadows s ON s.id = sp.shadow_id WHERE s.model_name = %s AND s.status = 'running'"
-                        " ORDER BY sp.created_at, sp.prediction_id", (name,)).fetchall()
+    return conn.execute(
+        "SELECT sp.prediction_id, sp.champion_label, sp.challenger_label FROM shadow_predictions sp"
+        " JOIN shadows s ON s.id = sp.shadow_id WHERE s.model_name = %s AND s.status = 'running'"
+        " ORDER BY sp.created_at, sp.prediction_id",
+        (name,),
+    ).fetchall()
 
 
 def _run_with_traffic(loop, conn, airflow_cli, oracle) -> dict:
@@ -72,9 +84,16 @@ def _run_with_traffic(loop, conn, airflow_cli, oracle) -> dict:
     live = [next(loop.pool) for _ in range(3000)]  # real tweets neither model trained on
     out: dict = {"rid": rid, "answers": [], "reviewed": []}
     with TestClient(create_app(s)) as client:
+
         def dag():
-            out["res"] = airflow_cli("dags", "test", "sentiment_retraining", "-c", json.dumps({"retraining_id": rid}),
-                                     extra_env={**loop.env, "SENTIMENT_SHADOW_POKE_SECONDS": "2"})
+            out["res"] = airflow_cli(
+                "dags",
+                "test",
+                "sentiment_retraining",
+                "-c",
+                json.dumps({"retraining_id": rid}),
+                extra_env={**loop.env, "SENTIMENT_SHADOW_POKE_SECONDS": "2"},
+            )
 
         th = threading.Thread(target=dag)
         th.start()
@@ -95,8 +114,9 @@ def _run_with_traffic(loop, conn, airflow_cli, oracle) -> dict:
                 if len(rows) >= REVIEWED + 4:  # traffic pauses here: the window (WINDOW) is not full
                     picked = rows[:REVIEWED]
                     ids = [str(pid) for pid, *_ in picked]
-                    while conn.execute("SELECT count(*) FROM predictions WHERE id = ANY(%s::uuid[])",
-                                       (ids,)).fetchone()[0] < len(ids):
+                    while conn.execute(
+                        "SELECT count(*) FROM predictions WHERE id = ANY(%s::uuid[])", (ids,)
+                    ).fetchone()[0] < len(ids):
                         time.sleep(0.2)  # the API's writer stores the champion's rows
                     for pid, champ_label, chall_label in picked:
                         text, y = truth[str(pid)]
@@ -112,31 +132,52 @@ def _run_with_traffic(loop, conn, airflow_cli, oracle) -> dict:
     res = out["res"]
     assert res.returncode == 0, (res.stdout + res.stderr)[-5000:]
     out["retraining"] = retraining.get_retraining(rid)
-    out["shadow"] = conn.execute("SELECT id, status, results, decision, challenger_version, champion_version"
-                                 " FROM shadows WHERE retraining_id = %s", (rid,)).fetchone()
-    out["events"] = conn.execute("SELECT event, version, previous_version FROM model_events WHERE model_name = %s"
-                                 " ORDER BY id", (loop.name,)).fetchall()
-    [(run_id,)] = _airflow(s, "SELECT run_id FROM dag_run WHERE dag_id = 'sentiment_retraining'"
-                              " AND conf->>'retraining_id' = %s", (str(rid),)) or [(None,)]
-    out["task_states"] = dict(_airflow(s, "SELECT task_id, state FROM task_instance WHERE dag_id ="
-                                          " 'sentiment_retraining' AND run_id = %s", (run_id,)))
-    out["reschedules"] = _airflow(s, "SELECT count(*) FROM task_reschedule tr JOIN task_instance ti ON ti.id = tr.ti_id"
-                                     " WHERE ti.dag_id = 'sentiment_retraining' AND ti.run_id = %s"
-                                     " AND ti.task_id = 'shadow.window'", (run_id,))[0][0]
+    out["shadow"] = conn.execute(
+        "SELECT id, status, results, decision, challenger_version, champion_version"
+        " FROM shadows WHERE retraining_id = %s",
+        (rid,),
+    ).fetchone()
+    out["events"] = conn.execute(
+        "SELECT event, version, previous_version FROM model_events WHERE model_name = %s ORDER BY id", (loop.name,)
+    ).fetchall()
+    [(run_id,)] = _airflow(
+        s,
+        "SELECT run_id FROM dag_run WHERE dag_id = 'sentiment_retraining' AND conf->>'retraining_id' = %s",
+        (str(rid),),
+    ) or [(None,)]
+    out["task_states"] = dict(
+        _airflow(
+            s,
+            "SELECT task_id, state FROM task_instance WHERE dag_id = 'sentiment_retraining' AND run_id = %s",
+            (run_id,),
+        )
+    )
+    out["reschedules"] = _airflow(
+        s,
+        "SELECT count(*) FROM task_reschedule tr JOIN task_instance ti ON ti.id = tr.ti_id"
+        " WHERE ti.dag_id = 'sentiment_retraining' AND ti.run_id = %s"
+        " AND ti.task_id = 'shadow.window'",
+        (run_id,),
+    )[0][0]
     sid, status, results, decision, v2, v1 = out["shadow"]
-    print(f"\nshadow #{sid} v{v2} beside v{v1}: {status}; n={results['n']}, agreement {results['agreement']:.3f}, "
-          f"CBPE challenger {results['estimate']['challenger']['estimated_accuracy']:.4f} vs champion "
-          f"{results['estimate']['champion']['estimated_accuracy']:.4f}, reviewed n={results['reviewed']['n']}: "
-          f"{results['reviewed'].get('challenger_accuracy')} vs {results['reviewed'].get('champion_accuracy')}; "
-          f"sensor reschedules {out['reschedules']}; scorer {out['shadow_stats']}\n  decision: {decision}")
+    print(
+        f"\nshadow #{sid} v{v2} beside v{v1}: {status}; n={results['n']}, agreement {results['agreement']:.3f}, "
+        f"CBPE challenger {results['estimate']['challenger']['estimated_accuracy']:.4f} vs champion "
+        f"{results['estimate']['champion']['estimated_accuracy']:.4f}, reviewed n={results['reviewed']['n']}: "
+        f"{results['reviewed'].get('challenger_accuracy')} vs {results['reviewed'].get('champion_accuracy')}; "
+        f"sensor reschedules {out['reschedules']}; scorer {out['shadow_stats']}\n  decision: {decision}"
+    )
     return out
 
 
 def _common(out, loop):
-    r, (sid, status, results, decision, v2, v1) = out["retraining"], out["shadow"]
+    r, (sid, _status, results, decision, v2, v1) = out["retraining"], out["shadow"]
     assert v1 == loop.v1 and r["candidate_version"] == v2 != v1
     assert out["task_states"] == {t: "success" for t in out["task_states"]} and {
-        "promotion.promote", "shadow.window", "shadow.decide"} <= set(out["task_states"])
+        "promotion.promote",
+        "shadow.window",
+        "shadow.decide",
+    } <= set(out["task_states"])
     assert out["reschedules"] >= 1  # the sensor gave its slot back between pokes
     assert results["n"] >= WINDOW and results["reviewed"]["n"] == REVIEWED
     assert out["shadow_stats"]["dropped"] == 0 and out["shadow_stats"]["errors"] == 0
@@ -156,7 +197,9 @@ def test_shadow_window_then_promoted(loop, conn, airflow_cli):
     r, (sid, status, results, decision, v2, _) = out["retraining"], out["shadow"]
     assert status == "promoted" and r["status"] == "promoted" and r["champion_after"] == v2, decision
     assert registry.champion().version == v2 and out["after"] == v2
-    assert all(c["passed"] for c in results["criteria"].values()) and results["criteria"]["reviewed_accuracy"]["criterion"]
+    assert (
+        all(c["passed"] for c in results["criteria"].values()) and results["criteria"]["reviewed_accuracy"]["criterion"]
+    )
     assert out["events"] == [("promoted", loop.v1, None), ("shadow_started", v2, loop.v1), ("promoted", v2, loop.v1)]
     card = model_card.model_card()
     assert card["champion"]["version"] == v2 and card["champion"]["shadow"]["status"] == "promoted"
@@ -181,12 +224,21 @@ def test_shadow_window_then_not_promoted(loop, conn, airflow_cli):
 
 def test_assess_criteria_and_empty_window(platform_env):
     """The decision rule on its own: disagreement alone fails; an empty window is no evidence."""
-    s = platform_env.model_copy(update={"shadow_min_agreement": 0.8, "shadow_max_accuracy_drop": 0.02,
-                                        "shadow_min_reviewed": 5})
+    s = platform_env.model_copy(
+        update={"shadow_min_agreement": 0.8, "shadow_max_accuracy_drop": 0.02, "shadow_min_reviewed": 5}
+    )
     cal = {"kind": "isotonic", "x": [0.0, 1.0], "y": [0.0, 1.0], "n": 2}
     calibration = {"champion": cal, "challenger": cal}
-    rows = [{"champion_label": 1, "champion_p_positive": 0.9, "challenger_label": int(i % 3 != 0),
-             "challenger_p_positive": 0.9 if i % 3 else 0.1, "reviewed_label": None} for i in range(30)]
+    rows = [
+        {
+            "champion_label": 1,
+            "champion_p_positive": 0.9,
+            "challenger_label": int(i % 3 != 0),
+            "challenger_p_positive": 0.9 if i % 3 else 0.1,
+            "reviewed_label": None,
+        }
+        for i in range(30)
+    ]
     a = shadow_mod.assess(rows, calibration, s)
     assert a["agreement"] == pytest.approx(20 / 30) and not a["criteria"]["agreement"]["passed"] and not a["promote"]
     assert a["criteria"]["estimated_accuracy"]["passed"]  # both equally confident: no estimated drop

@@ -1,4 +1,5 @@
 """The training stages end to end against real PostgreSQL and real MLflow tracking/registry."""
+
 from __future__ import annotations
 
 import mlflow
@@ -111,15 +112,19 @@ def _assert_rejected_by_the_gate(conn, name, champion_version, run_id):
     minimum-functionality check for real, and was not promoted; recorded in training_runs and model_events."""
     status, decision, metrics, champion_metrics, behaviour, version = conn.execute(
         "SELECT status, decision, metrics, champion_metrics, behaviour, model_version FROM training_runs"
-        " WHERE run_id = %s", (run_id,)).fetchone()
+        " WHERE run_id = %s",
+        (run_id,),
+    ).fetchone()
     assert champion_metrics["version"] == champion_version
     assert metrics["accuracy"] > champion_metrics["accuracy"]  # accuracy alone would promote it
     mf = behaviour["types"]["minimum_functionality"]
     assert (behaviour["passed"], mf["passed"], mf["threshold"]) == (False, False, 1.0)
     assert mf["pass_rate"] < 1.0 and mf["failures"]  # real sentences it got wrong
     assert status == "rejected" and decision.startswith("failed behavioural checks: minimum_functionality")
-    assert conn.execute("SELECT event, previous_version, reason FROM model_events WHERE model_name = %s"
-                        " AND version = %s", (name, version)).fetchall() == [("rejected", champion_version, decision)]
+    assert conn.execute(
+        "SELECT event, previous_version, reason FROM model_events WHERE model_name = %s AND version = %s",
+        (name, version),
+    ).fetchall() == [("rejected", champion_version, decision)]
     assert registry.champion().version == champion_version
 
 
@@ -142,20 +147,28 @@ def test_a_more_accurate_candidate_failing_a_check_is_not_promoted(own_champion,
 
 
 @pytest.mark.slow
-def test_training_dag_does_not_promote_a_more_accurate_candidate_failing_a_check(own_champion, tweets_csv, conn,
-                                                                                 airflow_cli):
+def test_training_dag_does_not_promote_a_more_accurate_candidate_failing_a_check(
+    own_champion, tweets_csv, conn, airflow_cli
+):
     """The same gate through sentiment_training (``airflow dags test``): the comparison's winner beats the
     champion on the same held-out split, fails minimum functionality, and the champion stays."""
     import json
 
     with own_champion("tweet-sentiment-gate-dag", tweets_csv, sample_size=300, SENTIMENT_BEHAVIOUR_CHECKS="false") as c:
         before = _dag_runs("sentiment_training")
-        res = airflow_cli("dags", "test", "sentiment_training", "-c", json.dumps({"data_path": str(tweets_csv)}),
-                          extra_env={**c.env, **STRICT_MINIMUM_FUNCTIONALITY})
+        res = airflow_cli(
+            "dags",
+            "test",
+            "sentiment_training",
+            "-c",
+            json.dumps({"data_path": str(tweets_csv)}),
+            extra_env={**c.env, **STRICT_MINIMUM_FUNCTIONALITY},
+        )
         out = res.stdout + res.stderr
         assert res.returncode == 0, out[-5000:]  # a rejection is a decision, not a failure
         [run] = [r for r in _dag_runs("sentiment_training") if r not in before]
-        [(winner, cmp_version)] = conn.execute("SELECT winner_run_id, winner_version FROM comparisons"
-                                               " WHERE airflow_run_id = %s", (run,)).fetchall()
+        [(winner, cmp_version)] = conn.execute(
+            "SELECT winner_run_id, winner_version FROM comparisons WHERE airflow_run_id = %s", (run,)
+        ).fetchall()
         assert cmp_version == c.version + 1
         _assert_rejected_by_the_gate(conn, c.name, c.version, winner)

@@ -1,4 +1,5 @@
 """Route modules, one per resource; :data:`api_router` gathers them."""
+
 from fastapi import APIRouter
 
 from api.routes import admin, batches, comparison, feedback, health, lineage, models, predict, reports, review

@@ -6,6 +6,7 @@ RUN_ID`` (:func:`ml.train.promote`: behavioural gate + promotion rule), ``POST /
 (:func:`ml.retraining.review_feedback`, the reviewer recorded is the key), ``POST /admin/retrain``
 triggers the ``sentiment_retraining`` DAG through Airflow's REST API (a manual retraining:
 :func:`ml.platform.airflow_client.trigger_dag`)."""
+
 from __future__ import annotations
 
 import logging
@@ -22,8 +23,10 @@ log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 
-AUTH = {401: {"model": ErrorResponse, "description": "no API key, or an invalid one"},
-        403: {"model": ErrorResponse, "description": "the key lacks the scope"}}
+AUTH = {
+    401: {"model": ErrorResponse, "description": "no API key, or an invalid one"},
+    403: {"model": ErrorResponse, "description": "the key lacks the scope"},
+}
 
 
 class _Body(BaseModel):
@@ -31,7 +34,9 @@ class _Body(BaseModel):
 
 
 class PromoteRequest(_Body):
-    run_id: StrictStr = Field(min_length=1, max_length=64, description="MLflow run id of an evaluated, registered candidate")
+    run_id: StrictStr = Field(
+        min_length=1, max_length=64, description="MLflow run id of an evaluated, registered candidate"
+    )
 
 
 class RollbackRequest(_Body):
@@ -87,8 +92,11 @@ def review(body: ReviewRequest, caller: ReviewCaller, settings: SettingsDep) -> 
     return {"reviewed": n, "feedback_ids": body.feedback_ids, "reviewer": caller.id}
 
 
-@router.post("/retrain", status_code=status.HTTP_202_ACCEPTED,
-             responses={**AUTH, 503: {"description": "Airflow cannot be reached; nothing was triggered"}})
+@router.post(
+    "/retrain",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={**AUTH, 503: {"description": "Airflow cannot be reached; nothing was triggered"}},
+)
 def retrain(body: RetrainRequest, caller: AdminCaller, settings: SettingsDep) -> dict[str, Any]:
     """A manual retraining: one run of ``sentiment_retraining`` (it records the retraining and consumes
     the pending reports, whatever their number)."""
@@ -98,9 +106,16 @@ def retrain(body: RetrainRequest, caller: AdminCaller, settings: SettingsDep) ->
     if body.mode:
         conf["mode"] = body.mode
     try:
-        return airflow_client.trigger_dag("sentiment_retraining", conf, settings,
-                                          note=f"manual retraining asked by {caller.id}: {body.note or ''}".strip())
+        return airflow_client.trigger_dag(
+            "sentiment_retraining",
+            conf,
+            settings,
+            note=f"manual retraining asked by {caller.id}: {body.note or ''}".strip(),
+        )
     except Exception as exc:  # noqa: BLE001 - Airflow down, login refused, DAG unknown
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, headers={"Retry-After": "30"},
-                            detail=f"Airflow could not trigger sentiment_retraining; nothing was triggered "
-                                   f"({type(exc).__name__}: {exc})") from exc
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": "30"},
+            detail=f"Airflow could not trigger sentiment_retraining; nothing was triggered "
+            f"({type(exc).__name__}: {exc})",
+        ) from exc

@@ -1,5 +1,6 @@
 """GET /batches, GET /batches/{id}: batch-scoring summaries (rows, rejects, label shares,
 throughput, model version), their shards and their rejected rows with line numbers."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -20,7 +21,12 @@ def list_batches(settings: SettingsDep, limit: int = Query(50, ge=1, le=500)) ->
     return _list(limit, settings)
 
 
-@router.get("/batches/{batch_id}", response_model=Batch, response_model_exclude_unset=True, responses={404: {"description": "unknown batch"}})
+@router.get(
+    "/batches/{batch_id}",
+    response_model=Batch,
+    response_model_exclude_unset=True,
+    responses={404: {"description": "unknown batch"}},
+)
 def get_batch(batch_id: str, settings: SettingsDep) -> dict[str, Any]:
     """One batch: summary, shards, and its rejected rows (first 1,000) with line numbers."""
     from ml.scoring import get_batch as _get

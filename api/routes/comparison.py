@@ -1,5 +1,6 @@
 """GET /models/comparison: the latest model comparison (one row per family), as JSON, as an
 HTML page, and its accuracy-vs-inference-time chart."""
+
 from __future__ import annotations
 
 import html
@@ -26,18 +27,29 @@ def _latest(settings: Any) -> dict[str, Any]:
     return comp
 
 
-@router.get("/models/comparison", response_model=Comparison, response_model_exclude_unset=True,
-            responses={404: {"description": "no comparison yet"},
-                       200: {"content": {"text/html": {"schema": {"type": "string"}}},
-                             "description": "the comparison (JSON), or with ?format=html a page"}})
+@router.get(
+    "/models/comparison",
+    response_model=Comparison,
+    response_model_exclude_unset=True,
+    responses={
+        404: {"description": "no comparison yet"},
+        200: {
+            "content": {"text/html": {"schema": {"type": "string"}}},
+            "description": "the comparison (JSON), or with ?format=html a page",
+        },
+    },
+)
 def comparison(settings: SettingsDep, format: str = Query("json", pattern="^(json|html)$")) -> Any:
     """The latest comparison: ``?format=html`` gives a page with the table and the chart."""
     comp = _latest(settings)
     if format == "json":
         return comp
     w = comp["winner"]
-    chart = '<p><img src="/models/comparison/chart.png" alt="accuracy vs inference time"></p>' if comp.get(
-        "chart_path") else ""
+    chart = (
+        '<p><img src="/models/comparison/chart.png" alt="accuracy vs inference time"></p>'
+        if comp.get("chart_path")
+        else ""
+    )
     page = (
         "<!doctype html><html><head><meta charset='utf-8'><title>Model comparison</title>"
         "<style>body{font-family:system-ui,sans-serif;margin:2rem}table{border-collapse:collapse}"

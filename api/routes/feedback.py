@@ -3,6 +3,7 @@
 Only on one's own predictions: the request carries the ``feedback_token`` that /predict returned with
 the prediction (bound to the prediction and to the caller's identity), unless the caller holds a
 ``review`` or ``admin`` key (reviewers may report on any prediction)."""
+
 from __future__ import annotations
 
 import logging
@@ -23,11 +24,20 @@ def _check_token(body: FeedbackRequest, caller: security.Identity, request: Requ
     if caller.has("review"):  # review / admin keys may report on any prediction
         return
     if not body.feedback_token:
-        raise HTTPException(status.HTTP_403_FORBIDDEN, detail=(
-            "feedback_token is required: send the feedback_token that /predict returned with this prediction "
-            "(reports are accepted on one's own predictions only; reviewers use a `review` key)"))
-    why = security.check_feedback_token(request.app.state.token_key, body.feedback_token, body.prediction_id,
-                                        caller.id, settings.feedback_token_max_age_seconds)
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            detail=(
+                "feedback_token is required: send the feedback_token that /predict returned with this prediction "
+                "(reports are accepted on one's own predictions only; reviewers use a `review` key)"
+            ),
+        )
+    why = security.check_feedback_token(
+        request.app.state.token_key,
+        body.feedback_token,
+        body.prediction_id,
+        caller.id,
+        settings.feedback_token_max_age_seconds,
+    )
     if why:
         raise HTTPException(status.HTTP_403_FORBIDDEN, detail=f"{why}; nothing was stored")
 
@@ -36,15 +46,20 @@ def _check_token(body: FeedbackRequest, caller: security.Identity, request: Requ
     "/feedback",
     response_model=FeedbackResponse,
     status_code=status.HTTP_201_CREATED,
-    responses={401: {"model": ErrorResponse, "description": "an API key is needed, or the key is invalid"},
-               403: {"model": ErrorResponse, "description": "no valid feedback_token for this prediction and caller, "
-                                                            "or the key lacks scope `feedback`"},
-               404: {"description": "no prediction with that id"},
-               429: {"model": ErrorResponse, "description": "the caller's feedback quota is spent (Retry-After)"},
-               503: {"description": "database unavailable"}},
+    responses={
+        401: {"model": ErrorResponse, "description": "an API key is needed, or the key is invalid"},
+        403: {
+            "model": ErrorResponse,
+            "description": "no valid feedback_token for this prediction and caller, or the key lacks scope `feedback`",
+        },
+        404: {"description": "no prediction with that id"},
+        429: {"model": ErrorResponse, "description": "the caller's feedback quota is spent (Retry-After)"},
+        503: {"description": "database unavailable"},
+    },
 )
-def create_feedback(body: FeedbackRequest, writer: WriterDep, settings: SettingsDep, caller: FeedbackCaller,
-                    request: Request) -> FeedbackResponse:
+def create_feedback(
+    body: FeedbackRequest, writer: WriterDep, settings: SettingsDep, caller: FeedbackCaller, request: Request
+) -> FeedbackResponse:
     """Record the correct label for a prediction this caller made (its ``feedback_token``), or any
     prediction with a ``review`` / ``admin`` key."""
     _check_token(body, caller, request, settings)

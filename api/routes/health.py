@@ -1,5 +1,6 @@
 """Health: ``/health/live`` (the process serves), ``/health/ready`` (it can do its job: the
 database answers and a model is loaded), ``/health`` (the details; 503 when degraded)."""
+
 from __future__ import annotations
 
 from fastapi import APIRouter
@@ -38,19 +39,28 @@ def _health(manager, writer, settings) -> Health:
     if not database.reachable:
         reasons.append(f"database unreachable: {database.error}")
     if loaded is None:
-        reasons.append(f"no model loaded: registered model {settings.model_name!r} has no "
-                       f"{settings.champion_alias!r} alias yet" + (f" ({manager.last_error})" if manager.last_error else ""))
+        reasons.append(
+            f"no model loaded: registered model {settings.model_name!r} has no "
+            f"{settings.champion_alias!r} alias yet" + (f" ({manager.last_error})" if manager.last_error else "")
+        )
     if not writer.has_room():
-        reasons.append(f"prediction log full: {used} bytes wait to be written to the database "
-                       f"(cap {writer.max_bytes}, prediction_log_max_bytes)")
+        reasons.append(
+            f"prediction log full: {used} bytes wait to be written to the database "
+            f"(cap {writer.max_bytes}, prediction_log_max_bytes)"
+        )
     return Health(
         status="degraded" if reasons else "ok",
         reasons=reasons,
         database=database,
         model=model,
-        writer=WriterHealth(pending_rows=pending, log_bytes=used, max_log_bytes=writer.max_bytes,
-                            log_segments=writer.log.segments, written_rows=writer.written,
-                            last_error=writer.last_error),
+        writer=WriterHealth(
+            pending_rows=pending,
+            log_bytes=used,
+            max_log_bytes=writer.max_bytes,
+            log_segments=writer.log.segments,
+            written_rows=writer.written,
+            last_error=writer.last_error,
+        ),
     )
 
 
@@ -60,8 +70,11 @@ async def live() -> Readiness:
     return Readiness(ready=True)
 
 
-@router.get("/health/ready", response_model=Readiness,
-            responses={503: {"model": ErrorResponse, "description": "not ready; the message says why"}})
+@router.get(
+    "/health/ready",
+    response_model=Readiness,
+    responses={503: {"model": ErrorResponse, "description": "not ready; the message says why"}},
+)
 def ready(manager: ManagerDep, writer: WriterDep, settings: SettingsDep):
     """200 when the database answers, a model is loaded and the prediction log has room;
     else 503 with the reasons (for a readiness probe: send no traffic while it fails)."""

@@ -1,5 +1,6 @@
 """GET /predictions/{id}/lineage: which model version made a prediction, on which data it was trained,
 which retraining (and which feedback reports) produced that data, and which code commit ran."""
+
 from __future__ import annotations
 
 import uuid
@@ -18,11 +19,13 @@ router = APIRouter(tags=["lineage"])
 
 @router.get(
     "/predictions/{prediction_id}/lineage",
-    response_model=Lineage, response_model_exclude_unset=True,
+    response_model=Lineage,
+    response_model_exclude_unset=True,
     responses={404: {"description": "no prediction with that id"}, 503: {"description": "database unavailable"}},
 )
-def prediction_lineage(prediction_id: uuid.UUID, writer: WriterDep, settings: SettingsDep,
-                       caller: OptionalCaller) -> dict[str, Any]:
+def prediction_lineage(
+    prediction_id: uuid.UUID, writer: WriterDep, settings: SettingsDep, caller: OptionalCaller
+) -> dict[str, Any]:
     """With an ``admin`` key: the prediction; its model version (MLflow run, metrics, events); the code commit; the dataset
     snapshot that trained it and its ancestors (``parent_hash``), each retraining snapshot with its
     retraining and the feedback reports it consumed; ``summary`` says it in one line. Without ``admin``:

@@ -1,4 +1,5 @@
 """GET /model: the champion being served, with its MLflow run's metrics and lineage tags."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -1,4 +1,5 @@
 """POST /predict and /predict/batch: inference on the champion; rows recorded off the request path."""
+
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
@@ -14,10 +15,12 @@ from ml.security import Identity
 
 router = APIRouter(tags=["predict"])
 
-_NO_CHAMPION = {503: {"description": "no champion model yet, or the prediction log is full (Retry-After)"},
-                401: {"description": "an API key is needed (anonymous_predict is off) or the key is invalid"},
-                403: {"description": "the key lacks scope `predict`"},
-                429: {"description": "the caller's predict quota is spent (Retry-After)"}}
+_NO_CHAMPION = {
+    503: {"description": "no champion model yet, or the prediction log is full (Retry-After)"},
+    401: {"description": "an API key is needed (anonymous_predict is off) or the key is invalid"},
+    403: {"description": "the key lacks scope `predict`"},
+    429: {"description": "the caller's predict quota is spent (Retry-After)"},
+}
 
 
 def _check_room(n: int, writer: PredictionWriter) -> None:
@@ -39,8 +42,14 @@ def _with_tokens(predictions: list[Prediction], caller: Identity, request: Reque
 
 
 @router.post("/predict", response_model=Prediction, responses=_NO_CHAMPION)
-async def predict(body: PredictRequest, loaded: ModelDep, writer: WriterDep, settings: SettingsDep,
-                  caller: PredictCaller, request: Request) -> Prediction:
+async def predict(
+    body: PredictRequest,
+    loaded: ModelDep,
+    writer: WriterDep,
+    settings: SettingsDep,
+    caller: PredictCaller,
+    request: Request,
+) -> Prediction:
     """Classify one text. ``feedback_token`` lets this caller report on this prediction (POST /feedback)."""
     check_text_length(body.text, settings, ("body", "text"))
     _check_room(1, writer)
@@ -53,8 +62,14 @@ async def predict(body: PredictRequest, loaded: ModelDep, writer: WriterDep, set
 # Batches (up to max_batch_size texts) are sync: FastAPI runs them in its threadpool, so a long
 # model call never blocks the event loop.
 @router.post("/predict/batch", response_model=BatchPrediction, responses=_NO_CHAMPION)
-def predict_batch(body: BatchPredictRequest, loaded: ModelDep, writer: WriterDep, settings: SettingsDep,
-                  caller: BatchCaller, request: Request) -> BatchPrediction:
+def predict_batch(
+    body: BatchPredictRequest,
+    loaded: ModelDep,
+    writer: WriterDep,
+    settings: SettingsDep,
+    caller: BatchCaller,
+    request: Request,
+) -> BatchPrediction:
     """Classify up to ``max_batch_size`` texts with one model call; all from the same model version.
     Each text counts against the caller's ``predict`` quota; each prediction has its ``feedback_token``."""
     check_batch(body.texts, settings)

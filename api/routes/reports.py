@@ -1,4 +1,5 @@
 """Drift reports of the monitoring DAG: GET /reports, /reports/{id}, /reports/{id}/html."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -15,7 +16,12 @@ router = APIRouter(tags=["reports"])
 NOT_FOUND = {404: {"description": "no report with that id"}, 503: {"description": "database unavailable"}}
 
 
-@router.get("/reports", response_model=list[DriftReportSummary], response_model_exclude_unset=True, responses={503: {"description": "database unavailable"}})
+@router.get(
+    "/reports",
+    response_model=list[DriftReportSummary],
+    response_model_exclude_unset=True,
+    responses={503: {"description": "database unavailable"}},
+)
 def list_reports(settings: SettingsDep, limit: int = Query(50, ge=1, le=500)) -> list[dict[str, Any]]:
     """Drift reports, newest first: period, status (ok | drift | empty), the one-line verdict,
     row and feedback counts, live-accuracy bound."""

@@ -6,6 +6,7 @@ The simple auth manager reads passwords from
 random password for the configured user there (mode 0600) before the first start, so it can
 print it; afterwards the file is the source of truth (edit it and restart to change it).
 """
+
 from __future__ import annotations
 
 import json
@@ -86,12 +87,16 @@ def airflow_api(s: Settings, method: str, path: str, token: str, **kw):
     return r
 
 
-def trigger_dag(dag_id: str, conf: dict[str, Any], s: Settings | None = None, note: str | None = None) -> dict[str, Any]:
+def trigger_dag(
+    dag_id: str, conf: dict[str, Any], s: Settings | None = None, note: str | None = None
+) -> dict[str, Any]:
     """Trigger one run of ``dag_id`` with ``conf`` (the API's manual retraining); no waiting. Raises
     ServiceError when Airflow refuses, httpx errors when it cannot be reached."""
     s = s or get_settings()
     token = airflow_token(s)
-    r = airflow_api(s, "POST", f"/dags/{dag_id}/dagRuns", token, json={"logical_date": None, "conf": conf, "note": note})
+    r = airflow_api(
+        s, "POST", f"/dags/{dag_id}/dagRuns", token, json={"logical_date": None, "conf": conf, "note": note}
+    )
     if r.status_code not in (200, 201):
         raise ServiceError(f"triggering {dag_id} failed: HTTP {r.status_code} {r.text[:300]}")
     run_id = r.json()["dag_run_id"]
@@ -127,7 +132,11 @@ def trigger_training(
     if dag.get("is_paused"):
         airflow_api(s, "PATCH", f"/dags/{dag_id}", token, json={"is_paused": False}).raise_for_status()
         say(f"      unpaused DAG {dag_id}")
-    body = {"logical_date": None, "conf": {"data_path": str(Path(data_path).resolve())}, "note": "triggered by `ml services up`"}
+    body = {
+        "logical_date": None,
+        "conf": {"data_path": str(Path(data_path).resolve())},
+        "note": "triggered by `ml services up`",
+    }
     r = airflow_api(s, "POST", f"/dags/{dag_id}/dagRuns", token, json=body)
     if r.status_code not in (200, 201):
         raise ServiceError(f"triggering {dag_id} failed: HTTP {r.status_code} {r.text[:300]}")
@@ -149,7 +158,10 @@ def trigger_training(
         state = r.json()["state"]
         tis = airflow_api(s, "GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", token)
         tasks = tis.json().get("task_instances", []) if tis.status_code == 200 else []
-        line = ", ".join(f"{t['task_id']}={t.get('state') or 'none'}" for t in sorted(tasks, key=lambda t: t.get("start_date") or "~"))
+        line = ", ".join(
+            f"{t['task_id']}={t.get('state') or 'none'}"
+            for t in sorted(tasks, key=lambda t: t.get("start_date") or "~")
+        )
         now = time.monotonic()
         if line != last_line or now - last_print > 30:
             say(f"      [{now - started:5.0f}s] run {state}: {line or '(no tasks yet)'}")

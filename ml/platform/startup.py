@@ -24,6 +24,7 @@ timeout. A pid file is trusted only when the process is alive, leads its session
 our marker (``SMOPS_SERVICE=<name>@<var dir>``), so a recycled pid is never killed. Data
 (databases, artifacts, logs) is kept.
 """
+
 from __future__ import annotations
 
 import os
@@ -32,15 +33,30 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from ml.config import REPO_ROOT, Settings, get_settings
 from ml.platform import airflow_client
 from ml.platform.airflow_client import airflow_credentials, trigger_training
 from ml.platform.supervisor import (
-    STATE_FILE, SUPERVISOR, WANTED_FILE, Policy, Service, ServiceError, Supervisor, port_open, port_owner,
-    read_json, read_state, runtime_dir, say, stop_trees, tail, write_json,
+    STATE_FILE,
+    SUPERVISOR,
+    WANTED_FILE,
+    Policy,
+    Service,
+    ServiceError,
+    Supervisor,
+    port_open,
+    port_owner,
+    read_json,
+    read_state,
+    runtime_dir,
+    say,
+    stop_trees,
+    tail,
+    write_json,
 )  # fmt: skip
 
 MLFLOW_WORKERS = os.environ.get("SENTIMENT_MLFLOW_WORKERS", "2")
@@ -95,7 +111,9 @@ def select(only: Iterable[str] | str | None) -> list[str]:
         elif x in SERVICE_NAMES:
             names.add(x)
         else:
-            raise ServiceError(f"unknown service {x!r}; choose from mlflow, airflow, api, {', '.join(AIRFLOW_SERVICES)}")
+            raise ServiceError(
+                f"unknown service {x!r}; choose from mlflow, airflow, api, {', '.join(AIRFLOW_SERVICES)}"
+            )
     return [n for n in SERVICE_NAMES if n in names]
 
 
@@ -109,8 +127,10 @@ def check_ports(s: Settings, names: Iterable[str] = SERVICE_NAMES) -> None:
     for name in names:
         svc = services(s)[name]
         if svc.port is not None and not svc.pid(s) and port_open(s.host, svc.port):
-            problems.append(f"  {svc.name}: {s.host}:{svc.port} is in use by {port_owner(svc.port)} "
-                            f"(choose another with {port_env(svc.name)}=...)")
+            problems.append(
+                f"  {svc.name}: {s.host}:{svc.port} is in use by {port_owner(svc.port)} "
+                f"(choose another with {port_env(svc.name)}=...)"
+            )
     if problems:
         raise ServiceError("ports taken by something that is not this platform:\n" + "\n".join(problems))
 
@@ -209,8 +229,21 @@ def command(name: str, s: Settings) -> tuple[Service, list[str], dict[str, str]]
     if name == "api":
         # N worker processes under uvicorn's own process manager (restarts a worker that dies); each has
         # its own prediction log, drained at a graceful shutdown. Admission and body limits: api/admission.py
-        argv = [sys.executable, "-m", "uvicorn", "api.main:app", "--host", s.host, "--port", str(s.api_port),
-                "--workers", str(api_workers(s)), "--timeout-graceful-shutdown", "30", "--no-access-log"]
+        argv = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "api.main:app",
+            "--host",
+            s.host,
+            "--port",
+            str(s.api_port),
+            "--workers",
+            str(api_workers(s)),
+            "--timeout-graceful-shutdown",
+            "30",
+            "--no-access-log",
+        ]
         return svc, argv, platform_env(s, db.database_url(s), _mlflow_url(s))
     raise ServiceError(f"unknown service {name!r}")
 
@@ -250,8 +283,10 @@ def ensure_supervisor(s: Settings, extra_env: dict[str, str] | None = None) -> t
     deadline = time.monotonic() + 60
     while read_state(s) is None:
         if proc.poll() is not None:
-            raise ServiceError(f"the supervisor exited at start-up (exit {proc.returncode}); "
-                               f"last lines of {supervisor_service().log_file(s)}:\n{tail(supervisor_service().log_file(s))}")
+            raise ServiceError(
+                f"the supervisor exited at start-up (exit {proc.returncode}); "
+                f"last lines of {supervisor_service().log_file(s)}:\n{tail(supervisor_service().log_file(s))}"
+            )
         if time.monotonic() > deadline:
             raise ServiceError(f"the supervisor wrote no state within 60s; see {supervisor_service().log_file(s)}")
         time.sleep(0.2)
@@ -277,12 +312,18 @@ def want(s: Settings, names: Iterable[str], timeout: float = 60) -> dict[str, in
         if int(state.get("request") or 0) >= request:
             st = state.get("services", {})
             if bad := [n for n in names if not (st.get(n) or {}).get("pid")]:
-                raise ServiceError("the supervisor could not start " + "; ".join(
-                    f"{n}: {(st.get(n) or {}).get('error') or (st.get(n) or {}).get('last_exit')}" for n in bad))
+                raise ServiceError(
+                    "the supervisor could not start "
+                    + "; ".join(
+                        f"{n}: {(st.get(n) or {}).get('error') or (st.get(n) or {}).get('last_exit')}" for n in bad
+                    )
+                )
             return {n: st[n]["pid"] for n in names}
         if time.monotonic() > deadline:
-            raise ServiceError(f"the supervisor did not start {', '.join(names)} within {timeout:.0f}s; "
-                               f"see {supervisor_service().log_file(s)}")
+            raise ServiceError(
+                f"the supervisor did not start {', '.join(names)} within {timeout:.0f}s; "
+                f"see {supervisor_service().log_file(s)}"
+            )
         time.sleep(0.2)
 
 
@@ -304,9 +345,11 @@ def _check_started(names: Iterable[str], baseline: dict[str, int], s: Settings) 
         x = st.get(name) or {}
         if x.get("restarts", 0) > baseline.get(name, 0) or x.get("state") in ("backoff", "crash-loop"):
             log = services(s)[name].log_file(s)
-            raise ServiceError(f"{name} exited during start-up ({x.get('last_exit')}; the supervisor "
-                               f"{'gave up: crash loop' if x.get('crash_loop') else 'restarts it'}); "
-                               f"last lines of {log}:\n{tail(log)}")
+            raise ServiceError(
+                f"{name} exited during start-up ({x.get('last_exit')}; the supervisor "
+                f"{'gave up: crash loop' if x.get('crash_loop') else 'restarts it'}); "
+                f"last lines of {log}:\n{tail(log)}"
+            )
 
 
 def wait_http(
@@ -369,8 +412,7 @@ def wait_mlflow(s: Settings, baseline: dict[str, int], timeout: float = 120) -> 
     if url is None:
         raise ServiceError(f"{svc.name} has no URL")
     # /health is exempt from MLflow's host validation: check a real API call as well
-    r = _http_get(f"{url}/api/2.0/mlflow/experiments/search?max_results=1", timeout=10,
-                  headers=_mlflow_auth_header(s))
+    r = _http_get(f"{url}/api/2.0/mlflow/experiments/search?max_results=1", timeout=10, headers=_mlflow_auth_header(s))
     if r.status_code != 200:
         raise ServiceError(f"MLflow answers /health but its API refused a request: HTTP {r.status_code} {r.text[:200]}")
     (s.run_dir / "mlflow.url").write_text(url + "\n")
@@ -422,7 +464,10 @@ def airflow_db_migrate(s: Settings) -> None:
 
 def _airflow_health_ready(r) -> bool:
     body = r.json()
-    return all((body.get(k) or {}).get("status") == "healthy" for k in ("metadatabase", "scheduler", "triggerer", "dag_processor"))
+    return all(
+        (body.get(k) or {}).get("status") == "healthy"
+        for k in ("metadatabase", "scheduler", "triggerer", "dag_processor")
+    )
 
 
 def _airflow_health_describe(r) -> str:
@@ -434,8 +479,15 @@ def _airflow_health_describe(r) -> str:
 
 def wait_airflow(s: Settings, baseline: dict[str, int], timeout: float = 180) -> None:
     svc = services(s)["airflow-api-server"]
-    wait_http(svc, s, timeout, baseline, ready=_airflow_health_ready, describe=_airflow_health_describe,
-              companions=[n for n in AIRFLOW_SERVICES if n != svc.name])
+    wait_http(
+        svc,
+        s,
+        timeout,
+        baseline,
+        ready=_airflow_health_ready,
+        describe=_airflow_health_describe,
+        companions=[n for n in AIRFLOW_SERVICES if n != svc.name],
+    )
     airflow_client.airflow_token(s)  # the login works
 
 
@@ -481,8 +533,10 @@ def up(
 
     step("Supervisor")
     sup_pid, sup_started = ensure_supervisor(s, supervisor_env)
-    say(f"      {'started' if sup_started else 'already running'}: pid {sup_pid} (restarts crashed services; "
-        f"log {supervisor_service().log_file(s)})")
+    say(
+        f"      {'started' if sup_started else 'already running'}: pid {sup_pid} (restarts crashed services; "
+        f"log {supervisor_service().log_file(s)})"
+    )
     baseline = {n: x.get("restarts", 0) for n, x in supervised(s).items()}
     already = {n: services(s)[n].pid(s) for n in names}
 
@@ -534,7 +588,9 @@ def up(
         t = step("First model")
         champ = _champion(s)
         if champ is not None and not force_train:
-            say(f"      champion already registered (version {champ.version}); skipping training (--force-train to retrain)")
+            say(
+                f"      champion already registered (version {champ.version}); skipping training (--force-train to retrain)"
+            )
             training = {"skipped": True, "champion_version": champ.version}
         else:
             try:
@@ -547,8 +603,10 @@ def up(
             training = trigger_training(path, s, wait=wait)
             if wait:
                 champ = _champion(s)
-                say(f"      training {training['state']} in {training['seconds']}s; champion: "
-                    f"{'version %s' % champ.version if champ else 'none (the candidate was not promoted)'}")
+                say(
+                    f"      training {training['state']} in {training['seconds']}s; champion: "
+                    f"{'version %s' % champ.version if champ else 'none (the candidate was not promoted)'}"
+                )
         timings["training"] = time.monotonic() - t
     elif train:
         say("      (no training: it needs every service, and --only started a subset)")
@@ -679,8 +737,10 @@ def status(settings: Settings | None = None, quiet: bool = False) -> dict[str, A
         out["postgres"] = {"url": url, "embedded": True, "running": bool(url and db._is_reachable(url))}
     if not quiet:
         sv = out["supervisor"]
-        say(f"{'supervisor':22s} {'running' if sv['running'] else 'NOT RUNNING (crashed services are not restarted)':24s} "
-            f"{('pid %s' % sv['pid']) if sv['pid'] else ''}")
+        say(
+            f"{'supervisor':22s} {'running' if sv['running'] else 'NOT RUNNING (crashed services are not restarted)':24s} "
+            f"{('pid %s' % sv['pid']) if sv['pid'] else ''}"
+        )
         for name, x in out["services"].items():
             if x["crash_loop"]:
                 state_txt = "CRASH LOOP (gave up)"
@@ -691,7 +751,9 @@ def status(settings: Settings | None = None, quiet: bool = False) -> dict[str, A
             else:
                 state_txt = "stopped"
             extra = f"restarts {x['restarts']}" + (f", last exit: {x['last_exit']}" if x["last_exit"] else "")
-            say(f"{name:22s} {state_txt:24s} {('pid %s' % x['pid']) if x['pid'] else '':10s} {x['url'] or '':24s} {extra}")
+            say(
+                f"{name:22s} {state_txt:24s} {('pid %s' % x['pid']) if x['pid'] else '':10s} {x['url'] or '':24s} {extra}"
+            )
             if x["crash_loop"] and x["error"]:
                 say(f"{'':22s} {x['error']}")
         pg = out["postgres"]

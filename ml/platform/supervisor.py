@@ -17,6 +17,7 @@ loop: it stops restarting that service and says so in its log and in the state f
 clears crash loops; SIGTERM (``make down``, which then stops the services) ends it and
 leaves the services alone.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,9 +26,10 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import psutil
 
@@ -441,8 +443,10 @@ class Supervisor:
         w.recent = [t for t in w.recent if now - t < p.crash_loop_window]
         if len(w.recent) >= p.crash_loop_restarts:
             w.crash_loop, w.state = True, "crash-loop"
-            w.error = (f"crash loop: {len(w.recent)} restarts within {p.crash_loop_window:.0f}s, last: {desc}; "
-                       f"not restarting (see {self.lookup(w.name).log_file(self.s)}, fix it, then `make up`)")
+            w.error = (
+                f"crash loop: {len(w.recent)} restarts within {p.crash_loop_window:.0f}s, last: {desc}; "
+                f"not restarting (see {self.lookup(w.name).log_file(self.s)}, fix it, then `make up`)"
+            )
             self.log(f"{w.name}: {w.error}")
             return
         delay = min(p.backoff_base * 2 ** max(0, w.failures - 1), p.backoff_max)

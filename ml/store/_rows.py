@@ -1,4 +1,5 @@
 """Row helpers shared by the store modules: rows as dicts keyed by column name."""
+
 from __future__ import annotations
 
 from typing import Any, TypeVar

@@ -2,6 +2,7 @@
 
 A batch is keyed by its input's content hash; a shard's rows are written in one transaction,
 keyed on (batch_id, source_row), so a retry or a forced re-score never duplicates a row."""
+
 from __future__ import annotations
 
 import json
@@ -13,20 +14,53 @@ import psycopg
 from ml.store._rows import returned
 
 #: the columns batch scoring writes into ``predictions`` (id and created_at take their defaults)
-SCORE_COLUMNS = ("text", "label", "p_negative", "p_positive", "model_name", "model_version", "source", "batch_id",
-                 "source_row")
-BATCH_COLUMNS = ("id", "input_path", "input_format", "output_path", "status", "model_name", "model_version",
-                 "n_shards", "rows_read", "rows_scored", "rows_rejected", "label_counts", "rows_per_second", "summary",
-                 "created_at", "finished_at")
-LIST_COLUMNS = ("id", "input_path", "status", "model_version", "rows_read", "rows_scored", "rows_rejected",
-                "rows_per_second", "created_at", "finished_at")
+SCORE_COLUMNS = (
+    "text",
+    "label",
+    "p_negative",
+    "p_positive",
+    "model_name",
+    "model_version",
+    "source",
+    "batch_id",
+    "source_row",
+)
+BATCH_COLUMNS = (
+    "id",
+    "input_path",
+    "input_format",
+    "output_path",
+    "status",
+    "model_name",
+    "model_version",
+    "n_shards",
+    "rows_read",
+    "rows_scored",
+    "rows_rejected",
+    "label_counts",
+    "rows_per_second",
+    "summary",
+    "created_at",
+    "finished_at",
+)
+LIST_COLUMNS = (
+    "id",
+    "input_path",
+    "status",
+    "model_version",
+    "rows_read",
+    "rows_scored",
+    "rows_rejected",
+    "rows_per_second",
+    "created_at",
+    "finished_at",
+)
 
 
 # ---------------------------------------------------------------- planning
 def try_lock_plan(conn: psycopg.Connection, key: int) -> bool:
     """The session-level lock two runs of the same content plan under (False: someone holds it)."""
-    return bool(returned(conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone(),
-                         "plan advisory lock")[0])
+    return bool(returned(conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone(), "plan advisory lock")[0])
 
 
 def lock_plan(conn: psycopg.Connection, key: int) -> None:
@@ -44,13 +78,28 @@ def batch_state(conn: psycopg.Connection, batch_id: str) -> tuple[str, int, int]
 
 
 def unfinished_shards(conn: psycopg.Connection, batch_id: str) -> list[int]:
-    return [int(r[0]) for r in conn.execute(
-        "SELECT shard FROM batch_shards WHERE batch_id=%s AND status <> 'done' ORDER BY shard", (batch_id,))]
+    return [
+        int(r[0])
+        for r in conn.execute(
+            "SELECT shard FROM batch_shards WHERE batch_id=%s AND status <> 'done' ORDER BY shard", (batch_id,)
+        )
+    ]
 
 
-def replace_plan(conn: psycopg.Connection, *, batch_id: str, input_path: str, input_format: str, input_sha256: str,
-                 model_name: str, model_version: int, rows_read: int, airflow_run_id: str | None,
-                 shards: Sequence[tuple[int, str, int, int, int]], rejects: Sequence[tuple[int, str]]) -> None:
+def replace_plan(
+    conn: psycopg.Connection,
+    *,
+    batch_id: str,
+    input_path: str,
+    input_format: str,
+    input_sha256: str,
+    model_name: str,
+    model_version: int,
+    rows_read: int,
+    airflow_run_id: str | None,
+    shards: Sequence[tuple[int, str, int, int, int]],
+    rejects: Sequence[tuple[int, str]],
+) -> None:
     """(Re)plan a batch: its row, its shards (shard, path, first row, last row, rows) and its rejected
     lines (line, reason). A forced re-plan cascades to shards and rejects; the batch's predictions
     stay (feedback may point at them) and are updated in place by the shards."""
@@ -58,8 +107,18 @@ def replace_plan(conn: psycopg.Connection, *, batch_id: str, input_path: str, in
     conn.execute(
         "INSERT INTO batches (id, input_path, input_format, input_sha256, status, model_name, model_version,"
         " n_shards, rows_read, rows_rejected, airflow_run_id) VALUES (%s,%s,%s,%s,'planned',%s,%s,%s,%s,%s,%s)",
-        (batch_id, input_path, input_format, input_sha256, model_name, model_version, len(shards), rows_read,
-         len(rejects), airflow_run_id),
+        (
+            batch_id,
+            input_path,
+            input_format,
+            input_sha256,
+            model_name,
+            model_version,
+            len(shards),
+            rows_read,
+            len(rejects),
+            airflow_run_id,
+        ),
     )
     with conn.cursor() as cur:
         with cur.copy("COPY batch_shards (batch_id, shard, path, first_row, last_row, n_rows) FROM STDIN") as cp:
@@ -92,8 +151,13 @@ def lock_shard(conn: psycopg.Connection, batch_id: str, shard: int) -> None:
 
 
 def shard_has_rows(conn: psycopg.Connection, batch_id: str, first_row: int, last_row: int) -> bool:
-    return conn.execute("SELECT 1 FROM predictions WHERE batch_id=%s AND source_row BETWEEN %s AND %s LIMIT 1",
-                        (batch_id, first_row, last_row)).fetchone() is not None
+    return (
+        conn.execute(
+            "SELECT 1 FROM predictions WHERE batch_id=%s AND source_row BETWEEN %s AND %s LIMIT 1",
+            (batch_id, first_row, last_row),
+        ).fetchone()
+        is not None
+    )
 
 
 def copy_scored(conn: psycopg.Connection, rows: Iterable[Sequence[Any]]) -> None:
@@ -133,28 +197,50 @@ def finalize_inputs(conn: psycopg.Connection, batch_id: str) -> dict[str, Any] |
     """What finalizing reads: the batch, its shards, the scored counts, the first rejects, the age."""
     b = conn.execute(
         "SELECT input_path, model_version, rows_read, rows_rejected, created_at, status, summary,"
-        " extract(epoch FROM now() - created_at) FROM batches WHERE id=%s", (batch_id,),
+        " extract(epoch FROM now() - created_at) FROM batches WHERE id=%s",
+        (batch_id,),
     ).fetchone()
     if b is None:
         return None
-    shards = conn.execute("SELECT shard, status, path FROM batch_shards WHERE batch_id=%s ORDER BY shard",
-                          (batch_id,)).fetchall()
-    n_scored, n_pos = returned(conn.execute(
-        "SELECT count(*), coalesce(sum(label), 0) FROM predictions WHERE batch_id=%s", (batch_id,)).fetchone(),
-        "batch scored counts")
+    shards = conn.execute(
+        "SELECT shard, status, path FROM batch_shards WHERE batch_id=%s ORDER BY shard", (batch_id,)
+    ).fetchall()
+    n_scored, n_pos = returned(
+        conn.execute(
+            "SELECT count(*), coalesce(sum(label), 0) FROM predictions WHERE batch_id=%s", (batch_id,)
+        ).fetchone(),
+        "batch scored counts",
+    )
     first_rejects = conn.execute(
-        "SELECT line, reason FROM batch_rejects WHERE batch_id=%s ORDER BY line LIMIT 20", (batch_id,)).fetchall()
-    return {"input_path": b[0], "model_version": b[1], "rows_read": b[2], "rows_rejected": b[3], "status": b[5],
-            "summary": b[6], "seconds": float(b[7]), "shards": [tuple(s) for s in shards],
-            "n_scored": int(n_scored), "n_positive": int(n_pos), "first_rejects": [tuple(r) for r in first_rejects]}
+        "SELECT line, reason FROM batch_rejects WHERE batch_id=%s ORDER BY line LIMIT 20", (batch_id,)
+    ).fetchall()
+    return {
+        "input_path": b[0],
+        "model_version": b[1],
+        "rows_read": b[2],
+        "rows_rejected": b[3],
+        "status": b[5],
+        "summary": b[6],
+        "seconds": float(b[7]),
+        "shards": [tuple(s) for s in shards],
+        "n_scored": int(n_scored),
+        "n_positive": int(n_pos),
+        "first_rejects": [tuple(r) for r in first_rejects],
+    }
 
 
 def mark_done(conn: psycopg.Connection, batch_id: str, output_path: str, summary: dict[str, Any]) -> None:
     conn.execute(
         "UPDATE batches SET status='done', output_path=%s, rows_scored=%s, label_counts=%s, rows_per_second=%s,"
         " summary=%s, finished_at=now() WHERE id=%s",
-        (output_path, summary["rows_scored"], json.dumps(summary["label_counts"]), summary["rows_per_second"],
-         json.dumps(summary), batch_id),
+        (
+            output_path,
+            summary["rows_scored"],
+            json.dumps(summary["label_counts"]),
+            summary["rows_per_second"],
+            json.dumps(summary),
+            batch_id,
+        ),
     )
 
 
@@ -164,17 +250,27 @@ def get(conn: psycopg.Connection, batch_id: str, max_rejects: int = 1000) -> dic
     if row is None:
         return None
     out = dict(zip(BATCH_COLUMNS, row, strict=True))
-    out["shards"] = [dict(zip(("shard", "status", "n_rows", "rows_scored", "seconds", "attempts"), r, strict=True))
-                     for r in conn.execute("SELECT shard, status, n_rows, rows_scored, seconds, attempts"
-                                           " FROM batch_shards WHERE batch_id=%s ORDER BY shard", (batch_id,))]
-    out["rejects"] = [{"line": r[0], "reason": r[1]} for r in conn.execute(
-        "SELECT line, reason FROM batch_rejects WHERE batch_id=%s ORDER BY line LIMIT %s", (batch_id, max_rejects))]
+    out["shards"] = [
+        dict(zip(("shard", "status", "n_rows", "rows_scored", "seconds", "attempts"), r, strict=True))
+        for r in conn.execute(
+            "SELECT shard, status, n_rows, rows_scored, seconds, attempts"
+            " FROM batch_shards WHERE batch_id=%s ORDER BY shard",
+            (batch_id,),
+        )
+    ]
+    out["rejects"] = [
+        {"line": r[0], "reason": r[1]}
+        for r in conn.execute(
+            "SELECT line, reason FROM batch_rejects WHERE batch_id=%s ORDER BY line LIMIT %s", (batch_id, max_rejects)
+        )
+    ]
     return out
 
 
 def latest(conn: psycopg.Connection, limit: int) -> list[dict[str, Any]]:
-    rows = conn.execute(f"SELECT {', '.join(LIST_COLUMNS)} FROM batches ORDER BY created_at DESC LIMIT %s",
-                        (limit,)).fetchall()
+    rows = conn.execute(
+        f"SELECT {', '.join(LIST_COLUMNS)} FROM batches ORDER BY created_at DESC LIMIT %s", (limit,)
+    ).fetchall()
     return [dict(zip(LIST_COLUMNS, r, strict=True)) for r in rows]
 
 

@@ -5,6 +5,7 @@ idempotently (a batch replayed after a crash between commit and log truncation w
 twice). Feedback on a prediction that is still in a log waits in ``pending_feedback`` and is
 moved into ``feedback`` (same id, same time) once its prediction is stored.
 """
+
 from __future__ import annotations
 
 import uuid
@@ -17,7 +18,15 @@ import psycopg
 from ml.store._rows import returned
 
 COLUMNS: tuple[str, ...] = (
-    "id", "created_at", "text", "label", "p_negative", "p_positive", "model_name", "model_version", "source",
+    "id",
+    "created_at",
+    "text",
+    "label",
+    "p_negative",
+    "p_positive",
+    "model_name",
+    "model_version",
+    "source",
 )
 _COLS = ", ".join(COLUMNS)
 
@@ -26,15 +35,13 @@ def copy_predictions_idempotent(conn: psycopg.Connection, rows: Iterable[Sequenc
     """COPY ``rows`` (tuples in :data:`COLUMNS` order) into a temporary table, then insert those
     whose id is not stored yet. In the caller's transaction (no commit). Returns the rows inserted."""
     conn.execute(
-        "CREATE TEMP TABLE IF NOT EXISTS predictions_in "
-        "(LIKE predictions INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+        "CREATE TEMP TABLE IF NOT EXISTS predictions_in (LIKE predictions INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
     )
     with conn.cursor() as cur:
         with cur.copy(f"COPY predictions_in ({_COLS}) FROM STDIN") as copy:
             for row in rows:
                 copy.write_row(row)
-        cur.execute(f"INSERT INTO predictions ({_COLS}) SELECT {_COLS} FROM predictions_in "
-                    "ON CONFLICT (id) DO NOTHING")
+        cur.execute(f"INSERT INTO predictions ({_COLS}) SELECT {_COLS} FROM predictions_in ON CONFLICT (id) DO NOTHING")
         n = cur.rowcount
         cur.execute("TRUNCATE predictions_in")
     return n
@@ -42,10 +49,13 @@ def copy_predictions_idempotent(conn: psycopg.Connection, rows: Iterable[Sequenc
 
 def feedback_has_reporter(conn: psycopg.Connection) -> bool:
     """Whether ``feedback`` has the ``reporter`` column (migration 006_security)."""
-    return returned(conn.execute(
-        "SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
-        "AND table_name = 'feedback' AND column_name = 'reporter')"
-    ).fetchone(), "feedback reporter column check")[0]
+    return returned(
+        conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
+            "AND table_name = 'feedback' AND column_name = 'reporter')"
+        ).fetchone(),
+        "feedback reporter column check",
+    )[0]
 
 
 def resolve_pending_feedback(conn: psycopg.Connection, with_reporter: bool = True) -> list[tuple[int, bool]]:
@@ -64,12 +74,14 @@ def resolve_pending_feedback(conn: psycopg.Connection, with_reporter: bool = Tru
 
 
 def pending_feedback_count(conn: psycopg.Connection) -> int:
-    return int(returned(conn.execute("SELECT count(*) FROM pending_feedback").fetchone(),
-                        "pending_feedback count")[0])
+    return int(returned(conn.execute("SELECT count(*) FROM pending_feedback").fetchone(), "pending_feedback count")[0])
 
 
 def insert_feedback(
-    conn: psycopg.Connection, prediction_id: uuid.UUID, correct_label: int, comment: str | None,
+    conn: psycopg.Connection,
+    prediction_id: uuid.UUID,
+    correct_label: int,
+    comment: str | None,
     reporter: str | None = None,
 ) -> tuple[int, datetime, bool] | None:
     """Feedback on a stored prediction, in one statement: (id, created_at, whether it says the
@@ -87,14 +99,20 @@ def insert_feedback(
 
 
 def insert_pending_feedback(
-    conn: psycopg.Connection, prediction_id: uuid.UUID, correct_label: int, comment: str | None,
+    conn: psycopg.Connection,
+    prediction_id: uuid.UUID,
+    correct_label: int,
+    comment: str | None,
     reporter: str | None = None,
 ) -> tuple[int, datetime]:
     """Feedback on a prediction not stored yet (it is in a prediction log): its id comes from
     ``feedback``'s sequence, so it keeps it when the writer moves it. Returns (id, created_at)."""
-    row = returned(conn.execute(
-        "INSERT INTO pending_feedback (id, prediction_id, correct_label, comment, reporter) "
-        "VALUES (nextval(pg_get_serial_sequence('feedback', 'id')), %s, %s, %s, %s) RETURNING id, created_at",
-        (prediction_id, correct_label, comment, reporter),
-    ).fetchone(), "pending_feedback insert")
+    row = returned(
+        conn.execute(
+            "INSERT INTO pending_feedback (id, prediction_id, correct_label, comment, reporter) "
+            "VALUES (nextval(pg_get_serial_sequence('feedback', 'id')), %s, %s, %s, %s) RETURNING id, created_at",
+            (prediction_id, correct_label, comment, reporter),
+        ).fetchone(),
+        "pending_feedback insert",
+    )
     return int(row[0]), row[1]

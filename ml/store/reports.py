@@ -1,4 +1,5 @@
 """``drift_reports``: the nightly drift reports' stored summaries."""
+
 from __future__ import annotations
 
 import json
@@ -12,54 +13,83 @@ from ml.store._rows import returned
 
 def append_delivery(conn: psycopg.Connection, report_id: str, results: list[dict[str, Any]]) -> None:
     """Append the channels' outcomes of delivering a report to its summary (``delivery``)."""
-    conn.execute("UPDATE drift_reports SET summary = jsonb_set(summary, '{delivery}',"
-                 " coalesce(summary->'delivery', '[]'::jsonb) || %s::jsonb) WHERE id = %s",
-                 (json.dumps(results), report_id))
+    conn.execute(
+        "UPDATE drift_reports SET summary = jsonb_set(summary, '{delivery}',"
+        " coalesce(summary->'delivery', '[]'::jsonb) || %s::jsonb) WHERE id = %s",
+        (json.dumps(results), report_id),
+    )
 
 
 SUMMARY_COLUMNS = (
-    "id", "created_at", "period_start", "period_end", "status", "drift_detected", "concept_drift", "verdict",
-    "model_name", "reference_version", "n_current", "n_current_total", "n_reference", "drifted_share",
-    "n_feedback", "n_reported_wrong", "live_accuracy_upper_bound", "training_accuracy", "seconds",
+    "id",
+    "created_at",
+    "period_start",
+    "period_end",
+    "status",
+    "drift_detected",
+    "concept_drift",
+    "verdict",
+    "model_name",
+    "reference_version",
+    "n_current",
+    "n_current_total",
+    "n_reference",
+    "drifted_share",
+    "n_feedback",
+    "n_reported_wrong",
+    "live_accuracy_upper_bound",
+    "training_accuracy",
+    "seconds",
     "airflow_run_id",
 )
 STORED_COLUMNS = (*SUMMARY_COLUMNS, "html_path", "json_path", "summary")
 
 
 # ---------------------------------------------------------------- what a report reads: the period's predictions
-def period_counts(conn: psycopg.Connection, model_name: str, start: datetime,
-                  end: datetime) -> list[tuple[str, int, int]]:
+def period_counts(
+    conn: psycopg.Connection, model_name: str, start: datetime, end: datetime
+) -> list[tuple[str, int, int]]:
     """(source, model version, predictions) of the model in [start, end)."""
-    return [tuple(r) for r in conn.execute(
-        "SELECT source, model_version, count(*) FROM predictions"
-        " WHERE model_name = %s AND created_at >= %s AND created_at < %s GROUP BY source, model_version",
-        (model_name, start, end),
-    ).fetchall()]
+    return [
+        tuple(r)
+        for r in conn.execute(
+            "SELECT source, model_version, count(*) FROM predictions"
+            " WHERE model_name = %s AND created_at >= %s AND created_at < %s GROUP BY source, model_version",
+            (model_name, start, end),
+        ).fetchall()
+    ]
 
 
-def period_predictions(conn: psycopg.Connection, model_name: str, start: datetime, end: datetime, max_rows: int,
-                       seed: int) -> list[tuple[str, int, float, int, str]]:
+def period_predictions(
+    conn: psycopg.Connection, model_name: str, start: datetime, end: datetime, max_rows: int, seed: int
+) -> list[tuple[str, int, float, int, str]]:
     """(text, label, p_positive, model_version, source) of the period; above ``max_rows`` a sample that
     is the same on every run (rows ordered by ``md5(seed || id)``)."""
-    return [tuple(r) for r in conn.execute(
-        "SELECT text, label, p_positive, model_version, source FROM predictions"
-        " WHERE model_name = %s AND created_at >= %s AND created_at < %s"
-        " ORDER BY md5(%s || id::text) LIMIT %s",
-        (model_name, start, end, str(seed), max_rows),
-    ).fetchall()]
+    return [
+        tuple(r)
+        for r in conn.execute(
+            "SELECT text, label, p_positive, model_version, source FROM predictions"
+            " WHERE model_name = %s AND created_at >= %s AND created_at < %s"
+            " ORDER BY md5(%s || id::text) LIMIT %s",
+            (model_name, start, end, str(seed), max_rows),
+        ).fetchall()
+    ]
 
 
 def period_feedback(conn: psycopg.Connection, model_name: str, start: datetime, end: datetime) -> tuple[int, int]:
     """(predictions of the period with feedback, of which reported wrong), the user's latest word per
     prediction counting."""
-    row = returned(conn.execute(
-        "SELECT count(*), count(*) FILTER (WHERE f.correct_label <> p.label) FROM ("
-        "  SELECT DISTINCT ON (prediction_id) prediction_id, correct_label FROM feedback"
-        "  ORDER BY prediction_id, created_at DESC, id DESC) f"
-        " JOIN predictions p ON p.id = f.prediction_id"
-        " WHERE p.model_name = %s AND p.created_at >= %s AND p.created_at < %s",
-        (model_name, start, end),
-    ).fetchone(), "period feedback counts")
+    row = returned(
+        conn.execute(
+            "SELECT count(*), count(*) FILTER (WHERE f.correct_label <> p.label) FROM ("
+            "  SELECT DISTINCT ON (prediction_id) prediction_id, correct_label FROM feedback"
+            "  ORDER BY prediction_id, created_at DESC, id DESC) f"
+            " JOIN predictions p ON p.id = f.prediction_id"
+            " WHERE p.model_name = %s AND p.created_at >= %s AND p.created_at < %s",
+            (model_name, start, end),
+        ).fetchone(),
+        "period feedback counts",
+    )
     return int(row[0]), int(row[1])
 
 
@@ -75,10 +105,13 @@ def insert(conn: psycopg.Connection, values: dict[str, Any]) -> None:
 def latest(conn: psycopg.Connection, limit: int, model_name: str | None = None) -> list[dict[str, Any]]:
     rows = conn.execute(
         f"SELECT {', '.join(SUMMARY_COLUMNS)} FROM drift_reports WHERE (%s::text IS NULL OR model_name = %s)"
-        " ORDER BY created_at DESC, id DESC LIMIT %s", (model_name, model_name, limit),
+        " ORDER BY created_at DESC, id DESC LIMIT %s",
+        (model_name, model_name, limit),
     ).fetchall()
-    return [{k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in zip(SUMMARY_COLUMNS, r, strict=True)}
-            for r in rows]
+    return [
+        {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in zip(SUMMARY_COLUMNS, r, strict=True)}
+        for r in rows
+    ]
 
 
 def summary(conn: psycopg.Connection, report_id: str) -> dict[str, Any] | None:

@@ -1,4 +1,5 @@
 """``retrainings``, ``retraining_feedback`` and the feedback reads the retraining loop needs."""
+
 from __future__ import annotations
 
 import json
@@ -10,10 +11,36 @@ import psycopg
 LOCK_SEED = 74210006
 
 COLUMNS = (
-    "id", "created_at", "updated_at", "finished_at", "model_name", "trigger_key", "reason", "detail", "feedback_ids",
-    "n_feedback", "threshold", "threshold_fraction", "corpus_rows", "drift_report_id", "status", "champion_before",
-    "champion_after", "base_snapshot", "snapshot_hash", "training_feedback_ids", "dataset_report", "mode", "run_id",
-    "candidate_version", "metrics", "decision", "error", "trigger_airflow_run_id", "airflow_run_id", "gate",
+    "id",
+    "created_at",
+    "updated_at",
+    "finished_at",
+    "model_name",
+    "trigger_key",
+    "reason",
+    "detail",
+    "feedback_ids",
+    "n_feedback",
+    "threshold",
+    "threshold_fraction",
+    "corpus_rows",
+    "drift_report_id",
+    "status",
+    "champion_before",
+    "champion_after",
+    "base_snapshot",
+    "snapshot_hash",
+    "training_feedback_ids",
+    "dataset_report",
+    "mode",
+    "run_id",
+    "candidate_version",
+    "metrics",
+    "decision",
+    "error",
+    "trigger_airflow_run_id",
+    "airflow_run_id",
+    "gate",
 )
 LIST_COLUMNS = tuple(c for c in COLUMNS if c not in ("dataset_report", "training_feedback_ids", "gate"))
 JSON_COLUMNS = frozenset({"metrics", "dataset_report", "gate"})
@@ -37,8 +64,11 @@ def champion_metrics_of(conn: psycopg.Connection, run_id: str) -> dict[str, Any]
 
 # ------------------------------------------------- reports (what is pending: ml/review.py, ml/store/review.py)
 def mark_reviewed(conn: psycopg.Connection, feedback_ids: list[int], reviewer: str) -> int:
-    cur = conn.execute("UPDATE feedback SET reviewed = true, reviewed_at = now(), reviewed_by = %s"
-                       " WHERE id = ANY(%s) AND NOT reviewed", (reviewer, list(feedback_ids)))
+    cur = conn.execute(
+        "UPDATE feedback SET reviewed = true, reviewed_at = now(), reviewed_by = %s"
+        " WHERE id = ANY(%s) AND NOT reviewed",
+        (reviewer, list(feedback_ids)),
+    )
     return cur.rowcount
 
 
@@ -57,8 +87,10 @@ def training_reports(conn: psycopg.Connection, retraining: dict[str, Any]) -> li
 
 
 def reported_texts(conn: psycopg.Connection, feedback_ids: list[int]) -> set[str]:
-    rows = conn.execute("SELECT DISTINCT p.text FROM feedback f JOIN predictions p ON p.id = f.prediction_id"
-                        " WHERE f.id = ANY(%s)", (list(feedback_ids),)).fetchall()
+    rows = conn.execute(
+        "SELECT DISTINCT p.text FROM feedback f JOIN predictions p ON p.id = f.prediction_id WHERE f.id = ANY(%s)",
+        (list(feedback_ids),),
+    ).fetchall()
     return {str(r[0]).strip() for r in rows}
 
 
@@ -82,8 +114,10 @@ def insert(conn: psycopg.Connection, **fields: Any) -> int | None:
 def consume(conn: psycopg.Connection, feedback_ids: list[int], retraining_id: int) -> None:
     """The reports belong to this retraining from now on (primary key: a report is consumed once)."""
     if feedback_ids:
-        conn.execute("INSERT INTO retraining_feedback (feedback_id, retraining_id) SELECT unnest(%s::bigint[]), %s",
-                     (list(feedback_ids), retraining_id))
+        conn.execute(
+            "INSERT INTO retraining_feedback (feedback_id, retraining_id) SELECT unnest(%s::bigint[]), %s",
+            (list(feedback_ids), retraining_id),
+        )
 
 
 def get(conn: psycopg.Connection, retraining_id: int) -> dict[str, Any] | None:
@@ -92,8 +126,10 @@ def get(conn: psycopg.Connection, retraining_id: int) -> dict[str, Any] | None:
 
 
 def latest(conn: psycopg.Connection, model_name: str, limit: int) -> list[dict[str, Any]]:
-    rows = conn.execute(f"SELECT {', '.join(LIST_COLUMNS)} FROM retrainings WHERE model_name = %s"
-                        " ORDER BY id DESC LIMIT %s", (model_name, limit)).fetchall()
+    rows = conn.execute(
+        f"SELECT {', '.join(LIST_COLUMNS)} FROM retrainings WHERE model_name = %s ORDER BY id DESC LIMIT %s",
+        (model_name, limit),
+    ).fetchall()
     return [_iso(r, LIST_COLUMNS) for r in rows]
 
 
@@ -102,12 +138,17 @@ def update(conn: psycopg.Connection, retraining_id: int, **values: Any) -> None:
     if unknown:
         raise ValueError(f"not updatable columns of retrainings: {sorted(unknown)}")
     sets = ", ".join(f"{k} = %s" for k in values)
-    vals = [json.dumps(v, default=str) if k in JSON_COLUMNS and isinstance(v, (dict, list)) else v
-            for k, v in values.items()]
+    vals = [
+        json.dumps(v, default=str) if k in JSON_COLUMNS and isinstance(v, (dict, list)) else v
+        for k, v in values.items()
+    ]
     conn.execute(f"UPDATE retrainings SET {sets}, updated_at = now() WHERE id = %s", (*vals, retraining_id))
 
 
 def mark_failed(conn: psycopg.Connection, retraining_id: int, error: str) -> None:
     """Failed, unless it already ended with a decision (its consumed reports then enter the next one)."""
-    conn.execute("UPDATE retrainings SET status = 'failed', error = %s, finished_at = now(), updated_at = now()"
-                 " WHERE id = %s AND status NOT IN ('promoted', 'rejected')", (error[:4000], retraining_id))
+    conn.execute(
+        "UPDATE retrainings SET status = 'failed', error = %s, finished_at = now(), updated_at = now()"
+        " WHERE id = %s AND status NOT IN ('promoted', 'rejected')",
+        (error[:4000], retraining_id),
+    )

@@ -1,5 +1,6 @@
 """Databases and the schema's migration bookkeeping (``schema_migrations``). The migrations
 themselves are the numbered files in ``sql/``; ``ml.db.migrate`` applies them in order."""
+
 from __future__ import annotations
 
 import psycopg
@@ -27,8 +28,10 @@ def unlock_migrations(conn: psycopg.Connection) -> None:
 
 
 def applied_migrations(conn: psycopg.Connection) -> set[str]:
-    conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations ("
-                 " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())")
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations ("
+        " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+    )
     return {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
 
 

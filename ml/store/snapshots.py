@@ -1,4 +1,5 @@
 """``dataset_snapshots``: validated, content-hashed training sets and their lineage (``parent_hash``)."""
+
 from __future__ import annotations
 
 import json
@@ -7,8 +8,18 @@ from typing import Any
 import psycopg
 
 
-def insert(conn: psycopg.Connection, *, snapshot_hash: str, source: str, kind: str, parent_hash: str | None,
-           n_rows: int, n_positive: int, path: str, report: dict[str, Any]) -> None:
+def insert(
+    conn: psycopg.Connection,
+    *,
+    snapshot_hash: str,
+    source: str,
+    kind: str,
+    parent_hash: str | None,
+    n_rows: int,
+    n_positive: int,
+    path: str,
+    report: dict[str, Any],
+) -> None:
     """Record a snapshot (idempotent: the same content is recorded once)."""
     conn.execute(
         "INSERT INTO dataset_snapshots (hash, source, kind, parent_hash, n_rows, n_positive, path, report)"
@@ -19,10 +30,13 @@ def insert(conn: psycopg.Connection, *, snapshot_hash: str, source: str, kind: s
 
 def by_prefix(conn: psycopg.Connection, prefix: str, limit: int = 2) -> list[tuple[str, str, int, dict[str, Any]]]:
     """(hash, path, n_rows, report) of the snapshots whose hash starts with ``prefix``."""
-    return [tuple(r) for r in conn.execute(
-        "SELECT hash, path, n_rows, report FROM dataset_snapshots WHERE left(hash, %s) = %s LIMIT %s",
-        (len(prefix), prefix, limit),
-    ).fetchall()]
+    return [
+        tuple(r)
+        for r in conn.execute(
+            "SELECT hash, path, n_rows, report FROM dataset_snapshots WHERE left(hash, %s) = %s LIMIT %s",
+            (len(prefix), prefix, limit),
+        ).fetchall()
+    ]
 
 
 def latest_hash(conn: psycopg.Connection) -> str | None:

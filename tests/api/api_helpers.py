@@ -1,10 +1,11 @@
 """Helpers for the API tests (imported by name: pytest puts this folder on sys.path)."""
+
 from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 from fastapi.testclient import TestClient
 
@@ -43,8 +44,10 @@ def bearer(key: str) -> dict[str, str]:
 
 def report(client, pred: dict, label, **extra):
     """POST /feedback on a prediction this client made, with its feedback_token."""
-    return client.post("/feedback", json={"prediction_id": pred["id"], "correct_label": label,
-                                          "feedback_token": pred["feedback_token"], **extra})
+    return client.post(
+        "/feedback",
+        json={"prediction_id": pred["id"], "correct_label": label, "feedback_token": pred["feedback_token"], **extra},
+    )
 
 
 def settings_with(settings, **changes):

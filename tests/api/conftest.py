@@ -1,15 +1,15 @@
 """API fixtures: real champions made by the real training path (``ml.train`` train ->
 evaluate -> register -> promote, on 2,000 real tweets: a TF-IDF + logistic regression), in the
 session's real MLflow store; apps over the session's real PostgreSQL database."""
+
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import pytest
-from fastapi.testclient import TestClient
-
 from api_helpers import bearer, make_key, running_app, settings_with
+from fastapi.testclient import TestClient
 
 
 @dataclass(frozen=True)
@@ -112,8 +112,10 @@ def outage_db(platform_env):
     def down() -> None:
         with psycopg.connect(admin, autocommit=True) as c:
             c.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
-            c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
-                      "AND pid <> pg_backend_pid()", (name,))
+            c.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                (name,),
+            )
 
     def up() -> None:
         with psycopg.connect(admin, autocommit=True) as c:

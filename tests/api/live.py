@@ -1,6 +1,7 @@
 """A real API server for the tests that need real processes: ``uvicorn api.main:app`` (optionally
 with ``--workers``) in a child process of its own session, on a free port, with the session's
 environment (database, MLflow store, var/) plus the settings given."""
+
 from __future__ import annotations
 
 import os
@@ -66,16 +67,30 @@ class LiveServer:
 
 
 @contextmanager
-def live_server(log_dir: Path, workers: int | None = None, env: dict[str, str] | None = None,
-                extra_args: list[str] | None = None) -> Iterator[LiveServer]:
+def live_server(
+    log_dir: Path, workers: int | None = None, env: dict[str, str] | None = None, extra_args: list[str] | None = None
+) -> Iterator[LiveServer]:
     port = free_port()
-    argv = [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(port),
-            "--log-level", "warning", *(["--workers", str(workers)] if workers else []), *(extra_args or [])]
+    argv = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "api.main:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        *(["--workers", str(workers)] if workers else []),
+        *(extra_args or []),
+    ]
     log = log_dir / f"api-{port}.log"
     full_env = {**os.environ, **(env or {})}
     with open(log, "wb") as out:
-        proc = subprocess.Popen(argv, cwd=REPO, env=full_env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            argv, cwd=REPO, env=full_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     server = LiveServer(proc, f"http://127.0.0.1:{port}", log)
     try:
         server.wait_ready()

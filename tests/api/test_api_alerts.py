@@ -1,22 +1,32 @@
 """Alerts from POST /feedback: 3 misclassification reports within 5 minutes -> exactly one alert per
 burst, counted in PostgreSQL (two app instances, a restart), sent to a real local webhook and SMTP
 server off the request path; a failing channel never fails the feedback request."""
+
 from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta, timezone
+from datetime import UTC, timedelta
 
 import pytest
-from receivers import refused_port, smtp_receiver, webhook_receiver
-
 from api_helpers import fresh_model_name, running_app, settings_with, wait_for
 from api_helpers import report as send_report
+from receivers import refused_port, smtp_receiver, webhook_receiver
+
 from ml import alerts
 
-TEXTS = ["I love this, best day ever", "so bored and sad today", "what a great game tonight", "my phone broke again",
-         "thanks for the awesome party", "stuck in traffic, so annoyed", "happy birthday to my best friend",
-         "worst monday ever", "cannot wait for the weekend", "I miss you so much"]
+TEXTS = [
+    "I love this, best day ever",
+    "so bored and sad today",
+    "what a great game tonight",
+    "my phone broke again",
+    "thanks for the awesome party",
+    "stuck in traffic, so annoyed",
+    "happy birthday to my best friend",
+    "worst monday ever",
+    "cannot wait for the weekend",
+    "I miss you so much",
+]
 
 
 # ---------------------------------------------------------------- local receivers (tests/receivers.py)
@@ -55,16 +65,23 @@ def _settle(*clients):
 def _alerts(conn, model):
     return conn.execute(
         "SELECT id, n_reports, feedback_ids, later_feedback_ids, channels, resolved_at FROM alerts"
-        " WHERE rule = 'misclassification_burst' AND model_name = %s ORDER BY id", (model,)).fetchall()
+        " WHERE rule = 'misclassification_burst' AND model_name = %s ORDER BY id",
+        (model,),
+    ).fetchall()
 
 
 # ---------------------------------------------------------------- tests
 def test_three_reports_one_alert_per_burst_across_two_apps(platform_env, publish, conn, webhook, smtp):
     url, received = webhook
     smtp_port, mails = smtp
-    settings = settings_with(platform_env, model_name=fresh_model_name(), alert_webhook_url=url,
-                             alert_smtp_host="127.0.0.1", alert_smtp_port=smtp_port,
-                             alert_email_to="oncall@example.org, ml@example.org")
+    settings = settings_with(
+        platform_env,
+        model_name=fresh_model_name(),
+        alert_webhook_url=url,
+        alert_smtp_host="127.0.0.1",
+        alert_smtp_port=smtp_port,
+        alert_email_to="oncall@example.org, ml@example.org",
+    )
     publish(settings)
     with running_app(settings) as c1, running_app(settings) as c2:  # two app instances, one database
         # a confirmation (the prediction was right) is not a misclassification report
@@ -89,11 +106,14 @@ def test_three_reports_one_alert_per_burst_across_two_apps(platform_env, publish
         assert sorted(body["feedback_ids"]) == sorted([f1, f2, f3]) and "reported wrong" in body["message"]
         assert len(mails) == 1 and sorted(mails[0]["rcpt"]) == ["ml@example.org", "oncall@example.org"]
         assert "misclassification_burst" in mails[0]["subject"] and "3 predictions" in mails[0]["body"]
-        assert body["kind"] == "alert" and body["message"].startswith(f"3 predictions of {settings.model_name} reported")
+        assert body["kind"] == "alert" and body["message"].startswith(
+            f"3 predictions of {settings.model_name} reported"
+        )
 
         def channels():
             got = {c["channel"]: c["status"] for c in _alerts(conn, settings.model_name)[0][4]}
             return got if len(got) == 3 else None
+
         assert wait_for(channels, timeout=10) == {"log": "sent", "webhook": "sent", "email": "sent"}
 
         f4 = _report_wrong(c2, TEXTS[4])  # the same burst: appended, and the alert's count and text follow
@@ -137,10 +157,15 @@ def test_window_is_counted_in_postgres_across_restarts_and_bursts(platform_env, 
         rows = _alerts(conn, settings.model_name)
         assert len(rows) == 1 and f3 in rows[0][2] and old not in rows[0][2]
         # the burst ends (its reports age out of the window); the next crossing is a new alert
-        conn.execute("UPDATE feedback f SET created_at = f.created_at - interval '10 minutes' FROM predictions p"
-                     " WHERE p.id = f.prediction_id AND p.model_name = %s", (settings.model_name,))
-        conn.execute("UPDATE alerts SET last_report_at = last_report_at - interval '10 minutes' WHERE model_name = %s",
-                     (settings.model_name,))
+        conn.execute(
+            "UPDATE feedback f SET created_at = f.created_at - interval '10 minutes' FROM predictions p"
+            " WHERE p.id = f.prediction_id AND p.model_name = %s",
+            (settings.model_name,),
+        )
+        conn.execute(
+            "UPDATE alerts SET last_report_at = last_report_at - interval '10 minutes' WHERE model_name = %s",
+            (settings.model_name,),
+        )
         for t in TEXTS[4:7]:
             _report_wrong(c, t)
     rows = _alerts(conn, settings.model_name)
@@ -149,9 +174,12 @@ def test_window_is_counted_in_postgres_across_restarts_and_bursts(platform_env, 
 
 def test_failing_channel_never_fails_the_feedback_request(platform_env, publish, conn):
     with refused_port() as port:  # bound for the whole test, never listening: connections are refused
-        settings = settings_with(platform_env, model_name=fresh_model_name(),
-                                 alert_webhook_url=f"http://127.0.0.1:{port}/nobody-listens?token=s3cret",
-                                 alert_webhook_timeout_seconds=1.0)
+        settings = settings_with(
+            platform_env,
+            model_name=fresh_model_name(),
+            alert_webhook_url=f"http://127.0.0.1:{port}/nobody-listens?token=s3cret",
+            alert_webhook_timeout_seconds=1.0,
+        )
         publish(settings)
         hook = _failing_outcome(settings, publish, conn)
     assert hook["status"] == "failed" and "ConnectError" in hook["error"]
@@ -167,6 +195,7 @@ def _failing_outcome(settings, publish, conn):
             rows = _alerts(conn, settings.model_name)
             hooks = [ch for ch in rows[0][4] if ch["channel"] == "webhook"] if rows else []
             return hooks[0] if hooks else None
+
         return wait_for(outcome, timeout=15)
 
 
@@ -177,15 +206,23 @@ def test_burst_alert_says_how_many_reports_over_what_period(platform_env, conn):
     n_total = 1497
     conn.execute(
         "INSERT INTO predictions (text, label, p_negative, p_positive, model_name, model_version, source)"
-        " SELECT 'burst tweet ' || i, 1, 0.2, 0.8, %s, 1, 'api' FROM generate_series(1, %s) i", (model, n_total))
-    pids = [r[0] for r in conn.execute("SELECT id FROM predictions WHERE model_name = %s ORDER BY text COLLATE \"C\"",
-                                       (model,)).fetchall()]
+        " SELECT 'burst tweet ' || i, 1, 0.2, 0.8, %s, 1, 'api' FROM generate_series(1, %s) i",
+        (model, n_total),
+    )
+    pids = [
+        r[0]
+        for r in conn.execute(
+            'SELECT id FROM predictions WHERE model_name = %s ORDER BY text COLLATE "C"', (model,)
+        ).fetchall()
+    ]
     t0 = conn.execute("SELECT date_trunc('second', now()) - interval '40 seconds'").fetchone()[0]
     step = 30.0 / (n_total - 1)  # the reports span exactly 30 s: t0 .. t0 + 30 s
 
     def report(i):  # reports in timestamp order, as the API would store them
-        return conn.execute("INSERT INTO feedback (prediction_id, correct_label, created_at) VALUES (%s, 0, %s)"
-                            " RETURNING id", (pids[i], t0 + timedelta(seconds=i * step))).fetchone()[0]
+        return conn.execute(
+            "INSERT INTO feedback (prediction_id, correct_label, created_at) VALUES (%s, 0, %s) RETURNING id",
+            (pids[i], t0 + timedelta(seconds=i * step)),
+        ).fetchone()[0]
 
     s = settings_with(platform_env, model_name=model)
     outs = [alerts.evaluate_feedback(report(i), s, dispatch=False) for i in range(3)]  # each evaluated once stored
@@ -200,17 +237,22 @@ def test_burst_alert_says_how_many_reports_over_what_period(platform_env, conn):
     out = alerts.evaluate_feedback(last, s, dispatch=False)
     assert out["raised"] is False and out["alert_id"] == alert_id
     n, msg, first_at, last_at, resolved = conn.execute(
-        "SELECT n_reports, message, first_report_at, last_report_at, resolved_at FROM alerts WHERE id = %s",
-        (alert_id,)).fetchone()
+        "SELECT n_reports, message, first_report_at, last_report_at, resolved_at FROM alerts WHERE id = %s", (alert_id,)
+    ).fetchone()
     assert (n, resolved) == (n_total, None)
     assert (last_at - first_at).total_seconds() == pytest.approx(30.0, abs=1e-3)
     assert msg.startswith(f"1,497 predictions of {model} reported wrong in 30 s (")
     assert msg == alerts.burst_message(n_total, model, first_at, last_at, 3, 300)
-    assert f"{first_at.astimezone(timezone.utc):%Y-%m-%d %H:%M:%S} -> " in msg
+    assert f"{first_at.astimezone(UTC):%Y-%m-%d %H:%M:%S} -> " in msg
     assert "alert rule: 3 reports within 300 s" in msg
-    assert conn.execute("SELECT count(*) FROM alerts WHERE model_name = %s AND rule = 'misclassification_burst'",
-                        (model,)).fetchone()[0] == 1
+    assert (
+        conn.execute(
+            "SELECT count(*) FROM alerts WHERE model_name = %s AND rule = 'misclassification_burst'", (model,)
+        ).fetchone()[0]
+        == 1
+    )
     # the burst guard (rule feedback_burst) saw it too: one alert, from one (unidentified) reporter, whole burst
-    [(b_n, b_msg)] = conn.execute("SELECT n_reports, message FROM alerts WHERE model_name = %s"
-                                  " AND rule = 'feedback_burst'", (model,)).fetchall()
+    [(b_n, b_msg)] = conn.execute(
+        "SELECT n_reports, message FROM alerts WHERE model_name = %s AND rule = 'feedback_burst'", (model,)
+    ).fetchall()
     assert b_n == n_total and "1,497 misclassification reports" in b_msg and "unidentified (1,497)" in b_msg

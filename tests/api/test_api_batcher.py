@@ -1,5 +1,6 @@
 """The micro-batcher: concurrent requests share model calls; each gets its own answer; a failing
 batch fails only its own requests."""
+
 from __future__ import annotations
 
 import asyncio
@@ -32,8 +33,8 @@ def test_every_answer_goes_to_its_own_request_under_64_concurrent_clients(inline
     for n, answers in enumerate(results):
         assert answers == [(n % 3, (n * 1000 + j) ** 2) for j in range(20)]
     assert sum(len(x) for x in batches) == 64 * 20
-    assert max(len(x) for x in batches) <= 16   # the size cap
-    assert len(batches) < 64 * 20               # requests shared model calls
+    assert max(len(x) for x in batches) <= 16  # the size cap
+    assert len(batches) < 64 * 20  # requests shared model calls
 
 
 def test_a_failing_batch_fails_only_its_own_requests():

@@ -1,6 +1,7 @@
 """The API serves only what the platform promoted: an alias moved outside the platform (no promotion
 event in model_events) is not loaded and raises an alert; a version whose artifacts differ from the
 sha256 recorded at registration/promotion is not loaded either. Real MLflow registry, real PostgreSQL."""
+
 from __future__ import annotations
 
 import time
@@ -9,8 +10,9 @@ from api_helpers import fresh_model_name, running_app, settings_with, wait_for
 
 
 def _alerts(conn, model, rule="unverified_champion"):
-    return conn.execute("SELECT message, details FROM alerts WHERE rule = %s AND model_name = %s ORDER BY id",
-                        (rule, model)).fetchall()
+    return conn.execute(
+        "SELECT message, details FROM alerts WHERE rule = %s AND model_name = %s ORDER BY id", (rule, model)
+    ).fetchall()
 
 
 def test_alias_moved_outside_the_platform_is_not_loaded_and_alerts(platform_env, publish, snapshot, conn):
@@ -18,11 +20,18 @@ def test_alias_moved_outside_the_platform_is_not_loaded_and_alerts(platform_env,
 
     from ml import train
 
-    s = settings_with(platform_env, model_name=fresh_model_name(), champion_verify_grace_seconds=0.5,
-                      promotion_margin=-1.0, behaviour_checks=False, promotion_gate="margin")
+    s = settings_with(
+        platform_env,
+        model_name=fresh_model_name(),
+        champion_verify_grace_seconds=0.5,
+        promotion_margin=-1.0,
+        behaviour_checks=False,
+        promotion_gate="margin",
+    )
     v1 = publish(s).version
-    digest = conn.execute("SELECT artifact_sha256 FROM model_events WHERE model_name = %s AND event = 'promoted'",
-                          (s.model_name,)).fetchone()[0]
+    digest = conn.execute(
+        "SELECT artifact_sha256 FROM model_events WHERE model_name = %s AND event = 'promoted'", (s.model_name,)
+    ).fetchone()[0]
     assert digest and len(digest) == 64
     run_id = train.train(snapshot.hash, "tfidf_lr", params={"C": 0.5}, settings=s)
     train.evaluate(run_id, s)
@@ -47,8 +56,10 @@ def test_artifacts_that_differ_from_the_recorded_digest_are_not_loaded(platform_
     s = settings_with(platform_env, model_name=fresh_model_name(), champion_verify_grace_seconds=0.5)
     v1 = publish(s).version
     # the recorded digest no longer matches what the registry serves (as if its artifacts were swapped)
-    conn.execute("UPDATE model_events SET artifact_sha256 = %s WHERE model_name = %s AND version = %s",
-                 ("0" * 64, s.model_name, v1))
+    conn.execute(
+        "UPDATE model_events SET artifact_sha256 = %s WHERE model_name = %s AND version = %s",
+        ("0" * 64, s.model_name, v1),
+    )
     with running_app(s) as client:
         r = client.get("/model")
         assert r.status_code == 503  # nothing unverified is ever loaded

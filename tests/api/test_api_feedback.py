@@ -1,10 +1,10 @@
 """POST /feedback: stored in PostgreSQL, right after the prediction it corrects; clear 404/422."""
+
 from __future__ import annotations
 
 import uuid
 
 import pytest
-
 from api_helpers import POSITIVE_TEXT, post_json, report, wait_for
 
 
@@ -31,8 +31,12 @@ def test_feedback_right_after_a_prediction_is_stored(client, conn):
     assert body["reporter"] == "anon:testclient"  # stored with who reported it
     # the prediction lands (the writer's next cycle) and the report moves into feedback, same id and reporter
     wait_for(lambda: conn.execute("SELECT label FROM predictions WHERE id = %s", (pred["id"],)).fetchone() == (1,))
-    wait_for(lambda: conn.execute("SELECT reporter FROM feedback WHERE id = %s", (body["id"],)).fetchone()
-             == ("anon:testclient",))
+    wait_for(
+        lambda: (
+            conn.execute("SELECT reporter FROM feedback WHERE id = %s", (body["id"],)).fetchone()
+            == ("anon:testclient",)
+        )
+    )
     assert conn.execute("SELECT count(*) FROM pending_feedback WHERE id = %s", (body["id"],)).fetchone() == (0,)
 
 
@@ -74,7 +78,9 @@ def test_feedback_for_unknown_prediction_is_404(client, conn, review_headers):
 )
 def test_bad_feedback_is_rejected_with_the_reason(client, conn, payload, reason):
     pred = client.post("/predict", json={"text": POSITIVE_TEXT}).json()
-    r = post_json(client, "/feedback", {"prediction_id": pred["id"], "feedback_token": pred["feedback_token"], **payload})
+    r = post_json(
+        client, "/feedback", {"prediction_id": pred["id"], "feedback_token": pred["feedback_token"], **payload}
+    )
     assert r.status_code == 422, r.text
     body = r.json()
     assert reason in " | ".join(e["msg"] for e in body["detail"])
@@ -84,7 +90,7 @@ def test_bad_feedback_is_rejected_with_the_reason(client, conn, payload, reason)
 
 def test_comment_with_unicode_is_stored_as_sent(client, conn):
     pred = client.post("/predict", json={"text": POSITIVE_TEXT}).json()
-    comment = "sarcasm \U0001F644 — ça va"
+    comment = "sarcasm \U0001f644 — ça va"
     r = report(client, pred, 0, comment=comment)
     assert r.status_code == 201, r.text
     assert _feedback_rows(conn, pred["id"]) == [(r.json()["id"], 0, comment)]

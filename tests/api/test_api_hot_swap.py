@@ -1,4 +1,5 @@
 """A new champion is served without a restart, and no request fails while it is swapped in."""
+
 from __future__ import annotations
 
 import logging
@@ -52,14 +53,18 @@ def test_hot_swap_under_load_then_rollback(platform_env, publish, conn, caplog):
         # every response's version is what PostgreSQL recorded for its rows
         client.app.state.writer.flush()
         ids = [p["id"] for _, b in results for p in b["predictions"]]
-        stored = dict(conn.execute(
-            "SELECT id::text, model_version FROM predictions WHERE id = ANY(%s::uuid[])", (ids,)
-        ).fetchall())
+        stored = dict(
+            conn.execute(
+                "SELECT id::text, model_version FROM predictions WHERE id = ANY(%s::uuid[])", (ids,)
+            ).fetchall()
+        )
         assert stored == {p["id"]: p["model_version"] for _, b in results for p in b["predictions"]}
 
         # the platform's rollback (alias + `rollback` event with the artifact digest) is followed the same way
         from ml import registry
 
         assert registry.rollback(settings)["to_version"] == v1.version
-        wait_for(lambda: client.post("/predict", json={"text": POSITIVE_TEXT}).json()["model_version"] == v1.version,
-                 timeout=20)
+        wait_for(
+            lambda: client.post("/predict", json={"text": POSITIVE_TEXT}).json()["model_version"] == v1.version,
+            timeout=20,
+        )

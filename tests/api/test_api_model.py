@@ -1,10 +1,10 @@
 """GET /model, GET /health, GET /, and the 503s before any champion exists."""
+
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
-
 from api_helpers import POSITIVE_TEXT, fresh_model_name, running_app, settings_with, wait_for
 
 
@@ -38,7 +38,7 @@ def test_model_reports_what_training_recorded(client, champion, api_settings, co
     assert body["family"] == family == "tfidf_lr"
     assert body["tags"]["dataset_hash"] == snapshot_hash
     trained_at = datetime.fromisoformat(body["trained_at"])
-    assert trained_at == datetime.fromtimestamp(run.info.start_time / 1000, tz=timezone.utc)
+    assert trained_at == datetime.fromtimestamp(run.info.start_time / 1000, tz=UTC)
 
 
 def test_health_ok(client, champion):

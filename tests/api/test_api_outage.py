@@ -3,6 +3,7 @@
 The outage is real: the test's own database refuses connections (``ALTER DATABASE ...
 ALLOW_CONNECTIONS false`` + ``pg_terminate_backend``); the crash is a real ``SIGKILL`` of a real
 uvicorn worker under load."""
+
 from __future__ import annotations
 
 import signal
@@ -32,17 +33,25 @@ def with_serving_events(outage_db, conn, model_name: str) -> None:
     """The test's own database gets the platform's promotion events of ``model_name`` (the API serves
     only a champion whose promotion event it finds in its database)."""
     with conn.cursor() as src, outage_db.connect() as dst, dst.cursor() as cur:
-        with src.copy("COPY (SELECT * FROM model_events WHERE model_name = %s) TO STDOUT", (model_name,)) as out, \
-                cur.copy("COPY model_events FROM STDIN") as into:
+        with (
+            src.copy("COPY (SELECT * FROM model_events WHERE model_name = %s) TO STDOUT", (model_name,)) as out,
+            cur.copy("COPY model_events FROM STDIN") as into,
+        ):
             for chunk in out:
                 into.write(chunk)
 
 
-def test_outage_predict_answers_ready_503_feedback_503_rows_kept_once(api_settings, champion, outage_db, tweets,
-                                                                     tmp_path, conn):
+def test_outage_predict_answers_ready_503_feedback_503_rows_kept_once(
+    api_settings, champion, outage_db, tweets, tmp_path, conn
+):
     with_serving_events(outage_db, conn, api_settings.model_name)
-    s = settings_with(api_settings, database_url=outage_db.url, var_dir=tmp_path / "var",
-                      prediction_flush_seconds=60, prediction_flush_rows=100_000)
+    s = settings_with(
+        api_settings,
+        database_url=outage_db.url,
+        var_dir=tmp_path / "var",
+        prediction_flush_seconds=60,
+        prediction_flush_rows=100_000,
+    )
     log_dir = tmp_path / "var" / "spool"
     texts = tweets[0]
     with running_app(s) as client:
@@ -64,8 +73,14 @@ def test_outage_predict_answers_ready_503_feedback_503_rows_kept_once(api_settin
         assert health.json()["model"]["loaded"] is True
         assert health.json()["writer"]["pending_rows"] == 50
 
-        fb = client.post("/feedback", json={"prediction_id": before[0], "correct_label": "negative",
-                                            "feedback_token": before_preds[0]["feedback_token"]})
+        fb = client.post(
+            "/feedback",
+            json={
+                "prediction_id": before[0],
+                "correct_label": "negative",
+                "feedback_token": before_preds[0]["feedback_token"],
+            },
+        )
         assert fb.status_code == 503, fb.text
         assert "database unavailable" in fb.json()["message"] and fb.headers["Retry-After"]
     # shutdown with the database down: every acknowledged row stays in the log, once
@@ -85,8 +100,17 @@ def test_outage_predict_answers_ready_503_feedback_503_rows_kept_once(api_settin
     outage_db.up()
     with running_app(s) as client:  # back: replayed at start, exactly once
         assert client.get("/health/ready").status_code == 200
-        assert client.post("/feedback", json={"prediction_id": ids[0], "correct_label": 0,
-                                              "feedback_token": single[0].json()["feedback_token"]}).status_code == 201
+        assert (
+            client.post(
+                "/feedback",
+                json={
+                    "prediction_id": ids[0],
+                    "correct_label": 0,
+                    "feedback_token": single[0].json()["feedback_token"],
+                },
+            ).status_code
+            == 201
+        )
     with outage_db.connect() as conn:
         assert sorted(stored(conn, ids)) == sorted(ids)
         assert sorted(stored(conn, before)) == sorted(before)
@@ -95,11 +119,15 @@ def test_outage_predict_answers_ready_503_feedback_503_rows_kept_once(api_settin
     assert logged(log_dir) == [] and not list(log_dir.glob("corrupt-*")) and not list(log_dir.glob("rejected-*"))
 
 
-def test_log_cap_answers_503_with_retry_after_and_the_reason(api_settings, champion, outage_db, tweets, tmp_path,
-                                                            conn):
+def test_log_cap_answers_503_with_retry_after_and_the_reason(api_settings, champion, outage_db, tweets, tmp_path, conn):
     with_serving_events(outage_db, conn, api_settings.model_name)
-    s = settings_with(api_settings, database_url=outage_db.url, var_dir=tmp_path / "var",
-                      prediction_log_max_bytes=8192, prediction_flush_seconds=0.05)
+    s = settings_with(
+        api_settings,
+        database_url=outage_db.url,
+        var_dir=tmp_path / "var",
+        prediction_log_max_bytes=8192,
+        prediction_flush_seconds=0.05,
+    )
     with running_app(s) as client:
         outage_db.down()  # nothing drains: the log fills up
         answered, refused = [], None
@@ -135,10 +163,12 @@ def _load(url: str, answered: list, stop: threading.Event, texts: list[str]) -> 
             i += 1
 
 
-def test_kill_9_of_a_worker_under_load_loses_no_acknowledged_prediction(api_settings, champion, tweets, tmp_path,
-                                                                       conn):
-    env = {"SENTIMENT_MODEL_NAME": api_settings.model_name, "SENTIMENT_VAR_DIR": str(tmp_path / "var"),
-           "SENTIMENT_PREDICTION_FLUSH_SECONDS": "1"}
+def test_kill_9_of_a_worker_under_load_loses_no_acknowledged_prediction(api_settings, champion, tweets, tmp_path, conn):
+    env = {
+        "SENTIMENT_MODEL_NAME": api_settings.model_name,
+        "SENTIMENT_VAR_DIR": str(tmp_path / "var"),
+        "SENTIMENT_PREDICTION_FLUSH_SECONDS": "1",
+    }
     with live_server(tmp_path, workers=2, env=env) as srv:
         answered: list[dict] = []
         stop = threading.Event()
@@ -159,14 +189,27 @@ def test_kill_9_of_a_worker_under_load_loses_no_acknowledged_prediction(api_sett
         # reports right away, also on predictions only the dead worker's log holds
         sample = answered[:: max(1, len(answered) // 50)]
         with httpx.Client(base_url=srv.url, timeout=10) as c:
-            fb = [c.post("/feedback", json={"prediction_id": p["id"], "correct_label": 1 - p["label_id"],
-                                            "feedback_token": p["feedback_token"]}) for p in sample]
+            fb = [
+                c.post(
+                    "/feedback",
+                    json={
+                        "prediction_id": p["id"],
+                        "correct_label": 1 - p["label_id"],
+                        "feedback_token": p["feedback_token"],
+                    },
+                )
+                for p in sample
+            ]
         assert all(r.status_code == 201 for r in fb), [r.text for r in fb if r.status_code != 201][:3]
         fids = [r.json()["id"] for r in fb]
         # the dead worker's segments are claimed (restarted worker at start, or the other one's scan) and replayed
         wait_for(lambda: len(stored(conn, ids)) == len(ids), timeout=60)
-        wait_for(lambda: conn.execute("SELECT count(*) FROM feedback WHERE id = ANY(%s)", (fids,)).fetchone()[0]
-                 == len(fids), timeout=30)
+        wait_for(
+            lambda: (
+                conn.execute("SELECT count(*) FROM feedback WHERE id = ANY(%s)", (fids,)).fetchone()[0] == len(fids)
+            ),
+            timeout=30,
+        )
         assert victim not in srv.worker_pids()
     assert len(set(ids)) == len(ids)
     n = conn.execute("SELECT count(*) FROM predictions WHERE id = ANY(%s::uuid[])", (ids,)).fetchone()[0]

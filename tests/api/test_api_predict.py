@@ -1,11 +1,11 @@
 """POST /predict and /predict/batch against a real champion; rows land in PostgreSQL."""
+
 from __future__ import annotations
 
 import uuid
 
 import pytest
-
-from api_helpers import post_json, NEGATIVE_TEXT, POSITIVE_TEXT, prediction_row, wait_for
+from api_helpers import NEGATIVE_TEXT, POSITIVE_TEXT, post_json, prediction_row, wait_for
 
 
 def test_predict_positive_text(client, champion):
@@ -130,9 +130,13 @@ def test_bad_input_is_rejected_with_the_reason(client, conn, api_settings, path,
     # model created since this test began: none)
     assert writer.pending == 0
     writer.flush()
-    assert conn.execute(
-        "SELECT count(*) FROM predictions WHERE model_name = %s AND created_at >= %s", (api_settings.model_name, started)
-    ).fetchone()[0] == 0
+    assert (
+        conn.execute(
+            "SELECT count(*) FROM predictions WHERE model_name = %s AND created_at >= %s",
+            (api_settings.model_name, started),
+        ).fetchone()[0]
+        == 0
+    )
 
 
 def test_error_names_the_bad_item_of_a_batch(client):

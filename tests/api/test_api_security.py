@@ -1,5 +1,6 @@
 """Identities, scopes, feedback tokens, quotas, lineage redaction and the admin routes: real keys in the
 session's PostgreSQL (made by the function `ml keys create` calls, and by the CLI itself), real apps."""
+
 from __future__ import annotations
 
 import hashlib
@@ -7,9 +8,8 @@ import json
 import uuid
 
 import pytest
-from typer.testing import CliRunner
-
 from api_helpers import POSITIVE_TEXT, bearer, fresh_model_name, make_key, running_app, settings_with, wait_for
+from typer.testing import CliRunner
 
 TEXT = "what a lovely morning, coffee and sunshine"
 
@@ -31,7 +31,9 @@ def test_cli_creates_a_key_once_stores_only_its_hash_lists_and_revokes_it(api_se
     assert out.exit_code == 0, out.output
     key = out.stdout.strip().splitlines()[0]
     assert key.startswith("smk_") and len(key) > 50
-    row = conn.execute("SELECT key_id, key_sha256, scopes, revoked_at FROM api_keys WHERE name = %s", (name,)).fetchone()
+    row = conn.execute(
+        "SELECT key_id, key_sha256, scopes, revoked_at FROM api_keys WHERE name = %s", (name,)
+    ).fetchone()
     key_id, digest, scopes, revoked = row
     assert digest == hashlib.sha256(key.encode()).hexdigest() and scopes == ["feedback", "predict"] and revoked is None
     dump = json.dumps(conn.execute("SELECT row_to_json(k) FROM api_keys k").fetchall(), default=str)
@@ -112,8 +114,13 @@ def test_feedback_needs_the_predictions_own_token(api_settings, champion, conn):
         _assert_error(fb(mine["id"], mine["feedback_token"]), 403)  # an anonymous caller holds a's token
         _assert_error(fb(anon["id"], anon["feedback_token"], bearer(a)), 403)  # a holds the anonymous one
         _assert_error(fb(mine["id"], "1700000000.AAAA", bearer(a)), 403)
-        assert conn.execute("SELECT count(*) FROM feedback WHERE prediction_id = ANY(%s)",
-                            ([uuid.UUID(anon["id"]), uuid.UUID(mine["id"])],)).fetchone()[0] == 0
+        assert (
+            conn.execute(
+                "SELECT count(*) FROM feedback WHERE prediction_id = ANY(%s)",
+                ([uuid.UUID(anon["id"]), uuid.UUID(mine["id"])],),
+            ).fetchone()[0]
+            == 0
+        )
         # its own token: accepted, stored with the reporter
         r = fb(mine["id"], mine["feedback_token"], bearer(a))
         assert r.status_code == 201, r.text
@@ -124,8 +131,9 @@ def test_feedback_needs_the_predictions_own_token(api_settings, champion, conn):
         # a reviewer may report on any prediction, without a token
         r = fb(batch["predictions"][1]["id"], None, bearer(reviewer), label=1)
         assert r.status_code == 201 and r.json()["reporter"].startswith("key:")
-        stored = wait_for(lambda: conn.execute("SELECT reporter FROM feedback WHERE id = %s",
-                                               (r.json()["id"],)).fetchone())  # lands with its prediction
+        stored = wait_for(
+            lambda: conn.execute("SELECT reporter FROM feedback WHERE id = %s", (r.json()["id"],)).fetchone()
+        )  # lands with its prediction
         assert stored[0] == r.json()["reporter"]
 
 
@@ -147,10 +155,19 @@ def test_quota_429_with_retry_after_counted_across_two_app_instances(api_setting
         # feedback: 2 a minute per identity, whichever instance takes them
         pred = preds[0].json()
         for c in (c1, c2):
-            assert c.post("/feedback", json={"prediction_id": pred["id"], "correct_label": 0,
-                                             "feedback_token": pred["feedback_token"]}, headers=bearer(k)).status_code == 201
-        r = c1.post("/feedback", json={"prediction_id": pred["id"], "correct_label": 0,
-                                       "feedback_token": pred["feedback_token"]}, headers=bearer(k))
+            assert (
+                c.post(
+                    "/feedback",
+                    json={"prediction_id": pred["id"], "correct_label": 0, "feedback_token": pred["feedback_token"]},
+                    headers=bearer(k),
+                ).status_code
+                == 201
+            )
+        r = c1.post(
+            "/feedback",
+            json={"prediction_id": pred["id"], "correct_label": 0, "feedback_token": pred["feedback_token"]},
+            headers=bearer(k),
+        )
         _assert_error(r, 429)
         assert int(r.headers["Retry-After"]) >= 1
 
@@ -159,8 +176,18 @@ def test_quota_429_with_retry_after_counted_across_two_app_instances(api_setting
 def test_lineage_is_redacted_without_admin(api_settings, champion, admin_headers, review_headers):
     with running_app(api_settings) as client:
         pred = client.post("/predict", json={"text": "my private tweet about zanzibar"}).json()
-        assert client.post("/feedback", json={"prediction_id": pred["id"], "correct_label": 0, "comment": "secret note",
-                                              "feedback_token": pred["feedback_token"]}).status_code == 201
+        assert (
+            client.post(
+                "/feedback",
+                json={
+                    "prediction_id": pred["id"],
+                    "correct_label": 0,
+                    "comment": "secret note",
+                    "feedback_token": pred["feedback_token"],
+                },
+            ).status_code
+            == 201
+        )
         url = f"/predictions/{pred['id']}/lineage"
         for headers in ({}, review_headers):
             r = client.get(url, headers=headers)
@@ -180,8 +207,13 @@ def test_lineage_is_redacted_without_admin(api_settings, champion, admin_headers
 def test_admin_promotes_rolls_back_and_reviews_through_the_api(platform_env, publish, snapshot, conn, admin_headers):
     from ml import train
 
-    s = settings_with(platform_env, model_name=fresh_model_name(), promotion_margin=-1.0, behaviour_checks=False,
-                      promotion_gate="margin")  # the rule alone: a newer version wins
+    s = settings_with(
+        platform_env,
+        model_name=fresh_model_name(),
+        promotion_margin=-1.0,
+        behaviour_checks=False,
+        promotion_gate="margin",
+    )  # the rule alone: a newer version wins
     v1 = publish(s).version
     run_id = train.train(snapshot.hash, "tfidf_lr", params={"C": 2.0}, settings=s)
     train.evaluate(run_id, s)
@@ -192,18 +224,23 @@ def test_admin_promotes_rolls_back_and_reviews_through_the_api(platform_env, pub
         assert r.status_code == 200 and r.json()["promoted"] is True and r.json()["version"] == v2, r.text
         r = client.post("/admin/rollback", json={"reason": "bad release"}, headers=admin_headers)
         assert r.status_code == 200 and (r.json()["from_version"], r.json()["to_version"]) == (v2, v1), r.text
-        assert conn.execute("SELECT event, reason FROM model_events WHERE model_name = %s ORDER BY id DESC LIMIT 1",
-                            (s.model_name,)).fetchone() == ("rollback", "bad release")
+        assert conn.execute(
+            "SELECT event, reason FROM model_events WHERE model_name = %s ORDER BY id DESC LIMIT 1", (s.model_name,)
+        ).fetchone() == ("rollback", "bad release")
         _assert_error(client.post("/admin/rollback", json={}, headers=admin_headers), 409)  # v1 was the first
 
         pred = client.post("/predict", json={"text": TEXT}).json()
-        fb = client.post("/feedback", json={"prediction_id": pred["id"], "correct_label": 0,
-                                            "feedback_token": pred["feedback_token"]}).json()
+        fb = client.post(
+            "/feedback",
+            json={"prediction_id": pred["id"], "correct_label": 0, "feedback_token": pred["feedback_token"]},
+        ).json()
         wait_for(lambda: conn.execute("SELECT 1 FROM feedback WHERE id = %s", (fb["id"],)).fetchone())
         r = client.post("/admin/review", json={"feedback_ids": [fb["id"]]}, headers=reviewer)
         assert r.status_code == 200 and r.json()["reviewed"] == 1
-        assert conn.execute("SELECT reviewed, reviewed_by FROM feedback WHERE id = %s", (fb["id"],)).fetchone() \
-            == (True, r.json()["reviewer"])
+        assert conn.execute("SELECT reviewed, reviewed_by FROM feedback WHERE id = %s", (fb["id"],)).fetchone() == (
+            True,
+            r.json()["reviewer"],
+        )
         # no Airflow in this test: the manual retraining says so, and nothing is triggered
         r = client.post("/admin/retrain", json={"note": "new slang"}, headers=admin_headers)
         assert "nothing was triggered" in _assert_error(r, 503)

@@ -1,5 +1,6 @@
 """The prediction log and its writer: durable before acknowledged (group commit), COPY in batches,
 truncated only after commit, nothing lost, nothing twice."""
+
 from __future__ import annotations
 
 import asyncio
@@ -47,12 +48,16 @@ def test_acknowledged_predictions_are_in_the_log_before_the_database(api_setting
         writer = client.app.state.writer
         assert writer.pending == 350
         assert set(ids) <= set(logged_ids(writer.spool_dir))  # on disk before the answers left
-        assert count_predictions_like(conn, marker) == 0      # no database round trip on the request path
-    stored = {row[0] for row in conn.execute(
-        "SELECT id::text FROM predictions WHERE text LIKE %s AND model_version = %s", (f"%{marker}", champion.version)
-    )}
-    assert stored == set(ids) and len(stored) == 350          # shutdown drained the log
-    assert not set(ids) & set(logged_ids(writer.spool_dir))   # and truncated it after the commit
+        assert count_predictions_like(conn, marker) == 0  # no database round trip on the request path
+    stored = {
+        row[0]
+        for row in conn.execute(
+            "SELECT id::text FROM predictions WHERE text LIKE %s AND model_version = %s",
+            (f"%{marker}", champion.version),
+        )
+    }
+    assert stored == set(ids) and len(stored) == 350  # shutdown drained the log
+    assert not set(ids) & set(logged_ids(writer.spool_dir))  # and truncated it after the commit
 
 
 def test_flush_when_enough_rows_wait(api_settings, champion, conn, tweets):
@@ -116,8 +121,9 @@ def test_a_torn_tail_is_cut_off_and_kept_for_a_person(platform_env, tmp_path, co
 def test_failed_writes_are_kept_on_disk_and_retried(platform_env, outage_db, tmp_path, caplog):
     caplog.set_level(logging.ERROR, logger="api")
     outage_db.down()
-    writer = PredictionWriter(settings_with(platform_env, database_url=outage_db.url, prediction_flush_seconds=0.05),
-                              spool_dir=tmp_path)
+    writer = PredictionWriter(
+        settings_with(platform_env, database_url=outage_db.url, prediction_flush_seconds=0.05), spool_dir=tmp_path
+    )
     writer.start()
     marker = uuid.uuid4().hex
     rows = _rows(30, marker)
