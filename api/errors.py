@@ -42,13 +42,15 @@ def _loc(loc: Sequence[Any]) -> str:
     return ".".join(str(p) for p in loc)
 
 
-async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)  # registered for that type only
     message = exc.detail if isinstance(exc.detail, str) else _phrase(exc.status_code).replace("_", " ")
     return error_response(exc.status_code, message, headers=getattr(exc, "headers", None))
 
 
-async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    items = [
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)  # registered for that type only
+    items: list[dict[str, Any]] = [
         {"type": str(e.get("type", "invalid")), "loc": [p for p in e.get("loc", ())], "msg": str(e.get("msg", ""))}
         for e in exc.errors()
     ]

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
 
@@ -51,8 +51,10 @@ def label_id(p_positive: float) -> int:
     return int(p_positive >= 0.5)
 
 
-def label_name(label: int) -> str:
-    return LABELS[int(label)]
+def label_name(label: int) -> Literal["negative", "positive"]:
+    if int(label) not in (0, 1):
+        raise ValueError(f"a label is 0 (negative) or 1 (positive), got {label!r}")
+    return "positive" if int(label) == 1 else "negative"
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 
-AUTH = {
+AUTH: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "no API key, or an invalid one"},
     403: {"model": ErrorResponse, "description": "the key lacks the scope"},
 }

@@ -75,7 +75,7 @@ def create_feedback(
         id=feedback_id,
         prediction_id=body.prediction_id,
         correct_label=serving.label_name(body.correct_label),
-        correct_label_id=body.correct_label,
+        correct_label_id=1 if body.correct_label == 1 else 0,
         comment=body.comment,
         created_at=created_at,
         reporter=caller.id,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 
 from api import inference
@@ -15,7 +17,7 @@ from ml.security import Identity
 
 router = APIRouter(tags=["predict"])
 
-_NO_CHAMPION = {
+_NO_CHAMPION: dict[int | str, dict[str, Any]] = {
     503: {"description": "no champion model yet, or the prediction log is full (Retry-After)"},
     401: {"description": "an API key is needed (anonymous_predict is off) or the key is invalid"},
     403: {"description": "the key lacks scope `predict`"},

@@ -13,7 +13,10 @@ from ml import monitoring
 
 router = APIRouter(tags=["reports"])
 
-NOT_FOUND = {404: {"description": "no report with that id"}, 503: {"description": "database unavailable"}}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"description": "no report with that id"},
+    503: {"description": "database unavailable"},
+}
 
 
 @router.get(

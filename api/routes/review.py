@@ -22,7 +22,7 @@ from ml.serving import label_name
 router = APIRouter(tags=["review"])
 
 STATIC = Path(__file__).resolve().parents[1] / "static"
-AUTH = {
+AUTH: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "no API key, or an invalid one"},
     403: {"model": ErrorResponse, "description": "the key lacks scope `review`"},
     503: {"description": "database unavailable"},
