@@ -61,6 +61,7 @@ def mlflow_auth_env(settings: Settings | None = None) -> dict[str, str]:
     assert creds is not None
     auth_db = db.with_database(db.mlflow_backend_url(s), db.database_name(db.mlflow_backend_url(s)) + "_auth")
     db.ensure_database(auth_db)
+    _sync_admin(auth_db, creds)
     path = mlflow_dir(s) / MLFLOW_AUTH_CONFIG_FILE
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -73,6 +74,19 @@ def mlflow_auth_env(settings: Settings | None = None) -> dict[str, str]:
         )
     os.chmod(path, 0o600)
     return {"MLFLOW_AUTH_CONFIG_PATH": str(path), "MLFLOW_FLASK_SERVER_SECRET_KEY": creds["flask_secret_key"]}
+
+
+def _sync_admin(auth_db: str, creds: dict[str, str]) -> None:
+    """The auth store's admin is the one in ``var/mlflow/credentials.json``. MLflow creates its admin only
+    when the store has none, so a store that outlived its ``var/`` (a database kept, ``var/`` wiped)
+    would lock the platform out with 401s: set the admin's password back to ours before the server starts."""
+    from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
+
+    store = SqlAlchemyStore()
+    store.init_db(auth_db)
+    if store.has_user(creds["username"]):
+        store.update_user(creds["username"], password=creds["password"], is_admin=True)
+    store.engine.dispose()
 
 
 def use_credentials(settings: Settings | None = None) -> bool:

@@ -813,8 +813,16 @@ def test_manual_run_does_not_wait_behind_the_watched_inbox(platform_env, champio
     finally:
         for proc in procs:
             _stop(proc)
-    assert done[str(landed)] == f"inbox__{scoring.file_sha256(landed)[:16]}"
-    assert done[str(manual)].startswith("manual__")
+    # each in its own sentiment_batch_scoring run, both successful (Airflow's own record of the runs)
+    runs = dict(
+        _airflow_rows(
+            platform_env,
+            "SELECT run_id, state FROM dag_run WHERE dag_id='sentiment_batch_scoring' AND (run_id = %s OR run_id = %s)",
+            (f"inbox__{scoring.file_sha256(landed)[:16]}", done[str(manual)] or ""),
+        )
+    )
+    assert runs.get(f"inbox__{scoring.file_sha256(landed)[:16]}") == "success", runs
+    assert (done[str(manual)] or "").startswith("manual__") and runs.get(done[str(manual)]) == "success", runs
     landed.unlink()
 
 

@@ -63,7 +63,14 @@ def comparison(settings: SettingsDep, format: str = Query("json", pattern="^(jso
     return HTMLResponse(page)
 
 
-@router.get("/models/comparison/chart.png", responses={404: {"description": "no comparison or chart"}})
+@router.get(
+    "/models/comparison/chart.png",
+    response_class=FileResponse,
+    responses={
+        200: {"content": {"image/png": {}}, "description": "the chart (PNG)"},
+        404: {"description": "no comparison or chart"},
+    },
+)
 def comparison_chart(settings: SettingsDep) -> FileResponse:
     comp = _latest(settings)
     path = comp.get("chart_path")

@@ -44,6 +44,7 @@ def airflow_credentials(s: Settings | None = None, create: bool = True) -> tuple
     path = airflow_password_file(s)
     passwords: dict[str, str] = {}
     if path.exists():
+        path.chmod(0o600)  # Airflow itself writes this file world-readable when it generates it
         try:
             passwords = json.loads(path.read_text() or "{}")
         except json.JSONDecodeError:
