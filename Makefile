@@ -8,7 +8,7 @@
 #   make status | make down      what runs, restarts, crash loops | stop it all (data is kept)
 #   make test [PYTEST_ARGS=...]  the test suite (PYTEST_ARGS="-m 'not slow'" for the fast part)
 #   make bench                   the benchmarks in benchmarks/
-#   make lint                    byte-compile every module (syntax check, no extra tools)
+#   make lint                    ruff (lint + format check) and mypy on ml/ and api/
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -61,4 +61,6 @@ bench: env
 	for f in "$${files[@]}"; do echo "== $$f"; $(PY) "$$f" || exit $$?; done
 
 lint: env
-	$(PY) -m compileall -q ml api dags plugins tests benchmarks
+	$(VENV)/bin/ruff check ml api dags plugins tests benchmarks
+	$(VENV)/bin/ruff format --check ml api dags plugins tests benchmarks
+	$(VENV)/bin/mypy

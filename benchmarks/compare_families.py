@@ -13,6 +13,7 @@ PostgreSQL) but in its own databases (``<name>`` and ``<name>_mlflow`` on the se
 DATABASE_URL, default name ``sentiment_bench``) and its own ``var/`` directory, so it never
 touches the platform's champion. Without DATABASE_URL the embedded PostgreSQL is used.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,10 +35,18 @@ def main() -> None:
     ap.add_argument("--families", default="tfidf_lr,cnn,bilstm,transformer")
     ap.add_argument("--profile", default="quick", choices=["quick", "full"])
     ap.add_argument("--sample-size", type=int, default=None, help="training sample for every family")
-    ap.add_argument("--family-sample", action="append", default=[],
-                    help="family=N (repeatable): cap a family's training pool (default: all of it)")
-    ap.add_argument("--budget", action="append", default=[],
-                    help="family=SECONDS (repeatable): override the profile's budget_seconds")
+    ap.add_argument(
+        "--family-sample",
+        action="append",
+        default=[],
+        help="family=N (repeatable): cap a family's training pool (default: all of it)",
+    )
+    ap.add_argument(
+        "--budget",
+        action="append",
+        default=[],
+        help="family=SECONDS (repeatable): override the profile's budget_seconds",
+    )
     ap.add_argument("--search-space", default=None, help="JSON merged over the profile")
     ap.add_argument("--db-name", default="sentiment_bench", help="database for the benchmark's records")
     ap.add_argument("--var-dir", default=str(REPO / "var" / "bench"))
@@ -56,8 +65,7 @@ def main() -> None:
     os.environ["SENTIMENT_MODEL_NAME"] = "tweet-sentiment-bench"
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     reset_settings()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in ("alembic", "urllib3", "matplotlib", "httpx", "mlflow.store.db.utils"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     db.migrate()
@@ -76,24 +84,34 @@ def main() -> None:
     load_before = os.getloadavg()
     t0 = time.perf_counter()
     res = compare.run_comparison(
-        data_path=args.data, families=[f for f in wanted], profile=args.profile, sample_size=args.sample_size,
-        sample_sizes=sizes, search_space=space or None,
+        data_path=args.data,
+        families=[f for f in wanted],
+        profile=args.profile,
+        sample_size=args.sample_size,
+        sample_sizes=sizes,
+        search_space=space or None,
     )
     wall = time.perf_counter() - t0
     latest = compare.latest_comparison()
     load_after = os.getloadavg()
-    print(f"\n# Model comparison: {Path(args.data).name}, profile {args.profile}, {os.cpu_count()} CPU cores, "
-          f"{wall / 60:.1f} min wall; load average (1/5/15 min) before {load_before[0]:.2f}/{load_before[1]:.2f}/"
-          f"{load_before[2]:.2f}, after {load_after[0]:.2f}/{load_after[1]:.2f}/{load_after[2]:.2f}\n")
+    print(
+        f"\n# Model comparison: {Path(args.data).name}, profile {args.profile}, {os.cpu_count()} CPU cores, "
+        f"{wall / 60:.1f} min wall; load average (1/5/15 min) before {load_before[0]:.2f}/{load_before[1]:.2f}/"
+        f"{load_before[2]:.2f}, after {load_after[0]:.2f}/{load_after[1]:.2f}/{load_after[2]:.2f}\n"
+    )
     print(latest["markdown"])
-    print("| family | held-out acc | budget s | fits s | search s (all trials) | stopped | best step | epochs | "
-          "seen | trials | held-out n |")
+    print(
+        "| family | held-out acc | budget s | fits s | search s (all trials) | stopped | best step | epochs | "
+        "seen | trials | held-out n |"
+    )
     print("|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|")
     for r in res["rows"]:
-        print(f"| {r['family']} | {r['accuracy']:.4f} | {r.get('budget_seconds') or '-'} | "
-              f"{r.get('budget_used_seconds') or 0:.0f} | {r['search_seconds']:.0f} | {r.get('stopped')} | "
-              f"{r.get('best_step')} | {r.get('epochs')} | {r.get('examples_seen') or 0:,} | {r['n_trials']} | "
-              f"{r['n_test']:,} |")
+        print(
+            f"| {r['family']} | {r['accuracy']:.4f} | {r.get('budget_seconds') or '-'} | "
+            f"{r.get('budget_used_seconds') or 0:.0f} | {r['search_seconds']:.0f} | {r.get('stopped')} | "
+            f"{r.get('best_step')} | {r.get('epochs')} | {r.get('examples_seen') or 0:,} | {r['n_trials']} | "
+            f"{r['n_test']:,} |"
+        )
     print(f"\nwinner: {res['winner_family']}; chart: {latest['chart_path']}; MLflow parent run {res['parent_run_id']}")
     if args.json:
         Path(args.json).write_text(json.dumps(res["rows"], indent=2, default=str))

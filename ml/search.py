@@ -15,6 +15,7 @@
 
 The search spaces live in ``config/search_space.yaml`` (profiles quick and full).
 """
+
 from __future__ import annotations
 
 import copy
@@ -62,8 +63,9 @@ def load_search_space(settings: Settings | None = None) -> dict[str, Any]:
 def _merge_spec(base: dict[str, Any], override: dict[str, Any], family: str) -> dict[str, Any]:
     unknown = set(override) - SPEC_KEYS
     if unknown:
-        raise SearchSpaceError(f"search space override for {family}: unknown key(s) {sorted(unknown)}; "
-                               f"known: {sorted(SPEC_KEYS)}")
+        raise SearchSpaceError(
+            f"search space override for {family}: unknown key(s) {sorted(unknown)}; known: {sorted(SPEC_KEYS)}"
+        )
     out = copy.deepcopy(base)
     for k, v in override.items():
         if k in ("params", "fixed"):
@@ -82,8 +84,13 @@ def _merge_spec(base: dict[str, Any], override: dict[str, Any], family: str) -> 
     return out
 
 
-def family_spec(family: str, profile: str, override: dict[str, Any] | None = None,
-                space: dict[str, Any] | None = None, settings: Settings | None = None) -> dict[str, Any]:
+def family_spec(
+    family: str,
+    profile: str,
+    override: dict[str, Any] | None = None,
+    space: dict[str, Any] | None = None,
+    settings: Settings | None = None,
+) -> dict[str, Any]:
     """The search spec of ``family`` in ``profile`` with ``override`` (``{family: {...}}``) merged over it."""
     space = space or load_search_space(settings)
     profiles = space["profiles"]
@@ -125,6 +132,8 @@ def trials(spec: dict[str, Any], seed: int = 42) -> list[dict[str, Any]]:
         combos = combos[: int(n)] if n else combos
     else:
         rng = random.Random(seed)
+        if not n:
+            raise SearchSpaceError("random search needs n_trials")
         combos, seen = [], set()
         all_lists = all(isinstance(v, list) for v in params.values())
         space_size = math.prod(len(v) for v in params.values()) if all_lists else float("inf")
@@ -146,8 +155,10 @@ def comparison_splits(snapshot_hash: str, space: dict[str, Any], s: Settings):
     snap = data_mod.get_snapshot(snapshot_hash, s)
     train_df, test_df = data_mod.split(snap.load(), s.test_size, s.seed)
     sel = space.get("selection", {})
-    n_val = min(int(round(len(train_df) * float(sel.get("validation_fraction", 0.1)))),
-                int(sel.get("validation_max_rows", 5000)))
+    n_val = min(
+        int(round(len(train_df) * float(sel.get("validation_fraction", 0.1)))),
+        int(sel.get("validation_max_rows", 5000)),
+    )
     n_val = max(n_val, 2)
     from sklearn.model_selection import train_test_split
 
@@ -183,7 +194,9 @@ def plan_comparison(
     families = list(dict.fromkeys(families or [s.default_family]))
     unknown = [f for f in families if f not in models.FAMILIES]
     if unknown:
-        raise SearchSpaceError(f"unknown model family {', '.join(unknown)}; known: {', '.join(sorted(models.FAMILIES))}")
+        raise SearchSpaceError(
+            f"unknown model family {', '.join(unknown)}; known: {', '.join(sorted(models.FAMILIES))}"
+        )
     search_space = search_space or {}
     stray = set(search_space) - set(families)
     if stray:
@@ -209,24 +222,47 @@ def plan_comparison(
     commit = tracking.git_commit()
     client = mlflow.MlflowClient()
     exp = client.get_experiment_by_name(s.experiment_name)
+    if exp is None:  # tracking.configure created it; a concurrent deletion is the only way here
+        raise SearchSpaceError(f"MLflow experiment {s.experiment_name!r} does not exist")
     run = client.create_run(
-        exp.experiment_id, run_name=f"comparison-{profile}-{snap.hash[:8]}",
-        tags={"kind": "comparison", "dataset_hash": snap.hash, "git_commit": commit, "profile": profile,
-              "families": ",".join(families), **({"airflow_run_id": airflow_run_id} if airflow_run_id else {})},
+        exp.experiment_id,
+        run_name=f"comparison-{profile}-{snap.hash[:8]}",
+        tags={
+            "kind": "comparison",
+            "dataset_hash": snap.hash,
+            "git_commit": commit,
+            "profile": profile,
+            "families": ",".join(families),
+            **({"airflow_run_id": airflow_run_id} if airflow_run_id else {}),
+        },
     )
     parent = run.info.run_id
     client.log_param(parent, "families", ",".join(families))
     client.log_param(parent, "profile", profile)
     client.log_param(parent, "sample_sizes", json.dumps(sizes))
     client.log_param(parent, "selection_metric", selection_metric(space, s))
-    client.log_dict(parent, {"profile": profile, "families": specs, "selection": space["selection"],
-                             "timing": space["timing"]}, "search_space.json")
+    client.log_dict(
+        parent,
+        {"profile": profile, "families": specs, "selection": space["selection"], "timing": space["timing"]},
+        "search_space.json",
+    )
     plan = {
-        "parent_run_id": parent, "snapshot_hash": snap.hash, "families": families, "profile": profile,
-        "sample_sizes": sizes, "search_space": search_space, "airflow_run_id": airflow_run_id,
+        "parent_run_id": parent,
+        "snapshot_hash": snap.hash,
+        "families": families,
+        "profile": profile,
+        "sample_sizes": sizes,
+        "search_space": search_space,
+        "airflow_run_id": airflow_run_id,
     }
-    log.info("comparison %s on snapshot %s: %s (profile %s, samples %s)", parent, snap.hash[:16],
-             ", ".join(f"{f} ({len(trials(specs[f], s.seed))} trials)" for f in families), profile, sizes)
+    log.info(
+        "comparison %s on snapshot %s: %s (profile %s, samples %s)",
+        parent,
+        snap.hash[:16],
+        ", ".join(f"{f} ({len(trials(specs[f], s.seed))} trials)" for f in families),
+        profile,
+        sizes,
+    )
     return plan
 
 
@@ -237,8 +273,10 @@ def _log_plots(metrics: dict[str, Any], y, proba, prefix: str) -> None:
 
     from ml.evaluate import plot_confusion, plot_roc
 
-    for fig, name in ((plot_confusion(metrics["confusion_matrix"], f"{prefix} confusion matrix"), "confusion_matrix"),
-                      (plot_roc(y, proba, f"{prefix} ROC"), "roc_curve")):
+    for fig, name in (
+        (plot_confusion(metrics["confusion_matrix"], f"{prefix} confusion matrix"), "confusion_matrix"),
+        (plot_roc(y, proba, f"{prefix} ROC"), "roc_curve"),
+    ):
         mlflow.log_figure(fig, f"{prefix}_{name}.png")
         plt.close(fig)
 
@@ -249,8 +287,10 @@ def learning_curve_link(run_id: str, s: Settings) -> dict[str, str]:
 
     info = mlflow.MlflowClient().get_run(run_id).info
     uri = tracking_uri_for_ui(s)
-    return {"artifact_uri": f"{info.artifact_uri.rstrip('/')}/{LEARNING_CURVE}",
-            "url": f"{uri}/#/experiments/{info.experiment_id}/runs/{run_id}/artifacts/{LEARNING_CURVE}"}
+    return {
+        "artifact_uri": f"{info.artifact_uri.rstrip('/')}/{LEARNING_CURVE}",
+        "url": f"{uri}/#/experiments/{info.experiment_id}/runs/{run_id}/artifacts/{LEARNING_CURVE}",
+    }
 
 
 def tracking_uri_for_ui(s: Settings) -> str:
@@ -264,8 +304,17 @@ def tracking_uri_for_ui(s: Settings) -> str:
     return f"http://{host}:{s.mlflow_port}"
 
 
-TRAINING_KEYS = ("budget_seconds", "seconds", "steps", "epochs", "examples_seen", "n_train", "stopped", "best_step",
-                 "best_val_accuracy")
+TRAINING_KEYS = (
+    "budget_seconds",
+    "seconds",
+    "steps",
+    "epochs",
+    "examples_seen",
+    "n_train",
+    "stopped",
+    "best_step",
+    "best_val_accuracy",
+)
 
 
 def _log_training(hist: dict[str, Any], family: str, i: int, workdir: Path) -> bool:
@@ -282,8 +331,9 @@ def _log_training(hist: dict[str, Any], family: str, i: int, workdir: Path) -> b
     if hist.get("stopped"):
         mlflow.set_tag("stopped", str(hist["stopped"]))
     curve = hist.get("curve") or {}
-    for step, acc, loss in zip(curve.get("step", []), curve.get("val_accuracy", []), curve.get("val_loss", []),
-                               strict=False):
+    for step, acc, loss in zip(
+        curve.get("step", []), curve.get("val_accuracy", []), curve.get("val_loss", []), strict=False
+    ):
         mlflow.log_metric("curve_val_accuracy", float(acc), step=int(step))
         if loss == loss:  # not NaN
             mlflow.log_metric("curve_val_loss", float(loss), step=int(step))
@@ -294,9 +344,21 @@ def _log_training(hist: dict[str, Any], family: str, i: int, workdir: Path) -> b
     return True
 
 
-def _run_trial(family: str, params: dict[str, Any], i: int, n: int, plan: dict[str, Any], train_df, val_df,
-               timing: dict[str, Any], metric: str, commit: str, workdir: Path, s: Settings,
-               budget_seconds: float | None = None) -> dict[str, Any]:
+def _run_trial(
+    family: str,
+    params: dict[str, Any],
+    i: int,
+    n: int,
+    plan: dict[str, Any],
+    train_df,
+    val_df,
+    timing: dict[str, Any],
+    metric: str,
+    commit: str,
+    workdir: Path,
+    s: Settings,
+    budget_seconds: float | None = None,
+) -> dict[str, Any]:
     import mlflow
 
     from ml import models
@@ -310,38 +372,89 @@ def _run_trial(family: str, params: dict[str, Any], i: int, n: int, plan: dict[s
     model = models.create(family, **params)
     if "seed" in model.params and "seed" not in params:
         model.params["seed"] = s.seed
-    tags = {"mlflow.parentRunId": plan["parent_run_id"], "kind": "trial", "family": family, "trial": str(i),
-            "dataset_hash": plan["snapshot_hash"], "git_commit": commit,
-            **({"airflow_run_id": plan["airflow_run_id"]} if plan.get("airflow_run_id") else {})}
+    tags = {
+        "mlflow.parentRunId": plan["parent_run_id"],
+        "kind": "trial",
+        "family": family,
+        "trial": str(i),
+        "dataset_hash": plan["snapshot_hash"],
+        "git_commit": commit,
+        **({"airflow_run_id": plan["airflow_run_id"]} if plan.get("airflow_run_id") else {}),
+    }
     with mlflow.start_run(run_name=f"{family}-trial{i}", tags=tags) as run:
-        mlflow.log_params({"family": family, "trial": i, "sample_size": plan["sample_sizes"].get(family) or "all",
-                           "n_train": len(train_df), "n_validation": len(val_df), "seed": s.seed,
-                           **{f"model.{k}": v for k, v in model.get_params().items()}})
-        log.info("%s trial %d/%d: %s (budget %s)", family, i + 1, n, json.dumps(params, default=str),
-                 f"{budget_seconds:.0f}s" if budget_seconds else "none")
+        mlflow.log_params(
+            {
+                "family": family,
+                "trial": i,
+                "sample_size": plan["sample_sizes"].get(family) or "all",
+                "n_train": len(train_df),
+                "n_validation": len(val_df),
+                "seed": s.seed,
+                **{f"model.{k}": v for k, v in model.get_params().items()},
+            }
+        )
+        log.info(
+            "%s trial %d/%d: %s (budget %s)",
+            family,
+            i + 1,
+            n,
+            json.dumps(params, default=str),
+            f"{budget_seconds:.0f}s" if budget_seconds else "none",
+        )
         texts, y = val_df["text"].tolist(), val_df["label"].to_numpy()
         t0 = time.perf_counter()
-        model.fit(train_df["text"].tolist(), train_df["label"].to_numpy(), validation=(texts, y),
-                  budget_seconds=budget_seconds)
+        model.fit(
+            train_df["text"].tolist(),
+            train_df["label"].to_numpy(),
+            validation=(texts, y),
+            budget_seconds=budget_seconds,
+        )
         seconds = time.perf_counter() - t0
         proba = model.predict_proba(texts)
         m = compute_metrics(y, proba)
-        ms = inference_ms_per_tweet(model, texts, batch=int(timing.get("batch", 500)),
-                                    repeats=int(timing.get("repeats", 3)))
+        ms = inference_ms_per_tweet(
+            model, texts, batch=int(timing.get("batch", 500)), repeats=int(timing.get("repeats", 3))
+        )
         path = model.save(workdir / f"trial{i}")
         size = round(dir_size_mb(path), 3)
-        mlflow.log_metrics({**{f"val_{k}": m[k] for k in METRICS}, "inference_ms_per_tweet": ms,
-                            "model_size_mb": size, "training_seconds": seconds})
+        mlflow.log_metrics(
+            {
+                **{f"val_{k}": m[k] for k in METRICS},
+                "inference_ms_per_tweet": ms,
+                "model_size_mb": size,
+                "training_seconds": seconds,
+            }
+        )
         hist = getattr(model, "history_", None) or {}
         has_curve = _log_training(hist, family, i, workdir)
         _log_plots(m, y, proba, "validation")
         mlflow.log_dict({"validation": m, "history": hist}, "trial.json")
-        log.info("%s trial %d/%d: val %s %.4f, f1 %.4f, auc %.4f, fit %.1fs, %.3f ms/tweet, %.1f MB", family, i + 1,
-                 n, metric, m[metric], m["f1"], m["roc_auc"], seconds, ms, size)
-        return {"run_id": run.info.run_id, "params": params, "full_params": model.get_params(), "dir": str(path),
-                "val": {k: m[k] for k in METRICS}, "inference_ms_per_tweet": ms, "model_size_mb": size,
-                "training_seconds": seconds, "trial_budget_seconds": budget_seconds,
-                "training": {k: hist.get(k) for k in TRAINING_KEYS}, "has_curve": has_curve}
+        log.info(
+            "%s trial %d/%d: val %s %.4f, f1 %.4f, auc %.4f, fit %.1fs, %.3f ms/tweet, %.1f MB",
+            family,
+            i + 1,
+            n,
+            metric,
+            m[metric],
+            m["f1"],
+            m["roc_auc"],
+            seconds,
+            ms,
+            size,
+        )
+        return {
+            "run_id": run.info.run_id,
+            "params": params,
+            "full_params": model.get_params(),
+            "dir": str(path),
+            "val": {k: m[k] for k in METRICS},
+            "inference_ms_per_tweet": ms,
+            "model_size_mb": size,
+            "training_seconds": seconds,
+            "trial_budget_seconds": budget_seconds,
+            "training": {k: hist.get(k) for k in TRAINING_KEYS},
+            "has_curve": has_curve,
+        }
 
 
 def search_family(plan: dict[str, Any], family: str, settings: Settings | None = None) -> dict[str, Any]:
@@ -362,8 +475,13 @@ def search_family(plan: dict[str, Any], family: str, settings: Settings | None =
     train_df = data_mod.stratified_sample(pool, plan["sample_sizes"].get(family), s.seed)
     tracking.configure(s)
     commit = tracking.git_commit()
-    log.info("searching %s: %d trial(s), %s training tweets, %s validation tweets", family, len(todo),
-             f"{len(train_df):,}", f"{len(val_df):,}")
+    log.info(
+        "searching %s: %d trial(s), %s training tweets, %s validation tweets",
+        family,
+        len(todo),
+        f"{len(train_df):,}",
+        f"{len(val_df):,}",
+    )
     budget = float(spec["budget_seconds"]) if spec.get("budget_seconds") else None
     t_search = time.perf_counter()
     best: dict[str, Any] | None = None
@@ -377,14 +495,28 @@ def search_family(plan: dict[str, Any], family: str, settings: Settings | None =
                 left = budget - used
                 if left < max(1.0, 0.1 * budget / len(todo)) and best is not None:
                     skipped = len(todo) - i
-                    log.info("%s: budget of %.0fs spent (%.0fs used): %d trial(s) not run", family, budget, used,
-                             skipped)
+                    log.info(
+                        "%s: budget of %.0fs spent (%.0fs used): %d trial(s) not run", family, budget, used, skipped
+                    )
                     break
                 trial_budget = max(left, 1.0) / (len(todo) - i)
             t_trial = time.perf_counter()
             try:
-                r = _run_trial(family, params, i, len(todo), plan, train_df, val_df, space["timing"], metric, commit,
-                               Path(tmp), s, trial_budget)
+                r = _run_trial(
+                    family,
+                    params,
+                    i,
+                    len(todo),
+                    plan,
+                    train_df,
+                    val_df,
+                    space["timing"],
+                    metric,
+                    commit,
+                    Path(tmp),
+                    s,
+                    trial_budget,
+                )
             except Exception as e:  # one broken trial does not sink the search
                 used += time.perf_counter() - t_trial  # a failed trial's time is spent too
                 log.exception("%s trial %d failed", family, i + 1)
@@ -395,7 +527,9 @@ def search_family(plan: dict[str, Any], family: str, settings: Settings | None =
                 continue
             used += r["training_seconds"]
             better = best is None or (r["val"][metric], -r["inference_ms_per_tweet"]) > (
-                best["val"][metric], -best["inference_ms_per_tweet"])
+                best["val"][metric],
+                -best["inference_ms_per_tweet"],
+            )
             if better:
                 if best is not None:
                     shutil.rmtree(best["dir"], ignore_errors=True)
@@ -415,25 +549,58 @@ def search_family(plan: dict[str, Any], family: str, settings: Settings | None =
     client.log_metric(plan["parent_run_id"], f"{family}.best_val_{metric}", best["val"][metric])
     client.set_tag(plan["parent_run_id"], f"winner.{family}", best["run_id"])
     with db.connect(s) as conn:
-        store.insert_run(conn, best["run_id"], snap.hash, family, best["full_params"], commit,
-                         plan.get("airflow_run_id"), plan["parent_run_id"])
+        store.insert_run(
+            conn,
+            best["run_id"],
+            snap.hash,
+            family,
+            best["full_params"],
+            commit,
+            plan.get("airflow_run_id"),
+            plan["parent_run_id"],
+        )
     tr = best["training"]
     winner = {
-        "family": family, "run_id": best["run_id"], "params": best["params"], "full_params": best["full_params"],
-        "val": best["val"], "selection_metric": metric, "training_seconds": round(best["training_seconds"], 2),
-        "search_seconds": round(search_seconds, 2), "n_trials": len(todo) - skipped, "failed_trials": len(failures),
-        "skipped_trials": skipped, "sample_size": len(train_df), "model_size_mb": best["model_size_mb"],
+        "family": family,
+        "run_id": best["run_id"],
+        "params": best["params"],
+        "full_params": best["full_params"],
+        "val": best["val"],
+        "selection_metric": metric,
+        "training_seconds": round(best["training_seconds"], 2),
+        "search_seconds": round(search_seconds, 2),
+        "n_trials": len(todo) - skipped,
+        "failed_trials": len(failures),
+        "skipped_trials": skipped,
+        "sample_size": len(train_df),
+        "model_size_mb": best["model_size_mb"],
         # the budget: the family's, what its trials' fits used, and what the best trial did with its share
-        "budget_seconds": budget, "budget_used_seconds": round(used, 2),
+        "budget_seconds": budget,
+        "budget_used_seconds": round(used, 2),
         "trial_budget_seconds": round(best["trial_budget_seconds"], 2) if best["trial_budget_seconds"] else None,
-        "epochs": tr.get("epochs"), "steps": tr.get("steps"), "examples_seen": tr.get("examples_seen"),
-        "stopped": tr.get("stopped"), "best_step": tr.get("best_step"),
+        "epochs": tr.get("epochs"),
+        "steps": tr.get("steps"),
+        "examples_seen": tr.get("examples_seen"),
+        "stopped": tr.get("stopped"),
+        "best_step": tr.get("best_step"),
         "learning_curve": learning_curve_link(best["run_id"], s) if best["has_curve"] else None,
     }
-    log.info("%s: best of %d trial(s) is %s (val %s %.4f; %s steps, %s epochs, %s examples, stopped: %s) after "
-             "%.1fs (fits %.1fs of a %s budget)", family, len(todo) - skipped, best["run_id"], metric,
-             best["val"][metric], tr.get("steps"), tr.get("epochs"), tr.get("examples_seen"), tr.get("stopped"),
-             search_seconds, used, f"{budget:.0f}s" if budget else "no")
+    log.info(
+        "%s: best of %d trial(s) is %s (val %s %.4f; %s steps, %s epochs, %s examples, stopped: %s) after "
+        "%.1fs (fits %.1fs of a %s budget)",
+        family,
+        len(todo) - skipped,
+        best["run_id"],
+        metric,
+        best["val"][metric],
+        tr.get("steps"),
+        tr.get("epochs"),
+        tr.get("examples_seen"),
+        tr.get("stopped"),
+        search_seconds,
+        used,
+        f"{budget:.0f}s" if budget else "no",
+    )
     return winner
 
 
@@ -450,8 +617,9 @@ def _clear_framework_state(family: str) -> None:
 
 
 # ---------------------------------------------------------------- 3. held-out evaluation of the winners
-def evaluate_winners(plan: dict[str, Any], winners: list[dict[str, Any]],
-                     settings: Settings | None = None) -> list[dict[str, Any]]:
+def evaluate_winners(
+    plan: dict[str, Any], winners: list[dict[str, Any]], settings: Settings | None = None
+) -> list[dict[str, Any]]:
     """Score every family's winner (and the champion, once) on the same held-out split; returns one
     row per family for the comparison table."""
     from ml import train
@@ -461,12 +629,19 @@ def evaluate_winners(plan: dict[str, Any], winners: list[dict[str, Any]],
     rows = []
     for w in sorted(winners, key=lambda w: plan["families"].index(w["family"])):
         m = train.evaluate(w["run_id"], s, champion_cache=cache)
-        rows.append({
-            **{k: v for k, v in w.items() if k not in ("val",)},
-            "accuracy": m["accuracy"], "precision": m["precision"], "recall": m["recall"], "f1": m["f1"],
-            "roc_auc": m["roc_auc"], "inference_ms_per_tweet": m["inference_ms_per_tweet"], "n_test": m["n"],
-            **{f"val_{k}": v for k, v in w["val"].items()},
-        })
+        rows.append(
+            {
+                **{k: v for k, v in w.items() if k not in ("val",)},
+                "accuracy": m["accuracy"],
+                "precision": m["precision"],
+                "recall": m["recall"],
+                "f1": m["f1"],
+                "roc_auc": m["roc_auc"],
+                "inference_ms_per_tweet": m["inference_ms_per_tweet"],
+                "n_test": m["n"],
+                **{f"val_{k}": v for k, v in w["val"].items()},
+            }
+        )
     if cache.get("metrics"):
         rows_champion = cache["metrics"]
         for r in rows:

@@ -1,6 +1,7 @@
 """A fair comparison: every family trains on its whole training pool against a wall-time budget
 (config/search_space.yaml ``budget_seconds``), early-stops on the validation split and logs its
 learning curve. Real tweets, real models, tiny budgets; no wall-clock time is ever asserted."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,17 @@ SMALL_SAMPLE = {  # validation every pass of the small pool (12 steps of 128; 90
     "tfidf_lr": {},
     "cnn": {"fixed": {"epochs": 40, "eval_every": 12, "patience": 6}},
     "bilstm": {"fixed": {"epochs": 40, "eval_every": 12, "patience": 6}},
-    "transformer": {"fixed": {"epochs": 5, "batch_size": 16, "eval_every": 15, "warmup_steps": 5,
-                              "eval_max_rows": 160, "patience": 6}, "params": {"learning_rate": [1.0e-4]}},
+    "transformer": {
+        "fixed": {
+            "epochs": 5,
+            "batch_size": 16,
+            "eval_every": 15,
+            "warmup_steps": 5,
+            "eval_max_rows": 160,
+            "patience": 6,
+        },
+        "params": {"learning_rate": [1.0e-4]},
+    },
 }
 ABOVE_CHANCE = 0.6  # held-out accuracy on balanced real tweets (chance: 0.5)
 
@@ -30,19 +40,20 @@ def test_quick_profile_all_families_through_the_dag(airflow_cli, mlflow_tracking
     comparison shows the budget used, epochs, steps, examples seen and a learning-curve link whose
     PNG and curve metric exist in MLflow."""
     space = {f: {**SMALL_SAMPLE[f], "budget_seconds": BUDGETS[f]} for f in FAMILIES}
-    conf = json.dumps({"data_path": str(tweets_csv), "families": FAMILIES, "profile": "quick",
-                       "search_space": space})
-    res = airflow_cli("dags", "test", "sentiment_training", "-c", conf, extra_env={"SENTIMENT_MODEL_NAME": model_name},
-                      timeout=1500)
+    conf = json.dumps({"data_path": str(tweets_csv), "families": FAMILIES, "profile": "quick", "search_space": space})
+    res = airflow_cli(
+        "dags", "test", "sentiment_training", "-c", conf, extra_env={"SENTIMENT_MODEL_NAME": model_name}, timeout=1500
+    )
     out = res.stdout + res.stderr
     if res.returncode != 0:
         lines = out.splitlines()
         errors = [i for i, line in enumerate(lines) if "Traceback" in line or "ERROR" in line]
-        context = "\n".join("\n".join(lines[i:i + 25]) for i in errors[:3])
+        context = "\n".join("\n".join(lines[i : i + 25]) for i in errors[:3])
         pytest.fail(f"the DAG run failed:\n{context}\n...\n{out[-3000:]}")
     table, markdown, html, parent = conn.execute(
         "SELECT table_json, markdown, html, parent_run_id FROM comparisons WHERE airflow_run_id IS NOT NULL"
-        " ORDER BY id DESC LIMIT 1").fetchone()
+        " ORDER BY id DESC LIMIT 1"
+    ).fetchone()
     assert [r["family"] for r in table] == FAMILIES
     pool = table[0]["sample_size"]
     client = mlflow.MlflowClient()

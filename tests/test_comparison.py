@@ -1,5 +1,6 @@
 """Search spaces, the comparison (nested MLflow runs, table, chart, PostgreSQL) and the
 behavioural gate, against real PostgreSQL and real MLflow."""
+
 from __future__ import annotations
 
 import csv
@@ -37,15 +38,45 @@ def test_grid_random_and_override(platform_env):
 
 def test_table_markdown_html_chart(tmp_path):
     rows = [
-        {"family": "tfidf_lr", "params": {"C": 1.0}, "accuracy": 0.80, "f1": 0.79, "roc_auc": 0.88,
-         "inference_ms_per_tweet": 0.03, "model_size_mb": 12.0, "training_seconds": 4.2, "sample_size": 75000,
-         "n_trials": 2, "val_accuracy": 0.81, "run_id": "a", "n_test": 20000},
-        {"family": "cnn", "params": {"vocab_size": 20000}, "accuracy": 0.79, "f1": 0.80, "roc_auc": 0.87,
-         "inference_ms_per_tweet": 0.2, "model_size_mb": 8.0, "training_seconds": 60.0, "sample_size": 5000,
-         "n_trials": 2, "val_accuracy": 0.78, "run_id": "b", "n_test": 20000,
-         "budget_seconds": 120.0, "budget_used_seconds": 118.4, "epochs": 1.53, "steps": 890, "examples_seen": 113920,
-         "learning_curve": {"url": "http://127.0.0.1:5000/#/experiments/1/runs/b/artifacts/learning_curve.png",
-                            "artifact_uri": "file:///x/b/artifacts/learning_curve.png"}},
+        {
+            "family": "tfidf_lr",
+            "params": {"C": 1.0},
+            "accuracy": 0.80,
+            "f1": 0.79,
+            "roc_auc": 0.88,
+            "inference_ms_per_tweet": 0.03,
+            "model_size_mb": 12.0,
+            "training_seconds": 4.2,
+            "sample_size": 75000,
+            "n_trials": 2,
+            "val_accuracy": 0.81,
+            "run_id": "a",
+            "n_test": 20000,
+        },
+        {
+            "family": "cnn",
+            "params": {"vocab_size": 20000},
+            "accuracy": 0.79,
+            "f1": 0.80,
+            "roc_auc": 0.87,
+            "inference_ms_per_tweet": 0.2,
+            "model_size_mb": 8.0,
+            "training_seconds": 60.0,
+            "sample_size": 5000,
+            "n_trials": 2,
+            "val_accuracy": 0.78,
+            "run_id": "b",
+            "n_test": 20000,
+            "budget_seconds": 120.0,
+            "budget_used_seconds": 118.4,
+            "epochs": 1.53,
+            "steps": 890,
+            "examples_seen": 113920,
+            "learning_curve": {
+                "url": "http://127.0.0.1:5000/#/experiments/1/runs/b/artifacts/learning_curve.png",
+                "artifact_uri": "file:///x/b/artifacts/learning_curve.png",
+            },
+        },
     ]
     win = compare.choose_winner(rows, "accuracy")
     assert win["family"] == "tfidf_lr"
@@ -74,26 +105,46 @@ def test_comparison_in_process(mlflow_tracking, model_name, snapshot, conn):
 
     from ml.cli import app
 
-    res = compare.run_comparison(snapshot_hash=snapshot.hash, families="tfidf_lr", profile="quick",
-                                 search_space={"tfidf_lr": {"params": {"C": [0.5, 2.0]}}}, promote=True)
+    res = compare.run_comparison(
+        snapshot_hash=snapshot.hash,
+        families="tfidf_lr",
+        profile="quick",
+        search_space={"tfidf_lr": {"params": {"C": [0.5, 2.0]}}},
+        promote=True,
+    )
     rows = res["rows"]
     assert [r["family"] for r in rows] == ["tfidf_lr"]
     r = rows[0]
-    for k in ("accuracy", "f1", "roc_auc", "inference_ms_per_tweet", "model_size_mb", "training_seconds",
-              "val_accuracy", "sample_size"):
+    for k in (
+        "accuracy",
+        "f1",
+        "roc_auc",
+        "inference_ms_per_tweet",
+        "model_size_mb",
+        "training_seconds",
+        "val_accuracy",
+        "sample_size",
+    ):
         assert r[k] is not None, k
     assert r["n_trials"] == 2 and r["params"]["C"] in (0.5, 2.0)
 
     client = mlflow.MlflowClient()
     parent = client.get_run(res["parent_run_id"])
     assert parent.info.status == "FINISHED" and parent.data.tags["winner_family"] == "tfidf_lr"
-    children = client.search_runs([parent.info.experiment_id],
-                                  f"tags.mlflow.parentRunId = '{res['parent_run_id']}'")
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{res['parent_run_id']}'")
     assert len(children) == 2  # one nested run per trial
     for c in children:
         assert c.data.tags["dataset_hash"] == snapshot.hash and c.data.tags["git_commit"]
-        for k in ("val_accuracy", "val_precision", "val_recall", "val_f1", "val_roc_auc", "inference_ms_per_tweet",
-                  "model_size_mb", "training_seconds"):
+        for k in (
+            "val_accuracy",
+            "val_precision",
+            "val_recall",
+            "val_f1",
+            "val_roc_auc",
+            "inference_ms_per_tweet",
+            "model_size_mb",
+            "training_seconds",
+        ):
             assert k in c.data.metrics, k
         arts = {a.path for a in client.list_artifacts(c.info.run_id)}
         assert {"validation_confusion_matrix.png", "validation_roc_curve.png"} <= arts
@@ -103,7 +154,9 @@ def test_comparison_in_process(mlflow_tracking, model_name, snapshot, conn):
 
     latest = compare.latest_comparison()
     assert latest["parent_run_id"] == res["parent_run_id"] and len(latest["table"]) == 1
-    assert latest["winner"]["version"] is not None and latest["winner"]["status"] == "promoted", latest["winner"]["decision"]
+    assert latest["winner"]["version"] is not None and latest["winner"]["status"] == "promoted", latest["winner"][
+        "decision"
+    ]
     assert res["promotion"]["promoted"] and res["promotion"]["behaviour_passed"]
 
     out = CliRunner().invoke(app, ["compare", "--show"])
@@ -129,8 +182,12 @@ def test_comparison_in_process(mlflow_tracking, model_name, snapshot, conn):
 def test_family_budget_limits_the_trials(mlflow_tracking, model_name, snapshot):
     """The family's budget is shared by its trials: once it is spent, no further trial starts (the
     first always runs); the row records the budget, what was used and how many trials ran."""
-    res = compare.run_comparison(snapshot_hash=snapshot.hash, families="tfidf_lr", profile="quick",
-                                 search_space={"tfidf_lr": {"budget_seconds": 0.001, "params": {"C": [0.5, 1.0, 2.0]}}})
+    res = compare.run_comparison(
+        snapshot_hash=snapshot.hash,
+        families="tfidf_lr",
+        profile="quick",
+        search_space={"tfidf_lr": {"budget_seconds": 0.001, "params": {"C": [0.5, 1.0, 2.0]}}},
+    )
     (r,) = res["rows"]
     assert r["n_trials"] == 1 and r["skipped_trials"] == 2 and r["budget_seconds"] == 0.001
     assert r["budget_used_seconds"] > 0 and r["examples_seen"] == r["sample_size"]
@@ -183,10 +240,12 @@ def test_gate_refuses_label_flipped_candidate(mlflow_tracking, model_name, tweet
     assert "minimum_functionality" in d["reason"]
 
     status, decision, stored = conn.execute(
-        "SELECT status, decision, behaviour FROM training_runs WHERE run_id = %s", (run_id,)).fetchone()
+        "SELECT status, decision, behaviour FROM training_runs WHERE run_id = %s", (run_id,)
+    ).fetchone()
     assert status == "rejected" and decision == d["reason"] and stored["passed"] is False
-    assert conn.execute("SELECT version, event, reason FROM model_events WHERE model_name = %s",
-                        (model_name,)).fetchall() == [(version, "rejected", d["reason"])]
+    assert conn.execute(
+        "SELECT version, event, reason FROM model_events WHERE model_name = %s", (model_name,)
+    ).fetchall() == [(version, "rejected", d["reason"])]
     run = mlflow.MlflowClient().get_run(run_id)
     assert run.data.tags["behaviour_passed"] == "false"
     assert run.data.metrics["behaviour_minimum_functionality_pass_rate"] < 0.8

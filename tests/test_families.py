@@ -1,5 +1,6 @@
 """Every model family behind the one interface: a short fit on a few hundred real tweets, then
 save -> load gives identical predictions; a neural one also through MLflow's pyfunc path."""
+
 from __future__ import annotations
 
 import csv
@@ -14,11 +15,25 @@ from ml.features import preprocess
 TINY = {
     "tfidf_lr": {"min_df": 1},
     "cnn": {"epochs": 1, "vocab_size": 2000, "embedding_dim": 16, "filters": 16, "hidden": 8, "w2v_epochs": 1},
-    "bilstm": {"epochs": 1, "vocab_size": 2000, "embedding_dim": 16, "lstm_units": 8, "hidden": 8,
-               "embeddings": "scratch", "preprocess": "lemma"},
+    "bilstm": {
+        "epochs": 1,
+        "vocab_size": 2000,
+        "embedding_dim": 16,
+        "lstm_units": 8,
+        "hidden": 8,
+        "embeddings": "scratch",
+        "preprocess": "lemma",
+    },
     # torch before and after the save (the ONNX export and runtime: tests/test_onnx.py)
-    "transformer": {"epochs": 1, "batch_size": 16, "max_length": 32, "max_steps": 3, "eval_batch_size": 64,
-                    "runtime": "torch", "onnx_export": False},
+    "transformer": {
+        "epochs": 1,
+        "batch_size": 16,
+        "max_length": 32,
+        "max_steps": 3,
+        "eval_batch_size": 64,
+        "runtime": "torch",
+        "onnx_export": False,
+    },
 }
 
 
@@ -41,8 +56,10 @@ def test_families_registered_lazily():
     import sys
 
     assert {"tfidf_lr", "cnn", "bilstm", "transformer"} <= set(models.FAMILIES)
-    probe = ("import sys, ml.models as m; [m.family_class(f) for f in ('tfidf_lr',)]; "
-             "print(sorted(x for x in ('tensorflow', 'keras', 'torch', 'transformers') if x in sys.modules))")
+    probe = (
+        "import sys, ml.models as m; [m.family_class(f) for f in ('tfidf_lr',)]; "
+        "print(sorted(x for x in ('tensorflow', 'keras', 'torch', 'transformers') if x in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -93,8 +110,13 @@ def test_keras_rerun_reproduces(tweets_csv):
     import subprocess
     import sys
 
-    res = subprocess.run([sys.executable, "-c", KERAS_RERUN, str(tweets_csv), json.dumps(TINY["cnn"])],
-                         capture_output=True, text=True, timeout=600, cwd=str(Path(__file__).resolve().parent.parent))
+    res = subprocess.run(
+        [sys.executable, "-c", KERAS_RERUN, str(tweets_csv), json.dumps(TINY["cnn"])],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=str(Path(__file__).resolve().parent.parent),
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out["spread"] > 0  # a model that learned something, not a constant
@@ -121,7 +143,7 @@ def test_cnn_through_mlflow_pyfunc(mlflow_tracking, tiny_data):
     m = models.create("cnn", **TINY["cnn"]).fit(texts[:300], y[:300])
     with mlflow.start_run(run_name="pyfunc-roundtrip"):
         info = registry.log_model(m)
-    reqs = (mlflow.pyfunc.get_model_dependencies(info.model_uri, format="pip"))
+    reqs = mlflow.pyfunc.get_model_dependencies(info.model_uri, format="pip")
     assert "tensorflow-cpu==" in open(reqs).read()
     pyfunc = mlflow.pyfunc.load_model(info.model_uri)
     out = pyfunc.predict(texts[300:])

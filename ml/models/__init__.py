@@ -1,4 +1,5 @@
 """Model families, looked up by name; heavy frameworks are imported only when used."""
+
 from __future__ import annotations
 
 import importlib

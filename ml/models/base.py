@@ -3,6 +3,7 @@
 The rest of the platform never asks which family it holds: it calls ``fit``,
 ``predict_proba`` (columns: P(negative), P(positive)), ``save`` and ``load``.
 """
+
 from __future__ import annotations
 
 import json
@@ -103,10 +104,20 @@ def new_history(n_train: int, n_eval: int, budget: Budget) -> dict[str, Any]:
     """The training record every family fills in (saved with the model, logged per trial):
     budget and seconds used, steps, epochs (fractional), examples seen, why it stopped, and the
     learning curve (validation accuracy/loss against steps)."""
-    return {"n_train": int(n_train), "n_eval": int(n_eval), "budget_seconds": budget.seconds,
-            "max_steps": budget.steps, "seconds": None, "steps": 0, "epochs": 0.0, "examples_seen": 0,
-            "stopped": None, "best_step": None, "best_val_accuracy": None,
-            "curve": {"step": [], "examples": [], "seconds": [], "val_accuracy": [], "val_loss": []}}
+    return {
+        "n_train": int(n_train),
+        "n_eval": int(n_eval),
+        "budget_seconds": budget.seconds,
+        "max_steps": budget.steps,
+        "seconds": None,
+        "steps": 0,
+        "epochs": 0.0,
+        "examples_seen": 0,
+        "stopped": None,
+        "best_step": None,
+        "best_val_accuracy": None,
+        "curve": {"step": [], "examples": [], "seconds": [], "val_accuracy": [], "val_loss": []},
+    }
 
 
 def plot_learning_curve(history: dict[str, Any], path: str | Path, title: str = "learning curve") -> Path | None:
@@ -126,9 +137,12 @@ def plot_learning_curve(history: dict[str, Any], path: str | Path, title: str = 
     ax.set_xlabel("training steps")
     ax.set_ylabel("validation accuracy")
     n = history.get("examples_seen") or 0
-    ax.set_title(f"{title}: {history.get('epochs', 0):.2f} epochs, {n:,} examples, "
-                 f"{history.get('seconds') or 0:.0f}s" + (f" of {history['budget_seconds']:.0f}s"
-                                                          if history.get("budget_seconds") else ""), fontsize=9)
+    ax.set_title(
+        f"{title}: {history.get('epochs', 0):.2f} epochs, {n:,} examples, "
+        f"{history.get('seconds') or 0:.0f}s"
+        + (f" of {history['budget_seconds']:.0f}s" if history.get("budget_seconds") else ""),
+        fontsize=9,
+    )
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
@@ -164,8 +178,13 @@ class SentimentModel(ABC):
         return [pinned(r) for r in self.requirements] + requirements_for(self.params.get("preprocess"))
 
     @abstractmethod
-    def fit(self, texts: Sequence[str], labels: Sequence[int] | np.ndarray, validation: Validation | None = None,
-            budget_seconds: float | None = None) -> SentimentModel:
+    def fit(
+        self,
+        texts: Sequence[str],
+        labels: Sequence[int] | np.ndarray,
+        validation: Validation | None = None,
+        budget_seconds: float | None = None,
+    ) -> SentimentModel:
         """Train on ``texts``. ``validation`` (texts, labels): the split that early stopping and the
         learning curve watch (None: the family carves ``validation_fraction`` from ``texts``);
         ``budget_seconds``: wall time of this fit, the iterative families stop when it is spent

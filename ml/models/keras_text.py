@@ -14,6 +14,7 @@ on the validation split (the learning curve), training stops when the wall-time 
 (by validation accuracy) are restored. Without a validation split, one is carved from the texts.
 Text preprocessing (none | basic | lemma) runs in Python before the model, as in every family.
 """
+
 from __future__ import annotations
 
 import json
@@ -80,25 +81,25 @@ class KerasTextModel(SentimentModel):
     @classmethod
     def default_params(cls) -> dict[str, Any]:
         return {
-            "preprocess": "basic",      # none | basic | lemma
-            "vocab_size": 20_000,       # TextVectorization max_tokens (incl. padding and OOV)
-            "max_len": 40,              # tokens per tweet (tweets are <= 140 chars)
+            "preprocess": "basic",  # none | basic | lemma
+            "vocab_size": 20_000,  # TextVectorization max_tokens (incl. padding and OOV)
+            "max_len": 40,  # tokens per tweet (tweets are <= 140 chars)
             "embedding_dim": 100,
-            "embeddings": "word2vec",   # scratch | word2vec (trained on the corpus) | path to a vectors file
+            "embeddings": "word2vec",  # scratch | word2vec (trained on the corpus) | path to a vectors file
             "trainable_embeddings": True,
             "w2v_epochs": 5,
             "hidden": 64,
             "dropout": 0.3,
             "learning_rate": 1e-3,
             "batch_size": 128,
-            "epochs": 3,                # at most this many passes over the training texts
-            "max_steps": 0,             # at most this many steps (0: no limit); the time budget is fit's
-            "eval_every": 0,            # validate every N steps (0: once per pass)
-            "eval_max_rows": 2000,      # validate on at most this many rows of the validation split
-            "patience": 1,              # early stopping: validations without a better accuracy
-            "validation_fraction": 0.1, # carved from the texts when fit gets no validation split
+            "epochs": 3,  # at most this many passes over the training texts
+            "max_steps": 0,  # at most this many steps (0: no limit); the time budget is fit's
+            "eval_every": 0,  # validate every N steps (0: once per pass)
+            "eval_max_rows": 2000,  # validate on at most this many rows of the validation split
+            "patience": 1,  # early stopping: validations without a better accuracy
+            "validation_fraction": 0.1,  # carved from the texts when fit gets no validation split
             "seed": 42,
-            "log_every": 100,           # log progress every N steps
+            "log_every": 100,  # log progress every N steps
         }
 
     # ---------------------------------------------------------------- model
@@ -119,8 +120,13 @@ class KerasTextModel(SentimentModel):
             # sentences of token ids, exactly as TextVectorization tokenised them (no mismatch)
             sentences = [[str(i) for i in row if i > 1] for row in sequences]
             w2v = Word2Vec(
-                sentences=sentences, vector_size=dim, window=5, min_count=1, workers=1,
-                seed=int(p["seed"]), epochs=int(p["w2v_epochs"]),
+                sentences=sentences,
+                vector_size=dim,
+                window=5,
+                min_count=1,
+                workers=1,
+                seed=int(p["seed"]),
+                epochs=int(p["w2v_epochs"]),
             )
             matrix = rng.normal(0, 0.05, (len(vocab), dim)).astype(np.float32)
             hits = 0
@@ -128,8 +134,13 @@ class KerasTextModel(SentimentModel):
                 if str(i) in w2v.wv:
                     matrix[i] = w2v.wv[str(i)]
                     hits += 1
-            log.info("word2vec on %s training tweets: %s of %s words in %.1fs",
-                     f"{len(sentences):,}", f"{hits:,}", f"{len(vocab):,}", time.perf_counter() - t0)
+            log.info(
+                "word2vec on %s training tweets: %s of %s words in %.1fs",
+                f"{len(sentences):,}",
+                f"{hits:,}",
+                f"{len(vocab):,}",
+                time.perf_counter() - t0,
+            )
         else:
             vectors, file_dim = load_vectors(mode, vocab)
             if file_dim != dim:
@@ -152,8 +163,11 @@ class KerasTextModel(SentimentModel):
         inp = keras.Input(shape=(), dtype="string", name="text")
         x = vectorizer(inp)
         embedding = layers.Embedding(
-            vocab_size, int(p["embedding_dim"]), mask_zero=self.mask_zero,
-            trainable=bool(p["trainable_embeddings"]) or matrix is None, name="embedding",
+            vocab_size,
+            int(p["embedding_dim"]),
+            mask_zero=self.mask_zero,
+            trainable=bool(p["trainable_embeddings"]) or matrix is None,
+            name="embedding",
         )
         x = embedding(x)
         x = self._body(x)
@@ -161,8 +175,9 @@ class KerasTextModel(SentimentModel):
         model = keras.Model(inp, out, name=self.family)
         if matrix is not None:
             embedding.set_weights([matrix])
-        model.compile(optimizer=keras.optimizers.Adam(float(p["learning_rate"])), loss="binary_crossentropy",
-                      metrics=["accuracy"])
+        model.compile(
+            optimizer=keras.optimizers.Adam(float(p["learning_rate"])), loss="binary_crossentropy", metrics=["accuracy"]
+        )
         return model
 
     # ---------------------------------------------------------------- fit
@@ -189,8 +204,7 @@ class KerasTextModel(SentimentModel):
             if frac > 0 and len(x) >= 20:
                 from sklearn.model_selection import train_test_split
 
-                idx_train, idx_val = train_test_split(np.arange(len(x)), test_size=frac, random_state=seed,
-                                                      stratify=y)
+                idx_train, idx_val = train_test_split(np.arange(len(x)), test_size=frac, random_state=seed, stratify=y)
             x_val, y_val = x[idx_val], y[idx_val]
             x, y = x[idx_train], y[idx_train]
         cap = int(p["eval_max_rows"])
@@ -203,8 +217,13 @@ class KerasTextModel(SentimentModel):
         )
         vectorizer.adapt(tf.data.Dataset.from_tensor_slices(tf.constant(x.tolist())).batch(4096))
         vocab = vectorizer.get_vocabulary()
-        log.info("%s: vocabulary of %s tokens from %s tweets (%.1fs)", self.family, f"{len(vocab):,}",
-                 f"{len(x):,}", time.perf_counter() - t0)
+        log.info(
+            "%s: vocabulary of %s tokens from %s tweets (%.1fs)",
+            self.family,
+            f"{len(vocab):,}",
+            f"{len(x):,}",
+            time.perf_counter() - t0,
+        )
         matrix = None
         if p["embeddings"] != "scratch":
             seqs = vectorizer(tf.constant(x.tolist())).numpy()
@@ -227,30 +246,60 @@ class KerasTextModel(SentimentModel):
             .prefetch(2)
         )
         history = new_history(len(x), len(x_val), budget)
-        watch = _BudgetWatch(self.family, history, budget, max_steps, steps_per_epoch, len(x), bs,
-                             int(p["patience"]), int(p["log_every"]))
+        watch = _BudgetWatch(
+            self.family,
+            history,
+            budget,
+            max_steps,
+            steps_per_epoch,
+            len(x),
+            bs,
+            int(p["patience"]),
+            int(p["log_every"]),
+        )
         val_ds = None
         if len(x_val):
             val_ds = tf.data.Dataset.from_tensor_slices((tf.constant(x_val.tolist()), y_val)).batch(bs * 4)
-        log.info("%s: training on %s tweets (%s validation), %d steps a pass, up to %d steps (%s epochs), "
-                 "budget %s, validation every %d steps", self.family, f"{len(x):,}", f"{len(x_val):,}",
-                 steps_per_epoch, max_steps, p["epochs"],
-                 f"{budget.seconds:.0f}s ({budget.left():.0f}s left)" if budget.seconds else "none", eval_every)
+        log.info(
+            "%s: training on %s tweets (%s validation), %d steps a pass, up to %d steps (%s epochs), "
+            "budget %s, validation every %d steps",
+            self.family,
+            f"{len(x):,}",
+            f"{len(x_val):,}",
+            steps_per_epoch,
+            max_steps,
+            p["epochs"],
+            f"{budget.seconds:.0f}s ({budget.left():.0f}s left)" if budget.seconds else "none",
+            eval_every,
+        )
         import warnings
 
         with warnings.catch_warnings():  # "shuffle=True ... ignored": the dataset is shuffled above
             warnings.simplefilter("ignore", UserWarning)
-            model.fit(train_ds, validation_data=val_ds, epochs=-(-max_steps // eval_every),
-                      steps_per_epoch=eval_every, verbose=0, callbacks=[watch.callback()])
+            model.fit(
+                train_ds,
+                validation_data=val_ds,
+                epochs=-(-max_steps // eval_every),
+                steps_per_epoch=eval_every,
+                verbose=0,
+                callbacks=[watch.callback()],
+            )
         watch.finish(model)
         self.model_ = model
         self._serve = None
         history["seconds"] = round(budget.elapsed(), 3)
         self.history_ = history
-        log.info("%s: stopped (%s) after %d steps = %.2f epochs, %s examples, %.1fs; best step %s (val acc %s)",
-                 self.family, history["stopped"], history["steps"], history["epochs"],
-                 f"{history['examples_seen']:,}", history["seconds"], history["best_step"],
-                 history["best_val_accuracy"])
+        log.info(
+            "%s: stopped (%s) after %d steps = %.2f epochs, %s examples, %.1fs; best step %s (val acc %s)",
+            self.family,
+            history["stopped"],
+            history["steps"],
+            history["epochs"],
+            f"{history['examples_seen']:,}",
+            history["seconds"],
+            history["best_step"],
+            history["best_val_accuracy"],
+        )
         return self
 
     # ---------------------------------------------------------------- predict
@@ -273,8 +322,10 @@ class KerasTextModel(SentimentModel):
             return np.zeros((0, 2))
         serve = self._serving_fn()
         # Keras wants a tf string tensor here: a NumPy object array fails
-        out = [serve(tf.constant(prepped[i:i + PREDICT_CHUNK])).numpy().reshape(-1)
-               for i in range(0, len(prepped), PREDICT_CHUNK)]
+        out = [
+            serve(tf.constant(prepped[i : i + PREDICT_CHUNK])).numpy().reshape(-1)
+            for i in range(0, len(prepped), PREDICT_CHUNK)
+        ]
         p = np.concatenate(out).astype(np.float64)
         return np.column_stack([1.0 - p, p])
 
@@ -316,9 +367,15 @@ class _BudgetWatch:
             def on_train_batch_end(self, batch, logs=None):
                 watch.step += 1
                 if watch.log_every and watch.step % watch.log_every == 0:
-                    log.info("%s step %d/%d (%.2f epochs) loss %.4f, %.0fs", watch.name, watch.step, watch.max_steps,
-                             watch.step / watch.spe, float((logs or {}).get("loss", float("nan"))),
-                             watch.budget.elapsed())
+                    log.info(
+                        "%s step %d/%d (%.2f epochs) loss %.4f, %.0fs",
+                        watch.name,
+                        watch.step,
+                        watch.max_steps,
+                        watch.step / watch.spe,
+                        float((logs or {}).get("loss", float("nan"))),
+                        watch.budget.elapsed(),
+                    )
                 why = watch.budget.spent(watch.step, reserve=1.25 * watch.eval_seconds)
                 if why is None and watch.step >= watch.max_steps:
                     why = "epochs"
@@ -343,8 +400,15 @@ class _BudgetWatch:
                 c["seconds"].append(round(watch.budget.elapsed(), 2))
                 c["val_accuracy"].append(acc)
                 c["val_loss"].append(loss)
-                log.info("%s step %d (%.2f epochs, %.0fs): val_acc %.4f val_loss %.4f", watch.name, watch.step,
-                         watch.step / watch.spe, watch.budget.elapsed(), acc, loss)
+                log.info(
+                    "%s step %d (%.2f epochs, %.0fs): val_acc %.4f val_loss %.4f",
+                    watch.name,
+                    watch.step,
+                    watch.step / watch.spe,
+                    watch.budget.elapsed(),
+                    acc,
+                    loss,
+                )
                 if acc > watch.best:
                     watch.best, watch.bad = acc, 0
                     watch.best_weights = self.model.get_weights()
@@ -365,8 +429,12 @@ class _BudgetWatch:
     def finish(self, model) -> None:
         if self.best_weights is not None:
             model.set_weights(self.best_weights)  # restore the best state seen on validation
-        self.h.update(steps=self.step, epochs=round(self.step / self.spe, 3), examples_seen=self.examples(),
-                      stopped=self.stopped or "epochs")
+        self.h.update(
+            steps=self.step,
+            epochs=round(self.step / self.spe, 3),
+            examples_seen=self.examples(),
+            stopped=self.stopped or "epochs",
+        )
 
 
 class TextCNN(KerasTextModel):

@@ -11,6 +11,7 @@ Inference (no torch, no transformers): :class:`OnnxSession` reads the fast token
 special tokens as the transformers tokenizer), pads each batch to its longest tweet, sorts the
 texts by length so that a batch pads little, and runs one ``onnxruntime.InferenceSession``.
 """
+
 from __future__ import annotations
 
 import json
@@ -61,17 +62,31 @@ def export(model, out_dir: Path, sample_ids: Any = None) -> dict[str, Any]:
             return self.m(input_ids=input_ids, attention_mask=attention_mask).logits
 
     wrapped = Logits(model.to("cpu").eval()).eval()
-    ids = torch.tensor([[101, 2023, 2003, 1037, 7099, 1010, 2307, 999, 102], [101, 2919, 102, 0, 0, 0, 0, 0, 0]],
-                       dtype=torch.long) if sample_ids is None else sample_ids
+    ids = (
+        torch.tensor(
+            [[101, 2023, 2003, 1037, 7099, 1010, 2307, 999, 102], [101, 2919, 102, 0, 0, 0, 0, 0, 0]], dtype=torch.long
+        )
+        if sample_ids is None
+        else sample_ids
+    )
     mask = (ids != 0).long()
     t = time.perf_counter()
     with warnings.catch_warnings(), torch.inference_mode():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
         torch.onnx.export(
-            wrapped, (ids, mask), str(out_dir / FP32_FILE), input_names=["input_ids", "attention_mask"],
-            output_names=["logits"], opset_version=OPSET, do_constant_folding=True, dynamo=False,
-            dynamic_axes={"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
-                          "logits": {0: "batch"}},
+            wrapped,
+            (ids, mask),
+            str(out_dir / FP32_FILE),
+            input_names=["input_ids", "attention_mask"],
+            output_names=["logits"],
+            opset_version=OPSET,
+            do_constant_folding=True,
+            dynamo=False,
+            dynamic_axes={
+                "input_ids": {0: "batch", 1: "sequence"},
+                "attention_mask": {0: "batch", 1: "sequence"},
+                "logits": {0: "batch"},
+            },
         )
     export_s = time.perf_counter() - t
     t = time.perf_counter()
@@ -80,11 +95,15 @@ def export(model, out_dir: Path, sample_ids: Any = None) -> dict[str, Any]:
         quantize_dynamic(str(out_dir / FP32_FILE), str(out_dir / INT8_FILE), weight_type=QuantType.QInt8)
     finally:
         logging.getLogger().disabled = was
-    return {"opset": OPSET, "exporter": "torch.onnx (TorchScript, dynamo=False)",
-            "quantization": "onnxruntime quantize_dynamic, QInt8 weights",
-            "export_seconds": round(export_s, 2), "quantize_seconds": round(time.perf_counter() - t, 2),
-            "fp32_mb": round((out_dir / FP32_FILE).stat().st_size / 2**20, 2),
-            "int8_mb": round((out_dir / INT8_FILE).stat().st_size / 2**20, 2)}
+    return {
+        "opset": OPSET,
+        "exporter": "torch.onnx (TorchScript, dynamo=False)",
+        "quantization": "onnxruntime quantize_dynamic, QInt8 weights",
+        "export_seconds": round(export_s, 2),
+        "quantize_seconds": round(time.perf_counter() - t, 2),
+        "fp32_mb": round((out_dir / FP32_FILE).stat().st_size / 2**20, 2),
+        "int8_mb": round((out_dir / INT8_FILE).stat().st_size / 2**20, 2),
+    }
 
 
 def choose_runtime(torch_acc: float | None, int8_acc: float | None, max_drop: float) -> str:
@@ -112,8 +131,14 @@ def read_meta(folder: Path) -> dict[str, Any]:
 class OnnxSession:
     """One ONNX Runtime session plus the fast tokenizer: ``logits(texts)`` in input order."""
 
-    def __init__(self, model_file: str | Path, tokenizer_file: str | Path, max_length: int = 64,
-                 batch_size: int = 128, threads: int = 1) -> None:
+    def __init__(
+        self,
+        model_file: str | Path,
+        tokenizer_file: str | Path,
+        max_length: int = 64,
+        batch_size: int = 128,
+        threads: int = 1,
+    ) -> None:
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
@@ -143,8 +168,10 @@ class OnnxSession:
 
     def _run(self, texts: list[str]) -> np.ndarray:
         enc = self.tokenizer.encode_batch(texts)
-        feed = {"input_ids": np.asarray([e.ids for e in enc], dtype=np.int64),
-                "attention_mask": np.asarray([e.attention_mask for e in enc], dtype=np.int64)}
+        feed = {
+            "input_ids": np.asarray([e.ids for e in enc], dtype=np.int64),
+            "attention_mask": np.asarray([e.attention_mask for e in enc], dtype=np.int64),
+        }
         if "token_type_ids" in self.input_names:
             feed["token_type_ids"] = np.zeros_like(feed["input_ids"])
         return self.session.run(["logits"], feed)[0]
@@ -155,7 +182,7 @@ class OnnxSession:
             return out
         order = np.argsort([len(t) for t in texts], kind="stable")
         for i in range(0, len(texts), self.batch_size):
-            idx = order[i:i + self.batch_size]
+            idx = order[i : i + self.batch_size]
             out[idx] = self._run([texts[j] for j in idx])
         return out
 

@@ -1,4 +1,5 @@
 """TF-IDF features + logistic regression (scikit-learn): the baseline family."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -21,12 +22,12 @@ class TfidfLogReg(SentimentModel):
     @classmethod
     def default_params(cls) -> dict[str, Any]:
         return {
-            "preprocess": "basic",   # none | basic | lemma
-            "ngram_max": 2,          # word n-grams 1..ngram_max
+            "preprocess": "basic",  # none | basic | lemma
+            "ngram_max": 2,  # word n-grams 1..ngram_max
             "min_df": 2,
             "max_df": 0.95,
             "max_features": 500_000,
-            "char_ngrams": False,    # add char 2-5 n-grams (slower, ~+1.5 pt accuracy)
+            "char_ngrams": False,  # add char 2-5 n-grams (slower, ~+1.5 pt accuracy)
             "C": 1.0,
             "max_iter": 1000,
         }
@@ -45,8 +46,12 @@ class TfidfLogReg(SentimentModel):
         features: Any = word
         if p["char_ngrams"]:
             char = TfidfVectorizer(
-                analyzer="char_wb", ngram_range=(2, 5), min_df=p["min_df"], max_features=p["max_features"],
-                sublinear_tf=True, dtype=np.float32,
+                analyzer="char_wb",
+                ngram_range=(2, 5),
+                min_df=p["min_df"],
+                max_features=p["max_features"],
+                sublinear_tf=True,
+                dtype=np.float32,
             )
             features = FeatureUnion([("word", word), ("char", char)])
         clf = LogisticRegression(C=p["C"], max_iter=p["max_iter"], solver="liblinear")
@@ -61,8 +66,7 @@ class TfidfLogReg(SentimentModel):
         y = self._check_labels(labels, np.int8)
         self.pipeline_ = self._pipeline().fit(self._prep(texts), y)
         h = new_history(len(y), 0, budget)
-        h.update(seconds=round(budget.elapsed(), 3), examples_seen=len(y), epochs=1.0, steps=None,
-                 stopped="converged")
+        h.update(seconds=round(budget.elapsed(), 3), examples_seen=len(y), epochs=1.0, steps=None, stopped="converged")
         self.history_ = h
         return self
 

@@ -21,6 +21,7 @@ then means int8 when its accuracy is within ``int8_max_drop`` (0.5 point) of tor
 importing torch or transformers; ``runtime: torch`` (or ``SENTIMENT_TRANSFORMER_RUNTIME=torch``)
 loads the torch model instead.
 """
+
 from __future__ import annotations
 
 import json
@@ -105,34 +106,35 @@ class TransformerClassifier(SentimentModel):
     @classmethod
     def default_params(cls) -> dict[str, Any]:
         return {
-            "checkpoint": "minilm",       # minilm (packaged, offline) | a HF name/dir, e.g. distilbert-base-uncased
-            "preprocess": "basic",        # none | basic | lemma
-            "max_length": 64,             # tokens (truncation); padding is per batch
+            "checkpoint": "minilm",  # minilm (packaged, offline) | a HF name/dir, e.g. distilbert-base-uncased
+            "preprocess": "basic",  # none | basic | lemma
+            "max_length": 64,  # tokens (truncation); padding is per batch
             "epochs": 1,
             "batch_size": 32,
             "eval_batch_size": 128,
             "learning_rate": 5e-5,
             "weight_decay": 0.01,
-            "warmup_ratio": 0.1,          # warm-up as a share of the step limit (when warmup_steps is 0)
-            "warmup_steps": 0,            # warm-up steps (a time-budgeted fit does not know its step count)
-            "validation_fraction": 0.1,   # carved from the texts when fit gets no validation split
-            "patience": 1,                # early stopping: evaluations without a better accuracy
-            "eval_every": 0,              # validate every N steps (0: once per pass)
-            "eval_max_rows": 1000,        # validate on at most this many rows of the validation split
-            "bucket_batches": 50,         # length bucketing: sort chunks of this many batches by length
-            "threads": 0,                 # torch CPU threads (0: auto, the cores the load average leaves free)
-            "max_steps": 0,               # stop after N steps (0: no limit); the time budget is fit's
+            "warmup_ratio": 0.1,  # warm-up as a share of the step limit (when warmup_steps is 0)
+            "warmup_steps": 0,  # warm-up steps (a time-budgeted fit does not know its step count)
+            "validation_fraction": 0.1,  # carved from the texts when fit gets no validation split
+            "patience": 1,  # early stopping: evaluations without a better accuracy
+            "eval_every": 0,  # validate every N steps (0: once per pass)
+            "eval_max_rows": 1000,  # validate on at most this many rows of the validation split
+            "bucket_batches": 50,  # length bucketing: sort chunks of this many batches by length
+            "threads": 0,  # torch CPU threads (0: auto, the cores the load average leaves free)
+            "max_steps": 0,  # stop after N steps (0: no limit); the time budget is fit's
             "seed": 42,
             "log_every": 50,
-            "runtime": "auto",            # serving: auto (chosen at export) | onnx-int8 | onnx | torch
-            "onnx_export": True,          # save exports fp32 + int8 ONNX next to the torch weights
-            "int8_max_drop": 0.005,       # int8 serves when its validation accuracy is at most this below torch's
+            "runtime": "auto",  # serving: auto (chosen at export) | onnx-int8 | onnx | torch
+            "onnx_export": True,  # save exports fp32 + int8 ONNX next to the torch weights
+            "int8_max_drop": 0.005,  # int8 serves when its validation accuracy is at most this below torch's
         }
 
     # ---------------------------------------------------------------- helpers
     def _encode(self, texts: list[str]):
-        return self.tokenizer_(texts, padding=True, truncation=True, max_length=int(self.params["max_length"]),
-                               return_tensors="pt")
+        return self.tokenizer_(
+            texts, padding=True, truncation=True, max_length=int(self.params["max_length"]), return_tensors="pt"
+        )
 
     def _logits(self, texts: list[str]) -> np.ndarray:
         """Logits in input order, batches sorted by length (dynamic padding wastes little)."""
@@ -146,7 +148,7 @@ class TransformerClassifier(SentimentModel):
         self.model_.eval()
         with torch.inference_mode():
             for i in range(0, len(texts), bs):
-                idx = order[i:i + bs]
+                idx = order[i : i + bs]
                 enc = self._encode([texts[j] for j in idx]).to(dev)
                 out[idx] = self.model_(**enc).logits.float().cpu().numpy()
         return out
@@ -166,11 +168,11 @@ class TransformerClassifier(SentimentModel):
         bs = int(self.params["batch_size"])
         chunk = bs * max(1, int(self.params["bucket_batches"]))
         perm = rng.permutation(len(lengths))
-        batches = []
+        batches: list[np.ndarray] = []
         for i in range(0, len(perm), chunk):
-            part = perm[i:i + chunk]
+            part = perm[i : i + chunk]
             part = part[np.argsort(lengths[part], kind="stable")]
-            batches.extend(part[j:j + bs] for j in range(0, len(part), bs))
+            batches.extend(part[j : j + bs] for j in range(0, len(part), bs))
         order = rng.permutation(len(batches))
         return [batches[k] for k in order]
 
@@ -199,8 +201,9 @@ class TransformerClassifier(SentimentModel):
             if float(p["validation_fraction"]) > 0 and len(x) >= 20:
                 from sklearn.model_selection import train_test_split
 
-                idx_train, idx_val = train_test_split(np.arange(len(x)), test_size=float(p["validation_fraction"]),
-                                                      random_state=seed, stratify=y)
+                idx_train, idx_val = train_test_split(
+                    np.arange(len(x)), test_size=float(p["validation_fraction"]), random_state=seed, stratify=y
+                )
             val_texts, val_y = [x[i] for i in idx_val], y[idx_val]
             x, y = [x[i] for i in idx_train], y[idx_train]
         cap = int(p["eval_max_rows"])
@@ -251,10 +254,19 @@ class TransformerClassifier(SentimentModel):
         rng = np.random.default_rng(seed)
         history = new_history(len(x), len(val_texts), budget)
         history["threads"] = threads
-        log.info("transformer %s on %s (%d threads): %s training tweets (%s validation), %d steps a pass, "
-                 "up to %d steps, budget %s, validation every %d steps", p["checkpoint"], dev, threads,
-                 f"{len(x):,}", f"{len(val_texts):,}", steps_per_epoch, max_steps,
-                 f"{budget.seconds:.0f}s ({budget.left():.0f}s left)" if budget.seconds else "none", eval_every)
+        log.info(
+            "transformer %s on %s (%d threads): %s training tweets (%s validation), %d steps a pass, "
+            "up to %d steps, budget %s, validation every %d steps",
+            p["checkpoint"],
+            dev,
+            threads,
+            f"{len(x):,}",
+            f"{len(val_texts):,}",
+            steps_per_epoch,
+            max_steps,
+            f"{budget.seconds:.0f}s ({budget.left():.0f}s left)" if budget.seconds else "none",
+            eval_every,
+        )
 
         best_acc, best_state, bad, step, examples, stopped = -1.0, None, 0, 0, 0, None
         eval_seconds, step_seconds = 0.0, 0.0
@@ -271,8 +283,14 @@ class TransformerClassifier(SentimentModel):
             c["seconds"].append(round(budget.elapsed(), 2))
             c["val_accuracy"].append(acc)
             c["val_loss"].append(loss)
-            log.info("transformer step %d (%.2f epochs, %.0fs): val_acc %.4f val_loss %.4f", step,
-                     step / steps_per_epoch, budget.elapsed(), acc, loss)
+            log.info(
+                "transformer step %d (%.2f epochs, %.0fs): val_acc %.4f val_loss %.4f",
+                step,
+                step / steps_per_epoch,
+                budget.elapsed(),
+                acc,
+                loss,
+            )
             if acc > best_acc:
                 best_acc, bad = acc, 0
                 best_state = {k: v.detach().cpu().clone() for k, v in self.model_.state_dict().items()}
@@ -295,11 +313,21 @@ class TransformerClassifier(SentimentModel):
                 opt.zero_grad(set_to_none=True)
                 examples += len(idx)
                 running = 0.98 * running + 0.02 * out.loss.detach().item() if step > 1 else out.loss.detach().item()
-                step_seconds = 0.8 * step_seconds + 0.2 * (time.perf_counter() - t_step) if step > 1 else (
-                    time.perf_counter() - t_step)
+                step_seconds = (
+                    0.8 * step_seconds + 0.2 * (time.perf_counter() - t_step)
+                    if step > 1
+                    else (time.perf_counter() - t_step)
+                )
                 if int(p["log_every"]) and step % int(p["log_every"]) == 0:
-                    log.info("transformer step %d/%d (%.2f epochs) loss %.4f, %.2f s/step, %.0fs", step, max_steps,
-                             step / steps_per_epoch, running, step_seconds, budget.elapsed())
+                    log.info(
+                        "transformer step %d/%d (%.2f epochs) loss %.4f, %.2f s/step, %.0fs",
+                        step,
+                        max_steps,
+                        step / steps_per_epoch,
+                        running,
+                        step_seconds,
+                        budget.elapsed(),
+                    )
                 if len(val_texts) and step % eval_every == 0:
                     evaluate()
                     last_eval = step
@@ -318,15 +346,27 @@ class TransformerClassifier(SentimentModel):
         if best_state is not None:
             self.model_.load_state_dict(best_state)
         self.model_.eval()
-        history.update(steps=step, epochs=round(step / steps_per_epoch, 3), examples_seen=examples, stopped=stopped,
-                       seconds=round(budget.elapsed(), 3))
+        history.update(
+            steps=step,
+            epochs=round(step / steps_per_epoch, 3),
+            examples_seen=examples,
+            stopped=stopped,
+            seconds=round(budget.elapsed(), 3),
+        )
         history["steps_run"] = step
         self.history_ = history
         self.validation_ = (val_texts, val_y)  # the export's int8-vs-torch accuracy check
-        self._export_dir = None
-        log.info("transformer: stopped (%s) after %d steps = %.2f epochs, %s examples, %.1fs; best step %s "
-                 "(val acc %s)", stopped, step, history["epochs"], f"{examples:,}", history["seconds"],
-                 history["best_step"], history["best_val_accuracy"])
+        self._export_dir: Path | None = None
+        log.info(
+            "transformer: stopped (%s) after %d steps = %.2f epochs, %s examples, %.1fs; best step %s (val acc %s)",
+            stopped,
+            step,
+            history["epochs"],
+            f"{examples:,}",
+            history["seconds"],
+            history["best_step"],
+            history["best_val_accuracy"],
+        )
         return self
 
     # ---------------------------------------------------------------- predict
@@ -344,8 +384,10 @@ class TransformerClassifier(SentimentModel):
         src = getattr(self, "source_dir_", None)
         if getattr(self, "model_", None) is None:  # loaded with an ONNX runtime: copy what was loaded
             if src is None or not (Path(src) / HF_DIR).exists():
-                raise RuntimeError("this transformer was loaded without torch and its folder is gone; "
-                                   "load it with runtime='torch' to save it again")
+                raise RuntimeError(
+                    "this transformer was loaded without torch and its folder is gone; "
+                    "load it with runtime='torch' to save it again"
+                )
             shutil.copytree(Path(src) / HF_DIR, path / HF_DIR, dirs_exist_ok=True)
             if (Path(src) / ONNX_DIR).exists():
                 copy_export(Path(src) / ONNX_DIR, path / ONNX_DIR)
@@ -379,8 +421,13 @@ class TransformerClassifier(SentimentModel):
             t = time.perf_counter()
             torch_logits = self._logits(list(texts))
             torch_s = time.perf_counter() - t
-            sess = OnnxSession(d / INT8_FILE, hf / "tokenizer.json", int(self.params["max_length"]),
-                               int(self.params["eval_batch_size"]), cpu_threads(self.params.get("threads", 0)))
+            sess = OnnxSession(
+                d / INT8_FILE,
+                hf / "tokenizer.json",
+                int(self.params["max_length"]),
+                int(self.params["eval_batch_size"]),
+                cpu_threads(self.params.get("threads", 0)),
+            )
             t = time.perf_counter()
             int8_logits = sess.logits(list(texts))
             int8_s = time.perf_counter() - t
@@ -388,14 +435,25 @@ class TransformerClassifier(SentimentModel):
             y = np.asarray(y)
             torch_acc = float((torch_logits.argmax(axis=1) == y).mean())
             int8_acc = float((int8_logits.argmax(axis=1) == y).mean())
-            meta.update(n_validation=len(texts), torch_seconds=round(torch_s, 2), int8_seconds=round(int8_s, 2),
-                        int8_max_abs_proba_diff=float(np.abs(softmax(torch_logits) - softmax(int8_logits)).max()))
+            meta.update(
+                n_validation=len(texts),
+                torch_seconds=round(torch_s, 2),
+                int8_seconds=round(int8_s, 2),
+                int8_max_abs_proba_diff=float(np.abs(softmax(torch_logits) - softmax(int8_logits)).max()),
+            )
         drop = float(self.params.get("int8_max_drop", 0.005))
         chosen = choose_runtime(torch_acc, int8_acc, drop)
         meta.update(torch_val_accuracy=torch_acc, int8_val_accuracy=int8_acc, int8_max_drop=drop, runtime=chosen)
         (d / EXPORT_META).write_text(json.dumps(meta, indent=2))
-        log.info("transformer: ONNX export (%.1f MB fp32, %.1f MB int8); validation accuracy torch %s, int8 %s "
-                 "-> serving runtime %s", meta["fp32_mb"], meta["int8_mb"], torch_acc, int8_acc, chosen)
+        log.info(
+            "transformer: ONNX export (%.1f MB fp32, %.1f MB int8); validation accuracy torch %s, int8 %s "
+            "-> serving runtime %s",
+            meta["fp32_mb"],
+            meta["int8_mb"],
+            torch_acc,
+            int8_acc,
+            chosen,
+        )
         try:
             import sys
 
@@ -404,10 +462,17 @@ class TransformerClassifier(SentimentModel):
 
                 if mlflow.active_run() is not None:
                     mlflow.set_tag("serving_runtime", chosen)
-                    mlflow.log_metrics({k: v for k, v in {"onnx_torch_val_accuracy": torch_acc,
-                                                          "onnx_int8_val_accuracy": int8_acc,
-                                                          "onnx_int8_mb": meta["int8_mb"]}.items()
-                                        if v is not None})
+                    mlflow.log_metrics(
+                        {
+                            k: v
+                            for k, v in {
+                                "onnx_torch_val_accuracy": torch_acc,
+                                "onnx_int8_val_accuracy": int8_acc,
+                                "onnx_int8_mb": meta["int8_mb"],
+                            }.items()
+                            if v is not None
+                        }
+                    )
         except Exception as exc:  # the export stands without its MLflow record
             log.warning("transformer: could not log the ONNX export to MLflow: %s", exc)
         self._export_dir = d
@@ -434,9 +499,13 @@ class TransformerClassifier(SentimentModel):
         if runtime in ("onnx", "onnx-int8"):
             f = path / ONNX_DIR / (INT8_FILE if runtime == "onnx-int8" else FP32_FILE)
             if f.exists():
-                self.onnx_ = OnnxSession(f, path / HF_DIR / "tokenizer.json", int(self.params.get("max_length", 64)),
-                                         int(self.params.get("eval_batch_size", 128)),
-                                         cpu_threads(self.params.get("threads", 0)))
+                self.onnx_ = OnnxSession(
+                    f,
+                    path / HF_DIR / "tokenizer.json",
+                    int(self.params.get("max_length", 64)),
+                    int(self.params.get("eval_batch_size", 128)),
+                    cpu_threads(self.params.get("threads", 0)),
+                )
                 return
             log.warning("transformer: %s has no %s; loading the torch model", path, f.name)
             self.runtime_ = "torch"
