@@ -29,6 +29,7 @@ from ml import alerts, db
 from ml.config import Settings
 from ml.serving import PredictionIds
 from ml.store import predictions as store
+from ml.store import schema
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ class FeedbackRecorder:
 
     def ping(self) -> None:
         with self._get_pool().connection(timeout=2) as conn:
-            conn.execute("SELECT 1")
+            schema.ping(conn)
 
 
 class AlertQueue:

@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from ml.models.base import decide
+
 log = logging.getLogger(__name__)
 
 CALIBRATION_FILE = "calibration.json"
@@ -47,7 +49,7 @@ def fit_calibrator(p_positive: np.ndarray, y_true: np.ndarray) -> dict[str, Any]
         raise ValueError(f"need as many labels as probabilities (got {len(p)} and {len(y)})")
     iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip", increasing=True).fit(p, y)
     cal = {"kind": "isotonic", "x": iso.X_thresholds_.tolist(), "y": iso.y_thresholds_.tolist(), "n": int(len(p))}
-    pred = (p >= 0.5).astype(int)
+    pred = decide(p).astype(int)
     cal["held_out_accuracy"] = float(np.mean(pred == y))
     cal["raw_estimate"] = float(np.mean(np.where(pred == 1, p, 1 - p)))  # before calibration
     return cal

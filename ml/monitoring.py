@@ -55,6 +55,7 @@ import pandas as pd
 
 from ml.config import Settings, get_settings
 from ml.features import HASHTAG_RE, MENTION_RE, URL_RE, preprocess
+from ml.models.base import decide
 from ml.store import reports as store
 
 log = logging.getLogger(__name__)
@@ -227,7 +228,7 @@ def build_reference(champ, settings: Settings | None = None) -> tuple[pd.DataFra
     ref = pd.DataFrame(
         {
             "text": texts,
-            "label": (proba[:, 1] >= 0.5).astype(np.int64),
+            "label": decide(proba[:, 1]).astype(np.int64),
             "p_positive": proba[:, 1].astype(np.float64),
             "true_label": test_df["label"].to_numpy().astype(np.int64),
         }

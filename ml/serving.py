@@ -11,13 +11,14 @@ import hmac
 import logging
 import os
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-import psycopg
+from ml.models.base import decide
+from ml.store import predictions as store
 
 log = logging.getLogger(__name__)
 
@@ -25,30 +26,14 @@ LABELS: tuple[str, str] = ("negative", "positive")
 LABEL_IDS: dict[str, int] = {name: i for i, name in enumerate(LABELS)}
 
 #: the columns of ``predictions`` that a :class:`PredictionRow` fills, in COPY order
-PREDICTION_COLUMNS: tuple[str, ...] = (
-    "id",
-    "created_at",
-    "text",
-    "label",
-    "p_negative",
-    "p_positive",
-    "model_name",
-    "model_version",
-    "source",
-)
-COPY_PREDICTIONS_SQL = f"COPY predictions ({', '.join(PREDICTION_COLUMNS)}) FROM STDIN"
-INSERT_PREDICTION_SQL = (
-    f"INSERT INTO predictions ({', '.join(PREDICTION_COLUMNS)}) "
-    f"VALUES ({', '.join(['%s'] * len(PREDICTION_COLUMNS))}) ON CONFLICT (id) DO NOTHING"
-)
-
+PREDICTION_COLUMNS: tuple[str, ...] = store.COLUMNS
 #: connection errors: the rows are fine, the database is not (retry later)
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (psycopg.OperationalError, psycopg.InterfaceError)
+TRANSIENT_ERRORS = store.TRANSIENT_ERRORS
 
 
 def label_id(p_positive: float) -> int:
-    """The decision rule of every family: positive when P(positive) >= 0.5."""
-    return int(p_positive >= 0.5)
+    """The decision rule of every family (``ml.models.base.decide``) for one probability."""
+    return int(decide(p_positive))
 
 
 def label_name(label: int) -> Literal["negative", "positive"]:
@@ -200,75 +185,9 @@ def prediction_rows(
     return rows
 
 
-def copy_predictions(conn: psycopg.Connection, rows: Iterable[PredictionRow]) -> int:
-    """COPY ``rows`` into ``predictions`` in the connection's current transaction (no commit)."""
-    n = 0
-    with conn.cursor() as cur, cur.copy(COPY_PREDICTIONS_SQL) as copy:
-        for row in rows:
-            copy.write_row(row.as_tuple())
-            n += 1
-    return n
-
-
-def write_predictions(
-    conn: psycopg.Connection,
-    rows: Sequence[PredictionRow],
-) -> list[tuple[PredictionRow, BaseException]]:
-    """Store ``rows`` and commit: one COPY when it goes through; if the database rejects the
-    batch (a duplicate id after a retried commit, a row it cannot store) it falls back to one
-    idempotent INSERT per row so that only the bad rows stay out. Returns the rejected rows with
-    their errors. Connection errors (:data:`TRANSIENT_ERRORS`) propagate: the caller keeps the
-    rows and retries."""
-    if not rows:
-        return []
-    try:
-        copy_predictions(conn, rows)
-        conn.commit()
-        return []
-    except TRANSIENT_ERRORS:
-        raise
-    except Exception as exc:  # a data/integrity error somewhere in the batch
-        log.warning("COPY of %d prediction rows failed (%s); inserting them one by one", len(rows), exc)
-        _rollback(conn)
-    rejected: list[tuple[PredictionRow, BaseException]] = []
-    for row in rows:
-        try:
-            conn.execute(INSERT_PREDICTION_SQL, row.as_tuple())
-            conn.commit()
-        except TRANSIENT_ERRORS:
-            raise
-        except Exception as exc:
-            _rollback(conn)
-            rejected.append((row, exc))
-    return rejected
-
-
-def _rollback(conn: psycopg.Connection) -> None:
-    try:
-        conn.rollback()
-    except TRANSIENT_ERRORS:
-        raise
-    except Exception:  # pragma: no cover - nothing left to undo
-        pass
-
-
-def insert_feedback(
-    conn: psycopg.Connection,
-    prediction_id: uuid.UUID,
-    correct_label: int,
-    comment: str | None,
-    reporter: str | None = None,
-) -> tuple[int, datetime] | None:
-    """Store feedback on a stored prediction in one statement, with who reported it (``reporter``:
-    ``key:<name>#<key id>`` / ``anon:<address>``); ``None`` when no prediction has that id (nothing is
-    written then). Returns (feedback id, created_at)."""
-    row = conn.execute(
-        "INSERT INTO feedback (prediction_id, correct_label, comment, reporter) "
-        "SELECT p.id, %s, %s, %s FROM predictions p WHERE p.id = %s "
-        "RETURNING id, created_at",
-        (correct_label, comment, reporter, prediction_id),
-    ).fetchone()
-    return (int(row[0]), row[1]) if row else None
+# the SQL of storing them lives in ml.store.predictions; these names stay for the API and the tests
+copy_predictions = store.copy_rows
+write_predictions = store.write_rows
 
 
 # ---------------------------------------------------------------- champion details

@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 from api.deps import ManagerDep, SettingsDep, WriterDep, connect_db
 from api.errors import error_response
 from api.schemas import DatabaseHealth, ErrorResponse, Health, ModelHealth, Readiness, WriterHealth
+from ml.store import schema
 
 router = APIRouter(tags=["health"])
 
@@ -16,7 +17,7 @@ router = APIRouter(tags=["health"])
 def _database(settings) -> DatabaseHealth:
     try:
         with connect_db(settings, timeout=2) as conn:
-            conn.execute("SELECT 1").fetchone()
+            schema.ping(conn)
         return DatabaseHealth(reachable=True)
     except Exception as exc:  # any failure means "not reachable"; say why
         return DatabaseHealth(reachable=False, error=f"{type(exc).__name__}: {exc}".strip())

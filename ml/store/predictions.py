@@ -8,14 +8,17 @@ moved into ``feedback`` (same id, same time) once its prediction is stored.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 
 from ml.store._rows import returned
+
+log = logging.getLogger(__name__)
 
 COLUMNS: tuple[str, ...] = (
     "id",
@@ -29,6 +32,64 @@ COLUMNS: tuple[str, ...] = (
     "source",
 )
 _COLS = ", ".join(COLUMNS)
+#: connection errors: the rows are fine, the database is not (retry later)
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (psycopg.OperationalError, psycopg.InterfaceError)
+_INSERT_ONE = (
+    f"INSERT INTO predictions ({_COLS}) VALUES ({', '.join(['%s'] * len(COLUMNS))}) ON CONFLICT (id) DO NOTHING"
+)
+
+
+class _Row(Protocol):
+    def as_tuple(self) -> tuple[Any, ...]: ...
+
+
+def copy_rows(conn: psycopg.Connection, rows: Iterable[_Row]) -> int:
+    """COPY prediction rows (``as_tuple()`` in :data:`COLUMNS` order) in the connection's current
+    transaction (no commit). Returns how many."""
+    n = 0
+    with conn.cursor() as cur, cur.copy(f"COPY predictions ({_COLS}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(row.as_tuple())
+            n += 1
+    return n
+
+
+def write_rows(conn: psycopg.Connection, rows: Sequence[_Row]) -> list[tuple[Any, BaseException]]:
+    """Store ``rows`` and commit: one COPY when it goes through; if the database rejects the batch
+    (a duplicate id after a retried commit, a row it cannot store) one idempotent INSERT per row, so
+    that only the bad rows stay out. Returns the rejected rows with their errors. Connection errors
+    (:data:`TRANSIENT_ERRORS`) propagate: the caller keeps the rows and retries."""
+    if not rows:
+        return []
+    try:
+        copy_rows(conn, rows)
+        conn.commit()
+        return []
+    except TRANSIENT_ERRORS:
+        raise
+    except Exception as exc:  # a data/integrity error somewhere in the batch
+        log.warning("COPY of %d prediction rows failed (%s); inserting them one by one", len(rows), exc)
+        _rollback(conn)
+    rejected: list[tuple[Any, BaseException]] = []
+    for row in rows:
+        try:
+            conn.execute(_INSERT_ONE, row.as_tuple())
+            conn.commit()
+        except TRANSIENT_ERRORS:
+            raise
+        except Exception as exc:
+            _rollback(conn)
+            rejected.append((row, exc))
+    return rejected
+
+
+def _rollback(conn: psycopg.Connection) -> None:
+    try:
+        conn.rollback()
+    except TRANSIENT_ERRORS:
+        raise
+    except Exception:  # pragma: no cover - nothing left to undo
+        pass
 
 
 def copy_predictions_idempotent(conn: psycopg.Connection, rows: Iterable[Sequence[Any]]) -> int:

@@ -40,3 +40,8 @@ def apply_migration(conn: psycopg.Connection, version: str, script: str) -> None
     with conn.transaction():
         conn.execute(script)  # the file's statements, as written in sql/
         conn.execute("INSERT INTO schema_migrations(version) VALUES (%s)", (version,))
+
+
+def ping(conn: psycopg.Connection) -> None:
+    """A round trip: raises when the database does not answer."""
+    conn.execute("SELECT 1").fetchone()
