@@ -207,14 +207,12 @@ def migrate(url: str | None = None) -> list[str]:
 
 @contextmanager
 def connect(
-    settings: Settings | str | None = None, *, start_embedded: bool = True, **kwargs: Any
+    settings: Settings | str, *, start_embedded: bool = True, **kwargs: Any
 ) -> Iterator[psycopg.Connection]:
     """The one way to the platform database: a connection for ``settings`` (its ``database_url``, or
     the embedded server's), committed on success and rolled back on error. ``start_embedded=False``
     fails fast instead of starting the embedded server (request paths, alerts). A libpq URL string
     is accepted for tools that hold one (benchmarks, tests)."""
-    if settings is None:  # transitional: callers pass their settings; the global ones otherwise
-        settings = get_settings()
     url = settings if isinstance(settings, str) else database_url(settings, start_embedded=start_embedded)
     kwargs.setdefault("connect_timeout", 10)
     with psycopg.connect(url, **kwargs) as conn:
