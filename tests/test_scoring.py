@@ -292,13 +292,14 @@ def test_dag_retries_a_failed_shard_alone(airflow_cli, platform_env, champion, c
                 else:  # Airflow has failed the first try and waits to retry it: put the file back
                     state = _airflow_rows(
                         platform_env,
-                        "SELECT ti.state FROM task_instance ti JOIN dag_run r"
+                        "SELECT ti.state, ti.try_number FROM task_instance ti JOIN dag_run r"
                         " ON r.dag_id = ti.dag_id AND r.run_id = ti.run_id"
                         " WHERE ti.dag_id='sentiment_batch_scoring' AND ti.task_id='score_shard'"
                         " AND ti.map_index=1 AND r.conf::text LIKE %s",
                         (f"%{path.name}%",),
                     )
-                    if state and state[0][0] == "up_for_retry":
+                    # up_for_retry can be brief on a busy machine: a second try being set up counts too
+                    if state and (state[0][0] == "up_for_retry" or (state[0][1] or 0) >= 2):
                         os.replace(hidden[1], hidden[0])
                         events.append("restored")
                         return
