@@ -50,3 +50,21 @@ def train_champion(
     train.register(run_id)
     train.promote(run_id)
     return registry.champion().version
+
+
+def api_command(port: int, workers: int | str) -> list[str]:
+    """The API under uvicorn on 127.0.0.1:``port`` with ``workers`` processes (the benchmarks' server)."""
+    import sys
+
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "api.main:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+    ]

@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _setup import REPO, SHARED, isolated_platform, train_champion  # noqa: E402
+from _setup import REPO, SHARED, api_command, isolated_platform, train_champion  # noqa: E402
 
 BIN = Path(sys.executable).parent
 LUA = """
@@ -218,16 +218,7 @@ def main() -> None:
         log = work / f"api-{n_workers}.log"
         proc = start(
             [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "api.main:app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--workers",
-                str(n_workers),
+                *api_command(port, str(n_workers)),
                 "--no-access-log",
                 "--log-level",
                 "warning",

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _setup import SHARED, train_champion  # noqa: E402
+from _setup import SHARED, api_command, train_champion  # noqa: E402
 from api_load import free_port, start, stop, wait_http  # noqa: E402
 
 
@@ -156,16 +156,7 @@ def main() -> None:
         log = work / "api.log"
         api = start(
             [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "api.main:app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--workers",
-                "2",
+                *api_command(port, "2"),
                 "--no-access-log",
                 "--log-level",
                 "warning",

@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _setup import REPO, SHARED, isolated_platform, train_champion  # noqa: E402
+from _setup import REPO, SHARED, api_command, isolated_platform, train_champion  # noqa: E402
 from api_load import free_port, pct, start, stop, wait_http, wrk  # noqa: E402
 
 EVAL = REPO.parent / "shared" / "data" / "sentiment140_uniform_eval.csv"
@@ -150,16 +150,7 @@ def main() -> None:
     log = work / "api.log"
     proc = start(
         [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "api.main:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
+            *api_command(port, "1"),
             "--no-access-log",
             "--log-level",
             "warning",
