@@ -206,9 +206,7 @@ def migrate(url: str | None = None) -> list[str]:
 
 
 @contextmanager
-def connect(
-    settings: Settings | str, *, start_embedded: bool = True, **kwargs: Any
-) -> Iterator[psycopg.Connection]:
+def connect(settings: Settings | str, *, start_embedded: bool = True, **kwargs: Any) -> Iterator[psycopg.Connection]:
     """The one way to the platform database: a connection for ``settings`` (its ``database_url``, or
     the embedded server's), committed on success and rolled back on error. ``start_embedded=False``
     fails fast instead of starting the embedded server (request paths, alerts). A libpq URL string
