@@ -1,4 +1,4 @@
-"""Who is calling, and may they: ``Authorization: Bearer <key>`` -> an :class:`ml.security.Identity`
+"""Who is calling, and may they: ``Authorization: Bearer <key>`` -> an :class:`ml.platform.security.Identity`
 (scopes from ``api_keys``), anonymous callers by client address; per-identity quotas.
 
 - 401 (``WWW-Authenticate: Bearer``): no key where one is needed, or a key that is unknown,
@@ -20,9 +20,9 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, status
 
 from api.deps import SettingsDep, database_unavailable
-from ml import db, security
-from ml.config import Settings
-from ml.security import Identity
+from ml.platform import db, security
+from ml.platform.config import Settings
+from ml.platform.security import Identity
 
 _CACHE_MAX = 10_000
 

@@ -12,8 +12,8 @@ from fastapi.exceptions import RequestValidationError
 
 from api.model_manager import LoadedModel, ModelManager
 from api.writer import PredictionWriter
-from ml import db
-from ml.config import Settings
+from ml.platform import db
+from ml.platform.config import Settings
 
 
 async def get_settings(request: Request) -> Settings:

@@ -10,9 +10,9 @@ from api.model_manager import LoadedModel
 from api.predlog import LogFull, LogWriteError
 from api.schemas import Prediction, Probabilities
 from api.writer import PredictionWriter
-from ml import serving
-from ml.config import Settings
-from ml.serving import PredictionIds, PredictionRow
+from ml.platform.config import Settings
+from ml.stages import serving
+from ml.stages.serving import PredictionIds, PredictionRow
 
 # One batch of TF-IDF texts takes well under a millisecond: cheaper on the event loop than a thread
 # hand-off. Other families (a transformer: ~20 ms) run in the batcher's worker thread.

@@ -25,10 +25,10 @@ from api.model_manager import ModelManager
 from api.recording import AlertQueue, FeedbackRecorder
 from api.routes import api_router
 from api.writer import PredictionWriter
-from ml import security
-from ml.config import Settings, get_settings
-from ml.quotas import Quotas
-from ml.serving import PredictionIds
+from ml.platform import security
+from ml.platform.config import Settings, get_settings
+from ml.platform.quotas import Quotas
+from ml.stages.serving import PredictionIds
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def _configure_logging() -> None:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    """A new app; ``settings`` default to :func:`ml.config.get_settings` (read at startup)."""
+    """A new app; ``settings`` default to :func:`ml.platform.config.get_settings` (read at startup)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -6,7 +6,7 @@ attribute, which is atomic; a request reads the attribute once and uses that obj
 throughout, so it always sees one consistent (model, version) pair and nothing fails while
 the champion changes.
 
-A challenger in shadow (``ml/shadow.py``) is followed the same way: the poller loads the model's
+A challenger in shadow (``ml/stages/shadow.py``) is followed the same way: the poller loads the model's
 running shadow (artifacts verified against the sha256 recorded on the shadow, taken at registration)
 into :attr:`ModelManager.shadow`; :meth:`ModelManager.offer_shadow` hands answered requests to the
 scorer of ``api/shadow.py``, off the request path.
@@ -22,9 +22,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from api.shadow import LoadedShadow, ShadowScorer
-from ml import alerts, db, registry, serving, tracking
-from ml.config import Settings
 from ml.models import SentimentModel
+from ml.platform import db, registry, tracking
+from ml.platform.config import Settings
+from ml.stages import alerts, serving
 from ml.store import models as models_store
 
 log = logging.getLogger(__name__)

@@ -2,12 +2,12 @@
 
 :class:`FeedbackRecorder` stores a report with one statement on a pooled connection
 (psycopg_pool; ``api_db_pool_size`` per worker). A report on a prediction that is acknowledged
-but still in some worker's prediction log (its id is signed: :class:`ml.serving.PredictionIds`)
+but still in some worker's prediction log (its id is signed: :class:`ml.stages.serving.PredictionIds`)
 is stored in ``pending_feedback`` and moved into ``feedback`` by the writer once the prediction is
 stored. An id that is neither stored nor signed was never issued: 404. Either way the report is
 committed in PostgreSQL before the 201 leaves.
 
-:class:`AlertQueue` runs the misclassification-burst rule (``ml.alerts``) in one background thread
+:class:`AlertQueue` runs the misclassification-burst rule (``ml.stages.alerts``) in one background thread
 per worker, on a connection of its own, for the reports that say "wrong"; the request never waits
 for it.
 """
@@ -25,9 +25,10 @@ from fastapi import HTTPException
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from api.deps import database_unavailable
-from ml import alerts, db
-from ml.config import Settings
-from ml.serving import PredictionIds
+from ml.platform import db
+from ml.platform.config import Settings
+from ml.stages import alerts
+from ml.stages.serving import PredictionIds
 from ml.store import predictions as store
 from ml.store import schema
 
@@ -101,7 +102,7 @@ class FeedbackRecorder:
 
 
 class AlertQueue:
-    """Feedback ids whose report says "wrong", evaluated by ``ml.alerts`` in one thread."""
+    """Feedback ids whose report says "wrong", evaluated by ``ml.stages.alerts`` in one thread."""
 
     def __init__(self, settings: Settings, maxsize: int = 10_000) -> None:
         self.settings = settings

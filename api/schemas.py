@@ -24,7 +24,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from ml.serving import LABEL_IDS, LABELS
+from ml.stages.serving import LABEL_IDS, LABELS
 
 LabelName = Literal["negative", "positive"]
 MAX_COMMENT_CHARS = 2000

@@ -1,4 +1,4 @@
-"""The shadow challenger beside the champion (ml/shadow.py), scored off the request path.
+"""The shadow challenger beside the champion (ml/stages/shadow.py), scored off the request path.
 
 :meth:`ShadowScorer.offer` is called after a /predict answer is built: it only puts (prediction id,
 text, the champion's label and P(positive)) on a bounded queue (``shadow_queue_max``) and returns;
@@ -104,9 +104,9 @@ class ShadowScorer:
     def _score(self, sh: LoadedShadow, items: list[tuple[Any, str, int, float]]) -> None:
         import numpy as np
 
-        from ml import db
         from ml.models.base import decide
-        from ml.review import text_key
+        from ml.platform import db
+        from ml.stages.review import text_key
         from ml.store import shadow as store
 
         proba = np.asarray(sh.model.predict_proba([t for _, t, _, _ in items]))

@@ -32,9 +32,9 @@ from pathlib import Path
 import psycopg
 
 from api.predlog import LogFull, LogWriteError, PredictionLog, Segment, encode
-from ml import serving
-from ml.config import Settings
-from ml.serving import PredictionRow
+from ml.platform.config import Settings
+from ml.stages import serving
+from ml.stages.serving import PredictionRow
 from ml.store import predictions as store
 
 log = logging.getLogger(__name__)
@@ -305,7 +305,7 @@ class PredictionWriter:
                 os.close(fd)
 
     def _default_connect(self) -> psycopg.Connection:
-        from ml import db
+        from ml.platform import db
 
         url = db.database_url(self.settings, start_embedded=False)
         return psycopg.connect(url, connect_timeout=5, autocommit=True, application_name="sentiment-api-writer")

@@ -20,8 +20,8 @@ def isolated_platform(name: str) -> Path:
     work = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
     os.environ["SENTIMENT_VAR_DIR"] = str(work)
     os.environ["SENTIMENT_MODEL_NAME"] = f"bench-{name}-{uuid.uuid4().hex[:6]}"
-    from ml import db
-    from ml.config import reset_settings
+    from ml.platform import db
+    from ml.platform.config import reset_settings
 
     base = os.environ.get("DATABASE_URL") or db.start_embedded_postgres()
     os.environ["DATABASE_URL"] = db.with_database(base, f"smops_{name}")
@@ -37,8 +37,10 @@ def train_champion(
     """validate -> train -> evaluate -> register -> promote a model; returns its version.
     Other families than TF-IDF train on a small sample for timing only, so the behavioural
     gate is switched off for them."""
-    from ml import data, registry, train
-    from ml.config import reset_settings
+    from ml import data
+    from ml.platform import registry
+    from ml.platform.config import reset_settings
+    from ml.stages import train
 
     if family != "tfidf_lr":
         os.environ["SENTIMENT_BEHAVIOUR_CHECKS"] = "false"

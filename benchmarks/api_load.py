@@ -187,11 +187,11 @@ def main() -> None:
     conns = [int(c) for c in args.conns.split(",")]
 
     work = isolated_platform("bench_api")
-    # the per-identity quotas (ml/quotas.py) would answer 429 to a load generator: off here
+    # the per-identity quotas (ml/platform/quotas.py) would answer 429 to a load generator: off here
     os.environ["SENTIMENT_RATE_LIMITS_ENABLED"] = "false"
     scratch = Path(tempfile.mkdtemp(prefix="bench-api-load-"))
-    from ml import registry, tracking
-    from ml.config import get_settings
+    from ml.platform import registry, tracking
+    from ml.platform.config import get_settings
 
     version = train_champion()
     s = get_settings()

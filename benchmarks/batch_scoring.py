@@ -50,7 +50,7 @@ def main() -> None:
     params = {"max_steps": 30} if args.family == "transformer" else {"epochs": 1} if args.family != "tfidf_lr" else {}
 
     work = isolated_platform("bench_scoring")
-    from ml import db, registry
+    from ml.platform import db, registry
 
     version = train_champion(
         family=args.family, params=params, sample_size=args.train_sample if args.family != "tfidf_lr" else None
@@ -171,8 +171,8 @@ def scheduler_run(path: Path, shard_rows: int, work: Path) -> tuple[float, int]:
     import httpx
     import psycopg
 
-    from ml import db
-    from ml.orchestration import airflow_env
+    from ml.platform import db
+    from ml.platform.orchestration import airflow_env
 
     env = airflow_env()
     port = _free_port()

@@ -7,7 +7,7 @@ against its training budget (``budget_seconds`` in config/search_space.yaml: qui
 for tfidf_lr/cnn/bilstm/transformer; ``--budget cnn=300`` overrides one), about 15 minutes on 2 idle
 CPU cores (fits ~10 min, scoring the rest). ``--family-sample cnn=20000`` still caps a family's pool.
 
-It runs the same code as the DAG (``ml.compare.run_comparison``: search per family with MLflow
+It runs the same code as the DAG (``ml.stages.compare.run_comparison``: search per family with MLflow
 runs nested under one parent, winners on the same held-out split, the comparison stored in
 PostgreSQL) but in its own databases (``<name>`` and ``<name>_mlflow`` on the server of
 DATABASE_URL, default name ``sentiment_bench``) and its own ``var/`` directory, so it never
@@ -55,8 +55,8 @@ def main() -> None:
 
     os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from ml import db
-    from ml.config import reset_settings
+    from ml.platform import db
+    from ml.platform.config import reset_settings
 
     base = db.libpq_url(os.environ["DATABASE_URL"]) if os.environ.get("DATABASE_URL") else db.database_url()
     os.environ["DATABASE_URL"] = db.with_database(base, args.db_name)
@@ -70,7 +70,7 @@ def main() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     db.migrate()
 
-    from ml import compare
+    from ml.stages import compare
 
     wanted = [f.strip() for f in args.families.split(",") if f.strip()]
     sizes: dict[str, int] = {}

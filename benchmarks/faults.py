@@ -133,8 +133,8 @@ def main() -> None:
             "XDG_RUNTIME_DIR": "/tmp",
         }
     )
-    from ml import db
-    from ml.config import get_settings, reset_settings
+    from ml.platform import db
+    from ml.platform.config import get_settings, reset_settings
 
     reset_settings()
     s = get_settings()

@@ -1,4 +1,4 @@
-"""Time of one monitoring run (``ml.monitoring.build_report``) on stored predictions.
+"""Time of one monitoring run (``ml.stages.monitoring.build_report``) on stored predictions.
 
 A TF-IDF champion is trained on the shared 100k tweets (held-out 20k -> reference capped at
 ``monitoring_reference_max_rows``, 10k); ``--rows`` predictions (default 10,000, tweets from the
@@ -42,7 +42,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bench-monitoring-", dir=REPO / "var" if (REPO / "var").exists() else None))
     os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
-    from ml import db
+    from ml.platform import db
 
     base = os.environ.get("DATABASE_URL") or db.start_embedded_postgres()  # the platform's server (var/pg)
     os.environ["SENTIMENT_VAR_DIR"] = str(work / "var")
@@ -52,8 +52,10 @@ def main() -> None:
     import logging
 
     logging.basicConfig(level=logging.WARNING)
-    from ml import data, monitoring, registry, train
-    from ml.config import get_settings, reset_settings
+    from ml import data
+    from ml.platform import registry
+    from ml.platform.config import get_settings, reset_settings
+    from ml.stages import monitoring, train
 
     reset_settings()
     db.migrate()

@@ -8,7 +8,7 @@ wrong are reported through ``POST /feedback`` with their true label (each report
 rule too) until ``retraining_feedback_fraction`` (0.5%) of the champion's corpus is reached.
 
 Timed, from the moment the threshold-crossing report is stored:
-  trigger (``ml.retraining.check_trigger``, what the end of sentiment_monitoring runs) ->
+  trigger (``ml.stages.retraining.check_trigger``, what the end of sentiment_monitoring runs) ->
   prepare (snapshot = parent + reports, with its held-out split) -> train (champion's family +
   params) -> evaluate (challenger and champion on the same held-out set + reported tweets) ->
   register -> gate (behavioural checks) -> promote -> the API serves the new version.
@@ -58,7 +58,7 @@ def main() -> None:
 
     os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from ml import db
+    from ml.platform import db
 
     server = os.environ.get("DATABASE_URL") or db.start_embedded_postgres()
     tag = uuid.uuid4().hex[:6]
@@ -100,8 +100,10 @@ def main() -> None:
 def run(args, work: Path):
     import httpx
 
-    from ml import data, db, registry, retraining, train
-    from ml.config import get_settings, reset_settings
+    from ml import data
+    from ml.platform import db, registry
+    from ml.platform.config import get_settings, reset_settings
+    from ml.stages import retraining, train
 
     reset_settings()
     db.migrate()
@@ -198,7 +200,7 @@ def run(args, work: Path):
 
     # ---------------- round 2: airflow dags test sentiment_retraining
     if not args.no_airflow:
-        from ml.orchestration import airflow_env
+        from ml.platform.orchestration import airflow_env
 
         env = airflow_env(s)
         airflow = str(Path(sys.executable).parent / "airflow")

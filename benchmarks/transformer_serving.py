@@ -90,8 +90,8 @@ def main() -> None:
     os.environ["SENTIMENT_PREDICT_BATCH_WAIT_MS"] = str(args.wait_ms)
     import mlflow
 
-    from ml import tracking
-    from ml.config import get_settings, reset_settings
+    from ml.platform import tracking
+    from ml.platform.config import get_settings, reset_settings
 
     reset_settings()
     work = Path(tempfile.mkdtemp(prefix="bench-onnx-"))

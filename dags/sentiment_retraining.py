@@ -5,9 +5,9 @@ conflicts by majority, reviewed-only if ``feedback_review_required``: a new snap
 ``retraining`` with ``parent_hash``) -> train (the champion's family and params, or a comparison of
 families with ``mode: compare``) -> evaluate (challenger and champion on the SAME held-out set, the
 parent's, and on the reported tweets) -> the ``promotion`` task group shared with sentiment_training
-(plugins/sentiment_promotion.py): register -> gate (behavioural checks, ``ml.behaviour``) -> promote
+(plugins/sentiment_promotion.py): register -> gate (behavioural checks, ``ml.evaluation.behaviour``) -> promote
 (the promotion gate with ``retraining_promotion_margin``; otherwise the champion stays) -> shadow: with a
-shadow window (``shadow_requests`` / ``shadow_hours``, ``ml/shadow.py``) a challenger that passed the gate
+shadow window (``shadow_requests`` / ``shadow_hours``, ``ml/stages/shadow.py``) a challenger that passed the gate
 serves in shadow first; ``shadow.window`` (a sensor in reschedule mode: no worker slot held between pokes,
 poke interval ``SENTIMENT_SHADOW_POKE_SECONDS``) waits for the window, ``shadow.decide`` promotes it only if
 agreement with the champion and its estimated (and reviewed) live accuracy hold up. Window 0: both return
@@ -18,7 +18,7 @@ poll interval.
 Triggered by ``sentiment_monitoring`` (TriggerDagRunOperator, run id ``retraining__<id>``,
 conf ``{"retraining_id": id}``) when the misclassification reports since the champion was trained
 reach ``retraining_feedback_fraction`` of its training corpus; by hand without ``retraining_id``
-(a manual retraining on the pending reports). Held-out choice: see ``ml/retraining.py``.
+(a manual retraining on the pending reports). Held-out choice: see ``ml/stages/retraining.py``.
 """
 
 from __future__ import annotations
@@ -71,14 +71,14 @@ from sentiment_promotion import promotion, shadow
 def sentiment_retraining():
     @task(multiple_outputs=True)
     def prepare() -> dict:
-        from ml.retraining import prepare as build_set
+        from ml.stages.retraining import prepare as build_set
 
         ctx = get_current_context()
         return build_set(ctx["params"]["retraining_id"], airflow_run_id=ctx["run_id"])
 
     @task
     def train(retraining_id: int) -> str:
-        from ml.retraining import train_challenger
+        from ml.stages.retraining import train_challenger
 
         ctx = get_current_context()
         p = ctx["params"]
@@ -94,7 +94,7 @@ def sentiment_retraining():
 
     @task
     def evaluate(retraining_id: int, mlflow_run_id: str) -> str:
-        from ml.retraining import evaluate as evaluate_both
+        from ml.stages.retraining import evaluate as evaluate_both
 
         evaluate_both(retraining_id, mlflow_run_id)
         return mlflow_run_id

@@ -57,7 +57,7 @@ def _parse_params(items: list[str]) -> dict:
 @db_app.command("up")
 def db_up() -> None:
     """Start the embedded PostgreSQL (if DATABASE_URL is unset) and apply migrations."""
-    from ml import db
+    from ml.platform import db
 
     url = db.database_url()
     applied = db.migrate(url)
@@ -67,7 +67,7 @@ def db_up() -> None:
 @db_app.command("migrate")
 def db_migrate() -> None:
     """Apply the numbered SQL files in sql/ that are not applied yet (idempotent)."""
-    from ml import db
+    from ml.platform import db
 
     applied = db.migrate()
     typer.echo(f"applied: {', '.join(applied) if applied else 'nothing (up to date)'}")
@@ -76,14 +76,14 @@ def db_migrate() -> None:
 @db_app.command("down")
 def db_down() -> None:
     """Stop the embedded PostgreSQL (data is kept)."""
-    from ml import db
+    from ml.platform import db
 
     typer.echo("stopped" if db.stop_embedded_postgres() else "embedded PostgreSQL was not running")
 
 
 @db_app.command("url")
 def db_url() -> None:
-    from ml import db
+    from ml.platform import db
 
     typer.echo(db.database_url())
 
@@ -111,8 +111,8 @@ def train(
     sample_size: int | None = typer.Option(None, help="stratified sample of the training split"),
 ) -> None:
     """Train one model; prints the MLflow run id."""
-    from ml import train as t
     from ml.data import DataError
+    from ml.stages import train as t
 
     try:
         typer.echo(t.train(snapshot, family, _parse_params(param), sample_size))
@@ -123,7 +123,7 @@ def train(
 @app.command()
 def evaluate(run_id: str) -> None:
     """Evaluate a run (and the champion) on the held-out split."""
-    from ml import train as t
+    from ml.stages import train as t
 
     m = t.evaluate(run_id)
     typer.echo(json.dumps({k: v for k, v in m.items()}, indent=2))
@@ -132,7 +132,7 @@ def evaluate(run_id: str) -> None:
 @app.command()
 def register(run_id: str) -> None:
     """Register a run's model; prints the version."""
-    from ml import train as t
+    from ml.stages import train as t
 
     typer.echo(t.register(run_id))
 
@@ -147,7 +147,7 @@ def promote(
     if rollback:
         if run_id:
             _fail("--rollback takes no RUN_ID: it restores the champion before the current one")
-        from ml import registry, tracking
+        from ml.platform import registry, tracking
 
         tracking.configure()
         try:
@@ -157,7 +157,7 @@ def promote(
         return
     if not run_id:
         _fail("give the RUN_ID to promote, or --rollback")
-    from ml import train as t
+    from ml.stages import train as t
 
     typer.echo(json.dumps(t.promote(run_id), indent=2))
 
@@ -171,7 +171,7 @@ def pipeline(
 ) -> None:
     """validate -> train -> evaluate -> register -> promote, in this process."""
     from ml import data
-    from ml import train as t
+    from ml.stages import train as t
 
     try:
         snap = data.validate_and_snapshot(path)
@@ -199,8 +199,8 @@ def compare(
     html: bool = typer.Option(False, "--html", help="print the table as HTML instead of Markdown"),
 ) -> None:
     """Compare model families (search, held-out evaluation, table) in this process; --show prints the latest."""
-    from ml import compare as c
     from ml.data import DataError
+    from ml.stages import compare as c
 
     if show:
         latest = c.latest_comparison()
@@ -240,7 +240,7 @@ def compare(
 @app.command()
 def champion() -> None:
     """Show the champion version."""
-    from ml import registry, tracking
+    from ml.platform import registry, tracking
 
     tracking.configure()
     c = registry.champion()
@@ -255,8 +255,8 @@ def score(
     workers: int = typer.Option(1, help="processes scoring shards in parallel"),
 ) -> None:
     """Score a file with the champion (the batch-scoring DAG's stages, without Airflow)."""
-    from ml import scoring
     from ml.data import DataError
+    from ml.stages import scoring
 
     try:
         summary = scoring.score_file(path, shard_rows=shard_rows, force=force, workers=workers)
@@ -268,7 +268,7 @@ def score(
 @app.command()
 def batches(batch_id: str | None = typer.Argument(None)) -> None:
     """List batches, or show one (summary, shards, rejected rows)."""
-    from ml import scoring
+    from ml.stages import scoring
 
     out = scoring.get_batch(batch_id) if batch_id else scoring.list_batches()
     if out is None:
@@ -283,7 +283,7 @@ def monitor(
     end: str | None = typer.Option(None, help="period end, ISO timestamp (default: now)"),
 ) -> None:
     """Build one drift report of the stored predictions (the monitoring DAG's task); print its summary."""
-    from ml import monitoring
+    from ml.stages import monitoring
 
     try:
         summary = monitoring.build_report(start=start, end=end, hours=hours)
@@ -299,7 +299,7 @@ def reports(
     limit: int = typer.Option(20, help="how many to list"),
 ) -> None:
     """List drift reports (newest first), or show one."""
-    from ml import monitoring
+    from ml.stages import monitoring
 
     if report_id:
         out = monitoring.get_report(report_id)
@@ -314,7 +314,7 @@ def reports(
 @app.command()
 def lineage(prediction_id: str = typer.Argument(..., help="prediction id (uuid) from /predict or a batch")) -> None:
     """Model version, code commit, training snapshot (and its retraining + feedback reports) of a prediction."""
-    from ml import lineage as lin
+    from ml.reports import lineage as lin
 
     out = lin.prediction_lineage(prediction_id)
     if out is None:
@@ -338,7 +338,7 @@ def retrain(
     status: bool = typer.Option(False, "--status", help="reports against the threshold, latest retrainings"),
 ) -> None:
     """Feedback-triggered retraining: --status, --check (the trigger), or the whole sentiment_retraining DAG here."""
-    from ml import retraining as r
+    from ml.stages import retraining as r
 
     if status:
         typer.echo(json.dumps(r.loop_status(), indent=2, default=str))
@@ -359,7 +359,7 @@ def retrain(
 @app.command()
 def alerts(limit: int = typer.Option(20, help="how many")) -> None:
     """The latest alerts (misclassification bursts, DAG failures) with their channels' outcome."""
-    from ml import alerts as a
+    from ml.stages import alerts as a
 
     typer.echo(json.dumps(a.list_alerts(limit), indent=2, default=str))
 
@@ -370,7 +370,7 @@ def review(
     reviewer: str = typer.Option("cli", help="who reviewed them"),
 ) -> None:
     """Mark misclassification reports reviewed (needed for retraining when feedback_review_required is on)."""
-    from ml import retraining as r
+    from ml.stages import retraining as r
 
     typer.echo(f"{r.review_feedback(feedback_ids, reviewer)} report(s) marked reviewed")
 
@@ -380,7 +380,7 @@ def serve(port: int | None = None, workers: int = 1) -> None:
     """Run the API (uvicorn) in the foreground."""
     import uvicorn
 
-    from ml.config import get_settings
+    from ml.platform.config import get_settings
 
     s = get_settings()
     uvicorn.run("api.main:app", host=s.host, port=port or s.api_port, workers=workers)
@@ -395,7 +395,7 @@ def keys_create(
     ),
 ) -> None:
     """Create an API key; it is printed once (only its sha256 is stored)."""
-    from ml import security
+    from ml.platform import security
 
     scopes = [x for item in scope for x in item.split(",")]
     try:
@@ -416,7 +416,7 @@ def keys_list(
     as_json: bool = typer.Option(False, "--json", help="machine-readable"),
 ) -> None:
     """Every key: key id, name, scopes, created, last used, revoked (never the key)."""
-    from ml import security
+    from ml.platform import security
 
     rows = security.list_keys(include_revoked=not active)
     if as_json:
@@ -434,7 +434,7 @@ def keys_list(
 @keys_app.command("revoke")
 def keys_revoke(which: str = typer.Argument(..., help="a key id, or a name (revokes every live key of it)")) -> None:
     """Revoke keys; the API refuses them within api_key_cache_seconds."""
-    from ml import security
+    from ml.platform import security
 
     try:
         rows = security.revoke_key(which)

@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from ml.config import REPO_ROOT, Settings, get_settings
+from ml.platform.config import REPO_ROOT, Settings, get_settings
 from ml.store import snapshots as snapshots_store
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class DataError(ValueError):
 
 # ---------------------------------------------------------------- reading
 # ONE reader for every tweet file: training (read_labelled -> validate), batch scoring
-# (ml.scoring.iter_rows) and anything else that reads tweets goes through iter_records, the
+# (ml.stages.scoring.iter_rows) and anything else that reads tweets goes through iter_records, the
 # only place that decodes bytes, splits CSV and recognises the layouts.
 HEADER_WORDS = frozenset({"polarity", "label", "sentiment", "target"})
 TEXT_SUFFIXES = (".txt", ".text")
@@ -354,7 +354,7 @@ def store_snapshot(
 ) -> Snapshot:
     """Write the frame as a content-addressed snapshot (files first, atomically; then the DB
     record). Storing the same content twice returns the existing snapshot."""
-    from ml import db
+    from ml.platform import db
 
     s = settings or get_settings()
     h = content_hash(frame)
@@ -405,7 +405,7 @@ def store_split(snap: Snapshot, test_texts: Iterable[str], excluded_texts: Itera
 
 
 def get_snapshot(h: str, settings: Settings | None = None) -> Snapshot:
-    from ml import db
+    from ml.platform import db
 
     h = (h or "").strip().lower()
     if not re.fullmatch(r"[0-9a-f]{8,64}", h):
@@ -440,7 +440,7 @@ def split(frame: pd.DataFrame, test_size: float, seed: int) -> tuple[pd.DataFram
     """Stratified, deterministic train/held-out split of a snapshot.
 
     A snapshot that stores its own split (``split.parquet``, written by :func:`store_split`; the
-    retraining snapshots do: their held-out set is their parent's, see ``ml/retraining.py``) is split
+    retraining snapshots do: their held-out set is their parent's, see ``ml/stages/retraining.py``) is split
     by it instead: rows whose text is listed as ``test`` are held out, rows listed as ``excluded``
     are in neither part, all others train. :meth:`Snapshot.load` marks the frame for this."""
     spec = frame.attrs.get("split_path")

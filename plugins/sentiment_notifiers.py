@@ -1,7 +1,7 @@
 """Airflow notifiers of the platform (Airflow's notifier interface, ``airflow.sdk.BaseNotifier``).
 
 ``PlatformAlertNotifier`` turns a failed task of the platform's DAGs into a platform alert
-(``ml.alerts.raise_event``: recorded in the ``alerts`` table; log line, webhook, e-mail as
+(``ml.stages.alerts.raise_event``: recorded in the ``alerts`` table; log line, webhook, e-mail as
 configured), and marks a failed retraining as such in ``retrainings``. Attached to the DAGs as
 ``on_failure_callback`` (``default_args``, so it runs where the task ran, also under
 ``airflow dags test``).
@@ -50,10 +50,10 @@ class PlatformAlertNotifier(BaseNotifier):
     def notify(self, context: dict[str, Any]) -> None:
         import logging
 
-        log = logging.getLogger("ml.alerts")
+        log = logging.getLogger("ml.stages.alerts")
         try:
-            from ml import alerts
-            from ml.config import get_settings
+            from ml.platform.config import get_settings
+            from ml.stages import alerts
 
             d = self._details(context)
             message = self.message or (
@@ -68,7 +68,7 @@ class PlatformAlertNotifier(BaseNotifier):
 
     @staticmethod
     def _mark_retraining_failed(context: dict[str, Any], message: str) -> None:
-        from ml import retraining
+        from ml.stages import retraining
 
         rid = (context.get("params") or {}).get("retraining_id")
         if rid in (None, "", "None"):

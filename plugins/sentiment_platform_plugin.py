@@ -2,7 +2,7 @@
 
 A small FastAPI app mounted by Airflow's API server under ``/sentiment-platform``:
 
-- ``/sentiment-platform/reports``: the latest drift reports (``ml.monitoring.list_reports``), each
+- ``/sentiment-platform/reports``: the latest drift reports (``ml.stages.monitoring.list_reports``), each
   linking to its Evidently HTML; ``reports.json`` the same as JSON;
 - ``/sentiment-platform/model-card``: the champion's model card (version, metrics, snapshot and its
   lineage, behavioural checks, feedback against the retraining threshold, retrainings, alerts);
@@ -13,7 +13,7 @@ relative (the UI sets ``<base href>``), so a non-root ``AIRFLOW__API__BASE_URL``
 
 Importing this file does no I/O and imports no ``ml`` module: the plugin manager loads it in every
 Airflow process; the handlers import ``ml`` when called. The platform's settings come from the
-environment Airflow runs with (``ml.orchestration.airflow_env``: ``DATABASE_URL``,
+environment Airflow runs with (``ml.platform.orchestration.airflow_env``: ``DATABASE_URL``,
 ``SENTIMENT_*``).
 
 **Login required.** Airflow mounts a plugin app with ``app.mount()``, which inherits none of the
@@ -86,7 +86,7 @@ async def _to_login(request: Request, exc: LoginRequired) -> RedirectResponse:
 
 
 def _settings():
-    from ml.config import get_settings
+    from ml.platform.config import get_settings
 
     return get_settings()
 
@@ -98,28 +98,28 @@ def index() -> RedirectResponse:
 
 @app.get("/model-card.json")
 def model_card_json() -> dict[str, Any]:
-    from ml.model_card import model_card
+    from ml.reports.model_card import model_card
 
     return model_card(_settings())
 
 
 @app.get("/model-card", response_class=HTMLResponse)
 def model_card_page() -> HTMLResponse:
-    from ml.model_card import card_html, model_card
+    from ml.reports.model_card import card_html, model_card
 
     return HTMLResponse(card_html(model_card(_settings())))
 
 
 @app.get("/reports.json")
 def reports_json(limit: int = Query(30, ge=1, le=500)) -> list[dict[str, Any]]:
-    from ml import monitoring
+    from ml.stages import monitoring
 
     return monitoring.list_reports(limit, settings=_settings())
 
 
 @app.get("/reports", response_class=HTMLResponse)
 def reports_page(limit: int = Query(30, ge=1, le=500)) -> HTMLResponse:
-    from ml import monitoring
+    from ml.stages import monitoring
 
     s = _settings()
     rows = monitoring.list_reports(limit, settings=s)
@@ -152,7 +152,7 @@ def reports_page(limit: int = Query(30, ge=1, le=500)) -> HTMLResponse:
 
 @app.get("/reports/{report_id}/html", response_class=FileResponse)
 def report_html(report_id: str) -> FileResponse:
-    from ml import monitoring
+    from ml.stages import monitoring
 
     path = monitoring.report_html_path(report_id, settings=_settings())
     if path is None or not path.exists():

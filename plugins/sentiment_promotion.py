@@ -29,21 +29,21 @@ def promotion(mlflow_run_id: Any, retraining_id: Any = None) -> Any:
 
     @task
     def register(candidate: str) -> str:  # (`run_id` is Airflow's own context key)
-        from ml.train import register as register_run
+        from ml.stages.train import register as register_run
 
         register_run(candidate)
         return candidate
 
     @task
     def gate(candidate: str) -> str:
-        from ml.train import check_behaviour
+        from ml.stages.train import check_behaviour
 
         check_behaviour(candidate)
         return candidate
 
     @task
     def promote(candidate: str, retraining: Any = None) -> dict:
-        from ml.train import promote_candidate
+        from ml.stages.train import promote_candidate
 
         return promote_candidate(candidate, retraining)
 
@@ -53,7 +53,7 @@ def promotion(mlflow_run_id: Any, retraining_id: Any = None) -> Any:
 @task_group(group_id="shadow")
 def shadow(promotion_result: Any) -> Any:
     """After a retraining's promote: when the challenger passed the gate and went into shadow
-    (``shadow_id`` in the result, ``ml.shadow``), wait for the window (a rescheduling sensor), then
+    (``shadow_id`` in the result, ``ml.stages.shadow``), wait for the window (a rescheduling sensor), then
     promote it or not on its shadow results. Without a shadow both tasks return at once."""
 
     @task.sensor(task_id="window", poke_interval=SHADOW_POKE_SECONDS, timeout=SHADOW_TIMEOUT, mode="reschedule")
@@ -61,7 +61,7 @@ def shadow(promotion_result: Any) -> Any:
         sid = (result or {}).get("shadow_id")
         if sid is None:
             return PokeReturnValue(is_done=True, xcom_value={"shadow_id": None, "why": "no shadow window"})
-        from ml.shadow import window as window_state
+        from ml.stages.shadow import window as window_state
 
         w = window_state(sid)
         print(
@@ -75,7 +75,7 @@ def shadow(promotion_result: Any) -> Any:
         sid = (state or {}).get("shadow_id")
         if sid is None:
             return {k: v for k, v in (result or {}).items() if k != "gate"}
-        from ml.shadow import decide as decide_shadow
+        from ml.stages.shadow import decide as decide_shadow
 
         out = decide_shadow(sid)
         return {k: v for k, v in out.items() if k != "results"} | {"n": out["results"].get("n")}

@@ -26,7 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 def _restore_env(saved: dict[str, str | None]) -> None:
     """Put environment variables back as they were (None: unset) and forget cached settings."""
-    from ml.config import reset_settings
+    from ml.platform.config import reset_settings
 
     for k, v in saved.items():
         if v is None:
@@ -40,7 +40,7 @@ def _server_url() -> str:
     url = os.environ.get("TEST_DATABASE_URL") or os.environ.get("DATABASE_URL")
     if url:
         return url
-    from ml import db
+    from ml.platform import db
 
     return db.start_embedded_postgres()
 
@@ -48,8 +48,8 @@ def _server_url() -> str:
 @pytest.fixture(scope="session")
 def platform_env(tmp_path_factory):
     """Fresh app + MLflow databases and a temporary var/; yields the settings."""
-    from ml import db
-    from ml.config import get_settings, reset_settings
+    from ml.platform import db
+    from ml.platform.config import get_settings, reset_settings
 
     base = db.libpq_url(_server_url())
     name = f"smops_t_{uuid.uuid4().hex[:10]}"
@@ -78,7 +78,7 @@ def platform_env(tmp_path_factory):
     settings = get_settings()
     # Airflow imported in this process (plugin and DAG-file tests) uses the session's own
     # PostgreSQL metadata DB and AIRFLOW_HOME, never a default SQLite file under ~/airflow
-    from ml.orchestration import airflow_env
+    from ml.platform.orchestration import airflow_env
 
     af = {k: v for k, v in airflow_env(settings).items() if k.startswith("AIRFLOW")}
     saved.update({k: os.environ.get(k) for k in af})
@@ -92,7 +92,7 @@ def platform_env(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def mlflow_tracking(platform_env):
-    from ml import tracking
+    from ml.platform import tracking
 
     return tracking.configure(platform_env)
 
@@ -121,7 +121,7 @@ def tweets_csv(tmp_path_factory) -> Path:
 @pytest.fixture
 def model_name(platform_env, monkeypatch):
     """A registered-model name of the test's own, so tests don't share a champion."""
-    from ml.config import reset_settings
+    from ml.platform.config import reset_settings
 
     name = f"tweet-sentiment-{uuid.uuid4().hex[:8]}"
     monkeypatch.setenv("SENTIMENT_MODEL_NAME", name)
@@ -137,7 +137,7 @@ def airflow_cli(platform_env):
     import subprocess
     import sys
 
-    from ml.orchestration import airflow_env
+    from ml.platform.orchestration import airflow_env
 
     env = airflow_env(platform_env)
     airflow = str(Path(sys.executable).parent / "airflow")
@@ -160,8 +160,9 @@ def own_champion(platform_env, mlflow_tracking):
     from contextlib import contextmanager
     from types import SimpleNamespace
 
-    from ml import data, train
-    from ml.config import reset_settings
+    from ml import data
+    from ml.platform.config import reset_settings
+    from ml.stages import train
 
     @contextmanager
     def make(prefix: str, data_csv: Path, sample_size: int | None = None, **settings_env: str):

@@ -15,11 +15,14 @@ from dataclasses import dataclass, field
 
 import psycopg
 
-from ml import registry, retraining, serving
-from ml.config import get_settings
+from ml.platform import registry
+from ml.platform.config import get_settings
+from ml.stages import retraining, serving
 
 FRACTION = 0.005  # of ~1,990 snapshot rows -> 10 reports
-IDENTITIES = 3  # feedback_min_identities: each reported tweet is reported by 3 identities of its own (ml/review.py)
+IDENTITIES = (
+    3  # feedback_min_identities: each reported tweet is reported by 3 identities of its own (ml/stages/review.py)
+)
 
 
 @dataclass
@@ -35,7 +38,7 @@ class Loop:
 
     def add_reports(self, n: int) -> list[int]:
         """``n`` real tweets the champion gets wrong, stored as its predictions and reported with their
-        true label by ``IDENTITIES`` distinct identities each (so the loop trusts the label: ml/review.py),
+        true label by ``IDENTITIES`` distinct identities each (so the loop trusts the label: ml/stages/review.py),
         identities of their own per tweet (no identity reaches the per-identity cap). Returns the
         feedback ids, ``IDENTITIES`` consecutive ones per tweet."""
         s = get_settings()

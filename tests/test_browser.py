@@ -53,7 +53,8 @@ def live_api(platform_env, mlflow_tracking, tweets_csv):
     import uvicorn
 
     from api.main import create_app
-    from ml import data, train
+    from ml import data
+    from ml.stages import train
 
     _require_chromium()
     name = f"tweet-sentiment-browser-{uuid.uuid4().hex[:6]}"

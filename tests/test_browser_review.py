@@ -38,7 +38,7 @@ def test_review_page_keyboard_decisions_are_stored_with_the_keys_identity(
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from ml import security
+    from ml.platform import security
 
     base, name = live_api["base"], live_api["name"]
     tag = uuid.uuid4().hex[:6]

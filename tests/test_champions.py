@@ -12,8 +12,10 @@ import mlflow
 import pytest
 from fastapi.testclient import TestClient
 
-from ml import data, registry, train
-from ml.config import get_settings, reset_settings
+from ml import data
+from ml.platform import registry
+from ml.platform.config import get_settings, reset_settings
+from ml.stages import train
 
 POLL_LIMIT = 120  # seconds: only keeps a broken test from hanging, never a speed claim
 
@@ -31,7 +33,7 @@ def no_behaviour_gate(model_name, monkeypatch):
 @pytest.fixture
 def snapshot(platform_env):
     """The bundled 20k real tweets: each candidate genuinely better than the last for the promotion
-    gate (significant paired win on ~4,000 held-out tweets, no golden flip: ml/gate.py)."""
+    gate (significant paired win on ~4,000 held-out tweets, no golden flip: ml/evaluation/gate.py)."""
     import realdata
 
     return data.validate_and_snapshot(realdata.SAMPLE)

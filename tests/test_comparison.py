@@ -9,7 +9,9 @@ import json
 import mlflow
 import pytest
 
-from ml import behaviour, compare, data, search, train
+from ml import data
+from ml.evaluation import behaviour
+from ml.stages import compare, search, train
 
 
 # ---------------------------------------------------------------- search spaces (no I/O)
@@ -249,6 +251,6 @@ def test_gate_refuses_label_flipped_candidate(mlflow_tracking, model_name, tweet
     run = mlflow.MlflowClient().get_run(run_id)
     assert run.data.tags["behaviour_passed"] == "false"
     assert run.data.metrics["behaviour_minimum_functionality_pass_rate"] < 0.8
-    from ml import registry
+    from ml.platform import registry
 
     assert registry.champion() is None

@@ -27,7 +27,7 @@ def test_dagbag_has_no_import_errors(platform_env):
     import subprocess
     import sys
 
-    from ml.orchestration import airflow_env
+    from ml.platform.orchestration import airflow_env
 
     res = subprocess.run(
         [sys.executable, "-c", DAGBAG_PROBE % str(DAGS)],
@@ -71,7 +71,7 @@ def test_dag_files_import_nothing_heavy_at_parse_time(path, platform_env):
     import subprocess
     import sys
 
-    from ml.orchestration import airflow_env
+    from ml.platform.orchestration import airflow_env
 
     res = subprocess.run(
         [sys.executable, "-c", IMPORT_PROBE % (str(DAGS.parent / "plugins"), str(path))],
@@ -171,7 +171,7 @@ def test_batch_scoring_is_unscheduled_and_the_inbox_triggers_it(platform_env):
     import subprocess
     import sys
 
-    from ml.orchestration import airflow_env
+    from ml.platform.orchestration import airflow_env
 
     res = subprocess.run(
         [sys.executable, "-c", DAGBAG_PROBE % str(DAGS)],

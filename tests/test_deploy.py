@@ -253,7 +253,7 @@ def _conflict(message: str) -> bool:
 
 
 def _use(monkeypatch, **env: str):
-    from ml.config import get_settings, reset_settings
+    from ml.platform.config import get_settings, reset_settings
 
     for k, v in env.items():
         monkeypatch.setenv(k, v)
@@ -343,8 +343,8 @@ def test_no_proc_parsing_in_the_platform_package():
 
 
 def test_airflow_password_is_generated_once_and_private(platform_env):
-    from ml.orchestration import airflow_env
     from ml.platform import airflow_client
+    from ml.platform.orchestration import airflow_env
 
     user, pw = airflow_client.airflow_credentials(platform_env)
     path = airflow_client.airflow_password_file(platform_env)
@@ -358,8 +358,8 @@ def test_airflow_password_is_generated_once_and_private(platform_env):
 
 
 def test_foreign_process_on_a_port_is_reported(platform_env, monkeypatch):
-    from ml.config import reset_settings
     from ml.platform import startup
+    from ml.platform.config import reset_settings
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))  # held by this test: no race
@@ -528,8 +528,8 @@ def test_deploy_tests_run_beside_a_platform_on_the_default_ports(platform_env, m
     with their own var/, and the fast deploy tests run beside them in a separate pytest."""
     import httpx
 
-    from ml.config import Settings
     from ml.platform import startup
+    from ml.platform.config import Settings
 
     for k in ("SENTIMENT_API_PORT", "SENTIMENT_MLFLOW_PORT", "SENTIMENT_AIRFLOW_PORT", "SENTIMENT_HOST"):
         monkeypatch.delenv(k, raising=False)
@@ -582,7 +582,7 @@ def test_first_up_offline_trains_on_the_bundled_sample_and_serves(platform_env, 
     import httpx
     import psycopg
 
-    from ml import db
+    from ml.platform import db
 
     base = db.libpq_url(os.environ["DATABASE_URL"])
     name = f"smops_off_{uuid.uuid4().hex[:8]}"

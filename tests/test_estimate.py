@@ -1,9 +1,9 @@
-"""The label-free accuracy estimate (CBPE, ml/estimate.py) against known accuracy.
+"""The label-free accuracy estimate (CBPE, ml/evaluation/estimate.py) against known accuracy.
 
 A real TF-IDF model on real tweets; the estimate is checked on subsets resampled to shift the
 confidence mix (so the true accuracy moves by several points) where the real labels are known,
 and through the nightly report: a real champion, its predictions on real tweets stored in the
-real ``predictions`` table, ``ml.monitoring.build_report`` -> summary, verdict and digest.
+real ``predictions`` table, ``ml.stages.monitoring.build_report`` -> summary, verdict and digest.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ import psycopg
 import pytest
 import realdata
 
-from ml import estimate, models, monitoring
+from ml import models
+from ml.evaluation import estimate
+from ml.stages import monitoring
 
 PERIOD = datetime(2025, 4, 10, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -77,7 +79,7 @@ def test_calibrator_is_json_and_monotone(fitted):
 def champion_report(own_champion, platform_env):
     """A real champion; its predictions on 3,000 other real tweets, shifted towards low confidence,
     stored for one past day; the report of that day."""
-    from ml import registry
+    from ml.platform import registry
 
     with own_champion("estimate", realdata.SAMPLE) as ch:
         model = registry.load_version(ch.version)

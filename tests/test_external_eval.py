@@ -1,4 +1,4 @@
-"""External evaluation (ml/external.py) and the paired test (ml/stats.py) wired into ml.train.
+"""External evaluation (ml/evaluation/external.py) and the paired test (ml/evaluation/stats.py) wired into ml.stages.train.
 
 Real PostgreSQL, real MLflow, real TF-IDF models on real tweets; the external set is the shared
 uniform sample of the whole Sentiment140 corpus (six columns, Latin-1; never trained on). The
@@ -17,9 +17,13 @@ import numpy as np
 import pytest
 import realdata
 
-from ml import compare, data, external, model_card, registry, train
-from ml.config import get_settings, reset_settings
-from ml.stats import mcnemar_mid_p, paired_comparison
+from ml import data
+from ml.evaluation import external
+from ml.evaluation.stats import mcnemar_mid_p, paired_comparison
+from ml.platform import registry
+from ml.platform.config import get_settings, reset_settings
+from ml.reports import model_card
+from ml.stages import compare, train
 
 UNIFORM = realdata.REPO.parent / "shared" / "data" / "sentiment140_uniform_eval.csv"
 

@@ -137,7 +137,7 @@ def test_pretrained_vectors_file(tiny_data, tmp_path):
 def test_cnn_through_mlflow_pyfunc(mlflow_tracking, tiny_data):
     import mlflow
 
-    from ml import registry
+    from ml.platform import registry
 
     texts, y = tiny_data
     m = models.create("cnn", **TINY["cnn"]).fit(texts[:300], y[:300])

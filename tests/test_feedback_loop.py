@@ -22,8 +22,10 @@ import realdata
 from fastapi.testclient import TestClient
 from loop_helpers import FRACTION, IDENTITIES, Loop, make_loop
 
-from ml import data, registry, retraining
-from ml.config import Settings, get_settings, reset_settings
+from ml import data
+from ml.platform import registry
+from ml.platform.config import Settings, get_settings, reset_settings
+from ml.stages import retraining
 
 POLL_LIMIT = 120  # seconds: only keeps a broken test from hanging, never a speed claim
 
@@ -76,7 +78,7 @@ def _retrainings(conn, name):
 
 
 def _airflow_db(settings) -> str:
-    from ml import db
+    from ml.platform import db
 
     return db.libpq_url(db.airflow_db_url(settings))
 
@@ -294,7 +296,7 @@ def test_compare_mode_retrains_through_a_comparison(loop, conn):
     r = retraining.get_retraining(rid)
     assert (r["mode"], r["reason"], r["n_feedback"]) == ("compare", "manual", 3)
     held = r["metrics"]["held_out"]
-    # the promotion gate (ml.gate): a promotion needs a higher accuracy AND a significant paired win
+    # the promotion gate (ml.evaluation.gate): a promotion needs a higher accuracy AND a significant paired win
     gate = r["gate"]
     assert gate["held_out"]["accuracy_a"] == pytest.approx(held["challenger"]["accuracy"])
     beats = (
@@ -350,7 +352,7 @@ def test_lineage_of_a_prediction_names_the_retraining_and_its_reports(loop, prom
     s = get_settings()
     r, new_version = promoted["retraining"], promoted["version"]
     from api.main import create_app
-    from ml import security
+    from ml.platform import security
 
     admin = {"Authorization": "Bearer " + security.create_key("lineage-test", ["admin"], s)[0]}  # the full lineage
     with TestClient(create_app(s)) as client:

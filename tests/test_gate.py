@@ -1,4 +1,4 @@
-"""The promotion gate (ml/gate.py, through ml.registry.decide_promotion): a challenger must beat the
+"""The promotion gate (ml/evaluation/gate.py, through ml.platform.registry.decide_promotion): a challenger must beat the
 champion for real on paired predictions, lose no slice, and flip no golden text from right to wrong.
 
 The rule's arithmetic on hand-made evidence first; then real TF-IDF models on the bundled 20k real
@@ -18,9 +18,12 @@ import pytest
 import realdata
 from loop_helpers import IDENTITIES
 
-from ml import behaviour, data, gate, registry, retraining, serving, train
-from ml.config import Settings, get_settings, reset_settings
-from ml.registry import decide_promotion
+from ml import data
+from ml.evaluation import behaviour, gate
+from ml.platform import registry
+from ml.platform.config import Settings, get_settings, reset_settings
+from ml.platform.registry import decide_promotion
+from ml.stages import retraining, serving, train
 
 S = Settings()
 POLICY = {"mode": "strict", "slice_tolerance": 0.02, "max_golden_flips": 0}
@@ -169,7 +172,7 @@ def test_a_challenger_equal_within_noise_is_not_promoted(snap20k, gate_only, con
 
 def test_a_clearly_better_challenger_is_promoted_and_the_card_says_what_changed(snap20k, gate_only, conn):
     """300 tweets vs 5,000 of the same split: significantly better, no slice lost, no golden flip."""
-    from ml import model_card
+    from ml.reports import model_card
 
     run1, d1 = _cycle(snap20k.hash, sample_size=300)
     assert d1["promoted"]
@@ -194,7 +197,7 @@ def test_a_clearly_better_challenger_is_promoted_and_the_card_says_what_changed(
 def _report(s, model, rows: list[tuple[int, str]], label: int) -> list[int]:
     """Store the champion's predictions of ``rows`` and report each as ``label`` (as the API does), by
     ``IDENTITIES`` identities of its own per text: an attacker holding many keys gets past the
-    trusted-label rules (ml/review.py), so the gate is what must stop it."""
+    trusted-label rules (ml/stages/review.py), so the gate is what must stop it."""
     champ = registry.champion(s)
     texts = [t for _, t in rows]
     preds = serving.prediction_rows(texts, model.predict_proba(texts), s.model_name, champ.version)

@@ -1,6 +1,6 @@
 """The platform's MLflow server runs with its authentication (`mlflow server --app-name basic-auth`),
 started exactly as `make up` starts it (ml.platform.startup.command): anonymous registry calls get 401,
-the platform's generated login (var/mlflow/credentials.json, 0600) works through ml.tracking.configure."""
+the platform's generated login (var/mlflow/credentials.json, 0600) works through ml.platform.tracking.configure."""
 
 from __future__ import annotations
 
@@ -24,8 +24,7 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 def test_anonymous_registry_calls_get_401_and_the_platform_login_works(platform_env, tmp_path):
-    from ml import db, tracking
-    from ml.platform import startup
+    from ml.platform import db, startup, tracking
 
     name = f"{db.database_name(platform_env.database_url)}_mlauth_{uuid.uuid4().hex[:6]}"
     s = platform_env.model_copy(
@@ -69,7 +68,7 @@ def test_anonymous_registry_calls_get_401_and_the_platform_login_works(platform_
             f"{api}/registered-models/create", json={"name": "intruder"}, auth=(creds["username"], "guess")
         )
         assert wrong.status_code == 401
-        # the platform's own processes log in with the generated credentials (ml.tracking.configure)
+        # the platform's own processes log in with the generated credentials (ml.platform.tracking.configure)
         for k in saved:
             os.environ.pop(k, None)
         import mlflow
@@ -86,7 +85,7 @@ def test_anonymous_registry_calls_get_401_and_the_platform_login_works(platform_
                 os.environ[k] = v
         os.killpg(proc.pid, 15)
         proc.wait(30)
-        from ml import tracking as t
+        from ml.platform import tracking as t
 
         t.configure(platform_env)  # back to the session's store
         base = db.libpq_url(platform_env.database_url)

@@ -20,8 +20,10 @@ import pytest
 import realdata
 from receivers import refused_port, smtp_receiver, webhook_receiver
 
-from ml import alerts, data, monitoring, registry, train
-from ml.config import get_settings, reset_settings
+from ml import data
+from ml.platform import registry
+from ml.platform.config import get_settings, reset_settings
+from ml.stages import alerts, monitoring, train
 
 TOPIC = ("work", "school", "exam", "class", "office", "boss", "homework", "study")
 DAY = timedelta(days=1)

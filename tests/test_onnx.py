@@ -128,7 +128,7 @@ def test_resave_of_an_onnx_loaded_model_keeps_the_export(tiny, tmp_path, monkeyp
 def test_mlflow_logs_the_export_with_the_model(tiny, mlflow_tracking, monkeypatch):
     import mlflow
 
-    from ml import registry
+    from ml.platform import registry
 
     m, _, fixed = tiny
     monkeypatch.delenv(ox.RUNTIME_ENV, raising=False)

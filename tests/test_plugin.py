@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from ml import monitoring
+from ml.stages import monitoring
 
 PLUGINS = Path(__file__).resolve().parent.parent / "plugins"
 
@@ -58,7 +58,7 @@ def plugin_module():
 
 
 def test_airflow_loads_and_mounts_the_plugin(platform_env, champion):
-    from ml.orchestration import airflow_env
+    from ml.platform.orchestration import airflow_env
 
     env = {
         **airflow_env(platform_env),
@@ -109,7 +109,7 @@ def test_notifier_records_an_alert(champion, conn, airflow_cli, tmp_path, platfo
     fails: sentiment_training on a file with no usable rows, run with ``airflow dags test``."""
     import psycopg
 
-    from ml import db
+    from ml.platform import db
 
     sys.path.insert(0, str(PLUGINS))
     try:

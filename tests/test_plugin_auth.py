@@ -46,7 +46,7 @@ def _stop(proc: subprocess.Popen) -> None:
 @pytest.fixture(scope="module")
 def api_server(platform_env, airflow_cli, tmp_path_factory):
     """Airflow's API server with the plugin, on a free port; yields (base URL, env, model name)."""
-    from ml.orchestration import airflow_env
+    from ml.platform.orchestration import airflow_env
 
     model = f"tweet-sentiment-auth-{uuid.uuid4().hex[:6]}"
     env = airflow_env(platform_env)

@@ -2,7 +2,7 @@
 for predictions of a few hundred made-up tweets and reports every one of them as the other label,
 with the feedback tokens the API gave it, as fast as it can (quotas off: "unlimited reports").
 
-What must hold (README "The closed loop", ml/review.py, ml/alerts.py rule feedback_burst):
+What must hold (README "The closed loop", ml/stages/review.py, ml/stages/alerts.py rule feedback_burst):
 - the burst guard raises ONE `feedback_burst` alert naming the identity, the number of reports and
   the period, its count following the burst; while it lasts the trigger answers `paused_burst`;
 - after the burst, the reports count nothing toward the threshold (one identity: not trusted; and
@@ -19,8 +19,9 @@ import pytest
 import realdata
 from fastapi.testclient import TestClient
 
-from ml import registry, retraining, security
-from ml.config import get_settings
+from ml.platform import registry, security
+from ml.platform.config import get_settings
+from ml.stages import retraining
 
 FLOOD = 611  # the incident: 611 made-up tweets reported within 30 s by one client
 

@@ -3,8 +3,8 @@ always come from the platform's settings)."""
 
 import pytest
 
-from ml.config import Settings
-from ml.registry import decide_promotion
+from ml.platform.config import Settings
+from ml.platform.registry import decide_promotion
 
 S = Settings()
 

@@ -1,4 +1,4 @@
-"""Labels the loop can trust (ml/review.py) and the review queue (api/routes/review.py), for real:
+"""Labels the loop can trust (ml/stages/review.py) and the review queue (api/routes/review.py), for real:
 a real champion, its predictions of real tweets in PostgreSQL, reports from several identities, and
 reviewers' decisions through the real API with real `review` keys.
 
@@ -17,8 +17,9 @@ import pytest
 import realdata
 from fastapi.testclient import TestClient
 
-from ml import registry, retraining, review, security, serving
-from ml.config import get_settings
+from ml.platform import registry, security
+from ml.platform.config import get_settings
+from ml.stages import retraining, review, serving
 
 
 @pytest.fixture

@@ -22,7 +22,9 @@ import pandas as pd
 import pytest
 import realdata
 
-from ml import data, registry, scoring
+from ml import data
+from ml.platform import registry
+from ml.stages import scoring
 
 
 @pytest.fixture(scope="module")
@@ -355,7 +357,7 @@ def _airflow_rows(settings, sql: str, params: tuple = ()) -> list[tuple]:
     """Rows from Airflow's own metadata database (the session's)."""
     import psycopg
 
-    from ml import db
+    from ml.platform import db
 
     with psycopg.connect(db.libpq_url(db.airflow_db_url(settings)), autocommit=True) as c:
         return c.execute(sql, params).fetchall()
@@ -543,8 +545,8 @@ def _stop(proc: subprocess.Popen) -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(not _redis_up(), reason="no Redis on 127.0.0.1:6379 to act as the Celery broker")
 def test_celery_worker_runs_scoring_shards(platform_env, airflow_cli, champion, score_input, tmp_path, conn):
-    from ml import db
-    from ml.orchestration import airflow_env
+    from ml.platform import db
+    from ml.platform.orchestration import airflow_env
 
     # a real champion and an input of 1,000 tweets -> 3 shards of 400
     path, _ = score_input
@@ -742,7 +744,7 @@ def test_inbox_dag_triggers_one_run_per_file_once(airflow_cli, champion, platfor
 def test_manual_run_does_not_wait_behind_the_watched_inbox(platform_env, champion, conn, tmp_path):
     """A real scheduler with sentiment_inbox watching var/inbox/: a file landing there and a manual
     run with input_path both complete, each in its own sentiment_batch_scoring run."""
-    from ml.orchestration import airflow_env
+    from ml.platform.orchestration import airflow_env
 
     inbox = platform_env.var / "inbox"
     for p in inbox.glob("*") if inbox.exists() else []:

@@ -1,4 +1,4 @@
-"""Shadow before promotion (ml/shadow.py), for real: ``sentiment_retraining`` through ``airflow dags test``
+"""Shadow before promotion (ml/stages/shadow.py), for real: ``sentiment_retraining`` through ``airflow dags test``
 while the API serves live requests. The challenger passes the gate, goes into shadow (the API answers
 with the champion and scores the same texts with the challenger off the request path), the
 ``shadow.window`` sensor reschedules until the window is full, and ``shadow.decide`` promotes it or not.
@@ -24,9 +24,11 @@ import realdata
 from fastapi.testclient import TestClient
 from loop_helpers import FRACTION, make_loop
 
-from ml import model_card, registry, retraining, review
-from ml import shadow as shadow_mod
-from ml.config import get_settings
+from ml.platform import registry
+from ml.platform.config import get_settings
+from ml.reports import model_card
+from ml.stages import retraining, review
+from ml.stages import shadow as shadow_mod
 
 WINDOW = 60  # shadowed requests
 REVIEWED = 24  # shadowed texts a reviewer labels (>= shadow_min_reviewed: a criterion)
@@ -57,7 +59,7 @@ def loop(own_champion, tweets_csv, pool_rows, request):
 
 
 def _airflow(settings, sql: str, args: tuple) -> list[tuple]:
-    from ml import db
+    from ml.platform import db
 
     with psycopg.connect(db.libpq_url(db.airflow_db_url(settings))) as aconn:
         return aconn.execute(sql, args).fetchall()

@@ -5,13 +5,15 @@ from __future__ import annotations
 import mlflow
 import pytest
 
-from ml import data, registry, train
+from ml import data
+from ml.platform import registry
+from ml.stages import train
 
 
 @pytest.fixture(scope="module")
 def snapshot(platform_env):
     """The bundled 20k real tweets (the promotion gate needs a held-out set big enough for a paired test
-    and a champion good enough for its golden set: ml/gate.py)."""
+    and a champion good enough for its golden set: ml/evaluation/gate.py)."""
     import realdata
 
     return data.validate_and_snapshot(realdata.SAMPLE)
@@ -27,7 +29,7 @@ def _run(snapshot_hash, **kw):
 @pytest.fixture
 def no_behaviour_gate(model_name, monkeypatch):
     """The promotion rule alone (a 20-feature model cannot pass the behavioural checks)."""
-    from ml.config import reset_settings
+    from ml.platform.config import reset_settings
 
     monkeypatch.setenv("SENTIMENT_BEHAVIOUR_CHECKS", "false")
     reset_settings()
@@ -97,8 +99,8 @@ def test_promote_runs_the_behaviour_gate(mlflow_tracking, model_name, snapshot, 
 def _dag_runs(dag_id: str) -> list[str]:
     import psycopg
 
-    from ml import db
-    from ml.config import get_settings
+    from ml.platform import db
+    from ml.platform.config import get_settings
 
     with psycopg.connect(db.libpq_url(db.airflow_db_url(get_settings()))) as aconn:
         return [r[0] for r in aconn.execute("SELECT run_id FROM dag_run WHERE dag_id = %s", (dag_id,)).fetchall()]
@@ -131,7 +133,7 @@ def _assert_rejected_by_the_gate(conn, name, champion_version, run_id):
 def test_a_more_accurate_candidate_failing_a_check_is_not_promoted(own_champion, tweets_csv, conn, monkeypatch):
     """Against an existing champion (300 tweets), a candidate on the whole training split is more accurate
     but gets plain sentences wrong that the gate (minimum functionality required at 100%) asks for."""
-    from ml.config import reset_settings
+    from ml.platform.config import reset_settings
 
     with own_champion("tweet-sentiment-gate", tweets_csv, sample_size=300, SENTIMENT_BEHAVIOUR_CHECKS="false") as c:
         for k, v in STRICT_MINIMUM_FUNCTIONALITY.items():

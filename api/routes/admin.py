@@ -1,9 +1,9 @@
 """The control plane over HTTP, for keys with scope ``admin`` (review marks: ``review`` too).
 
 Each route calls the same ``ml`` function as its CLI command: ``POST /admin/promote`` = ``ml promote
-RUN_ID`` (:func:`ml.train.promote`: behavioural gate + promotion rule), ``POST /admin/rollback`` =
-``ml promote --rollback`` (:func:`ml.registry.rollback`), ``POST /admin/review`` = ``ml review``
-(:func:`ml.retraining.review_feedback`, the reviewer recorded is the key), ``POST /admin/retrain``
+RUN_ID`` (:func:`ml.stages.train.promote`: behavioural gate + promotion rule), ``POST /admin/rollback`` =
+``ml promote --rollback`` (:func:`ml.platform.registry.rollback`), ``POST /admin/review`` = ``ml review``
+(:func:`ml.stages.retraining.review_feedback`, the reviewer recorded is the key), ``POST /admin/retrain``
 triggers the ``sentiment_retraining`` DAG through Airflow's REST API (a manual retraining:
 :func:`ml.platform.airflow_client.trigger_dag`)."""
 
@@ -59,7 +59,7 @@ def _conflict(exc: Exception) -> HTTPException:
 @router.post("/promote", responses={**AUTH, 409: {"description": "not evaluated / registered, or stale"}})
 def promote(body: PromoteRequest, caller: AdminCaller, settings: SettingsDep) -> dict[str, Any]:
     """The champion/challenger gate on a candidate (``ml promote RUN_ID``); moves the alias if it wins."""
-    from ml import train
+    from ml.stages import train
 
     log.warning("promotion of run %s asked by %s", body.run_id, caller.id)
     try:
@@ -71,7 +71,7 @@ def promote(body: PromoteRequest, caller: AdminCaller, settings: SettingsDep) ->
 @router.post("/rollback", responses={**AUTH, 409: {"description": "nothing to roll back to"}})
 def rollback(body: RollbackRequest, caller: AdminCaller, settings: SettingsDep) -> dict[str, Any]:
     """The previous champion back (``ml promote --rollback``), recorded as a ``rollback`` event."""
-    from ml import registry
+    from ml.platform import registry
 
     reason = body.reason or f"rollback asked by {caller.id}"
     try:
@@ -83,7 +83,7 @@ def rollback(body: RollbackRequest, caller: AdminCaller, settings: SettingsDep) 
 @router.post("/review", responses=AUTH)
 def review(body: ReviewRequest, caller: ReviewCaller, settings: SettingsDep) -> dict[str, Any]:
     """Mark reports reviewed (``ml review``); the reviewer recorded is the key's identity."""
-    from ml import retraining
+    from ml.stages import retraining
 
     try:
         n = retraining.review_feedback(body.feedback_ids, reviewer=caller.id, settings=settings)

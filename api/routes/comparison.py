@@ -19,7 +19,7 @@ _NONE = "no model comparison yet: run the sentiment_training DAG (or `ml compare
 
 
 def _latest(settings: Any) -> dict[str, Any]:
-    from ml.compare import latest_comparison
+    from ml.stages.compare import latest_comparison
 
     comp = latest_comparison(settings)
     if comp is None:

@@ -13,7 +13,8 @@ from fastapi import APIRouter, HTTPException, Request, status
 from api.auth import FeedbackCaller
 from api.deps import SettingsDep, WriterDep
 from api.schemas import ErrorResponse, FeedbackRequest, FeedbackResponse
-from ml import security, serving
+from ml.platform import security
+from ml.stages import serving
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from api.deps import ModelDep, SettingsDep, WriterDep, check_batch, check_text_l
 from api.model_manager import LoadedModel
 from api.schemas import BatchPrediction, BatchPredictRequest, Prediction, PredictRequest
 from api.writer import PredictionWriter
-from ml import security
-from ml.security import Identity
+from ml.platform import security
+from ml.platform.security import Identity
 
 router = APIRouter(tags=["predict"])
 

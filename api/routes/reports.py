@@ -9,7 +9,7 @@ from fastapi.responses import FileResponse
 
 from api.deps import SettingsDep, open_db
 from api.read_models import DriftReport, DriftReportSummary
-from ml import monitoring
+from ml.stages import monitoring
 
 router = APIRouter(tags=["reports"])
 

@@ -1,7 +1,7 @@
 """The review queue, for keys with scope ``review`` (or ``admin``): ``GET /review`` (the page),
 ``GET /review/queue`` (reported texts + least-confident live predictions, deduplicated by text) and
 ``POST /review/{item}`` (accept / reject / relabel; the item is the id of a prediction of the text).
-The reviewer recorded is the key's identity (:mod:`ml.review` holds the rules)."""
+The reviewer recorded is the key's identity (:mod:`ml.stages.review` holds the rules)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.auth import ReviewCaller
 from api.deps import SettingsDep, open_db
 from api.schemas import ErrorResponse, LabelId
-from ml import review
-from ml.serving import label_name
+from ml.stages import review
+from ml.stages.serving import label_name
 
 router = APIRouter(tags=["review"])
 

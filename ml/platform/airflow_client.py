@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ml.config import Settings, get_settings
+from ml.platform.config import Settings, get_settings
 from ml.platform.supervisor import ServiceError, say
 
 TRAINING_DAG = "sentiment_training"
@@ -24,13 +24,13 @@ TRAINING_DAG = "sentiment_training"
 
 def airflow_user(s: Settings | None = None) -> str:
     """The (first) user of Airflow's simple auth manager, as ``airflow_env`` configures it."""
-    from ml.orchestration import SIMPLE_AUTH_MANAGER_USERS
+    from ml.platform.orchestration import SIMPLE_AUTH_MANAGER_USERS
 
     return SIMPLE_AUTH_MANAGER_USERS.split(",")[0].split(":")[0].strip()
 
 
 def airflow_password_file(s: Settings | None = None) -> Path:
-    from ml.orchestration import SIMPLE_AUTH_MANAGER_PASSWORDS_FILE, airflow_home
+    from ml.platform.orchestration import SIMPLE_AUTH_MANAGER_PASSWORDS_FILE, airflow_home
 
     return airflow_home(s or get_settings()) / SIMPLE_AUTH_MANAGER_PASSWORDS_FILE
 

@@ -14,7 +14,7 @@ api                   ``uvicorn api.main:app`` on ``api_port``
 ===================== ==================================================================
 
 PostgreSQL is either the one named by ``DATABASE_URL`` or the embedded server under
-``var/pg`` (:func:`ml.db.database_url` starts it); ``down`` stops the embedded one only.
+``var/pg`` (:func:`ml.platform.db.database_url` starts it); ``down`` stops the embedded one only.
 
 ``up`` prepares what a service needs (databases, migrations, the Airflow password), asks the
 supervisor to run it (``var/run/supervisor-wanted.json`` + SIGHUP) and waits until it answers.
@@ -37,9 +37,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from ml.config import REPO_ROOT, Settings, get_settings
 from ml.platform import airflow_client
 from ml.platform.airflow_client import airflow_credentials, trigger_training
+from ml.platform.config import REPO_ROOT, Settings, get_settings
 from ml.platform.supervisor import (
     STATE_FILE,
     SUPERVISOR,
@@ -168,7 +168,7 @@ def settings_env(s: Settings, base: dict[str, str] | None = None) -> dict[str, s
 
 def platform_env(s: Settings, db_url: str, mlflow_url: str | None) -> dict[str, str]:
     """Environment for the API (and anything else of ours): same settings as this process."""
-    from ml import db
+    from ml.platform import db
 
     env = settings_env(s)
     env.update({
@@ -189,7 +189,7 @@ def _mlflow_url(s: Settings) -> str:
 
 def command(name: str, s: Settings) -> tuple[Service, list[str], dict[str, str]]:
     """(service, argv, env) to start ``name``; built afresh for every (re)start."""
-    from ml import db
+    from ml.platform import db
 
     svc = services(s)[name]
     if name == "mlflow":
@@ -207,7 +207,7 @@ def command(name: str, s: Settings) -> tuple[Service, list[str], dict[str, str]]
         env = platform_env(s, db.database_url(s), None)
         env.pop("MLFLOW_TRACKING_URI", None)
         if s.mlflow_auth:  # nobody but the platform registers models or moves the alias (README "Security")
-            from ml import tracking
+            from ml.platform import tracking
 
             argv += ["--app-name", "basic-auth"]
             env.update(tracking.mlflow_auth_env(s))
@@ -215,7 +215,7 @@ def command(name: str, s: Settings) -> tuple[Service, list[str], dict[str, str]]
         env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
         return svc, argv, env
     if name in AIRFLOW_SERVICES:
-        from ml.orchestration import airflow_env
+        from ml.platform.orchestration import airflow_env
 
         env = airflow_env(s, base=settings_env(s))
         env.pop("SMOPS_SERVICE", None)
@@ -396,7 +396,7 @@ class Steps:
 
 
 def start_postgres(s: Settings) -> str:
-    from ml import db
+    from ml.platform import db
 
     url = db.database_url(s)
     applied = db.migrate(url)
@@ -423,7 +423,7 @@ def _mlflow_auth_header(s: Settings) -> dict[str, str]:
     """HTTP basic auth of the platform's MLflow login (``var/mlflow/credentials.json``), if any."""
     import base64
 
-    from ml import tracking
+    from ml.platform import tracking
 
     creds = tracking.mlflow_credentials(s) if s.mlflow_auth else None
     if not creds:
@@ -446,7 +446,7 @@ def start_mlflow(s: Settings | None = None, timeout: float = 120) -> dict[str, A
 
 
 def airflow_db_migrate(s: Settings) -> None:
-    from ml.orchestration import airflow_env
+    from ml.platform.orchestration import airflow_env
 
     env = airflow_env(s, base=settings_env(s))
     log = s.logs_dir / "airflow-db-migrate.log"
@@ -492,7 +492,7 @@ def wait_airflow(s: Settings, baseline: dict[str, int], timeout: float = 180) ->
 
 
 def _champion(s: Settings):
-    from ml import registry, tracking
+    from ml.platform import registry, tracking
 
     tracking.configure(s)
     return registry.champion(s)
@@ -688,7 +688,7 @@ def down(settings: Settings | None = None, timeout: float = STOP_TIMEOUT) -> lis
             stopped.append(name)
     (s.run_dir / "mlflow.url").unlink(missing_ok=True)
     if not s.database_url:
-        from ml import db
+        from ml.platform import db
 
         if db.stop_embedded_postgres(s):
             say("stopped embedded PostgreSQL (data kept in %s)" % (s.var / "pg"))
@@ -727,7 +727,7 @@ def status(settings: Settings | None = None, quiet: bool = False) -> dict[str, A
             "restarts": x.get("restarts", 0), "last_exit": x.get("last_exit"), "last_exit_at": x.get("last_exit_at"),
             "crash_loop": bool(x.get("crash_loop")), "error": x.get("error"),
         }  # fmt: skip
-    from ml import db
+    from ml.platform import db
 
     if s.database_url:
         out["postgres"] = {"url": safe_url(db.libpq_url(s.database_url)), "embedded": False}

@@ -33,7 +33,7 @@ from typing import Any
 
 import psutil
 
-from ml.config import REPO_ROOT, Settings
+from ml.platform.config import REPO_ROOT, Settings
 
 SUPERVISOR = "supervisor"
 STATE_FILE = "supervisor-state.json"

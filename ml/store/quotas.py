@@ -1,4 +1,4 @@
-"""``rate_limit_counters``: fixed-window counters shared by every API process (ml/quotas.py)."""
+"""``rate_limit_counters``: fixed-window counters shared by every API process (ml/platform/quotas.py)."""
 
 from __future__ import annotations
 

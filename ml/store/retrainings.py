@@ -62,7 +62,7 @@ def champion_metrics_of(conn: psycopg.Connection, run_id: str) -> dict[str, Any]
     return row[0] if row else None
 
 
-# ------------------------------------------------- reports (what is pending: ml/review.py, ml/store/review.py)
+# ------------------------------------------------- reports (what is pending: ml/stages/review.py, ml/store/review.py)
 def mark_reviewed(conn: psycopg.Connection, feedback_ids: list[int], reviewer: str) -> int:
     cur = conn.execute(
         "UPDATE feedback SET reviewed = true, reviewed_at = now(), reviewed_by = %s"

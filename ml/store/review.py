@@ -1,4 +1,4 @@
-"""``reviews`` and the feedback reads behind trusted labels (ml/review.py) and the review queue."""
+"""``reviews`` and the feedback reads behind trusted labels (ml/stages/review.py) and the review queue."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import psycopg
 
 from ml.store._rows import many, one, returned
 
-# one row per report: what ml.review.judge needs
+# one row per report: what ml.stages.review.judge needs
 REPORT_COLUMNS = (
     "feedback_id",
     "prediction_id",

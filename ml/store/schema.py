@@ -1,5 +1,5 @@
 """Databases and the schema's migration bookkeeping (``schema_migrations``). The migrations
-themselves are the numbered files in ``sql/``; ``ml.db.migrate`` applies them in order."""
+themselves are the numbered files in ``sql/``; ``ml.platform.db.migrate`` applies them in order."""
 
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ def post_json(client, path: str, payload) -> object:
 
 def make_key(settings, *scopes: str, name: str | None = None) -> str:
     """A real API key, made by the function `ml keys create` calls (stored hashed in the session's database)."""
-    from ml import security
+    from ml.platform import security
 
     key, _ = security.create_key(name or f"test-{uuid.uuid4().hex[:8]}", list(scopes), settings, created_by="tests")
     return key

@@ -1,4 +1,4 @@
-"""API fixtures: real champions made by the real training path (``ml.train`` train ->
+"""API fixtures: real champions made by the real training path (``ml.stages.train`` train ->
 evaluate -> register -> promote, on 2,000 real tweets: a TF-IDF + logistic regression), in the
 session's real MLflow store; apps over the session's real PostgreSQL database."""
 
@@ -38,14 +38,14 @@ def snapshot(platform_env, tweets_csv):
 
 @pytest.fixture(scope="session")
 def publish(mlflow_tracking, snapshot) -> Callable[..., Published]:
-    """``publish(settings, **params)``: ``ml.train`` trains a TF-IDF model on the snapshot's
+    """``publish(settings, **params)``: ``ml.stages.train`` trains a TF-IDF model on the snapshot's
     training split, evaluates it on the held-out split, registers it under
     ``settings.model_name`` and promotes it. The promotion runs the real rule with
     ``promotion_gate = margin`` and ``promotion_margin = -1`` (a newer version always wins: these tests
     need each publish to become the champion; the paired significance test, slices and golden set of
     the strict gate are covered by tests/test_gate.py) and without the behavioural checks
     (tests/test_promotion.py covers them)."""
-    from ml import train
+    from ml.stages import train
 
     def _publish(settings, **params) -> Published:
         s = settings_with(settings, promotion_gate="margin", promotion_margin=-1.0, behaviour_checks=False)
@@ -99,7 +99,7 @@ def outage_db(platform_env):
 
     import psycopg
 
-    from ml import db
+    from ml.platform import db
 
     base = db.libpq_url(platform_env.database_url)
     admin = db.with_database(base, "postgres")

@@ -13,7 +13,7 @@ from api_helpers import fresh_model_name, running_app, settings_with, wait_for
 from api_helpers import report as send_report
 from receivers import refused_port, smtp_receiver, webhook_receiver
 
-from ml import alerts
+from ml.stages import alerts
 
 TEXTS = [
     "I love this, best day ever",

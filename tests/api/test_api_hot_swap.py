@@ -61,7 +61,7 @@ def test_hot_swap_under_load_then_rollback(platform_env, publish, conn, caplog):
         assert stored == {p["id"]: p["model_version"] for _, b in results for p in b["predictions"]}
 
         # the platform's rollback (alias + `rollback` event with the artifact digest) is followed the same way
-        from ml import registry
+        from ml.platform import registry
 
         assert registry.rollback(settings)["to_version"] == v1.version
         wait_for(

@@ -9,10 +9,10 @@ from api_helpers import POSITIVE_TEXT, fresh_model_name, running_app, settings_w
 
 
 def test_model_reports_what_training_recorded(client, champion, api_settings, conn):
-    """/model against what ml.train recorded: the MLflow run and the training_runs row."""
+    """/model against what ml.stages.train recorded: the MLflow run and the training_runs row."""
     import mlflow
 
-    from ml import tracking
+    from ml.platform import tracking
 
     r = client.get("/model")
     assert r.status_code == 200, r.text

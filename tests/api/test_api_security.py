@@ -205,7 +205,7 @@ def test_lineage_is_redacted_without_admin(api_settings, champion, admin_headers
 
 # ---------------------------------------------------------------- admin routes
 def test_admin_promotes_rolls_back_and_reviews_through_the_api(platform_env, publish, snapshot, conn, admin_headers):
-    from ml import train
+    from ml.stages import train
 
     s = settings_with(
         platform_env,

@@ -13,7 +13,7 @@ from api_helpers import running_app, settings_with, wait_for
 
 from api.predlog import LogFull, PredictionLog, decode, encode
 from api.writer import FlushError, PredictionWriter
-from ml import serving
+from ml.stages import serving
 
 
 def count_predictions_like(conn, marker: str) -> int:

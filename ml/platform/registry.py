@@ -1,6 +1,6 @@
 """Model registry: log a model to MLflow, register it, and move the ``champion`` alias.
 
-The promotion rule is one function, :func:`decide_promotion` (its gate against a champion: ``ml.gate``).
+The promotion rule is one function, :func:`decide_promotion` (its gate against a champion: ``ml.evaluation.gate``).
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import Any
 
 import pandas as pd
 
-from ml.config import Settings, get_settings
 from ml.models import SentimentModel
 from ml.models.base import decide
+from ml.platform.config import Settings, get_settings
 from ml.store import models as store
 
 log = logging.getLogger(__name__)
@@ -177,12 +177,12 @@ def decide_promotion(
 ) -> Decision:
     """THE promotion rule. A candidate that failed its behavioural checks is never promoted; the first
     model (no champion) is. Against a champion: without ``policy``, its ``metric`` on the same held-out
-    set must beat the champion's by more than ``margin``; with ``policy`` (``ml.train.promote`` always
+    set must beat the champion's by more than ``margin``; with ``policy`` (``ml.stages.train.promote`` always
     passes the settings': ``mode``, ``slice_tolerance``, ``max_golden_flips``) the gate of
-    :func:`ml.gate.decide` on the paired evidence ``gate`` (``ml.gate.compare``): margin AND a
+    :func:`ml.evaluation.gate.decide` on the paired evidence ``gate`` (``ml.evaluation.gate.compare``): margin AND a
     significant paired win AND no slice regression AND no golden right-to-wrong flip beyond the max.
     The per-criterion outcome is in ``Decision.checks``."""
-    from ml import gate as gate_mod
+    from ml.evaluation import gate as gate_mod
 
     if not checks_passed:
         return Decision(False, f"failed behavioural checks: {checks_reason}")
@@ -209,7 +209,7 @@ def set_champion(version: int, settings: Settings | None = None) -> None:
 def rollback(settings: Settings | None = None, reason: str | None = None) -> dict[str, Any]:
     """Put the previous champion back (``ml promote --rollback``), from the history in ``model_events``;
     recorded as a ``rollback`` event. Rolling back again goes one step further back."""
-    from ml import db
+    from ml.platform import db
 
     s = settings or get_settings()
     current = champion(s)

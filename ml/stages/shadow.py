@@ -1,11 +1,11 @@
 """Shadow before promotion: a retraining's challenger that passed the promotion gate first serves in
 shadow, and is promoted only if it holds up on live traffic.
 
-1. **Start** (:func:`start`, from ``ml.retraining.promote`` when ``shadow_requests`` or ``shadow_hours``
-   is set): ``ml.train.promote(hold=True)`` ran the gate without moving the alias. A ``shadows`` row
+1. **Start** (:func:`start`, from ``ml.stages.retraining.promote`` when ``shadow_requests`` or ``shadow_hours``
+   is set): ``ml.stages.train.promote(hold=True)`` ran the gate without moving the alias. A ``shadows`` row
    names the challenger version, the champion it shadows and the artifact sha256 recorded at
    registration (the API verifies it before loading, as for a champion); each model's isotonic
-   calibrator is fitted on its own predictions on the retraining's held-out split (``ml.estimate``) and
+   calibrator is fitted on its own predictions on the retraining's held-out split (``ml.evaluation.estimate``) and
    stored on the row; a ``shadow_started`` model_events row is written (not a promotion event: the API
    keeps serving the champion).
 2. **Window**: the API's model manager loads the running shadow beside the champion; every /predict
@@ -21,12 +21,12 @@ shadow, and is promoted only if it holds up on live traffic.
    - *reviewed labels*: where reviewers labelled shadowed texts (``reviews``, latest decision per text),
      both models' accuracy on them (paired); with at least ``shadow_min_reviewed`` of them the challenger's
      may be at most ``shadow_max_accuracy_drop`` below the champion's.
-   All hold: promoted through ``ml.train.confirm_promotion`` (same lock, a ``promoted`` event with the
+   All hold: promoted through ``ml.stages.train.confirm_promotion`` (same lock, a ``promoted`` event with the
    digest), only if the champion did not change meanwhile. Otherwise rejected (a ``rejected`` event). No
    request shadowed in the window: rejected (no evidence). The results are on the shadow, the retraining
    (``retrainings.gate["shadow"]``), the training run's decision and the model card.
 
-Both bounds 0 (the default of ``ml.config``; ``config/platform.yaml`` sets 500 requests / 24 h) is no
+Both bounds 0 (the default of ``ml.platform.config``; ``config/platform.yaml`` sets 500 requests / 24 h) is no
 shadow: the gate's promotion happens at once, as before.
 """
 
@@ -38,8 +38,8 @@ from typing import Any
 
 import numpy as np
 
-from ml import db
-from ml.config import Settings, get_settings
+from ml.platform import db
+from ml.platform.config import Settings, get_settings
 from ml.store import models as models_store
 from ml.store import retrainings as retrainings_store
 from ml.store import shadow as store
@@ -54,9 +54,11 @@ def enabled(settings: Settings | None = None) -> bool:
 
 # ---------------------------------------------------------------- start
 def calibrators(run_id: str, champion_version: int, settings: Settings | None = None) -> dict[str, Any]:
-    """Each model's isotonic calibrator (``ml.estimate.fit_calibrator``) fitted on its own predictions on
+    """Each model's isotonic calibrator (``ml.evaluation.estimate.fit_calibrator``) fitted on its own predictions on
     the held-out split of the challenger's snapshot (the set the gate compared them on)."""
-    from ml import estimate, registry, train
+    from ml.evaluation import estimate
+    from ml.platform import registry
+    from ml.stages import train
 
     s = settings or get_settings()
     with db.connect(s) as conn:
@@ -77,8 +79,8 @@ def calibrators(run_id: str, champion_version: int, settings: Settings | None = 
 
 
 def start(retraining_id: int | None, run_id: str, held: dict[str, Any], settings: Settings | None = None) -> int:
-    """Put a challenger that passed the gate (``held``: ``ml.train.promote(hold=True)``'s result) in shadow."""
-    from ml import registry
+    """Put a challenger that passed the gate (``held``: ``ml.stages.train.promote(hold=True)``'s result) in shadow."""
+    from ml.platform import registry
 
     s = settings or get_settings()
     version, champion_version = int(held["version"]), int(held["champion_version"])
@@ -150,8 +152,8 @@ def _acc(pred: np.ndarray, y: np.ndarray) -> float:
 
 def assess(rows: list[dict[str, Any]], calibration: dict[str, Any], settings: Settings | None = None) -> dict[str, Any]:
     """The shadow's evidence and the per-criterion outcome (pure: rows of ``ml.store.shadow.predictions``)."""
-    from ml import estimate
-    from ml.stats import paired_comparison
+    from ml.evaluation import estimate
+    from ml.evaluation.stats import paired_comparison
 
     s = settings or get_settings()
     drop_max = float(s.shadow_max_accuracy_drop)
@@ -239,10 +241,11 @@ def assess(rows: list[dict[str, Any]], calibration: dict[str, Any], settings: Se
 
 
 def decide(shadow_id: int, settings: Settings | None = None) -> dict[str, Any]:
-    """Close the window: promote the challenger (``ml.train.confirm_promotion``) or reject it, and record
+    """Close the window: promote the challenger (``ml.stages.train.confirm_promotion``) or reject it, and record
     the shadow's results on the shadow, the retraining and the training run. Idempotent: a shadow that
     already ended returns its recorded outcome."""
-    from ml import registry, train
+    from ml.platform import registry
+    from ml.stages import train
 
     s = settings or get_settings()
     sid = int(shadow_id)

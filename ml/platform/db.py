@@ -23,7 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
-from ml.config import REPO_ROOT, Settings, get_settings
+from ml.platform.config import REPO_ROOT, Settings, get_settings
 from ml.store import schema
 
 log = logging.getLogger(__name__)

@@ -5,19 +5,19 @@ more than 0.0") while it now labelled "load tweet this is great" negative. So th
 two models' *paired predictions* on three sets and records what changed:
 
 (a) the fixed held-out split (for a retraining: its parent's held-out texts with the parent's
-    labels, reported texts included, never trained on — ``ml/retraining.py``);
+    labels, reported texts included, never trained on — ``ml/stages/retraining.py``);
 (b) the reported tweets held out of a retraining's training (``retraining_report_eval_fraction``):
-    compared and recorded (``ml.retraining.evaluate``), not a promotion criterion — a few hundred
+    compared and recorded (``ml.stages.retraining.evaluate``), not a promotion criterion — a few hundred
     hand-picked champion errors are too small and too biased a sample to decide on;
 (c) the golden regression set: ``golden_path`` (config/golden.yaml: canonical tweets with their
-    labels) plus the labelled behavioural cases of ``ml.behaviour``.
+    labels) plus the labelled behavioural cases of ``ml.evaluation.behaviour``.
 
-:func:`compare` builds the *evidence* (``ml.train.evaluate`` stores it in ``training_runs.gate``);
-:func:`decide` is the rule (``ml.registry.decide_promotion`` delegates to it), with ``promotion_gate``:
+:func:`compare` builds the *evidence* (``ml.stages.train.evaluate`` stores it in ``training_runs.gate``);
+:func:`decide` is the rule (``ml.platform.registry.decide_promotion`` delegates to it), with ``promotion_gate``:
 
 ``strict`` (default) — a candidate is promoted over a champion only when
   1. its ``promotion_metric`` beats the champion's by more than the margin (as before), and
-  2. the win is statistically real: ``ml.stats.paired_comparison`` on the held-out set says
+  2. the win is statistically real: ``ml.evaluation.stats.paired_comparison`` on the held-out set says
      ``better`` at ``promotion_confidence`` (McNemar mid-p < 1 - confidence), and
   3. no slice (:data:`SLICES`) regresses beyond ``gate_slice_tolerance``: a slice regresses when its
      accuracy drops by more than the tolerance AND the paired test on the slice says ``worse`` (a
@@ -75,7 +75,7 @@ def slice_masks(texts: Sequence[str]) -> dict[str, np.ndarray]:
 
 # ---------------------------------------------------------------- the golden set
 def _golden_file(path: str | Path | None) -> Path:
-    from ml.config import REPO_ROOT
+    from ml.platform.config import REPO_ROOT
 
     p = Path(path) if path else REPO_ROOT / "config" / "golden.yaml"
     return p if p.is_absolute() else REPO_ROOT / p
@@ -85,7 +85,7 @@ def _golden_file(path: str | Path | None) -> Path:
 def _load_golden(path: str, mtime: float) -> tuple[tuple[str, int], ...]:
     import yaml
 
-    from ml import behaviour
+    from ml.evaluation import behaviour
 
     doc = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     rows: list[tuple[str, int]] = []
@@ -108,7 +108,7 @@ def _load_golden(path: str, mtime: float) -> tuple[tuple[str, int], ...]:
 def golden_set(settings=None) -> tuple[tuple[str, int], ...]:
     """(text, label) of the golden regression set: ``golden_path`` + the labelled behavioural cases.
     A missing or malformed file is an error, never an empty set."""
-    from ml.config import get_settings
+    from ml.platform.config import get_settings
 
     s = settings or get_settings()
     p = _golden_file(s.golden_path)
@@ -142,7 +142,7 @@ def held_out_evidence(
     y: Sequence[int], texts: Sequence[str], cand_proba: np.ndarray, champ_proba: np.ndarray, confidence: float
 ) -> dict[str, Any]:
     """Paired comparison on the held-out set, per slice, and which texts changed label."""
-    from ml.stats import paired_comparison
+    from ml.evaluation.stats import paired_comparison
 
     y_arr = np.asarray(y).astype(int)
     a, b = _labels(cand_proba), _labels(champ_proba)
@@ -254,7 +254,7 @@ def compare_models(
     champion_version: int | None = None,
 ) -> dict[str, Any]:
     """:func:`compare` on two models (anything with ``predict_proba``); given probabilities are reused."""
-    from ml.config import get_settings
+    from ml.platform.config import get_settings
 
     s = settings or get_settings()
     golden = golden_set(s)

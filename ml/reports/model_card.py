@@ -1,5 +1,5 @@
 """The champion's model card: version, metrics (held-out and on the external set), what changed
-against the champion it replaced (the promotion gate's flip report), its shadow results (``ml.shadow``:
+against the champion it replaced (the promotion gate's flip report), its shadow results (``ml.stages.shadow``:
 agreement, estimated and reviewed live accuracy beside the champion it replaced) and the latest shadow,
 training snapshot (and its lineage), behavioural
 checks, feedback against the retraining threshold, the latest retrainings and alerts. JSON for
@@ -11,7 +11,7 @@ import html
 from datetime import UTC, datetime
 from typing import Any
 
-from ml.config import Settings, get_settings
+from ml.platform.config import Settings, get_settings
 from ml.store import lineage as lineage_store
 from ml.store import models as models_store
 
@@ -30,7 +30,9 @@ METRIC_KEYS = (
 def model_card(settings: Settings | None = None) -> dict[str, Any]:
     import mlflow
 
-    from ml import alerts, db, lineage, registry, retraining, tracking
+    from ml.platform import db, registry, tracking
+    from ml.reports import lineage
+    from ml.stages import alerts, retraining
 
     s = settings or get_settings()
     tracking.configure(s)
@@ -64,7 +66,7 @@ def model_card(settings: Settings | None = None) -> dict[str, Any]:
         "dataset_hash": tags.get("dataset_hash"),
         "metrics": metrics,
         "retraining_id": tags.get("retraining_id"),
-        # accuracy etc. on external_eval_path at evaluation (ml.external); None: evaluated without one
+        # accuracy etc. on external_eval_path at evaluation (ml.evaluation.external); None: evaluated without one
         "external": (
             {**external, "content_hash": tags.get("external_eval_hash"), "path": tags.get("external_eval_path")}
             if external
@@ -90,7 +92,7 @@ def model_card(settings: Settings | None = None) -> dict[str, Any]:
                 c["retraining"].pop("training_feedback_ids", None)
                 c["retraining"].pop("feedback_ids", None)
         events = models_store.recent_events(conn, s.model_name, 10)
-        from ml import shadow as shadow_mod
+        from ml.stages import shadow as shadow_mod
         from ml.store import shadow as shadow_store
 
         card["champion"]["shadow"] = shadow_mod.summary(shadow_store.of_version(conn, s.model_name, champ.version))

@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = REPO_ROOT / "config" / "platform.yaml"
 
 
@@ -51,11 +51,11 @@ class Settings(BaseSettings):
     experiment_name: str = "tweet-sentiment"
     promotion_metric: str = "accuracy"
     promotion_margin: float = 0.0
-    # external evaluation (ml/external.py): a labelled file scored for every evaluated candidate and
-    # the champion; a candidate significantly worse on it (paired test, ml/stats.py) is not promoted
+    # external evaluation (ml/evaluation/external.py): a labelled file scored for every evaluated candidate and
+    # the champion; a candidate significantly worse on it (paired test, ml/evaluation/stats.py) is not promoted
     external_eval_path: Path | None = None
     promotion_confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
-    # the promotion gate (ml/gate.py): strict = margin + significant paired win + slices + golden set;
+    # the promotion gate (ml/evaluation/gate.py): strict = margin + significant paired win + slices + golden set;
     # margin = the plain metric-margin rule (evidence recorded, not enforced)
     promotion_gate: str = "strict"
     gate_slice_tolerance: float = Field(default=0.02, ge=0.0)  # max accuracy drop of a slice (if significant)
@@ -68,11 +68,11 @@ class Settings(BaseSettings):
     test_size: float = 0.2
     default_family: str = "tfidf_lr"
 
-    # model comparison (ml.search / ml.compare); the search spaces live in their own file
+    # model comparison (ml.stages.search / ml.stages.compare); the search spaces live in their own file
     search_space_path: Path = Path("config/search_space.yaml")
     comparison_profile: str = "quick"
 
-    # behavioural checks (ml.behaviour): minimum pass rate per check type before promotion
+    # behavioural checks (ml.evaluation.behaviour): minimum pass rate per check type before promotion
     behaviour_checks: bool = True
     behaviour_min_functionality: float = 0.8
     behaviour_negation: float = 0.5
@@ -97,7 +97,7 @@ class Settings(BaseSettings):
     api_max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)  # larger request bodies: 413
     api_db_pool_size: int = Field(default=4, ge=1)  # pooled connections per worker (/feedback)
 
-    # monitoring (ml/monitoring.py, DAG sentiment_monitoring)
+    # monitoring (ml/stages/monitoring.py, DAG sentiment_monitoring)
     monitoring_hours: float = 24.0
     monitoring_max_rows: int = 10_000
     monitoring_reference_max_rows: int = 10_000
@@ -111,7 +111,7 @@ class Settings(BaseSettings):
     monitoring_accuracy_tolerance: float = 0.05
     monitoring_min_rows: int = 100
 
-    # alerts (ml/alerts.py): `alert_misclassification_count` reports within `alert_window_seconds`
+    # alerts (ml/stages/alerts.py): `alert_misclassification_count` reports within `alert_window_seconds`
     # raise one alert per burst; a log line always, a webhook / e-mail when configured
     alert_misclassification_count: int = Field(default=3, ge=1)
     alert_window_seconds: float = Field(default=300.0, gt=0)
@@ -125,22 +125,22 @@ class Settings(BaseSettings):
     alert_email_from: str = "sentiment-platform@localhost"
     alert_email_to: str | None = None  # comma-separated addresses
 
-    # drift-report delivery (ml/alerts.py deliver_report, last task of DAG sentiment_monitoring)
+    # drift-report delivery (ml/stages/alerts.py deliver_report, last task of DAG sentiment_monitoring)
     public_api_url: str | None = None  # base of the links in messages; unset: http://<host>:<api_port>
     report_recipients: str | None = None  # comma-separated addresses that receive every drift report
     report_webhook: bool = True  # alert_webhook_url also receives every report (kind "drift_report")
 
-    # feedback-triggered retraining (ml/retraining.py, DAG sentiment_retraining)
+    # feedback-triggered retraining (ml/stages/retraining.py, DAG sentiment_retraining)
     retraining_feedback_fraction: float = 0.005  # reports needed = this x the champion's corpus rows
     retraining_on_drift: bool = False  # a drift report alone also triggers a retraining
     retraining_mode: str = "champion"  # champion (its family + params) | compare
     retraining_promotion_margin: float | None = None  # None: promotion_margin
     retraining_report_eval_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
     feedback_review_required: bool = False  # only reviewed reports enter a retraining set
-    # labels the loop can trust (ml/review.py): agreement of identities or a reviewer; per-identity cap
+    # labels the loop can trust (ml/stages/review.py): agreement of identities or a reviewer; per-identity cap
     feedback_min_identities: int = Field(default=3, ge=1)  # distinct identities giving one label
     feedback_max_identity_share: float = Field(default=0.1, gt=0.0, le=1.0)  # of the threshold, per identity
-    # burst guard (ml/alerts.py rule feedback_burst): pauses the retraining trigger, raises an alert
+    # burst guard (ml/stages/alerts.py rule feedback_burst): pauses the retraining trigger, raises an alert
     feedback_burst_identity_count: int = Field(default=20, ge=1)  # wrong-reports from ONE identity ...
     feedback_burst_window_seconds: float = Field(default=300.0, gt=0)  # ... within this window
     feedback_burst_rate_factor: float = Field(default=10.0, ge=1.0)  # all reports in a window >= this x normal
@@ -149,7 +149,7 @@ class Settings(BaseSettings):
     feedback_burst_quiet_seconds: float = Field(default=3600.0, ge=0)  # the burst ends after this quiet time
     # review queue (api/routes/review.py): reported texts + least-confident live predictions
     review_queue_hours: float = Field(default=168.0, gt=0)  # predictions / reports this recent
-    # shadow before promotion (ml/shadow.py): a retraining's challenger that passed the gate first serves in
+    # shadow before promotion (ml/stages/shadow.py): a retraining's challenger that passed the gate first serves in
     # shadow until shadow_requests live requests were scored beside the champion or shadow_hours passed
     # (whichever comes first; 0 = no such bound); both 0: no shadow, promotion at once (config/platform.yaml
     # sets the production window)
@@ -160,7 +160,7 @@ class Settings(BaseSettings):
     shadow_min_reviewed: int = Field(default=20, ge=1)  # reviewed shadowed texts before they are a criterion
     shadow_queue_max: int = Field(default=10000, ge=1)  # API: shadow items waiting; beyond it dropped (counted)
 
-    # security (ml/security.py, ml/quotas.py, api/auth.py; README "Security"): who may do what
+    # security (ml/platform/security.py, ml/platform/quotas.py, api/auth.py; README "Security"): who may do what
     anonymous_predict: bool = True  # /predict (and /feedback on one's own predictions) without a key
     feedback_token_secret: SecretStr | None = None  # unset: generated once in var/secrets/feedback_token.key (0600)
     feedback_token_max_age_seconds: float = Field(default=7 * 86400, gt=0)

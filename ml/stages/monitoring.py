@@ -26,7 +26,7 @@ One report = one period (default: the last ``monitoring_hours``):
   is below the champion's training-time held-out accuracy (MLflow metric ``accuracy``) by more
   than ``monitoring_accuracy_tolerance`` (with at least ``monitoring_min_rows`` predictions): the
   bound can only overstate accuracy, so this never fires for unreported errors alone.
-- **estimate** (``ml.estimate``): a label-free accuracy estimate (CBPE) of the period's
+- **estimate** (``ml.evaluation.estimate``): a label-free accuracy estimate (CBPE) of the period's
   predictions served by the champion: the mean probability of being right of each prediction
   under an isotonic calibration fitted on the reference (cached as ``calibration.json`` beside it).
 
@@ -53,9 +53,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ml.config import Settings, get_settings
 from ml.features import HASHTAG_RE, MENTION_RE, URL_RE, preprocess
 from ml.models.base import decide
+from ml.platform.config import Settings, get_settings
 from ml.store import reports as store
 
 log = logging.getLogger(__name__)
@@ -155,7 +155,7 @@ def reference_dir(version: int, settings: Settings | None = None) -> Path:
 
 def load_reference(settings: Settings | None = None) -> tuple[pd.DataFrame, dict[str, Any], set[str]]:
     """The champion's reference (frame, meta, vocabulary): from the cache, else computed once."""
-    from ml import registry, tracking
+    from ml.platform import registry, tracking
 
     s = settings or get_settings()
     tracking.configure(s)
@@ -182,7 +182,8 @@ def build_reference(champ, settings: Settings | None = None) -> tuple[pd.DataFra
     """Score the champion's held-out set (capped, stratified) and cache it with its vocabulary."""
     import mlflow
 
-    from ml import data, registry
+    from ml import data
+    from ml.platform import registry
 
     s = settings or get_settings()
     t0 = time.perf_counter()
@@ -539,7 +540,7 @@ def verdict_line(summary: dict[str, Any]) -> str:
     if fb["concept_drift"]:
         acc += " - CONCEPT DRIFT"
     if summary.get("estimate") is not None:
-        from ml.estimate import statement
+        from ml.evaluation.estimate import statement
 
         acc += f"; {statement(summary['estimate'])}"
     head = f"DRIFT in {', '.join(drifted)}" if drifted else "No drift"
@@ -576,7 +577,7 @@ def report_digest(
     """The short summary of a stored report that the channels carry (webhook JSON, e-mail text).
 
     ``retraining``: misclassification reports since the champion was trained against the retraining
-    threshold (``ml.retraining.check_trigger``'s decision or ``pending_count``), None when unknown."""
+    threshold (``ml.stages.retraining.check_trigger``'s decision or ``pending_count``), None when unknown."""
     s = settings or get_settings()
     fb = summary.get("feedback") or {}
     metrics = summary.get("metrics") or {}
@@ -585,7 +586,7 @@ def report_digest(
         signals.append("concept drift (live accuracy bound below training accuracy)")
     status = summary["status"]
     predictions = (summary.get("current") or {}).get("rows_in_period", 0)
-    from ml.estimate import statement as estimate_statement
+    from ml.evaluation.estimate import statement as estimate_statement
 
     est = summary.get("estimate") or {"status": "not computed for this report"}
     retr = None
@@ -619,7 +620,7 @@ def report_digest(
         "accuracy": fb.get("accuracy_statement")
         or accuracy_statement(predictions, fb.get("reported_wrong"), fb.get("live_accuracy_upper_bound")),
         "training_accuracy": fb.get("training_accuracy"),
-        # the label-free estimate (ml.estimate, CBPE): no feedback needed; None with a status when
+        # the label-free estimate (ml.evaluation.estimate, CBPE): no feedback needed; None with a status when
         # there is nothing to estimate (empty period, no prediction by the champion, a failure)
         "estimated_accuracy": est.get("estimated_accuracy"),
         "estimated_accuracy_status": (
@@ -669,7 +670,7 @@ def _empty_html(summary: dict[str, Any]) -> str:
 
 
 def _store(summary: dict[str, Any], s: Settings) -> None:
-    from ml import db
+    from ml.platform import db
 
     fb = summary.get("feedback") or {}
     with db.connect(s) as conn:
@@ -735,7 +736,7 @@ def _build(
     s: Settings,
     t0: float,
 ) -> dict[str, Any]:
-    from ml import db
+    from ml.platform import db
 
     log.info("monitoring %s: report %s for %s -> %s", s.model_name, report_id, a.isoformat(), b.isoformat())
     with db.connect(s) as conn:
@@ -771,7 +772,7 @@ def _build(
     if current.empty:
         champ = None
         try:
-            from ml import registry, tracking
+            from ml.platform import registry, tracking
 
             tracking.configure(s)
             champ = registry.champion(s)
@@ -818,7 +819,7 @@ def _build(
             fb = feedback_stats(conn, s.model_name, a, b, counts["total"], meta.get("training_accuracy"), s)
         metrics = summarise(results, current, reference, s)
         try:
-            from ml import estimate
+            from ml.evaluation import estimate
 
             est = estimate.period_estimate(current, reference, meta, s)
         except Exception as e:  # the estimate is one figure of the report: it never costs the report
@@ -863,7 +864,7 @@ def _reading(conn, settings: Settings | None):
     """The caller's connection, or one of the settings' own (a context manager either way)."""
     from contextlib import nullcontext
 
-    from ml import db
+    from ml.platform import db
 
     return nullcontext(conn) if conn is not None else db.connect(settings or get_settings())
 

@@ -11,7 +11,7 @@ import os
 import subprocess
 from functools import lru_cache
 
-from ml.config import REPO_ROOT, Settings, get_settings
+from ml.platform.config import REPO_ROOT, Settings, get_settings
 
 MLFLOW_URL_FILE = "mlflow.url"
 MLFLOW_CREDENTIALS_FILE = "credentials.json"  # under var/mlflow/, mode 0600
@@ -54,7 +54,7 @@ def mlflow_credentials(settings: Settings | None = None, create: bool = False) -
 def mlflow_auth_env(settings: Settings | None = None) -> dict[str, str]:
     """Environment of ``mlflow server --app-name basic-auth``: its config file (admin login, users in the
     PostgreSQL database ``<mlflow db>_auth``, no permission for other users) and the Flask secret."""
-    from ml import db
+    from ml.platform import db
 
     s = settings or get_settings()
     creds = mlflow_credentials(s, create=True)
@@ -109,7 +109,7 @@ def tracking_uri(settings: Settings | None = None) -> str:
     url_file = s.run_dir / MLFLOW_URL_FILE
     if url_file.exists():
         return url_file.read_text().strip()
-    from ml import db
+    from ml.platform import db
 
     url = db.mlflow_backend_url(s)
     db.ensure_database(url)

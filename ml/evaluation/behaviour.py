@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from ml.config import Settings, get_settings
 from ml.models.base import decide
+from ml.platform.config import Settings, get_settings
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ Rule ``misclassification_burst`` (from the original deployment): ``alert_misclas
   it. **Drift reports** themselves (``deliver_report``, last task of ``sentiment_monitoring``) go to
   ``report_recipients`` by e-mail and to the webhook; the webhook tells both apart by ``kind``
   (``"alert"`` | ``"drift_report"``).
-- **Channels**: a log line always (``WARNING`` on logger ``ml.alerts``), a webhook (HTTP POST of
+- **Channels**: a log line always (``WARNING`` on logger ``ml.stages.alerts``), a webhook (HTTP POST of
   the alert as JSON) when ``alert_webhook_url`` is set, e-mail (SMTP) when ``alert_smtp_host`` and
   ``alert_email_to`` are set. The webhook and e-mail are sent by a background thread, off the
   request path; what each channel did (sent / failed + error) is recorded in ``alerts.channels``.
@@ -43,8 +43,8 @@ from typing import Any, cast
 
 import psycopg
 
-from ml import db
-from ml.config import Settings, get_settings
+from ml.platform import db
+from ml.platform.config import Settings, get_settings
 from ml.store import alerts as store
 from ml.store import reports as reports_store
 
@@ -151,7 +151,7 @@ def _evaluate_locked(conn: psycopg.Connection, model_name: str, feedback_id: int
         last_report_at=last,
         message=message,
         details=details,
-        channels=[_channel_result("log", "logger ml.alerts", "sent")],
+        channels=[_channel_result("log", "logger ml.stages.alerts", "sent")],
     )
     if alert_id is None:  # cannot happen under the lock; the unique index is the second guard
         return res
@@ -195,10 +195,10 @@ def evaluate_burst(conn: psycopg.Connection, model_name: str, s: Settings) -> di
     One open alert per model while the burst lasts: raised at the first crossing, its count, period
     and identities rewritten on every report of the burst; resolved once ``feedback_burst_quiet_seconds``
     pass without burst-level reporting. While it is open the retraining trigger answers ``paused_burst``
-    (``ml.retraining.check_trigger`` calls this too, so a burst the alert thread has not seen yet
-    pauses it as well). Identities are named redacted (``ml.review.redact``); the alert keeps only
+    (``ml.stages.retraining.check_trigger`` calls this too, so a burst the alert thread has not seen yet
+    pauses it as well). Identities are named redacted (``ml.stages.review.redact``); the alert keeps only
     their sha256 to recount them. Returns ``{"open", "raised", "alert_id", "message", ...}``."""
-    from ml.review import redact
+    from ml.stages.review import redact
 
     window, quiet = float(s.feedback_burst_window_seconds), float(s.feedback_burst_quiet_seconds)
     now = store.lock(conn, RULE_FEEDBACK_BURST, model_name)
@@ -295,7 +295,7 @@ def evaluate_burst(conn: psycopg.Connection, model_name: str, s: Settings) -> di
         last_report_at=last,
         message=message,
         details=details,
-        channels=[_channel_result("log", "logger ml.alerts", "sent")],
+        channels=[_channel_result("log", "logger ml.stages.alerts", "sent")],
     )
     if alert_id is None:  # the unique index: another process raised it a moment ago
         return res
@@ -328,7 +328,7 @@ def raise_event(
                 severity,
                 message,
                 details or {},
-                [_channel_result("log", "logger ml.alerts", "sent")],
+                [_channel_result("log", "logger ml.stages.alerts", "sent")],
             )
     except Exception as e:  # noqa: BLE001 - a failure callback must not fail
         log.error("could not record alert %s: %s", rule, e)
@@ -489,7 +489,7 @@ def drift_alert(summary: dict[str, Any], settings: Settings | None = None) -> di
     ``n_reports``, ``details.report_ids``); an ``ok`` report resolves it (an ``empty`` one says nothing).
     Same lock and unique index as the burst rule. Returns ``{"alert_id", "raised", "continued",
     "resolved", "message"}``; sending is the caller's."""
-    from ml import monitoring
+    from ml.stages import monitoring
 
     s = settings or get_settings()
     model, rid, status = summary["model_name"], summary["id"], summary["status"]
@@ -537,7 +537,7 @@ def drift_alert(summary: dict[str, Any], settings: Settings | None = None) -> di
             last_report_at=created,
             message=message,
             details=details,
-            channels=[_channel_result("log", "logger ml.alerts", "sent")],
+            channels=[_channel_result("log", "logger ml.stages.alerts", "sent")],
         )
     if alert_id is not None:
         log.warning("ALERT %s #%s: %s", RULE_DRIFT, alert_id, message)
@@ -548,7 +548,7 @@ def drift_alert(summary: dict[str, Any], settings: Settings | None = None) -> di
 def _retraining_status(s: Settings) -> dict[str, Any] | None:
     """Reports since the champion was trained against the retraining threshold (None when unknown)."""
     try:
-        from ml import retraining
+        from ml.stages import retraining
 
         ctx = retraining.champion_context(s)
         return retraining.pending_count(ctx, s) if ctx is not None else None
@@ -560,7 +560,7 @@ def _retraining_status(s: Settings) -> dict[str, Any] | None:
 def deliver_report(
     report: dict[str, Any] | str, retraining: dict[str, Any] | None = None, settings: Settings | None = None
 ) -> dict[str, Any]:
-    """Tell people about one stored drift report: its digest (``ml.monitoring.report_digest``: verdict,
+    """Tell people about one stored drift report: its digest (``ml.stages.monitoring.report_digest``: verdict,
     drifted signals, prediction volume, reported-wrong count and what it means for accuracy, reports
     against the retraining threshold, a link to the HTML) to ``report_recipients`` by e-mail and to
     the webhook (``kind: "drift_report"``, with ``report_webhook``); a drift verdict also raises the
@@ -569,7 +569,7 @@ def deliver_report(
 
     Each channel's outcome is appended to the report's stored summary (``delivery``); a failing
     channel is recorded, never raised. Returns ``{"report_id", "status", "channels", "alert", "digest"}``."""
-    from ml import monitoring
+    from ml.stages import monitoring
 
     s = settings or get_settings()
     rid = report if isinstance(report, str) else report["id"]
@@ -586,7 +586,7 @@ def deliver_report(
     digest = monitoring.report_digest(summary, retraining, s)
     digest["alert_id"] = alert.get("alert_id") if (alert.get("raised") or alert.get("continued")) else None
     log.info("DRIFT REPORT %s (%s): %s - %s", rid, digest["verdict"], summary["verdict"], digest["report_url"])
-    results = [_channel_result("log", "logger ml.alerts", "sent")]
+    results = [_channel_result("log", "logger ml.stages.alerts", "sent")]
     if s.alert_webhook_url and s.report_webhook:
         target = _redacted(s.alert_webhook_url)
         try:

@@ -7,7 +7,7 @@ accuracy vs inference time; logged to the parent MLflow run and stored in Postgr
 
 The winner is the family whose best trial scored highest on the *validation* split (the
 selection metric, ``accuracy`` unless configured), so the held-out split only reports; it is
-then registered and goes through the champion/challenger gate (``ml.train.promote``).
+then registered and goes through the champion/challenger gate (``ml.stages.train.promote``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ml.config import Settings, get_settings
+from ml.platform.config import Settings, get_settings
 from ml.store import models as store
 from ml.store import snapshots as snapshots_store
 
@@ -29,11 +29,11 @@ COLUMNS = [  # key, header, format
     ("accuracy", "accuracy", "{:.4f}"),
     ("f1", "F1", "{:.4f}"),
     ("roc_auc", "ROC AUC", "{:.4f}"),
-    ("external_accuracy", "external acc", "{:.4f}"),  # on external_eval_path (ml.external), when set
+    ("external_accuracy", "external acc", "{:.4f}"),  # on external_eval_path (ml.evaluation.external), when set
     ("inference_ms_per_tweet", "ms/tweet", "{:.3f}"),
     ("model_size_mb", "size MB", "{:.2f}"),
     ("training_seconds", "train s", "{:.1f}"),
-    ("budget", "budget used s", None),  # the family's fits / its budget_seconds (ml.search)
+    ("budget", "budget used s", None),  # the family's fits / its budget_seconds (ml.stages.search)
     ("epochs", "epochs", "{:.2f}"),  # the best trial's passes over its training pool (fractional)
     ("steps", "steps", "{:,}"),
     ("examples_seen", "seen", "{:,}"),  # examples the best trial trained on (repeats counted)
@@ -200,8 +200,8 @@ def plot_accuracy_vs_latency(rows: list[dict[str, Any]], path: Path, winner: str
 
 
 def _add_external(rows: list[dict[str, Any]], s: Settings) -> None:
-    """The external-set figures ``ml.train.evaluate`` stored for each row's run (and the champion's)."""
-    from ml import db
+    """The external-set figures ``ml.stages.train.evaluate`` stored for each row's run (and the champion's)."""
+    from ml.platform import db
 
     with db.connect(s) as conn:
         for r in rows:
@@ -223,7 +223,8 @@ def write_comparison(
     here) and store them in ``comparisons``. Returns id, winner family and run."""
     import mlflow
 
-    from ml import db, search, tracking
+    from ml.platform import db, tracking
+    from ml.stages import search
 
     s = settings or get_settings()
     if not rows:
@@ -290,7 +291,8 @@ def write_comparison(
 def register_best(comparison: dict[str, Any] | int, settings: Settings | None = None) -> str:
     """Register the comparison's winner (a new registry version) and record the version on the
     comparison. Returns the winner's run id (for the gate)."""
-    from ml import db, train
+    from ml.platform import db
+    from ml.stages import train
 
     s = settings or get_settings()
     cid = comparison["id"] if isinstance(comparison, dict) else int(comparison)
@@ -306,7 +308,7 @@ def register_best(comparison: dict[str, Any] | int, settings: Settings | None = 
 def latest_comparison(settings: Settings | None = None) -> dict[str, Any] | None:
     """The newest comparison (JSON-ready), with the winner's registry version and gate decision;
     None before the first one."""
-    from ml import db
+    from ml.platform import db
 
     s = settings or get_settings()
     with db.connect(s) as conn:
@@ -325,8 +327,8 @@ def latest_comparison(settings: Settings | None = None) -> dict[str, Any] | None
 
 def latest_snapshot(settings: Settings | None = None) -> str:
     """The most recently stored dataset snapshot (what ``ml compare`` uses when given no data)."""
-    from ml import db
     from ml.data import DataError
+    from ml.platform import db
 
     with db.connect(settings or get_settings()) as conn:
         h = snapshots_store.latest_hash(conn)
@@ -349,7 +351,8 @@ def run_comparison(
     """The whole comparison in this process (``ml compare``, benchmarks): validate -> search each
     family -> evaluate the winners on the held-out split -> write the comparison; with
     ``promote``, also register the winner and run the gate, as the DAG does."""
-    from ml import data, search, train
+    from ml import data
+    from ml.stages import search, train
 
     s = settings or get_settings()
     if snapshot_hash is None and data_path is not None:

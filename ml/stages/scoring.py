@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from ml.config import Settings, get_settings
 from ml.data import DataError, detect_format, iter_records
 from ml.models.base import decide
+from ml.platform.config import Settings, get_settings
 from ml.store import batches as store
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ def plan(
 
     Two runs planning the same content at once (a manual run and the inbox's) serialise on a
     PostgreSQL advisory lock: the second waits, logging why, then resumes the first's plan."""
-    from ml import db
+    from ml.platform import db
 
     if input_path is None or not str(input_path).strip():
         raise DataError(
@@ -164,7 +164,7 @@ def _plan_locked(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from ml import db, registry, tracking
+    from ml.platform import db, registry, tracking
 
     fmt = detect_format(path)
     with db.connect(s) as conn:
@@ -259,7 +259,7 @@ _MODEL_CACHE: dict[tuple[str, int], Any] = {}
 
 
 def _model(version: int, s: Settings):
-    from ml import registry, tracking
+    from ml.platform import registry, tracking
 
     key = (s.model_name, version)
     if key not in _MODEL_CACHE:
@@ -275,7 +275,7 @@ def score_shard(batch_id: str, shard: int, chunk_rows: int = 50_000, settings: S
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from ml import db
+    from ml.platform import db
 
     s = settings or get_settings()
     with db.connect(s) as conn:
@@ -341,7 +341,7 @@ def score_shard(batch_id: str, shard: int, chunk_rows: int = 50_000, settings: S
 def finalize(batch_id: str, settings: Settings | None = None) -> dict:
     """Check every shard is done, merge the scored parts into one Parquet beside the input
     (or under var/batches/ when that folder is read-only), and store the summary."""
-    from ml import db
+    from ml.platform import db
 
     s = settings or get_settings()
     with db.connect(s) as conn:
@@ -417,14 +417,14 @@ def _merge_parts(parts: list[Path], out: Path) -> None:
 
 # ---------------------------------------------------------------- queries
 def get_batch(batch_id: str, settings: Settings | None = None) -> dict | None:
-    from ml import db
+    from ml.platform import db
 
     with db.connect(settings or get_settings()) as conn:
         return store.get(conn, batch_id)
 
 
 def list_batches(limit: int = 50, settings: Settings | None = None) -> list[dict]:
-    from ml import db
+    from ml.platform import db
 
     with db.connect(settings or get_settings()) as conn:
         return store.latest(conn, limit)
@@ -439,7 +439,7 @@ def pending_inbox_files(settings: Settings | None = None, settle_seconds: float 
     ``{"path", "sha256", "run_id"}``. ``run_id`` is deterministic (``inbox__<content hash>``),
     so the inbox DAG triggers each content once. Hidden files (write to ``.name`` and rename)
     and files modified less than ``settle_seconds`` ago (still being written) wait."""
-    from ml import db
+    from ml.platform import db
 
     inbox = inbox_dir(settings)
     inbox.mkdir(parents=True, exist_ok=True)

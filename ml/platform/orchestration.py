@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from ml.config import REPO_ROOT, Settings, get_settings
+from ml.platform.config import REPO_ROOT, Settings, get_settings
 
 # Airflow's simple auth manager: one admin user; its password lives in
 # AIRFLOW_HOME/simple_auth_manager_passwords.json.generated (written by `ml services up`).
@@ -25,7 +25,7 @@ def airflow_home(settings: Settings | None = None) -> Path:
 def airflow_env(settings: Settings | None = None, base: dict[str, str] | None = None) -> dict[str, str]:
     """Environment for ``airflow`` commands: LocalExecutor on the platform's PostgreSQL,
     the repository's ``dags/`` and ``plugins/``, no examples, low parallelism (2 cores)."""
-    from ml import db
+    from ml.platform import db
 
     s = settings or get_settings()
     env = dict(os.environ if base is None else base)

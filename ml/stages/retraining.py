@@ -1,11 +1,11 @@
 """Feedback-triggered retraining: the trigger (end of ``sentiment_monitoring``) and the stages of
 the ``sentiment_retraining`` DAG.
 
-**Trigger** (:func:`check_trigger`). Only labels the loop trusts count (:mod:`ml.review`: a
+**Trigger** (:func:`check_trigger`). Only labels the loop trusts count (:mod:`ml.stages.review`: a
 reviewer's accept / relabel, or ``feedback_min_identities`` agreeing identities, never a text a
 reviewer rejected) where they differ from the current champion version's prediction, not yet consumed
 by a retraining: one vote per text, each identity capped at ``feedback_max_identity_share`` of the
-threshold. While the burst guard's alert is open (``ml.alerts.evaluate_burst``) the answer is
+threshold. While the burst guard's alert is open (``ml.stages.alerts.evaluate_burst``) the answer is
 ``paused_burst`` and nothing is consumed. The threshold
 is ``ceil(retraining_feedback_fraction x n_rows)`` of the champion's training snapshot, the
 fraction validated to lie in [0.1%, 1%]. When it is reached, one ``retrainings`` row is written
@@ -29,7 +29,7 @@ honoured by ``ml.data.split`` everywhere: training, evaluation, comparison, moni
   neither votes on its label nor makes it trainable: it stays held out with its original label, so
   the gate sees what the reports changed (a challenger that learnt a reported relabelling loses on
   it). Neither model trained on it, so champion and challenger are compared on the SAME sample; the
-  promotion gate (``ml.gate``: ``promotion_metric`` with ``retraining_promotion_margin``, default
+  promotion gate (``ml.evaluation.gate``: ``promotion_metric`` with ``retraining_promotion_margin``, default
   ``promotion_margin``, a significant paired win, slices, the golden set) uses it.
 - reported tweets outside it are never added to ``test``: they are the champion's errors by
   construction, so adding them would hand the challenger an advantage that says nothing about the
@@ -54,9 +54,9 @@ from typing import Any
 
 import pandas as pd
 
-from ml import db
-from ml.config import Settings, get_settings
 from ml.models.base import decide
+from ml.platform import db
+from ml.platform.config import Settings, get_settings
 from ml.store import lineage as lineage_store
 from ml.store import models as models_store
 from ml.store import retrainings as store
@@ -111,7 +111,7 @@ def champion_context(settings: Settings | None = None, version: int | None = Non
     """The champion (or ``version``): when it was trained, on which snapshot, with which family/params."""
     import mlflow
 
-    from ml import registry, tracking
+    from ml.platform import registry, tracking
 
     s = settings or get_settings()
     tracking.configure(s)
@@ -142,16 +142,16 @@ def champion_context(settings: Settings | None = None, version: int | None = Non
 
 # ---------------------------------------------------------------- reports
 def _pending(conn, ctx: ChampionContext, s: Settings, threshold: int | None) -> dict[str, Any]:
-    """The champion's misclassifications the loop believes (``ml.review``: a reviewer's accept or
+    """The champion's misclassifications the loop believes (``ml.stages.review``: a reviewer's accept or
     ``feedback_min_identities`` agreeing identities; a reviewer's rejection excludes), not consumed
     yet, one vote per text with each identity capped at ``feedback_max_identity_share`` of the threshold."""
-    from ml import review
+    from ml.stages import review
 
     return review.pending(conn, ctx.model_name, ctx.version, ctx.trained_at, threshold, s)
 
 
 def _counts(p: dict[str, Any]) -> dict[str, Any]:
-    from ml.review import as_number
+    from ml.stages.review import as_number
 
     return {
         "counted_reports": as_number(p["counted"]),
@@ -231,8 +231,8 @@ def check_trigger(
         }
     thr = threshold_for(ctx.corpus_rows, s)
     drifted = bool(drift and (drift["drift_detected"] or drift["concept_drift"]))
-    from ml import alerts
-    from ml.review import as_number
+    from ml.stages import alerts
+    from ml.stages.review import as_number
 
     with db.connect(s) as conn:
         store.lock(conn, s.model_name)
@@ -378,8 +378,8 @@ def _resolve_id(retraining_id: Any) -> int | None:
 
 def _training_reports(conn, r: dict[str, Any], s: Settings) -> pd.DataFrame:
     """Reports consumed by this retraining and by earlier unsuccessful ones of the same champion, that
-    give a label the loop trusts NOW (``ml.review``; a reviewer's rejection since the trigger excludes)."""
-    from ml import review
+    give a label the loop trusts NOW (``ml.stages.review``; a reviewer's rejection since the trigger excludes)."""
+    from ml.stages import review
 
     rows = store.training_reports(conn, r)
     keep, dropped = review.trusted_training_rows(conn, r["model_name"], r["champion_before"], rows, s)
@@ -422,7 +422,7 @@ def prepare(
         reports = _training_reports(conn, r, s)
     reports["text"] = reports["text"].astype(str).str.strip()
     reports = reports[reports["text"] != ""]
-    latest = reports.drop_duplicates("text", keep="last")  # one vote per text: its trusted label (ml.review)
+    latest = reports.drop_duplicates("text", keep="last")  # one vote per text: its trusted label (ml.stages.review)
     # the parent's held-out set stays as it is, with the parent's labels: reports on those texts do not
     # vote (they are never trained on, and both models are scored on the parent's labels)
     held_texts = set(base_test["text"])
@@ -555,7 +555,7 @@ def _champion_family_params(r: dict[str, Any], s: Settings) -> tuple[str, dict[s
         raise RetrainingError(f"no champion context for v{r['champion_before']} of {s.model_name}")
     family, params = ctx.family, dict(ctx.params)
     if not family or not params:
-        from ml import registry
+        from ml.platform import registry
 
         m = registry.load_version(r["champion_before"], s)
         family, params = m.family, m.get_params()
@@ -578,7 +578,8 @@ def train_challenger(
     ``ml.models.FAMILIES``). Returns its MLflow run id."""
     import mlflow
 
-    from ml import tracking, train
+    from ml.platform import tracking
+    from ml.stages import train
 
     s = settings or get_settings()
     rid = int(retraining_id)
@@ -595,7 +596,8 @@ def train_challenger(
         params.update(hyperparams or {})
         run_id = train.train(r["snapshot_hash"], family, params, sample_size, airflow_run_id, s)
     elif mode == "compare":
-        from ml import compare, models
+        from ml import models
+        from ml.stages import compare
 
         families = list(families or models.FAMILIES)  # all of them unless told (the DAG's default too)
         result = compare.run_comparison(
@@ -619,12 +621,14 @@ def train_challenger(
 
 
 def evaluate(retraining_id: Any, run_id: str, settings: Settings | None = None) -> dict[str, Any]:
-    """Challenger and champion on the SAME held-out set (``ml.train.evaluate``, used to promote) and on
+    """Challenger and champion on the SAME held-out set (``ml.stages.train.evaluate``, used to promote) and on
     the reported tweets (held-out part and, in-sample for the challenger, the trained part)."""
     import mlflow
     import numpy as np
 
-    from ml import data, registry, tracking, train
+    from ml import data
+    from ml.platform import registry, tracking
+    from ml.stages import train
 
     s = settings or get_settings()
     rid = int(retraining_id)
@@ -659,7 +663,7 @@ def evaluate(retraining_id: Any, run_id: str, settings: Settings | None = None) 
     # (b) of the gate: the reported tweets neither model trained on, paired; recorded, not a criterion
     reported_vs = None
     if eval_texts:
-        from ml.stats import paired_comparison
+        from ml.evaluation.stats import paired_comparison
 
         ey = np.array([labels[t] for t in eval_texts])
         reported_vs = paired_comparison(
@@ -727,13 +731,14 @@ def evaluate(retraining_id: Any, run_id: str, settings: Settings | None = None) 
 
 
 def promote(retraining_id: Any, run_id: str, settings: Settings | None = None) -> dict[str, Any]:
-    """The champion/challenger gate (``ml.train.promote``: behavioural checks + the promotion rule on the
+    """The champion/challenger gate (``ml.stages.train.promote``: behavioural checks + the promotion rule on the
     held-out set) with ``retraining_promotion_margin``; the outcome is recorded on the retraining.
 
-    With a shadow window (``shadow_requests`` / ``shadow_hours``, ``ml.shadow``) a challenger that passes
+    With a shadow window (``shadow_requests`` / ``shadow_hours``, ``ml.stages.shadow``) a challenger that passes
     the gate against a champion is not promoted yet: it goes into shadow (status ``shadow``, ``shadow_id``
-    in the result) and ``ml.shadow.decide`` promotes it or not when the window is over."""
-    from ml import registry, shadow, train
+    in the result) and ``ml.stages.shadow.decide`` promotes it or not when the window is over."""
+    from ml.platform import registry
+    from ml.stages import shadow, train
 
     s = settings or get_settings()
     rid = int(retraining_id)
@@ -799,7 +804,7 @@ def run_retraining(
     settings: Settings | None = None,
 ) -> dict[str, Any]:
     """Every stage of the DAG in this process (``ml retrain``, the benchmark, tests)."""
-    from ml import train
+    from ml.stages import train
 
     s = settings or get_settings()
     prep = prepare(retraining_id, settings=s)

@@ -1,6 +1,6 @@
 """Training, evaluation, registration and promotion (behaviour gate + promotion rule) of one
 candidate: stages of the ``sentiment_training`` DAG (whose search and comparison live in
-``ml.search`` / ``ml.compare``), each also an ``ml`` CLI command.
+``ml.stages.search`` / ``ml.stages.compare``), each also an ``ml`` CLI command.
 
 Tasks pass only small values (snapshot hash, MLflow run id, version) between them;
 models travel through MLflow.
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ml import data as data_mod
-from ml.config import Settings, get_settings
+from ml.platform.config import Settings, get_settings
 from ml.store import models as store
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,8 @@ def train(
     log it to MLflow with params, dataset hash and git commit. Returns the MLflow run id."""
     import mlflow
 
-    from ml import db, models, registry, tracking
+    from ml import models
+    from ml.platform import db, registry, tracking
 
     s = settings or get_settings()
     family = family or s.default_family
@@ -77,7 +78,7 @@ def train(
         seconds = time.perf_counter() - t0
         mlflow.log_metric("training_seconds", seconds)
         with tempfile.TemporaryDirectory() as tmp:
-            from ml.evaluate import dir_size_mb
+            from ml.evaluation.evaluate import dir_size_mb
 
             mlflow.log_metric("model_size_mb", dir_size_mb(model.save(Path(tmp) / "m")))
         info = registry.log_model(model)
@@ -107,15 +108,16 @@ def evaluate(run_id: str, settings: Settings | None = None, champion_cache: dict
     import mlflow
     import numpy as np
 
-    from ml import db, external, gate, registry, tracking
-    from ml.evaluate import (
+    from ml.evaluation import external, gate
+    from ml.evaluation.evaluate import (
         METRICS,
         compute_metrics,
         inference_ms_per_tweet,
         plot_confusion,
         plot_roc,
     )
-    from ml.stats import paired_comparison
+    from ml.evaluation.stats import paired_comparison
+    from ml.platform import db, registry, tracking
 
     s = settings or get_settings()
     tracking.configure(s)
@@ -160,7 +162,7 @@ def evaluate(run_id: str, settings: Settings | None = None, champion_cache: dict
                     proba=champion_proba,
                     golden_proba=champion_golden_proba,
                 )
-    # the promotion gate's evidence (ml.gate): paired predictions on the held-out set (slices, flips)
+    # the promotion gate's evidence (ml.evaluation.gate): paired predictions on the held-out set (slices, flips)
     # and on the golden regression set
     evidence = gate.compare(
         y,
@@ -247,7 +249,7 @@ def register(run_id: str, settings: Settings | None = None) -> int:
     """Register the run's model as a new version of the registered model (idempotent per run)."""
     import mlflow
 
-    from ml import db, registry, tracking
+    from ml.platform import db, registry, tracking
 
     s = settings or get_settings()
     tracking.configure(s)
@@ -270,11 +272,12 @@ def register(run_id: str, settings: Settings | None = None) -> int:
 
 
 def check_behaviour(run_id: str, settings: Settings | None = None) -> dict[str, Any]:
-    """The gate's behavioural checks (ml.behaviour) on the run's model: logged to the MLflow run
+    """The gate's behavioural checks (ml.evaluation.behaviour) on the run's model: logged to the MLflow run
     (pass rate per type, behaviour.json, tag behaviour_passed) and stored in training_runs.behaviour."""
     import mlflow
 
-    from ml import behaviour, db, tracking
+    from ml.evaluation import behaviour
+    from ml.platform import db, tracking
 
     s = settings or get_settings()
     tracking.configure(s)
@@ -291,17 +294,18 @@ def check_behaviour(run_id: str, settings: Settings | None = None) -> dict[str, 
 
 def promote(run_id: str, settings: Settings | None = None, hold: bool = False) -> dict[str, Any]:
     """The champion/challenger gate: behavioural checks (run now unless already run), then the
-    promotion rule against the champion (``ml.registry.decide_promotion`` -> ``ml.gate``: margin,
+    promotion rule against the champion (``ml.platform.registry.decide_promotion`` -> ``ml.evaluation.gate``: margin,
     significant paired win on the same held-out split, slices, golden set), then the external-set veto (a
     candidate significantly worse than the champion on ``external_eval_path``, paired test at
     ``promotion_confidence``, is not promoted); moves the champion alias if the candidate wins.
     The decision and its reason are recorded either way, with the gate's evidence and per-criterion
     outcome (the flip report) in ``training_runs.gate``.
 
-    ``hold`` (a retraining with a shadow window, ``ml.shadow``): a candidate that passes the gate against a
+    ``hold`` (a retraining with a shadow window, ``ml.stages.shadow``): a candidate that passes the gate against a
     champion does not move the alias; the result says ``passed_gate`` and ``held``, and the promotion is
     completed (or not) by :func:`confirm_promotion` after the shadow window."""
-    from ml import db, external, registry, tracking
+    from ml.evaluation import external
+    from ml.platform import db, registry, tracking
 
     s = settings or get_settings()
     tracking.configure(s)
@@ -424,7 +428,7 @@ def confirm_promotion(
     """Complete a promotion held by :func:`promote` (``hold``) once its shadow window said yes: under the
     same lock, only while the champion is still ``expected_champion``; moves the alias and records the
     ``promoted`` event with the artifact digest the API verifies. Returns ``promoted`` and the reason."""
-    from ml import db, registry, tracking
+    from ml.platform import db, registry, tracking
 
     s = settings or get_settings()
     tracking.configure(s)
@@ -450,7 +454,7 @@ def confirm_promotion(
 
 
 def gate_policy(s: Settings) -> dict[str, Any]:
-    """The promotion gate's settings, as ``ml.registry.decide_promotion`` takes them."""
+    """The promotion gate's settings, as ``ml.platform.registry.decide_promotion`` takes them."""
     return {
         "mode": s.promotion_gate,
         "slice_tolerance": s.gate_slice_tolerance,
@@ -460,9 +464,9 @@ def gate_policy(s: Settings) -> dict[str, Any]:
 
 def promote_candidate(run_id: str, retraining_id: Any = None, settings: Settings | None = None) -> dict[str, Any]:
     """The promotion step shared by both DAGs: :func:`promote`, or for a retraining's challenger
-    ``ml.retraining.promote`` (the same gate with the retraining's margin, recorded on it)."""
+    ``ml.stages.retraining.promote`` (the same gate with the retraining's margin, recorded on it)."""
     if retraining_id in (None, "", "None"):
         return promote(run_id, settings)
-    from ml import retraining
+    from ml.stages import retraining
 
     return retraining.promote(retraining_id, run_id, settings)

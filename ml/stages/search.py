@@ -33,7 +33,7 @@ from typing import Any
 import yaml
 
 from ml import data as data_mod
-from ml.config import Settings, get_settings
+from ml.platform.config import Settings, get_settings
 from ml.store import models as store
 
 log = logging.getLogger(__name__)
@@ -185,7 +185,8 @@ def plan_comparison(
     > ``sample_size`` > the profile's ``sample_size`` > all of the training pool."""
     import mlflow
 
-    from ml import models, tracking
+    from ml import models
+    from ml.platform import tracking
 
     s = settings or get_settings()
     profile = profile or s.comparison_profile
@@ -271,7 +272,7 @@ def _log_plots(metrics: dict[str, Any], y, proba, prefix: str) -> None:
     import matplotlib.pyplot as plt
     import mlflow
 
-    from ml.evaluate import plot_confusion, plot_roc
+    from ml.evaluation.evaluate import plot_confusion, plot_roc
 
     for fig, name in (
         (plot_confusion(metrics["confusion_matrix"], f"{prefix} confusion matrix"), "confusion_matrix"),
@@ -295,7 +296,7 @@ def learning_curve_link(run_id: str, s: Settings) -> dict[str, str]:
 
 def tracking_uri_for_ui(s: Settings) -> str:
     """The MLflow UI's base URL: the tracking server when it is one, else the platform's mlflow port."""
-    from ml import tracking
+    from ml.platform import tracking
 
     uri = tracking.tracking_uri(s)
     if uri.startswith(("http://", "https://")):
@@ -362,7 +363,7 @@ def _run_trial(
     import mlflow
 
     from ml import models
-    from ml.evaluate import (
+    from ml.evaluation.evaluate import (
         METRICS,
         compute_metrics,
         dir_size_mb,
@@ -462,7 +463,8 @@ def search_family(plan: dict[str, Any], family: str, settings: Settings | None =
     trial's model (pyfunc) and record it in ``training_runs``. Returns the winner (small dict)."""
     import mlflow
 
-    from ml import db, models, registry, tracking
+    from ml import models
+    from ml.platform import db, registry, tracking
 
     s = settings or get_settings()
     if family not in plan["families"]:
@@ -622,7 +624,7 @@ def evaluate_winners(
 ) -> list[dict[str, Any]]:
     """Score every family's winner (and the champion, once) on the same held-out split; returns one
     row per family for the comparison table."""
-    from ml import train
+    from ml.stages import train
 
     s = settings or get_settings()
     cache: dict[str, Any] = {}

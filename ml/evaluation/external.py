@@ -1,12 +1,12 @@
 """External evaluation: one labelled file outside the training snapshot (``external_eval_path``),
-scored for every candidate ``ml.train.evaluate`` sees and for the champion on the same texts.
+scored for every candidate ``ml.stages.train.evaluate`` sees and for the champion on the same texts.
 
 Why: a held-out split of one file shares that file's quirks. The shared 100k file takes its
 negatives from April and its positives from June, so its own split rewards learning the date; a
 TF-IDF model scored 80.3% on that split and 78.4% on a uniform sample of the whole corpus. The
 external figures sit beside the held-out ones (training_runs.metrics["external"], MLflow
 ``external_*``, the comparison table, the model card, GET /model) and a candidate significantly
-worse than the champion on them (``ml.stats.paired_comparison``) is not promoted.
+worse than the champion on them (``ml.evaluation.stats.paired_comparison``) is not promoted.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ml.config import Settings, get_settings
+from ml.platform.config import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def load(settings: Settings | None = None) -> ExternalSet | None:
 
 def score(model, ext: ExternalSet) -> tuple[dict[str, Any], np.ndarray]:
     """(metrics, predicted labels) of ``model`` on the external set; metrics carry n, path and hash."""
-    from ml.evaluate import compute_metrics
+    from ml.evaluation.evaluate import compute_metrics
     from ml.models.base import decide
 
     proba = model.predict_proba(ext.texts)
@@ -99,7 +99,7 @@ def mlflow_metrics(m: dict[str, Any], prefix: str = "external_") -> dict[str, fl
 def veto(metrics: dict[str, Any] | None, champion_version: int | None) -> str | None:
     """The reason a candidate must not be promoted on the external set, or None.
 
-    Vetoed only when its paired comparison with *this* champion (computed by ``ml.train.evaluate``)
+    Vetoed only when its paired comparison with *this* champion (computed by ``ml.stages.train.evaluate``)
     says ``worse``; a tie or no external set leaves the promotion rule alone."""
     ext = (metrics or {}).get("external") or {}
     cmp_ = ext.get("vs_champion")

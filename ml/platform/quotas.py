@@ -28,7 +28,7 @@ from limits import RateLimitItem, parse_many
 from limits.storage import Storage, storage_from_string
 from limits.strategies import FixedWindowRateLimiter
 
-from ml.config import Settings, get_settings
+from ml.platform.config import Settings, get_settings
 from ml.store import quotas as store
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ class PostgresStorage(Storage):
         return (psycopg.Error, OSError, RuntimeError)
 
     def _run(self, fn, *args):
-        from ml import db
+        from ml.platform import db
 
         with self._lock:
             if self._conn is None:

@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from fractions import Fraction
 from typing import Any
 
-from ml.config import Settings
+from ml.platform.config import Settings
 from ml.store import review as store
 
 LABELS = {0: "negative", 1: "positive"}

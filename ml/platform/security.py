@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ml.config import Settings, get_settings
+from ml.platform.config import Settings, get_settings
 
 SCOPES = ("predict", "feedback", "review", "admin")
 KEY_PREFIX = "smk_"
@@ -89,7 +89,7 @@ def create_key(
     name: str, scopes: list[str] | tuple[str, ...], settings: Settings | None = None, created_by: str | None = "cli"
 ) -> tuple[str, dict[str, Any]]:
     """A new key: (the key, shown once and never stored, its row without the hash)."""
-    from ml import db
+    from ml.platform import db
     from ml.store import keys as store
 
     name = name.strip()
@@ -104,7 +104,7 @@ def create_key(
 
 
 def list_keys(settings: Settings | None = None, include_revoked: bool = True) -> list[dict[str, Any]]:
-    from ml import db
+    from ml.platform import db
     from ml.store import keys as store
 
     with db.connect(settings or get_settings()) as conn:
@@ -113,7 +113,7 @@ def list_keys(settings: Settings | None = None, include_revoked: bool = True) ->
 
 def revoke_key(name_or_key_id: str, settings: Settings | None = None) -> list[dict[str, Any]]:
     """Revoke a key by its key id, or every live key of a name. Raises when nothing matched."""
-    from ml import db
+    from ml.platform import db
     from ml.store import keys as store
 
     with db.connect(settings or get_settings()) as conn:
