@@ -180,6 +180,12 @@ def main() -> None:
     ap.add_argument("--conns", default="1,8,64")
     ap.add_argument("--rate", type=int, default=500)
     ap.add_argument("--no-mlflow", action="store_true")
+    ap.add_argument(
+        "--quotas",
+        action="store_true",
+        help="keep the per-identity quotas on (counters in PostgreSQL, limits set far above the load): "
+        "measures what the quota check costs each request",
+    )
     args = ap.parse_args()
     for tool in ("wrk", "hey"):
         if not shutil.which(tool):
@@ -187,8 +193,15 @@ def main() -> None:
     conns = [int(c) for c in args.conns.split(",")]
 
     work = isolated_platform("bench_api")
-    # the per-identity quotas (ml/platform/quotas.py) would answer 429 to a load generator: off here
-    os.environ["SENTIMENT_RATE_LIMITS_ENABLED"] = "false"
+    # the per-identity quotas (ml/platform/quotas.py) would answer 429 to a load generator: off here,
+    # or on with limits far above the load (--quotas) to measure what the check costs
+    if args.quotas:
+        os.environ["SENTIMENT_RATE_LIMITS_ENABLED"] = "true"
+        os.environ["SENTIMENT_RATE_LIMIT_PREDICT"] = "100000000/minute"
+        os.environ["SENTIMENT_RATE_LIMIT_FEEDBACK"] = "100000000/minute"
+    else:
+        os.environ["SENTIMENT_RATE_LIMITS_ENABLED"] = "false"
+    quotas = " (quotas on)" if args.quotas else ""
     scratch = Path(tempfile.mkdtemp(prefix="bench-api-load-"))
     from ml.platform import registry, tracking
     from ml.platform.config import get_settings
@@ -242,7 +255,7 @@ def main() -> None:
             for c in conns:
                 rows.append(
                     (
-                        f"API, {n_workers} worker(s)",
+                        f"API, {n_workers} worker(s){quotas}",
                         "POST /predict",
                         f"{c} conn",
                         wrk(url, "/predict", predict_bodies, c, args.seconds, scratch),
@@ -250,7 +263,7 @@ def main() -> None:
                 )
             rows.append(
                 (
-                    f"API, {n_workers} worker(s)",
+                    f"API, {n_workers} worker(s){quotas}",
                     "POST /predict",
                     f"{args.rate}/s open",
                     hey(f"{url}/predict", predict_bodies[0], args.rate, args.seconds),
@@ -259,7 +272,7 @@ def main() -> None:
             for c in conns:
                 rows.append(
                     (
-                        f"API, {n_workers} worker(s)",
+                        f"API, {n_workers} worker(s){quotas}",
                         "POST /feedback",
                         f"{c} conn",
                         wrk(url, "/feedback", fb_bodies, c, args.seconds, scratch),

@@ -61,12 +61,15 @@ def per_request(model, texts: list[str], seconds: float) -> dict:
 def load_as(model_dir: Path, runtime: str):
     from ml import models
     from ml.models.onnx_runtime import RUNTIME_ENV
+    from ml.platform.config import reset_settings
 
-    os.environ[RUNTIME_ENV] = runtime
+    os.environ[RUNTIME_ENV] = runtime  # the setting transformer_runtime
+    reset_settings()
     try:
         return models.load(model_dir)
     finally:
         os.environ.pop(RUNTIME_ENV, None)
+        reset_settings()
 
 
 def main() -> None:

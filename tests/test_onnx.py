@@ -16,9 +16,20 @@ import realdata
 
 from ml import models
 from ml.models import onnx_runtime as ox
+from ml.platform.config import reset_settings
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("torch")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_settings():
+    """``transformer_runtime`` is a setting (``SENTIMENT_TRANSFORMER_RUNTIME``): the cached settings are
+    forgotten around each test and after each change of the variable."""
+    reset_settings()
+    yield
+    reset_settings()
+
 
 TINY = {
     "batch_size": 16,
@@ -69,6 +80,7 @@ def test_onnx_parity_with_torch(tiny, runtime, tol, monkeypatch):
     m, path, fixed = tiny
     torch_p = m.predict_proba(fixed)
     monkeypatch.setenv(ox.RUNTIME_ENV, runtime)
+    reset_settings()
     loaded = models.load(path)
     assert loaded.runtime_ == runtime and loaded.model_ is None
     p = loaded.predict_proba(fixed)
@@ -87,9 +99,11 @@ def test_onnx_parity_with_torch(tiny, runtime, tol, monkeypatch):
 def test_auto_loads_the_chosen_runtime_and_torch_on_request(tiny, monkeypatch):
     m, path, fixed = tiny
     monkeypatch.delenv(ox.RUNTIME_ENV, raising=False)
+    reset_settings()
     meta = ox.read_meta(path / ox.ONNX_DIR)
     assert models.load(path).runtime_ == meta["runtime"]
     monkeypatch.setenv(ox.RUNTIME_ENV, "torch")
+    reset_settings()
     t = models.load(path)
     assert t.runtime_ == "torch" and t.onnx_ is None
     np.testing.assert_allclose(t.predict_proba(fixed), m.predict_proba(fixed), atol=1e-6)
@@ -118,6 +132,7 @@ def test_onnx_load_imports_no_torch(tiny):
 def test_resave_of_an_onnx_loaded_model_keeps_the_export(tiny, tmp_path, monkeypatch):
     _, path, fixed = tiny
     monkeypatch.setenv(ox.RUNTIME_ENV, "onnx")
+    reset_settings()
     loaded = models.load(path)
     again = loaded.save(tmp_path / "again")
     for f in (ox.FP32_FILE, ox.INT8_FILE, ox.EXPORT_META):
@@ -132,6 +147,7 @@ def test_mlflow_logs_the_export_with_the_model(tiny, mlflow_tracking, monkeypatc
 
     m, _, fixed = tiny
     monkeypatch.delenv(ox.RUNTIME_ENV, raising=False)
+    reset_settings()
     mlflow.set_experiment("test-onnx")
     with mlflow.start_run():
         info = registry.log_model(m)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 import warnings
@@ -35,7 +34,7 @@ OPSET = 17
 #: runtimes of the transformer family: ``auto`` is the one chosen at export (int8 when its
 #: validation accuracy is within ``int8_max_drop`` of torch's, else fp32 ONNX), torch without an export
 RUNTIMES = ("auto", "onnx-int8", "onnx", "torch")
-RUNTIME_ENV = "SENTIMENT_TRANSFORMER_RUNTIME"  # overrides the family's ``runtime`` param at load
+RUNTIME_ENV = "SENTIMENT_TRANSFORMER_RUNTIME"  # the setting ``transformer_runtime``: forces the runtime at load
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -188,5 +187,7 @@ class OnnxSession:
 
 
 def runtime_override() -> str | None:
-    v = os.environ.get(RUNTIME_ENV, "").strip().lower()
-    return v or None
+    """The ``transformer_runtime`` setting (``SENTIMENT_TRANSFORMER_RUNTIME``): forces a runtime at load."""
+    from ml.platform.config import get_settings
+
+    return get_settings().transformer_runtime

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
@@ -91,13 +91,16 @@ class Settings(BaseSettings):
     # micro-batching of concurrent /predict requests (api/batcher.py)
     predict_batch_max_size: int = Field(default=64, ge=1)
     predict_batch_wait_ms: float = Field(default=1.0, ge=0.0)
+    # a transformer champion's runtime at load (ml/models/onnx_runtime.py): unset = the one its export chose
+    # (int8 ONNX when within 0.5 point of torch on validation, else fp32 ONNX); torch / onnx / onnx-int8 force one
+    transformer_runtime: Literal["torch", "onnx", "onnx-int8"] | None = None
     # processes and admission (make up: uvicorn --workers)
     api_workers: int = Field(default=0, ge=0)  # 0: one per CPU core
     api_max_inflight: int = Field(default=32, ge=1)  # per worker; more requests at once: 503 at once
     api_max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)  # larger request bodies: 413
     api_db_pool_size: int = Field(default=4, ge=1)  # pooled connections per worker (/feedback)
 
-    # monitoring (ml/stages/monitoring.py, DAG sentiment_monitoring)
+    # monitoring (ml/stages/monitoring/, DAG sentiment_monitoring)
     monitoring_hours: float = 24.0
     monitoring_max_rows: int = 10_000
     monitoring_reference_max_rows: int = 10_000
@@ -111,7 +114,7 @@ class Settings(BaseSettings):
     monitoring_accuracy_tolerance: float = 0.05
     monitoring_min_rows: int = 100
 
-    # alerts (ml/stages/alerts.py): `alert_misclassification_count` reports within `alert_window_seconds`
+    # alerts (ml/stages/alerts/burst.py): `alert_misclassification_count` reports within `alert_window_seconds`
     # raise one alert per burst; a log line always, a webhook / e-mail when configured
     alert_misclassification_count: int = Field(default=3, ge=1)
     alert_window_seconds: float = Field(default=300.0, gt=0)
@@ -125,12 +128,12 @@ class Settings(BaseSettings):
     alert_email_from: str = "sentiment-platform@localhost"
     alert_email_to: str | None = None  # comma-separated addresses
 
-    # drift-report delivery (ml/stages/alerts.py deliver_report, last task of DAG sentiment_monitoring)
+    # drift-report delivery (ml/stages/alerts/drift_reports.py deliver_report, last task of DAG sentiment_monitoring)
     public_api_url: str | None = None  # base of the links in messages; unset: http://<host>:<api_port>
     report_recipients: str | None = None  # comma-separated addresses that receive every drift report
     report_webhook: bool = True  # alert_webhook_url also receives every report (kind "drift_report")
 
-    # feedback-triggered retraining (ml/stages/retraining.py, DAG sentiment_retraining)
+    # feedback-triggered retraining (ml/stages/retraining/, DAG sentiment_retraining)
     retraining_feedback_fraction: float = 0.005  # reports needed = this x the champion's corpus rows
     retraining_on_drift: bool = False  # a drift report alone also triggers a retraining
     retraining_mode: str = "champion"  # champion (its family + params) | compare
@@ -140,7 +143,7 @@ class Settings(BaseSettings):
     # labels the loop can trust (ml/stages/review.py): agreement of identities or a reviewer; per-identity cap
     feedback_min_identities: int = Field(default=3, ge=1)  # distinct identities giving one label
     feedback_max_identity_share: float = Field(default=0.1, gt=0.0, le=1.0)  # of the threshold, per identity
-    # burst guard (ml/stages/alerts.py rule feedback_burst): pauses the retraining trigger, raises an alert
+    # burst guard (ml/stages/alerts/burst.py rule feedback_burst): pauses the retraining trigger, raises an alert
     feedback_burst_identity_count: int = Field(default=20, ge=1)  # wrong-reports from ONE identity ...
     feedback_burst_window_seconds: float = Field(default=300.0, gt=0)  # ... within this window
     feedback_burst_rate_factor: float = Field(default=10.0, ge=1.0)  # all reports in a window >= this x normal
