@@ -25,7 +25,8 @@ from api.shadow import LoadedShadow, ShadowScorer
 from ml.models import SentimentModel
 from ml.platform import db, registry, tracking
 from ml.platform.config import Settings
-from ml.stages import alerts, serving
+from ml.stages import serving
+from ml.stages.alerts.events import raise_event
 from ml.store import models as models_store
 
 log = logging.getLogger(__name__)
@@ -249,7 +250,7 @@ class ModelManager:
         self._alerted.add(version)
         serving = self._describe(self._current)
         log.error("REFUSED champion %s v%s: %s; still serving %s", self.settings.model_name, version, reason, serving)
-        alerts.raise_event(
+        raise_event(
             "unverified_champion",
             self.settings.model_name,
             f"{self.settings.model_name} v{version} was not loaded: {reason}; still serving {serving}",

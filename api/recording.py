@@ -27,7 +27,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from api.deps import database_unavailable
 from ml.platform import db
 from ml.platform.config import Settings
-from ml.stages import alerts
+from ml.stages.alerts.burst import evaluate_feedback
 from ml.stages.serving import PredictionIds
 from ml.store import predictions as store
 from ml.store import schema
@@ -164,7 +164,7 @@ class AlertQueue:
                     self._conn = psycopg.connect(
                         url, autocommit=True, connect_timeout=5, application_name="sentiment-alerts"
                     )
-                alerts.evaluate_feedback(fid, self.settings, conn=self._conn)
+                evaluate_feedback(fid, self.settings, conn=self._conn)
                 self.evaluated += 1
                 return
             except (psycopg.OperationalError, psycopg.InterfaceError, db.DatabaseUnavailable) as exc:

@@ -1,4 +1,4 @@
-"""Time of one monitoring run (``ml.stages.monitoring.build_report``) on stored predictions.
+"""Time of one monitoring run (``ml.stages.monitoring.build.build_report``) on stored predictions.
 
 A TF-IDF champion is trained on the shared 100k tweets (held-out 20k -> reference capped at
 ``monitoring_reference_max_rows``, 10k); ``--rows`` predictions (default 10,000, tweets from the
@@ -55,7 +55,12 @@ def main() -> None:
     from ml import data
     from ml.platform import registry
     from ml.platform.config import get_settings, reset_settings
-    from ml.stages import monitoring, train
+    from ml.stages import train
+    from ml.stages.monitoring.build import build_report
+    from ml.stages.monitoring.descriptors import add_descriptors
+    from ml.stages.monitoring.drift import run_report
+    from ml.stages.monitoring.period import load_current
+    from ml.stages.monitoring.reference import load_reference
 
     reset_settings()
     db.migrate()
@@ -104,7 +109,7 @@ def main() -> None:
 
     def timed(label: str, settings=None, start=DAY) -> dict:
         t0 = time.perf_counter()
-        r = monitoring.build_report(start=start, end=start + timedelta(days=1), settings=settings)
+        r = build_report(start=start, end=start + timedelta(days=1), settings=settings)
         results.append((label, r["current"]["rows"], r["reference"]["rows"], time.perf_counter() - t0, r["status"]))
         return r
 
@@ -118,16 +123,16 @@ def main() -> None:
     a, b = DAY, DAY + timedelta(days=1)
     t0 = time.perf_counter()
     with db.connect(db.database_url(s)) as conn:
-        cur = monitoring.load_current(conn, name, a, b, s.monitoring_max_rows, s.seed)
+        cur = load_current(conn, name, a, b, s.monitoring_max_rows, s.seed)
     parts.append(("load current from PostgreSQL", time.perf_counter() - t0))
     t0 = time.perf_counter()
-    ref, meta, vocab = monitoring.load_reference(s)
+    ref, meta, vocab = load_reference(s)
     parts.append(("load cached reference (+ registry lookup)", time.perf_counter() - t0))
     t0 = time.perf_counter()
-    cur = monitoring.add_descriptors(cur, vocab, meta["preprocess"])
+    cur = add_descriptors(cur, vocab, meta["preprocess"])
     parts.append(("text descriptors (incl. OOV) of current", time.perf_counter() - t0))
     t0 = time.perf_counter()
-    snapshot, _, _ = monitoring.run_report(cur, ref, s)
+    snapshot, _, _ = run_report(cur, ref, s)
     parts.append(("Evidently Report.run (10 columns incl. raw text)", time.perf_counter() - t0))
     t0 = time.perf_counter()
     snapshot.save_html(str(work / "x.html"))

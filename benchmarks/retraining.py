@@ -8,7 +8,7 @@ wrong are reported through ``POST /feedback`` with their true label (each report
 rule too) until ``retraining_feedback_fraction`` (0.5%) of the champion's corpus is reached.
 
 Timed, from the moment the threshold-crossing report is stored:
-  trigger (``ml.stages.retraining.check_trigger``, what the end of sentiment_monitoring runs) ->
+  trigger (``ml.stages.retraining.trigger.check_trigger``, what the end of sentiment_monitoring runs) ->
   prepare (snapshot = parent + reports, with its held-out split) -> train (champion's family +
   params) -> evaluate (challenger and champion on the same held-out set + reported tweets) ->
   register -> gate (behavioural checks) -> promote -> the API serves the new version.
@@ -103,7 +103,11 @@ def run(args, work: Path):
     from ml import data
     from ml.platform import db, registry
     from ml.platform.config import get_settings, reset_settings
-    from ml.stages import retraining, train
+    from ml.stages import train
+    from ml.stages.retraining.challenger import evaluate, promote, train_challenger
+    from ml.stages.retraining.records import get_retraining
+    from ml.stages.retraining.training_set import prepare
+    from ml.stages.retraining.trigger import champion_context, check_trigger, threshold_for
 
     reset_settings()
     db.migrate()
@@ -152,8 +156,8 @@ def run(args, work: Path):
 
     def cross_threshold() -> tuple[float, int, int]:
         """Traffic through the API, misclassifications reported, until the threshold is crossed."""
-        ctx = retraining.champion_context(s)
-        thr = retraining.threshold_for(ctx.corpus_rows, s)
+        ctx = champion_context(s)
+        thr = threshold_for(ctx.corpus_rows, s)
         reported = 0
         requests = 0
         while reported < thr:
@@ -177,21 +181,21 @@ def run(args, work: Path):
     # ---------------- round 1: the DAG's functions in this process
     crossed, thr, corpus_rows = cross_threshold()
     marks = [("threshold crossed", crossed)]
-    d = retraining.check_trigger()
+    d = check_trigger()
     marks.append(("trigger (check_trigger)", time.perf_counter()))
     assert d["trigger"], d
     rid = d["retraining_id"]
-    prep = retraining.prepare(rid)
+    prep = prepare(rid)
     marks.append(("prepare (snapshot + split)", time.perf_counter()))
-    run2 = retraining.train_challenger(rid)
+    run2 = train_challenger(rid)
     marks.append(("train challenger", time.perf_counter()))
-    metrics = retraining.evaluate(rid, run2)
+    metrics = evaluate(rid, run2)
     marks.append(("evaluate (held-out + reports)", time.perf_counter()))
     train.register(run2)
     marks.append(("register", time.perf_counter()))
     train.check_behaviour(run2)
     marks.append(("gate (behavioural checks)", time.perf_counter()))
-    out = retraining.promote(rid, run2)
+    out = promote(rid, run2)
     marks.append(("promote", time.perf_counter()))
     if not out["promoted"]:
         raise SystemExit(f"challenger not promoted even with margin -1: {out['reason']}")
@@ -208,7 +212,7 @@ def run(args, work: Path):
         subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True, timeout=600)
         crossed, thr, corpus_rows = cross_threshold()
         marks = [("threshold crossed", crossed)]
-        d = retraining.check_trigger()
+        d = check_trigger()
         marks.append(("trigger (check_trigger)", time.perf_counter()))
         assert d["trigger"], d
         res = subprocess.run(
@@ -219,7 +223,7 @@ def run(args, work: Path):
             timeout=1800,
         )
         marks.append(("airflow dags test sentiment_retraining", time.perf_counter()))
-        r = retraining.get_retraining(d["retraining_id"])
+        r = get_retraining(d["retraining_id"])
         if res.returncode != 0 or r["status"] != "promoted":
             print(res.stdout[-3000:], res.stderr[-3000:])
             raise SystemExit(f"round 2 failed: {r['status']} {r['decision'] or r['error']}")

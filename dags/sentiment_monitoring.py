@@ -2,19 +2,19 @@
 
 build_report: the period's predictions (API + batch) from PostgreSQL vs the champion's
 predictions on its held-out set; Evidently HTML + JSON under ``var/reports/<id>/``, the
-summary in ``drift_reports`` (see ``ml/stages/monitoring.py``). An empty period is a stored
+summary in ``drift_reports`` (see ``ml/stages/monitoring/``). An empty period is a stored
 report with status ``empty``, not a failure.
 
 Period: ``start``/``end`` (ISO timestamps, UTC when no zone) if given; else ``hours``
 back from the end of the run's data interval (scheduled runs: exactly the day before)
 or from now (manual runs).
 
-Then the retraining trigger (``ml.stages.retraining.check_trigger``): misclassification reports since the
+Then the retraining trigger (``ml.stages.retraining.trigger.check_trigger``): misclassification reports since the
 champion was trained against ``retraining_feedback_fraction`` of its corpus (drift reported, and a
 trigger too with ``retraining_on_drift``); when due, ``trigger_retraining`` starts
 ``sentiment_retraining`` (run id ``retraining__<id>``), exactly once per set of reports.
 
-Last, ``deliver_report`` (``ml.stages.alerts.deliver_report``) tells people: the report's short summary
+Last, ``deliver_report`` (``ml.stages.alerts.drift_reports.deliver_report``) tells people: the report's short summary
 (verdict, drifted signals, volume, accuracy bound, reports against the retraining threshold, link
 to the HTML) by e-mail to ``report_recipients`` and to the webhook; a drift verdict also raises the
 ``drift`` alert. Each channel's outcome is stored on the report; a failing channel fails nothing.
@@ -33,7 +33,7 @@ def _trigger_failed(context) -> None:
     import logging
 
     try:
-        from ml.stages.retraining import mark_failed
+        from ml.stages.retraining.records import mark_failed
 
         decision = context["ti"].xcom_pull(task_ids="check_retraining") or {}
         if decision.get("retraining_id") is not None:
@@ -72,8 +72,8 @@ def _trigger_failed(context) -> None:
 def sentiment_monitoring():
     @task
     def build_report() -> dict:
-        from ml.stages.monitoring import build_report as build
-        from ml.stages.monitoring import run_period_end
+        from ml.stages.monitoring.build import build_report as build
+        from ml.stages.monitoring.period import run_period_end
 
         ctx = get_current_context()
         p = ctx["params"]
@@ -83,9 +83,9 @@ def sentiment_monitoring():
     @task(trigger_rule="all_done")  # the feedback threshold is checked even when the drift report failed
     def check_retraining(report: dict | None) -> dict:
         """Misclassification reports since the champion was trained vs the threshold (and drift, reported;
-        a trigger too with retraining_on_drift): records the retraining once, see ml/stages/retraining.py.
+        a trigger too with retraining_on_drift): records the retraining once, see ml/stages/retraining/trigger.py.
         ``report`` is None when build_report failed: the threshold alone decides."""
-        from ml.stages.retraining import check_trigger
+        from ml.stages.retraining.trigger import check_trigger
 
         return check_trigger(report, airflow_run_id=get_current_context()["run_id"])
 
@@ -95,8 +95,8 @@ def sentiment_monitoring():
 
     @task(trigger_rule="all_done")  # the report goes out whatever the retraining check did
     def deliver_report(report: dict | None, decision: dict | None) -> dict:
-        """The report's summary to the configured channels, and the drift alert (ml/stages/alerts.py)."""
-        from ml.stages.alerts import deliver_report as deliver
+        """The report's summary to the configured channels, and the drift alert (ml/stages/alerts/drift_reports.py)."""
+        from ml.stages.alerts.drift_reports import deliver_report as deliver
 
         if not report:  # build_report failed: its failure alert (PlatformAlertNotifier) says why
             return {"report_id": None, "channels": [], "skipped": "no report"}
@@ -113,7 +113,7 @@ def sentiment_monitoring():
         wait_for_completion=False,
         skip_when_already_exists=True,  # a retried trigger task never starts a second run
         # its reports are consumed already: a run that could not be started marks the retraining failed,
-        # so that the next retraining of the champion trains on them (ml.stages.retraining._training_reports)
+        # so that the next retraining of the champion trains on them (ml.stages.retraining.training_set._training_reports)
         on_failure_callback=[PlatformAlertNotifier(), _trigger_failed],
     )
 

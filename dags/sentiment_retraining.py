@@ -18,7 +18,7 @@ poll interval.
 Triggered by ``sentiment_monitoring`` (TriggerDagRunOperator, run id ``retraining__<id>``,
 conf ``{"retraining_id": id}``) when the misclassification reports since the champion was trained
 reach ``retraining_feedback_fraction`` of its training corpus; by hand without ``retraining_id``
-(a manual retraining on the pending reports). Held-out choice: see ``ml/stages/retraining.py``.
+(a manual retraining on the pending reports). Held-out choice: see ``ml/stages/retraining/``.
 """
 
 from __future__ import annotations
@@ -71,14 +71,14 @@ from sentiment_promotion import promotion, shadow
 def sentiment_retraining():
     @task(multiple_outputs=True)
     def prepare() -> dict:
-        from ml.stages.retraining import prepare as build_set
+        from ml.stages.retraining.training_set import prepare as build_set
 
         ctx = get_current_context()
         return build_set(ctx["params"]["retraining_id"], airflow_run_id=ctx["run_id"])
 
     @task
     def train(retraining_id: int) -> str:
-        from ml.stages.retraining import train_challenger
+        from ml.stages.retraining.challenger import train_challenger
 
         ctx = get_current_context()
         p = ctx["params"]
@@ -94,7 +94,7 @@ def sentiment_retraining():
 
     @task
     def evaluate(retraining_id: int, mlflow_run_id: str) -> str:
-        from ml.stages.retraining import evaluate as evaluate_both
+        from ml.stages.retraining.challenger import evaluate as evaluate_both
 
         evaluate_both(retraining_id, mlflow_run_id)
         return mlflow_run_id

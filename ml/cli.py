@@ -283,11 +283,12 @@ def monitor(
     end: str | None = typer.Option(None, help="period end, ISO timestamp (default: now)"),
 ) -> None:
     """Build one drift report of the stored predictions (the monitoring DAG's task); print its summary."""
-    from ml.stages import monitoring
+    from ml.stages.monitoring import MonitoringError
+    from ml.stages.monitoring.build import build_report
 
     try:
-        summary = monitoring.build_report(start=start, end=end, hours=hours)
-    except (monitoring.MonitoringError, ValueError) as e:
+        summary = build_report(start=start, end=end, hours=hours)
+    except (MonitoringError, ValueError) as e:
         _fail(str(e))
     typer.echo(json.dumps(summary, indent=2, default=str))
     typer.echo(f"\n{summary['verdict']}\nHTML: {summary['files']['html']}")
@@ -299,15 +300,15 @@ def reports(
     limit: int = typer.Option(20, help="how many to list"),
 ) -> None:
     """List drift reports (newest first), or show one."""
-    from ml.stages import monitoring
+    from ml.stages.monitoring.archive import get_report, list_reports
 
     if report_id:
-        out = monitoring.get_report(report_id)
+        out = get_report(report_id)
         if out is None:
             _fail(f"unknown report {report_id}")
         typer.echo(json.dumps(out, indent=2, default=str))
         return
-    for r in monitoring.list_reports(limit):
+    for r in list_reports(limit):
         typer.echo(f"{r['id']}  {r['status']:<5}  {r['n_current']:>7} rows  {r['verdict']}")
 
 
@@ -338,20 +339,23 @@ def retrain(
     status: bool = typer.Option(False, "--status", help="reports against the threshold, latest retrainings"),
 ) -> None:
     """Feedback-triggered retraining: --status, --check (the trigger), or the whole sentiment_retraining DAG here."""
-    from ml.stages import retraining as r
+    from ml.stages.retraining import RetrainingError
+    from ml.stages.retraining.challenger import run_retraining
+    from ml.stages.retraining.records import loop_status
+    from ml.stages.retraining.trigger import check_trigger
 
     if status:
-        typer.echo(json.dumps(r.loop_status(), indent=2, default=str))
+        typer.echo(json.dumps(loop_status(), indent=2, default=str))
         return
     if check:
-        typer.echo(json.dumps(r.check_trigger(), indent=2, default=str))
+        typer.echo(json.dumps(check_trigger(), indent=2, default=str))
         return
     try:
         fams = [f.strip() for f in families.split(",") if f.strip()] if families else None
-        out = r.run_retraining(
+        out = run_retraining(
             retraining_id, mode=mode, families=fams, hyperparams=_parse_params(param), sample_size=sample_size
         )
-    except (r.RetrainingError, ValueError) as e:
+    except (RetrainingError, ValueError) as e:
         _fail(str(e))
     typer.echo(json.dumps(out, indent=2, default=str))
 
@@ -359,9 +363,9 @@ def retrain(
 @app.command()
 def alerts(limit: int = typer.Option(20, help="how many")) -> None:
     """The latest alerts (misclassification bursts, DAG failures) with their channels' outcome."""
-    from ml.stages import alerts as a
+    from ml.stages.alerts.events import list_alerts
 
-    typer.echo(json.dumps(a.list_alerts(limit), indent=2, default=str))
+    typer.echo(json.dumps(list_alerts(limit), indent=2, default=str))
 
 
 @app.command()
@@ -370,9 +374,9 @@ def review(
     reviewer: str = typer.Option("cli", help="who reviewed them"),
 ) -> None:
     """Mark misclassification reports reviewed (needed for retraining when feedback_review_required is on)."""
-    from ml.stages import retraining as r
+    from ml.stages.retraining.trigger import review_feedback
 
-    typer.echo(f"{r.review_feedback(feedback_ids, reviewer)} report(s) marked reviewed")
+    typer.echo(f"{review_feedback(feedback_ids, reviewer)} report(s) marked reviewed")
 
 
 @app.command()

@@ -440,7 +440,7 @@ def split(frame: pd.DataFrame, test_size: float, seed: int) -> tuple[pd.DataFram
     """Stratified, deterministic train/held-out split of a snapshot.
 
     A snapshot that stores its own split (``split.parquet``, written by :func:`store_split`; the
-    retraining snapshots do: their held-out set is their parent's, see ``ml/stages/retraining.py``) is split
+    retraining snapshots do: their held-out set is their parent's, see ``ml/stages/retraining/``) is split
     by it instead: rows whose text is listed as ``test`` are held out, rows listed as ``excluded``
     are in neither part, all others train. :meth:`Snapshot.load` marks the frame for this."""
     spec = frame.attrs.get("split_path")

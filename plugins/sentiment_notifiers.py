@@ -1,7 +1,7 @@
 """Airflow notifiers of the platform (Airflow's notifier interface, ``airflow.sdk.BaseNotifier``).
 
 ``PlatformAlertNotifier`` turns a failed task of the platform's DAGs into a platform alert
-(``ml.stages.alerts.raise_event``: recorded in the ``alerts`` table; log line, webhook, e-mail as
+(``ml.stages.alerts.events.raise_event``: recorded in the ``alerts`` table; log line, webhook, e-mail as
 configured), and marks a failed retraining as such in ``retrainings``. Attached to the DAGs as
 ``on_failure_callback`` (``default_args``, so it runs where the task ran, also under
 ``airflow dags test``).
@@ -53,14 +53,14 @@ class PlatformAlertNotifier(BaseNotifier):
         log = logging.getLogger("ml.stages.alerts")
         try:
             from ml.platform.config import get_settings
-            from ml.stages import alerts
+            from ml.stages.alerts.events import raise_event
 
             d = self._details(context)
             message = self.message or (
                 f"{d['dag_id']}: task {d['task_id']} failed in run {d['run_id']}"
                 + (f" ({d['exception']})" if d["exception"] else "")
             )
-            alerts.raise_event(self.rule, get_settings().model_name, message, d, severity=self.severity)
+            raise_event(self.rule, get_settings().model_name, message, d, severity=self.severity)
             if d["dag_id"] == "sentiment_retraining":
                 self._mark_retraining_failed(context, message)
         except Exception as e:  # noqa: BLE001 - a failure callback must never fail the run further
@@ -68,7 +68,7 @@ class PlatformAlertNotifier(BaseNotifier):
 
     @staticmethod
     def _mark_retraining_failed(context: dict[str, Any], message: str) -> None:
-        from ml.stages import retraining
+        from ml.stages.retraining.records import mark_failed
 
         rid = (context.get("params") or {}).get("retraining_id")
         if rid in (None, "", "None"):
@@ -79,4 +79,4 @@ class PlatformAlertNotifier(BaseNotifier):
             except Exception:  # noqa: BLE001
                 rid = None
         if rid not in (None, "", "None"):
-            retraining.mark_failed(rid, message)
+            mark_failed(rid, message)

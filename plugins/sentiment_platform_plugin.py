@@ -2,7 +2,7 @@
 
 A small FastAPI app mounted by Airflow's API server under ``/sentiment-platform``:
 
-- ``/sentiment-platform/reports``: the latest drift reports (``ml.stages.monitoring.list_reports``), each
+- ``/sentiment-platform/reports``: the latest drift reports (``ml.stages.monitoring.archive.list_reports``), each
   linking to its Evidently HTML; ``reports.json`` the same as JSON;
 - ``/sentiment-platform/model-card``: the champion's model card (version, metrics, snapshot and its
   lineage, behavioural checks, feedback against the retraining threshold, retrainings, alerts);
@@ -112,17 +112,17 @@ def model_card_page() -> HTMLResponse:
 
 @app.get("/reports.json")
 def reports_json(limit: int = Query(30, ge=1, le=500)) -> list[dict[str, Any]]:
-    from ml.stages import monitoring
+    from ml.stages.monitoring.archive import list_reports
 
-    return monitoring.list_reports(limit, settings=_settings())
+    return list_reports(limit, settings=_settings())
 
 
 @app.get("/reports", response_class=HTMLResponse)
 def reports_page(limit: int = Query(30, ge=1, le=500)) -> HTMLResponse:
-    from ml.stages import monitoring
+    from ml.stages.monitoring.archive import list_reports
 
     s = _settings()
-    rows = monitoring.list_reports(limit, settings=s)
+    rows = list_reports(limit, settings=s)
     e = html.escape
     out = [
         "<!doctype html><html><head><meta charset='utf-8'><title>Drift reports</title><style>"
@@ -152,9 +152,9 @@ def reports_page(limit: int = Query(30, ge=1, le=500)) -> HTMLResponse:
 
 @app.get("/reports/{report_id}/html", response_class=FileResponse)
 def report_html(report_id: str) -> FileResponse:
-    from ml.stages import monitoring
+    from ml.stages.monitoring.archive import report_html_path
 
-    path = monitoring.report_html_path(report_id, settings=_settings())
+    path = report_html_path(report_id, settings=_settings())
     if path is None or not path.exists():
         raise HTTPException(404, detail=f"no HTML for drift report {report_id!r}")
     return FileResponse(path, media_type="text/html")

@@ -17,7 +17,8 @@ import psycopg
 
 from ml.platform import registry
 from ml.platform.config import get_settings
-from ml.stages import retraining, serving
+from ml.stages import serving
+from ml.stages.retraining.trigger import check_trigger, threshold_for
 
 FRACTION = 0.005  # of ~1,990 snapshot rows -> 10 reports
 IDENTITIES = (
@@ -66,7 +67,7 @@ class Loop:
     def trigger(self) -> int:
         """Reports up to the threshold, then the trigger: the id of the recorded retraining."""
         self.add_reports(self.threshold)
-        d = retraining.check_trigger()
+        d = check_trigger()
         assert d["trigger"], d
         return d["retraining_id"]
 
@@ -84,5 +85,5 @@ def make_loop(champion, pool_rows: tuple[tuple[int, str], ...], seed: str) -> Lo
         v1=champion.version,
         run1=champion.run_id,
         pool=iter(pool),
-        threshold=retraining.threshold_for(champion.snapshot.n_rows, get_settings()),
+        threshold=threshold_for(champion.snapshot.n_rows, get_settings()),
     )

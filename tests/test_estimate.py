@@ -3,7 +3,7 @@
 A real TF-IDF model on real tweets; the estimate is checked on subsets resampled to shift the
 confidence mix (so the true accuracy moves by several points) where the real labels are known,
 and through the nightly report: a real champion, its predictions on real tweets stored in the
-real ``predictions`` table, ``ml.stages.monitoring.build_report`` -> summary, verdict and digest.
+real ``predictions`` table, ``ml.stages.monitoring.build.build_report`` -> summary, verdict and digest.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ import realdata
 
 from ml import models
 from ml.evaluation import estimate
-from ml.stages import monitoring
+from ml.stages.monitoring.build import build_report
+from ml.stages.monitoring.reference import reference_dir
+from ml.stages.monitoring.wording import digest_text, report_digest
 
 PERIOD = datetime(2025, 4, 10, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -108,8 +110,8 @@ def champion_report(own_champion, platform_env):
             ) as cp:
                 for r in rows:
                     cp.write_row(r)
-        summary = monitoring.build_report(start=PERIOD, end=PERIOD + DAY)
-        digest = monitoring.report_digest(summary)
+        summary = build_report(start=PERIOD, end=PERIOD + DAY)
+        digest = report_digest(summary)
         yield {"summary": summary, "digest": digest, "true": true, "champion": ch}
 
 
@@ -123,9 +125,9 @@ def test_report_carries_the_estimate(champion_report):
     assert f"estimated accuracy (label-free, CBPE) {est['estimated_accuracy']:.1%}" in r["verdict"]
     d = champion_report["digest"]
     assert d["estimated_accuracy"] == est["estimated_accuracy"] and "CBPE" in d["estimated_accuracy_status"]
-    subject, body = monitoring.digest_text(d)
+    subject, body = digest_text(d)
     assert f"Estimated accuracy (label-free): {est['estimated_accuracy']:.1%}" in body
     # the calibrator is cached beside the champion's reference
     ch = champion_report["champion"]
-    cal = json.loads((monitoring.reference_dir(ch.version) / estimate.CALIBRATION_FILE).read_text())
+    cal = json.loads((reference_dir(ch.version) / estimate.CALIBRATION_FILE).read_text())
     assert cal["version"] == ch.version and cal["run_id"] == ch.run_id and cal["n"] == r["reference"]["rows"]

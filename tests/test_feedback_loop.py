@@ -25,7 +25,11 @@ from loop_helpers import FRACTION, IDENTITIES, Loop, make_loop
 from ml import data
 from ml.platform import registry
 from ml.platform.config import Settings, get_settings, reset_settings
-from ml.stages import retraining
+from ml.stages.retraining import RetrainingError
+from ml.stages.retraining.challenger import run_retraining
+from ml.stages.retraining.records import get_retraining
+from ml.stages.retraining.training_set import prepare
+from ml.stages.retraining.trigger import champion_context, check_trigger, pending_count, threshold_for
 
 POLL_LIMIT = 120  # seconds: only keeps a broken test from hanging, never a speed claim
 
@@ -58,13 +62,13 @@ def triggered(loop) -> int:
 def promoted(loop, triggered) -> dict:
     """The retraining run in-process (``ml retrain``'s path) with the champion's family on the whole
     training split + the reports: the challenger wins and becomes champion."""
-    out = retraining.run_retraining(triggered)
+    out = run_retraining(triggered)
     assert out["promoted"], out
     return {
         "rid": triggered,
         "version": out["version"],
         "run_id": out["run_id"],
-        "retraining": retraining.get_retraining(triggered),
+        "retraining": get_retraining(triggered),
     }
 
 
@@ -106,8 +110,8 @@ def test_fraction_is_validated(platform_env):
         with pytest.raises(ValueError, match=r"between 0.001 \(0.1%\) and 0.01 \(1%\)"):
             Settings(retraining_feedback_fraction=bad)
     with pytest.raises(ValueError, match="between 0.001"):
-        retraining.threshold_for(100_000, get_settings().model_copy(update={"retraining_feedback_fraction": 0.5}))
-    assert retraining.threshold_for(99_338, Settings(retraining_feedback_fraction=0.005)) == 497
+        threshold_for(100_000, get_settings().model_copy(update={"retraining_feedback_fraction": 0.5}))
+    assert threshold_for(99_338, Settings(retraining_feedback_fraction=0.005)) == 497
 
 
 def test_a_retraining_without_new_content_fails_and_leaves_the_parent_alone(loop, conn):
@@ -119,8 +123,8 @@ def test_a_retraining_without_new_content_fails_and_leaves_the_parent_alone(loop
     kind_before = conn.execute(
         "SELECT kind, parent_hash FROM dataset_snapshots WHERE hash = %s", (parent.hash,)
     ).fetchone()
-    with pytest.raises(retraining.RetrainingError, match="add nothing to the champion's snapshot"):
-        retraining.prepare(None)
+    with pytest.raises(RetrainingError, match="add nothing to the champion's snapshot"):
+        prepare(None)
     [(rid, status, error, snap)] = conn.execute(
         "SELECT id, status, error, snapshot_hash FROM retrainings WHERE model_name = %s", (loop.name,)
     ).fetchall()
@@ -136,13 +140,13 @@ def test_below_threshold_no_trigger_then_exactly_once(loop, conn):
     thr = loop.threshold
     assert thr == 10
     first = loop.add_reports(thr - 1)
-    d = retraining.check_trigger()
+    d = check_trigger()
     assert not d["trigger"] and d["reason"] == "below_threshold"
     assert (d["pending_reports"], d["threshold"]) == (thr - 1, thr) and f"{thr - 1}/{thr}" in d["detail"]
     assert _retrainings(conn, loop.name) == []
 
     last = loop.add_reports(1)
-    d1, d2 = retraining.check_trigger(), retraining.check_trigger()  # the trigger, run twice
+    d1, d2 = check_trigger(), check_trigger()  # the trigger, run twice
     assert d1["trigger"] and d1["reason"] == "feedback_threshold"
     assert d1["airflow_run_id"] == f"retraining__{d1['retraining_id']}"
     assert not d2["trigger"] and d2["pending_reports"] == 0
@@ -159,7 +163,7 @@ def test_concurrent_trigger_checks_record_one_retraining(loop, conn):
     """Two trigger checks at once (two monitoring runs, say): one retraining."""
     loop.add_reports(loop.threshold)
     results: list[dict] = []
-    ts = [threading.Thread(target=lambda: results.append(retraining.check_trigger())) for _ in range(2)]
+    ts = [threading.Thread(target=lambda: results.append(check_trigger())) for _ in range(2)]
     for t in ts:
         t.start()
     for t in ts:
@@ -171,10 +175,10 @@ def test_concurrent_trigger_checks_record_one_retraining(loop, conn):
 
 def test_worse_challenger_is_not_promoted(loop, triggered, conn):
     rid = triggered
-    out = retraining.run_retraining(rid, hyperparams={"max_features": 5}, sample_size=200)
+    out = run_retraining(rid, hyperparams={"max_features": 5}, sample_size=200)
     assert not out["promoted"] and "does not beat" in out["reason"]
     assert registry.champion().version == loop.v1
-    r = retraining.get_retraining(rid)
+    r = get_retraining(rid)
     assert (r["status"], r["champion_before"], r["champion_after"]) == ("rejected", loop.v1, loop.v1)
     assert conn.execute(
         "SELECT event, previous_version FROM model_events WHERE model_name = %s AND version = %s",
@@ -211,11 +215,11 @@ def test_worse_challenger_is_not_promoted(loop, triggered, conn):
 
 def test_a_rejected_retrainings_reports_enter_the_next_one(loop, triggered):
     """The reports of a rejected retraining of the same champion are trained on by the next one."""
-    first = retraining.run_retraining(triggered, hyperparams={"max_features": 5}, sample_size=200)
+    first = run_retraining(triggered, hyperparams={"max_features": 5}, sample_size=200)
     assert not first["promoted"]
     second = loop.trigger()
-    out = retraining.run_retraining(second)
-    r1, r2 = retraining.get_retraining(triggered), retraining.get_retraining(second)
+    out = run_retraining(second)
+    r1, r2 = get_retraining(triggered), get_retraining(second)
     assert set(r2["feedback_ids"]).isdisjoint(r1["feedback_ids"])  # each consumed its own reports ...
     assert set(r1["feedback_ids"]) | set(r2["feedback_ids"]) == set(r2["training_feedback_ids"])  # ... trained on both
     assert out["promoted"] and r2["status"] == "promoted"
@@ -235,16 +239,16 @@ def test_preparing_the_same_retraining_twice_gives_one_snapshot_and_no_version(l
             (f"retraining #{triggered} of {loop.name}:%",),
         ).fetchall()
 
-    p1 = retraining.prepare(triggered)
+    p1 = prepare(triggered)
     after_first = snapshots()
-    p2 = retraining.prepare(triggered)
+    p2 = prepare(triggered)
     assert p2["snapshot_hash"] == p1["snapshot_hash"] and p2["rows_out"] == p1["rows_out"]
     assert snapshots() == after_first and [h for h, _ in after_first] == [p1["snapshot_hash"]]
     assert versions() == [loop.v1]  # preparing registers nothing
 
-    out1 = retraining.run_retraining(triggered)
+    out1 = run_retraining(triggered)
     assert out1["snapshot_hash"] == p1["snapshot_hash"] and versions() == [loop.v1, out1["version"]]
-    out2 = retraining.run_retraining(triggered)  # the whole retraining once more: same challenger, same version
+    out2 = run_retraining(triggered)  # the whole retraining once more: same challenger, same version
     assert (out2["run_id"], out2["version"]) == (out1["run_id"], out1["version"])
     assert versions() == [loop.v1, out1["version"]]
     assert snapshots() == after_first
@@ -254,18 +258,18 @@ def test_preparing_the_same_retraining_twice_gives_one_snapshot_and_no_version(l
 def test_a_report_corrected_to_agree_no_longer_counts(loop, conn):
     """Each identity's latest word counts: when one of the three reporters of a tweet corrects its report
     to agree with the prediction, two identities are left, too few to trust the label: not pending any more."""
-    ctx = retraining.champion_context()
-    assert retraining.pending_count(ctx)["reports"] == 0
+    ctx = champion_context()
+    assert pending_count(ctx)["reports"] == 0
     ids = loop.add_reports(2)
-    assert retraining.pending_count(ctx)["reports"] == 2
+    assert pending_count(ctx)["reports"] == 2
     for n, fid in enumerate(ids[::IDENTITIES], start=1):
         conn.execute(
             "INSERT INTO feedback (prediction_id, correct_label, reporter) SELECT f.prediction_id, p.label,"
             " f.reporter FROM feedback f JOIN predictions p ON p.id = f.prediction_id WHERE f.id = %s",
             (fid,),
         )
-        assert retraining.pending_count(ctx)["reports"] == 2 - n
-    d = retraining.check_trigger()
+        assert pending_count(ctx)["reports"] == 2 - n
+    d = check_trigger()
     assert d["pending_reports"] == 0 and not set(ids) & set(d.get("feedback_ids") or [])
 
 
@@ -277,10 +281,10 @@ def test_drift_is_reported_and_may_trigger(loop, conn):
         "feedback": {"concept_drift": False},
         "verdict": "DRIFT in raw text",
     }
-    d = retraining.check_trigger(report)
+    d = check_trigger(report)
     assert not d["trigger"] and "retraining_on_drift is off" in d["detail"] and d["drift"]["drift_detected"]
     on = get_settings().model_copy(update={"retraining_on_drift": True})
-    d1, d2 = retraining.check_trigger(report, settings=on), retraining.check_trigger(report, settings=on)
+    d1, d2 = check_trigger(report, settings=on), check_trigger(report, settings=on)
     assert d1["trigger"] and d1["reason"] == "drift"
     assert not d2["trigger"] and d2["reason"] == "already_triggered"
     assert [r[:3] for r in _retrainings(conn, loop.name)] == [(d1["retraining_id"], "drift", "triggered")]
@@ -293,7 +297,7 @@ def test_compare_mode_retrains_through_a_comparison(loop, conn):
     res = _cli("retrain", "--mode", "compare", "--families", "tfidf_lr", "--sample-size", "300")
     assert res.exit_code == 0, res.output
     [(rid,)] = conn.execute("SELECT id FROM retrainings WHERE model_name = %s", (loop.name,)).fetchall()
-    r = retraining.get_retraining(rid)
+    r = get_retraining(rid)
     assert (r["mode"], r["reason"], r["n_feedback"]) == ("compare", "manual", 3)
     held = r["metrics"]["held_out"]
     # the promotion gate (ml.evaluation.gate): a promotion needs a higher accuracy AND a significant paired win
@@ -325,11 +329,11 @@ def test_retraining_with_checks_on_rejects_a_more_accurate_challenger_failing_a_
     monkeypatch.setenv("SENTIMENT_BEHAVIOUR_MIN_FUNCTIONALITY", "1.0")
     reset_settings()
     try:
-        out = retraining.run_retraining(triggered)
+        out = run_retraining(triggered)
     finally:
         monkeypatch.undo()
         reset_settings()
-    r = retraining.get_retraining(triggered)
+    r = get_retraining(triggered)
     held = r["metrics"]["held_out"]
     assert held["challenger"]["accuracy"] > held["champion"]["accuracy"]  # accuracy alone would promote it
     assert not out["promoted"] and out["behaviour_passed"] is False
@@ -446,7 +450,7 @@ def test_better_challenger_promoted_by_the_dag_and_served(loop, triggered, conn,
                 "dags", "test", "sentiment_retraining", "-c", json.dumps({"retraining_id": rid}), extra_env=loop.env
             )
             assert res.returncode == 0, (res.stdout + res.stderr)[-5000:]
-            r = retraining.get_retraining(rid)
+            r = get_retraining(rid)
             assert r["status"] == "promoted", r
             new_version = r["champion_after"]
             assert new_version != loop.v1 and registry.champion().version == new_version

@@ -23,7 +23,9 @@ from ml.evaluation import behaviour, gate
 from ml.platform import registry
 from ml.platform.config import Settings, get_settings, reset_settings
 from ml.platform.registry import decide_promotion
-from ml.stages import retraining, serving, train
+from ml.stages import serving, train
+from ml.stages.retraining.challenger import run_retraining
+from ml.stages.retraining.records import get_retraining
 
 S = Settings()
 POLICY = {"mode": "strict", "slice_tolerance": 0.02, "max_golden_flips": 0}
@@ -235,8 +237,8 @@ def test_a_poisoned_retraining_flipping_golden_texts_is_not_promoted(snap20k, ga
     held_text, held_label = parent_test.iloc[0]["text"], int(parent_test.iloc[0]["label"])
     _report(s, champion, [(held_label, held_text)], 1 - held_label)
 
-    out = retraining.run_retraining(None)
-    r = retraining.get_retraining(out["retraining_id"])
+    out = run_retraining(None)
+    r = get_retraining(out["retraining_id"])
     g = r["gate"]
     print("poisoned:", _summary(g), "|", out["reason"])
     print("golden right->wrong:", [x["text"] for x in g["golden"]["right_to_wrong_texts"]])

@@ -23,7 +23,15 @@ from receivers import refused_port, smtp_receiver, webhook_receiver
 from ml import data
 from ml.platform import registry
 from ml.platform.config import get_settings, reset_settings
-from ml.stages import alerts, monitoring, train
+from ml.stages import train
+from ml.stages.alerts.drift_reports import deliver_report
+from ml.stages.monitoring import MonitoringError
+from ml.stages.monitoring.archive import get_report, list_reports, report_html_path
+from ml.stages.monitoring.build import build_report
+from ml.stages.monitoring.descriptors import DESCRIPTORS, add_descriptors
+from ml.stages.monitoring.period import resolve_period, run_period_end
+from ml.stages.monitoring.reference import load_reference, reference_dir
+from ml.stages.monitoring.wording import accuracy_statement
 
 TOPIC = ("work", "school", "exam", "class", "office", "boss", "homework", "study")
 DAY = timedelta(days=1)
@@ -137,12 +145,12 @@ def _setup(name, tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module")
 def matching_report(setup):
-    return monitoring.build_report(start=MATCHING, end=MATCHING + DAY)
+    return build_report(start=MATCHING, end=MATCHING + DAY)
 
 
 def test_descriptors():
     frame = pd.DataFrame({"text": ["@a @b love it http://x.co/1 #fun", "zzqx qqzz love", "!!! 123", ""]})
-    out = monitoring.add_descriptors(frame, {"love", "it", "fun", "user", "url"})
+    out = add_descriptors(frame, {"love", "it", "fun", "user", "url"})
     assert out["n_mentions"].tolist() == [2, 0, 0, 0]
     assert out["n_urls"].tolist() == [1, 0, 0, 0]
     assert out["n_hashtags"].tolist() == [1, 0, 0, 0]
@@ -154,14 +162,14 @@ def test_descriptors():
 def test_periods():
     from airflow.sdk.api.datamodels._generated import DagRunType
 
-    a, b = monitoring.resolve_period(end="2025-03-02T00:00:00", hours=6)
+    a, b = resolve_period(end="2025-03-02T00:00:00", hours=6)
     assert (a.isoformat(), b.isoformat()) == ("2025-03-01T18:00:00+00:00", "2025-03-02T00:00:00+00:00")
-    a, b = monitoring.resolve_period(start="2025-03-01T00:00:00+02:00")
+    a, b = resolve_period(start="2025-03-01T00:00:00+02:00")
     assert (a.hour, (b - a).total_seconds()) == (22, 24 * 3600)
     nightly = datetime(2025, 3, 2, tzinfo=UTC)
-    assert monitoring.run_period_end(None, DagRunType.SCHEDULED, nightly) == nightly.isoformat()
-    assert monitoring.run_period_end(None, DagRunType.MANUAL, nightly) is None  # manual: up to now
-    assert monitoring.run_period_end("2025-01-01", DagRunType.SCHEDULED, nightly) == "2025-01-01"
+    assert run_period_end(None, DagRunType.SCHEDULED, nightly) == nightly.isoformat()
+    assert run_period_end(None, DagRunType.MANUAL, nightly) is None  # manual: up to now
+    assert run_period_end("2025-01-01", DagRunType.SCHEDULED, nightly) == "2025-01-01"
 
 
 def test_matching_period_has_no_drift(setup, matching_report, conn):
@@ -193,24 +201,24 @@ def test_matching_period_has_no_drift(setup, matching_report, conn):
         (r["id"],),
     ).fetchone()
     assert row == ("ok", False, N_CURRENT, setup["n_ref"], 20, False, r["verdict"])
-    assert monitoring.get_report(r["id"])["metrics"] == r["metrics"]
-    assert str(monitoring.report_html_path(r["id"])) == r["files"]["html"]
-    assert monitoring.get_report("nope") is None and monitoring.report_html_path("../../etc") is None
+    assert get_report(r["id"])["metrics"] == r["metrics"]
+    assert str(report_html_path(r["id"])) == r["files"]["html"]
+    assert get_report("nope") is None and report_html_path("../../etc") is None
 
 
 def test_reference_is_cached_per_champion_version(setup, matching_report):
-    ref_dir = monitoring.reference_dir(setup["version"])
+    ref_dir = reference_dir(setup["version"])
     meta = json.loads((ref_dir / "meta.json").read_text())
     assert meta["rows"] == meta["held_out_rows"] == setup["n_ref"] and meta["version"] == setup["version"]
     mtime = (ref_dir / "reference.parquet").stat().st_mtime_ns
-    frame, meta2, vocab = monitoring.load_reference()
+    frame, meta2, vocab = load_reference()
     assert (ref_dir / "reference.parquet").stat().st_mtime_ns == mtime and meta2 == meta
     assert len(frame) == setup["n_ref"] and len(vocab) == meta["vocabulary_size"] > 1000
-    assert set(monitoring.DESCRIPTORS) <= set(frame.columns)
+    assert set(DESCRIPTORS) <= set(frame.columns)
 
 
 def test_drifted_period_says_drift_and_concept_drift(setup, conn):
-    r = monitoring.build_report(start=DRIFTED.isoformat(), hours=24)
+    r = build_report(start=DRIFTED.isoformat(), hours=24)
     assert r["status"] == "drift" and r["drift_detected"] is True
     assert r["verdict"].startswith("DRIFT in") and "raw text" in r["verdict"] and "CONCEPT DRIFT" in r["verdict"]
     assert r["metrics"]["raw_text"]["detected"] is True
@@ -228,21 +236,21 @@ def test_drifted_period_says_drift_and_concept_drift(setup, conn):
 
 
 def test_empty_period_is_a_stored_empty_report(setup, conn):
-    r = monitoring.build_report(start=EMPTY, end=EMPTY + DAY)
+    r = build_report(start=EMPTY, end=EMPTY + DAY)
     assert r["status"] == "empty" and r["drift_detected"] is False
     assert r["verdict"].startswith("EMPTY") and r["current"]["rows"] == 0
     assert r["reference_version"] == setup["version"]
-    assert "empty period" in open(monitoring.report_html_path(r["id"]), encoding="utf-8").read()
+    assert "empty period" in open(report_html_path(r["id"]), encoding="utf-8").read()
     assert conn.execute("SELECT status, n_current FROM drift_reports WHERE id=%s", (r["id"],)).fetchone() == (
         "empty",
         0,
     )
-    assert r["id"] in [x["id"] for x in monitoring.list_reports(10, model_name=setup["name"])]
+    assert r["id"] in [x["id"] for x in list_reports(10, model_name=setup["name"])]
 
 
 def test_max_rows_sample_and_small_sample_tests(setup):
     s = get_settings().model_copy(update={"monitoring_max_rows": 400})
-    r = monitoring.build_report(start=MATCHING, end=MATCHING + DAY, settings=s)
+    r = build_report(start=MATCHING, end=MATCHING + DAY, settings=s)
     assert r["current"] == {**r["current"], "rows": 400, "rows_in_period": N_CURRENT, "sampled": True}
     assert r["tests"].startswith("p-value")
     assert r["metrics"]["raw_text"]["method"] == "perc_text_content_drift"
@@ -250,8 +258,8 @@ def test_max_rows_sample_and_small_sample_tests(setup):
 
 
 def test_bad_period_is_a_clear_error(setup):
-    with pytest.raises(monitoring.MonitoringError, match="not before"):
-        monitoring.build_report(start=EMPTY + DAY, end=EMPTY)
+    with pytest.raises(MonitoringError, match="not before"):
+        build_report(start=EMPTY + DAY, end=EMPTY)
 
 
 def test_api_lists_and_serves_reports(setup, matching_report):
@@ -310,11 +318,11 @@ def test_accuracy_bound_is_said_in_words(setup, matching_report):
     r = matching_report
     assert r["feedback"]["accuracy_statement"] == MATCHING_ACCURACY
     assert MATCHING_ACCURACY in r["verdict"] and "live accuracy <=" not in r["verdict"]
-    assert monitoring.accuracy_statement(61_000, 611, 1 - 611 / 61_000) == (
+    assert accuracy_statement(61_000, 611, 1 - 611 / 61_000) == (
         "at most 99.0% of the period's 61,000 predictions were right: 611 were reported wrong; "
         "unreported predictions are counted as right"
     )
-    assert monitoring.accuracy_statement(3000, 1, None).startswith("at most 99.97% ")  # never "100.0%" with an error
+    assert accuracy_statement(3000, 1, None).startswith("at most 99.97% ")  # never "100.0%" with an error
     with TestClient(create_app(setup["settings"])) as client:
         one = client.get(f"/reports/{r['id']}").json()
         assert one["feedback"]["accuracy_statement"] == MATCHING_ACCURACY and MATCHING_ACCURACY in one["verdict"]
@@ -350,8 +358,8 @@ def test_report_goes_to_webhook_and_smtp_and_drift_raises_one_alert(setup, match
                 "public_api_url": "https://sentiment.example.org/",
             }
         )
-        drifted = monitoring.build_report(start=DRIFTED, end=DRIFTED + DAY, settings=s)
-        out = alerts.deliver_report(drifted["id"], settings=s)
+        drifted = build_report(start=DRIFTED, end=DRIFTED + DAY, settings=s)
+        out = deliver_report(drifted["id"], settings=s)
         link = f"https://sentiment.example.org/reports/{drifted['id']}/html"
 
         # the webhook: the report's digest (kind drift_report), then the drift alert (kind alert)
@@ -394,7 +402,7 @@ def test_report_goes_to_webhook_and_smtp_and_drift_raises_one_alert(setup, match
         assert "ALERT drift" in by_rcpt["oncall@example.org"]["subject"]
 
         # stored: every channel's outcome on the report and on the alert
-        stored = monitoring.get_report(drifted["id"])
+        stored = get_report(drifted["id"])
         assert {c["channel"]: c["status"] for c in stored["delivery"]} == {
             "log": "sent",
             "webhook": "sent",
@@ -405,8 +413,8 @@ def test_report_goes_to_webhook_and_smtp_and_drift_raises_one_alert(setup, match
         assert {c["channel"]: c["status"] for c in rows[0][4]} == {"log": "sent", "webhook": "sent", "email": "sent"}
 
         # a second drift report: the same open alert counts it, nothing new is raised or sent as an alert
-        again = monitoring.build_report(start=DRIFTED, end=DRIFTED + DAY, settings=s)
-        out2 = alerts.deliver_report(again["id"], settings=s)
+        again = build_report(start=DRIFTED, end=DRIFTED + DAY, settings=s)
+        out2 = deliver_report(again["id"], settings=s)
         assert out2["alert"]["continued"] and not out2["alert"]["raised"]
         rows = _drift_alerts(conn, setup["name"])
         assert len(rows) == 1 and rows[0][1] == 2 and rows[0][3]["report_ids"] == [drifted["id"], again["id"]]
@@ -414,7 +422,7 @@ def test_report_goes_to_webhook_and_smtp_and_drift_raises_one_alert(setup, match
         assert [x["json"]["kind"] for x in received] == ["drift_report", "alert", "drift_report"]
 
         # a report without drift resolves it; the report itself still goes out
-        out3 = alerts.deliver_report(matching_report["id"], settings=s)
+        out3 = deliver_report(matching_report["id"], settings=s)
         assert out3["alert"]["resolved"] and out3["status"] == "ok"
         assert _drift_alerts(conn, setup["name"])[0][5] is not None
         assert received[-1]["json"]["kind"] == "drift_report" and received[-1]["json"]["verdict"] == "NO DRIFT"
@@ -432,12 +440,12 @@ def test_failing_channels_never_fail_the_report(setup, matching_report):
                 "report_recipients": "ml-team@example.org",
             }
         )
-        out = alerts.deliver_report(matching_report["id"], settings=s)
+        out = deliver_report(matching_report["id"], settings=s)
     got = {c["channel"]: c for c in out["channels"]}
     assert got["log"]["status"] == "sent"
     assert got["webhook"]["status"] == "failed" and "ConnectError" in got["webhook"]["error"]
     assert got["email"]["status"] == "failed" and "Connection refused" in got["email"]["error"]
-    stored = monitoring.get_report(matching_report["id"])["delivery"]
+    stored = get_report(matching_report["id"])["delivery"]
     assert "s3cret" not in json.dumps(stored)  # the webhook URL is redacted in the record
     assert [c["status"] for c in stored[-3:]] == ["sent", "failed", "failed"]
 

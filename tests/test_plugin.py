@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from ml.stages import monitoring
+from ml.stages.monitoring.build import build_report
 
 PLUGINS = Path(__file__).resolve().parent.parent / "plugins"
 
@@ -42,7 +42,7 @@ print(json.dumps({"errors": pm.get_import_errors(), "plugin": info.get("sentimen
 def champion(own_champion, tweets_csv):
     with own_champion("tweet-sentiment-plugin", tweets_csv, sample_size=300, SENTIMENT_BEHAVIOUR_CHECKS="false") as c:
         day = datetime(2024, 1, 1, tzinfo=UTC)  # an empty period: a stored report without Evidently
-        report = monitoring.build_report(start=day, end=day.replace(day=2))
+        report = build_report(start=day, end=day.replace(day=2))
         yield {"name": c.name, "version": c.version, "snapshot": c.snapshot, "report": report, "run_id": c.run_id}
 
 

@@ -2,7 +2,7 @@
 for predictions of a few hundred made-up tweets and reports every one of them as the other label,
 with the feedback tokens the API gave it, as fast as it can (quotas off: "unlimited reports").
 
-What must hold (README "The closed loop", ml/stages/review.py, ml/stages/alerts.py rule feedback_burst):
+What must hold (README "The closed loop", ml/stages/review.py, ml/stages/alerts/burst.py rule feedback_burst):
 - the burst guard raises ONE `feedback_burst` alert naming the identity, the number of reports and
   the period, its count following the burst; while it lasts the trigger answers `paused_burst`;
 - after the burst, the reports count nothing toward the threshold (one identity: not trusted; and
@@ -21,7 +21,9 @@ from fastapi.testclient import TestClient
 
 from ml.platform import registry, security
 from ml.platform.config import get_settings
-from ml.stages import retraining
+from ml.stages.retraining import RetrainingError
+from ml.stages.retraining.training_set import prepare
+from ml.stages.retraining.trigger import check_trigger, threshold_for
 
 FLOOD = 611  # the incident: 611 made-up tweets reported within 30 s by one client
 
@@ -55,7 +57,7 @@ def test_one_identity_flooding_reports_never_retrains_and_never_changes_the_cham
     auth = {"Authorization": f"Bearer {key}"}
     probe = [t for _, t in realdata.balanced(200, seed=11)]
     texts = _made_up(FLOOD)
-    thr = retraining.threshold_for(champion.snapshot.n_rows, s)
+    thr = threshold_for(champion.snapshot.n_rows, s)
 
     with TestClient(create_app(s)) as client:
         before = client.post("/predict/batch", json={"texts": probe + texts}).json()["predictions"]
@@ -84,12 +86,12 @@ def test_one_identity_flooding_reports_never_retrains_and_never_changes_the_cham
         assert (n, resolved) == (FLOOD, None)
         assert f"{FLOOD} misclassification reports" in message and who in message and "UTC" in message
         assert details["identities"] == [who] and details["kind"] == "identity"
-        d = retraining.check_trigger()
+        d = check_trigger()
         assert not d["trigger"] and d["reason"] == "paused_burst" and f"#{alert_id}" in d["detail"], d
 
         # after the burst (its window and quiet time over): the reports count nothing, nothing retrains
         later = s.model_copy(update={"feedback_burst_window_seconds": 0.001, "feedback_burst_quiet_seconds": 0.0})
-        d = retraining.check_trigger(settings=later)
+        d = check_trigger(settings=later)
         assert not d["trigger"] and d["reason"] == "below_threshold", d
         assert (d["pending_reports"], d["counted_reports"], d["untrusted_texts"]) == (0, 0, FLOOD), d
         assert conn.execute("SELECT resolved_at IS NOT NULL FROM alerts WHERE id = %s", (alert_id,)).fetchone()[0]
@@ -97,8 +99,8 @@ def test_one_identity_flooding_reports_never_retrains_and_never_changes_the_cham
             conn.execute("SELECT count(*) FROM retrainings WHERE model_name = %s", (s.model_name,)).fetchone()[0] == 0
         )
         # even a retraining asked for by hand has no label of theirs to train on
-        with pytest.raises(retraining.RetrainingError, match="add nothing"):
-            retraining.prepare(None, settings=later)
+        with pytest.raises(RetrainingError, match="add nothing"):
+            prepare(None, settings=later)
         assert (
             conn.execute(
                 "SELECT count(*) FROM retraining_feedback rf JOIN feedback f ON f.id = rf.feedback_id"

@@ -19,7 +19,8 @@ from fastapi.testclient import TestClient
 
 from ml.platform import registry, security
 from ml.platform.config import get_settings
-from ml.stages import retraining, review, serving
+from ml.stages import review, serving
+from ml.stages.retraining.trigger import champion_context
 
 
 @pytest.fixture
@@ -61,7 +62,7 @@ def _key(*scopes: str) -> tuple[dict[str, str], str]:
 
 
 def _pending(conn):
-    ctx = retraining.champion_context()
+    ctx = champion_context()
     return review.pending(conn, ctx.model_name, ctx.version, ctx.trained_at, 10, get_settings())
 
 

@@ -27,8 +27,9 @@ from loop_helpers import FRACTION, make_loop
 from ml.platform import registry
 from ml.platform.config import get_settings
 from ml.reports import model_card
-from ml.stages import retraining, review
+from ml.stages import review
 from ml.stages import shadow as shadow_mod
+from ml.stages.retraining.records import get_retraining
 
 WINDOW = 60  # shadowed requests
 REVIEWED = 24  # shadowed texts a reviewer labels (>= shadow_min_reviewed: a criterion)
@@ -133,7 +134,7 @@ def _run_with_traffic(loop, conn, airflow_cli, oracle) -> dict:
         out["shadow_stats"] = client.app.state.models.shadow_scorer.stats()
     res = out["res"]
     assert res.returncode == 0, (res.stdout + res.stderr)[-5000:]
-    out["retraining"] = retraining.get_retraining(rid)
+    out["retraining"] = get_retraining(rid)
     out["shadow"] = conn.execute(
         "SELECT id, status, results, decision, challenger_version, champion_version"
         " FROM shadows WHERE retraining_id = %s",

@@ -3,7 +3,7 @@
 Each route calls the same ``ml`` function as its CLI command: ``POST /admin/promote`` = ``ml promote
 RUN_ID`` (:func:`ml.stages.train.promote`: behavioural gate + promotion rule), ``POST /admin/rollback`` =
 ``ml promote --rollback`` (:func:`ml.platform.registry.rollback`), ``POST /admin/review`` = ``ml review``
-(:func:`ml.stages.retraining.review_feedback`, the reviewer recorded is the key), ``POST /admin/retrain``
+(:func:`ml.stages.retraining.trigger.review_feedback`, the reviewer recorded is the key), ``POST /admin/retrain``
 triggers the ``sentiment_retraining`` DAG through Airflow's REST API (a manual retraining:
 :func:`ml.platform.airflow_client.trigger_dag`)."""
 
@@ -83,10 +83,10 @@ def rollback(body: RollbackRequest, caller: AdminCaller, settings: SettingsDep) 
 @router.post("/review", responses=AUTH)
 def review(body: ReviewRequest, caller: ReviewCaller, settings: SettingsDep) -> dict[str, Any]:
     """Mark reports reviewed (``ml review``); the reviewer recorded is the key's identity."""
-    from ml.stages import retraining
+    from ml.stages.retraining.trigger import review_feedback
 
     try:
-        n = retraining.review_feedback(body.feedback_ids, reviewer=caller.id, settings=settings)
+        n = review_feedback(body.feedback_ids, reviewer=caller.id, settings=settings)
     except Exception as exc:  # noqa: BLE001 - the database is the only thing that can fail here
         raise database_unavailable(exc) from exc
     return {"reviewed": n, "feedback_ids": body.feedback_ids, "reviewer": caller.id}

@@ -9,7 +9,7 @@ from fastapi.responses import FileResponse
 
 from api.deps import SettingsDep, open_db
 from api.read_models import DriftReport, DriftReportSummary
-from ml.stages import monitoring
+from ml.stages.monitoring import archive
 
 router = APIRouter(tags=["reports"])
 
@@ -29,14 +29,14 @@ def list_reports(settings: SettingsDep, limit: int = Query(50, ge=1, le=500)) ->
     """Drift reports, newest first: period, status (ok | drift | empty), the one-line verdict,
     row and feedback counts, live-accuracy bound."""
     with open_db(settings) as conn:
-        return monitoring.list_reports(limit, conn=conn)
+        return archive.list_reports(limit, conn=conn)
 
 
 @router.get("/reports/{report_id}", response_model=DriftReport, response_model_exclude_unset=True, responses=NOT_FOUND)
 def get_report(report_id: str, settings: SettingsDep) -> dict[str, Any]:
     """One report's full summary: per-metric drift verdicts, per-column scores, feedback."""
     with open_db(settings) as conn:
-        summary = monitoring.get_report(report_id, conn=conn)
+        summary = archive.get_report(report_id, conn=conn)
     if summary is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no drift report {report_id!r}")
     return summary
@@ -46,7 +46,7 @@ def get_report(report_id: str, settings: SettingsDep) -> dict[str, Any]:
 def get_report_html(report_id: str, settings: SettingsDep) -> FileResponse:
     """The Evidently HTML report (plots per column; a plain page for an empty period)."""
     with open_db(settings) as conn:
-        path = monitoring.report_html_path(report_id, conn=conn)
+        path = archive.report_html_path(report_id, conn=conn)
     if path is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no HTML for drift report {report_id!r}")
     return FileResponse(path, media_type="text/html")

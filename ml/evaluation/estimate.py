@@ -3,7 +3,7 @@ performance estimation, CBPE).
 
 1. **Calibrate** the champion's P(positive) on its held-out split, where the true labels are
    known: isotonic regression (scikit-learn) of the true label on ``p_positive``. The monitoring
-   reference (``ml.stages.monitoring.build_reference``: the champion's held-out predictions with their
+   reference (``ml.stages.monitoring.reference.build_reference``: the champion's held-out predictions with their
    true labels) is that split, so the calibrator is fitted on it once per champion version and
    cached beside it as ``var/reference/<model>/v<version>/calibration.json`` (the isotonic
    thresholds: a few hundred numbers, readable, no pickle).
@@ -78,7 +78,7 @@ def estimate_accuracy(cal: dict[str, Any], p_positive: np.ndarray, labels: np.nd
 def champion_calibrator(reference, meta: dict[str, Any], settings=None) -> dict[str, Any]:
     """The calibrator of the champion behind ``meta`` (the monitoring reference's meta): from
     ``calibration.json`` beside the cached reference, else fitted on the reference and cached."""
-    from ml.stages.monitoring import reference_dir
+    from ml.stages.monitoring.reference import reference_dir
 
     target = reference_dir(int(meta["version"]), settings)
     path = target / CALIBRATION_FILE

@@ -5,9 +5,9 @@ more than 0.0") while it now labelled "load tweet this is great" negative. So th
 two models' *paired predictions* on three sets and records what changed:
 
 (a) the fixed held-out split (for a retraining: its parent's held-out texts with the parent's
-    labels, reported texts included, never trained on — ``ml/stages/retraining.py``);
+    labels, reported texts included, never trained on — ``ml/stages/retraining/``);
 (b) the reported tweets held out of a retraining's training (``retraining_report_eval_fraction``):
-    compared and recorded (``ml.stages.retraining.evaluate``), not a promotion criterion — a few hundred
+    compared and recorded (``ml.stages.retraining.challenger.evaluate``), not a promotion criterion — a few hundred
     hand-picked champion errors are too small and too biased a sample to decide on;
 (c) the golden regression set: ``golden_path`` (config/golden.yaml: canonical tweets with their
     labels) plus the labelled behavioural cases of ``ml.evaluation.behaviour``.

@@ -32,7 +32,9 @@ def model_card(settings: Settings | None = None) -> dict[str, Any]:
 
     from ml.platform import db, registry, tracking
     from ml.reports import lineage
-    from ml.stages import alerts, retraining
+    from ml.stages.alerts.events import list_alerts
+    from ml.stages.retraining.records import list_retrainings
+    from ml.stages.retraining.trigger import champion_context, pending_count
 
     s = settings or get_settings()
     tracking.configure(s)
@@ -108,10 +110,10 @@ def model_card(settings: Settings | None = None) -> dict[str, Any]:
         }
         for e in events
     ]
-    ctx = retraining.champion_context(s)
-    card["feedback"] = retraining.pending_count(ctx, s) if ctx and ctx.corpus_rows else None
-    card["retrainings"] = retraining.list_retrainings(5, s)
-    card["alerts"] = alerts.list_alerts(5, model_name=s.model_name, settings=s)
+    ctx = champion_context(s)
+    card["feedback"] = pending_count(ctx, s) if ctx and ctx.corpus_rows else None
+    card["retrainings"] = list_retrainings(5, s)
+    card["alerts"] = list_alerts(5, model_name=s.model_name, settings=s)
     return card
 
 

@@ -1,7 +1,7 @@
 """Shadow before promotion: a retraining's challenger that passed the promotion gate first serves in
 shadow, and is promoted only if it holds up on live traffic.
 
-1. **Start** (:func:`start`, from ``ml.stages.retraining.promote`` when ``shadow_requests`` or ``shadow_hours``
+1. **Start** (:func:`start`, from ``ml.stages.retraining.challenger.promote`` when ``shadow_requests`` or ``shadow_hours``
    is set): ``ml.stages.train.promote(hold=True)`` ran the gate without moving the alias. A ``shadows`` row
    names the challenger version, the champion it shadows and the artifact sha256 recorded at
    registration (the API verifies it before loading, as for a champion); each model's isotonic

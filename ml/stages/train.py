@@ -464,9 +464,9 @@ def gate_policy(s: Settings) -> dict[str, Any]:
 
 def promote_candidate(run_id: str, retraining_id: Any = None, settings: Settings | None = None) -> dict[str, Any]:
     """The promotion step shared by both DAGs: :func:`promote`, or for a retraining's challenger
-    ``ml.stages.retraining.promote`` (the same gate with the retraining's margin, recorded on it)."""
+    ``ml.stages.retraining.challenger.promote`` (the same gate with the retraining's margin, recorded on it)."""
     if retraining_id in (None, "", "None"):
         return promote(run_id, settings)
-    from ml.stages import retraining
+    from ml.stages.retraining import challenger
 
-    return retraining.promote(retraining_id, run_id, settings)
+    return challenger.promote(retraining_id, run_id, settings)

@@ -13,7 +13,7 @@ from api_helpers import fresh_model_name, running_app, settings_with, wait_for
 from api_helpers import report as send_report
 from receivers import refused_port, smtp_receiver, webhook_receiver
 
-from ml.stages import alerts
+from ml.stages.alerts.burst import burst_message, evaluate_feedback
 
 TEXTS = [
     "I love this, best day ever",
@@ -225,7 +225,7 @@ def test_burst_alert_says_how_many_reports_over_what_period(platform_env, conn):
         ).fetchone()[0]
 
     s = settings_with(platform_env, model_name=model)
-    outs = [alerts.evaluate_feedback(report(i), s, dispatch=False) for i in range(3)]  # each evaluated once stored
+    outs = [evaluate_feedback(report(i), s, dispatch=False) for i in range(3)]  # each evaluated once stored
     assert [o["raised"] for o in outs] == [False, False, True]
     alert_id = outs[-1]["alert_id"]
     row = conn.execute("SELECT n_reports, message FROM alerts WHERE id = %s", (alert_id,)).fetchone()
@@ -234,7 +234,7 @@ def test_burst_alert_says_how_many_reports_over_what_period(platform_env, conn):
     for i in range(3, n_total - 1):  # the rest of the burst, stored at once; evaluated by the last one
         report(i)
     last = report(n_total - 1)
-    out = alerts.evaluate_feedback(last, s, dispatch=False)
+    out = evaluate_feedback(last, s, dispatch=False)
     assert out["raised"] is False and out["alert_id"] == alert_id
     n, msg, first_at, last_at, resolved = conn.execute(
         "SELECT n_reports, message, first_report_at, last_report_at, resolved_at FROM alerts WHERE id = %s", (alert_id,)
@@ -242,7 +242,7 @@ def test_burst_alert_says_how_many_reports_over_what_period(platform_env, conn):
     assert (n, resolved) == (n_total, None)
     assert (last_at - first_at).total_seconds() == pytest.approx(30.0, abs=1e-3)
     assert msg.startswith(f"1,497 predictions of {model} reported wrong in 30 s (")
-    assert msg == alerts.burst_message(n_total, model, first_at, last_at, 3, 300)
+    assert msg == burst_message(n_total, model, first_at, last_at, 3, 300)
     assert f"{first_at.astimezone(UTC):%Y-%m-%d %H:%M:%S} -> " in msg
     assert "alert rule: 3 reports within 300 s" in msg
     assert (

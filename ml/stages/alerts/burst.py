@@ -1,0 +1,268 @@
+"""The feedback rules, counted in PostgreSQL under a lock per (rule, model): ``misclassification_burst``
+(:func:`evaluate_feedback`, one alert per burst) and the burst guard ``feedback_burst``
+(:func:`evaluate_burst`, which pauses retraining while it is open)."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+
+import psycopg
+
+from ml.platform import db
+from ml.platform.config import Settings, get_settings
+from ml.stages.alerts.channels import (
+    channel_result,
+    dispatch_alert,
+)
+from ml.store import alerts as store
+
+log = logging.getLogger(__package__)  # the stage's logger ``ml.stages.alerts``, named in the log channel
+
+
+RULE_BURST = "misclassification_burst"
+RULE_FEEDBACK_BURST = "feedback_burst"
+
+
+def evaluate_feedback(
+    feedback_id: int, settings: Settings | None = None, dispatch: bool = True, conn: psycopg.Connection | None = None
+) -> dict[str, Any]:
+    """Apply the burst rule after feedback ``feedback_id`` was stored (and committed).
+
+    Returns ``{"misclassification", "raised", "alert_id", "n_reports", "threshold"}``. When an alert
+    is raised it is logged now and, with ``dispatch``, sent to the webhook / e-mail in the
+    background."""
+    s = settings or get_settings()
+    out: dict[str, Any] = {"feedback_id": feedback_id, "misclassification": False, "raised": False, "alert_id": None}
+    # ``conn``: a connection the caller keeps (the API's alert thread), one transaction per call
+    with (
+        conn.transaction()
+        if conn is not None
+        else db.connect(s, start_embedded=False, connect_timeout=5, application_name="sentiment-alerts")
+    ) as opened:
+        # with ``conn`` the context is its transaction; without, the new connection itself
+        c = conn if conn is not None else cast(psycopg.Connection, opened)
+        row = store.feedback_verdict(c, feedback_id)
+        if row is None or not row[1]:
+            return out  # unknown, or a confirmation (the prediction was right)
+        model_name = row[0]
+        out["misclassification"] = True
+        alert = _evaluate_locked(c, model_name, feedback_id, s)
+        out.update(alert)
+        out["feedback_burst"] = burst = evaluate_burst(c, model_name, s)  # the burst guard (pauses retraining)
+    if out["raised"]:
+        log.warning("ALERT %s #%s: %s", RULE_BURST, out["alert_id"], out["message"])
+        if dispatch:
+            dispatch_alert(out["alert_id"], s)
+    if burst["raised"] and dispatch:
+        dispatch_alert(burst["alert_id"], s)
+    return out
+
+
+def _evaluate_locked(conn: psycopg.Connection, model_name: str, feedback_id: int, s: Settings) -> dict[str, Any]:
+    """One transaction: lock (rule, model), count the window, open / extend / resolve the alert."""
+    threshold, window = int(s.alert_misclassification_count), float(s.alert_window_seconds)
+    now = store.lock(conn, RULE_BURST, model_name)
+    start = now - timedelta(seconds=window)
+    n, ids, first, last = store.wrong_reports_between(conn, model_name, start, now)
+    res: dict[str, Any] = {
+        "n_reports": n,
+        "threshold": threshold,
+        "window_seconds": window,
+        "raised": False,
+        "alert_id": None,
+        "model_name": model_name,
+    }
+    open_alert = store.open_alert(conn, RULE_BURST, model_name)
+    if open_alert is not None and (
+        n < threshold or open_alert["last_report_at"] is None or open_alert["last_report_at"] <= start
+    ):
+        # the burst is over: its window holds fewer than `threshold` reports, or nothing new came in a window
+        last_at = open_alert["last_report_at"]
+        store.resolve(conn, open_alert["id"], min(now, last_at + timedelta(seconds=window)) if last_at else now)
+        open_alert = None
+    if n < threshold:
+        return res
+    if first is None or last is None:  # n >= threshold reports in the window: both are set
+        raise RuntimeError(f"{RULE_BURST} ({model_name}): {n} reports in the window but no first / last report time")
+    if open_alert is not None:  # the same burst: record the report on the open alert, recount the burst
+        store.add_later_report(conn, open_alert["id"], feedback_id)
+        burst_first = open_alert["first_report_at"] or first
+        n_burst, _, _, burst_last = store.wrong_reports_between(conn, model_name, burst_first, now, include_start=True)
+        burst_last = max(burst_last or last, last)
+        store.update_count(
+            conn,
+            open_alert["id"],
+            n_burst,
+            burst_last,
+            burst_message(n_burst, model_name, burst_first, burst_last, threshold, window),
+        )
+        res.update(alert_id=open_alert["id"], n_burst=n_burst)
+        return res
+    message = burst_message(n, model_name, first, last, threshold, window)
+    details = {"feedback_ids": ids, "first_report_at": first.isoformat(), "last_report_at": last.isoformat()}
+    alert_id = store.insert_open(
+        conn,
+        rule=RULE_BURST,
+        model_name=model_name,
+        severity="error",
+        window_seconds=int(window),
+        threshold=threshold,
+        n_reports=n,
+        feedback_ids=ids,
+        first_report_at=first,
+        last_report_at=last,
+        message=message,
+        details=details,
+        channels=[channel_result("log", "logger ml.stages.alerts", "sent")],
+    )
+    if alert_id is None:  # cannot happen under the lock; the unique index is the second guard
+        return res
+    res.update(raised=True, alert_id=alert_id, message=message, feedback_ids=ids)
+    return res
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def burst_message(n: int, model_name: str, first: datetime, last: datetime, threshold: int, window: float) -> str:
+    """The burst alert's text: how many reports, over what period (rewritten on every report of the
+    burst, so that it always says the whole burst), and the rule that raised it."""
+    a, b = first.astimezone(UTC), last.astimezone(UTC)
+    return (
+        f"{n:,} predictions of {model_name} reported wrong in {_duration((b - a).total_seconds())} "
+        f"({a:%Y-%m-%d %H:%M:%S} -> {b:%Y-%m-%d %H:%M:%S} UTC); "
+        f"alert rule: {threshold} reports within {window:g} s"
+    )
+
+
+# ---------------------------------------------------------------- the burst guard (feedback_burst)
+def _sha(identity: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(identity.encode("utf-8")).hexdigest()
+
+
+def evaluate_burst(conn: psycopg.Connection, model_name: str, s: Settings) -> dict[str, Any]:
+    """Rule ``feedback_burst`` (the burst guard), in the caller's transaction: a burst is
+    ``feedback_burst_identity_count`` wrong-reports from ONE identity within
+    ``feedback_burst_window_seconds``, or all wrong-reports in a window at ``feedback_burst_rate_factor``
+    x the normal rate (the last ``feedback_burst_baseline_hours``) and at least ``feedback_burst_rate_min``.
+
+    One open alert per model while the burst lasts: raised at the first crossing, its count, period
+    and identities rewritten on every report of the burst; resolved once ``feedback_burst_quiet_seconds``
+    pass without burst-level reporting. While it is open the retraining trigger answers ``paused_burst``
+    (``ml.stages.retraining.trigger.check_trigger`` calls this too, so a burst the alert thread has not seen yet
+    pauses it as well). Identities are named redacted (``ml.stages.review.redact``); the alert keeps only
+    their sha256 to recount them. Returns ``{"open", "raised", "alert_id", "message", ...}``."""
+    from ml.stages.review import redact
+
+    window, quiet = float(s.feedback_burst_window_seconds), float(s.feedback_burst_quiet_seconds)
+    now = store.lock(conn, RULE_FEEDBACK_BURST, model_name)
+    start = now - timedelta(seconds=window)
+    counts = store.wrong_reports_by_reporter(conn, model_name, start, now)
+    total = sum(n for _, n, _, _ in counts)
+    base_start = now - timedelta(hours=float(s.feedback_burst_baseline_hours))
+    base_total = (
+        store.wrong_report_total(conn, model_name, base_start, start) if total >= s.feedback_burst_rate_min else 0
+    )  # below the minimum: no rate burst anyway
+    normal = base_total * window / max(1.0, (start - base_start).total_seconds())  # per window
+    rate_limit = max(float(s.feedback_burst_rate_min), float(s.feedback_burst_rate_factor) * normal)
+    loud = [(who, n) for who, n, _, _ in counts if n >= s.feedback_burst_identity_count]
+    rate_burst = total >= rate_limit
+    res: dict[str, Any] = {
+        "open": False,
+        "raised": False,
+        "alert_id": None,
+        "message": None,
+        "model_name": model_name,
+        "window_reports": total,
+        "normal_per_window": round(normal, 2),
+    }
+    open_alert = store.open_alert(conn, RULE_FEEDBACK_BURST, model_name)
+    if open_alert is not None and not (loud or rate_burst):
+        last_at = open_alert["last_report_at"]
+        if last_at is None or last_at + timedelta(seconds=quiet) <= now:  # quiet long enough: it is over
+            store.resolve(
+                conn,
+                open_alert["id"],
+                (last_at + timedelta(seconds=quiet)) if last_at else now,
+                {"resolved": f"no burst for {quiet:g} s"},
+            )
+            res["resolved"] = open_alert["id"]
+            return res
+        res.update(open=True, alert_id=open_alert["id"], message=open_alert["details"].get("message"))
+        return res
+    if not (loud or rate_burst):
+        return res
+    details = dict(open_alert["details"]) if open_alert else {}
+    hashes = set(details.get("identity_sha256", [])) | {_sha(w) for w, _ in loud}
+    kind = "identity" if hashes else "rate"  # one (or a few) identities, or everyone at once
+    first_at = (
+        open_alert["first_report_at"]
+        if open_alert and open_alert["first_report_at"]
+        else min(f for _, _, f, _ in counts)
+    )
+    burst_counts = store.wrong_reports_by_reporter(conn, model_name, first_at, now, include_start=True)
+    if kind == "identity":  # their reports since the burst began
+        burst_counts = [c for c in burst_counts if _sha(c[0]) in hashes]
+    n = sum(c[1] for c in burst_counts)
+    first = min(c[2] for c in burst_counts)
+    last = max(c[3] for c in burst_counts)
+    who = [(redact(c[0]), c[1]) for c in burst_counts[:5]]
+    more = len(burst_counts) - len(who)
+    whom = ", ".join(f"{w} ({k:,})" for w, k in who) + (f" and {more} more" if more > 0 else "")
+    rule = (
+        f"{s.feedback_burst_identity_count} wrong-reports from one identity within {window:g} s"
+        if kind == "identity"
+        else f"wrong-reports at {s.feedback_burst_rate_factor:g}x the normal rate ({normal:.1f} per {window:g} s) "
+        f"and >= {s.feedback_burst_rate_min}"
+    )
+    a, b = first.astimezone(UTC), last.astimezone(UTC)
+    message = (
+        f"{n:,} misclassification reports on {model_name} from {whom} in "
+        f"{_duration((b - a).total_seconds())} ({a:%Y-%m-%d %H:%M:%S} -> {b:%Y-%m-%d %H:%M:%S} UTC); "
+        f"burst rule: {rule}. Retraining is paused until {quiet:g} s pass without a burst."
+    )
+    details.update(
+        kind=kind,
+        identities=[w for w, _ in who],
+        identity_sha256=sorted(hashes),
+        message=message,
+        first_report_at=a.isoformat(),
+        last_report_at=b.isoformat(),
+        window_reports=total,
+        normal_per_window=round(normal, 2),
+        per_identity={w: k for w, k in who},
+    )
+    if open_alert is not None:
+        store.update_count(conn, open_alert["id"], n, last, message, details)
+        res.update(open=True, alert_id=open_alert["id"], message=message, n_reports=n)
+        return res
+    alert_id = store.insert_open(
+        conn,
+        rule=RULE_FEEDBACK_BURST,
+        model_name=model_name,
+        severity="error",
+        window_seconds=int(window),
+        threshold=int(s.feedback_burst_identity_count),
+        n_reports=n,
+        feedback_ids=[],
+        first_report_at=first,
+        last_report_at=last,
+        message=message,
+        details=details,
+        channels=[channel_result("log", "logger ml.stages.alerts", "sent")],
+    )
+    if alert_id is None:  # the unique index: another process raised it a moment ago
+        return res
+    log.warning("ALERT %s #%s: %s", RULE_FEEDBACK_BURST, alert_id, message)
+    res.update(open=True, raised=True, alert_id=alert_id, message=message, n_reports=n)
+    return res
