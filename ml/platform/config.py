@@ -172,6 +172,10 @@ class Settings(BaseSettings):
     rate_limit_predict: str = "1200/minute"  # per identity; a batch counts each text
     rate_limit_feedback: str = "30/minute"  # per identity
     rate_limit_storage_url: str | None = None  # unset: the platform's PostgreSQL; or redis://host:6379/0
+    # each API process admits up to this share of a limit on its own before adding it to the shared counter
+    # (one round trip per share, not per request); a caller may exceed a limit by this share per process
+    rate_limit_local_share: float = Field(default=0.02, ge=0.0, le=0.5)
+    rate_limit_sync_seconds: float = Field(default=1.0, gt=0)  # ... and syncs at least this often
     champion_verify_grace_seconds: float = Field(default=30.0, ge=0)  # alias ahead of its event: wait this long
     mlflow_auth: bool = True  # `make up` runs MLflow with --app-name basic-auth
 

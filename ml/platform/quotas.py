@@ -1,7 +1,8 @@
 """Per-identity quotas of the API (``rate_limit_predict``, ``rate_limit_feedback``).
 
 The `limits` library (pinned) parses the limits (``"1200/minute"``, ``"10/second;1000/day"``) and
-applies its fixed-window strategy; its counters live where every API process sees them:
+applies fixed windows (the counting of `limits`' FixedWindowRateLimiter, pre-aggregated below); its
+counters live where every API process sees them:
 
 - ``rate_limit_storage_url`` unset (the default, and ``make up``): :class:`PostgresStorage`, a
   `limits` storage over the platform's PostgreSQL (table ``rate_limit_counters``, one atomic
@@ -11,6 +12,17 @@ applies its fixed-window strategy; its counters live where every API process see
 When the counter store cannot be reached the request is let through and the failure is logged
 (at most once a minute): ``/predict`` keeps answering through a database outage, as it does
 without quotas.
+
+**Local pre-aggregation** (``rate_limit_local_share``, default 0.02). A round trip to the shared
+counter on every request halved the throughput of one API worker (``benchmarks/api_load.py
+--quotas``). So each process admits up to ``share x limit`` units of a key on its own, counted
+locally, and adds them to the shared counter in one statement when that allowance is used up or
+``rate_limit_sync_seconds`` have passed since its last sync, whichever is first. A caller can thus
+exceed its limit by at most ``share x limit`` per API process (2% each at the default) — never
+more, since a process that last saw the shared count near the limit syncs every hit. Limits
+below ``1 / share`` units (e.g. the 30/minute feedback limit) have no allowance: every hit is
+counted in the shared store at once. A refused key is refused locally until its window resets
+(no round trip per refused request).
 """
 
 from __future__ import annotations
@@ -26,7 +38,6 @@ from typing import Any
 import psycopg
 from limits import RateLimitItem, parse_many
 from limits.storage import Storage, storage_from_string
-from limits.strategies import FixedWindowRateLimiter
 
 from ml.platform.config import Settings, get_settings
 from ml.store import quotas as store
@@ -134,12 +145,27 @@ class Refusal:
     message: str
 
 
+@dataclass
+class _Local:
+    """One key's state in this process: the shared count at the last sync, the units admitted here
+    since (not yet in the shared store), when that sync was, and until when the key is refused."""
+
+    shared: int = 0
+    pending: int = 0
+    synced_at: float = float("-inf")
+    refused_until: float = 0.0  # unix time
+
+
 class Quotas:
     """The API's quotas: ``hit(name, identity, cost)`` -> None (allowed) or a :class:`Refusal`."""
 
     def __init__(self, settings: Settings | None = None) -> None:
         s = settings or get_settings()
         self.enabled = s.rate_limits_enabled
+        self.local_share = s.rate_limit_local_share
+        self.sync_seconds = s.rate_limit_sync_seconds
+        self._local: dict[str, _Local] = {}
+        self._local_lock = threading.Lock()
         self.limits: dict[str, list[RateLimitItem]] = {
             "predict": parse_many(s.rate_limit_predict),
             "feedback": parse_many(s.rate_limit_feedback),
@@ -160,7 +186,6 @@ class Quotas:
         else:
             self.storage = PostgresStorage(settings=s)
             self.where = "PostgreSQL (rate_limit_counters)"
-        self.limiter = FixedWindowRateLimiter(self.storage)
         self._last_error_log = 0.0
 
     def hit(self, name: str, identity: str, cost: int = 1) -> Refusal | None:
@@ -175,10 +200,10 @@ class Quotas:
                     f"send at most {item.amount} per request",
                 )
             try:
-                allowed = self.limiter.hit(item, NAMESPACE, name, identity, cost=cost)
-                if allowed:
+                refusal = self._hit(item, name, identity, cost)
+                if refusal is None:
                     continue
-                reset = self.limiter.get_window_stats(item, NAMESPACE, name, identity).reset_time
+                return refusal
             except Exception as exc:  # noqa: BLE001 - fail open: the store is down, the API is not
                 if time.monotonic() - self._last_error_log > 60:
                     self._last_error_log = time.monotonic()
@@ -189,9 +214,50 @@ class Quotas:
                         exc,
                     )
                 return None
-            retry = max(1, math.ceil(reset - time.time()))
-            return Refusal(retry, str(item), f"rate limit exceeded: {item} per caller for {name}; retry in {retry}s")
         return None
+
+    def _hit(self, item: RateLimitItem, name: str, identity: str, cost: int) -> Refusal | None:
+        """One limit: admitted locally while this process's allowance lasts, else counted in the
+        shared store (with what was admitted locally since the last sync)."""
+        key = item.key_for(NAMESPACE, name, identity)
+        allowance = int(item.amount * self.local_share)
+        with self._local_lock:
+            st = self._local.get(key)
+            if st is None:
+                if len(self._local) > 100_000:  # identities come and go: forget the idle ones
+                    self._local.clear()
+                st = self._local[key] = _Local()
+            now = time.monotonic()
+            if st.refused_until > time.time():
+                return self._refusal(item, name, st.refused_until)
+            if (
+                allowance
+                and now - st.synced_at < self.sync_seconds
+                and st.pending + cost <= allowance
+                and st.shared + st.pending + cost <= item.amount
+            ):
+                st.pending += cost  # admitted here; counted in the shared store at the next sync
+                return None
+            amount, st.pending = st.pending + cost, 0
+        try:
+            count = self.storage.incr(key, item.get_expiry(), amount=amount)
+        except Exception:
+            with self._local_lock:
+                st.pending += amount - cost  # the units admitted earlier stay owed
+            raise
+        with self._local_lock:
+            st.shared, st.synced_at = count, time.monotonic()
+        if count <= item.amount:
+            return None
+        reset = self.storage.get_expiry(key)
+        with self._local_lock:
+            st.refused_until = reset
+        return self._refusal(item, name, reset)
+
+    @staticmethod
+    def _refusal(item: RateLimitItem, name: str, reset: float) -> Refusal:
+        retry = max(1, math.ceil(reset - time.time()))
+        return Refusal(retry, str(item), f"rate limit exceeded: {item} per caller for {name}; retry in {retry}s")
 
     def close(self) -> None:
         if isinstance(self.storage, PostgresStorage):

@@ -172,6 +172,40 @@ def test_quota_429_with_retry_after_counted_across_two_app_instances(api_setting
         assert int(r.headers["Retry-After"]) >= 1
 
 
+def test_quota_pre_aggregation_bounds_the_overshoot_and_saves_round_trips(api_settings):
+    """Each process admits up to rate_limit_local_share of a limit on its own: two "processes" (two
+    Quotas on one PostgreSQL) admit the limit and at most one allowance each beyond it, with a small
+    fraction of the round trips; a refused key is refused locally; small limits stay exact."""
+    from ml.platform.quotas import Quotas
+
+    s = settings_with(api_settings, rate_limit_predict="1000/minute", rate_limit_feedback="30/minute")
+    assert s.rate_limit_local_share == 0.02  # allowance: 20 units per process for 1000/minute
+    procs = [Quotas(s), Quotas(s)]
+    trips = [0]
+    for q in procs:  # count the statements that reach the shared counter (the real storage runs them)
+        incr = q.storage.incr
+
+        def counted(*a, _incr=incr, **kw):
+            trips[0] += 1
+            return _incr(*a, **kw)
+
+        q.storage.incr = counted
+    who = f"caller-{uuid.uuid4().hex[:8]}"
+    admitted = sum(procs[i % 2].hit("predict", who) is None for i in range(1200))
+    assert 1000 <= admitted <= 1000 + 2 * 20, admitted
+    assert trips[0] < 1200 / 5, trips[0]  # most hits were admitted (or refused) without a round trip
+    before = trips[0]
+    refusals = [procs[i % 2].hit("predict", who) for i in range(50)]
+    assert all(r is not None and 1 <= r.retry_after <= 60 for r in refusals)
+    assert trips[0] == before  # refused locally until the window resets
+    # 30/minute: 30 x 0.02 < 1, no allowance: every hit is counted in the shared store, exactly
+    who2 = f"caller-{uuid.uuid4().hex[:8]}"
+    results = [procs[i % 2].hit("feedback", who2) for i in range(31)]
+    assert [r is None for r in results] == [True] * 30 + [False]
+    for q in procs:
+        q.close()
+
+
 # ---------------------------------------------------------------- lineage
 def test_lineage_is_redacted_without_admin(api_settings, champion, admin_headers, review_headers):
     with running_app(api_settings) as client:
