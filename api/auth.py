@@ -17,11 +17,13 @@ import time
 from collections.abc import Callable
 from typing import Annotated
 
+from anyio import to_thread
 from fastapi import Depends, HTTPException, Request, status
 
 from api.deps import SettingsDep, database_unavailable
 from ml.platform import db, security
 from ml.platform.config import Settings
+from ml.platform.quotas import Quotas, Refusal
 from ml.platform.security import Identity
 
 _CACHE_MAX = 10_000
@@ -35,12 +37,18 @@ class KeyCache:
         self._items: dict[str, tuple[Identity | None, float]] = {}
         self._lock = threading.Lock()
 
+    def cached(self, key: str) -> tuple[bool, Identity | None]:
+        """(found, identity) from this process's cache only: no I/O (the event loop may call it)."""
+        hit = self._items.get(security.hash_key(key))
+        if hit is not None and hit[1] > time.monotonic():
+            return True, hit[0]
+        return False, None
+
     def get(self, key: str, settings: Settings) -> Identity | None:
-        h = security.hash_key(key)
-        now = time.monotonic()
-        hit = self._items.get(h)
-        if hit is not None and hit[1] > now:
-            return hit[0]
+        found, ident = self.cached(key)
+        if found:
+            return ident
+        h, now = security.hash_key(key), time.monotonic()
         try:
             with db.connect(
                 settings, start_embedded=False, connect_timeout=3, application_name="sentiment-api"
@@ -59,19 +67,42 @@ def _unauthorized(message: str) -> HTTPException:
     return HTTPException(status.HTTP_401_UNAUTHORIZED, detail=message, headers={"WWW-Authenticate": "Bearer"})
 
 
-def identify(request: Request, settings: Settings) -> Identity:
-    """The caller: the key's identity, or the anonymous client address when no key is sent."""
+def _bearer(request: Request) -> str | None:
+    """The key sent (None: anonymous), or 401 for a malformed Authorization header."""
     header = request.headers.get("authorization")
     if not header:
-        return security.anonymous(request.client.host if request.client else None)
+        return None
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         raise _unauthorized("send the API key as `Authorization: Bearer <key>`")
-    cache: KeyCache = request.app.state.keys
-    ident = cache.get(key.strip(), settings)
+    return key.strip()
+
+
+def _known(ident: Identity | None) -> Identity:
     if ident is None:
         raise _unauthorized("invalid or revoked API key")
     return ident
+
+
+def identify(request: Request, settings: Settings) -> Identity:
+    """The caller: the key's identity, or the anonymous client address when no key is sent
+    (a key not in this process's cache is checked in PostgreSQL: call it off the event loop)."""
+    key = _bearer(request)
+    if key is None:
+        return security.anonymous(request.client.host if request.client else None)
+    return _known(request.app.state.keys.get(key, settings))
+
+
+async def identify_async(request: Request, settings: Settings) -> Identity:
+    """:func:`identify` for the event loop: anonymous callers and cached keys without a thread hop."""
+    key = _bearer(request)
+    if key is None:
+        return security.anonymous(request.client.host if request.client else None)
+    cache: KeyCache = request.app.state.keys
+    found, ident = cache.cached(key)
+    if not found:
+        ident = await to_thread.run_sync(cache.get, key, settings)
+    return _known(ident)
 
 
 def require(*scopes: str, anonymous_if: Callable[[Settings], bool] | None = None, quota: str | None = None):
@@ -79,8 +110,9 @@ def require(*scopes: str, anonymous_if: Callable[[Settings], bool] | None = None
     pass only where ``anonymous_if(settings)`` is true. With ``quota``, one unit of that quota is charged."""
     need = " or ".join(f"`{s}`" for s in scopes)
 
-    def dependency(request: Request, settings: SettingsDep) -> Identity:
-        ident = identify(request, settings)
+    # async: on the event loop, with a thread hop only for I/O (a key not cached, a quota sync)
+    async def dependency(request: Request, settings: SettingsDep) -> Identity:
+        ident = await identify_async(request, settings)
         if ident.anonymous:
             if anonymous_if is None or not anonymous_if(settings):
                 raise _unauthorized(f"this endpoint needs an API key with scope {need}")
@@ -90,19 +122,27 @@ def require(*scopes: str, anonymous_if: Callable[[Settings], bool] | None = None
                 detail=f"API key {ident.name!r} lacks scope {need} (it has: {', '.join(sorted(ident.scopes))})",
             )
         if quota:
-            charge(request, ident, quota, 1)
+            quotas: Quotas = request.app.state.quotas
+            refusal = quotas.hit_nowait(quota, ident.id, 1)
+            if refusal is ...:
+                refusal = await to_thread.run_sync(quotas.hit, quota, ident.id, 1)
+            _refuse(refusal)
         return ident
 
     return dependency
 
 
-def charge(request: Request, ident: Identity, name: str, cost: int) -> None:
-    """Spend ``cost`` units of the identity's ``name`` quota, or 429 with Retry-After."""
-    refusal = request.app.state.quotas.hit(name, ident.id, cost)
+def _refuse(refusal: Refusal | None) -> None:
     if refusal is not None:
         raise HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS, detail=refusal.message, headers={"Retry-After": str(refusal.retry_after)}
         )
+
+
+def charge(request: Request, ident: Identity, name: str, cost: int) -> None:
+    """Spend ``cost`` units of the identity's ``name`` quota, or 429 with Retry-After (may do I/O:
+    call it off the event loop)."""
+    _refuse(request.app.state.quotas.hit(name, ident.id, cost))
 
 
 def _anonymous_predict(s: Settings) -> bool:

@@ -33,6 +33,7 @@ import threading
 import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from types import EllipsisType
 from typing import Any
 
 import psycopg
@@ -216,6 +217,37 @@ class Quotas:
                 return None
         return None
 
+    def hit_nowait(self, name: str, identity: str, cost: int = 1) -> Refusal | None | EllipsisType:
+        """:meth:`hit` without I/O, for the event loop: None (admitted within this process's
+        allowance), a :class:`Refusal` (the key is refused until its window resets), or ``...`` when
+        the shared store must be asked — then call :meth:`hit` (in a thread); nothing was counted."""
+        if not self.enabled:
+            return None
+        now_m, now = time.monotonic(), time.time()
+        with self._local_lock:
+            admitted = []
+            for item in self.limits[name]:
+                st = self._local.get(item.key_for(NAMESPACE, name, identity))
+                if st is None or cost > item.amount:
+                    return ...
+                if st.refused_until > now:
+                    return self._refusal(item, name, st.refused_until)
+                if not self._fits(st, item, cost, int(item.amount * self.local_share), now_m):
+                    return ...
+                admitted.append(st)
+            for st in admitted:
+                st.pending += cost
+        return None
+
+    def _fits(self, st: _Local, item: RateLimitItem, cost: int, allowance: int, now: float) -> bool:
+        """Within this process's allowance of the key, recently synced, and under the limit as last seen."""
+        return bool(
+            allowance
+            and now - st.synced_at < self.sync_seconds
+            and st.pending + cost <= allowance
+            and st.shared + st.pending + cost <= item.amount
+        )
+
     def _hit(self, item: RateLimitItem, name: str, identity: str, cost: int) -> Refusal | None:
         """One limit: admitted locally while this process's allowance lasts, else counted in the
         shared store (with what was admitted locally since the last sync)."""
@@ -227,15 +259,9 @@ class Quotas:
                 if len(self._local) > 100_000:  # identities come and go: forget the idle ones
                     self._local.clear()
                 st = self._local[key] = _Local()
-            now = time.monotonic()
             if st.refused_until > time.time():
                 return self._refusal(item, name, st.refused_until)
-            if (
-                allowance
-                and now - st.synced_at < self.sync_seconds
-                and st.pending + cost <= allowance
-                and st.shared + st.pending + cost <= item.amount
-            ):
+            if self._fits(st, item, cost, allowance, time.monotonic()):
                 st.pending += cost  # admitted here; counted in the shared store at the next sync
                 return None
             amount, st.pending = st.pending + cost, 0

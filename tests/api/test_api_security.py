@@ -198,6 +198,14 @@ def test_quota_pre_aggregation_bounds_the_overshoot_and_saves_round_trips(api_se
     refusals = [procs[i % 2].hit("predict", who) for i in range(50)]
     assert all(r is not None and 1 <= r.retry_after <= 60 for r in refusals)
     assert trips[0] == before  # refused locally until the window resets
+    # the event loop's path (api/auth.py): no I/O; "..." (ask the store) for a new key or a spent allowance
+    fresh = f"caller-{uuid.uuid4().hex[:8]}"
+    q = procs[0]
+    assert q.hit_nowait("predict", fresh) is ...  # never seen: the store must be asked
+    assert q.hit("predict", fresh) is None
+    answers = [q.hit_nowait("predict", fresh) for _ in range(25)]
+    assert answers[:20] == [None] * 20 and answers[20:] == [...] * 5  # 20 units of allowance after the sync
+    assert q.hit_nowait("predict", who) is not None and q.hit_nowait("predict", who) is not ...  # refused locally
     # 30/minute: 30 x 0.02 < 1, no allowance: every hit is counted in the shared store, exactly
     who2 = f"caller-{uuid.uuid4().hex[:8]}"
     results = [procs[i % 2].hit("feedback", who2) for i in range(31)]
