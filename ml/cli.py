@@ -458,13 +458,13 @@ def services_up(
     only: str | None = typer.Option(None, help="start only these (comma-separated: mlflow, airflow, api); no training"),
 ) -> None:
     """Start PostgreSQL, the supervisor, MLflow, Airflow and the API; train the first champion."""
-    from ml.platform import startup
-    from ml.platform.supervisor import runtime_dir
+    from ml.platform.startup.up import up
+    from ml.platform.supervisor import ServiceError, runtime_dir
 
     os.environ["XDG_RUNTIME_DIR"] = runtime_dir()
     try:
-        startup.up(data=data, train=train, wait=wait, force_train=force_train, only=only)
-    except startup.ServiceError as e:
+        up(data=data, train=train, wait=wait, force_train=force_train, only=only)
+    except ServiceError as e:
         typer.echo(
             f"\nERROR: {e}\nServices that did start keep running under the supervisor; "
             "`make status` lists them, `make down` stops them.",
@@ -476,17 +476,17 @@ def services_up(
 @services_app.command("down")
 def services_down() -> None:
     """Stop the supervisor, then everything `up` started (data is kept)."""
-    from ml.platform import startup
+    from ml.platform.startup.down import down
 
-    startup.down()
+    down()
 
 
 @services_app.command("status")
 def services_status(as_json: bool = typer.Option(False, "--json", help="machine-readable")) -> None:
     """What runs, with pid, URL, restarts, crash loops and log."""
-    from ml.platform import startup
+    from ml.platform.startup.status import status
 
-    st = startup.status(quiet=as_json)
+    st = status(quiet=as_json)
     if as_json:
         typer.echo(json.dumps(st, indent=2, default=str))
 
@@ -504,10 +504,10 @@ def services_supervise(
     ),
 ) -> None:
     """The supervisor (started by `ml services up`, detached): restarts crashed services."""
-    from ml.platform import startup
+    from ml.platform.startup.supervision import supervise
     from ml.platform.supervisor import Policy
 
-    startup.supervise(
+    supervise(
         policy=Policy(
             backoff_base=backoff_base,
             backoff_max=backoff_max,

@@ -264,16 +264,18 @@ def _use(monkeypatch, **env: str):
 def _on_free_ports(monkeypatch, tmp_path, only: str, attempts: int = 3, **up_kw):
     """``up(only=...)`` with its own var/ and kernel-chosen ports; retried with new ports when
     another process takes one first. Returns (settings, summary)."""
-    from ml.platform import startup
+    from ml.platform.startup.down import down
+    from ml.platform.startup.up import up
+    from ml.platform.supervisor import ServiceError
 
     for attempt in range(attempts):
         s = _use(monkeypatch, SENTIMENT_VAR_DIR=str(tmp_path / f"var{attempt}"),
                  SENTIMENT_API_PORT=str(_kernel_port()), SENTIMENT_MLFLOW_PORT=str(_kernel_port()),
                  SENTIMENT_AIRFLOW_PORT=str(_kernel_port()))  # fmt: skip
         try:
-            return s, startup.up(settings=s, only=only, train=False, **up_kw)
-        except startup.ServiceError as e:
-            startup.down(s)
+            return s, up(settings=s, only=only, train=False, **up_kw)
+        except ServiceError as e:
+            down(s)
             if not _conflict(str(e)) or attempt == attempts - 1:
                 raise
 
@@ -289,16 +291,16 @@ def _wait_for(predicate, timeout: float, what: str, poll: float = 0.5):
 
 
 def _cli_env(s) -> dict[str, str]:
-    from ml.platform.startup import settings_env
+    from ml.platform.startup.commands import settings_env
 
     return settings_env(s)
 
 
 # ------------------------------------------------------------------ ml.platform (fast)
 def test_pid_files_are_trusted_only_for_our_processes(platform_env, tmp_path):
-    from ml.platform import startup
+    from ml.platform.startup.services import services
 
-    svc = startup.services(platform_env)["mlflow"]
+    svc = services(platform_env)["mlflow"]
     platform_env.run_dir.mkdir(parents=True, exist_ok=True)
     svc.pid_file(platform_env).write_text(f"{os.getpid()}\n")  # alive, but not ours
     assert svc.pid(platform_env) is None
@@ -308,18 +310,20 @@ def test_pid_files_are_trusted_only_for_our_processes(platform_env, tmp_path):
 
 
 def test_status_and_down_when_nothing_runs(platform_env):
-    from ml.platform import startup
+    from ml.platform.startup.down import down
+    from ml.platform.startup.services import SERVICE_NAMES
+    from ml.platform.startup.status import status
 
-    st = startup.status(platform_env, quiet=True)
-    assert set(st["services"]) == set(startup.SERVICE_NAMES)
+    st = status(platform_env, quiet=True)
+    assert set(st["services"]) == set(SERVICE_NAMES)
     assert not any(x["running"] for x in st["services"].values())
     assert st["supervisor"]["running"] is False
     assert st["postgres"]["embedded"] is False
-    assert startup.down(platform_env) == []
+    assert down(platform_env) == []
 
 
 def test_steps_are_counted_not_hard_coded(platform_env, capsys):
-    from ml.platform.startup import Steps
+    from ml.platform.startup.up import Steps
 
     step = Steps(["PostgreSQL", "Supervisor", "Sentiment API"])
     for title in step.titles:
@@ -328,16 +332,17 @@ def test_steps_are_counted_not_hard_coded(platform_env, capsys):
 
 
 def test_only_selects_services():
-    from ml.platform import startup
+    from ml.platform.startup.services import AIRFLOW_SERVICES, SERVICE_NAMES, select
+    from ml.platform.supervisor import ServiceError
 
-    assert startup.select(None) == list(startup.SERVICE_NAMES)
-    assert startup.select("api,airflow") == [*startup.AIRFLOW_SERVICES, "api"]
-    with pytest.raises(startup.ServiceError, match="unknown service"):
-        startup.select("nginx")
+    assert select(None) == list(SERVICE_NAMES)
+    assert select("api,airflow") == [*AIRFLOW_SERVICES, "api"]
+    with pytest.raises(ServiceError, match="unknown service"):
+        select("nginx")
 
 
 def test_no_proc_parsing_in_the_platform_package():
-    for f in (REPO / "ml" / "platform").glob("*.py"):
+    for f in (REPO / "ml" / "platform").rglob("*.py"):
         assert "/proc" not in f.read_text(), f"{f.name} reads /proc by hand: use psutil"
     assert not (REPO / "ml" / "services.py").exists()
 
@@ -358,8 +363,9 @@ def test_airflow_password_is_generated_once_and_private(platform_env):
 
 
 def test_foreign_process_on_a_port_is_reported(platform_env, monkeypatch):
-    from ml.platform import startup
     from ml.platform.config import reset_settings
+    from ml.platform.startup.services import check_ports
+    from ml.platform.supervisor import ServiceError
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))  # held by this test: no race
@@ -367,8 +373,8 @@ def test_foreign_process_on_a_port_is_reported(platform_env, monkeypatch):
         port = sock.getsockname()[1]
         s = _use(monkeypatch, SENTIMENT_API_PORT=str(port))
         try:
-            with pytest.raises(startup.ServiceError, match=f"{port}.*pid {os.getpid()}.*SENTIMENT_API_PORT"):
-                startup.check_ports(s)
+            with pytest.raises(ServiceError, match=f"{port}.*pid {os.getpid()}.*SENTIMENT_API_PORT"):
+                check_ports(s)
         finally:
             monkeypatch.undo()
             reset_settings()
@@ -377,10 +383,12 @@ def test_foreign_process_on_a_port_is_reported(platform_env, monkeypatch):
 def test_down_kills_the_whole_session(platform_env, tmp_path, monkeypatch):
     """A service's children, including one that started its own session, all go. Its own
     var/ and no port: it runs beside a `make up` on the default ports."""
-    from ml.platform import startup, supervisor
+    from ml.platform import supervisor
+    from ml.platform.startup.down import down
+    from ml.platform.startup.services import services
 
     s = _use(monkeypatch, SENTIMENT_VAR_DIR=str(tmp_path / "var"))
-    svc = startup.services(s)["api"]
+    svc = services(s)["api"]
     script = "import subprocess, sys, time; subprocess.Popen(['sleep', '300']); " \
              "subprocess.Popen(['sleep', '301'], start_new_session=True); time.sleep(300)"  # fmt: skip
     proc = supervisor.start(svc, [sys.executable, "-c", script], dict(os.environ), s)
@@ -388,7 +396,7 @@ def test_down_kills_the_whole_session(platform_env, tmp_path, monkeypatch):
     tree = supervisor.tree(proc.pid)
     assert len(tree) == 3, tree
     assert svc.pid(s) == proc.pid
-    assert startup.down(s, timeout=5) == ["api"]
+    assert down(s, timeout=5) == ["api"]
     assert not [p for p in tree if supervisor.alive(p)]
     assert not svc.pid_file(s).exists()
 
@@ -398,17 +406,21 @@ def test_down_kills_the_whole_session(platform_env, tmp_path, monkeypatch):
 def test_mlflow_server_starts_answers_and_stops(platform_env, monkeypatch, tmp_path):
     import httpx
 
-    from ml.platform import startup, supervisor
+    from ml.platform import supervisor
+    from ml.platform.startup.down import down
+    from ml.platform.startup.status import status
+    from ml.platform.startup.up import start_mlflow
+    from ml.platform.supervisor import ServiceError
 
     for attempt in range(3):  # retried with another port if something takes it first
         s = _use(
             monkeypatch, SENTIMENT_VAR_DIR=str(tmp_path / f"var{attempt}"), SENTIMENT_MLFLOW_PORT=str(_kernel_port())
         )
         try:
-            info = startup.start_mlflow(s, timeout=120)
+            info = start_mlflow(s, timeout=120)
             break
-        except startup.ServiceError as e:
-            startup.down(s)
+        except ServiceError as e:
+            down(s)
             if not _conflict(str(e)) or attempt == 2:
                 raise
     pid = info["pid"]
@@ -417,16 +429,16 @@ def test_mlflow_server_starts_answers_and_stops(platform_env, monkeypatch, tmp_p
         assert httpx.get(f"{info['url']}/health", timeout=5).status_code == 200
         assert (s.run_dir / "mlflow.url").read_text().strip() == info["url"]
         # idempotent: found, not started again
-        again = startup.start_mlflow(s)
+        again = start_mlflow(s)
         assert again["pid"] == pid and again["started"] is False
-        st = startup.status(s, quiet=True)
+        st = status(s, quiet=True)
         assert st["supervisor"]["running"]
         m = st["services"]["mlflow"]
         assert m["running"] and m["healthy"] and m["pid"] == pid and m["supervised"] and m["restarts"] == 0
         tree = supervisor.tree(pid)
         assert pid in tree
     finally:
-        stopped = startup.down(s, timeout=15)
+        stopped = down(s, timeout=15)
     assert stopped == ["supervisor", "mlflow"]
     assert not [p for p in tree if supervisor.alive(p)], "down() left MLflow processes behind"
     assert not (s.run_dir / "mlflow.url").exists()
@@ -438,20 +450,23 @@ def test_supervisor_restarts_a_killed_api(platform_env, monkeypatch, tmp_path):
     """kill -9 of the API: the supervisor starts it again and `status` counts the restart."""
     import httpx
 
-    from ml.platform import startup, supervisor
+    from ml.platform import supervisor
+    from ml.platform.startup.down import down
+    from ml.platform.startup.services import services
+    from ml.platform.startup.status import status
 
     s, summary = _on_free_ports(monkeypatch, tmp_path, "mlflow,api",
                                 supervisor_env={"SMOPS_SUPERVISOR_BACKOFF_BASE": "0.5"})  # fmt: skip
     new_pid = None
     try:
         assert summary["supervisor"]["running"]
-        api = startup.services(s)["api"]
+        api = services(s)["api"]
         old = api.pid(s)
         assert old and summary["services"]["api"]["restarts"] == 0
         os.kill(old, 9)
 
         def back():
-            x = startup.status(s, quiet=True)["services"]["api"]
+            x = status(s, quiet=True)["services"]["api"]
             if x["running"] and x["pid"] != old and x["restarts"] == 1:
                 try:
                     return x if httpx.get(api.health, timeout=2).status_code == 200 else None
@@ -462,7 +477,7 @@ def test_supervisor_restarts_a_killed_api(platform_env, monkeypatch, tmp_path):
         x = _wait_for(back, 240, "the API to be restarted and answer")
         new_pid = x["pid"]
         assert x["last_exit"] == "killed by SIGKILL" and not x["crash_loop"]
-        assert startup.status(s, quiet=True)["services"]["mlflow"]["restarts"] == 0
+        assert status(s, quiet=True)["services"]["mlflow"]["restarts"] == 0
         # `make status` (the CLI) shows the restart
         r = subprocess.run([sys.executable, "-m", "ml.cli", "services", "status"], env=_cli_env(s), cwd=REPO,
                            capture_output=True, text=True, timeout=120)  # fmt: skip
@@ -471,7 +486,7 @@ def test_supervisor_restarts_a_killed_api(platform_env, monkeypatch, tmp_path):
         assert "running" in line and "restarts 1" in line and "SIGKILL" in line, r.stdout
         assert "api: killed by SIGKILL" in (s.logs_dir / "supervisor.log").read_text()
     finally:
-        stopped = startup.down(s)
+        stopped = down(s)
     assert stopped[0] == "supervisor" and {"api", "mlflow"} <= set(stopped)
     assert new_pid and not supervisor.alive(new_pid), "down() must not leave the restarted API behind"
 
@@ -480,7 +495,9 @@ def test_supervisor_restarts_a_killed_api(platform_env, monkeypatch, tmp_path):
 def test_a_service_that_always_crashes_ends_in_a_reported_crash_loop(platform_env, monkeypatch, tmp_path):
     """The API's port is held by this test, so the API exits at every start: after the allowed
     restarts the supervisor gives up and says so (state, `status`, its log)."""
-    from ml.platform import startup
+    from ml.platform.startup.down import down
+    from ml.platform.startup.status import status
+    from ml.platform.startup.supervision import ensure_supervisor, want
 
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", 0))
@@ -490,14 +507,14 @@ def test_a_service_that_always_crashes_ends_in_a_reported_crash_loop(platform_en
         s = _use(monkeypatch, SENTIMENT_VAR_DIR=str(tmp_path / "var"), SENTIMENT_API_PORT=str(port),
                  SENTIMENT_MLFLOW_PORT=str(_kernel_port()))  # fmt: skip
         try:
-            startup.ensure_supervisor(s, {
+            ensure_supervisor(s, {
                 "SMOPS_SUPERVISOR_BACKOFF_BASE": "0.2", "SMOPS_SUPERVISOR_BACKOFF_MAX": "1",
                 "SMOPS_SUPERVISOR_CRASH_LOOP_RESTARTS": "2", "SMOPS_SUPERVISOR_CRASH_LOOP_WINDOW": "600",
                 "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "2",
             })  # fmt: skip
-            startup.want(s, ["api"])
+            want(s, ["api"])
             x = _wait_for(
-                lambda: (lambda y: y if y["crash_loop"] else None)(startup.status(s, quiet=True)["services"]["api"]),
+                lambda: (lambda y: y if y["crash_loop"] else None)(status(s, quiet=True)["services"]["api"]),
                 300,
                 "the crash loop",
             )
@@ -506,19 +523,20 @@ def test_a_service_that_always_crashes_ends_in_a_reported_crash_loop(platform_en
             assert "address already in use" in (s.logs_dir / "api.log").read_text().lower()
             assert "api: crash loop" in (s.logs_dir / "supervisor.log").read_text()
             time.sleep(2)  # it stays down
-            assert startup.status(s, quiet=True)["services"]["api"]["restarts"] == 2
+            assert status(s, quiet=True)["services"]["api"]["restarts"] == 2
             r = subprocess.run([sys.executable, "-m", "ml.cli", "services", "status"], env=_cli_env(s), cwd=REPO,
                                capture_output=True, text=True, timeout=120)  # fmt: skip
             assert "CRASH LOOP" in r.stdout and "restarts 2" in r.stdout, r.stdout
         finally:
-            startup.down(s)
+            down(s)
 
 
 def _default_ports_holder(s) -> dict[str, str]:
     """{service: who} for each default port that something else holds."""
-    from ml.platform import startup, supervisor
+    from ml.platform import supervisor
+    from ml.platform.startup.services import services
 
-    return {n: supervisor.port_owner(svc.port) for n, svc in startup.services(s).items()
+    return {n: supervisor.port_owner(svc.port) for n, svc in services(s).items()
             if svc.port and supervisor.port_open(s.host, svc.port)}  # fmt: skip
 
 
@@ -528,8 +546,11 @@ def test_deploy_tests_run_beside_a_platform_on_the_default_ports(platform_env, m
     with their own var/, and the fast deploy tests run beside them in a separate pytest."""
     import httpx
 
-    from ml.platform import startup
     from ml.platform.config import Settings
+    from ml.platform.startup.down import down
+    from ml.platform.startup.services import services
+    from ml.platform.startup.status import status
+    from ml.platform.startup.up import up
 
     for k in ("SENTIMENT_API_PORT", "SENTIMENT_MLFLOW_PORT", "SENTIMENT_AIRFLOW_PORT", "SENTIMENT_HOST"):
         monkeypatch.delenv(k, raising=False)
@@ -539,7 +560,7 @@ def test_deploy_tests_run_beside_a_platform_on_the_default_ports(platform_env, m
     held = _default_ports_holder(s)
     if held:
         repo_platform = Settings(var_dir=REPO / "var", api_port=8000, mlflow_port=5000, airflow_port=8080)
-        ours = {n for n in held if startup.services(repo_platform)[n].pid(repo_platform)}
+        ours = {n for n in held if services(repo_platform)[n].pid(repo_platform)}
         if set(held) - ours:
             msg = "default ports held by something that is not this platform: " + \
                   "; ".join(f"{n}: {w}" for n, w in held.items() if n not in ours)  # fmt: skip
@@ -548,10 +569,10 @@ def test_deploy_tests_run_beside_a_platform_on_the_default_ports(platform_env, m
             pytest.skip(msg)
         # the repository's own `make up` holds them: exactly the case to prove
     else:
-        startup.up(settings=s, only="mlflow,api", train=False)
+        up(settings=s, only="mlflow,api", train=False)
         started = True
     try:
-        before = {n: x["pid"] for n, x in startup.status(s, quiet=True)["services"].items() if x["running"]}
+        before = {n: x["pid"] for n, x in status(s, quiet=True)["services"].items() if x["running"]}
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("SENTIMENT_", "AIRFLOW__", "MLFLOW_", "PYTEST_"))}  # fmt: skip
         env["DATABASE_URL"] = os.environ["DATABASE_URL"]
@@ -566,11 +587,11 @@ def test_deploy_tests_run_beside_a_platform_on_the_default_ports(platform_env, m
         assert httpx.get("http://127.0.0.1:8000/health/live", timeout=5).status_code == 200
         assert httpx.get("http://127.0.0.1:5000/health", timeout=5).status_code == 200
         if started:
-            after = {n: x["pid"] for n, x in startup.status(s, quiet=True)["services"].items() if x["running"]}
+            after = {n: x["pid"] for n, x in status(s, quiet=True)["services"].items() if x["running"]}
             assert after == before and set(after) == {"mlflow", "api"}
     finally:
         if started:
-            startup.down(s)
+            down(s)
 
 
 @pytest.mark.slow

@@ -1,5 +1,5 @@
 """The platform's MLflow server runs with its authentication (`mlflow server --app-name basic-auth`),
-started exactly as `make up` starts it (ml.platform.startup.command): anonymous registry calls get 401,
+started exactly as `make up` starts it (ml.platform.startup.commands.command): anonymous registry calls get 401,
 the platform's generated login (var/mlflow/credentials.json, 0600) works through ml.platform.tracking.configure."""
 
 from __future__ import annotations
@@ -24,13 +24,14 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 def test_anonymous_registry_calls_get_401_and_the_platform_login_works(platform_env, tmp_path):
-    from ml.platform import db, startup, tracking
+    from ml.platform import db, tracking
+    from ml.platform.startup.commands import command
 
     name = f"{db.database_name(platform_env.database_url)}_mlauth_{uuid.uuid4().hex[:6]}"
     s = platform_env.model_copy(
         update={"var_dir": tmp_path / "var", "mlflow_port": _free_port(), "mlflow_database": name, "mlflow_auth": True}
     )
-    _, argv, env = startup.command("mlflow", s)
+    _, argv, env = command("mlflow", s)
     assert "--app-name" in argv and argv[argv.index("--app-name") + 1] == "basic-auth"
     creds_file = tracking.mlflow_dir(s) / tracking.MLFLOW_CREDENTIALS_FILE
     for f in (creds_file, tracking.mlflow_dir(s) / tracking.MLFLOW_AUTH_CONFIG_FILE):

@@ -9,5 +9,6 @@
 - :mod:`ml.platform.supervisor`: processes with psutil (start detached, trees, stop, port
   owners) and the supervisor that restarts crashed services with backoff;
 - :mod:`ml.platform.airflow_client`: Airflow's REST API (generated login, token, training runs);
-- :mod:`ml.platform.startup`: the start-up sequence ``up`` / ``down`` / ``status``.
+- :mod:`ml.platform.startup`: the start-up sequence, one module per concern: ``services``,
+  ``commands``, ``supervision``, ``readiness``, ``seeding``, ``up``, ``down``, ``status``.
 """

@@ -1,0 +1,116 @@
+"""How each service is started: its argv and environment, built afresh for every (re)start."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from ml.platform.config import REPO_ROOT, Settings
+from ml.platform.startup.services import AIRFLOW_SERVICES, MLFLOW_WORKERS, console_script, services
+from ml.platform.supervisor import Service, ServiceError, runtime_dir
+
+
+def settings_env(s: Settings, base: dict[str, str] | None = None) -> dict[str, str]:
+    """``base`` (default: this environment) plus the settings that locate the platform, so a
+    child process (the supervisor) reads the same settings as this one."""
+    env = dict(os.environ if base is None else base)
+    env.update({
+        "SENTIMENT_VAR_DIR": str(s.var), "SENTIMENT_HOST": s.host, "SENTIMENT_API_PORT": str(s.api_port),
+        "SENTIMENT_AIRFLOW_PORT": str(s.airflow_port), "SENTIMENT_MLFLOW_PORT": str(s.mlflow_port),
+        "SENTIMENT_EMBEDDED_PG_PORT": str(s.embedded_pg_port),
+        "PYTHONPATH": os.pathsep.join(p for p in [str(REPO_ROOT), env.get("PYTHONPATH", "")] if p),
+        "XDG_RUNTIME_DIR": runtime_dir(),
+    })  # fmt: skip
+    for key, value in (("DATABASE_URL", s.database_url), ("MLFLOW_TRACKING_URI", s.mlflow_tracking_uri),
+                       ("SENTIMENT_MLFLOW_DATABASE", s.mlflow_database),
+                       ("SENTIMENT_AIRFLOW_DATABASE", s.airflow_database)):  # fmt: skip
+        if value:
+            env[key] = value
+    return env
+
+
+def platform_env(s: Settings, db_url: str, mlflow_url: str | None) -> dict[str, str]:
+    """Environment for the API (and anything else of ours): same settings as this process."""
+    from ml.platform import db
+
+    env = settings_env(s)
+    env.update({
+        "DATABASE_URL": db_url,
+        "SENTIMENT_MLFLOW_DATABASE": db.database_name(db.mlflow_backend_url(s)),
+        "SENTIMENT_AIRFLOW_DATABASE": db.database_name(db.airflow_db_url(s)),
+        "HF_HUB_OFFLINE": env.get("HF_HUB_OFFLINE", "1"),
+    })  # fmt: skip
+    env.pop("SMOPS_SERVICE", None)
+    if mlflow_url:
+        env["MLFLOW_TRACKING_URI"] = mlflow_url
+    return env
+
+
+def mlflow_server_url(s: Settings) -> str:
+    return f"http://{s.host}:{s.mlflow_port}"
+
+
+def command(name: str, s: Settings) -> tuple[Service, list[str], dict[str, str]]:
+    """(service, argv, env) to start ``name``; built afresh for every (re)start."""
+    from ml.platform import db
+
+    svc = services(s)[name]
+    if name == "mlflow":
+        backend = db.mlflow_backend_url(s)
+        db.ensure_database(backend)
+        s.artifacts_dir.mkdir(parents=True, exist_ok=True)
+        argv = [
+            console_script("mlflow"), "server",
+            "--backend-store-uri", backend,
+            "--artifacts-destination", str(s.artifacts_dir.resolve()),
+            "--host", s.host,
+            "--port", str(s.mlflow_port),
+            "--workers", MLFLOW_WORKERS,
+        ]  # fmt: skip
+        env = platform_env(s, db.database_url(s), None)
+        env.pop("MLFLOW_TRACKING_URI", None)
+        if s.mlflow_auth:  # nobody but the platform registers models or moves the alias (README "Security")
+            from ml.platform import tracking
+
+            argv += ["--app-name", "basic-auth"]
+            env.update(tracking.mlflow_auth_env(s))
+        # MLflow 3's GenAI job runner (7 huey consumer processes, ~1.5 GB) is not used here
+        env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+        return svc, argv, env
+    if name in AIRFLOW_SERVICES:
+        from ml.platform.orchestration import airflow_env
+
+        env = airflow_env(s, base=settings_env(s))
+        env.pop("SMOPS_SERVICE", None)
+        if not s.mlflow_tracking_uri:
+            env["MLFLOW_TRACKING_URI"] = mlflow_server_url(s)
+        comp = name.removeprefix("airflow-")
+        argv = [console_script("airflow"), comp]
+        if comp == "api-server":
+            argv += ["--host", s.host, "--port", str(s.airflow_port)]
+        return svc, argv, env
+    if name == "api":
+        # N worker processes under uvicorn's own process manager (restarts a worker that dies); each has
+        # its own prediction log, drained at a graceful shutdown. Admission and body limits: api/admission.py
+        argv = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "api.main:app",
+            "--host",
+            s.host,
+            "--port",
+            str(s.api_port),
+            "--workers",
+            str(api_workers(s)),
+            "--timeout-graceful-shutdown",
+            "30",
+            "--no-access-log",
+        ]
+        return svc, argv, platform_env(s, db.database_url(s), mlflow_server_url(s))
+    raise ServiceError(f"unknown service {name!r}")
+
+
+def api_workers(s: Settings) -> int:
+    """``api_workers``, or one per CPU core when it is 0."""
+    return int(s.api_workers) or (os.cpu_count() or 1)

@@ -1,0 +1,121 @@
+"""Readiness checks: wait until a started service answers, or fail with the log of what exited."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ml.platform import airflow_client
+from ml.platform.config import Settings
+from ml.platform.startup.services import AIRFLOW_SERVICES, services
+from ml.platform.startup.supervision import supervised
+from ml.platform.supervisor import Service, ServiceError, say, tail
+
+
+def http_get(url: str, timeout: float = 3.0, headers: dict[str, str] | None = None):
+    import httpx
+
+    return httpx.get(url, timeout=timeout, headers=headers)
+
+
+def _check_started(names: Iterable[str], baseline: dict[str, int], s: Settings) -> None:
+    """Raise if one of ``names`` exited since ``up`` asked for it (the supervisor restarts it
+    meanwhile; a start-up failure is still a failure of ``up``)."""
+    st = supervised(s)
+    for name in names:
+        x = st.get(name) or {}
+        if x.get("restarts", 0) > baseline.get(name, 0) or x.get("state") in ("backoff", "crash-loop"):
+            log = services(s)[name].log_file(s)
+            raise ServiceError(
+                f"{name} exited during start-up ({x.get('last_exit')}; the supervisor "
+                f"{'gave up: crash loop' if x.get('crash_loop') else 'restarts it'}); "
+                f"last lines of {log}:\n{tail(log)}"
+            )
+
+
+def wait_http(
+    svc: Service, s: Settings, timeout: float, baseline: dict[str, int],
+    ready: Callable[[Any], bool] | None = None, describe: Callable[[Any], str] | None = None,
+    companions: Iterable[str] = (),
+) -> None:  # fmt: skip
+    """Wait until ``svc.health`` answers 200 (and ``ready(response)``), or fail with the log
+    of whichever of ``svc`` and its ``companions`` exited meanwhile."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    next_note = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        _check_started([svc.name, *companions], baseline, s)
+        try:
+            if svc.health is None:
+                raise ServiceError(f"{svc.name} has no health URL")
+            r = http_get(svc.health, timeout=3)
+            if r.status_code == 200 and (ready is None or ready(r)):
+                return
+            last = f"HTTP {r.status_code}" + (f": {describe(r)}" if describe and r.status_code == 200 else "")
+        except Exception as e:  # noqa: BLE001 - not up yet
+            last = type(e).__name__
+        if time.monotonic() > next_note:
+            say(f"      ... still waiting for {svc.name} ({last})")
+            next_note = time.monotonic() + 15
+        time.sleep(1)
+    raise ServiceError(
+        f"{svc.name} did not become ready within {timeout:.0f}s ({last}); "
+        f"last lines of {svc.log_file(s)}:\n{tail(svc.log_file(s))}"
+    )
+
+
+def wait_mlflow(s: Settings, baseline: dict[str, int], timeout: float = 120) -> str:
+    svc = services(s)["mlflow"]
+    wait_http(svc, s, timeout, baseline)
+    url = svc.url
+    if url is None:
+        raise ServiceError(f"{svc.name} has no URL")
+    # /health is exempt from MLflow's host validation: check a real API call as well
+    r = http_get(f"{url}/api/2.0/mlflow/experiments/search?max_results=1", timeout=10, headers=_mlflow_auth_header(s))
+    if r.status_code != 200:
+        raise ServiceError(f"MLflow answers /health but its API refused a request: HTTP {r.status_code} {r.text[:200]}")
+    (s.run_dir / "mlflow.url").write_text(url + "\n")
+    return url
+
+
+def _mlflow_auth_header(s: Settings) -> dict[str, str]:
+    """HTTP basic auth of the platform's MLflow login (``var/mlflow/credentials.json``), if any."""
+    import base64
+
+    from ml.platform import tracking
+
+    creds = tracking.mlflow_credentials(s) if s.mlflow_auth else None
+    if not creds:
+        return {}
+    token = base64.b64encode(f"{creds['username']}:{creds['password']}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+def _airflow_health_ready(r) -> bool:
+    body = r.json()
+    return all(
+        (body.get(k) or {}).get("status") == "healthy"
+        for k in ("metadatabase", "scheduler", "triggerer", "dag_processor")
+    )
+
+
+def _airflow_health_describe(r) -> str:
+    try:
+        return ", ".join(f"{k}={(v or {}).get('status')}" for k, v in r.json().items())
+    except Exception:  # noqa: BLE001
+        return r.text[:100]
+
+
+def wait_airflow(s: Settings, baseline: dict[str, int], timeout: float = 180) -> None:
+    svc = services(s)["airflow-api-server"]
+    wait_http(
+        svc,
+        s,
+        timeout,
+        baseline,
+        ready=_airflow_health_ready,
+        describe=_airflow_health_describe,
+        companions=[n for n in AIRFLOW_SERVICES if n != svc.name],
+    )
+    airflow_client.airflow_token(s)  # the login works

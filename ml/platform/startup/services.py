@@ -1,0 +1,96 @@
+"""The services of the platform: their names, ports and URLs, ``--only`` selection, port checks."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+from ml.platform.config import Settings, get_settings
+from ml.platform.supervisor import Service, ServiceError, port_open, port_owner
+
+MLFLOW_WORKERS = os.environ.get("SENTIMENT_MLFLOW_WORKERS", "2")
+STOP_TIMEOUT = float(os.environ.get("SENTIMENT_STOP_TIMEOUT", "20"))
+
+AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+AIRFLOW_SERVICES = tuple(f"airflow-{c}" for c in AIRFLOW_COMPONENTS)
+SERVICE_NAMES = ("mlflow", *AIRFLOW_SERVICES, "api")
+
+
+def console_script(name: str) -> str:
+    """The console script ``name`` of this interpreter's environment (the venv)."""
+    candidate = Path(sys.executable).parent / name
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which(name)
+    if not found:
+        raise ServiceError(f"`{name}` not found next to {sys.executable} nor on PATH; run `make env`")
+    return found
+
+
+def services(s: Settings | None = None) -> dict[str, Service]:
+    s = s or get_settings()
+    h = s.host
+    mlflow_url = f"http://{h}:{s.mlflow_port}"
+    airflow_url = f"http://{h}:{s.airflow_port}"
+    api_url = f"http://{h}:{s.api_port}"
+    out = {"mlflow": Service("mlflow", s.mlflow_port, mlflow_url, f"{mlflow_url}/health")}
+    for c in AIRFLOW_COMPONENTS:
+        api = c == "api-server"
+        out[f"airflow-{c}"] = Service(
+            f"airflow-{c}",
+            s.airflow_port if api else None,
+            airflow_url if api else None,
+            f"{airflow_url}/api/v2/monitor/health" if api else None,
+        )
+    out["api"] = Service("api", s.api_port, api_url, f"{api_url}/health/live")  # /health is 503 without a model
+    return out
+
+
+def select(only: Iterable[str] | str | None) -> list[str]:
+    """Service names for ``--only`` (comma-separated; ``airflow`` means its four components)."""
+    if only is None:
+        return list(SERVICE_NAMES)
+    items = [x.strip() for x in (only.split(",") if isinstance(only, str) else only) if x.strip()]
+    names: set[str] = set()
+    for x in items:
+        if x == "airflow":
+            names.update(AIRFLOW_SERVICES)
+        elif x in SERVICE_NAMES:
+            names.add(x)
+        else:
+            raise ServiceError(
+                f"unknown service {x!r}; choose from mlflow, airflow, api, {', '.join(AIRFLOW_SERVICES)}"
+            )
+    return [n for n in SERVICE_NAMES if n in names]
+
+
+def port_env(name: str) -> str:
+    return "SENTIMENT_" + ("MLFLOW" if name == "mlflow" else "API" if name == "api" else "AIRFLOW") + "_PORT"
+
+
+def check_ports(s: Settings, names: Iterable[str] = SERVICE_NAMES) -> None:
+    """Fail before starting anything if a port we need is held by a process that isn't ours."""
+    problems = []
+    for name in names:
+        svc = services(s)[name]
+        if svc.port is not None and not svc.pid(s) and port_open(s.host, svc.port):
+            problems.append(
+                f"  {svc.name}: {s.host}:{svc.port} is in use by {port_owner(svc.port)} "
+                f"(choose another with {port_env(svc.name)}=...)"
+            )
+    if problems:
+        raise ServiceError("ports taken by something that is not this platform:\n" + "\n".join(problems))
+
+
+def safe_url(url: str) -> str:
+    """The URL without its password, for printing."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    p = urlsplit(url)
+    if p.password:
+        netloc = f"{p.username}:***@{p.hostname}" + (f":{p.port}" if p.port else "")
+        return urlunsplit((p.scheme, netloc, p.path, p.query, p.fragment))
+    return url

@@ -1,0 +1,103 @@
+"""Talking to the supervisor: run it, start it detached, ask it to run services, read its state."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from ml.platform.config import Settings, get_settings
+from ml.platform.startup.commands import command, settings_env
+from ml.platform.startup.services import SERVICE_NAMES, console_script, services
+from ml.platform.supervisor import (
+    STATE_FILE,
+    SUPERVISOR,
+    WANTED_FILE,
+    Policy,
+    Service,
+    ServiceError,
+    Supervisor,
+    read_json,
+    read_state,
+    tail,
+    write_json,
+)  # fmt: skip
+
+
+def supervise(s: Settings | None = None, policy: Policy | None = None) -> None:
+    """Run the supervisor in this process until SIGTERM (``ml services supervise``)."""
+    s = s or get_settings()
+    Supervisor(s, lambda name: command(name, s), lambda name: services(s)[name], policy).run()
+
+
+def supervisor_service() -> Service:
+    return Service(SUPERVISOR)
+
+
+def supervisor_pid(s: Settings) -> int | None:
+    return supervisor_service().pid(s)
+
+
+def ensure_supervisor(s: Settings, extra_env: dict[str, str] | None = None) -> tuple[int, bool]:
+    """Start the supervisor unless ours runs; returns (pid, started_now)."""
+    from ml.platform import supervisor as sup
+
+    pid = supervisor_pid(s)
+    if pid:
+        return pid, False
+    env = settings_env(s)
+    env.pop("SMOPS_SERVICE", None)
+    env.update(extra_env or {})
+    (s.run_dir / STATE_FILE).unlink(missing_ok=True)
+    proc = sup.start(supervisor_service(), [console_script("ml"), "services", "supervise"], env, s)
+    deadline = time.monotonic() + 60
+    while read_state(s) is None:
+        if proc.poll() is not None:
+            raise ServiceError(
+                f"the supervisor exited at start-up (exit {proc.returncode}); "
+                f"last lines of {supervisor_service().log_file(s)}:\n{tail(supervisor_service().log_file(s))}"
+            )
+        if time.monotonic() > deadline:
+            raise ServiceError(f"the supervisor wrote no state within 60s; see {supervisor_service().log_file(s)}")
+        time.sleep(0.2)
+    return proc.pid, True
+
+
+def want(s: Settings, names: Iterable[str], timeout: float = 60) -> dict[str, int]:
+    """Ask the supervisor to run ``names`` (besides what it runs already); wait until each has
+    a pid. Returns {name: pid}."""
+    names = list(names)
+    path = s.run_dir / WANTED_FILE
+    previous = read_json(path) or {}
+    request = int(previous.get("request") or 0) + 1
+    current = set(previous.get("services", [])) | set(names)
+    write_json(path, {"services": [n for n in SERVICE_NAMES if n in current], "request": request})
+    pid = supervisor_pid(s)
+    if not pid:
+        raise ServiceError("the supervisor is not running")
+    os.kill(pid, signal.SIGHUP)
+    deadline = time.monotonic() + timeout
+    while True:
+        state = read_state(s) or {}
+        if int(state.get("request") or 0) >= request:
+            st = state.get("services", {})
+            if bad := [n for n in names if not (st.get(n) or {}).get("pid")]:
+                raise ServiceError(
+                    "the supervisor could not start "
+                    + "; ".join(
+                        f"{n}: {(st.get(n) or {}).get('error') or (st.get(n) or {}).get('last_exit')}" for n in bad
+                    )
+                )
+            return {n: st[n]["pid"] for n in names}
+        if time.monotonic() > deadline:
+            raise ServiceError(
+                f"the supervisor did not start {', '.join(names)} within {timeout:.0f}s; "
+                f"see {supervisor_service().log_file(s)}"
+            )
+        time.sleep(0.2)
+
+
+def supervised(s: Settings) -> dict[str, dict[str, Any]]:
+    return (read_state(s) or {}).get("services", {})

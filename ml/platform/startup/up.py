@@ -1,0 +1,209 @@
+"""``up``: the start-up sequence (PostgreSQL, the supervisor, MLflow, Airflow, the API, the first model)."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from ml.platform.airflow_client import airflow_credentials
+from ml.platform.config import REPO_ROOT, Settings, get_settings
+from ml.platform.startup.commands import mlflow_server_url, settings_env
+from ml.platform.startup.readiness import wait_airflow, wait_http, wait_mlflow
+from ml.platform.startup.seeding import first_model
+from ml.platform.startup.services import (
+    AIRFLOW_SERVICES,
+    SERVICE_NAMES,
+    check_ports,
+    console_script,
+    safe_url,
+    select,
+    services,
+)
+from ml.platform.startup.status import status
+from ml.platform.startup.supervision import ensure_supervisor, supervised, supervisor_service, want
+from ml.platform.supervisor import ServiceError, say, tail
+
+
+class Steps:
+    """``[n/N] title`` lines; N is the number of steps this run has."""
+
+    def __init__(self, titles: list[str]) -> None:
+        self.titles = titles
+
+    def __call__(self, title: str) -> float:
+        say(f"[{self.titles.index(title) + 1}/{len(self.titles)}] {title}")
+        return time.monotonic()
+
+
+def start_postgres(s: Settings) -> str:
+    from ml.platform import db
+
+    url = db.database_url(s)
+    applied = db.migrate(url)
+    where = "embedded (data in %s)" % (s.var / "pg") if not s.database_url else "DATABASE_URL"
+    say(f"      PostgreSQL: {safe_url(url)} [{where}]; migrations applied now: {', '.join(applied) or 'none pending'}")
+    return url
+
+
+def start_mlflow(s: Settings | None = None, timeout: float = 120) -> dict[str, Any]:
+    """Start (or find) the supervised MLflow server and wait for it; writes ``var/run/mlflow.url``."""
+    s = s or get_settings()
+    ensure_supervisor(s)
+    already = services(s)["mlflow"].pid(s)
+    if not already:
+        (s.run_dir / "mlflow.url").unlink(missing_ok=True)
+    baseline = {n: x.get("restarts", 0) for n, x in supervised(s).items()}
+    pid = want(s, ["mlflow"])["mlflow"]
+    wait_mlflow(s, baseline, timeout)
+    return {"name": "mlflow", "pid": pid, "url": services(s)["mlflow"].url, "started": not already}
+
+
+def airflow_db_migrate(s: Settings) -> None:
+    from ml.platform.orchestration import airflow_env
+
+    env = airflow_env(s, base=settings_env(s))
+    log = s.logs_dir / "airflow-db-migrate.log"
+    s.logs_dir.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as f:
+        f.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} airflow db migrate\n".encode())
+        f.flush()
+        rc = subprocess.run(
+            [console_script("airflow"), "db", "migrate"], env=env, cwd=str(REPO_ROOT), stdin=subprocess.DEVNULL,
+            stdout=f, stderr=subprocess.STDOUT, check=False,
+        ).returncode  # fmt: skip
+    if rc != 0:
+        raise ServiceError(f"`airflow db migrate` failed (exit {rc}); last lines of {log}:\n{tail(log)}")
+
+
+def up(
+    data: str | None = None, train: bool = True, wait: bool = True, force_train: bool = False,
+    settings: Settings | None = None, only: Iterable[str] | str | None = None,
+    supervisor_env: dict[str, str] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Start whatever is not running yet under the supervisor, train a first model if there is
+    no champion, print how to reach everything. Safe to re-run. Returns a summary dict.
+
+    ``wait``: follow the training run to its end (else trigger it and return).
+    ``force_train``: train even when a champion already exists.
+    ``only``: a subset of the services (``select``); training needs all of them.
+    ``supervisor_env``: extra environment of the supervisor (its ``SMOPS_SUPERVISOR_*`` policy)."""
+    s = settings or get_settings()
+    names = select(only)
+    everything = names == list(SERVICE_NAMES)
+    use_mlflow, use_api = "mlflow" in names, "api" in names
+    use_airflow = [n for n in names if n in AIRFLOW_SERVICES]
+    titles = ["PostgreSQL", "Supervisor"]
+    titles += ["MLflow tracking server"] * use_mlflow
+    titles += ["Airflow (db migrate, api-server, scheduler, dag-processor, triggerer)"] * bool(use_airflow)
+    titles += ["Sentiment API"] * use_api
+    titles += ["First model"] * (train and everything)
+    step = Steps(titles)
+    t0 = time.monotonic()
+    timings: dict[str, float] = {}
+    say(f"Starting the platform (state in {s.var})")
+    check_ports(s, names)
+
+    t = step("PostgreSQL")
+    db_url = start_postgres(s)
+    timings["postgres"] = time.monotonic() - t
+
+    step("Supervisor")
+    sup_pid, sup_started = ensure_supervisor(s, supervisor_env)
+    say(
+        f"      {'started' if sup_started else 'already running'}: pid {sup_pid} (restarts crashed services; "
+        f"log {supervisor_service().log_file(s)})"
+    )
+    baseline = {n: x.get("restarts", 0) for n, x in supervised(s).items()}
+    already = {n: services(s)[n].pid(s) for n in names}
+
+    def launched(group: list[str]) -> None:
+        pids = want(s, group)
+        for n in group:
+            say(f"      {n}: {'already running' if already[n] else 'started'} (pid {pids[n]})")
+
+    mlflow_url = mlflow_server_url(s)
+    t = time.monotonic()
+    if use_mlflow:
+        step("MLflow tracking server")
+        if not already["mlflow"]:
+            (s.run_dir / "mlflow.url").unlink(missing_ok=True)
+        launched(["mlflow"])
+
+    user = password = None
+    if use_airflow:
+        # Airflow's migration runs while MLflow boots
+        t3 = step("Airflow (db migrate, api-server, scheduler, dag-processor, triggerer)")
+        airflow_credentials(s, create=True)  # before the API server first reads the file
+        if not any(already[n] for n in use_airflow):
+            airflow_db_migrate(s)
+        launched(use_airflow)
+    if use_mlflow:
+        wait_mlflow(s, baseline)
+        timings["mlflow"] = time.monotonic() - t
+        say(f"      MLflow ready: {mlflow_url}")
+
+    t4 = time.monotonic()
+    if use_api:
+        launched_api = want(s, ["api"])["api"]
+    if "airflow-api-server" in use_airflow:
+        wait_airflow(s, baseline)
+        user, password = airflow_credentials(s, create=False)
+        timings["airflow"] = time.monotonic() - t3
+        say(f"      Airflow ready: {services(s)['airflow-api-server'].url} (login {user} / {password})")
+
+    api_svc = services(s)["api"]
+    if use_api:
+        step("Sentiment API")
+        say(f"      {'already running' if already['api'] else 'started'}: pid {launched_api}, {api_svc.url}")
+        wait_http(api_svc, s, 120, baseline)
+        timings["api"] = time.monotonic() - t4
+        say(f"      API ready: {api_svc.url}")
+
+    training: dict[str, Any] | None = None
+    if train and everything:
+        t = step("First model")
+        training = first_model(s, data, wait=wait, force_train=force_train)
+        timings["training"] = time.monotonic() - t
+    elif train:
+        say("      (no training: it needs every service, and --only started a subset)")
+    timings["total"] = time.monotonic() - t0
+
+    st = status(s, quiet=True)
+    summary = {
+        "database_url": safe_url(db_url),
+        "api": api_svc.url,
+        "api_docs": f"{api_svc.url}/docs",
+        "web": f"{api_svc.url}/",
+        "airflow": {"url": services(s)["airflow-api-server"].url, "username": user, "password": password},
+        "mlflow": mlflow_url,
+        "logs": str(s.logs_dir),
+        "supervisor": st["supervisor"],
+        "services": {n: st["services"][n] for n in names},
+        "training": training,
+        "timings_s": {k: round(v, 1) for k, v in timings.items()},
+    }
+    _print_summary(summary, names)
+    return summary
+
+
+def _print_summary(x: dict[str, Any], names: list[str]) -> None:
+    bar = "=" * 72
+    lines = [bar, f"  Sentiment platform is up ({x['timings_s']['total']:.0f}s)"]
+    if "api" in names:
+        lines += [f"  Web page        {x['web']}", f"  API docs        {x['api_docs']}"]
+    if "airflow-api-server" in names:
+        a = x["airflow"]
+        lines.append(f"  Airflow UI      {a['url']}   user {a['username']}  password {a['password']}")
+    if "mlflow" in names:
+        lines.append(f"  MLflow UI       {x['mlflow']}")
+    lines += [
+        f"  PostgreSQL      {x['database_url']}",
+        f"  Supervisor      pid {x['supervisor']['pid']}: restarts crashed services (`make status` shows restarts)",
+        f"  Logs            {x['logs']}/  (<service>.log, supervisor.log; task logs in airflow/)",
+        "  Stop            make down   (data is kept; `make up` again resumes)",
+        f"  Timings         {', '.join(f'{k} {v:.0f}s' for k, v in x['timings_s'].items() if k != 'total')}",
+        bar,
+    ]
+    say("\n" + "\n".join(lines))
