@@ -73,7 +73,7 @@ def sentiment_training():
     def plan(snapshot_hash: str) -> list:
         """Check the request, open the parent MLflow run. The families are the return value, because
         Airflow maps only over a task's return value; the plan itself goes to XCom key "comparison"."""
-        from ml.stages.search import plan_comparison
+        from ml.stages.search.plan import plan_comparison
 
         ctx = get_current_context()
         p = ctx["params"]
@@ -92,14 +92,14 @@ def sentiment_training():
     # one family at a time: each already uses every core of the machine, and memory stays bounded
     @task(max_active_tis_per_dagrun=1, map_index_template="{{ family_name }}")
     def search(family: str, comparison: dict) -> dict:
-        from ml.stages.search import search_family
+        from ml.stages.search.family import search_family
 
         get_current_context()["family_name"] = family
         return search_family(comparison, family)
 
     @task
     def evaluate(comparison: dict, winners: list) -> list:
-        from ml.stages.search import evaluate_winners
+        from ml.stages.search.winners import evaluate_winners
 
         return evaluate_winners(comparison, list(winners[:]))  # one slice read, no probing past the end
 

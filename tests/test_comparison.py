@@ -11,31 +11,34 @@ import pytest
 
 from ml import data
 from ml.evaluation import behaviour
-from ml.stages import compare, search, train
+from ml.stages import compare, train
+from ml.stages.search import SearchSpaceError
+from ml.stages.search.plan import plan_comparison
+from ml.stages.search.space import family_spec, trials
 
 
 # ---------------------------------------------------------------- search spaces (no I/O)
 def test_grid_random_and_override(platform_env):
-    spec = search.family_spec("tfidf_lr", "quick")
-    grid = search.trials(spec)
+    spec = family_spec("tfidf_lr", "quick")
+    grid = trials(spec)
     assert len(grid) == len(spec["params"]["C"]) and all(t["preprocess"] == "basic" for t in grid)
 
-    full = search.family_spec("cnn", "full")
-    a, b = search.trials(full, seed=1), search.trials(full, seed=1)
+    full = family_spec("cnn", "full")
+    a, b = trials(full, seed=1), trials(full, seed=1)
     assert a == b and len(a) == full["n_trials"]  # random search is reproducible
     assert all(3e-4 <= t["learning_rate"] <= 3e-3 for t in a)
     assert len({json.dumps(t, sort_keys=True) for t in a}) == len(a)
 
     # an override narrows the search; a scalar means "just this value"
-    o = search.family_spec("cnn", "quick", {"cnn": {"n_trials": 1, "params": {"epochs": 1, "vocab_size": [500]}}})
-    (t,) = search.trials(o)
+    o = family_spec("cnn", "quick", {"cnn": {"n_trials": 1, "params": {"epochs": 1, "vocab_size": [500]}}})
+    (t,) = trials(o)
     assert t["vocab_size"] == 500 and t["epochs"] == 1 and t["preprocess"] == "basic"
-    with pytest.raises(search.SearchSpaceError, match="unknown key"):
-        search.family_spec("cnn", "quick", {"cnn": {"trials": 3}})
-    with pytest.raises(search.SearchSpaceError, match="unknown search profile"):
-        search.family_spec("cnn", "huge")
+    with pytest.raises(SearchSpaceError, match="unknown key"):
+        family_spec("cnn", "quick", {"cnn": {"trials": 3}})
+    with pytest.raises(SearchSpaceError, match="unknown search profile"):
+        family_spec("cnn", "huge")
     # a family without an entry: one trial at its defaults
-    assert search.trials(search.family_spec("transformer", "quick", space={"profiles": {"quick": {}}})) == [{}]
+    assert trials(family_spec("transformer", "quick", space={"profiles": {"quick": {}}})) == [{}]
 
 
 def test_table_markdown_html_chart(tmp_path):
@@ -197,12 +200,12 @@ def test_family_budget_limits_the_trials(mlflow_tracking, model_name, snapshot):
 
 
 def test_bad_comparison_requests_fail_fast(mlflow_tracking, snapshot):
-    with pytest.raises(search.SearchSpaceError, match="unknown model family"):
-        search.plan_comparison(snapshot.hash, ["tfidf_lr", "xgboost"])
+    with pytest.raises(SearchSpaceError, match="unknown model family"):
+        plan_comparison(snapshot.hash, ["tfidf_lr", "xgboost"])
     with pytest.raises(ValueError, match="unknown parameter"):
-        search.plan_comparison(snapshot.hash, ["tfidf_lr"], search_space={"tfidf_lr": {"params": {"alpha": [1]}}})
-    with pytest.raises(search.SearchSpaceError, match="not compared"):
-        search.plan_comparison(snapshot.hash, ["tfidf_lr"], sample_sizes={"cnn": 100})
+        plan_comparison(snapshot.hash, ["tfidf_lr"], search_space={"tfidf_lr": {"params": {"alpha": [1]}}})
+    with pytest.raises(SearchSpaceError, match="not compared"):
+        plan_comparison(snapshot.hash, ["tfidf_lr"], sample_sizes={"cnn": 100})
 
 
 # ---------------------------------------------------------------- the behavioural gate

@@ -33,7 +33,7 @@ COLUMNS = [  # key, header, format
     ("inference_ms_per_tweet", "ms/tweet", "{:.3f}"),
     ("model_size_mb", "size MB", "{:.2f}"),
     ("training_seconds", "train s", "{:.1f}"),
-    ("budget", "budget used s", None),  # the family's fits / its budget_seconds (ml.stages.search)
+    ("budget", "budget used s", None),  # the family's fits / its budget_seconds (ml.stages.search.family)
     ("epochs", "epochs", "{:.2f}"),  # the best trial's passes over its training pool (fractional)
     ("steps", "steps", "{:,}"),
     ("examples_seen", "seen", "{:,}"),  # examples the best trial trained on (repeats counted)
@@ -224,12 +224,12 @@ def write_comparison(
     import mlflow
 
     from ml.platform import db, tracking
-    from ml.stages import search
+    from ml.stages.search.space import load_search_space, selection_metric
 
     s = settings or get_settings()
     if not rows:
         raise ValueError("no family results to compare")
-    metric = search.selection_metric(search.load_search_space(s), s)
+    metric = selection_metric(load_search_space(s), s)
     win = choose_winner(rows, metric)
     for r in rows:
         r["selection_metric"] = metric
@@ -352,16 +352,19 @@ def run_comparison(
     family -> evaluate the winners on the held-out split -> write the comparison; with
     ``promote``, also register the winner and run the gate, as the DAG does."""
     from ml import data
-    from ml.stages import search, train
+    from ml.stages import train
+    from ml.stages.search.family import search_family
+    from ml.stages.search.plan import plan_comparison
+    from ml.stages.search.winners import evaluate_winners
 
     s = settings or get_settings()
     if snapshot_hash is None and data_path is not None:
         snapshot_hash = data.validate_and_snapshot(data_path, s).hash
     if snapshot_hash is None:
         snapshot_hash = latest_snapshot(s)
-    plan = search.plan_comparison(snapshot_hash, families, profile, sample_sizes, sample_size, search_space, settings=s)
-    winners = [search.search_family(plan, f, s) for f in plan["families"]]
-    rows = search.evaluate_winners(plan, winners, s)
+    plan = plan_comparison(snapshot_hash, families, profile, sample_sizes, sample_size, search_space, settings=s)
+    winners = [search_family(plan, f, s) for f in plan["families"]]
+    rows = evaluate_winners(plan, winners, s)
     result = write_comparison(plan, rows, s)
     result["rows"] = rows
     if promote:

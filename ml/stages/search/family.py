@@ -1,0 +1,171 @@
+"""Step 2 of the comparison: one family's search (one mapped DAG task per family). Its trials share
+the family's ``budget_seconds`` of fit time; the best one is logged as a pyfunc and recorded in
+``training_runs``."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from ml import data as data_mod
+from ml.platform.config import Settings, get_settings
+from ml.stages.search import SearchSpaceError
+from ml.stages.search.curves import learning_curve_link
+from ml.stages.search.space import family_spec, load_search_space, selection_metric, trials
+from ml.stages.search.splits import comparison_splits
+from ml.stages.search.trial import clear_framework_state, run_trial
+from ml.store import models as store
+
+log = logging.getLogger(__name__)
+
+
+def search_family(plan: dict[str, Any], family: str, settings: Settings | None = None) -> dict[str, Any]:
+    """Run ``family``'s trials; log each as an MLflow run nested under the comparison; log the best
+    trial's model (pyfunc) and record it in ``training_runs``. Returns the winner (small dict)."""
+    import mlflow
+
+    from ml import models
+    from ml.platform import db, registry, tracking
+
+    s = settings or get_settings()
+    if family not in plan["families"]:
+        raise SearchSpaceError(f"{family} is not part of this comparison ({plan['families']})")
+    space = load_search_space(s)
+    spec = family_spec(family, plan["profile"], plan.get("search_space"), space)
+    todo = trials(spec, s.seed)
+    metric = selection_metric(space, s)
+    snap, pool, val_df, _ = comparison_splits(plan["snapshot_hash"], space, s)
+    train_df = data_mod.stratified_sample(pool, plan["sample_sizes"].get(family), s.seed)
+    tracking.configure(s)
+    commit = tracking.git_commit()
+    log.info(
+        "searching %s: %d trial(s), %s training tweets, %s validation tweets",
+        family,
+        len(todo),
+        f"{len(train_df):,}",
+        f"{len(val_df):,}",
+    )
+    budget = float(spec["budget_seconds"]) if spec.get("budget_seconds") else None
+    t_search = time.perf_counter()
+    best: dict[str, Any] | None = None
+    failures: list[str] = []
+    used = 0.0  # wall time of the fits so far: what the budget pays for
+    skipped = 0
+    with tempfile.TemporaryDirectory(prefix=f"search-{family}-") as tmp:
+        for i, params in enumerate(todo):
+            trial_budget = None
+            if budget is not None:  # what is left, shared by the trials still to run
+                left = budget - used
+                if left < max(1.0, 0.1 * budget / len(todo)) and best is not None:
+                    skipped = len(todo) - i
+                    log.info(
+                        "%s: budget of %.0fs spent (%.0fs used): %d trial(s) not run", family, budget, used, skipped
+                    )
+                    break
+                trial_budget = max(left, 1.0) / (len(todo) - i)
+            t_trial = time.perf_counter()
+            try:
+                r = run_trial(
+                    family,
+                    params,
+                    i,
+                    len(todo),
+                    plan,
+                    train_df,
+                    val_df,
+                    space["timing"],
+                    metric,
+                    commit,
+                    Path(tmp),
+                    s,
+                    trial_budget,
+                )
+            except Exception as e:  # one broken trial does not sink the search
+                used += time.perf_counter() - t_trial  # a failed trial's time is spent too
+                log.exception("%s trial %d failed", family, i + 1)
+                failures.append(f"trial {i}: {type(e).__name__}: {e}")
+                active = mlflow.active_run()
+                if active is not None:
+                    mlflow.end_run("FAILED")
+                continue
+            used += r["training_seconds"]
+            better = best is None or (r["val"][metric], -r["inference_ms_per_tweet"]) > (
+                best["val"][metric],
+                -best["inference_ms_per_tweet"],
+            )
+            if better:
+                if best is not None:
+                    shutil.rmtree(best["dir"], ignore_errors=True)
+                best = r
+            else:
+                shutil.rmtree(r["dir"], ignore_errors=True)
+            clear_framework_state(family)
+        if best is None:
+            raise RuntimeError(f"every {family} trial failed: {'; '.join(failures)}")
+        search_seconds = time.perf_counter() - t_search
+        model = models.load(best["dir"])
+        with mlflow.start_run(run_id=best["run_id"]):
+            info = registry.log_model(model)
+            mlflow.set_tags({"model_uri": info.model_uri, "search_winner": "true", "stage": "candidate"})
+            mlflow.log_metric("search_seconds", search_seconds)
+    client = mlflow.MlflowClient()
+    client.log_metric(plan["parent_run_id"], f"{family}.best_val_{metric}", best["val"][metric])
+    client.set_tag(plan["parent_run_id"], f"winner.{family}", best["run_id"])
+    with db.connect(s) as conn:
+        store.insert_run(
+            conn,
+            best["run_id"],
+            snap.hash,
+            family,
+            best["full_params"],
+            commit,
+            plan.get("airflow_run_id"),
+            plan["parent_run_id"],
+        )
+    tr = best["training"]
+    winner = {
+        "family": family,
+        "run_id": best["run_id"],
+        "params": best["params"],
+        "full_params": best["full_params"],
+        "val": best["val"],
+        "selection_metric": metric,
+        "training_seconds": round(best["training_seconds"], 2),
+        "search_seconds": round(search_seconds, 2),
+        "n_trials": len(todo) - skipped,
+        "failed_trials": len(failures),
+        "skipped_trials": skipped,
+        "sample_size": len(train_df),
+        "model_size_mb": best["model_size_mb"],
+        # the budget: the family's, what its trials' fits used, and what the best trial did with its share
+        "budget_seconds": budget,
+        "budget_used_seconds": round(used, 2),
+        "trial_budget_seconds": round(best["trial_budget_seconds"], 2) if best["trial_budget_seconds"] else None,
+        "epochs": tr.get("epochs"),
+        "steps": tr.get("steps"),
+        "examples_seen": tr.get("examples_seen"),
+        "stopped": tr.get("stopped"),
+        "best_step": tr.get("best_step"),
+        "learning_curve": learning_curve_link(best["run_id"], s) if best["has_curve"] else None,
+    }
+    log.info(
+        "%s: best of %d trial(s) is %s (val %s %.4f; %s steps, %s epochs, %s examples, stopped: %s) after "
+        "%.1fs (fits %.1fs of a %s budget)",
+        family,
+        len(todo) - skipped,
+        best["run_id"],
+        metric,
+        best["val"][metric],
+        tr.get("steps"),
+        tr.get("epochs"),
+        tr.get("examples_seen"),
+        tr.get("stopped"),
+        search_seconds,
+        used,
+        f"{budget:.0f}s" if budget else "no",
+    )
+    return winner

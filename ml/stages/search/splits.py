@@ -1,0 +1,26 @@
+"""The comparison's splits: the platform's usual held-out split and a validation split carved from
+the training split, the same rows for every family."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ml import data as data_mod
+from ml.platform.config import Settings
+
+
+def comparison_splits(snapshot_hash: str, space: dict[str, Any], s: Settings):
+    """(snapshot, training pool, validation, held-out): the held-out split is the platform's usual
+    one (``test_size``, ``seed``); validation is carved from the training split, the same for all."""
+    snap = data_mod.get_snapshot(snapshot_hash, s)
+    train_df, test_df = data_mod.split(snap.load(), s.test_size, s.seed)
+    sel = space.get("selection", {})
+    n_val = min(
+        int(round(len(train_df) * float(sel.get("validation_fraction", 0.1)))),
+        int(sel.get("validation_max_rows", 5000)),
+    )
+    n_val = max(n_val, 2)
+    from sklearn.model_selection import train_test_split
+
+    pool, val = train_test_split(train_df, test_size=n_val, random_state=s.seed, stratify=train_df["label"])
+    return snap, pool.reset_index(drop=True), val.reset_index(drop=True), test_df
