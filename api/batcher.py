@@ -79,7 +79,7 @@ class MicroBatcher(Generic[T, R]):
                     results = await to_thread.run_sync(self.fn, key, items)
                 if len(results) != len(items):
                     raise RuntimeError(f"batch function returned {len(results)} results for {len(items)} items")
-            except Exception as exc:  # this batch's requests fail; the next batch runs
+            except Exception as exc:  # noqa: BLE001 - this batch's requests fail; the next batch runs
                 for _, _, fut in live:
                     if not fut.done():
                         fut.set_exception(exc)

@@ -146,7 +146,7 @@ class ModelManager:
                 rec["challenger_version"],
                 rec["champion_version"],
             )
-        except Exception as exc:  # the champion keeps serving; the next poll tries again
+        except Exception as exc:  # noqa: BLE001 - the champion keeps serving; the next poll tries again
             if self.shadow_error is None:
                 log.warning("shadow check failed: %s: %s", type(exc).__name__, exc)
             self.shadow_error = f"{type(exc).__name__}: {exc}"

@@ -68,7 +68,7 @@ class FeedbackRecorder:
     def open(self) -> None:
         try:
             self._get_pool()
-        except Exception as exc:  # the database may come later: the first request tries again
+        except Exception as exc:  # noqa: BLE001 - the database may come later: the first request tries again
             log.warning("feedback pool not opened yet: %s", exc)
 
     def close(self) -> None:
@@ -173,7 +173,7 @@ class AlertQueue:
                 self._conn = None
                 if attempt:
                     log.error("alert evaluation of feedback %s failed (the feedback is stored): %s", fid, exc)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("alert evaluation failed for feedback %s (the feedback is stored)", fid)
                 return
 

@@ -96,7 +96,7 @@ class ShadowScorer:
             for group in by_shadow.values():
                 try:
                     self._score(group[0][0], [item for _, item in group])
-                except Exception as exc:  # logged and counted; the API keeps answering
+                except Exception as exc:  # noqa: BLE001 - logged and counted; the API keeps answering
                     self.errors += len(group)
                     self.last_error = f"{type(exc).__name__}: {exc}"
                     log.warning("shadow scoring of %d requests failed: %s", len(group), self.last_error)

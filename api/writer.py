@@ -183,7 +183,7 @@ class PredictionWriter:
                 raise self._failed(
                     exc, f"writing {len(rows)} logged predictions failed (kept in {seg.path.name}, will retry)"
                 ) from exc
-            except Exception as exc:  # a row the database refuses: one by one, the bad ones set aside
+            except Exception as exc:  # noqa: BLE001 - a row the database refuses: one by one, the bad ones set aside
                 log.warning("COPY of %s failed (%s); writing its rows one by one", seg.path.name, exc)
                 n = self._write_one_by_one(rows)
         self.log.release(seg)
@@ -292,7 +292,7 @@ class PredictionWriter:
                     conn = self._connection()
                     with conn.transaction():
                         n = store.copy_predictions_idempotent(conn, rows)
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - kept on disk, replayed at the next pass
                     log.warning("earlier spool file %s not replayed yet (%s)", path.name, exc)
                     self._reset_connection()
                     continue
@@ -321,7 +321,7 @@ class PredictionWriter:
         if conn is not None:
             try:
                 conn.close()
-            except Exception:  # pragma: no cover
+            except Exception:  # noqa: BLE001 - closing a broken connection  # pragma: no cover
                 pass
 
 

@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _setup import REPO, SHARED, api_command, isolated_platform, train_champion  # noqa: E402
+from _setup import REPO, SHARED, api_command, isolated_platform, train_champion
 
 BIN = Path(sys.executable).parent
 LUA = """
@@ -152,7 +152,7 @@ def wait_http(url: str, proc: subprocess.Popen, log: Path, ok=lambda r: r.status
         try:
             if ok(httpx.get(url, timeout=2)):
                 return
-        except Exception:
+        except httpx.HTTPError:  # not listening yet
             pass
         time.sleep(0.3)
     raise SystemExit(f"not ready: {log.read_text()[-3000:]}")

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _setup import SHARED, isolated_platform, train_champion  # noqa: E402
+from _setup import SHARED, isolated_platform, train_champion
 
 
 def main() -> None:

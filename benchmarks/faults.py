@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _setup import SHARED, api_command, train_champion  # noqa: E402
-from api_load import free_port, start, stop, wait_http  # noqa: E402
+from _setup import SHARED, api_command, train_champion
+from api_load import free_port, start, stop, wait_http
 
 
 class Load:

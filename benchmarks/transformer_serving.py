@@ -37,8 +37,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _setup import REPO, SHARED, api_command, isolated_platform, train_champion  # noqa: E402
-from api_load import free_port, pct, start, stop, wait_http, wrk  # noqa: E402
+from _setup import REPO, SHARED, api_command, isolated_platform, train_champion
+from api_load import free_port, pct, start, stop, wait_http, wrk
 
 EVAL = REPO.parent / "shared" / "data" / "sentiment140_uniform_eval.csv"
 

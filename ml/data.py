@@ -492,7 +492,7 @@ def default_source(data: str | None = None, settings: Settings | None = None, ti
         import zipfile
 
         log.info("downloading Sentiment140 from %s ...", SENTIMENT140_URL)
-        with urllib.request.urlopen(SENTIMENT140_URL, timeout=timeout) as resp:  # noqa: S310
+        with urllib.request.urlopen(SENTIMENT140_URL, timeout=timeout) as resp:
             blob = resp.read()
         with zipfile.ZipFile(io.BytesIO(blob)) as z:
             target.parent.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ from aiosmtpd.controller import Controller
 
 
 class _Hook(BaseHTTPRequestHandler):
-    def do_POST(self):  # noqa: N802
+    def do_POST(self):
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         self.server.received.append(
             {"path": self.path, "content_type": self.headers.get("Content-Type"), "json": json.loads(body)}
@@ -52,7 +52,7 @@ class _Mailbox:
     def __init__(self) -> None:
         self.mails: list[dict] = []
 
-    async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd's hook name
+    async def handle_DATA(self, server, session, envelope):
         msg = message_from_bytes(envelope.original_content or envelope.content, policy=policy.default)
         body = msg.get_body(preferencelist=("plain",))
         self.mails.append(

@@ -25,9 +25,15 @@ REPO = Path(__file__).resolve().parent.parent
 COMPOSE = REPO / "docker-compose.yaml"
 
 CORE_SERVICES = {
-    "postgres", "init", "mlflow", "api",
-    "airflow-api-server", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer",
-}  # fmt: skip
+    "postgres",
+    "init",
+    "mlflow",
+    "api",
+    "airflow-api-server",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-triggerer",
+}
 CELERY_SERVICES = {"redis", "airflow-worker"}
 DEFAULT_PORTS = {"api": 8000, "airflow-api-server": 8080, "mlflow": 5000}
 
@@ -217,8 +223,9 @@ def test_make_targets_parse(target):
 
 def test_make_up_passes_data_through():
     _need_make()
-    r = subprocess.run(["make", "-n", "up", "DATA=some/file.csv", "TRAIN=0"], cwd=REPO, capture_output=True,
-                       text=True, timeout=30)  # fmt: skip
+    r = subprocess.run(
+        ["make", "-n", "up", "DATA=some/file.csv", "TRAIN=0"], cwd=REPO, capture_output=True, text=True, timeout=30
+    )
     assert r.returncode == 0, r.stderr
     assert "scripts/bootstrap.sh" in r.stdout  # `up` depends on `env`
     assert f'--data "{REPO}/some/file.csv"' in r.stdout and "--no-train" in r.stdout
@@ -269,9 +276,13 @@ def _on_free_ports(monkeypatch, tmp_path, only: str, attempts: int = 3, **up_kw)
     from ml.platform.supervisor import ServiceError
 
     for attempt in range(attempts):
-        s = _use(monkeypatch, SENTIMENT_VAR_DIR=str(tmp_path / f"var{attempt}"),
-                 SENTIMENT_API_PORT=str(_kernel_port()), SENTIMENT_MLFLOW_PORT=str(_kernel_port()),
-                 SENTIMENT_AIRFLOW_PORT=str(_kernel_port()))  # fmt: skip
+        s = _use(
+            monkeypatch,
+            SENTIMENT_VAR_DIR=str(tmp_path / f"var{attempt}"),
+            SENTIMENT_API_PORT=str(_kernel_port()),
+            SENTIMENT_MLFLOW_PORT=str(_kernel_port()),
+            SENTIMENT_AIRFLOW_PORT=str(_kernel_port()),
+        )
         try:
             return s, up(settings=s, only=only, train=False, **up_kw)
         except ServiceError as e:
@@ -389,8 +400,10 @@ def test_down_kills_the_whole_session(platform_env, tmp_path, monkeypatch):
 
     s = _use(monkeypatch, SENTIMENT_VAR_DIR=str(tmp_path / "var"))
     svc = services(s)["api"]
-    script = "import subprocess, sys, time; subprocess.Popen(['sleep', '300']); " \
-             "subprocess.Popen(['sleep', '301'], start_new_session=True); time.sleep(300)"  # fmt: skip
+    script = (
+        "import subprocess, sys, time; subprocess.Popen(['sleep', '300']); "
+        "subprocess.Popen(['sleep', '301'], start_new_session=True); time.sleep(300)"
+    )
     proc = supervisor.start(svc, [sys.executable, "-c", script], dict(os.environ), s)
     _wait_for(lambda: len(supervisor.tree(proc.pid)) >= 3, 30, "the service's two children")
     tree = supervisor.tree(proc.pid)
@@ -455,8 +468,9 @@ def test_supervisor_restarts_a_killed_api(platform_env, monkeypatch, tmp_path):
     from ml.platform.startup.services import services
     from ml.platform.startup.status import status
 
-    s, summary = _on_free_ports(monkeypatch, tmp_path, "mlflow,api",
-                                supervisor_env={"SMOPS_SUPERVISOR_BACKOFF_BASE": "0.5"})  # fmt: skip
+    s, summary = _on_free_ports(
+        monkeypatch, tmp_path, "mlflow,api", supervisor_env={"SMOPS_SUPERVISOR_BACKOFF_BASE": "0.5"}
+    )
     new_pid = None
     try:
         assert summary["supervisor"]["running"]
@@ -479,8 +493,14 @@ def test_supervisor_restarts_a_killed_api(platform_env, monkeypatch, tmp_path):
         assert x["last_exit"] == "killed by SIGKILL" and not x["crash_loop"]
         assert status(s, quiet=True)["services"]["mlflow"]["restarts"] == 0
         # `make status` (the CLI) shows the restart
-        r = subprocess.run([sys.executable, "-m", "ml.cli", "services", "status"], env=_cli_env(s), cwd=REPO,
-                           capture_output=True, text=True, timeout=120)  # fmt: skip
+        r = subprocess.run(
+            [sys.executable, "-m", "ml.cli", "services", "status"],
+            env=_cli_env(s),
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert r.returncode == 0, r.stderr
         line = next(ln for ln in r.stdout.splitlines() if ln.startswith("api "))
         assert "running" in line and "restarts 1" in line and "SIGKILL" in line, r.stdout
@@ -504,14 +524,24 @@ def test_a_service_that_always_crashes_ends_in_a_reported_crash_loop(platform_en
         blocker.listen()
         port = blocker.getsockname()[1]
         # MLflow is not running: the API logs that and goes on (no retries), then fails to bind
-        s = _use(monkeypatch, SENTIMENT_VAR_DIR=str(tmp_path / "var"), SENTIMENT_API_PORT=str(port),
-                 SENTIMENT_MLFLOW_PORT=str(_kernel_port()))  # fmt: skip
+        s = _use(
+            monkeypatch,
+            SENTIMENT_VAR_DIR=str(tmp_path / "var"),
+            SENTIMENT_API_PORT=str(port),
+            SENTIMENT_MLFLOW_PORT=str(_kernel_port()),
+        )
         try:
-            ensure_supervisor(s, {
-                "SMOPS_SUPERVISOR_BACKOFF_BASE": "0.2", "SMOPS_SUPERVISOR_BACKOFF_MAX": "1",
-                "SMOPS_SUPERVISOR_CRASH_LOOP_RESTARTS": "2", "SMOPS_SUPERVISOR_CRASH_LOOP_WINDOW": "600",
-                "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "2",
-            })  # fmt: skip
+            ensure_supervisor(
+                s,
+                {
+                    "SMOPS_SUPERVISOR_BACKOFF_BASE": "0.2",
+                    "SMOPS_SUPERVISOR_BACKOFF_MAX": "1",
+                    "SMOPS_SUPERVISOR_CRASH_LOOP_RESTARTS": "2",
+                    "SMOPS_SUPERVISOR_CRASH_LOOP_WINDOW": "600",
+                    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+                    "MLFLOW_HTTP_REQUEST_TIMEOUT": "2",
+                },
+            )
             want(s, ["api"])
             x = _wait_for(
                 lambda: (lambda y: y if y["crash_loop"] else None)(status(s, quiet=True)["services"]["api"]),
@@ -524,8 +554,14 @@ def test_a_service_that_always_crashes_ends_in_a_reported_crash_loop(platform_en
             assert "api: crash loop" in (s.logs_dir / "supervisor.log").read_text()
             time.sleep(2)  # it stays down
             assert status(s, quiet=True)["services"]["api"]["restarts"] == 2
-            r = subprocess.run([sys.executable, "-m", "ml.cli", "services", "status"], env=_cli_env(s), cwd=REPO,
-                               capture_output=True, text=True, timeout=120)  # fmt: skip
+            r = subprocess.run(
+                [sys.executable, "-m", "ml.cli", "services", "status"],
+                env=_cli_env(s),
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             assert "CRASH LOOP" in r.stdout and "restarts 2" in r.stdout, r.stdout
         finally:
             down(s)
@@ -536,8 +572,11 @@ def _default_ports_holder(s) -> dict[str, str]:
     from ml.platform import supervisor
     from ml.platform.startup.services import services
 
-    return {n: supervisor.port_owner(svc.port) for n, svc in services(s).items()
-            if svc.port and supervisor.port_open(s.host, svc.port)}  # fmt: skip
+    return {
+        n: supervisor.port_owner(svc.port)
+        for n, svc in services(s).items()
+        if svc.port and supervisor.port_open(s.host, svc.port)
+    }
 
 
 @pytest.mark.slow
@@ -562,8 +601,9 @@ def test_deploy_tests_run_beside_a_platform_on_the_default_ports(platform_env, m
         repo_platform = Settings(var_dir=REPO / "var", api_port=8000, mlflow_port=5000, airflow_port=8080)
         ours = {n for n in held if services(repo_platform)[n].pid(repo_platform)}
         if set(held) - ours:
-            msg = "default ports held by something that is not this platform: " + \
-                  "; ".join(f"{n}: {w}" for n, w in held.items() if n not in ours)  # fmt: skip
+            msg = "default ports held by something that is not this platform: " + "; ".join(
+                f"{n}: {w}" for n, w in held.items() if n not in ours
+            )
             if os.environ.get("CI", "").lower() == "true":
                 pytest.fail(msg)
             pytest.skip(msg)
@@ -573,13 +613,18 @@ def test_deploy_tests_run_beside_a_platform_on_the_default_ports(platform_env, m
         started = True
     try:
         before = {n: x["pid"] for n, x in status(s, quiet=True)["services"].items() if x["running"]}
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("SENTIMENT_", "AIRFLOW__", "MLFLOW_", "PYTEST_"))}  # fmt: skip
+        env = {
+            k: v for k, v in os.environ.items() if not k.startswith(("SENTIMENT_", "AIRFLOW__", "MLFLOW_", "PYTEST_"))
+        }
         env["DATABASE_URL"] = os.environ["DATABASE_URL"]
         r = subprocess.run(
             [sys.executable, "-m", "pytest", "tests/test_deploy.py", "-m", "not slow", "-q", "-p", "no:cacheprovider"],
-            cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
-        )  # fmt: skip
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
         summary = r.stdout.strip().splitlines()[-1]
         assert " passed" in summary and "failed" not in summary and "error" not in summary, summary
@@ -607,24 +652,39 @@ def test_first_up_offline_trains_on_the_bundled_sample_and_serves(platform_env, 
 
     base = db.libpq_url(os.environ["DATABASE_URL"])
     name = f"smops_off_{uuid.uuid4().hex[:8]}"
-    clean = {k: v for k, v in os.environ.items()
-             if not k.startswith(("SENTIMENT_", "AIRFLOW__", "MLFLOW_", "PYTEST_")) and k not in ("DATA",)}  # fmt: skip
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SENTIMENT_", "AIRFLOW__", "MLFLOW_", "PYTEST_")) and k not in ("DATA",)
+    }
     r = env = None
     try:
         for attempt in range(3):
             env = dict(clean)
-            env.update({
-                "DATABASE_URL": db.with_database(base, name),
-                "SENTIMENT_MLFLOW_DATABASE": f"{name}_mlflow", "SENTIMENT_AIRFLOW_DATABASE": f"{name}_airflow",
-                "SENTIMENT_VAR_DIR": str(tmp_path / f"var{attempt}"),
-                "SENTIMENT_API_PORT": str(_kernel_port()), "SENTIMENT_MLFLOW_PORT": str(_kernel_port()),
-                "SENTIMENT_AIRFLOW_PORT": str(_kernel_port()),
-                "HTTPS_PROXY": f"http://127.0.0.1:{_kernel_port()}", "https_proxy": "",
-                "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost",
-            })  # fmt: skip
+            env.update(
+                {
+                    "DATABASE_URL": db.with_database(base, name),
+                    "SENTIMENT_MLFLOW_DATABASE": f"{name}_mlflow",
+                    "SENTIMENT_AIRFLOW_DATABASE": f"{name}_airflow",
+                    "SENTIMENT_VAR_DIR": str(tmp_path / f"var{attempt}"),
+                    "SENTIMENT_API_PORT": str(_kernel_port()),
+                    "SENTIMENT_MLFLOW_PORT": str(_kernel_port()),
+                    "SENTIMENT_AIRFLOW_PORT": str(_kernel_port()),
+                    "HTTPS_PROXY": f"http://127.0.0.1:{_kernel_port()}",
+                    "https_proxy": "",
+                    "NO_PROXY": "127.0.0.1,localhost",
+                    "no_proxy": "127.0.0.1,localhost",
+                }
+            )
             env["https_proxy"] = env["HTTPS_PROXY"]
-            r = subprocess.run([sys.executable, "-m", "ml.cli", "services", "up"], cwd=REPO, env=env,
-                               capture_output=True, text=True, timeout=1800)  # fmt: skip
+            r = subprocess.run(
+                [sys.executable, "-m", "ml.cli", "services", "up"],
+                cwd=REPO,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=1800,
+            )
             if r.returncode == 0 or not _conflict(r.stdout + r.stderr) or attempt == 2:
                 break
             subprocess.run([sys.executable, "-m", "ml.cli", "services", "down"], cwd=REPO, env=env, timeout=300)
@@ -634,9 +694,13 @@ def test_first_up_offline_trains_on_the_bundled_sample_and_serves(platform_env, 
         assert re.search(r"training success in .*champion: version \d+", out), out[-3000:]
         assert "Add type hints to the `predict` method" not in out
         api = f"http://127.0.0.1:{env['SENTIMENT_API_PORT']}"
-        p = _wait_for(lambda: (lambda resp: resp if resp.status_code == 200 else None)(
-            httpx.post(f"{api}/predict", json={"text": "I love this, best day ever"}, timeout=30)),
-            120, "the API to load the champion")  # fmt: skip
+        p = _wait_for(
+            lambda: (lambda resp: resp if resp.status_code == 200 else None)(
+                httpx.post(f"{api}/predict", json={"text": "I love this, best day ever"}, timeout=30)
+            ),
+            120,
+            "the API to load the champion",
+        )
         assert p.json()["label"] in ("positive", "negative", 0, 1, 4), p.json()
     finally:
         if env is not None:

@@ -87,7 +87,7 @@ def review(body: ReviewRequest, caller: ReviewCaller, settings: SettingsDep) -> 
 
     try:
         n = review_feedback(body.feedback_ids, reviewer=caller.id, settings=settings)
-    except Exception as exc:  # noqa: BLE001 - the database is the only thing that can fail here
+    except Exception as exc:
         raise database_unavailable(exc) from exc
     return {"reviewed": n, "feedback_ids": body.feedback_ids, "reviewer": caller.id}
 
@@ -112,7 +112,7 @@ def retrain(body: RetrainRequest, caller: AdminCaller, settings: SettingsDep) ->
             settings,
             note=f"manual retraining asked by {caller.id}: {body.note or ''}".strip(),
         )
-    except Exception as exc:  # noqa: BLE001 - Airflow down, login refused, DAG unknown
+    except Exception as exc:
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE,
             headers={"Retry-After": "30"},

@@ -19,7 +19,7 @@ def _database(settings) -> DatabaseHealth:
         with connect_db(settings, timeout=2) as conn:
             schema.ping(conn)
         return DatabaseHealth(reachable=True)
-    except Exception as exc:  # any failure means "not reachable"; say why
+    except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"; say why
         return DatabaseHealth(reachable=False, error=f"{type(exc).__name__}: {exc}".strip())
 
 

@@ -27,10 +27,10 @@ from typing import Any, ClassVar
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from ml.features import preprocess  # noqa: E402
-from ml.models.base import SentimentModel, seed_everything  # noqa: E402
+from ml.features import preprocess
+from ml.models.base import SentimentModel, seed_everything
 
 log = logging.getLogger(__name__)
 logging.getLogger("gensim").setLevel(logging.WARNING)  # its per-epoch lifecycle lines drown the log

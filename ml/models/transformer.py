@@ -35,11 +35,11 @@ from typing import Any, ClassVar
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # read by huggingface_hub at import: before transformers
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from ml.features import preprocess  # noqa: E402
-from ml.models.base import SentimentModel, seed_everything  # noqa: E402
-from ml.models.onnx_runtime import (  # noqa: E402
+from ml.features import preprocess
+from ml.models.base import SentimentModel, seed_everything
+from ml.models.onnx_runtime import (
     EXPORT_META,
     FP32_FILE,
     INT8_FILE,
@@ -52,7 +52,7 @@ from ml.models.onnx_runtime import (  # noqa: E402
     runtime_override,
     softmax,
 )
-from ml.models.onnx_runtime import export as export_onnx  # noqa: E402
+from ml.models.onnx_runtime import export as export_onnx
 
 log = logging.getLogger(__name__)
 
@@ -473,7 +473,7 @@ class TransformerClassifier(SentimentModel):
                             if v is not None
                         }
                     )
-        except Exception as exc:  # the export stands without its MLflow record
+        except Exception as exc:  # noqa: BLE001 - the export stands without its MLflow record
             log.warning("transformer: could not log the ONNX export to MLflow: %s", exc)
         self._export_dir = d
         return d

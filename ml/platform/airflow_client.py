@@ -82,9 +82,12 @@ def airflow_api(s: Settings, method: str, path: str, token: str, **kw):
     import httpx
 
     r = httpx.request(
-        method, f"http://{s.host}:{s.airflow_port}/api/v2{path}", headers={"Authorization": f"Bearer {token}"},
-        timeout=30, **kw,
-    )  # fmt: skip
+        method,
+        f"http://{s.host}:{s.airflow_port}/api/v2{path}",
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+        **kw,
+    )
     return r
 
 
@@ -105,9 +108,14 @@ def trigger_dag(
 
 
 def trigger_training(
-    data_path: Path, s: Settings | None = None, wait: bool = True, dag_id: str = TRAINING_DAG,
-    poll: float = 5.0, dag_timeout: float = 180, run_timeout: float = 6 * 3600,
-) -> dict[str, Any]:  # fmt: skip
+    data_path: Path,
+    s: Settings | None = None,
+    wait: bool = True,
+    dag_id: str = TRAINING_DAG,
+    poll: float = 5.0,
+    dag_timeout: float = 180,
+    run_timeout: float = 6 * 3600,
+) -> dict[str, Any]:
     """Trigger ``dag_id`` with ``{"data_path": ...}`` through Airflow's REST API and, with
     ``wait``, follow it to the end, printing the task states. Raises ServiceError on failure."""
     s = s or get_settings()

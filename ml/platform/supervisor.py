@@ -263,9 +263,15 @@ def start(svc: Service, argv: list[str], env: dict[str, str], s: Settings) -> su
         log.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(argv)}\n".encode())
         log.flush()
         proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO_ROOT),
-            env=env, start_new_session=True, close_fds=True,
-        )  # fmt: skip
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=str(REPO_ROOT),
+            env=env,
+            start_new_session=True,
+            close_fds=True,
+        )
     svc.pid_file(s).write_text(f"{proc.pid}\n")
     return proc
 
@@ -316,10 +322,15 @@ class _Watched:
 
     def public(self, now: float) -> dict[str, Any]:
         return {
-            "pid": self.pid, "state": self.state, "restarts": self.restarts, "last_exit": self.last_exit,
-            "last_exit_at": self.last_exit_at, "crash_loop": self.crash_loop, "error": self.error,
+            "pid": self.pid,
+            "state": self.state,
+            "restarts": self.restarts,
+            "last_exit": self.last_exit,
+            "last_exit_at": self.last_exit_at,
+            "crash_loop": self.crash_loop,
+            "error": self.error,
             "restart_in_s": round(max(0.0, self.next_start - now), 1) if self.state == "backoff" else None,
-        }  # fmt: skip
+        }
 
 
 class Supervisor:
@@ -327,8 +338,13 @@ class Supervisor:
     service's command afresh for every (re)start (so a restart sees the current settings,
     databases created, ...); ``lookup(name) -> Service`` only names its files."""
 
-    def __init__(self, s: Settings, command: Callable[[str], tuple[Service, list[str], dict[str, str]]],
-                 lookup: Callable[[str], Service], policy: Policy | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        s: Settings,
+        command: Callable[[str], tuple[Service, list[str], dict[str, str]]],
+        lookup: Callable[[str], Service],
+        policy: Policy | None = None,
+    ) -> None:
         self.s = s
         self.command = command
         self.lookup = lookup
@@ -349,11 +365,17 @@ class Supervisor:
 
     def _write_state(self) -> None:
         now = time.monotonic()
-        write_json(self.state_path, {
-            "pid": os.getpid(), "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "policy": self.policy.__dict__, "wanted": self.wanted, "request": self.request,
-            "services": {n: w.public(now) for n, w in self.watched.items()},
-        })  # fmt: skip
+        write_json(
+            self.state_path,
+            {
+                "pid": os.getpid(),
+                "updated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "policy": self.policy.__dict__,
+                "wanted": self.wanted,
+                "request": self.request,
+                "services": {n: w.public(now) for n, w in self.watched.items()},
+            },
+        )
 
     def _load_wanted(self) -> int:
         data = read_json(self.s.run_dir / WANTED_FILE) or {}

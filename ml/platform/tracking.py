@@ -162,5 +162,5 @@ def git_commit() -> str:
             timeout=5,
         ).stdout.strip()
         return out + ("-dirty" if dirty else "")
-    except Exception:
+    except (OSError, subprocess.SubprocessError):  # no git, not a checkout: the commit is unknown
         return "unknown"

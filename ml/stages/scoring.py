@@ -88,7 +88,7 @@ def estimate_rows(path: Path, fmt: str | None = None) -> int:
 
         try:
             return int(pq.ParquetFile(path).metadata.num_rows)
-        except Exception:  # unreadable: the reader says why
+        except Exception:  # noqa: BLE001 - unreadable: the reader says why
             return 0
     size = path.stat().st_size
     if size <= 4 << 20:  # small: count

@@ -67,7 +67,7 @@ def write_rows(conn: psycopg.Connection, rows: Sequence[_Row]) -> list[tuple[Any
         return []
     except TRANSIENT_ERRORS:
         raise
-    except Exception as exc:  # a data/integrity error somewhere in the batch
+    except Exception as exc:  # noqa: BLE001 - a data/integrity error somewhere in the batch
         log.warning("COPY of %d prediction rows failed (%s); inserting them one by one", len(rows), exc)
         _rollback(conn)
     rejected: list[tuple[Any, BaseException]] = []
@@ -77,7 +77,7 @@ def write_rows(conn: psycopg.Connection, rows: Sequence[_Row]) -> list[tuple[Any
             conn.commit()
         except TRANSIENT_ERRORS:
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - this row is refused (data/integrity): set aside, the rest go on
             _rollback(conn)
             rejected.append((row, exc))
     return rejected
@@ -88,7 +88,7 @@ def _rollback(conn: psycopg.Connection) -> None:
         conn.rollback()
     except TRANSIENT_ERRORS:
         raise
-    except Exception:  # pragma: no cover - nothing left to undo
+    except Exception:  # noqa: BLE001 - closing a broken connection  # pragma: no cover - nothing left to undo
         pass
 
 

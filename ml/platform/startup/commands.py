@@ -14,16 +14,24 @@ def settings_env(s: Settings, base: dict[str, str] | None = None) -> dict[str, s
     """``base`` (default: this environment) plus the settings that locate the platform, so a
     child process (the supervisor) reads the same settings as this one."""
     env = dict(os.environ if base is None else base)
-    env.update({
-        "SENTIMENT_VAR_DIR": str(s.var), "SENTIMENT_HOST": s.host, "SENTIMENT_API_PORT": str(s.api_port),
-        "SENTIMENT_AIRFLOW_PORT": str(s.airflow_port), "SENTIMENT_MLFLOW_PORT": str(s.mlflow_port),
-        "SENTIMENT_EMBEDDED_PG_PORT": str(s.embedded_pg_port),
-        "PYTHONPATH": os.pathsep.join(p for p in [str(REPO_ROOT), env.get("PYTHONPATH", "")] if p),
-        "XDG_RUNTIME_DIR": runtime_dir(),
-    })  # fmt: skip
-    for key, value in (("DATABASE_URL", s.database_url), ("MLFLOW_TRACKING_URI", s.mlflow_tracking_uri),
-                       ("SENTIMENT_MLFLOW_DATABASE", s.mlflow_database),
-                       ("SENTIMENT_AIRFLOW_DATABASE", s.airflow_database)):  # fmt: skip
+    env.update(
+        {
+            "SENTIMENT_VAR_DIR": str(s.var),
+            "SENTIMENT_HOST": s.host,
+            "SENTIMENT_API_PORT": str(s.api_port),
+            "SENTIMENT_AIRFLOW_PORT": str(s.airflow_port),
+            "SENTIMENT_MLFLOW_PORT": str(s.mlflow_port),
+            "SENTIMENT_EMBEDDED_PG_PORT": str(s.embedded_pg_port),
+            "PYTHONPATH": os.pathsep.join(p for p in [str(REPO_ROOT), env.get("PYTHONPATH", "")] if p),
+            "XDG_RUNTIME_DIR": runtime_dir(),
+        }
+    )
+    for key, value in (
+        ("DATABASE_URL", s.database_url),
+        ("MLFLOW_TRACKING_URI", s.mlflow_tracking_uri),
+        ("SENTIMENT_MLFLOW_DATABASE", s.mlflow_database),
+        ("SENTIMENT_AIRFLOW_DATABASE", s.airflow_database),
+    ):
         if value:
             env[key] = value
     return env
@@ -34,12 +42,14 @@ def platform_env(s: Settings, db_url: str, mlflow_url: str | None) -> dict[str, 
     from ml.platform import db
 
     env = settings_env(s)
-    env.update({
-        "DATABASE_URL": db_url,
-        "SENTIMENT_MLFLOW_DATABASE": db.database_name(db.mlflow_backend_url(s)),
-        "SENTIMENT_AIRFLOW_DATABASE": db.database_name(db.airflow_db_url(s)),
-        "HF_HUB_OFFLINE": env.get("HF_HUB_OFFLINE", "1"),
-    })  # fmt: skip
+    env.update(
+        {
+            "DATABASE_URL": db_url,
+            "SENTIMENT_MLFLOW_DATABASE": db.database_name(db.mlflow_backend_url(s)),
+            "SENTIMENT_AIRFLOW_DATABASE": db.database_name(db.airflow_db_url(s)),
+            "HF_HUB_OFFLINE": env.get("HF_HUB_OFFLINE", "1"),
+        }
+    )
     env.pop("SMOPS_SERVICE", None)
     if mlflow_url:
         env["MLFLOW_TRACKING_URI"] = mlflow_url
@@ -60,13 +70,19 @@ def command(name: str, s: Settings) -> tuple[Service, list[str], dict[str, str]]
         db.ensure_database(backend)
         s.artifacts_dir.mkdir(parents=True, exist_ok=True)
         argv = [
-            console_script("mlflow"), "server",
-            "--backend-store-uri", backend,
-            "--artifacts-destination", str(s.artifacts_dir.resolve()),
-            "--host", s.host,
-            "--port", str(s.mlflow_port),
-            "--workers", MLFLOW_WORKERS,
-        ]  # fmt: skip
+            console_script("mlflow"),
+            "server",
+            "--backend-store-uri",
+            backend,
+            "--artifacts-destination",
+            str(s.artifacts_dir.resolve()),
+            "--host",
+            s.host,
+            "--port",
+            str(s.mlflow_port),
+            "--workers",
+            MLFLOW_WORKERS,
+        ]
         env = platform_env(s, db.database_url(s), None)
         env.pop("MLFLOW_TRACKING_URI", None)
         if s.mlflow_auth:  # nobody but the platform registers models or moves the alias (README "Security")

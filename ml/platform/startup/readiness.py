@@ -35,10 +35,14 @@ def _check_started(names: Iterable[str], baseline: dict[str, int], s: Settings) 
 
 
 def wait_http(
-    svc: Service, s: Settings, timeout: float, baseline: dict[str, int],
-    ready: Callable[[Any], bool] | None = None, describe: Callable[[Any], str] | None = None,
+    svc: Service,
+    s: Settings,
+    timeout: float,
+    baseline: dict[str, int],
+    ready: Callable[[Any], bool] | None = None,
+    describe: Callable[[Any], str] | None = None,
     companions: Iterable[str] = (),
-) -> None:  # fmt: skip
+) -> None:
     """Wait until ``svc.health`` answers 200 (and ``ready(response)``), or fail with the log
     of whichever of ``svc`` and its ``companions`` exited meanwhile."""
     deadline = time.monotonic() + timeout

@@ -31,7 +31,7 @@ def first_model(s: Settings, data: str | None = None, wait: bool = True, force_t
         from ml.data import default_source
 
         path = default_source(data, s)
-    except Exception as e:  # noqa: BLE001 - bad DATA=, unreadable file, ...
+    except Exception as e:
         raise ServiceError(f"no training data: {e}") from e
     say(f"      training data: {path}")
     training = trigger_training(path, s, wait=wait)

@@ -18,11 +18,14 @@ def status(settings: Settings | None = None, quiet: bool = False) -> dict[str, A
     state = read_state(s)
     sup = state.get("services", {}) if state else {}
     out: dict[str, Any] = {
-        "supervisor": {"running": state is not None, "pid": state.get("pid") if state else None,
-                       "log": str(supervisor_service().log_file(s)),
-                       "policy": state.get("policy") if state else None},
+        "supervisor": {
+            "running": state is not None,
+            "pid": state.get("pid") if state else None,
+            "log": str(supervisor_service().log_file(s)),
+            "policy": state.get("policy") if state else None,
+        },
         "services": {},
-    }  # fmt: skip
+    }
     for name, svc in services(s).items():
         pid = svc.pid(s)
         healthy = None
@@ -35,11 +38,19 @@ def status(settings: Settings | None = None, quiet: bool = False) -> dict[str, A
                 healthy = False
         x = sup.get(name) or {}
         out["services"][name] = {
-            "running": bool(pid), "pid": pid, "url": svc.url, "healthy": healthy, "log": str(svc.log_file(s)),
-            "supervised": name in (state or {}).get("wanted", []), "state": x.get("state"),
-            "restarts": x.get("restarts", 0), "last_exit": x.get("last_exit"), "last_exit_at": x.get("last_exit_at"),
-            "crash_loop": bool(x.get("crash_loop")), "error": x.get("error"),
-        }  # fmt: skip
+            "running": bool(pid),
+            "pid": pid,
+            "url": svc.url,
+            "healthy": healthy,
+            "log": str(svc.log_file(s)),
+            "supervised": name in (state or {}).get("wanted", []),
+            "state": x.get("state"),
+            "restarts": x.get("restarts", 0),
+            "last_exit": x.get("last_exit"),
+            "last_exit_at": x.get("last_exit_at"),
+            "crash_loop": bool(x.get("crash_loop")),
+            "error": x.get("error"),
+        }
     from ml.platform import db
 
     if s.database_url:

@@ -23,7 +23,7 @@ from ml.platform.supervisor import (
     read_state,
     tail,
     write_json,
-)  # fmt: skip
+)
 
 
 def supervise(s: Settings | None = None, policy: Policy | None = None) -> None:

@@ -70,18 +70,27 @@ def airflow_db_migrate(s: Settings) -> None:
         f.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} airflow db migrate\n".encode())
         f.flush()
         rc = subprocess.run(
-            [console_script("airflow"), "db", "migrate"], env=env, cwd=str(REPO_ROOT), stdin=subprocess.DEVNULL,
-            stdout=f, stderr=subprocess.STDOUT, check=False,
-        ).returncode  # fmt: skip
+            [console_script("airflow"), "db", "migrate"],
+            env=env,
+            cwd=str(REPO_ROOT),
+            stdin=subprocess.DEVNULL,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            check=False,
+        ).returncode
     if rc != 0:
         raise ServiceError(f"`airflow db migrate` failed (exit {rc}); last lines of {log}:\n{tail(log)}")
 
 
 def up(
-    data: str | None = None, train: bool = True, wait: bool = True, force_train: bool = False,
-    settings: Settings | None = None, only: Iterable[str] | str | None = None,
+    data: str | None = None,
+    train: bool = True,
+    wait: bool = True,
+    force_train: bool = False,
+    settings: Settings | None = None,
+    only: Iterable[str] | str | None = None,
     supervisor_env: dict[str, str] | None = None,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """Start whatever is not running yet under the supervisor, train a first model if there is
     no champion, print how to reach everything. Safe to re-run. Returns a summary dict.
 

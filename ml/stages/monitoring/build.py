@@ -109,7 +109,7 @@ def _build(
 
             tracking.configure(s)
             champ = registry.champion(s)
-        except Exception as e:  # the empty report does not need the registry
+        except Exception as e:  # noqa: BLE001 - the empty report does not need the registry
             log.warning("champion lookup failed (%s); the empty report names no version", e)
         summary.update(
             status="empty",

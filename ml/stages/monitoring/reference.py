@@ -98,7 +98,7 @@ def build_reference(champ, settings: Settings | None = None) -> tuple[pd.DataFra
         try:
             vocab = {str(w) for w in vocab_fn()}
             vocab_source = "model"
-        except Exception as e:  # a family whose vocabulary() is not usable: fall back, said in the meta
+        except Exception as e:  # noqa: BLE001 - a family whose vocabulary() is not usable: fall back, said in the meta
             log.warning("vocabulary() of %s failed (%s); using the training split's words", type(model).__name__, e)
     if not vocab:
         # the training split's words seen at least twice (TF-IDF's min_df=2): the held-out texts
