@@ -291,14 +291,15 @@ def test_dag_retries_a_failed_shard_alone(airflow_cli, platform_env, champion, c
                         hidden = (row[0], row[0] + ".away")
                         os.replace(*hidden)
                         events.append("hidden")
+                        # this run's id, as the plan recorded it (other tests' runs score files of the
+                        # same name in the same Airflow database: never match runs by file name)
+                        (run_id,) = c.execute("SELECT airflow_run_id FROM batches WHERE id=%s", (batch_id,)).fetchone()
                 else:  # Airflow has failed the first try and waits to retry it: put the file back
                     state = _airflow_rows(
                         platform_env,
-                        "SELECT ti.state, ti.try_number FROM task_instance ti JOIN dag_run r"
-                        " ON r.dag_id = ti.dag_id AND r.run_id = ti.run_id"
-                        " WHERE ti.dag_id='sentiment_batch_scoring' AND ti.task_id='score_shard'"
-                        " AND ti.map_index=1 AND r.conf::text LIKE %s",
-                        (f"%{path.name}%",),
+                        "SELECT state, try_number FROM task_instance WHERE dag_id='sentiment_batch_scoring'"
+                        " AND task_id='score_shard' AND map_index=1 AND run_id=%s",
+                        (run_id,),
                     )
                     # up_for_retry can be brief on a busy machine: a second try being set up counts too
                     if state and (state[0][0] == "up_for_retry" or (state[0][1] or 0) >= 2):
