@@ -37,7 +37,7 @@ def train_champion(
     """validate -> train -> evaluate -> register -> promote a model; returns its version.
     Other families than TF-IDF train on a small sample for timing only, so the behavioural
     gate is switched off for them."""
-    from ml import data
+    from ml.data.snapshots import validate_and_snapshot
     from ml.platform import registry
     from ml.platform.config import reset_settings
     from ml.stages import train
@@ -46,7 +46,7 @@ def train_champion(
         os.environ["SENTIMENT_BEHAVIOUR_CHECKS"] = "false"
         reset_settings()
     print(f"training a {family} champion on {path.name} (sample {sample_size or 'all'}) ...", flush=True)
-    snap = data.validate_and_snapshot(path)
+    snap = validate_and_snapshot(path)
     run_id = train.train(snap.hash, family, params or {}, sample_size)
     train.evaluate(run_id)
     train.register(run_id)

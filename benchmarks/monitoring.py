@@ -52,7 +52,7 @@ def main() -> None:
     import logging
 
     logging.basicConfig(level=logging.WARNING)
-    from ml import data
+    from ml.data.snapshots import validate_and_snapshot
     from ml.platform import registry
     from ml.platform.config import get_settings, reset_settings
     from ml.stages import train
@@ -66,7 +66,7 @@ def main() -> None:
     db.migrate()
     s = get_settings()
     print(f"training a TF-IDF champion on {SHARED.name} ...", flush=True)
-    snap = data.validate_and_snapshot(SHARED)
+    snap = validate_and_snapshot(SHARED)
     run_id = train.train(snap.hash, "tfidf_lr")
     train.evaluate(run_id)
     version = train.register(run_id)

@@ -100,7 +100,7 @@ def main() -> None:
 def run(args, work: Path):
     import httpx
 
-    from ml import data
+    from ml.data.snapshots import validate_and_snapshot
     from ml.platform import db, registry
     from ml.platform.config import get_settings, reset_settings
     from ml.stages import train
@@ -122,7 +122,7 @@ def run(args, work: Path):
 
     print(f"setup: champion (tfidf_lr) on 90,000 of {SHARED.name}; live traffic = the other 10,000 ...", flush=True)
     t = time.perf_counter()
-    snap = data.validate_and_snapshot(corpus_csv)
+    snap = validate_and_snapshot(corpus_csv)
     run_id = train.train(snap.hash, "tfidf_lr")
     train.evaluate(run_id)
     train.register(run_id)

@@ -62,7 +62,8 @@ from sentiment_promotion import promotion
 def sentiment_training():
     @task
     def validate() -> str:
-        from ml.data import DataError, validate_and_snapshot
+        from ml.data import DataError
+        from ml.data.snapshots import validate_and_snapshot
 
         path = get_current_context()["params"]["data_path"]
         if not path:

@@ -92,13 +92,15 @@ def db_url() -> None:
 @data_app.command("validate")
 def data_validate(path: Path = typer.Argument(..., help="CSV: Sentiment140 six columns or polarity,text")) -> None:
     """Validate a labelled file, store its snapshot, print the report."""
-    from ml import data
+    from ml.data import DataError
+    from ml.data.snapshots import validate_and_snapshot
+    from ml.data.validation import report_markdown
 
     try:
-        snap = data.validate_and_snapshot(path)
-    except data.DataError as e:
+        snap = validate_and_snapshot(path)
+    except DataError as e:
         _fail(str(e))
-    typer.echo(data.report_markdown(snap.report))
+    typer.echo(report_markdown(snap.report))
     typer.echo(f"snapshot: {snap.hash}  ({'new' if snap.created else 'already stored'}; {snap.path.parent})")
 
 
@@ -170,13 +172,14 @@ def pipeline(
     sample_size: int | None = None,
 ) -> None:
     """validate -> train -> evaluate -> register -> promote, in this process."""
-    from ml import data
+    from ml.data import DataError
+    from ml.data.snapshots import validate_and_snapshot
     from ml.stages import train as t
 
     try:
-        snap = data.validate_and_snapshot(path)
+        snap = validate_and_snapshot(path)
         run_id = t.train(snap.hash, family, _parse_params(param), sample_size)
-    except (data.DataError, ValueError) as e:
+    except (DataError, ValueError) as e:
         _fail(str(e))
     t.evaluate(run_id)
     t.register(run_id)

@@ -160,7 +160,7 @@ def own_champion(platform_env, mlflow_tracking):
     from contextlib import contextmanager
     from types import SimpleNamespace
 
-    from ml import data
+    from ml.data.snapshots import validate_and_snapshot
     from ml.platform.config import reset_settings
     from ml.stages import train
 
@@ -172,7 +172,7 @@ def own_champion(platform_env, mlflow_tracking):
         os.environ.update(env)
         reset_settings()
         try:
-            snap = data.validate_and_snapshot(data_csv)
+            snap = validate_and_snapshot(data_csv)
             run_id = train.train(snap.hash, "tfidf_lr", sample_size=sample_size)
             train.evaluate(run_id)
             version = train.register(run_id)

@@ -53,13 +53,13 @@ def live_api(platform_env, mlflow_tracking, tweets_csv):
     import uvicorn
 
     from api.main import create_app
-    from ml import data
+    from ml.data.snapshots import validate_and_snapshot
     from ml.stages import train
 
     _require_chromium()
     name = f"tweet-sentiment-browser-{uuid.uuid4().hex[:6]}"
     s = platform_env.model_copy(update={"model_name": name, "behaviour_checks": False})
-    snap = data.validate_and_snapshot(tweets_csv, s)
+    snap = validate_and_snapshot(tweets_csv, s)
     run_id = train.train(snap.hash, "tfidf_lr", settings=s)
     train.evaluate(run_id, s)
     version = train.register(run_id, s)

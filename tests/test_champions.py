@@ -12,7 +12,7 @@ import mlflow
 import pytest
 from fastapi.testclient import TestClient
 
-from ml import data
+from ml.data.snapshots import validate_and_snapshot
 from ml.platform import registry
 from ml.platform.config import get_settings, reset_settings
 from ml.stages import train
@@ -36,7 +36,7 @@ def snapshot(platform_env):
     gate (significant paired win on ~4,000 held-out tweets, no golden flip: ml/evaluation/gate.py)."""
     import realdata
 
-    return data.validate_and_snapshot(realdata.SAMPLE)
+    return validate_and_snapshot(realdata.SAMPLE)
 
 
 def _wait_for(predicate, what: str):

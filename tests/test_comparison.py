@@ -9,7 +9,7 @@ import json
 import mlflow
 import pytest
 
-from ml import data
+from ml.data.snapshots import validate_and_snapshot
 from ml.evaluation import behaviour
 from ml.stages import compare, train
 from ml.stages.search import SearchSpaceError
@@ -102,7 +102,7 @@ def test_table_markdown_html_chart(tmp_path):
 # ---------------------------------------------------------------- in-process comparison
 @pytest.fixture(scope="module")
 def snapshot(platform_env, tweets_csv):
-    return data.validate_and_snapshot(tweets_csv)
+    return validate_and_snapshot(tweets_csv)
 
 
 def test_comparison_in_process(mlflow_tracking, model_name, snapshot, conn):
@@ -234,7 +234,7 @@ def test_gate_refuses_label_flipped_candidate(mlflow_tracking, model_name, tweet
         w = csv.writer(g, quoting=csv.QUOTE_ALL)
         for pol, text in csv.reader(f):
             w.writerow(["0" if pol == "4" else "4", text])
-    snap = data.validate_and_snapshot(flipped)
+    snap = validate_and_snapshot(flipped)
     run_id = train.train(snap.hash, "tfidf_lr")
     train.evaluate(run_id)
     version = train.register(run_id)

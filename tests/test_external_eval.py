@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import realdata
 
-from ml import data
+from ml.data import DataError
+from ml.data.snapshots import validate_and_snapshot
 from ml.evaluation import external
 from ml.evaluation.stats import mcnemar_mid_p, paired_comparison
 from ml.platform import registry
@@ -78,8 +79,8 @@ def env(platform_env, mlflow_tracking, tmp_path_factory):
     pos = [r for r in rest if r[0] == 1 and "@" not in r[1]][:2500]
     try:
         yield {
-            "general": data.validate_and_snapshot(write("general.csv", general)).hash,
-            "shortcut": data.validate_and_snapshot(write("shortcut.csv", neg + pos)).hash,
+            "general": validate_and_snapshot(write("general.csv", general)).hash,
+            "shortcut": validate_and_snapshot(write("shortcut.csv", neg + pos)).hash,
             "settings": get_settings(),
         }
     finally:
@@ -205,7 +206,7 @@ def test_unset_means_no_external_and_a_missing_file_is_an_error(env, monkeypatch
     assert external.load() is None
     monkeypatch.setenv("SENTIMENT_EXTERNAL_EVAL_PATH", str(tmp_path / "nope.csv"))
     reset_settings()
-    with pytest.raises(data.DataError, match="does not exist"):
+    with pytest.raises(DataError, match="does not exist"):
         external.load()
     monkeypatch.setenv("SENTIMENT_EXTERNAL_EVAL_PATH", str(UNIFORM))
     reset_settings()

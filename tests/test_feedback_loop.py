@@ -22,7 +22,8 @@ import realdata
 from fastapi.testclient import TestClient
 from loop_helpers import FRACTION, IDENTITIES, Loop, make_loop
 
-from ml import data
+from ml.data.snapshots import SPLIT_FILE, get_snapshot
+from ml.data.splits import split
 from ml.platform import registry
 from ml.platform.config import Settings, get_settings, reset_settings
 from ml.stages.retraining import RetrainingError
@@ -118,7 +119,7 @@ def test_a_retraining_without_new_content_fails_and_leaves_the_parent_alone(loop
     """No pending report (a manual retraining): the set would hash to the champion's snapshot. It is
     refused (recorded as failed, with the reason) before anything is written into the parent's directory."""
     parent = loop.snapshot
-    split_file = parent.path.parent / data.SPLIT_FILE
+    split_file = parent.path.parent / SPLIT_FILE
     before = split_file.stat().st_mtime_ns if split_file.exists() else None
     kind_before = conn.execute(
         "SELECT kind, parent_hash FROM dataset_snapshots WHERE hash = %s", (parent.hash,)
@@ -197,8 +198,8 @@ def test_worse_challenger_is_not_promoted(loop, triggered, conn):
     assert n_rows == loop.snapshot.n_rows + rep["new_texts"] - rep["conflicts_tied_dropped"]
     # the same held-out set as the champion's (its parent's), never a reported tweet
     s = get_settings()
-    _, parent_test = data.split(loop.snapshot.load(), s.test_size, s.seed)
-    new_train, new_test = data.split(data.get_snapshot(r["snapshot_hash"]).load(), s.test_size, s.seed)
+    _, parent_test = split(loop.snapshot.load(), s.test_size, s.seed)
+    new_train, new_test = split(get_snapshot(r["snapshot_hash"]).load(), s.test_size, s.seed)
     reported = {
         t
         for (t,) in conn.execute(

@@ -18,7 +18,8 @@ import pytest
 import realdata
 from loop_helpers import IDENTITIES
 
-from ml import data
+from ml.data.snapshots import get_snapshot, validate_and_snapshot
+from ml.data.splits import split
 from ml.evaluation import behaviour, gate
 from ml.platform import registry
 from ml.platform.config import Settings, get_settings, reset_settings
@@ -123,7 +124,7 @@ def test_first_model_and_failed_checks_and_missing_evidence():
 @pytest.fixture(scope="module")
 def snap20k(platform_env):
     """The bundled 20k real tweets as one snapshot: held-out split of ~4,000 tweets."""
-    return data.validate_and_snapshot(realdata.SAMPLE)
+    return validate_and_snapshot(realdata.SAMPLE)
 
 
 @pytest.fixture
@@ -233,7 +234,7 @@ def test_a_poisoned_retraining_flipping_golden_texts_is_not_promoted(snap20k, ga
     ids = _report(s, champion, great[:650], 0)
     assert len(ids) >= 500 * IDENTITIES
     # one held-out text of the parent reported too: it stays held out, with its parent label
-    _, parent_test = data.split(snap20k.load(), s.test_size, s.seed)
+    _, parent_test = split(snap20k.load(), s.test_size, s.seed)
     held_text, held_label = parent_test.iloc[0]["text"], int(parent_test.iloc[0]["label"])
     _report(s, champion, [(held_label, held_text)], 1 - held_label)
 
@@ -244,7 +245,7 @@ def test_a_poisoned_retraining_flipping_golden_texts_is_not_promoted(snap20k, ga
     print("golden right->wrong:", [x["text"] for x in g["golden"]["right_to_wrong_texts"]])
     print("reported_eval:", g["reported_eval"]["vs_champion"])
     # the held-out set is the parent's, all of it, with the parent's labels (the reported text included)
-    new_train, new_test = data.split(data.get_snapshot(r["snapshot_hash"]).load(), s.test_size, s.seed)
+    new_train, new_test = split(get_snapshot(r["snapshot_hash"]).load(), s.test_size, s.seed)
     assert set(new_test["text"]) == set(parent_test["text"]) and held_text not in set(new_train["text"])
     assert dict(zip(new_test["text"], new_test["label"]))[held_text] == held_label
     # (>= 1: some "great" tweets of the 100k file are also in the 20k sample's held-out set, stripped)

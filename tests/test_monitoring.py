@@ -20,7 +20,8 @@ import pytest
 import realdata
 from receivers import refused_port, smtp_receiver, webhook_receiver
 
-from ml import data
+from ml.data.snapshots import validate_and_snapshot
+from ml.data.splits import split
 from ml.platform import registry
 from ml.platform.config import get_settings, reset_settings
 from ml.stages import train
@@ -79,7 +80,7 @@ def _setup(name, tmp_path_factory) -> dict:
     path = tmp_path_factory.mktemp("mon") / "tweets.csv"
     with path.open("w", encoding="utf-8", newline="") as f:
         csv.writer(f, quoting=csv.QUOTE_ALL).writerows([(4 if y else 0, t) for y, t in snapshot_rows])
-    snap = data.validate_and_snapshot(path)
+    snap = validate_and_snapshot(path)
     run_id = train.train(snap.hash, "tfidf_lr")
     metrics = train.evaluate(run_id)
     version = train.register(run_id)
@@ -139,7 +140,7 @@ def _setup(name, tmp_path_factory) -> dict:
         give(ids["matching"][10:20], wrong=False)
         give(ids["drifted"][:N_WRONG], wrong=True)
         give(ids["drifted"][:1], wrong=True)  # a second report on the same prediction counts once
-    n_ref = len(data.split(snap.load(), s.test_size, s.seed)[1])
+    n_ref = len(split(snap.load(), s.test_size, s.seed)[1])
     return {"name": name, "version": version, "accuracy": metrics["accuracy"], "settings": s, "n_ref": n_ref}
 
 

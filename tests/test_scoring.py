@@ -22,7 +22,8 @@ import pandas as pd
 import pytest
 import realdata
 
-from ml import data
+from ml.data import DataError
+from ml.data.read import read_labelled
 from ml.platform import registry
 from ml.stages import scoring
 
@@ -150,7 +151,7 @@ def test_latin1_sentiment140_file_scores(champion, conn, latin1_input):
     assert s["rows_scored"] == len(expected) and s["rows_rejected"] == len(rejects)
     _check_latin1_batch(conn, s["batch_id"], expected, rejects)
     # training reads the very same file through the same reader: same texts at the same lines
-    res = data.read_labelled(path)
+    res = read_labelled(path)
     assert dict(zip(res.lines, res.texts)) == expected
     assert res.encoding["latin1_lines"] >= 100
 
@@ -202,9 +203,9 @@ def test_workers_score_shards_in_parallel_processes(champion, conn, score_input)
     pd.DataFrame({"text": texts * 201}).to_parquet(big)  # 201,000 rows: exact from the metadata
     assert scoring.auto_shard_rows(big, workers=2) == 100_500
     assert scoring.auto_shard_rows(big, workers=8) == scoring.MIN_AUTO_SHARD_ROWS
-    with pytest.raises(data.DataError, match="workers must be at least 1"):
+    with pytest.raises(DataError, match="workers must be at least 1"):
         scoring.score_file(path, workers=0)
-    with pytest.raises(data.DataError, match="no input_path"):
+    with pytest.raises(DataError, match="no input_path"):
         scoring.plan("")
 
 
@@ -443,11 +444,11 @@ def test_other_formats(champion, tmp_path, score_input):
     two = tmp_path / "two.csv"
     two.write_text('polarity,text\n4,"great stuff"\n0,"awful stuff"\n')
     assert scoring.score_file(two)["rows_scored"] == 2
-    with pytest.raises(data.DataError, match="not found"):
+    with pytest.raises(DataError, match="not found"):
         scoring.plan(tmp_path / "missing.csv")
     bad_pq = tmp_path / "bad.parquet"
     pd.DataFrame({"tweet": ["x"]}).to_parquet(bad_pq)
-    with pytest.raises(data.DataError, match="needs a 'text' column"):
+    with pytest.raises(DataError, match="needs a 'text' column"):
         scoring.plan(bad_pq)
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import mlflow
 import pytest
 
-from ml import data
+from ml.data import DataError
+from ml.data.snapshots import validate_and_snapshot
 from ml.platform import registry
 from ml.stages import train
 
@@ -16,7 +17,7 @@ def snapshot(platform_env):
     and a champion good enough for its golden set: ml/evaluation/gate.py)."""
     import realdata
 
-    return data.validate_and_snapshot(realdata.SAMPLE)
+    return validate_and_snapshot(realdata.SAMPLE)
 
 
 def _run(snapshot_hash, **kw):
@@ -80,7 +81,7 @@ def test_train_evaluate_register_promote(mlflow_tracking, model_name, no_behavio
 def test_bad_family_fails_before_any_run(mlflow_tracking, model_name, snapshot):
     with pytest.raises(ValueError, match="unknown model family"):
         train.train(snapshot.hash, "no-such-family")
-    with pytest.raises(data.DataError, match="unknown dataset snapshot"):
+    with pytest.raises(DataError, match="unknown dataset snapshot"):
         train.train("0" * 64)
 
 

@@ -30,7 +30,7 @@ class ExternalSet:
     path: Path
     texts: list[str]
     labels: np.ndarray
-    content_hash: str  # ml.data.content_hash of the (label, text) rows: the snapshots' definition
+    content_hash: str  # ml.data.snapshots.content_hash of the (label, text) rows: the snapshots' definition
     rejected: int
 
     @property
@@ -51,30 +51,30 @@ def load(settings: Settings | None = None) -> ExternalSet | None:
     would silently drop the veto."""
     import pandas as pd
 
-    from ml import data
+    from ml.data import DataError
+    from ml.data.read import read_labelled
+    from ml.data.snapshots import content_hash
 
     s = settings or get_settings()
     path = s.external_eval_file
     if path is None:
         return None
     if not path.exists():
-        raise data.DataError(
-            f"external_eval_path {path} does not exist (unset it to evaluate on the held-out split only)"
-        )
+        raise DataError(f"external_eval_path {path} does not exist (unset it to evaluate on the held-out split only)")
     st = path.stat()
     key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
     if key in _CACHE:
         return _CACHE[key]
-    res = data.read_labelled(path)
+    res = read_labelled(path)
     if not res.texts:
-        raise data.DataError(f"external_eval_path {path}: no labelled rows ({dict(res.rejected_by_reason)})")
+        raise DataError(f"external_eval_path {path}: no labelled rows ({dict(res.rejected_by_reason)})")
     labels = np.asarray(res.labels, dtype=int)
-    h = data.content_hash(pd.DataFrame({"label": labels, "text": res.texts}))
+    h = content_hash(pd.DataFrame({"label": labels, "text": res.texts}))
     ext = ExternalSet(
         path=path, texts=list(res.texts), labels=labels, content_hash=h, rejected=sum(res.rejected_by_reason.values())
     )
     if len(set(labels.tolist())) < 2:
-        raise data.DataError(f"external_eval_path {path}: only one class among {ext.n} rows")
+        raise DataError(f"external_eval_path {path}: only one class among {ext.n} rows")
     log.info("external evaluation set %s: %s tweets, hash %s", path, f"{ext.n:,}", h[:16])
     _CACHE.clear()
     _CACHE[key] = ext

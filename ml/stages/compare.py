@@ -351,7 +351,7 @@ def run_comparison(
     """The whole comparison in this process (``ml compare``, benchmarks): validate -> search each
     family -> evaluate the winners on the held-out split -> write the comparison; with
     ``promote``, also register the winner and run the gate, as the DAG does."""
-    from ml import data
+    from ml.data.snapshots import validate_and_snapshot
     from ml.stages import train
     from ml.stages.search.family import search_family
     from ml.stages.search.plan import plan_comparison
@@ -359,7 +359,7 @@ def run_comparison(
 
     s = settings or get_settings()
     if snapshot_hash is None and data_path is not None:
-        snapshot_hash = data.validate_and_snapshot(data_path, s).hash
+        snapshot_hash = validate_and_snapshot(data_path, s).hash
     if snapshot_hash is None:
         snapshot_hash = latest_snapshot(s)
     plan = plan_comparison(snapshot_hash, families, profile, sample_sizes, sample_size, search_space, settings=s)

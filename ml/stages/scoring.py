@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from ml.data import DataError, detect_format, iter_records
+from ml.data import DataError
+from ml.data.read import detect_format, iter_records
 from ml.models.base import decide
 from ml.platform.config import Settings, get_settings
 from ml.store import batches as store
@@ -40,7 +41,7 @@ def iter_rows(
     path: Path, fmt: str | None = None, encoding: Counter | None = None
 ) -> Iterator[tuple[int, str | None, str | None]]:
     """Yield (line/row number, text or None, reject reason or None), through the one tweet
-    reader (:func:`ml.data.iter_records`) that training uses too."""
+    reader (:func:`ml.data.read.iter_records`) that training uses too."""
     for rec in iter_records(path, encoding, fmt):
         yield rec.line, rec.text, rec.reason
 

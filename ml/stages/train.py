@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ml import data as data_mod
+from ml.data.snapshots import get_snapshot
+from ml.data.splits import split, stratified_sample
 from ml.platform.config import Settings, get_settings
 from ml.store import models as store
 
@@ -22,9 +23,9 @@ log = logging.getLogger(__name__)
 
 
 def _split_for(snapshot_hash: str, s: Settings):
-    snap = data_mod.get_snapshot(snapshot_hash, s)
+    snap = get_snapshot(snapshot_hash, s)
     frame = snap.load()
-    train_df, test_df = data_mod.split(frame, s.test_size, s.seed)
+    train_df, test_df = split(frame, s.test_size, s.seed)
     return snap, train_df, test_df
 
 
@@ -48,7 +49,7 @@ def train(
     params = dict(params or {})
     model = models.create(family, **params)  # fails fast on unknown family/params
     snap, train_df, test_df = _split_for(snapshot_hash, s)
-    train_df = data_mod.stratified_sample(train_df, sample_size, s.seed)
+    train_df = stratified_sample(train_df, sample_size, s.seed)
     tracking.configure(s)
     commit = tracking.git_commit()
     log.info("training %s on %s tweets (snapshot %s)", family, f"{len(train_df):,}", snap.hash[:16])

@@ -31,9 +31,9 @@ def tweets() -> tuple[list[str], list[int]]:
 @pytest.fixture(scope="session")
 def snapshot(platform_env, tweets_csv):
     """The 2,000 real tweets, validated and stored as a dataset snapshot (as the DAG's first task)."""
-    from ml import data
+    from ml.data.snapshots import validate_and_snapshot
 
-    return data.validate_and_snapshot(tweets_csv, platform_env)
+    return validate_and_snapshot(tweets_csv, platform_env)
 
 
 @pytest.fixture(scope="session")

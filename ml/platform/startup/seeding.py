@@ -28,7 +28,7 @@ def first_model(s: Settings, data: str | None = None, wait: bool = True, force_t
         )
         return {"skipped": True, "champion_version": champ.version}
     try:
-        from ml.data import default_source
+        from ml.data.sources import default_source
 
         path = default_source(data, s)
     except Exception as e:

@@ -4,7 +4,7 @@ One report = one period (default: the last ``monitoring_hours``):
 
 - **current**: the rows of ``predictions`` (API and batch) of ``settings.model_name`` created in
   the period; above ``monitoring_max_rows`` a deterministic random sample (``md5(id)`` order).
-- **reference**: the champion's own predictions on its held-out set (the ``data.split`` test part
+- **reference**: the champion's own predictions on its held-out set (the ``ml.data.splits.split`` test part
   of the snapshot named by the champion run's ``dataset_hash`` tag), at most
   ``monitoring_reference_max_rows`` (stratified sample), computed once per champion version and
   cached as Parquet under ``var/reference/<model>/v<version>/``.

@@ -64,7 +64,9 @@ def build_reference(champ, settings: Settings | None = None) -> tuple[pd.DataFra
     """Score the champion's held-out set (capped, stratified) and cache it with its vocabulary."""
     import mlflow
 
-    from ml import data
+    from ml.data import DataError
+    from ml.data.snapshots import get_snapshot
+    from ml.data.splits import split, stratified_sample
     from ml.platform import registry
 
     s = settings or get_settings()
@@ -74,13 +76,13 @@ def build_reference(champ, settings: Settings | None = None) -> tuple[pd.DataFra
     if not dataset_hash:
         raise MonitoringError(f"champion v{champ.version} (run {champ.run_id}) has no dataset_hash tag")
     try:
-        snap = data.get_snapshot(dataset_hash, s)
+        snap = get_snapshot(dataset_hash, s)
         frame = snap.load()
-    except (data.DataError, FileNotFoundError, OSError) as e:
+    except (DataError, FileNotFoundError, OSError) as e:
         raise MonitoringError(f"the champion's dataset snapshot {dataset_hash[:16]} cannot be read: {e}") from e
-    train_df, test_df = data.split(frame, s.test_size, s.seed)
+    train_df, test_df = split(frame, s.test_size, s.seed)
     n_held_out = len(test_df)
-    test_df = data.stratified_sample(test_df, s.monitoring_reference_max_rows, s.seed)
+    test_df = stratified_sample(test_df, s.monitoring_reference_max_rows, s.seed)
     model = registry.load_version(champ.version, s)
     texts = test_df["text"].astype(str).tolist()
     log.info(

@@ -18,11 +18,11 @@ drift report is recorded in the decision; with ``retraining_on_drift`` it trigge
 **Training set** (:func:`.training_set.prepare`): the champion's snapshot + the reported tweets with their
 corrected labels (latest report per prediction) — the reports consumed by this retraining and by
 earlier unsuccessful retrainings of the same champion. Every row is a vote: a text present several
-times gets the majority label; ties are dropped (as ``ml.data.validate`` does). Stored as a
+times gets the majority label; ties are dropped (as ``ml.data.validation.validate`` does). Stored as a
 content-hashed snapshot of kind ``retraining`` whose ``parent_hash`` is the champion's snapshot.
 
 **Held-out set (the choice, and why).** The new snapshot stores its own split (``split.parquet``,
-honoured by ``ml.data.split`` everywhere: training, evaluation, comparison, monitoring):
+honoured by ``ml.data.splits.split`` everywhere: training, evaluation, comparison, monitoring):
 
 - ``test`` = the parent snapshot's held-out texts, ALL of them, with the PARENT's labels (the
   champion's held-out set, unchanged through a chain of retrainings). A report on one of those texts

@@ -102,7 +102,7 @@ def evaluate(retraining_id: Any, run_id: str, settings: Settings | None = None) 
     import mlflow
     import numpy as np
 
-    from ml import data
+    from ml.data.snapshots import get_snapshot
     from ml.platform import registry, tracking
     from ml.stages import train
 
@@ -115,7 +115,7 @@ def evaluate(retraining_id: Any, run_id: str, settings: Settings | None = None) 
         if r is None:
             raise RetrainingError(f"no retraining #{rid}")
         reported = store.reported_texts(conn, r["training_feedback_ids"] or [])
-    snap = data.get_snapshot(r["snapshot_hash"], s)
+    snap = get_snapshot(r["snapshot_hash"], s)
     frame = snap.load()
     parts = (
         pd.read_parquet(frame.attrs["split_path"])

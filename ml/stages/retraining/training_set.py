@@ -45,7 +45,8 @@ def prepare(
 ) -> dict[str, Any]:
     """Build the retraining's training set (a new snapshot, kind ``retraining``, with its own split).
     Without ``retraining_id``, a manual retraining is recorded first. Idempotent per retraining."""
-    from ml import data
+    from ml.data.snapshots import content_hash, get_snapshot, store_snapshot, store_split
+    from ml.data.splits import split
 
     s = settings or get_settings()
     rid = resolve_id(retraining_id)
@@ -58,9 +59,9 @@ def prepare(
         raise RetrainingError(f"retraining #{rid} is for model {r['model_name']!r}, this run serves {s.model_name!r}")
     if r["snapshot_hash"]:  # a re-run of the task: the set is already built
         return {"retraining_id": rid, "snapshot_hash": r["snapshot_hash"], **(r["dataset_report"] or {})}
-    base = data.get_snapshot(r["base_snapshot"], s)
+    base = get_snapshot(r["base_snapshot"], s)
     base_frame = base.load()
-    _, base_test = data.split(base_frame, s.test_size, s.seed)
+    _, base_test = split(base_frame, s.test_size, s.seed)
     with db.connect(s) as conn:
         reports = _training_reports(conn, r, s)
     reports["text"] = reports["text"].astype(str).str.strip()
@@ -116,7 +117,7 @@ def prepare(
             "rows": len(eval_texts),
         },
         "reported_train_rows": len(report_texts) - len(eval_texts),
-        # what ml.data.validate reports, for the snapshot page
+        # what ml.data.validation.validate reports, for the snapshot page
         "rows_read": int(len(votes)),
         "rows_rejected": 0,
         "empty_texts": 0,
@@ -129,7 +130,7 @@ def prepare(
         "rejected_rows": [],
         "positive_share": round(float(frame["label"].mean()), 4),
     }
-    if data.content_hash(frame) == base.hash:
+    if content_hash(frame) == base.hash:
         # nothing new: storing it would be a no-op on the parent's record (its kind and parent kept) and
         # store_split would write the retraining's split into the PARENT's directory
         msg = (
@@ -139,7 +140,7 @@ def prepare(
         )
         mark_failed(rid, f"RetrainingError: {msg}", s)
         raise RetrainingError(msg)
-    snap = data.store_snapshot(
+    snap = store_snapshot(
         frame,
         report,
         source=f"retraining #{rid} of {s.model_name}: {base.hash[:16]} + {len(latest)} reported tweets",
@@ -147,7 +148,7 @@ def prepare(
         parent=base.hash,
         settings=s,
     )
-    data.store_split(snap, test_texts, eval_texts)
+    store_split(snap, test_texts, eval_texts)
     summary = {
         k: report[k]
         for k in (

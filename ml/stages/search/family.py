@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ml import data as data_mod
+from ml.data.splits import stratified_sample
 from ml.platform.config import Settings, get_settings
 from ml.stages.search import SearchSpaceError
 from ml.stages.search.curves import learning_curve_link
@@ -39,7 +39,7 @@ def search_family(plan: dict[str, Any], family: str, settings: Settings | None =
     todo = trials(spec, s.seed)
     metric = selection_metric(space, s)
     snap, pool, val_df, _ = comparison_splits(plan["snapshot_hash"], space, s)
-    train_df = data_mod.stratified_sample(pool, plan["sample_sizes"].get(family), s.seed)
+    train_df = stratified_sample(pool, plan["sample_sizes"].get(family), s.seed)
     tracking.configure(s)
     commit = tracking.git_commit()
     log.info(

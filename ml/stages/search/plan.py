@@ -7,7 +7,7 @@ import json
 import logging
 from typing import Any
 
-from ml import data as data_mod
+from ml.data.snapshots import get_snapshot
 from ml.platform.config import Settings, get_settings
 from ml.stages.search import SearchSpaceError
 from ml.stages.search.space import family_spec, load_search_space, selection_metric, trials
@@ -61,7 +61,7 @@ def plan_comparison(
         if n is not None and int(n) < 20:
             raise SearchSpaceError(f"sample size for {fam} must be at least 20, got {n}")
         sizes[fam] = int(n) if n else None
-    snap = data_mod.get_snapshot(snapshot_hash, s)
+    snap = get_snapshot(snapshot_hash, s)
 
     tracking.configure(s)
     commit = tracking.git_commit()

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from ml import data as data_mod
+from ml.data.snapshots import get_snapshot
+from ml.data.splits import split
 from ml.platform.config import Settings
 
 
 def comparison_splits(snapshot_hash: str, space: dict[str, Any], s: Settings):
     """(snapshot, training pool, validation, held-out): the held-out split is the platform's usual
     one (``test_size``, ``seed``); validation is carved from the training split, the same for all."""
-    snap = data_mod.get_snapshot(snapshot_hash, s)
-    train_df, test_df = data_mod.split(snap.load(), s.test_size, s.seed)
+    snap = get_snapshot(snapshot_hash, s)
+    train_df, test_df = split(snap.load(), s.test_size, s.seed)
     sel = space.get("selection", {})
     n_val = min(
         int(round(len(train_df) * float(sel.get("validation_fraction", 0.1)))),

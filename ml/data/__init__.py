@@ -1,0 +1,22 @@
+"""Data: read tweet files, validate them, store validated snapshots named by content hash.
+
+One reader (:func:`ml.data.read.iter_records`) serves training, batch scoring and retraining.
+Layouts (no header, or a header line that is skipped):
+- Sentiment140's six columns ``polarity,id,date,query,user,text`` (Latin-1 in the original);
+- two columns ``polarity,text``;
+- one column (text only) and ``.txt`` (one tweet per line): scoring only, no label;
+- Parquet with a ``text`` column (and ``polarity``/``label`` for training).
+Polarity is 0/4 (Sentiment140) or 0/1; 2 (neutral) is rejected. Bytes are decoded as UTF-8
+where valid, else Latin-1, line by line, so a mixed file still reads.
+
+The modules: ``read`` (the one tweet-file reader: formats, decoding, ``iter_records``,
+``read_labelled``), ``validation`` (``validate``: duplicates, label conflicts, the report and its
+Markdown), ``snapshots`` (content-hashed snapshots on disk and in the database, a snapshot's stored
+split, ``validate_and_snapshot``), ``splits`` (the train/held-out split of a snapshot, stratified
+samples), ``sources`` (the training file for ``make up``). This file holds only ``DataError``,
+shared by them.
+"""
+
+
+class DataError(ValueError):
+    """The input cannot be used; the message says why."""

@@ -1,0 +1,38 @@
+"""Train/held-out split of a snapshot (its stored split where it has one) and stratified samples."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+
+def split(frame: pd.DataFrame, test_size: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Stratified, deterministic train/held-out split of a snapshot.
+
+    A snapshot that stores its own split (``split.parquet``, written by
+    :func:`ml.data.snapshots.store_split`; the retraining snapshots do: their held-out set is their
+    parent's, see ``ml/stages/retraining/``) is split by it instead: rows whose text is listed as
+    ``test`` are held out, rows listed as ``excluded`` are in neither part, all others train.
+    :meth:`ml.data.snapshots.Snapshot.load` marks the frame for this."""
+    spec = frame.attrs.get("split_path")
+    if spec:
+        parts = pd.read_parquet(spec)
+        test_texts = set(parts.loc[parts["part"] == "test", "text"])
+        excluded = set(parts.loc[parts["part"] == "excluded", "text"])
+        is_test = frame["text"].isin(test_texts)
+        is_train = ~is_test & ~frame["text"].isin(excluded)
+        train_df, test_df = frame[is_train].reset_index(drop=True), frame[is_test].reset_index(drop=True)
+        train_df.attrs, test_df.attrs = {}, {}
+        return train_df, test_df
+    from sklearn.model_selection import train_test_split
+
+    train, test = train_test_split(frame, test_size=test_size, random_state=seed, stratify=frame["label"])
+    return train.reset_index(drop=True), test.reset_index(drop=True)
+
+
+def stratified_sample(frame: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:
+    if not n or n >= len(frame):
+        return frame
+    from sklearn.model_selection import train_test_split
+
+    sample, _ = train_test_split(frame, train_size=n, random_state=seed, stratify=frame["label"])
+    return sample.reset_index(drop=True)
