@@ -47,7 +47,7 @@ MAX_ACTIVE_BATCHES = 4
 def sentiment_batch_scoring():
     @task
     def plan() -> list[dict]:
-        from ml.stages.scoring import plan as plan_batch
+        from ml.stages.scoring.plan import plan as plan_batch
 
         ctx = get_current_context()
         p = plan_batch(
@@ -60,7 +60,7 @@ def sentiment_batch_scoring():
 
     @task(max_active_tis_per_dagrun=8)
     def score_shard(batch_id: str, shard: int | None) -> dict:
-        from ml.stages.scoring import score_shard as score
+        from ml.stages.scoring.shard import score_shard as score
 
         if shard is None:  # nothing left to score (already done, or resumed with no pending shard)
             return {"batch_id": batch_id, "shard": None, "rows": 0}
@@ -68,7 +68,7 @@ def sentiment_batch_scoring():
 
     @task
     def finalize(results: list[dict]) -> dict:
-        from ml.stages.scoring import finalize as fin
+        from ml.stages.scoring.finalize import finalize as fin
 
         return fin(results[0]["batch_id"])
 

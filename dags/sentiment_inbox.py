@@ -37,7 +37,7 @@ from sentiment_dag_defaults import platform_dag_kwargs  # plugins/ (on sys.path 
 def sentiment_inbox():
     @task
     def list_new_files() -> list[dict]:
-        from ml.stages.scoring import inbox_trigger_kwargs
+        from ml.stages.scoring.inbox import inbox_trigger_kwargs
 
         return inbox_trigger_kwargs(settle_seconds=get_current_context()["params"]["settle_seconds"])
 

@@ -259,10 +259,10 @@ def score(
 ) -> None:
     """Score a file with the champion (the batch-scoring DAG's stages, without Airflow)."""
     from ml.data import DataError
-    from ml.stages import scoring
+    from ml.stages.scoring.run import score_file
 
     try:
-        summary = scoring.score_file(path, shard_rows=shard_rows, force=force, workers=workers)
+        summary = score_file(path, shard_rows=shard_rows, force=force, workers=workers)
     except (DataError, RuntimeError) as e:
         _fail(str(e))
     typer.echo(json.dumps(summary, indent=2, default=str))
@@ -271,9 +271,9 @@ def score(
 @app.command()
 def batches(batch_id: str | None = typer.Argument(None)) -> None:
     """List batches, or show one (summary, shards, rejected rows)."""
-    from ml.stages import scoring
+    from ml.stages.scoring.queries import get_batch, list_batches
 
-    out = scoring.get_batch(batch_id) if batch_id else scoring.list_batches()
+    out = get_batch(batch_id) if batch_id else list_batches()
     if out is None:
         _fail(f"unknown batch {batch_id}")
     typer.echo(json.dumps(out, indent=2, default=str))

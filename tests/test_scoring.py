@@ -25,7 +25,14 @@ import realdata
 from ml.data import DataError
 from ml.data.read import read_labelled
 from ml.platform import registry
-from ml.stages import scoring
+from ml.stages.scoring.files import file_sha256
+from ml.stages.scoring.finalize import finalize
+from ml.stages.scoring.inbox import inbox_trigger_kwargs, pending_inbox_file, pending_inbox_files
+from ml.stages.scoring.plan import plan as plan_batch
+from ml.stages.scoring.queries import get_batch
+from ml.stages.scoring.run import score_file
+from ml.stages.scoring.shard import score_shard
+from ml.stages.scoring.sizing import MIN_AUTO_SHARD_ROWS, auto_shard_rows, estimate_rows
 
 
 @pytest.fixture(scope="module")
@@ -138,16 +145,16 @@ def _utf8_once_latin1(t: str) -> bool:
 def _check_latin1_batch(conn, batch_id, expected, rejects):
     stored = _stored(conn, batch_id)
     assert dict(zip(stored["source_row"], stored["text"])) == expected  # exactly as decoded, at their lines
-    got = {r["line"]: r["reason"] for r in scoring.get_batch(batch_id)["rejects"]}
+    got = {r["line"]: r["reason"] for r in get_batch(batch_id)["rejects"]}
     assert set(got) == set(rejects)
     for ln, prefix in rejects.items():
         assert got[ln].startswith(prefix), (ln, got[ln])
-    assert scoring.get_batch(batch_id)["status"] == "done"
+    assert get_batch(batch_id)["status"] == "done"
 
 
 def test_latin1_sentiment140_file_scores(champion, conn, latin1_input):
     path, expected, rejects = latin1_input
-    s = scoring.score_file(path, shard_rows=128)
+    s = score_file(path, shard_rows=128)
     assert s["rows_scored"] == len(expected) and s["rows_rejected"] == len(rejects)
     _check_latin1_batch(conn, s["batch_id"], expected, rejects)
     # training reads the very same file through the same reader: same texts at the same lines
@@ -189,7 +196,7 @@ def test_latin1_file_through_the_dag(airflow_cli, champion, conn, latin1_input):
 
 def test_workers_score_shards_in_parallel_processes(champion, conn, score_input):
     path, texts = score_input
-    s = scoring.score_file(path, shard_rows=250, workers=2)  # 4 shards over 2 processes
+    s = score_file(path, shard_rows=250, workers=2)  # 4 shards over 2 processes
     assert s["shards"] == 4 and s["rows_scored"] == 1000 and s["rows_rejected"] == 3
     stored = _stored(conn, s["batch_id"])
     assert len(stored) == 1000 and stored["source_row"].is_unique
@@ -197,23 +204,23 @@ def test_workers_score_shards_in_parallel_processes(champion, conn, score_input)
     by_text = dict(zip(stored["text"], stored["p_positive"]))
     np.testing.assert_allclose([by_text[t] for t in texts], proba[:, 1], atol=1e-6)
     # shard_rows=0 sizes shards from the input: one per worker, never tiny
-    assert 900 < scoring.estimate_rows(path) < 1100
-    assert scoring.auto_shard_rows(path, workers=2) == scoring.MIN_AUTO_SHARD_ROWS
+    assert 900 < estimate_rows(path) < 1100
+    assert auto_shard_rows(path, workers=2) == MIN_AUTO_SHARD_ROWS
     big = path.with_name("big.parquet")
     pd.DataFrame({"text": texts * 201}).to_parquet(big)  # 201,000 rows: exact from the metadata
-    assert scoring.auto_shard_rows(big, workers=2) == 100_500
-    assert scoring.auto_shard_rows(big, workers=8) == scoring.MIN_AUTO_SHARD_ROWS
+    assert auto_shard_rows(big, workers=2) == 100_500
+    assert auto_shard_rows(big, workers=8) == MIN_AUTO_SHARD_ROWS
     with pytest.raises(DataError, match="workers must be at least 1"):
-        scoring.score_file(path, workers=0)
+        score_file(path, workers=0)
     with pytest.raises(DataError, match="no input_path"):
-        scoring.plan("")
+        plan_batch("")
 
 
 def test_killed_scoring_process_resumes_with_only_unfinished_shards(champion, conn, score_input):
     """SIGKILL `ml score` once its first shard is recorded; the resumed batch re-runs only the
     shard that was in flight and the later ones, and stores each row exactly once."""
     path, _ = score_input
-    batch_id = f"b-{scoring.file_sha256(path)[:16]}"
+    batch_id = f"b-{file_sha256(path)[:16]}"
     proc = subprocess.Popen(
         [sys.executable, "-m", "ml.cli", "score", str(path), "--shard-rows", "50"],
         env=os.environ.copy(),
@@ -250,9 +257,9 @@ def test_killed_scoring_process_resumes_with_only_unfinished_shards(champion, co
     n_rows = conn.execute("SELECT count(*) FROM predictions WHERE batch_id=%s", (batch_id,)).fetchone()[0]
     assert n_rows == 50 * len(done_before)
 
-    resumed = scoring.plan(path)
+    resumed = plan_batch(path)
     assert resumed.status == "scoring" and resumed.shards == sorted(set(range(20)) - done_before)
-    summary = scoring.score_file(path)  # resumes the same plan
+    summary = score_file(path)  # resumes the same plan
     assert summary["rows_scored"] == 1000 and summary["shards"] == 20
     after = {
         r[0]: (r[1], r[2], r[3])
@@ -274,7 +281,7 @@ def test_dag_retries_a_failed_shard_alone(airflow_cli, platform_env, champion, c
     """Shard 1's file is missing on its first try (moved away as soon as the plan records it,
     moved back once that try has started): Airflow retries that mapped task alone."""
     path, _ = score_input
-    batch_id = f"b-{scoring.file_sha256(path)[:16]}"
+    batch_id = f"b-{file_sha256(path)[:16]}"
     stop = threading.Event()
     events: list[str] = []
 
@@ -344,13 +351,13 @@ def test_two_runs_of_the_same_content_share_one_batch(champion, conn, score_inpu
 
     path, _ = score_input
     with ThreadPoolExecutor(2) as pool:
-        plans = list(pool.map(lambda _: scoring.plan(path, shard_rows=250), range(2)))
+        plans = list(pool.map(lambda _: plan_batch(path, shard_rows=250), range(2)))
     assert plans[0].batch_id == plans[1].batch_id
     assert sorted(p.status for p in plans) == ["planned", "planned"] and all(p.shards == [0, 1, 2, 3] for p in plans)
     assert conn.execute("SELECT count(*) FROM batch_shards WHERE batch_id=%s", (plans[0].batch_id,)).fetchone()[0] == 4
     with ThreadPoolExecutor(2) as pool:  # both runs score every shard at the same time
-        list(pool.map(lambda sh: scoring.score_shard(plans[0].batch_id, sh), [0, 1, 2, 3, 0, 1, 2, 3]))
-    assert scoring.finalize(plans[0].batch_id)["rows_scored"] == 1000
+        list(pool.map(lambda sh: score_shard(plans[0].batch_id, sh), [0, 1, 2, 3, 0, 1, 2, 3]))
+    assert finalize(plans[0].batch_id)["rows_scored"] == 1000
     stored = _stored(conn, plans[0].batch_id)
     assert len(stored) == 1000 and stored["source_row"].is_unique
 
@@ -367,7 +374,7 @@ def _airflow_rows(settings, sql: str, params: tuple = ()) -> list[tuple]:
 
 def test_chunked_scoring_equals_in_memory_and_reports_rejects(champion, conn, score_input):
     path, texts = score_input
-    summary = scoring.score_file(path, shard_rows=128)
+    summary = score_file(path, shard_rows=128)
     champ = registry.champion()
     assert summary["model_version"] == champ.version
     assert summary["shards"] == 8
@@ -379,7 +386,7 @@ def test_chunked_scoring_equals_in_memory_and_reports_rejects(champion, conn, sc
     np.testing.assert_allclose([by_text[t] for t in texts], proba[:, 1], atol=1e-6)
     assert (stored.set_index("text").loc[texts, "label"].to_numpy() == (proba[:, 1] >= 0.5)).all()
 
-    batch = scoring.get_batch(summary["batch_id"])
+    batch = get_batch(summary["batch_id"])
     rejects = {r["line"]: r["reason"] for r in batch["rejects"]}
     assert rejects[12].startswith("wrong column count")
     assert rejects[503] == "empty text"
@@ -390,10 +397,10 @@ def test_chunked_scoring_equals_in_memory_and_reports_rejects(champion, conn, sc
 
 def test_rerun_does_not_duplicate(champion, conn, score_input):
     path, _ = score_input
-    first = scoring.score_file(path, shard_rows=300)
-    again = scoring.plan(path, shard_rows=300)
+    first = score_file(path, shard_rows=300)
+    again = plan_batch(path, shard_rows=300)
     assert again.status == "done" and again.shards == []
-    forced = scoring.score_file(path, shard_rows=300, force=True)
+    forced = score_file(path, shard_rows=300, force=True)
     assert forced["batch_id"] == first["batch_id"]
     n = conn.execute("SELECT count(*) FROM predictions WHERE batch_id=%s", (first["batch_id"],)).fetchone()[0]
     assert n == 1000
@@ -401,7 +408,7 @@ def test_rerun_does_not_duplicate(champion, conn, score_input):
 
 def test_failed_shard_retried_alone_completes_batch(champion, conn, score_input):
     path, _ = score_input
-    plan = scoring.plan(path, shard_rows=250, force=True)
+    plan = plan_batch(path, shard_rows=250, force=True)
     shard_file = conn.execute(
         "SELECT path FROM batch_shards WHERE batch_id=%s AND shard=2", (plan.batch_id,)
     ).fetchone()[0]
@@ -410,18 +417,18 @@ def test_failed_shard_retried_alone_completes_batch(champion, conn, score_input)
     results = {}
     for sh in plan.shards:
         try:
-            results[sh] = scoring.score_shard(plan.batch_id, sh)
+            results[sh] = score_shard(plan.batch_id, sh)
         except FileNotFoundError:
             results[sh] = "failed"
     assert results[2] == "failed"
     with pytest.raises(RuntimeError, match=r"shards \[2\] are not scored"):
-        scoring.finalize(plan.batch_id)
+        finalize(plan.batch_id)
     shutil.move(hidden, shard_file)
-    scoring.score_shard(plan.batch_id, 0)  # a shard scored twice (retry after a crash) writes no duplicate
+    score_shard(plan.batch_id, 0)  # a shard scored twice (retry after a crash) writes no duplicate
     # a resumed plan only hands back the unfinished shard
-    assert scoring.plan(path, shard_rows=250).shards == [2]
-    scoring.score_shard(plan.batch_id, 2)
-    summary = scoring.finalize(plan.batch_id)
+    assert plan_batch(path, shard_rows=250).shards == [2]
+    score_shard(plan.batch_id, 2)
+    summary = finalize(plan.batch_id)
     assert summary["rows_scored"] == 1000
     stored = _stored(conn, plan.batch_id)
     assert len(stored) == 1000 and stored["source_row"].is_unique
@@ -435,28 +442,28 @@ def test_other_formats(champion, tmp_path, score_input):
     _, texts = score_input
     pq_path = tmp_path / "tweets.parquet"
     pd.DataFrame({"text": texts[:50] + [None, ""]}).to_parquet(pq_path)
-    s1 = scoring.score_file(pq_path, shard_rows=20)
+    s1 = score_file(pq_path, shard_rows=20)
     assert s1["rows_scored"] == 50 and s1["rows_rejected"] == 2
     txt = tmp_path / "tweets.txt"
     txt.write_text("\n".join(t.replace("\n", " ") for t in texts[:30]) + "\n\n")
-    s2 = scoring.score_file(txt)
+    s2 = score_file(txt)
     assert s2["rows_scored"] == 30 and s2["rows_rejected"] == 1
     two = tmp_path / "two.csv"
     two.write_text('polarity,text\n4,"great stuff"\n0,"awful stuff"\n')
-    assert scoring.score_file(two)["rows_scored"] == 2
+    assert score_file(two)["rows_scored"] == 2
     with pytest.raises(DataError, match="not found"):
-        scoring.plan(tmp_path / "missing.csv")
+        plan_batch(tmp_path / "missing.csv")
     bad_pq = tmp_path / "bad.parquet"
     pd.DataFrame({"tweet": ["x"]}).to_parquet(bad_pq)
     with pytest.raises(DataError, match="needs a 'text' column"):
-        scoring.plan(bad_pq)
+        plan_batch(bad_pq)
 
 
 def test_no_champion_is_a_clear_error(platform_env, mlflow_tracking, model_name, tmp_path):
     p = tmp_path / "x.txt"
     p.write_text("hello\n")
     with pytest.raises(RuntimeError, match="no champion"):
-        scoring.plan(p)
+        plan_batch(p)
 
 
 @pytest.mark.slow
@@ -651,7 +658,7 @@ def test_batches_api(champion, score_input):
     from api.main import create_app
 
     path, _ = score_input
-    summary = scoring.score_file(path, shard_rows=500)
+    summary = score_file(path, shard_rows=500)
     with TestClient(create_app()) as client:
         listed = client.get("/batches").json()
         assert summary["batch_id"] in [b["id"] for b in listed]
@@ -667,12 +674,12 @@ def test_inbox_file_is_found_once(champion, platform_env, tweets_csv):
     inbox.mkdir(parents=True, exist_ok=True)
     for p in inbox.iterdir():
         p.unlink()
-    assert scoring.pending_inbox_file() is None
+    assert pending_inbox_file() is None
     landed = inbox / "landed.txt"
     landed.write_text("what a lovely morning\nthis is the worst traffic ever\n")
-    assert scoring.pending_inbox_file() == str(landed)
-    scoring.score_file(landed)
-    assert scoring.pending_inbox_file() is None  # scored content is not picked up again
+    assert pending_inbox_file() == str(landed)
+    score_file(landed)
+    assert pending_inbox_file() is None  # scored content is not picked up again
 
 
 def _land(inbox: Path, name: str, text: str, age: float = 60.0) -> Path:
@@ -692,15 +699,15 @@ def test_inbox_lists_settled_unscored_files_with_deterministic_run_ids(champion,
     a = _land(inbox, "a.txt", f"lovely {uuid.uuid4().hex}\n")
     fresh = _land(inbox, "b.txt", f"still being written {uuid.uuid4().hex}\n", age=0)
     (inbox / ".c.txt").write_text("hidden: not yet renamed\n")
-    kw = scoring.inbox_trigger_kwargs(settle_seconds=10)
-    digest = scoring.file_sha256(a)
+    kw = inbox_trigger_kwargs(settle_seconds=10)
+    digest = file_sha256(a)
     assert (
         kw == [{"trigger_run_id": f"inbox__{digest[:16]}", "conf": {"input_path": str(a)}, "note": kw[0]["note"]}]
         and "a.txt" in kw[0]["note"]
     )
-    assert [f["path"] for f in scoring.pending_inbox_files(settle_seconds=0)] == [str(a), str(fresh)]
-    scoring.score_file(a)
-    assert scoring.pending_inbox_files(settle_seconds=10) == []  # scored content is not listed again
+    assert [f["path"] for f in pending_inbox_files(settle_seconds=0)] == [str(a), str(fresh)]
+    score_file(a)
+    assert pending_inbox_files(settle_seconds=10) == []  # scored content is not listed again
     fresh.unlink()
 
 
@@ -712,7 +719,7 @@ def test_inbox_dag_triggers_one_run_per_file_once(airflow_cli, champion, platfor
     for p in inbox.glob("*") if inbox.exists() else []:
         p.unlink()
     landed = _land(inbox, "dropped.txt", f"so happy for you!!\nugh my phone broke again {uuid.uuid4().hex}\n")
-    run_id = f"inbox__{scoring.file_sha256(landed)[:16]}"
+    run_id = f"inbox__{file_sha256(landed)[:16]}"
     for _ in range(2):
         res = airflow_cli(
             "dags",
@@ -823,10 +830,10 @@ def test_manual_run_does_not_wait_behind_the_watched_inbox(platform_env, champio
         _airflow_rows(
             platform_env,
             "SELECT run_id, state FROM dag_run WHERE dag_id='sentiment_batch_scoring' AND (run_id = %s OR run_id = %s)",
-            (f"inbox__{scoring.file_sha256(landed)[:16]}", done[str(manual)] or ""),
+            (f"inbox__{file_sha256(landed)[:16]}", done[str(manual)] or ""),
         )
     )
-    assert runs.get(f"inbox__{scoring.file_sha256(landed)[:16]}") == "success", runs
+    assert runs.get(f"inbox__{file_sha256(landed)[:16]}") == "success", runs
     assert (done[str(manual)] or "").startswith("manual__") and runs.get(done[str(manual)]) == "success", runs
     landed.unlink()
 
@@ -834,18 +841,18 @@ def test_manual_run_does_not_wait_behind_the_watched_inbox(platform_env, champio
 def test_nul_bytes_are_rejected_rows_not_a_failed_batch(champion, tmp_path):
     p = tmp_path / "nul.csv"
     p.write_bytes(b'4,"fine tweet"\n0,"bad \x00 byte"\n0,"another fine one"\n')
-    s = scoring.score_file(p)
+    s = score_file(p)
     assert s["rows_scored"] == 2 and s["rows_rejected"] == 1
-    assert scoring.get_batch(s["batch_id"])["rejects"] == [{"line": 2, "reason": "NUL byte in text"}]
+    assert get_batch(s["batch_id"])["rejects"] == [{"line": 2, "reason": "NUL byte in text"}]
 
 
 def test_forced_rescore_keeps_predictions_that_have_feedback(champion, conn, tmp_path):
     p = tmp_path / "fb.txt"
     p.write_text("I love it\nI hate it\nmeh\n")
-    s = scoring.score_file(p)
+    s = score_file(p)
     pid = conn.execute("SELECT id FROM predictions WHERE batch_id=%s AND source_row=1", (s["batch_id"],)).fetchone()[0]
     conn.execute("INSERT INTO feedback (prediction_id, correct_label) VALUES (%s, 0)", (pid,))
-    again = scoring.score_file(p, force=True, shard_rows=2)  # other shard sizes: rows upserted, ids kept
+    again = score_file(p, force=True, shard_rows=2)  # other shard sizes: rows upserted, ids kept
     assert again["rows_scored"] == 3
     ids = conn.execute("SELECT id FROM predictions WHERE batch_id=%s ORDER BY source_row", (s["batch_id"],)).fetchall()
     assert len(ids) == 3 and ids[0][0] == pid

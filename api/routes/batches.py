@@ -16,7 +16,7 @@ router = APIRouter(tags=["batches"])
 @router.get("/batches", response_model=list[BatchSummary])
 def list_batches(settings: SettingsDep, limit: int = Query(50, ge=1, le=500)) -> list[dict[str, Any]]:
     """The most recent batches first."""
-    from ml.stages.scoring import list_batches as _list
+    from ml.stages.scoring.queries import list_batches as _list
 
     return _list(limit, settings)
 
@@ -29,7 +29,7 @@ def list_batches(settings: SettingsDep, limit: int = Query(50, ge=1, le=500)) ->
 )
 def get_batch(batch_id: str, settings: SettingsDep) -> dict[str, Any]:
     """One batch: summary, shards, and its rejected rows (first 1,000) with line numbers."""
-    from ml.stages.scoring import get_batch as _get
+    from ml.stages.scoring.queries import get_batch as _get
 
     batch = _get(batch_id, settings)
     if batch is None:

@@ -24,8 +24,8 @@ csv.field_size_limit(MAX_FIELD)
 
 # ---------------------------------------------------------------- reading
 # ONE reader for every tweet file: training (read_labelled -> validate), batch scoring
-# (ml.stages.scoring.iter_rows) and anything else that reads tweets goes through iter_records, the
-# only place that decodes bytes, splits CSV and recognises the layouts.
+# (ml.stages.scoring.files.iter_rows) and anything else that reads tweets goes through
+# iter_records, the only place that decodes bytes, splits CSV and recognises the layouts.
 HEADER_WORDS = frozenset({"polarity", "label", "sentiment", "target"})
 TEXT_SUFFIXES = (".txt", ".text")
 PARQUET_SUFFIXES = (".parquet", ".pq")

@@ -1,0 +1,164 @@
+"""Plan a batch: read the input once, record rejects, write shard files, fix the champion version
+(serialised per content on a PostgreSQL advisory lock; a done batch is not planned again)."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ml.data import DataError
+from ml.data.read import detect_format
+from ml.platform.config import Settings, get_settings
+from ml.stages.scoring.files import batch_dir, file_sha256, iter_rows
+from ml.stages.scoring.sizing import AUTO_TAIL_SLACK, auto_shard_rows
+from ml.store import batches as store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Plan:
+    batch_id: str
+    model_version: int
+    shards: list[int]
+    status: str
+
+
+def plan(
+    input_path: str | Path,
+    shard_rows: int = 0,
+    airflow_run_id: str | None = None,
+    force: bool = False,
+    settings: Settings | None = None,
+) -> Plan:
+    """Read the input once in bounded chunks, record rejects, write shard files, fix the
+    champion version. A batch already done is not planned again (unless ``force``).
+    ``shard_rows=0``: one shard per available CPU (see :func:`auto_shard_rows`).
+
+    Two runs planning the same content at once (a manual run and the inbox's) serialise on a
+    PostgreSQL advisory lock: the second waits, logging why, then resumes the first's plan."""
+    from ml.platform import db
+
+    if input_path is None or not str(input_path).strip():
+        raise DataError(
+            "no input_path given: pass the file to score (drop files in var/inbox/ for the"
+            " sentiment_inbox DAG to pick them up)"
+        )
+    if shard_rows is None or int(shard_rows) < 0:
+        raise DataError(f"shard_rows must be 0 (auto) or a positive number of rows, got {shard_rows!r}")
+    path = Path(input_path).expanduser().resolve()
+    if not path.exists() or path.is_dir():
+        raise DataError(f"batch input not found (or a directory): {path}")
+    digest = file_sha256(path)
+    batch_id = f"b-{digest[:16]}"
+    s = settings or get_settings()
+    with db.connect(s) as lock_conn:  # held (session advisory lock) for the whole plan
+        key = int(digest[:15], 16)
+        if not store.try_lock_plan(lock_conn, key):
+            log.warning("batch %s (%s) is being planned by another run: waiting for it", batch_id, path.name)
+            store.lock_plan(lock_conn, key)
+        try:
+            return _plan_locked(path, digest, batch_id, int(shard_rows), airflow_run_id, force, s)
+        finally:
+            store.unlock_plan(lock_conn, key)
+
+
+def _plan_locked(
+    path: Path, digest: str, batch_id: str, shard_rows: int, airflow_run_id: str | None, force: bool, s: Settings
+) -> Plan:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ml.platform import db, registry, tracking
+
+    fmt = detect_format(path)
+    with db.connect(s) as conn:
+        row = store.batch_state(conn, batch_id)
+    if row and row[0] == "done" and not force:
+        log.info("batch %s (%s) already scored with v%s: nothing to do", batch_id, path.name, row[1])
+        return Plan(batch_id, row[1], [], "done")
+    if row and row[0] in ("planned", "scoring") and not force:
+        # resume: the shards are on disk, only unfinished ones are scored again
+        with db.connect(s) as conn:
+            pending = store.unfinished_shards(conn, batch_id)
+        log.info("batch %s resumes: %d of %d shards left", batch_id, len(pending), row[2])
+        return Plan(batch_id, row[1], pending, row[0])
+
+    tracking.configure(s)
+    champ = registry.champion(s)
+    if champ is None:
+        raise RuntimeError("no champion model to score with; train one first (sentiment_training DAG / ml pipeline)")
+
+    slack = 0
+    if shard_rows == 0:
+        shard_rows = auto_shard_rows(path, fmt)
+        slack = int(shard_rows * AUTO_TAIL_SLACK)
+    out_dir = batch_dir(batch_id, s)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    (out_dir / "shards").mkdir(parents=True)
+    t0 = time.perf_counter()
+    shards: list[dict[str, Any]] = []
+    rejects: list[tuple[int, str]] = []
+    rows_read = 0
+    buf_rows: list[int] = []
+    buf_text: list[str] = []
+
+    def flush_shard(n: int | None = None) -> None:
+        """Write the first ``n`` buffered rows (all by default) as the next shard."""
+        n = len(buf_rows) if n is None else n
+        if not n:
+            return
+        i = len(shards)
+        p = out_dir / "shards" / f"{i:05d}.parquet"
+        pq.write_table(pa.table({"source_row": pa.array(buf_rows[:n], pa.int64()), "text": pa.array(buf_text[:n])}), p)
+        shards.append({"shard": i, "path": str(p), "first": buf_rows[0], "last": buf_rows[n - 1], "n": n})
+        del buf_rows[:n], buf_text[:n]
+
+    encoding: Counter = Counter()
+    for line, text, reason in iter_rows(path, fmt, encoding):
+        rows_read += 1
+        if reason:
+            rejects.append((line, reason))
+            continue
+        buf_rows.append(line)
+        buf_text.append(text)  # type: ignore[arg-type]
+        if len(buf_rows) > shard_rows + slack:  # the rows past shard_rows start the next shard
+            flush_shard(shard_rows)
+            log.info("planned %d shards (%s rows read)", len(shards), f"{rows_read:,}")
+    flush_shard()
+
+    with db.connect(s) as conn:
+        store.replace_plan(
+            conn,
+            batch_id=batch_id,
+            input_path=str(path),
+            input_format=fmt,
+            input_sha256=digest,
+            model_name=s.model_name,
+            model_version=champ.version,
+            rows_read=rows_read,
+            airflow_run_id=airflow_run_id,
+            rejects=rejects,
+            shards=[(sh["shard"], sh["path"], sh["first"], sh["last"], sh["n"]) for sh in shards],
+        )
+    log.info(
+        "batch %s: %s rows read from %s (%s, %s lines decoded as Latin-1), %s rejected, %d shards of up to %s"
+        " rows, champion v%s (%.1fs)",
+        batch_id,
+        f"{rows_read:,}",
+        path.name,
+        fmt,
+        f"{encoding['latin1_lines']:,}",
+        f"{len(rejects):,}",
+        len(shards),
+        f"{shard_rows:,}",
+        champ.version,
+        time.perf_counter() - t0,
+    )
+    return Plan(batch_id, champ.version, [sh["shard"] for sh in shards], "planned")
