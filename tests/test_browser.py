@@ -143,7 +143,14 @@ def test_this_is_wrong_button_stores_feedback(live_api, browser, conn, tmp_path)
     browser.save_screenshot(str(shot))
     assert shot.stat().st_size > 0
 
-    rows = conn.execute("SELECT correct_label FROM feedback WHERE prediction_id = %s", (pid,)).fetchall()
+    # the report answered at once; while its prediction is still in the worker's log it waits in
+    # pending_feedback and lands in feedback with the prediction (the writer's next pass)
+    deadline = time.monotonic() + 30
+    while True:
+        rows = conn.execute("SELECT correct_label FROM feedback WHERE prediction_id = %s", (pid,)).fetchall()
+        if rows or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert rows == [(1 if expected == "positive" else 0,)]
     assert (
         conn.execute("SELECT model_version FROM predictions WHERE id = %s", (pid,)).fetchone()[0] == live_api["version"]
