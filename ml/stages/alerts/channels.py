@@ -94,6 +94,19 @@ def redacted_url(url: str) -> str:
     return f"{parts.scheme}://{parts.hostname or ''}{':' + str(parts.port) if parts.port else ''}/…"
 
 
+def log_outcomes(what: str, results: list[dict[str, Any]], logger: logging.Logger) -> None:
+    """One line per channel outcome: info when sent, error otherwise (alerts and drift reports)."""
+    for r in results:
+        (logger.info if r["status"] == "sent" else logger.error)(
+            "%s via %s (%s): %s%s",
+            what,
+            r["channel"],
+            r["target"],
+            r["status"],
+            f" - {r['error']}" if r["error"] else "",
+        )
+
+
 def send_channels(alert_id: int, s: Settings) -> list[dict[str, Any]]:
     """Send one alert on the configured channels; record each outcome in ``alerts.channels``."""
     results: list[dict[str, Any]] = []
@@ -122,15 +135,7 @@ def send_channels(alert_id: int, s: Settings) -> list[dict[str, Any]]:
             results.append(channel_result("email", target, "sent"))
         except Exception as e:  # noqa: BLE001
             results.append(channel_result("email", target, "failed", f"{type(e).__name__}: {e}"))
-    for r in results:
-        (log.info if r["status"] == "sent" else log.error)(
-            "alert %s via %s (%s): %s%s",
-            alert_id,
-            r["channel"],
-            r["target"],
-            r["status"],
-            f" - {r['error']}" if r["error"] else "",
-        )
+    log_outcomes(f"alert {alert_id}", results, log)
     if results:
         try:
             with db.connect(s, start_embedded=False, connect_timeout=5, application_name="sentiment-alerts") as conn:

@@ -12,6 +12,7 @@ from ml.platform.config import Settings, get_settings
 from ml.stages.alerts.channels import (
     addresses,
     channel_result,
+    log_outcomes,
     redacted_url,
     send_channels,
     send_mail,
@@ -156,15 +157,7 @@ def deliver_report(
                 results.append(channel_result("email", target, "sent"))
             except Exception as e:  # noqa: BLE001
                 results.append(channel_result("email", target, "failed", f"{type(e).__name__}: {e}"))
-    for r in results:
-        (log.info if r["status"] == "sent" else log.error)(
-            "drift report %s via %s (%s): %s%s",
-            rid,
-            r["channel"],
-            r["target"],
-            r["status"],
-            f" - {r['error']}" if r["error"] else "",
-        )
+    log_outcomes(f"drift report {rid}", results, log)
     try:
         with db.connect(s, start_embedded=False, connect_timeout=5, application_name="sentiment-alerts") as conn:
             reports_store.append_delivery(conn, rid, results)
