@@ -38,7 +38,7 @@ def finalize(batch_id: str, settings: Settings | None = None) -> dict:
     out = input_path.with_name(out_name)
     if not _writable(input_path.parent):  # e.g. a read-only data share: keep the output under var/
         out = batch_dir(batch_id, s) / out_name
-    _merge_parts([Path(sh[2]).with_suffix(".scored.parquet") for sh in shards], out)
+    _merge_parts([Path(sh[2]) for sh in shards], out)
     summary = {
         "batch_id": batch_id,
         "input": str(input_path),
@@ -71,14 +71,23 @@ def _writable(folder: Path) -> bool:
     return os.access(folder, os.W_OK) and bool(folder.stat().st_mode & 0o222)
 
 
-def _merge_parts(parts: list[Path], out: Path) -> None:
+def _merge_parts(shard_files: list[Path], out: Path) -> None:
+    """One Parquet of every scored row, in input order: each shard's texts (its shard file) beside
+    its scores (its ``.scored.parquet`` part, same rows in the same order), written to a temporary
+    name and renamed, so a reader never sees half a file."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     tmp = out.with_name(out.name + ".tmp")
     writer = None
     try:
-        for p in parts:
-            t = pq.read_table(p)
+        for shard_file in shard_files:
+            t = pq.read_table(shard_file.with_suffix(".scored.parquet"))
+            if "text" not in t.column_names:  # parts of this version hold the scores only
+                src = pq.read_table(shard_file, columns=["source_row", "text"])
+                if not src.column("source_row").equals(t.column("source_row")):
+                    raise RuntimeError(f"{shard_file}: its scored part does not hold the shard's rows in order")
+                t = t.add_column(1, "text", src.column("text"))
             if writer is None:
                 writer = pq.ParquetWriter(tmp, t.schema)
             writer.write_table(t)
@@ -86,7 +95,5 @@ def _merge_parts(parts: list[Path], out: Path) -> None:
         if writer is not None:
             writer.close()
     if writer is None:  # no scorable rows at all
-        import pyarrow as pa
-
         pq.write_table(pa.table({"source_row": pa.array([], pa.int64()), "text": pa.array([], pa.string())}), tmp)
     tmp.replace(out)

@@ -7,6 +7,7 @@ import logging
 import shutil
 import time
 from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,29 +110,43 @@ def _plan_locked(
     buf_rows: list[int] = []
     buf_text: list[str] = []
 
+    # a shard's Parquet is written on a thread (pyarrow releases the GIL while it encodes and
+    # compresses) while the next rows are read; one write in flight at most (bounded memory)
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="plan-shard-writer")
+    in_flight: Future | None = None
+
     def flush_shard(n: int | None = None) -> None:
         """Write the first ``n`` buffered rows (all by default) as the next shard."""
+        nonlocal in_flight
         n = len(buf_rows) if n is None else n
         if not n:
             return
         i = len(shards)
         p = out_dir / "shards" / f"{i:05d}.parquet"
-        pq.write_table(pa.table({"source_row": pa.array(buf_rows[:n], pa.int64()), "text": pa.array(buf_text[:n])}), p)
+        table = pa.table({"source_row": pa.array(buf_rows[:n], pa.int64()), "text": pa.array(buf_text[:n])})
+        if in_flight is not None:
+            in_flight.result()  # the previous shard is on disk (or its error is raised here)
+        in_flight = writer.submit(pq.write_table, table, p)
         shards.append({"shard": i, "path": str(p), "first": buf_rows[0], "last": buf_rows[n - 1], "n": n})
         del buf_rows[:n], buf_text[:n]
 
     encoding: Counter = Counter()
-    for line, text, reason in iter_rows(path, fmt, encoding):
-        rows_read += 1
-        if reason:
-            rejects.append((line, reason))
-            continue
-        buf_rows.append(line)
-        buf_text.append(text)  # type: ignore[arg-type]
-        if len(buf_rows) > shard_rows + slack:  # the rows past shard_rows start the next shard
-            flush_shard(shard_rows)
-            log.info("planned %d shards (%s rows read)", len(shards), f"{rows_read:,}")
-    flush_shard()
+    try:
+        for line, text, reason in iter_rows(path, fmt, encoding):
+            rows_read += 1
+            if reason:
+                rejects.append((line, reason))
+                continue
+            buf_rows.append(line)
+            buf_text.append(text)  # type: ignore[arg-type]
+            if len(buf_rows) > shard_rows + slack:  # the rows past shard_rows start the next shard
+                flush_shard(shard_rows)
+                log.info("planned %d shards (%s rows read)", len(shards), f"{rows_read:,}")
+        flush_shard()
+        if in_flight is not None:
+            in_flight.result()  # every shard file is on disk before the plan is recorded
+    finally:
+        writer.shutdown(wait=True)
 
     with db.connect(s) as conn:
         store.replace_plan(

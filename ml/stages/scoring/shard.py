@@ -1,5 +1,6 @@
 """Score one shard with the batch's fixed model version: its rows replaced in PostgreSQL in one
-transaction (idempotent, retry-safe) and its scored part file written."""
+transaction (idempotent, retry-safe) and its scored part file (the scores, keyed by source row)
+written."""
 
 from __future__ import annotations
 
@@ -59,11 +60,10 @@ def score_shard(batch_id: str, shard: int, chunk_rows: int = 50_000, settings: S
     labels = decide(proba[:, 1])
     t_pred = time.perf_counter() - t0
 
-    pq.write_table(
+    pq.write_table(  # the scores only: finalize takes the texts from the shard file (written once, not twice)
         pa.table(
             {
                 "source_row": src,
-                "text": texts,
                 "label": labels,
                 "p_negative": proba[:, 0].astype(np.float32),
                 "p_positive": proba[:, 1].astype(np.float32),
