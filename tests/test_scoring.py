@@ -459,6 +459,56 @@ def test_other_formats(champion, tmp_path, score_input):
         plan_batch(bad_pq)
 
 
+def test_shards_score_the_plans_verified_model_copy(champion, conn, score_input):
+    """The plan fetches the champion once into the batch folder and checks it against the digest of
+    the promotion event; every shard re-checks that copy before unpickling it (an altered copy is
+    fetched again, never loaded); the copy is removed once the batch is done."""
+    from ml.platform.config import get_settings
+    from ml.stages.scoring.files import batch_dir
+
+    path, _ = score_input
+    plan = plan_batch(path, shard_rows=400, force=True)
+    recorded = conn.execute("SELECT model_sha256 FROM batches WHERE id=%s", (plan.batch_id,)).fetchone()[0]
+    event = conn.execute(
+        "SELECT artifact_sha256 FROM model_events WHERE model_name=%s AND event='promoted' ORDER BY id DESC LIMIT 1",
+        (champion,),
+    ).fetchone()[0]
+    assert recorded == event
+    copy = batch_dir(plan.batch_id, get_settings()) / "model"
+    assert registry.artifact_digest(copy) == recorded
+    weights = sorted(p for p in (copy / "artifacts" / "model_dir").rglob("*") if p.is_file())
+    assert weights
+    with weights[0].open("ab") as f:  # the copy is altered between the plan and a shard
+        f.write(b"tampered")
+    assert registry.artifact_digest(copy) != recorded
+    for sh in plan.shards:
+        score_shard(plan.batch_id, sh)
+    assert registry.artifact_digest(copy) == recorded  # fetched again and verified before loading
+    assert finalize(plan.batch_id)["rows_scored"] == 1000
+    assert not copy.exists()
+    with pytest.raises(registry.ArtifactMismatch, match="differ from the recorded"):
+        registry.fetch_verified(plan.model_version, "0" * 64, copy, get_settings())
+    assert not copy.exists()  # nothing unverified is left in place
+
+
+def test_alias_moved_outside_the_platform_is_not_used_for_batches(own_champion, tweets_csv, tmp_path):
+    """Like the API, batch scoring uses only the version a promotion/rollback event put behind the
+    alias: an alias moved by hand in MLflow is refused with the reason, and nothing is planned."""
+    import mlflow
+
+    from ml.platform.config import get_settings
+
+    with own_champion("tweet-sentiment-alias", tweets_csv) as c:
+        uri = mlflow.MlflowClient().get_run(c.run_id).data.tags["model_uri"]
+        other = mlflow.register_model(uri, c.name)  # a second version, never promoted
+        mlflow.MlflowClient().set_registered_model_alias(c.name, get_settings().champion_alias, other.version)
+        p = tmp_path / "x.txt"
+        p.write_text("hello\n")
+        with pytest.raises(RuntimeError, match=f"points at v{other.version}.*moved outside the platform"):
+            plan_batch(p)
+        assert get_batch(f"b-{file_sha256(p)[:16]}") is None
+
+
 def test_no_champion_is_a_clear_error(platform_env, mlflow_tracking, model_name, tmp_path):
     p = tmp_path / "x.txt"
     p.write_text("hello\n")

@@ -132,6 +132,15 @@ def version_artifact_digest(version: int, settings: Settings | None = None) -> s
         return artifact_digest(local)
 
 
+def _check_digest(local: str | Path, version: int, expected_sha256: str, model_name: str) -> None:
+    got = artifact_digest(local)
+    if got != expected_sha256:
+        raise ArtifactMismatch(
+            f"{model_name} v{version}: artifacts sha256 {got[:16]}... differ from the "
+            f"recorded {expected_sha256[:16]}..."
+        )
+
+
 def load_verified(version: int, expected_sha256: str, settings: Settings | None = None) -> SentimentModel:
     """Download a version, check its digest against the recorded one, and only then load (unpickle) it."""
     import mlflow
@@ -139,13 +148,57 @@ def load_verified(version: int, expected_sha256: str, settings: Settings | None 
     s = settings or get_settings()
     with tempfile.TemporaryDirectory() as tmp:
         local = mlflow.artifacts.download_artifacts(f"models:/{s.model_name}/{version}", dst_path=tmp)
-        got = artifact_digest(local)
-        if got != expected_sha256:
-            raise ArtifactMismatch(
-                f"{s.model_name} v{version}: artifacts sha256 {got[:16]}... differ from the "
-                f"recorded {expected_sha256[:16]}..."
-            )
+        _check_digest(local, version, expected_sha256, s.model_name)
         return mlflow.pyfunc.load_model(local).unwrap_python_model().model
+
+
+def fetch_verified(version: int, expected_sha256: str, dest: Path, settings: Settings | None = None) -> Path:
+    """A verified local copy of a version's artifacts in ``dest`` (a batch's model folder): a copy
+    already there is re-hashed and reused, else the version is downloaded beside it, its digest
+    checked against the recorded one, and renamed into place (concurrent callers: the first rename
+    wins, the others use it). Raises :class:`ArtifactMismatch`; nothing unverified is left at ``dest``."""
+    import os
+    import shutil
+    import uuid
+
+    s = settings or get_settings()
+    if dest.exists():
+        try:
+            _check_digest(dest, version, expected_sha256, s.model_name)
+            return dest
+        except ArtifactMismatch:
+            log.warning("%s: local copy of v%s does not match its recorded digest: fetching it again", dest, version)
+            shutil.rmtree(dest, ignore_errors=True)
+    import mlflow
+
+    from ml.platform import tracking
+
+    tracking.configure(s)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
+    try:
+        tmp.mkdir()
+        local = Path(mlflow.artifacts.download_artifacts(f"models:/{s.model_name}/{version}", dst_path=str(tmp)))
+        _check_digest(local, version, expected_sha256, s.model_name)
+        if local.resolve() != tmp.resolve():  # the artifacts' own folder becomes dest
+            local.rename(tmp.with_name(tmp.name + ".d"))
+            shutil.rmtree(tmp)
+            tmp = tmp.with_name(tmp.name + ".d")
+        try:
+            tmp.rename(dest)
+        except OSError:  # another process put its verified copy there first
+            _check_digest(dest, version, expected_sha256, s.model_name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def load_local(path: Path) -> SentimentModel:
+    """Load a verified local copy (:func:`fetch_verified`) with the family's own loader (the model
+    folder logged beside the pyfunc wrapper), without MLflow."""
+    from ml import models
+
+    return models.load(Path(path) / "artifacts" / "model_dir")
 
 
 def load_version(version: int, settings: Settings | None = None) -> SentimentModel:

@@ -95,6 +95,7 @@ def replace_plan(
     input_sha256: str,
     model_name: str,
     model_version: int,
+    model_sha256: str,
     rows_read: int,
     airflow_run_id: str | None,
     shards: Sequence[tuple[int, str, int, int, int]],
@@ -106,7 +107,8 @@ def replace_plan(
     conn.execute("DELETE FROM batches WHERE id=%s", (batch_id,))
     conn.execute(
         "INSERT INTO batches (id, input_path, input_format, input_sha256, status, model_name, model_version,"
-        " n_shards, rows_read, rows_rejected, airflow_run_id) VALUES (%s,%s,%s,%s,'planned',%s,%s,%s,%s,%s,%s)",
+        " model_sha256, n_shards, rows_read, rows_rejected, airflow_run_id)"
+        " VALUES (%s,%s,%s,%s,'planned',%s,%s,%s,%s,%s,%s,%s)",
         (
             batch_id,
             input_path,
@@ -114,6 +116,7 @@ def replace_plan(
             input_sha256,
             model_name,
             model_version,
+            model_sha256,
             len(shards),
             rows_read,
             len(rejects),
@@ -130,11 +133,13 @@ def replace_plan(
 
 
 # ---------------------------------------------------------------- scoring a shard
-def start_shard(conn: psycopg.Connection, batch_id: str, shard: int) -> tuple[str, int, str, int, int, str] | None:
+def start_shard(
+    conn: psycopg.Connection, batch_id: str, shard: int
+) -> tuple[str, int, str | None, str, int, int, str] | None:
     """Count an attempt of the shard and mark the batch scoring. Returns (model name, model version,
-    shard file, first row, last row, shard status), or None for an unknown shard."""
+    model artifact digest, shard file, first row, last row, shard status), or None for an unknown shard."""
     row = conn.execute(
-        "SELECT b.model_name, b.model_version, sh.path, sh.first_row, sh.last_row, sh.status FROM batches b"
+        "SELECT b.model_name, b.model_version, b.model_sha256, sh.path, sh.first_row, sh.last_row, sh.status FROM batches b"
         " JOIN batch_shards sh ON sh.batch_id = b.id WHERE b.id=%s AND sh.shard=%s",
         (batch_id, shard),
     ).fetchone()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 from ml.data import DataError
@@ -60,6 +61,9 @@ def finalize(batch_id: str, settings: Settings | None = None) -> dict:
         )
     with db.connect(s) as conn:
         store.mark_done(conn, batch_id, str(out), summary)
+    shutil.rmtree(
+        batch_dir(batch_id, s) / "model", ignore_errors=True
+    )  # the plan's model copy (a re-score fetches anew)
     log.info("batch %s done: %s", batch_id, json.dumps(summary))
     return summary
 

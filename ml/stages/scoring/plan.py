@@ -18,6 +18,7 @@ from ml.platform.config import Settings, get_settings
 from ml.stages.scoring.files import batch_dir, file_sha256, iter_rows
 from ml.stages.scoring.sizing import AUTO_TAIL_SLACK, auto_shard_rows
 from ml.store import batches as store
+from ml.store import models as models_store
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,22 @@ def _plan_locked(
     champ = registry.champion(s)
     if champ is None:
         raise RuntimeError("no champion model to score with; train one first (sentiment_training DAG / ml pipeline)")
+    with db.connect(s) as conn:
+        event = models_store.serving_event(conn, s.model_name)
+    if event is None or event[0] != champ.version or not event[1]:
+        # the API's rule: only the version a promotion/rollback event names, with its recorded digest
+        raise RuntimeError(
+            f"the {s.champion_alias!r} alias of {s.model_name!r} points at v{champ.version}, but "
+            + (
+                "no promotion or rollback event records it"
+                if event is None
+                else f"the platform's latest promotion/rollback is of v{event[0]}"
+                if event[0] != champ.version
+                else "its promotion event has no artifact digest"
+            )
+            + ": the alias was moved outside the platform; refusing to score with it (promote with `ml promote`)"
+        )
+    model_sha256 = event[1]
 
     slack = 0
     if shard_rows == 0:
@@ -114,6 +131,10 @@ def _plan_locked(
     # compresses) while the next rows are read; one write in flight at most (bounded memory)
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="plan-shard-writer")
     in_flight: Future | None = None
+    # meanwhile the model version is fetched once into the batch folder and verified against its
+    # recorded digest: the shards load that copy (re-checked) instead of each asking MLflow
+    fetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="plan-model-fetch")
+    model_copy = fetcher.submit(registry.fetch_verified, champ.version, model_sha256, out_dir / "model", s)
 
     def flush_shard(n: int | None = None) -> None:
         """Write the first ``n`` buffered rows (all by default) as the next shard."""
@@ -145,8 +166,10 @@ def _plan_locked(
         flush_shard()
         if in_flight is not None:
             in_flight.result()  # every shard file is on disk before the plan is recorded
+        model_copy.result()  # and the verified model copy (ArtifactMismatch: nothing is planned)
     finally:
         writer.shutdown(wait=True)
+        fetcher.shutdown(wait=True)
 
     with db.connect(s) as conn:
         store.replace_plan(
@@ -157,6 +180,7 @@ def _plan_locked(
             input_sha256=digest,
             model_name=s.model_name,
             model_version=champ.version,
+            model_sha256=model_sha256,
             rows_read=rows_read,
             airflow_run_id=airflow_run_id,
             rejects=rejects,

@@ -14,21 +14,29 @@ import numpy as np
 from ml.data import DataError
 from ml.models.base import decide
 from ml.platform.config import Settings, get_settings
+from ml.stages.scoring.files import batch_dir
 from ml.store import batches as store
 
 log = logging.getLogger(__name__)
 
-_MODEL_CACHE: dict[tuple[str, int], Any] = {}
+_MODEL_CACHE: dict[tuple[str, str, int, str | None], Any] = {}  # one entry: the batch in progress
 
 
-def _model(version: int, s: Settings):
+def _model(batch_id: str, version: int, model_sha256: str | None, s: Settings):
+    """The batch's model: the plan's verified copy in the batch folder (re-hashed before it is
+    unpickled; fetched again if missing or altered), loaded without MLflow. A process scoring
+    several shards of one batch (``ml score --workers 1``) loads it once."""
     from ml.platform import registry, tracking
 
-    key = (s.model_name, version)
+    key = (batch_id, s.model_name, version, model_sha256)
     if key not in _MODEL_CACHE:
-        tracking.configure(s)
         _MODEL_CACHE.clear()
-        _MODEL_CACHE[key] = registry.load_version(version, s)
+        if model_sha256 is None:  # planned before batches recorded digests: the registry's copy
+            tracking.configure(s)
+            _MODEL_CACHE[key] = registry.load_version(version, s)
+        else:
+            local = registry.fetch_verified(version, model_sha256, batch_dir(batch_id, s) / "model", s)
+            _MODEL_CACHE[key] = registry.load_local(local)
     return _MODEL_CACHE[key]
 
 
@@ -45,10 +53,10 @@ def score_shard(batch_id: str, shard: int, chunk_rows: int = 50_000, settings: S
         row = store.start_shard(conn, batch_id, shard)
     if row is None:
         raise DataError(f"unknown shard {shard} of batch {batch_id}")
-    model_name, version, shard_path, first_row, last_row, status = row
+    model_name, version, model_sha256, shard_path, first_row, last_row, status = row
     if model_name != s.model_name:
         s = s.model_copy(update={"model_name": model_name})
-    model = _model(version, s)
+    model = _model(batch_id, version, model_sha256, s)
     t0 = time.perf_counter()
     table = pq.read_table(shard_path)
     texts = table.column("text").to_pylist()
