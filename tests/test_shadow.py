@@ -31,7 +31,7 @@ from ml.stages import review
 from ml.stages import shadow as shadow_mod
 from ml.stages.retraining.records import get_retraining
 
-WINDOW = 60  # shadowed requests
+WINDOW = 100  # shadowed requests
 REVIEWED = 24  # shadowed texts a reviewer labels (>= shadow_min_reviewed: a criterion)
 LIMIT = 900  # seconds: only keeps a broken test from hanging
 
@@ -77,7 +77,7 @@ def _shadow_rows(conn, name: str) -> list[tuple]:
 
 def _run_with_traffic(loop, conn, airflow_cli, oracle) -> dict:
     """Trigger a retraining, run sentiment_retraining while live requests flow through the API; once
-    REVIEWED+ requests are shadowed, traffic pauses (the window is not full yet) and a reviewer labels
+    WINDOW - 20 requests are shadowed, traffic pauses (the window is not full yet) and a reviewer labels
     REVIEWED of them with ``oracle(true label, champion label, challenger label)``; traffic resumes until
     the DAG run ends."""
     from api.main import create_app
@@ -114,8 +114,10 @@ def _run_with_traffic(loop, conn, airflow_cli, oracle) -> dict:
             truth[body["id"]] = (text, y)
             if not out["reviewed"]:
                 rows = _shadow_rows(conn, loop.name)
-                if len(rows) >= REVIEWED + 4:  # traffic pauses here: the window (WINDOW) is not full
-                    picked = rows[:REVIEWED]
+                if len(rows) >= WINDOW - 20:  # traffic pauses here: the window (WINDOW) is not full
+                    # reviewers look at disputed texts first (where the two models disagree): that is
+                    # where the paired test has evidence (~20 of 80 texts here)
+                    picked = sorted(rows, key=lambda r: r[1] == r[2])[:REVIEWED]
                     ids = [str(pid) for pid, *_ in picked]
                     while conn.execute(
                         "SELECT count(*) FROM predictions WHERE id = ANY(%s::uuid[])", (ids,)

@@ -19,8 +19,9 @@ shadow, and is promoted only if it holds up on live traffic.
    - *estimated live accuracy* (CBPE, label-free): each model's calibrated expected correctness on its
      own live predictions; the challenger's may be at most ``shadow_max_accuracy_drop`` below the champion's;
    - *reviewed labels*: where reviewers labelled shadowed texts (``reviews``, latest decision per text),
-     both models' accuracy on them (paired); with at least ``shadow_min_reviewed`` of them the challenger's
-     may be at most ``shadow_max_accuracy_drop`` below the champion's.
+     both models' accuracy on them (paired); with at least ``shadow_min_reviewed`` of them the challenger
+     fails when its accuracy is more than ``shadow_max_accuracy_drop`` below the champion's *and* the paired
+     McNemar test calls it worse at ``promotion_confidence`` (a drop of one text in 24 is noise, not a veto).
    All hold: promoted through ``ml.stages.train.confirm_promotion`` (same lock, a ``promoted`` event with the
    digest), only if the champion did not change meanwhile. Otherwise rejected (a ``rejected`` event). No
    request shadowed in the window: rejected (no evidence). The results are on the shadow, the retraining
@@ -213,7 +214,14 @@ def assess(rows: list[dict[str, Any]], calibration: dict[str, Any], settings: Se
         "min_n": int(s.shadow_min_reviewed),
         "criterion": criterion,
         **(
-            {"drop": reviewed["drop"], "max": drop_max, "passed": reviewed["drop"] <= drop_max}
+            {
+                "drop": reviewed["drop"],
+                "max": drop_max,
+                "verdict": reviewed["vs_champion"]["verdict"],
+                # a veto needs a drop beyond the max that is also significant (paired McNemar at
+                # promotion_confidence): on a few dozen reviewed texts one text is ~4 points
+                "passed": not (reviewed["drop"] > drop_max and reviewed["vs_champion"]["verdict"] == "worse"),
+            }
             if criterion
             else {"passed": True, "note": f"{len(rev)} reviewed texts < shadow_min_reviewed: recorded, not a criterion"}
         ),
@@ -230,7 +238,12 @@ def assess(rows: list[dict[str, Any]], calibration: dict[str, Any], settings: Se
         parts.append(
             f"reviewed labels n={len(rev)}: {reviewed['challenger_accuracy']:.3f} vs champion "
             f"{reviewed['champion_accuracy']:.3f} (drop {reviewed['drop']:+.3f}"
-            f"{', max %g' % drop_max if criterion else ', not a criterion below %d' % s.shadow_min_reviewed})"
+            + (
+                f", max {drop_max:g}, paired: {reviewed['vs_champion']['verdict']}, "
+                f"p {reviewed['vs_champion']['p_value']:.3g})"
+                if criterion
+                else f", not a criterion below {s.shadow_min_reviewed})"
+            )
         )
     out["reason"] = (
         f"shadow on {len(rows)} live requests: "
