@@ -70,3 +70,21 @@ def api_command(port: int, workers: int | str) -> list[str]:
         "--workers",
         str(workers),
     ]
+
+
+def comparison_platform(db_name: str, var_dir: str) -> None:
+    """Point the platform at the comparison benchmark's own databases (``<db_name>``,
+    ``<db_name>_mlflow`` on DATABASE_URL's server, or the embedded one) and ``var_dir``: kept
+    between runs, so later scripts (benchmarks/stacking_probe.py) read what compare_families wrote."""
+    os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from ml.platform import db
+    from ml.platform.config import reset_settings
+
+    base = db.libpq_url(os.environ["DATABASE_URL"]) if os.environ.get("DATABASE_URL") else db.database_url()
+    os.environ["DATABASE_URL"] = db.with_database(base, db_name)
+    os.environ["SENTIMENT_MLFLOW_DATABASE"] = f"{db_name}_mlflow"
+    os.environ["SENTIMENT_VAR_DIR"] = var_dir
+    os.environ["SENTIMENT_MODEL_NAME"] = "tweet-sentiment-bench"
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    reset_settings()

@@ -53,18 +53,11 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write the rows as JSON to this file")
     args = ap.parse_args()
 
-    os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from ml.platform import db
-    from ml.platform.config import reset_settings
+    from _setup import comparison_platform
 
-    base = db.libpq_url(os.environ["DATABASE_URL"]) if os.environ.get("DATABASE_URL") else db.database_url()
-    os.environ["DATABASE_URL"] = db.with_database(base, args.db_name)
-    os.environ["SENTIMENT_MLFLOW_DATABASE"] = f"{args.db_name}_mlflow"
-    os.environ["SENTIMENT_VAR_DIR"] = args.var_dir
-    os.environ["SENTIMENT_MODEL_NAME"] = "tweet-sentiment-bench"
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    reset_settings()
+    comparison_platform(args.db_name, args.var_dir)
+    from ml.platform import db
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in ("alembic", "urllib3", "matplotlib", "httpx", "mlflow.store.db.utils"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -12,7 +12,6 @@ It writes nothing (the README's "Stacking was measured and not adopted" comes fr
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -31,22 +30,14 @@ def main() -> None:
     ap.add_argument("--external", default=str(UNIFORM), help="labelled file outside the training data")
     args = ap.parse_args()
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from ml.platform import db
-    from ml.platform.config import get_settings, reset_settings
+    from _setup import comparison_platform
 
-    base = db.libpq_url(os.environ["DATABASE_URL"]) if os.environ.get("DATABASE_URL") else db.database_url()
-    os.environ["DATABASE_URL"] = db.with_database(base, args.db_name)
-    os.environ["SENTIMENT_MLFLOW_DATABASE"] = f"{args.db_name}_mlflow"
-    os.environ["SENTIMENT_VAR_DIR"] = args.var_dir
-    os.environ["SENTIMENT_MODEL_NAME"] = "tweet-sentiment-bench"
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    reset_settings()
-
+    comparison_platform(args.db_name, args.var_dir)
     from sklearn.linear_model import LogisticRegression
 
     from ml.data.read import read_labelled
     from ml.platform import tracking
+    from ml.platform.config import get_settings
     from ml.stages import compare
     from ml.stages.search.space import load_search_space
     from ml.stages.search.splits import comparison_splits
