@@ -71,23 +71,25 @@ def platform_env(tmp_path_factory):
         "SENTIMENT_SHADOW_HOURS": "0",
     }
     saved = {k: os.environ.get(k) for k in [*env, "MLFLOW_TRACKING_URI"]}
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    os.environ.update(env)
-    reset_settings()
-    db.migrate(app_url)
-    settings = get_settings()
-    # Airflow imported in this process (plugin and DAG-file tests) uses the session's own
-    # PostgreSQL metadata DB and AIRFLOW_HOME, never a default SQLite file under ~/airflow
-    from ml.platform.orchestration import airflow_env
+    try:  # the environment is put back and the databases dropped, also when the setup fails half-way
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+        os.environ.update(env)
+        reset_settings()
+        db.migrate(app_url)
+        settings = get_settings()
+        # Airflow imported in this process (plugin and DAG-file tests) uses the session's own
+        # PostgreSQL metadata DB and AIRFLOW_HOME, never a default SQLite file under ~/airflow
+        from ml.platform.orchestration import airflow_env
 
-    af = {k: v for k, v in airflow_env(settings).items() if k.startswith("AIRFLOW")}
-    saved.update({k: os.environ.get(k) for k in af})
-    os.environ.update(af)
-    yield settings
-    _restore_env(saved)
-    with psycopg.connect(db.with_database(base, "postgres"), autocommit=True) as conn:
-        for d in (name, f"{name}_mlflow", f"{name}_airflow"):
-            conn.execute(f'DROP DATABASE IF EXISTS "{d}" WITH (FORCE)')
+        af = {k: v for k, v in airflow_env(settings).items() if k.startswith("AIRFLOW")}
+        saved.update({k: os.environ.get(k) for k in af if k not in saved})
+        os.environ.update(af)
+        yield settings
+    finally:
+        _restore_env(saved)
+        with psycopg.connect(db.with_database(base, "postgres"), autocommit=True) as conn:
+            for d in (name, f"{name}_mlflow", f"{name}_airflow"):
+                conn.execute(f'DROP DATABASE IF EXISTS "{d}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")
@@ -169,9 +171,9 @@ def own_champion(platform_env, mlflow_tracking):
         name = f"{prefix}-{uuid.uuid4().hex[:6]}"
         env = {"SENTIMENT_MODEL_NAME": name, **settings_env}
         saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        reset_settings()
         try:
+            os.environ.update(env)
+            reset_settings()
             snap = validate_and_snapshot(data_csv)
             run_id = train.train(snap.hash, "tfidf_lr", sample_size=sample_size)
             train.evaluate(run_id)

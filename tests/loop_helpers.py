@@ -10,8 +10,10 @@ Nothing here is shared between tests: every test builds its own ``Loop`` through
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import psycopg
 
@@ -87,3 +89,26 @@ def make_loop(champion, pool_rows: tuple[tuple[int, str], ...], seed: str) -> Lo
         pool=iter(pool),
         threshold=threshold_for(champion.snapshot.n_rows, get_settings()),
     )
+
+
+def after_polls(models, n: int = 3, timeout: float = 60.0) -> None:
+    """Wait until the API's champion poller (``app.state.models``) has completed ``n`` more checks of
+    the alias: "still serving X after several polls" is then counted, never assumed from a sleep.
+    ``timeout`` only keeps a broken test from hanging."""
+    deadline = time.monotonic() + timeout
+    for _ in range(n):
+        seen = models.last_check_at
+        while models.last_check_at == seen:
+            assert time.monotonic() < deadline, f"the champion poller completed fewer than {n} checks"
+            time.sleep(0.02)
+
+
+def artifact_dir(run_id: str) -> Path:
+    """Where the run's logged model lies in the (local, file://) MLflow artifact store."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    model_id = client.get_run(run_id).data.tags["model_uri"].rsplit("/", 1)[-1]
+    path = Path(client.get_logged_model(model_id).artifact_location.removeprefix("file://"))
+    assert path.is_dir(), path
+    return path

@@ -4,8 +4,7 @@
   records every POST (path, content type, JSON body);
 - ``smtp_receiver()``: a real SMTP server (aiosmtpd) on a socket bound to port 0 by the test and
   handed to the server, so no other process can take the port between "find" and "listen";
-- ``refused_port()``: a port bound (not listening) for the test's duration: connections to it are
-  refused, and no other process can start listening on it meanwhile.
+(``refused_port()``, a port that refuses connections, lives in ports.py.)
 """
 
 from __future__ import annotations
@@ -90,11 +89,3 @@ def smtp_receiver() -> Iterator[tuple[int, list]]:
     finally:
         ctl.stop()
         sock.close()
-
-
-@contextmanager
-def refused_port() -> Iterator[int]:
-    """A port that refuses connections while the block runs (bound, never listening)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        yield s.getsockname()[1]

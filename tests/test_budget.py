@@ -41,6 +41,7 @@ def test_quick_profile_all_families_through_the_dag(airflow_cli, mlflow_tracking
     PNG and curve metric exist in MLflow."""
     space = {f: {**SMALL_SAMPLE[f], "budget_seconds": BUDGETS[f]} for f in FAMILIES}
     conf = json.dumps({"data_path": str(tweets_csv), "families": FAMILIES, "profile": "quick", "search_space": space})
+    before = conn.execute("SELECT coalesce(max(id), 0) FROM comparisons").fetchone()[0]
     res = airflow_cli(
         "dags", "test", "sentiment_training", "-c", conf, extra_env={"SENTIMENT_MODEL_NAME": model_name}, timeout=1500
     )
@@ -50,10 +51,13 @@ def test_quick_profile_all_families_through_the_dag(airflow_cli, mlflow_tracking
         errors = [i for i, line in enumerate(lines) if "Traceback" in line or "ERROR" in line]
         context = "\n".join("\n".join(lines[i : i + 25]) for i in errors[:3])
         pytest.fail(f"the DAG run failed:\n{context}\n...\n{out[-3000:]}")
-    table, markdown, html, parent = conn.execute(
-        "SELECT table_json, markdown, html, parent_run_id FROM comparisons WHERE airflow_run_id IS NOT NULL"
-        " ORDER BY id DESC LIMIT 1"
-    ).fetchone()
+    # this run's comparison: exactly one new row, written by the DAG run (never another test's, read as the newest)
+    new = conn.execute(
+        "SELECT table_json, markdown, html, parent_run_id FROM comparisons WHERE id > %s AND airflow_run_id IS NOT NULL",
+        (before,),
+    ).fetchall()
+    assert len(new) == 1, [r[3] for r in new]
+    table, markdown, html, parent = new[0]
     assert [r["family"] for r in table] == FAMILIES
     pool = table[0]["sample_size"]
     client = mlflow.MlflowClient()

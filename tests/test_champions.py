@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
-import mlflow
 import pytest
 from fastapi.testclient import TestClient
+from loop_helpers import artifact_dir
 
 from ml.data.snapshots import validate_and_snapshot
 from ml.platform import registry
@@ -106,23 +105,13 @@ def _app():
     return create_app(get_settings())
 
 
-def _artifact_dir(run_id: str) -> Path:
-    """Where the run's logged model lies in the (local) artifact store."""
-    uri = mlflow.MlflowClient().get_run(run_id).data.tags["model_uri"]
-    model_id = uri.rsplit("/", 1)[-1]
-    loc = mlflow.MlflowClient().get_logged_model(model_id).artifact_location
-    path = Path(loc.removeprefix("file://"))
-    assert path.is_dir(), path
-    return path
-
-
 def test_a_champion_with_a_broken_artifact_leaves_the_old_model_serving(
     mlflow_tracking, model_name, no_behaviour_gate, snapshot
 ):
     run1, v1 = _candidate(snapshot.hash, 200)
     assert train.promote(run1)["promoted"]
     run2, v2 = _candidate(snapshot.hash, None)  # better: it will be promoted
-    files = [p for p in (_artifact_dir(run2) / "artifacts").rglob("*") if p.is_file()]
+    files = [p for p in (artifact_dir(run2) / "artifacts").rglob("*") if p.is_file()]
     assert files
     for p in files:  # the model's own files corrupted in the artifact store
         p.write_bytes(b"\x00corrupted\x00")

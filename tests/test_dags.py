@@ -110,14 +110,19 @@ def test_comparison_dag_runs_mapped_families(airflow_cli, model_name, tweets_csv
             },
         }
     )
+    before = conn.execute("SELECT coalesce(max(id), 0) FROM comparisons").fetchone()[0]
     res = airflow_cli("dags", "test", "sentiment_training", "-c", conf, extra_env={"SENTIMENT_MODEL_NAME": model_name})
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-5000:]
-    cmp = conn.execute(
+    # this run's comparison: exactly one new row (never another test's, read as the newest)
+    new = conn.execute(
         "SELECT families, table_json, markdown, winner_family, winner_run_id, winner_version, airflow_run_id,"
-        " parent_run_id, chart_path FROM comparisons WHERE airflow_run_id IS NOT NULL ORDER BY id DESC LIMIT 1"
-    ).fetchone()
-    assert cmp is not None
+        " parent_run_id, chart_path FROM comparisons WHERE id > %s",
+        (before,),
+    ).fetchall()
+    assert len(new) == 1, new
+    cmp = new[0]
+    assert cmp[6] is not None  # written by the DAG run (its Airflow run id recorded)
     families, table, markdown, winner, winner_run, version, airflow_run_id, parent, chart = cmp
     assert families == ["tfidf_lr", "cnn"]
     assert [r["family"] for r in table] == ["tfidf_lr", "cnn"]  # one row per family

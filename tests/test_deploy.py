@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from ports import free_port, refused_port
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE = REPO / "docker-compose.yaml"
@@ -246,12 +247,16 @@ def test_ci_run_is_executable_and_runs_make_test():
 
 
 # ------------------------------------------------------------------ ml.platform helpers
-def _kernel_port() -> int:
-    """A port the kernel just handed out; it may be taken again before a service binds it,
-    so every caller retries on a conflict (``_on_free_ports``)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _running_pid(svc, s) -> int | None:
+    """The pid of ``svc`` of the platform ``s`` when that process runs, read only: unlike
+    ``Service.pid`` it never removes a pid file (the repository's own var/ is not the tests' to change)."""
+    from ml.platform.supervisor import is_ours
+
+    try:
+        pid = int(svc.pid_file(s).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if is_ours(pid, svc.name, s) else None
 
 
 def _conflict(message: str) -> bool:
@@ -279,9 +284,9 @@ def _on_free_ports(monkeypatch, tmp_path, only: str, attempts: int = 3, **up_kw)
         s = _use(
             monkeypatch,
             SENTIMENT_VAR_DIR=str(tmp_path / f"var{attempt}"),
-            SENTIMENT_API_PORT=str(_kernel_port()),
-            SENTIMENT_MLFLOW_PORT=str(_kernel_port()),
-            SENTIMENT_AIRFLOW_PORT=str(_kernel_port()),
+            SENTIMENT_API_PORT=str(free_port()),
+            SENTIMENT_MLFLOW_PORT=str(free_port()),
+            SENTIMENT_AIRFLOW_PORT=str(free_port()),
         )
         try:
             return s, up(settings=s, only=only, train=False, **up_kw)
@@ -426,9 +431,7 @@ def test_mlflow_server_starts_answers_and_stops(platform_env, monkeypatch, tmp_p
     from ml.platform.supervisor import ServiceError
 
     for attempt in range(3):  # retried with another port if something takes it first
-        s = _use(
-            monkeypatch, SENTIMENT_VAR_DIR=str(tmp_path / f"var{attempt}"), SENTIMENT_MLFLOW_PORT=str(_kernel_port())
-        )
+        s = _use(monkeypatch, SENTIMENT_VAR_DIR=str(tmp_path / f"var{attempt}"), SENTIMENT_MLFLOW_PORT=str(free_port()))
         try:
             info = start_mlflow(s, timeout=120)
             break
@@ -528,7 +531,7 @@ def test_a_service_that_always_crashes_ends_in_a_reported_crash_loop(platform_en
             monkeypatch,
             SENTIMENT_VAR_DIR=str(tmp_path / "var"),
             SENTIMENT_API_PORT=str(port),
-            SENTIMENT_MLFLOW_PORT=str(_kernel_port()),
+            SENTIMENT_MLFLOW_PORT=str(free_port()),
         )
         try:
             ensure_supervisor(
@@ -599,7 +602,7 @@ def test_deploy_tests_run_beside_a_platform_on_the_default_ports(platform_env, m
     held = _default_ports_holder(s)
     if held:
         repo_platform = Settings(var_dir=REPO / "var", api_port=8000, mlflow_port=5000, airflow_port=8080)
-        ours = {n for n in held if services(repo_platform)[n].pid(repo_platform)}
+        ours = {n for n in held if _running_pid(services(repo_platform)[n], repo_platform)}
         if set(held) - ours:
             msg = "default ports held by something that is not this platform: " + "; ".join(
                 f"{n}: {w}" for n, w in held.items() if n not in ours
@@ -659,35 +662,37 @@ def test_first_up_offline_trains_on_the_bundled_sample_and_serves(platform_env, 
     }
     r = env = None
     try:
-        for attempt in range(3):
-            env = dict(clean)
-            env.update(
-                {
-                    "DATABASE_URL": db.with_database(base, name),
-                    "SENTIMENT_MLFLOW_DATABASE": f"{name}_mlflow",
-                    "SENTIMENT_AIRFLOW_DATABASE": f"{name}_airflow",
-                    "SENTIMENT_VAR_DIR": str(tmp_path / f"var{attempt}"),
-                    "SENTIMENT_API_PORT": str(_kernel_port()),
-                    "SENTIMENT_MLFLOW_PORT": str(_kernel_port()),
-                    "SENTIMENT_AIRFLOW_PORT": str(_kernel_port()),
-                    "HTTPS_PROXY": f"http://127.0.0.1:{_kernel_port()}",
-                    "https_proxy": "",
-                    "NO_PROXY": "127.0.0.1,localhost",
-                    "no_proxy": "127.0.0.1,localhost",
-                }
-            )
-            env["https_proxy"] = env["HTTPS_PROXY"]
-            r = subprocess.run(
-                [sys.executable, "-m", "ml.cli", "services", "up"],
-                cwd=REPO,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=1800,
-            )
-            if r.returncode == 0 or not _conflict(r.stdout + r.stderr) or attempt == 2:
-                break
-            subprocess.run([sys.executable, "-m", "ml.cli", "services", "down"], cwd=REPO, env=env, timeout=300)
+        # the proxy: a port held by this test and never listening, so every HTTPS request is refused
+        with refused_port() as proxy:
+            for attempt in range(3):
+                env = dict(clean)
+                env.update(
+                    {
+                        "DATABASE_URL": db.with_database(base, name),
+                        "SENTIMENT_MLFLOW_DATABASE": f"{name}_mlflow",
+                        "SENTIMENT_AIRFLOW_DATABASE": f"{name}_airflow",
+                        "SENTIMENT_VAR_DIR": str(tmp_path / f"var{attempt}"),
+                        "SENTIMENT_API_PORT": str(free_port()),
+                        "SENTIMENT_MLFLOW_PORT": str(free_port()),
+                        "SENTIMENT_AIRFLOW_PORT": str(free_port()),
+                        "HTTPS_PROXY": f"http://127.0.0.1:{proxy}",
+                        "https_proxy": "",
+                        "NO_PROXY": "127.0.0.1,localhost",
+                        "no_proxy": "127.0.0.1,localhost",
+                    }
+                )
+                env["https_proxy"] = env["HTTPS_PROXY"]
+                r = subprocess.run(
+                    [sys.executable, "-m", "ml.cli", "services", "up"],
+                    cwd=REPO,
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=1800,
+                )
+                if r.returncode == 0 or not _conflict(r.stdout + r.stderr) or attempt == 2:
+                    break
+                subprocess.run([sys.executable, "-m", "ml.cli", "services", "down"], cwd=REPO, env=env, timeout=300)
         out = r.stdout + r.stderr
         assert r.returncode == 0, out[-6000:]
         assert "BUNDLED SAMPLE" in out and "sentiment140_20k.csv" in out

@@ -61,23 +61,23 @@ def test_paired_comparison_verdicts():
 def env(platform_env, mlflow_tracking, tmp_path_factory):
     realdata.require(UNIFORM)
     mp = pytest.MonkeyPatch()
-    mp.setenv("SENTIMENT_MODEL_NAME", f"tweet-sentiment-external-{uuid.uuid4().hex[:6]}")
-    mp.setenv("SENTIMENT_EXTERNAL_EVAL_PATH", str(UNIFORM))
-    mp.setenv("SENTIMENT_BEHAVIOUR_CHECKS", "false")  # the shortcut model would fail invariance first
-    reset_settings()
-    rows = realdata.shuffled(seed=21)
-    general, rest = rows[:12_000], rows[12_000:]
-    tmp = tmp_path_factory.mktemp("ext")
+    try:  # every setting the module sets is undone, also when preparing the data fails
+        mp.setenv("SENTIMENT_MODEL_NAME", f"tweet-sentiment-external-{uuid.uuid4().hex[:6]}")
+        mp.setenv("SENTIMENT_EXTERNAL_EVAL_PATH", str(UNIFORM))
+        mp.setenv("SENTIMENT_BEHAVIOUR_CHECKS", "false")  # the shortcut model would fail invariance first
+        reset_settings()
+        rows = realdata.shuffled(seed=21)
+        general, rest = rows[:12_000], rows[12_000:]
+        tmp = tmp_path_factory.mktemp("ext")
 
-    def write(name, rs):
-        path = tmp / name
-        with path.open("w", encoding="utf-8", newline="") as f:
-            csv.writer(f, quoting=csv.QUOTE_ALL).writerows([(4 if y else 0, t) for y, t in rs])
-        return path
+        def write(name, rs):
+            path = tmp / name
+            with path.open("w", encoding="utf-8", newline="") as f:
+                csv.writer(f, quoting=csv.QUOTE_ALL).writerows([(4 if y else 0, t) for y, t in rs])
+            return path
 
-    neg = [r for r in rest if r[0] == 0 and "@" in r[1]][:2500]
-    pos = [r for r in rest if r[0] == 1 and "@" not in r[1]][:2500]
-    try:
+        neg = [r for r in rest if r[0] == 0 and "@" in r[1]][:2500]
+        pos = [r for r in rest if r[0] == 1 and "@" not in r[1]][:2500]
         yield {
             "general": validate_and_snapshot(write("general.csv", general)).hash,
             "shortcut": validate_and_snapshot(write("shortcut.csv", neg + pos)).hash,

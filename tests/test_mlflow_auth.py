@@ -5,7 +5,6 @@ the platform's generated login (var/mlflow/credentials.json, 0600) works through
 from __future__ import annotations
 
 import os
-import socket
 import stat
 import subprocess
 import time
@@ -14,12 +13,24 @@ import uuid
 import httpx
 import psycopg
 import pytest
+from ports import free_port, listens
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _wait_healthy(proc: subprocess.Popen, url: str, timeout: float = 120) -> bool:
+    """True once MLflow answers /health while ``proc`` still runs; False when ``proc`` exited (its
+    port was taken); fails the test when it neither answers nor exits in ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None:
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200 and listens(
+                proc.pid, int(url.rsplit(":", 1)[1])
+            ):
+                return True
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "MLflow did not start"
+        time.sleep(0.5)
+    return False
 
 
 @pytest.mark.slow
@@ -28,33 +39,33 @@ def test_anonymous_registry_calls_get_401_and_the_platform_login_works(platform_
     from ml.platform.startup.commands import command
 
     name = f"{db.database_name(platform_env.database_url)}_mlauth_{uuid.uuid4().hex[:6]}"
-    s = platform_env.model_copy(
-        update={"var_dir": tmp_path / "var", "mlflow_port": _free_port(), "mlflow_database": name, "mlflow_auth": True}
+    base_settings = platform_env.model_copy(
+        update={"var_dir": tmp_path / "var", "mlflow_database": name, "mlflow_auth": True}
     )
-    _, argv, env = command("mlflow", s)
-    assert "--app-name" in argv and argv[argv.index("--app-name") + 1] == "basic-auth"
-    creds_file = tracking.mlflow_dir(s) / tracking.MLFLOW_CREDENTIALS_FILE
-    for f in (creds_file, tracking.mlflow_dir(s) / tracking.MLFLOW_AUTH_CONFIG_FILE):
-        assert stat.S_IMODE(f.stat().st_mode) == 0o600
-    creds = tracking.mlflow_credentials(s)
-    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
-    env.pop("SMOPS_SERVICE", None)
-    url = f"http://127.0.0.1:{s.mlflow_port}"
-    log = (tmp_path / "mlflow.log").open("w")
-    argv[argv.index("--workers") + 1] = "1"
-    proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
+    proc = None
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, (tmp_path / "mlflow.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "MLflow did not start"
-            time.sleep(0.5)
+        # a port the kernel found free can be taken before MLflow binds it: then MLflow exits and
+        # the test starts it again on another port (a health answer counts only while ours runs)
+        for attempt in range(3):
+            s = base_settings.model_copy(update={"mlflow_port": free_port()})
+            _, argv, env = command("mlflow", s)
+            env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+            env.pop("SMOPS_SERVICE", None)
+            argv[argv.index("--workers") + 1] = "1"
+            log_path = tmp_path / f"mlflow-{attempt}.log"
+            proc = subprocess.Popen(
+                argv, env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT, start_new_session=True
+            )
+            if _wait_healthy(proc, f"http://127.0.0.1:{s.mlflow_port}"):
+                break
+            assert attempt < 2, log_path.read_text()[-3000:]
+        assert "--app-name" in argv and argv[argv.index("--app-name") + 1] == "basic-auth"
+        creds_file = tracking.mlflow_dir(s) / tracking.MLFLOW_CREDENTIALS_FILE
+        for f in (creds_file, tracking.mlflow_dir(s) / tracking.MLFLOW_AUTH_CONFIG_FILE):
+            assert stat.S_IMODE(f.stat().st_mode) == 0o600
+        creds = tracking.mlflow_credentials(s)
+        url = f"http://127.0.0.1:{s.mlflow_port}"
         api = f"{url}/api/2.0/mlflow"
         anonymous = [
             httpx.post(f"{api}/registered-models/create", json={"name": "intruder"}),
@@ -84,8 +95,9 @@ def test_anonymous_registry_calls_get_401_and_the_platform_login_works(platform_
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-        os.killpg(proc.pid, 15)
-        proc.wait(30)
+        if proc is not None:
+            os.killpg(proc.pid, 15)
+            proc.wait(30)
         from ml.platform import tracking as t
 
         t.configure(platform_env)  # back to the session's store

@@ -18,7 +18,8 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 import pytest
 import realdata
-from receivers import refused_port, smtp_receiver, webhook_receiver
+from ports import refused_port
+from receivers import smtp_receiver, webhook_receiver
 
 from ml.data.snapshots import validate_and_snapshot
 from ml.data.splits import split

@@ -12,7 +12,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,15 +20,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from ports import free_port, listens
 
 VIEWS_JSON = ["/sentiment-platform/model-card.json", "/sentiment-platform/reports.json"]
 VIEWS_HTML = ["/sentiment-platform/model-card", "/sentiment-platform/reports", "/sentiment-platform/reports/x/html"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -61,7 +55,7 @@ def api_server(platform_env, airflow_cli, tmp_path_factory):
     airflow = str(Path(sys.executable).parent / "airflow")
     logs = tmp_path_factory.mktemp("api-server")
     for attempt in range(3):
-        port = _free_port()
+        port = free_port()
         env.update({"AIRFLOW__API__PORT": str(port), "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}"})
         log = logs / f"api-{attempt}.log"
         proc = subprocess.Popen(
@@ -75,7 +69,8 @@ def api_server(platform_env, airflow_cli, tmp_path_factory):
         deadline = time.time() + 150
         while time.time() < deadline and proc.poll() is None:
             try:
-                if httpx.get(f"{base}/api/v2/monitor/health", timeout=2).status_code == 200:
+                health = httpx.get(f"{base}/api/v2/monitor/health", timeout=2)
+                if health.status_code == 200 and listens(proc.pid, port):  # our server's answer, not a squatter's
                     break
             except httpx.HTTPError:
                 pass

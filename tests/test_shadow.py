@@ -22,7 +22,7 @@ import psycopg
 import pytest
 import realdata
 from fastapi.testclient import TestClient
-from loop_helpers import FRACTION, make_loop
+from loop_helpers import FRACTION, after_polls, make_loop
 
 from ml.platform import registry
 from ml.platform.config import get_settings
@@ -130,8 +130,8 @@ def _run_with_traffic(loop, conn, airflow_cli, oracle) -> dict:
                         out["reviewed"].append((str(pid), y, champ_label, chall_label, label))
             time.sleep(0.03)
         th.join()
-        # the API serves whatever the platform decided, within its poll interval
-        time.sleep(2 * s.model_poll_seconds + 0.5)
+        # the API serves whatever the platform decided, once its poller has looked again (counted checks)
+        after_polls(client.app.state.models, n=2)
         out["after"] = client.post("/predict", json={"text": "what a day"}).json()["model_version"]
         out["shadow_stats"] = client.app.state.models.shadow_scorer.stats()
     res = out["res"]

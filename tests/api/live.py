@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,14 +14,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+from ports import free_port, listens
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class LiveServer:
@@ -48,7 +42,9 @@ class LiveServer:
             if self.proc.poll() is not None:
                 raise AssertionError(f"the API exited ({self.proc.returncode}):\n{self.log.read_text()[-3000:]}")
             try:
-                if httpx.get(f"{self.url}/health/ready", timeout=2).status_code == 200:
+                if httpx.get(f"{self.url}/health/ready", timeout=2).status_code == 200 and listens(
+                    self.proc.pid, int(self.url.rsplit(":", 1)[1])
+                ):
                     return
             except httpx.HTTPError:
                 pass
@@ -70,6 +66,28 @@ class LiveServer:
 def live_server(
     log_dir: Path, workers: int | None = None, env: dict[str, str] | None = None, extra_args: list[str] | None = None
 ) -> Iterator[LiveServer]:
+    """The API under uvicorn on a port the kernel found free. That port can be taken by another
+    process before uvicorn binds it; uvicorn then exits at once, and the server is started again on
+    another port (3 tries). A server that exits for any other reason fails the test with its log."""
+    server = None
+    for attempt in range(3):
+        server = _start(log_dir, workers, env, extra_args)
+        try:
+            server.wait_ready()
+            break
+        except AssertionError:
+            log = server.log.read_text(errors="replace")
+            if server.proc.poll() is None or "address already in use" not in log.lower() or attempt == 2:
+                server.stop()
+                raise
+    assert server is not None
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _start(log_dir: Path, workers: int | None, env: dict[str, str] | None, extra_args: list[str] | None) -> LiveServer:
     port = free_port()
     argv = [
         sys.executable,
@@ -91,9 +109,4 @@ def live_server(
         proc = subprocess.Popen(
             argv, cwd=REPO, env=full_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
-    server = LiveServer(proc, f"http://127.0.0.1:{port}", log)
-    try:
-        server.wait_ready()
-        yield server
-    finally:
-        server.stop()
+    return LiveServer(proc, f"http://127.0.0.1:{port}", log)

@@ -11,7 +11,8 @@ from datetime import UTC, timedelta
 import pytest
 from api_helpers import fresh_model_name, running_app, settings_with, wait_for
 from api_helpers import report as send_report
-from receivers import refused_port, smtp_receiver, webhook_receiver
+from ports import refused_port
+from receivers import smtp_receiver, webhook_receiver
 
 from ml.stages.alerts.burst import burst_message, evaluate_feedback
 

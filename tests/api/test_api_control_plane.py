@@ -4,9 +4,8 @@ sha256 recorded at registration/promotion is not loaded either. Real MLflow regi
 
 from __future__ import annotations
 
-import time
-
 from api_helpers import fresh_model_name, running_app, settings_with, wait_for
+from loop_helpers import after_polls, artifact_dir
 
 
 def _alerts(conn, model, rule="unverified_champion"):
@@ -42,24 +41,27 @@ def test_alias_moved_outside_the_platform_is_not_loaded_and_alerts(platform_env,
         mlflow.MlflowClient().set_registered_model_alias(s.model_name, s.champion_alias, str(v2))
         rows = wait_for(lambda: _alerts(conn, s.model_name), timeout=20)
         assert len(rows) == 1 and f"v{v2} was not loaded" in rows[0][0] and "outside the platform" in rows[0][0]
-        time.sleep(1.5)  # several more polls: still v1, and one alert per version
+        after_polls(client.app.state.models)  # several more polls: still v1, and one alert per version
         assert client.get("/model").json()["version"] == v1
         assert len(_alerts(conn, s.model_name)) == 1
         assert "not serving" in client.get("/health").json()["model"]["last_error"]
         # the alias put back where the platform left it: served as before, no new alert
         mlflow.MlflowClient().set_registered_model_alias(s.model_name, s.champion_alias, str(v1))
-        time.sleep(1.5)
+        after_polls(client.app.state.models)
         assert client.get("/model").json()["version"] == v1 and len(_alerts(conn, s.model_name)) == 1
 
 
 def test_artifacts_that_differ_from_the_recorded_digest_are_not_loaded(platform_env, publish, conn):
     s = settings_with(platform_env, model_name=fresh_model_name(), champion_verify_grace_seconds=0.5)
-    v1 = publish(s).version
-    # the recorded digest no longer matches what the registry serves (as if its artifacts were swapped)
-    conn.execute(
-        "UPDATE model_events SET artifact_sha256 = %s WHERE model_name = %s AND version = %s",
-        ("0" * 64, s.model_name, v1),
-    )
+    published = publish(s)
+    # someone with write access to the artifact store changes the promoted model's files after the
+    # promotion recorded their digest: bytes appended to each file (a pickle with a tail still unpickles,
+    # so only the digest can tell)
+    files = [p for p in (artifact_dir(published.run_id) / "artifacts").rglob("*") if p.is_file()]
+    assert files
+    for p in files:
+        with p.open("ab") as f:
+            f.write(b"\n# changed after promotion\n")
     with running_app(s) as client:
         r = client.get("/model")
         assert r.status_code == 503  # nothing unverified is ever loaded
