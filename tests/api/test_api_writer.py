@@ -4,9 +4,14 @@ truncated only after commit, nothing lost, nothing twice."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
+import signal
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 
 import pytest
 from api_helpers import running_app, settings_with, wait_for
@@ -160,6 +165,154 @@ def test_segments_of_a_dead_process_are_replayed_once_by_whoever_claims_them(pla
     assert count_predictions_like(conn, marker) == 40  # each once
     assert sum(w.replayed for w in writers) == 30
     assert not list(tmp_path.glob("wal-*.log"))
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+# A real writer process while its database refuses connections: per spool folder it records each chunk of
+# rows.json and flushes (which fails: the chunk stays in a sealed segment; the last chunk in the active one),
+# then says so and waits to be killed.
+_PRODUCER = """
+import json, sys
+from pathlib import Path
+from api.writer import FlushError, PredictionWriter
+from ml.platform.config import get_settings
+from ml.stages.serving import PredictionRow
+
+base = Path(sys.argv[1])
+writers = []
+for folder, chunks in json.loads((base / "rows.json").read_text()).items():
+    w = PredictionWriter(get_settings(), spool_dir=base / folder)
+    w.start()
+    for i, chunk in enumerate(chunks):
+        w.record([PredictionRow.from_json(r) for r in chunk])
+        if i + 1 < len(chunks):
+            try:
+                w.flush()
+            except FlushError:
+                continue
+            raise SystemExit("the database took the rows: no outage")
+    writers.append(w)
+(base / "produced").touch()
+sys.stdin.read()
+"""
+
+# A writer process as a restarted worker starts one: per round it makes its writer, says it is ready and blocks on
+# its stdin until the test writes "go" to both replayers at once (the barrier), then start() (claims what nobody
+# holds, writes it) and close(). It prints, per round, the segments it replayed (api.writer's "replayed ... from
+# <segment>") and its counters.
+_REPLAYER = """
+import json, logging, sys
+from pathlib import Path
+from api.writer import PredictionWriter
+from ml.platform.config import get_settings
+
+base, who, rounds = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+seen = {}
+
+
+class Replayed(logging.Handler):
+    def emit(self, record):
+        if record.msg.startswith("replayed %d predictions from %s ("):
+            n, segment, already = record.args
+            seen[segment] = [n, already]
+
+
+logging.getLogger("api.writer").setLevel(logging.INFO)
+logging.getLogger("api.writer").addHandler(Replayed())
+out = []
+for r in range(rounds):
+    seen.clear()
+    w = PredictionWriter(get_settings(), spool_dir=base / f"round-{r}")
+    (base / f"ready-{r}-{who}").touch()
+    sys.stdin.readline()
+    w.start()
+    w.close()
+    out.append({"segments": dict(seen), "replayed": w.replayed, "failures": w.failures, "error": w.last_error})
+print(json.dumps(out))
+"""
+
+
+def _spawn(code: str, base: Path, env: dict[str, str], *args: str, name: str) -> subprocess.Popen:
+    with open(base / f"{name}.out", "wb") as out, open(base / f"{name}.err", "wb") as err:
+        return subprocess.Popen(
+            [sys.executable, "-c", code, str(base), *args],
+            cwd=REPO,
+            env={**os.environ, **env},
+            stdin=subprocess.PIPE,
+            stdout=out,
+            stderr=err,
+        )
+
+
+def test_two_processes_race_for_the_same_saved_rows_each_row_is_stored_once(outage_db, tmp_path):
+    rounds, segments, per_segment = 5, 60, 2
+    marker = uuid.uuid4().hex
+    rows = _rows(rounds * segments * per_segment, marker)
+    chunk = [[r.as_json() for r in rows[i : i + per_segment]] for i in range(0, len(rows), per_segment)]
+    plan = {f"round-{r}": chunk[r * segments : (r + 1) * segments] for r in range(rounds)}
+    ids = {folder: sorted(row["id"] for c in chunks for row in c) for folder, chunks in plan.items()}
+    (tmp_path / "rows.json").write_text(json.dumps(plan))
+    db_env = {"DATABASE_URL": outage_db.url}
+    procs: list[subprocess.Popen] = []
+    try:
+        # the rows are acknowledged by a real writer process (its database refusing connections), which is killed
+        outage_db.down()
+        idle = {"SENTIMENT_PREDICTION_FLUSH_SECONDS": "3600", "SENTIMENT_PREDICTION_FLUSH_ROWS": "1000000"}
+        producer = _spawn(_PRODUCER, tmp_path, {**db_env, **idle}, name="producer")
+        procs.append(producer)
+        wait_for(lambda: (tmp_path / "produced").exists() or producer.poll() is not None, timeout=120)
+        assert producer.poll() is None, (tmp_path / "producer.err").read_text()
+        os.kill(producer.pid, signal.SIGKILL)
+        assert producer.wait(timeout=30) == -signal.SIGKILL
+        for folder in plan:
+            assert len(list((tmp_path / folder).glob("wal-*.log"))) == segments
+            assert sorted(logged_ids(tmp_path / folder)) == ids[folder]  # saved, once, and nobody holds them
+        wal = {folder: {p.name for p in (tmp_path / folder).glob("wal-*.log")} for folder in plan}
+
+        # the database is back; two processes claim the dead one's segments at the same moment, round after round
+        outage_db.up()
+        procs += [_spawn(_REPLAYER, tmp_path, db_env, who, str(rounds), name=who) for who in ("a", "b")]
+        for r in range(rounds):
+            wait_for(
+                lambda r=r: (
+                    all((tmp_path / f"ready-{r}-{who}").exists() for who in ("a", "b"))
+                    or any(p.poll() is not None for p in procs[1:])
+                ),
+                timeout=120,
+            )
+            assert all(p.poll() is None for p in procs[1:]), [(tmp_path / f"{w}.err").read_text() for w in "ab"]
+            for p in procs[1:]:  # both are blocked reading: one write each releases them together
+                p.stdin.write(b"go\n")
+                p.stdin.flush()
+        results = {}
+        for who, p in zip(("a", "b"), procs[1:]):
+            rc, err = p.wait(timeout=120), (tmp_path / f"{who}.err").read_text()
+            assert rc == 0 and "Traceback" not in err, err  # exited cleanly, no thread died on the way
+            results[who] = json.loads((tmp_path / f"{who}.out").read_text())
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            p.stdin.close()
+
+    with outage_db.connect() as c:
+        for r, folder in enumerate(plan):
+            a, b = results["a"][r], results["b"][r]
+            assert a["failures"] == b["failures"] == 0, (a["error"], b["error"])
+            # each saved segment was replayed by exactly one of them (a claim that is not atomic: by both) ...
+            assert not set(a["segments"]) & set(b["segments"]), (folder, a["segments"], b["segments"])
+            assert set(a["segments"]) | set(b["segments"]) == wal[folder]
+            assert all(already == 0 for _, already in [*a["segments"].values(), *b["segments"].values()])
+            assert a["replayed"] + b["replayed"] == len(ids[folder])
+            # ... every saved row is stored exactly once, none lost ...
+            stored = c.execute(
+                "SELECT id::text, count(*) FROM predictions WHERE id = ANY(%s::uuid[]) GROUP BY id", (ids[folder],)
+            ).fetchall()
+            assert dict(stored) == dict.fromkeys(ids[folder], 1)
+            # ... and the spool is empty: no segment left, nothing set aside as corrupt or rejected
+            assert sorted(p.name for p in (tmp_path / folder).iterdir()) == []
 
 
 def test_signed_ids_tell_issued_from_never_issued(platform_env):
