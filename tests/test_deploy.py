@@ -645,8 +645,8 @@ def test_deploy_tests_run_beside_a_platform_on_the_default_ports(platform_env, m
 @pytest.mark.slow
 def test_first_up_offline_trains_on_the_bundled_sample_and_serves(platform_env, tmp_path):
     """A plain `ml services up` (no DATA=) without network: the Sentiment140 download fails (its
-    HTTPS goes through a proxy at a closed 127.0.0.1 port; this machine has no route out
-    anyway), the first model is trained on the bundled real 20k sample, passes the gate
+    HTTPS goes through a proxy at a 127.0.0.1 port the test holds bound and never listens on; this
+    machine has no route out anyway), the first model is trained on the bundled real 20k sample, passes the gate
     (behavioural checks included) and /predict answers 200 with a label."""
     import httpx
     import psycopg
