@@ -273,6 +273,30 @@ def _use(monkeypatch, **env: str):
     return get_settings()
 
 
+@pytest.fixture
+def own_service_databases(platform_env, monkeypatch):
+    """MLflow and Airflow databases of this test's own for the services it starts (dropped after).
+
+    An MLflow server started on the session's MLflow database would create the session's experiment
+    itself, with an ``mlflow-artifacts:`` location that the in-process tests (which track straight into
+    the database) cannot log to: every later test would then depend on whether this one ran first."""
+    import psycopg
+
+    from ml.platform import db
+    from ml.platform.config import reset_settings
+
+    own = f"{db.database_name(platform_env.database_url)}_dep_{uuid.uuid4().hex[:6]}"
+    names = {"SENTIMENT_MLFLOW_DATABASE": f"{own}_mlflow", "SENTIMENT_AIRFLOW_DATABASE": f"{own}_airflow"}
+    for k, v in names.items():
+        monkeypatch.setenv(k, v)
+    reset_settings()
+    yield names
+    base = db.libpq_url(platform_env.database_url)
+    with psycopg.connect(db.with_database(base, "postgres"), autocommit=True) as conn:
+        for name in names.values():
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 def _on_free_ports(monkeypatch, tmp_path, only: str, attempts: int = 3, **up_kw):
     """``up(only=...)`` with its own var/ and kernel-chosen ports; retried with new ports when
     another process takes one first. Returns (settings, summary)."""
@@ -421,7 +445,7 @@ def test_down_kills_the_whole_session(platform_env, tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------ ml.platform (live services)
 @pytest.mark.slow
-def test_mlflow_server_starts_answers_and_stops(platform_env, monkeypatch, tmp_path):
+def test_mlflow_server_starts_answers_and_stops(platform_env, own_service_databases, monkeypatch, tmp_path):
     import httpx
 
     from ml.platform import supervisor
@@ -462,7 +486,7 @@ def test_mlflow_server_starts_answers_and_stops(platform_env, monkeypatch, tmp_p
 
 
 @pytest.mark.slow
-def test_supervisor_restarts_a_killed_api(platform_env, monkeypatch, tmp_path):
+def test_supervisor_restarts_a_killed_api(platform_env, own_service_databases, monkeypatch, tmp_path):
     """kill -9 of the API: the supervisor starts it again and `status` counts the restart."""
     import httpx
 
@@ -515,7 +539,9 @@ def test_supervisor_restarts_a_killed_api(platform_env, monkeypatch, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_service_that_always_crashes_ends_in_a_reported_crash_loop(platform_env, monkeypatch, tmp_path):
+def test_a_service_that_always_crashes_ends_in_a_reported_crash_loop(
+    platform_env, own_service_databases, monkeypatch, tmp_path
+):
     """The API's port is held by this test, so the API exits at every start: after the allowed
     restarts the supervisor gives up and says so (state, `status`, its log)."""
     from ml.platform.startup.down import down
@@ -583,7 +609,9 @@ def _default_ports_holder(s) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_deploy_tests_run_beside_a_platform_on_the_default_ports(platform_env, monkeypatch, tmp_path):
+def test_deploy_tests_run_beside_a_platform_on_the_default_ports(
+    platform_env, own_service_databases, monkeypatch, tmp_path
+):
     """`make test` while `make up` runs: MLflow and the API on the DEFAULT ports (5000, 8000)
     with their own var/, and the fast deploy tests run beside them in a separate pytest."""
     import httpx
