@@ -159,11 +159,15 @@ def update_count(
     last_report_at: datetime,
     message: str,
     details: dict[str, Any] | None = None,
+    first_report_at: datetime | None = None,
 ) -> None:
+    """Recount an open alert. ``first_report_at`` moves its start earlier, never later: a report
+    stored late (it waited in ``pending_feedback`` for its prediction) keeps the time it was made."""
     conn.execute(
-        "UPDATE alerts SET n_reports = %s, last_report_at = greatest(last_report_at, %s), message = %s,"
+        "UPDATE alerts SET n_reports = %s, last_report_at = greatest(last_report_at, %s),"
+        " first_report_at = least(first_report_at, %s::timestamptz), message = %s,"
         " details = details || %s::jsonb WHERE id = %s",
-        (n_reports, last_report_at, message, json.dumps(details or {}), alert_id),
+        (n_reports, last_report_at, first_report_at, message, json.dumps(details or {}), alert_id),
     )
 
 

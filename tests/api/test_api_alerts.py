@@ -257,3 +257,52 @@ def test_burst_alert_says_how_many_reports_over_what_period(platform_env, conn):
         "SELECT n_reports, message FROM alerts WHERE model_name = %s AND rule = 'feedback_burst'", (model,)
     ).fetchall()
     assert b_n == n_total and "1,497 misclassification reports" in b_msg and "unidentified (1,497)" in b_msg
+
+
+def test_a_report_stored_late_counts_in_the_burst_it_was_made_in(platform_env, conn):
+    """A report on a prediction still in a worker's prediction log waits in ``pending_feedback`` and is
+    moved into ``feedback`` (its own time kept) once the writer stores the prediction, which can be
+    after later reports on stored predictions have raised both alerts. Both alerts then count it and
+    start at it (found as 610 of 611 reports in the poisoning test under CI load)."""
+    import uuid
+
+    from ml.store import predictions as store
+
+    model = fresh_model_name()
+    reporter = f"key:mallory#{uuid.uuid4().hex[:6]}"
+    s = settings_with(platform_env, model_name=model)
+    n_direct = s.feedback_burst_identity_count + 4  # enough to raise both alerts before the late one lands
+
+    def prediction(text, pid=None):
+        return conn.execute(
+            "INSERT INTO predictions (id, text, label, p_negative, p_positive, model_name, model_version, source)"
+            " VALUES (coalesce(%s, gen_random_uuid()), %s, 1, 0.2, 0.8, %s, 1, 'api') RETURNING id",
+            (pid, text, model),
+        ).fetchone()[0]
+
+    late_pid = uuid.uuid4()  # acknowledged by the API, not written yet
+    late_id, late_at = store.insert_pending_feedback(conn, late_pid, 0, None, reporter)
+    for i in range(n_direct):
+        fid, _, wrong = store.insert_feedback(conn, prediction(f"stored tweet {i}"), 0, None, reporter)
+        assert wrong
+        evaluate_feedback(fid, s, dispatch=False)
+
+    def alert(rule):
+        [row] = conn.execute(
+            "SELECT id, n_reports, first_report_at, message FROM alerts WHERE rule = %s AND model_name = %s",
+            (rule, model),
+        ).fetchall()
+        return row
+
+    assert alert("misclassification_burst")[1] == n_direct and alert("feedback_burst")[1] == n_direct
+    assert alert("feedback_burst")[2] > late_at
+
+    prediction("the late tweet", late_pid)  # the writer stores the prediction, then moves the report
+    assert store.resolve_pending_feedback(conn) == [(late_id, True)]
+    evaluate_feedback(late_id, s, dispatch=False)
+
+    for rule in ("misclassification_burst", "feedback_burst"):
+        _, n, first_at, message = alert(rule)
+        assert (n, first_at) == (n_direct + 1, late_at), rule
+    assert f"{n_direct + 1} misclassification reports" in alert("feedback_burst")[3]
+    assert alert("misclassification_burst")[3].startswith(f"{n_direct + 1} predictions of {model} reported wrong")

@@ -88,7 +88,8 @@ def _evaluate_locked(conn: psycopg.Connection, model_name: str, feedback_id: int
         raise RuntimeError(f"{RULE_BURST} ({model_name}): {n} reports in the window but no first / last report time")
     if open_alert is not None:  # the same burst: record the report on the open alert, recount the burst
         store.add_later_report(conn, open_alert["id"], feedback_id)
-        burst_first = open_alert["first_report_at"] or first
+        # a report stored late (moved from pending_feedback, its own time kept) may predate the alert's start
+        burst_first = min(open_alert["first_report_at"] or first, first)
         n_burst, _, _, burst_last = store.wrong_reports_between(conn, model_name, burst_first, now, include_start=True)
         burst_last = max(burst_last or last, last)
         store.update_count(
@@ -97,6 +98,7 @@ def _evaluate_locked(conn: psycopg.Connection, model_name: str, feedback_id: int
             n_burst,
             burst_last,
             burst_message(n_burst, model_name, burst_first, burst_last, threshold, window),
+            first_report_at=burst_first,
         )
         res.update(alert_id=open_alert["id"], n_burst=n_burst)
         return res
@@ -205,10 +207,13 @@ def evaluate_burst(conn: psycopg.Connection, model_name: str, s: Settings) -> di
     details = dict(open_alert["details"]) if open_alert else {}
     hashes = set(details.get("identity_sha256", [])) | {_sha(w) for w, _ in loud}
     kind = "identity" if hashes else "rate"  # one (or a few) identities, or everyone at once
+    window_first = min(f for _, _, f, _ in counts)
+    # the burst began at the alert's first report, or earlier: a report stored late (moved from
+    # pending_feedback once its prediction was written, its own time kept) may predate it
     first_at = (
-        open_alert["first_report_at"]
+        min(open_alert["first_report_at"], window_first)
         if open_alert and open_alert["first_report_at"]
-        else min(f for _, _, f, _ in counts)
+        else window_first
     )
     burst_counts = store.wrong_reports_by_reporter(conn, model_name, first_at, now, include_start=True)
     if kind == "identity":  # their reports since the burst began
@@ -243,7 +248,7 @@ def evaluate_burst(conn: psycopg.Connection, model_name: str, s: Settings) -> di
         per_identity={w: k for w, k in who},
     )
     if open_alert is not None:
-        store.update_count(conn, open_alert["id"], n, last, message, details)
+        store.update_count(conn, open_alert["id"], n, last, message, details, first_report_at=first)
         res.update(open=True, alert_id=open_alert["id"], message=message, n_reports=n)
         return res
     alert_id = store.insert_open(
