@@ -59,9 +59,9 @@ def _on_topic(text: str) -> bool:
 def setup(platform_env, mlflow_tracking, tmp_path_factory):
     name = f"tweet-sentiment-monitoring-{uuid.uuid4().hex[:6]}"
     mp = pytest.MonkeyPatch()  # module scope: undone in `finally`, whatever fails in between
-    mp.setenv("SENTIMENT_MODEL_NAME", name)
-    reset_settings()
     try:
+        mp.setenv("SENTIMENT_MODEL_NAME", name)
+        reset_settings()
         yield _setup(name, tmp_path_factory)
     finally:
         mp.undo()

@@ -217,13 +217,15 @@ def test_workers_score_shards_in_parallel_processes(champion, conn, score_input)
         plan_batch("")
 
 
-def test_killed_scoring_process_resumes_with_only_unfinished_shards(champion, conn, score_input):
-    """SIGKILL `ml score` once its first shard is recorded; the resumed batch re-runs only the
-    shard that was in flight and the later ones, and stores each row exactly once."""
+@pytest.mark.parametrize("workers", [1, 2])
+def test_killed_scoring_process_resumes_with_only_unfinished_shards(champion, conn, score_input, workers):
+    """SIGKILL `ml score` (its whole process group: with 2 workers, both shard processes) once
+    its first shard is recorded; the resumed batch re-runs only the shards that were in flight
+    and those never started, and stores each row exactly once."""
     path, _ = score_input
     batch_id = f"b-{file_sha256(path)[:16]}"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ml.cli", "score", str(path), "--shard-rows", "50"],
+        [sys.executable, "-m", "ml.cli", "score", str(path), "--shard-rows", "50", "--workers", str(workers)],
         env=os.environ.copy(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -253,14 +255,15 @@ def test_killed_scoring_process_resumes_with_only_unfinished_shards(champion, co
     }
     done_before = {sh for sh, (st, _, _) in before.items() if st == "done"}
     assert len(before) == 20 and 1 <= len(done_before) < 20
-    assert done_before == set(range(len(done_before)))  # shards run in order
+    if workers == 1:
+        assert done_before == set(range(len(done_before)))  # one process runs the shards in order
     # rows of the finished shards are stored once; nothing of the rest, or a partial shard, is
     n_rows = conn.execute("SELECT count(*) FROM predictions WHERE batch_id=%s", (batch_id,)).fetchone()[0]
     assert n_rows == 50 * len(done_before)
 
     resumed = plan_batch(path)
     assert resumed.status == "scoring" and resumed.shards == sorted(set(range(20)) - done_before)
-    summary = score_file(path)  # resumes the same plan
+    summary = score_file(path, workers=workers)  # resumes the same plan
     assert summary["rows_scored"] == 1000 and summary["shards"] == 20
     after = {
         r[0]: (r[1], r[2], r[3])

@@ -59,7 +59,10 @@ def fresh_model_name() -> str:
     return f"test-model-{uuid.uuid4().hex[:8]}"
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 15.0, interval: float = 0.05):
+HANG_GUARD = 120.0  # seconds: only keeps a broken test from hanging, never a speed claim
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = HANG_GUARD, interval: float = 0.05):
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -76,8 +79,3 @@ def prediction_row(conn, prediction_id):
         "FROM predictions WHERE id = %s",
         (str(prediction_id),),
     ).fetchone()
-
-
-def count_predictions(conn, **where) -> int:
-    clause = " AND ".join(f"{k} = %s" for k in where) or "TRUE"
-    return conn.execute(f"SELECT count(*) FROM predictions WHERE {clause}", tuple(where.values())).fetchone()[0]

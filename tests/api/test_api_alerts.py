@@ -97,7 +97,7 @@ def test_three_reports_one_alert_per_burst_across_two_apps(platform_env, publish
         alert_id, n, ids, later, _, resolved = rows[0]
         assert (n, sorted(ids), later, resolved) == (3, sorted([f1, f2, f3]), [], None)
 
-        wait_for(lambda: received and mails, timeout=15)  # sent by the background thread
+        wait_for(lambda: received and mails)  # sent by the background thread
         assert len(received) == 1
         hook = received[0]
         assert hook["path"] == "/hooks/sentiment" and hook["content_type"] == "application/json"
@@ -115,7 +115,7 @@ def test_three_reports_one_alert_per_burst_across_two_apps(platform_env, publish
             got = {c["channel"]: c["status"] for c in _alerts(conn, settings.model_name)[0][4]}
             return got if len(got) == 3 else None
 
-        assert wait_for(channels, timeout=10) == {"log": "sent", "webhook": "sent", "email": "sent"}
+        assert wait_for(channels) == {"log": "sent", "webhook": "sent", "email": "sent"}
 
         f4 = _report_wrong(c2, TEXTS[4])  # the same burst: appended, and the alert's count and text follow
         rows = _alerts(conn, settings.model_name)
@@ -197,7 +197,7 @@ def _failing_outcome(settings, publish, conn):
             hooks = [ch for ch in rows[0][4] if ch["channel"] == "webhook"] if rows else []
             return hooks[0] if hooks else None
 
-        return wait_for(outcome, timeout=15)
+        return wait_for(outcome)
 
 
 def test_burst_alert_says_how_many_reports_over_what_period(platform_env, conn):

@@ -39,7 +39,7 @@ def test_alias_moved_outside_the_platform_is_not_loaded_and_alerts(platform_env,
         assert client.get("/model").json()["version"] == v1
         # someone with registry access moves the alias directly (no ml.stages.train.promote, no event)
         mlflow.MlflowClient().set_registered_model_alias(s.model_name, s.champion_alias, str(v2))
-        rows = wait_for(lambda: _alerts(conn, s.model_name), timeout=20)
+        rows = wait_for(lambda: _alerts(conn, s.model_name))
         assert len(rows) == 1 and f"v{v2} was not loaded" in rows[0][0] and "outside the platform" in rows[0][0]
         after_polls(client.app.state.models)  # several more polls: still v1, and one alert per version
         assert client.get("/model").json()["version"] == v1
@@ -65,6 +65,6 @@ def test_artifacts_that_differ_from_the_recorded_digest_are_not_loaded(platform_
     with running_app(s) as client:
         r = client.get("/model")
         assert r.status_code == 503  # nothing unverified is ever loaded
-        rows = wait_for(lambda: _alerts(conn, s.model_name), timeout=20)
+        rows = wait_for(lambda: _alerts(conn, s.model_name))
         assert "differ from the recorded" in rows[0][0]
         assert client.post("/predict", json={"text": "hello"}).status_code == 503

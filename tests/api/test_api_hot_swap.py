@@ -18,19 +18,22 @@ def test_hot_swap_under_load_then_rollback(platform_env, publish, conn, caplog):
         results: list[tuple[int, dict]] = []
         stop = threading.Event()
 
-        def hammer() -> None:
+        per_thread: list[list[str]] = [[], []]  # the versions each client saw, in its own order
+
+        def hammer(seen: list[str]) -> None:
             while not stop.is_set():
                 r = client.post("/predict/batch", json={"texts": [POSITIVE_TEXT, "so bored and sad today"]})
                 results.append((r.status_code, r.json()))
+                seen.append(r.json().get("model_version"))
 
-        threads = [threading.Thread(target=hammer) for _ in range(2)]
+        threads = [threading.Thread(target=hammer, args=(seen,)) for seen in per_thread]
         for t in threads:
             t.start()
         try:
             wait_for(lambda: len(results) >= 5)
             v2 = publish(settings, C=0.5)  # a different model; the poller loads it, then swaps
             assert v2.version != v1.version
-            wait_for(lambda: any(b.get("model_version") == v2.version for _, b in results[-4:]), timeout=20)
+            wait_for(lambda: any(b.get("model_version") == v2.version for _, b in results[-4:]))
             n_at_swap = len(results)
             wait_for(lambda: len(results) >= n_at_swap + 5)
         finally:
@@ -42,6 +45,9 @@ def test_hot_swap_under_load_then_rollback(platform_env, publish, conn, caplog):
         versions = [b["model_version"] for _, b in results]
         assert set(versions) == {v1.version, v2.version}
         assert versions.count(v1.version) >= 5 and versions.count(v2.version) >= 5
+        for seen in per_thread:  # the swap is one-way: once a client got v2, it never gets v1 again
+            first_v2 = seen.index(v2.version)
+            assert v1.version not in seen[first_v2:], seen
         for _, b in results:  # one consistent (model, version) per request
             assert b["model_version"] == b["predictions"][0]["model_version"] == b["predictions"][1]["model_version"]
         assert any(f"-> version {v2.version}" in m for m in caplog.messages if "model swap" in m)

@@ -90,7 +90,7 @@ def test_503_before_any_champion_then_first_champion_without_restart(platform_en
         assert health["database"]["reachable"] is True
 
         first = publish(settings)  # the first promotion: picked up by the poller, no restart
-        wait_for(lambda: client.post("/predict", json={"text": POSITIVE_TEXT}).status_code == 200, timeout=20)
+        wait_for(lambda: client.post("/predict", json={"text": POSITIVE_TEXT}).status_code == 200)
         body = client.post("/predict", json={"text": POSITIVE_TEXT}).json()
         assert body["model_version"] == first.version and body["model_name"] == settings.model_name
         assert client.get("/health").json()["status"] == "ok"

@@ -92,6 +92,8 @@ def test_outage_predict_answers_ready_503_feedback_503_rows_kept_once(
             # a process started while the database is down may have no verified champion (503), or serve
             r = client.post("/predict", json={"text": texts[60 + i]})
             assert r.status_code in (200, 503), r.text
+            if r.status_code == 503:  # then for that reason, never a failed write
+                assert "no champion model yet" in r.json()["message"], r.text
             if r.status_code == 200:
                 ids.append(r.json()["id"])
         assert sorted(logged(log_dir)) == sorted(ids)  # 50 (+ one per restart that served), each once
@@ -145,7 +147,7 @@ def test_log_cap_answers_503_with_retry_after_and_the_reason(api_settings, champ
         ready = client.get("/health/ready")
         assert ready.status_code == 503 and "prediction log full" in ready.json()["message"]
         outage_db.up()  # the writer drains the log: room again
-        wait_for(lambda: client.post("/predict", json={"text": tweets[0][400]}).status_code == 200, timeout=30)
+        wait_for(lambda: client.post("/predict", json={"text": tweets[0][400]}).status_code == 200)
     with outage_db.connect() as conn:
         assert sorted(stored(conn, answered)) == sorted(answered)
 
@@ -175,13 +177,13 @@ def test_kill_9_of_a_worker_under_load_loses_no_acknowledged_prediction(api_sett
         threads = [threading.Thread(target=_load, args=(srv.url, answered, stop, tweets[0][i::8])) for i in range(8)]
         for t in threads:
             t.start()
-        wait_for(lambda: len(answered) >= 300, timeout=60)
+        wait_for(lambda: len(answered) >= 300)
         victim = srv.worker_pids()[0]
         import os
 
         os.kill(victim, signal.SIGKILL)  # mid-load: its log holds acknowledged rows not yet in PostgreSQL
         at_kill = len(answered)
-        wait_for(lambda: len(answered) >= at_kill + 300, timeout=60)  # the other worker (and the restarted one) serve
+        wait_for(lambda: len(answered) >= at_kill + 300)  # the other worker (and the restarted one) serve
         stop.set()
         for t in threads:
             t.join()
@@ -203,7 +205,7 @@ def test_kill_9_of_a_worker_under_load_loses_no_acknowledged_prediction(api_sett
         assert all(r.status_code == 201 for r in fb), [r.text for r in fb if r.status_code != 201][:3]
         fids = [r.json()["id"] for r in fb]
         # the dead worker's segments are claimed (restarted worker at start, or the other one's scan) and replayed
-        wait_for(lambda: len(stored(conn, ids)) == len(ids), timeout=60)
+        wait_for(lambda: len(stored(conn, ids)) == len(ids))
         wait_for(
             lambda: (
                 conn.execute("SELECT count(*) FROM feedback WHERE id = ANY(%s)", (fids,)).fetchone()[0] == len(fids)
