@@ -123,3 +123,37 @@ def wait_airflow(s: Settings, baseline: dict[str, int], timeout: float = 180) ->
         companions=[n for n in AIRFLOW_SERVICES if n != svc.name],
     )
     airflow_client.airflow_token(s)  # the login works
+
+
+def wait_serving(s: Settings, version: int, baseline: dict[str, int], timeout: float = 180, streak: int = 5) -> None:
+    """Wait until the API serves champion ``version``: ``streak`` answers of ``GET /model`` in a
+    row name it (each uvicorn worker loads the champion on its own; consecutive answers come from
+    whichever worker the kernel picks). A champion the API refuses (no promotion event, a digest
+    that does not match, an artifact that does not load) fails with the API's own reason."""
+    svc = services(s)["api"]
+    if svc.url is None:
+        raise ServiceError("api has no URL")
+    deadline = time.monotonic() + timeout
+    in_a_row, last = 0, "no answer"
+    while time.monotonic() < deadline:
+        _check_started([svc.name], baseline, s)
+        try:
+            r = http_get(f"{svc.url}/model", timeout=5)
+            served = r.json().get("version") if r.status_code == 200 else None
+            last = f"version {served}" if served is not None else f"HTTP {r.status_code}"
+        except Exception as e:  # noqa: BLE001 - not answering yet
+            served, last = None, type(e).__name__
+        in_a_row = in_a_row + 1 if served == version else 0
+        if in_a_row >= streak:
+            return
+        time.sleep(0.2 if in_a_row else 1)
+    reason = ""
+    try:
+        reason = http_get(f"{svc.url}/health", timeout=5).json()["model"].get("last_error") or ""
+    except Exception:  # noqa: BLE001 - the log below says more
+        pass
+    raise ServiceError(
+        f"the API did not serve champion version {version} within {timeout:.0f}s (it answers {last}"
+        f"{'; its last model error: ' + reason if reason else ''}); last lines of {svc.log_file(s)}:\n"
+        f"{tail(svc.log_file(s))}"
+    )

@@ -10,8 +10,8 @@ from typing import Any
 from ml.platform.airflow_client import airflow_credentials
 from ml.platform.config import REPO_ROOT, Settings, get_settings
 from ml.platform.startup.commands import mlflow_server_url, settings_env
-from ml.platform.startup.readiness import wait_airflow, wait_http, wait_mlflow
-from ml.platform.startup.seeding import first_model
+from ml.platform.startup.readiness import wait_airflow, wait_http, wait_mlflow, wait_serving
+from ml.platform.startup.seeding import champion, first_model
 from ml.platform.startup.services import (
     AIRFLOW_SERVICES,
     SERVICE_NAMES,
@@ -177,6 +177,16 @@ def up(
         timings["training"] = time.monotonic() - t
     elif train:
         say("      (no training: it needs every service, and --only started a subset)")
+    serving = None
+    if use_api and wait and (use_mlflow or services(s)["mlflow"].pid(s)):
+        # "up" means /predict answers: the API picks the champion up on its next poll, then loads it
+        champ = champion(s)
+        if champ is not None:
+            t = time.monotonic()
+            wait_serving(s, int(champ.version), baseline)
+            serving = int(champ.version)
+            timings["serving"] = time.monotonic() - t
+            say(f"      API serving champion version {serving}")
     timings["total"] = time.monotonic() - t0
 
     st = status(s, quiet=True)
@@ -191,6 +201,7 @@ def up(
         "supervisor": st["supervisor"],
         "services": {n: st["services"][n] for n in names},
         "training": training,
+        "serving_version": serving,
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
     }
     _print_summary(summary, names)
