@@ -57,7 +57,9 @@ def plugin_module():
     return mod
 
 
-def test_airflow_loads_and_mounts_the_plugin(platform_env, champion):
+def test_airflow_loads_and_mounts_the_plugin(platform_env, airflow_cli, champion):
+    """``airflow_cli``: the session's Airflow metadata DB migrated, whatever ran before (the login
+    check reads Airflow's ``revoked_token`` table; run first, the test failed on a missing table)."""
     from ml.platform.orchestration import airflow_env
 
     env = {
