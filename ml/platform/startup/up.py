@@ -182,9 +182,8 @@ def up(
         # "up" means /predict answers: the API picks the champion up on its next poll, then loads it
         champ = champion(s)
         if champ is not None:
-            t = time.monotonic()
-            wait_serving(s, int(champ.version), baseline)
-            serving = int(champ.version)
+            t, serving = time.monotonic(), int(champ.version)
+            wait_serving(s, serving, baseline)
             timings["serving"] = time.monotonic() - t
             say(f"      API serving champion version {serving}")
     timings["total"] = time.monotonic() - t0
