@@ -98,7 +98,10 @@ class Settings(BaseSettings):
     api_workers: int = Field(default=0, ge=0)  # 0: one per CPU core
     api_max_inflight: int = Field(default=32, ge=1)  # per worker; more requests at once: 503 at once
     api_max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)  # larger request bodies: 413
-    api_db_pool_size: int = Field(default=4, ge=1)  # pooled connections per worker (/feedback)
+    api_db_pool_size: int = Field(default=4, ge=1)  # pooled connections per worker (/feedback, key checks)
+    # a request's body must arrive within this many seconds of its headers, else 408 and the connection closed;
+    # a request counts toward api_max_inflight only once its body is read (api/admission.py)
+    api_body_timeout_seconds: float = Field(default=5.0, gt=0)
 
     # monitoring (ml/stages/monitoring/, DAG sentiment_monitoring)
     monitoring_hours: float = 24.0
@@ -168,6 +171,17 @@ class Settings(BaseSettings):
     feedback_token_secret: SecretStr | None = None  # unset: generated once in var/secrets/feedback_token.key (0600)
     feedback_token_max_age_seconds: float = Field(default=7 * 86400, gt=0)
     api_key_cache_seconds: float = Field(default=5.0, ge=0)  # a revoked key is refused within this
+    api_key_negative_cache_seconds: float = Field(default=2.0, ge=0)  # an unknown key is refused from cache this long
+    # proxies whose X-Forwarded-For / X-Forwarded-Proto the API honours (addresses or CIDRs, e.g. ["10.0.0.5"]);
+    # empty (default): no header is trusted, the caller is the socket's peer address
+    trusted_proxies: list[str] = Field(default_factory=list)
+    # batch scoring reads only files that resolve (after symlinks) under one of these folders; empty: the inbox
+    # (var/inbox); relative paths are taken from the repository root
+    batch_input_roots: list[Path] = Field(default_factory=list)
+    # scored files are written under <this>/<batch id>/ (unset: var/batches)
+    batch_output_root: Path | None = None
+    # a batch fails (nothing stored in predictions) when more than this share of its rows is rejected
+    batch_max_reject_share: float = Field(default=0.05, ge=0.0, le=1.0)
     rate_limits_enabled: bool = True
     rate_limit_predict: str = "1200/minute"  # per identity; a batch counts each text
     rate_limit_feedback: str = "30/minute"  # per identity
