@@ -8,7 +8,7 @@
 #   make status | make down      what runs, restarts, crash loops | stop it all (data is kept)
 #   make test [PYTEST_ARGS=...]  the test suite (PYTEST_ARGS="-m 'not slow'" for the fast part)
 #   make bench                   the benchmarks in benchmarks/
-#   make lint                    ruff (lint + format check) and mypy on ml/ and api/
+#   make lint                    ruff (lint, format, imports at the top), mypy, lint-imports (the layers)
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -64,3 +64,4 @@ lint: env
 	$(VENV)/bin/ruff check ml api dags plugins tests benchmarks
 	$(VENV)/bin/ruff format --check ml api dags plugins tests benchmarks
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports

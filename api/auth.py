@@ -7,18 +7,22 @@
 - 429 (``Retry-After``): the identity's quota for the endpoint is spent.
 
 Verified keys are cached per process for ``api_key_cache_seconds`` (a revoked key is refused within
-that time); every error has the one shape of :mod:`api.errors`.
+that time), unknown keys for ``api_key_negative_cache_seconds`` (a key created after a miss works
+within that time); keys are checked on the worker's pooled connections (``api_db_pool_size``). Every
+error has the one shape of :mod:`api.errors`.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Annotated
 
 from anyio import to_thread
 from fastapi import Depends, HTTPException, Request, status
+from psycopg_pool import ConnectionPool
 
 from api.deps import SettingsDep, database_unavailable
 from ml.platform import db, security
@@ -26,40 +30,76 @@ from ml.platform.config import Settings
 from ml.platform.quotas import Quotas, Refusal
 from ml.platform.security import Identity
 
-_CACHE_MAX = 10_000
+_CACHE_MAX = 10_000  # live keys cached per process
+_NEGATIVE_MAX = 10_000  # unknown keys remembered per process (oldest dropped first)
 
 
 class KeyCache:
-    """key sha256 -> (identity or None, expiry); bounded, per process."""
+    """Verified keys: key sha256 -> (identity, expiry) for ``seconds``; unknown (or revoked) keys for
+    ``negative_seconds`` in a bounded map of their own, so that a flood of random keys neither reaches
+    PostgreSQL again within that time nor evicts the live keys. Checks run on the worker's pool (the
+    feedback pool, ``api_db_pool_size`` connections: :meth:`use_pool`), never on a connection of
+    their own: a flood waits for a pooled connection (503 after the pool's timeout) and cannot open more."""
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, negative_seconds: float = 2.0) -> None:
         self.seconds = seconds
-        self._items: dict[str, tuple[Identity | None, float]] = {}
+        self.negative_seconds = negative_seconds
+        self._items: dict[str, tuple[Identity, float]] = {}
+        self._unknown: OrderedDict[str, float] = OrderedDict()
         self._lock = threading.Lock()
+        self._pool: Callable[[], ConnectionPool] | None = None
+        self.checks = 0  # keys looked up in PostgreSQL (tests, diagnostics)
+
+    def use_pool(self, pool: Callable[[], ConnectionPool]) -> None:
+        """Check keys on connections of this pool (a callable: the pool may be opened on first use)."""
+        self._pool = pool
 
     def cached(self, key: str) -> tuple[bool, Identity | None]:
         """(found, identity) from this process's cache only: no I/O (the event loop may call it)."""
-        hit = self._items.get(security.hash_key(key))
-        if hit is not None and hit[1] > time.monotonic():
+        h, now = security.hash_key(key), time.monotonic()
+        hit = self._items.get(h)
+        if hit is not None and hit[1] > now:
             return True, hit[0]
+        miss = self._unknown.get(h)
+        if miss is not None and miss > now:
+            return True, None
         return False, None
+
+    def _verify(self, key: str, settings: Settings) -> Identity | None:
+        if security.parse_key_id(key) is None:  # malformed: no database round trip
+            return None
+        self.checks += 1
+        if self._pool is None:  # an app without a pool (not the API's lifespan): one short connection
+            with db.connect(
+                settings, start_embedded=False, connect_timeout=3, application_name="sentiment-api"
+            ) as conn:
+                return security.verify_key(conn, key)
+        with self._pool().connection() as conn:
+            return security.verify_key(conn, key)
 
     def get(self, key: str, settings: Settings) -> Identity | None:
         found, ident = self.cached(key)
         if found:
             return ident
-        h, now = security.hash_key(key), time.monotonic()
+        h = security.hash_key(key)
         try:
-            with db.connect(
-                settings, start_embedded=False, connect_timeout=3, application_name="sentiment-api"
-            ) as conn:
-                ident = security.verify_key(conn, key)
+            ident = self._verify(key, settings)
         except Exception as exc:  # the key cannot be checked: nothing is allowed on it
             raise database_unavailable(f"the API key cannot be checked: {type(exc).__name__}") from exc
+        now = time.monotonic()
         with self._lock:
-            if len(self._items) >= _CACHE_MAX:
-                self._items.clear()
-            self._items[h] = (ident, now + self.seconds)
+            if ident is None:
+                self._unknown[h] = now + self.negative_seconds
+                self._unknown.move_to_end(h)
+                while len(self._unknown) > _NEGATIVE_MAX:
+                    self._unknown.popitem(last=False)
+            else:
+                self._unknown.pop(h, None)
+                if len(self._items) >= _CACHE_MAX:
+                    self._items = {k: v for k, v in self._items.items() if v[1] > now}
+                    if len(self._items) >= _CACHE_MAX:
+                        self._items.clear()
+                self._items[h] = (ident, now + self.seconds)
         return ident
 
 

@@ -8,15 +8,13 @@ from fastapi import HTTPException, status
 from api.batcher import MicroBatcher
 from api.model_manager import LoadedModel
 from api.predlog import LogFull, LogWriteError
-from api.schemas import Prediction, Probabilities
+from api.schemas import Prediction, Probabilities, TokenWeight
 from api.writer import PredictionWriter
+from ml.models import INLINE_FAMILIES
+from ml.models.base import explain as explain_texts
 from ml.platform.config import Settings
 from ml.stages import serving
 from ml.stages.serving import PredictionIds, PredictionRow
-
-# One batch of TF-IDF texts takes well under a millisecond: cheaper on the event loop than a thread
-# hand-off. Other families (a transformer: ~20 ms) run in the batcher's worker thread.
-INLINE_FAMILIES = {"tfidf_lr"}
 
 
 def predict_rows(loaded: LoadedModel, texts: list[str], ids: PredictionIds) -> list[PredictionRow]:
@@ -78,3 +76,13 @@ def predict_many(
     except (LogFull, LogWriteError) as exc:
         raise not_recorded(exc, writer) from exc
     return to_predictions(rows)
+
+
+def explain(predictions: list[Prediction], texts: list[str], loaded: LoadedModel) -> list[Prediction]:
+    """``?explain=true``: each prediction's words and weights from the model that made it (its family's
+    method: the TF-IDF coefficients, or occlusion in one extra model call). Off the micro-batcher."""
+    method, per_text = explain_texts(loaded.model, texts)
+    for p, words in zip(predictions, per_text, strict=True):
+        p.explanation = [TokenWeight(**w) for w in words]
+        p.explanation_method = method
+    return predictions

@@ -18,10 +18,13 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 import ml
-from api import contract, errors, inference
+from api import contract, docs, errors, inference, metrics
 from api.admission import Admission
 from api.auth import KeyCache
+from api.headers import SecurityHeaders
+from api.metrics import MetricsMiddleware
 from api.model_manager import ModelManager
+from api.proxies import TrustedProxies
 from api.recording import AlertQueue, FeedbackRecorder
 from api.routes import api_router
 from api.writer import PredictionWriter
@@ -52,7 +55,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         _configure_logging()
         s = settings or get_settings()
         app.state.settings = s
-        app.state.keys = KeyCache(s.api_key_cache_seconds)  # API keys (api/auth.py)
+        # API keys (api/auth.py): checked on the feedback pool's connections, unknown keys cached briefly
+        app.state.keys = keys = KeyCache(s.api_key_cache_seconds, s.api_key_negative_cache_seconds)
         app.state.quotas = quotas = Quotas(s)  # per-identity rate limits, counters shared by every process
         app.state.token_key = await to_thread.run_sync(security.signing_key, s)  # feedback tokens
         # serving path (api/inference.py, api/recording.py): signed ids, durable log, batcher, pool, alert thread
@@ -60,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.alerts = alert_queue = AlertQueue(s)
         app.state.writer = writer = PredictionWriter(s, on_feedback=alert_queue.put_many)
         app.state.feedback = feedback = FeedbackRecorder(s, ids, alert_queue)
+        keys.use_pool(feedback.pool)
         app.state.batcher = inference.make_batcher(s, ids)
         app.state.models = models = ModelManager(s)
         alert_queue.start()
@@ -76,6 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await to_thread.run_sync(feedback.close)
             await to_thread.run_sync(alert_queue.stop)
             await to_thread.run_sync(quotas.close)
+            metrics.process_exit()  # this worker's live gauges leave /metrics' sums
             log.info("sentiment API stopped (%d predictions written)", writer.written)
 
     app = FastAPI(
@@ -84,12 +90,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Sentiment of tweets from the registry's champion model; predictions and feedback "
         "are recorded in PostgreSQL.",
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc are served offline by api/docs.py
+        redoc_url=None,
     )
     errors.install(app)  # every error response: {"status", "message", "detail": [...]}
     app.add_middleware(Admission)  # api_max_inflight (503 at once), api_max_body_bytes (413)
+    # X-Forwarded-For only from `trusted_proxies` (none by default); launchers pass --no-proxy-headers
+    app.add_middleware(TrustedProxies)
+    app.add_middleware(SecurityHeaders)  # CSP, X-Frame-Options, nosniff, Referrer-Policy on every answer
+    app.add_middleware(MetricsMiddleware)  # outermost: counts every answer, admission's refusals too (api/metrics.py)
     contract.install(app)  # the OpenAPI document states the limits the app enforces (api/contract.py)
     app.include_router(api_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    docs.install(app)  # Swagger UI and ReDoc with packaged assets (no CDN)
 
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:

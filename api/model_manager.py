@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from api import metrics
 from api.shadow import LoadedShadow, ShadowScorer
 from ml.models import SentimentModel
 from ml.platform import db, registry, tracking
@@ -29,6 +30,7 @@ from ml.platform.config import Settings
 from ml.stages import serving
 from ml.stages.alerts.events import raise_event
 from ml.store import models as models_store
+from ml.store import shadow as shadow_store
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +123,6 @@ class ModelManager:
             with db.connect(
                 self.settings, start_embedded=False, connect_timeout=2, application_name="sentiment-api"
             ) as conn:
-                from ml.store import shadow as shadow_store
-
                 rec = shadow_store.running(conn, self.settings.model_name)
             if rec is None:
                 if self.shadow is not None:
@@ -212,6 +212,7 @@ class ModelManager:
         )
         self._current = loaded  # the swap: one reference assignment
         self.last_error = None
+        metrics.model_loaded(loaded.name, loaded.version, time.perf_counter() - started)
         log.info(
             "model swap: %s %s -> version %s (run %s), loaded in %.2fs",
             self.settings.model_name,

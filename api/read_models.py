@@ -18,8 +18,13 @@ class _Open(BaseModel):
 
 # ---------------------------------------------------------------- batches
 class BatchSummary(_Open):
+    """Server paths (``input_path``, ``output_path``) only for ``admin`` keys; others get ``input_name``
+    and ``redacted: true``."""
+
     id: str
-    input_path: str
+    input_path: str | None = None
+    input_name: str | None = None
+    redacted: bool | None = None
     status: str
     model_version: int | None = None
     rows_read: int | None = None
@@ -125,3 +130,5 @@ class Comparison(_Open):
     selection_metric: str
     table: list[dict[str, Any]]
     winner: ComparisonWinner
+    chart_path: str | None = None  # admin keys only
+    chart_url: str | None = None  # callers without admin: the chart's route

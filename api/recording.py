@@ -5,7 +5,9 @@
 but still in some worker's prediction log (its id is signed: :class:`ml.stages.serving.PredictionIds`)
 is stored in ``pending_feedback`` and moved into ``feedback`` by the writer once the prediction is
 stored. An id that is neither stored nor signed was never issued: 404. Either way the report is
-committed in PostgreSQL before the 201 leaves.
+committed in PostgreSQL before the 201 leaves. One report per (prediction, reporter), across both
+tables: a second post finds the first (checked and stored under a transaction-level advisory lock on
+the pair, so two workers posting it at once store one row).
 
 :class:`AlertQueue` runs the misclassification-burst rule (``ml.stages.alerts``) in one background thread
 per worker, on a connection of its own, for the reports that say "wrong"; the request never waits
@@ -18,6 +20,7 @@ import logging
 import queue
 import threading
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 
 import psycopg
@@ -35,6 +38,18 @@ from ml.store import schema
 log = logging.getLogger(__name__)
 
 POOL_TIMEOUT_SECONDS = 3.0
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """A report: the one just stored (``created``), or the one this reporter had already made on the
+    prediction (nothing stored)."""
+
+    id: int
+    created_at: datetime
+    correct_label: int
+    comment: str | None
+    created: bool = True
 
 
 class FeedbackRecorder:
@@ -75,24 +90,38 @@ class FeedbackRecorder:
         if self._pool is not None:
             self._pool.close()
 
+    def pool(self) -> ConnectionPool:
+        """The worker's pool (``api_db_pool_size`` connections at most): feedback and API-key checks."""
+        return self._get_pool()
+
     def record(
-        self, prediction_id: uuid.UUID, correct_label: int, comment: str | None, reporter: str | None = None
-    ) -> tuple[int, datetime] | None:
-        """Store the report (committed on return): (feedback id, created_at); ``None`` when the
-        prediction id was never issued (nothing stored). 503 when the database cannot be reached."""
+        self, prediction_id: uuid.UUID, correct_label: int, comment: str | None, reporter: str
+    ) -> Recorded | None:
+        """Store the report (committed on return), or find the one this reporter already made on this
+        prediction (one report per prediction and reporter, stored or pending: nothing stored then,
+        ``created`` false). ``None`` when the prediction id was never issued (nothing stored). 503 when
+        the database cannot be reached."""
         try:
             with self._get_pool().connection() as conn:
-                stored = store.insert_feedback(conn, prediction_id, correct_label, comment, reporter)
-                if stored is not None:
-                    fid, created_at, wrong = stored
-                    if wrong and self.alerts is not None:
-                        self.alerts.put(fid)
-                    return fid, created_at
-                if not self.ids.issued(prediction_id):
-                    return None
-                # acknowledged, still in a prediction log: stored now, moved when the prediction lands
-                self.pending_stored += 1
-                return store.insert_pending_feedback(conn, prediction_id, correct_label, comment, reporter)
+                with conn.transaction():  # under a lock on (prediction, reporter): concurrent posts store one row
+                    store.lock_report(conn, prediction_id, reporter)
+                    old = store.existing_report(conn, prediction_id, reporter)
+                    if old is not None:
+                        return Recorded(old[0], old[1], old[2], old[3], created=False)
+                    stored = store.insert_feedback(conn, prediction_id, correct_label, comment, reporter)
+                    if stored is None:
+                        if not self.ids.issued(prediction_id):
+                            return None
+                        # acknowledged, still in a prediction log: stored now, moved when the prediction lands
+                        fid, created_at = store.insert_pending_feedback(
+                            conn, prediction_id, correct_label, comment, reporter
+                        )
+                        self.pending_stored += 1
+                        return Recorded(fid, created_at, correct_label, comment)
+            fid, created_at, wrong = stored
+            if wrong and self.alerts is not None:  # committed: the rule's thread sees it
+                self.alerts.put(fid)
+            return Recorded(fid, created_at, correct_label, comment)
         except (PoolTimeout, psycopg.OperationalError, psycopg.InterfaceError, db.DatabaseUnavailable) as exc:
             raise database_unavailable(exc) from exc
 

@@ -11,6 +11,8 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -30,21 +32,80 @@ LabelName = Literal["negative", "positive"]
 MAX_COMMENT_CHARS = 2000
 
 
-def _check_chars(value: Any, info: ValidationInfo) -> Any:
-    """Every text field: no NUL (PostgreSQL text cannot hold it) and no lone surrogate (not
-    encodable as UTF-8). Runs before the string check, so a surrogate gets this message."""
-    if not isinstance(value, str):
-        return value  # the type check that follows says what is wrong
-    field = "text" if info.field_name == "texts" else (info.field_name or "text")
-    if "\x00" in value:
-        raise PydanticCustomError("invalid_text", "{field} must not contain NUL (\\u0000) characters", {"field": field})
+# Control characters, by field class (one rule per class, used by every request body, path and query):
+# - identifiers, tokens, ids, path and query parameters: no C0 control character (U+0000-U+001F) and no DEL;
+# - free text (tweet texts, comments, reasons, notes): no NUL (PostgreSQL text cannot hold it); tabs, line
+#   breaks and the other control characters a tweet may carry are kept, as batch scoring keeps them.
+# Both: no lone surrogate (not encodable as UTF-8).
+IDENTIFIER_PATTERN = r"^[^\x00-\x1f\x7f]*$"
+NO_NUL_PATTERN = r"^[^\x00]*$"
+
+
+def control_character(value: str) -> str | None:
+    """The first C0 control character or DEL in ``value`` as ``U+XXXX``, or None."""
+    for ch in value:
+        if ch < "\x20" or ch == "\x7f":
+            return f"U+{ord(ch):04X}"
+    return None
+
+
+def _unicode_error(value: str, field: str) -> PydanticCustomError | None:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise PydanticCustomError(
+        return PydanticCustomError(
             "invalid_text", "{field} is not valid Unicode (it holds a lone surrogate)", {"field": field}
-        ) from None
+        )
+    return None
+
+
+def _field(info: ValidationInfo) -> str:
+    return "text" if info.field_name == "texts" else (info.field_name or "text")
+
+
+def _check_chars(value: Any, info: ValidationInfo) -> Any:
+    """Every free-text field: no NUL and no lone surrogate. Runs before the string check, so a
+    surrogate gets this message."""
+    if not isinstance(value, str):
+        return value  # the type check that follows says what is wrong
+    field = _field(info)
+    if "\x00" in value:
+        raise PydanticCustomError("invalid_text", "{field} must not contain NUL (\\u0000) characters", {"field": field})
+    err = _unicode_error(value, field)
+    if err is not None:
+        raise err
     return value
+
+
+def _check_identifier(value: Any, info: ValidationInfo) -> Any:
+    """Every identifier-like field (ids, tokens, names): no control character at all, no lone surrogate."""
+    if not isinstance(value, str):
+        return value
+    field = _field(info)
+    bad = control_character(value)
+    if bad is not None:
+        raise PydanticCustomError(
+            "control_character",
+            "{field} must not contain control characters (found {char})",
+            {"field": field, "char": bad},
+        )
+    err = _unicode_error(value, field)
+    if err is not None:
+        raise err
+    return value
+
+
+class _Pattern:
+    """Adds a ``pattern`` to a string's JSON schema (the OpenAPI document states the rule the
+    validator enforces; the validator gives the message)."""
+
+    def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
+
+    def __get_pydantic_json_schema__(self, core_schema: Any, handler: Any) -> dict[str, Any]:
+        schema = handler(core_schema)
+        schema.setdefault("pattern", self.pattern)  # a field's own pattern (an enum-like one) is stricter
+        return schema
 
 
 def _check_not_blank(value: str) -> str:
@@ -55,6 +116,9 @@ def _check_not_blank(value: str) -> str:
 
 Text = Annotated[StrictStr, BeforeValidator(_check_chars), AfterValidator(_check_not_blank)]
 Comment = Annotated[StrictStr, StringConstraints(max_length=MAX_COMMENT_CHARS), BeforeValidator(_check_chars)]
+# every other string a request body holds is one of these two
+FreeText = Annotated[StrictStr, BeforeValidator(_check_chars), _Pattern(NO_NUL_PATTERN)]
+Identifier = Annotated[StrictStr, BeforeValidator(_check_identifier), _Pattern(IDENTIFIER_PATTERN)]
 
 
 def _parse_label(value: Any) -> int:
@@ -76,6 +140,28 @@ LabelId = Annotated[
 ]
 
 
+def checked_parameters(request: Request) -> None:
+    """Every path and query parameter of every route (a dependency of the API router): no control
+    character (identifier class). A 422 in FastAPI's validation shape, naming the parameter, before the
+    route (and its key check) runs."""
+    errors: list[dict[str, Any]] = []
+    params = [("path", k, v) for k, v in request.path_params.items()]
+    params += [("query", k, v) for k, v in request.query_params.multi_items()]
+    for where, name, value in params:
+        bad = control_character(value) if isinstance(value, str) else None
+        if bad is not None:
+            errors.append(
+                {
+                    "type": "control_character",
+                    "loc": (where, name),
+                    "msg": f"{name} must not contain control characters (found {bad})",
+                    "input": None,  # never echoed back
+                }
+            )
+    if errors:
+        raise RequestValidationError(errors)
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -93,6 +179,11 @@ class Probabilities(BaseModel):
     positive: float
 
 
+class TokenWeight(BaseModel):
+    token: str = Field(description="a word of the text (TF-IDF: a feature, word or word n-gram, as the model saw it)")
+    weight: float = Field(description="how much it pushed the prediction: > 0 toward positive, < 0 toward negative")
+
+
 class Prediction(BaseModel):
     id: uuid.UUID = Field(description="prediction id; send it back with POST /feedback")
     label: LabelName
@@ -102,6 +193,16 @@ class Prediction(BaseModel):
     model_version: int
     feedback_token: str | None = Field(
         default=None, description="send it back with POST /feedback: it binds this prediction to this caller"
+    )
+    explanation: list[TokenWeight] | None = Field(
+        default=None,
+        description="only with `?explain=true`: the words that pushed this prediction, largest |weight| first "
+        "(at most 10); absent otherwise",
+    )
+    explanation_method: str | None = Field(
+        default=None,
+        description="only with `?explain=true`: `tfidf_coefficients` (tf-idf value x the model's coefficient) or "
+        "`occlusion` (p_positive minus p_positive without the word; at most 40 distinct words, one model call)",
     )
 
 
@@ -114,7 +215,7 @@ class BatchPrediction(BaseModel):
 
 class FeedbackRequest(_Request):
     prediction_id: uuid.UUID
-    feedback_token: StrictStr | None = Field(
+    feedback_token: Identifier | None = Field(
         default=None,
         max_length=200,
         description="the prediction's feedback_token (from /predict); not needed with a `review` or `admin` key",
@@ -215,4 +316,5 @@ __all__ = [
     "PredictRequest",
     "Prediction",
     "Probabilities",
+    "TokenWeight",
 ]

@@ -16,7 +16,13 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from ml.models import SentimentModel
+from ml.models.base import decide
+from ml.platform import db
+from ml.stages.review import text_key
+from ml.store import shadow as store
 
 log = logging.getLogger(__name__)
 
@@ -102,13 +108,6 @@ class ShadowScorer:
                     log.warning("shadow scoring of %d requests failed: %s", len(group), self.last_error)
 
     def _score(self, sh: LoadedShadow, items: list[tuple[Any, str, int, float]]) -> None:
-        import numpy as np
-
-        from ml.models.base import decide
-        from ml.platform import db
-        from ml.stages.review import text_key
-        from ml.store import shadow as store
-
         proba = np.asarray(sh.model.predict_proba([t for _, t, _, _ in items]))
         p = [float(x) for x in proba[:, 1]]
         labels = [int(x) for x in decide(proba[:, 1])]

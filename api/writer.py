@@ -31,6 +31,7 @@ from pathlib import Path
 
 import psycopg
 
+from api import metrics
 from api.predlog import LogFull, LogWriteError, PredictionLog, Segment, encode
 from ml.platform.config import Settings
 from ml.stages import serving
@@ -133,12 +134,16 @@ class PredictionWriter:
     def record(self, rows: Iterable[PredictionRow]) -> None:
         """Make ``rows`` durable (returns once they are synced to the log). Raises
         :class:`~api.predlog.LogFull` or :class:`~api.predlog.LogWriteError`: nothing recorded."""
+        rows = list(rows)
         data, n = encode(r.as_log_record() for r in rows)
         self.log.append(data, n)
+        metrics.count_predictions(rows)
 
     async def record_async(self, rows: Iterable[PredictionRow]) -> None:
+        rows = list(rows)
         data, n = encode(r.as_log_record() for r in rows)
         await self.log.append_async(data, n)
+        metrics.count_predictions(rows)
 
     @property
     def pending(self) -> int:

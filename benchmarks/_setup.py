@@ -8,6 +8,11 @@ import tempfile
 import uuid
 from pathlib import Path
 
+from ml.data.snapshots import validate_and_snapshot
+from ml.platform import db, registry
+from ml.platform.config import reset_settings
+from ml.stages import promotion, train
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 SHARED = REPO.parent / "shared" / "data" / "sentiment140_100k.csv"
@@ -20,8 +25,6 @@ def isolated_platform(name: str) -> Path:
     work = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
     os.environ["SENTIMENT_VAR_DIR"] = str(work)
     os.environ["SENTIMENT_MODEL_NAME"] = f"bench-{name}-{uuid.uuid4().hex[:6]}"
-    from ml.platform import db
-    from ml.platform.config import reset_settings
 
     base = os.environ.get("DATABASE_URL") or db.start_embedded_postgres()
     os.environ["DATABASE_URL"] = db.with_database(base, f"smops_{name}")
@@ -37,11 +40,6 @@ def train_champion(
     """validate -> train -> evaluate -> register -> promote a model; returns its version.
     Other families than TF-IDF train on a small sample for timing only, so the behavioural
     gate is switched off for them."""
-    from ml.data.snapshots import validate_and_snapshot
-    from ml.platform import registry
-    from ml.platform.config import reset_settings
-    from ml.stages import train
-
     if family != "tfidf_lr":
         os.environ["SENTIMENT_BEHAVIOUR_CHECKS"] = "false"
         reset_settings()
@@ -50,14 +48,12 @@ def train_champion(
     run_id = train.train(snap.hash, family, params or {}, sample_size)
     train.evaluate(run_id)
     train.register(run_id)
-    train.promote(run_id)
+    promotion.promote(run_id)
     return registry.champion().version
 
 
 def api_command(port: int, workers: int | str) -> list[str]:
     """The API under uvicorn on 127.0.0.1:``port`` with ``workers`` processes (the benchmarks' server)."""
-    import sys
-
     return [
         sys.executable,
         "-m",
@@ -69,6 +65,7 @@ def api_command(port: int, workers: int | str) -> list[str]:
         str(port),
         "--workers",
         str(workers),
+        "--no-proxy-headers",  # as make up (ml/platform/startup/commands.py api_proxy_args)
     ]
 
 
@@ -78,8 +75,6 @@ def comparison_platform(db_name: str, var_dir: str) -> None:
     between runs, so later scripts (benchmarks/stacking_probe.py) read what compare_families wrote."""
     os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from ml.platform import db
-    from ml.platform.config import reset_settings
 
     base = db.libpq_url(os.environ["DATABASE_URL"]) if os.environ.get("DATABASE_URL") else db.database_url()
     os.environ["DATABASE_URL"] = db.with_database(base, db_name)

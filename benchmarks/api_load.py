@@ -38,7 +38,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import httpx
 from _setup import REPO, SHARED, api_command, isolated_platform, train_champion
+
+from ml.platform import registry, tracking
+from ml.platform.config import get_settings
 
 BIN = Path(sys.executable).parent
 LUA = """
@@ -143,8 +147,6 @@ def hey(url: str, body: str, rate: int, seconds: float) -> dict:
 
 
 def wait_http(url: str, proc: subprocess.Popen, log: Path, ok=lambda r: r.status_code == 200, timeout=180) -> None:
-    import httpx
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -203,8 +205,6 @@ def main() -> None:
         os.environ["SENTIMENT_RATE_LIMITS_ENABLED"] = "false"
     quotas = " (quotas on)" if args.quotas else ""
     scratch = Path(tempfile.mkdtemp(prefix="bench-api-load-"))
-    from ml.platform import registry, tracking
-    from ml.platform.config import get_settings
 
     version = train_champion()
     s = get_settings()
@@ -242,7 +242,6 @@ def main() -> None:
         )
         try:
             wait_http(f"{url}/health/ready", proc, log)
-            import httpx
 
             made = httpx.post(f"{url}/predict/batch", json={"texts": texts[:500]}, timeout=60).json()["predictions"]
             fb_bodies = [

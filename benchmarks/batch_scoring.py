@@ -27,7 +27,18 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import json
+import signal
+import socket
+import subprocess
+
+import httpx
+import psycopg
 from _setup import SHARED, isolated_platform, train_champion
+
+from ml.platform import db, registry
+from ml.platform.config import reset_settings
+from ml.platform.orchestration import airflow_env
 
 
 def main() -> None:
@@ -50,7 +61,10 @@ def main() -> None:
     params = {"max_steps": 30} if args.family == "transformer" else {"epochs": 1} if args.family != "tfidf_lr" else {}
 
     work = isolated_platform("bench_scoring")
-    from ml.platform import db, registry
+    # batch input is confined to the inbox and batch_input_roots: the input below is written in `work`
+    os.environ["SENTIMENT_BATCH_INPUT_ROOTS"] = f'["{work}"]'
+
+    reset_settings()
 
     version = train_champion(
         family=args.family, params=params, sample_size=args.train_sample if args.family != "tfidf_lr" else None
@@ -74,11 +88,6 @@ def main() -> None:
     t_a = time.perf_counter() - t0
     results.append(("(a) bare predict_proba, in memory", args.rows, t_a))
     del texts
-
-    import json
-    import subprocess
-
-    import psycopg
 
     peaks = {}
     for workers in [] if args.no_local else sorted({1, args.workers}):
@@ -153,8 +162,6 @@ def main() -> None:
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -164,16 +171,6 @@ def scheduler_run(path: Path, shard_rows: int, work: Path) -> tuple[float, int]:
     """Run sentiment_batch_scoring on ``path`` under a real Airflow (api-server, dag-processor,
     scheduler with the LocalExecutor); returns (run start -> success in seconds, as Airflow
     recorded them; number of shards)."""
-    import json
-    import signal
-    import subprocess
-
-    import httpx
-    import psycopg
-
-    from ml.platform import db
-    from ml.platform.orchestration import airflow_env
-
     env = airflow_env()
     port = _free_port()
     env.update(

@@ -24,6 +24,11 @@ import sys
 import time
 from pathlib import Path
 
+from _setup import comparison_platform
+
+from ml.platform import db
+from ml.stages import compare
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 SHARED = REPO.parent / "shared" / "data" / "sentiment140_100k.csv"
@@ -53,17 +58,12 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write the rows as JSON to this file")
     args = ap.parse_args()
 
-    from _setup import comparison_platform
-
     comparison_platform(args.db_name, args.var_dir)
-    from ml.platform import db
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in ("alembic", "urllib3", "matplotlib", "httpx", "mlflow.store.db.utils"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     db.migrate()
-
-    from ml.stages import compare
 
     wanted = [f.strip() for f in args.families.split(",") if f.strip()]
     sizes: dict[str, int] = {}

@@ -27,8 +27,16 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import csv
+
+import httpx
+import psutil
+import psycopg
 from _setup import SHARED, api_command, train_champion
 from api_load import free_port, start, stop, wait_http
+
+from ml.platform import db
+from ml.platform.config import get_settings, reset_settings
 
 
 class Load:
@@ -41,8 +49,6 @@ class Load:
         self._threads: list[threading.Thread] = []
 
     def _run(self, k: int) -> None:
-        import httpx
-
         with httpx.Client(base_url=self.url, timeout=10) as c:
             i = k
             while not self._stop.is_set():
@@ -89,8 +95,6 @@ class Load:
 
 def stored(url: str, load: Load, timeout: float = 90) -> tuple[int, int, float]:
     """(predictions stored, feedback stored) once everything answered is in, or at the timeout."""
-    import psycopg
-
     t0 = time.monotonic()
     while True:
         try:
@@ -111,8 +115,6 @@ def stored(url: str, load: Load, timeout: float = 90) -> tuple[int, int, float]:
 
 
 def workers(pid: int) -> list[int]:
-    import psutil
-
     return [c.pid for c in psutil.Process(pid).children() if "spawn_main" in " ".join(c.cmdline())]
 
 
@@ -133,8 +135,6 @@ def main() -> None:
             "XDG_RUNTIME_DIR": "/tmp",
         }
     )
-    from ml.platform import db
-    from ml.platform.config import get_settings, reset_settings
 
     reset_settings()
     s = get_settings()
@@ -147,7 +147,6 @@ def main() -> None:
     api = None
     try:
         train_champion(sample_size=20_000)
-        import csv
 
         with SHARED.open(encoding="utf-8") as f:
             texts = [r[1] for r in csv.reader(f)][::40]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import logging
 import os
 import random
 import resource
@@ -26,6 +27,18 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+import psycopg
+
+from ml.data.snapshots import validate_and_snapshot
+from ml.platform import db, registry
+from ml.platform.config import get_settings, reset_settings
+from ml.stages import train
+from ml.stages.monitoring.build import build_report
+from ml.stages.monitoring.descriptors import add_descriptors
+from ml.stages.monitoring.drift import run_report
+from ml.stages.monitoring.period import load_current
+from ml.stages.monitoring.reference import load_reference
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -42,25 +55,14 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bench-monitoring-", dir=REPO / "var" if (REPO / "var").exists() else None))
     os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
-    from ml.platform import db
 
     base = os.environ.get("DATABASE_URL") or db.start_embedded_postgres()  # the platform's server (var/pg)
     os.environ["SENTIMENT_VAR_DIR"] = str(work / "var")
     os.environ["SENTIMENT_MODEL_NAME"] = name = f"bench-mon-{uuid.uuid4().hex[:6]}"
     os.environ["DATABASE_URL"] = db.with_database(base, "smops_bench_mon")
     os.environ["SENTIMENT_MLFLOW_DATABASE"] = "smops_bench_mon_mlflow"
-    import logging
 
     logging.basicConfig(level=logging.WARNING)
-    from ml.data.snapshots import validate_and_snapshot
-    from ml.platform import registry
-    from ml.platform.config import get_settings, reset_settings
-    from ml.stages import train
-    from ml.stages.monitoring.build import build_report
-    from ml.stages.monitoring.descriptors import add_descriptors
-    from ml.stages.monitoring.drift import run_report
-    from ml.stages.monitoring.period import load_current
-    from ml.stages.monitoring.reference import load_reference
 
     reset_settings()
     db.migrate()
@@ -76,7 +78,6 @@ def main() -> None:
     with SHARED.open(encoding="utf-8", newline="") as f:
         texts = [r[1].strip() for r in csv.reader(f)]
     rng = random.Random(0)
-    import psycopg
 
     def store(day: datetime, n: int) -> None:
         chosen = rng.sample(texts, n)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import logging
 import os
 import random
 import signal
@@ -38,6 +39,20 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+
+import httpx
+import psycopg
+
+from ml.data.snapshots import validate_and_snapshot
+from ml.platform import db, registry
+from ml.platform.config import get_settings, reset_settings
+from ml.platform.orchestration import airflow_env
+from ml.stages import promotion, train
+from ml.stages.promotion import promote_challenger
+from ml.stages.retraining.challenger import evaluate, train_challenger
+from ml.stages.retraining.records import get_retraining
+from ml.stages.retraining.training_set import prepare
+from ml.stages.retraining.trigger import champion_context, check_trigger, threshold_for
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -58,7 +73,6 @@ def main() -> None:
 
     os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from ml.platform import db
 
     server = os.environ.get("DATABASE_URL") or db.start_embedded_postgres()
     tag = uuid.uuid4().hex[:6]
@@ -77,7 +91,6 @@ def main() -> None:
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     if args.poll is not None:
         os.environ["SENTIMENT_MODEL_POLL_SECONDS"] = str(args.poll)
-    import logging
 
     logging.basicConfig(level=logging.WARNING)
     proc = None
@@ -90,7 +103,6 @@ def main() -> None:
                 proc.wait(20)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
-        import psycopg
 
         with psycopg.connect(db.with_database(db.libpq_url(server), "postgres"), autocommit=True) as conn:
             for d in (dbname, f"{dbname}_mlflow", f"{dbname}_airflow"):
@@ -98,17 +110,6 @@ def main() -> None:
 
 
 def run(args, work: Path):
-    import httpx
-
-    from ml.data.snapshots import validate_and_snapshot
-    from ml.platform import db, registry
-    from ml.platform.config import get_settings, reset_settings
-    from ml.stages import train
-    from ml.stages.retraining.challenger import evaluate, promote, train_challenger
-    from ml.stages.retraining.records import get_retraining
-    from ml.stages.retraining.training_set import prepare
-    from ml.stages.retraining.trigger import champion_context, check_trigger, threshold_for
-
     reset_settings()
     db.migrate()
     s = get_settings()
@@ -126,14 +127,24 @@ def run(args, work: Path):
     run_id = train.train(snap.hash, "tfidf_lr")
     train.evaluate(run_id)
     train.register(run_id)
-    first = train.promote(run_id)
+    first = promotion.promote(run_id)
     v1 = registry.champion().version
     print(f"  champion v{v1} ({first['reason']}) in {time.perf_counter() - t:.0f}s; snapshot {snap.n_rows:,} rows")
 
     port = _free_port()
     log = (work / "api.log").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "api.main:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-proxy-headers",
+        ],
         cwd=REPO,
         env=dict(os.environ),
         stdout=log,
@@ -195,7 +206,7 @@ def run(args, work: Path):
     marks.append(("register", time.perf_counter()))
     train.check_behaviour(run2)
     marks.append(("gate (behavioural checks)", time.perf_counter()))
-    out = promote(rid, run2)
+    out = promote_challenger(rid, run2)
     marks.append(("promote", time.perf_counter()))
     if not out["promoted"]:
         raise SystemExit(f"challenger not promoted even with margin -1: {out['reason']}")
@@ -204,8 +215,6 @@ def run(args, work: Path):
 
     # ---------------- round 2: airflow dags test sentiment_retraining
     if not args.no_airflow:
-        from ml.platform.orchestration import airflow_env
-
         env = airflow_env(s)
         airflow = str(Path(sys.executable).parent / "airflow")
         print("  (airflow db migrate for round 2, not timed) ...", flush=True)

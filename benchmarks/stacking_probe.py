@@ -17,6 +17,16 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _setup import comparison_platform
+from sklearn.linear_model import LogisticRegression
+
+from ml.data.read import read_labelled
+from ml.platform import tracking
+from ml.platform.config import get_settings
+from ml.stages import compare
+from ml.stages.search.space import load_search_space
+from ml.stages.search.splits import comparison_splits
+from ml.stages.train import load_run_model
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -30,18 +40,7 @@ def main() -> None:
     ap.add_argument("--external", default=str(UNIFORM), help="labelled file outside the training data")
     args = ap.parse_args()
 
-    from _setup import comparison_platform
-
     comparison_platform(args.db_name, args.var_dir)
-    from sklearn.linear_model import LogisticRegression
-
-    from ml.data.read import read_labelled
-    from ml.platform import tracking
-    from ml.platform.config import get_settings
-    from ml.stages import compare
-    from ml.stages.search.space import load_search_space
-    from ml.stages.search.splits import comparison_splits
-    from ml.stages.train import load_run_model
 
     s = get_settings()
     tracking.configure(s)

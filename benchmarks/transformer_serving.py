@@ -37,8 +37,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import numpy as np
 from _setup import REPO, SHARED, api_command, isolated_platform, train_champion
 from api_load import free_port, pct, start, stop, wait_http, wrk
+
+from ml import models
+from ml.models.onnx_runtime import RUNTIME_ENV
+from ml.platform import tracking
+from ml.platform.config import get_settings, reset_settings
 
 EVAL = REPO.parent / "shared" / "data" / "sentiment140_uniform_eval.csv"
 
@@ -59,10 +65,6 @@ def per_request(model, texts: list[str], seconds: float) -> dict:
 
 
 def load_as(model_dir: Path, runtime: str):
-    from ml import models
-    from ml.models.onnx_runtime import RUNTIME_ENV
-    from ml.platform.config import reset_settings
-
     os.environ[RUNTIME_ENV] = runtime  # the setting transformer_runtime
     reset_settings()
     try:
@@ -93,9 +95,6 @@ def main() -> None:
     os.environ["SENTIMENT_PREDICT_BATCH_WAIT_MS"] = str(args.wait_ms)
     import mlflow
 
-    from ml.platform import tracking
-    from ml.platform.config import get_settings, reset_settings
-
     reset_settings()
     work = Path(tempfile.mkdtemp(prefix="bench-onnx-"))
     data = SHARED
@@ -124,7 +123,6 @@ def main() -> None:
         rows = [(1 if r[0] == "4" else 0, r[5]) for r in csv.reader(f) if r and r[0] in ("0", "4")]
     rows = random.Random(0).sample(rows, min(args.eval_rows, len(rows)))
     eval_texts, eval_y = [t for _, t in rows], [y for y, _ in rows]
-    import numpy as np
 
     y = np.asarray(eval_y)
     acc, probs, rates = {}, {}, {}

@@ -5,7 +5,15 @@ version) -> score_shard (dynamic task mapping: one task per shard, retried alone
 failure) -> finalize (check every row is accounted for, merge the scored Parquet, store
 the summary).
 
-Unscheduled and sensor-free: every run scores the ``input_path`` it was given, at once.
+Unscheduled and sensor-free: every run scores the ``input_path`` it was given, at once. The
+file must lie under the inbox or a folder of ``batch_input_roots``; a file outside them, an empty
+or binary file, a CSV without a text column (name it with ``text_column``) or more rejected rows
+than ``batch_max_reject_share`` fails the plan task at once (no retry), with the reason, and
+nothing is stored. The scored file is ``<batch_output_root or var/batches>/<batch id>/scored.parquet``
+(``output_path``: a copy under that root too).
+Not scheduled on the ``sentiment_champion`` asset: a new champion does not re-score old files
+(``plan`` reads the champion as an inlet, for the lineage); ``finalize`` produces the
+``sentiment_scored_batch`` asset (extra: batch id, rows, model version, output).
 Runs come from a person (``input_path`` in the trigger form) or from ``sentiment_inbox``,
 which triggers one run per new file in ``var/inbox/`` (run id ``inbox__<content hash>``,
 with a note naming the file). Several runs may be active at once; runs beyond that limit
@@ -18,6 +26,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from airflow.sdk import Param, dag, get_current_context, task
+from sentiment_assets import CHAMPION, SCORED_BATCH, json_extra
 from sentiment_dag_defaults import platform_dag_kwargs  # plugins/ (on sys.path in every Airflow process)
 
 #: batches scored at the same time; more runs wait (state "queued") until one finishes
@@ -33,8 +42,21 @@ MAX_ACTIVE_BATCHES = 4
         "input_path": Param(
             "",
             type="string",
-            description="File to score (CSV: Sentiment140 / polarity,text / one column; .txt; .parquet)."
-            " Required: files dropped in var/inbox/ are triggered by sentiment_inbox.",
+            description="File to score (CSV: Sentiment140 / polarity,text / one column / a header naming the"
+            " text column; .txt; .parquet), under var/inbox/ or a folder of batch_input_roots. Required: files"
+            " dropped in var/inbox/ are triggered by sentiment_inbox.",
+        ),
+        "text_column": Param(
+            "",
+            type="string",
+            description="The column holding the tweets (CSV: named in its header line; Parquet). Empty: a 'text'"
+            " column or the fixed layouts",
+        ),
+        "output_path": Param(
+            "",
+            type="string",
+            description="Also copy the scored Parquet here: a path under the batch output root (var/batches), or"
+            " relative to it. Empty: only <output root>/<batch id>/scored.parquet",
         ),
         "shard_rows": Param(
             0, type="integer", minimum=0, description="Rows per shard (one mapped task each); 0: one shard per CPU"
@@ -45,17 +67,27 @@ MAX_ACTIVE_BATCHES = 4
     doc_md=__doc__,
 )
 def sentiment_batch_scoring():
-    @task
+    @task(inlets=[CHAMPION])  # the plan fixes the champion version every shard scores with
     def plan() -> list[dict]:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from ml.data import DataError
+        from ml.stages.scoring.finalize import output_destination
         from ml.stages.scoring.plan import plan as plan_batch
 
         ctx = get_current_context()
-        p = plan_batch(
-            ctx["params"]["input_path"],
-            shard_rows=ctx["params"]["shard_rows"],
-            force=ctx["params"]["force"],
-            airflow_run_id=ctx["run_id"],
-        )
+        try:
+            if ctx["params"].get("output_path"):  # a bad destination fails before anything is scored
+                output_destination(ctx["params"]["output_path"], "batch", confine=True)
+            p = plan_batch(
+                ctx["params"]["input_path"],
+                shard_rows=ctx["params"]["shard_rows"],
+                force=ctx["params"]["force"],
+                airflow_run_id=ctx["run_id"],
+                text_column=ctx["params"].get("text_column") or None,
+            )
+        except DataError as e:  # the input itself is unusable: a retry cannot help
+            raise AirflowFailException(str(e)) from None
         return [{"batch_id": p.batch_id, "shard": s} for s in p.shards] or [{"batch_id": p.batch_id, "shard": None}]
 
     @task(max_active_tis_per_dagrun=8)
@@ -66,11 +98,30 @@ def sentiment_batch_scoring():
             return {"batch_id": batch_id, "shard": None, "rows": 0}
         return score(batch_id, shard)
 
-    @task
+    @task(outlets=[SCORED_BATCH])
     def finalize(results: list[dict]) -> dict:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from ml.data import DataError
+        from ml.stages.scoring.finalize import copy_output
         from ml.stages.scoring.finalize import finalize as fin
 
-        return fin(results[0]["batch_id"])
+        summary = fin(results[0]["batch_id"])
+        dest = get_current_context()["params"].get("output_path")
+        if dest:
+            try:  # confined to the output root: whoever triggers a run writes with the worker's rights
+                summary = {**summary, "copied_to": str(copy_output(summary, dest, confine=True))}
+            except DataError as e:
+                raise AirflowFailException(str(e)) from None
+        get_current_context()["outlet_events"][SCORED_BATCH].extra.update(
+            json_extra(
+                {
+                    k: summary.get(k)
+                    for k in ("batch_id", "rows_scored", "rows_rejected", "model_version", "output", "copied_to")
+                }
+            )
+        )
+        return summary
 
     finalize(score_shard.expand_kwargs(plan()))
 

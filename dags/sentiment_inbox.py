@@ -6,10 +6,17 @@ Every minute, ``list_new_files`` lists the inbox files whose content is not scor
 a ``.name`` and rename them), and ``trigger`` starts one batch run per file, mapped, with
 the deterministic run id ``inbox__<content hash>``: a file already triggered is skipped, never
 triggered twice. Each triggered run carries a note naming the file. The batch DAG itself
-has no schedule and no sensor, so a manual run never waits behind the inbox.
+has no schedule and no sensor, so a manual run never waits behind the inbox. A symlink leading
+out of the allowed input folders (or to anything but a regular file) is skipped with a warning,
+never read; content whose batch failed (empty, binary, no text column, too many rejects) is not
+listed again (clear its failed run to retry). Scored files go to ``var/batches/<batch id>/``,
+never into the inbox.
 
-Not an AssetWatcher: the file triggers Airflow ships for event-driven scheduling
-(``FileDeleteTrigger``) delete the file they find, and the batch needs it.
+Not an AssetWatcher: an AssetWatcher needs an event trigger (``BaseEventTrigger``), and the only file
+ones Airflow 3.3 ships (``FileDeleteTrigger``, ``DirectoryFileDeleteTrigger``) delete the file they
+find, which the batch still has to read (and the plain ``FileTrigger`` is not an event trigger: it
+would fire again for the same file after every restart of the triggerer). A trigger of our own would
+have to remember which files it reported; the inbox's deterministic run ids already do exactly that.
 """
 
 from __future__ import annotations

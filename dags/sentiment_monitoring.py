@@ -9,6 +9,11 @@ Period: ``start``/``end`` (ISO timestamps, UTC when no zone) if given; else ``ho
 back from the end of the run's data interval (scheduled runs: exactly the day before)
 or from now (manual runs).
 
+The reference is the ``sentiment_monitoring_reference`` asset (``build_report``'s inlet): the
+``sentiment_reference`` DAG computes and caches it when a champion is promoted (scheduled on the
+``sentiment_champion`` asset); a report finding none cached computes it itself. The report keeps its
+nightly schedule: it covers a day of predictions, whatever the promotions.
+
 Then the retraining trigger (``ml.stages.retraining.trigger.check_trigger``): misclassification reports since the
 champion was trained against ``retraining_feedback_fraction`` of its corpus (drift reported, and a
 trigger too with ``retraining_on_drift``); when due, ``trigger_retraining`` starts
@@ -24,27 +29,9 @@ from __future__ import annotations
 
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import Param, dag, get_current_context, task
+from sentiment_assets import REFERENCE
 from sentiment_dag_defaults import platform_dag_kwargs  # plugins/ (on sys.path in every Airflow process)
-from sentiment_notifiers import PlatformAlertNotifier
-
-
-def _trigger_failed(context) -> None:
-    """trigger_retraining failed (after its retries): the recorded retraining never got a DAG run."""
-    import logging
-
-    try:
-        from ml.stages.retraining.records import mark_failed
-
-        decision = context["ti"].xcom_pull(task_ids="check_retraining") or {}
-        if decision.get("retraining_id") is not None:
-            exc = context.get("exception")
-            mark_failed(
-                decision["retraining_id"],
-                "sentiment_monitoring: trigger_retraining failed, no "
-                "sentiment_retraining run" + (f" ({type(exc).__name__}: {exc})" if exc else ""),
-            )
-    except Exception as e:  # noqa: BLE001 - a failure callback must never fail the run further
-        logging.getLogger("ml.stages.retraining").error("could not mark the retraining failed: %s", e)
+from sentiment_notifiers import PlatformAlertNotifier, RetrainingTriggerFailedNotifier
 
 
 @dag(
@@ -70,7 +57,7 @@ def _trigger_failed(context) -> None:
     doc_md=__doc__,
 )
 def sentiment_monitoring():
-    @task
+    @task(inlets=[REFERENCE])  # the champion's reference, computed by sentiment_reference at its promotion
     def build_report() -> dict:
         from ml.stages.monitoring.build import build_report as build
         from ml.stages.monitoring.period import run_period_end
@@ -114,7 +101,7 @@ def sentiment_monitoring():
         skip_when_already_exists=True,  # a retried trigger task never starts a second run
         # its reports are consumed already: a run that could not be started marks the retraining failed,
         # so that the next retraining of the champion trains on them (ml.stages.retraining.training_set._training_reports)
-        on_failure_callback=[PlatformAlertNotifier(), _trigger_failed],
+        on_failure_callback=[PlatformAlertNotifier(), RetrainingTriggerFailedNotifier()],
     )
 
 

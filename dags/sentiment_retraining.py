@@ -15,6 +15,11 @@ at once.
 The outcome is recorded in ``retrainings`` either way; the API serves a new champion within its
 poll interval.
 
+Assets (plugins/sentiment_assets.py): ``prepare`` reads the champion (inlet: its snapshot is extended) and produces
+``sentiment_training_snapshot`` (the new snapshot, extra: its hash and parent's); ``champion`` (after
+``shadow.decide``) produces ``sentiment_champion`` only when the challenger became champion, at once or
+after its shadow window (skipped otherwise).
+
 Triggered by ``sentiment_monitoring`` (TriggerDagRunOperator, run id ``retraining__<id>``,
 conf ``{"retraining_id": id}``) when the misclassification reports since the champion was trained
 reach ``retraining_feedback_fraction`` of its training corpus; by hand without ``retraining_id``
@@ -24,11 +29,12 @@ reach ``retraining_feedback_fraction`` of its training corpus; by hand without `
 from __future__ import annotations
 
 from airflow.sdk import Param, dag, get_current_context, task
+from sentiment_assets import CHAMPION, SNAPSHOT, json_extra
 from sentiment_dag_defaults import (  # plugins/ (on sys.path in every Airflow process)
     MODEL_FAMILIES,
     platform_dag_kwargs,
 )
-from sentiment_promotion import promotion, shadow
+from sentiment_promotion import promotion, publish_champion, shadow
 
 
 @dag(
@@ -69,12 +75,25 @@ from sentiment_promotion import promotion, shadow
     doc_md=__doc__,
 )
 def sentiment_retraining():
-    @task(multiple_outputs=True)
+    @task(multiple_outputs=True, inlets=[CHAMPION], outlets=[SNAPSHOT])
     def prepare() -> dict:
         from ml.stages.retraining.training_set import prepare as build_set
 
         ctx = get_current_context()
-        return build_set(ctx["params"]["retraining_id"], airflow_run_id=ctx["run_id"])
+        prep = build_set(ctx["params"]["retraining_id"], airflow_run_id=ctx["run_id"])
+        ctx["outlet_events"][SNAPSHOT].extra.update(
+            json_extra(
+                {
+                    "hash": prep.get("snapshot_hash"),
+                    "kind": "retraining",
+                    "rows": prep.get("rows_out"),
+                    "parent_hash": prep.get("parent"),
+                    "reports": prep.get("reports"),
+                    "retraining_id": prep.get("retraining_id"),
+                }
+            )
+        )
+        return prep
 
     @task
     def train(retraining_id: int) -> str:
@@ -100,7 +119,7 @@ def sentiment_retraining():
         return mlflow_run_id
 
     rid = prepare()["retraining_id"]
-    shadow(promotion(evaluate(rid, train(rid)), rid))
+    publish_champion(shadow(promotion(evaluate(rid, train(rid)), rid)))
 
 
 sentiment_retraining()

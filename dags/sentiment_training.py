@@ -5,6 +5,10 @@ held-out split) -> compare (table + chart, MLflow + PostgreSQL) -> register (the
 gate (behavioural checks) -> promote (the promotion gate vs the champion): the last three are the
 ``promotion`` task group (plugins/sentiment_promotion.py) shared with sentiment_retraining.
 
+Assets (plugins/sentiment_assets.py): ``validate`` produces ``sentiment_training_snapshot`` (extra: the
+snapshot hash); ``champion`` produces ``sentiment_champion`` only when the candidate became champion
+(skipped otherwise), which runs ``sentiment_reference`` (the new champion's drift reference).
+
 The default run compares ``["tfidf_lr"]`` only, so it stays fast; a full comparison is e.g.
 ``{"families": ["tfidf_lr", "cnn", "bilstm", "transformer"], "profile": "full",
 "sample_sizes": {"cnn": 50000, "bilstm": 30000, "transformer": 20000}}``.
@@ -17,11 +21,12 @@ DAG file parses in milliseconds); the same functions back the ``ml`` CLI (``ml c
 from __future__ import annotations
 
 from airflow.sdk import Param, XComArg, dag, get_current_context, task
+from sentiment_assets import SNAPSHOT, json_extra
 from sentiment_dag_defaults import (  # plugins/ (on sys.path in every Airflow process)
     MODEL_FAMILIES,
     platform_dag_kwargs,
 )
-from sentiment_promotion import promotion
+from sentiment_promotion import promotion, publish_champion
 
 
 @dag(
@@ -60,15 +65,20 @@ from sentiment_promotion import promotion
     doc_md=__doc__,
 )
 def sentiment_training():
-    @task
+    @task(outlets=[SNAPSHOT])
     def validate() -> str:
         from ml.data import DataError
         from ml.data.snapshots import validate_and_snapshot
 
-        path = get_current_context()["params"]["data_path"]
+        ctx = get_current_context()
+        path = ctx["params"]["data_path"]
         if not path:
             raise DataError("DAG param data_path is empty: give the path of a labelled CSV")
-        return validate_and_snapshot(path).hash
+        snap = validate_and_snapshot(path)
+        ctx["outlet_events"][SNAPSHOT].extra.update(
+            json_extra({"hash": snap.hash, "kind": "training", "rows": snap.n_rows, "source": str(path)})
+        )
+        return snap.hash
 
     @task
     def plan(snapshot_hash: str) -> list:
@@ -114,7 +124,7 @@ def sentiment_training():
     comparison = XComArg(families.operator, key="comparison")
     winners = search.partial(comparison=comparison).expand(family=families)
     result = compare(comparison, evaluate(comparison, winners))
-    promotion(result["winner_run_id"])
+    publish_champion(promotion(result["winner_run_id"]))
 
 
 sentiment_training()

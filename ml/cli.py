@@ -2,25 +2,92 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import typer
+from typer.core import TyperGroup
+
+from ml.models import FAMILIES
+from ml.platform.progress import reporter
 
 os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
+# no MLflow "Downloading artifacts" bar in this process or the ones it starts (services, pool workers);
+# ml.platform.tracking.configure sets the same for the API and the DAG tasks
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
-app = typer.Typer(help="Tweet-sentiment operations platform.", no_args_is_help=True, add_completion=False)
-db_app = typer.Typer(help="PostgreSQL: embedded server and migrations.", no_args_is_help=True)
-data_app = typer.Typer(help="Data files: validation and snapshots.", no_args_is_help=True)
-services_app = typer.Typer(help="Start/stop the whole platform (make up / make down).", no_args_is_help=True)
+#: the model families (ml.models.FAMILIES) as CLI choices
+Family = enum.Enum("Family", {name: name for name in FAMILIES}, type=str)  # type: ignore[misc]
+
+
+class RetrainMode(enum.StrEnum):
+    champion = "champion"
+    compare = "compare"
+
+
+class SearchProfile(enum.StrEnum):
+    quick = "quick"
+    full = "full"
+
+
+FAMILY_NAMES = ",".join(FAMILIES)
+
+
+#: typer 0.29 prints an option's type as ``<str>``, ``<int range>``, ``<path>``: readable value names instead
+_METAVARS = {"str": "TEXT", "int": "N", "int range": "N", "float": "NUMBER", "float range": "NUMBER"}
+
+
+def _metavar(param: Any, ctx: Any) -> str | None:
+    """A readable value name for an option's help: TEXT, N, NUMBER, FILE, DIR, PATH, [a|b]."""
+    shown = str(param.display_type(ctx)).strip("<>")
+    if shown.startswith("list[") and shown.endswith("]"):
+        shown = shown[5:-1]
+    if shown in _METAVARS:
+        return _METAVARS[shown]
+    if shown in ("path", "file", "directory", "dir"):
+        return {"file": "FILE", "directory": "DIR", "dir": "DIR"}.get(shown, "PATH")
+    if "|" in shown:
+        return f"[{shown}]"
+    return None
+
+
+class _Ordered(TyperGroup):
+    """Commands listed in the order they are declared (the workflow's order), not A-Z; options show
+    readable value names (FILE, N, TEXT, [a|b])."""
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return list(self.commands)
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        cmd = super().get_command(ctx, cmd_name)
+        for param in getattr(cmd, "params", []):
+            if getattr(param, "opts", None) and param.metavar is None and not getattr(param, "is_flag", True):
+                param.metavar = _metavar(param, ctx)
+        return cmd
+
+
+app = typer.Typer(
+    help="Tweet-sentiment operations platform: data, training, comparison, batch scoring, monitoring, "
+    "feedback and the services (`ml COMMAND --help` for each).",
+    no_args_is_help=True,
+    add_completion=False,
+    cls=_Ordered,
+    rich_markup_mode=None,
+)
+db_app = typer.Typer(help="PostgreSQL: embedded server and migrations.", no_args_is_help=True, cls=_Ordered)
+data_app = typer.Typer(help="Data files: validation and snapshots.", no_args_is_help=True, cls=_Ordered)
+services_app = typer.Typer(
+    help="Start/stop the whole platform (make up / make down).", no_args_is_help=True, cls=_Ordered
+)
 app.add_typer(db_app, name="db")
 app.add_typer(data_app, name="data")
 app.add_typer(services_app, name="services")
-keys_app = typer.Typer(help="API keys: create (shown once), list, revoke.", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys: create (shown once), list, revoke.", no_args_is_help=True, cls=_Ordered)
 app.add_typer(keys_app, name="keys")
 
 
@@ -83,6 +150,7 @@ def db_down() -> None:
 
 @db_app.command("url")
 def db_url() -> None:
+    """Print the platform's PostgreSQL URL (starting the embedded server when DATABASE_URL is unset)."""
     from ml.platform import db
 
     typer.echo(db.database_url())
@@ -108,22 +176,22 @@ def data_validate(path: Path = typer.Argument(..., help="CSV: Sentiment140 six c
 @app.command()
 def train(
     snapshot: str = typer.Option(..., help="dataset snapshot hash (or prefix)"),
-    family: str | None = typer.Option(None, help="model family (default from config)"),
+    family: Family | None = typer.Option(None, help="model family (default: the config's)"),
     param: list[str] = typer.Option([], "--param", "-p", help="model hyperparameter key=value (repeatable)"),
-    sample_size: int | None = typer.Option(None, help="stratified sample of the training split"),
+    sample_size: int | None = typer.Option(None, help="stratified sample of the training split (rows)"),
 ) -> None:
-    """Train one model; prints the MLflow run id."""
+    """Train one model on a snapshot; prints the MLflow run id."""
     from ml.data import DataError
     from ml.stages import train as t
 
     try:
-        typer.echo(t.train(snapshot, family, _parse_params(param), sample_size))
+        typer.echo(t.train(snapshot, family.value if family else None, _parse_params(param), sample_size))
     except (DataError, ValueError) as e:
         _fail(str(e))
 
 
 @app.command()
-def evaluate(run_id: str) -> None:
+def evaluate(run_id: str = typer.Argument(..., help="MLflow run id of the trained model")) -> None:
     """Evaluate a run (and the champion) on the held-out split."""
     from ml.stages import train as t
 
@@ -132,7 +200,7 @@ def evaluate(run_id: str) -> None:
 
 
 @app.command()
-def register(run_id: str) -> None:
+def register(run_id: str = typer.Argument(..., help="MLflow run id of the evaluated model")) -> None:
     """Register a run's model; prints the version."""
     from ml.stages import train as t
 
@@ -149,53 +217,61 @@ def promote(
     if rollback:
         if run_id:
             _fail("--rollback takes no RUN_ID: it restores the champion before the current one")
-        from ml.platform import registry, tracking
+        from ml.platform import tracking
+        from ml.stages import promotion
 
         tracking.configure()
         try:
-            typer.echo(json.dumps(registry.rollback(reason=reason), indent=2))
+            typer.echo(json.dumps(promotion.rollback(reason=reason), indent=2))
         except ValueError as e:
             _fail(str(e))
         return
     if not run_id:
         _fail("give the RUN_ID to promote, or --rollback")
-    from ml.stages import train as t
+    from ml.stages import promotion
 
-    typer.echo(json.dumps(t.promote(run_id), indent=2))
+    typer.echo(json.dumps(promotion.promote(run_id), indent=2))
 
 
 @app.command()
 def pipeline(
-    path: Path,
-    family: str | None = None,
-    param: list[str] = typer.Option([], "--param", "-p"),
-    sample_size: int | None = None,
+    path: Path = typer.Argument(
+        ..., exists=True, dir_okay=False, readable=True, help="labelled CSV: Sentiment140 six columns or polarity,text"
+    ),
+    family: Family | None = typer.Option(None, help="model family (default: the config's)"),
+    param: list[str] = typer.Option([], "--param", "-p", help="model hyperparameter key=value (repeatable)"),
+    sample_size: int | None = typer.Option(None, help="stratified sample of the training split (rows)"),
 ) -> None:
     """validate -> train -> evaluate -> register -> promote, in this process."""
     from ml.data import DataError
     from ml.data.snapshots import validate_and_snapshot
+    from ml.stages import promotion
     from ml.stages import train as t
 
     try:
         snap = validate_and_snapshot(path)
-        run_id = t.train(snap.hash, family, _parse_params(param), sample_size)
+        run_id = t.train(snap.hash, family.value if family else None, _parse_params(param), sample_size)
     except (DataError, ValueError) as e:
         _fail(str(e))
     t.evaluate(run_id)
     t.register(run_id)
-    typer.echo(json.dumps(t.promote(run_id), indent=2))
+    typer.echo(json.dumps(promotion.promote(run_id), indent=2))
 
 
 @app.command()
 def compare(
-    families: str = typer.Option("tfidf_lr", help="comma-separated families: tfidf_lr,cnn,bilstm,transformer"),
+    families: str = typer.Option("tfidf_lr", help=f"comma-separated model families, of: {FAMILY_NAMES}"),
     sample_size: int | None = typer.Option(None, help="training sample per family (default: the profile's)"),
     family_sample: list[str] = typer.Option(
         [], "--family-sample", help="per-family sample, e.g. cnn=5000 (repeatable)"
     ),
-    profile: str | None = typer.Option(None, help="search profile in config/search_space.yaml: quick | full"),
+    profile: SearchProfile | None = typer.Option(
+        None, help="search profile in config/search_space.yaml (default: the config's)"
+    ),
     search_space: str | None = typer.Option(None, help='JSON merged over the profile, e.g. {"cnn": {"n_trials": 1}}'),
-    data: Path | None = typer.Option(None, help="labelled CSV (default: the latest snapshot)"),
+    data: Path | None = typer.Option(
+        None, exists=True, dir_okay=False, readable=True, help="labelled CSV (default: the latest snapshot)"
+    ),
     snapshot: str | None = typer.Option(None, help="dataset snapshot hash (or prefix)"),
     promote: bool = typer.Option(False, help="also register the winner and run the champion/challenger gate"),
     show: bool = typer.Option(False, "--show", help="print the latest comparison and exit"),
@@ -219,16 +295,18 @@ def compare(
         typer.echo(f"chart: {latest['chart_path']}")
         return
     try:
-        result = c.run_comparison(
-            data_path=data,
-            snapshot_hash=snapshot,
-            families=families,
-            profile=profile,
-            sample_size=sample_size,
-            sample_sizes={k: int(v) for k, v in _parse_params(family_sample).items()},
-            search_space=json.loads(search_space) if search_space else None,
-            promote=promote,
-        )
+        with reporter("compare") as progress:
+            result = c.run_comparison(
+                data_path=data,
+                snapshot_hash=snapshot,
+                families=families,
+                profile=profile.value if profile else None,
+                sample_size=sample_size,
+                sample_sizes={k: int(v) for k, v in _parse_params(family_sample).items()},
+                search_space=json.loads(search_space) if search_space else None,
+                promote=promote,
+                progress=progress,
+            )
     except (DataError, ValueError) as e:
         _fail(str(e))
     latest = c.latest_comparison()
@@ -252,24 +330,56 @@ def champion() -> None:
 
 @app.command()
 def score(
-    path: Path,
-    shard_rows: int = typer.Option(200_000, help="rows per shard"),
+    path: Path = typer.Argument(
+        ..., help="file to score; must lie under the inbox (var/inbox) or a folder of batch_input_roots"
+    ),
+    shard_rows: int = typer.Option(
+        0,
+        min=0,
+        help="rows per shard; 0 (the default, as the batch-scoring DAG's shard_rows): one shard per worker,"
+        " sized from the file's estimated row count (at least 50,000 rows)",
+    ),
     force: bool = typer.Option(False, help="re-score a batch that is already done"),
-    workers: int = typer.Option(1, help="processes scoring shards in parallel"),
+    workers: int = typer.Option(1, min=1, help="processes scoring shards in parallel"),
+    text_column: str | None = typer.Option(
+        None, "--text-column", help="the column holding the tweets (CSV: named in the header line; Parquet)"
+    ),
+    output: Path | None = typer.Option(
+        None,
+        "--output",
+        "-o",
+        help="also write the scored Parquet here (a .parquet path or a folder); it is always kept under"
+        " var/batches/<batch id>/scored.parquet",
+    ),
 ) -> None:
-    """Score a file with the champion (the batch-scoring DAG's stages, without Airflow)."""
+    """Score a file with the champion (the batch-scoring DAG's stages, without Airflow).
+
+    Fails (exit 2, the reason on stderr, nothing stored in predictions) on a file outside the
+    allowed folders, an empty or binary file, a CSV without a text column, or more rejected rows
+    than batch_max_reject_share."""
     from ml.data import DataError
     from ml.stages.scoring.run import score_file
 
     try:
-        summary = score_file(path, shard_rows=shard_rows, force=force, workers=workers)
-    except (DataError, RuntimeError) as e:
-        _fail(str(e))
+        with reporter("score") as progress:
+            summary = score_file(
+                path,
+                shard_rows=shard_rows,
+                force=force,
+                workers=workers,
+                text_column=text_column,
+                output=output,
+                progress=progress,
+            )
+    except (DataError, RuntimeError, OSError) as e:
+        _fail(" ".join(str(e).split()))  # one line
     typer.echo(json.dumps(summary, indent=2, default=str))
 
 
 @app.command()
-def batches(batch_id: str | None = typer.Argument(None)) -> None:
+def batches(
+    batch_id: str | None = typer.Argument(None, help="show this batch (default: list the latest batches)"),
+) -> None:
     """List batches, or show one (summary, shards, rejected rows)."""
     from ml.stages.scoring.queries import get_batch, list_batches
 
@@ -290,7 +400,8 @@ def monitor(
     from ml.stages.monitoring.build import build_report
 
     try:
-        summary = build_report(start=start, end=end, hours=hours)
+        with reporter("monitor") as progress:
+            summary = build_report(start=start, end=end, hours=hours, progress=progress)
     except (MonitoringError, ValueError) as e:
         _fail(str(e))
     typer.echo(json.dumps(summary, indent=2, default=str))
@@ -331,7 +442,9 @@ def lineage(prediction_id: str = typer.Argument(..., help="prediction id (uuid) 
 def retrain(
     check: bool = typer.Option(False, "--check", help="only run the trigger (as the monitoring DAG does)"),
     retraining_id: int | None = typer.Option(None, help="run this triggered retraining (default: a manual one)"),
-    mode: str | None = typer.Option(None, help="champion (its family + params) | compare"),
+    mode: RetrainMode | None = typer.Option(
+        None, help="champion: retrain the champion's family + params; compare: search the families (default: config)"
+    ),
     families: str | None = typer.Option(
         None,
         help="mode compare: comma-separated families, e.g. tfidf_lr,cnn "
@@ -356,7 +469,11 @@ def retrain(
     try:
         fams = [f.strip() for f in families.split(",") if f.strip()] if families else None
         out = run_retraining(
-            retraining_id, mode=mode, families=fams, hyperparams=_parse_params(param), sample_size=sample_size
+            retraining_id,
+            mode=mode.value if mode else None,
+            families=fams,
+            hyperparams=_parse_params(param),
+            sample_size=sample_size,
         )
     except (RetrainingError, ValueError) as e:
         _fail(str(e))
@@ -383,7 +500,10 @@ def review(
 
 
 @app.command()
-def serve(port: int | None = None, workers: int = 1) -> None:
+def serve(
+    port: int | None = typer.Option(None, help="port (default: the config's api_port)"),
+    workers: int = typer.Option(1, min=1, help="uvicorn worker processes"),
+) -> None:
     """Run the API (uvicorn) in the foreground."""
     import uvicorn
 
@@ -501,7 +621,9 @@ def services_supervise(
     crash_loop_restarts: int = typer.Option(
         5, envvar="SMOPS_SUPERVISOR_CRASH_LOOP_RESTARTS", help="this many restarts within the window is a crash loop"
     ),
-    crash_loop_window: float = typer.Option(300.0, envvar="SMOPS_SUPERVISOR_CRASH_LOOP_WINDOW", help="seconds"),
+    crash_loop_window: float = typer.Option(
+        300.0, envvar="SMOPS_SUPERVISOR_CRASH_LOOP_WINDOW", help="the crash-loop window (s)"
+    ),
     stable_after: float = typer.Option(
         60.0, envvar="SMOPS_SUPERVISOR_STABLE_AFTER", help="a run this long resets the backoff (s)"
     ),

@@ -6,6 +6,7 @@ import html
 import re
 from collections.abc import Iterable
 from functools import lru_cache
+from importlib.metadata import version
 
 URL_RE = re.compile(r"(https?://\S+|www\.\S+)", re.IGNORECASE)
 MENTION_RE = re.compile(r"@\w+")
@@ -34,7 +35,8 @@ def clean(text: str) -> str:
 @lru_cache(maxsize=200_000)
 def lemma(word: str) -> str:
     """Dictionary form of one lower-case word (lemminflect's tables, offline); unknown words as they are."""
-    from lemminflect import getAllLemmas
+    # a served model's environment has lemminflect only when its mode needs it (requirements_for)
+    from lemminflect import getAllLemmas  # noqa: PLC0415 - optional at inference
 
     found = getAllLemmas(word)
     for pos in _LEMMA_POS:
@@ -51,8 +53,6 @@ def lemmatise(text: str) -> str:
 def requirements_for(mode: str | None) -> list[str]:
     """Extra pip requirements a preprocessing mode needs at inference time."""
     if ALIASES.get(mode or "", mode) == "lemma":
-        from importlib.metadata import version
-
         return [f"lemminflect=={version('lemminflect')}"]
     return []
 

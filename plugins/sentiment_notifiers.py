@@ -6,6 +6,10 @@ configured), and marks a failed retraining as such in ``retrainings``. Attached 
 ``on_failure_callback`` (``default_args``, so it runs where the task ran, also under
 ``airflow dags test``).
 
+``RetrainingTriggerFailedNotifier`` (sentiment_monitoring's ``trigger_retraining``, beside the alert): the
+recorded retraining whose DAG run could not be started is marked failed, so that its consumed reports are
+trained on by the next retraining.
+
 This file lives in ``plugins/``, which Airflow puts on ``sys.path`` in every process (DAG
 processor, workers, ``dags test``): the DAG files import it by name and stay free of ``ml``
 imports at parse time (the ``ml`` imports happen inside :meth:`notify`).
@@ -80,3 +84,30 @@ class PlatformAlertNotifier(BaseNotifier):
                 rid = None
         if rid not in (None, "", "None"):
             mark_failed(rid, message)
+
+
+class RetrainingTriggerFailedNotifier(BaseNotifier):
+    """``trigger_retraining`` failed (after its retries): the retraining that ``check_retraining`` recorded
+    never got a DAG run; mark it failed (``ml.stages.retraining.records.mark_failed``). Never raises."""
+
+    def __init__(self, decision_task_id: str = "check_retraining") -> None:
+        super().__init__()
+        self.decision_task_id = decision_task_id
+
+    def notify(self, context: dict[str, Any]) -> None:
+        import logging
+
+        try:
+            from ml.stages.retraining.records import mark_failed
+
+            ti = context.get("ti") or context.get("task_instance")
+            decision = (ti.xcom_pull(task_ids=self.decision_task_id) if ti is not None else None) or {}
+            if decision.get("retraining_id") is not None:
+                exc = context.get("exception")
+                mark_failed(
+                    decision["retraining_id"],
+                    "sentiment_monitoring: trigger_retraining failed, no "
+                    "sentiment_retraining run" + (f" ({type(exc).__name__}: {exc})" if exc else ""),
+                )
+        except Exception as e:  # noqa: BLE001 - a failure callback must never fail the run further
+            logging.getLogger("ml.stages.retraining").error("could not mark the retraining failed: %s", e)

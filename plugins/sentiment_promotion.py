@@ -1,6 +1,8 @@
 """The promotion steps both training DAGs end with, as one task group:
 register (a registry version of the candidate's run) -> gate (behavioural checks) -> promote (the
 promotion gate against the champion; for a retraining, its outcome recorded on the retraining).
+Then ``champion`` (:func:`publish_champion`): the ``sentiment_champion`` asset's event, only when a
+version really became champion (skipped otherwise, so that nothing scheduled on the asset runs).
 
 Lives in ``plugins/`` (on ``sys.path`` in every Airflow process) next to the DAGs' shared
 defaults; each task imports and calls one ``ml`` function inside its body.
@@ -12,7 +14,8 @@ import os
 from datetime import timedelta
 from typing import Any
 
-from airflow.sdk import PokeReturnValue, task, task_group
+from airflow.sdk import PokeReturnValue, get_current_context, task, task_group
+from sentiment_assets import CHAMPION, json_extra
 
 # The shadow window's sensor (parse time, so an environment variable of the DAG processor, not
 # config/platform.yaml: DAG files import no `ml` at parse time). Reschedule mode: between pokes the
@@ -43,7 +46,7 @@ def promotion(mlflow_run_id: Any, retraining_id: Any = None) -> Any:
 
     @task
     def promote(candidate: str, retraining: Any = None) -> dict:
-        from ml.stages.train import promote_candidate
+        from ml.stages.promotion import promote_candidate
 
         return promote_candidate(candidate, retraining)
 
@@ -75,9 +78,36 @@ def shadow(promotion_result: Any) -> Any:
         sid = (state or {}).get("shadow_id")
         if sid is None:
             return {k: v for k, v in (result or {}).items() if k != "gate"}
-        from ml.stages.shadow import decide as decide_shadow
+        from ml.stages.promotion import decide_shadow
 
         out = decide_shadow(sid)
         return {k: v for k, v in out.items() if k != "results"} | {"n": out["results"].get("n")}
 
     return decide(promotion_result, window(promotion_result))
+
+
+@task(task_id="champion", outlets=[CHAMPION])
+def publish_champion(result: dict) -> dict:
+    """The asset event of a new champion (``sentiment_champion``, extra: model, version, run, reason) when
+    ``result`` (promote's, or ``ml.stages.promotion.decide_shadow``'s after a shadow window) says a version became champion;
+    otherwise the task is skipped, and a skipped task emits no asset event: a rejected candidate, a
+    challenger still in shadow or a version that was champion already triggers nothing downstream."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    r = result or {}
+    if not r.get("promoted") or r.get("status") == "shadow" or r.get("reason") == "already champion":
+        raise AirflowSkipException(f"no new champion: {r.get('status') or 'not promoted'}: {r.get('reason', '')}")
+    from ml.platform.config import get_settings
+
+    extra = json_extra(
+        {
+            "model": get_settings().model_name,
+            "version": r.get("version"),
+            "run_id": r.get("run_id"),
+            "retraining_id": r.get("retraining_id"),
+            "shadow_id": r.get("shadow_id"),
+            "reason": str(r.get("reason", ""))[:500],
+        }
+    )
+    get_current_context()["outlet_events"][CHAMPION].extra.update(extra)
+    return extra

@@ -10,12 +10,22 @@ from __future__ import annotations
 
 import csv
 import os
+import subprocess
+import sys
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import psycopg
 import pytest
 import realdata
+
+from ml.data.snapshots import validate_and_snapshot
+from ml.platform import db, tracking
+from ml.platform.config import get_settings, reset_settings
+from ml.platform.orchestration import airflow_env
+from ml.stages import promotion, train
 
 REPO = realdata.REPO
 SHARED_DATA = realdata.SHARED_DATA
@@ -26,8 +36,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 def _restore_env(saved: dict[str, str | None]) -> None:
     """Put environment variables back as they were (None: unset) and forget cached settings."""
-    from ml.platform.config import reset_settings
-
     for k, v in saved.items():
         if v is None:
             os.environ.pop(k, None)
@@ -40,7 +48,6 @@ def _server_url() -> str:
     url = os.environ.get("TEST_DATABASE_URL") or os.environ.get("DATABASE_URL")
     if url:
         return url
-    from ml.platform import db
 
     return db.start_embedded_postgres()
 
@@ -48,9 +55,6 @@ def _server_url() -> str:
 @pytest.fixture(scope="session")
 def platform_env(tmp_path_factory):
     """Fresh app + MLflow databases and a temporary var/; yields the settings."""
-    from ml.platform import db
-    from ml.platform.config import get_settings, reset_settings
-
     base = db.libpq_url(_server_url())
     name = f"smops_t_{uuid.uuid4().hex[:10]}"
     app_url = db.with_database(base, name)
@@ -79,7 +83,6 @@ def platform_env(tmp_path_factory):
         settings = get_settings()
         # Airflow imported in this process (plugin and DAG-file tests) uses the session's own
         # PostgreSQL metadata DB and AIRFLOW_HOME, never a default SQLite file under ~/airflow
-        from ml.platform.orchestration import airflow_env
 
         af = {k: v for k, v in airflow_env(settings).items() if k.startswith("AIRFLOW")}
         saved.update({k: os.environ.get(k) for k in af if k not in saved})
@@ -94,8 +97,6 @@ def platform_env(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def mlflow_tracking(platform_env):
-    from ml.platform import tracking
-
     return tracking.configure(platform_env)
 
 
@@ -123,8 +124,6 @@ def tweets_csv(tmp_path_factory) -> Path:
 @pytest.fixture
 def model_name(platform_env, monkeypatch):
     """A registered-model name of the test's own, so tests don't share a champion."""
-    from ml.platform.config import reset_settings
-
     name = f"tweet-sentiment-{uuid.uuid4().hex[:8]}"
     monkeypatch.setenv("SENTIMENT_MODEL_NAME", name)
     reset_settings()
@@ -136,11 +135,6 @@ def model_name(platform_env, monkeypatch):
 @pytest.fixture(scope="session")
 def airflow_cli(platform_env):
     """Run ``airflow`` commands against the session's own Airflow metadata DB (migrated once)."""
-    import subprocess
-    import sys
-
-    from ml.platform.orchestration import airflow_env
-
     env = airflow_env(platform_env)
     airflow = str(Path(sys.executable).parent / "airflow")
     subprocess.run([airflow, "db", "migrate"], env=env, check=True, capture_output=True, timeout=300)
@@ -159,12 +153,6 @@ def own_champion(platform_env, mlflow_tracking):
     name of its own (``prefix-xxxxxx``), with extra ``SENTIMENT_*`` settings in the environment
     while it is open; both are restored on exit. Module fixtures use it so that their tests
     never share a champion with other modules."""
-    from contextlib import contextmanager
-    from types import SimpleNamespace
-
-    from ml.data.snapshots import validate_and_snapshot
-    from ml.platform.config import reset_settings
-    from ml.stages import train
 
     @contextmanager
     def make(prefix: str, data_csv: Path, sample_size: int | None = None, **settings_env: str):
@@ -178,7 +166,7 @@ def own_champion(platform_env, mlflow_tracking):
             run_id = train.train(snap.hash, "tfidf_lr", sample_size=sample_size)
             train.evaluate(run_id)
             version = train.register(run_id)
-            assert train.promote(run_id)["promoted"]
+            assert promotion.promote(run_id)["promoted"]
             yield SimpleNamespace(name=name, version=version, snapshot=snap, run_id=run_id, env=env)
         finally:
             _restore_env(saved)

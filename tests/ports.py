@@ -13,6 +13,8 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import psutil
+
 
 def free_port() -> int:
     """A port the kernel found free just now (not held: see the module's note)."""
@@ -23,8 +25,6 @@ def free_port() -> int:
 
 def listens(pid: int, port: int) -> bool:
     """Whether ``port``'s listening TCP socket belongs to process ``pid`` or one of its descendants."""
-    import psutil
-
     try:
         root = psutil.Process(pid)
         tree = [root, *root.children(recursive=True)]

@@ -18,6 +18,11 @@ import uuid
 
 import httpx
 import pytest
+import uvicorn
+
+from api.main import create_app
+from ml.data.snapshots import validate_and_snapshot
+from ml.stages import promotion, train
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
 CHROMEDRIVER = shutil.which("chromedriver") or (
@@ -50,12 +55,6 @@ def _require_chromium() -> None:
 
 @pytest.fixture(scope="module")
 def live_api(platform_env, mlflow_tracking, tweets_csv):
-    import uvicorn
-
-    from api.main import create_app
-    from ml.data.snapshots import validate_and_snapshot
-    from ml.stages import train
-
     _require_chromium()
     name = f"tweet-sentiment-browser-{uuid.uuid4().hex[:6]}"
     s = platform_env.model_copy(update={"model_name": name, "behaviour_checks": False})
@@ -63,7 +62,7 @@ def live_api(platform_env, mlflow_tracking, tweets_csv):
     run_id = train.train(snap.hash, "tfidf_lr", settings=s)
     train.evaluate(run_id, s)
     version = train.register(run_id, s)
-    assert train.promote(run_id, s)["promoted"]
+    assert promotion.promote(run_id, s)["promoted"]
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -128,6 +127,11 @@ def test_this_is_wrong_button_stores_feedback(live_api, browser, conn, tmp_path)
     label = browser.find_element(By.ID, "label").text
     assert uuid.UUID(pid) and result.get_attribute("data-model-version") == str(live_api["version"])
     assert browser.find_element(By.ID, "lineage").get_attribute("href").endswith(f"/predictions/{pid}/lineage")
+    # why this label (?explain=true): the words as coloured spans, "love" pushed toward positive
+    words = browser.find_elements(By.CSS_SELECTOR, "#why .why-token")
+    assert words and any(w.text.startswith("love ") and "toward-positive" in w.get_attribute("class") for w in words), [
+        w.text for w in words
+    ]
 
     browser.find_element(By.ID, "wrong").click()
     status = wait.until(

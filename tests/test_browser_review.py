@@ -15,6 +15,8 @@ import httpx
 import pytest
 from test_browser import browser, live_api  # noqa: F401 - the fixtures (chromium, the live API)
 
+from ml.platform import security
+
 pytestmark = [pytest.mark.slow]
 
 
@@ -37,8 +39,6 @@ def test_review_page_keyboard_decisions_are_stored_with_the_keys_identity(
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
-
-    from ml.platform import security
 
     base, name = live_api["base"], live_api["name"]
     tag = uuid.uuid4().hex[:6]
@@ -114,3 +114,68 @@ def test_review_page_keyboard_decisions_are_stored_with_the_keys_identity(
     browser.find_element(By.ID, "forget").click()
     wait.until(ec.visibility_of_element_located((By.ID, "key")))
     assert browser.execute_script("return sessionStorage.getItem('sentiment-review-key')") is None
+
+
+def _left(n: int) -> str:
+    return f"{n} item left" if n == 1 else f"{n} items left"
+
+
+def test_review_page_shows_what_is_left_the_comment_and_words_and_undo_restores_the_item(
+    live_api,  # noqa: F811 - the fixture imported from test_browser
+    browser,  # noqa: F811
+    conn,
+    platform_env,
+):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    base = live_api["base"]
+    tag = uuid.uuid4().hex[:6]
+    text = f"the worst service ever, never again {tag}"
+    [pred] = httpx.post(f"{base}/predict/batch", json={"texts": [text]}, timeout=30).json()["predictions"]
+    _wait(
+        lambda: conn.execute("SELECT count(*) FROM predictions WHERE id = %s", (pred["id"],)).fetchone()[0] == 1,
+        "the prediction is stored",
+    )
+    comment = f"<img src=x onerror=alert(1)> sarcasm {tag}"
+    conn.execute(  # one identity, many reports: reported first (the other test's texts are reviewed or fewer)
+        "INSERT INTO feedback (prediction_id, correct_label, reporter, comment) VALUES (%s, %s, %s, %s)",
+        (pred["id"], 0 if pred["label"] == "positive" else 1, f"key:solo-{tag}#1", comment),
+    )
+    key, _ = security.create_key(f"undo-{tag}", ["review"], platform_env, created_by="tests")
+    queue = httpx.get(f"{base}/review/queue?limit=50", headers={"Authorization": f"Bearer {key}"}, timeout=30).json()
+    left = queue["reported_waiting"] + queue["uncertain_waiting"]
+    assert queue["items"][0]["id"] == pred["id"], queue["items"][0]
+
+    wait = WebDriverWait(browser, 30)
+    browser.get(base + "/review")
+    browser.execute_script("sessionStorage.clear()")
+    browser.get(base + "/review")
+    wait.until(ec.visibility_of_element_located((By.ID, "key"))).send_keys(key)
+    browser.find_element(By.ID, "key-save").click()
+    wait.until(ec.visibility_of_element_located((By.ID, "item")))
+    assert browser.find_element(By.ID, "item").get_attribute("data-item-id") == pred["id"]
+    assert browser.find_element(By.ID, "left").text == _left(left)
+    kind = browser.find_element(By.ID, "item-kind").text
+    assert "1 report by 1 identity (" in kind and "identities" not in kind, kind
+    [li] = browser.find_elements(By.CSS_SELECTOR, "#item-comments li")
+    assert li.text.startswith(comment)  # as text: no <img> element was made
+    assert browser.find_elements(By.CSS_SELECTOR, "#item-comments img") == []
+    words = browser.find_elements(By.CSS_SELECTOR, "#item-why .why-token")
+    assert words and any("worst" in w.text for w in words)
+
+    browser.find_element(By.TAG_NAME, "body").send_keys("r")
+    _wait(lambda: browser.find_element(By.ID, "status").get_attribute("data-last-review"), "the decision is recorded")
+    decision = int(browser.find_element(By.ID, "status").get_attribute("data-last-review"))
+    assert conn.execute("SELECT count(*) FROM reviews WHERE id = %s", (decision,)).fetchone()[0] == 1
+    _wait(lambda: browser.find_element(By.ID, "left").text == _left(left - 1), "the count drops")
+
+    browser.find_element(By.ID, "undo").click()
+    _wait(lambda: browser.find_element(By.ID, "status").text.startswith("Undone"), "the undo is done")
+    assert conn.execute("SELECT count(*) FROM reviews WHERE id = %s", (decision,)).fetchone()[0] == 0
+    _wait(
+        lambda: browser.find_element(By.ID, "item").get_attribute("data-item-id") == pred["id"],
+        "the item is back in the queue",
+    )
+    assert browser.find_element(By.ID, "left").text == _left(left)

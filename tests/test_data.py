@@ -8,11 +8,12 @@ from collections import Counter
 import pandas as pd
 import pytest
 
-from ml.data import DataError, sources
+from ml.data import DataError
 from ml.data.read import iter_records, read_labelled
 from ml.data.snapshots import content_hash, get_snapshot, validate_and_snapshot
-from ml.data.sources import BUNDLED_SAMPLE, default_source
 from ml.data.validation import report_markdown, validate
+from ml.platform.startup import sources
+from ml.platform.startup.sources import BUNDLED_SAMPLE, default_source
 
 
 def _write(tmp_path, name, content: bytes):

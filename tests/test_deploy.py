@@ -18,9 +18,22 @@ import time
 import uuid
 from pathlib import Path
 
+import httpx
+import psycopg
 import pytest
 import yaml
 from ports import free_port, refused_port
+
+from ml.platform import airflow_client, db, supervisor
+from ml.platform.config import Settings, get_settings, reset_settings
+from ml.platform.orchestration import airflow_env
+from ml.platform.startup.commands import settings_env
+from ml.platform.startup.down import down
+from ml.platform.startup.services import AIRFLOW_SERVICES, SERVICE_NAMES, check_ports, select, services
+from ml.platform.startup.status import status
+from ml.platform.startup.supervision import ensure_supervisor, want
+from ml.platform.startup.up import Steps, start_mlflow, up
+from ml.platform.supervisor import ServiceError, is_ours
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE = REPO / "docker-compose.yaml"
@@ -86,8 +99,9 @@ def test_compose_depends_on_defined_services(compose):
             assert cond in ("service_started", "service_healthy", "service_completed_successfully"), (name, dep)
             if cond == "service_healthy":
                 assert "healthcheck" in services[dep], f"{name} waits for {dep} to be healthy, which has no healthcheck"
-            # a service that always runs must not need one that only runs under a profile
-            if not svc.get("profiles"):
+            # a service that always runs must not need one that only runs under a profile (unless the
+            # dependency is optional: `required: false`, ignored when the profile is off)
+            if not svc.get("profiles") and spec.get("required", True):
                 assert not services[dep].get("profiles"), f"{name} (no profile) depends on profile-only {dep}"
 
 
@@ -110,7 +124,7 @@ def test_compose_dependency_graph_is_acyclic(compose):
 
 def test_compose_long_running_services_have_healthchecks(compose):
     for name, svc in _services(compose).items():
-        if name not in ("init", "secrets-init"):  # one-shot services
+        if name not in ("init", "secrets-init", "seed"):  # one-shot services
             assert "healthcheck" in svc, name
 
 
@@ -183,8 +197,8 @@ def test_compose_referenced_files_exist(compose):
     init_script = REPO / "docker" / "postgres" / "init-databases.sh"
     text = init_script.read_text()
     assert os.access(init_script, os.X_OK)
-    for db in ("sentiment", "mlflow", "airflow"):
-        assert db in text or db in str(_env(_services(compose)["postgres"])), db
+    for name in ("sentiment", "mlflow", "airflow"):
+        assert name in text or name in str(_env(_services(compose)["postgres"])), name
 
 
 def test_dockerfile_installs_with_constraints():
@@ -250,8 +264,6 @@ def test_ci_run_is_executable_and_runs_make_test():
 def _running_pid(svc, s) -> int | None:
     """The pid of ``svc`` of the platform ``s`` when that process runs, read only: unlike
     ``Service.pid`` it never removes a pid file (the repository's own var/ is not the tests' to change)."""
-    from ml.platform.supervisor import is_ours
-
     try:
         pid = int(svc.pid_file(s).read_text().strip())
     except (OSError, ValueError):
@@ -265,8 +277,6 @@ def _conflict(message: str) -> bool:
 
 
 def _use(monkeypatch, **env: str):
-    from ml.platform.config import get_settings, reset_settings
-
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     reset_settings()
@@ -280,11 +290,6 @@ def own_service_databases(platform_env, monkeypatch):
     An MLflow server started on the session's MLflow database would create the session's experiment
     itself, with an ``mlflow-artifacts:`` location that the in-process tests (which track straight into
     the database) cannot log to: every later test would then depend on whether this one ran first."""
-    import psycopg
-
-    from ml.platform import db
-    from ml.platform.config import reset_settings
-
     own = f"{db.database_name(platform_env.database_url)}_dep_{uuid.uuid4().hex[:6]}"
     names = {"SENTIMENT_MLFLOW_DATABASE": f"{own}_mlflow", "SENTIMENT_AIRFLOW_DATABASE": f"{own}_airflow"}
     for k, v in names.items():
@@ -300,10 +305,6 @@ def own_service_databases(platform_env, monkeypatch):
 def _on_free_ports(monkeypatch, tmp_path, only: str, attempts: int = 3, **up_kw):
     """``up(only=...)`` with its own var/ and kernel-chosen ports; retried with new ports when
     another process takes one first. Returns (settings, summary)."""
-    from ml.platform.startup.down import down
-    from ml.platform.startup.up import up
-    from ml.platform.supervisor import ServiceError
-
     for attempt in range(attempts):
         s = _use(
             monkeypatch,
@@ -331,15 +332,11 @@ def _wait_for(predicate, timeout: float, what: str, poll: float = 0.5):
 
 
 def _cli_env(s) -> dict[str, str]:
-    from ml.platform.startup.commands import settings_env
-
     return settings_env(s)
 
 
 # ------------------------------------------------------------------ ml.platform (fast)
 def test_pid_files_are_trusted_only_for_our_processes(platform_env, tmp_path):
-    from ml.platform.startup.services import services
-
     svc = services(platform_env)["mlflow"]
     platform_env.run_dir.mkdir(parents=True, exist_ok=True)
     svc.pid_file(platform_env).write_text(f"{os.getpid()}\n")  # alive, but not ours
@@ -350,10 +347,6 @@ def test_pid_files_are_trusted_only_for_our_processes(platform_env, tmp_path):
 
 
 def test_status_and_down_when_nothing_runs(platform_env):
-    from ml.platform.startup.down import down
-    from ml.platform.startup.services import SERVICE_NAMES
-    from ml.platform.startup.status import status
-
     st = status(platform_env, quiet=True)
     assert set(st["services"]) == set(SERVICE_NAMES)
     assert not any(x["running"] for x in st["services"].values())
@@ -363,8 +356,6 @@ def test_status_and_down_when_nothing_runs(platform_env):
 
 
 def test_steps_are_counted_not_hard_coded(platform_env, capsys):
-    from ml.platform.startup.up import Steps
-
     step = Steps(["PostgreSQL", "Supervisor", "Sentiment API"])
     for title in step.titles:
         step(title)
@@ -372,9 +363,6 @@ def test_steps_are_counted_not_hard_coded(platform_env, capsys):
 
 
 def test_only_selects_services():
-    from ml.platform.startup.services import AIRFLOW_SERVICES, SERVICE_NAMES, select
-    from ml.platform.supervisor import ServiceError
-
     assert select(None) == list(SERVICE_NAMES)
     assert select("api,airflow") == [*AIRFLOW_SERVICES, "api"]
     with pytest.raises(ServiceError, match="unknown service"):
@@ -388,9 +376,6 @@ def test_no_proc_parsing_in_the_platform_package():
 
 
 def test_airflow_password_is_generated_once_and_private(platform_env):
-    from ml.platform import airflow_client
-    from ml.platform.orchestration import airflow_env
-
     user, pw = airflow_client.airflow_credentials(platform_env)
     path = airflow_client.airflow_password_file(platform_env)
     assert user == "admin" and len(pw) == 16
@@ -403,10 +388,6 @@ def test_airflow_password_is_generated_once_and_private(platform_env):
 
 
 def test_foreign_process_on_a_port_is_reported(platform_env, monkeypatch):
-    from ml.platform.config import reset_settings
-    from ml.platform.startup.services import check_ports
-    from ml.platform.supervisor import ServiceError
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))  # held by this test: no race
         sock.listen()
@@ -423,10 +404,6 @@ def test_foreign_process_on_a_port_is_reported(platform_env, monkeypatch):
 def test_down_kills_the_whole_session(platform_env, tmp_path, monkeypatch):
     """A service's children, including one that started its own session, all go. Its own
     var/ and no port: it runs beside a `make up` on the default ports."""
-    from ml.platform import supervisor
-    from ml.platform.startup.down import down
-    from ml.platform.startup.services import services
-
     s = _use(monkeypatch, SENTIMENT_VAR_DIR=str(tmp_path / "var"))
     svc = services(s)["api"]
     script = (
@@ -446,14 +423,6 @@ def test_down_kills_the_whole_session(platform_env, tmp_path, monkeypatch):
 # ------------------------------------------------------------------ ml.platform (live services)
 @pytest.mark.slow
 def test_mlflow_server_starts_answers_and_stops(platform_env, own_service_databases, monkeypatch, tmp_path):
-    import httpx
-
-    from ml.platform import supervisor
-    from ml.platform.startup.down import down
-    from ml.platform.startup.status import status
-    from ml.platform.startup.up import start_mlflow
-    from ml.platform.supervisor import ServiceError
-
     for attempt in range(3):  # retried with another port if something takes it first
         s = _use(monkeypatch, SENTIMENT_VAR_DIR=str(tmp_path / f"var{attempt}"), SENTIMENT_MLFLOW_PORT=str(free_port()))
         try:
@@ -488,13 +457,6 @@ def test_mlflow_server_starts_answers_and_stops(platform_env, own_service_databa
 @pytest.mark.slow
 def test_supervisor_restarts_a_killed_api(platform_env, own_service_databases, monkeypatch, tmp_path):
     """kill -9 of the API: the supervisor starts it again and `status` counts the restart."""
-    import httpx
-
-    from ml.platform import supervisor
-    from ml.platform.startup.down import down
-    from ml.platform.startup.services import services
-    from ml.platform.startup.status import status
-
     s, summary = _on_free_ports(
         monkeypatch, tmp_path, "mlflow,api", supervisor_env={"SMOPS_SUPERVISOR_BACKOFF_BASE": "0.5"}
     )
@@ -544,10 +506,6 @@ def test_a_service_that_always_crashes_ends_in_a_reported_crash_loop(
 ):
     """The API's port is held by this test, so the API exits at every start: after the allowed
     restarts the supervisor gives up and says so (state, `status`, its log)."""
-    from ml.platform.startup.down import down
-    from ml.platform.startup.status import status
-    from ml.platform.startup.supervision import ensure_supervisor, want
-
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", 0))
         blocker.listen()
@@ -598,9 +556,6 @@ def test_a_service_that_always_crashes_ends_in_a_reported_crash_loop(
 
 def _default_ports_holder(s) -> dict[str, str]:
     """{service: who} for each default port that something else holds."""
-    from ml.platform import supervisor
-    from ml.platform.startup.services import services
-
     return {
         n: supervisor.port_owner(svc.port)
         for n, svc in services(s).items()
@@ -614,14 +569,6 @@ def test_deploy_tests_run_beside_a_platform_on_the_default_ports(
 ):
     """`make test` while `make up` runs: MLflow and the API on the DEFAULT ports (5000, 8000)
     with their own var/, and the fast deploy tests run beside them in a separate pytest."""
-    import httpx
-
-    from ml.platform.config import Settings
-    from ml.platform.startup.down import down
-    from ml.platform.startup.services import services
-    from ml.platform.startup.status import status
-    from ml.platform.startup.up import up
-
     for k in ("SENTIMENT_API_PORT", "SENTIMENT_MLFLOW_PORT", "SENTIMENT_AIRFLOW_PORT", "SENTIMENT_HOST"):
         monkeypatch.delenv(k, raising=False)
     s = _use(monkeypatch, SENTIMENT_VAR_DIR=str(tmp_path / "var"))
@@ -676,11 +623,6 @@ def test_first_up_offline_trains_on_the_bundled_sample_and_serves(platform_env, 
     HTTPS goes through a proxy at a 127.0.0.1 port the test holds bound and never listens on; this
     machine has no route out anyway), the first model is trained on the bundled real 20k sample, passes the gate
     (behavioural checks included) and /predict answers 200 with a label."""
-    import httpx
-    import psycopg
-
-    from ml.platform import db
-
     base = db.libpq_url(os.environ["DATABASE_URL"])
     name = f"smops_off_{uuid.uuid4().hex[:8]}"
     clean = {

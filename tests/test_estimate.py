@@ -18,6 +18,7 @@ import realdata
 
 from ml import models
 from ml.evaluation import estimate
+from ml.platform import registry
 from ml.stages.monitoring.build import build_report
 from ml.stages.monitoring.reference import reference_dir
 from ml.stages.monitoring.wording import digest_text, report_digest
@@ -81,8 +82,6 @@ def test_calibrator_is_json_and_monotone(fitted):
 def champion_report(own_champion, platform_env):
     """A real champion; its predictions on 3,000 other real tweets, shifted towards low confidence,
     stored for one past day; the report of that day."""
-    from ml.platform import registry
-
     with own_champion("estimate", realdata.SAMPLE) as ch:
         model = registry.load_version(ch.version)
         seen = {t for _, t in realdata.read()}

@@ -12,11 +12,13 @@ from __future__ import annotations
 import csv
 import uuid
 
-import mlflow
+import mlflow  # noqa: TID253 - a test module of the MLflow runs: loaded by its own tests only
 import numpy as np
 import pytest
 import realdata
+from fastapi.testclient import TestClient
 
+from api.main import create_app
 from ml.data import DataError
 from ml.data.snapshots import validate_and_snapshot
 from ml.evaluation import external
@@ -24,7 +26,7 @@ from ml.evaluation.stats import mcnemar_mid_p, paired_comparison
 from ml.platform import registry
 from ml.platform.config import get_settings, reset_settings
 from ml.reports import model_card
-from ml.stages import compare, train
+from ml.stages import compare, promotion, train
 
 UNIFORM = realdata.REPO.parent / "shared" / "data" / "sentiment140_uniform_eval.csv"
 
@@ -92,7 +94,7 @@ def _cycle(snapshot_hash, **kw):
     run_id = train.train(snapshot_hash, "tfidf_lr", **kw)
     m = train.evaluate(run_id)
     train.register(run_id)
-    return run_id, m, train.promote(run_id)
+    return run_id, m, promotion.promote(run_id)
 
 
 @pytest.fixture(scope="module")
@@ -164,10 +166,6 @@ def test_significantly_worse_on_the_external_set_is_not_promoted(env, runs, conn
 
 
 def test_card_api_and_comparison_show_the_external_figures(env, runs):
-    from fastapi.testclient import TestClient
-
-    from api.main import create_app
-
     run_id, m, decision = runs["full"]
     ext = m["external"]
     card = model_card.model_card()

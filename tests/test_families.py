@@ -4,13 +4,19 @@ save -> load gives identical predictions; a neural one also through MLflow's pyf
 from __future__ import annotations
 
 import csv
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from ml import models
 from ml.features import preprocess
+from ml.models.base import plot_learning_curve
+from ml.platform import registry
 
 TINY = {
     "tfidf_lr": {"min_df": 1},
@@ -52,9 +58,6 @@ def test_lemma_preprocessing_is_offline_and_keeps_meaning():
 
 def test_families_registered_lazily():
     """Looking families up by name imports no framework: the DAG and the API stay light."""
-    import subprocess
-    import sys
-
     assert {"tfidf_lr", "cnn", "bilstm", "transformer"} <= set(models.FAMILIES)
     probe = (
         "import sys, ml.models as m; [m.family_class(f) for f in ('tfidf_lr',)]; "
@@ -106,10 +109,6 @@ def test_keras_rerun_reproduces(tweets_csv):
     """Two fits with the same seed give identical predictions, for real: TensorFlow's op
     determinism is enabled (in a fresh interpreter: the switch is process-wide and one-way) and
     the family's fit seeds python, numpy and TF (keras.utils.set_random_seed) itself."""
-    import json
-    import subprocess
-    import sys
-
     res = subprocess.run(
         [sys.executable, "-c", KERAS_RERUN, str(tweets_csv), json.dumps(TINY["cnn"])],
         capture_output=True,
@@ -137,8 +136,6 @@ def test_pretrained_vectors_file(tiny_data, tmp_path):
 def test_cnn_through_mlflow_pyfunc(mlflow_tracking, tiny_data):
     import mlflow
 
-    from ml.platform import registry
-
     texts, y = tiny_data
     m = models.create("cnn", **TINY["cnn"]).fit(texts[:300], y[:300])
     with mlflow.start_run(run_name="pyfunc-roundtrip"):
@@ -146,7 +143,7 @@ def test_cnn_through_mlflow_pyfunc(mlflow_tracking, tiny_data):
     reqs = mlflow.pyfunc.get_model_dependencies(info.model_uri, format="pip")
     assert "tensorflow-cpu==" in open(reqs).read()
     pyfunc = mlflow.pyfunc.load_model(info.model_uri)
-    out = pyfunc.predict(texts[300:])
+    out = pyfunc.predict(pd.DataFrame({"text": texts[300:]}))  # the signature: one string column `text`
     np.testing.assert_array_equal(out["p_positive"].to_numpy(), m.predict_proba(texts[300:])[:, 1])
     assert set(out["label"].unique()) <= {0, 1}
 
@@ -156,8 +153,6 @@ def test_budgeted_fit_records_steps_epochs_and_curve(family, tiny_data, tmp_path
     """A fit given a validation split and a step limit trains exactly that many steps, validates
     every ``eval_every`` steps (the learning curve), and records steps, fractional epochs and
     examples seen; the curve plots to a PNG."""
-    from ml.models.base import plot_learning_curve
-
     texts, y = tiny_data
     params = {**TINY[family], "epochs": 50, "max_steps": 6, "eval_every": 2, "patience": 0}
     m = models.create(family, **params).fit(texts[:300], y[:300], validation=(texts[300:380], y[300:380]))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 
 import psycopg
@@ -21,10 +22,13 @@ import pytest
 import realdata
 from fastapi.testclient import TestClient
 from loop_helpers import FRACTION, IDENTITIES, Loop, make_loop
+from typer.testing import CliRunner
 
+from api.main import create_app
+from ml.cli import app
 from ml.data.snapshots import SPLIT_FILE, get_snapshot
 from ml.data.splits import split
-from ml.platform import registry
+from ml.platform import db, registry, security
 from ml.platform.config import Settings, get_settings, reset_settings
 from ml.stages.retraining import RetrainingError
 from ml.stages.retraining.challenger import run_retraining
@@ -83,14 +87,10 @@ def _retrainings(conn, name):
 
 
 def _airflow_db(settings) -> str:
-    from ml.platform import db
-
     return db.libpq_url(db.airflow_db_url(settings))
 
 
 def _wait_for(predicate, what: str):
-    import time
-
     deadline = time.monotonic() + POLL_LIMIT
     while not (value := predicate()):
         assert time.monotonic() < deadline, f"never happened: {what}"
@@ -99,10 +99,6 @@ def _wait_for(predicate, what: str):
 
 
 def _cli(*args: str):
-    from typer.testing import CliRunner
-
-    from ml.cli import app
-
     return CliRunner().invoke(app, list(args))
 
 
@@ -257,17 +253,22 @@ def test_preparing_the_same_retraining_twice_gives_one_snapshot_and_no_version(l
 
 
 def test_a_report_corrected_to_agree_no_longer_counts(loop, conn):
-    """Each identity's latest word counts: when one of the three reporters of a tweet corrects its report
-    to agree with the prediction, two identities are left, too few to trust the label: not pending any more."""
+    """Each identity's latest word on a text counts: when one of the three reporters of a tweet corrects
+    itself to agree with the prediction (one report per prediction and reporter: it predicts the text
+    again and reports on that prediction), two identities are left, too few to trust the label: not
+    pending any more."""
     ctx = champion_context()
     assert pending_count(ctx)["reports"] == 0
     ids = loop.add_reports(2)
     assert pending_count(ctx)["reports"] == 2
     for n, fid in enumerate(ids[::IDENTITIES], start=1):
         conn.execute(
-            "INSERT INTO feedback (prediction_id, correct_label, reporter) SELECT f.prediction_id, p.label,"
-            " f.reporter FROM feedback f JOIN predictions p ON p.id = f.prediction_id WHERE f.id = %s",
-            (fid,),
+            "WITH again AS (INSERT INTO predictions (text, label, p_negative, p_positive, model_name, model_version,"
+            " source) SELECT p.text, p.label, p.p_negative, p.p_positive, p.model_name, p.model_version, p.source"
+            " FROM feedback f JOIN predictions p ON p.id = f.prediction_id WHERE f.id = %s RETURNING id, label)"
+            " INSERT INTO feedback (prediction_id, correct_label, reporter)"
+            " SELECT again.id, again.label, f.reporter FROM again, feedback f WHERE f.id = %s",
+            (fid, fid),
         )
         assert pending_count(ctx)["reports"] == 2 - n
     d = check_trigger()
@@ -356,8 +357,6 @@ def test_retraining_with_checks_on_rejects_a_more_accurate_challenger_failing_a_
 def test_lineage_of_a_prediction_names_the_retraining_and_its_reports(loop, promoted):
     s = get_settings()
     r, new_version = promoted["retraining"], promoted["version"]
-    from api.main import create_app
-    from ml.platform import security
 
     admin = {"Authorization": "Bearer " + security.create_key("lineage-test", ["admin"], s)[0]}  # the full lineage
     with TestClient(create_app(s)) as client:
@@ -386,8 +385,6 @@ def test_lineage_of_a_prediction_names_the_retraining_and_its_reports(loop, prom
 
 
 def test_rollback_restores_the_previous_champion(loop, promoted, conn):
-    from api.main import create_app
-
     with TestClient(create_app(get_settings())) as client:
         assert client.get("/model").json()["version"] == promoted["version"]
         res = _cli("promote", "--rollback")
@@ -430,7 +427,6 @@ def test_better_challenger_promoted_by_the_dag_and_served(loop, triggered, conn,
     the API serves the old champion, then (after the promotion event) the new one, and never goes back."""
     s = get_settings()
     rid = triggered
-    from api.main import create_app
 
     with TestClient(create_app(s)) as client:
         assert client.post("/predict", json={"text": "I love it"}).json()["model_version"] == loop.v1

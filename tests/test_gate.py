@@ -1,4 +1,4 @@
-"""The promotion gate (ml/evaluation/gate.py, through ml.platform.registry.decide_promotion): a challenger must beat the
+"""The promotion gate (ml/evaluation/gate.py, through ml.stages.promotion.decide_promotion): a challenger must beat the
 champion for real on paired predictions, lose no slice, and flip no golden text from right to wrong.
 
 The rule's arithmetic on hand-made evidence first; then real TF-IDF models on the bundled 20k real
@@ -23,8 +23,9 @@ from ml.data.splits import split
 from ml.evaluation import behaviour, gate
 from ml.platform import registry
 from ml.platform.config import Settings, get_settings, reset_settings
-from ml.platform.registry import decide_promotion
-from ml.stages import serving, train
+from ml.reports import model_card
+from ml.stages import promotion, serving, train
+from ml.stages.promotion import decide_promotion
 from ml.stages.retraining.challenger import run_retraining
 from ml.stages.retraining.records import get_retraining
 
@@ -140,7 +141,7 @@ def _cycle(snapshot_hash: str, **kw):
     run_id = train.train(snapshot_hash, "tfidf_lr", **kw)
     train.evaluate(run_id)
     train.register(run_id)
-    return run_id, train.promote(run_id)
+    return run_id, promotion.promote(run_id)
 
 
 def _gate_row(conn, run_id):
@@ -175,8 +176,6 @@ def test_a_challenger_equal_within_noise_is_not_promoted(snap20k, gate_only, con
 
 def test_a_clearly_better_challenger_is_promoted_and_the_card_says_what_changed(snap20k, gate_only, conn):
     """300 tweets vs 5,000 of the same split: significantly better, no slice lost, no golden flip."""
-    from ml.reports import model_card
-
     run1, d1 = _cycle(snap20k.hash, sample_size=300)
     assert d1["promoted"]
     run2, d2 = _cycle(snap20k.hash, sample_size=5000)

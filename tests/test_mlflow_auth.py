@@ -15,6 +15,10 @@ import psycopg
 import pytest
 from ports import free_port, listens
 
+from ml.platform import db, tracking
+from ml.platform import tracking as t
+from ml.platform.startup.commands import command
+
 
 def _wait_healthy(proc: subprocess.Popen, url: str, timeout: float = 120) -> bool:
     """True once MLflow answers /health while ``proc`` still runs; False when ``proc`` exited (its
@@ -35,9 +39,6 @@ def _wait_healthy(proc: subprocess.Popen, url: str, timeout: float = 120) -> boo
 
 @pytest.mark.slow
 def test_anonymous_registry_calls_get_401_and_the_platform_login_works(platform_env, tmp_path):
-    from ml.platform import db, tracking
-    from ml.platform.startup.commands import command
-
     name = f"{db.database_name(platform_env.database_url)}_mlauth_{uuid.uuid4().hex[:6]}"
     base_settings = platform_env.model_copy(
         update={"var_dir": tmp_path / "var", "mlflow_database": name, "mlflow_auth": True}
@@ -100,7 +101,6 @@ def test_anonymous_registry_calls_get_401_and_the_platform_login_works(platform_
         if proc is not None:
             os.killpg(proc.pid, 15)
             proc.wait(30)
-        from ml.platform import tracking as t
 
         t.configure(platform_env)  # back to the session's store
         base = db.libpq_url(platform_env.database_url)

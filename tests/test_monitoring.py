@@ -11,21 +11,29 @@ own model name; predictions written to the real ``predictions`` table for fixed 
 from __future__ import annotations
 
 import csv
+import html
+import importlib.util
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pandas as pd
+import psycopg
 import pytest
 import realdata
+from fastapi.testclient import TestClient
 from ports import refused_port
 from receivers import smtp_receiver, webhook_receiver
+from typer.testing import CliRunner
 
+from api.main import create_app
+from ml.cli import app
 from ml.data.snapshots import validate_and_snapshot
 from ml.data.splits import split
 from ml.platform import registry
 from ml.platform.config import get_settings, reset_settings
-from ml.stages import train
+from ml.stages import promotion, train
 from ml.stages.alerts.drift_reports import deliver_report
 from ml.stages.monitoring import MonitoringError
 from ml.stages.monitoring.archive import get_report, list_reports, report_html_path
@@ -85,8 +93,8 @@ def _setup(name, tmp_path_factory) -> dict:
     run_id = train.train(snap.hash, "tfidf_lr")
     metrics = train.evaluate(run_id)
     version = train.register(run_id)
-    promotion = train.promote(run_id)  # the platform's own path: behavioural gate + promotion rule
-    assert promotion["promoted"], promotion
+    decision = promotion.promote(run_id)  # the platform's own path: behavioural gate + promotion rule
+    assert decision["promoted"], decision
     model = registry.load_version(version)
     s = get_settings()
     periods = {
@@ -94,7 +102,6 @@ def _setup(name, tmp_path_factory) -> dict:
         "drifted": (DRIFTED, [t for _, t in topic[:N_CURRENT]]),
     }
     ids: dict[str, list[str]] = {}
-    import psycopg
 
     with psycopg.connect(s.database_url, autocommit=True) as conn:
         for key, (start, texts) in periods.items():
@@ -180,6 +187,8 @@ def test_matching_period_has_no_drift(setup, matching_report, conn):
     assert r["verdict"].startswith("No drift")
     assert r["current"]["rows"] == r["current"]["rows_in_period"] == N_CURRENT
     assert r["current"]["by_source"] == {"api": 2000, "batch": 1000}
+    assert r["compared_version"] == setup["version"] and r["current"]["not_compared"] == {}
+    assert r["current"]["rows_of_version"] == N_CURRENT and r["current"]["sampled"] is False
     assert r["reference"]["rows"] == setup["n_ref"] and r["reference_version"] == setup["version"]
     assert r["reference"]["vocabulary_source"] == "model"
     assert r["tests"].startswith("distance")
@@ -195,6 +204,12 @@ def test_matching_period_has_no_drift(setup, matching_report, conn):
     # files and the stored row
     html = open(r["files"]["html"], encoding="utf-8").read()
     assert len(html) > 100_000 and "oov_share" in html and "p_positive" in html
+    # the verdict block opens the page, before Evidently's root element
+    block = html[html.index("<body>") : html.index('id="root_')]
+    assert "id='sentiment-verdict' data-status='ok'" in block and f"data-version='{setup['version']}'" in block
+    assert "NO DRIFT" in block and f"3,000 of v{setup['version']}&#x27;s 3,000 predictions compared" in block
+    # build_report alone neither alerts nor retrains; once delivered (another test, any order): no drift
+    assert "nothing: built outside the monitoring DAG" in block or "nothing: no drift" in block
     assert json.load(open(r["files"]["json"]))["metrics"]
     assert json.load(open(r["files"]["summary"]))["id"] == r["id"]
     row = conn.execute(
@@ -242,7 +257,10 @@ def test_empty_period_is_a_stored_empty_report(setup, conn):
     assert r["status"] == "empty" and r["drift_detected"] is False
     assert r["verdict"].startswith("EMPTY") and r["current"]["rows"] == 0
     assert r["reference_version"] == setup["version"]
-    assert "empty period" in open(report_html_path(r["id"]), encoding="utf-8").read()
+    page = open(report_html_path(r["id"]), encoding="utf-8").read()
+    assert "No predictions in this period" in page and "<pre>" not in page and "<script" not in page
+    assert "id='sentiment-verdict' data-status='empty'" in page and "EMPTY" in page
+    assert "no predictions in this period" in page  # the verdict block's rows line
     assert conn.execute("SELECT status, n_current FROM drift_reports WHERE id=%s", (r["id"],)).fetchone() == (
         "empty",
         0,
@@ -265,10 +283,6 @@ def test_bad_period_is_a_clear_error(setup):
 
 
 def test_api_lists_and_serves_reports(setup, matching_report):
-    from fastapi.testclient import TestClient
-
-    from api.main import create_app
-
     with TestClient(create_app(setup["settings"])) as client:
         listed = client.get("/reports", params={"limit": 100})
         assert listed.status_code == 200
@@ -284,10 +298,6 @@ def test_api_lists_and_serves_reports(setup, matching_report):
 
 
 def test_cli_reports_lists_them(setup, matching_report):
-    from typer.testing import CliRunner
-
-    from ml.cli import app
-
     res = CliRunner().invoke(app, ["reports", "--limit", "100"])
     assert res.exit_code == 0 and matching_report["id"] in res.output
     res = CliRunner().invoke(app, ["monitor", "--start", (EMPTY + 2 * DAY).isoformat(), "--hours", "2"])
@@ -309,14 +319,6 @@ DRIFTED_ACCURACY = (
 def test_accuracy_bound_is_said_in_words(setup, matching_report):
     """The live-accuracy bound says what it means wherever it is shown: the verdict, the stored
     summary, the API (list and one report) and the Airflow plugin's report list."""
-    import html
-    import importlib.util
-    from pathlib import Path
-
-    from fastapi.testclient import TestClient
-
-    from api.main import create_app
-
     r = matching_report
     assert r["feedback"]["accuracy_statement"] == MATCHING_ACCURACY
     assert MATCHING_ACCURACY in r["verdict"] and "live accuracy <=" not in r["verdict"]
@@ -412,6 +414,10 @@ def test_report_goes_to_webhook_and_smtp_and_drift_raises_one_alert(setup, match
         }
         rows = _drift_alerts(conn, setup["name"])
         assert len(rows) == 1 and rows[0][5] is None and rows[0][1] == 1
+        # what the platform did: in the stored summary and in the saved page's verdict block
+        assert stored["action"]["kind"] == "alert" and stored["action"]["alert_id"] == out["alert"]["alert_id"]
+        page = open(report_html_path(drifted["id"]), encoding="utf-8").read()
+        assert f"alert: drift alert #{out['alert']['alert_id']} raised and sent" in page[: page.index('id="root_')]
         assert {c["channel"]: c["status"] for c in rows[0][4]} == {"log": "sent", "webhook": "sent", "email": "sent"}
 
         # a second drift report: the same open alert counts it, nothing new is raised or sent as an alert
@@ -426,6 +432,8 @@ def test_report_goes_to_webhook_and_smtp_and_drift_raises_one_alert(setup, match
         # a report without drift resolves it; the report itself still goes out
         out3 = deliver_report(matching_report["id"], settings=s)
         assert out3["alert"]["resolved"] and out3["status"] == "ok"
+        assert get_report(matching_report["id"])["action"]["kind"] == "nothing"
+        assert "nothing: no drift, drift alert #" in open(matching_report["files"]["html"], encoding="utf-8").read()
         assert _drift_alerts(conn, setup["name"])[0][5] is not None
         assert received[-1]["json"]["kind"] == "drift_report" and received[-1]["json"]["verdict"] == "NO DRIFT"
         assert received[-1]["json"]["accuracy"] == MATCHING_ACCURACY and len(mails) == 4
@@ -473,7 +481,8 @@ def test_monitoring_dag_stores_and_delivers_a_report(airflow_cli, setup, conn):
         )
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
         row = conn.execute(
-            "SELECT id, status, n_current, airflow_run_id, summary->'delivery' FROM drift_reports"
+            "SELECT id, status, n_current, airflow_run_id, summary->'delivery', summary->'action', html_path"
+            " FROM drift_reports"
             " WHERE model_name=%s AND airflow_run_id IS NOT NULL ORDER BY created_at DESC LIMIT 1",
             (setup["name"],),
         ).fetchone()
@@ -484,5 +493,13 @@ def test_monitoring_dag_stores_and_delivers_a_report(airflow_cli, setup, conn):
         assert reports[0]["predictions"] == N_CURRENT and reports[0]["accuracy"] == MATCHING_ACCURACY
         assert reports[0]["report_url"] == f"http://api.test:8000/reports/{row[0]}/html"
         assert reports[0]["retraining"]["threshold"] >= 1  # check_retraining's decision, passed on
+        # what the platform did (no drift: no alert; the retraining check's decision) is in the summary and
+        # has replaced the verdict block's "pending" line in the saved page
+        action = row[5]
+        assert action["kind"] in ("nothing", "retraining") and action["alert"] in (None, "resolved")
+        assert action["retraining_triggered"] == reports[0]["retraining"]["triggered"]
+        page = open(row[6], encoding="utf-8").read()
+        block = html.unescape(page[: page.index('id="root_')])
+        assert action["text"] in block and "pending:" not in block
         assert len(mails) == 1 and mails[0]["rcpt"] == ["ml-team@example.org"]
         assert "Verdict: NO DRIFT" in mails[0]["body"] and f"/reports/{row[0]}/html" in mails[0]["body"]

@@ -16,6 +16,7 @@ import realdata
 
 from ml import models
 from ml.models import onnx_runtime as ox
+from ml.platform import registry
 from ml.platform.config import reset_settings
 
 # the deep extra (make env installs it) brings both; without them these tests skip with the reason,
@@ -147,8 +148,6 @@ def test_resave_of_an_onnx_loaded_model_keeps_the_export(tiny, tmp_path, monkeyp
 
 def test_mlflow_logs_the_export_with_the_model(tiny, mlflow_tracking, monkeypatch):
     import mlflow
-
-    from ml.platform import registry
 
     m, _, fixed = tiny
     monkeypatch.delenv(ox.RUNTIME_ENV, raising=False)

@@ -11,9 +11,12 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
+from ml.platform import db
+from ml.platform.orchestration import airflow_env
 from ml.stages.monitoring.build import build_report
 
 PLUGINS = Path(__file__).resolve().parent.parent / "plugins"
@@ -60,8 +63,6 @@ def plugin_module():
 def test_airflow_loads_and_mounts_the_plugin(platform_env, airflow_cli, champion):
     """``airflow_cli``: the session's Airflow metadata DB migrated, whatever ran before (the login
     check reads Airflow's ``revoked_token`` table; run first, the test failed on a missing table)."""
-    from ml.platform.orchestration import airflow_env
-
     env = {
         **airflow_env(platform_env),
         "SENTIMENT_MODEL_NAME": champion["name"],
@@ -99,7 +100,9 @@ def test_model_card_and_reports(champion, plugin_module, conn):
     assert reports.status_code == 200 and champion["report"]["id"] in reports.text
     assert f"reports/{champion['report']['id']}/html" in reports.text
     html = client.get(f"/reports/{champion['report']['id']}/html")
-    assert html.status_code == 200 and "empty period" in html.text
+    assert html.status_code == 200 and "No predictions in this period" in html.text
+    assert "id='sentiment-verdict' data-status='empty'" in html.text
+    assert "href='history'" in reports.text  # the report list links the drift history
     assert client.get("/reports/nope/html").status_code == 404
     assert any(r["id"] == champion["report"]["id"] for r in client.get("/reports.json").json())
     assert client.get("/", follow_redirects=False).headers["location"] == "model-card"
@@ -109,13 +112,9 @@ def test_model_card_and_reports(champion, plugin_module, conn):
 def test_notifier_records_an_alert(champion, conn, airflow_cli, tmp_path, platform_env):
     """The DAGs' failure callback (airflow.sdk.BaseNotifier) fired by Airflow for a task that really
     fails: sentiment_training on a file with no usable rows, run with ``airflow dags test``."""
-    import psycopg
-
-    from ml.platform import db
-
     sys.path.insert(0, str(PLUGINS))
     try:
-        from sentiment_notifiers import PlatformAlertNotifier
+        from sentiment_notifiers import PlatformAlertNotifier  # noqa: PLC0415 - plugins/ is on sys.path only for this import
     finally:
         sys.path.remove(str(PLUGINS))
     from airflow.sdk import BaseNotifier

@@ -19,11 +19,24 @@ import uuid
 from pathlib import Path
 
 import httpx
+import jwt
 import pytest
 from ports import free_port, listens
 
-VIEWS_JSON = ["/sentiment-platform/model-card.json", "/sentiment-platform/reports.json"]
-VIEWS_HTML = ["/sentiment-platform/model-card", "/sentiment-platform/reports", "/sentiment-platform/reports/x/html"]
+from ml.platform.orchestration import airflow_env
+
+VIEWS_JSON = [
+    "/sentiment-platform/model-card.json",
+    "/sentiment-platform/reports.json",
+    "/sentiment-platform/history.json",
+]
+VIEWS_HTML = [
+    "/sentiment-platform/model-card",
+    "/sentiment-platform/reports",
+    "/sentiment-platform/reports/x/html",
+    "/sentiment-platform/history",
+    "/sentiment-platform/reports/history/html",
+]
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -40,8 +53,6 @@ def _stop(proc: subprocess.Popen) -> None:
 @pytest.fixture(scope="module")
 def api_server(platform_env, airflow_cli, tmp_path_factory):
     """Airflow's API server with the plugin, on a free port; yields (base URL, env, model name)."""
-    from ml.platform.orchestration import airflow_env
-
     model = f"tweet-sentiment-auth-{uuid.uuid4().hex[:6]}"
     env = airflow_env(platform_env)
     env.update(
@@ -111,6 +122,7 @@ def test_views_refuse_anonymous_requests(api_server):
         location = res.headers["location"]
         assert "/auth/login" in location and "next=" in location, location
         assert "Drift reports" not in res.text and "model card" not in res.text.lower()
+        assert "Drift history" not in res.text and "<svg" not in res.text
 
 
 def test_views_refuse_forged_or_wrong_tokens(api_server, token):
@@ -121,7 +133,6 @@ def test_views_refuse_forged_or_wrong_tokens(api_server, token):
             res = httpx.get(base + path, headers={"Authorization": f"Bearer {bad}"}, timeout=30, follow_redirects=False)
             assert res.status_code == 403, (path, res.status_code, res.text[:300])
     # a token signed with another secret is refused too
-    import jwt
 
     other = jwt.encode(
         {"sub": "admin", "role": "ADMIN", "aud": "apache-airflow", "exp": int(time.time()) + 600},
@@ -144,6 +155,8 @@ def test_views_answer_with_the_airflow_login(api_server, token):
     assert page.status_code == 200 and "text/html" in page.headers["content-type"], page.text[:500]
     page = httpx.get(base + "/sentiment-platform/reports", headers=auth, timeout=60)
     assert page.status_code == 200 and "Drift reports" in page.text
+    page = httpx.get(base + "/sentiment-platform/history", headers=auth, timeout=60)
+    assert page.status_code == 200 and "Drift history" in page.text and page.text.count("<svg") == 3
     # a missing report is a 404 only once logged in
     assert httpx.get(base + "/sentiment-platform/reports/nope/html", headers=auth, timeout=30).status_code == 404
     # the UI's session cookie (what the embedded iframes send) is accepted like the bearer token

@@ -4,7 +4,10 @@ with the feedback tokens the API gave it, as fast as it can (quotas off: "unlimi
 
 What must hold (README "The closed loop", ml/stages/review.py, ml/stages/alerts/burst.py rule feedback_burst):
 - the burst guard raises ONE `feedback_burst` alert naming the identity, the number of reports and
-  the period, its count following the burst; while it lasts the trigger answers `paused_burst`;
+  the period, its count following the burst; it quarantines that identity's reports but does not
+  pause the trigger (one identity must not hold retraining for everyone): the trigger answers
+  `below_threshold`, the reports quarantined and counted nothing;
+- replaying the reports (the same tokens again) stores nothing and counts nothing more;
 - after the burst, the reports count nothing toward the threshold (one identity: not trusted; and
   capped at feedback_max_identity_share of the threshold anyway): no retraining starts;
 - even a manual retraining finds no label of theirs to train on (it fails: nothing to retrain on);
@@ -19,6 +22,7 @@ import pytest
 import realdata
 from fastapi.testclient import TestClient
 
+from api.main import create_app
 from ml.platform import registry, security
 from ml.platform.config import get_settings
 from ml.stages.retraining import RetrainingError
@@ -48,8 +52,6 @@ def _made_up(n: int) -> list[str]:
 
 
 def test_one_identity_flooding_reports_never_retrains_and_never_changes_the_champion(champion, conn):
-    from api.main import create_app
-
     s = get_settings()
     assert (s.model_name, s.rate_limits_enabled) == (champion.name, False)
     key, row = security.create_key(f"mallory-{uuid.uuid4().hex[:6]}", ["predict", "feedback"], s, created_by="tests")
@@ -77,17 +79,32 @@ def test_one_identity_flooding_reports_never_retrains_and_never_changes_the_cham
         stored = conn.execute("SELECT count(*) FROM feedback WHERE reporter = %s", (who,)).fetchone()[0]
         assert stored == FLOOD
 
-        # the burst guard: one alert, saying how many, from whom, over what period; the trigger is paused
+        # replays of the same tokens: 200 with the stored report, nothing stored, the burst's count unchanged
+        for p in preds[:25]:
+            other = "negative" if p["label"] == "positive" else "positive"
+            r = client.post(
+                "/feedback",
+                headers=auth,
+                json={"prediction_id": p["id"], "correct_label": other, "feedback_token": p["feedback_token"]},
+            )
+            assert r.status_code == 200, r.text
+        client.app.state.alerts.join()
+        assert conn.execute("SELECT count(*) FROM feedback WHERE reporter = %s", (who,)).fetchone()[0] == FLOOD
+
+        # the burst guard: one alert, saying how many, from whom, over what period; the identity is
+        # quarantined, the trigger is not paused by one identity
         [(alert_id, n, message, details, resolved)] = conn.execute(
             "SELECT id, n_reports, message, details, resolved_at FROM alerts WHERE rule = 'feedback_burst'"
             " AND model_name = %s",
             (s.model_name,),
         ).fetchall()
         assert (n, resolved) == (FLOOD, None)
-        assert f"{FLOOD} misclassification reports" in message and who in message and "UTC" in message
-        assert details["identities"] == [who] and details["kind"] == "identity"
+        assert f"{FLOOD} predictions reported wrong" in message and who in message and "UTC" in message
+        assert "quarantined" in message and "not paused" in message, message
+        assert details["identities"] == [who] and details["kind"] == "identity" and details["pauses"] is False
         d = check_trigger()
-        assert not d["trigger"] and d["reason"] == "paused_burst" and f"#{alert_id}" in d["detail"], d
+        assert not d["trigger"] and d["reason"] == "below_threshold" and f"#{alert_id}" in d["detail"], d
+        assert (d["burst_alert_id"], d["quarantined_reports"], d["counted_reports"]) == (alert_id, FLOOD, 0), d
 
         # after the burst (its window and quiet time over): the reports count nothing, nothing retrains
         later = s.model_copy(update={"feedback_burst_window_seconds": 0.001, "feedback_burst_quiet_seconds": 0.0})
@@ -115,7 +132,7 @@ def test_one_identity_flooding_reports_never_retrains_and_never_changes_the_cham
         after = client.post("/predict/batch", json={"texts": probe + texts}).json()["predictions"]
         assert [(p["model_version"], p["label"]) for p in after] == [(p["model_version"], p["label"]) for p in before]
     print(
-        f"\npoisoning: {FLOOD} reports from {who} -> alert #{alert_id} ({n} reports), trigger paused_burst, "
+        f"\npoisoning: {FLOOD} reports from {who} -> alert #{alert_id} ({n} reports, quarantined), trigger not paused, "
         f"then below_threshold 0/{thr} (untrusted {FLOOD}); retrainings started: 0; champion v{champion.version} "
         f"unchanged on {len(probe) + len(texts)} texts"
     )

@@ -4,7 +4,7 @@ always come from the platform's settings)."""
 import pytest
 
 from ml.platform.config import Settings
-from ml.platform.registry import decide_promotion
+from ml.stages.promotion import decide_promotion
 
 S = Settings()
 

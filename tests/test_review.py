@@ -2,7 +2,8 @@
 a real champion, its predictions of real tweets in PostgreSQL, reports from several identities, and
 reviewers' decisions through the real API with real `review` keys.
 
-- agreement: reports from 3 identities make a label; from 1 identity (however many times) they do not;
+- agreement: reports from 3 keyed identities make a label; from 1 identity (however many times) they do
+  not, and anonymous addresses never do;
 - a reviewer's rejection wins over any agreement, and a reviewer's accept makes a label on its own;
 - ``prepare`` takes trusted labels only (``trusted_training_rows``);
 - the queue: reported texts and least-confident live predictions, one item per text; review keys only.
@@ -17,6 +18,7 @@ import pytest
 import realdata
 from fastapi.testclient import TestClient
 
+from api.main import create_app
 from ml.platform import registry, security
 from ml.platform.config import get_settings
 from ml.stages import review, serving
@@ -67,8 +69,6 @@ def _pending(conn):
 
 
 def test_three_identities_make_a_label_one_does_not_and_a_reviewers_rejection_wins(champion, conn):
-    from api.main import create_app
-
     tweets = [t for _, t in realdata.balanced(6, seed=5)]
     a, b, c, d = _predict(tweets[:4])
     flip = {r.id: 1 - r.label for r in (a, b, c, d)}
@@ -76,7 +76,8 @@ def test_three_identities_make_a_label_one_does_not_and_a_reviewers_rejection_wi
     _report(conn, b, flip[b.id], *(["key:solo#9"] * 6))  # one identity, six times
     ids_c = _report(conn, c, flip[c.id], "key:u1#1", "key:u2#2", "key:u3#3")
     _report(conn, d, flip[d.id], "key:u1#1", "key:u2#2")  # two: not enough
-    # a second prediction of a's text (another caller's) reported by a fourth identity: one item, four votes
+    # a second prediction of a's text (another caller's) reported by a fourth, anonymous identity: one item,
+    # four votes, but only the three keys make the agreement (an address is no key: it only ranks the text)
     [a2] = _predict([tweets[0] + "  "])
     _report(conn, a2, flip[a.id], "anon:203.0.113.7")
 
@@ -90,7 +91,8 @@ def test_three_identities_make_a_label_one_does_not_and_a_reviewers_rejection_wi
         ).values()
     }
     ja = judged[tweets[0].strip()]
-    assert (ja.status, ja.source, ja.label, len(ja.supporters)) == ("trusted", "agreement", flip[a.id], 4)
+    assert (ja.status, ja.source, ja.label, len(ja.supporters)) == ("trusted", "agreement", flip[a.id], 3)
+    assert len(ja.votes[flip[a.id]]) == 4 and "anon:203.0.113.7" not in ja.supporters
     assert judged[tweets[1].strip()].status == "untrusted" and judged[tweets[3].strip()].status == "untrusted"
 
     reviewer_headers, reviewer = _key("review")
@@ -131,8 +133,6 @@ def test_three_identities_make_a_label_one_does_not_and_a_reviewers_rejection_wi
 
 
 def test_review_queue_reported_and_uncertain_items_for_review_keys_only(champion, conn):
-    from api.main import create_app
-
     tweets = [t for _, t in realdata.balanced(40, seed=21)]
     rows = _predict(tweets)
     reported, again = rows[0], _predict([tweets[0]])[0]  # the same text predicted twice: one item
@@ -174,3 +174,60 @@ def test_review_queue_reported_and_uncertain_items_for_review_keys_only(champion
         ).fetchone() == (reviewer, 1, r.json()["id"])
         q2 = client.get("/review/queue?limit=10", headers=review_headers).json()
         assert unc[0]["key"] not in {i["key"] for i in q2["items"]}  # reviewed: out of the queue
+
+
+def test_undo_withdraws_the_decision_and_its_report_unless_a_retraining_consumed_it(champion, conn):
+    """DELETE /review/decisions/{id}: only its reviewer or an admin; the review row and the report it
+    stored go together (the item returns to the queue); 409 once a retraining consumed the report.
+    The queue shows the reporters' comments and the report count."""
+    tweets = [t for _, t in realdata.balanced(20, seed=33)]
+    rows = _predict(tweets)
+    reported = rows[0]
+    conn.execute(
+        "INSERT INTO feedback (prediction_id, correct_label, reporter, comment) VALUES (%s, %s, %s, %s)",
+        (reported.id, 1 - reported.label, "key:c#9", "<img src=x onerror=alert(1)> sarcasm!"),
+    )
+    _report(conn, reported, 1 - reported.label, "key:d#8")
+    (a_headers, a_id), (b_headers, _), (admin, _) = _key("review"), _key("review"), _key("admin")
+    with TestClient(create_app(get_settings())) as client:
+        q = client.get("/review/queue?limit=10", headers=a_headers).json()
+        [rep] = [i for i in q["items"] if i["kind"] == "reported"]
+        assert rep["report_count"] == 2 and rep["identities"] == 2
+        assert [c["comment"] for c in rep["comments"]] == ["<img src=x onerror=alert(1)> sarcasm!"]
+        waiting = q["reported_waiting"] + q["uncertain_waiting"]
+
+        r = client.post(f"/review/{rep['id']}", json={"decision": "accept"}, headers=a_headers)
+        assert r.status_code == 201, r.text
+        decision, feedback_id = r.json()["id"], r.json()["feedback_id"]
+        assert feedback_id
+        q = client.get("/review/queue?limit=10", headers=a_headers).json()
+        assert rep["key"] not in {i["key"] for i in q["items"]}
+        assert q["reported_waiting"] + q["uncertain_waiting"] == waiting - 1
+
+        assert client.delete(f"/review/decisions/{decision}").status_code == 401
+        r = client.delete(f"/review/decisions/{decision}", headers=b_headers)  # another reviewer
+        assert r.status_code == 403 and a_id in r.json()["message"], r.text
+        assert client.delete("/review/decisions/987654321", headers=a_headers).status_code == 404
+        r = client.delete(f"/review/decisions/{decision}", headers=a_headers)
+        assert r.status_code == 200 and r.json()["feedback_deleted"] == 1, r.text
+        assert conn.execute("SELECT count(*) FROM reviews WHERE id = %s", (decision,)).fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM feedback WHERE id = %s", (feedback_id,)).fetchone()[0] == 0
+        q = client.get("/review/queue?limit=10", headers=a_headers).json()
+        assert rep["key"] in {i["key"] for i in q["items"]}  # back in the queue
+        assert q["reported_waiting"] + q["uncertain_waiting"] == waiting
+
+        # decided again, and its report consumed by a retraining: the undo is refused with the reason
+        r = client.post(f"/review/{rep['id']}", json={"decision": "relabel", "label": "positive"}, headers=a_headers)
+        decision, feedback_id = r.json()["id"], r.json()["feedback_id"]
+        retraining = conn.execute(
+            "INSERT INTO retrainings (model_name, trigger_key, reason, detail) VALUES (%s, %s, 'manual', 'test')"
+            " RETURNING id",
+            (get_settings().model_name, f"manual:undo-{uuid.uuid4().hex}"),
+        ).fetchone()[0]
+        conn.execute("INSERT INTO retraining_feedback VALUES (%s, %s)", (feedback_id, retraining))
+        r = client.delete(f"/review/decisions/{decision}", headers=admin)
+        assert r.status_code == 409 and f"retraining #{retraining}" in r.json()["message"], r.text
+        assert conn.execute("SELECT count(*) FROM reviews WHERE id = %s", (decision,)).fetchone()[0] == 1
+        conn.execute("DELETE FROM retraining_feedback WHERE feedback_id = %s", (feedback_id,))
+        r = client.delete(f"/review/decisions/{decision}", headers=admin)  # an admin may undo anyone's
+        assert r.status_code == 200, r.text

@@ -14,19 +14,26 @@ import sys
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pandas as pd
+import psycopg
 import pytest
 import realdata
+import redis
+from fastapi.testclient import TestClient
 from ports import free_port, listens
 
+from api.main import create_app
 from ml.data import DataError
 from ml.data.read import read_labelled
-from ml.platform import registry
-from ml.stages.scoring.files import file_sha256
+from ml.platform import db, registry
+from ml.platform.config import get_settings, reset_settings
+from ml.platform.orchestration import airflow_env
+from ml.stages.scoring.files import batch_dir, file_sha256
 from ml.stages.scoring.finalize import finalize
 from ml.stages.scoring.inbox import inbox_trigger_kwargs, pending_inbox_file, pending_inbox_files
 from ml.stages.scoring.plan import plan as plan_batch
@@ -36,8 +43,26 @@ from ml.stages.scoring.shard import score_shard
 from ml.stages.scoring.sizing import MIN_AUTO_SHARD_ROWS, auto_shard_rows, estimate_rows
 
 
+@pytest.fixture(scope="module", autouse=True)
+def input_roots(tmp_path_factory):
+    """This module scores files from pytest's temporary folders: batch input is confined to the
+    inbox and ``batch_input_roots`` (tests/security/test_batch_files.py tests the confinement).
+    Returns the extra environment Airflow subprocesses need (their env is built once per session)."""
+    env = {"SENTIMENT_BATCH_INPUT_ROOTS": json.dumps([str(tmp_path_factory.getbasetemp())])}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    reset_settings()
+    yield env
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    reset_settings()
+
+
 @pytest.fixture(scope="module")
-def champion(own_champion, tweets_csv):
+def champion(own_champion, tweets_csv, input_roots):
     """A real TF-IDF champion under a registered-model name of this module's own."""
     with own_champion("tweet-sentiment-scoring", tweets_csv) as c:
         yield c.name
@@ -180,7 +205,7 @@ def test_latin1_file_through_the_cli(champion, conn, latin1_input):
 
 
 @pytest.mark.slow
-def test_latin1_file_through_the_dag(airflow_cli, champion, conn, latin1_input):
+def test_latin1_file_through_the_dag(airflow_cli, champion, conn, latin1_input, input_roots):
     path, expected, rejects = latin1_input
     res = airflow_cli(
         "dags",
@@ -188,7 +213,7 @@ def test_latin1_file_through_the_dag(airflow_cli, champion, conn, latin1_input):
         "sentiment_batch_scoring",
         "-c",
         json.dumps({"input_path": str(path)}),
-        extra_env={"SENTIMENT_MODEL_NAME": champion},
+        extra_env={"SENTIMENT_MODEL_NAME": champion, **input_roots},
     )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     batch_id = conn.execute("SELECT id FROM batches WHERE input_path=%s", (str(path),)).fetchone()[0]
@@ -281,7 +306,7 @@ def test_killed_scoring_process_resumes_with_only_unfinished_shards(champion, co
 
 
 @pytest.mark.slow
-def test_dag_retries_a_failed_shard_alone(airflow_cli, platform_env, champion, conn, score_input):
+def test_dag_retries_a_failed_shard_alone(airflow_cli, platform_env, champion, conn, score_input, input_roots):
     """Shard 1's file is missing on its first try (moved away as soon as the plan records it,
     moved back once that try has started): Airflow retries that mapped task alone."""
     path, _ = score_input
@@ -290,8 +315,6 @@ def test_dag_retries_a_failed_shard_alone(airflow_cli, platform_env, champion, c
     events: list[str] = []
 
     def saboteur() -> None:
-        import psycopg
-
         with psycopg.connect(platform_env.database_url, autocommit=True) as c:
             hidden = None
             while not stop.is_set():
@@ -325,7 +348,12 @@ def test_dag_retries_a_failed_shard_alone(airflow_cli, platform_env, champion, c
     try:
         conf = json.dumps({"input_path": str(path), "shard_rows": 400})
         res = airflow_cli(
-            "dags", "test", "sentiment_batch_scoring", "-c", conf, extra_env={"SENTIMENT_MODEL_NAME": champion}
+            "dags",
+            "test",
+            "sentiment_batch_scoring",
+            "-c",
+            conf,
+            extra_env={"SENTIMENT_MODEL_NAME": champion, **input_roots},
         )
     finally:
         stop.set()
@@ -351,8 +379,6 @@ def test_dag_retries_a_failed_shard_alone(airflow_cli, platform_env, champion, c
 def test_two_runs_of_the_same_content_share_one_batch(champion, conn, score_input):
     """A manual run and the inbox's run of the same file at once: the second plan waits for the
     first (advisory lock) and resumes it; both score every shard; each row is stored once."""
-    from concurrent.futures import ThreadPoolExecutor
-
     path, _ = score_input
     with ThreadPoolExecutor(2) as pool:
         plans = list(pool.map(lambda _: plan_batch(path, shard_rows=250), range(2)))
@@ -368,10 +394,6 @@ def test_two_runs_of_the_same_content_share_one_batch(champion, conn, score_inpu
 
 def _airflow_rows(settings, sql: str, params: tuple = ()) -> list[tuple]:
     """Rows from Airflow's own metadata database (the session's)."""
-    import psycopg
-
-    from ml.platform import db
-
     with psycopg.connect(db.libpq_url(db.airflow_db_url(settings)), autocommit=True) as c:
         return c.execute(sql, params).fetchall()
 
@@ -395,8 +417,20 @@ def test_chunked_scoring_equals_in_memory_and_reports_rejects(champion, conn, sc
     assert rejects[12].startswith("wrong column count")
     assert rejects[503] == "empty text"
     assert len(rejects) == 3
+    # the scored file: in the batch's own folder (never beside the input), with the prediction ids
+    # and the API's label names
+
+    assert summary["output"] == str(batch_dir(summary["batch_id"], get_settings()) / "scored.parquet")
+    assert not list(path.parent.glob("*.scored.*"))
     out = pd.read_parquet(summary["output"])
-    assert len(out) == 1000 and summary["output"].startswith(str(path.parent))
+    assert len(out) == 1000 and set(out["label"]) == {"positive", "negative"}
+    ids = dict(
+        conn.execute(
+            "SELECT source_row, id::text FROM predictions WHERE batch_id=%s", (summary["batch_id"],)
+        ).fetchall()
+    )
+    assert dict(zip(out["source_row"], out["prediction_id"])) == ids
+    assert (out["label_id"] == (out["label"] == "positive")).all()
 
 
 def test_rerun_does_not_duplicate(champion, conn, score_input):
@@ -467,9 +501,6 @@ def test_shards_score_the_plans_verified_model_copy(champion, conn, score_input)
     """The plan fetches the champion once into the batch folder and checks it against the digest of
     the promotion event; every shard re-checks that copy before unpickling it (an altered copy is
     fetched again, never loaded); the copy is removed once the batch is done."""
-    from ml.platform.config import get_settings
-    from ml.stages.scoring.files import batch_dir
-
     path, _ = score_input
     plan = plan_batch(path, shard_rows=400, force=True)
     recorded = conn.execute("SELECT model_sha256 FROM batches WHERE id=%s", (plan.batch_id,)).fetchone()[0]
@@ -500,8 +531,6 @@ def test_alias_moved_outside_the_platform_is_not_used_for_batches(own_champion, 
     alias: an alias moved by hand in MLflow is refused with the reason, and nothing is planned."""
     import mlflow
 
-    from ml.platform.config import get_settings
-
     with own_champion("tweet-sentiment-alias", tweets_csv) as c:
         uri = mlflow.MlflowClient().get_run(c.run_id).data.tags["model_uri"]
         other = mlflow.register_model(uri, c.name)  # a second version, never promoted
@@ -521,11 +550,16 @@ def test_no_champion_is_a_clear_error(platform_env, mlflow_tracking, model_name,
 
 
 @pytest.mark.slow
-def test_batch_scoring_dag_maps_shards(airflow_cli, champion, conn, score_input):
+def test_batch_scoring_dag_maps_shards(airflow_cli, champion, conn, score_input, input_roots):
     path, _ = score_input
     conf = json.dumps({"input_path": str(path), "shard_rows": 400, "force": True})
     res = airflow_cli(
-        "dags", "test", "sentiment_batch_scoring", "-c", conf, extra_env={"SENTIMENT_MODEL_NAME": champion}
+        "dags",
+        "test",
+        "sentiment_batch_scoring",
+        "-c",
+        conf,
+        extra_env={"SENTIMENT_MODEL_NAME": champion, **input_roots},
     )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     row = conn.execute(
@@ -613,8 +647,6 @@ def _stop(proc: subprocess.Popen) -> None:
 @pytest.mark.slow
 def test_celery_worker_runs_scoring_shards(platform_env, airflow_cli, champion, score_input, tmp_path, conn):
     _require_redis()
-    from ml.platform import db
-    from ml.platform.orchestration import airflow_env
 
     # a real champion and an input of 1,000 tweets -> 3 shards of 400
     path, _ = score_input
@@ -681,7 +713,6 @@ def test_celery_worker_runs_scoring_shards(platform_env, airflow_cli, champion, 
         if worker is not None:
             _stop(worker)
         _stop(api)
-        import redis
 
         r = redis.Redis(host=REDIS[0], port=REDIS[1], db=0)
         keys = list(r.scan_iter(match=f"{prefix}*"))
@@ -712,10 +743,6 @@ def test_celery_worker_runs_scoring_shards(platform_env, airflow_cli, champion, 
 
 
 def test_batches_api(champion, score_input):
-    from fastapi.testclient import TestClient
-
-    from api.main import create_app
-
     path, _ = score_input
     summary = score_file(path, shard_rows=500)
     with TestClient(create_app()) as client:
@@ -775,7 +802,7 @@ def test_inbox_lists_settled_unscored_files_with_deterministic_run_ids(champion,
 
 
 @pytest.mark.slow
-def test_inbox_dag_triggers_one_run_per_file_once(airflow_cli, champion, platform_env):
+def test_inbox_dag_triggers_one_run_per_file_once(airflow_cli, champion, platform_env, input_roots):
     """Two inbox runs over the same file: one sentiment_batch_scoring run (id inbox__<hash>, with a
     note), the second inbox run's trigger is skipped."""
     inbox = platform_env.var / "inbox"
@@ -792,7 +819,7 @@ def test_inbox_dag_triggers_one_run_per_file_once(airflow_cli, champion, platfor
             "sentiment_inbox",
             "-c",
             json.dumps({"settle_seconds": 5}),
-            extra_env={"SENTIMENT_MODEL_NAME": champion},
+            extra_env={"SENTIMENT_MODEL_NAME": champion, **input_roots},
         )
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     runs = _airflow_rows(
@@ -819,8 +846,6 @@ def test_inbox_dag_triggers_one_run_per_file_once(airflow_cli, champion, platfor
 def test_manual_run_does_not_wait_behind_the_watched_inbox(platform_env, champion, conn, tmp_path):
     """A real scheduler with sentiment_inbox watching var/inbox/: a file landing there and a manual
     run with input_path both complete, each in its own sentiment_batch_scoring run."""
-    from ml.platform.orchestration import airflow_env
-
     inbox = platform_env.var / "inbox"
     for p in inbox.glob("*") if inbox.exists() else []:
         p.unlink()
@@ -904,12 +929,23 @@ def test_manual_run_does_not_wait_behind_the_watched_inbox(platform_env, champio
     landed.unlink()
 
 
-def test_nul_bytes_are_rejected_rows_not_a_failed_batch(champion, tmp_path):
+def test_nul_bytes_refuse_the_file_or_reject_the_row(champion, conn, tmp_path):
+    """A NUL in the first 64 KiB: the file is not text, refused (nothing stored). A NUL further on (past
+    the block looked at): that row is rejected, the others scored."""
     p = tmp_path / "nul.csv"
     p.write_bytes(b'4,"fine tweet"\n0,"bad \x00 byte"\n0,"another fine one"\n')
-    s = score_file(p)
-    assert s["rows_scored"] == 2 and s["rows_rejected"] == 1
-    assert get_batch(s["batch_id"])["rejects"] == [{"line": 2, "reason": "NUL byte in text"}]
+    with pytest.raises(DataError, match="not a text file"):
+        score_file(p)
+    batch = get_batch(f"b-{file_sha256(p)[:16]}")
+    assert batch["status"] == "failed" and "NUL" in batch["summary"]["error"]
+    assert conn.execute("SELECT count(*) FROM predictions WHERE batch_id=%s", (batch["id"],)).fetchone()[0] == 0
+    late = tmp_path / "late_nul.csv"
+    good = [f'4,"fine tweet number {i} {uuid.uuid4().hex}"\n'.encode() for i in range(3000)]
+    late.write_bytes(b"".join(good) + b'0,"bad \x00 byte"\n')
+    assert late.stat().st_size > 64 << 10
+    s = score_file(late)
+    assert s["rows_scored"] == 3000 and s["rows_rejected"] == 1
+    assert get_batch(s["batch_id"])["rejects"] == [{"line": 3001, "reason": "NUL byte in text"}]
 
 
 def test_forced_rescore_keeps_predictions_that_have_feedback(champion, conn, tmp_path):

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
-import mlflow
+import json
+
+import mlflow  # noqa: TID253 - a test module of the MLflow runs: loaded by its own tests only
+import psycopg
 import pytest
+import realdata
 
 from ml.data import DataError
 from ml.data.snapshots import validate_and_snapshot
-from ml.platform import registry
-from ml.stages import train
+from ml.platform import db, registry
+from ml.platform.config import get_settings, reset_settings
+from ml.stages import promotion, train
 
 
 @pytest.fixture(scope="module")
 def snapshot(platform_env):
     """The bundled 20k real tweets (the promotion gate needs a held-out set big enough for a paired test
     and a champion good enough for its golden set: ml/evaluation/gate.py)."""
-    import realdata
-
     return validate_and_snapshot(realdata.SAMPLE)
 
 
@@ -24,14 +27,12 @@ def _run(snapshot_hash, **kw):
     run_id = train.train(snapshot_hash, "tfidf_lr", **kw)
     metrics = train.evaluate(run_id)
     version = train.register(run_id)
-    return run_id, metrics, version, train.promote(run_id)
+    return run_id, metrics, version, promotion.promote(run_id)
 
 
 @pytest.fixture
 def no_behaviour_gate(model_name, monkeypatch):
     """The promotion rule alone (a 20-feature model cannot pass the behavioural checks)."""
-    from ml.platform.config import reset_settings
-
     monkeypatch.setenv("SENTIMENT_BEHAVIOUR_CHECKS", "false")
     reset_settings()
     yield
@@ -90,7 +91,7 @@ def test_promote_runs_the_behaviour_gate(mlflow_tracking, model_name, snapshot, 
     run_id = train.train(snapshot.hash, "tfidf_lr")
     train.evaluate(run_id)
     train.register(run_id)
-    d = train.promote(run_id)
+    d = promotion.promote(run_id)
     assert d["promoted"] and d["behaviour_passed"] is True, d
     stored = conn.execute("SELECT behaviour FROM training_runs WHERE run_id = %s", (run_id,)).fetchone()[0]
     assert stored["passed"] and set(stored["types"]) == {"minimum_functionality", "negation", "invariance"}
@@ -98,11 +99,6 @@ def test_promote_runs_the_behaviour_gate(mlflow_tracking, model_name, snapshot, 
 
 
 def _dag_runs(dag_id: str) -> list[str]:
-    import psycopg
-
-    from ml.platform import db
-    from ml.platform.config import get_settings
-
     with psycopg.connect(db.libpq_url(db.airflow_db_url(get_settings()))) as aconn:
         return [r[0] for r in aconn.execute("SELECT run_id FROM dag_run WHERE dag_id = %s", (dag_id,)).fetchall()]
 
@@ -134,8 +130,6 @@ def _assert_rejected_by_the_gate(conn, name, champion_version, run_id):
 def test_a_more_accurate_candidate_failing_a_check_is_not_promoted(own_champion, tweets_csv, conn, monkeypatch):
     """Against an existing champion (300 tweets), a candidate on the whole training split is more accurate
     but gets plain sentences wrong that the gate (minimum functionality required at 100%) asks for."""
-    from ml.platform.config import reset_settings
-
     with own_champion("tweet-sentiment-gate", tweets_csv, sample_size=300, SENTIMENT_BEHAVIOUR_CHECKS="false") as c:
         for k, v in STRICT_MINIMUM_FUNCTIONALITY.items():
             monkeypatch.setenv(k, v)
@@ -143,7 +137,7 @@ def test_a_more_accurate_candidate_failing_a_check_is_not_promoted(own_champion,
         run_id = train.train(c.snapshot.hash, "tfidf_lr")
         train.evaluate(run_id)
         train.register(run_id)
-        d = train.promote(run_id)  # runs the gate itself
+        d = promotion.promote(run_id)  # runs the gate itself
         monkeypatch.undo()
         assert not d["promoted"] and d["behaviour_passed"] is False
         _assert_rejected_by_the_gate(conn, c.name, c.version, run_id)
@@ -155,8 +149,6 @@ def test_training_dag_does_not_promote_a_more_accurate_candidate_failing_a_check
 ):
     """The same gate through sentiment_training (``airflow dags test``): the comparison's winner beats the
     champion on the same held-out split, fails minimum functionality, and the champion stays."""
-    import json
-
     with own_champion("tweet-sentiment-gate-dag", tweets_csv, sample_size=300, SENTIMENT_BEHAVIOUR_CHECKS="false") as c:
         before = _dag_runs("sentiment_training")
         res = airflow_cli(

@@ -1,8 +1,8 @@
 """The control plane over HTTP, for keys with scope ``admin`` (review marks: ``review`` too).
 
 Each route calls the same ``ml`` function as its CLI command: ``POST /admin/promote`` = ``ml promote
-RUN_ID`` (:func:`ml.stages.train.promote`: behavioural gate + promotion rule), ``POST /admin/rollback`` =
-``ml promote --rollback`` (:func:`ml.platform.registry.rollback`), ``POST /admin/review`` = ``ml review``
+RUN_ID`` (:func:`ml.stages.promotion.promote`: behavioural gate + promotion rule), ``POST /admin/rollback`` =
+``ml promote --rollback`` (:func:`ml.stages.promotion.rollback`), ``POST /admin/review`` = ``ml review``
 (:func:`ml.stages.retraining.trigger.review_feedback`, the reviewer recorded is the key), ``POST /admin/retrain``
 triggers the ``sentiment_retraining`` DAG through Airflow's REST API (a manual retraining:
 :func:`ml.platform.airflow_client.trigger_dag`)."""
@@ -17,7 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from api.auth import AdminCaller, ReviewCaller
 from api.deps import SettingsDep, database_unavailable
-from api.schemas import ErrorResponse
+from api.schemas import ErrorResponse, FreeText, Identifier
+from ml.platform import airflow_client
+from ml.stages import promotion
+from ml.stages.retraining.trigger import review_feedback
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +37,13 @@ class _Body(BaseModel):
 
 
 class PromoteRequest(_Body):
-    run_id: StrictStr = Field(
+    run_id: Identifier = Field(
         min_length=1, max_length=64, description="MLflow run id of an evaluated, registered candidate"
     )
 
 
 class RollbackRequest(_Body):
-    reason: StrictStr | None = Field(default=None, max_length=500)
+    reason: FreeText | None = Field(default=None, max_length=500)
 
 
 class ReviewRequest(_Body):
@@ -48,8 +51,8 @@ class ReviewRequest(_Body):
 
 
 class RetrainRequest(_Body):
-    mode: StrictStr | None = Field(default=None, pattern="^(champion|compare)$")
-    note: StrictStr | None = Field(default=None, max_length=500)
+    mode: StrictStr | None = Field(default=None, pattern="^(champion|compare)$")  # no control character either
+    note: FreeText | None = Field(default=None, max_length=500)
 
 
 def _conflict(exc: Exception) -> HTTPException:
@@ -59,11 +62,9 @@ def _conflict(exc: Exception) -> HTTPException:
 @router.post("/promote", responses={**AUTH, 409: {"description": "not evaluated / registered, or stale"}})
 def promote(body: PromoteRequest, caller: AdminCaller, settings: SettingsDep) -> dict[str, Any]:
     """The champion/challenger gate on a candidate (``ml promote RUN_ID``); moves the alias if it wins."""
-    from ml.stages import train
-
     log.warning("promotion of run %s asked by %s", body.run_id, caller.id)
     try:
-        return train.promote(body.run_id, settings)
+        return promotion.promote(body.run_id, settings)
     except ValueError as exc:
         raise _conflict(exc) from exc
 
@@ -71,11 +72,9 @@ def promote(body: PromoteRequest, caller: AdminCaller, settings: SettingsDep) ->
 @router.post("/rollback", responses={**AUTH, 409: {"description": "nothing to roll back to"}})
 def rollback(body: RollbackRequest, caller: AdminCaller, settings: SettingsDep) -> dict[str, Any]:
     """The previous champion back (``ml promote --rollback``), recorded as a ``rollback`` event."""
-    from ml.platform import registry
-
     reason = body.reason or f"rollback asked by {caller.id}"
     try:
-        return registry.rollback(settings, reason=reason)
+        return promotion.rollback(settings, reason=reason)
     except ValueError as exc:
         raise _conflict(exc) from exc
 
@@ -83,8 +82,6 @@ def rollback(body: RollbackRequest, caller: AdminCaller, settings: SettingsDep) 
 @router.post("/review", responses=AUTH)
 def review(body: ReviewRequest, caller: ReviewCaller, settings: SettingsDep) -> dict[str, Any]:
     """Mark reports reviewed (``ml review``); the reviewer recorded is the key's identity."""
-    from ml.stages.retraining.trigger import review_feedback
-
     try:
         n = review_feedback(body.feedback_ids, reviewer=caller.id, settings=settings)
     except Exception as exc:
@@ -100,8 +97,6 @@ def review(body: ReviewRequest, caller: ReviewCaller, settings: SettingsDep) -> 
 def retrain(body: RetrainRequest, caller: AdminCaller, settings: SettingsDep) -> dict[str, Any]:
     """A manual retraining: one run of ``sentiment_retraining`` (it records the retraining and consumes
     the pending reports, whatever their number)."""
-    from ml.platform import airflow_client
-
     conf: dict[str, Any] = {"retraining_id": None}
     if body.mode:
         conf["mode"] = body.mode

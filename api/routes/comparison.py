@@ -10,8 +10,11 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Query, status
 from fastapi.responses import FileResponse, HTMLResponse
 
+from api.auth import OptionalCaller
 from api.deps import SettingsDep
 from api.read_models import Comparison
+from ml.platform.http_headers import HTML_NO_SCRIPT_CSP
+from ml.stages.compare import latest_comparison
 
 router = APIRouter(tags=["models"])
 
@@ -19,8 +22,6 @@ _NONE = "no model comparison yet: run the sentiment_training DAG (or `ml compare
 
 
 def _latest(settings: Any) -> dict[str, Any]:
-    from ml.stages.compare import latest_comparison
-
     comp = latest_comparison(settings)
     if comp is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, _NONE)
@@ -39,11 +40,14 @@ def _latest(settings: Any) -> dict[str, Any]:
         },
     },
 )
-def comparison(settings: SettingsDep, format: str = Query("json", pattern="^(json|html)$")) -> Any:
-    """The latest comparison: ``?format=html`` gives a page with the table and the chart."""
+def comparison(
+    settings: SettingsDep, caller: OptionalCaller, format: str = Query("json", pattern="^(json|html)$")
+) -> Any:
+    """The latest comparison: ``?format=html`` gives a page with the table and the chart. The chart's
+    file path (``chart_path``) only with an ``admin`` key; anyone gets ``chart_url``."""
     comp = _latest(settings)
     if format == "json":
-        return comp
+        return comp if caller.has("admin") else public(comp)
     w = comp["winner"]
     chart = (
         '<p><img src="/models/comparison/chart.png" alt="accuracy vs inference time"></p>'
@@ -60,7 +64,14 @@ def comparison(settings: SettingsDep, format: str = Query("json", pattern="^(jso
         f" (version {w['version']}, {html.escape(str(w['status']))}: {html.escape(str(w['decision'] or ''))})</p>"
         f"{comp['html']}{chart}</body></html>"
     )
-    return HTMLResponse(page)
+    return HTMLResponse(page, headers={"Content-Security-Policy": HTML_NO_SCRIPT_CSP})
+
+
+def public(comp: dict[str, Any]) -> dict[str, Any]:
+    """The comparison without server paths: ``chart_path`` becomes ``chart_url`` (the route that serves it)."""
+    out = {k: v for k, v in comp.items() if k != "chart_path"}
+    out["chart_url"] = "/models/comparison/chart.png" if comp.get("chart_path") else None
+    return out
 
 
 @router.get(

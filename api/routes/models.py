@@ -4,20 +4,26 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, HTTPException, Request, Response
 
-from api.deps import ModelDep, SettingsDep
+from api import views
+from api.deps import ModelDep, SettingsDep, open_db
 from api.schemas import ModelInfo
+from ml.store import models as models_store
 
 router = APIRouter(tags=["model"])
 
 
-@router.get("/model", response_model=ModelInfo, responses={503: {"description": "no champion model yet"}})
-async def model_info(loaded: ModelDep, settings: SettingsDep) -> ModelInfo:
-    """The model answering /predict now (read at load time; no registry call here)."""
+@router.get(
+    "/model", response_model=ModelInfo, responses={**views.HTML_200, 503: {"description": "no champion model yet"}}
+)
+def model_info(loaded: ModelDep, settings: SettingsDep, request: Request, response: Response) -> Any:
+    """The model answering /predict now (read at load time; no registry call here). A browser (``Accept``
+    preferring ``text/html``) gets it as a page, with the champion history (``model_events``)."""
+    views.vary(response)
     run = loaded.run
     tags: dict[str, str] = run.get("tags", {})
-    return ModelInfo(
+    info = ModelInfo(
         name=loaded.name,
         alias=settings.champion_alias,
         version=loaded.version,
@@ -31,6 +37,14 @@ async def model_info(loaded: ModelDep, settings: SettingsDep) -> ModelInfo:
         tags=tags,
         external=_external(run.get("metrics", {}), tags),
     )
+    if not views.wants_html(request):
+        return info
+    try:
+        with open_db(settings) as conn:
+            events: list[dict[str, Any]] | None = models_store.recent_events(conn, loaded.name, 50)
+    except HTTPException:  # 503 from open_db: the page still shows the model without its history
+        events = None
+    return views.model_page(info.model_dump(), events)
 
 
 def _external(metrics: dict[str, float], tags: dict[str, str]) -> dict[str, Any] | None:

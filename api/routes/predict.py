@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
 
 from api import inference
 from api.auth import BatchCaller, PredictCaller, charge
@@ -43,7 +44,15 @@ def _with_tokens(predictions: list[Prediction], caller: Identity, request: Reque
     return predictions
 
 
-@router.post("/predict", response_model=Prediction, responses=_NO_CHAMPION)
+_EXPLAIN = Query(
+    False,
+    description="also return `explanation` (the words that pushed the prediction, with weights) and "
+    "`explanation_method`; runs off the micro-batcher (TF-IDF: its coefficients; other families: occlusion, "
+    "at most 40 words in one extra model call)",
+)
+
+
+@router.post("/predict", response_model=Prediction, response_model_exclude_none=True, responses=_NO_CHAMPION)
 async def predict(
     body: PredictRequest,
     loaded: ModelDep,
@@ -51,10 +60,17 @@ async def predict(
     settings: SettingsDep,
     caller: PredictCaller,
     request: Request,
+    explain: bool = _EXPLAIN,
 ) -> Prediction:
     """Classify one text. ``feedback_token`` lets this caller report on this prediction (POST /feedback)."""
     check_text_length(body.text, settings, ("body", "text"))
     _check_room(1, writer)
+    if explain:  # off the micro-batcher, in the threadpool: the plain path below is untouched
+        explained = await run_in_threadpool(
+            lambda: inference.explain(_predict([body.text], loaded, writer, request), [body.text], loaded)
+        )
+        request.app.state.models.offer_shadow(loaded.version, [body.text], explained)
+        return _with_tokens(explained, caller, request)[0]
     # micro-batched with concurrent requests; durable in the prediction log before it returns
     prediction = await inference.predict_one(body.text, loaded, request.app.state.batcher, writer)
     request.app.state.models.offer_shadow(loaded.version, [body.text], [prediction])  # queued, never awaited
@@ -63,7 +79,7 @@ async def predict(
 
 # Batches (up to max_batch_size texts) are sync: FastAPI runs them in its threadpool, so a long
 # model call never blocks the event loop.
-@router.post("/predict/batch", response_model=BatchPrediction, responses=_NO_CHAMPION)
+@router.post("/predict/batch", response_model=BatchPrediction, response_model_exclude_none=True, responses=_NO_CHAMPION)
 def predict_batch(
     body: BatchPredictRequest,
     loaded: ModelDep,
@@ -71,6 +87,7 @@ def predict_batch(
     settings: SettingsDep,
     caller: BatchCaller,
     request: Request,
+    explain: bool = _EXPLAIN,
 ) -> BatchPrediction:
     """Classify up to ``max_batch_size`` texts with one model call; all from the same model version.
     Each text counts against the caller's ``predict`` quota; each prediction has its ``feedback_token``."""
@@ -78,6 +95,8 @@ def predict_batch(
     charge(request, caller, "predict", len(body.texts))
     _check_room(len(body.texts), writer)
     predictions = _with_tokens(_predict(body.texts, loaded, writer, request), caller, request)
+    if explain:
+        inference.explain(predictions, body.texts, loaded)
     request.app.state.models.offer_shadow(loaded.version, body.texts, predictions)  # queued, never awaited
     return BatchPrediction(
         count=len(predictions), model_name=loaded.name, model_version=loaded.version, predictions=predictions

@@ -1,6 +1,8 @@
 """The review queue, for keys with scope ``review`` (or ``admin``): ``GET /review`` (the page),
 ``GET /review/queue`` (reported texts + least-confident live predictions, deduplicated by text) and
-``POST /review/{item}`` (accept / reject / relabel; the item is the id of a prediction of the text).
+``POST /review/{item}`` (accept / reject / relabel; the item is the id of a prediction of the text) and
+``DELETE /review/decisions/{id}`` (undo: the decision and the report it stored, while no retraining
+consumed it; only its reviewer or an admin).
 The reviewer recorded is the key's identity (:mod:`ml.stages.review` holds the rules)."""
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.auth import ReviewCaller
-from api.deps import SettingsDep, open_db
+from api.deps import ManagerDep, SettingsDep, open_db
 from api.schemas import ErrorResponse, LabelId
+from ml.models.base import explain as explain_texts
 from ml.stages import review
 from ml.stages.serving import label_name
 
 router = APIRouter(tags=["review"])
+EXPLAIN_ITEMS = 50  # queue items explained per answer (the first ones; the page shows them in order)
 
 STATIC = Path(__file__).resolve().parents[1] / "static"
 AUTH: dict[int | str, dict[str, Any]] = {
@@ -46,16 +50,31 @@ async def review_page() -> FileResponse:
 
 
 @router.get("/review/queue", responses=AUTH)
-def review_queue(caller: ReviewCaller, settings: SettingsDep, limit: int = Query(50, ge=1, le=500)) -> dict[str, Any]:
+def review_queue(
+    caller: ReviewCaller,
+    settings: SettingsDep,
+    manager: ManagerDep,
+    limit: int = Query(50, ge=1, le=500),
+    explain: bool = Query(True, description="the first 50 items' `explanation` by the serving model (why this label)"),
+) -> dict[str, Any]:
     """Items to review, none reviewed yet, one per text: ``reported`` (most reporting identities
-    first) and ``uncertain`` (the serving model's live predictions closest to p = 0.5)."""
+    first, with their comments) and ``uncertain`` (the serving model's live predictions closest to
+    p = 0.5). With ``explain`` (default) each item has ``explanation`` ([{token, weight}], weight > 0
+    toward positive), ``explanation_method`` and ``explained_by_version``: the serving model's, in
+    one call for the whole queue (nothing is logged as a prediction)."""
     with open_db(settings) as conn:
         out = review.queue(conn, settings.model_name, settings, limit)
+    loaded = manager.current
+    if explain and loaded is not None and out["items"]:
+        shown = out["items"][:EXPLAIN_ITEMS]  # the time budget: at most 50 x 41 texts in one call (occlusion)
+        method, per_text = explain_texts(loaded.model, [it["text"] for it in shown])
+        for it, words in zip(shown, per_text, strict=True):
+            it.update(explanation=words, explanation_method=method, explained_by_version=loaded.version)
     return {**out, "reviewer": caller.id}
 
 
 @router.post(
-    "/review/{item:uuid}",
+    "/review/{item}",  # a UUID by the parameter's type: a bad one is a 422 naming it, not a 404
     status_code=status.HTTP_201_CREATED,
     responses={
         **AUTH,
@@ -84,3 +103,30 @@ def review_item(item: uuid.UUID, body: ReviewDecision, caller: ReviewCaller, set
         "feedback_id": row["feedback_id"],
         "created_at": row["created_at"],
     }
+
+
+@router.delete(
+    "/review/decisions/{review_id}",
+    responses={
+        **AUTH,
+        403: {
+            "model": ErrorResponse,
+            "description": "the key lacks scope `review`, or the decision is another reviewer's",
+        },
+        404: {"description": "no decision with that id"},
+        409: {"description": "a later decision on the text exists, or a retraining already consumed its label"},
+    },
+)
+def undo_decision(review_id: int, caller: ReviewCaller, settings: SettingsDep) -> dict[str, Any]:
+    """Undo a decision: its review row and the report it stored are deleted in one transaction, so
+    the item returns to the queue. Only the reviewer who made it, or an admin; only the latest
+    decision on its text; refused (409, with the reason) once a retraining consumed its label."""
+    try:
+        with open_db(settings) as conn:
+            return review.undo(conn, review_id, caller.id, caller.has("admin"))
+    except LookupError as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=str(exc)) from exc
+    except PermissionError as exc:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail=str(exc)) from exc
+    except review.UndoRefused as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=str(exc)) from exc

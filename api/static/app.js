@@ -35,6 +35,7 @@
     $("bar-positive").style.width = pct(p.probabilities.positive);
     $("model-name").textContent = p.model_name;
     $("model-version").textContent = p.model_version;
+    window.renderExplanation($("why"), p.explanation, p.explanation_method);
     $("result").dataset.predictionId = p.id;
     $("result").dataset.label = p.label;
     $("result").dataset.modelVersion = p.model_version;
@@ -48,7 +49,7 @@
     $("error").textContent = "";
     $("predict").disabled = true;
     try {
-      show(await postJSON("/predict", { text: $("text").value }));
+      show(await postJSON("/predict?explain=true", { text: $("text").value }));
     } catch (e) {
       $("error").textContent = e.message;
     } finally {

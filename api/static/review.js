@@ -1,5 +1,7 @@
 // Review queue: GET /review/queue, POST /review/{item} with the review key from sessionStorage.
-// Keys: a = accept, r = reject, n / p = relabel negative / positive, s = skip.
+// Keys: a = accept, r = reject, n / p = relabel negative / positive, s = skip, u = undo the last decision
+// (DELETE /review/decisions/{id}). Texts, comments and explanation tokens are attacker-controlled:
+// textContent only.
 (function () {
   "use strict";
   const $ = (id) => document.getElementById(id);
@@ -7,6 +9,12 @@
   let items = [];
   let current = null;
   let busy = false;
+  let waiting = 0; // items left in the queue (reported_waiting + uncertain_waiting), this page's decisions off
+  let lastDecision = null; // {id, item}: what undo withdraws
+
+  function plural(n, one, many) { return n + " " + (n === 1 ? one : many); }
+
+  function showLeft() { $("left").textContent = plural(waiting, "item", "items") + " left"; $("left").dataset.count = String(waiting); }
 
   function key() { return sessionStorage.getItem(STORE); }
 
@@ -41,12 +49,16 @@
   function show() {
     current = items.shift() || null;
     $("remaining").textContent = (current ? items.length + 1 : 0) + " in this batch";
+    showLeft();
     $("item").hidden = !current;
     $("empty").hidden = !!current;
     if (!current) return;
     $("item").dataset.itemId = current.id;
     $("item").dataset.kind = current.kind;
-    $("item-kind").textContent = current.kind === "reported" ? "reported by " + current.identities + " identities"
+    $("item-kind").textContent = current.kind === "reported"
+      ? plural(current.report_count || 0, "report", "reports") + " by " + plural(current.identities, "identity", "identities")
+        + " (" + plural(current.keyed_identities || 0, "API key agrees", "API keys agree")
+        + (current.quarantined_reports ? ", " + current.quarantined_reports + " quarantined by a burst" : "") + ")"
       : "uncertain prediction";
     $("item-version").textContent = current.model_version;
     $("item-text").textContent = current.text;
@@ -54,6 +66,17 @@
     $("item-confidence").textContent = current.confidence === null ? "?" : (100 * current.confidence).toFixed(1) + "%";
     $("item-reports").textContent = current.reports.negative + " negative, " + current.reports.positive + " positive";
     $("item-proposed").textContent = current.proposed_label;
+    window.renderExplanation($("item-why"), current.explanation, current.explanation_method
+      ? current.explanation_method + ", serving model v" + current.explained_by_version : null);
+    const ul = $("item-comments");
+    ul.replaceChildren();
+    for (const c of current.comments || []) {
+      const li = document.createElement("li");
+      li.className = "comment";
+      li.textContent = c.comment + " (" + c.reporter + ", says " + c.label + ")";
+      ul.appendChild(li);
+    }
+    ul.hidden = !(current.comments && current.comments.length);
   }
 
   async function load() {
@@ -64,6 +87,7 @@
       $("review").hidden = false;
       $("reviewer").textContent = q.reviewer;
       items = q.items;
+      waiting = (q.reported_waiting || 0) + (q.uncertain_waiting || 0);
       show();
     } catch (e) {
       $("error").textContent = e.message;
@@ -81,7 +105,27 @@
       const r = await call("POST", "/review/" + encodeURIComponent(item.id), payload);
       $("status").textContent = "Recorded: " + r.decision + (r.label ? " as " + r.label : "") + " (review #" + r.id + ")";
       $("status").dataset.lastReview = String(r.id);
+      lastDecision = { id: r.id, item: item.id };
+      $("undo").disabled = false;
+      waiting = Math.max(0, waiting - 1);
       if (items.length) show(); else await load();
+    } catch (e) {
+      $("error").textContent = e.message;
+    } finally {
+      busy = false;
+    }
+  }
+
+  async function undo() {
+    if (!lastDecision || busy) return;
+    busy = true;
+    const d = lastDecision;
+    try {
+      await call("DELETE", "/review/decisions/" + encodeURIComponent(d.id));
+      lastDecision = null;
+      $("undo").disabled = true;
+      $("status").textContent = "Undone: review #" + d.id + " (the item is back in the queue)";
+      await load(); // the item returns with the queue's order and counts
     } catch (e) {
       $("error").textContent = e.message;
     } finally {
@@ -105,6 +149,7 @@
   $("relabel-negative").addEventListener("click", () => decide("relabel", "negative"));
   $("relabel-positive").addEventListener("click", () => decide("relabel", "positive"));
   $("skip").addEventListener("click", skip);
+  $("undo").addEventListener("click", undo);
   document.addEventListener("keydown", (ev) => {
     if ($("review").hidden || ev.ctrlKey || ev.metaKey || ev.altKey) return;
     if (ev.target && (ev.target.tagName === "INPUT" || ev.target.tagName === "TEXTAREA")) return;
@@ -114,6 +159,7 @@
     else if (k === "n") decide("relabel", "negative");
     else if (k === "p") decide("relabel", "positive");
     else if (k === "s") skip();
+    else if (k === "u") undo();
     else return;
     ev.preventDefault();
   });

@@ -13,10 +13,10 @@ The modules: ``read`` (the one tweet-file reader: formats, decoding, ``iter_reco
 ``read_labelled``), ``validation`` (``validate``: duplicates, label conflicts, the report and its
 Markdown), ``snapshots`` (content-hashed snapshots on disk and in the database, a snapshot's stored
 split, ``validate_and_snapshot``), ``splits`` (the train/held-out split of a snapshot, stratified
-samples), ``sources`` (the training file for ``make up``). This file holds only ``DataError``,
-shared by them.
+samples). This file holds only ``DataError`` (defined in :mod:`ml.platform.errors`: ``make up``'s training
+file, ``ml.platform.startup.sources``, raises it too), shared by them.
 """
 
+from ml.platform.errors import DataError
 
-class DataError(ValueError):
-    """The input cannot be used; the message says why."""
+__all__ = ["DataError"]

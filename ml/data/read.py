@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import pyarrow.parquet as pq
+
 from ml.data import DataError
 
 log = logging.getLogger(__name__)
@@ -75,14 +77,31 @@ def _checked(line: int, polarity: str | None, text: str, layout: str) -> Record:
     return Record(line, polarity, text, layout)
 
 
-def iter_records(path: str | Path, encoding: Counter | None = None, fmt: str | None = None) -> Iterator[Record]:
+#: how a caller names the text column in the messages below (the CLI option and the DAG param)
+TEXT_COLUMN_HINT = "name the column that holds the tweets with --text-column (ml score) or text_column (DAG param)"
+
+
+def iter_records(
+    path: str | Path,
+    encoding: Counter | None = None,
+    fmt: str | None = None,
+    text_column: str | None = None,
+    require_layout: bool = False,
+) -> Iterator[Record]:
     """Every row of a tweet file, in order, malformed ones included (with ``reason``).
 
     Layouts: Sentiment140's six columns ``polarity,id,date,query,user,text``; two columns
     ``polarity,text``; one column (text only); ``.txt`` one tweet per line; Parquet with a
-    ``text`` column (and optionally ``polarity`` or ``label``). A first line whose label field
-    is a header word (``polarity``, ``label``, ...) or a one-column ``text`` is skipped.
-    Blank CSV lines are skipped; a blank ``.txt`` line is a row with an empty text."""
+    ``text`` column (and optionally ``polarity`` or ``label``); a CSV whose header names a
+    ``text`` column (any column count; ``polarity``/``label``/``sentiment``/``target`` as its
+    label). A first line whose label field is a header word (``polarity``, ``label``, ...) or a
+    one-column ``text`` is skipped. Blank CSV lines are skipped; a blank ``.txt`` line is a row
+    with an empty text.
+
+    ``text_column``: the column holding the texts (CSV: named in the header, which must be the
+    first line; Parquet: a column name). ``require_layout`` (batch scoring): a CSV whose first
+    row is none of the layouts above raises :class:`DataError` naming the columns found, instead
+    of rejecting every row (training keeps the per-row rejects)."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"data file not found: {path}")
@@ -90,16 +109,25 @@ def iter_records(path: str | Path, encoding: Counter | None = None, fmt: str | N
         raise DataError(f"data path is a directory, expected a file: {path}")
     counter = encoding if encoding is not None else Counter()
     fmt = fmt or detect_format(path)
+    if text_column is not None and not text_column.strip():
+        text_column = None
     if fmt == "parquet":
-        yield from _parquet_records(path)
+        yield from _parquet_records(path, text_column)
         return
     if fmt == "text":
+        if text_column is not None:
+            raise DataError(
+                f"{path.name}: a .txt file has one tweet per line and no columns; text_column {text_column!r}"
+                " applies to CSV and Parquet input"
+            )
         for n, line in enumerate(_decoded_lines(path, counter), start=1):
             yield _checked(n, None, line.rstrip("\r\n"), "text")
         return
     if fmt != "csv":
         raise DataError(f"unknown input format {fmt!r}: expected csv, text or parquet")
     reader = csv.reader(_decoded_lines(path, counter), strict=True)
+    first = True
+    header: tuple[int, int | None, int] | None = None  # (text index, label index, columns) of a named header
     while True:
         try:
             row = next(reader)
@@ -111,6 +139,21 @@ def iter_records(path: str | Path, encoding: Counter | None = None, fmt: str | N
         line_no = reader.line_num
         if not row or (len(row) == 1 and not row[0].strip()):
             continue  # blank line
+        if first:
+            first = False
+            header = _header_layout(path, row, text_column, require_layout)
+            if header is not None:
+                continue  # the header line itself
+        if header is not None:
+            text_i, label_i, n_cols = header
+            if len(row) != n_cols:
+                yield Record(
+                    line_no, None, None, "csv", f"wrong column count: expected {n_cols} (the header's), got {len(row)}"
+                )
+                continue
+            pol = None if label_i is None else row[label_i].strip()
+            yield _checked(line_no, pol, row[text_i], "header")
+            continue
         if len(row) == 6:
             pol, text, layout = row[0].strip(), row[5], "sentiment140"
         elif len(row) == 2:
@@ -133,18 +176,50 @@ def iter_records(path: str | Path, encoding: Counter | None = None, fmt: str | N
         yield _checked(line_no, pol, text, layout)
 
 
-def _parquet_records(path: Path) -> Iterator[Record]:
-    import pyarrow.parquet as pq
+def _header_layout(
+    path: Path, row: list[str], text_column: str | None, require_layout: bool
+) -> tuple[int, int | None, int] | None:
+    """The first CSV row as a header naming the text column: (text index, label index, columns),
+    or None where the file is one of the fixed layouts (1, 2 or 6 columns, no named header)."""
+    names = [c.strip() for c in row]
+    lower = [n.lower() for n in names]
+    shown = names if len(names) <= 20 else [*names[:20], f"... ({len(names)} columns)"]
+    if text_column is not None:
+        want = text_column.strip()
+        if want in names:
+            i = names.index(want)
+        elif want.lower() in lower:
+            i = lower.index(want.lower())
+        else:
+            raise DataError(
+                f"{path.name}: no column {want!r} in the CSV header (its first line): found columns {shown}"
+            )
+    elif len(row) not in (1, 2, 6) and "text" in lower:
+        i = lower.index("text")
+    elif require_layout and len(row) not in (1, 2, 6):
+        raise DataError(
+            f"{path.name}: no text column: the first line has {len(row)} columns {shown}, none named 'text'"
+            f" (expected a 'text' header or 1, 2 or 6 columns); {TEXT_COLUMN_HINT}"
+        )
+    else:
+        return None
+    label_i = next((j for j, n in enumerate(lower) if n in HEADER_WORDS and j != i), None)
+    return i, label_i, len(row)
 
+
+def _parquet_records(path: Path, text_column: str | None = None) -> Iterator[Record]:
     try:
         pf = pq.ParquetFile(path)
     except Exception as e:  # not Parquet at all: say so, not a pyarrow traceback
-        raise DataError(f"{path}: not a readable Parquet file ({e})") from e
+        raise DataError(f"{path.name}: not a readable Parquet file ({e})") from e
     names = pf.schema_arrow.names
-    if "text" not in names:
-        raise DataError(f"{path}: Parquet input needs a 'text' column, found {names}")
-    label_col = next((c for c in ("polarity", "label") if c in names), None)
-    cols = ["text"] + ([label_col] if label_col else [])
+    text_col = text_column.strip() if text_column else "text"
+    if text_col not in names:
+        if text_column:
+            raise DataError(f"{path.name}: no column {text_col!r} in the Parquet file: found columns {names}")
+        raise DataError(f"{path.name}: Parquet input needs a 'text' column, found {names}; {TEXT_COLUMN_HINT}")
+    label_col = next((c for c in ("polarity", "label") if c in names and c != text_col), None)
+    cols = [text_col] + ([label_col] if label_col else [])
     n = 0
     for batch in pf.iter_batches(batch_size=65536, columns=cols):
         texts = batch.column(0).to_pylist()

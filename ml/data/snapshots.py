@@ -19,6 +19,7 @@ import pandas as pd
 
 from ml.data import DataError
 from ml.data.validation import report_markdown, validate
+from ml.platform import db
 from ml.platform.config import Settings, get_settings
 from ml.store import snapshots as snapshots_store
 
@@ -67,8 +68,6 @@ def store_snapshot(
 ) -> Snapshot:
     """Write the frame as a content-addressed snapshot (files first, atomically; then the DB
     record). Storing the same content twice returns the existing snapshot."""
-    from ml.platform import db
-
     s = settings or get_settings()
     h = content_hash(frame)
     report = {**report, "snapshot": h}
@@ -118,8 +117,6 @@ def store_split(snap: Snapshot, test_texts: Iterable[str], excluded_texts: Itera
 
 
 def get_snapshot(h: str, settings: Settings | None = None) -> Snapshot:
-    from ml.platform import db
-
     h = (h or "").strip().lower()
     if not re.fullmatch(r"[0-9a-f]{8,64}", h):
         raise DataError(f"dataset snapshot must be a sha256 hash or a prefix of at least 8 hex digits, got {h!r}")

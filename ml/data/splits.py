@@ -1,8 +1,13 @@
-"""Train/held-out split of a snapshot (its stored split where it has one) and stratified samples."""
+"""Train/held-out split of a snapshot (its stored split where it has one; :func:`split_for` by hash) and
+stratified samples."""
 
 from __future__ import annotations
 
 import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from ml.data.snapshots import Snapshot, get_snapshot
+from ml.platform.config import Settings
 
 
 def split(frame: pd.DataFrame, test_size: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -23,16 +28,23 @@ def split(frame: pd.DataFrame, test_size: float, seed: int) -> tuple[pd.DataFram
         train_df, test_df = frame[is_train].reset_index(drop=True), frame[is_test].reset_index(drop=True)
         train_df.attrs, test_df.attrs = {}, {}
         return train_df, test_df
-    from sklearn.model_selection import train_test_split
 
     train, test = train_test_split(frame, test_size=test_size, random_state=seed, stratify=frame["label"])
     return train.reset_index(drop=True), test.reset_index(drop=True)
 
 
+def split_for(snapshot_hash: str, s: Settings) -> tuple[Snapshot, pd.DataFrame, pd.DataFrame]:
+    """The stored snapshot ``snapshot_hash`` and its train / held-out split (:func:`split` with the settings'
+    ``test_size`` and ``seed``): what training, evaluation and the shadow's calibration all score on."""
+    snap = get_snapshot(snapshot_hash, s)
+    frame = snap.load()
+    train_df, test_df = split(frame, s.test_size, s.seed)
+    return snap, train_df, test_df
+
+
 def stratified_sample(frame: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:
     if not n or n >= len(frame):
         return frame
-    from sklearn.model_selection import train_test_split
 
     sample, _ = train_test_split(frame, train_size=n, random_state=seed, stratify=frame["label"])
     return sample.reset_index(drop=True)

@@ -30,8 +30,10 @@ import tempfile
 from typing import Any
 
 import numpy as np
+from sklearn.isotonic import IsotonicRegression
 
 from ml.models.base import decide
+from ml.platform.config import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +43,6 @@ METHOD = "CBPE: mean expected correctness under isotonic calibration fitted on t
 
 def fit_calibrator(p_positive: np.ndarray, y_true: np.ndarray) -> dict[str, Any]:
     """Isotonic regression of the true label on ``p_positive``, as a JSON-able dict of thresholds."""
-    from sklearn.isotonic import IsotonicRegression
-
     p = np.asarray(p_positive, dtype=float)
     y = np.asarray(y_true, dtype=float)
     if len(p) != len(y) or len(p) == 0:
@@ -78,9 +78,7 @@ def estimate_accuracy(cal: dict[str, Any], p_positive: np.ndarray, labels: np.nd
 def champion_calibrator(reference, meta: dict[str, Any], settings=None) -> dict[str, Any]:
     """The calibrator of the champion behind ``meta`` (the monitoring reference's meta): from
     ``calibration.json`` beside the cached reference, else fitted on the reference and cached."""
-    from ml.stages.monitoring.reference import reference_dir
-
-    target = reference_dir(int(meta["version"]), settings)
+    target = (settings or get_settings()).reference_version_dir(int(meta["version"]))
     path = target / CALIBRATION_FILE
     if path.exists():
         cal = json.loads(path.read_text())

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support, roc_auc_score, roc_curve
 
 from ml.models.base import decide
 
@@ -19,13 +20,6 @@ METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc")
 
 
 def compute_metrics(y_true: Sequence[int] | np.ndarray, proba: np.ndarray) -> dict[str, Any]:
-    from sklearn.metrics import (
-        accuracy_score,
-        confusion_matrix,
-        precision_recall_fscore_support,
-        roc_auc_score,
-    )
-
     y = np.asarray(y_true)
     pred = decide(proba[:, 1]).astype(int)
     p, r, f1, _ = precision_recall_fscore_support(y, pred, average="binary", zero_division=0)
@@ -84,7 +78,6 @@ def plot_roc(y_true: Sequence[int], proba: np.ndarray, title: str):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from sklearn.metrics import roc_auc_score, roc_curve
 
     fpr, tpr, _ = roc_curve(y_true, proba[:, 1])
     fig, ax = plt.subplots(figsize=(4, 3.6))

@@ -17,7 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
+from ml.data import DataError
+from ml.data.read import read_labelled
+from ml.data.snapshots import content_hash
+from ml.evaluation.evaluate import compute_metrics
+from ml.models.base import decide
 from ml.platform.config import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -49,12 +55,6 @@ def load(settings: Settings | None = None) -> ExternalSet | None:
 
     A path that is set but unreadable is an error: evaluating without the file one asked for
     would silently drop the veto."""
-    import pandas as pd
-
-    from ml.data import DataError
-    from ml.data.read import read_labelled
-    from ml.data.snapshots import content_hash
-
     s = settings or get_settings()
     path = s.external_eval_file
     if path is None:
@@ -83,9 +83,6 @@ def load(settings: Settings | None = None) -> ExternalSet | None:
 
 def score(model, ext: ExternalSet) -> tuple[dict[str, Any], np.ndarray]:
     """(metrics, predicted labels) of ``model`` on the external set; metrics carry n, path and hash."""
-    from ml.evaluation.evaluate import compute_metrics
-    from ml.models.base import decide
-
     proba = model.predict_proba(ext.texts)
     m = compute_metrics(ext.labels, proba)
     m.update(path=str(ext.path), content_hash=ext.content_hash)

@@ -13,7 +13,7 @@ two models' *paired predictions* on three sets and records what changed:
     labels) plus the labelled behavioural cases of ``ml.evaluation.behaviour``.
 
 :func:`compare` builds the *evidence* (``ml.stages.train.evaluate`` stores it in ``training_runs.gate``);
-:func:`decide` is the rule (``ml.platform.registry.decide_promotion`` delegates to it), with ``promotion_gate``:
+:func:`decide` is the rule (``ml.stages.promotion.decide_promotion`` delegates to it), with ``promotion_gate``:
 
 ``strict`` (default) — a candidate is promoted over a champion only when
   1. its ``promotion_metric`` beats the champion's by more than the margin (as before), and
@@ -41,6 +41,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
+
+from ml.evaluation import behaviour
+from ml.evaluation.stats import paired_comparison
+from ml.models.base import decide as decide_label
+from ml.platform.config import REPO_ROOT, get_settings
 
 #: how many texts each flip list keeps (counts are always complete)
 FLIP_LIST_CAP = 20
@@ -75,18 +81,12 @@ def slice_masks(texts: Sequence[str]) -> dict[str, np.ndarray]:
 
 # ---------------------------------------------------------------- the golden set
 def _golden_file(path: str | Path | None) -> Path:
-    from ml.platform.config import REPO_ROOT
-
     p = Path(path) if path else REPO_ROOT / "config" / "golden.yaml"
     return p if p.is_absolute() else REPO_ROOT / p
 
 
 @lru_cache(maxsize=8)
 def _load_golden(path: str, mtime: float) -> tuple[tuple[str, int], ...]:
-    import yaml
-
-    from ml.evaluation import behaviour
-
     doc = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     rows: list[tuple[str, int]] = []
     for i, item in enumerate(doc.get("tweets") or []):
@@ -108,8 +108,6 @@ def _load_golden(path: str, mtime: float) -> tuple[tuple[str, int], ...]:
 def golden_set(settings=None) -> tuple[tuple[str, int], ...]:
     """(text, label) of the golden regression set: ``golden_path`` + the labelled behavioural cases.
     A missing or malformed file is an error, never an empty set."""
-    from ml.platform.config import get_settings
-
     s = settings or get_settings()
     p = _golden_file(s.golden_path)
     if not p.exists():
@@ -119,8 +117,6 @@ def golden_set(settings=None) -> tuple[tuple[str, int], ...]:
 
 # ---------------------------------------------------------------- evidence
 def _labels(proba: np.ndarray) -> np.ndarray:
-    from ml.models.base import decide as decide_label
-
     return np.asarray(decide_label(np.asarray(proba)[:, 1])).astype(int)
 
 
@@ -142,8 +138,6 @@ def held_out_evidence(
     y: Sequence[int], texts: Sequence[str], cand_proba: np.ndarray, champ_proba: np.ndarray, confidence: float
 ) -> dict[str, Any]:
     """Paired comparison on the held-out set, per slice, and which texts changed label."""
-    from ml.evaluation.stats import paired_comparison
-
     y_arr = np.asarray(y).astype(int)
     a, b = _labels(cand_proba), _labels(champ_proba)
     pa, pb = np.asarray(cand_proba)[:, 1], np.asarray(champ_proba)[:, 1]
@@ -237,9 +231,22 @@ def compare(
         "confidence": confidence,
         "golden": golden_evidence(golden, cand_golden_proba, champ_golden_proba, golden_min_confidence),
     }
+    ev["slice_accuracy"] = slice_accuracy(y, texts, cand_proba)
     if champ_proba is not None:
         ev["held_out"] = held_out_evidence(y, texts, cand_proba, champ_proba, confidence)
     return ev
+
+
+def slice_accuracy(y: Sequence[int], texts: Sequence[str], proba: np.ndarray) -> dict[str, Any]:
+    """The candidate's own held-out accuracy per slice (:data:`SLICES`), with or without a champion to
+    compare with: what the model card shows as the slices where the model is weak."""
+    y_arr = np.asarray(y).astype(int)
+    right = _labels(proba) == y_arr
+    out: dict[str, Any] = {}
+    for name, m in slice_masks(texts).items():
+        n = int(m.sum())
+        out[name] = {"n": n, "accuracy": float(right[m].mean()) if n else None}
+    return out
 
 
 def compare_models(
@@ -254,8 +261,6 @@ def compare_models(
     champion_version: int | None = None,
 ) -> dict[str, Any]:
     """:func:`compare` on two models (anything with ``predict_proba``); given probabilities are reused."""
-    from ml.platform.config import get_settings
-
     s = settings or get_settings()
     golden = golden_set(s)
     gtexts = [t for t, _ in golden]

@@ -13,12 +13,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from scipy.stats import binom, norm
 
 
 def mcnemar_mid_p(b: int, c: int) -> float:
     """Two-sided mid-p of McNemar's exact test: ``b`` pairs only A got right, ``c`` only B."""
-    from scipy.stats import binom
-
     n = b + c
     if n == 0:
         return 1.0
@@ -38,8 +37,6 @@ def paired_comparison(
     Returns ``difference`` (accuracy A - accuracy B), its ``interval`` at ``confidence``, the
     McNemar mid-p ``p_value``, the discordant counts ``a_only`` / ``b_only`` and ``verdict``:
     ``better`` / ``worse`` (A vs B, p < 1 - confidence) or ``tie``."""
-    from scipy.stats import norm
-
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must lie in (0, 1), got {confidence!r}")
     y, a, b_ = (np.asarray(v).astype(int).ravel() for v in (y, pred_a, pred_b))

@@ -1,4 +1,8 @@
-"""Model families, looked up by name; heavy frameworks are imported only when used."""
+"""Model families, looked up by name; heavy frameworks are imported only when used.
+
+The one registry of the families is :mod:`ml.models.families` (``FAMILIES``, ``INLINE_FAMILIES``, exported
+here): the search (``ml.stages.search.plan``), the API (``api/inference.py``) and the DAGs' ``families`` params
+(``plugins/sentiment_dag_defaults.py``) read it."""
 
 from __future__ import annotations
 
@@ -8,13 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ml.models.base import META_FILE, SentimentModel
-
-FAMILIES: dict[str, str] = {
-    "tfidf_lr": "ml.models.tfidf:TfidfLogReg",
-    "cnn": "ml.models.keras_text:TextCNN",
-    "bilstm": "ml.models.keras_text:BiLSTM",
-    "transformer": "ml.models.transformer:TransformerClassifier",
-}
+from ml.models.families import FAMILIES, INLINE_FAMILIES
 
 
 def family_class(family: str) -> type[SentimentModel]:
@@ -43,4 +41,4 @@ def load(path: str | Path) -> SentimentModel:
     return family_class(meta["family"]).load(path)
 
 
-__all__ = ["FAMILIES", "SentimentModel", "create", "family_class", "load"]
+__all__ = ["FAMILIES", "INLINE_FAMILIES", "SentimentModel", "create", "family_class", "load"]

@@ -7,12 +7,19 @@ The rest of the platform never asks which family it holds: it calls ``fit``,
 from __future__ import annotations
 
 import json
+import os
+import random
+import sys
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+
+from ml.features import requirements_for
 
 META_FILE = "family.json"
 
@@ -27,8 +34,6 @@ def decide(p_positive: np.ndarray | Sequence[float] | float) -> np.ndarray:
 
 def pinned(distribution: str) -> str:
     """``name==installed version`` without a local label (torch ``2.13.0+cpu`` -> ``torch==2.13.0``)."""
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return f"{distribution}=={version(distribution).split('+')[0]}"
     except PackageNotFoundError:
@@ -38,10 +43,6 @@ def pinned(distribution: str) -> str:
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and, when already imported, TensorFlow/Keras (with op determinism: a rerun
     reproduces its fit exactly, process-wide) and torch (reruns reproduce)."""
-    import os
-    import random
-    import sys
-
     os.environ.setdefault("PYTHONHASHSEED", str(seed))
     random.seed(seed)
     np.random.seed(seed)
@@ -65,8 +66,6 @@ class Budget:
     and/or a number of optimiser ``steps``; None or 0 means no limit of that kind."""
 
     def __init__(self, seconds: float | None = None, steps: int | None = None) -> None:
-        import time
-
         self.seconds = float(seconds) if seconds else None
         self.steps = int(steps) if steps else None
         self._clock = time.perf_counter
@@ -155,6 +154,46 @@ def plot_learning_curve(history: dict[str, Any], path: str | Path, title: str = 
 
 Validation = tuple[Sequence[str], Sequence[int] | np.ndarray]
 
+#: "Why this label": at most this many distinct words of a text are occluded (one model call of at
+#: most 1 + EXPLAIN_MAX_WORDS texts per explained text: the time budget of the neural families).
+EXPLAIN_MAX_WORDS = 40
+EXPLAIN_TOP_K = 10
+
+
+def occlusion(
+    predict_proba: Any, texts: Sequence[str], top_k: int = EXPLAIN_TOP_K, max_words: int = EXPLAIN_MAX_WORDS
+) -> list[list[dict[str, Any]]]:
+    """Model-agnostic explanation: for each text, remove each distinct whitespace word (every
+    occurrence; the first ``max_words`` distinct words), re-score all variants in ONE call of
+    ``predict_proba``, and weigh each word by p_positive(text) - p_positive(text without it): positive
+    pushed toward positive. The ``top_k`` words by |weight|, largest first."""
+    batch: list[str] = []
+    spans: list[tuple[int, list[str]]] = []
+    for text in texts:
+        words = str(text).split()
+        distinct = list(dict.fromkeys(words))[: max(0, int(max_words))]
+        spans.append((len(batch), distinct))
+        batch.append(str(text))
+        batch += [" ".join(w for w in words if w != word) for word in distinct]
+    if not batch:
+        return []
+    p = np.asarray(predict_proba(batch), dtype=float)[:, 1]
+    out: list[list[dict[str, Any]]] = []
+    for start, distinct in spans:
+        weights = [(w, float(p[start] - p[start + 1 + i])) for i, w in enumerate(distinct)]
+        weights.sort(key=lambda tw: -abs(tw[1]))
+        out.append([{"token": t, "weight": round(w, 6)} for t, w in weights[: max(0, int(top_k))]])
+    return out
+
+
+def explain(model: Any, texts: Sequence[str], top_k: int = EXPLAIN_TOP_K) -> tuple[str, list[list[dict[str, Any]]]]:
+    """(method, per-text ``[{"token", "weight"}]``) for any served model: the family's own
+    :meth:`SentimentModel.explain` when it has one, occlusion over ``predict_proba`` otherwise."""
+    own = getattr(model, "explain", None)
+    if callable(own):
+        return str(getattr(model, "explanation_method", "occlusion")), own(texts, top_k=top_k)
+    return "occlusion", occlusion(model.predict_proba, texts, top_k=top_k)
+
 
 class SentimentModel(ABC):
     family: ClassVar[str]
@@ -173,8 +212,6 @@ class SentimentModel(ABC):
 
     def pip_requirements(self) -> list[str]:
         """Pinned extra requirements of this model's MLflow pyfunc environment."""
-        from ml.features import requirements_for
-
         return [pinned(r) for r in self.requirements] + requirements_for(self.params.get("preprocess"))
 
     @abstractmethod
@@ -204,6 +241,14 @@ class SentimentModel(ABC):
 
     def predict(self, texts: Sequence[str]) -> np.ndarray:
         return decide(self.predict_proba(texts)[:, 1])
+
+    #: what :meth:`explain` computes (shown with each explanation)
+    explanation_method: ClassVar[str] = "occlusion"
+
+    def explain(self, texts: Sequence[str], top_k: int = EXPLAIN_TOP_K) -> list[list[dict[str, Any]]]:
+        """Why each text got its label: ``[{"token", "weight"}]`` per text, the ``top_k`` largest
+        |weight| first, weight > 0 pushing toward positive. Default: :func:`occlusion` (any family)."""
+        return occlusion(self.predict_proba, texts, top_k=top_k)
 
     # --- persistence: a directory with family.json plus the family's own files
     def save(self, path: str | Path) -> Path:

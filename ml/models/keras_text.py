@@ -27,10 +27,13 @@ from typing import Any, ClassVar
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import warnings
+
 import numpy as np
+from sklearn.model_selection import train_test_split
 
 from ml.features import preprocess
-from ml.models.base import SentimentModel, seed_everything
+from ml.models.base import Budget, SentimentModel, new_history, seed_everything
 
 log = logging.getLogger(__name__)
 logging.getLogger("gensim").setLevel(logging.WARNING)  # its per-epoch lifecycle lines drown the log
@@ -186,8 +189,6 @@ class KerasTextModel(SentimentModel):
         (``budget_seconds`` wall time, ``max_steps``), ``epochs`` passes, or ``patience`` evaluations
         without a better validation accuracy; evaluates every ``eval_every`` steps on (at most
         ``eval_max_rows`` of) the validation split and keeps the best weights."""
-        from ml.models.base import Budget, new_history
-
         p = self.params
         budget = Budget(budget_seconds, int(p["max_steps"]) or None)  # the clock starts here: all of fit counts
         keras, tf = _keras()
@@ -202,8 +203,6 @@ class KerasTextModel(SentimentModel):
             idx_train, idx_val = np.arange(len(x)), np.array([], dtype=int)
             frac = float(p["validation_fraction"])
             if frac > 0 and len(x) >= 20:
-                from sklearn.model_selection import train_test_split
-
                 idx_train, idx_val = train_test_split(np.arange(len(x)), test_size=frac, random_state=seed, stratify=y)
             x_val, y_val = x[idx_val], y[idx_val]
             x, y = x[idx_train], y[idx_train]
@@ -272,7 +271,6 @@ class KerasTextModel(SentimentModel):
             f"{budget.seconds:.0f}s ({budget.left():.0f}s left)" if budget.seconds else "none",
             eval_every,
         )
-        import warnings
 
         with warnings.catch_warnings():  # "shuffle=True ... ignored": the dataset is shuffled above
             warnings.simplefilter("ignore", UserWarning)

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +141,7 @@ class OnnxSession:
         threads: int = 1,
     ) -> None:
         import onnxruntime as ort
-        from tokenizers import Tokenizer
+        from tokenizers import Tokenizer  # noqa: PLC0415 - the transformer stack (the `deep` extra), as onnxruntime
 
         self.model_file = Path(model_file)
         self.batch_size = max(1, int(batch_size))
@@ -186,8 +188,16 @@ class OnnxSession:
         return out
 
 
+def _runtime_from_environment() -> str | None:
+    return os.environ.get(RUNTIME_ENV) or None
+
+
+#: where :func:`runtime_override` reads the ``transformer_runtime`` setting: the models read no settings
+#: themselves, so ``ml.platform.config`` installs its reader here when it is imported; a process without the
+#: platform's settings (a bare MLflow pyfunc) reads ``SENTIMENT_TRANSFORMER_RUNTIME`` directly
+runtime_setting: Callable[[], str | None] = _runtime_from_environment
+
+
 def runtime_override() -> str | None:
     """The ``transformer_runtime`` setting (``SENTIMENT_TRANSFORMER_RUNTIME``): forces a runtime at load."""
-    from ml.platform.config import get_settings
-
-    return get_settings().transformer_runtime
+    return runtime_setting()

@@ -13,7 +13,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import FeatureUnion, Pipeline
 
 from ml.features import preprocess
-from ml.models.base import Budget, SentimentModel, new_history
+from ml.models.base import EXPLAIN_TOP_K, Budget, SentimentModel, new_history
 
 
 class TfidfLogReg(SentimentModel):
@@ -74,6 +74,43 @@ class TfidfLogReg(SentimentModel):
         if len(texts) == 0:
             return np.zeros((0, 2))
         return self.pipeline_.predict_proba(self._prep(texts)).astype(np.float64)
+
+    explanation_method = "tfidf_coefficients"
+
+    def explain(self, texts: Sequence[str], top_k: int = EXPLAIN_TOP_K) -> list[list[dict[str, Any]]]:
+        """The model's own contributions: tf-idf value x logistic-regression coefficient of each
+        feature present in the text (a word or word n-gram; ``char:`` for character n-grams), the
+        ``top_k`` largest |contribution| first, positive toward positive (they sum, with the intercept,
+        to the logit of p_positive)."""
+        if len(texts) == 0:
+            return []
+        tfidf, clf = self.pipeline_.named_steps["tfidf"], self.pipeline_.named_steps["clf"]
+        x = tfidf.transform(self._prep(texts)).tocsr()
+        coef = np.asarray(clf.coef_, dtype=np.float64).ravel()
+        if int(clf.classes_[1]) != 1:  # coef_ points toward classes_[1]: make it "toward positive"
+            coef = -coef
+        names = self._feature_names()
+        out: list[list[dict[str, Any]]] = []
+        for i in range(x.shape[0]):
+            row = x.getrow(i)
+            contrib = row.data.astype(np.float64) * coef[row.indices]
+            order = np.argsort(-np.abs(contrib), kind="stable")[: max(0, int(top_k))]
+            out.append([{"token": names[row.indices[j]], "weight": round(float(contrib[j]), 6)} for j in order])
+        return out
+
+    def _feature_names(self) -> list[str]:
+        names = getattr(self, "_names_cache", None)
+        if names is None:
+            tfidf = self.pipeline_.named_steps["tfidf"]
+            if isinstance(tfidf, TfidfVectorizer):
+                names = [str(n) for n in tfidf.get_feature_names_out()]
+            else:  # FeatureUnion: word then char, in transform order
+                names = []
+                for part, vec in tfidf.transformer_list:
+                    prefix = "" if part == "word" else f"{part}:"
+                    names += [prefix + str(n) for n in vec.get_feature_names_out()]
+            self._names_cache = names
+        return names
 
     def vocabulary(self) -> set[str]:
         tfidf = self.pipeline_.named_steps["tfidf"]

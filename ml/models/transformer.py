@@ -35,10 +35,15 @@ from typing import Any, ClassVar
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # read by huggingface_hub at import: before transformers
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import sys
+import tempfile
+import weakref
+
 import numpy as np
+from sklearn.model_selection import train_test_split
 
 from ml.features import preprocess
-from ml.models.base import SentimentModel, seed_everything
+from ml.models.base import Budget, SentimentModel, new_history, seed_everything
 from ml.models.onnx_runtime import (
     EXPORT_META,
     FP32_FILE,
@@ -182,8 +187,6 @@ class TransformerClassifier(SentimentModel):
         without a better validation accuracy; every ``eval_every`` steps the model is scored on (at
         most ``eval_max_rows`` of) the validation split and the best state is kept. Learning rate:
         linear warm-up over ``warmup_steps``, then linear decay over the budget used (time or steps)."""
-        from ml.models.base import Budget, new_history
-
         p = self.params
         budget = Budget(budget_seconds, int(p["max_steps"]) or None)  # the clock starts here: all of fit counts
         import torch
@@ -199,8 +202,6 @@ class TransformerClassifier(SentimentModel):
         else:
             idx_train, idx_val = np.arange(len(x)), np.array([], dtype=int)
             if float(p["validation_fraction"]) > 0 and len(x) >= 20:
-                from sklearn.model_selection import train_test_split
-
                 idx_train, idx_val = train_test_split(
                     np.arange(len(x)), test_size=float(p["validation_fraction"]), random_state=seed, stratify=y
                 )
@@ -406,8 +407,6 @@ class TransformerClassifier(SentimentModel):
         d = getattr(self, "_export_dir", None)
         if d is not None and (Path(d) / EXPORT_META).exists():
             return Path(d)
-        import tempfile
-        import weakref
 
         d = Path(tempfile.mkdtemp(prefix="transformer-onnx-"))
         weakref.finalize(self, shutil.rmtree, str(d), True)
@@ -455,8 +454,6 @@ class TransformerClassifier(SentimentModel):
             chosen,
         )
         try:
-            import sys
-
             if "mlflow" in sys.modules:
                 import mlflow
 

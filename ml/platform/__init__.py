@@ -10,5 +10,7 @@
   owners) and the supervisor that restarts crashed services with backoff;
 - :mod:`ml.platform.airflow_client`: Airflow's REST API (generated login, token, training runs);
 - :mod:`ml.platform.startup`: the start-up sequence, one module per concern: ``services``,
-  ``commands``, ``supervision``, ``readiness``, ``seeding``, ``up``, ``down``, ``status``.
+  ``commands``, ``supervision``, ``readiness``, ``seeding`` (+ ``sources``: its training file), ``up``,
+  ``down``, ``status``;
+- :mod:`ml.platform.errors`: ``DataError``, shared by every layer above.
 """

@@ -13,25 +13,27 @@ import json
 import os
 import secrets
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from ml.platform.config import Settings, get_settings
+from ml.platform.orchestration import SIMPLE_AUTH_MANAGER_PASSWORDS_FILE, SIMPLE_AUTH_MANAGER_USERS, airflow_home
 from ml.platform.supervisor import ServiceError, say
 
 TRAINING_DAG = "sentiment_training"
+#: task-instance states after which a task runs no more (progress: tasks done / total)
+FINISHED_TASK_STATES = frozenset({"success", "failed", "skipped", "upstream_failed", "removed"})
 
 
 def airflow_user(s: Settings | None = None) -> str:
     """The (first) user of Airflow's simple auth manager, as ``airflow_env`` configures it."""
-    from ml.platform.orchestration import SIMPLE_AUTH_MANAGER_USERS
-
     return SIMPLE_AUTH_MANAGER_USERS.split(",")[0].split(":")[0].strip()
 
 
 def airflow_password_file(s: Settings | None = None) -> Path:
-    from ml.platform.orchestration import SIMPLE_AUTH_MANAGER_PASSWORDS_FILE, airflow_home
-
     return airflow_home(s or get_settings()) / SIMPLE_AUTH_MANAGER_PASSWORDS_FILE
 
 
@@ -64,8 +66,6 @@ def airflow_credentials(s: Settings | None = None, create: bool = True) -> tuple
 
 def airflow_token(s: Settings | None = None) -> str:
     """A JWT for Airflow's REST API (``POST /auth/token``)."""
-    import httpx
-
     s = s or get_settings()
     user, password = airflow_credentials(s, create=False)
     if password is None:
@@ -79,8 +79,6 @@ def airflow_token(s: Settings | None = None) -> str:
 
 
 def airflow_api(s: Settings, method: str, path: str, token: str, **kw):
-    import httpx
-
     r = httpx.request(
         method,
         f"http://{s.host}:{s.airflow_port}/api/v2{path}",
@@ -115,9 +113,11 @@ def trigger_training(
     poll: float = 5.0,
     dag_timeout: float = 180,
     run_timeout: float = 6 * 3600,
+    progress: Callable[[int, int, str], None] | None = None,
 ) -> dict[str, Any]:
     """Trigger ``dag_id`` with ``{"data_path": ...}`` through Airflow's REST API and, with
-    ``wait``, follow it to the end, printing the task states. Raises ServiceError on failure."""
+    ``wait``, follow it to the end, printing the task states (or, given ``progress``, telling it
+    ``(tasks finished, tasks, "running: <task ids>")`` at each poll). Raises ServiceError on failure."""
     s = s or get_settings()
     token = airflow_token(s)
     # the DAG must have been parsed by the dag-processor
@@ -172,7 +172,11 @@ def trigger_training(
             for t in sorted(tasks, key=lambda t: t.get("start_date") or "~")
         )
         now = time.monotonic()
-        if line != last_line or now - last_print > 30:
+        if progress is not None:
+            finished = sum(t.get("state") in FINISHED_TASK_STATES for t in tasks)
+            running = [t["task_id"] for t in tasks if t.get("state") == "running"]
+            progress(finished, len(tasks), f"running: {', '.join(running)}" if running else f"run {state}")
+        elif line != last_line or now - last_print > 30:
             say(f"      [{now - started:5.0f}s] run {state}: {line or '(no tasks yet)'}")
             last_line, last_print = line, now
         if state in ("success", "failed"):

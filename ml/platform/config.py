@@ -12,8 +12,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
+from limits import parse_many
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
+
+from ml.models import onnx_runtime
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = REPO_ROOT / "config" / "platform.yaml"
@@ -207,8 +210,6 @@ class Settings(BaseSettings):
     @field_validator("rate_limit_predict", "rate_limit_feedback")
     @classmethod
     def _check_rate_limit(cls, v: str) -> str:
-        from limits import parse_many
-
         try:
             parse_many(v)
         except ValueError as e:
@@ -291,6 +292,10 @@ class Settings(BaseSettings):
             return None
         return p if p.is_absolute() else REPO_ROOT / p
 
+    def reference_version_dir(self, version: int) -> Path:
+        """The monitoring reference of one champion version (and its calibrator, ``ml.evaluation.estimate``)."""
+        return self.reference_dir / self.model_name / f"v{version}"
+
     @property
     def search_space_file(self) -> Path:
         p = self.search_space_path
@@ -308,3 +313,11 @@ def get_settings() -> Settings:
 def reset_settings() -> None:
     """Forget the cached settings (tests and the CLI change the environment)."""
     get_settings.cache_clear()
+
+
+def _transformer_runtime() -> str | None:
+    return get_settings().transformer_runtime
+
+
+# the models read no settings: a transformer's serving runtime at load asks this (ml/models/onnx_runtime.py)
+onnx_runtime.runtime_setting = _transformer_runtime

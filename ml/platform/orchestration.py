@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from ml.platform import db
 from ml.platform.config import REPO_ROOT, Settings, get_settings
 
 # Airflow's simple auth manager: one admin user; its password lives in
@@ -25,8 +26,6 @@ def airflow_home(settings: Settings | None = None) -> Path:
 def airflow_env(settings: Settings | None = None, base: dict[str, str] | None = None) -> dict[str, str]:
     """Environment for ``airflow`` commands: LocalExecutor on the platform's PostgreSQL,
     the repository's ``dags/`` and ``plugins/``, no examples, low parallelism (2 cores)."""
-    from ml.platform import db
-
     s = settings or get_settings()
     env = dict(os.environ if base is None else base)
     home = airflow_home(s)
@@ -64,4 +63,6 @@ def airflow_env(settings: Settings | None = None, base: dict[str, str] | None = 
     )
     if s.mlflow_tracking_uri:
         env["MLFLOW_TRACKING_URI"] = s.mlflow_tracking_uri
+    if not s.database_url:  # the embedded server: every task's libpq reads the password from this file
+        env["PGPASSFILE"] = str(db.embedded_passfile(s).resolve())
     return env

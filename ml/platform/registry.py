@@ -1,72 +1,39 @@
-"""Model registry: log a model to MLflow, register it, and move the ``champion`` alias.
-
-The promotion rule is one function, :func:`decide_promotion` (its gate against a champion: ``ml.evaluation.gate``).
+"""Model registry: log a model to MLflow, register it, and move the ``champion`` alias (atomically with its
+event, :func:`move_champion`; :func:`rollback`). The promotion rule and its entry points: ``ml.stages.promotion``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+import shutil
 import tempfile
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
+from ml import models
+from ml.models import SentimentModel, pyfunc
 
-from ml.models import SentimentModel
-from ml.models.base import decide
+# the pyfunc wrapper lives in ml.models.pyfunc (what a serving environment unpickles); the name stays
+# importable here because versions logged before the move pickled it as ml.platform.registry.SentimentPyfunc
+from ml.models.pyfunc import SentimentPyfunc  # noqa: F401
+from ml.platform import db, tracking
 from ml.platform.config import Settings, get_settings
 from ml.store import models as store
 
 log = logging.getLogger(__name__)
 
 MODEL_ARTIFACT = "model"
-PIP_REQUIREMENTS = ["scikit-learn", "pandas<3", "numpy", "joblib"]
-
-try:  # the pyfunc base class; MLflow is a hard dependency of the platform
-    from mlflow.pyfunc import PythonModel as _PythonModel
-except ImportError:  # pragma: no cover
-    _PythonModel = object  # type: ignore[assignment,misc]
-
-
-class SentimentPyfunc(_PythonModel):
-    """MLflow pyfunc wrapper: any family, saved with its own ``save``; ``predict`` takes a list
-    (or Series) of texts and returns a DataFrame with label, p_negative, p_positive."""
-
-    def load_context(self, context) -> None:
-        from ml import models
-
-        self.model = models.load(context.artifacts["model_dir"])
-
-    # a type hint keeps MLflow 3 from warning "Add type hints to the `predict` method"; with a
-    # DataFrame hint MLflow neither infers a schema from it nor converts the input
-    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        if isinstance(model_input, pd.DataFrame):
-            model_input = model_input.iloc[:, 0]
-        texts = [str(t) for t in list(model_input)]
-        proba = self.model.predict_proba(texts)
-        return pd.DataFrame(
-            {"label": decide(proba[:, 1]).astype(int), "p_negative": proba[:, 0], "p_positive": proba[:, 1]}
-        )
 
 
 def log_model(model: SentimentModel, extra_requirements: list[str] | None = None):
-    """Log ``model`` into the active MLflow run as a pyfunc; returns mlflow's ModelInfo. The
-    environment is the base requirements plus the family's own (``model.pip_requirements()``,
-    pinned, e.g. ``torch==2.13.0``) unless ``extra_requirements`` is given."""
-    import mlflow
-
-    if extra_requirements is None:
-        extra_requirements = model.pip_requirements()
-
-    with tempfile.TemporaryDirectory() as tmp:
-        model_dir = model.save(Path(tmp) / "model_dir")
-        return mlflow.pyfunc.log_model(
-            name=MODEL_ARTIFACT,
-            python_model=SentimentPyfunc(),
-            artifacts={"model_dir": str(model_dir)},
-            pip_requirements=PIP_REQUIREMENTS + (extra_requirements or []),
-        )
+    """Log ``model`` into the active MLflow run as a pyfunc (``ml.models.pyfunc.log_model``: signature,
+    input example, requirements pinned from the running environment, code); returns mlflow's ModelInfo.
+    The family's own requirements (``model.pip_requirements()``) unless ``extra_requirements`` is given."""
+    return pyfunc.log_model(model, extra_requirements)
 
 
 def register(model_uri: str, run_id: str, settings: Settings | None = None) -> int:
@@ -109,8 +76,6 @@ class ArtifactMismatch(RuntimeError):
 
 def artifact_digest(path: str | Path) -> str:
     """sha256 over a model directory: every file's relative path and content, in sorted order."""
-    import hashlib
-
     root = Path(path)
     h = hashlib.sha256()
     for f in sorted(p for p in root.rglob("*") if p.is_file()):
@@ -157,10 +122,6 @@ def fetch_verified(version: int, expected_sha256: str, dest: Path, settings: Set
     already there is re-hashed and reused, else the version is downloaded beside it, its digest
     checked against the recorded one, and renamed into place (concurrent callers: the first rename
     wins, the others use it). Raises :class:`ArtifactMismatch`; nothing unverified is left at ``dest``."""
-    import os
-    import shutil
-    import uuid
-
     s = settings or get_settings()
     if dest.exists():
         try:
@@ -170,8 +131,6 @@ def fetch_verified(version: int, expected_sha256: str, dest: Path, settings: Set
             log.warning("%s: local copy of v%s does not match its recorded digest: fetching it again", dest, version)
             shutil.rmtree(dest, ignore_errors=True)
     import mlflow
-
-    from ml.platform import tracking
 
     tracking.configure(s)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -196,107 +155,142 @@ def fetch_verified(version: int, expected_sha256: str, dest: Path, settings: Set
 def load_local(path: Path) -> SentimentModel:
     """Load a verified local copy (:func:`fetch_verified`) with the family's own loader (the model
     folder logged beside the pyfunc wrapper), without MLflow."""
-    from ml import models
-
     return models.load(Path(path) / "artifacts" / "model_dir")
 
 
-def load_version(version: int, settings: Settings | None = None) -> SentimentModel:
-    """Load a registered version as a :class:`SentimentModel`."""
+def recorded_digest(version: int, settings: Settings | None = None) -> str | None:
+    """The artifact sha256 the platform recorded for a registered version: on its latest promotion /
+    rollback event, else at its registration (``training_runs`` of the run that registered it)."""
     import mlflow
 
     s = settings or get_settings()
-    pyfunc = mlflow.pyfunc.load_model(f"models:/{s.model_name}/{version}")
-    return pyfunc.unwrap_python_model().model
+    with db.connect(s) as conn:
+        digest = store.version_digest(conn, s.model_name, version)
+        if digest is None:
+            run_id = mlflow.MlflowClient().get_model_version(s.model_name, str(version)).run_id
+            digest = store.run_artifact_digest(conn, run_id) if run_id else None
+    return digest
 
 
-@dataclass
-class Decision:
-    promote: bool
-    reason: str
-    checks: dict[str, Any] = field(default_factory=dict)
-
-
-def decide_promotion(
-    candidate: dict[str, float],
-    champion_metrics: dict[str, float] | None,
-    *,
-    metric: str,
-    margin: float,
-    checks_passed: bool = True,
-    checks_reason: str = "",
-    gate: dict[str, Any] | None = None,
-    policy: dict[str, Any] | None = None,
-) -> Decision:
-    """THE promotion rule. A candidate that failed its behavioural checks is never promoted; the first
-    model (no champion) is. Against a champion: without ``policy``, its ``metric`` on the same held-out
-    set must beat the champion's by more than ``margin``; with ``policy`` (``ml.stages.train.promote`` always
-    passes the settings': ``mode``, ``slice_tolerance``, ``max_golden_flips``) the gate of
-    :func:`ml.evaluation.gate.decide` on the paired evidence ``gate`` (``ml.evaluation.gate.compare``): margin AND a
-    significant paired win AND no slice regression AND no golden right-to-wrong flip beyond the max.
-    The per-criterion outcome is in ``Decision.checks``."""
-    from ml.evaluation import gate as gate_mod
-
-    if not checks_passed:
-        return Decision(False, f"failed behavioural checks: {checks_reason}")
-    if metric not in candidate:
-        raise ValueError(f"candidate has no metric {metric!r}")
-    if champion_metrics is None:
-        return Decision(True, f"first model: promoted ({metric}={candidate[metric]:.4f})")
-    if policy is None:
-        c, ch = candidate[metric], champion_metrics[metric]
-        if c > ch + margin:
-            return Decision(True, f"{metric} {c:.4f} beats champion {ch:.4f} by more than {margin:.4f}")
-        return Decision(False, f"{metric} {c:.4f} does not beat champion {ch:.4f} by more than {margin:.4f}")
-    promote, reason, checks = gate_mod.decide(candidate, champion_metrics, gate, metric=metric, margin=margin, **policy)
-    return Decision(promote, reason, checks)
+def load_version(version: int, settings: Settings | None = None) -> SentimentModel:
+    """Load a registered version as a :class:`SentimentModel`, verified like the API's: its artifacts'
+    digest must be the one the platform recorded (:func:`recorded_digest`) before anything is unpickled
+    (evaluation against the champion, monitoring's reference, shadow, retraining). Raises
+    :class:`ArtifactMismatch` when it differs or none was recorded."""
+    s = settings or get_settings()
+    digest = recorded_digest(version, s)
+    if digest is None:
+        raise ArtifactMismatch(
+            f"{s.model_name} v{version}: no artifact digest was recorded for it (not registered by the "
+            f"platform): not loaded"
+        )
+    return load_verified(version, digest, s)
 
 
 def set_champion(version: int, settings: Settings | None = None) -> None:
+    """Move the alias, nothing else: the platform moves it only through :func:`move_champion`."""
     import mlflow
 
     s = settings or get_settings()
     mlflow.MlflowClient().set_registered_model_alias(s.model_name, s.champion_alias, str(version))
 
 
+def _restore_alias(previous: int | None, s: Settings) -> None:
+    """Put the alias back on ``previous`` (remove it when there was no champion), unless it is there already."""
+    import mlflow
+
+    now = champion(s)
+    if (now.version if now else None) == previous:
+        return
+    if previous is None:
+        mlflow.MlflowClient().delete_registered_model_alias(s.model_name, s.champion_alias)
+    else:
+        set_champion(previous, s)
+
+
+def _commit(conn) -> None:
+    """The commit that makes a champion change part of the history (a function of its own: the tests
+    inject a failure here)."""
+    conn.commit()
+
+
+def move_champion(
+    conn, version: int, previous: int | None, event: str, reason: str, digest: str, settings: Settings
+) -> None:
+    """THE one way the platform changes the champion (promotion, a confirmed shadow promotion, rollback),
+    atomically with its record. The caller holds :func:`ml.store.models.lock_promotions` in ``conn``'s open
+    transaction (and has read ``previous`` under it), and has computed ``digest`` (the sha256 the API checks
+    before it unpickles ``version``) before anything moves:
+
+    1. the event (``promoted`` / ``rollback``) and its digest are written in that transaction, not committed;
+    2. the alias is moved;
+    3. the transaction is committed (the lock is released with it).
+
+    A failure at 1 or 2: the transaction is rolled back (by the caller's ``with``), and the alias is put back
+    on ``previous`` in case the registry applied the move before failing. A failure at 3: the alias is put
+    back on ``previous`` (compensation). Either way the previous champion keeps serving and the latest
+    event still names it. Only a failure of the compensation itself (the registry down at that very
+    moment, after accepting the move) leaves the alias ahead of the history: it is logged, and the API
+    then refuses that alias (no event for it) and keeps serving the previous champion."""
+    s = settings
+    store.insert_event(conn, s.model_name, version, previous, event, reason)
+    store.set_event_digest(conn, s.model_name, version, digest)
+    try:
+        set_champion(version, s)
+        _commit(conn)
+    except BaseException as exc:
+        try:
+            _restore_alias(previous, s)
+        except Exception as undo:  # noqa: BLE001 - the first failure is the one raised; this one is logged
+            log.critical(
+                "%s: the %s of v%s failed (%s) and the alias could not be put back on v%s (%s): the alias is "
+                "ahead of model_events; the API refuses it and keeps serving the previous champion. Move it "
+                "back by hand (or run the promotion again)",
+                s.model_name,
+                event,
+                version,
+                exc,
+                previous,
+                undo,
+            )
+        raise
+
+
 def rollback(settings: Settings | None = None, reason: str | None = None) -> dict[str, Any]:
     """Put the previous champion back (``ml promote --rollback``), from the history in ``model_events``;
-    recorded as a ``rollback`` event. Rolling back again goes one step further back."""
-    from ml.platform import db
-
+    recorded as a ``rollback`` event. Rolling back again goes one step further back. Under the same lock
+    as a promotion, and atomic with its event (:func:`move_champion`)."""
     s = settings or get_settings()
-    current = champion(s)
-    if current is None:
-        raise ValueError(f"{s.model_name!r} has no champion: nothing to roll back")
     with db.connect(s) as conn:
+        store.lock_promotions(conn, s.model_name)
+        current = champion(s)
+        if current is None:
+            raise ValueError(f"{s.model_name!r} has no champion: nothing to roll back")
         events = store.champion_history(conn, s.model_name)
-    stack: list[int] = []  # the champions in force, oldest first; a rollback pops back to its target
-    for version, previous, event in events:
-        if event == "promoted":
-            if not stack and previous is not None:
-                stack.append(previous)
-            if not stack or stack[-1] != version:
-                stack.append(version)
-        else:
-            while stack and stack[-1] != version:
-                stack.pop()
-            if not stack:
-                stack.append(version)
-    if not stack or stack[-1] != current.version:
-        raise ValueError(
-            f"champion v{current.version} of {s.model_name!r} was not set by a recorded promotion "
-            f"(model_events ends with v{stack[-1] if stack else '-'}): no previous champion to restore"
-        )
-    if len(stack) < 2:
-        raise ValueError(f"v{current.version} is the first recorded champion of {s.model_name!r}: nothing before it")
-    target = stack[-2]
-    why = reason or f"rollback from v{current.version} to v{target}"
-    with db.connect(s) as conn:
-        digest = store.version_digest(conn, s.model_name, target)
-    digest = digest or version_artifact_digest(target, s)
-    set_champion(target, s)
-    with db.connect(s) as conn:
-        store.insert_event(conn, s.model_name, target, current.version, "rollback", why)
-        store.set_event_digest(conn, s.model_name, target, digest)
+        stack: list[int] = []  # the champions in force, oldest first; a rollback pops back to its target
+        for version, previous, event in events:
+            if event == "promoted":
+                if not stack and previous is not None:
+                    stack.append(previous)
+                if not stack or stack[-1] != version:
+                    stack.append(version)
+            else:
+                while stack and stack[-1] != version:
+                    stack.pop()
+                if not stack:
+                    stack.append(version)
+        if not stack or stack[-1] != current.version:
+            raise ValueError(
+                f"champion v{current.version} of {s.model_name!r} was not set by a recorded promotion "
+                f"(model_events ends with v{stack[-1] if stack else '-'}): no previous champion to restore"
+            )
+        if len(stack) < 2:
+            raise ValueError(
+                f"v{current.version} is the first recorded champion of {s.model_name!r}: nothing before it"
+            )
+        target = stack[-2]
+        why = reason or f"rollback from v{current.version} to v{target}"
+        digest = store.version_digest(conn, s.model_name, target) or version_artifact_digest(target, s)
+        move_champion(conn, target, current.version, "rollback", why, digest, s)
     log.warning("champion of %s rolled back: v%s -> v%s (%s)", s.model_name, current.version, target, why)
     return {"rolled_back": True, "from_version": current.version, "to_version": target, "reason": why}

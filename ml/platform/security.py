@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 import os
 import secrets
 import time
@@ -24,7 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ml.platform import db
 from ml.platform.config import Settings, get_settings
+from ml.store import keys as store
 
 SCOPES = ("predict", "feedback", "review", "admin")
 KEY_PREFIX = "smk_"
@@ -58,13 +61,33 @@ class Identity:
         return "admin" in self.scopes or any(s in self.scopes for s in scopes)
 
 
-def anonymous(client_address: str | None) -> Identity:
-    return Identity("anonymous", client_address or "unknown")
+def client_address(host: str | None) -> str:
+    """The peer as an identity part: a normalized IP address (``ipaddress``; an IPv4-mapped IPv6 address
+    as its IPv4 form, no zone), ``unknown`` for anything else. Never a header's text as sent."""
+    if not host:
+        return "unknown"
+    try:
+        ip = ipaddress.ip_address(host.strip().split("%", 1)[0])
+    except ValueError:
+        return "unknown"
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.compressed
+
+
+def anonymous(client_host: str | None) -> Identity:
+    """An anonymous caller, identified by its peer address (built by the platform: ``anon:<address>``)."""
+    return Identity("anonymous", client_address(client_host))
 
 
 # ---------------------------------------------------------------- keys
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def parse_key_id(key: str) -> str | None:
+    """The key id of a well-formed key, else None (no I/O: a malformed key needs no lookup)."""
+    return _parse(key)
 
 
 def _parse(key: str) -> str | None:
@@ -89,9 +112,6 @@ def create_key(
     name: str, scopes: list[str] | tuple[str, ...], settings: Settings | None = None, created_by: str | None = "cli"
 ) -> tuple[str, dict[str, Any]]:
     """A new key: (the key, shown once and never stored, its row without the hash)."""
-    from ml.platform import db
-    from ml.store import keys as store
-
     name = name.strip()
     if not name or len(name) > 100 or any(c.isspace() for c in name):
         raise KeyError_("a key's name is 1-100 characters without spaces (e.g. the client's name)")
@@ -104,18 +124,12 @@ def create_key(
 
 
 def list_keys(settings: Settings | None = None, include_revoked: bool = True) -> list[dict[str, Any]]:
-    from ml.platform import db
-    from ml.store import keys as store
-
     with db.connect(settings or get_settings()) as conn:
         return store.list_keys(conn, include_revoked)
 
 
 def revoke_key(name_or_key_id: str, settings: Settings | None = None) -> list[dict[str, Any]]:
     """Revoke a key by its key id, or every live key of a name. Raises when nothing matched."""
-    from ml.platform import db
-    from ml.store import keys as store
-
     with db.connect(settings or get_settings()) as conn:
         rows = store.revoke(conn, name_or_key_id)
     if not rows:
@@ -125,8 +139,6 @@ def revoke_key(name_or_key_id: str, settings: Settings | None = None) -> list[di
 
 def verify_key(conn, key: str) -> Identity | None:
     """The identity of a live key, else None (unknown, malformed, revoked or wrong secret)."""
-    from ml.store import keys as store
-
     key_id = _parse(key)
     if key_id is None:
         return None
@@ -197,7 +209,8 @@ def check_feedback_token(key: bytes, token: str, prediction_id: Any, identity: s
     """None when ``token`` was issued for this prediction to this identity and is not too old;
     otherwise why not (one line)."""
     issued_s, sep, sig = (token or "").partition(".")
-    if not sep or not issued_s.isdigit() or not sig:
+    # ASCII only: str.isdigit() accepts '²' (int() does not) and hmac.compare_digest refuses non-ASCII str
+    if not sep or not token.isascii() or not issued_s.isdigit() or not sig:
         return "feedback_token is malformed"
     expected = _sign(key, str(prediction_id).lower(), identity, int(issued_s))
     if not hmac.compare_digest(expected, sig):

@@ -7,16 +7,37 @@ in the PostgreSQL database ``mlflow_database`` with artifacts under ``var/mlarti
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import subprocess
 from functools import lru_cache
 
+from ml.platform import db
 from ml.platform.config import REPO_ROOT, Settings, get_settings
 
+#: MLflow's switch for its artifact up/download tqdm bar (off for the platform and its child processes)
+MLFLOW_PROGRESS_BAR_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 MLFLOW_URL_FILE = "mlflow.url"
 MLFLOW_CREDENTIALS_FILE = "credentials.json"  # under var/mlflow/, mode 0600
 MLFLOW_AUTH_CONFIG_FILE = "basic_auth.ini"  # under var/mlflow/, mode 0600
 MLFLOW_ADMIN = "platform-admin"
+#: MLflow 3's experiment type: without it the UI opens the experiment in the GenAI view (traces, an
+#: assistant); ``custom_model_development`` opens the classic training view (runs, metrics, models, datasets)
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+#: MLflow 3.17's UI takes its GenAI / Model-training view from a global toggle (the ``workflowType`` URL
+#: parameter, then remembered by the browser, GenAI by default), not from the experiment's kind tag:
+#: the platform's links into the UI carry this parameter (:func:`ui_url`)
+UI_WORKFLOW_QUERY = "workflowType=machine_learning"
+EXPERIMENT_TAGS = {
+    EXPERIMENT_KIND_TAG: EXPERIMENT_KIND,
+    "mlflow.note.content": (
+        "Tweet sentiment (Sentiment140, 2 classes): one run per trained candidate (tags dataset_hash, family, "
+        "git_commit; datasets: its training snapshot, held-out split and external evaluation file), registered "
+        "as versions of the registered model; the alias `champion` serves."
+    ),
+}
 
 
 def mlflow_dir(settings: Settings | None = None):
@@ -27,9 +48,6 @@ def mlflow_credentials(settings: Settings | None = None, create: bool = False) -
     """The MLflow server's admin login and Flask secret (``var/mlflow/credentials.json``, 0600),
     generated with ``create`` when missing: the platform's processes (API, DAG tasks, CLI) use it;
     nobody else holds it."""
-    import json
-    import secrets
-
     path = mlflow_dir(settings) / MLFLOW_CREDENTIALS_FILE
     if path.exists():
         return json.loads(path.read_text())
@@ -54,8 +72,6 @@ def mlflow_credentials(settings: Settings | None = None, create: bool = False) -
 def mlflow_auth_env(settings: Settings | None = None) -> dict[str, str]:
     """Environment of ``mlflow server --app-name basic-auth``: its config file (admin login, users in the
     PostgreSQL database ``<mlflow db>_auth``, no permission for other users) and the Flask secret."""
-    from ml.platform import db
-
     s = settings or get_settings()
     creds = mlflow_credentials(s, create=True)
     assert creds is not None
@@ -109,7 +125,6 @@ def tracking_uri(settings: Settings | None = None) -> str:
     url_file = s.run_dir / MLFLOW_URL_FILE
     if url_file.exists():
         return url_file.read_text().strip()
-    from ml.platform import db
 
     url = db.mlflow_backend_url(s)
     db.ensure_database(url)
@@ -123,6 +138,9 @@ def configure(settings: Settings | None = None) -> str:
 
     s = settings or get_settings()
     os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+    # MLflow's tqdm "Downloading artifacts" bar (mlflow.utils.file_utils.ArtifactProgressBar reads this at each
+    # download) leaks into every command's stderr and every task log: the platform reports its own progress
+    os.environ.setdefault(MLFLOW_PROGRESS_BAR_ENV, "false")
     uri = tracking_uri(s)
     if uri.startswith("http"):  # the platform's MLflow server answers only its own login
         use_credentials(s)
@@ -136,12 +154,20 @@ def configure(settings: Settings | None = None) -> str:
             s.artifacts_dir.mkdir(parents=True, exist_ok=True)
             location = s.artifacts_dir.resolve().as_uri()
         try:
-            client.create_experiment(s.experiment_name, artifact_location=location)
+            client.create_experiment(s.experiment_name, artifact_location=location, tags=EXPERIMENT_TAGS)
         except Exception:  # created concurrently by another task
             if client.get_experiment_by_name(s.experiment_name) is None:
                 raise
+    elif EXPERIMENT_KIND_TAG not in exp.tags:  # an experiment made before the kind was set (or by hand)
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     mlflow.set_experiment(s.experiment_name)
     return uri
+
+
+def ui_url(base: str, route: str) -> str:
+    """A link into the MLflow UI at ``base`` (``route``: e.g. ``experiments/1/runs/<run id>``) that opens in
+    the Model-training view."""
+    return f"{base.rstrip('/')}/#/{route.lstrip('/')}?{UI_WORKFLOW_QUERY}"
 
 
 @lru_cache

@@ -9,6 +9,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from ml.platform import db, tracking
 from ml.platform.config import Settings, get_settings
 from ml.store import lineage as store
 
@@ -81,8 +82,6 @@ def prediction_lineage(
     prediction_id: str | uuid.UUID, settings: Settings | None = None, conn=None
 ) -> dict[str, Any] | None:
     """Everything that led to one prediction; None for an unknown id."""
-    from ml.platform import db, tracking
-
     s = settings or get_settings()
     try:
         pid = uuid.UUID(str(prediction_id))

@@ -1,4 +1,7 @@
-"""The champion's model card: version, metrics (held-out and on the external set), what changed
+"""The champion's model card: version, metrics (held-out and on the external set, in a reading order with
+readable names), the confusion matrix and ROC that training logs to MLflow (fetched from the run's
+artifacts at render time, embedded as data URIs), links to the MLflow run and registered version,
+intended use and limitations (the data, the language, the labels, the gate's slices where it is weak), what changed
 against the champion it replaced (the promotion gate's flip report), its shadow results (``ml.stages.shadow``:
 agreement, estimated and reviewed live accuracy beside the champion it replaced) and the latest shadow,
 training snapshot (and its lineage), behavioural
@@ -15,19 +18,140 @@ from ml.platform.config import Settings, get_settings
 from ml.store import lineage as lineage_store
 from ml.store import models as models_store
 
-METRIC_KEYS = (
-    "accuracy",
-    "f1",
-    "precision",
-    "recall",
-    "roc_auc",
-    "inference_ms_per_tweet",
-    "training_seconds",
-    "model_size_mb",
+#: the held-out metrics in reading order, with their names on the card (quality first, cost last)
+METRIC_NAMES = {
+    "accuracy": "Accuracy",
+    "f1": "F1",
+    "precision": "Precision",
+    "recall": "Recall",
+    "roc_auc": "ROC AUC",
+    "inference_ms_per_tweet": "Inference (ms per tweet)",
+    "training_seconds": "Training time (s)",
+    "model_size_mb": "Model size (MB)",
+}
+METRIC_KEYS = tuple(METRIC_NAMES)
+
+#: the evaluation plots ``ml.stages.train.evaluate`` logs with ``mlflow.log_figure`` (artifact path, caption)
+PLOTS = (
+    ("confusion_matrix.png", "Confusion matrix (held-out split)"),
+    ("roc_curve.png", "ROC curve (held-out split)"),
+)
+
+#: what the slices of the promotion gate (ml.evaluation.gate.SLICES) mean, for the limitations section
+SLICE_NAMES = {
+    "short": "short tweets (fewer words than the gate's threshold)",
+    "long": "long tweets",
+    "mention": "tweets with an @mention",
+    "no_mention": "tweets without an @mention",
+    "url": "tweets with a URL",
+    "no_url": "tweets without a URL",
+    "negation": "tweets with a negation (not, no, never, n't …)",
+    "no_negation": "tweets without a negation",
+}
+
+INTENDED_USE = (
+    "Classifying the sentiment of short English social-media posts (tweets) as positive or negative, to "
+    "follow opinion in aggregate (shares over a day, a topic, a batch) and to triage posts for a person to "
+    "read. Each prediction carries P(positive); low-confidence predictions (near 0.5) are the ones to review."
+)
+NOT_INTENDED = (
+    "Not for decisions about individual people (moderation, hiring, credit) without a person in the loop; "
+    "not for other languages, long documents, or for neutral/mixed sentiment, sarcasm or intensity."
+)
+LIMITATIONS = (
+    "Trained on Sentiment140: English tweets from 2009 whose labels were derived from emoticons (:) positive, "
+    ":( negative, the emoticons then removed), not annotated by people: the labels are noisy and the "
+    "vocabulary, slang and topics are those of 2009.",
+    "English only: other languages are scored as if they were English (mostly out-of-vocabulary words, the "
+    "drift report's oov_share shows them).",
+    "Binary: positive or negative only. A neutral, mixed or factual text still gets one of the two labels; "
+    "its P(positive) is then usually near 0.5.",
+    "Accuracy is measured on a held-out split of the same data; live accuracy is estimated nightly by the "
+    "drift report (CBPE, label-free) and bounded by the predictions users report wrong.",
 )
 
 
-def model_card(settings: Settings | None = None) -> dict[str, Any]:
+def _ordered_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """Held-out metrics in :data:`METRIC_NAMES` order, then the others (``reported_*``) by name."""
+    known = {k: metrics[k] for k in METRIC_KEYS if k in metrics}
+    return {**known, **{k: metrics[k] for k in sorted(metrics) if k not in known}}
+
+
+def metric_name(key: str) -> str:
+    if key in METRIC_NAMES:
+        return METRIC_NAMES[key]
+    if key.startswith("reported_"):
+        return "Reported set: " + key[len("reported_") :].replace("_", " ")
+    return key.replace("_", " ")
+
+
+def mlflow_links(run, version: int, s: Settings) -> dict[str, str]:
+    """The MLflow UI pages of the run and of the registered version (``ml.platform.tracking.ui_url``:
+    they open in the model-training view)."""
+    from urllib.parse import quote
+
+    from ml.platform import tracking
+    from ml.stages.search.curves import tracking_uri_for_ui
+
+    base = tracking_uri_for_ui(s)
+    return {
+        "ui": base,
+        "run": tracking.ui_url(base, f"experiments/{run.info.experiment_id}/runs/{run.info.run_id}"),
+        "version": tracking.ui_url(base, f"models/{quote(s.model_name, safe='')}/versions/{version}"),
+    }
+
+
+def plot_images(run_id: str) -> list[dict[str, Any]]:
+    """The run's evaluation plots (:data:`PLOTS`) read through MLflow, as ``data:image/png;base64`` URIs;
+    a plot that cannot be read is listed with the error instead."""
+    import base64
+    import tempfile
+
+    import mlflow
+
+    out: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="model-card-") as tmp:
+        for path, caption in PLOTS:
+            item: dict[str, Any] = {"artifact": path, "caption": caption}
+            try:
+                local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=tmp)
+                with open(local, "rb") as f:
+                    data = f.read()
+                if not data.startswith(b"\x89PNG\r\n\x1a\n"):
+                    raise ValueError("not a PNG")
+                item["data_uri"] = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+            except Exception as e:  # noqa: BLE001 - the card shows the rest
+                item["error"] = f"{type(e).__name__}: {e}"[:300]
+            out.append(item)
+    return out
+
+
+def weak_slices(gate: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The model's held-out accuracy per slice of the promotion gate, lowest first: the gate record's own
+    ``slice_accuracy`` (every version evaluated since it exists), else the challenger side of its paired
+    comparison with the champion it replaced (``held_out.slices``)."""
+    if not gate:
+        return []
+    own = gate.get("slice_accuracy") or {}
+    rows = [
+        {"slice": name, "n": v.get("n"), "accuracy": v.get("accuracy")}
+        for name, v in own.items()
+        if v.get("n") and v.get("accuracy") is not None
+    ]
+    if not rows:
+        rows = [
+            {"slice": name, "n": v.get("n"), "accuracy": v.get("challenger_accuracy")}
+            for name, v in ((gate.get("held_out") or {}).get("slices") or {}).items()
+            if v.get("n") and v.get("challenger_accuracy") is not None
+        ]
+    for r in rows:
+        r["description"] = SLICE_NAMES.get(r["slice"], r["slice"])
+    return sorted(rows, key=lambda r: r["accuracy"])
+
+
+def model_card(settings: Settings | None = None, images: bool = True) -> dict[str, Any]:
+    """The card as a dict; ``images``: with the evaluation plots as data URIs (the HTML page), else
+    only their artifact paths (the JSON)."""
     import mlflow
 
     from ml.platform import db, registry, tracking
@@ -53,7 +177,9 @@ def model_card(settings: Settings | None = None) -> dict[str, Any]:
         raise ValueError(f"champion v{champ.version} of {s.model_name} has no MLflow run")
     run = mlflow.MlflowClient().get_run(run_id)
     tags = {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")}
-    metrics = {k: v for k, v in run.data.metrics.items() if k in METRIC_KEYS or k.startswith("reported_")}
+    metrics = _ordered_metrics(
+        {k: v for k, v in run.data.metrics.items() if k in METRIC_KEYS or k.startswith("reported_")}
+    )
     external = {
         k[len("external_") :]: v
         for k, v in run.data.metrics.items()
@@ -67,6 +193,10 @@ def model_card(settings: Settings | None = None) -> dict[str, Any]:
         "git_commit": tags.get("git_commit"),
         "dataset_hash": tags.get("dataset_hash"),
         "metrics": metrics,
+        "metric_names": {k: metric_name(k) for k in metrics},
+        "links": mlflow_links(run, champ.version, s),
+        "plots": plot_images(run_id) if images else [{"artifact": p, "caption": c} for p, c in PLOTS],
+        "intended_use": {"use": INTENDED_USE, "not_for": NOT_INTENDED, "limitations": list(LIMITATIONS)},
         "retraining_id": tags.get("retraining_id"),
         # accuracy etc. on external_eval_path at evaluation (ml.evaluation.external); None: evaluated without one
         "external": (
@@ -86,7 +216,9 @@ def model_card(settings: Settings | None = None) -> dict[str, Any]:
                 if tr["behaviour"]
                 else None,
             )
-        card["champion"]["what_changed"] = what_changed(models_store.run_gate(conn, run_id))
+        gate_record = models_store.run_gate(conn, run_id)
+        card["champion"]["what_changed"] = what_changed(gate_record)
+        card["champion"]["weak_slices"] = weak_slices(gate_record)
         card["snapshot_chain"] = lineage.snapshot_chain(conn, tags.get("dataset_hash"))
         for c in card["snapshot_chain"]:  # the card lists counts, not every report
             if c.get("retraining"):
@@ -168,6 +300,13 @@ def _esc(v: Any) -> str:
     return html.escape("" if v is None else str(v))
 
 
+def _text(t: Any) -> str:
+    """A tweet as a person reads it, escaped for HTML: Sentiment140 stores HTML entities literally
+    (``&quot;``, ``&amp;``), which ml.features.clean decodes once for the models; the card decodes them
+    the same way and escapes the result, so ``&quot;`` shows as ``"`` and ``&lt;script&gt;`` as text."""
+    return html.escape(html.unescape("" if t is None else str(t)), quote=True)
+
+
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4f}"
@@ -199,13 +338,64 @@ def card_html(card: dict[str, Any]) -> str:
         f"trained {_esc(c['trained_at'][:19])} UTC, run <code>{_esc(c['run_id'])}</code>, "
         f"code <code>{_esc(c.get('git_commit'))}</code></p>"
     )
+    links = c.get("links") or {}
+    if links:
+        out.append(
+            f"<p id='mlflow-links'>MLflow: <a id='mlflow-run' href='{_esc(links['run'])}' target='_blank' "
+            f"rel='noopener noreferrer'>training run</a> · <a id='mlflow-version' href='{_esc(links['version'])}' "
+            f"target='_blank' rel='noopener noreferrer'>registered version {_esc(c['version'])}</a></p>"
+        )
+    names = c.get("metric_names") or {}
     out.append(
-        "<h2>Held-out metrics</h2><table><tr>"
-        + "".join(f"<th>{_esc(k)}</th>" for k in c["metrics"])
+        "<h2>Held-out metrics</h2><table id='metrics'><tr>"
+        + "".join(f"<th data-metric='{_esc(k)}'>{_esc(names.get(k, k))}</th>" for k in c["metrics"])
         + "</tr><tr>"
         + "".join(f"<td>{_fmt(v)}</td>" for v in c["metrics"].values())
         + "</tr></table>"
     )
+    plots = c.get("plots") or []
+    if plots:
+        out.append("<div id='plots' style='display:flex;flex-wrap:wrap;gap:1rem'>")
+        for p in plots:
+            if p.get("data_uri"):
+                out.append(
+                    f"<figure style='margin:0'><img class='plot' data-artifact='{_esc(p['artifact'])}' "
+                    f"src='{_esc(p['data_uri'])}' alt='{_esc(p['caption'])}' width='400'>"
+                    f"<figcaption class='muted'>{_esc(p['caption'])}</figcaption></figure>"
+                )
+            else:
+                out.append(
+                    f"<p class='muted'>{_esc(p['caption'])}: not available"
+                    f"{' (' + _esc(p['error']) + ')' if p.get('error') else ''}</p>"
+                )
+        out.append("</div>")
+    iu = c.get("intended_use") or {}
+    if iu:
+        out.append(
+            f"<h2 id='intended-use'>Intended use</h2><p>{_esc(iu['use'])}</p><p>{_esc(iu['not_for'])}</p>"
+            "<h2 id='limitations'>Limitations</h2><ul>" + "".join(f"<li>{_esc(x)}</li>" for x in iu["limitations"])
+        )
+        weak = c.get("weak_slices") or []
+        if weak:
+            acc = c["metrics"].get("accuracy")
+            out.append(
+                "<li>Slices of the held-out split measured by the promotion gate (ml/evaluation/gate.py), "
+                "weakest first"
+                + (f"; overall accuracy {acc:.4f}" if isinstance(acc, float) else "")
+                + ":<table id='weak-slices'><tr><th>slice</th><th>tweets</th><th>accuracy</th></tr>"
+                + "".join(
+                    f"<tr><td>{_esc(w['description'])}</td><td>{int(w['n']):,}</td>"
+                    f"<td class='{'bad' if isinstance(acc, float) and w['accuracy'] < acc - 0.01 else ''}'>"
+                    f"{_fmt(w['accuracy'])}</td></tr>"
+                    for w in weak
+                )
+                + "</table></li>"
+            )
+        else:
+            out.append(
+                "<li>No slice measurement is stored for this version (evaluated before the gate recorded it).</li>"
+            )
+        out.append("</ul>")
     ext = c.get("external")
     if ext:
         keys = [k for k in ("accuracy", "f1", "roc_auc", "n") if k in ext]
@@ -247,7 +437,7 @@ def card_html(card: dict[str, Any]) -> str:
             ("held-out right → wrong (first)", h["right_to_wrong_examples"]),
         ):
             if texts:
-                out.append(f"<p class='muted'>{_esc(label)}: " + "; ".join(f"“{_esc(t)}”" for t in texts) + "</p>")
+                out.append(f"<p class='muted'>{_esc(label)}: " + "; ".join(f"“{_text(t)}”" for t in texts) + "</p>")
     for title, sh in (
         ("Shadow before promotion", c.get("shadow")),
         (

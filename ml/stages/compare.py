@@ -7,17 +7,27 @@ accuracy vs inference time; logged to the parent MLflow run and stored in Postgr
 
 The winner is the family whose best trial scored highest on the *validation* split (the
 selection metric, ``accuracy`` unless configured), so the held-out split only reports; it is
-then registered and goes through the champion/challenger gate (``ml.stages.train.promote``).
+then registered and goes through the champion/challenger gate (``ml.stages.promotion.promote``).
 """
 
 from __future__ import annotations
 
 import html
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
+from ml.data import DataError
+from ml.data.snapshots import validate_and_snapshot
+from ml.platform import db, tracking
 from ml.platform.config import Settings, get_settings
+from ml.platform.progress import ProgressFn, report
+from ml.stages import promotion, train
+from ml.stages.search.family import search_family
+from ml.stages.search.plan import plan_comparison
+from ml.stages.search.space import load_search_space, selection_metric
+from ml.stages.search.winners import evaluate_winners
 from ml.store import models as store
 from ml.store import snapshots as snapshots_store
 
@@ -79,13 +89,13 @@ def _link_md(row: dict[str, Any]) -> str:
 
 def _link_html(row: dict[str, Any]) -> str:
     url = (row.get("learning_curve") or {}).get("url")
-    return f'<a href="{html.escape(url, quote=True)}">curve</a>' if url else "-"
+    if not url or not str(url).lower().startswith(("http://", "https://")):  # never a javascript: or data: link
+        return "-"
+    return f'<a href="{html.escape(url, quote=True)}">curve</a>'
 
 
 def _json_safe(obj: Any) -> Any:
     """NaN/inf -> None (PostgreSQL's jsonb refuses them), recursively."""
-    import math
-
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
@@ -182,7 +192,6 @@ def plot_accuracy_vs_latency(rows: list[dict[str, Any]], path: Path, winner: str
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.xaxis.set_minor_formatter(NullFormatter())
     xs = [max(float(r["inference_ms_per_tweet"]), 1e-4) for r in rows]
-    import math
 
     # whole decades, so a log axis always carries labelled ticks (one family included)
     ax.set_xlim(10 ** math.floor(math.log10(min(xs) / 2)), 10 ** math.ceil(math.log10(max(xs) * 3)))
@@ -201,8 +210,6 @@ def plot_accuracy_vs_latency(rows: list[dict[str, Any]], path: Path, winner: str
 
 def _add_external(rows: list[dict[str, Any]], s: Settings) -> None:
     """The external-set figures ``ml.stages.train.evaluate`` stored for each row's run (and the champion's)."""
-    from ml.platform import db
-
     with db.connect(s) as conn:
         for r in rows:
             if r.get("external") or not r.get("run_id"):
@@ -222,9 +229,6 @@ def write_comparison(
     """Build the table, Markdown, HTML and chart; log them to the parent MLflow run (which ends
     here) and store them in ``comparisons``. Returns id, winner family and run."""
     import mlflow
-
-    from ml.platform import db, tracking
-    from ml.stages.search.space import load_search_space, selection_metric
 
     s = settings or get_settings()
     if not rows:
@@ -291,9 +295,6 @@ def write_comparison(
 def register_best(comparison: dict[str, Any] | int, settings: Settings | None = None) -> str:
     """Register the comparison's winner (a new registry version) and record the version on the
     comparison. Returns the winner's run id (for the gate)."""
-    from ml.platform import db
-    from ml.stages import train
-
     s = settings or get_settings()
     cid = comparison["id"] if isinstance(comparison, dict) else int(comparison)
     with db.connect(s) as conn:
@@ -308,8 +309,6 @@ def register_best(comparison: dict[str, Any] | int, settings: Settings | None = 
 def latest_comparison(settings: Settings | None = None) -> dict[str, Any] | None:
     """The newest comparison (JSON-ready), with the winner's registry version and gate decision;
     None before the first one."""
-    from ml.platform import db
-
     s = settings or get_settings()
     with db.connect(s) as conn:
         c = store.latest_comparison(conn)
@@ -327,9 +326,6 @@ def latest_comparison(settings: Settings | None = None) -> dict[str, Any] | None
 
 def latest_snapshot(settings: Settings | None = None) -> str:
     """The most recently stored dataset snapshot (what ``ml compare`` uses when given no data)."""
-    from ml.data import DataError
-    from ml.platform import db
-
     with db.connect(settings or get_settings()) as conn:
         h = snapshots_store.latest_hash(conn)
     if h is None:
@@ -347,28 +343,34 @@ def run_comparison(
     search_space: dict[str, Any] | None = None,
     promote: bool = False,
     settings: Settings | None = None,
+    progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
     """The whole comparison in this process (``ml compare``, benchmarks): validate -> search each
     family -> evaluate the winners on the held-out split -> write the comparison; with
-    ``promote``, also register the winner and run the gate, as the DAG does."""
-    from ml.data.snapshots import validate_and_snapshot
-    from ml.stages import train
-    from ml.stages.search.family import search_family
-    from ml.stages.search.plan import plan_comparison
-    from ml.stages.search.winners import evaluate_winners
-
+    ``promote``, also register the winner and run the gate, as the DAG does. ``progress(done, total,
+    message)`` is told before each step (validate, each family's search, evaluation, table, gate)."""
     s = settings or get_settings()
+    report(progress, 0, 0, "validating the data" if data_path is not None else "planning")
     if snapshot_hash is None and data_path is not None:
         snapshot_hash = validate_and_snapshot(data_path, s).hash
     if snapshot_hash is None:
         snapshot_hash = latest_snapshot(s)
     plan = plan_comparison(snapshot_hash, families, profile, sample_sizes, sample_size, search_space, settings=s)
-    winners = [search_family(plan, f, s) for f in plan["families"]]
+    fams = list(plan["families"])
+    total = len(fams) + 2 + (1 if promote else 0)  # each family's search, evaluation, table[, gate]
+    winners = []
+    for i, f in enumerate(fams):
+        report(progress, i, total, f"searching {f}")
+        winners.append(search_family(plan, f, s))
+    report(progress, len(fams), total, "evaluating the winners on the held-out split")
     rows = evaluate_winners(plan, winners, s)
+    report(progress, len(fams) + 1, total, "writing the comparison")
     result = write_comparison(plan, rows, s)
     result["rows"] = rows
     if promote:
+        report(progress, len(fams) + 2, total, "registering the winner, champion/challenger gate")
         run_id = register_best(result, s)
         train.check_behaviour(run_id, s)
-        result["promotion"] = train.promote(run_id, s)
+        result["promotion"] = promotion.promote(run_id, s)
+    report(progress, total, total, "done")
     return result

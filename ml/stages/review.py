@@ -7,9 +7,13 @@ all use them).
   whatever its reports say; ``accept`` (the label the item proposed) and ``relabel`` (the reviewer's
   label) make that label trusted;
 - otherwise (and unless ``feedback_review_required``) each reporting identity's latest word on the
-  text is one vote; a label is trusted when at least ``feedback_min_identities`` distinct identities
-  (default 3) give it and more identities give it than the other label (a contested text waits
-  for a reviewer); reports without a reporter (older rows) are one identity, ``unidentified``;
+  text is one vote; a label is trusted when at least ``feedback_min_identities`` distinct **keyed**
+  identities (API keys, which an admin issues; default 3) give it and more keyed identities give it
+  than the other label (a contested text waits for a reviewer). Anonymous reports (``anon:<address>``:
+  addresses are cheap to come by) and reports without a reporter (older rows, ``unidentified``) never
+  make agreement: they stay claims, and only raise the text's place in the review queue. Reports of
+  an identity a burst alert quarantined (``feedback_burst``: its reports from the burst's start until
+  the alert resolves) do not count as agreement either, until a reviewer accepts the text;
 - a report marked reviewed by ``ml review`` / ``POST /admin/review`` counts as a reviewer's accept
   of that report's label.
 
@@ -17,8 +21,8 @@ all use them).
 prediction. Each vote is shared equally by the identities behind the label (its supporting
 reporters; the reviewer when nobody reported it), and no identity counts for more than
 ``feedback_max_identity_share`` of the threshold (default 0.1: ten identities at least). So one
-client's unlimited reports count at most that share, and only on texts others agreed with or a
-reviewer accepted.
+client's unlimited reports count at most that share, and only on texts other keys agreed with or a
+reviewer accepted; one person with many addresses makes no label at all without a reviewer.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import hashlib
 import ipaddress
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 from typing import Any
 
@@ -60,6 +64,11 @@ def redact(identity: str | None) -> str:
     return f"anon:{net.network_address}/48"
 
 
+def keyed(identity: str | None) -> bool:
+    """An API key's identity (``key:<name>#<key id>``): issued by an admin, so it may count as agreement."""
+    return bool(identity) and str(identity).startswith("key:")
+
+
 @dataclass
 class Judged:
     """One text's reports and reviews, judged."""
@@ -72,6 +81,9 @@ class Judged:
     predicted: int | None = None  # the version's label for it (latest report's prediction)
     prediction_id: Any = None
     votes: dict[int, list[str]] = field(default_factory=lambda: {0: [], 1: []})
+    # the votes that can make agreement: keyed identities whose latest report is not quarantined
+    keyed: dict[int, list[str]] = field(default_factory=lambda: {0: [], 1: []})
+    quarantined: int = 0  # reports of identities a burst alert quarantined
     supporters: list[str] = field(default_factory=list)
     reports: list[dict[str, Any]] = field(default_factory=list)
     review: dict[str, Any] | None = None
@@ -99,6 +111,8 @@ class Judged:
             "source": self.source,
             "predicted": self.predicted,
             "votes": {LABELS[k]: len(v) for k, v in self.votes.items()},
+            "keyed_votes": {LABELS[k]: len(v) for k, v in self.keyed.items()},
+            "quarantined_reports": self.quarantined,
             "supporters": [redact(x) for x in self.supporters],
         }
 
@@ -132,6 +146,9 @@ def judge(reports: list[dict[str, Any]], reviews: dict[str, dict[str, Any]], set
         j.last_report_at = last["created_at"]
         for who, r in latest.items():
             j.votes[int(r["label"])].append(who)
+            if keyed(who) and not r.get("quarantined"):
+                j.keyed[int(r["label"])].append(who)
+        j.quarantined = sum(1 for r in j.reports if r.get("quarantined"))
         j.review = reviews.get(k)
         marked = [r for r in j.reports if r["reviewed"] and r.get("review_id") is None]
         if j.review is not None:
@@ -141,15 +158,17 @@ def judge(reports: list[dict[str, Any]], reviews: dict[str, dict[str, Any]], set
                 j.status, j.label, j.source = "trusted", int(j.review["label"]), "review"
         elif marked:
             j.status, j.label, j.source = "trusted", int(marked[-1]["label"]), "reviewed_report"
-        elif not settings.feedback_review_required:
-            n0, n1 = len(j.votes[0]), len(j.votes[1])
+        elif not settings.feedback_review_required:  # agreement: keyed identities only (not quarantined)
+            n0, n1 = len(j.keyed[0]), len(j.keyed[1])
             best, other = (1, n0) if n1 > n0 else (0, n1)
-            if len(j.votes[best]) >= min_ids and len(j.votes[best]) > other:
+            if len(j.keyed[best]) >= min_ids and len(j.keyed[best]) > other:
                 j.status, j.label, j.source = "trusted", best, "agreement"
         if j.status == "trusted":
             if j.label is None:  # every rule that trusts a text gives it its label
                 raise ValueError(f"text {k}: trusted without a label")
-            j.supporters = sorted(j.votes[j.label]) or [f"review:{(j.review or {}).get('reviewer', 'unknown')}"]
+            # agreement: the keys that made it; a reviewer's accept: everyone who gave the label
+            behind = j.keyed[j.label] if j.source == "agreement" else j.votes[j.label]
+            j.supporters = sorted(behind) or [f"review:{(j.review or {}).get('reviewer', 'unknown')}"]
     return out
 
 
@@ -195,6 +214,7 @@ def pending(
         "untrusted_texts": sum(1 for j in open_texts if j.status == "untrusted"),
         "rejected_texts": sum(1 for j in open_texts if j.status == "rejected"),
         "feedback_rows": sum(len(j.reports) for j in open_texts),
+        "quarantined_reports": sum(j.quarantined for j in open_texts),
     }
 
 
@@ -245,17 +265,42 @@ def _item(kind: str, pred: dict[str, Any], key: str, text: str, proposed: int, j
         "proposed_label": LABELS[proposed],
         "reports": {LABELS[k]: len(v) for k, v in j.votes.items()} if j else {"negative": 0, "positive": 0},
         "identities": len({r["reporter"] for r in j.reports}) if j else 0,
+        # keys whose latest word agrees with the proposal: what agreement counts (anonymous reports only rank)
+        "keyed_identities": len(j.keyed[proposed]) if j else 0,
+        "quarantined_reports": j.quarantined if j else 0,
         "status": j.status if j else "unreported",
         "last_report_at": j.last_report_at.isoformat() if j and j.last_report_at else None,
+        "report_count": len(j.reports) if j else 0,
+        "comments": _comments(j),
     }
+
+
+MAX_COMMENTS = 5
+MAX_COMMENT_CHARS = 500
+
+
+def _comments(j: Judged | None) -> list[dict[str, Any]]:
+    """The reporters' comments on the text, newest first (at most ``MAX_COMMENTS``, each cut at
+    ``MAX_COMMENT_CHARS``): attacker-controlled text, the page inserts it as text only."""
+    if j is None:
+        return []
+    out: list[dict[str, Any]] = []
+    for r in reversed(j.reports):
+        c = str(r.get("comment") or "").strip()
+        if c:
+            out.append(
+                {"comment": c[:MAX_COMMENT_CHARS], "reporter": redact(r["reporter"]), "label": LABELS[int(r["label"])]}
+            )
+        if len(out) >= MAX_COMMENTS:
+            break
+    return out
 
 
 def queue(conn, model_name: str, settings: Settings, limit: int = 50) -> dict[str, Any]:
     """Items for a reviewer, deduplicated by text, none reviewed yet: reported texts (most reporting
-    identities first, then the latest) and the least-confident live predictions (uncertainty
-    sampling: probability closest to 0.5), at least a quarter of the queue when there are any."""
-    from datetime import timedelta
-
+    identities first, keyed or anonymous: anonymous reports make no label, they raise the text's place
+    here; then the latest) and the least-confident live predictions (uncertainty sampling: probability
+    closest to 0.5), at least a quarter of the queue when there are any."""
     since = datetime.now(UTC) - timedelta(hours=float(settings.review_queue_hours))
     reports = list(reversed(store.reported_predictions(conn, model_name, since, max(1000, limit * 40))))
     uncertain_rows = store.least_confident(conn, model_name, since, limit * 5)
@@ -337,3 +382,37 @@ def decide(
         )
     row["text"] = text
     return row
+
+
+class UndoRefused(ValueError):
+    """A decision that cannot be withdrawn (409): a later decision exists, or a retraining consumed it."""
+
+
+def undo(conn, review_id: int, caller_id: str, is_admin: bool) -> dict[str, Any]:
+    """Withdraw a decision: the review row and the report it stored go together, in the caller's
+    transaction. Only the reviewer who made it or an admin (PermissionError); only the latest decision
+    on its text, and only while no retraining consumed its report (:class:`UndoRefused`)."""
+    row = store.review_for_update(conn, review_id)
+    if row is None:
+        raise LookupError(f"no review decision #{review_id}")
+    if row["reviewer"] != caller_id and not is_admin:
+        raise PermissionError(f"decision #{review_id} was made by {row['reviewer']}; only they or an admin may undo it")
+    if row["latest_id"] != row["id"]:
+        raise UndoRefused(
+            f"decision #{review_id} is not the latest on its text (#{row['latest_id']} is); undo that first"
+        )
+    consumed = [f for f in store.review_feedback(conn, review_id) if f["retraining_id"] is not None]
+    if consumed:
+        raise UndoRefused(
+            f"decision #{review_id}'s label (feedback #{consumed[0]['id']}) was already consumed by retraining "
+            f"#{consumed[0]['retraining_id']}; it cannot be withdrawn"
+        )
+    n = store.delete_review(conn, review_id)
+    return {
+        "id": row["id"],
+        "item": str(row["prediction_id"]) if row["prediction_id"] is not None else None,
+        "key": row["text_sha256"],
+        "decision": row["decision"],
+        "feedback_deleted": n,
+        "undone": True,
+    }

@@ -1,8 +1,8 @@
 """Shadow before promotion: a retraining's challenger that passed the promotion gate first serves in
 shadow, and is promoted only if it holds up on live traffic.
 
-1. **Start** (:func:`start`, from ``ml.stages.retraining.challenger.promote`` when ``shadow_requests`` or ``shadow_hours``
-   is set): ``ml.stages.train.promote(hold=True)`` ran the gate without moving the alias. A ``shadows`` row
+1. **Start** (:func:`start`, from ``ml.stages.promotion.promote_challenger`` when ``shadow_requests`` or ``shadow_hours``
+   is set): ``ml.stages.promotion.promote(hold=True)`` ran the gate without moving the alias. A ``shadows`` row
    names the challenger version, the champion it shadows and the artifact sha256 recorded at
    registration (the API verifies it before loading, as for a champion); each model's isotonic
    calibrator is fitted on its own predictions on the retraining's held-out split (``ml.evaluation.estimate``) and
@@ -14,7 +14,7 @@ shadow, and is promoted only if it holds up on live traffic.
    batches (a full queue drops, and counts, items: never on the request path). The retraining DAG's
    ``shadow.window`` sensor (reschedule mode: no worker slot held between pokes) completes when
    ``shadow_requests`` requests were shadowed or ``shadow_hours`` passed, whichever comes first.
-3. **Decide** (:func:`decide`, :func:`assess`) on the shadowed requests:
+3. **Decide** (``ml.stages.promotion.decide_shadow``, :func:`assess`) on the shadowed requests:
    - *agreement*: share of requests where the challenger gives the champion's label >= ``shadow_min_agreement``;
    - *estimated live accuracy* (CBPE, label-free): each model's calibrated expected correctness on its
      own live predictions; the challenger's may be at most ``shadow_max_accuracy_drop`` below the champion's;
@@ -22,7 +22,7 @@ shadow, and is promoted only if it holds up on live traffic.
      both models' accuracy on them (paired); with at least ``shadow_min_reviewed`` of them the challenger
      fails when its accuracy is more than ``shadow_max_accuracy_drop`` below the champion's *and* the paired
      McNemar test calls it worse at ``promotion_confidence`` (a drop of one text in 24 is noise, not a veto).
-   All hold: promoted through ``ml.stages.train.confirm_promotion`` (same lock, a ``promoted`` event with the
+   All hold: promoted through ``ml.stages.promotion.confirm`` (same lock, a ``promoted`` event with the
    digest), only if the champion did not change meanwhile. Otherwise rejected (a ``rejected`` event). No
    request shadowed in the window: rejected (no evidence). The results are on the shadow, the retraining
    (``retrainings.gate["shadow"]``), the training run's decision and the model card.
@@ -34,15 +34,17 @@ shadow: the gate's promotion happens at once, as before.
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 
-from ml.platform import db
+from ml.data.splits import split_for
+from ml.evaluation import estimate
+from ml.evaluation.stats import paired_comparison
+from ml.platform import db, registry
 from ml.platform.config import Settings, get_settings
+from ml.stages import train
 from ml.store import models as models_store
-from ml.store import retrainings as retrainings_store
 from ml.store import shadow as store
 
 log = logging.getLogger(__name__)
@@ -57,16 +59,12 @@ def enabled(settings: Settings | None = None) -> bool:
 def calibrators(run_id: str, champion_version: int, settings: Settings | None = None) -> dict[str, Any]:
     """Each model's isotonic calibrator (``ml.evaluation.estimate.fit_calibrator``) fitted on its own predictions on
     the held-out split of the challenger's snapshot (the set the gate compared them on)."""
-    from ml.evaluation import estimate
-    from ml.platform import registry
-    from ml.stages import train
-
     s = settings or get_settings()
     with db.connect(s) as conn:
         rec = models_store.run_record(conn, run_id)
     if rec is None:
         raise ValueError(f"no training run {run_id}")
-    _, _, test_df = train._split_for(rec["snapshot_hash"], s)
+    _, _, test_df = split_for(rec["snapshot_hash"], s)
     texts, y = test_df["text"].tolist(), test_df["label"].to_numpy()
     out: dict[str, Any] = {}
     for name, model in (
@@ -80,9 +78,7 @@ def calibrators(run_id: str, champion_version: int, settings: Settings | None = 
 
 
 def start(retraining_id: int | None, run_id: str, held: dict[str, Any], settings: Settings | None = None) -> int:
-    """Put a challenger that passed the gate (``held``: ``ml.stages.train.promote(hold=True)``'s result) in shadow."""
-    from ml.platform import registry
-
+    """Put a challenger that passed the gate (``held``: ``ml.stages.promotion.promote(hold=True)``'s result) in shadow."""
     s = settings or get_settings()
     version, champion_version = int(held["version"]), int(held["champion_version"])
     cal = calibrators(run_id, champion_version, s)
@@ -153,9 +149,6 @@ def _acc(pred: np.ndarray, y: np.ndarray) -> float:
 
 def assess(rows: list[dict[str, Any]], calibration: dict[str, Any], settings: Settings | None = None) -> dict[str, Any]:
     """The shadow's evidence and the per-criterion outcome (pure: rows of ``ml.store.shadow.predictions``)."""
-    from ml.evaluation import estimate
-    from ml.evaluation.stats import paired_comparison
-
     s = settings or get_settings()
     drop_max = float(s.shadow_max_accuracy_drop)
     out: dict[str, Any] = {
@@ -251,71 +244,6 @@ def assess(rows: list[dict[str, Any]], calibration: dict[str, Any], settings: Se
         + (": held up" if not failed else f": failed {', '.join(failed)}")
     )
     return out
-
-
-def decide(shadow_id: int, settings: Settings | None = None) -> dict[str, Any]:
-    """Close the window: promote the challenger (``ml.stages.train.confirm_promotion``) or reject it, and record
-    the shadow's results on the shadow, the retraining and the training run. Idempotent: a shadow that
-    already ended returns its recorded outcome."""
-    from ml.platform import registry
-    from ml.stages import train
-
-    s = settings or get_settings()
-    sid = int(shadow_id)
-    with db.connect(s) as conn:
-        sh = store.get(conn, sid)
-        if sh is None:
-            raise LookupError(f"no shadow #{sid}")
-        if sh["status"] != "running":
-            return {
-                "shadow_id": sid,
-                "status": sh["status"],
-                "promoted": sh["status"] == "promoted",
-                "reason": sh["decision"],
-                "results": sh["results"],
-                "version": sh["challenger_version"],
-            }
-        rows = store.predictions(conn, sid)
-        gate = models_store.run_gate(conn, sh["run_id"]) or {}
-    results = assess(rows, sh["calibration"], s)
-    gate_reason = ((gate.get("decision") or {}).get("reason")) or "passed the gate"
-    reason = f"{gate_reason}; {results['reason']}"
-    version, champion_version = int(sh["challenger_version"]), int(sh["champion_version"])
-    if results["promote"]:
-        out = train.confirm_promotion(sh["run_id"], version, champion_version, reason, s)
-        promoted, reason = out["promoted"], out["reason"]
-    else:
-        promoted = False
-    status = "promoted" if promoted else "rejected"
-    results["decision"] = {"promoted": promoted, "reason": reason}
-    with db.connect(s) as conn:
-        store.finish(conn, sid, status, results, reason)
-        if not promoted:
-            store.set_run_status(conn, sh["run_id"], "rejected", reason)
-            store.insert_event(conn, s.model_name, version, champion_version, "rejected", f"shadow #{sid}: {reason}")
-        models_store.set_gate(conn, sh["run_id"], {**gate, "shadow": {**results, "shadow_id": sid}})
-        if sh["retraining_id"] is not None:
-            r = retrainings_store.get(conn, int(sh["retraining_id"])) or {}
-            champ = registry.champion(s)
-            retrainings_store.update(
-                conn,
-                int(sh["retraining_id"]),
-                status=status,
-                decision=reason,
-                champion_after=champ.version if champ else None,
-                finished_at=datetime.now(UTC),
-                gate={**(r.get("gate") or {}), "shadow": {**results, "shadow_id": sid}},
-            )
-    log.info("shadow #%s: v%s %s: %s", sid, version, status, reason)
-    return {
-        "shadow_id": sid,
-        "status": status,
-        "promoted": promoted,
-        "reason": reason,
-        "results": results,
-        "version": version,
-        "champion_version": champion_version,
-    }
 
 
 def summary(shadow_row: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -1,6 +1,7 @@
-"""Training, evaluation, registration and promotion (behaviour gate + promotion rule) of one
-candidate: stages of the ``sentiment_training`` DAG (whose search and comparison live in
-``ml.stages.search`` / ``ml.stages.compare``), each also an ``ml`` CLI command.
+"""Training, evaluation, registration and the behavioural checks of one candidate: stages of the
+``sentiment_training`` DAG (whose search and comparison live in ``ml.stages.search`` / ``ml.stages.compare``,
+and whose promotion, the gate and the champion's moves, in ``ml.stages.promotion``), each also an ``ml`` CLI
+command.
 
 Tasks pass only small values (snapshot hash, MLflow run id, version) between them;
 models travel through MLflow.
@@ -8,25 +9,128 @@ models travel through MLflow.
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
-from ml.data.snapshots import get_snapshot
-from ml.data.splits import split, stratified_sample
+import numpy as np
+import pandas as pd
+
+from ml import models
+from ml.data.snapshots import content_hash
+from ml.data.splits import split_for, stratified_sample
+from ml.evaluation import behaviour, external, gate
+from ml.evaluation.evaluate import (
+    METRICS,
+    compute_metrics,
+    dir_size_mb,
+    inference_ms_per_tweet,
+    plot_confusion,
+    plot_roc,
+)
+from ml.evaluation.stats import paired_comparison
+from ml.platform import db, registry, tracking
 from ml.platform.config import Settings, get_settings
 from ml.store import models as store
 
 log = logging.getLogger(__name__)
 
+#: digests shown in MLflow's Dataset column: the first characters of the platform's sha256 content hash
+#: (MLflow stores at most 36)
+DIGEST_CHARS = 16
 
-def _split_for(snapshot_hash: str, s: Settings):
-    snap = get_snapshot(snapshot_hash, s)
-    frame = snap.load()
-    train_df, test_df = split(frame, s.test_size, s.seed)
-    return snap, train_df, test_df
+
+def _dataset(name: str, digest: str, path: Path, n_rows: int, sample):
+    """An MLflow dataset (``mlflow.entities.Dataset``) of a labelled file of the platform: its name, digest and
+    source (the file), the schema MLflow infers from a few rows (``mlflow.data.from_pandas``) and the profile
+    of all ``n_rows``. Only this metadata is stored, never the rows: cheap for 1.6M tweets."""
+    from mlflow.data.pandas_dataset import from_pandas
+    from mlflow.entities import Dataset
+
+    with warnings.catch_warnings():  # a file: URI is local to two of MLflow's source types (the same one)
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
+        d = from_pandas(
+            sample[["text", "label"]].head(100), source=Path(path).resolve().as_uri(), name=name, digest=digest
+        ).to_dict()
+    profile = {"num_rows": int(n_rows), "num_elements": int(n_rows) * 2}
+    return Dataset(d["name"], d["digest"], d["source_type"], d["source"], d["schema"], json.dumps(profile))
+
+
+def _log_datasets(run_id: str, inputs: list[tuple[Any, str, dict[str, str]]]) -> None:
+    """``mlflow.log_input`` for several datasets at once: (dataset, context, input tags)."""
+    import mlflow
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    mlflow.MlflowClient().log_inputs(
+        run_id,
+        datasets=[
+            DatasetInput(ds, [InputTag(MLFLOW_DATASET_CONTEXT, context), *(InputTag(k, v) for k, v in tags.items())])
+            for ds, context, tags in inputs
+        ],
+    )
+
+
+def log_training_datasets(
+    run_id: str,
+    snap,
+    train_df,
+    validation_df,
+    sample_size: int | None,
+    split: str,
+    validation_name: str = "held-out",
+) -> None:
+    """The run's inputs in MLflow (its runs list's Dataset column): the snapshot it was trained on
+    (context ``training``, digest = its content hash, input tags: the rows trained on) and the split it was
+    validated on (context ``validation``, digest = the split's content hash, input tag ``split``: how it was
+    drawn), both with the snapshot's parquet file as source. Training (``train``) validates on the
+    snapshot's held-out split, a comparison's winner (``ml.stages.search.family``) on its search split."""
+    h = snap.hash[:8]
+    _log_datasets(
+        run_id,
+        [
+            (
+                _dataset(f"snapshot-{h}", snap.hash[:DIGEST_CHARS], snap.path, snap.n_rows, train_df),
+                "training",
+                {
+                    "snapshot_hash": snap.hash,
+                    "trained_on_rows": str(len(train_df)),
+                    "sample_size": str(sample_size or "all"),
+                },
+            ),
+            (
+                _dataset(
+                    f"snapshot-{h}-{validation_name}",
+                    content_hash(validation_df)[:DIGEST_CHARS],
+                    snap.path,
+                    len(validation_df),
+                    validation_df,
+                ),
+                "validation",
+                {"snapshot_hash": snap.hash, "split": split},
+            ),
+        ],
+    )
+
+
+def log_external_dataset(run_id: str, ext) -> None:
+    """The external evaluation file (``external_eval_path``) as an input of the run (context ``evaluation``)."""
+    sample = pd.DataFrame({"text": ext.texts[:100], "label": ext.labels[:100]})
+    _log_datasets(
+        run_id,
+        [
+            (
+                _dataset(f"external-{Path(ext.path).stem}", ext.content_hash[:DIGEST_CHARS], ext.path, ext.n, sample),
+                "evaluation",
+                {"content_hash": ext.content_hash},
+            )
+        ],
+    )
 
 
 def train(
@@ -41,14 +145,11 @@ def train(
     log it to MLflow with params, dataset hash and git commit. Returns the MLflow run id."""
     import mlflow
 
-    from ml import models
-    from ml.platform import db, registry, tracking
-
     s = settings or get_settings()
     family = family or s.default_family
     params = dict(params or {})
     model = models.create(family, **params)  # fails fast on unknown family/params
-    snap, train_df, test_df = _split_for(snapshot_hash, s)
+    snap, train_df, test_df = split_for(snapshot_hash, s)
     train_df = stratified_sample(train_df, sample_size, s.seed)
     tracking.configure(s)
     commit = tracking.git_commit()
@@ -74,13 +175,14 @@ def train(
                 **{f"model.{k}": v for k, v in model.get_params().items()},
             }
         )
+        log_training_datasets(
+            run.info.run_id, snap, train_df, test_df, sample_size, f"held-out (test_size {s.test_size}, seed {s.seed})"
+        )
         t0 = time.perf_counter()
         model.fit(train_df["text"].tolist(), train_df["label"].to_numpy())
         seconds = time.perf_counter() - t0
         mlflow.log_metric("training_seconds", seconds)
         with tempfile.TemporaryDirectory() as tmp:
-            from ml.evaluation.evaluate import dir_size_mb
-
             mlflow.log_metric("model_size_mb", dir_size_mb(model.save(Path(tmp) / "m")))
         info = registry.log_model(model)
         mlflow.set_tag("model_uri", info.model_uri)
@@ -107,23 +209,11 @@ def evaluate(run_id: str, settings: Settings | None = None, champion_cache: dict
     ``champion_cache`` (a dict shared across calls on the same snapshot) scores the champion once
     when several candidates are evaluated in a row (the comparison's family winners)."""
     import mlflow
-    import numpy as np
-
-    from ml.evaluation import external, gate
-    from ml.evaluation.evaluate import (
-        METRICS,
-        compute_metrics,
-        inference_ms_per_tweet,
-        plot_confusion,
-        plot_roc,
-    )
-    from ml.evaluation.stats import paired_comparison
-    from ml.platform import db, registry, tracking
 
     s = settings or get_settings()
     tracking.configure(s)
     run = mlflow.MlflowClient().get_run(run_id)
-    snap, _, test_df = _split_for(run.data.tags["dataset_hash"], s)
+    snap, _, test_df = split_for(run.data.tags["dataset_hash"], s)
     texts, y = test_df["text"].tolist(), test_df["label"].to_numpy()
     model = load_run_model(run_id)
     proba = model.predict_proba(texts)
@@ -185,11 +275,13 @@ def evaluate(run_id: str, settings: Settings | None = None, champion_cache: dict
 
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics({k: metrics[k] for k in (*METRICS, "inference_ms_per_tweet")})
+        mlflow.set_tag("held_out_rows", str(len(y)))  # what the version's `evaluated_on` names
         if champion_metrics:
             mlflow.log_metrics({f"champion_{k}": champion_metrics[k] for k in METRICS})
         if ext is not None:
             mlflow.log_metrics(external.mlflow_metrics(metrics["external"]))
             mlflow.set_tags({"external_eval_hash": ext.content_hash, "external_eval_path": str(ext.path)})
+            log_external_dataset(run_id, ext)
             if champion_metrics and champion_metrics.get("external"):
                 mlflow.log_metrics(external.mlflow_metrics(champion_metrics["external"], "champion_external_"))
             vs = metrics["external"].get("vs_champion")
@@ -250,8 +342,6 @@ def register(run_id: str, settings: Settings | None = None) -> int:
     """Register the run's model as a new version of the registered model (idempotent per run)."""
     import mlflow
 
-    from ml.platform import db, registry, tracking
-
     s = settings or get_settings()
     tracking.configure(s)
     client = mlflow.MlflowClient()
@@ -265,6 +355,7 @@ def register(run_id: str, settings: Settings | None = None) -> int:
         comparisons = store.record_winner_version(conn, run_id, version)
     for parent in comparisons:  # the comparison's parent run names the version its winner became
         client.set_tag(parent, "winner_version", str(version))
+    describe_version(version, run_id, s)
     digest = registry.version_artifact_digest(version, s)  # what the API will verify before serving it
     with db.connect(s) as conn:
         store.set_artifact_digest(conn, run_id, digest)
@@ -272,13 +363,85 @@ def register(run_id: str, settings: Settings | None = None) -> int:
     return version
 
 
+MODEL_DESCRIPTION = (
+    "Tweet sentiment: 0 negative, 1 positive (Sentiment140-style English tweets). Input: a DataFrame with "
+    "one string column `text`; output: `label`, `p_negative`, `p_positive` (see each version's signature "
+    "and input example). Each version is one trained candidate: its tags name the family, the training "
+    "snapshot, what it was evaluated on and the promotion gate's verdict. The alias `champion` is the "
+    "version that serves; it is moved only by the platform's promotion gate (or `ml promote --rollback`)."
+)
+
+#: the promotion gate's verdict on a version, as version tags
+GATE_TAGS = ("gate_verdict", "gate_reason", "mcnemar_p_value")
+
+
+def _evaluated_on(run) -> str:
+    tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
+    n = tags.get("held_out_rows") or params.get("n_test", "?")
+    held = f"held-out split of snapshot {tags.get('dataset_hash', '?')[:16]} ({n} tweets)"
+    if tags.get("external_eval_path"):
+        n_ext = metrics.get("external_n")
+        held += (
+            f"; external file {Path(tags['external_eval_path']).name}"
+            f" ({f'{int(n_ext)} tweets, ' if n_ext is not None else ''}"
+            f"sha256 {tags.get('external_eval_hash', '?')[:16]})"
+        )
+    return held
+
+
+def _version_description(run, gate: dict[str, str] | None = None) -> str:
+    tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
+    lines = [
+        f"{tags.get('family', '?')} trained on snapshot {tags.get('dataset_hash', '?')[:16]} "
+        f"({params.get('n_train', '?')} tweets, sample {params.get('sample_size', 'all')}), "
+        f"commit {tags.get('git_commit', '?')[:12]}, MLflow run {run.info.run_id}.",
+    ]
+    if "accuracy" in metrics:
+        line = (
+            f"Held-out: accuracy {metrics['accuracy']:.4f}, F1 {metrics.get('f1', float('nan')):.4f}, "
+            f"ROC AUC {metrics.get('roc_auc', float('nan')):.4f}"
+        )
+        if "external_accuracy" in metrics:
+            line += f"; external: accuracy {metrics['external_accuracy']:.4f}"
+        lines.append(line + f" (evaluated on the {_evaluated_on(run)}).")
+    if gate:
+        lines.append(
+            f"Gate: {gate.get('gate_verdict')} (McNemar mid-p vs champion: {gate.get('mcnemar_p_value', 'n/a')}): "
+            f"{gate.get('gate_reason', '')}"
+        )
+    return "\n\n".join(lines)
+
+
+def describe_version(version: int, run_id: str, s: Settings, gate: dict[str, str] | None = None) -> None:
+    """The registered model's description (set once, while it has none) and the version's description and
+    tags: ``family``, ``dataset_hash``, ``evaluated_on``, ``git_commit``, and after the gate ``gate_verdict``,
+    ``gate_reason``, ``mcnemar_p_value`` (the paired test against the champion on the held-out split)."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    if not client.get_registered_model(s.model_name).description:
+        client.update_registered_model(s.model_name, description=MODEL_DESCRIPTION)
+    run = client.get_run(run_id)
+    if gate is None:  # registered again (a retried task): keep the verdict a gate already recorded
+        old = client.get_model_version(s.model_name, str(version)).tags or {}
+        if "gate_verdict" in old:
+            gate = {k: old[k] for k in GATE_TAGS if k in old}
+    tags = {
+        "family": run.data.tags.get("family", ""),
+        "dataset_hash": run.data.tags.get("dataset_hash", ""),
+        "git_commit": run.data.tags.get("git_commit", ""),
+        "evaluated_on": _evaluated_on(run),
+        **(gate or {}),
+    }
+    for k, v in tags.items():
+        client.set_model_version_tag(s.model_name, str(version), k, v[:4000])
+    client.update_model_version(s.model_name, str(version), description=_version_description(run, gate))
+
+
 def check_behaviour(run_id: str, settings: Settings | None = None) -> dict[str, Any]:
     """The gate's behavioural checks (ml.evaluation.behaviour) on the run's model: logged to the MLflow run
     (pass rate per type, behaviour.json, tag behaviour_passed) and stored in training_runs.behaviour."""
     import mlflow
-
-    from ml.evaluation import behaviour
-    from ml.platform import db, tracking
 
     s = settings or get_settings()
     tracking.configure(s)
@@ -291,183 +454,3 @@ def check_behaviour(run_id: str, settings: Settings | None = None) -> dict[str, 
         store.set_behaviour(conn, run_id, result)
     log.info("behavioural checks of run %s: %s", run_id, result["reason"])
     return result
-
-
-def promote(run_id: str, settings: Settings | None = None, hold: bool = False) -> dict[str, Any]:
-    """The champion/challenger gate: behavioural checks (run now unless already run), then the
-    promotion rule against the champion (``ml.platform.registry.decide_promotion`` -> ``ml.evaluation.gate``: margin,
-    significant paired win on the same held-out split, slices, golden set), then the external-set veto (a
-    candidate significantly worse than the champion on ``external_eval_path``, paired test at
-    ``promotion_confidence``, is not promoted); moves the champion alias if the candidate wins.
-    The decision and its reason are recorded either way, with the gate's evidence and per-criterion
-    outcome (the flip report) in ``training_runs.gate``.
-
-    ``hold`` (a retraining with a shadow window, ``ml.stages.shadow``): a candidate that passes the gate against a
-    champion does not move the alias; the result says ``passed_gate`` and ``held``, and the promotion is
-    completed (or not) by :func:`confirm_promotion` after the shadow window."""
-    from ml.evaluation import external
-    from ml.platform import db, registry, tracking
-
-    s = settings or get_settings()
-    tracking.configure(s)
-    with db.connect(s) as conn:
-        row = store.gate_inputs(conn, run_id)
-    if row is None or row.metrics is None or row.version is None:
-        raise ValueError(f"run {run_id} must be evaluated and registered before promotion")
-    metrics, champion_metrics, version, checks = row.metrics, row.champion_metrics, row.version, row.behaviour
-    evidence = row.gate or {}
-    if s.behaviour_checks and checks is None:
-        checks = check_behaviour(run_id, s)
-    # decide + move the alias + record under one lock per registered model, so two promoters
-    # (training, retraining, a rollback) never interleave between reading and moving the alias
-    with db.connect(s) as conn:
-        store.lock_promotions(conn, s.model_name)
-        champ = registry.champion(s)
-        if champ is not None and champ.version == version:
-            return {"promoted": True, "version": version, "reason": "already champion"}
-        if champ is not None and (champion_metrics or {}).get("version") != champ.version:
-            raise ValueError(
-                f"run {run_id} was evaluated against champion "
-                f"v{(champion_metrics or {}).get('version', 'none')}, but the champion is now v{champ.version}; "
-                f"evaluate it again (ml evaluate {run_id})"
-            )
-        decision = registry.decide_promotion(
-            metrics,
-            champion_metrics if champ is not None else None,
-            metric=s.promotion_metric,
-            margin=s.promotion_margin,
-            checks_passed=bool(checks["passed"]) if s.behaviour_checks and checks else True,
-            checks_reason=checks["reason"] if checks else "",
-            gate=evidence,
-            policy=gate_policy(s),
-        )
-        why_not = external.veto(metrics, champ.version) if champ is not None else None
-        if why_not:  # significantly worse on the external set: vetoed (recorded also when the gate refused)
-            decision = registry.Decision(
-                False, f"{decision.reason}, {'but' if decision.promote else 'and'} vetoed: {why_not}", decision.checks
-            )
-        held = hold and decision.promote and champ is not None
-        if held and champ is not None:  # (held implies a champion; narrowed for the type checker)
-            gate_record = {
-                **evidence,
-                "decision": {
-                    "promoted": False,
-                    "passed_gate": True,
-                    "held_for_shadow": True,
-                    "reason": decision.reason,
-                    "checks": decision.checks,
-                    "external_veto": why_not,
-                    "champion_version": champ.version,
-                    "policy": {
-                        "mode": s.promotion_gate,
-                        "metric": s.promotion_metric,
-                        "margin": s.promotion_margin,
-                        "confidence": s.promotion_confidence,
-                        **gate_policy(s),
-                    },
-                },
-            }
-            store.set_gate(conn, run_id, gate_record)
-            log.info("version %s passed the gate (%s); held for its shadow window", version, decision.reason)
-            return {
-                "promoted": False,
-                "passed_gate": True,
-                "held": True,
-                "version": version,
-                "champion_version": champ.version,
-                "reason": decision.reason,
-                "behaviour_passed": bool(checks["passed"]) if checks else None,
-                "gate": gate_record,
-            }
-        if decision.promote:
-            registry.set_champion(version, s)
-        gate_record = {
-            **evidence,
-            "decision": {
-                "promoted": decision.promote,
-                "reason": decision.reason,
-                "checks": decision.checks,
-                "external_veto": why_not,
-                "champion_version": champ.version if champ else None,
-                "policy": {
-                    "mode": s.promotion_gate,
-                    "metric": s.promotion_metric,
-                    "margin": s.promotion_margin,
-                    "confidence": s.promotion_confidence,
-                    **gate_policy(s),
-                },
-            },
-        }
-        store.set_gate(conn, run_id, gate_record)
-        store.set_decision(conn, run_id, decision.promote, decision.reason)
-        store.insert_event(
-            conn,
-            s.model_name,
-            version,
-            champ.version if champ else None,
-            "promoted" if decision.promote else "rejected",
-            decision.reason,
-        )
-        if decision.promote:  # the digest the API checks before it serves this version
-            digest = store.run_artifact_digest(conn, run_id) or registry.version_artifact_digest(version, s)
-            store.set_event_digest(conn, s.model_name, version, digest)
-    log.info(
-        "version %s %s: %s", version, "promoted to champion" if decision.promote else "not promoted", decision.reason
-    )
-    return {
-        "promoted": decision.promote,
-        "version": version,
-        "reason": decision.reason,
-        "behaviour_passed": bool(checks["passed"]) if checks else None,
-        "gate": gate_record,
-    }
-
-
-def confirm_promotion(
-    run_id: str, version: int, expected_champion: int, reason: str, settings: Settings | None = None
-) -> dict[str, Any]:
-    """Complete a promotion held by :func:`promote` (``hold``) once its shadow window said yes: under the
-    same lock, only while the champion is still ``expected_champion``; moves the alias and records the
-    ``promoted`` event with the artifact digest the API verifies. Returns ``promoted`` and the reason."""
-    from ml.platform import db, registry, tracking
-
-    s = settings or get_settings()
-    tracking.configure(s)
-    with db.connect(s) as conn:
-        store.lock_promotions(conn, s.model_name)
-        champ = registry.champion(s)
-        if champ is not None and champ.version == version:
-            return {"promoted": True, "version": version, "reason": "already champion"}
-        if champ is None or champ.version != expected_champion:
-            why = (
-                f"not promoted: the champion changed during the shadow window (v{expected_champion} -> "
-                f"v{champ.version if champ else 'none'})"
-            )
-            store.set_decision(conn, run_id, False, why)
-            return {"promoted": False, "version": version, "reason": why}
-        registry.set_champion(version, s)
-        store.set_decision(conn, run_id, True, reason)
-        store.insert_event(conn, s.model_name, version, champ.version, "promoted", reason)
-        digest = store.run_artifact_digest(conn, run_id) or registry.version_artifact_digest(version, s)
-        store.set_event_digest(conn, s.model_name, version, digest)
-    log.info("version %s promoted to champion after its shadow window: %s", version, reason)
-    return {"promoted": True, "version": version, "reason": reason}
-
-
-def gate_policy(s: Settings) -> dict[str, Any]:
-    """The promotion gate's settings, as ``ml.platform.registry.decide_promotion`` takes them."""
-    return {
-        "mode": s.promotion_gate,
-        "slice_tolerance": s.gate_slice_tolerance,
-        "max_golden_flips": s.gate_max_golden_flips,
-    }
-
-
-def promote_candidate(run_id: str, retraining_id: Any = None, settings: Settings | None = None) -> dict[str, Any]:
-    """The promotion step shared by both DAGs: :func:`promote`, or for a retraining's challenger
-    ``ml.stages.retraining.challenger.promote`` (the same gate with the retraining's margin, recorded on it)."""
-    if retraining_id in (None, "", "None"):
-        return promote(run_id, settings)
-    from ml.stages.retraining import challenger
-
-    return challenger.promote(retraining_id, run_id, settings)

@@ -92,11 +92,13 @@ def wrong_reports_between(
 def wrong_reports_by_reporter(
     conn: psycopg.Connection, model_name: str, start: datetime, end: datetime, include_start: bool = False
 ) -> list[tuple[str, int, datetime, datetime]]:
-    """(reporter, wrong-reports, first, last) in (start, end] (``[start, end]`` with ``include_start``),
-    most first; reviewers' decisions (``review_id``) are not reports and are left out."""
+    """(reporter, distinct predictions it reported wrong, first, last) in (start, end] (``[start, end]``
+    with ``include_start``), most first; reviewers' decisions (``review_id``) are not reports and are
+    left out. A report repeated on one prediction counts once."""
     op = ">=" if include_start else ">"
     rows = conn.execute(
-        "SELECT coalesce(f.reporter, 'unidentified'), count(*), min(f.created_at), max(f.created_at)"
+        "SELECT coalesce(f.reporter, 'unidentified'), count(DISTINCT f.prediction_id), min(f.created_at),"
+        " max(f.created_at)"
         " FROM feedback f JOIN predictions p ON p.id = f.prediction_id"
         f" WHERE p.model_name = %s AND f.correct_label <> p.label AND f.review_id IS NULL"
         f" AND f.created_at {op} %s AND f.created_at <= %s GROUP BY 1 ORDER BY 2 DESC, 1",
@@ -106,11 +108,13 @@ def wrong_reports_by_reporter(
 
 
 def wrong_report_total(conn: psycopg.Connection, model_name: str, start: datetime, end: datetime) -> int:
-    """Wrong-reports (not reviewers' decisions) in (start, end]: the normal rate of the burst guard."""
+    """Wrong-reports (not reviewers' decisions) in (start, end], one per (prediction, reporter): the normal
+    rate of the burst guard."""
     return int(
         returned(
             conn.execute(
-                "SELECT count(*) FROM feedback f JOIN predictions p ON p.id = f.prediction_id"
+                "SELECT count(DISTINCT (f.prediction_id, coalesce(f.reporter, '')))"
+                " FROM feedback f JOIN predictions p ON p.id = f.prediction_id"
                 " WHERE p.model_name = %s AND f.correct_label <> p.label AND f.review_id IS NULL"
                 " AND f.created_at > %s AND f.created_at <= %s",
                 (model_name, start, end),

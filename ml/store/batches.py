@@ -132,6 +132,47 @@ def replace_plan(
                 cp.write_row((batch_id, line, reason))
 
 
+def record_failed(
+    conn: psycopg.Connection,
+    *,
+    batch_id: str,
+    input_path: str,
+    input_format: str,
+    input_sha256: str,
+    model_name: str,
+    model_version: int,
+    rows_read: int,
+    airflow_run_id: str | None,
+    rejects: Sequence[tuple[int, str]],
+    reason: str,
+) -> None:
+    """A batch refused at its plan (empty, not text, no text column, too many rejects): its row with
+    status ``failed`` and ``summary.error`` the reason, its rejected lines, no shards (so nothing
+    of it is ever written into ``predictions``)."""
+    conn.execute("DELETE FROM batches WHERE id=%s", (batch_id,))
+    conn.execute(
+        "INSERT INTO batches (id, input_path, input_format, input_sha256, status, model_name, model_version,"
+        " n_shards, rows_read, rows_rejected, airflow_run_id, summary, finished_at)"
+        " VALUES (%s,%s,%s,%s,'failed',%s,%s,0,%s,%s,%s,%s,now())",
+        (
+            batch_id,
+            input_path,
+            input_format,
+            input_sha256,
+            model_name,
+            model_version,
+            rows_read,
+            len(rejects),
+            airflow_run_id,
+            json.dumps({"batch_id": batch_id, "status": "failed", "error": reason, "rows_read": rows_read}),
+        ),
+    )
+    with conn.cursor() as cur:
+        with cur.copy("COPY batch_rejects (batch_id, line, reason) FROM STDIN") as cp:
+            for line, why in rejects:
+                cp.write_row((batch_id, line, why))
+
+
 # ---------------------------------------------------------------- scoring a shard
 def start_shard(
     conn: psycopg.Connection, batch_id: str, shard: int
@@ -208,7 +249,8 @@ def finalize_inputs(conn: psycopg.Connection, batch_id: str) -> dict[str, Any] |
     if b is None:
         return None
     shards = conn.execute(
-        "SELECT shard, status, path FROM batch_shards WHERE batch_id=%s ORDER BY shard", (batch_id,)
+        "SELECT shard, status, path, first_row, last_row FROM batch_shards WHERE batch_id=%s ORDER BY shard",
+        (batch_id,),
     ).fetchall()
     n_scored, n_pos = returned(
         conn.execute(
@@ -279,5 +321,19 @@ def latest(conn: psycopg.Connection, limit: int) -> list[dict[str, Any]]:
     return [dict(zip(LIST_COLUMNS, r, strict=True)) for r in rows]
 
 
-def done_input_hashes(conn: psycopg.Connection) -> set[str]:
-    return {r[0] for r in conn.execute("SELECT input_sha256 FROM batches WHERE status='done'")}
+def done_input_hashes(conn: psycopg.Connection, failed_too: bool = False) -> set[str]:
+    """Content hashes of the inputs scored (and, with ``failed_too``, refused at their plan)."""
+    statuses = ["done", "failed"] if failed_too else ["done"]
+    return {r[0] for r in conn.execute("SELECT input_sha256 FROM batches WHERE status = ANY(%s)", (statuses,))}
+
+
+def prediction_ids(conn: psycopg.Connection, batch_id: str, first_row: int, last_row: int) -> list[tuple[int, str]]:
+    """(source row, prediction id) of a shard's stored rows, in source-row order."""
+    return [
+        (int(r[0]), str(r[1]))
+        for r in conn.execute(
+            "SELECT source_row, id FROM predictions WHERE batch_id=%s AND source_row BETWEEN %s AND %s"
+            " ORDER BY source_row",
+            (batch_id, first_row, last_row),
+        )
+    ]

@@ -177,3 +177,32 @@ def insert_pending_feedback(
         "pending_feedback insert",
     )
     return int(row[0]), row[1]
+
+
+# ---------------------------------------------------------------- one report per (prediction, reporter)
+REPORT_LOCK_SEED = 74210021
+
+
+def lock_report(conn: psycopg.Connection, prediction_id: uuid.UUID, reporter: str) -> None:
+    """Hold (prediction, reporter) until the transaction ends: two concurrent posts of one report
+    (two API workers) are checked and stored one after the other."""
+    conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended(%s, %s))",
+        (f"report:{prediction_id}:{reporter}", REPORT_LOCK_SEED),
+    )
+
+
+def existing_report(
+    conn: psycopg.Connection, prediction_id: uuid.UUID, reporter: str
+) -> tuple[int, datetime, int, str | None] | None:
+    """The report this reporter already made on this prediction, stored or pending: (id, created_at,
+    correct_label, comment); ``None`` when there is none. Reviewers' decisions (``review_id``) are not
+    reports. One statement: a pending report being moved into ``feedback`` is seen on one side."""
+    row = conn.execute(
+        "SELECT id, created_at, correct_label, comment FROM feedback"
+        " WHERE prediction_id = %s AND reporter = %s AND review_id IS NULL"
+        " UNION ALL SELECT id, created_at, correct_label, comment FROM pending_feedback"
+        " WHERE prediction_id = %s AND reporter = %s ORDER BY 1 LIMIT 1",
+        (prediction_id, reporter, prediction_id, reporter),
+    ).fetchone()
+    return (int(row[0]), row[1], int(row[2]), row[3]) if row else None

@@ -22,11 +22,21 @@ REPORT_COLUMNS = (
     "consumed",
     "reviewed",
     "review_id",
+    "quarantined",
+    "comment",
+)
+# quarantined: a report of an identity that a `feedback_burst` alert named (details.identity_sha256, the
+# sha256 of the reporter), made from the burst's first report until the alert resolved (ml/stages/alerts/burst.py)
+_QUARANTINED = (
+    "f.review_id IS NULL AND EXISTS (SELECT 1 FROM alerts a WHERE a.rule = 'feedback_burst'"
+    " AND a.model_name = p.model_name AND a.details ? 'identity_sha256'"
+    " AND a.details->'identity_sha256' ? encode(sha256(convert_to(coalesce(f.reporter, 'unidentified'), 'UTF8')), 'hex')"
+    " AND f.created_at >= a.first_report_at AND (a.resolved_at IS NULL OR f.created_at <= a.resolved_at))"
 )
 _REPORT_SELECT = (
     "SELECT f.id, f.prediction_id, p.text, coalesce(f.reporter, 'unidentified'), f.correct_label, p.label,"
     " f.created_at, EXISTS (SELECT 1 FROM retraining_feedback rf WHERE rf.feedback_id = f.id), f.reviewed,"
-    " f.review_id"
+    f" f.review_id, {_QUARANTINED}, f.comment"
     " FROM feedback f JOIN predictions p ON p.id = f.prediction_id"
 )
 
@@ -115,6 +125,35 @@ def insert_review_report(
             "review report insert",
         )[0]
     )
+
+
+def review_for_update(conn: psycopg.Connection, review_id: int) -> dict[str, Any] | None:
+    """A decision, locked until the transaction ends, with the id of the latest decision on its text."""
+    return one(
+        conn,
+        "SELECT r.id, r.created_at, r.model_name, r.text_sha256, r.prediction_id, r.decision, r.label,"
+        " r.reviewer, (SELECT l.id FROM reviews l WHERE l.model_name = r.model_name AND l.text_sha256 = r.text_sha256"
+        " ORDER BY l.created_at DESC, l.id DESC LIMIT 1) AS latest_id FROM reviews r WHERE r.id = %s FOR UPDATE",
+        (int(review_id),),
+    )
+
+
+def review_feedback(conn: psycopg.Connection, review_id: int) -> list[dict[str, Any]]:
+    """The reports a decision stored (``feedback.review_id``), locked, each with the retraining that
+    consumed it (None when none did yet)."""
+    return many(
+        conn,
+        "SELECT f.id, rf.retraining_id FROM feedback f LEFT JOIN retraining_feedback rf ON rf.feedback_id = f.id"
+        " WHERE f.review_id = %s ORDER BY f.id FOR UPDATE OF f",
+        (int(review_id),),
+    )
+
+
+def delete_review(conn: psycopg.Connection, review_id: int) -> int:
+    """Delete a decision and the reports it stored (in the caller's transaction); the feedback rows deleted."""
+    n = conn.execute("DELETE FROM feedback WHERE review_id = %s", (int(review_id),)).rowcount
+    conn.execute("DELETE FROM reviews WHERE id = %s", (int(review_id),))
+    return int(n or 0)
 
 
 def prediction(conn: psycopg.Connection, prediction_id: uuid.UUID | str) -> dict[str, Any] | None:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from fastapi.testclient import TestClient
+
+from api.main import create_app
+from ml.platform import security
 
 POSITIVE_TEXT = "I love this, best day ever"
 NEGATIVE_TEXT = "I hate this, worst day ever. So sad and tired"
@@ -16,8 +20,6 @@ NEGATIVE_TEXT = "I hate this, worst day ever. So sad and tired"
 @contextmanager
 def running_app(settings) -> Iterator[TestClient]:
     """An app with its lifespan running (champion loaded, writer started); shut down on exit."""
-    from api.main import create_app
-
     with TestClient(create_app(settings)) as client:
         yield client
 
@@ -25,15 +27,11 @@ def running_app(settings) -> Iterator[TestClient]:
 def post_json(client, path: str, payload) -> object:
     """POST ``payload`` as ASCII-escaped JSON (as most clients send it): a lone surrogate
     travels as ``\\udXXX``, which the client library's own encoder would refuse to send."""
-    import json
-
     return client.post(path, content=json.dumps(payload).encode("ascii"), headers={"Content-Type": "application/json"})
 
 
 def make_key(settings, *scopes: str, name: str | None = None) -> str:
     """A real API key, made by the function `ml keys create` calls (stored hashed in the session's database)."""
-    from ml.platform import security
-
     key, _ = security.create_key(name or f"test-{uuid.uuid4().hex[:8]}", list(scopes), settings, created_by="tests")
     return key
 

@@ -4,12 +4,20 @@ session's real MLflow store; apps over the session's real PostgreSQL database.""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from types import SimpleNamespace
 
+import psycopg
 import pytest
+import realdata
 from api_helpers import bearer, make_key, running_app, settings_with
 from fastapi.testclient import TestClient
+
+from ml.data.snapshots import validate_and_snapshot
+from ml.platform import db
+from ml.stages import promotion, train
 
 
 @dataclass(frozen=True)
@@ -22,8 +30,6 @@ class Published:
 @pytest.fixture(scope="session")
 def tweets() -> tuple[list[str], list[int]]:
     """2,000 real tweets (tests/realdata.py), not those of the training snapshot: (texts, labels)."""
-    import realdata
-
     rows = realdata.balanced(2000, seed=7)
     return [t for _, t in rows], [1 if p == 4 else 0 for p, _ in rows]
 
@@ -31,8 +37,6 @@ def tweets() -> tuple[list[str], list[int]]:
 @pytest.fixture(scope="session")
 def snapshot(platform_env, tweets_csv):
     """The 2,000 real tweets, validated and stored as a dataset snapshot (as the DAG's first task)."""
-    from ml.data.snapshots import validate_and_snapshot
-
     return validate_and_snapshot(tweets_csv, platform_env)
 
 
@@ -45,14 +49,13 @@ def publish(mlflow_tracking, snapshot) -> Callable[..., Published]:
     need each publish to become the champion; the paired significance test, slices and golden set of
     the strict gate are covered by tests/test_gate.py) and without the behavioural checks
     (tests/test_promotion.py covers them)."""
-    from ml.stages import train
 
     def _publish(settings, **params) -> Published:
         s = settings_with(settings, promotion_gate="margin", promotion_margin=-1.0, behaviour_checks=False)
         run_id = train.train(snapshot.hash, "tfidf_lr", params=params or None, settings=s)
         train.evaluate(run_id, s)
         version = train.register(run_id, s)
-        decision = train.promote(run_id, s)
+        decision = promotion.promote(run_id, s)
         assert decision["promoted"], decision
         return Published(version, run_id, snapshot.hash)
 
@@ -94,13 +97,6 @@ def outage_db(platform_env):
     """A migrated database of the test's own on the session's server, with ``down()`` (the server
     refuses new connections to it: ``ALLOW_CONNECTIONS false``, and every open one is terminated)
     and ``up()``. Dropped at the end."""
-    import uuid
-    from types import SimpleNamespace
-
-    import psycopg
-
-    from ml.platform import db
-
     base = db.libpq_url(platform_env.database_url)
     admin = db.with_database(base, "postgres")
     name = f"{base.rsplit('/', 1)[-1].split('?')[0]}_out_{uuid.uuid4().hex[:6]}"

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import psutil
 from ports import free_port, listens
 
 REPO = Path(__file__).resolve().parents[2]
@@ -25,8 +26,6 @@ class LiveServer:
 
     def worker_pids(self) -> list[int]:
         """The uvicorn worker processes (spawned children; not multiprocessing's resource tracker)."""
-        import psutil
-
         out = []
         for c in psutil.Process(self.proc.pid).children():
             try:

@@ -5,6 +5,7 @@ server off the request path; a failing channel never fails the feedback request.
 from __future__ import annotations
 
 import json
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, timedelta
 
@@ -15,6 +16,7 @@ from ports import refused_port
 from receivers import smtp_receiver, webhook_receiver
 
 from ml.stages.alerts.burst import burst_message, evaluate_feedback
+from ml.store import predictions as store
 
 TEXTS = [
     "I love this, best day ever",
@@ -256,7 +258,7 @@ def test_burst_alert_says_how_many_reports_over_what_period(platform_env, conn):
     [(b_n, b_msg)] = conn.execute(
         "SELECT n_reports, message FROM alerts WHERE model_name = %s AND rule = 'feedback_burst'", (model,)
     ).fetchall()
-    assert b_n == n_total and "1,497 misclassification reports" in b_msg and "unidentified (1,497)" in b_msg
+    assert b_n == n_total and "1,497 predictions reported wrong" in b_msg and "unidentified (1,497)" in b_msg
 
 
 def test_a_report_stored_late_counts_in_the_burst_it_was_made_in(platform_env, conn):
@@ -264,10 +266,6 @@ def test_a_report_stored_late_counts_in_the_burst_it_was_made_in(platform_env, c
     moved into ``feedback`` (its own time kept) once the writer stores the prediction, which can be
     after later reports on stored predictions have raised both alerts. Both alerts then count it and
     start at it (found as 610 of 611 reports in the poisoning test under CI load)."""
-    import uuid
-
-    from ml.store import predictions as store
-
     model = fresh_model_name()
     reporter = f"key:mallory#{uuid.uuid4().hex[:6]}"
     s = settings_with(platform_env, model_name=model)
@@ -304,5 +302,5 @@ def test_a_report_stored_late_counts_in_the_burst_it_was_made_in(platform_env, c
     for rule in ("misclassification_burst", "feedback_burst"):
         _, n, first_at, message = alert(rule)
         assert (n, first_at) == (n_direct + 1, late_at), rule
-    assert f"{n_direct + 1} misclassification reports" in alert("feedback_burst")[3]
+    assert f"{n_direct + 1} predictions reported wrong" in alert("feedback_burst")[3]
     assert alert("misclassification_burst")[3].startswith(f"{n_direct + 1} predictions of {model} reported wrong")

@@ -7,6 +7,8 @@ from __future__ import annotations
 from api_helpers import fresh_model_name, running_app, settings_with, wait_for
 from loop_helpers import after_polls, artifact_dir
 
+from ml.stages import train
+
 
 def _alerts(conn, model, rule="unverified_champion"):
     return conn.execute(
@@ -16,8 +18,6 @@ def _alerts(conn, model, rule="unverified_champion"):
 
 def test_alias_moved_outside_the_platform_is_not_loaded_and_alerts(platform_env, publish, snapshot, conn):
     import mlflow
-
-    from ml.stages import train
 
     s = settings_with(
         platform_env,
@@ -37,7 +37,7 @@ def test_alias_moved_outside_the_platform_is_not_loaded_and_alerts(platform_env,
     v2 = train.register(run_id, s)
     with running_app(s) as client:
         assert client.get("/model").json()["version"] == v1
-        # someone with registry access moves the alias directly (no ml.stages.train.promote, no event)
+        # someone with registry access moves the alias directly (no ml.stages.promotion.promote, no event)
         mlflow.MlflowClient().set_registered_model_alias(s.model_name, s.champion_alias, str(v2))
         rows = wait_for(lambda: _alerts(conn, s.model_name))
         assert len(rows) == 1 and f"v{v2} was not loaded" in rows[0][0] and "outside the platform" in rows[0][0]

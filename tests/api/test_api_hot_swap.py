@@ -7,6 +7,8 @@ import threading
 
 from api_helpers import POSITIVE_TEXT, fresh_model_name, running_app, settings_with, wait_for
 
+from ml.platform import registry
+
 
 def test_hot_swap_under_load_then_rollback(platform_env, publish, conn, caplog):
     caplog.set_level(logging.INFO, logger="api")
@@ -67,7 +69,6 @@ def test_hot_swap_under_load_then_rollback(platform_env, publish, conn, caplog):
         assert stored == {p["id"]: p["model_version"] for _, b in results for p in b["predictions"]}
 
         # the platform's rollback (alias + `rollback` event with the artifact digest) is followed the same way
-        from ml.platform import registry
 
         assert registry.rollback(settings)["to_version"] == v1.version
         wait_for(

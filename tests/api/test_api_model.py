@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
 from datetime import UTC, datetime
 
 import pytest
 from api_helpers import POSITIVE_TEXT, fresh_model_name, running_app, settings_with, wait_for
 
+from api.model_manager import settle_heap
+from ml.platform import tracking
+
 
 def test_model_reports_what_training_recorded(client, champion, api_settings, conn):
     """/model against what ml.stages.train recorded: the MLflow run and the training_runs row."""
     import mlflow
-
-    from ml.platform import tracking
 
     r = client.get("/model")
     assert r.status_code == 200, r.text
@@ -108,10 +111,6 @@ def test_openapi_documents_the_routes(client):
 def test_settle_heap_freezes_the_heap_and_a_swap_frees_what_it_replaced():
     """The long-lived heap is frozen out of the cyclic collector's full passes (their stalls were the
     p99 of one worker); the next swap unfreezes and collects first, so a replaced model is freed."""
-    import gc
-    import weakref
-
-    from api.model_manager import settle_heap
 
     class Model:  # a model with a reference cycle, as fitted estimators often have
         pass

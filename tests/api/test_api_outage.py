@@ -6,6 +6,7 @@ uvicorn worker under load."""
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -179,7 +180,6 @@ def test_kill_9_of_a_worker_under_load_loses_no_acknowledged_prediction(api_sett
             t.start()
         wait_for(lambda: len(answered) >= 300)
         victim = srv.worker_pids()[0]
-        import os
 
         os.kill(victim, signal.SIGKILL)  # mid-load: its log holds acknowledged rows not yet in PostgreSQL
         at_kill = len(answered)

@@ -140,10 +140,11 @@ def test_error_names_the_bad_item_of_a_batch(client):
     assert r.json()["detail"][0]["loc"] == ["body", "texts", 2]
 
 
-def test_invalid_json_is_a_4xx(client):
+def test_invalid_json_is_a_400(client):
+    """As the README and the OpenAPI document say (tests/security/test_not_json.py: every operation)."""
     r = client.post("/predict", content=b"{not json", headers={"Content-Type": "application/json"})
-    assert r.status_code == 422
-    assert r.json()["status"] == 422 and "JSON" in r.json()["message"]
+    assert r.status_code == 400
+    assert r.json()["status"] == 400 and "JSON" in r.json()["message"] and "line 1, column 2" in r.json()["message"]
 
 
 def test_every_error_has_one_shape(client, review_headers):

@@ -13,12 +13,15 @@ import sys
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
+import realdata
 from api_helpers import running_app, settings_with, wait_for
 
 from api.predlog import LogFull, PredictionLog, decode, encode
 from api.writer import FlushError, PredictionWriter
 from ml.stages import serving
+from ml.store import predictions as store
 
 
 def count_predictions_like(conn, marker: str) -> int:
@@ -35,9 +38,6 @@ def logged_ids(directory) -> list[str]:
 
 
 def _rows(n: int, marker: str) -> list[serving.PredictionRow]:
-    import numpy as np
-    import realdata
-
     texts = [f"{t} {marker}" for _, t in realdata.balanced(n, seed=3)]
     return serving.prediction_rows(texts, np.array([[0.25, 0.75]] * n), "writer-test", 1)
 
@@ -154,7 +154,6 @@ def test_segments_of_a_dead_process_are_replayed_once_by_whoever_claims_them(pla
     # two segments "left" by process 1 (nobody holds their lock), one of them already half stored
     (tmp_path / "wal-1-1-000001.log").write_bytes(data[: len(encode(r.as_log_record() for r in rows[:20])[0])])
     (tmp_path / "wal-1-1-000002.log").write_bytes(encode(r.as_log_record() for r in rows[20:])[0])
-    from ml.store import predictions as store
 
     with conn.transaction():
         store.copy_predictions_idempotent(conn, [r.as_log_record() for r in rows[:10]])
@@ -328,8 +327,6 @@ def test_signed_ids_tell_issued_from_never_issued(platform_env):
 
 
 def test_spool_files_of_the_earlier_writer_are_replayed_once(platform_env, tmp_path, conn):
-    import json
-
     marker = uuid.uuid4().hex
     rows = _rows(12, marker)
     legacy = tmp_path / "predictions-20261101T000000-1-abcd1234.jsonl"

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+from pathlib import Path
 
+from ml.platform import db, tracking
 from ml.platform.config import REPO_ROOT, Settings
+from ml.platform.db import embedded_passfile
+from ml.platform.orchestration import airflow_env
 from ml.platform.startup.services import AIRFLOW_SERVICES, MLFLOW_WORKERS, console_script, services
 from ml.platform.supervisor import Service, ServiceError, runtime_dir
 
@@ -34,13 +39,13 @@ def settings_env(s: Settings, base: dict[str, str] | None = None) -> dict[str, s
     ):
         if value:
             env[key] = value
+    if not s.database_url:  # the embedded server's password reaches libpq from this file, never from argv
+        env["PGPASSFILE"] = str(embedded_passfile(s).resolve())
     return env
 
 
 def platform_env(s: Settings, db_url: str, mlflow_url: str | None) -> dict[str, str]:
     """Environment for the API (and anything else of ours): same settings as this process."""
-    from ml.platform import db
-
     env = settings_env(s)
     env.update(
         {
@@ -62,8 +67,6 @@ def mlflow_server_url(s: Settings) -> str:
 
 def command(name: str, s: Settings) -> tuple[Service, list[str], dict[str, str]]:
     """(service, argv, env) to start ``name``; built afresh for every (re)start."""
-    from ml.platform import db
-
     svc = services(s)[name]
     if name == "mlflow":
         backend = db.mlflow_backend_url(s)
@@ -82,20 +85,19 @@ def command(name: str, s: Settings) -> tuple[Service, list[str], dict[str, str]]
             str(s.mlflow_port),
             "--workers",
             MLFLOW_WORKERS,
+            # MLflow's own /metrics (prometheus-flask-exporter, multiprocess files here; emptied at each start)
+            "--expose-prometheus",
+            str(prometheus_dir(s, "mlflow")),
         ]
         env = platform_env(s, db.database_url(s), None)
         env.pop("MLFLOW_TRACKING_URI", None)
         if s.mlflow_auth:  # nobody but the platform registers models or moves the alias (README "Security")
-            from ml.platform import tracking
-
             argv += ["--app-name", "basic-auth"]
             env.update(tracking.mlflow_auth_env(s))
         # MLflow 3's GenAI job runner (7 huey consumer processes, ~1.5 GB) is not used here
         env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
         return svc, argv, env
     if name in AIRFLOW_SERVICES:
-        from ml.platform.orchestration import airflow_env
-
         env = airflow_env(s, base=settings_env(s))
         env.pop("SMOPS_SERVICE", None)
         if not s.mlflow_tracking_uri:
@@ -104,6 +106,12 @@ def command(name: str, s: Settings) -> tuple[Service, list[str], dict[str, str]]
         argv = [console_script("airflow"), comp]
         if comp == "api-server":
             argv += ["--host", s.host, "--port", str(s.airflow_port)]
+        elif comp in LOG_SERVING_COMPONENTS:
+            # Airflow 3.3's log servers (8793 scheduler/LocalExecutor, 8794 triggerer) bind every interface
+            # (airflow.utils.serve_logs.core: uvicorn host="", no [logging] host setting). Everything runs on
+            # this one host and writes to AIRFLOW__LOGGING__BASE_LOG_FOLDER, which the api-server reads
+            # directly: no log server is started, so nothing listens beyond s.host.
+            argv.append("--skip-serve-logs")
         return svc, argv, env
     if name == "api":
         # N worker processes under uvicorn's own process manager (restarts a worker that dies); each has
@@ -122,9 +130,38 @@ def command(name: str, s: Settings) -> tuple[Service, list[str], dict[str, str]]
             "--timeout-graceful-shutdown",
             "30",
             "--no-access-log",
+            # a request head must arrive within api_body_timeout_seconds of the connection (or of its first
+            # byte), else 408 and closed; the body's deadline is api/admission.py's. Idle keep-alive: 5 s
+            "--http",
+            "api.protocol:HeadDeadlineProtocol",
+            "--timeout-keep-alive",
+            "5",
+            *api_proxy_args(s),
         ]
-        return svc, argv, platform_env(s, db.database_url(s), mlflow_server_url(s))
+        env = platform_env(s, db.database_url(s), mlflow_server_url(s))
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(prometheus_dir(s, "api"))
+        return svc, argv, env
     raise ServiceError(f"unknown service {name!r}")
+
+
+def prometheus_dir(s: Settings, service: str) -> Path:
+    """var/prometheus/<service>, emptied: prometheus-client's multiprocess files of this start only (files
+    of workers from an earlier start would be summed in: counters of a stopped API, stale gauges)."""
+    path = s.var / "prometheus" / service
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def api_proxy_args(s: Settings) -> list[str]:
+    """uvicorn's proxy flags for the API: never uvicorn's own X-Forwarded-For handling (its default trusts
+    127.0.0.1, and the API binds to loopback: every local caller would be a proxy and could name any
+    address). The app honours the headers only from ``trusted_proxies`` itself (api/proxies.py), so the
+    setting is the one source under any launcher that passes this."""
+    return ["--no-proxy-headers"]
+
+
+LOG_SERVING_COMPONENTS = ("scheduler", "triggerer")  # `airflow scheduler|triggerer --skip-serve-logs`
 
 
 def api_workers(s: Settings) -> int:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import psutil
+
+from ml.platform import db
 from ml.platform.config import Settings, get_settings
 from ml.platform.startup.services import SERVICE_NAMES, STOP_TIMEOUT, services
 from ml.platform.startup.supervision import supervisor_pid, supervisor_service
@@ -10,8 +13,6 @@ from ml.platform.supervisor import STATE_FILE, WANTED_FILE, say, stop_trees
 
 def stop_supervisor(s: Settings, timeout: float = 10) -> bool:
     """SIGTERM the supervisor (only it: the services are its children but not its session)."""
-    import psutil
-
     pid = supervisor_pid(s)
     if not pid:
         return False
@@ -45,8 +46,6 @@ def down(settings: Settings | None = None, timeout: float = STOP_TIMEOUT) -> lis
             stopped.append(name)
     (s.run_dir / "mlflow.url").unlink(missing_ok=True)
     if not s.database_url:
-        from ml.platform import db
-
         if db.stop_embedded_postgres(s):
             say("stopped embedded PostgreSQL (data kept in %s)" % (s.var / "pg"))
             stopped.append("postgres")

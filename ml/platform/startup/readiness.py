@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ml.platform import airflow_client
+import httpx
+
+from ml.platform import airflow_client, tracking
 from ml.platform.config import Settings
 from ml.platform.startup.services import AIRFLOW_SERVICES, services
 from ml.platform.startup.supervision import supervised
@@ -14,8 +17,6 @@ from ml.platform.supervisor import Service, ServiceError, say, tail
 
 
 def http_get(url: str, timeout: float = 3.0, headers: dict[str, str] | None = None):
-    import httpx
-
     return httpx.get(url, timeout=timeout, headers=headers)
 
 
@@ -85,10 +86,6 @@ def wait_mlflow(s: Settings, baseline: dict[str, int], timeout: float = 120) -> 
 
 def _mlflow_auth_header(s: Settings) -> dict[str, str]:
     """HTTP basic auth of the platform's MLflow login (``var/mlflow/credentials.json``), if any."""
-    import base64
-
-    from ml.platform import tracking
-
     creds = tracking.mlflow_credentials(s) if s.mlflow_auth else None
     if not creds:
         return {}

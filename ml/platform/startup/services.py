@@ -7,6 +7,7 @@ import shutil
 import sys
 from collections.abc import Iterable
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from ml.platform.config import Settings, get_settings
 from ml.platform.supervisor import Service, ServiceError, port_open, port_owner
@@ -87,8 +88,6 @@ def check_ports(s: Settings, names: Iterable[str] = SERVICE_NAMES) -> None:
 
 def safe_url(url: str) -> str:
     """The URL without its password, for printing."""
-    from urllib.parse import urlsplit, urlunsplit
-
     p = urlsplit(url)
     if p.password:
         netloc = f"{p.username}:***@{p.hostname}" + (f":{p.port}" if p.port else "")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ml.platform import db
 from ml.platform.config import Settings, get_settings
 from ml.platform.startup.readiness import http_get
 from ml.platform.startup.services import safe_url, services
@@ -51,7 +52,6 @@ def status(settings: Settings | None = None, quiet: bool = False) -> dict[str, A
             "crash_loop": bool(x.get("crash_loop")),
             "error": x.get("error"),
         }
-    from ml.platform import db
 
     if s.database_url:
         out["postgres"] = {"url": safe_url(db.libpq_url(s.database_url)), "embedded": False}

@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from ml.platform import supervisor as sup
 from ml.platform.config import Settings, get_settings
 from ml.platform.startup.commands import command, settings_env
 from ml.platform.startup.services import SERVICE_NAMES, console_script, services
@@ -42,8 +43,6 @@ def supervisor_pid(s: Settings) -> int | None:
 
 def ensure_supervisor(s: Settings, extra_env: dict[str, str] | None = None) -> tuple[int, bool]:
     """Start the supervisor unless ours runs; returns (pid, started_now)."""
-    from ml.platform import supervisor as sup
-
     pid = supervisor_pid(s)
     if pid:
         return pid, False

@@ -7,8 +7,10 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from ml.platform import db, tracking
 from ml.platform.airflow_client import airflow_credentials
 from ml.platform.config import REPO_ROOT, Settings, get_settings
+from ml.platform.orchestration import airflow_env
 from ml.platform.startup.commands import mlflow_server_url, settings_env
 from ml.platform.startup.readiness import wait_airflow, wait_http, wait_mlflow, wait_serving
 from ml.platform.startup.seeding import champion, first_model
@@ -38,8 +40,6 @@ class Steps:
 
 
 def start_postgres(s: Settings) -> str:
-    from ml.platform import db
-
     url = db.database_url(s)
     applied = db.migrate(url)
     where = "embedded (data in %s)" % (s.var / "pg") if not s.database_url else "DATABASE_URL"
@@ -61,8 +61,6 @@ def start_mlflow(s: Settings | None = None, timeout: float = 120) -> dict[str, A
 
 
 def airflow_db_migrate(s: Settings) -> None:
-    from ml.platform.orchestration import airflow_env
-
     env = airflow_env(s, base=settings_env(s))
     log = s.logs_dir / "airflow-db-migrate.log"
     s.logs_dir.mkdir(parents=True, exist_ok=True)
@@ -196,6 +194,7 @@ def up(
         "web": f"{api_svc.url}/",
         "airflow": {"url": services(s)["airflow-api-server"].url, "username": user, "password": password},
         "mlflow": mlflow_url,
+        "mlflow_experiment": experiment_ui_url(s, mlflow_url) if use_mlflow else None,
         "logs": str(s.logs_dir),
         "supervisor": st["supervisor"],
         "services": {n: st["services"][n] for n in names},
@@ -207,6 +206,20 @@ def up(
     return summary
 
 
+def experiment_ui_url(s: Settings, mlflow_url: str) -> str | None:
+    """The platform's experiment in the MLflow UI, in the classic training view
+    (``ml.platform.tracking.ui_url``: ``?workflowType=machine_learning``); None when MLflow does not answer."""
+    try:
+        import mlflow
+
+        tracking.configure(s)  # creates the experiment (with its kind) on a first start
+        exp = mlflow.MlflowClient().get_experiment_by_name(s.experiment_name)
+    except Exception as e:  # noqa: BLE001 - the summary prints the server's address instead
+        say(f"      (MLflow experiment link unavailable: {type(e).__name__}: {e})")
+        return None
+    return tracking.ui_url(mlflow_url, f"experiments/{exp.experiment_id}") if exp is not None else None
+
+
 def _print_summary(x: dict[str, Any], names: list[str]) -> None:
     bar = "=" * 72
     lines = [bar, f"  Sentiment platform is up ({x['timings_s']['total']:.0f}s)"]
@@ -216,7 +229,7 @@ def _print_summary(x: dict[str, Any], names: list[str]) -> None:
         a = x["airflow"]
         lines.append(f"  Airflow UI      {a['url']}   user {a['username']}  password {a['password']}")
     if "mlflow" in names:
-        lines.append(f"  MLflow UI       {x['mlflow']}")
+        lines.append(f"  MLflow UI       {x.get('mlflow_experiment') or x['mlflow']}")
     lines += [
         f"  PostgreSQL      {x['database_url']}",
         f"  Supervisor      pid {x['supervisor']['pid']}: restarts crashed services (`make status` shows restarts)",

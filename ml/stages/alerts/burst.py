@@ -1,9 +1,11 @@
 """The feedback rules, counted in PostgreSQL under a lock per (rule, model): ``misclassification_burst``
 (:func:`evaluate_feedback`, one alert per burst) and the burst guard ``feedback_burst``
-(:func:`evaluate_burst`, which pauses retraining while it is open)."""
+(:func:`evaluate_burst`: an identity's burst quarantines its reports; a burst from many identities
+at once pauses retraining)."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -16,6 +18,7 @@ from ml.stages.alerts.channels import (
     channel_result,
     dispatch_alert,
 )
+from ml.stages.review import redact
 from ml.store import alerts as store
 
 log = logging.getLogger(__package__)  # the stage's logger ``ml.stages.alerts``, named in the log channel
@@ -147,40 +150,50 @@ def burst_message(n: int, model_name: str, first: datetime, last: datetime, thre
 
 # ---------------------------------------------------------------- the burst guard (feedback_burst)
 def _sha(identity: str) -> str:
-    import hashlib
-
     return hashlib.sha256(identity.encode("utf-8")).hexdigest()
 
 
 def evaluate_burst(conn: psycopg.Connection, model_name: str, s: Settings) -> dict[str, Any]:
-    """Rule ``feedback_burst`` (the burst guard), in the caller's transaction: a burst is
-    ``feedback_burst_identity_count`` wrong-reports from ONE identity within
-    ``feedback_burst_window_seconds``, or all wrong-reports in a window at ``feedback_burst_rate_factor``
-    x the normal rate (the last ``feedback_burst_baseline_hours``) and at least ``feedback_burst_rate_min``.
+    """Rule ``feedback_burst`` (the burst guard), in the caller's transaction. Counts are of distinct
+    predictions reported wrong (one report per prediction and reporter), reviewers' decisions left out.
+    Two kinds of burst, one open alert per model for both:
 
-    One open alert per model while the burst lasts: raised at the first crossing, its count, period
-    and identities rewritten on every report of the burst; resolved once ``feedback_burst_quiet_seconds``
-    pass without burst-level reporting. While it is open the retraining trigger answers ``paused_burst``
-    (``ml.stages.retraining.trigger.check_trigger`` calls this too, so a burst the alert thread has not seen yet
-    pauses it as well). Identities are named redacted (``ml.stages.review.redact``); the alert keeps only
-    their sha256 to recount them. Returns ``{"open", "raised", "alert_id", "message", ...}``."""
-    from ml.stages.review import redact
+    - **identity**: ``feedback_burst_identity_count`` predictions reported wrong by ONE identity within
+      ``feedback_burst_window_seconds``. The alert names it and **quarantines** its reports (its sha256
+      in ``details.identity_sha256``: from the burst's first report until the alert resolves they make
+      no agreement and count nothing toward retraining until a reviewer accepts the text:
+      ``ml.stages.review``). It does **not** pause retraining: one identity must not be able to hold
+      the loop for everyone.
+    - **rate**: the wrong-reports in a window of the identities that are not bursting themselves, from at
+      least ``feedback_min_identities`` distinct identities, at ``feedback_burst_rate_factor`` x the
+      normal rate (the last ``feedback_burst_baseline_hours``) and at least ``feedback_burst_rate_min``.
+      This pauses the retraining trigger (``paused_burst``) until ``feedback_burst_quiet_seconds``
+      pass without a rate burst (``details.rate_last_at``): only many identities at once can pause it.
 
+    The alert is raised at the first crossing, its count, period and identities rewritten on every
+    report of the burst; resolved once ``feedback_burst_quiet_seconds`` pass without a burst of either
+    kind. ``check_trigger`` calls this too, so a burst the alert thread has not seen yet counts as well.
+    Identities are named redacted (``ml.stages.review.redact``); the alert keeps only their sha256.
+    Returns ``{"open", "pauses", "raised", "alert_id", "message", ...}``."""
     window, quiet = float(s.feedback_burst_window_seconds), float(s.feedback_burst_quiet_seconds)
+    min_ids = int(s.feedback_min_identities)
     now = store.lock(conn, RULE_FEEDBACK_BURST, model_name)
     start = now - timedelta(seconds=window)
     counts = store.wrong_reports_by_reporter(conn, model_name, start, now)
-    total = sum(n for _, n, _, _ in counts)
+    loud = [(who, n) for who, n, _, _ in counts if n >= s.feedback_burst_identity_count]
+    loud_names = {who for who, _ in loud}
+    crowd = [c for c in counts if c[0] not in loud_names]  # the rate rule: identities not bursting alone
+    total = sum(n for _, n, _, _ in crowd)
     base_start = now - timedelta(hours=float(s.feedback_burst_baseline_hours))
     base_total = (
         store.wrong_report_total(conn, model_name, base_start, start) if total >= s.feedback_burst_rate_min else 0
     )  # below the minimum: no rate burst anyway
     normal = base_total * window / max(1.0, (start - base_start).total_seconds())  # per window
     rate_limit = max(float(s.feedback_burst_rate_min), float(s.feedback_burst_rate_factor) * normal)
-    loud = [(who, n) for who, n, _, _ in counts if n >= s.feedback_burst_identity_count]
-    rate_burst = total >= rate_limit
+    rate_burst = total >= rate_limit and len(crowd) >= min_ids
     res: dict[str, Any] = {
         "open": False,
+        "pauses": False,
         "raised": False,
         "alert_id": None,
         "message": None,
@@ -189,6 +202,11 @@ def evaluate_burst(conn: psycopg.Connection, model_name: str, s: Settings) -> di
         "normal_per_window": round(normal, 2),
     }
     open_alert = store.open_alert(conn, RULE_FEEDBACK_BURST, model_name)
+
+    def pausing(details: dict[str, Any]) -> bool:
+        rate_last = details.get("rate_last_at")
+        return bool(rate_last) and datetime.fromisoformat(str(rate_last)) + timedelta(seconds=quiet) > now
+
     if open_alert is not None and not (loud or rate_burst):
         last_at = open_alert["last_report_at"]
         if last_at is None or last_at + timedelta(seconds=quiet) <= now:  # quiet long enough: it is over
@@ -200,14 +218,22 @@ def evaluate_burst(conn: psycopg.Connection, model_name: str, s: Settings) -> di
             )
             res["resolved"] = open_alert["id"]
             return res
-        res.update(open=True, alert_id=open_alert["id"], message=open_alert["details"].get("message"))
+        res.update(
+            open=True,
+            pauses=pausing(open_alert["details"]),
+            alert_id=open_alert["id"],
+            message=open_alert["details"].get("message"),
+        )
         return res
     if not (loud or rate_burst):
         return res
     details = dict(open_alert["details"]) if open_alert else {}
     hashes = set(details.get("identity_sha256", [])) | {_sha(w) for w, _ in loud}
-    kind = "identity" if hashes else "rate"  # one (or a few) identities, or everyone at once
-    window_first = min(f for _, _, f, _ in counts)
+    if rate_burst:
+        details["rate_last_at"] = now.astimezone(UTC).isoformat()
+    rated = bool(details.get("rate_last_at"))
+    kind = "identity+rate" if hashes and rated else "identity" if hashes else "rate"
+    window_first = min(f for _, _, f, _ in (counts if rate_burst else [c for c in counts if c[0] in loud_names]))
     # the burst began at the alert's first report, or earlier: a report stored late (moved from
     # pending_feedback once its prediction was written, its own time kept) may predate it
     first_at = (
@@ -216,7 +242,7 @@ def evaluate_burst(conn: psycopg.Connection, model_name: str, s: Settings) -> di
         else window_first
     )
     burst_counts = store.wrong_reports_by_reporter(conn, model_name, first_at, now, include_start=True)
-    if kind == "identity":  # their reports since the burst began
+    if not rated:  # the named identities' reports since the burst began
         burst_counts = [c for c in burst_counts if _sha(c[0]) in hashes]
     n = sum(c[1] for c in burst_counts)
     first = min(c[2] for c in burst_counts)
@@ -224,22 +250,40 @@ def evaluate_burst(conn: psycopg.Connection, model_name: str, s: Settings) -> di
     who = [(redact(c[0]), c[1]) for c in burst_counts[:5]]
     more = len(burst_counts) - len(who)
     whom = ", ".join(f"{w} ({k:,})" for w, k in who) + (f" and {more} more" if more > 0 else "")
-    rule = (
-        f"{s.feedback_burst_identity_count} wrong-reports from one identity within {window:g} s"
-        if kind == "identity"
-        else f"wrong-reports at {s.feedback_burst_rate_factor:g}x the normal rate ({normal:.1f} per {window:g} s) "
-        f"and >= {s.feedback_burst_rate_min}"
+    named = sorted(redact(c[0]) for c in burst_counts if _sha(c[0]) in hashes)
+    rules = []
+    if hashes:
+        rules.append(f"{s.feedback_burst_identity_count} wrong-reports from one identity within {window:g} s")
+    if rated:
+        rules.append(
+            f"wrong-reports from >= {min_ids} identities at {s.feedback_burst_rate_factor:g}x the normal rate "
+            f"({normal:.1f} per {window:g} s) and >= {s.feedback_burst_rate_min}"
+        )
+    effects = []
+    if hashes:
+        effects.append(
+            f"reports of {', '.join(named[:5]) or 'the bursting identity'}"
+            f"{f' and {len(named) - 5} more' if len(named) > 5 else ''} are quarantined (no agreement, not "
+            "counted toward retraining) until a reviewer accepts them"
+        )
+    pauses = pausing(details)
+    effects.append(
+        f"retraining is paused until {quiet:g} s pass without a rate burst"
+        if pauses
+        else "retraining is not paused (one identity cannot pause it; only a rate burst from several does)"
     )
     a, b = first.astimezone(UTC), last.astimezone(UTC)
     message = (
-        f"{n:,} misclassification reports on {model_name} from {whom} in "
+        f"{n:,} predictions reported wrong on {model_name} by {whom} in "
         f"{_duration((b - a).total_seconds())} ({a:%Y-%m-%d %H:%M:%S} -> {b:%Y-%m-%d %H:%M:%S} UTC); "
-        f"burst rule: {rule}. Retraining is paused until {quiet:g} s pass without a burst."
+        f"burst rule: {'; '.join(rules)}. " + "; ".join(effects) + "."
     )
     details.update(
         kind=kind,
         identities=[w for w, _ in who],
         identity_sha256=sorted(hashes),
+        quarantined=named,
+        pauses=pauses,
         message=message,
         first_report_at=a.isoformat(),
         last_report_at=b.isoformat(),
@@ -249,7 +293,7 @@ def evaluate_burst(conn: psycopg.Connection, model_name: str, s: Settings) -> di
     )
     if open_alert is not None:
         store.update_count(conn, open_alert["id"], n, last, message, details, first_report_at=first)
-        res.update(open=True, alert_id=open_alert["id"], message=message, n_reports=n)
+        res.update(open=True, pauses=pauses, alert_id=open_alert["id"], message=message, n_reports=n)
         return res
     alert_id = store.insert_open(
         conn,
@@ -269,5 +313,5 @@ def evaluate_burst(conn: psycopg.Connection, model_name: str, s: Settings) -> di
     if alert_id is None:  # the unique index: another process raised it a moment ago
         return res
     log.warning("ALERT %s #%s: %s", RULE_FEEDBACK_BURST, alert_id, message)
-    res.update(open=True, raised=True, alert_id=alert_id, message=message, n_reports=n)
+    res.update(open=True, pauses=pauses, raised=True, alert_id=alert_id, message=message, n_reports=n)
     return res

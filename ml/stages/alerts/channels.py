@@ -7,10 +7,13 @@ import json
 import logging
 import smtplib
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
 
 from ml.platform import db
 from ml.platform.config import Settings, get_settings
@@ -51,8 +54,6 @@ def _email_recipients(s: Settings) -> list[str]:
 
 
 def send_webhook(payload: dict[str, Any], s: Settings) -> None:
-    import httpx
-
     if s.alert_webhook_url is None:
         raise ValueError("alert_webhook_url is not set")
     r = httpx.post(s.alert_webhook_url, json=payload, timeout=s.alert_webhook_timeout_seconds)
@@ -88,8 +89,6 @@ def send_mail(subject: str, body: str, recipients: list[str], s: Settings) -> No
 
 def redacted_url(url: str) -> str:
     """Scheme and host only: webhook paths and queries are often secrets (Slack, Teams tokens)."""
-    from urllib.parse import urlsplit
-
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.hostname or ''}{':' + str(parts.port) if parts.port else ''}/…"
 
@@ -166,7 +165,5 @@ def dispatch_alert(alert_id: int, settings: Settings | None = None) -> Future | 
 
 def wait_dispatched(timeout: float = 30.0) -> bool:
     """Wait for the background sends started so far (tests, clean shutdown). True if all finished."""
-    from concurrent.futures import wait
-
     done, not_done = wait(list(_pending), timeout=timeout)
     return not not_done

@@ -18,6 +18,9 @@ from ml.stages.alerts.channels import (
     send_mail,
     send_webhook,
 )
+from ml.stages.monitoring.archive import get_report, record_action
+from ml.stages.monitoring.wording import digest_text, report_digest
+from ml.stages.retraining.trigger import champion_context, pending_count
 from ml.store import alerts as store
 from ml.store import reports as reports_store
 
@@ -33,8 +36,6 @@ def drift_alert(summary: dict[str, Any], settings: Settings | None = None) -> di
     ``n_reports``, ``details.report_ids``); an ``ok`` report resolves it (an ``empty`` one says nothing).
     Same lock and unique index as the burst rule. Returns ``{"alert_id", "raised", "continued",
     "resolved", "message"}``; sending is the caller's."""
-    from ml.stages.monitoring.wording import report_digest
-
     s = settings or get_settings()
     model, rid, status = summary["model_name"], summary["id"], summary["status"]
     out: dict[str, Any] = {"alert_id": None, "raised": False, "continued": False, "resolved": False, "message": None}
@@ -92,8 +93,6 @@ def drift_alert(summary: dict[str, Any], settings: Settings | None = None) -> di
 def _retraining_status(s: Settings) -> dict[str, Any] | None:
     """Reports since the champion was trained against the retraining threshold (None when unknown)."""
     try:
-        from ml.stages.retraining.trigger import champion_context, pending_count
-
         ctx = champion_context(s)
         return pending_count(ctx, s) if ctx is not None else None
     except Exception as e:  # noqa: BLE001 - the report goes out without it
@@ -113,9 +112,6 @@ def deliver_report(
 
     Each channel's outcome is appended to the report's stored summary (``delivery``); a failing
     channel is recorded, never raised. Returns ``{"report_id", "status", "channels", "alert", "digest"}``."""
-    from ml.stages.monitoring.archive import get_report
-    from ml.stages.monitoring.wording import digest_text, report_digest
-
     s = settings or get_settings()
     rid = report if isinstance(report, str) else report["id"]
     summary = get_report(rid, settings=s)
@@ -165,4 +161,8 @@ def deliver_report(
         log.error("drift report %s: could not record channel outcomes: %s", rid, e)
     if alert.get("raised"):
         alert["channels"] = send_channels(alert["alert_id"], s)
+    try:  # what the platform did, into the stored summary and the saved HTML's verdict block
+        record_action(rid, alert, retraining, s)
+    except Exception as e:  # noqa: BLE001 - the report was delivered; its page keeps "pending"
+        log.error("drift report %s: could not record what the platform did: %s", rid, e)
     return {"report_id": rid, "status": summary["status"], "channels": results, "alert": alert, "digest": digest}

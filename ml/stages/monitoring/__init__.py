@@ -37,8 +37,13 @@ a stored report with status ``empty``.
 The modules: ``period`` (the span, the period's predictions and feedback), ``descriptors`` (text
 descriptor columns), ``reference`` (the champion's cached reference), ``drift`` (the Evidently
 computation and per-signal metrics), ``wording`` (accuracy statement, verdict, channel digest),
-``build`` (``build_report``, the DAG task and ``ml monitor``), ``archive`` (the ``drift_reports`` row
-and reading reports back). This file holds only ``MonitoringError``, shared by them.
+``build`` (``build_report``, the DAG task and ``ml monitor``), ``archive`` (the ``drift_reports`` row,
+what the platform did after a report, reading reports back), ``verdict`` (the verdict block that opens
+each saved page), ``report_html`` (Evidently's page with its data escaped), ``history`` (the drift
+history's charts). This file holds only ``MonitoringError``, shared by them.
+
+Only the predictions of the version that served at the period's end are compared, with that
+version's own reference (``build``'s docstring says why); the others are counted as not compared.
 """
 
 

@@ -69,7 +69,7 @@ def list_reports(
         out = store.latest(c, limit, model_name)
     for r in out:
         r["accuracy_statement"] = accuracy_statement(
-            r["n_current_total"], r["n_reported_wrong"], r["live_accuracy_upper_bound"]
+            r["n_version_predictions"], r["n_reported_wrong"], r["live_accuracy_upper_bound"]
         )
     return out
 
@@ -92,3 +92,87 @@ def report_html_path(report_id: str, conn=None, settings: Settings | None = None
         return None
     path = Path(found)
     return path if path.exists() else None
+
+
+def action_of(
+    summary: dict[str, Any], alert: dict[str, Any] | None, retraining: dict[str, Any] | None
+) -> dict[str, Any]:
+    """What the platform did after a report (the monitoring DAG's drift alert and retraining check), in a
+    dict with its words (``text``): ``kind`` is ``nothing``, ``alert``, ``retraining`` or ``alert+retraining``."""
+    alert = alert or {}
+    retraining = retraining or {}
+    parts: list[str] = []
+    alerted = bool(alert.get("raised") or alert.get("continued"))
+    if alert.get("raised"):
+        parts.append(f"alert: drift alert #{alert.get('alert_id')} raised and sent")
+    elif alert.get("continued"):
+        parts.append(f"alert: the open drift alert #{alert.get('alert_id')} counts this report too")
+    triggered = bool(retraining.get("trigger"))
+    reports = retraining.get("reports", retraining.get("pending_reports"))
+    threshold = retraining.get("threshold")
+    if triggered:
+        rid = retraining.get("retraining_id")
+        parts.append(
+            "retraining: triggered"
+            + (f" (#{rid})" if rid is not None else "")
+            + (
+                f", {reports:,} misclassification reports >= threshold {threshold:,}"
+                if reports is not None and threshold
+                else ""
+            )
+        )
+    kind = "+".join(k for k, on in (("alert", alerted), ("retraining", triggered)) if on) or "nothing"
+    if kind == "nothing":
+        why = {"ok": "no drift", "empty": "no predictions"}.get(summary.get("status", ""), "no alert raised")
+        if alert.get("resolved"):
+            why += f", drift alert #{alert.get('alert_id')} resolved"
+        if reports is not None and threshold:
+            why += f"; {reports:,} of {threshold:,} misclassification reports needed for a retraining"
+        parts.append(f"nothing: {why}")
+    return {
+        "kind": kind,
+        "alert_id": alert.get("alert_id") if alerted or alert.get("resolved") else None,
+        "alert": "raised"
+        if alert.get("raised")
+        else "continued"
+        if alert.get("continued")
+        else ("resolved" if alert.get("resolved") else None),
+        "retraining_triggered": triggered,
+        "retraining_id": retraining.get("retraining_id"),
+        "text": "; ".join(parts),
+    }
+
+
+def record_action(
+    report_id: str, alert: dict[str, Any] | None, retraining: dict[str, Any] | None, settings: Settings | None = None
+) -> dict[str, Any] | None:
+    """Store what the platform did after the report (summary ``action``) and rewrite the saved HTML's
+    verdict block to say it. None when the report is not stored."""
+    from ml.platform import db
+    from ml.stages.monitoring import verdict
+
+    s = settings or get_settings()
+    with db.connect(s) as conn:
+        summary = store.summary(conn, report_id)
+        if summary is None:
+            return None
+        action = action_of(summary, alert, retraining)
+        store.set_action(conn, report_id, action)
+        path = store.html_path(conn, report_id)
+    summary["action"] = action
+    if path and Path(path).exists():
+        verdict.replace_block(path, summary)
+    return action
+
+
+def history(model_name: str, limit: int = 365, conn=None, settings: Settings | None = None) -> list[dict[str, Any]]:
+    """The ``limit`` newest reports of ``model_name``, oldest first, as the drift history draws them
+    (``ml.store.reports.history``) with ``report_rate``: reported wrong per compared prediction."""
+    with _reading(conn, settings) as c:
+        rows = store.history(c, model_name, limit)
+    for r in rows:
+        n = r["predictions"] or 0
+        r["report_rate"] = (r["reported_wrong"] or 0) / n if n else None
+        for k in ("created_at", "period_end"):
+            r[k] = r[k].isoformat() if hasattr(r[k], "isoformat") else r[k]
+    return rows

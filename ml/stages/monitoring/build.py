@@ -1,10 +1,21 @@
 """The entry point of monitoring (the nightly DAG task, ``ml monitor``): ``build_report`` builds,
 saves and stores one drift report of a period (Evidently's HTML and JSON, our ``summary.json``, a
-row in ``drift_reports``); an empty period gets a plain HTML page."""
+row in ``drift_reports``); an empty period gets a plain HTML page.
+
+**One version per report.** Only the predictions of the version that served at the period's end
+(the model version of its last prediction: the champion then) are compared, with that version's own
+reference; the period's predictions of other versions (a promotion during the night) are counted in
+``current.not_compared`` and named in the verdict, never mixed in. Another version's predictions
+say nothing about the serving model's inputs drifting (its ``p_positive`` and label share differ by
+construction), the verdict's action (alert, retraining) concerns the serving version alone, and the
+CBPE calibration and the training-accuracy bound are per version. Both versions' drift in sections
+of one page was the alternative: it would score each past version's held-out split (a reference per
+version) every night for a model that no longer serves.
+
+The saved HTML opens with the verdict block (:mod:`ml.stages.monitoring.verdict`)."""
 
 from __future__ import annotations
 
-import html
 import json
 import logging
 import shutil
@@ -17,24 +28,25 @@ from typing import Any
 import pandas as pd
 
 from ml.platform.config import Settings, get_settings
+from ml.platform.progress import ProgressFn, report
+from ml.stages.monitoring import report_html, verdict
 from ml.stages.monitoring.archive import store_summary
 from ml.stages.monitoring.descriptors import add_descriptors
 from ml.stages.monitoring.drift import run_report, summarise
-from ml.stages.monitoring.period import feedback_stats, load_current, period_counts, resolve_period
+from ml.stages.monitoring.period import (
+    feedback_stats,
+    load_current,
+    period_counts,
+    resolve_period,
+    serving_version,
+)
 from ml.stages.monitoring.reference import load_reference
 from ml.stages.monitoring.wording import accuracy_statement, verdict_line
 
 log = logging.getLogger(__package__)  # the stage's logger, as before the split into modules
 
-
-def _empty_html(summary: dict[str, Any]) -> str:
-    return (
-        "<!doctype html><html><head><meta charset='utf-8'><title>Drift report "
-        f"{html.escape(summary['id'])}</title></head><body style='font-family:sans-serif'>"
-        f"<h1>Drift report {html.escape(summary['id'])}: empty period</h1>"
-        f"<p>{html.escape(summary['verdict'])}</p>"
-        f"<pre>{html.escape(json.dumps(summary, indent=2, default=str))}</pre></body></html>"
-    )
+#: the steps :func:`build_report` reports to its ``progress`` callback
+STEPS = 5
 
 
 def build_report(
@@ -43,8 +55,10 @@ def build_report(
     hours: float | None = None,
     airflow_run_id: str | None = None,
     settings: Settings | None = None,
+    progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
-    """Build, save and store one drift report of the period; returns its summary (the DAG's XCom)."""
+    """Build, save and store one drift report of the period; returns its summary (the DAG's XCom).
+    ``progress(done, total, message)`` is told before each step (the CLI's bar; the DAG passes none)."""
     s = settings or get_settings()
     t0 = time.perf_counter()
     a, b = resolve_period(start, end, hours, s)
@@ -53,7 +67,7 @@ def build_report(
     out_dir = s.reports_dir / report_id
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        return _build(report_id, created, a, b, out_dir, airflow_run_id, s, t0)
+        return _build(report_id, created, a, b, out_dir, airflow_run_id, s, t0, progress)
     except BaseException:
         shutil.rmtree(out_dir, ignore_errors=True)  # nothing stored: leave no half-written report behind
         raise
@@ -68,28 +82,37 @@ def _build(
     airflow_run_id: str | None,
     s: Settings,
     t0: float,
+    progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
     from ml.platform import db
 
     log.info("monitoring %s: report %s for %s -> %s", s.model_name, report_id, a.isoformat(), b.isoformat())
+    report(progress, 0, STEPS, "loading the period's predictions")
     with db.connect(s) as conn:
         counts = period_counts(conn, s.model_name, a, b)
+        version = serving_version(conn, s.model_name, a, b) if counts["total"] else None
         current = (
-            load_current(conn, s.model_name, a, b, s.monitoring_max_rows, s.seed) if counts["total"] else pd.DataFrame()
+            load_current(conn, s.model_name, a, b, s.monitoring_max_rows, s.seed, version)
+            if version is not None
+            else pd.DataFrame()
         )
+    of_version = counts["by_model_version"].get(str(version), 0) if version is not None else 0
     summary: dict[str, Any] = {
         "id": report_id,
         "created_at": created.isoformat(),
         "period": {"start": a.isoformat(), "end": b.isoformat()},
         "model_name": s.model_name,
         "airflow_run_id": airflow_run_id,
+        "compared_version": version,
         "current": {
             "rows": len(current),
             "rows_in_period": counts["total"],
-            "sampled": counts["total"] > len(current),
+            "rows_of_version": of_version,
+            "sampled": of_version > len(current),
             "max_rows": s.monitoring_max_rows,
             "by_source": counts["by_source"],
             "by_model_version": counts["by_model_version"],
+            "not_compared": {v: n for v, n in counts["by_model_version"].items() if v != str(version)},
         },
         "files": {
             "html": str(out_dir / "report.html"),
@@ -98,8 +121,9 @@ def _build(
         },
     }
     log.info(
-        "monitoring: %s predictions in the period%s",
+        "monitoring: %s predictions in the period%s%s",
         f"{counts['total']:,}",
+        f", {of_version:,} of v{version} (served at the period's end) compared" if version is not None else "",
         f", sampled to {len(current):,}" if summary["current"]["sampled"] else "",
     )
     if current.empty:
@@ -115,6 +139,7 @@ def _build(
             status="empty",
             drift_detected=False,
             reference_version=champ.version if champ else None,
+            compared_version=champ.version if champ else None,
             reference={"rows": 0},
             metrics={},
             drifted_columns=None,
@@ -130,14 +155,16 @@ def _build(
             estimate={"estimated_accuracy": None, "status": "no predictions in the period"},
         )
         summary["verdict"] = verdict_line(summary)
-        Path(summary["files"]["html"]).write_text(_empty_html(summary), encoding="utf-8")
+        Path(summary["files"]["html"]).write_text(verdict.empty_page(summary), encoding="utf-8")
         Path(summary["files"]["json"]).write_text(
             json.dumps({"status": "empty", "summary": summary}, indent=2, default=str)
         )
     else:
-        reference, meta, vocab = load_reference(s)
+        report(progress, 1, STEPS, "loading the reference, text descriptors")
+        reference, meta, vocab = load_reference(s, version)
         current = add_descriptors(current, vocab, meta.get("preprocess", "basic"))
         t1 = time.perf_counter()
+        report(progress, 2, STEPS, f"Evidently report over {len(current):,} rows")
         snapshot, results, small = run_report(current, reference, s)
         log.info(
             "monitoring: Evidently report over %s current vs %s reference rows in %.1fs (%s tests)",
@@ -146,10 +173,10 @@ def _build(
             time.perf_counter() - t1,
             "p-value" if small else "distance",
         )
-        snapshot.save_html(summary["files"]["html"])
+        report(progress, 3, STEPS, "feedback, label-free accuracy estimate")
         snapshot.save_json(summary["files"]["json"])
         with db.connect(s) as conn:
-            fb = feedback_stats(conn, s.model_name, a, b, counts["total"], meta.get("training_accuracy"), s)
+            fb = feedback_stats(conn, s.model_name, a, b, of_version, meta.get("training_accuracy"), s, version)
         metrics = summarise(results, current, reference, s)
         try:
             from ml.evaluation import estimate
@@ -183,9 +210,13 @@ def _build(
             estimate=est,
         )
         summary["verdict"] = verdict_line(summary)
+        report(progress, 4, STEPS, "writing the HTML report")
+        # the verdict block first, then Evidently's page (texts escaped inside its script data)
+        report_html.save(snapshot, summary["files"]["html"], summary)
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     Path(summary["files"]["summary"]).write_text(json.dumps(summary, indent=2, default=str))
     store_summary(summary, s)
+    report(progress, STEPS, STEPS, summary["status"])
     log.info(
         "monitoring report %s (%s, %.1fs): %s", report_id, summary["status"], summary["seconds"], summary["verdict"]
     )

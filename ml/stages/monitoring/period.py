@@ -63,10 +63,17 @@ def period_counts(conn, model_name: str, start: datetime, end: datetime) -> dict
     return {"total": sum(by_source.values()), "by_source": by_source, "by_model_version": by_version}
 
 
-def load_current(conn, model_name: str, start: datetime, end: datetime, max_rows: int, seed: int) -> pd.DataFrame:
-    """The period's predictions; above ``max_rows`` a random sample that is the same on every run
-    (rows ordered by ``md5(seed || id)``)."""
-    rows = store.period_predictions(conn, model_name, start, end, max_rows, seed)
+def serving_version(conn, model_name: str, start: datetime, end: datetime) -> int | None:
+    """The version that served at the period's end (that of its last prediction): the one a report compares."""
+    return store.serving_at_end(conn, model_name, start, end)
+
+
+def load_current(
+    conn, model_name: str, start: datetime, end: datetime, max_rows: int, seed: int, version: int | None = None
+) -> pd.DataFrame:
+    """The period's predictions (of model ``version`` only, if given); above ``max_rows`` a random
+    sample that is the same on every run (rows ordered by ``md5(seed || id)``)."""
+    rows = store.period_predictions(conn, model_name, start, end, max_rows, seed, version)
     frame = pd.DataFrame(rows, columns=["text", "label", "p_positive", "model_version", "source"])
     frame["label"] = frame["label"].astype(np.int64)
     frame["p_positive"] = frame["p_positive"].astype(np.float64)
@@ -81,15 +88,18 @@ def feedback_stats(
     n_predictions: int,
     training_accuracy: float | None,
     settings: Settings,
+    version: int | None = None,
 ) -> dict[str, Any]:
-    """Feedback on the period's predictions (latest per prediction) and what it says of accuracy."""
-    n_feedback, wrong = store.period_feedback(conn, model_name, start, end)
+    """Feedback on the period's predictions (of model ``version`` only, if given: ``n_predictions`` are
+    then that version's) and what it says of accuracy (the latest word per prediction)."""
+    n_feedback, wrong = store.period_feedback(conn, model_name, start, end, version)
     upper = 1.0 - wrong / n_predictions if n_predictions else None
     enough = n_predictions >= settings.monitoring_min_rows
     concept = None
     if upper is not None and training_accuracy is not None and enough:
         concept = bool(upper < training_accuracy - settings.monitoring_accuracy_tolerance)
     out = {
+        "version": version,
         "predictions": n_predictions,
         "with_feedback": n_feedback,
         "reported_wrong": wrong,

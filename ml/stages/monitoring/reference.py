@@ -35,13 +35,25 @@ def reference_dir(version: int, settings: Settings | None = None) -> Path:
     return s.reference_dir / s.model_name / f"v{version}"
 
 
-def load_reference(settings: Settings | None = None) -> tuple[pd.DataFrame, dict[str, Any], set[str]]:
-    """The champion's reference (frame, meta, vocabulary): from the cache, else computed once."""
+def load_reference(
+    settings: Settings | None = None, version: int | None = None
+) -> tuple[pd.DataFrame, dict[str, Any], set[str]]:
+    """The reference (frame, meta, vocabulary) of model ``version`` (default: the champion): from the
+    cache, else computed once."""
     from ml.platform import registry, tracking
 
     s = settings or get_settings()
     tracking.configure(s)
     champ = registry.champion(s)
+    if version is not None and (champ is None or champ.version != version):
+        import mlflow
+        from mlflow.exceptions import MlflowException
+
+        try:
+            mv = mlflow.MlflowClient().get_model_version(s.model_name, str(version))
+        except MlflowException as e:
+            raise MonitoringError(f"{s.model_name!r} v{version} is not registered: {e}") from e
+        champ = registry.ChampionInfo(version=int(mv.version), run_id=mv.run_id, tags=dict(mv.tags or {}))
     if champ is None:
         raise MonitoringError(
             f"no champion for {s.model_name!r}: nothing to compare the predictions with; train and promote a model first"

@@ -61,9 +61,13 @@ def verdict_line(summary: dict[str, Any]) -> str:
         f"{head}: {summary['current']['rows']:,} predictions ({when}) vs {summary['reference']['rows']:,} "
         f"reference (v{summary['reference_version']}); {share}; {acc}."
     )
-    served = sorted(summary["current"]["by_model_version"], key=int)
-    if served != [str(summary["reference_version"])]:
-        line += f" Note: the period was served by v{', v'.join(served)}; prediction drift may be the model change."
+    others = summary["current"].get("not_compared") or {}
+    if others:
+        left = ", ".join(f"v{v} ({int(n):,})" for v, n in sorted(others.items(), key=lambda kv: int(kv[0])))
+        line += (
+            f" Only v{summary['reference_version']}'s predictions (it served at the period's end) were compared; "
+            f"not compared: {left}."
+        )
     return line
 
 

@@ -2,11 +2,12 @@
 the ``sentiment_retraining`` DAG.
 
 **Trigger** (:func:`.trigger.check_trigger`). Only labels the loop trusts count (:mod:`ml.stages.review`: a
-reviewer's accept / relabel, or ``feedback_min_identities`` agreeing identities, never a text a
+reviewer's accept / relabel, or ``feedback_min_identities`` agreeing API keys, never a text a
 reviewer rejected) where they differ from the current champion version's prediction, not yet consumed
 by a retraining: one vote per text, each identity capped at ``feedback_max_identity_share`` of the
-threshold. While the burst guard's alert is open (``ml.stages.alerts.burst.evaluate_burst``) the answer is
-``paused_burst`` and nothing is consumed. The threshold
+threshold. While the burst guard (``ml.stages.alerts.burst.evaluate_burst``) sees a rate burst from
+several identities (and for its quiet time after) the answer is ``paused_burst`` and nothing is
+consumed; one identity's burst only quarantines that identity's reports. The threshold
 is ``ceil(retraining_feedback_fraction x n_rows)`` of the champion's training snapshot, the
 fraction validated to lie in [0.1%, 1%]. When it is reached, one ``retrainings`` row is written
 and the reports are consumed (``retraining_feedback``, primary key on the feedback id) in one

@@ -1,18 +1,22 @@
 """The challenger stages of ``sentiment_retraining``: train it (:func:`train_challenger`), score it
-beside the champion (:func:`evaluate`), the promotion gate or shadow (:func:`promote`), and every
+beside the champion (:func:`evaluate`), then the promotion gate or shadow (``ml.stages.promotion.promote_challenger``), and every
 stage in one process (:func:`run_retraining`)."""
 
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
+from ml import models
+from ml.data.snapshots import get_snapshot
+from ml.evaluation.stats import paired_comparison
 from ml.models.base import decide
-from ml.platform import db
+from ml.platform import db, registry, tracking
 from ml.platform.config import Settings, get_settings
+from ml.stages import compare, promotion, train
 from ml.stages.retraining import RetrainingError
 from ml.stages.retraining.records import get_retraining, mark_failed, update_retraining
 from ml.stages.retraining.training_set import prepare
@@ -24,15 +28,11 @@ log = logging.getLogger(__package__)  # the stage's logger, as before the split 
 
 
 def _champion_family_params(r: dict[str, Any], s: Settings) -> tuple[str, dict[str, Any]]:
-    from ml import models
-
     ctx = champion_context(s, version=r["champion_before"])
     if ctx is None:
         raise RetrainingError(f"no champion context for v{r['champion_before']} of {s.model_name}")
     family, params = ctx.family, dict(ctx.params)
     if not family or not params:
-        from ml.platform import registry
-
         m = registry.load_version(r["champion_before"], s)
         family, params = m.family, m.get_params()
     known = models.family_class(family).default_params()
@@ -54,9 +54,6 @@ def train_challenger(
     ``ml.models.FAMILIES``). Returns its MLflow run id."""
     import mlflow
 
-    from ml.platform import tracking
-    from ml.stages import train
-
     s = settings or get_settings()
     rid = int(retraining_id)
     r = get_retraining(rid, s)
@@ -72,9 +69,6 @@ def train_challenger(
         params.update(hyperparams or {})
         run_id = train.train(r["snapshot_hash"], family, params, sample_size, airflow_run_id, s)
     elif mode == "compare":
-        from ml import models
-        from ml.stages import compare
-
         families = list(families or models.FAMILIES)  # all of them unless told (the DAG's default too)
         result = compare.run_comparison(
             snapshot_hash=r["snapshot_hash"],
@@ -100,11 +94,6 @@ def evaluate(retraining_id: Any, run_id: str, settings: Settings | None = None) 
     """Challenger and champion on the SAME held-out set (``ml.stages.train.evaluate``, used to promote) and on
     the reported tweets (held-out part and, in-sample for the challenger, the trained part)."""
     import mlflow
-    import numpy as np
-
-    from ml.data.snapshots import get_snapshot
-    from ml.platform import registry, tracking
-    from ml.stages import train
 
     s = settings or get_settings()
     rid = int(retraining_id)
@@ -139,8 +128,6 @@ def evaluate(retraining_id: Any, run_id: str, settings: Settings | None = None) 
     # (b) of the gate: the reported tweets neither model trained on, paired; recorded, not a criterion
     reported_vs = None
     if eval_texts:
-        from ml.evaluation.stats import paired_comparison
-
         ey = np.array([labels[t] for t in eval_texts])
         reported_vs = paired_comparison(
             ey,
@@ -206,64 +193,6 @@ def evaluate(retraining_id: Any, run_id: str, settings: Settings | None = None) 
     return metrics
 
 
-def promote(retraining_id: Any, run_id: str, settings: Settings | None = None) -> dict[str, Any]:
-    """The champion/challenger gate (``ml.stages.train.promote``: behavioural checks + the promotion rule on the
-    held-out set) with ``retraining_promotion_margin``; the outcome is recorded on the retraining.
-
-    With a shadow window (``shadow_requests`` / ``shadow_hours``, ``ml.stages.shadow``) a challenger that passes
-    the gate against a champion is not promoted yet: it goes into shadow (status ``shadow``, ``shadow_id``
-    in the result) and ``ml.stages.shadow.decide`` promotes it or not when the window is over."""
-    from ml.platform import registry
-    from ml.stages import shadow, train
-
-    s = settings or get_settings()
-    rid = int(retraining_id)
-    margin = s.retraining_promotion_margin if s.retraining_promotion_margin is not None else s.promotion_margin
-    result = train.promote(run_id, s.model_copy(update={"promotion_margin": margin}), hold=shadow.enabled(s))
-    if result.get("held"):
-        sid = shadow.start(rid, run_id, result, s)
-        r = get_retraining(rid, s) or {}
-        gate_record = {**(result.get("gate") or {}), "reported_eval": (r.get("gate") or {}).get("reported_eval")}
-        reason = f"passed the gate ({result['reason']}); in shadow #{sid} beside v{result['champion_version']}"
-        update_retraining(
-            rid, s, status="shadow", candidate_version=result["version"], decision=reason, gate=gate_record
-        )
-        log.info("retraining #%s: %s", rid, reason)
-        return {
-            **result,
-            "retraining_id": rid,
-            "status": "shadow",
-            "shadow_id": sid,
-            "reason": reason,
-            "champion_after": result["champion_version"],
-            "margin": margin,
-        }
-    champ = registry.champion(s)
-    status = "promoted" if result["promoted"] else "rejected"
-    r = get_retraining(rid, s) or {}
-    gate_record = {**(result.get("gate") or {}), "reported_eval": (r.get("gate") or {}).get("reported_eval")}
-    update_retraining(
-        rid,
-        s,
-        status=status,
-        champion_after=champ.version if champ else None,
-        candidate_version=result["version"],
-        decision=result["reason"],
-        finished_at=datetime.now(UTC),
-        **({"gate": gate_record} if result.get("gate") else {}),
-    )
-    log.info(
-        "retraining #%s %s: %s (champion now v%s)", rid, status, result["reason"], champ.version if champ else None
-    )
-    return {
-        **result,
-        "retraining_id": rid,
-        "status": status,
-        "champion_after": champ.version if champ else None,
-        "margin": margin,
-    }
-
-
 def run_retraining(
     retraining_id: Any = None,
     mode: str | None = None,
@@ -273,8 +202,6 @@ def run_retraining(
     settings: Settings | None = None,
 ) -> dict[str, Any]:
     """Every stage of the DAG in this process (``ml retrain``, the benchmark, tests)."""
-    from ml.stages import train
-
     s = settings or get_settings()
     prep = prepare(retraining_id, settings=s)
     rid = prep["retraining_id"]
@@ -284,7 +211,7 @@ def run_retraining(
         train.register(run_id, s)
         if s.behaviour_checks:
             train.check_behaviour(run_id, s)
-        result = promote(rid, run_id, s)
+        result = promotion.promote_challenger(rid, run_id, s)
     except Exception as e:
         mark_failed(rid, f"{type(e).__name__}: {e}", s)
         raise

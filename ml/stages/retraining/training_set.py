@@ -9,8 +9,11 @@ from typing import Any
 
 import pandas as pd
 
+from ml.data.snapshots import content_hash, get_snapshot, store_snapshot, store_split
+from ml.data.splits import split
 from ml.platform import db
 from ml.platform.config import Settings, get_settings
+from ml.stages import review
 from ml.stages.retraining import RetrainingError
 from ml.stages.retraining.records import get_retraining, mark_failed, resolve_id, update_retraining
 from ml.stages.retraining.trigger import create_manual
@@ -22,8 +25,6 @@ log = logging.getLogger(__package__)  # the stage's logger, as before the split 
 def _training_reports(conn, r: dict[str, Any], s: Settings) -> pd.DataFrame:
     """Reports consumed by this retraining and by earlier unsuccessful ones of the same champion, that
     give a label the loop trusts NOW (``ml.stages.review``; a reviewer's rejection since the trigger excludes)."""
-    from ml.stages import review
-
     rows = store.training_reports(conn, r)
     keep, dropped = review.trusted_training_rows(conn, r["model_name"], r["champion_before"], rows, s)
     if any(dropped.values()):
@@ -45,9 +46,6 @@ def prepare(
 ) -> dict[str, Any]:
     """Build the retraining's training set (a new snapshot, kind ``retraining``, with its own split).
     Without ``retraining_id``, a manual retraining is recorded first. Idempotent per retraining."""
-    from ml.data.snapshots import content_hash, get_snapshot, store_snapshot, store_split
-    from ml.data.splits import split
-
     s = settings or get_settings()
     rid = resolve_id(retraining_id)
     if rid is None:

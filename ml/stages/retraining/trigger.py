@@ -12,9 +12,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from ml.platform import db
+from ml.platform import db, registry, tracking
 from ml.platform.config import Settings, get_settings
+from ml.stages import review
+from ml.stages.alerts.burst import evaluate_burst
 from ml.stages.retraining import RetrainingError
+from ml.stages.review import as_number
 from ml.store import lineage as lineage_store
 from ml.store import retrainings as store
 
@@ -63,8 +66,6 @@ def champion_context(settings: Settings | None = None, version: int | None = Non
     """The champion (or ``version``): when it was trained, on which snapshot, with which family/params."""
     import mlflow
 
-    from ml.platform import registry, tracking
-
     s = settings or get_settings()
     tracking.configure(s)
     if version is None:
@@ -97,14 +98,10 @@ def _pending(conn, ctx: ChampionContext, s: Settings, threshold: int | None) -> 
     """The champion's misclassifications the loop believes (``ml.stages.review``: a reviewer's accept or
     ``feedback_min_identities`` agreeing identities; a reviewer's rejection excludes), not consumed
     yet, one vote per text with each identity capped at ``feedback_max_identity_share`` of the threshold."""
-    from ml.stages import review
-
     return review.pending(conn, ctx.model_name, ctx.version, ctx.trained_at, threshold, s)
 
 
 def _counts(p: dict[str, Any]) -> dict[str, Any]:
-    from ml.stages.review import as_number
-
     return {
         "counted_reports": as_number(p["counted"]),
         "identity_cap": as_number(p["identity_cap"]),
@@ -112,6 +109,7 @@ def _counts(p: dict[str, Any]) -> dict[str, Any]:
         "reported_texts": p["reported_texts"],
         "untrusted_texts": p["untrusted_texts"],
         "rejected_texts": p["rejected_texts"],
+        "quarantined_reports": p.get("quarantined_reports", 0),
     }
 
 
@@ -183,8 +181,6 @@ def check_trigger(
         }
     thr = threshold_for(ctx.corpus_rows, s)
     drifted = bool(drift and (drift["drift_detected"] or drift["concept_drift"]))
-    from ml.stages.alerts.burst import evaluate_burst
-    from ml.stages.review import as_number
 
     with db.connect(s) as conn:
         store.lock(conn, s.model_name)
@@ -200,17 +196,26 @@ def check_trigger(
             "corpus_rows": ctx.corpus_rows,
             **_counts(p),
         }
-        burst = evaluate_burst(conn, s.model_name, s)  # the burst guard: no retraining while it lasts
-        if burst["open"]:
+        # the burst guard: a rate burst (many identities at once) pauses retraining while it lasts; one
+        # identity's burst only quarantines its own reports (already left out of ``p`` by ml.stages.review)
+        burst = evaluate_burst(conn, s.model_name, s)
+        if burst["open"] and burst.get("pauses"):
             return {
                 **info,
                 "reason": "paused_burst",
                 "burst_alert_id": burst["alert_id"],
                 "detail": f"retraining paused by a burst of reports (alert #{burst['alert_id']}): {burst['message']}",
             }
+        if burst["open"]:
+            info["burst_alert_id"] = burst["alert_id"]
         drift_note = ""
+        if burst["open"]:
+            drift_note = (
+                f"; burst alert #{burst['alert_id']} open: {p.get('quarantined_reports', 0)} quarantined "
+                "reports not counted (retraining not paused by one identity)"
+            )
         if drifted and drift is not None:  # (drifted implies a drift report)
-            drift_note = f"; drift report {drift['report_id']}: {drift['verdict']}" + (
+            drift_note += f"; drift report {drift['report_id']}: {drift['verdict']}" + (
                 "" if s.retraining_on_drift else " (retraining_on_drift is off: reported only)"
             )
         if counted >= thr:

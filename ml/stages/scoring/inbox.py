@@ -7,30 +7,37 @@ import logging
 import time
 from pathlib import Path
 
+from ml.data import DataError
+from ml.platform import db
 from ml.platform.config import Settings, get_settings
-from ml.stages.scoring.files import file_sha256
+from ml.stages.scoring.files import confined_input, file_sha256, inbox_dir
 from ml.store import batches as store
 
 log = logging.getLogger(__name__)
 
-
-def inbox_dir(settings: Settings | None = None) -> Path:
-    return (settings or get_settings()).var / "inbox"
+__all__ = ["inbox_dir", "inbox_trigger_kwargs", "pending_inbox_file", "pending_inbox_files"]
 
 
 def pending_inbox_files(settings: Settings | None = None, settle_seconds: float = 10.0) -> list[dict]:
     """Files in the inbox folder whose content has not been scored yet, oldest first:
     ``{"path", "sha256", "run_id"}``. ``run_id`` is deterministic (``inbox__<content hash>``),
     so the inbox DAG triggers each content once. Hidden files (write to ``.name`` and rename)
-    and files modified less than ``settle_seconds`` ago (still being written) wait."""
-    from ml.platform import db
-
-    inbox = inbox_dir(settings)
+    and files modified less than ``settle_seconds`` ago (still being written) wait. A symlink
+    that leads outside the allowed input folders, or to anything but a regular file, is skipped
+    with a warning and never read. Content whose batch failed at its plan (empty, binary, ...) is
+    not listed again: its run stays failed, with the reason."""
+    s = settings or get_settings()
+    inbox = inbox_dir(s)
     inbox.mkdir(parents=True, exist_ok=True)
     now = time.time()
     files = []
     for p in inbox.iterdir():
-        if not p.is_file() or p.name.startswith(".") or ".scored." in p.name:
+        if p.name.startswith(".") or ".scored." in p.name or (p.is_dir() and not p.is_symlink()):
+            continue  # hidden (being written), an output of an earlier version, a folder
+        try:
+            confined_input(p, s)
+        except DataError as e:
+            log.warning("inbox: skipping %s: %s", p.name, e)
             continue
         age = now - p.stat().st_mtime
         if age < settle_seconds:
@@ -45,8 +52,8 @@ def pending_inbox_files(settings: Settings | None = None, settle_seconds: float 
     files.sort(key=lambda p: (p.stat().st_mtime, p.name))
     if not files:
         return []
-    with db.connect(settings or get_settings()) as conn:
-        done = store.done_input_hashes(conn)
+    with db.connect(s) as conn:
+        done = store.done_input_hashes(conn, failed_too=True)
     out, seen = [], set()
     for p in files:
         digest = file_sha256(p)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 from collections import Counter
@@ -12,10 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from ml.data import DataError
 from ml.data.read import detect_format
+from ml.platform import db, registry, tracking
 from ml.platform.config import Settings, get_settings
-from ml.stages.scoring.files import batch_dir, file_sha256, iter_rows
+from ml.stages.scoring.files import batch_dir, check_text, confined_input, file_sha256, iter_rows, make_private_dir
 from ml.stages.scoring.sizing import AUTO_TAIL_SLACK, auto_shard_rows
 from ml.store import batches as store
 from ml.store import models as models_store
@@ -37,15 +42,21 @@ def plan(
     airflow_run_id: str | None = None,
     force: bool = False,
     settings: Settings | None = None,
+    text_column: str | None = None,
 ) -> Plan:
     """Read the input once in bounded chunks, record rejects, write shard files, fix the
     champion version. A batch already done is not planned again (unless ``force``).
     ``shard_rows=0``: one shard per available CPU (see :func:`auto_shard_rows`).
+    ``text_column``: the CSV header's / Parquet column holding the texts.
+
+    The input must resolve (symlinks followed) under an allowed input root (the inbox or
+    ``batch_input_roots``), checked before a byte of it is read. An input that is empty, not
+    text, has no text column, or whose rejected rows exceed ``batch_max_reject_share`` fails
+    here, before anything reaches ``predictions``: :class:`DataError` with the reason, the
+    batch recorded ``failed`` with it.
 
     Two runs planning the same content at once (a manual run and the inbox's) serialise on a
     PostgreSQL advisory lock: the second waits, logging why, then resumes the first's plan."""
-    from ml.platform import db
-
     if input_path is None or not str(input_path).strip():
         raise DataError(
             "no input_path given: pass the file to score (drop files in var/inbox/ for the"
@@ -53,31 +64,31 @@ def plan(
         )
     if shard_rows is None or int(shard_rows) < 0:
         raise DataError(f"shard_rows must be 0 (auto) or a positive number of rows, got {shard_rows!r}")
-    path = Path(input_path).expanduser().resolve()
-    if not path.exists() or path.is_dir():
-        raise DataError(f"batch input not found (or a directory): {path}")
+    s = settings or get_settings()
+    path = confined_input(input_path, s)  # before a byte is read
     digest = file_sha256(path)
     batch_id = f"b-{digest[:16]}"
-    s = settings or get_settings()
     with db.connect(s) as lock_conn:  # held (session advisory lock) for the whole plan
         key = int(digest[:15], 16)
         if not store.try_lock_plan(lock_conn, key):
             log.warning("batch %s (%s) is being planned by another run: waiting for it", batch_id, path.name)
             store.lock_plan(lock_conn, key)
         try:
-            return _plan_locked(path, digest, batch_id, int(shard_rows), airflow_run_id, force, s)
+            return _plan_locked(path, digest, batch_id, int(shard_rows), airflow_run_id, force, s, text_column)
         finally:
             store.unlock_plan(lock_conn, key)
 
 
 def _plan_locked(
-    path: Path, digest: str, batch_id: str, shard_rows: int, airflow_run_id: str | None, force: bool, s: Settings
+    path: Path,
+    digest: str,
+    batch_id: str,
+    shard_rows: int,
+    airflow_run_id: str | None,
+    force: bool,
+    s: Settings,
+    text_column: str | None = None,
 ) -> Plan:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from ml.platform import db, registry, tracking
-
     fmt = detect_format(path)
     with db.connect(s) as conn:
         row = store.batch_state(conn, batch_id)
@@ -112,6 +123,30 @@ def _plan_locked(
         )
     model_sha256 = event[1]
 
+    def failed(reason: str, rows_read: int = 0, rejects: list[tuple[int, str]] | None = None) -> DataError:
+        """Record the batch as failed with ``reason`` (nothing in predictions) and return the error."""
+        with db.connect(s) as conn:
+            store.record_failed(
+                conn,
+                batch_id=batch_id,
+                input_path=str(path),
+                input_format=fmt,
+                input_sha256=digest,
+                model_name=s.model_name,
+                model_version=champ.version,
+                rows_read=rows_read,
+                airflow_run_id=airflow_run_id,
+                rejects=rejects or [],
+                reason=reason,
+            )
+        log.error("batch %s failed: %s", batch_id, reason)
+        return DataError(reason)
+
+    try:
+        check_text(path, fmt)  # empty, binary, UTF-16: refused from the first block
+    except DataError as e:
+        raise failed(str(e)) from None
+
     slack = 0
     if shard_rows == 0:
         shard_rows = auto_shard_rows(path, fmt)
@@ -119,7 +154,9 @@ def _plan_locked(
     out_dir = batch_dir(batch_id, s)
     if out_dir.exists():
         shutil.rmtree(out_dir)
-    (out_dir / "shards").mkdir(parents=True)
+    make_private_dir(out_dir.parent)
+    make_private_dir(out_dir / "shards")  # 0700: the texts and scores are this account's only
+    os.chmod(out_dir, 0o700)
     t0 = time.perf_counter()
     shards: list[dict[str, Any]] = []
     rejects: list[tuple[int, str]] = []
@@ -152,8 +189,9 @@ def _plan_locked(
         del buf_rows[:n], buf_text[:n]
 
     encoding: Counter = Counter()
+    error: DataError | None = None
     try:
-        for line, text, reason in iter_rows(path, fmt, encoding):
+        for line, text, reason in iter_rows(path, fmt, encoding, text_column):
             rows_read += 1
             if reason:
                 rejects.append((line, reason))
@@ -167,9 +205,28 @@ def _plan_locked(
         if in_flight is not None:
             in_flight.result()  # every shard file is on disk before the plan is recorded
         model_copy.result()  # and the verified model copy (ArtifactMismatch: nothing is planned)
+    except DataError as e:  # no text column, unreadable Parquet: the batch fails with the reader's reason
+        error = e
     finally:
         writer.shutdown(wait=True)
         fetcher.shutdown(wait=True)
+
+    # every row has been read: the batch fails here, before any shard writes into predictions
+    share = len(rejects) / rows_read if rows_read else 0.0
+    reason = (
+        str(error)
+        if error is not None
+        else f"{path.name} has no rows to score (empty, or a header only)"
+        if rows_read == 0
+        else f"{path.name}: {len(rejects):,} of {rows_read:,} rows rejected ({share:.1%}), more than"
+        f" batch_max_reject_share {s.batch_max_reject_share:.1%}; first: line {rejects[0][0]}: {rejects[0][1]}"
+        f" (`ml batches {batch_id}` lists them)"
+        if share > s.batch_max_reject_share
+        else None
+    )
+    if reason is not None:
+        shutil.rmtree(out_dir, ignore_errors=True)  # shards and the model copy: nothing is kept
+        raise failed(reason, rows_read, rejects)
 
     with db.connect(s) as conn:
         store.replace_plan(

@@ -10,9 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from ml.data import DataError
 from ml.models.base import decide
+from ml.platform import db, registry, tracking
 from ml.platform.config import Settings, get_settings
 from ml.stages.scoring.files import batch_dir
 from ml.store import batches as store
@@ -26,8 +29,6 @@ def _model(batch_id: str, version: int, model_sha256: str | None, s: Settings):
     """The batch's model: the plan's verified copy in the batch folder (re-hashed before it is
     unpickled; fetched again if missing or altered), loaded without MLflow. A process scoring
     several shards of one batch (``ml score --workers 1``) loads it once."""
-    from ml.platform import registry, tracking
-
     key = (batch_id, s.model_name, version, model_sha256)
     if key not in _MODEL_CACHE:
         _MODEL_CACHE.clear()
@@ -43,11 +44,6 @@ def _model(batch_id: str, version: int, model_sha256: str | None, s: Settings):
 def score_shard(batch_id: str, shard: int, chunk_rows: int = 50_000, settings: Settings | None = None) -> dict:
     """Score one shard with the batch's fixed model version; replace the shard's rows in
     PostgreSQL in one transaction (idempotent, retry-safe); write the scored part file."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from ml.platform import db
-
     s = settings or get_settings()
     with db.connect(s) as conn:
         row = store.start_shard(conn, batch_id, shard)

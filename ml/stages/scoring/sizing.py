@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pyarrow.parquet as pq
+
 from ml.data.read import detect_format
 
 
@@ -27,8 +29,6 @@ def estimate_rows(path: Path, fmt: str | None = None) -> int:
     first MiB."""
     fmt = fmt or detect_format(path)
     if fmt == "parquet":
-        import pyarrow.parquet as pq
-
         try:
             return int(pq.ParquetFile(path).metadata.num_rows)
         except Exception:  # noqa: BLE001 - unreadable: the reader says why

@@ -7,6 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ml.evaluation.evaluate import plot_confusion, plot_roc
+from ml.models.base import plot_learning_curve
+from ml.platform import tracking
 from ml.platform.config import Settings
 
 LEARNING_CURVE = "learning_curve.png"
@@ -15,8 +18,6 @@ LEARNING_CURVE = "learning_curve.png"
 def log_plots(metrics: dict[str, Any], y, proba, prefix: str) -> None:
     import matplotlib.pyplot as plt
     import mlflow
-
-    from ml.evaluation.evaluate import plot_confusion, plot_roc
 
     for fig, name in (
         (plot_confusion(metrics["confusion_matrix"], f"{prefix} confusion matrix"), "confusion_matrix"),
@@ -34,14 +35,12 @@ def learning_curve_link(run_id: str, s: Settings) -> dict[str, str]:
     uri = tracking_uri_for_ui(s)
     return {
         "artifact_uri": f"{info.artifact_uri.rstrip('/')}/{LEARNING_CURVE}",
-        "url": f"{uri}/#/experiments/{info.experiment_id}/runs/{run_id}/artifacts/{LEARNING_CURVE}",
+        "url": tracking.ui_url(uri, f"experiments/{info.experiment_id}/runs/{run_id}/artifacts/{LEARNING_CURVE}"),
     }
 
 
 def tracking_uri_for_ui(s: Settings) -> str:
     """The MLflow UI's base URL: the tracking server when it is one, else the platform's mlflow port."""
-    from ml.platform import tracking
-
     uri = tracking.tracking_uri(s)
     if uri.startswith(("http://", "https://")):
         return uri.rstrip("/")
@@ -54,8 +53,6 @@ def log_training(hist: dict[str, Any], family: str, i: int, workdir: Path) -> bo
     curve as ``curve_val_accuracy``/``curve_val_loss`` against ``step=`` and as a PNG. True when a
     curve was logged."""
     import mlflow
-
-    from ml.models.base import plot_learning_curve
 
     for k in ("budget_seconds", "steps", "epochs", "examples_seen", "best_step", "best_val_accuracy"):
         if isinstance(hist.get(k), (int, float)) and not isinstance(hist.get(k), bool):

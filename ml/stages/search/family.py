@@ -11,13 +11,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ml import models
 from ml.data.splits import stratified_sample
+from ml.platform import db, registry, tracking
 from ml.platform.config import Settings, get_settings
 from ml.stages.search import SearchSpaceError
 from ml.stages.search.curves import learning_curve_link
 from ml.stages.search.space import family_spec, load_search_space, selection_metric, trials
 from ml.stages.search.splits import comparison_splits
 from ml.stages.search.trial import clear_framework_state, run_trial
+from ml.stages.train import log_training_datasets
 from ml.store import models as store
 
 log = logging.getLogger(__name__)
@@ -27,9 +30,6 @@ def search_family(plan: dict[str, Any], family: str, settings: Settings | None =
     """Run ``family``'s trials; log each as an MLflow run nested under the comparison; log the best
     trial's model (pyfunc) and record it in ``training_runs``. Returns the winner (small dict)."""
     import mlflow
-
-    from ml import models
-    from ml.platform import db, registry, tracking
 
     s = settings or get_settings()
     if family not in plan["families"]:
@@ -111,6 +111,15 @@ def search_family(plan: dict[str, Any], family: str, settings: Settings | None =
         with mlflow.start_run(run_id=best["run_id"]):
             info = registry.log_model(model)
             mlflow.set_tags({"model_uri": info.model_uri, "search_winner": "true", "stage": "candidate"})
+            log_training_datasets(
+                best["run_id"],
+                snap,
+                train_df,
+                val_df,
+                plan["sample_sizes"].get(family),
+                "the comparison's validation split, carved from the training split (search space: selection)",
+                "search-validation",
+            )
             mlflow.log_metric("search_seconds", search_seconds)
     client = mlflow.MlflowClient()
     client.log_metric(plan["parent_run_id"], f"{family}.best_val_{metric}", best["val"][metric])

@@ -7,7 +7,9 @@ import json
 import logging
 from typing import Any
 
+from ml import models
 from ml.data.snapshots import get_snapshot
+from ml.platform import tracking
 from ml.platform.config import Settings, get_settings
 from ml.stages.search import SearchSpaceError
 from ml.stages.search.space import family_spec, load_search_space, selection_metric, trials
@@ -28,9 +30,6 @@ def plan_comparison(
     """Check the request and open the parent MLflow run. Sample size per family: ``sample_sizes``
     > ``sample_size`` > the profile's ``sample_size`` > all of the training pool."""
     import mlflow
-
-    from ml import models
-    from ml.platform import tracking
 
     s = settings or get_settings()
     profile = profile or s.comparison_profile

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from sklearn.model_selection import train_test_split
+
 from ml.data.snapshots import get_snapshot
 from ml.data.splits import split
 from ml.platform.config import Settings
@@ -21,7 +23,6 @@ def comparison_splits(snapshot_hash: str, space: dict[str, Any], s: Settings):
         int(sel.get("validation_max_rows", 5000)),
     )
     n_val = max(n_val, 2)
-    from sklearn.model_selection import train_test_split
 
     pool, val = train_test_split(train_df, test_size=n_val, random_state=s.seed, stratify=train_df["label"])
     return snap, pool.reset_index(drop=True), val.reset_index(drop=True), test_df

@@ -3,12 +3,16 @@ on the validation split, and log it as an MLflow run nested under the comparison
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from ml import models
+from ml.evaluation.evaluate import METRICS, compute_metrics, dir_size_mb, inference_ms_per_tweet
 from ml.platform.config import Settings
 from ml.stages.search.curves import log_plots, log_training
 
@@ -43,14 +47,6 @@ def run_trial(
     budget_seconds: float | None = None,
 ) -> dict[str, Any]:
     import mlflow
-
-    from ml import models
-    from ml.evaluation.evaluate import (
-        METRICS,
-        compute_metrics,
-        dir_size_mb,
-        inference_ms_per_tweet,
-    )
 
     model = models.create(family, **params)
     if "seed" in model.params and "seed" not in params:
@@ -142,9 +138,6 @@ def run_trial(
 
 def clear_framework_state(family: str) -> None:
     """Free what a finished trial left in the framework's globals (memory stays bounded)."""
-    import gc
-    import sys
-
     if family in ("cnn", "bilstm") and "keras" in sys.modules:
         import keras
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ml.platform.config import Settings, get_settings
+from ml.stages import train
 
 
 def evaluate_winners(
@@ -13,8 +14,6 @@ def evaluate_winners(
 ) -> list[dict[str, Any]]:
     """Score every family's winner (and the champion, once) on the same held-out split; returns one
     row per family for the comparison table."""
-    from ml.stages import train
-
     s = settings or get_settings()
     cache: dict[str, Any] = {}
     rows = []

@@ -1,12 +1,15 @@
-"""Sources of training data: the file ``make up`` trains its first model on."""
+"""Sources of training data: the file ``make up`` trains its first model on (:mod:`.seeding`)."""
 
 from __future__ import annotations
 
+import io
 import logging
+import urllib.request
+import zipfile
 from pathlib import Path
 
-from ml.data import DataError
 from ml.platform.config import REPO_ROOT, Settings, get_settings
+from ml.platform.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +33,6 @@ def default_source(data: str | None = None, settings: Settings | None = None, ti
     if target.exists():
         return target
     try:
-        import io
-        import urllib.request
-        import zipfile
-
         log.info("downloading Sentiment140 from %s ...", SENTIMENT140_URL)
         with urllib.request.urlopen(SENTIMENT140_URL, timeout=timeout) as resp:
             blob = resp.read()
