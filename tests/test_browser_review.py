@@ -8,6 +8,7 @@ with the key's identity as the reviewer. Without chromium the test is skipped (f
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 
@@ -164,6 +165,8 @@ def test_review_page_shows_what_is_left_the_comment_and_words_and_undo_restores_
     assert browser.find_elements(By.CSS_SELECTOR, "#item-comments img") == []
     words = browser.find_elements(By.CSS_SELECTOR, "#item-why .why-token")
     assert words and any("worst" in w.text for w in words)
+    if os.environ.get("SCREENSHOT_DIR"):  # for the issue notes: the review page as a reviewer sees it
+        browser.save_screenshot(os.path.join(os.environ["SCREENSHOT_DIR"], "review-page.png"))
 
     browser.find_element(By.TAG_NAME, "body").send_keys("r")
     _wait(lambda: browser.find_element(By.ID, "status").get_attribute("data-last-review"), "the decision is recorded")

@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 
+from ml.client import ApiError, SentimentClient
 from ml.platform import airflow_client, tracking
 from ml.platform.config import Settings
 from ml.platform.startup.services import AIRFLOW_SERVICES, services
@@ -132,23 +133,25 @@ def wait_serving(s: Settings, version: int, baseline: dict[str, int], timeout: f
         raise ServiceError("api has no URL")
     deadline = time.monotonic() + timeout
     in_a_row, last = 0, "no answer"
-    while time.monotonic() < deadline:
-        _check_started([svc.name], baseline, s)
+    with SentimentClient(svc.url, timeout=5) as api:  # the same typed client users have (ml/client.py)
+        while time.monotonic() < deadline:
+            _check_started([svc.name], baseline, s)
+            try:
+                served = api.model().get("version")
+                last = f"version {served}"
+            except ApiError as e:
+                served, last = None, f"HTTP {e.status}"
+            except Exception as e:  # noqa: BLE001 - not answering yet
+                served, last = None, type(e).__name__
+            in_a_row = in_a_row + 1 if served == version else 0
+            if in_a_row >= streak:
+                return
+            time.sleep(0.2 if in_a_row else 1)
+        reason = ""
         try:
-            r = http_get(f"{svc.url}/model", timeout=5)
-            served = r.json().get("version") if r.status_code == 200 else None
-            last = f"version {served}" if served is not None else f"HTTP {r.status_code}"
-        except Exception as e:  # noqa: BLE001 - not answering yet
-            served, last = None, type(e).__name__
-        in_a_row = in_a_row + 1 if served == version else 0
-        if in_a_row >= streak:
-            return
-        time.sleep(0.2 if in_a_row else 1)
-    reason = ""
-    try:
-        reason = http_get(f"{svc.url}/health", timeout=5).json()["model"].get("last_error") or ""
-    except Exception:  # noqa: BLE001 - the log below says more
-        pass
+            reason = api.health()["model"].get("last_error") or ""
+        except Exception:  # noqa: BLE001 - the log below says more
+            pass
     raise ServiceError(
         f"the API did not serve champion version {version} within {timeout:.0f}s (it answers {last}"
         f"{'; its last model error: ' + reason if reason else ''}); last lines of {svc.log_file(s)}:\n"
