@@ -175,6 +175,13 @@ def test_a_promotion_emits_the_champion_asset_and_the_scheduler_starts_the_refer
         "families": ["tfidf_lr"],
         "search_space": {"tfidf_lr": {"params": {"C": [1.0]}}},
     }
+    # a champion event of an earlier test in this session's Airflow may have queued sentiment_reference already:
+    # Airflow keeps one queue row per (asset, DAG) with the time of the FIRST event, and a run consumes the events
+    # up to that time, so this test's event would wait for the next run. Start from an empty queue.
+    _airflow_rows(
+        platform_env,
+        "DELETE FROM asset_dag_run_queue WHERE target_dag_id = 'sentiment_reference' RETURNING target_dag_id",
+    )
     res = airflow_cli(
         "dags", "test", "sentiment_training", "-c", json.dumps(conf), extra_env={"SENTIMENT_MODEL_NAME": model_name}
     )
