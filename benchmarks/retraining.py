@@ -42,6 +42,7 @@ from pathlib import Path
 
 import httpx
 import psycopg
+from _setup import api_command
 
 from ml.data.snapshots import validate_and_snapshot
 from ml.platform import db, registry
@@ -134,17 +135,7 @@ def run(args, work: Path):
     port = _free_port()
     log = (work / "api.log").open("w")
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "api.main:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--no-proxy-headers",
-        ],
+        api_command(port, 1),
         cwd=REPO,
         env=dict(os.environ),
         stdout=log,

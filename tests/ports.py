@@ -9,7 +9,10 @@ server's own (an answer on the port may come from the process that took it)."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -45,3 +48,16 @@ def refused_port() -> Iterator[int]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         yield s.getsockname()[1]
+
+
+def stop_group(proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    """Stop a server the test started in a session of its own: SIGTERM to its process group, SIGKILL
+    after ``timeout``."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

@@ -9,7 +9,6 @@ import importlib.util
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
-from ports import free_port, listens
+from ports import free_port, listens, stop_group
 
 from ml.platform import db
 from ml.platform.orchestration import airflow_env
@@ -151,17 +150,6 @@ def _airflow_rows(settings, sql: str, params: tuple = ()) -> list[tuple]:
         return c.execute(sql, params).fetchall()
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(30)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
 @pytest.mark.slow
 def test_a_promotion_emits_the_champion_asset_and_the_scheduler_starts_the_reference_dag(
     platform_env, airflow_cli, model_name, tweets_csv, conn, tmp_path
@@ -282,7 +270,7 @@ def test_a_promotion_emits_the_champion_asset_and_the_scheduler_starts_the_refer
         _screenshots(f"http://127.0.0.1:{port}", asset["id"])
     finally:
         for proc in reversed(procs):
-            _stop(proc)
+            stop_group(proc, 30)
         if paused:
             _airflow_rows(
                 platform_env, "UPDATE dag SET is_paused = false WHERE dag_id = ANY(%s) RETURNING dag_id", (paused,)
@@ -331,7 +319,7 @@ def _start_api_server(airflow: str, env: dict, logs: Path, attempts: int = 3) ->
             except httpx.HTTPError:
                 pass
             time.sleep(1)
-        _stop(proc)
+        stop_group(proc, 30)
         if "address already in use" not in log.read_text().lower():
             break
     pytest.fail("Airflow api-server did not start: " + log.read_text()[-2000:])

@@ -25,7 +25,7 @@ import pytest
 import realdata
 import redis
 from fastapi.testclient import TestClient
-from ports import free_port, listens
+from ports import free_port, listens, stop_group
 
 from api.main import create_app
 from ml.data import DataError
@@ -627,21 +627,10 @@ def _start_api_server(airflow: str, env: dict, logs: Path, attempts: int = 3) ->
             except httpx.HTTPError:
                 pass
             time.sleep(1)
-        _stop(proc)
+        stop_group(proc)
         if "address already in use" not in log.read_text().lower():
             break
     pytest.fail("Airflow api-server did not start: " + log.read_text()[-2000:])
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(20)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 @pytest.mark.slow
@@ -711,8 +700,8 @@ def test_celery_worker_runs_scoring_shards(platform_env, airflow_cli, champion, 
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     finally:
         if worker is not None:
-            _stop(worker)
-        _stop(api)
+            stop_group(worker)
+        stop_group(api)
 
         r = redis.Redis(host=REDIS[0], port=REDIS[1], db=0)
         keys = list(r.scan_iter(match=f"{prefix}*"))
@@ -915,7 +904,7 @@ def test_manual_run_does_not_wait_behind_the_watched_inbox(platform_env, champio
         assert len(done) == 2, {p.name: p.read_text()[-1500:] for p in logs.iterdir()}
     finally:
         for proc in procs:
-            _stop(proc)
+            stop_group(proc)
     # each in its own sentiment_batch_scoring run, both successful (Airflow's own record of the runs)
     runs = dict(
         _airflow_rows(

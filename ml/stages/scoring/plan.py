@@ -123,22 +123,21 @@ def _plan_locked(
         )
     model_sha256 = event[1]
 
+    # what the batch row records whether the plan succeeds or fails
+    batch_row: dict[str, Any] = {
+        "batch_id": batch_id,
+        "input_path": str(path),
+        "input_format": fmt,
+        "input_sha256": digest,
+        "model_name": s.model_name,
+        "model_version": champ.version,
+        "airflow_run_id": airflow_run_id,
+    }
+
     def failed(reason: str, rows_read: int = 0, rejects: list[tuple[int, str]] | None = None) -> DataError:
         """Record the batch as failed with ``reason`` (nothing in predictions) and return the error."""
         with db.connect(s) as conn:
-            store.record_failed(
-                conn,
-                batch_id=batch_id,
-                input_path=str(path),
-                input_format=fmt,
-                input_sha256=digest,
-                model_name=s.model_name,
-                model_version=champ.version,
-                rows_read=rows_read,
-                airflow_run_id=airflow_run_id,
-                rejects=rejects or [],
-                reason=reason,
-            )
+            store.record_failed(conn, **batch_row, rows_read=rows_read, rejects=rejects or [], reason=reason)
         log.error("batch %s failed: %s", batch_id, reason)
         return DataError(reason)
 
@@ -231,15 +230,9 @@ def _plan_locked(
     with db.connect(s) as conn:
         store.replace_plan(
             conn,
-            batch_id=batch_id,
-            input_path=str(path),
-            input_format=fmt,
-            input_sha256=digest,
-            model_name=s.model_name,
-            model_version=champ.version,
+            **batch_row,
             model_sha256=model_sha256,
             rows_read=rows_read,
-            airflow_run_id=airflow_run_id,
             rejects=rejects,
             shards=[(sh["shard"], sh["path"], sh["first"], sh["last"], sh["n"]) for sh in shards],
         )
