@@ -25,6 +25,7 @@ from fastapi.routing import APIRoute
 
 from api import auth
 from api.schemas import IDENTIFIER_PATTERN, NO_NUL_PATTERN, ErrorResponse
+from ml.platform.config import Settings, get_settings
 
 # a non-whitespace character somewhere, and no NUL anywhere
 TEXT_PATTERN = r"^[^\x00]*[^\s\x00][^\x00]*$"
@@ -94,9 +95,8 @@ def install(app: FastAPI) -> None:
         if app.openapi_schema:
             return app.openapi_schema
         doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-        settings = getattr(app.state, "settings", None)
-        max_chars = int(getattr(settings, "max_text_chars", 1000))
-        max_batch = int(getattr(settings, "max_batch_size", 1000))
+        settings: Settings = getattr(app.state, "settings", None) or get_settings()  # set in the lifespan
+        max_chars, max_batch = settings.max_text_chars, settings.max_batch_size
         schemas = doc.setdefault("components", {}).setdefault("schemas", {})
         if "ErrorResponse" not in schemas:  # pragma: no cover - health documents it
             schemas["ErrorResponse"] = ErrorResponse.model_json_schema()

@@ -26,8 +26,8 @@ def predict_rows(loaded: LoadedModel, texts: list[str], ids: PredictionIds) -> l
 def make_batcher(settings: Settings, ids: PredictionIds) -> MicroBatcher[str, PredictionRow]:
     return MicroBatcher(
         lambda loaded, texts: predict_rows(loaded, texts, ids),
-        max_size=int(getattr(settings, "predict_batch_max_size", 64)),
-        max_wait=float(getattr(settings, "predict_batch_wait_ms", 1.0)) / 1000.0,
+        max_size=settings.predict_batch_max_size,
+        max_wait=settings.predict_batch_wait_ms / 1000.0,
         inline=lambda loaded: getattr(loaded.model, "family", None) in INLINE_FAMILIES,
     )
 

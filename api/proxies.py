@@ -15,6 +15,8 @@ from typing import Any
 
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
+from ml.platform.config import Settings
+
 
 class TrustedProxies:
     """ASGI middleware: uvicorn's proxy-header handling with ``settings.trusted_proxies`` (read from the
@@ -27,8 +29,8 @@ class TrustedProxies:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] in ("http", "websocket"):
-            settings = getattr(getattr(scope.get("app"), "state", None), "settings", None)
-            proxies = tuple(getattr(settings, "trusted_proxies", None) or ())
+            settings: Settings | None = getattr(getattr(scope.get("app"), "state", None), "settings", None)
+            proxies = tuple(settings.trusted_proxies) if settings is not None else ()
             if proxies:
                 if self._inner is None or self._for != proxies:
                     self._inner, self._for = ProxyHeadersMiddleware(self.app, trusted_hosts=list(proxies)), proxies

@@ -21,6 +21,7 @@ import numpy as np
 from ml.models import SentimentModel
 from ml.models.base import decide
 from ml.platform import db
+from ml.platform.config import Settings
 from ml.stages.review import text_key
 from ml.store import shadow as store
 
@@ -38,9 +39,9 @@ class LoadedShadow:
 
 
 class ShadowScorer:
-    def __init__(self, settings) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._q: queue.Queue = queue.Queue(maxsize=int(getattr(settings, "shadow_queue_max", 10000)))
+        self._q: queue.Queue = queue.Queue(maxsize=settings.shadow_queue_max)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.offered = 0

@@ -539,8 +539,13 @@ def test_a_service_that_always_crashes_ends_in_a_reported_crash_loop(
             assert "crash loop" in x["error"] and x["last_exit"] == "exit code 3", x  # uvicorn: STARTUP_FAILURE
             assert "address already in use" in (s.logs_dir / "api.log").read_text().lower()
             assert "api: crash loop" in (s.logs_dir / "supervisor.log").read_text()
-            time.sleep(2)  # it stays down
+            # it stays down: a supervisor still trying would have started it again within the longest
+            # backoff (1 s) plus a poll (0.5 s); wait twice that, then look at both the state and the log
+            log_before = (s.logs_dir / "supervisor.log").read_text()
+            time.sleep(2 * (1 + 0.5))
             assert status(s, quiet=True)["services"]["api"]["restarts"] == 2
+            later = (s.logs_dir / "supervisor.log").read_text()[len(log_before) :]
+            assert "api: started" not in later and "api: restarted" not in later, later
             r = subprocess.run(
                 [sys.executable, "-m", "ml.cli", "services", "status"],
                 env=_cli_env(s),

@@ -47,13 +47,15 @@ def _shifted(p: np.ndarray, kind: str, n: int = 3000, seed: int = 0) -> np.ndarr
 
 
 @pytest.mark.parametrize("kind", ["none", "low", "high"])
-def test_estimate_within_two_points_under_confidence_shift(fitted, kind):
+def test_estimate_within_one_point_under_confidence_shift(fitted, kind):
+    """The README's figure: within 0.01 of the truth on these resamples (fixed seeds; over 20 resamples per
+    shift the error measured 0.003-0.007 on average, 0.016 at most: README "Drift monitoring")."""
     cal, p, y = fitted
     idx = _shifted(p, kind)
     labels = (p[idx] >= 0.5).astype(int)
     true = float(np.mean(labels == y[idx]))
     est = estimate.estimate_accuracy(cal, p[idx], labels)
-    assert abs(est - true) < 0.02, (kind, est, true)
+    assert abs(est - true) < 0.01, (kind, est, true)
 
 
 def test_shifts_move_the_true_accuracy_and_raw_confidence_is_not_the_estimate(fitted):
@@ -118,7 +120,8 @@ def test_report_carries_the_estimate(champion_report):
     r, true = champion_report["summary"], champion_report["true"]
     est = r["estimate"]
     assert est["rows"] == 3000 and est["rows_other_versions"] == 0
-    assert abs(est["estimated_accuracy"] - true) < 0.02, (est, true)
+    # within the estimate's own 95% interval (what the verdict prints beside it)
+    assert abs(est["estimated_accuracy"] - true) < 1.96 * est["standard_error"], (est, true)
     # beside the reported-label bound (no feedback: 100%) and the training accuracy
     assert r["feedback"]["live_accuracy_upper_bound"] == 1.0 and r["feedback"]["training_accuracy"] > 0.7
     assert f"estimated accuracy (label-free, CBPE) {est['estimated_accuracy']:.1%}" in r["verdict"]

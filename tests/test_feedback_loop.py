@@ -160,7 +160,13 @@ def test_concurrent_trigger_checks_record_one_retraining(loop, conn):
     """Two trigger checks at once (two monitoring runs, say): one retraining."""
     loop.add_reports(loop.threshold)
     results: list[dict] = []
-    ts = [threading.Thread(target=lambda: results.append(check_trigger())) for _ in range(2)]
+    start = threading.Barrier(2)  # both checks leave the gate together: a real race, not two turns
+
+    def check() -> None:
+        start.wait(timeout=30)
+        results.append(check_trigger())
+
+    ts = [threading.Thread(target=check) for _ in range(2)]
     for t in ts:
         t.start()
     for t in ts:
@@ -292,11 +298,16 @@ def test_drift_is_reported_and_may_trigger(loop, conn):
     assert [r[:3] for r in _retrainings(conn, loop.name)] == [(d1["retraining_id"], "drift", "triggered")]
 
 
-def test_compare_mode_retrains_through_a_comparison(loop, conn):
+@pytest.mark.parametrize(
+    ("sample_size", "outcome"),
+    [("5000", "promoted"), ("60", "rejected")],  # all the snapshot's rows against the champion's 300 / 60 of them
+)
+def test_compare_mode_retrains_through_a_comparison(loop, conn, sample_size, outcome):
     """mode compare: the challenger is the winner of a comparison of families on the retraining snapshot
-    (the same held-out split: the snapshot's own)."""
+    (the same held-out split: the snapshot's own). Each outcome is forced: a challenger trained on every
+    row beats the 300-row champion; one trained on 60 rows does not."""
     loop.add_reports(3)
-    res = _cli("retrain", "--mode", "compare", "--families", "tfidf_lr", "--sample-size", "300")
+    res = _cli("retrain", "--mode", "compare", "--families", "tfidf_lr", "--sample-size", sample_size)
     assert res.exit_code == 0, res.output
     [(rid,)] = conn.execute("SELECT id FROM retrainings WHERE model_name = %s", (loop.name,)).fetchall()
     r = get_retraining(rid)
@@ -310,8 +321,8 @@ def test_compare_mode_retrains_through_a_comparison(loop, conn):
         and gate["held_out"]["verdict"] == "better"
         and all(c["passed"] for c in gate["decision"]["checks"].values())
     )
-    assert gate["decision"]["promoted"] == beats
-    expected = ("promoted", r["candidate_version"]) if beats else ("rejected", loop.v1)
+    assert gate["decision"]["promoted"] == beats == (outcome == "promoted")
+    expected = ("promoted", r["candidate_version"]) if outcome == "promoted" else ("rejected", loop.v1)
     assert (r["status"], r["champion_after"]) == expected
     families, winner, table = conn.execute(
         "SELECT families, winner_run_id, table_json FROM comparisons WHERE snapshot_hash = %s", (r["snapshot_hash"],)

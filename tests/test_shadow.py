@@ -116,10 +116,12 @@ def _run_with_traffic(loop, conn, airflow_cli, oracle) -> dict:
                     # where the paired test has evidence (~20 of 80 texts here)
                     picked = sorted(rows, key=lambda r: r[1] == r[2])[:REVIEWED]
                     ids = [str(pid) for pid, *_ in picked]
+                    stored_by = time.monotonic() + 120  # the API's writer stores the champion's rows
                     while conn.execute(
                         "SELECT count(*) FROM predictions WHERE id = ANY(%s::uuid[])", (ids,)
                     ).fetchone()[0] < len(ids):
-                        time.sleep(0.2)  # the API's writer stores the champion's rows
+                        assert time.monotonic() < stored_by, "the API's writer did not store the rows in 120 s"
+                        time.sleep(0.2)
                     for pid, champ_label, chall_label in picked:
                         text, y = truth[str(pid)]
                         label = oracle(y, champ_label, chall_label)

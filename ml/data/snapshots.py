@@ -27,10 +27,20 @@ log = logging.getLogger(__name__)
 
 
 def content_hash(frame: pd.DataFrame) -> str:
-    """sha256 over the (label, text) rows in canonical (sorted) order: same content, same hash."""
+    """sha256 over the (label, text) rows in canonical (sorted) order: same content, same hash.
+
+    A row is ``label TAB text LF``. A text holding a line feed would let one row pass for two
+    (``(0, "a\\n1\\tb")`` against ``(0, "a"), (1, "b")``), so such a text alone is written with its
+    length: ``label TAB NUL <utf-8 length> : text LF``. Reading it back is unambiguous (a row without a
+    line feed in its text ends at the first LF; a NUL-prefixed row counts as one only when its text
+    holds a line feed), and every snapshot whose texts have no line feed keeps the hash it had."""
     h = hashlib.sha256()
     for label, text in sorted(zip(frame["label"].tolist(), frame["text"].tolist()), key=lambda r: (r[1], r[0])):
-        h.update(f"{label}\t{text}\n".encode())
+        body = str(text).encode()
+        if b"\n" in body:
+            h.update(f"{label}\t\x00{len(body)}:".encode() + body + b"\n")
+        else:
+            h.update(f"{label}\t".encode() + body + b"\n")
     return h.hexdigest()
 
 

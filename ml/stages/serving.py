@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ml.models.base import decide
+from ml.platform.config import Settings
 from ml.store import predictions as store
 
 log = logging.getLogger(__name__)
@@ -122,10 +123,10 @@ class PredictionIds:
         self._key = key
 
     @classmethod
-    def for_settings(cls, settings) -> PredictionIds:
+    def for_settings(cls, settings: Settings) -> PredictionIds:
         """The key of ``prediction_id_secret``, else of ``var/secrets/prediction-ids.key`` (made on
         first use, mode 0600; every worker and restart reads the same file)."""
-        secret = getattr(settings, "prediction_id_secret", None)
+        secret = settings.prediction_id_secret
         if secret:
             return cls(hashlib.sha256(str(secret).encode("utf-8")).digest())
         path = Path(settings.var) / "secrets" / cls.KEY_FILE

@@ -4,7 +4,8 @@
   single bit flip, yields a prefix of whole records (never a partial or altered row);
 - the tweet reader (ml/data/read.py): arbitrary bytes (UTF-8, Latin-1, mixed, anything) never raise,
   and every physical line of a text file / every written CSV row is one record;
-- ``content_hash`` (ml/data/snapshots.py) is independent of row order;
+- ``content_hash`` (ml/data/snapshots.py) is independent of row order and tells different contents apart
+  (a text holding a line feed cannot pass for two rows);
 - any bit flip in a signed prediction id (ml.stages.serving.PredictionIds) or a feedback token
   (ml.platform.security) is refused;
 - McNemar's mid-p (ml/evaluation/stats.py) equals an exact computation with integers and fractions.
@@ -16,6 +17,7 @@ ever swaps in generated text" is about training and scoring data.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import math
 import uuid
@@ -185,6 +187,38 @@ def test_content_hash_is_independent_of_row_order(rows, rnd):
     a = pd.DataFrame(rows, columns=["label", "text"])
     b = pd.DataFrame(shuffled, columns=["label", "text"])
     assert content_hash(a) == content_hash(b)
+
+
+# texts built from the characters the row format uses, so that one row can try to pass for two
+_FRAMING = st.text(alphabet="ab01\t\n\x00:", max_size=12)
+
+
+@PROPERTY
+@given(
+    st.lists(st.tuples(st.sampled_from([0, 1]), _FRAMING), max_size=6),
+    st.lists(st.tuples(st.sampled_from([0, 1]), _FRAMING), max_size=6),
+)
+def test_content_hash_tells_different_contents_apart(rows_a, rows_b):
+    """Different multisets of (label, text) rows never share a hash, however the texts mix tabs,
+    line feeds, NULs and digits (the row format's own characters)."""
+    import pandas as pd
+
+    a = pd.DataFrame(rows_a, columns=["label", "text"])
+    b = pd.DataFrame(rows_b, columns=["label", "text"])
+    assert (content_hash(a) == content_hash(b)) == (Counter(rows_a) == Counter(rows_b))
+
+
+def test_content_hash_a_line_feed_cannot_split_a_row():
+    """The collision of the earlier ``label TAB text LF`` format: one row whose text holds ``LF 1 TAB``
+    hashed as the two rows it spells."""
+    import pandas as pd
+
+    one = pd.DataFrame({"label": [0], "text": ["a\n1\tb"]})
+    two = pd.DataFrame({"label": [0, 1], "text": ["a", "b"]})
+    assert content_hash(one) != content_hash(two)
+    # a text with no line feed keeps the hash of the earlier format (stored snapshots keep their names)
+    plain = pd.DataFrame({"label": [1, 0], "text": ["b", "a"]})
+    assert content_hash(plain) == hashlib.sha256(b"0\ta\n1\tb\n").hexdigest()
 
 
 @PROPERTY

@@ -172,7 +172,9 @@ def test_outputs_stay_in_the_batch_folder_private(champion, env, conn, inbox, tm
     """A good inbox file: the scored file is <var/batches>/<batch id>/scored.parquet, 0600 in a 0700
     folder, nothing beside the input; prediction ids and the API's labels in it. ``--output`` (the
     operator's own command) copies it anywhere the operator may write, 0600."""
-    f = inbox / f"ok_{uuid.uuid4().hex[:8]}.txt"
+    own = inbox / f"own_{uuid.uuid4().hex[:8]}"  # a folder of this test's own: other tests share the inbox
+    own.mkdir()
+    f = own / "ok.txt"
     f.write_text("".join(f"what a lovely day number {i} {uuid.uuid4().hex}\n" for i in range(40)))
     dest = tmp_path / "mine" / "scored.parquet"
     dest.parent.mkdir()
@@ -184,7 +186,7 @@ def test_outputs_stay_in_the_batch_folder_private(champion, env, conn, inbox, tm
         assert out.name == "scored.parquet" and out.parent.name == s["batch_id"]
         assert out.parent.parent.resolve() == (Path(env["SENTIMENT_VAR_DIR"]) / "batches").resolve()
         assert stat.S_IMODE(out.stat().st_mode) == 0o600 and stat.S_IMODE(out.parent.stat().st_mode) == 0o700
-        assert sorted(p.name for p in inbox.iterdir()) == [f.name]  # nothing written beside the input
+        assert sorted(p.name for p in own.iterdir()) == [f.name]  # nothing written beside the input
         assert s["copied_to"] == str(dest) and stat.S_IMODE(dest.stat().st_mode) == 0o600
         table = pd.read_parquet(dest)
         stored = dict(
@@ -198,6 +200,7 @@ def test_outputs_stay_in_the_batch_folder_private(champion, env, conn, inbox, tm
         assert ((table["p_positive"] + table["p_negative"]) - 1).abs().max() < 1e-5
     finally:
         f.unlink()
+        own.rmdir()
 
 
 def test_the_dags_output_path_is_confined_to_the_output_root(champion, platform_env, monkeypatch, tmp_path):

@@ -11,6 +11,8 @@ flags ``make up`` gives it (``ml.platform.startup.commands``), over the session'
 
 from __future__ import annotations
 
+import uuid
+
 from pathlib import Path
 
 import httpx
@@ -47,6 +49,7 @@ def test_the_launchers_never_let_uvicorn_trust_forwarded_headers(platform_env):
 
 def test_forged_x_forwarded_for_changes_no_identity_quota_or_trust(champion, tmp_path, conn):
     s = get_settings()
+    text = f"{TEXT} #{uuid.uuid4().hex[:8]}"  # this test's own: other tests report TEXT too
     reviewer = bearer(make_key(s, "review"))
     env = _env(tmp_path, SENTIMENT_RATE_LIMITS_ENABLED="true", SENTIMENT_RATE_LIMIT_PREDICT="5/minute")
     with (
@@ -56,7 +59,7 @@ def test_forged_x_forwarded_for_changes_no_identity_quota_or_trust(champion, tmp
         # three "people" (forged addresses) predict the same text and report it as the other label
         preds = []
         for addr in ("10.0.0.1", "10.0.0.2", "<i>x</i> evil"):
-            r = c.post("/predict", json={"text": TEXT}, headers=_xff(addr))
+            r = c.post("/predict", json={"text": text}, headers=_xff(addr))
             assert r.status_code == 200, r.text
             preds.append(r.json())
         other = "negative" if preds[0]["label"] == "positive" else "positive"
@@ -94,7 +97,7 @@ def test_forged_x_forwarded_for_changes_no_identity_quota_or_trust(champion, tmp
         def queued():
             q = c.get("/review/queue?limit=50", headers=reviewer)
             assert q.status_code == 200, q.text
-            return [i for i in q.json()["items"] if i["text"] == TEXT]
+            return [i for i in q.json()["items"] if i["text"] == text]
 
         wait_for(  # the writer stored the predictions and moved the reports into feedback
             lambda: (

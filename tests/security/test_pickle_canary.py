@@ -75,8 +75,11 @@ def test_batch_scoring_never_unpickles_it(tampered, marker):
     inbox.mkdir(parents=True, exist_ok=True)
     path = inbox / "canary.txt"
     path.write_text("a fine tweet\nanother one\n")
-    with pytest.raises(registry.ArtifactMismatch, match="differ from the recorded"):
-        plan(path, settings=s)
+    try:
+        with pytest.raises(registry.ArtifactMismatch, match="differ from the recorded"):
+            plan(path, settings=s)
+    finally:
+        path.unlink()  # the inbox is shared with other tests
     assert not marker.exists()
     # a batch planned before batches recorded digests: the shard loads the registry's version, verified
     with pytest.raises(registry.ArtifactMismatch, match="differ from the recorded"):
@@ -100,7 +103,10 @@ def test_the_cli_never_unpickles_it(tampered, marker):
     inbox = inbox_dir(get_settings())
     inbox.mkdir(parents=True, exist_ok=True)
     (inbox / "canary-cli.txt").write_text("a fine tweet\n")
-    res = runner.invoke(app, ["score", str(inbox / "canary-cli.txt")])
+    try:
+        res = runner.invoke(app, ["score", str(inbox / "canary-cli.txt")])
+    finally:
+        (inbox / "canary-cli.txt").unlink()
     assert res.exit_code != 0
     assert not marker.exists()
 
