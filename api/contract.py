@@ -24,11 +24,11 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 
 from api import auth
-from api.schemas import IDENTIFIER_PATTERN, NO_NUL_PATTERN, ErrorResponse
+from api.schemas import BLANK_CLASS, IDENTIFIER_PATTERN, NO_NUL_PATTERN, ErrorResponse
 from ml.platform.config import Settings, get_settings
 
 # a non-whitespace character somewhere, and no NUL anywhere
-TEXT_PATTERN = r"^[^\x00]*[^\s\x00][^\x00]*$"
+TEXT_PATTERN = rf"^[^\x00]*[^\x00{BLANK_CLASS}][^\x00]*$"  # one character that is not blank (schemas.BLANK_CLASS)
 
 _ERROR = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
 _EXTRA = {

@@ -7,6 +7,7 @@ app's own settings and answered with the same 422 error shape.
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -108,8 +109,14 @@ class _Pattern:
         return schema
 
 
+#: "blank" as both Python (str.isspace) and ECMAScript regexes (\s in the OpenAPI pattern, which
+#: clients and schemathesis evaluate) understand it: the union, so that the two never disagree
+BLANK_CLASS = r"\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+_BLANK = re.compile(f"[{BLANK_CLASS}]*")
+
+
 def _check_not_blank(value: str) -> str:
-    if not value.strip():
+    if _BLANK.fullmatch(value):
         raise PydanticCustomError("blank_text", "text must not be empty or whitespace-only")
     return value
 
@@ -300,6 +307,11 @@ class ModelInfo(BaseModel):
     tags: dict[str, str]
     external: dict[str, Any] | None = Field(
         default=None, description="accuracy, f1, roc_auc, n, content_hash, path on external_eval_path (evaluation)"
+    )
+    challenger: dict[str, Any] | None = Field(
+        default=None,
+        description="make up's background comparison (ml.platform.progressive): state, family, percent, "
+        "eta_seconds, version, text (e.g. 'transformer training, 35% (ETA 40 min)'); null when none was started",
     )
 
 

@@ -22,6 +22,7 @@ import httpx
 import jwt
 import pytest
 from ports import free_port, listens
+from test_browser import browser  # noqa: F401 - the chromium fixture (Debian chromium, offline)
 
 from ml.platform.orchestration import airflow_env
 
@@ -162,3 +163,52 @@ def test_views_answer_with_the_airflow_login(api_server, token):
     # the UI's session cookie (what the embedded iframes send) is accepted like the bearer token
     res = httpx.get(base + "/sentiment-platform/reports", cookies={"_token": token}, timeout=60, follow_redirects=False)
     assert res.status_code == 200 and "Drift reports" in res.text
+
+
+@pytest.mark.slow
+def test_a_person_logs_in_through_airflows_page_and_opens_the_views_from_browse(api_server, browser):  # noqa: F811
+    """In chromium, the way a person gets there: the plugin's page while logged out leads to Airflow's
+    login form; after typing the generated password, the UI's Browse entries embed the views (the
+    ``_token`` cookie path, no header anywhere) and the model card and reports render inside them."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    base, env, model = api_server
+    passwords = json.loads(Path(env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"]).read_text())
+    user = env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"].split(",")[0].split(":")[0]
+    wait = WebDriverWait(browser, 60)
+
+    def page(what: str) -> str:
+        return f"{what} at {browser.current_url}:\n{browser.page_source[:3000]}"
+
+    browser.get(base + "/sentiment-platform/model-card")  # logged out: sent to the login page
+    try:
+        name = wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, "input[name='username']")))
+    except Exception as exc:
+        raise AssertionError(page("no login form")) from exc
+    assert "/auth/login" in browser.current_url, browser.current_url
+    assert not any(c["name"] == "_token" for c in browser.get_cookies())
+    name.send_keys(user)
+    browser.find_element(By.CSS_SELECTOR, "input[name='password']").send_keys(passwords[user], Keys.ENTER)
+    wait.until(lambda d: any(c["name"] == "_token" for c in d.get_cookies()))
+
+    # the UI's own route for the Browse entry embeds the view in an iframe
+    for route, heading in (("sentiment-model-card", model), ("sentiment-drift-reports", "Drift reports")):
+        browser.get(f"{base}/plugin/{route}")
+        try:
+            frame = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "iframe")))
+        except Exception as exc:
+            raise AssertionError(page(f"no iframe for {route}")) from exc
+        browser.switch_to.frame(frame)
+        try:
+            wait.until(lambda d, h=heading: h in d.find_element(By.TAG_NAME, "body").text)
+        except Exception as exc:
+            raise AssertionError(page(f"{route}'s view did not render {heading!r}")) from exc
+        finally:
+            browser.switch_to.default_content()
+    # the Browse menu lists the three views
+    browser.get(base + "/")
+    wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "nav, [role='navigation'], button")))
+    wait.until(lambda d: "Browse" in d.find_element(By.TAG_NAME, "body").text)

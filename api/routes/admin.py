@@ -13,7 +13,7 @@ import logging
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, status
-from pydantic import BaseModel, ConfigDict, Field, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from api.auth import AdminCaller, ReviewCaller
 from api.deps import SettingsDep, database_unavailable
@@ -47,7 +47,7 @@ class RollbackRequest(_Body):
 
 
 class ReviewRequest(_Body):
-    feedback_ids: list[int] = Field(min_length=1, max_length=10_000)
+    feedback_ids: list[StrictInt] = Field(min_length=1, max_length=10_000)  # strict: `false` is not report 0
 
 
 class RetrainRequest(_Body):

@@ -74,7 +74,9 @@ def review_queue(
 
 
 @router.post(
-    "/review/{item}",  # a UUID by the parameter's type: a bad one is a 422 naming it, not a 404
+    # a UUID by the path's own convertor: a path that is not one matches no item route, so a POST to
+    # /review/queue is 405 with its Allow header (another method's route), any other non-UUID a 404
+    "/review/{item:uuid}",
     status_code=status.HTTP_201_CREATED,
     responses={
         **AUTH,
