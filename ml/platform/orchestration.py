@@ -6,6 +6,7 @@ Used by ``ml services`` (``make up``) and by the tests that run ``airflow dags t
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -16,6 +17,12 @@ from ml.platform.config import REPO_ROOT, Settings, get_settings
 # AIRFLOW_HOME/simple_auth_manager_passwords.json.generated (written by `ml services up`).
 SIMPLE_AUTH_MANAGER_USERS = "admin:admin"
 SIMPLE_AUTH_MANAGER_PASSWORDS_FILE = "simple_auth_manager_passwords.json.generated"
+
+
+def worker_hostname() -> str:
+    """Airflow's ``hostname_callable`` under Celery: ``SENTIMENT_WORKER_HOSTNAME`` (the worker's name, set
+    when several workers share one host), else the host's FQDN (Airflow's default)."""
+    return os.environ.get("SENTIMENT_WORKER_HOSTNAME") or socket.getfqdn()
 
 
 def airflow_home(settings: Settings | None = None) -> Path:
@@ -63,6 +70,30 @@ def airflow_env(settings: Settings | None = None, base: dict[str, str] | None = 
     )
     if s.mlflow_tracking_uri:
         env["MLFLOW_TRACKING_URI"] = s.mlflow_tracking_uri
+    if s.shared_storage_url:
+        env["SENTIMENT_SHARED_STORAGE_URL"] = s.shared_storage_url
+    if s.airflow_executor == "celery":  # README "Scaling out": the queues default, scoring (shards), gpu
+        env.update(
+            {
+                "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+                "AIRFLOW__CELERY__BROKER_URL": s.celery_broker_url,
+                "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + airflow_url,  # the platform's PostgreSQL
+                "AIRFLOW__CELERY__WORKER_CONCURRENCY": env.get("AIRFLOW__CELERY__WORKER_CONCURRENCY", "2"),
+                "AIRFLOW__OPERATORS__DEFAULT_QUEUE": "default",
+                # the task instance's hostname: the worker's name when several run on one host (worker_hostname)
+                "AIRFLOW__CORE__HOSTNAME_CALLABLE": "ml.platform.orchestration.worker_hostname",
+            }
+        )
+    if s.airflow_statsd:  # Airflow's metrics as StatsD (README "Pages and metrics")
+        host, port = s.airflow_statsd.rsplit(":", 1)
+        env.update(
+            {
+                "AIRFLOW__METRICS__STATSD_ON": "True",
+                "AIRFLOW__METRICS__STATSD_HOST": host,
+                "AIRFLOW__METRICS__STATSD_PORT": port,
+                "AIRFLOW__METRICS__STATSD_PREFIX": "airflow",
+            }
+        )
     if not s.database_url:  # the embedded server: every task's libpq reads the password from this file
         env["PGPASSFILE"] = str(db.embedded_passfile(s).resolve())
     return env
