@@ -5,6 +5,9 @@
 #   make up ONLY=mlflow,api      start a subset (no training)
 #   make up TRAIN=0              start without training
 #   make up FORCE_TRAIN=1        train even when a champion exists
+#   make up PROGRESSIVE=0        no background comparison with the transformer after the first champion
+#   make up API_REPLICAS=2       N API instances (own prediction logs) behind HAProxy on the API port
+#   make up EXECUTOR=celery      Airflow's CeleryExecutor + CELERY_WORKERS=N workers (default 2), each its own var/
 #   make status | make down      what runs, restarts, crash loops | stop it all (data is kept)
 #   make test [PYTEST_ARGS=...]  the test suite (PYTEST_ARGS="-m 'not slow'" for the fast part)
 #   make bench                   the benchmarks in benchmarks/
@@ -17,7 +20,11 @@ PY := $(VENV)/bin/python
 DATA ?=
 TRAIN ?= 1
 FORCE_TRAIN ?= 0
+PROGRESSIVE ?=
 ONLY ?=
+API_REPLICAS ?=
+EXECUTOR ?=
+CELERY_WORKERS ?=
 PYTEST_ARGS ?=
 
 export XDG_RUNTIME_DIR ?= /tmp/runtime-$(shell id -u)
@@ -26,12 +33,17 @@ export HF_HUB_OFFLINE ?= 1
 SERVICES_UP_ARGS := $(if $(DATA),--data "$(abspath $(DATA))") \
 	$(if $(filter 0 no false,$(TRAIN)),--no-train) \
 	$(if $(filter-out 0 no false,$(FORCE_TRAIN)),--force-train) \
-	$(if $(ONLY),--only "$(ONLY)")
+	$(if $(filter 0 no false,$(PROGRESSIVE)),--no-progressive) \
+	$(if $(filter 1 yes true,$(PROGRESSIVE)),--progressive) \
+	$(if $(ONLY),--only "$(ONLY)") \
+	$(if $(API_REPLICAS),--api-replicas $(API_REPLICAS)) \
+	$(if $(EXECUTOR),--executor "$(EXECUTOR)") \
+	$(if $(CELERY_WORKERS),--celery-workers $(CELERY_WORKERS))
 
 .PHONY: help env up down status test bench lint
 
 help:
-	@sed -n '2,11p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '2,14p' Makefile | sed 's/^# \{0,1\}//'
 
 env:
 	@scripts/bootstrap.sh

@@ -19,7 +19,9 @@ tests' TestClient) the process's own registry is exposed.
   ``sentiment_prediction_log_bytes`` and ``sentiment_writer_pending_rows`` (summed over live workers),
   ``sentiment_writer_lag_seconds`` (the oldest unwritten row's age bound: seconds since the last flush
   while rows are pending; max over workers), ``sentiment_model_version`` and
-  ``sentiment_model_load_seconds`` (the most recent value written by a live worker).
+  ``sentiment_model_load_seconds`` (the most recent value written by a live worker),
+  ``sentiment_admission_limit``, ``sentiment_admission_inflight`` and ``sentiment_admission_waiting``
+  (api/admission.py's adaptive concurrency limit, requests in progress and queued; summed over live workers).
 """
 
 from __future__ import annotations
@@ -65,6 +67,16 @@ MODEL_LOAD = Gauge(
     "sentiment_model_load_seconds", "Seconds the last model load took", ["model"], multiprocess_mode="livemostrecent"
 )
 
+ADMISSION_LIMIT = Gauge(
+    "sentiment_admission_limit", "Adaptive concurrency limit (api/admission.py)", multiprocess_mode="livesum"
+)
+ADMISSION_INFLIGHT = Gauge(
+    "sentiment_admission_inflight", "Requests admitted and in progress", multiprocess_mode="livesum"
+)
+ADMISSION_WAITING = Gauge(
+    "sentiment_admission_waiting", "Requests queued for an admission slot", multiprocess_mode="livesum"
+)
+
 _LABELS = {0: "negative", 1: "positive"}
 _FEEDBACK = {201: "stored", 200: "repeat", 409: "conflict", 403: "forbidden", 401: "unauthenticated", 404: "unknown"}
 _REFUSED = {413: "too_large", 429: "rate_limited", 408: "body_timeout"}
@@ -107,6 +119,11 @@ def model_loaded(name: str, version: int, seconds: float) -> None:
 
 def refresh(state: Any) -> None:
     """The gauges from the writer's counters (read only) and the current model."""
+    limiter = getattr(state, "admission", None)
+    if limiter is not None:
+        ADMISSION_LIMIT.set(int(limiter.limit))
+        ADMISSION_INFLIGHT.set(limiter.inflight)
+        ADMISSION_WAITING.set(len(limiter.waiters))
     writer = getattr(state, "writer", None)
     if writer is not None:
         try:

@@ -143,6 +143,11 @@ def model_page(info: Mapping[str, Any], events: list[dict[str, Any]] | None) -> 
             ("git commit", info.get("git_commit")),
         ]
     )
+    ch = info.get("challenger")
+    line = f"champion: {info.get('family') or '?'} v{info.get('version')}" + (
+        f"; challenger: {ch['text']}" if ch else ""
+    )
+    body = f'<p class="models-line" id="models-line">{e(line)}</p>' + body
     body += "<h2>Metrics</h2>" + table(["metric", "value"], ([k, metrics[k]] for k in sorted(metrics, key=_metric_key)))
     if info.get("external"):
         body += "<h2>External evaluation set</h2>" + fields(sorted(info["external"].items()))

@@ -62,7 +62,7 @@ class PredictionWriter:
         self.settings = settings
         self.flush_seconds = max(0.01, float(settings.prediction_flush_seconds))
         self.flush_rows = max(1, int(settings.prediction_flush_rows))
-        self.spool_dir = spool_dir or settings.var / "spool"
+        self.spool_dir = spool_dir or (settings.api_state_dir or settings.var) / "spool"  # private to this instance
         self.log = PredictionLog(
             self.spool_dir,
             max_bytes if max_bytes is not None else int(getattr(settings, "prediction_log_max_bytes", 256 << 20)),

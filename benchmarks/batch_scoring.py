@@ -9,10 +9,18 @@ Prints rows/second for
       records them (dag_run.start_date -> end_date), for each ``--dag-shard-rows`` (0: auto,
       one shard per CPU),
   (c) a naive loop that predicts and INSERTs one row at a time (on a subset; it is slow),
-and the peak memory of the scoring path. Figures are ratios against (a) from the same run.
+  (e) the DAG's three steps, each in its own process as Airflow runs them: plan, the shards (one per
+      CPU, in parallel), finalize; per step: wall time, CPU of the process and of its PostgreSQL
+      backend, peak RSS (from the step's own rusage),
+and the peak memory of the scoring path. Figures are ratios against (a) from the same run, for each
+input shape (``--shape``): ``two-column`` (``"polarity","text"``, UTF-8) and ``sentiment140`` (the real
+corpus's six quoted columns ``"target","id","date","flag","user","text"``, Latin-1), both generated
+from the shared 100k tweets repeated to ``--rows``. ``--growth 400000,800000,1600000`` adds the
+linear-growth table: (a) and (e) at each size, time per million rows and peak RSS per step.
 
 Usage: .venv/bin/python benchmarks/batch_scoring.py [--rows 1600000] [--workers 2] [--naive-rows 20000]
-       [--dag-shard-rows 0,200000] [--no-dag] [--no-local] [--no-naive]
+       [--dag-shard-rows 0,200000] [--no-dag] [--no-local] [--no-naive] [--no-steps]
+       [--shape both|two-column|sentiment140] [--growth 400000,800000,1600000]
 Uses DATABASE_URL (a database `smops_bench` on that server) or the embedded PostgreSQL.
 """
 
@@ -25,20 +33,171 @@ import resource
 import sys
 import time
 from pathlib import Path
+from typing import IO
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import json
 import signal
 import socket
 import subprocess
+import tempfile
+import threading
 
 import httpx
+import psutil
 import psycopg
 from _setup import SHARED, isolated_platform, train_champion
 
 from ml.platform import db, registry
 from ml.platform.config import reset_settings
 from ml.platform.orchestration import airflow_env
+
+SHAPES = ("two-column", "sentiment140")
+DAYS, MONTHS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"), ("Apr", "May", "Jun")
+
+
+def write_input(path: Path, n: int, shape: str) -> list[str]:
+    """The shared 100k tweets repeated to ``n`` rows in ``shape``; returns the texts as the reader
+    yields them (stripped), for the bare model's run. ``sentiment140``: the real corpus's layout, six
+    quoted columns, Latin-1, a fresh id, date and user per row."""
+    with SHARED.open(encoding="utf-8", newline="") as f:
+        base = list(csv.reader(f))
+    texts: list[str] = []
+    if shape == "two-column":
+        with path.open("w", encoding="utf-8", newline="") as f:
+            w = csv.writer(f, quoting=csv.QUOTE_ALL)
+            for i in range(n):
+                row = base[i % len(base)]
+                w.writerow(row)
+                texts.append(row[1].strip())
+        return texts
+    with path.open("w", encoding="latin-1", errors="replace", newline="") as f:
+        w = csv.writer(f, quoting=csv.QUOTE_ALL, lineterminator="\n")
+        for i in range(n):
+            pol, text = base[i % len(base)]
+            date = f"{DAYS[i % 7]} {MONTHS[i // 7 % 3]} {1 + i % 28:02d} {i % 24:02d}:{i * 7 % 60:02d}:{i * 13 % 60:02d} PDT 2009"
+            w.writerow([pol, str(1467810369 + i), date, "NO_QUERY", f"user_{(i * 7919) % 1_000_003}", text])
+            texts.append(text.encode("latin-1", "replace").decode("latin-1").strip())
+    return texts
+
+
+class BackendCPU:
+    """CPU seconds of this benchmark database's PostgreSQL backends (sampled every 0.2 s by their
+    process title, which names the database): the database's share of a step."""
+
+    def __init__(self, dbname: str) -> None:
+        self.dbname, self._stop = dbname, threading.Event()
+        self.seen: dict[int, float] = {}
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            for proc in psutil.process_iter(["cmdline"]):
+                try:
+                    title = " ".join(proc.info["cmdline"] or [])
+                    if title.startswith("postgres:") and f" {self.dbname} " in title:
+                        t = proc.cpu_times()
+                        self.seen[proc.pid] = t.user + t.system
+                except (psutil.Error, OSError):
+                    pass
+            self._stop.wait(0.2)
+
+    def total(self) -> float:
+        time.sleep(0.3)  # one more sample after the step
+        return sum(self.seen.values())
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+STEP = {
+    "plan": "import json, sys; from ml.stages.scoring.plan import plan; p = plan(sys.argv[1], shard_rows=int(sys.argv[2]),"
+    " force=True); print(json.dumps({'batch_id': p.batch_id, 'shards': p.shards}))",
+    "shard": "import json, sys; from ml.stages.scoring.shard import score_shard;"
+    " print(json.dumps(score_shard(sys.argv[1], int(sys.argv[2]))))",
+    "finalize": "import json, sys; from ml.stages.scoring.finalize import finalize; print(json.dumps(finalize(sys.argv[1])))",
+}
+
+
+#: printed last by a step: its peak RSS in kB (VmHWM: this program's own, where ru_maxrss would also count
+#: the benchmark's memory at the fork before the exec)
+PEAK = "\nprint(max(int(x.split()[1]) for x in open('/proc/self/status') if x.startswith('VmHWM:')))"
+
+
+def _start(step: str, *args: object) -> tuple[subprocess.Popen, IO[str], IO[str]]:
+    out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")  # files: no pipe to fill up
+    cmd = [sys.executable, "-c", STEP[step] + PEAK, *map(str, args)]
+    return subprocess.Popen(cmd, stdout=out, stderr=err), out, err
+
+
+def _reap(procs: list[tuple[subprocess.Popen, IO[str], IO[str]]]) -> tuple[list[str], float, float]:
+    """Wait for ``procs``; (their stdouts, CPU seconds of all, largest peak RSS in MB) from each one's own rusage."""
+    outs, cpu, rss = [], 0.0, 0.0
+    for proc, out, err in procs:
+        _, status, ru = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        if proc.returncode != 0:
+            raise SystemExit(f"step failed ({str(proc.args)[:200]}): {err.read()[-3000:]}")
+        *lines, peak_kb = out.read().strip().splitlines()
+        outs.append("\n".join(lines))
+        cpu += ru.ru_utime + ru.ru_stime
+        rss = max(rss, int(peak_kb) / 1024)
+    return outs, cpu, rss
+
+
+def run_steps(path: Path, backend: BackendCPU, shard_rows: int = 0) -> dict[str, dict[str, float]]:
+    """(e): plan, then every shard at once (one per CPU with ``shard_rows=0``), then finalize, each
+    in its own process as the DAG's tasks are; per step: wall, CPU, database CPU, peak RSS."""
+    with psycopg.connect(db.database_url(), autocommit=True) as conn:  # same starting state each time
+        conn.execute("TRUNCATE predictions, batches CASCADE")
+    steps: dict[str, dict[str, float]] = {}
+
+    def timed(name: str, procs_fn) -> list[str]:
+        b0, t0 = backend.total(), time.perf_counter()
+        outs, cpu, rss = _reap(procs_fn())
+        wall = time.perf_counter() - t0
+        steps[name] = {"wall": wall, "cpu": cpu, "db_cpu": backend.total() - b0, "rss": rss}
+        return outs
+
+    plan_out = json.loads(timed("plan", lambda: [_start("plan", path, shard_rows)])[0].strip().splitlines()[-1])
+    timed("shards", lambda: [_start("shard", plan_out["batch_id"], sh) for sh in plan_out["shards"]])
+    summary = json.loads(
+        timed("finalize", lambda: [_start("finalize", plan_out["batch_id"])])[0].strip().splitlines()[-1]
+    )
+    steps["total"] = {k: sum(v[k] for v in steps.values()) for k in ("wall", "cpu", "db_cpu")}
+    steps["total"]["rss"] = max(v["rss"] for v in steps.values() if "rss" in v)
+    steps["total"]["shards"] = len(plan_out["shards"])
+    steps["total"]["rows"] = summary["rows_scored"]
+    return steps
+
+
+def bare(model, texts: list[str]) -> tuple[float, float]:
+    """(a): wall and CPU seconds of the bare model's predict_proba over ``texts`` in one call."""
+    c0, t0 = time.process_time(), time.perf_counter()
+    model.predict_proba(texts)
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def print_steps(title: str, n: int, steps: dict[str, dict[str, float]], t_a: float, cpu_a: float) -> None:
+    print(
+        f"\n{title}: {n:,} rows, {int(steps['total']['shards'])} shard(s); bare predict_proba {t_a:.1f} s"
+        f" ({n / t_a:,.0f} rows/s), {cpu_a:.1f} CPU-s"
+    )
+    print("| step | wall s | rows/s | CPU-s (process) | CPU-s (PostgreSQL) | peak RSS MB |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name in ("plan", "shards", "finalize", "total"):
+        v = steps[name]
+        print(
+            f"| {name} | {v['wall']:.1f} | {n / v['wall']:,.0f} | {v['cpu']:.1f} | {v['db_cpu']:.1f} | {v['rss']:,.0f} |"
+        )
+    tot = steps["total"]
+    print(
+        f"end to end {n / tot['wall']:,.0f} rows/s = {t_a / tot['wall']:.2f}x bare (wall);"
+        f" CPU {tot['cpu'] + tot['db_cpu']:.1f} CPU-s = {(tot['cpu'] + tot['db_cpu']) / cpu_a:.2f}x bare's"
+    )
 
 
 def main() -> None:
@@ -47,6 +206,9 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--shard-rows", type=int, default=200_000)
     ap.add_argument("--naive-rows", type=int, default=20_000)
+    ap.add_argument("--shape", choices=[*SHAPES, "both"], default="both", help="input layout(s) to measure")
+    ap.add_argument("--growth", default="", help="comma-separated row counts for the linear-growth table (e)")
+    ap.add_argument("--growth-shape", choices=SHAPES, default="sentiment140")
     ap.add_argument("--family", default="tfidf_lr", help="champion family (e.g. transformer: batched inference)")
     ap.add_argument("--train-sample", type=int, default=None, help="training sample for a non-TF-IDF champion")
     ap.add_argument(
@@ -56,7 +218,8 @@ def main() -> None:
     )
     ap.add_argument("--no-dag", action="store_true", help="skip the scheduler runs (d)")
     ap.add_argument("--no-naive", action="store_true", help="skip the naive loop (c)")
-    ap.add_argument("--no-local", action="store_true", help="skip the scoring path without Airflow (b)")
+    ap.add_argument("--no-local", action="store_true", help="skip `ml score` without Airflow (b)")
+    ap.add_argument("--no-steps", action="store_true", help="skip the step-by-step processes (e)")
     args = ap.parse_args()
     params = {"max_steps": 30} if args.family == "transformer" else {"epochs": 1} if args.family != "tfidf_lr" else {}
 
@@ -69,69 +232,69 @@ def main() -> None:
     version = train_champion(
         family=args.family, params=params, sample_size=args.train_sample if args.family != "tfidf_lr" else None
     )
-
-    # the input: the shared 100k tweets repeated to --rows (Sentiment140 two-column layout)
-    with SHARED.open(encoding="utf-8", newline="") as f:
-        rows = list(csv.reader(f))
-    big = work / f"tweets_{args.rows}.csv"
-    with big.open("w", encoding="utf-8", newline="") as f:
-        w = csv.writer(f, quoting=csv.QUOTE_ALL)
-        for i in range(args.rows):
-            w.writerow(rows[i % len(rows)])
-    texts = [rows[i % len(rows)][1].strip() for i in range(args.rows)]
-    print(f"input: {big} ({big.stat().st_size / 1e6:.0f} MB, {args.rows:,} rows)", flush=True)
-
-    results = []
     model = registry.load_version(version)
-    t0 = time.perf_counter()
-    model.predict_proba(texts)
-    t_a = time.perf_counter() - t0
-    results.append(("(a) bare predict_proba, in memory", args.rows, t_a))
-    del texts
-
-    peaks = {}
-    for workers in [] if args.no_local else sorted({1, args.workers}):
-        with psycopg.connect(db.database_url(), autocommit=True) as conn:  # same starting state each time
-            conn.execute("TRUNCATE predictions, batches CASCADE")
-        # the scoring path as its own process (as an Airflow task would be), so its peak memory is its own
-        res = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "ml.cli",
-                "score",
-                str(big),
-                "--shard-rows",
-                str(args.shard_rows),
-                "--workers",
-                str(workers),
-            ],
-            capture_output=True,
-            text=True,
-            env=os.environ.copy(),
-        )
-        if res.returncode != 0:
-            raise SystemExit(res.stderr[-3000:])
-        s = json.loads(res.stdout[res.stdout.index("{") :])
-        assert s["rows_scored"] == args.rows, s
-        # s["seconds"]: from the batch's creation (plan start) to finalize, excluding interpreter start-up
-        results.append((f"(b) DAG scoring path, {workers} worker(s)", args.rows, float(s["seconds"])))
-        peaks[workers] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-
-    if not args.no_dag:
-        for shard_rows in [int(x) for x in args.dag_shard_rows.split(",") if x.strip()]:
-            with psycopg.connect(db.database_url(), autocommit=True) as conn:
-                conn.execute("TRUNCATE predictions, batches CASCADE")
-            secs, shards = scheduler_run(big, shard_rows, work)
-            label = "auto: one per CPU" if shard_rows == 0 else f"{shard_rows:,} rows"
+    backend = BackendCPU(db.database_url().rsplit("/", 1)[-1].split("?")[0])
+    shapes = SHAPES if args.shape == "both" else (args.shape,)
+    tables = []
+    for shape in shapes:
+        big = work / f"tweets_{shape}_{args.rows}.csv"
+        texts = write_input(big, args.rows, shape)
+        print(f"input: {big} ({big.stat().st_size / 1e6:.0f} MB, {args.rows:,} rows, {shape})", flush=True)
+        results = []
+        t_a, cpu_a = bare(model, texts)
+        del texts
+        results.append(("(a) bare predict_proba, in memory", args.rows, t_a))
+        steps = None if args.no_steps else run_steps(big, backend)
+        if steps is not None:
             results.append(
-                (f"(d) DAG via the scheduler, run start -> success ({shards} shards, {label})", args.rows, secs)
+                (
+                    f"(e) plan -> {int(steps['total']['shards'])} shards in parallel -> finalize, a process each",
+                    args.rows,
+                    steps["total"]["wall"],
+                )
             )
+        peaks = {}
+        for workers in [] if args.no_local else sorted({1, args.workers}):
+            with psycopg.connect(db.database_url(), autocommit=True) as conn:  # same starting state each time
+                conn.execute("TRUNCATE predictions, batches CASCADE")
+            # the scoring path as its own process (as an Airflow task would be), so its peak memory is its own
+            cmd = [sys.executable, "-m", "ml.cli", "score", str(big), "--shard-rows", str(args.shard_rows)]
+            res = subprocess.run(
+                [*cmd, "--workers", str(workers)], capture_output=True, text=True, env=os.environ.copy()
+            )
+            if res.returncode != 0:
+                raise SystemExit(res.stderr[-3000:])
+            s = json.loads(res.stdout[res.stdout.index("{") :])
+            assert s["rows_scored"] == args.rows, s
+            # s["seconds"]: from the batch's creation (plan start) to finalize, excluding interpreter start-up
+            results.append((f"(b) `ml score`, {workers} worker(s)", args.rows, float(s["seconds"])))
+            peaks[workers] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        if not args.no_dag:
+            for shard_rows in [int(x) for x in args.dag_shard_rows.split(",") if x.strip()]:
+                with psycopg.connect(db.database_url(), autocommit=True) as conn:
+                    conn.execute("TRUNCATE predictions, batches CASCADE")
+                secs, shards = scheduler_run(big, shard_rows, work)
+                label = "auto: one per CPU" if shard_rows == 0 else f"{shard_rows:,} rows"
+                results.append(
+                    (f"(d) DAG via the scheduler, run start -> success ({shards} shards, {label})", args.rows, secs)
+                )
+        tables.append((shape, results, peaks, steps, t_a, cpu_a))
+        big.unlink()
+
+    growth = []
+    for n in [int(x) for x in args.growth.split(",") if x.strip()]:
+        path = work / f"growth_{n}.csv"
+        texts = write_input(path, n, args.growth_shape)
+        t_a, cpu_a = bare(model, texts)
+        del texts
+        growth.append((n, t_a, cpu_a, run_steps(path, backend)))
+        path.unlink()
+        print(f"growth: {n:,} rows measured", flush=True)
+    backend.stop()
 
     # (c) naive: one predict + one INSERT (own transaction) per row, on a subset
-    sub = [r[1] for r in rows[: args.naive_rows]]
-    if args.no_naive:
-        sub = sub[:0]
+    with SHARED.open(encoding="utf-8", newline="") as f:
+        sub = [r[1] for r in csv.reader(f)][: 0 if args.no_naive else args.naive_rows]
     with psycopg.connect(db.database_url(), autocommit=True) as conn:
         t0 = time.perf_counter()
         for i, t in enumerate(sub):
@@ -142,21 +305,41 @@ def main() -> None:
                 (t, int(p[1] >= 0.5), float(p[0]), float(p[1]), "bench", version, i),
             )
         t_c = time.perf_counter() - t0
-    if sub:
-        results.append(("(c) naive loop: predict + INSERT per row", len(sub), t_c))
 
-    base_rate = args.rows / t_a
-    print("\n| path | rows | seconds | rows/s | vs (a) |")
-    print("|---|---:|---:|---:|---:|")
-    for name, n, t in results:
-        print(f"| {name} | {n:,} | {t:.1f} | {n / t:,.0f} | {n / t / base_rate:.2f}x |")
-    if peaks:
+    for shape, results, peaks, steps, t_a, cpu_a in tables:
+        if sub and shape == tables[0][0]:
+            results.append(("(c) naive loop: predict + INSERT per row (two-column texts)", len(sub), t_c))
+        base_rate = args.rows / t_a
+        print(f"\n## {shape} ({'six quoted columns, Latin-1' if shape == 'sentiment140' else 'polarity,text, UTF-8'})")
+        print("| path | rows | seconds | rows/s | vs (a) |")
+        print("|---|---:|---:|---:|---:|")
+        for name, n, secs in results:
+            print(f"| {name} | {n:,} | {secs:.1f} | {n / secs:,.0f} | {n / secs / base_rate:.2f}x |")
+        if steps is not None:
+            print_steps(f"(e) step by step, {shape}", args.rows, steps, t_a, cpu_a)
+        if peaks:
+            print(
+                "peak RSS of `ml score` (largest process): "
+                + ", ".join(f"{w} worker(s): {mb:,.0f} MB" for w, mb in peaks.items())
+            )
+    if growth:
+        print(f"\n## linear growth ({args.growth_shape}; (e) step by step, one shard per CPU)")
         print(
-            "\npeak RSS of the scoring path (largest process): "
-            + ", ".join(f"{w} worker(s): {mb:,.0f} MB" for w, mb in peaks.items())
+            "| rows | bare rows/s | end to end rows/s | vs bare | s per M rows: plan | shards | finalize"
+            " | CPU-s per M rows (incl. PostgreSQL) | peak RSS MB: plan | shard | finalize |"
         )
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for n, t_a, cpu_a, st in growth:
+            m = n / 1e6
+            tot = st["total"]
+            print(
+                f"| {n:,} | {n / t_a:,.0f} | {n / tot['wall']:,.0f} | {t_a / tot['wall']:.2f}x"
+                f" | {st['plan']['wall'] / m:.1f} | {st['shards']['wall'] / m:.1f} | {st['finalize']['wall'] / m:.1f}"
+                f" | {(tot['cpu'] + tot['db_cpu']) / m:.1f} (bare {cpu_a / m:.1f})"
+                f" | {st['plan']['rss']:,.0f} | {st['shards']['rss']:,.0f} | {st['finalize']['rss']:,.0f} |"
+            )
     print(
-        f"model: {args.family} champion v{version}; shard size {args.shard_rows:,} rows (b); {os.cpu_count()} CPUs;"
+        f"\nmodel: {args.family} champion v{version}; shard size {args.shard_rows:,} rows (b); {os.cpu_count()} CPUs;"
         f" load average {os.getloadavg()[0]:.1f} at the end"
     )
 

@@ -32,7 +32,7 @@ import csv
 import httpx
 import psutil
 import psycopg
-from _setup import SHARED, api_command, train_champion
+from _setup import SHARED, api_command, embedded_postgres, remove_at_exit, train_champion
 from api_load import free_port, start, stop, wait_http
 
 from ml.platform import db
@@ -123,7 +123,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=4)
     args = ap.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="bench-faults-"))
+    work = remove_at_exit(Path(tempfile.mkdtemp(prefix="bench-faults-")))
     os.environ.pop("DATABASE_URL", None)
     os.environ.update(
         {
@@ -138,7 +138,7 @@ def main() -> None:
 
     reset_settings()
     s = get_settings()
-    url = db.start_embedded_postgres(s)
+    url = embedded_postgres(s)  # stopped when the benchmark ends, however it ends
     os.environ["DATABASE_URL"] = url  # fixed: while it is stopped the API meets refused connections
     reset_settings()
     s = get_settings()

@@ -29,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
+from _setup import embedded_postgres, remove_at_exit
 
 from ml.data.snapshots import validate_and_snapshot
 from ml.platform import db, registry
@@ -56,7 +57,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-monitoring-", dir=REPO / "var" if (REPO / "var").exists() else None))
     os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
 
-    base = os.environ.get("DATABASE_URL") or db.start_embedded_postgres()  # the platform's server (var/pg)
+    remove_at_exit(work)
+    # the platform's server (var/pg), stopped at the end if this run started it
+    base = os.environ.get("DATABASE_URL") or embedded_postgres()
     os.environ["SENTIMENT_VAR_DIR"] = str(work / "var")
     os.environ["SENTIMENT_MODEL_NAME"] = name = f"bench-mon-{uuid.uuid4().hex[:6]}"
     os.environ["DATABASE_URL"] = db.with_database(base, "smops_bench_mon")

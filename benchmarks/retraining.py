@@ -42,7 +42,7 @@ from pathlib import Path
 
 import httpx
 import psycopg
-from _setup import api_command
+from _setup import api_command, embedded_postgres, remove_at_exit
 
 from ml.data.snapshots import validate_and_snapshot
 from ml.platform import db, registry
@@ -75,10 +75,12 @@ def main() -> None:
     os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    server = os.environ.get("DATABASE_URL") or db.start_embedded_postgres()
+    server = os.environ.get("DATABASE_URL") or embedded_postgres()  # stopped at the end if this run started it
     tag = uuid.uuid4().hex[:6]
     dbname = f"smops_bench_rt_{tag}"
-    work = Path(tempfile.mkdtemp(prefix="bench-retraining-", dir=REPO / "var" if (REPO / "var").exists() else None))
+    work = remove_at_exit(
+        Path(tempfile.mkdtemp(prefix="bench-retraining-", dir=REPO / "var" if (REPO / "var").exists() else None))
+    )
     os.environ.update(
         {
             "DATABASE_URL": db.with_database(db.libpq_url(server), dbname),

@@ -24,6 +24,7 @@ second waits for the first's plan, logging why, and never writes a duplicate row
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any, cast
 
 from airflow.sdk import Param, dag, get_current_context, task
 from sentiment_assets import CHAMPION, SCORED_BATCH, json_extra
@@ -90,7 +91,9 @@ def sentiment_batch_scoring():
             raise AirflowFailException(str(e)) from None
         return [{"batch_id": p.batch_id, "shard": s} for s in p.shards] or [{"batch_id": p.batch_id, "shard": None}]
 
-    @task(max_active_tis_per_dagrun=8)
+    # the Celery queue "scoring": workers that take it score shards on any host (the files are in the shared
+    # store, ml/platform/storage.py); the LocalExecutor ignores queues
+    @task(max_active_tis_per_dagrun=8, queue="scoring")
     def score_shard(batch_id: str, shard: int | None) -> dict:
         from ml.stages.scoring.shard import score_shard as score
 
@@ -123,7 +126,8 @@ def sentiment_batch_scoring():
         )
         return summary
 
-    finalize(score_shard.expand_kwargs(plan()))
+    # expand_kwargs returns an XComArg (the mapped results, resolved to a list when finalize runs)
+    finalize(cast("list[dict[str, Any]]", score_shard.expand_kwargs(plan())))
 
 
 sentiment_batch_scoring()

@@ -32,7 +32,7 @@ def sentiment_reference():
     @task(outlets=[REFERENCE])
     def refresh_reference() -> dict:
         from ml.platform.config import get_settings
-        from ml.stages.monitoring.reference import load_reference, reference_dir
+        from ml.stages.monitoring.reference import load_reference, reference_location
 
         ctx = get_current_context()
         s = get_settings()
@@ -48,7 +48,7 @@ def sentiment_reference():
                 "version": version,
                 "rows": len(frame),
                 "vocabulary": len(vocab),
-                "path": str(reference_dir(int(version), s)) if version is not None else None,
+                "path": reference_location(int(version), s) if version is not None else None,
             }
         )
         ctx["outlet_events"][REFERENCE].extra.update(out)

@@ -106,6 +106,9 @@ def derived_files(v: dict[str, str], env: dict[str, str], secrets_dir: str) -> d
         f"admin_username = {mlflow_user}\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
         "grant_default_workspace_access = false\n"
+        # a verified login is cached 60 s per worker (HMAC-keyed, failures never): README "Security"
+        "auth_cache_ttl_seconds = 60\n"
+        "auth_cache_max_size = 64\n"
     )
     esc = v["postgres_password"].replace("\\", "\\\\").replace(":", "\\:")
     return {

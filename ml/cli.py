@@ -126,7 +126,11 @@ def db_up() -> None:
     """Start the embedded PostgreSQL (if DATABASE_URL is unset) and apply migrations."""
     from ml.platform import db
 
-    url = db.database_url()
+    try:
+        url = db.database_url()
+    except db.DatabaseUnavailable as e:  # e.g. its port held by another process: one line, no traceback
+        typer.echo(f"ERROR: {e}", err=True)
+        raise typer.Exit(1) from e
     applied = db.migrate(url)
     typer.echo(f"database: {url}\nmigrations applied now: {applied or 'none (up to date)'}")
 
@@ -256,6 +260,40 @@ def pipeline(
     t.evaluate(run_id)
     t.register(run_id)
     typer.echo(json.dumps(promotion.promote(run_id), indent=2))
+
+
+@app.command()
+def distill(
+    snapshot: str | None = typer.Option(None, help="dataset snapshot hash or prefix (default: the latest)"),
+    teacher: str = typer.Option("champion", help="the teacher: 'champion' or a registered version number"),
+    corpus: str = typer.Option("training", help="what the teacher labels: training | file | predictions"),
+    corpus_path: Path | None = typer.Option(
+        None, exists=True, dir_okay=False, readable=True, help="tweet file of --corpus file (labels ignored)"
+    ),
+    max_corpus_rows: int | None = typer.Option(None, min=1, help="at most this many corpus texts (seeded sample)"),
+    sample_size: int | None = typer.Option(None, min=20, help="stratified sample of the hard-labelled training split"),
+    soft_weight: float = typer.Option(1.0, min=0.0, max=100.0, help="weight of a soft label against a hard one"),
+    promote: bool = typer.Option(False, help="also evaluate, gate-check, register and run the promotion gate"),
+) -> None:
+    """Distil the teacher into a TF-IDF student (soft + hard labels); prints the student's MLflow run id."""
+    from ml.data import DataError
+    from ml.stages import distill as d
+
+    if corpus == "file" and corpus_path is None:
+        _fail("--corpus file needs --corpus-path")
+    try:
+        run_id = d.run_distillation(snapshot, teacher, corpus, corpus_path, max_corpus_rows, sample_size, soft_weight)
+    except (DataError, ValueError) as e:
+        _fail(str(e))
+    typer.echo(run_id)
+    if promote:
+        from ml.stages import promotion
+        from ml.stages import train as t
+
+        t.evaluate(run_id)
+        t.check_behaviour(run_id)
+        t.register(run_id)
+        typer.echo(json.dumps(promotion.promote(run_id), indent=2))
 
 
 @app.command()
@@ -579,14 +617,49 @@ def services_up(
     force_train: bool = typer.Option(False, help="train even when a champion exists"),
     wait: bool = typer.Option(True, help="wait for the training DAG run to finish"),
     only: str | None = typer.Option(None, help="start only these (comma-separated: mlflow, airflow, api); no training"),
+    api_replicas: int | None = typer.Option(
+        None,
+        "--api-replicas",
+        min=1,
+        max=16,
+        help="N >= 2: N API instances behind HAProxy on the API port (default: the api_replicas setting, 1)",
+    ),
+    progressive: bool | None = typer.Option(
+        None,
+        "--progressive/--no-progressive",
+        help="after the first champion serves, compare with the transformer in the background "
+        "(default: the progressive_champion setting, on)",
+    ),
+    executor: str | None = typer.Option(
+        None,
+        "--executor",
+        help="[local|celery] Airflow's executor; celery: --celery-workers workers on celery_broker_url, each with"
+        " its own var/ (default: the airflow_executor setting, local)",
+    ),
+    celery_workers: int | None = typer.Option(
+        None, "--celery-workers", min=1, max=16, help="Celery workers (default: the celery_workers setting, 2)"
+    ),
 ) -> None:
     """Start PostgreSQL, the supervisor, MLflow, Airflow and the API; train the first champion."""
+    from ml.platform.config import reset_settings
     from ml.platform.startup.up import up
     from ml.platform.supervisor import ServiceError, runtime_dir
 
     os.environ["XDG_RUNTIME_DIR"] = runtime_dir()
+    if api_replicas is not None:  # a setting like any other: the supervisor reads it from its environment
+        os.environ["SENTIMENT_API_REPLICAS"] = str(api_replicas)
+        reset_settings()
+    if executor is not None:
+        if executor not in ("local", "celery"):
+            typer.echo(f"ERROR: --executor must be local or celery, got {executor!r}", err=True)
+            raise typer.Exit(2)
+        os.environ["SENTIMENT_AIRFLOW_EXECUTOR"] = executor
+        reset_settings()
+    if celery_workers is not None:
+        os.environ["SENTIMENT_CELERY_WORKERS"] = str(celery_workers)
+        reset_settings()
     try:
-        up(data=data, train=train, wait=wait, force_train=force_train, only=only)
+        up(data=data, train=train, wait=wait, force_train=force_train, only=only, progressive_champion=progressive)
     except ServiceError as e:
         typer.echo(
             f"\nERROR: {e}\nServices that did start keep running under the supervisor; "
@@ -609,7 +682,7 @@ def services_status(as_json: bool = typer.Option(False, "--json", help="machine-
     """What runs, with pid, URL, restarts, crash loops and log."""
     from ml.platform.startup.status import status
 
-    st = status(quiet=as_json)
+    st = status(quiet=as_json, interval=1.0)  # with CPU % (over 1 s) and RSS per service
     if as_json:
         typer.echo(json.dumps(st, indent=2, default=str))
 

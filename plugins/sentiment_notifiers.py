@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow.sdk import BaseNotifier
+from airflow.sdk import BaseNotifier, Context
 
 
 class PlatformAlertNotifier(BaseNotifier):
@@ -34,7 +34,7 @@ class PlatformAlertNotifier(BaseNotifier):
         self.rule = rule
 
     @staticmethod
-    def _details(context: dict[str, Any]) -> dict[str, Any]:
+    def _details(context: Context) -> dict[str, Any]:
         ti = context.get("ti") or context.get("task_instance")
         dag = context.get("dag")
         dag_run = context.get("dag_run")
@@ -51,7 +51,7 @@ class PlatformAlertNotifier(BaseNotifier):
             },
         }
 
-    def notify(self, context: dict[str, Any]) -> None:
+    def notify(self, context: Context) -> None:
         import logging
 
         log = logging.getLogger("ml.stages.alerts")
@@ -71,7 +71,7 @@ class PlatformAlertNotifier(BaseNotifier):
             log.error("PlatformAlertNotifier could not send the alert: %s", e)
 
     @staticmethod
-    def _mark_retraining_failed(context: dict[str, Any], message: str) -> None:
+    def _mark_retraining_failed(context: Context, message: str) -> None:
         from ml.stages.retraining.records import mark_failed
 
         rid = (context.get("params") or {}).get("retraining_id")
@@ -94,7 +94,7 @@ class RetrainingTriggerFailedNotifier(BaseNotifier):
         super().__init__()
         self.decision_task_id = decision_task_id
 
-    def notify(self, context: dict[str, Any]) -> None:
+    def notify(self, context: Context) -> None:
         import logging
 
         try:

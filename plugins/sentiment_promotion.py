@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import PokeReturnValue, get_current_context, task, task_group
 from sentiment_assets import CHAMPION, json_extra
+
+if TYPE_CHECKING:  # (no `ml` import at parse time)
+    from ml.stages.promotion import GateResult
 
 # The shadow window's sensor (parse time, so an environment variable of the DAG processor, not
 # config/platform.yaml: DAG files import no `ml` at parse time). Reschedule mode: between pokes the
@@ -44,22 +47,26 @@ def promotion(mlflow_run_id: Any, retraining_id: Any = None) -> Any:
         check_behaviour(candidate)
         return candidate
 
-    @task
-    def promote(candidate: str, retraining: Any = None) -> dict:
+    @task(multiple_outputs=True)  # (explicit: the return annotation is not importable at parse time)
+    def promote(candidate: str, retraining: Any = None) -> GateResult:
         from ml.stages.promotion import promote_candidate
 
-        return promote_candidate(candidate, retraining)
+        # the training DAG's progressive run (make up's background comparison) also goes through a shadow window
+        progressive_id = get_current_context()["params"].get("progressive_id")
+        return promote_candidate(candidate, retraining, progressive_id=progressive_id)
 
     return promote(gate(register(mlflow_run_id)), retraining_id)
 
 
 @task_group(group_id="shadow")
 def shadow(promotion_result: Any) -> Any:
-    """After a retraining's promote: when the challenger passed the gate and went into shadow
+    """After a retraining's (or a progressive comparison's) promote: when the challenger passed the gate and went into shadow
     (``shadow_id`` in the result, ``ml.stages.shadow``), wait for the window (a rescheduling sensor), then
     promote it or not on its shadow results. Without a shadow both tasks return at once."""
 
-    @task.sensor(task_id="window", poke_interval=SHADOW_POKE_SECONDS, timeout=SHADOW_TIMEOUT, mode="reschedule")
+    @task.sensor(
+        task_id="window", poke_interval=SHADOW_POKE_SECONDS, timeout=SHADOW_TIMEOUT.total_seconds(), mode="reschedule"
+    )
     def window(result: dict) -> PokeReturnValue:
         sid = (result or {}).get("shadow_id")
         if sid is None:

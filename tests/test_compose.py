@@ -248,7 +248,7 @@ def test_every_service_gets_its_secrets_from_the_secrets_volume(compose, generat
     assert any(isinstance(v, str) and v.startswith(f"secrets:{SECRETS_DIR}") for v in init["volumes"])
     assert "secrets" in compose["volumes"]
     for name, svc in services.items():
-        if name in ("secrets-init", "redis"):
+        if name in ("secrets-init", "redis", "proxy"):  # the proxy (HAProxy) holds no secret: it forwards
             continue
         assert _mounts_secrets(svc), f"{name} must mount the secrets volume read-only"
         assert [v for v in svc["volumes"] if isinstance(v, dict) and v.get("source") == "secrets"][0]["read_only"]
@@ -492,7 +492,12 @@ def test_third_party_images_are_exact_releases(compose):
     """Images the file names (not built here): a digest, or at least an exact release tag (major.minor.patch),
     never a moving tag such as `postgres:16` or `latest`. So is the Dockerfile's base image."""
     # PostgreSQL numbers its releases major.minor (16.10), the others major.minor.patch
-    release = {"postgres": r"\d+\.\d+", "redis": r"\d+\.\d+\.\d+", "python": r"\d+\.\d+\.\d+"}
+    release = {
+        "postgres": r"\d+\.\d+",
+        "redis": r"\d+\.\d+\.\d+",
+        "python": r"\d+\.\d+\.\d+",
+        "haproxy": r"\d+\.\d+\.\d+",
+    }
 
     def pinned(image: str) -> bool:
         if re.search(r"@sha256:[0-9a-f]{64}$", image):
@@ -501,10 +506,24 @@ def test_third_party_images_are_exact_releases(compose):
         return bool(re.fullmatch(release[name] + r"(-[a-z0-9.-]+)?", tag))
 
     named = {n: s["image"] for n, s in compose["services"].items() if "image" in s and "build" not in s}
-    assert set(named) == {"postgres", "redis"}, named
+    assert set(named) == {"postgres", "redis", "proxy"}, named
     for name, image in named.items():
         assert pinned(image), (name, image)
     base = re.search(r"^FROM (\S+)", (DOCKER / "Dockerfile").read_text(), re.M).group(1)
     assert pinned(base), base
     for moving in ("postgres:16", "redis:7.4", "redis:latest", "python:3.11-slim-bookworm"):
         assert not pinned(moving), moving
+
+
+def test_celery_workers_have_a_volume_of_their_own_and_the_shared_store(compose):
+    """README "Scaling out": a worker never mounts the other services' app-var (as on separate hosts); the
+    files processes exchange go through the shared store (the `shared-store` volume stands for the object
+    store); the worker takes the queues default, scoring and gpu unless CELERY_QUEUES says otherwise."""
+    worker = compose["services"]["airflow-worker"]
+    mounts = [v for v in worker["volumes"] if isinstance(v, str)]
+    assert "/opt/app/var" in mounts and not [v for v in mounts if v.startswith("app-var:")]
+    assert "shared-store:/opt/shared" in mounts and "shared-store" in compose["volumes"]
+    assert worker["command"][-2:] == ["--queues", "${CELERY_QUEUES:-default,scoring,gpu}"]
+    for name in ("airflow-scheduler", "api"):
+        assert "shared-store:/opt/shared" in compose["services"][name]["volumes"], name
+    assert compose["x-app-env"]["SENTIMENT_SHARED_STORAGE_URL"] == "${SHARED_STORAGE_URL:-/opt/shared}"

@@ -46,6 +46,7 @@ def test_dagbag_has_no_import_errors(platform_env):
         "validate",
         "plan",
         "search",
+        "search_gpu",  # the transformer, on the Celery queue "gpu" (skipped when not requested)
         "evaluate",
         "compare",
         "promotion.register",

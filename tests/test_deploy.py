@@ -49,7 +49,8 @@ CORE_SERVICES = {
     "airflow-triggerer",
 }
 CELERY_SERVICES = {"redis", "airflow-worker"}
-DEFAULT_PORTS = {"api": 8000, "airflow-api-server": 8080, "mlflow": 5000}
+# the API port is published by its proxy (HAProxy in front of `api`, which scales: docker compose up --scale api=N)
+DEFAULT_PORTS = {"proxy": 8000, "airflow-api-server": 8080, "mlflow": 5000}
 
 
 @pytest.fixture(scope="module")
@@ -187,6 +188,8 @@ def test_compose_referenced_files_exist(compose):
             if isinstance(build, dict) and build.get("dockerfile"):
                 assert (ctx / build["dockerfile"]).is_file(), (name, build["dockerfile"])
         for vol in svc.get("volumes", []):
+            if isinstance(vol, str) and ":" not in vol:
+                continue  # an anonymous volume (a container path only): no source on the host
             src = vol.split(":")[0] if isinstance(vol, str) else vol.get("source", "")
             if src.startswith((".", "/")):
                 assert (REPO / src).exists() or src == "./data", f"{name}: bind source {src} missing"

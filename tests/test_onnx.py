@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import realdata
+from sklearn.linear_model import LogisticRegression
 
 from ml import models
+from ml.data.read import read_labelled
+from ml.features import preprocess
 from ml.models import onnx_runtime as ox
 from ml.platform import registry
 from ml.platform.config import reset_settings
@@ -160,3 +164,70 @@ def test_mlflow_logs_the_export_with_the_model(tiny, mlflow_tracking, monkeypatc
     assert served.runtime_ in ("onnx", "onnx-int8") and served.model_ is None
     assert "onnxruntime" in " ".join(m.pip_requirements())
     assert served.predict_proba(fixed).shape == (len(fixed), 2)
+
+
+#: a MiniLM whose classification head has really learned (the 6-step ``tiny`` one is near chance: its labels
+#: sit at P ~ 0.5, where any rounding flips them, so an accuracy bound on it would say nothing). Fine-tuning
+#: far enough takes minutes on 2 cores, so the head is fitted as a logistic regression on the frozen encoder's
+#: pooled output of real tweets (forward passes only), then saved through the family's own export.
+HEAD_ROWS = 1200
+#: the fixed sample of the external uniform file (issue 27: "int8 against torch on a fixed sample")
+UNIFORM_SAMPLE, UNIFORM_SEED = 300, 2027
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(saved folder): the family's fit (1 step) with a logistic-regression head fitted on 1,200 real tweets of
+    the bundled sample, exported (fp32 + int8, int8 checked on 100 validation tweets) by ``save``."""
+    import torch
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    rows = realdata.balanced(HEAD_ROWS + 100, seed=8)
+    texts = [t for _, t in rows]
+    y = np.array([1 if p == 4 else 0 for p, _ in rows])
+    m = models.create("transformer", **{**TINY, "max_steps": 1, "threads": 2})
+    m.fit(texts[:32], y[:32], validation=(texts[HEAD_ROWS:], y[HEAD_ROWS:]))
+    m.model_.eval()
+    feats = []
+    with torch.no_grad():
+        for i in range(0, HEAD_ROWS, 64):
+            enc = m._encode(preprocess(texts[i : min(i + 64, HEAD_ROWS)], m.params["preprocess"]))
+            feats.append(m.model_.base_model(**enc).pooler_output.numpy())
+    lr = LogisticRegression(C=0.1, max_iter=2000).fit(np.vstack(feats), y[:HEAD_ROWS])
+    w, b = torch.tensor(lr.coef_[0], dtype=torch.float32), float(lr.intercept_[0])
+    with torch.no_grad():  # logits (-z/2, z/2): softmax gives P(positive) = sigmoid(w.x + b)
+        m.model_.classifier.weight.copy_(torch.stack([-w / 2, w / 2]))
+        m.model_.classifier.bias.copy_(torch.tensor([-b / 2, b / 2]))
+    return m.save(tmp_path_factory.mktemp("onnx-trained") / "transformer")
+
+
+def test_int8_accuracy_within_half_a_point_of_torch_on_the_uniform_file(trained, monkeypatch):
+    """The int8 ONNX export loses at most 0.5 point of accuracy against torch on a fixed sample of 300 tweets of
+    the external uniform file (never trained on), and labels almost every tweet the same way."""
+    # the six-column Sentiment140 layout: read by the platform's reader (labels 0/1)
+    res = read_labelled(realdata.require(realdata.SHARED_DATA.with_name("sentiment140_uniform_eval.csv")))
+    rows = list(zip(res.labels, res.texts, strict=True))
+    sample = random.Random(UNIFORM_SEED).sample(rows, UNIFORM_SAMPLE)
+    texts, y = [t for _, t in sample], np.array([label for label, _ in sample])
+    p = {}
+    for runtime in ("torch", "onnx-int8"):
+        monkeypatch.setenv(ox.RUNTIME_ENV, runtime)
+        reset_settings()
+        loaded = models.load(trained)
+        assert loaded.runtime_ == runtime
+        p[runtime] = loaded.predict_proba(texts)[:, 1]
+    pred_torch, pred_int8 = (p["torch"] >= 0.5).astype(int), (p["onnx-int8"] >= 0.5).astype(int)
+    acc_torch, acc_int8 = float((pred_torch == y).mean()), float((pred_int8 == y).mean())
+    agreement = float((pred_torch == pred_int8).mean())
+    print(
+        f"uniform sample n={len(y)}: accuracy torch {acc_torch:.4f}, int8 {acc_int8:.4f} "
+        f"(drop {acc_torch - acc_int8:+.4f}); label agreement {agreement:.4f}; "
+        f"max |dP| {np.abs(p['torch'] - p['onnx-int8']).max():.4f}"
+    )
+    assert acc_torch >= 0.6  # the head has learned: the bound below means something
+    assert acc_torch - acc_int8 <= 0.005 + 1e-12  # issue 27: at most 0.5 point lost
+    # labels change only where torch itself is unsure (this frozen-encoder head leaves many tweets near 0.5:
+    # measured 93.3% agreement, every flip within 0.05 of it); a confident label never flips
+    flips = pred_torch != pred_int8
+    assert agreement >= 0.9
+    assert np.all(np.abs(p["torch"][flips] - 0.5) < 0.1)

@@ -678,7 +678,7 @@ def test_celery_worker_runs_scoring_shards(platform_env, airflow_cli, champion, 
                 "celery",
                 "worker",
                 "--queues",
-                queue,
+                f"{queue},scoring",  # the shards go to the queue "scoring" (dags/sentiment_batch_scoring.py)
                 "--concurrency",
                 "2",
                 "--celery-hostname",
@@ -728,7 +728,8 @@ def test_celery_worker_runs_scoring_shards(platform_env, airflow_cli, champion, 
         ("score_shard", 2),
     ]
     for task_id, map_index, state, ti_queue, hostname in tis:
-        assert (state, ti_queue, hostname) == ("success", queue, worker_name), (task_id, map_index)
+        expected_queue = "scoring" if task_id == "score_shard" else queue
+        assert (state, ti_queue, hostname) == ("success", expected_queue, worker_name), (task_id, map_index)
 
 
 def test_batches_api(champion, score_input):

@@ -64,7 +64,7 @@ def promote(body: PromoteRequest, caller: AdminCaller, settings: SettingsDep) ->
     """The champion/challenger gate on a candidate (``ml promote RUN_ID``); moves the alias if it wins."""
     log.warning("promotion of run %s asked by %s", body.run_id, caller.id)
     try:
-        return promotion.promote(body.run_id, settings)
+        return dict(promotion.promote(body.run_id, settings))  # (the plain dict: no response model, JSON as is)
     except ValueError as exc:
         raise _conflict(exc) from exc
 

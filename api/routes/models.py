@@ -9,6 +9,7 @@ from fastapi import APIRouter, HTTPException, Request, Response
 from api import views
 from api.deps import ModelDep, SettingsDep, open_db
 from api.schemas import ModelInfo
+from ml.platform import progressive
 from ml.store import models as models_store
 
 router = APIRouter(tags=["model"])
@@ -37,13 +38,16 @@ def model_info(loaded: ModelDep, settings: SettingsDep, request: Request, respon
         tags=tags,
         external=_external(run.get("metrics", {}), tags),
     )
+    events: list[dict[str, Any]] | None = None
+    try:  # the challenger of make up's background comparison, with its progress (ml.platform.progressive)
+        with open_db(settings) as conn:
+            info.challenger = progressive.describe(settings, conn)
+            if views.wants_html(request):
+                events = models_store.recent_events(conn, loaded.name, 50)
+    except HTTPException:  # 503 from open_db: the model is still shown, without challenger and history
+        pass
     if not views.wants_html(request):
         return info
-    try:
-        with open_db(settings) as conn:
-            events: list[dict[str, Any]] | None = models_store.recent_events(conn, loaded.name, 50)
-    except HTTPException:  # 503 from open_db: the page still shows the model without its history
-        events = None
     return views.model_page(info.model_dump(), events)
 
 

@@ -71,6 +71,20 @@
     }
   }
 
+  // "champion: tfidf_lr v2; challenger: transformer training, 35% (ETA 40 min)" (GET /model, every 30 s)
+  async function modelsLine() {
+    try {
+      const r = await fetch("/model", { headers: { Accept: "application/json" } });
+      if (!r.ok) return;
+      const m = await r.json();
+      let line = "champion: " + (m.family || "?") + " v" + m.version;
+      if (m.challenger && m.challenger.text) line += "; challenger: " + m.challenger.text;
+      $("models-line").textContent = line;
+    } catch (e) { /* the line stays as it was */ }
+  }
+  modelsLine();
+  setInterval(modelsLine, 30000);
+
   $("predict").addEventListener("click", predict);
   $("wrong").addEventListener("click", wrong);
   $("text").addEventListener("keydown", (ev) => {

@@ -48,3 +48,18 @@ def stratified_sample(frame: pd.DataFrame, n: int | None, seed: int) -> pd.DataF
 
     sample, _ = train_test_split(frame, train_size=n, random_state=seed, stratify=frame["label"])
     return sample.reset_index(drop=True)
+
+
+def calibration_split(
+    frame: pd.DataFrame, method: str, seed: int, fraction: float = 0.1, min_rows: int = 200, max_rows: int = 5000
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(rows to fit on, calibration rows): a stratified share (``fraction``, at most ``max_rows``) of a
+    *training* split, held back from the fit so that the served probabilities can be calibrated on rows the
+    model never saw (``ml.models.calibration``); never the held-out split the gate scores on. No calibration
+    rows (an empty frame) when ``method`` is ``none`` or the split is too small to spare ``min_rows`` and
+    keep ten times as many to train on."""
+    n_cal = min(int(round(len(frame) * fraction)), int(max_rows))
+    if method == "none" or n_cal < min_rows or len(frame) - n_cal < 10 * min_rows or frame["label"].nunique() < 2:
+        return frame, frame.iloc[0:0]
+    fit_df, cal_df = train_test_split(frame, test_size=n_cal, random_state=seed + 1, stratify=frame["label"])
+    return fit_df.reset_index(drop=True), cal_df.reset_index(drop=True)

@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from typing import Any
 
 import numpy as np
@@ -34,6 +32,7 @@ from sklearn.isotonic import IsotonicRegression
 
 from ml.models.base import decide
 from ml.platform.config import get_settings
+from ml.platform.storage import reference_store
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +77,9 @@ def estimate_accuracy(cal: dict[str, Any], p_positive: np.ndarray, labels: np.nd
 def champion_calibrator(reference, meta: dict[str, Any], settings=None) -> dict[str, Any]:
     """The calibrator of the champion behind ``meta`` (the monitoring reference's meta): from
     ``calibration.json`` beside the cached reference, else fitted on the reference and cached."""
-    target = (settings or get_settings()).reference_version_dir(int(meta["version"]))
-    path = target / CALIBRATION_FILE
-    if path.exists():
-        cal = json.loads(path.read_text())
+    rs = reference_store(int(meta["version"]), settings or get_settings())  # the shared store
+    if rs.exists(CALIBRATION_FILE):
+        cal = json.loads(rs.read_bytes(CALIBRATION_FILE))
         if cal.get("run_id") == meta.get("run_id") and cal.get("n") == len(reference):
             return cal
     cal = fit_calibrator(reference["p_positive"].to_numpy(), reference["true_label"].to_numpy())
@@ -91,11 +89,8 @@ def champion_calibrator(reference, meta: dict[str, Any], settings=None) -> dict[
         dataset_hash=meta.get("dataset_hash"),
         fitted_on=f"champion's held-out split ({len(reference):,} rows, the monitoring reference)",
     )
-    if target.is_dir():
-        fd, tmp = tempfile.mkstemp(dir=target, prefix=".cal-", suffix=".json")
-        with os.fdopen(fd, "w") as f:
-            json.dump(cal, f)
-        os.replace(tmp, path)
+    if rs.exists("meta.json"):  # beside a stored reference only (written atomically)
+        rs.write_bytes(json.dumps(cal).encode(), CALIBRATION_FILE)
     log.info(
         "calibrator of v%s: isotonic, %d thresholds, fitted on %s held-out rows",
         meta["version"],

@@ -81,9 +81,11 @@ def load(settings: Settings | None = None) -> ExternalSet | None:
     return ext
 
 
-def score(model, ext: ExternalSet) -> tuple[dict[str, Any], np.ndarray]:
-    """(metrics, predicted labels) of ``model`` on the external set; metrics carry n, path and hash."""
-    proba = model.predict_proba(ext.texts)
+def score(model, ext: ExternalSet, proba: np.ndarray | None = None) -> tuple[dict[str, Any], np.ndarray]:
+    """(metrics, predicted labels) of ``model`` on the external set; metrics carry n, path and hash.
+    ``proba``: the model's probabilities on ``ext.texts`` when the caller already has them."""
+    if proba is None:
+        proba = model.predict_proba(ext.texts)
     m = compute_metrics(ext.labels, proba)
     m.update(path=str(ext.path), content_hash=ext.content_hash)
     return m, decide(proba[:, 1]).astype(int)

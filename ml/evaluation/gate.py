@@ -35,10 +35,10 @@ The first model (no champion) is promoted as before when its behavioural checks 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 import numpy as np
 import yaml
@@ -73,6 +73,49 @@ SLICES: dict[str, Callable[[str], bool]] = {
 }
 
 MODES = ("strict", "margin")
+
+
+class GatePolicy(TypedDict):
+    """The rule's settings, as :func:`decide` takes them (``ml.stages.promotion.gate_policy``)."""
+
+    mode: str
+    slice_tolerance: float
+    max_golden_flips: int
+
+
+class RecordedPolicy(GatePolicy):
+    """The policy a gate record keeps: the rule's settings plus the metric, margin and confidence."""
+
+    metric: str
+    margin: float
+    confidence: float
+
+
+class GateDecision(TypedDict):
+    """A gate record's ``decision``: the outcome, per criterion, and the policy in force."""
+
+    promoted: bool
+    passed_gate: NotRequired[bool]  # with held_for_shadow: passed, held for a shadow window
+    held_for_shadow: NotRequired[bool]
+    reason: str
+    checks: dict[str, Any]
+    external_veto: str | None
+    champion_version: int | None
+    policy: RecordedPolicy
+
+
+class GateRecord(TypedDict, total=False):
+    """What ``training_runs.gate`` holds (JSON): the evidence of :func:`compare` and, once decided,
+    the decision (``ml.stages.promotion.gate_record``) and a shadow window's results."""
+
+    champion_version: int | None
+    confidence: float
+    golden: dict[str, Any]
+    slice_accuracy: dict[str, Any]
+    held_out: dict[str, Any]
+    decision: GateDecision
+    shadow: dict[str, Any]
+    reported_eval: Any
 
 
 def slice_masks(texts: Sequence[str]) -> dict[str, np.ndarray]:
@@ -286,7 +329,7 @@ def compare_models(
 def decide(
     candidate: dict[str, Any],
     champion_metrics: dict[str, Any],
-    evidence: dict[str, Any] | None,
+    evidence: Mapping[str, Any] | None,
     *,
     metric: str,
     margin: float,

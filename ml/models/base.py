@@ -6,6 +6,7 @@ The rest of the platform never asks which family it holds: it calls ``fit``,
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -20,6 +21,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ml.features import requirements_for
+from ml.models import calibration as calib
 
 META_FILE = "family.json"
 
@@ -199,9 +201,46 @@ class SentimentModel(ABC):
     family: ClassVar[str]
     #: distributions the family needs at inference time, beyond the platform's base ones
     requirements: ClassVar[tuple[str, ...]] = ()
+    #: the fitted calibration of P(positive) (:mod:`ml.models.calibration`), None: raw probabilities
+    calibration_: calib.Calibrator | None = None
 
     def __init__(self, **params: Any) -> None:
         self.params = {**self.default_params(), **params}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Every family's own ``predict_proba`` is wrapped here, once: it returns the calibrated probabilities
+        when the model holds a calibration (:meth:`calibrate`), and ``raw_predict_proba`` keeps the family's
+        own. The one place calibration is applied, whatever serves the model (API, batch scoring, pyfunc)."""
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("predict_proba")
+        if own is None or getattr(own, "_calibrated", False):
+            return
+
+        @functools.wraps(own)
+        def predict_proba(self: SentimentModel, texts: Sequence[str]) -> np.ndarray:
+            proba = own(self, texts)
+            cal = self.calibration_
+            return proba if cal is None else cal.apply_proba(proba)
+
+        predict_proba._calibrated = True  # type: ignore[attr-defined]
+        cls.predict_proba = predict_proba  # type: ignore[method-assign]
+        cls._raw_predict_proba = own  # type: ignore[attr-defined]
+
+    def raw_predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        """The family's own probabilities, before calibration."""
+        return type(self)._raw_predict_proba(self, texts)  # type: ignore[attr-defined]
+
+    def calibrate(
+        self, texts: Sequence[str], labels: Sequence[int] | np.ndarray, method: str = "temperature"
+    ) -> calib.Calibrator:
+        """Fit the calibration of P(positive) on a labelled split the model was NOT trained on (never the
+        held-out split the gate scores on) and keep it: ``predict_proba`` applies it from now on and
+        ``save`` stores it. ``method``: ``temperature`` | ``platt`` | ``none`` (:mod:`ml.models.calibration`)."""
+        y = np.asarray(labels, dtype=int)
+        raw = np.asarray(self.raw_predict_proba(list(texts)))[:, 1]
+        cal = calib.fit(raw, y, method)
+        self.calibration_ = None if method == "none" else cal
+        return cal
 
     @classmethod
     def default_params(cls) -> dict[str, Any]:
@@ -256,6 +295,11 @@ class SentimentModel(ABC):
         path.mkdir(parents=True, exist_ok=True)
         (path / META_FILE).write_text(json.dumps({"family": self.family, "params": self.params}, indent=2))
         self._save(path)
+        cal_file = path / calib.CALIBRATION_FILE
+        if self.calibration_ is not None:
+            cal_file.write_text(json.dumps(self.calibration_.to_dict(), indent=2))
+        elif cal_file.exists():
+            cal_file.unlink()
         return path
 
     @classmethod
@@ -265,6 +309,8 @@ class SentimentModel(ABC):
         obj = cls.__new__(cls)
         obj.params = meta["params"]
         obj._load(path)
+        cal_file = path / calib.CALIBRATION_FILE
+        obj.calibration_ = calib.Calibrator.from_dict(json.loads(cal_file.read_text())) if cal_file.exists() else None
         return obj
 
     @abstractmethod

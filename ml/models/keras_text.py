@@ -358,7 +358,8 @@ class _BudgetWatch:
         return full * self.n + min(part * self.bs, self.n)
 
     def callback(self):
-        keras, _ = _keras()
+        import keras  # the module itself (not _keras()'s value), so that the base class below is a name mypy resolves
+
         watch = self
 
         class Watch(keras.callbacks.Callback):

@@ -40,6 +40,22 @@ class Settings(BaseSettings):
     mlflow_database: str | None = None
     airflow_database: str | None = None
     var_dir: Path = Path("var")
+    # every file one process writes and another reads (ml/platform/storage.py): shards, scored files, drift
+    # reports, the monitoring reference. Any fsspec URL (s3://bucket/prefix, file:///srv/shared) or a path;
+    # unset: this process's var/ (one host: files stay where they always were)
+    shared_storage_url: str | None = None
+    # Airflow's executor under `make up` (EXECUTOR=celery): celery runs celery_workers workers, each with its
+    # own var/ (var/workers/<n>), on the broker below; the result backend is the platform's PostgreSQL
+    airflow_executor: Literal["local", "celery"] = "local"
+    celery_broker_url: str = "redis://127.0.0.1:6379/0"
+    # Airflow's own metrics (scheduler heartbeats, task durations and outcomes, pool slots, DAG-run
+    # durations) sent as StatsD to host:port, e.g. a Prometheus statsd_exporter (compose profile
+    # `monitoring`); unset: off. README "Pages and metrics"
+    airflow_statsd: str | None = Field(default=None, pattern=r"^[A-Za-z0-9.\-]+:[0-9]{1,5}$")
+    celery_workers: int = Field(default=2, ge=1)
+    # the queues a worker of this host consumes (a GPU host: "gpu" only); the DAGs route shards to "scoring"
+    # and transformer training to "gpu"
+    celery_queues: str = "default,scoring,gpu"
     embedded_pg_port: int = 54329
 
     # ports
@@ -70,9 +86,21 @@ class Settings(BaseSettings):
     seed: int = 42
     test_size: float = 0.2
     default_family: str = "tfidf_lr"
+    # calibration of served probabilities (ml/models/calibration.py), fitted on a split carved from the
+    # training split (never the gate's held-out split): temperature keeps every label, platt may move a few
+    calibration: Literal["temperature", "platt", "none"] = "temperature"
 
     # model comparison (ml.stages.search / ml.stages.compare); the search spaces live in their own file
     search_space_path: Path = Path("config/search_space.yaml")
+    # the progressive champion (ml/stages/progressive.py): after `make up`'s first champion serves, run this
+    # comparison in the background (Airflow, nice'd, one task at a time); its winner goes through the gate
+    # and the shadow window. Off: `make up PROGRESSIVE=0`, `ml services up --no-progressive`, or false here
+    progressive_champion: bool = True
+    progressive_families: list[str] = Field(default_factory=lambda: ["tfidf_lr", "transformer"])
+    progressive_profile: Literal["quick", "full"] = "full"
+    progressive_search_space: dict[str, Any] = Field(default_factory=dict)  # merged over the profile (DAG param)
+    progressive_nice: int = Field(default=19, ge=0, le=19)  # niceness of the background run's tasks
+    progressive_heartbeat_seconds: float = Field(default=10.0, gt=0)  # progress written this often
     comparison_profile: str = "quick"
 
     # behavioural checks (ml.evaluation.behaviour): minimum pass rate per check type before promotion
@@ -99,12 +127,24 @@ class Settings(BaseSettings):
     transformer_runtime: Literal["torch", "onnx", "onnx-int8"] | None = None
     # processes and admission (make up: uvicorn --workers)
     api_workers: int = Field(default=0, ge=0)  # 0: one per CPU core
-    api_max_inflight: int = Field(default=32, ge=1)  # per worker; more requests at once: 503 at once
+    # admission (api/admission.py): a queue with a deadline in front of an adaptive concurrency limit per worker.
+    # The limit is what the worker completes within api_latency_target_ms at its measured rate (Little's law),
+    # within [api_min_inflight, api_max_inflight]; a request that cannot start within api_queue_deadline_ms is
+    # answered 503 + Retry-After: 1 (at once when the queue ahead needs twice that). /health/live, /metrics: never shed
+    api_min_inflight: int = Field(default=32, ge=1)  # per worker: the adaptive limit's floor (and start)
+    api_max_inflight: int = Field(default=256, ge=1)  # per worker: the adaptive limit's ceiling
+    api_latency_target_ms: float = Field(default=20.0, gt=0)  # time an admitted request should spend in the app
+    api_queue_deadline_ms: float = Field(default=30.0, gt=0)  # longest wait for a slot before 503
     api_max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)  # larger request bodies: 413
     api_db_pool_size: int = Field(default=4, ge=1)  # pooled connections per worker (/feedback, key checks)
     # a request's body must arrive within this many seconds of its headers, else 408 and the connection closed;
-    # a request counts toward api_max_inflight only once its body is read (api/admission.py)
+    # a request asks for an admission slot only once its body is read (api/admission.py)
     api_body_timeout_seconds: float = Field(default=5.0, gt=0)
+    # API replicas (`make up API_REPLICAS=N`, ml/platform/startup/proxy.py): N >= 2 runs N uvicorn instances on
+    # 127.0.0.1:<api_port + i> behind HAProxy on api_port; 1 = one uvicorn on api_port (no proxy)
+    api_replicas: int = Field(default=1, ge=1, le=16)
+    # an API instance's private state (its prediction log in <this>/spool): unset = var/. Replicas get var/api/<i>
+    api_state_dir: Path | None = None
 
     # monitoring (ml/stages/monitoring/, DAG sentiment_monitoring)
     monitoring_hours: float = 24.0
@@ -195,6 +235,10 @@ class Settings(BaseSettings):
     rate_limit_sync_seconds: float = Field(default=1.0, gt=0)  # ... and syncs at least this often
     champion_verify_grace_seconds: float = Field(default=30.0, ge=0)  # alias ahead of its event: wait this long
     mlflow_auth: bool = True  # `make up` runs MLflow with --app-name basic-auth
+    # MLflow's basic-auth app verifies a login with PBKDF2 (1M rounds, ~0.2 s of CPU, twice per request); a success
+    # is cached this long per server worker, keyed by (user, HMAC of the password with a per-process random key):
+    # a password change or deleted user takes effect within this many seconds. 0: verify every request
+    mlflow_auth_cache_seconds: int = Field(default=60, ge=0, le=600)
 
     @field_validator("retraining_feedback_fraction")
     @classmethod
@@ -253,6 +297,12 @@ class Settings(BaseSettings):
 
     @property
     def snapshots_dir(self) -> Path:
+        """Training snapshots (written by one task, read by the next, maybe on another Celery worker): under the
+        shared store when it is a folder (a path or ``file://``), else ``var/snapshots`` (README "Scaling out")."""
+        url = self.shared_storage_url
+        if url and (url.startswith("file://") or "://" not in url):
+            p = Path(url.removeprefix("file://")).expanduser()
+            return (p if p.is_absolute() else REPO_ROOT / p) / "snapshots"
         return self.var / "snapshots"
 
     @property

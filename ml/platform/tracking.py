@@ -22,6 +22,8 @@ MLFLOW_URL_FILE = "mlflow.url"
 MLFLOW_CREDENTIALS_FILE = "credentials.json"  # under var/mlflow/, mode 0600
 MLFLOW_AUTH_CONFIG_FILE = "basic_auth.ini"  # under var/mlflow/, mode 0600
 MLFLOW_ADMIN = "platform-admin"
+#: bound of the MLflow server's per-worker cache of verified logins (the platform has one machine account)
+MLFLOW_AUTH_CACHE_MAX_SIZE = 64
 #: MLflow 3's experiment type: without it the UI opens the experiment in the GenAI view (traces, an
 #: assistant); ``custom_model_development`` opens the classic training view (runs, metrics, models, datasets)
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
@@ -87,6 +89,9 @@ def mlflow_auth_env(settings: Settings | None = None) -> dict[str, str]:
             f"admin_username = {creds['username']}\nadmin_password = {creds['password']}\n"
             "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
             "grant_default_workspace_access = false\n"
+            # successes cached per worker, keyed by HMAC(per-process key, password); failures never (README "Security")
+            f"auth_cache_ttl_seconds = {s.mlflow_auth_cache_seconds}\n"
+            f"auth_cache_max_size = {MLFLOW_AUTH_CACHE_MAX_SIZE}\n"
         )
     os.chmod(path, 0o600)
     return {"MLFLOW_AUTH_CONFIG_PATH": str(path), "MLFLOW_FLASK_SERVER_SECRET_KEY": creds["flask_secret_key"]}

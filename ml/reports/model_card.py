@@ -35,6 +35,11 @@ METRIC_KEYS = tuple(METRIC_NAMES)
 PLOTS = (
     ("confusion_matrix.png", "Confusion matrix (held-out split)"),
     ("roc_curve.png", "ROC curve (held-out split)"),
+    (
+        "reliability_diagram.png",
+        "Reliability diagram: observed share of positives against P(positive), raw (dotted) and served "
+        "(calibrated, solid), held-out split and external file",
+    ),
 )
 
 #: what the slices of the promotion gate (ml.evaluation.gate.SLICES) mean, for the limitations section
@@ -126,6 +131,31 @@ def plot_images(run_id: str) -> list[dict[str, Any]]:
     return out
 
 
+def calibration(run) -> dict[str, Any] | None:
+    """How the served probabilities are calibrated (``ml.models.calibration``, fitted at training) and the
+    expected calibration error, raw and calibrated, on the held-out split and the external file (logged by
+    ``ml.stages.train.evaluate``); None for a run evaluated before calibration existed."""
+    params, m = run.data.params, run.data.metrics
+    if "ece" not in m and "calibration" not in params:
+        return None
+
+    def pair(prefix: str) -> dict[str, float] | None:
+        if f"{prefix}ece" not in m:
+            return None
+        return {"ece_raw": m.get(f"{prefix}ece_raw"), "ece": m[f"{prefix}ece"]}
+
+    return {
+        "method": params.get("calibration", "none"),
+        "rows": int(params["calibration_rows"]) if params.get("calibration_rows", "").isdigit() else None,
+        "split": params.get("calibration_split"),
+        "a": m.get("calibration_a"),
+        "b": m.get("calibration_b"),
+        "bins": 15,
+        "held_out": pair(""),
+        "external": pair("external_"),
+    }
+
+
 def weak_slices(gate: dict[str, Any] | None) -> list[dict[str, Any]]:
     """The model's held-out accuracy per slice of the promotion gate, lowest first: the gate record's own
     ``slice_accuracy`` (every version evaluated since it exists), else the challenger side of its paired
@@ -198,6 +228,9 @@ def model_card(settings: Settings | None = None, images: bool = True) -> dict[st
         "plots": plot_images(run_id) if images else [{"artifact": p, "caption": c} for p, c in PLOTS],
         "intended_use": {"use": INTENDED_USE, "not_for": NOT_INTENDED, "limitations": list(LIMITATIONS)},
         "retraining_id": tags.get("retraining_id"),
+        "calibration": calibration(run),
+        # a distilled model (ml.stages.distill): the model whose soft labels it learned from
+        "teacher": tags.get("teacher"),
         # accuracy etc. on external_eval_path at evaluation (ml.evaluation.external); None: evaluated without one
         "external": (
             {**external, "content_hash": tags.get("external_eval_hash"), "path": tags.get("external_eval_path")}
@@ -396,6 +429,28 @@ def card_html(card: dict[str, Any]) -> str:
                 "<li>No slice measurement is stored for this version (evaluated before the gate recorded it).</li>"
             )
         out.append("</ul>")
+    cal = c.get("calibration")
+    if cal:
+        out.append(
+            "<h2 id='calibration'>Calibration</h2><p class='muted'>"
+            + (
+                f"Served probabilities are calibrated ({_esc(cal['method'])} scaling"
+                + (f", a={cal['a']:.3f}, b={cal['b']:.3f}" if isinstance(cal.get("a"), float) else "")
+                + f", fitted on {_esc(cal.get('rows'))} rows: {_esc(cal.get('split'))})"
+                if cal["method"] != "none"
+                else "Served probabilities are the family's own (not calibrated: too few training rows to spare)"
+            )
+            + f". Expected calibration error over {cal['bins']} equal-width bins of P(positive) (0 is perfect)."
+            "</p><table id='calibration-ece'><tr><th>set</th><th>ECE raw</th><th>ECE served</th></tr>"
+            + "".join(
+                f"<tr><td>{name}</td><td>{_fmt(v.get('ece_raw'))}</td><td>{_fmt(v.get('ece'))}</td></tr>"
+                for name, v in (("held-out split", cal.get("held_out")), ("external file", cal.get("external")))
+                if v
+            )
+            + "</table>"
+        )
+    if c.get("teacher"):
+        out.append(f"<p id='teacher'>Distilled from teacher <code>{_esc(c['teacher'])}</code>.</p>")
     ext = c.get("external")
     if ext:
         keys = [k for k in ("accuracy", "f1", "roc_auc", "n") if k in ext]

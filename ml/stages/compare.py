@@ -16,7 +16,7 @@ import html
 import logging
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from ml.data import DataError
 from ml.data.snapshots import validate_and_snapshot
@@ -24,14 +24,32 @@ from ml.platform import db, tracking
 from ml.platform.config import Settings, get_settings
 from ml.platform.progress import ProgressFn, report
 from ml.stages import promotion, train
+from ml.stages.promotion import GateResult
 from ml.stages.search.family import search_family
-from ml.stages.search.plan import plan_comparison
+from ml.stages.search.plan import ComparisonPlan, plan_comparison
 from ml.stages.search.space import load_search_space, selection_metric
 from ml.stages.search.winners import evaluate_winners
 from ml.store import models as store
 from ml.store import snapshots as snapshots_store
 
 log = logging.getLogger(__name__)
+
+
+class ComparisonResult(TypedDict):
+    """What :func:`write_comparison` returns (the training DAG's ``compare`` task, one XCom per key)."""
+
+    id: int
+    parent_run_id: str
+    winner_family: str
+    winner_run_id: str
+
+
+class ComparisonRun(ComparisonResult, total=False):
+    """:func:`run_comparison`'s result: the comparison, its rows and, with ``promote``, the gate's outcome."""
+
+    rows: list[dict[str, Any]]
+    promotion: GateResult
+
 
 COLUMNS = [  # key, header, format
     ("family", "family", "{}"),
@@ -224,8 +242,8 @@ def _add_external(rows: list[dict[str, Any]], s: Settings) -> None:
 
 
 def write_comparison(
-    plan: dict[str, Any], rows: list[dict[str, Any]], settings: Settings | None = None
-) -> dict[str, Any]:
+    plan: ComparisonPlan, rows: list[dict[str, Any]], settings: Settings | None = None
+) -> ComparisonResult:
     """Build the table, Markdown, HTML and chart; log them to the parent MLflow run (which ends
     here) and store them in ``comparisons``. Returns id, winner family and run."""
     import mlflow
@@ -292,7 +310,7 @@ def write_comparison(
     return {"id": cid, "parent_run_id": parent, "winner_family": win["family"], "winner_run_id": win["run_id"]}
 
 
-def register_best(comparison: dict[str, Any] | int, settings: Settings | None = None) -> str:
+def register_best(comparison: ComparisonResult | int, settings: Settings | None = None) -> str:
     """Register the comparison's winner (a new registry version) and record the version on the
     comparison. Returns the winner's run id (for the gate)."""
     s = settings or get_settings()
@@ -344,7 +362,7 @@ def run_comparison(
     promote: bool = False,
     settings: Settings | None = None,
     progress: ProgressFn | None = None,
-) -> dict[str, Any]:
+) -> ComparisonRun:
     """The whole comparison in this process (``ml compare``, benchmarks): validate -> search each
     family -> evaluate the winners on the held-out split -> write the comparison; with
     ``promote``, also register the winner and run the gate, as the DAG does. ``progress(done, total,
@@ -365,8 +383,7 @@ def run_comparison(
     report(progress, len(fams), total, "evaluating the winners on the held-out split")
     rows = evaluate_winners(plan, winners, s)
     report(progress, len(fams) + 1, total, "writing the comparison")
-    result = write_comparison(plan, rows, s)
-    result["rows"] = rows
+    result: ComparisonRun = {**write_comparison(plan, rows, s), "rows": rows}
     if promote:
         report(progress, len(fams) + 2, total, "registering the winner, champion/challenger gate")
         run_id = register_best(result, s)

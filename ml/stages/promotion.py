@@ -18,16 +18,17 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, ParamSpec
+from typing import Any, ParamSpec, TypedDict, TypeVar, cast
 
 from ml.evaluation import external
 from ml.evaluation import gate as gate_mod
+from ml.evaluation.gate import GateDecision, GatePolicy, GateRecord, RecordedPolicy
 from ml.platform import db, registry, tracking
 from ml.platform.config import Settings, get_settings
-from ml.stages import shadow
+from ml.stages import progressive, shadow
 from ml.stages.train import check_behaviour, describe_version
 from ml.store import models as store
 from ml.store import retrainings as retrainings_store
@@ -36,6 +37,40 @@ from ml.store import shadow as shadow_store
 log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
+
+
+class PromotionResult(TypedDict):
+    """Every promotion's outcome (:func:`confirm`; :func:`promote` when the version already serves)."""
+
+    promoted: bool
+    version: int
+    reason: str
+
+
+class GateResult(PromotionResult, total=False):
+    """:func:`promote`'s outcome: the gate's record and, when held for a shadow window, ``passed_gate``,
+    ``held`` and the champion it runs beside."""
+
+    behaviour_passed: bool | None
+    gate: GateRecord
+    passed_gate: bool
+    held: bool
+    champion_version: int
+
+
+class CandidateResult(GateResult, total=False):
+    """What the DAGs' ``promote`` task returns (:func:`promote_candidate`, XCom): :func:`promote`'s outcome,
+    for a retraining's challenger or a progressive winner with its status (``promoted``, ``rejected``,
+    ``shadow``), shadow window and margin."""
+
+    retraining_id: int
+    status: str
+    shadow_id: int
+    champion_after: int | None
+    margin: float
+
+
+R = TypeVar("R", bound=PromotionResult)
 
 
 @dataclass
@@ -53,8 +88,8 @@ def decide_promotion(
     margin: float,
     checks_passed: bool = True,
     checks_reason: str = "",
-    gate: dict[str, Any] | None = None,
-    policy: dict[str, Any] | None = None,
+    gate: Mapping[str, Any] | None = None,
+    policy: GatePolicy | None = None,
 ) -> Decision:
     """THE promotion rule. A candidate that failed its behavioural checks is never promoted; the first
     model (no champion) is. Against a champion: without ``policy``, its ``metric`` on the same held-out
@@ -77,7 +112,7 @@ def decide_promotion(
     return Decision(promote, reason, checks)
 
 
-def gate_policy(s: Settings) -> dict[str, Any]:
+def gate_policy(s: Settings) -> GatePolicy:
     """The promotion gate's settings, as :func:`decide_promotion` takes them."""
     return {
         "mode": s.promotion_gate,
@@ -87,39 +122,36 @@ def gate_policy(s: Settings) -> dict[str, Any]:
 
 
 def gate_record(
-    evidence: dict[str, Any],
+    evidence: GateRecord,
     decision: Decision,
     external_veto: str | None,
     champion_version: int | None,
     s: Settings,
     held: bool = False,
-) -> dict[str, Any]:
+) -> GateRecord:
     """What ``training_runs.gate`` records of one decision: the paired evidence, the outcome per criterion, the
     external-set veto, the champion it was judged against and the policy in force (``held``: passed the gate,
     held for a shadow window)."""
-    outcome: dict[str, Any] = (
-        {"promoted": False, "passed_gate": True, "held_for_shadow": True} if held else {"promoted": decision.promote}
-    )
-    return {
-        **evidence,
-        "decision": {
-            **outcome,
-            "reason": decision.reason,
-            "checks": decision.checks,
-            "external_veto": external_veto,
-            "champion_version": champion_version,
-            "policy": {
-                "mode": s.promotion_gate,
-                "metric": s.promotion_metric,
-                "margin": s.promotion_margin,
-                "confidence": s.promotion_confidence,
-                **gate_policy(s),
-            },
-        },
+    policy: RecordedPolicy = {
+        **gate_policy(s),
+        "metric": s.promotion_metric,
+        "margin": s.promotion_margin,
+        "confidence": s.promotion_confidence,
     }
+    decided: GateDecision = {
+        "promoted": False if held else decision.promote,
+        "reason": decision.reason,
+        "checks": decision.checks,
+        "external_veto": external_veto,
+        "champion_version": champion_version,
+        "policy": policy,
+    }
+    if held:
+        decided["passed_gate"] = decided["held_for_shadow"] = True
+    return {**evidence, "decision": decided}
 
 
-def _gate_tags(result: dict[str, Any], s: Settings) -> dict[str, str]:
+def _gate_tags(result: Mapping[str, Any], s: Settings) -> dict[str, str]:
     """The gate's verdict on a version, as tags, from what :func:`promote` / :func:`confirm` return
     (the end of a shadow window keeps the McNemar p-value the gate recorded)."""
     import mlflow
@@ -141,14 +173,14 @@ def _gate_tags(result: dict[str, Any], s: Settings) -> dict[str, str]:
     return {"gate_verdict": verdict, "gate_reason": str(result.get("reason", "")), "mcnemar_p_value": p_value}
 
 
-def _records_gate_on_version(fn: Callable[P, dict[str, Any]]) -> Callable[P, dict[str, Any]]:
+def _records_gate_on_version(fn: Callable[P, R]) -> Callable[P, R]:
     """After a gate decision (:func:`promote`, :func:`confirm`), its verdict goes on the registered version
     (tags + description, ``ml.stages.train.describe_version``). The decision stands when MLflow refuses the
     tags: logged."""
     params = inspect.signature(fn)
 
     @functools.wraps(fn)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> dict[str, Any]:
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         result = fn(*args, **kwargs)
         if result.get("reason") == "already champion":  # recorded when it became champion
             return result
@@ -164,7 +196,7 @@ def _records_gate_on_version(fn: Callable[P, dict[str, Any]]) -> Callable[P, dic
 
 
 @_records_gate_on_version
-def promote(run_id: str, settings: Settings | None = None, hold: bool = False) -> dict[str, Any]:
+def promote(run_id: str, settings: Settings | None = None, hold: bool = False) -> GateResult:
     """The champion/challenger gate: behavioural checks (run now unless already run), then the
     promotion rule against the champion (:func:`decide_promotion` -> ``ml.evaluation.gate``: margin,
     significant paired win on the same held-out split, slices, golden set), then the external-set veto (a
@@ -183,7 +215,7 @@ def promote(run_id: str, settings: Settings | None = None, hold: bool = False) -
     if row is None or row.metrics is None or row.version is None:
         raise ValueError(f"run {run_id} must be evaluated and registered before promotion")
     metrics, champion_metrics, version, checks = row.metrics, row.champion_metrics, row.version, row.behaviour
-    evidence = row.gate or {}
+    evidence = cast("GateRecord", row.gate or {})  # training_runs.gate (jsonb): gate.compare's evidence
     if s.behaviour_checks and checks is None:
         checks = check_behaviour(run_id, s)
     # decide + move the alias + record under one lock per registered model, so two promoters
@@ -254,7 +286,7 @@ def promote(run_id: str, settings: Settings | None = None, hold: bool = False) -
 @_records_gate_on_version
 def confirm(
     run_id: str, version: int, expected_champion: int, reason: str, settings: Settings | None = None
-) -> dict[str, Any]:
+) -> PromotionResult:
     """Complete a promotion held by :func:`promote` (``hold``) once its shadow window said yes: under the
     same lock, only while the champion is still ``expected_champion``; moves the alias and records the
     ``promoted`` event with the artifact digest the API verifies. Returns ``promoted`` and the reason."""
@@ -296,7 +328,7 @@ def _update_retraining(rid: int, s: Settings, **values: Any) -> None:
         retrainings_store.update(conn, rid, **values)
 
 
-def promote_challenger(retraining_id: Any, run_id: str, settings: Settings | None = None) -> dict[str, Any]:
+def promote_challenger(retraining_id: Any, run_id: str, settings: Settings | None = None) -> CandidateResult:
     """A retraining's challenger through the gate (:func:`promote`: behavioural checks + the promotion rule on the
     held-out set) with ``retraining_promotion_margin``; the outcome is recorded on the retraining.
 
@@ -349,12 +381,35 @@ def promote_challenger(retraining_id: Any, run_id: str, settings: Settings | Non
     }
 
 
-def promote_candidate(run_id: str, retraining_id: Any = None, settings: Settings | None = None) -> dict[str, Any]:
+def promote_candidate(
+    run_id: str, retraining_id: Any = None, settings: Settings | None = None, progressive_id: Any = None
+) -> GateResult:
     """The promotion step shared by both DAGs: :func:`promote`, or for a retraining's challenger
-    :func:`promote_challenger` (the same gate with the retraining's margin, recorded on it)."""
-    if retraining_id in (None, "", "None"):
-        return promote(run_id, settings)
-    return promote_challenger(retraining_id, run_id, settings)
+    :func:`promote_challenger` (the same gate with the retraining's margin, recorded on it), or for the
+    progressive champion's background comparison :func:`promote_progressive` (those two: a
+    :class:`CandidateResult`)."""
+    if retraining_id not in (None, "", "None"):
+        return promote_challenger(retraining_id, run_id, settings)
+    if progressive_id not in (None, "", "None"):
+        return promote_progressive(progressive_id, run_id, settings)
+    return promote(run_id, settings)
+
+
+def promote_progressive(progressive_id: Any, run_id: str, settings: Settings | None = None) -> CandidateResult:
+    """The winner of ``make up``'s background comparison (``ml.platform.progressive``) as any challenger: the gate
+    (:func:`promote`), and with a shadow window configured a winner that passes it goes into shadow
+    (``ml.stages.shadow.start``) instead of moving the alias; the training DAG's ``shadow`` group then
+    decides it (:func:`decide_shadow`). A loser stays a challenger. The outcome is recorded on the
+    progressive row (what ``make status`` and the web page show)."""
+    s = settings or get_settings()
+    result: CandidateResult = {**promote(run_id, s, hold=shadow.enabled(s))}
+    if result.get("held"):
+        sid = shadow.start(None, run_id, result, s)
+        reason = f"passed the gate ({result['reason']}); in shadow #{sid} beside v{result['champion_version']}"
+        result = {**result, "status": "shadow", "shadow_id": sid, "reason": reason}
+        log.info("progressive #%s: %s", progressive_id, reason)
+    progressive.record_promotion(progressive_id, result, s)
+    return result
 
 
 def decide_shadow(shadow_id: int, settings: Settings | None = None) -> dict[str, Any]:

@@ -34,6 +34,7 @@ shadow: the gate's promotion happens at once, as before.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -77,7 +78,7 @@ def calibrators(run_id: str, champion_version: int, settings: Settings | None = 
     return out
 
 
-def start(retraining_id: int | None, run_id: str, held: dict[str, Any], settings: Settings | None = None) -> int:
+def start(retraining_id: int | None, run_id: str, held: Mapping[str, Any], settings: Settings | None = None) -> int:
     """Put a challenger that passed the gate (``held``: ``ml.stages.promotion.promote(hold=True)``'s result) in shadow."""
     s = settings or get_settings()
     version, champion_version = int(held["version"]), int(held["champion_version"])

@@ -22,7 +22,7 @@ import pandas as pd
 
 from ml import models
 from ml.data.snapshots import content_hash
-from ml.data.splits import split_for, stratified_sample
+from ml.data.splits import calibration_split, split_for, stratified_sample
 from ml.evaluation import behaviour, external, gate
 from ml.evaluation.evaluate import (
     METRICS,
@@ -33,6 +33,7 @@ from ml.evaluation.evaluate import (
     plot_roc,
 )
 from ml.evaluation.stats import paired_comparison
+from ml.models import calibration as calib
 from ml.platform import db, registry, tracking
 from ml.platform.config import Settings, get_settings
 from ml.store import models as store
@@ -151,6 +152,8 @@ def train(
     model = models.create(family, **params)  # fails fast on unknown family/params
     snap, train_df, test_df = split_for(snapshot_hash, s)
     train_df = stratified_sample(train_df, sample_size, s.seed)
+    # the calibration rows come out of the training split, never out of the held-out split the gate scores on
+    train_df, cal_df = calibration_split(train_df, s.calibration, s.seed)
     tracking.configure(s)
     commit = tracking.git_commit()
     log.info("training %s on %s tweets (snapshot %s)", family, f"{len(train_df):,}", snap.hash[:16])
@@ -182,6 +185,7 @@ def train(
         model.fit(train_df["text"].tolist(), train_df["label"].to_numpy())
         seconds = time.perf_counter() - t0
         mlflow.log_metric("training_seconds", seconds)
+        fit_calibration(model, cal_df, s.calibration, "calibration rows carved from the training split")
         with tempfile.TemporaryDirectory() as tmp:
             mlflow.log_metric("model_size_mb", dir_size_mb(model.save(Path(tmp) / "m")))
         info = registry.log_model(model)
@@ -191,6 +195,74 @@ def train(
         store.insert_run(conn, run_id, snap.hash, family, model.get_params(), commit, airflow_run_id)
     log.info("trained %s in %.1fs -> MLflow run %s", family, seconds, run_id)
     return run_id
+
+
+def fit_calibration(model, cal_df: pd.DataFrame, method: str, source: str):
+    """Calibrate ``model``'s probabilities on ``cal_df`` (rows it was not trained on; :meth:`ml.models.base.
+    SentimentModel.calibrate`) inside the active MLflow run: params ``calibration`` (method or ``none``),
+    ``calibration_rows``, ``calibration_split``; metrics ``calibration_a``/``_b`` and the fit split's ECE
+    before/after. No rows: the model stays uncalibrated (param ``calibration=none``). Returns the calibrator."""
+    import mlflow
+
+    if method == "none" or cal_df is None or len(cal_df) == 0:
+        model.calibration_ = None
+        mlflow.log_params({"calibration": "none", "calibration_rows": 0})
+        return None
+    cal = model.calibrate(cal_df["text"].tolist(), cal_df["label"].to_numpy(), method)
+    mlflow.log_params({"calibration": method, "calibration_rows": len(cal_df), "calibration_split": source[:500]})
+    mlflow.log_metrics(
+        {
+            "calibration_a": cal.a,
+            "calibration_b": cal.b,
+            **{
+                f"calibration_{k}": float(v) for k, v in cal.to_dict().items() if k.startswith("fit_") and v is not None
+            },
+        }
+    )
+    log.info(
+        "calibrated (%s on %s rows): a=%.3f b=%.3f, ECE %.4f -> %.4f on the calibration rows",
+        method,
+        f"{len(cal_df):,}",
+        cal.a,
+        cal.b,
+        cal.fit_ece_raw,
+        cal.fit_ece,
+    )
+    return cal
+
+
+def served_and_raw(model, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(served, raw) probabilities of ``model`` on ``texts`` in ONE pass of the family: the served ones are the
+    calibration applied to the raw ones (what ``predict_proba`` does); the same array twice when uncalibrated."""
+    cal = getattr(model, "calibration_", None)
+    raw_fn = getattr(model, "raw_predict_proba", None)
+    if cal is None or raw_fn is None:
+        p = np.asarray(model.predict_proba(texts))
+        return p, p
+    raw = np.asarray(raw_fn(texts))
+    return cal.apply_proba(raw), raw
+
+
+def log_calibration(model, sets: dict[str, tuple[Any, np.ndarray, np.ndarray]]) -> dict[str, Any]:
+    """ECE raw and calibrated (:func:`ml.models.calibration.summary`) per labelled set ``{name: (labels,
+    served proba, raw proba)}``: metrics ``ece``, ``ece_raw`` (held-out) and ``external_ece``,
+    ``external_ece_raw``, ``calibration.json`` and ``reliability_diagram.png`` in the active MLflow run.
+    Returns the ECE/log-loss figures without the per-bin tables."""
+    import matplotlib.pyplot as plt
+    import mlflow
+
+    curves = {name: calib.summary(np.asarray(y), raw[:, 1], served[:, 1]) for name, (y, served, raw) in sets.items()}
+    for name, c in curves.items():
+        prefix = "" if name == "held-out" else "external_"
+        mlflow.log_metrics({f"{prefix}ece": c["ece"], f"{prefix}ece_raw": c["ece_raw"]})
+    cal = getattr(model, "calibration_", None)
+    mlflow.log_dict({"calibrator": cal.to_dict() if cal else None, **curves}, "calibration.json")
+    fig = calib.plot_reliability(
+        curves, f"reliability ({cal.method if cal else 'uncalibrated'}, {calib.ECE_BINS} bins)"
+    )
+    mlflow.log_figure(fig, "reliability_diagram.png")
+    plt.close(fig)
+    return {name: {k: v for k, v in c.items() if not k.startswith("reliability")} for name, c in curves.items()}
 
 
 def load_run_model(run_id: str):
@@ -216,7 +288,7 @@ def evaluate(run_id: str, settings: Settings | None = None, champion_cache: dict
     snap, _, test_df = split_for(run.data.tags["dataset_hash"], s)
     texts, y = test_df["text"].tolist(), test_df["label"].to_numpy()
     model = load_run_model(run_id)
-    proba = model.predict_proba(texts)
+    proba, raw = served_and_raw(model, texts)
     metrics = compute_metrics(y, proba)
     metrics["inference_ms_per_tweet"] = inference_ms_per_tweet(model, texts)
 
@@ -224,8 +296,11 @@ def evaluate(run_id: str, settings: Settings | None = None, champion_cache: dict
     golden_texts = [t for t, _ in golden]
     ext = external.load(s)
     ext_pred = None
+    calibration_sets = {"held-out": (y, proba, raw)}
     if ext is not None:
-        metrics["external"], ext_pred = external.score(model, ext)
+        ext_proba, ext_raw = served_and_raw(model, ext.texts)
+        metrics["external"], ext_pred = external.score(model, ext, proba=ext_proba)
+        calibration_sets["external"] = (ext.labels, ext_proba, ext_raw)
 
     champ = registry.champion(s)
     champion_metrics = None
@@ -298,6 +373,7 @@ def evaluate(run_id: str, settings: Settings | None = None, champion_cache: dict
         ):
             mlflow.log_figure(fig, f"{name}.png")
             plt.close(fig)
+        metrics["calibration"] = log_calibration(model, calibration_sets)
         mlflow.log_dict(metrics, "metrics.json")
         gm = {"golden_accuracy": evidence["golden"]["challenger_accuracy"]}
         if "held_out" in evidence:
@@ -431,6 +507,8 @@ def describe_version(version: int, run_id: str, s: Settings, gate: dict[str, str
         "dataset_hash": run.data.tags.get("dataset_hash", ""),
         "git_commit": run.data.tags.get("git_commit", ""),
         "evaluated_on": _evaluated_on(run),
+        # a distilled candidate (ml.stages.distill) names the model it learned from
+        **{k: run.data.tags[k] for k in ("teacher", "teacher_run_id") if run.data.tags.get(k)},
         **(gate or {}),
     }
     for k, v in tags.items():

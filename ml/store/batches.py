@@ -6,7 +6,7 @@ keyed on (batch_id, source_row), so a retry or a forced re-score never duplicate
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
@@ -206,28 +206,32 @@ def shard_has_rows(conn: psycopg.Connection, batch_id: str, first_row: int, last
     )
 
 
-def copy_scored(conn: psycopg.Connection, rows: Iterable[Sequence[Any]]) -> None:
-    """Bulk-write scored rows (in :data:`SCORE_COLUMNS` order) with COPY."""
-    with conn.cursor() as cur:
-        with cur.copy(f"COPY predictions ({', '.join(SCORE_COLUMNS)}) FROM STDIN") as cp:
-            for r in rows:
-                cp.write_row(r)
+#: the columns of a scored chunk as :func:`copy_scored_csv` takes it: the row's id (made by the shard,
+#: time-ordered, so the primary key grows at its end instead of at random pages) and :data:`SCORE_COLUMNS`
+CSV_COLUMNS = ("id", *SCORE_COLUMNS)
 
 
-def upsert_scored(conn: psycopg.Connection, rows: Iterable[Sequence[Any]]) -> None:
-    """COPY into a temporary table, then insert-or-update on (batch_id, source_row), keeping ids."""
-    conn.execute("CREATE TEMP TABLE scored_rows (LIKE predictions INCLUDING DEFAULTS) ON COMMIT DROP")
-    with conn.cursor() as cur:
-        with cur.copy(f"COPY scored_rows ({', '.join(SCORE_COLUMNS)}) FROM STDIN") as cp:
-            for r in rows:
-                cp.write_row(r)
-    cols = ", ".join(SCORE_COLUMNS)
-    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in SCORE_COLUMNS if c not in ("batch_id", "source_row"))
-    conn.execute(
-        f"INSERT INTO predictions (id, created_at, {cols}) SELECT id, created_at, {cols} FROM scored_rows"
-        f" ON CONFLICT (batch_id, source_row) WHERE batch_id IS NOT NULL DO UPDATE SET {updates},"
-        " created_at = now()"
-    )
+def copy_scored_csv(conn: psycopg.Connection, data: bytes | memoryview, upsert: bool = False) -> None:
+    """COPY one chunk of scored rows, CSV (UTF-8, no header, :data:`CSV_COLUMNS` order), in the caller's
+    transaction. ``upsert=False``: straight into ``predictions`` (the shard has no rows yet: the usual
+    case). ``upsert=True`` (a retry, a forced re-score): through a temporary table, then
+    insert-or-update on (batch_id, source_row), keeping the ids already stored (feedback may reference
+    them)."""
+    cols = ", ".join(CSV_COLUMNS)
+    target = "predictions"
+    if upsert:
+        conn.execute("CREATE TEMP TABLE IF NOT EXISTS scored_rows (LIKE predictions INCLUDING DEFAULTS) ON COMMIT DROP")
+        conn.execute("TRUNCATE scored_rows")
+        target = "scored_rows"
+    with conn.cursor() as cur, cur.copy(f"COPY {target} ({cols}) FROM STDIN (FORMAT csv, ENCODING 'UTF8')") as cp:
+        cp.write(data)
+    if upsert:
+        updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in SCORE_COLUMNS if c not in ("batch_id", "source_row"))
+        conn.execute(
+            f"INSERT INTO predictions ({cols}) SELECT {cols} FROM scored_rows"
+            f" ON CONFLICT (batch_id, source_row) WHERE batch_id IS NOT NULL DO UPDATE SET {updates},"
+            " created_at = now()"
+        )
 
 
 def finish_shard(conn: psycopg.Connection, batch_id: str, shard: int, rows_scored: int, seconds: float) -> None:
@@ -337,3 +341,18 @@ def prediction_ids(conn: psycopg.Connection, batch_id: str, first_row: int, last
             (batch_id, first_row, last_row),
         )
     ]
+
+
+def prediction_ids_csv(conn: psycopg.Connection, batch_id: str, first_row: int, last_row: int) -> bytes:
+    """(source row, prediction id) of the stored rows from ``first_row`` to ``last_row``, in source-row
+    order, as CSV (COPY: no Python object per row)."""
+    out = bytearray()
+    with conn.cursor() as cur:
+        with cur.copy(
+            "COPY (SELECT source_row, id FROM predictions WHERE batch_id = %s AND source_row BETWEEN %s AND %s"
+            " ORDER BY source_row) TO STDOUT (FORMAT csv)",
+            (batch_id, first_row, last_row),
+        ) as cp:
+            for block in cp:
+                out += block
+    return bytes(out)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,7 +65,7 @@ def set_decision(conn: psycopg.Connection, run_id: str, promoted: bool, reason: 
     )
 
 
-def set_gate(conn: psycopg.Connection, run_id: str, gate: dict[str, Any] | None) -> None:
+def set_gate(conn: psycopg.Connection, run_id: str, gate: Mapping[str, Any] | None) -> None:
     """The promotion gate's evidence (``ml.evaluation.gate.compare``; at promotion with its decision added)."""
     conn.execute("UPDATE training_runs SET gate = %s, updated_at = now() WHERE run_id = %s", (_json(gate), run_id))
 

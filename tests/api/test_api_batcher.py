@@ -83,7 +83,7 @@ def test_wrong_result_count_is_an_error_for_that_batch_only():
 def test_predict_under_64_concurrent_clients_answers_each_its_own_text(api_settings, champion, tweets):
     """The real app and champion: 64 threads at once (admission limit above that: nothing shed);
     every answer is the model's answer for that request's own text, and the requests shared model calls."""
-    with running_app(settings_with(api_settings, api_max_inflight=128)) as client:
+    with running_app(settings_with(api_settings, api_min_inflight=128, api_max_inflight=128)) as client:
         _each_its_own(client, tweets)
 
 

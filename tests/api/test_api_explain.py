@@ -3,11 +3,17 @@ the families' shared explainer (ml/models/base.py: occlusion by default, TF-IDF 
 
 from __future__ import annotations
 
+import math
 import re
+import uuid
 
 import numpy as np
+import pytest
+from api_helpers import running_app, settings_with
 
 from ml.models.base import occlusion
+from ml.platform import registry
+from ml.stages import promotion, train
 
 
 def _without(text: str, token: str) -> str:
@@ -73,3 +79,68 @@ def test_occlusion_weighs_each_word_by_the_drop_in_p_positive_in_one_call():
     assert rest == [{"token": "not", "weight": 0.0}]
     [[_, *more]] = occlusion(proba, [" ".join(f"w{i}" for i in range(100))], top_k=100, max_words=40)
     assert len(more) == 39 and calls[-1] == 41  # capped at 40 words
+
+
+# tiny neural champions (as tests/test_families.py): 1 epoch, a small vocabulary and embedding
+TINY_NEURAL = {
+    "cnn": {
+        "epochs": 1,
+        "vocab_size": 2000,
+        "max_len": 24,
+        "embedding_dim": 16,
+        "filters": 16,
+        "hidden": 8,
+        "embeddings": "scratch",
+    },
+    "bilstm": {
+        "epochs": 1,
+        "vocab_size": 2000,
+        "max_len": 24,
+        "embedding_dim": 16,
+        "lstm_units": 8,
+        "hidden": 8,
+        "embeddings": "scratch",
+    },
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", list(TINY_NEURAL))
+def test_neural_champion_explanations_are_occlusion_checked_against_the_model(
+    family, platform_env, mlflow_tracking, snapshot
+):
+    """``/predict?explain=true`` on a real Keras champion (trained, registered and promoted by the real path):
+    occlusion words come from the text, weights are finite, and the model itself, loaded apart from the
+    API, agrees: removing the top word moves p_positive by the weight, in the weight's sign."""
+    s = settings_with(
+        platform_env,
+        model_name=f"explain-{family}-{uuid.uuid4().hex[:8]}",
+        promotion_gate="margin",
+        promotion_margin=-1.0,
+        behaviour_checks=False,
+    )
+    run_id = train.train(snapshot.hash, family, params=TINY_NEURAL[family], sample_size=600, settings=s)
+    train.evaluate(run_id, s)
+    version = train.register(run_id, s)
+    assert promotion.promote(run_id, s)["promoted"]
+    texts = [
+        f"I really love this sunny day with my friends {uuid.uuid4().hex[:4]}",
+        "worst monday ever, my phone broke and I missed the bus",
+    ]
+    with running_app(s) as c:
+        answers = [c.post("/predict?explain=true", json={"text": t}) for t in texts]
+    model = registry.load_version(version, s)  # the model itself, not the API's copy
+    for text, r in zip(texts, answers, strict=True):
+        assert r.status_code == 200, r.text
+        p = r.json()
+        assert p["model_version"] == version and p["explanation_method"] == "occlusion"
+        words = p["explanation"]
+        assert words and all(w["token"] in text.split() for w in words)
+        assert all(math.isfinite(w["weight"]) for w in words)
+        assert [abs(w["weight"]) for w in words] == sorted((abs(w["weight"]) for w in words), reverse=True)
+        top = words[0]
+        assert top["weight"] != 0, words  # the model is not constant on this text
+        full, without = model.predict_proba([text, " ".join(w for w in text.split() if w != top["token"])])[:, 1]
+        assert full == pytest.approx(p["probabilities"]["positive"], abs=1e-4)
+        assert np.sign(full - without) == np.sign(top["weight"])  # the move the weight claims
+        assert full - without == pytest.approx(top["weight"], abs=1e-4)

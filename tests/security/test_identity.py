@@ -12,7 +12,6 @@ flags ``make up`` gives it (``ml.platform.startup.commands``), over the session'
 from __future__ import annotations
 
 import uuid
-
 from pathlib import Path
 
 import httpx

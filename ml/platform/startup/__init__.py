@@ -7,10 +7,12 @@ and its output in ``var/logs/<name>.log``, all started and restarted by the supe
 ===================== ==================================================================
 mlflow                ``mlflow server`` on ``mlflow_port`` (backend: PostgreSQL db ``mlflow``)
 airflow-api-server    Airflow UI + REST API + task execution API on ``airflow_port``
-airflow-scheduler     LocalExecutor scheduler (runs the tasks)
+airflow-scheduler     LocalExecutor scheduler (runs the tasks); CeleryExecutor with ``EXECUTOR=celery``
+airflow-worker-<i>    ``EXECUTOR=celery`` only: Celery worker i (of ``celery_workers``), own ``var/workers/<i>``
 airflow-dag-processor parses ``dags/``
 airflow-triggerer     deferrable tasks
-api                   ``uvicorn api.main:app`` on ``api_port``
+api                   ``uvicorn api.main:app`` on ``api_port``; HAProxy there with ``API_REPLICAS`` >= 2
+api-<i>               ``API_REPLICAS`` >= 2 only: instance i on 127.0.0.1:<api_port + i>, own ``var/api/<i>``
 ===================== ==================================================================
 
 PostgreSQL is either the one named by ``DATABASE_URL`` or the embedded server under

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import socket
 import sys
 from pathlib import Path
 
@@ -11,7 +13,16 @@ from ml.platform import db, tracking
 from ml.platform.config import REPO_ROOT, Settings
 from ml.platform.db import embedded_passfile
 from ml.platform.orchestration import airflow_env
-from ml.platform.startup.services import AIRFLOW_SERVICES, MLFLOW_WORKERS, console_script, services
+from ml.platform.startup import proxy
+from ml.platform.startup.services import (
+    AIRFLOW_SERVICES,
+    MLFLOW_WORKERS,
+    console_script,
+    replica_names,
+    services,
+    worker_names,
+    worker_var,
+)
 from ml.platform.supervisor import Service, ServiceError, runtime_dir
 
 
@@ -27,6 +38,11 @@ def settings_env(s: Settings, base: dict[str, str] | None = None) -> dict[str, s
             "SENTIMENT_AIRFLOW_PORT": str(s.airflow_port),
             "SENTIMENT_MLFLOW_PORT": str(s.mlflow_port),
             "SENTIMENT_EMBEDDED_PG_PORT": str(s.embedded_pg_port),
+            "SENTIMENT_API_REPLICAS": str(s.api_replicas),
+            "SENTIMENT_AIRFLOW_EXECUTOR": s.airflow_executor,
+            "SENTIMENT_CELERY_WORKERS": str(s.celery_workers),
+            "SENTIMENT_CELERY_BROKER_URL": s.celery_broker_url,
+            "SENTIMENT_CELERY_QUEUES": s.celery_queues,
             "PYTHONPATH": os.pathsep.join(p for p in [str(REPO_ROOT), env.get("PYTHONPATH", "")] if p),
             "XDG_RUNTIME_DIR": runtime_dir(),
         }
@@ -36,6 +52,7 @@ def settings_env(s: Settings, base: dict[str, str] | None = None) -> dict[str, s
         ("MLFLOW_TRACKING_URI", s.mlflow_tracking_uri),
         ("SENTIMENT_MLFLOW_DATABASE", s.mlflow_database),
         ("SENTIMENT_AIRFLOW_DATABASE", s.airflow_database),
+        ("SENTIMENT_SHARED_STORAGE_URL", s.shared_storage_url),
     ):
         if value:
             env[key] = value
@@ -97,6 +114,8 @@ def command(name: str, s: Settings) -> tuple[Service, list[str], dict[str, str]]
         # MLflow 3's GenAI job runner (7 huey consumer processes, ~1.5 GB) is not used here
         env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
         return svc, argv, env
+    if name in worker_names(s):
+        return svc, *celery_worker(s, int(name.rsplit("-", 1)[1]))
     if name in AIRFLOW_SERVICES:
         env = airflow_env(s, base=settings_env(s))
         env.pop("SMOPS_SERVICE", None)
@@ -113,7 +132,9 @@ def command(name: str, s: Settings) -> tuple[Service, list[str], dict[str, str]]
             # directly: no log server is started, so nothing listens beyond s.host.
             argv.append("--skip-serve-logs")
         return svc, argv, env
-    if name == "api":
+    if name == "api" and s.api_replicas >= 2:  # HAProxy on api_port in front of api-1..api-N (startup/proxy.py)
+        return svc, proxy.haproxy_argv(proxy.write_config(s)), settings_env(s)
+    if name == "api" or name in replica_names(s):
         # N worker processes under uvicorn's own process manager (restarts a worker that dies); each has
         # its own prediction log, drained at a graceful shutdown. Admission and body limits: api/admission.py
         argv = [
@@ -122,9 +143,9 @@ def command(name: str, s: Settings) -> tuple[Service, list[str], dict[str, str]]
             "uvicorn",
             "api.main:app",
             "--host",
-            s.host,
+            s.host if name == "api" else "127.0.0.1",  # an instance behind the proxy: loopback only
             "--port",
-            str(s.api_port),
+            str(svc.port),
             "--workers",
             str(api_workers(s)),
             "--timeout-graceful-shutdown",
@@ -139,9 +160,45 @@ def command(name: str, s: Settings) -> tuple[Service, list[str], dict[str, str]]
             *api_proxy_args(s),
         ]
         env = platform_env(s, db.database_url(s), mlflow_server_url(s))
-        env["PROMETHEUS_MULTIPROC_DIR"] = str(prometheus_dir(s, "api"))
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(prometheus_dir(s, name))
+        if name != "api":
+            # its own prediction log (var/api/<i>/spool), replayed by this instance when it restarts; the
+            # client's address from X-Forwarded-For, set by the proxy only (a local caller reaching this
+            # loopback port directly could set it too: README "Scaling out")
+            env["SENTIMENT_API_STATE_DIR"] = str(proxy.instance_state_dir(s, int(name.removeprefix("api-"))))
+            env["SENTIMENT_TRUSTED_PROXIES"] = json.dumps([proxy.PROXY_ADDRESS])
         return svc, argv, env
     raise ServiceError(f"unknown service {name!r}")
+
+
+def celery_worker(s: Settings, i: int) -> tuple[list[str], dict[str, str]]:
+    """Celery worker ``i``: ``airflow celery worker`` on the queues of ``celery_queues``, with its OWN var/
+    (``var/workers/<i>``) and the shared store (``shared_storage_url``; unset: this host's var/, which stands
+    for the object store on one host). Its task logs go to the platform's log folder (the api-server reads
+    them there); a worker on another host needs Airflow's remote logging (README "Scaling out")."""
+    env = airflow_env(s, base=settings_env(s))
+    env.pop("SMOPS_SERVICE", None)
+    if not s.mlflow_tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = mlflow_server_url(s)
+    own = worker_var(s, i)
+    own.mkdir(mode=0o700, parents=True, exist_ok=True)
+    env["SENTIMENT_VAR_DIR"] = str(own)
+    env["SENTIMENT_SHARED_STORAGE_URL"] = s.shared_storage_url or str(s.var)
+    env["SENTIMENT_WORKER_HOSTNAME"] = f"worker-{i}.{socket.gethostname()}"  # task instances' hostname
+    creds = tracking.mlflow_credentials(s) if s.mlflow_auth else None  # in the platform's var/, not the worker's
+    if creds and not env.get("MLFLOW_TRACKING_USERNAME"):
+        env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"] = creds["username"], creds["password"]
+    argv = [
+        console_script("airflow"),
+        "celery",
+        "worker",
+        "--queues",
+        s.celery_queues,
+        "--celery-hostname",
+        f"worker-{i}@%h",
+        "--skip-serve-logs",
+    ]
+    return argv, env
 
 
 def prometheus_dir(s: Settings, service: str) -> Path:
@@ -165,5 +222,5 @@ LOG_SERVING_COMPONENTS = ("scheduler", "triggerer")  # `airflow scheduler|trigge
 
 
 def api_workers(s: Settings) -> int:
-    """``api_workers``, or one per CPU core when it is 0."""
-    return int(s.api_workers) or (os.cpu_count() or 1)
+    """``api_workers``, or one per CPU core when it is 0 (shared among the instances: ``api_replicas``)."""
+    return int(s.api_workers) or max(1, (os.cpu_count() or 1) // max(1, s.api_replicas))

@@ -6,7 +6,7 @@ import psutil
 
 from ml.platform import db
 from ml.platform.config import Settings, get_settings
-from ml.platform.startup.services import SERVICE_NAMES, STOP_TIMEOUT, services
+from ml.platform.startup.services import STOP_TIMEOUT, service_names, services
 from ml.platform.startup.supervision import supervisor_pid, supervisor_service
 from ml.platform.supervisor import STATE_FILE, WANTED_FILE, say, stop_trees
 
@@ -38,7 +38,7 @@ def down(settings: Settings | None = None, timeout: float = STOP_TIMEOUT) -> lis
     (s.run_dir / WANTED_FILE).unlink(missing_ok=True)
     (s.run_dir / STATE_FILE).unlink(missing_ok=True)
     svcs = services(s)
-    leaders = {name: pid for name in reversed(SERVICE_NAMES) if (pid := svcs[name].pid(s))}
+    leaders = {name: pid for name in reversed(service_names(s)) if (pid := svcs[name].pid(s))}
     if leaders:
         stop_trees(leaders, timeout)
         for name in leaders:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 from collections.abc import Iterable
@@ -10,6 +11,8 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from ml.platform.config import Settings, get_settings
+from ml.platform.startup.proxy import instance_port
+from ml.platform.startup.usage import postmaster_pid
 from ml.platform.supervisor import Service, ServiceError, port_open, port_owner
 
 MLFLOW_WORKERS = os.environ.get("SENTIMENT_MLFLOW_WORKERS", "2")
@@ -46,8 +49,46 @@ def services(s: Settings | None = None) -> dict[str, Service]:
             airflow_url if api else None,
             f"{airflow_url}/api/v2/monitor/health" if api else None,
         )
+    # with api_replicas >= 2, "api" is HAProxy on api_port in front of the instances api-1..api-N
     out["api"] = Service("api", s.api_port, api_url, f"{api_url}/health/live")  # /health is 503 without a model
+    for name in replica_names(s):
+        port = instance_port(s, int(name.removeprefix("api-")))
+        out[name] = Service(name, port, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port}/health/live")
+    for name in worker_names(s):  # Celery workers: no port, they pull from the broker
+        out[name] = Service(name, None, None, None)
     return out
+
+
+def worker_names(s: Settings) -> list[str]:
+    """The Celery workers (``airflow-worker-1`` .. ``-N`` for ``airflow_executor`` celery, N ``celery_workers``),
+    and any whose pid file is left from an earlier ``make up EXECUTOR=celery`` (``down`` and ``status`` find
+    them whatever EXECUTOR says now)."""
+    n = s.celery_workers if s.airflow_executor == "celery" else 0
+    found = {
+        int(m.group(1))
+        for p in s.run_dir.glob("airflow-worker-*.pid")
+        if (m := re.fullmatch(r"airflow-worker-(\d+)\.pid", p.name))
+    }
+    return [f"airflow-worker-{i}" for i in sorted(set(range(1, n + 1)) | found)]
+
+
+def worker_var(s: Settings, i: int) -> Path:
+    """Celery worker ``i``'s own var/ (its caches, model copies): nothing in it is read by another process."""
+    return s.var / "workers" / str(i)
+
+
+def replica_names(s: Settings) -> list[str]:
+    """The API instances behind the proxy (``api-1`` .. ``api-N`` for ``api_replicas`` N >= 2), and any
+    ``api-<i>`` whose pid file is left from an earlier ``make up API_REPLICAS=...`` (so ``down`` and
+    ``status`` find them whatever API_REPLICAS says now)."""
+    n = s.api_replicas if s.api_replicas >= 2 else 0
+    found = {int(m.group(1)) for p in s.run_dir.glob("api-*.pid") if (m := re.fullmatch(r"api-(\d+)\.pid", p.name))}
+    return [f"api-{i}" for i in sorted(set(range(1, n + 1)) | found)]
+
+
+def service_names(s: Settings) -> list[str]:
+    """Every service of this configuration, in start order: the API instances before their proxy."""
+    return ["mlflow", *AIRFLOW_SERVICES, *worker_names(s), *replica_names(s), "api"]
 
 
 def select(only: Iterable[str] | str | None) -> list[str]:
@@ -82,6 +123,13 @@ def check_ports(s: Settings, names: Iterable[str] = SERVICE_NAMES) -> None:
                 f"  {svc.name}: {s.host}:{svc.port} is in use by {port_owner(svc.port)} "
                 f"(choose another with {port_env(svc.name)}=...)"
             )
+    # the embedded PostgreSQL (no DATABASE_URL) listens on 127.0.0.1:embedded_pg_port unless it is ours already
+    pg = s.embedded_pg_port
+    if not s.database_url and not postmaster_pid(s) and port_open("127.0.0.1", pg):
+        problems.append(
+            f"  embedded PostgreSQL: 127.0.0.1:{pg} is in use by {port_owner(pg)} "
+            "(choose another with SENTIMENT_EMBEDDED_PG_PORT=..., or use a server of yours with DATABASE_URL=...)"
+        )
     if problems:
         raise ServiceError("ports taken by something that is not this platform:\n" + "\n".join(problems))
 

@@ -11,7 +11,7 @@ from typing import Any
 from ml.platform import supervisor as sup
 from ml.platform.config import Settings, get_settings
 from ml.platform.startup.commands import command, settings_env
-from ml.platform.startup.services import SERVICE_NAMES, console_script, services
+from ml.platform.startup.services import console_script, service_names, services
 from ml.platform.supervisor import (
     STATE_FILE,
     SUPERVISOR,
@@ -72,7 +72,7 @@ def want(s: Settings, names: Iterable[str], timeout: float = 60) -> dict[str, in
     previous = read_json(path) or {}
     request = int(previous.get("request") or 0) + 1
     current = set(previous.get("services", [])) | set(names)
-    write_json(path, {"services": [n for n in SERVICE_NAMES if n in current], "request": request})
+    write_json(path, {"services": [n for n in service_names(s) if n in current], "request": request})
     pid = supervisor_pid(s)
     if not pid:
         raise ServiceError("the supervisor is not running")

@@ -7,10 +7,11 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from ml.platform import db, tracking
+from ml.platform import db, progressive, tracking
 from ml.platform.airflow_client import airflow_credentials
 from ml.platform.config import REPO_ROOT, Settings, get_settings
 from ml.platform.orchestration import airflow_env
+from ml.platform.startup import proxy
 from ml.platform.startup.commands import mlflow_server_url, settings_env
 from ml.platform.startup.readiness import wait_airflow, wait_http, wait_mlflow, wait_serving
 from ml.platform.startup.seeding import champion, first_model
@@ -19,6 +20,7 @@ from ml.platform.startup.services import (
     SERVICE_NAMES,
     check_ports,
     console_script,
+    replica_names,
     safe_url,
     select,
     services,
@@ -88,6 +90,7 @@ def up(
     settings: Settings | None = None,
     only: Iterable[str] | str | None = None,
     supervisor_env: dict[str, str] | None = None,
+    progressive_champion: bool | None = None,
 ) -> dict[str, Any]:
     """Start whatever is not running yet under the supervisor, train a first model if there is
     no champion, print how to reach everything. Safe to re-run. Returns a summary dict.
@@ -95,12 +98,17 @@ def up(
     ``wait``: follow the training run to its end (else trigger it and return).
     ``force_train``: train even when a champion already exists.
     ``only``: a subset of the services (``select``); training needs all of them.
-    ``supervisor_env``: extra environment of the supervisor (its ``SMOPS_SUPERVISOR_*`` policy)."""
+    ``supervisor_env``: extra environment of the supervisor (its ``SMOPS_SUPERVISOR_*`` policy).
+    ``progressive_champion``: once a champion serves, start the background comparison that includes the
+    transformer (``ml.platform.progressive``); None: the setting of the same name."""
     s = settings or get_settings()
     names = select(only)
     everything = names == list(SERVICE_NAMES)
     use_mlflow, use_api = "mlflow" in names, "api" in names
     use_airflow = [n for n in names if n in AIRFLOW_SERVICES]
+    if use_airflow and s.airflow_executor == "celery":  # EXECUTOR=celery: N workers, each with its own var/
+        use_airflow += [f"airflow-worker-{i}" for i in range(1, s.celery_workers + 1)]
+        names = [*names, *use_airflow[-s.celery_workers :]]
     titles = ["PostgreSQL", "Supervisor"]
     titles += ["MLflow tracking server"] * use_mlflow
     titles += ["Airflow (db migrate, api-server, scheduler, dag-processor, triggerer)"] * bool(use_airflow)
@@ -110,7 +118,11 @@ def up(
     t0 = time.monotonic()
     timings: dict[str, float] = {}
     say(f"Starting the platform (state in {s.var})")
-    check_ports(s, names)
+    # API_REPLICAS >= 2: instances api-1..api-N on loopback behind HAProxy ("api") on api_port (startup/proxy.py)
+    instances = [f"api-{i}" for i in range(1, s.api_replicas + 1)] if use_api and s.api_replicas >= 2 else []
+    if use_api:
+        check_replicas(s, instances)
+    check_ports(s, [*instances, *names])
 
     t = step("PostgreSQL")
     db_url = start_postgres(s)
@@ -123,7 +135,7 @@ def up(
         f"log {supervisor_service().log_file(s)})"
     )
     baseline = {n: x.get("restarts", 0) for n, x in supervised(s).items()}
-    already = {n: services(s)[n].pid(s) for n in names}
+    already = {n: services(s)[n].pid(s) for n in [*instances, *names]}
 
     def launched(group: list[str]) -> None:
         pids = want(s, group)
@@ -153,7 +165,7 @@ def up(
 
     t4 = time.monotonic()
     if use_api:
-        launched_api = want(s, ["api"])["api"]
+        launched_api = want(s, [*instances, "api"])["api"]
     if "airflow-api-server" in use_airflow:
         wait_airflow(s, baseline)
         user, password = airflow_credentials(s, create=False)
@@ -164,6 +176,11 @@ def up(
     if use_api:
         step("Sentiment API")
         say(f"      {'already running' if already['api'] else 'started'}: pid {launched_api}, {api_svc.url}")
+        for n in instances:
+            wait_http(services(s)[n], s, 120, baseline)
+            say(f"      {n}: {services(s)[n].url} (prediction log in {proxy.instance_state_dir(s, int(n[4:]))})")
+        if instances:
+            say(f"      HAProxy on {api_svc.url} in front of {len(instances)} instances ({proxy.config_path(s)})")
         wait_http(api_svc, s, 120, baseline)
         timings["api"] = time.monotonic() - t4
         say(f"      API ready: {api_svc.url}")
@@ -184,6 +201,9 @@ def up(
             wait_serving(s, serving, baseline)
             timings["serving"] = time.monotonic() - t
             say(f"      API serving champion version {serving}")
+    background: dict[str, Any] | None = None
+    if train and everything:
+        background = start_progressive(s, progressive_champion)
     timings["total"] = time.monotonic() - t0
 
     st = status(s, quiet=True)
@@ -197,13 +217,44 @@ def up(
         "mlflow_experiment": experiment_ui_url(s, mlflow_url) if use_mlflow else None,
         "logs": str(s.logs_dir),
         "supervisor": st["supervisor"],
-        "services": {n: st["services"][n] for n in names},
+        "services": {n: st["services"][n] for n in [*instances, *names]},
         "training": training,
         "serving_version": serving,
+        "progressive": background,
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
     }
     _print_summary(summary, names)
     return summary
+
+
+def start_progressive(s: Settings, enabled: bool | None = None) -> dict[str, Any]:
+    """The progressive champion's background comparison (``ml.platform.progressive.start``): started once per
+    data snapshot; a failure to start it is reported, never fatal to ``up`` (the champion serves)."""
+    try:
+        out = progressive.start(s, enabled)
+    except Exception as e:  # noqa: BLE001 - the platform is up; the background comparison is an extra
+        say(f"      background comparison not started: {type(e).__name__}: {e}")
+        return {"started": False, "reason": f"{type(e).__name__}: {e}"}
+    if out["started"]:
+        say(
+            f"      background comparison #{out['id']} ({', '.join(out['families'])}, low priority): "
+            f"{out['url']}\n      its winner replaces the champion only through the gate and the shadow window; "
+            "`make status` shows its progress"
+        )
+    else:
+        say(f"      background comparison: not started ({out['reason']})")
+    return out
+
+
+def check_replicas(s: Settings, instances: list[str]) -> None:
+    """A running API must have the shape asked for: API_REPLICAS changes need `make down` first."""
+    running = [n for n in replica_names(s) if services(s)[n].pid(s)]
+    if services(s)["api"].pid(s) and running != instances:
+        now = f"{len(running)} instances behind HAProxy" if running else "one instance (no proxy)"
+        raise ServiceError(
+            f"the API runs as {now}, and API_REPLICAS={s.api_replicas} asks for "
+            f"{f'{len(instances)} instances behind HAProxy' if instances else 'one instance'}: `make down` first"
+        )
 
 
 def experiment_ui_url(s: Settings, mlflow_url: str) -> str | None:

@@ -3,12 +3,16 @@ back (list, one summary, the HTML file) for the API, the Airflow plugin and the 
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
+import shutil
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 from ml.platform.config import Settings, get_settings
+from ml.platform.storage import SharedStore, cache_dir, open_url
 from ml.stages.monitoring.wording import accuracy_statement
 from ml.store import reports as store
 
@@ -90,8 +94,26 @@ def report_html_path(report_id: str, conn=None, settings: Settings | None = None
         found = store.html_path(c, report_id)
     if not found:
         return None
-    path = Path(found)
+    if "://" in found and not found.startswith("file://"):  # the shared store: a fresh private copy to serve
+        try:
+            return _fresh_copy(found, settings)
+        except FileNotFoundError:
+            return None
+    path = Path(found.removeprefix("file://"))
     return path if path.exists() else None
+
+
+def _fresh_copy(url: str, settings: Settings | None = None) -> Path:
+    """This process's private copy of a stored report file (fetched anew: an action rewrites it)."""
+    name = url.rsplit("/", 1)[1]
+    dest = cache_dir(settings or get_settings()) / "reports" / hashlib.sha256(url.encode()).hexdigest()[:16]
+    dest.mkdir(mode=0o700, parents=True, exist_ok=True)
+    out = dest / name
+    tmp = dest / f".{name}.{os.getpid()}.tmp"
+    with open_url(url) as r, tmp.open("wb") as w:
+        shutil.copyfileobj(r, w, 1 << 20)
+    tmp.replace(out)
+    return out
 
 
 def action_of(
@@ -160,8 +182,16 @@ def record_action(
         store.set_action(conn, report_id, action)
         path = store.html_path(conn, report_id)
     summary["action"] = action
-    if path and Path(path).exists():
-        verdict.replace_block(path, summary)
+    if path and "://" in path and not path.startswith("file://"):  # the shared store: rewrite, upload whole
+        try:
+            copy = _fresh_copy(path, s)
+        except FileNotFoundError:
+            return action
+        if verdict.replace_block(copy, summary):
+            folder, name = path.rsplit("/", 1)
+            SharedStore(folder).put_file(copy, name)
+    elif path and Path(path.removeprefix("file://")).exists():
+        verdict.replace_block(path.removeprefix("file://"), summary)
     return action
 
 

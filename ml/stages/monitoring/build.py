@@ -29,6 +29,7 @@ import pandas as pd
 
 from ml.platform.config import Settings, get_settings
 from ml.platform.progress import ProgressFn, report
+from ml.platform.storage import cache_dir, reports_store
 from ml.stages.monitoring import report_html, verdict
 from ml.stages.monitoring.archive import store_summary
 from ml.stages.monitoring.descriptors import add_descriptors
@@ -64,7 +65,10 @@ def build_report(
     a, b = resolve_period(start, end, hours, s)
     created = datetime.now(UTC)
     report_id = f"{created:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
-    out_dir = s.reports_dir / report_id
+    # written here, then published to the shared store (ml/platform/storage.py) where the API and the Airflow
+    # plugin read them; a local store (the default: var/reports) is written in place
+    local = reports_store(s).real_path(report_id)
+    out_dir = local if local is not None else cache_dir(s) / "reports-staging" / report_id
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
         return _build(report_id, created, a, b, out_dir, airflow_run_id, s, t0, progress)
@@ -214,7 +218,15 @@ def _build(
         # the verdict block first, then Evidently's page (texts escaped inside its script data)
         report_html.save(snapshot, summary["files"]["html"], summary)
     summary["seconds"] = round(time.perf_counter() - t0, 2)
-    Path(summary["files"]["summary"]).write_text(json.dumps(summary, indent=2, default=str))
+    rstore = reports_store(s)
+    if rstore.is_local:
+        Path(summary["files"]["summary"]).write_text(json.dumps(summary, indent=2, default=str))
+    else:  # each file uploaded whole; the stored summary names them in the store
+        for name in ("report.html", "report.json"):
+            rstore.put_file(out_dir / name, report_id, name)
+        summary["files"] = {k: rstore.where(report_id, Path(v).name) for k, v in summary["files"].items()}
+        rstore.write_bytes(json.dumps(summary, indent=2, default=str).encode(), report_id, "summary.json")
+        shutil.rmtree(out_dir, ignore_errors=True)
     store_summary(summary, s)
     report(progress, STEPS, STEPS, summary["status"])
     log.info(

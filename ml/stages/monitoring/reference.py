@@ -18,6 +18,7 @@ import pandas as pd
 
 from ml.models.base import decide
 from ml.platform.config import Settings, get_settings
+from ml.platform.storage import reading, reference_store
 from ml.stages.monitoring import MonitoringError
 from ml.stages.monitoring.descriptors import (
     add_descriptors,
@@ -31,8 +32,15 @@ REFERENCE_VERSION = 1  # bump when the reference's columns change: old caches ar
 
 
 def reference_dir(version: int, settings: Settings | None = None) -> Path:
+    """The reference's folder when the shared store is this host's disk (see :func:`reference_location`)."""
     s = settings or get_settings()
-    return s.reference_dir / s.model_name / f"v{version}"
+    local = reference_store(version, s).real_path()
+    return local if local is not None else s.reference_dir / s.model_name / f"v{version}"
+
+
+def reference_location(version: int, settings: Settings | None = None) -> str:
+    """Where the reference of ``version`` is: a local folder or the shared store's URL."""
+    return reference_store(version, settings).where()
 
 
 def load_reference(
@@ -58,13 +66,14 @@ def load_reference(
         raise MonitoringError(
             f"no champion for {s.model_name!r}: nothing to compare the predictions with; train and promote a model first"
         )
-    target = reference_dir(champ.version, s)
-    meta_path = target / "meta.json"
-    if meta_path.exists():
-        meta = json.loads(meta_path.read_text())
+    rs = reference_store(champ.version, s)  # the shared store: built by one process, read by others
+    target = rs.where()
+    if rs.exists("meta.json"):
+        meta = json.loads(rs.read_bytes("meta.json"))
         if meta.get("format") == REFERENCE_VERSION:
-            frame = pd.read_parquet(target / "reference.parquet")
-            vocab = set((target / "vocabulary.txt").read_text(encoding="utf-8").split("\n")) - {""}
+            with reading(rs.where("reference.parquet")) as f:
+                frame = pd.read_parquet(f)
+            vocab = set(rs.read_bytes("vocabulary.txt").decode("utf-8").split("\n")) - {""}
             log.info(
                 "reference of %s v%s: %s rows (cached in %s)", s.model_name, champ.version, f"{len(frame):,}", target
             )
@@ -148,18 +157,28 @@ def build_reference(champ, settings: Settings | None = None) -> tuple[pd.DataFra
         "created_at": datetime.now(UTC).isoformat(),
         "seconds": round(time.perf_counter() - t0, 2),
     }
-    target = reference_dir(champ.version, s)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
-    ref.to_parquet(tmp / "reference.parquet", index=False)
-    (tmp / "vocabulary.txt").write_text("\n".join(sorted(vocab)), encoding="utf-8")
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-    if target.exists():  # a stale format, or a concurrent builder: replace it
-        shutil.rmtree(target, ignore_errors=True)
-    try:
-        os.rename(tmp, target)
-    except OSError:  # a concurrent builder won: theirs is the same content
-        shutil.rmtree(tmp, ignore_errors=True)
+    rs = reference_store(champ.version, s)
+    local = rs.real_path()
+    if local is None:  # an object store: each file uploaded whole, meta.json (what readers look for) last
+        with tempfile.TemporaryDirectory(prefix="reference-") as staging:
+            ref.to_parquet(Path(staging) / "reference.parquet", index=False)
+            rs.put_file(Path(staging) / "reference.parquet", "reference.parquet")
+        rs.write_bytes("\n".join(sorted(vocab)).encode("utf-8"), "vocabulary.txt")
+        rs.write_bytes(json.dumps(meta, indent=2).encode(), "meta.json")
+        target = rs.where()
+    else:
+        target = str(local)
+        local.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=local.parent, prefix=".tmp-"))
+        ref.to_parquet(tmp / "reference.parquet", index=False)
+        (tmp / "vocabulary.txt").write_text("\n".join(sorted(vocab)), encoding="utf-8")
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        if local.exists():  # a stale format, or a concurrent builder: replace it
+            shutil.rmtree(local, ignore_errors=True)
+        try:
+            os.rename(tmp, local)
+        except OSError:  # a concurrent builder won: theirs is the same content
+            shutil.rmtree(tmp, ignore_errors=True)
     log.info(
         "reference of %s v%s: %s rows cached in %s (%.1fs; vocabulary: %s, %s words)",
         s.model_name,

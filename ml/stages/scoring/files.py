@@ -13,6 +13,7 @@ from pathlib import Path
 from ml.data import DataError
 from ml.data.read import detect_format, iter_records
 from ml.platform.config import REPO_ROOT, Settings, get_settings
+from ml.platform.storage import SharedStore, shared_store
 
 #: bytes of an input looked at to decide whether it is text at all
 SNIFF_BYTES = 64 << 10
@@ -57,7 +58,24 @@ def output_root(settings: Settings | None = None) -> Path:
 
 
 def batch_dir(batch_id: str, settings: Settings | None = None) -> Path:
+    """A batch's folder on a local store (see :func:`batches_store` for any store)."""
     return output_root(settings) / batch_id
+
+
+def batches_store(settings: Settings | None = None) -> SharedStore:
+    """Where every batch's files are (``<batch id>/shards/*.parquet``, ``<batch id>/scored.parquet``):
+    ``batch_output_root`` when set (a folder every worker mounts), else ``batches/`` of the shared
+    store (``shared_storage_url``; unset: ``var/batches``, as :func:`output_root`)."""
+    s = settings or get_settings()
+    return SharedStore(output_root(s)) if s.batch_output_root else shared_store(s).child("batches")
+
+
+def model_dir(batch_id: str, settings: Settings | None = None) -> Path:
+    """The verified model copy a process scores a batch with: in the batch's folder on a local store
+    (fetched once by the plan), else in this process's own ``var/cache`` (fetched once per host)."""
+    s = settings or get_settings()
+    local = batches_store(s).real_path(batch_id, "model")
+    return local if local is not None else s.var / "cache" / "batches" / batch_id / "model"
 
 
 def make_private_dir(path: Path) -> Path:

@@ -7,16 +7,22 @@ from __future__ import annotations
 import json
 import logging
 import os
+import posixpath
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from ml.data import DataError
 from ml.platform import db
 from ml.platform.config import Settings, get_settings
-from ml.stages.scoring.files import batch_dir, make_private_dir, output_root
+from ml.platform.storage import SharedStore, open_url, reading
+from ml.stages.scoring.files import batches_store, make_private_dir, model_dir, output_root
 from ml.stages.serving import label_name
 from ml.store import batches as store
 
@@ -46,14 +52,14 @@ def finalize(batch_id: str, settings: Settings | None = None) -> dict:
     n_scored, n_pos, seconds, first_rejects = b["n_scored"], b["n_positive"], b["seconds"], b["first_rejects"]
 
     input_path = Path(b["input_path"])
-    out = make_private_dir(batch_dir(batch_id, s)) / OUTPUT_NAME
-    with db.connect(s) as conn:
-        ids = [store.prediction_ids(conn, batch_id, int(sh[3]), int(sh[4])) for sh in shards]
-    _merge_parts([Path(sh[2]) for sh in shards], ids, out)
+    bstore = batches_store(s)  # the shared store: the shards' parts may come from several hosts
+    out = bstore.where(batch_id, OUTPUT_NAME)
+    with db.connect(s) as conn:  # the ids are read chunk by chunk beside the parts
+        _merge_parts([str(sh[2]) for sh in shards], conn, bstore, batch_id)
     summary = {
         "batch_id": batch_id,
         "input": str(input_path),
-        "output": str(out),
+        "output": out,
         "model_version": b["model_version"],
         "rows_read": int(b["rows_read"]),
         "rows_scored": n_scored,
@@ -70,10 +76,8 @@ def finalize(batch_id: str, settings: Settings | None = None) -> dict:
             f"batch {batch_id}: {n_scored} scored + {b['rows_rejected']} rejected != {b['rows_read']} read"
         )
     with db.connect(s) as conn:
-        store.mark_done(conn, batch_id, str(out), summary)
-    shutil.rmtree(
-        batch_dir(batch_id, s) / "model", ignore_errors=True
-    )  # the plan's model copy (a re-score fetches anew)
+        store.mark_done(conn, batch_id, out, summary)
+    shutil.rmtree(model_dir(batch_id, s), ignore_errors=True)  # the plan's model copy (a re-score fetches anew)
     log.info("batch %s done: %s", batch_id, json.dumps(summary))
     return summary
 
@@ -105,19 +109,30 @@ def output_destination(dest: str | Path, batch_id: str, confine: bool = True, se
     return d
 
 
-def copy_output(summary: dict, dest: str | Path, confine: bool = True, settings: Settings | None = None) -> Path:
+def copy_output(summary: dict, dest: str | Path, confine: bool = True, settings: Settings | None = None) -> Path | str:
     """Copy a batch's scored file to ``dest`` (see :func:`output_destination`), 0600, under a
-    temporary name then renamed; returns where."""
+    temporary name then renamed; returns where (a URL when the batches are on an object store: ``dest``
+    is then a key under their root)."""
+    bstore = batches_store(settings)
+    if confine and not bstore.is_local:  # the output root is an object store: a key under it
+        key = posixpath.normpath(str(dest).strip("/"))
+        if str(dest).startswith("/") or key.startswith("..") or not key.lower().endswith((".parquet", ".pq")):
+            raise DataError(
+                f"output_path {dest}: give a .parquet path relative to the batch output root {bstore.where()}"
+            )
+        with open_url(summary["output"]) as r, bstore.writer(key) as w:
+            shutil.copyfileobj(r, w, 1 << 20)
+        return bstore.where(key)
     d = output_destination(dest, summary["batch_id"], confine, settings)
-    src = Path(summary["output"])
-    if src.resolve() == d:
+    src = summary["output"]
+    if "://" not in src and Path(src).resolve() == d:
         return d
     if confine:
         make_private_dir(d.parent)
     tmp = d.with_name(f".{d.name}.{os.getpid()}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f, src.open("rb") as r:
+        with os.fdopen(fd, "wb") as f, open_url(src) as r:
             shutil.copyfileobj(r, f)
         tmp.replace(d)
     except OSError as e:
@@ -127,11 +142,16 @@ def copy_output(summary: dict, dest: str | Path, confine: bool = True, settings:
     return d
 
 
-def _merge_parts(shard_files: list[Path], shard_ids: list[list[tuple[int, str]]], out: Path) -> None:
+#: rows merged at a time: what finalize holds in memory, whatever the batch's size
+MERGE_CHUNK_ROWS = 50_000
+
+
+def _merge_parts(shard_files: list[str], conn: psycopg.Connection, bstore: SharedStore, batch_id: str) -> None:
     """One Parquet of every scored row, in input order: each shard's texts (its shard file) beside
     its scores (its ``.scored.parquet`` part, same rows in the same order) and the ids of its rows in
-    ``predictions``; labels named as the API names them. Written 0600 to a temporary name and
-    renamed, so a reader never sees half a file."""
+    ``predictions``; labels named as the API names them. Streamed :data:`MERGE_CHUNK_ROWS` rows at a
+    time (one row group each; the ids read by COPY for the chunk's rows), so memory does not grow with
+    the batch. Written 0600 to a temporary name and renamed, so a reader never sees half a file."""
     schema = pa.schema(
         [
             ("source_row", pa.int64()),
@@ -144,36 +164,82 @@ def _merge_parts(shard_files: list[Path], shard_ids: list[list[tuple[int, str]]]
             ("model_version", pa.int32()),
         ]
     )
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))  # created 0600 before a byte is written
-    with pq.ParquetWriter(tmp, schema) as writer:
-        for shard_file, ids in zip(shard_files, shard_ids, strict=True):
-            t = pq.read_table(shard_file.with_suffix(".scored.parquet"))
-            src_rows = t.column("source_row").to_pylist()
-            if "text" in t.column_names:  # parts of an earlier version held the texts too
-                texts = t.column("text")
-            else:
-                src = pq.read_table(shard_file, columns=["source_row", "text"])
-                if not src.column("source_row").equals(t.column("source_row")):
-                    raise RuntimeError(f"{shard_file}: its scored part does not hold the shard's rows in order")
-                texts = src.column("text")
-            if [r for r, _ in ids] != src_rows:
-                raise RuntimeError(f"{shard_file}: its rows in predictions are not the rows of its scored part")
-            label_ids = t.column("label").to_pylist()
-            writer.write_table(
-                pa.table(
-                    {
-                        "source_row": t.column("source_row").cast(pa.int64()),
-                        "prediction_id": pa.array([i for _, i in ids], pa.string()),
-                        "text": texts.cast(pa.string()),
-                        "label": pa.array([label_name(x) for x in label_ids], pa.string()),
-                        "label_id": pa.array(label_ids, pa.int8()),
-                        "p_negative": t.column("p_negative").cast(pa.float32()),
-                        "p_positive": t.column("p_positive").cast(pa.float32()),
-                        "model_version": t.column("model_version").cast(pa.int32()),
-                    },
-                    schema=schema,
+    names = pa.array([label_name(0), label_name(1)], pa.string())
+    bstore.makedirs(batch_id)
+    # written through the store: 0600 under a temporary name (local) and renamed / uploaded whole (object store)
+    with bstore.writer(batch_id, OUTPUT_NAME) as f, pq.ParquetWriter(f, schema) as writer:
+        for shard_file in shard_files:
+            with (
+                reading(shard_file.removesuffix(".parquet") + ".scored.parquet") as part,
+                reading(shard_file) as sf,
+            ):
+                scored = pq.ParquetFile(part)
+                old = "text" in scored.schema_arrow.names  # parts of an earlier version held the texts too
+                texts = (
+                    None
+                    if old
+                    else _Rows(pq.ParquetFile(sf).iter_batches(MERGE_CHUNK_ROWS, columns=["source_row", "text"]))
                 )
-            )
-    tmp.replace(out)
+                for t in scored.iter_batches(MERGE_CHUNK_ROWS):
+                    src_rows = t.column("source_row").cast(pa.int64())
+                    if texts is None:
+                        text = t.column("text")
+                    else:
+                        src = texts.take(t.num_rows)
+                        if not src.column("source_row").combine_chunks().cast(pa.int64()).equals(src_rows):
+                            raise RuntimeError(f"{shard_file}: its scored part does not hold the shard's rows in order")
+                        text = src.column("text")
+                    ids = _ids(conn, batch_id, src_rows)
+                    if not ids.column("source_row").combine_chunks().equals(src_rows):
+                        raise RuntimeError(f"{shard_file}: its rows in predictions are not the rows of its scored part")
+                    label_ids = t.column("label").cast(pa.int8())
+                    writer.write_table(
+                        pa.table(
+                            {
+                                "source_row": src_rows,
+                                "prediction_id": ids.column("prediction_id"),
+                                "text": text.cast(pa.string()),
+                                "label": pc.take(names, label_ids),
+                                "label_id": label_ids,
+                                "p_negative": t.column("p_negative").cast(pa.float32()),
+                                "p_positive": t.column("p_positive").cast(pa.float32()),
+                                "model_version": t.column("model_version").cast(pa.int32()),
+                            },
+                            schema=schema,
+                        )
+                    )
+                if texts is not None and texts.take(1).num_rows:
+                    raise RuntimeError(f"{shard_file}: its scored part does not hold the shard's rows in order")
+
+
+_IDS_READ = pacsv.ReadOptions(column_names=["source_row", "prediction_id"])
+_IDS_CONVERT = pacsv.ConvertOptions(column_types={"source_row": pa.int64(), "prediction_id": pa.string()})
+
+
+def _ids(conn: psycopg.Connection, batch_id: str, src_rows: pa.Array) -> pa.Table:
+    """(source_row, prediction_id) of the stored rows from the chunk's first to its last source row."""
+    if not len(src_rows):
+        return pa.table({"source_row": pa.array([], pa.int64()), "prediction_id": pa.array([], pa.string())})
+    data = store.prediction_ids_csv(conn, batch_id, src_rows[0].as_py(), src_rows[-1].as_py())
+    return pacsv.read_csv(pa.BufferReader(data), read_options=_IDS_READ, convert_options=_IDS_CONVERT)
+
+
+class _Rows:
+    """Record batches re-cut to the sizes asked for (a shard file's texts beside its scored part)."""
+
+    def __init__(self, batches: Iterator[pa.RecordBatch]) -> None:
+        self._it = batches
+        self._pending: list[pa.RecordBatch] = []
+        self._n = 0
+
+    def take(self, n: int) -> pa.Table:
+        while self._n < n:
+            b = next(self._it, None)
+            if b is None:
+                break
+            self._pending.append(b)
+            self._n += b.num_rows
+        t = pa.Table.from_batches(self._pending) if self._pending else pa.table({"source_row": [], "text": []})
+        head, rest = t.slice(0, n), t.slice(n)
+        self._pending, self._n = rest.to_batches(), rest.num_rows
+        return head

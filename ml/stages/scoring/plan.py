@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import time
 from collections import Counter
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,12 +20,18 @@ from ml.data import DataError
 from ml.data.read import detect_format
 from ml.platform import db, registry, tracking
 from ml.platform.config import Settings, get_settings
-from ml.stages.scoring.files import batch_dir, check_text, confined_input, file_sha256, iter_rows, make_private_dir
+from ml.platform.storage import reading
+from ml.stages.scoring.files import batches_store, check_text, confined_input, file_sha256, iter_rows, model_dir
 from ml.stages.scoring.sizing import AUTO_TAIL_SLACK, auto_shard_rows
 from ml.store import batches as store
 from ml.store import models as models_store
 
 log = logging.getLogger(__name__)
+
+#: rows per Parquet row group of a shard file: what the plan buffers, and what a shard reads at a time
+PLAN_GROUP_ROWS = 50_000
+#: a shard file: the input's row (line) number and the text
+SHARD_SCHEMA = pa.schema([("source_row", pa.int64()), ("text", pa.string())])
 
 
 @dataclass
@@ -150,64 +156,109 @@ def _plan_locked(
     if shard_rows == 0:
         shard_rows = auto_shard_rows(path, fmt)
         slack = int(shard_rows * AUTO_TAIL_SLACK)
-    out_dir = batch_dir(batch_id, s)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    make_private_dir(out_dir.parent)
-    make_private_dir(out_dir / "shards")  # 0700: the texts and scores are this account's only
-    os.chmod(out_dir, 0o700)
+    # the shards go to the shared store (ml/platform/storage.py): any worker host reads them
+    bstore = batches_store(s)
+    bstore.remove(batch_id, recursive=True)
+    bstore.makedirs(batch_id, "shards")  # local: 0700, the texts and scores are this account's only
+    local_model = model_dir(batch_id, s)
     t0 = time.perf_counter()
     shards: list[dict[str, Any]] = []
     rejects: list[tuple[int, str]] = []
     rows_read = 0
     buf_rows: list[int] = []
     buf_text: list[str] = []
+    # streamed: each shard's Parquet is written row group by row group as the rows are read, so the
+    # plan's memory does not grow with the input (nor with the shard size). An auto-sized plan keeps
+    # the shard before the one being filled open while the latter holds no more than the slack, and
+    # folds that tail back into it at the end (no tiny last shard), reading it back group by group.
+    group_rows = max(1, min(PLAN_GROUP_ROWS, shard_rows))
+    open_shards: list[dict[str, Any]] = []  # the shard being filled, and (auto-sized) the one before it
 
-    # a shard's Parquet is written on a thread (pyarrow releases the GIL while it encodes and
-    # compresses) while the next rows are read; one write in flight at most (bounded memory)
-    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="plan-shard-writer")
-    in_flight: Future | None = None
     # meanwhile the model version is fetched once into the batch folder and verified against its
     # recorded digest: the shards load that copy (re-checked) instead of each asking MLflow
     fetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="plan-model-fetch")
-    model_copy = fetcher.submit(registry.fetch_verified, champ.version, model_sha256, out_dir / "model", s)
+    model_copy = fetcher.submit(registry.fetch_verified, champ.version, model_sha256, local_model, s)
 
-    def flush_shard(n: int | None = None) -> None:
-        """Write the first ``n`` buffered rows (all by default) as the next shard."""
-        nonlocal in_flight
-        n = len(buf_rows) if n is None else n
-        if not n:
-            return
+    def new_shard() -> dict[str, Any]:
         i = len(shards)
-        p = out_dir / "shards" / f"{i:05d}.parquet"
-        table = pa.table({"source_row": pa.array(buf_rows[:n], pa.int64()), "text": pa.array(buf_text[:n])})
-        if in_flight is not None:
-            in_flight.result()  # the previous shard is on disk (or its error is raised here)
-        in_flight = writer.submit(pq.write_table, table, p)
-        shards.append({"shard": i, "path": str(p), "first": buf_rows[0], "last": buf_rows[n - 1], "n": n})
-        del buf_rows[:n], buf_text[:n]
+        key = f"{batch_id}/shards/{i:05d}.parquet"
+        stack = ExitStack()
+        f = stack.enter_context(bstore.writer(key))  # atomic: published when the shard is complete
+        w = stack.enter_context(pq.ParquetWriter(f, SHARD_SCHEMA))
+        sh = {"shard": i, "path": bstore.where(key), "key": key, "first": 0, "last": 0, "n": 0, "w": w, "stack": stack}
+        shards.append(sh)
+        open_shards.append(sh)
+        return sh
+
+    def close_shard(sh: dict[str, Any]) -> None:
+        open_shards.remove(sh)
+        sh["stack"].close()
+
+    def write(sh: dict[str, Any], table: pa.Table) -> None:
+        if not sh["n"]:
+            sh["first"] = table.column(0)[0].as_py()
+        sh["last"] = table.column(0)[-1].as_py()
+        sh["n"] += table.num_rows
+        sh["w"].write_table(table, row_group_size=group_rows)
+
+    def flush() -> None:
+        """The buffered rows into the shards: the one being filled up to shard_rows, then the next."""
+        while buf_rows:
+            cur = open_shards[-1] if open_shards and open_shards[-1]["n"] < shard_rows else None
+            if cur is None:
+                if open_shards and not slack:
+                    close_shard(open_shards[-1])
+                cur = new_shard()
+            take = min(shard_rows - cur["n"], len(buf_rows))
+            write(
+                cur,
+                pa.table(
+                    {
+                        "source_row": pa.array(buf_rows[:take], pa.int64()),
+                        "text": pa.array(buf_text[:take], pa.string()),
+                    },
+                    schema=SHARD_SCHEMA,
+                ),
+            )
+            del buf_rows[:take], buf_text[:take]
+            if len(open_shards) == 2 and open_shards[1]["n"] > slack:  # past the slack: a shard of its own
+                close_shard(open_shards[0])
+                log.info("planned %d shards (%s rows read)", len(shards) - 1, f"{rows_read:,}")
+
+    def fold_tail() -> None:
+        """The last shard holds no more than the slack: its rows go to the end of the one before."""
+        prev, tail = open_shards
+        close_shard(tail)
+        with reading(tail["path"]) as f:
+            pf = pq.ParquetFile(f)
+            for g in range(pf.num_row_groups):
+                write(prev, pf.read_row_group(g))
+        bstore.remove(tail["key"])
+        shards.remove(tail)
 
     encoding: Counter = Counter()
     error: DataError | None = None
     try:
-        for line, text, reason in iter_rows(path, fmt, encoding, text_column):
-            rows_read += 1
-            if reason:
-                rejects.append((line, reason))
-                continue
-            buf_rows.append(line)
-            buf_text.append(text)  # type: ignore[arg-type]
-            if len(buf_rows) > shard_rows + slack:  # the rows past shard_rows start the next shard
-                flush_shard(shard_rows)
-                log.info("planned %d shards (%s rows read)", len(shards), f"{rows_read:,}")
-        flush_shard()
-        if in_flight is not None:
-            in_flight.result()  # every shard file is on disk before the plan is recorded
+        try:
+            for line, text, reason in iter_rows(path, fmt, encoding, text_column):
+                rows_read += 1
+                if reason:
+                    rejects.append((line, reason))
+                    continue
+                buf_rows.append(line)
+                buf_text.append(text)  # type: ignore[arg-type]
+                if len(buf_rows) >= group_rows:
+                    flush()
+            flush()
+            if len(open_shards) == 2:
+                fold_tail()
+        finally:
+            for sh in list(open_shards):  # every shard file is complete before the plan is recorded
+                close_shard(sh)
         model_copy.result()  # and the verified model copy (ArtifactMismatch: nothing is planned)
     except DataError as e:  # no text column, unreadable Parquet: the batch fails with the reader's reason
         error = e
     finally:
-        writer.shutdown(wait=True)
         fetcher.shutdown(wait=True)
 
     # every row has been read: the batch fails here, before any shard writes into predictions
@@ -224,7 +275,8 @@ def _plan_locked(
         else None
     )
     if reason is not None:
-        shutil.rmtree(out_dir, ignore_errors=True)  # shards and the model copy: nothing is kept
+        bstore.remove(batch_id, recursive=True)  # shards and the model copy: nothing is kept
+        shutil.rmtree(local_model, ignore_errors=True)
         raise failed(reason, rows_read, rejects)
 
     with db.connect(s) as conn:

@@ -13,20 +13,22 @@ from typing import Any
 
 from ml import models
 from ml.data.splits import stratified_sample
+from ml.models.calibration import SPLIT_MIN_ROWS
 from ml.platform import db, registry, tracking
 from ml.platform.config import Settings, get_settings
 from ml.stages.search import SearchSpaceError
 from ml.stages.search.curves import learning_curve_link
+from ml.stages.search.plan import ComparisonPlan
 from ml.stages.search.space import family_spec, load_search_space, selection_metric, trials
 from ml.stages.search.splits import comparison_splits
 from ml.stages.search.trial import clear_framework_state, run_trial
-from ml.stages.train import log_training_datasets
+from ml.stages.train import fit_calibration, log_training_datasets
 from ml.store import models as store
 
 log = logging.getLogger(__name__)
 
 
-def search_family(plan: dict[str, Any], family: str, settings: Settings | None = None) -> dict[str, Any]:
+def search_family(plan: ComparisonPlan, family: str, settings: Settings | None = None) -> dict[str, Any]:
     """Run ``family``'s trials; log each as an MLflow run nested under the comparison; log the best
     trial's model (pyfunc) and record it in ``training_runs``. Returns the winner (small dict)."""
     import mlflow
@@ -109,6 +111,14 @@ def search_family(plan: dict[str, Any], family: str, settings: Settings | None =
         search_seconds = time.perf_counter() - t_search
         model = models.load(best["dir"])
         with mlflow.start_run(run_id=best["run_id"]):
+            # calibrated on the validation split (early stopping watched it, training never fit it; the gate's
+            # held-out split stays untouched); too few rows: uncalibrated
+            fit_calibration(
+                model,
+                val_df if len(val_df) >= SPLIT_MIN_ROWS else None,
+                s.calibration,
+                "the comparison's validation split, carved from the training split",
+            )
             info = registry.log_model(model)
             mlflow.set_tags({"model_uri": info.model_uri, "search_winner": "true", "stage": "candidate"})
             log_training_datasets(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import Any, TypedDict
 
 from ml import models
 from ml.data.snapshots import get_snapshot
@@ -17,6 +17,19 @@ from ml.stages.search.space import family_spec, load_search_space, selection_met
 log = logging.getLogger(__name__)
 
 
+class ComparisonPlan(TypedDict):
+    """The comparison's plan: what ``plan_comparison`` returns and the training DAG passes between its tasks
+    (XCom key ``comparison``), as JSON."""
+
+    parent_run_id: str
+    snapshot_hash: str
+    families: list[str]
+    profile: str
+    sample_sizes: dict[str, int | None]
+    search_space: dict[str, Any]
+    airflow_run_id: str | None
+
+
 def plan_comparison(
     snapshot_hash: str,
     families: list[str] | str | None = None,
@@ -26,7 +39,7 @@ def plan_comparison(
     search_space: dict[str, Any] | None = None,
     airflow_run_id: str | None = None,
     settings: Settings | None = None,
-) -> dict[str, Any]:
+) -> ComparisonPlan:
     """Check the request and open the parent MLflow run. Sample size per family: ``sample_sizes``
     > ``sample_size`` > the profile's ``sample_size`` > all of the training pool."""
     import mlflow
@@ -90,7 +103,7 @@ def plan_comparison(
         {"profile": profile, "families": specs, "selection": space["selection"], "timing": space["timing"]},
         "search_space.json",
     )
-    plan = {
+    plan: ComparisonPlan = {
         "parent_run_id": parent,
         "snapshot_hash": snap.hash,
         "families": families,

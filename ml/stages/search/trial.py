@@ -15,6 +15,7 @@ from ml import models
 from ml.evaluation.evaluate import METRICS, compute_metrics, dir_size_mb, inference_ms_per_tweet
 from ml.platform.config import Settings
 from ml.stages.search.curves import log_plots, log_training
+from ml.stages.search.plan import ComparisonPlan
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ def run_trial(
     params: dict[str, Any],
     i: int,
     n: int,
-    plan: dict[str, Any],
+    plan: ComparisonPlan,
     train_df,
     val_df,
     timing: dict[str, Any],

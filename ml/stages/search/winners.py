@@ -7,10 +7,11 @@ from typing import Any
 
 from ml.platform.config import Settings, get_settings
 from ml.stages import train
+from ml.stages.search.plan import ComparisonPlan
 
 
 def evaluate_winners(
-    plan: dict[str, Any], winners: list[dict[str, Any]], settings: Settings | None = None
+    plan: ComparisonPlan, winners: list[dict[str, Any]], settings: Settings | None = None
 ) -> list[dict[str, Any]]:
     """Score every family's winner (and the champion, once) on the same held-out split; returns one
     row per family for the comparison table."""
