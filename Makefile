@@ -10,7 +10,7 @@
 #   make up EXECUTOR=celery      Airflow's CeleryExecutor + CELERY_WORKERS=N workers (default 2), each its own var/
 #   make status | make down      what runs, restarts, crash loops | stop it all (data is kept)
 #   make test [PYTEST_ARGS=...]  the test suite (PYTEST_ARGS="-m 'not slow'" for the fast part)
-#   make bench                   the benchmarks in benchmarks/
+#   make bench                   the benchmarks in benchmarks/ (not _setup.py, not the 30-minute soak.py)
 #   make lint                    ruff (lint, format, imports at the top), mypy, lint-imports (the layers)
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -68,7 +68,7 @@ test: env
 	exit $$rc
 
 bench: env
-	@shopt -s nullglob; files=(benchmarks/*.py); \
+	@shopt -s nullglob; files=(); for f in benchmarks/[!_]*.py; do [ "$$f" = benchmarks/soak.py ] || files+=("$$f"); done; \
 	if [ $${#files[@]} -eq 0 ]; then echo "make bench: no benchmarks/*.py yet" >&2; exit 1; fi; \
 	for f in "$${files[@]}"; do echo "== $$f"; $(PY) "$$f" || exit $$?; done
 

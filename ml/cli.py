@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
+import psycopg
 import typer
 from typer.core import TyperGroup
 
@@ -411,6 +412,14 @@ def score(
             )
     except (DataError, RuntimeError, OSError) as e:
         _fail(" ".join(str(e).split()))  # one line
+    except psycopg.OperationalError as e:  # the database went away mid-batch: a reason, not a traceback
+        typer.secho(
+            f"error: the database became unreachable while scoring ({' '.join(str(e).split())[:300]}); "
+            "shards committed before stay stored; run the command again once the database is back",
+            fg=typer.colors.RED,
+            err=True,
+        )
+        raise typer.Exit(1) from None
     typer.echo(json.dumps(summary, indent=2, default=str))
 
 
