@@ -374,6 +374,7 @@ def test_model_card_shows_decoded_texts_escaped(live, posted, canary, browser, t
     )
     assert sorted(plots) == [
         ["confusion_matrix.png", "data:image/png;base64,"],
+        ["reliability_diagram.png", "data:image/png;base64,"],  # calibration (README "Calibrated probabilities")
         ["roc_curve.png", "data:image/png;base64,"],
     ]
 
