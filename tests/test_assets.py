@@ -107,6 +107,7 @@ def test_every_dag_is_owned_by_the_platform_and_notifies_failures(dags):
         "sentiment_reference",
         "sentiment_batch_scoring",
         "sentiment_inbox",
+        "sentiment_distillation",
     }
     for dag_id, dag in dags.items():
         assert dag["owner"] == module.OWNER, dag_id
@@ -126,8 +127,13 @@ def test_the_asset_graph_is_as_designed(dags):
     def read(asset: str) -> set[tuple[str, str]]:
         return {(d, t) for d, dag in dags.items() for t, x in dag["tasks"].items() if asset in x["inlets"]}
 
-    # the champion: only the promotion's last task of both training DAGs (skipped unless a version was promoted)
-    assert produced(CHAMPION) == {("sentiment_training", "champion"), ("sentiment_retraining", "champion")}
+    # the champion: only the promotion's last task of the DAGs that make candidates (training, retraining,
+    # distillation), skipped unless a version was promoted
+    assert produced(CHAMPION) == {
+        ("sentiment_training", "champion"),
+        ("sentiment_retraining", "champion"),
+        ("sentiment_distillation", "champion"),
+    }
     assert produced(SNAPSHOT) == {("sentiment_training", "validate"), ("sentiment_retraining", "prepare")}
     assert produced(REFERENCE) == {("sentiment_reference", "refresh_reference")}
     assert produced(SCORED) == {("sentiment_batch_scoring", "finalize")}
@@ -141,7 +147,7 @@ def test_the_asset_graph_is_as_designed(dags):
     assert sched["sentiment_reference"] == {"timetable": "AssetTriggeredTimetable", "assets": [CHAMPION]}
     assert sched["sentiment_monitoring"]["timetable"] == "CronTriggerTimetable"
     assert sched["sentiment_inbox"]["timetable"] == "DeltaTriggerTimetable"
-    for d in ("sentiment_training", "sentiment_retraining", "sentiment_batch_scoring"):
+    for d in ("sentiment_training", "sentiment_retraining", "sentiment_batch_scoring", "sentiment_distillation"):
         assert sched[d]["timetable"] == "NullTimetable", d
 
 
