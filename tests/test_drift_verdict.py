@@ -373,7 +373,12 @@ def test_model_card_shows_plots_links_intended_use_and_metric_order(two_versions
     with _serve(plugin_module.app) as base, _browser(tmp_path, "1200,1400") as driver:
         driver.get(f"{base}/model-card")
         imgs = driver.find_elements(By.CSS_SELECTOR, "img.plot")
-        assert len(imgs) == 2
+        # confusion matrix, ROC and the reliability diagram (README "Calibrated probabilities")
+        assert sorted(i.get_attribute("data-artifact") for i in imgs) == [
+            "confusion_matrix.png",
+            "reliability_diagram.png",
+            "roc_curve.png",
+        ]
         # drawn under the page's CSP (img-src data:): a blocked image has no natural size
         assert all(driver.execute_script("return arguments[0].naturalWidth", i) > 100 for i in imgs)
         assert driver.find_element(By.ID, "mlflow-run").is_displayed()

@@ -168,6 +168,10 @@ def own_platform(platform_env, model_name, monkeypatch, tmp_path):
     (dropped after), a permissive gate (the test is about the path, the strict gate has its test above),
     a tiny background comparison: TF-IDF standing in for the transformer (the same DAG, tasks and gate)."""
     own = f"{db.database_name(platform_env.database_url)}_prog_{uuid.uuid4().hex[:6]}"
+    # the session's MLflow login, put in this process's environment by any earlier test's tracking.configure,
+    # would be inherited by this platform's services and refused by its own MLflow server (401)
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
     s = _settings(
         monkeypatch,
         SENTIMENT_VAR_DIR=str(tmp_path / "var"),

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, HTTPException, Query, status
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.convertors import Convertor, register_url_convertor
 
 from api.auth import ReviewCaller
 from api.deps import ManagerDep, SettingsDep, open_db
@@ -23,6 +24,21 @@ from ml.stages import review
 from ml.stages.serving import label_name
 
 router = APIRouter(tags=["review"])
+
+
+class _ItemSegment(Convertor[str]):
+    """The path segment of ``POST /review/{item}``: anything but ``queue`` (``GET /review/queue``)."""
+
+    regex = r"(?!queue$)[^/]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("review_item", _ItemSegment())
 EXPLAIN_ITEMS = 50  # queue items explained per answer (the first ones; the page shows them in order)
 
 STATIC = Path(__file__).resolve().parents[1] / "static"
@@ -74,9 +90,9 @@ def review_queue(
 
 
 @router.post(
-    # a UUID by the path's own convertor: a path that is not one matches no item route, so a POST to
-    # /review/queue is 405 with its Allow header (another method's route), any other non-UUID a 404
-    "/review/{item:uuid}",
+    # any segment but the sibling route's name (_ItemSegment): POST /review/queue is a 405 with its Allow
+    # header, while a malformed id still reaches validation (a 422 naming it, control characters included)
+    "/review/{item:review_item}",
     status_code=status.HTTP_201_CREATED,
     responses={
         **AUTH,

@@ -109,7 +109,11 @@ def test_a_burst_is_refused_within_the_deadline_and_moderate_load_is_never_shed(
         assert max(waits) < bound, f"a 503 waited {max(waits):.3f}s (bound {bound:.3f}s, single {one * 1e3:.1f} ms)"
         assert probes and set(probes) == {200}, f"/health/live or /metrics failed during the burst: {set(probes)}"
 
-        # -- moderate concurrency, well under capacity: nothing shed; the limit grows back
+        # -- moderate concurrency, well under capacity: nothing shed; the limit grows back. It starts after an idle
+        # spell longer than the deadline (when a worker drops the burst's rate estimate: README "Load shedding");
+        # a client arriving in the burst's last milliseconds may still meet the burst's limit (seen: 3 of 640)
+        time.sleep(max(0.5, 5 * DEADLINE_MS / 1000))
+
         def moderate(k):
             with httpx.Client(timeout=60) as c:
                 return [c.post(f"{srv.url}/predict", json={"text": f"{POSITIVE_TEXT} m{k}.{i}"}) for i in range(40)]
