@@ -128,7 +128,11 @@ def test_comparison_dag_runs_mapped_families(airflow_cli, model_name, tweets_csv
         "sentiment_training",
         "-c",
         conf,
-        extra_env={"SENTIMENT_MODEL_NAME": model_name, "SENTIMENT_BEHAVIOUR_MIN_FUNCTIONALITY": "1.01"},
+        extra_env={
+            "SENTIMENT_MODEL_NAME": model_name,
+            "SENTIMENT_BEHAVIOUR_CHECKS": "true",  # whatever an earlier test left in the environment
+            "SENTIMENT_BEHAVIOUR_MIN_FUNCTIONALITY": "1.01",
+        },
     )
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-5000:]
