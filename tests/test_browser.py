@@ -19,6 +19,7 @@ import uuid
 import httpx
 import pytest
 import uvicorn
+from ports import in_ci
 
 from api.main import create_app
 from ml.data.snapshots import validate_and_snapshot
@@ -48,7 +49,7 @@ def _require_chromium() -> None:
     if CHROMIUM is not None and CHROMEDRIVER is not None:
         return
     why = "chromium / chromedriver not found (apt-get install chromium chromium-driver; .ci/run installs them)"
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+    if in_ci():
         pytest.fail(f"CI=true: the browser test must run here, but {why}", pytrace=False)
     pytest.skip(why)
 

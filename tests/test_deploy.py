@@ -22,7 +22,7 @@ import httpx
 import psycopg
 import pytest
 import yaml
-from ports import free_port, refused_port
+from ports import free_port, in_ci, refused_port
 
 from ml.platform import airflow_client, db, supervisor
 from ml.platform.config import Settings, get_settings, reset_settings
@@ -227,7 +227,7 @@ def test_shell_scripts_parse():
 def _need_make() -> None:
     """Skip without `make`, except under CI=true, where a missing `make` is a failure."""
     if shutil.which("make") is None:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        if in_ci():
             pytest.fail("CI=true and `make` is not installed: the make-based tests cannot run")
         pytest.skip("make not installed")
 
@@ -590,7 +590,7 @@ def test_deploy_tests_run_beside_a_platform_on_the_default_ports(
             msg = "default ports held by something that is not this platform: " + "; ".join(
                 f"{n}: {w}" for n, w in held.items() if n not in ours
             )
-            if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            if in_ci():
                 pytest.fail(msg)
             pytest.skip(msg)
         # the repository's own `make up` holds them: exactly the case to prove

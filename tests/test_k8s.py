@@ -23,6 +23,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from kubernetes_validate.utils import ValidationError
+from ports import in_ci
 
 from api.routes.health import router as health_router
 from ml.platform.config import Settings
@@ -39,16 +40,12 @@ URL_WITH_PASSWORD = re.compile(r"://[^/\s@:]+:[^@\s/]+@")
 POD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "Job")
 
 
-def _ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
 @pytest.fixture(scope="module")
 def rendered() -> list[dict]:
     """`kubectl kustomize deploy/k8s`, parsed: what `| kubectl apply -f -` would send."""
     kubectl = shutil.which("kubectl")
     if kubectl is None:
-        if _ci():
+        if in_ci():
             pytest.fail("CI=true and kubectl is not installed: the Kubernetes manifests cannot be rendered")
         pytest.skip("kubectl is not installed: `kubectl kustomize deploy/k8s` cannot run")
     res = subprocess.run([kubectl, "kustomize", str(K8S)], capture_output=True, text=True, timeout=120)

@@ -14,6 +14,7 @@ import sys
 import numpy as np
 import pytest
 import realdata
+from ports import in_ci
 from sklearn.linear_model import LogisticRegression
 
 from ml import models
@@ -26,7 +27,7 @@ from ml.platform.config import reset_settings
 # the deep extra (make env installs it) brings both; without them these tests skip with the reason,
 # except under CI=true, where they must run: a missing one is a collection error there
 for _needed in ("onnxruntime", "torch"):
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+    if in_ci():
         __import__(_needed)
     else:
         pytest.importorskip(_needed)

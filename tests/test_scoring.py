@@ -25,7 +25,7 @@ import pytest
 import realdata
 import redis
 from fastapi.testclient import TestClient
-from ports import free_port, listens, stop_group
+from ports import free_port, in_ci, listens, stop_group
 
 from api.main import create_app
 from ml.data import DataError
@@ -592,7 +592,7 @@ def _require_redis() -> None:
     if _redis_up():
         return
     why = f"no Redis on {REDIS[0]}:{REDIS[1]} to act as the Celery broker"
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+    if in_ci():
         pytest.fail(f"CI=true: the Celery scale-out test must run here, but {why}", pytrace=False)
     pytest.skip(why)
 
