@@ -17,6 +17,7 @@ from ports import free_port, listens
 
 from ml.platform import db, tracking
 from ml.platform import tracking as t
+from ml.platform.config import get_settings, reset_settings
 from ml.platform.startup.commands import command
 
 
@@ -107,3 +108,35 @@ def test_anonymous_registry_calls_get_401_and_the_platform_login_works(platform_
         with psycopg.connect(db.with_database(base, "postgres"), autocommit=True) as conn:
             for d in (name, f"{name}_auth"):
                 conn.execute(f'DROP DATABASE IF EXISTS "{d}" WITH (FORCE)')
+
+
+def test_every_service_tracks_in_the_registry_the_platform_promotes_in(platform_env, monkeypatch):
+    """The API, Airflow's components and the Celery workers all get one tracking URI: the configured one when
+    there is one (an external MLflow, where `up()` trains and promotes), else the platform's own server. A login
+    inherited from the operator's shell (another MLflow's) does not reach a service of the platform's own server.
+    (Before: the API always followed the platform's own server, so with MLFLOW_TRACKING_URI set it answered 503
+    "no champion yet" forever while the DAGs promoted elsewhere.)"""
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "someone-elses")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "login")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("SENTIMENT_MLFLOW_TRACKING_URI", raising=False)
+    reset_settings()
+    s = get_settings()
+    own = f"http://{s.host}:{s.mlflow_port}"
+    for name in ("api", "airflow-scheduler", "airflow-api-server"):
+        _, _, env = command(name, s)
+        assert env["MLFLOW_TRACKING_URI"] == own, name
+        assert "MLFLOW_TRACKING_USERNAME" not in env and "MLFLOW_TRACKING_PASSWORD" not in env, name
+
+    external = "http://mlflow.example.internal:5000"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", external)
+    reset_settings()
+    try:
+        s = get_settings()
+        for name in ("api", "airflow-scheduler", "airflow-api-server"):
+            _, _, env = command(name, s)
+            assert env["MLFLOW_TRACKING_URI"] == external, name
+            assert env["MLFLOW_TRACKING_USERNAME"] == "someone-elses", name  # the external server's login is theirs
+    finally:
+        monkeypatch.delenv("MLFLOW_TRACKING_URI")
+        reset_settings()

@@ -172,6 +172,8 @@ def own_platform(platform_env, model_name, monkeypatch, tmp_path):
     # would be inherited by this platform's services and refused by its own MLflow server (401)
     monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+    # and its tracking URI (mlflow.set_tracking_uri exports it): this platform tracks in its own MLflow server
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     s = _settings(
         monkeypatch,
         SENTIMENT_VAR_DIR=str(tmp_path / "var"),

@@ -105,7 +105,9 @@ def test_a_burst_is_refused_within_the_deadline_and_moderate_load_is_never_shed(
         # on this loaded machine, tied to the single-request latency) - never the deadline times the ~20 requests
         # queued ahead of it in a worker (3 s and more). (Measured in the worker: in this test's 48-thread client the GIL
         # and 2 shared cores blur client-side times.)
-        bound = 2 * DEADLINE_MS / 1000 + 50 * one
+        # (CI measured 0.60 s with a 0.15 s deadline on 2 shared cores: the bound is 5 deadlines, the failure it
+        # guards against is ~20)
+        bound = 5 * DEADLINE_MS / 1000 + 50 * one
         assert max(waits) < bound, f"a 503 waited {max(waits):.3f}s (bound {bound:.3f}s, single {one * 1e3:.1f} ms)"
         assert probes and set(probes) == {200}, f"/health/live or /metrics failed during the burst: {set(probes)}"
 

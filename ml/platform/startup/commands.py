@@ -82,6 +82,24 @@ def mlflow_server_url(s: Settings) -> str:
     return f"http://{s.host}:{s.mlflow_port}"
 
 
+def services_tracking_uri(s: Settings) -> str:
+    """The tracking store every service of ours uses: the configured one (``MLFLOW_TRACKING_URI``, an external
+    MLflow), else the platform's own server. One rule for the API, Airflow and the workers, so that the API
+    never follows a registry other than the one the DAGs promote in."""
+    return s.mlflow_tracking_uri or mlflow_server_url(s)
+
+
+def set_tracking_env(s: Settings, env: dict[str, str]) -> dict[str, str]:
+    """Point a service's environment at :func:`services_tracking_uri`. For the platform's own server, a login
+    inherited from the operator's shell (another MLflow's) is dropped: the service reads the platform's own from
+    ``var/mlflow/credentials.json`` (``tracking.use_credentials``), where the inherited one would get 401s."""
+    env["MLFLOW_TRACKING_URI"] = services_tracking_uri(s)
+    if not s.mlflow_tracking_uri:
+        env.pop("MLFLOW_TRACKING_USERNAME", None)
+        env.pop("MLFLOW_TRACKING_PASSWORD", None)
+    return env
+
+
 def command(name: str, s: Settings) -> tuple[Service, list[str], dict[str, str]]:
     """(service, argv, env) to start ``name``; built afresh for every (re)start."""
     svc = services(s)[name]
@@ -119,8 +137,7 @@ def command(name: str, s: Settings) -> tuple[Service, list[str], dict[str, str]]
     if name in AIRFLOW_SERVICES:
         env = airflow_env(s, base=settings_env(s))
         env.pop("SMOPS_SERVICE", None)
-        if not s.mlflow_tracking_uri:
-            env["MLFLOW_TRACKING_URI"] = mlflow_server_url(s)
+        set_tracking_env(s, env)
         comp = name.removeprefix("airflow-")
         argv = [console_script("airflow"), comp]
         if comp == "api-server":
@@ -159,7 +176,7 @@ def command(name: str, s: Settings) -> tuple[Service, list[str], dict[str, str]]
             "5",
             *api_proxy_args(s),
         ]
-        env = platform_env(s, db.database_url(s), mlflow_server_url(s))
+        env = set_tracking_env(s, platform_env(s, db.database_url(s), None))
         env["PROMETHEUS_MULTIPROC_DIR"] = str(prometheus_dir(s, name))
         if name != "api":
             # its own prediction log (var/api/<i>/spool), replayed by this instance when it restarts; the
@@ -178,8 +195,7 @@ def celery_worker(s: Settings, i: int) -> tuple[list[str], dict[str, str]]:
     them there); a worker on another host needs Airflow's remote logging (README "Scaling out")."""
     env = airflow_env(s, base=settings_env(s))
     env.pop("SMOPS_SERVICE", None)
-    if not s.mlflow_tracking_uri:
-        env["MLFLOW_TRACKING_URI"] = mlflow_server_url(s)
+    set_tracking_env(s, env)
     own = worker_var(s, i)
     own.mkdir(mode=0o700, parents=True, exist_ok=True)
     env["SENTIMENT_VAR_DIR"] = str(own)
