@@ -24,7 +24,8 @@ from anyio import to_thread
 from fastapi import Depends, HTTPException, Request, status
 from psycopg_pool import ConnectionPool
 
-from api.deps import SettingsDep, database_unavailable
+from api.deps import SettingsDep
+from api.errors import database_unavailable
 from ml.platform import db, security
 from ml.platform.config import Settings
 from ml.platform.quotas import Quotas, Refusal

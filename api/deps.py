@@ -10,8 +10,9 @@ import psycopg
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
 
-from api.model_manager import LoadedModel, ModelManager
-from api.writer import PredictionWriter
+from api.errors import database_unavailable
+from api.runtime.model_manager import LoadedModel, ModelManager
+from api.runtime.writer import PredictionWriter
 from ml.platform import db
 from ml.platform.config import Settings
 
@@ -55,19 +56,6 @@ ModelDep = Annotated[LoadedModel, Depends(current_model)]
 def connect_db(settings: Settings, timeout: int = 5) -> psycopg.Connection:
     url = db.database_url(settings, start_embedded=False)
     return psycopg.connect(url, connect_timeout=timeout, application_name="sentiment-api")
-
-
-RETRY_AFTER_SECONDS = 5
-
-
-def database_unavailable(exc: BaseException | str) -> HTTPException:
-    """503 + Retry-After: the database cannot be reached; nothing was stored."""
-    why = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}".strip()
-    return HTTPException(
-        status.HTTP_503_SERVICE_UNAVAILABLE,
-        detail=f"database unavailable, nothing was stored; retry later ({why})",
-        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-    )
 
 
 @contextmanager

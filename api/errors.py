@@ -17,7 +17,7 @@ from http import HTTPStatus
 from typing import Any
 
 import psycopg
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -39,6 +39,20 @@ def error_body(status: int, message: str, detail: Sequence[dict[str, Any]] | Non
 
 def error_response(status: int, message: str, detail=None, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse(error_body(status, message, detail), status_code=status, headers=headers)
+
+
+# in errors (not deps): the runtime's feedback recorder raises it too, and deps imports the runtime
+RETRY_AFTER_SECONDS = 5
+
+
+def database_unavailable(exc: BaseException | str) -> HTTPException:
+    """503 + Retry-After: the database cannot be reached; nothing was stored."""
+    why = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}".strip()
+    return HTTPException(
+        status.HTTP_503_SERVICE_UNAVAILABLE,
+        detail=f"database unavailable, nothing was stored; retry later ({why})",
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
 
 
 def _loc(loc: Sequence[Any]) -> str:

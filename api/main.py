@@ -18,20 +18,21 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 import ml
-from api import contract, docs, errors, inference, metrics
+from api import contract, docs, errors, metrics
 from api.admission import Admission
 from api.auth import KeyCache
 from api.headers import SecurityHeaders
 from api.metrics import MetricsMiddleware
-from api.model_manager import ModelManager
 from api.proxies import TrustedProxies
-from api.recording import AlertQueue, FeedbackRecorder
 from api.routes import api_router
-from api.writer import PredictionWriter
+from api.runtime import inference
+from api.runtime.model_manager import ModelManager
+from api.runtime.recording import AlertQueue, FeedbackRecorder
+from api.runtime.serving import PredictionIds
+from api.runtime.writer import PredictionWriter
 from ml.platform import security
 from ml.platform.config import Settings, get_settings
 from ml.platform.quotas import Quotas
-from ml.stages.serving import PredictionIds
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.keys = keys = KeyCache(s.api_key_cache_seconds, s.api_key_negative_cache_seconds)
         app.state.quotas = quotas = Quotas(s)  # per-identity rate limits, counters shared by every process
         app.state.token_key = await to_thread.run_sync(security.signing_key, s)  # feedback tokens
-        # serving path (api/inference.py, api/recording.py): signed ids, durable log, batcher, pool, alert thread
+        # serving path (api/runtime/: inference.py, recording.py): signed ids, durable log, batcher, pool, alert thread
         app.state.prediction_ids = ids = await to_thread.run_sync(PredictionIds.for_settings, s)
         app.state.alerts = alert_queue = AlertQueue(s)
         app.state.writer = writer = PredictionWriter(s, on_feedback=alert_queue.put_many)

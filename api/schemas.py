@@ -27,7 +27,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from ml.stages.serving import LABEL_IDS, LABELS
+from ml.models.base import LABEL_IDS, LABELS
 
 LabelName = Literal["negative", "positive"]
 MAX_COMMENT_CHARS = 2000

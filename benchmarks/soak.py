@@ -14,7 +14,7 @@ store in it, two TF-IDF versions (the second trained with other parameters), the
   ``--db-down`` seconds later.
 
 Every ~10 s it samples the API workers' RSS and open file descriptors (psutil), the prediction log on
-disk (``<var>/spool``: api/writer.py's segments), the rows in ``predictions`` and the answers so far, and
+disk (``<var>/spool``: api/runtime/writer.py's segments), the rows in ``predictions`` and the answers so far, and
 prints a table over time. At the end, once the writer drained, it counts by id: every prediction id
 acknowledged by a 2xx (``/predict`` and ``/predict/batch``) must be in ``predictions`` exactly once, and
 every acknowledged feedback (201) exactly once in ``feedback`` or ``pending_feedback``. Exit 1 when

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import psycopg
 
+from api.runtime import serving
 from ml.platform import registry
 from ml.platform.config import get_settings
-from ml.stages import serving
 from ml.stages.retraining.trigger import check_trigger, threshold_for
+from ml.store import predictions as prediction_store
 
 FRACTION = 0.005  # of ~1,990 snapshot rows -> 10 reports
 IDENTITIES = (
@@ -53,7 +54,7 @@ class Loop:
                 batch = [next(self.pool) for _ in range(50)]
                 proba = model.predict_proba([t for _, t in batch])
                 rows = serving.prediction_rows([t for _, t in batch], proba, s.model_name, champ.version)
-                serving.copy_predictions(conn, rows)
+                prediction_store.copy_rows(conn, rows)
                 for (y, _), row in zip(batch, rows, strict=True):
                     if row.label != y and len(ids) < n * IDENTITIES:
                         for k in range(IDENTITIES):  # the label is trusted: enough identities agree

@@ -18,16 +18,18 @@ import pytest
 import realdata
 from loop_helpers import IDENTITIES
 
+from api.runtime import serving
 from ml.data.snapshots import get_snapshot, validate_and_snapshot
 from ml.data.splits import split
 from ml.evaluation import behaviour, gate
 from ml.platform import registry
 from ml.platform.config import Settings, get_settings, reset_settings
 from ml.reports import model_card
-from ml.stages import promotion, serving, train
+from ml.stages import promotion, train
 from ml.stages.promotion import decide_promotion
 from ml.stages.retraining.challenger import run_retraining
 from ml.stages.retraining.records import get_retraining
+from ml.store import predictions as prediction_store
 
 S = Settings()
 POLICY = {"mode": "strict", "slice_tolerance": 0.02, "max_golden_flips": 0}
@@ -205,7 +207,7 @@ def _report(s, model, rows: list[tuple[int, str]], label: int) -> list[int]:
     preds = serving.prediction_rows(texts, model.predict_proba(texts), s.model_name, champ.version)
     ids: list[int] = []
     with psycopg.connect(s.database_url, autocommit=True) as conn:
-        serving.copy_predictions(conn, preds)
+        prediction_store.copy_rows(conn, preds)
         for p in preds:
             if p.label == label:
                 continue

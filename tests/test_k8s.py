@@ -150,7 +150,7 @@ def test_api_probes_on_the_real_health_routes(rendered):
 
 
 def test_the_prediction_log_lives_on_each_pods_own_volume(rendered):
-    """The API is a StatefulSet whose var/ (where api/writer.py keeps the prediction log: <var>/spool) is a
+    """The API is a StatefulSet whose var/ (where api/runtime/writer.py keeps the prediction log: <var>/spool) is a
     volumeClaimTemplate: one volume per pod, kept when the pod restarts (so it replays its log) and when
     the StatefulSet scales down or is deleted."""
     sts = _api(rendered)

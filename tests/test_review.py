@@ -19,10 +19,13 @@ import realdata
 from fastapi.testclient import TestClient
 
 from api.main import create_app
+from api.runtime import serving
+from ml.models.base import label_name
 from ml.platform import registry, security
 from ml.platform.config import get_settings
-from ml.stages import review, serving
+from ml.stages import review
 from ml.stages.retraining.trigger import champion_context
+from ml.store import predictions as prediction_store
 
 
 @pytest.fixture
@@ -44,7 +47,7 @@ def _predict(texts: list[str]) -> list[serving.PredictionRow]:
     model = registry.load_version(champ.version, s)
     rows = serving.prediction_rows(texts, model.predict_proba(texts), s.model_name, champ.version)
     with psycopg.connect(s.database_url, autocommit=True) as c:
-        serving.copy_predictions(c, rows)
+        prediction_store.copy_rows(c, rows)
     return rows
 
 
@@ -101,7 +104,7 @@ def test_three_identities_make_a_label_one_does_not_and_a_reviewers_rejection_wi
         assert r.status_code == 201, r.text
         assert (r.json()["decision"], r.json()["reviewer"], r.json()["label"]) == ("reject", reviewer, None)
         r = client.post(f"/review/{b.id}", json={"decision": "accept"}, headers=reviewer_headers)
-        assert r.status_code == 201 and r.json()["label"] == serving.label_name(flip[b.id]), r.text
+        assert r.status_code == 201 and r.json()["label"] == label_name(flip[b.id]), r.text
 
     p = _pending(conn)
     assert {j.text for j in p["items"]} == {tweets[0].strip(), tweets[1].strip()}  # c rejected, b accepted
@@ -153,7 +156,7 @@ def test_review_queue_reported_and_uncertain_items_for_review_keys_only(champion
         assert len({i["key"] for i in items}) == len(items) == 10  # deduplicated by text
         [rep] = [i for i in items if i["kind"] == "reported"]
         assert rep["text"] == tweets[0].strip() and rep["identities"] == 2
-        assert rep["proposed_label"] == serving.label_name(1 - reported.label)
+        assert rep["proposed_label"] == label_name(1 - reported.label)
         unc = [i for i in items if i["kind"] == "uncertain"]
         assert len(unc) == 9 and tweets[0].strip() not in {i["text"] for i in unc}
         conf = [i["confidence"] for i in unc]

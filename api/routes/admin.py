@@ -16,7 +16,8 @@ from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from api.auth import AdminCaller, ReviewCaller
-from api.deps import SettingsDep, database_unavailable
+from api.deps import SettingsDep
+from api.errors import database_unavailable
 from api.schemas import ErrorResponse, FreeText, Identifier
 from ml.platform import airflow_client
 from ml.stages import promotion

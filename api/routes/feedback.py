@@ -20,10 +20,10 @@ from pydantic import BaseModel
 from api.auth import FeedbackCaller
 from api.deps import SettingsDep, WriterDep
 from api.errors import error_body
-from api.recording import Recorded
+from api.runtime.recording import Recorded
 from api.schemas import ErrorItem, ErrorResponse, FeedbackRequest, FeedbackResponse
+from ml.models.base import label_name
 from ml.platform import security
-from ml.stages import serving
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def _response(rec: Recorded, prediction_id: uuid.UUID, reporter: str) -> Feedbac
     return FeedbackResponse(
         id=rec.id,
         prediction_id=prediction_id,
-        correct_label=serving.label_name(rec.correct_label),
+        correct_label=label_name(rec.correct_label),
         correct_label_id=1 if rec.correct_label == 1 else 0,
         comment=rec.comment,
         created_at=rec.created_at,
@@ -113,7 +113,7 @@ def create_feedback(
     again answers 200 with the stored one, another label 409."""
     _check_token(body, caller, request, settings)
     # one transaction on a pooled connection; a prediction still in a log gets a pending report
-    # (moved into feedback when it lands); the alert rule runs in a background thread (api/recording.py)
+    # (moved into feedback when it lands); the alert rule runs in a background thread (api/runtime/recording.py)
     rec = request.app.state.feedback.record(body.prediction_id, body.correct_label, body.comment, caller.id)
     if rec is None:
         raise HTTPException(

@@ -12,7 +12,7 @@ from api import views
 from api.auth import OptionalCaller
 from api.deps import SettingsDep, WriterDep, open_db
 from api.read_models import Lineage
-from api.writer import FlushError
+from api.runtime.writer import FlushError
 from ml.reports import lineage
 
 router = APIRouter(tags=["lineage"])

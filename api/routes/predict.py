@@ -7,12 +7,12 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
-from api import inference
 from api.auth import BatchCaller, PredictCaller, charge
 from api.deps import ModelDep, SettingsDep, WriterDep, check_batch, check_text_length
-from api.model_manager import LoadedModel
+from api.runtime import inference
+from api.runtime.model_manager import LoadedModel
+from api.runtime.writer import PredictionWriter
 from api.schemas import BatchPrediction, BatchPredictRequest, Prediction, PredictRequest
-from api.writer import PredictionWriter
 from ml.platform import security
 from ml.platform.security import Identity
 
@@ -32,7 +32,7 @@ def _check_room(n: int, writer: PredictionWriter) -> None:
 
 
 def _predict(texts: list[str], loaded: LoadedModel, writer: PredictionWriter, request: Request) -> list[Prediction]:
-    """One model call; the rows are durable in the prediction log when this returns (api/inference.py)."""
+    """One model call; the rows are durable in the prediction log when this returns (api/runtime/inference.py)."""
     return inference.predict_many(texts, loaded, writer, request.app.state.prediction_ids)
 
 

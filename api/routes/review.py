@@ -20,8 +20,8 @@ from api.auth import ReviewCaller
 from api.deps import ManagerDep, SettingsDep, open_db
 from api.schemas import ErrorResponse, LabelId
 from ml.models.base import explain as explain_texts
+from ml.models.base import label_name
 from ml.stages import review
-from ml.stages.serving import label_name
 
 router = APIRouter(tags=["review"])
 

@@ -1,7 +1,7 @@
 """Model families, looked up by name; heavy frameworks are imported only when used.
 
 The one registry of the families is :mod:`ml.models.families` (``FAMILIES``, ``INLINE_FAMILIES``, exported
-here): the search (``ml.stages.search.plan``), the API (``api/inference.py``) and the DAGs' ``families`` params
+here): the search (``ml.stages.search.plan``), the API (``api/runtime/inference.py``) and the DAGs' ``families`` params
 (``plugins/sentiment_dag_defaults.py``) read it."""
 
 from __future__ import annotations

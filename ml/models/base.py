@@ -16,7 +16,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
@@ -32,6 +32,17 @@ DECISION_THRESHOLD = 0.5
 def decide(p_positive: np.ndarray | Sequence[float] | float) -> np.ndarray:
     """Labels (0 negative, 1 positive) from P(positive): the platform's one decision rule."""
     return (np.asarray(p_positive, dtype=float) >= DECISION_THRESHOLD).astype(np.int8)
+
+
+#: the labels' names, by label (0 negative, 1 positive): the API's answers, the batch scores' label column
+LABELS: tuple[str, str] = ("negative", "positive")
+LABEL_IDS: dict[str, int] = {name: i for i, name in enumerate(LABELS)}
+
+
+def label_name(label: int) -> Literal["negative", "positive"]:
+    if int(label) not in (0, 1):
+        raise ValueError(f"a label is 0 (negative) or 1 (positive), got {label!r}")
+    return "positive" if int(label) == 1 else "negative"
 
 
 def pinned(distribution: str) -> str:

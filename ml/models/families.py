@@ -14,5 +14,5 @@ FAMILIES: dict[str, str] = {
 
 #: the families cheap enough to predict on the API's event loop (a batch of TF-IDF texts takes well under a
 #: millisecond: cheaper than a thread hand-off); the others (a transformer: ~20 ms) run in the micro-batcher's
-#: worker thread (api/inference.py)
+#: worker thread (api/runtime/inference.py)
 INLINE_FAMILIES: frozenset[str] = frozenset({"tfidf_lr"})

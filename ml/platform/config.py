@@ -115,11 +115,11 @@ class Settings(BaseSettings):
     model_poll_seconds: float = 5.0
     prediction_flush_seconds: float = 0.5
     prediction_flush_rows: int = 500
-    # the API's prediction log (api/predlog.py): an acknowledged prediction is on local disk first
+    # the API's prediction log (api/runtime/predlog.py): an acknowledged prediction is on local disk first
     prediction_log_max_bytes: int = Field(default=256 * 1024 * 1024, ge=4096)  # past it: 503 + Retry-After
     prediction_log_fsync: bool = True
     prediction_id_secret: str | None = None  # HMAC key of prediction ids; unset: var/secrets/prediction-ids.key
-    # micro-batching of concurrent /predict requests (api/batcher.py)
+    # micro-batching of concurrent /predict requests (api/runtime/batcher.py)
     predict_batch_max_size: int = Field(default=64, ge=1)
     predict_batch_wait_ms: float = Field(default=1.0, ge=0.0)
     # a transformer champion's runtime at load (ml/models/onnx_runtime.py): unset = the one its export chose

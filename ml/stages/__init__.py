@@ -1,4 +1,4 @@
 """Pipeline stages: one module per stage of the lifecycle (train, search, compare, batch scoring,
-monitoring, retraining, review, shadow, alerts, serving). Every DAG task calls one function here;
+monitoring, retraining, review, shadow, alerts). Every DAG task calls one function here;
 the ``ml`` CLI reaches the same functions. Stages call ``ml.store`` for SQL and ``ml.models`` for
 the families, and hold no SQL themselves."""

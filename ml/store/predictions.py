@@ -1,6 +1,6 @@
 """``predictions``, ``feedback`` and ``pending_feedback``: what the API records.
 
-Predictions arrive in batches from the API's prediction log (api/predlog.py) and are stored
+Predictions arrive in batches from the API's prediction log (api/runtime/predlog.py) and are stored
 idempotently (a batch replayed after a crash between commit and log truncation writes nothing
 twice). Feedback on a prediction that is still in a log waits in ``pending_feedback`` and is
 moved into ``feedback`` (same id, same time) once its prediction is stored.

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from api_helpers import running_app, settings_with
 
-from api.batcher import MicroBatcher
+from api.runtime.batcher import MicroBatcher
 
 
 @pytest.mark.parametrize("inline", [True, False])

@@ -17,7 +17,7 @@ import pytest
 from live import live_server
 from resilience_helpers import serve_from
 
-from api.predlog import SEGMENT_PREFIX, decode
+from api.runtime.predlog import SEGMENT_PREFIX, decode
 
 pytestmark = pytest.mark.slow
 

@@ -4,7 +4,7 @@ Three rounds: 8 client threads post /predict to a live ``uvicorn --workers 2`` t
 SIGKILLs a worker that holds acknowledged rows not yet in PostgreSQL (the writer seals only every 30 s, so
 a worker's log always holds its recent rows). Right after each kill the test reads the dead worker's
 segments from disk (they existed, with rows), then waits until the restarted worker (or another) claimed and
-replayed them: api.writer logs ``replayed N predictions from <segment> (M already stored)`` per segment.
+replayed them: api.runtime.writer logs ``replayed N predictions from <segment> (M already stored)`` per segment.
 At the end every acknowledged prediction is in ``predictions`` once (0 lost, 0 duplicated), and the
 replayed rows are exactly the rows the killed workers' segments held."""
 
@@ -23,7 +23,7 @@ from api_helpers import wait_for
 from live import live_server
 from resilience_helpers import serve_from
 
-from api.predlog import SEGMENT_PREFIX, decode
+from api.runtime.predlog import SEGMENT_PREFIX, decode
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 from api_helpers import POSITIVE_TEXT, fresh_model_name, running_app, settings_with, wait_for
 
-from api.model_manager import settle_heap
+from api.runtime.model_manager import settle_heap
 from ml.platform import tracking
 
 

@@ -15,7 +15,7 @@ import httpx
 from api_helpers import running_app, settings_with, wait_for
 from live import live_server
 
-from api.predlog import decode
+from api.runtime.predlog import decode
 
 
 def logged(directory) -> list[str]:

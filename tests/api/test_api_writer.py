@@ -18,9 +18,9 @@ import pytest
 import realdata
 from api_helpers import running_app, settings_with, wait_for
 
-from api.predlog import LogFull, PredictionLog, decode, encode
-from api.writer import FlushError, PredictionWriter
-from ml.stages import serving
+from api.runtime import serving
+from api.runtime.predlog import LogFull, PredictionLog, decode, encode
+from api.runtime.writer import FlushError, PredictionWriter
 from ml.store import predictions as store
 
 
@@ -175,9 +175,9 @@ REPO = Path(__file__).resolve().parents[2]
 _PRODUCER = """
 import json, sys
 from pathlib import Path
-from api.writer import FlushError, PredictionWriter
+from api.runtime.writer import FlushError, PredictionWriter
 from ml.platform.config import get_settings
-from ml.stages.serving import PredictionRow
+from api.runtime.serving import PredictionRow
 
 base = Path(sys.argv[1])
 writers = []
@@ -199,12 +199,12 @@ sys.stdin.read()
 
 # A writer process as a restarted worker starts one: per round it makes its writer, says it is ready and blocks on
 # its stdin until the test writes "go" to both replayers at once (the barrier), then start() (claims what nobody
-# holds, writes it) and close(). It prints, per round, the segments it replayed (api.writer's "replayed ... from
+# holds, writes it) and close(). It prints, per round, the segments it replayed (api.runtime.writer's "replayed ... from
 # <segment>") and its counters.
 _REPLAYER = """
 import json, logging, sys
 from pathlib import Path
-from api.writer import PredictionWriter
+from api.runtime.writer import PredictionWriter
 from ml.platform.config import get_settings
 
 base, who, rounds = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
@@ -218,8 +218,8 @@ class Replayed(logging.Handler):
             seen[segment] = [n, already]
 
 
-logging.getLogger("api.writer").setLevel(logging.INFO)
-logging.getLogger("api.writer").addHandler(Replayed())
+logging.getLogger("api.runtime.writer").setLevel(logging.INFO)
+logging.getLogger("api.runtime.writer").addHandler(Replayed())
 out = []
 for r in range(rounds):
     seen.clear()

@@ -1,12 +1,12 @@
 """Property-based tests (hypothesis): generated inputs against the platform's own invariants.
 
-- the prediction log's records (api/predlog.py): decode(encode(rows)) == rows; any truncation, and any
+- the prediction log's records (api/runtime/predlog.py): decode(encode(rows)) == rows; any truncation, and any
   single bit flip, yields a prefix of whole records (never a partial or altered row);
 - the tweet reader (ml/data/read.py): arbitrary bytes (UTF-8, Latin-1, mixed, anything) never raise,
   and every physical line of a text file / every written CSV row is one record;
 - ``content_hash`` (ml/data/snapshots.py) is independent of row order and tells different contents apart
   (a text holding a line feed cannot pass for two rows);
-- any bit flip in a signed prediction id (ml.stages.serving.PredictionIds) or a feedback token
+- any bit flip in a signed prediction id (api.runtime.serving.PredictionIds) or a feedback token
   (ml.platform.security) is refused;
 - McNemar's mid-p (ml/evaluation/stats.py) equals an exact computation with integers and fractions.
 
@@ -28,12 +28,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from api.predlog import decode, encode
+from api.runtime.predlog import decode, encode
+from api.runtime.serving import PredictionIds
 from ml.data.read import iter_records, read_labelled
 from ml.data.snapshots import content_hash
 from ml.evaluation.stats import mcnemar_mid_p
 from ml.platform import security
-from ml.stages.serving import PredictionIds
 
 # no deadline: the machine is shared (no wall-clock claims); no example database in the checkout
 PROPERTY = settings(

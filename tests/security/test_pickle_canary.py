@@ -3,7 +3,7 @@ replaced, after its promotion recorded their sha256, by pickles whose ``__reduce
 (the way a tampered champion is made in tests/api/test_api_control_plane.py, with a payload). The digest no
 longer matches the promotion event, so nothing may unpickle them: the marker never appears through
 
-- the API (api/model_manager.py: ``registry.load_verified``; /model and /predict answer 503),
+- the API (api/runtime/model_manager.py: ``registry.load_verified``; /model and /predict answer 503),
 - batch scoring (``plan`` fetches a verified copy; a shard of a batch planned without a digest loads the
   registry's version through ``registry.load_version``, which verifies too),
 - evaluation (``train.evaluate`` scores the champion beside a new candidate: ``registry.load_version``),

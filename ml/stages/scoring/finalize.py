@@ -19,11 +19,11 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from ml.data import DataError
+from ml.models.base import label_name
 from ml.platform import db
 from ml.platform.config import Settings, get_settings
 from ml.platform.storage import SharedStore, open_url, reading
 from ml.stages.scoring.files import batches_store, make_private_dir, model_dir, output_root
-from ml.stages.serving import label_name
 from ml.store import batches as store
 
 #: the scored file of a batch, in its folder ``<output root>/<batch id>/``

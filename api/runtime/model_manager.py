@@ -9,7 +9,7 @@ the champion changes.
 A challenger in shadow (``ml/stages/shadow.py``) is followed the same way: the poller loads the model's
 running shadow (artifacts verified against the sha256 recorded on the shadow, taken at registration)
 into :attr:`ModelManager.shadow`; :meth:`ModelManager.offer_shadow` hands answered requests to the
-scorer of ``api/shadow.py``, off the request path.
+scorer of ``api/runtime/shadow.py``, off the request path.
 """
 
 from __future__ import annotations
@@ -23,11 +23,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from api import metrics
-from api.shadow import LoadedShadow, ShadowScorer
+from api.runtime import serving
+from api.runtime.background import BackgroundLoop
+from api.runtime.shadow import LoadedShadow, ShadowScorer
 from ml.models import SentimentModel
 from ml.platform import db, registry, tracking
 from ml.platform.config import Settings
-from ml.stages import serving
 from ml.stages.alerts.events import raise_event
 from ml.store import models as models_store
 from ml.store import shadow as shadow_store
@@ -61,8 +62,7 @@ class ModelManager:
         self.poll_seconds = max(0.05, float(settings.model_poll_seconds))
         self._current: LoadedModel | None = None
         self._configured = False
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._poller = BackgroundLoop.every("champion-poller", self.poll_seconds, self._poll)
         self._refresh_lock = threading.Lock()
         self.last_check_at: float | None = None
         self.last_error: str | None = None
@@ -84,21 +84,16 @@ class ModelManager:
         self.refresh()
         settle_heap()
         self.shadow_scorer.start()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="champion-poller", daemon=True)
-        self._thread.start()
+        self._poller.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        self._poller.stop(timeout)
         self.shadow_scorer.stop(timeout)
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.poll_seconds):
-            if self.refresh():
-                settle_heap()
+    def _poll(self) -> None:
+        """One tick of the poller thread (every ``poll_seconds``)."""
+        if self.refresh():
+            settle_heap()
 
     # ------------------------------------------------------------ one check
     def refresh(self) -> bool:

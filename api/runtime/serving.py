@@ -1,7 +1,9 @@
-"""Serving helpers shared by the API (and anything else that records predictions).
+"""The API's prediction rows, their signed ids, and a champion's MLflow run.
 
-Small, I/O-explicit functions: label conventions, writing prediction rows to PostgreSQL
-with COPY, storing feedback, and reading a champion's MLflow run (metrics, tags, time).
+Small, I/O-explicit pieces: a prediction row (its log record and JSON), the ids the API issues, and
+reading a champion's MLflow run (metrics, tags, time). The label names are ``ml.models.base``'s
+(:func:`~ml.models.base.label_name`, the batch scores use them too); the SQL of storing rows is
+``ml.store.predictions``'s (``copy_rows`` / ``write_rows``), the one route to the ``predictions`` table.
 """
 
 from __future__ import annotations
@@ -15,32 +17,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from ml.models.base import decide
 from ml.platform.config import Settings
-from ml.store import predictions as store
 
 log = logging.getLogger(__name__)
-
-LABELS: tuple[str, str] = ("negative", "positive")
-LABEL_IDS: dict[str, int] = {name: i for i, name in enumerate(LABELS)}
-
-#: the columns of ``predictions`` that a :class:`PredictionRow` fills, in COPY order
-PREDICTION_COLUMNS: tuple[str, ...] = store.COLUMNS
-#: connection errors: the rows are fine, the database is not (retry later)
-TRANSIENT_ERRORS = store.TRANSIENT_ERRORS
 
 
 def label_id(p_positive: float) -> int:
     """The decision rule of every family (``ml.models.base.decide``) for one probability."""
     return int(decide(p_positive))
-
-
-def label_name(label: int) -> Literal["negative", "positive"]:
-    if int(label) not in (0, 1):
-        raise ValueError(f"a label is 0 (negative) or 1 (positive), got {label!r}")
-    return "positive" if int(label) == 1 else "negative"
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +83,7 @@ class PredictionRow:
         )
 
     def as_log_record(self) -> list[Any]:
-        """The row as the API's prediction log stores it (:data:`PREDICTION_COLUMNS` order, JSON types)."""
+        """The row as the API's prediction log stores it (``ml.store.predictions.COLUMNS`` order, JSON types)."""
         return [
             str(self.id),
             self.created_at.isoformat(),
@@ -184,11 +171,6 @@ def prediction_rows(
             )
         )
     return rows
-
-
-# the SQL of storing them lives in ml.store.predictions; these names stay for the API and the tests
-copy_predictions = store.copy_rows
-write_predictions = store.write_rows
 
 
 # ---------------------------------------------------------------- champion details

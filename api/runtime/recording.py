@@ -2,7 +2,7 @@
 
 :class:`FeedbackRecorder` stores a report with one statement on a pooled connection
 (psycopg_pool; ``api_db_pool_size`` per worker). A report on a prediction that is acknowledged
-but still in some worker's prediction log (its id is signed: :class:`ml.stages.serving.PredictionIds`)
+but still in some worker's prediction log (its id is signed: :class:`api.runtime.serving.PredictionIds`)
 is stored in ``pending_feedback`` and moved into ``feedback`` by the writer once the prediction is
 stored. An id that is neither stored nor signed was never issued: 404. Either way the report is
 committed in PostgreSQL before the 201 leaves. One report per (prediction, reporter), across both
@@ -27,11 +27,11 @@ import psycopg
 from fastapi import HTTPException
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from api.deps import database_unavailable
+from api.errors import database_unavailable
+from api.runtime.serving import PredictionIds
 from ml.platform import db
 from ml.platform.config import Settings
 from ml.stages.alerts.burst import evaluate_feedback
-from ml.stages.serving import PredictionIds
 from ml.store import predictions as store
 from ml.store import schema
 

@@ -1,20 +1,21 @@
-"""The /predict path: micro-batched model calls (api/batcher.py), signed prediction ids, rows made
-durable in the prediction log (api/writer.py) before an answer leaves."""
+"""The /predict path: micro-batched model calls (api/runtime/batcher.py), signed prediction ids, rows made
+durable in the prediction log (api/runtime/writer.py) before an answer leaves."""
 
 from __future__ import annotations
 
 from fastapi import HTTPException, status
 
-from api.batcher import MicroBatcher
-from api.model_manager import LoadedModel
-from api.predlog import LogFull, LogWriteError
+from api.runtime import serving
+from api.runtime.batcher import MicroBatcher
+from api.runtime.model_manager import LoadedModel
+from api.runtime.predlog import LogFull, LogWriteError
+from api.runtime.serving import PredictionIds, PredictionRow
+from api.runtime.writer import PredictionWriter
 from api.schemas import Prediction, Probabilities, TokenWeight
-from api.writer import PredictionWriter
 from ml.models import INLINE_FAMILIES
 from ml.models.base import explain as explain_texts
+from ml.models.base import label_name
 from ml.platform.config import Settings
-from ml.stages import serving
-from ml.stages.serving import PredictionIds, PredictionRow
 
 
 def predict_rows(loaded: LoadedModel, texts: list[str], ids: PredictionIds) -> list[PredictionRow]:
@@ -36,7 +37,7 @@ def to_predictions(rows: list[PredictionRow]) -> list[Prediction]:
     return [
         Prediction(
             id=r.id,
-            label=serving.label_name(r.label),
+            label=label_name(r.label),
             label_id=r.label,  # type: ignore[arg-type]  # 0/1 by rule
             probabilities=Probabilities(negative=r.p_negative, positive=r.p_positive),
             model_name=r.model_name,

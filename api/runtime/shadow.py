@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from api.runtime.background import BackgroundLoop
 from ml.models import SentimentModel
 from ml.models.base import decide
 from ml.platform import db
@@ -42,8 +43,7 @@ class ShadowScorer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._q: queue.Queue = queue.Queue(maxsize=settings.shadow_queue_max)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = BackgroundLoop("shadow-scorer", self._run)
         self.offered = 0
         self.scored = 0
         self.dropped = 0
@@ -65,15 +65,10 @@ class ShadowScorer:
                 self.dropped += 1
 
     def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="shadow-scorer", daemon=True)
-        self._thread.start()
+        self._loop.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        self._loop.stop(timeout)
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -85,8 +80,8 @@ class ShadowScorer:
             "last_error": self.last_error,
         }
 
-    def _run(self) -> None:
-        while not (self._stop.is_set() and self._q.empty()):
+    def _run(self, stopping: threading.Event) -> None:
+        while not (stopping.is_set() and self._q.empty()):
             try:
                 first = self._q.get(timeout=0.2)
             except queue.Empty:

@@ -1,4 +1,4 @@
-"""The prediction writer: the prediction log (api/predlog.py) into PostgreSQL, off the request path.
+"""The prediction writer: the prediction log (api/runtime/predlog.py) into PostgreSQL, off the request path.
 
 Requests record their rows with :meth:`PredictionWriter.record` / :meth:`record_async`: the rows
 are durable in the log (group commit, fsync) when it returns. A thread seals the log's active
@@ -32,10 +32,10 @@ from pathlib import Path
 import psycopg
 
 from api import metrics
-from api.predlog import LogFull, LogWriteError, PredictionLog, Segment, encode
+from api.runtime.background import BackgroundLoop
+from api.runtime.predlog import LogFull, LogWriteError, PredictionLog, Segment, encode
+from api.runtime.serving import PredictionRow
 from ml.platform.config import Settings
-from ml.stages import serving
-from ml.stages.serving import PredictionRow
 from ml.store import predictions as store
 
 log = logging.getLogger(__name__)
@@ -75,8 +75,7 @@ class PredictionWriter:
         self._with_reporter: bool | None = None
         self._flush_lock = threading.Lock()  # one write at a time; guards _conn
         self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = BackgroundLoop("prediction-writer", self._run, wake=self._wake.set)
         self._next_scan = 0.0
         self.written = 0
         self.replayed = 0  # rows of segments claimed from processes that died
@@ -94,18 +93,12 @@ class PredictionWriter:
             self._write_sealed()  # the database is usually there: write what was left right away
         except FlushError:
             pass  # logged; the thread retries
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="prediction-writer", daemon=True)
-        self._thread.start()
+        self._loop.start()
 
     def close(self, attempts: int = 3, retry_delay: float = 0.5) -> None:
         """Stop taking rows, drain the log into PostgreSQL; what the database does not take stays
         on disk (released: the next start or another worker replays it)."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        self._loop.stop()  # sets the stop event, wakes the thread, waits for its current write
         self.log.close()
         for attempt in range(attempts):
             try:
@@ -133,7 +126,7 @@ class PredictionWriter:
 
     def record(self, rows: Iterable[PredictionRow]) -> None:
         """Make ``rows`` durable (returns once they are synced to the log). Raises
-        :class:`~api.predlog.LogFull` or :class:`~api.predlog.LogWriteError`: nothing recorded."""
+        :class:`~api.runtime.predlog.LogFull` or :class:`~api.runtime.predlog.LogWriteError`: nothing recorded."""
         rows = list(rows)
         data, n = encode(r.as_log_record() for r in rows)
         self.log.append(data, n)
@@ -184,7 +177,7 @@ class PredictionWriter:
                 conn = self._connection()
                 with conn.transaction():
                     n = store.copy_predictions_idempotent(conn, rows)
-            except serving.TRANSIENT_ERRORS as exc:
+            except store.TRANSIENT_ERRORS as exc:
                 raise self._failed(
                     exc, f"writing {len(rows)} logged predictions failed (kept in {seg.path.name}, will retry)"
                 ) from exc
@@ -204,8 +197,8 @@ class PredictionWriter:
     def _write_one_by_one(self, rows: list[list]) -> int:
         prows = [_row(r) for r in rows]
         try:
-            rejected = serving.write_predictions(self._connection(), prows)
-        except serving.TRANSIENT_ERRORS as exc:
+            rejected = store.write_rows(self._connection(), prows)
+        except store.TRANSIENT_ERRORS as exc:
             raise self._failed(exc, "writing logged predictions one by one failed (kept, will retry)") from exc
         if rejected:
             self._dead_letter(rejected)
@@ -218,7 +211,7 @@ class PredictionWriter:
                 self._with_reporter = store.feedback_has_reporter(conn)
             with conn.transaction():
                 moved = store.resolve_pending_feedback(conn, self._with_reporter)
-        except serving.TRANSIENT_ERRORS as exc:
+        except store.TRANSIENT_ERRORS as exc:
             raise self._failed(exc, "resolving pending feedback failed (kept, will retry)") from exc
         if moved:
             self.feedback_resolved += len(moved)
@@ -252,11 +245,11 @@ class PredictionWriter:
         err.__cause__ = exc
         return err
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
+    def _run(self, stopping: threading.Event) -> None:
+        while not stopping.is_set():
             self._wake.wait(self.flush_seconds)
             self._wake.clear()
-            if self._stop.is_set():
+            if stopping.is_set():
                 break
             try:
                 self.log.seal()
@@ -265,7 +258,7 @@ class PredictionWriter:
                         self._scan()
                 self._write_sealed()
             except FlushError:
-                self._stop.wait(min(5.0, self.flush_seconds * 2))  # logged; do not hammer a dead database
+                stopping.wait(min(5.0, self.flush_seconds * 2))  # logged; do not hammer a dead database
             except Exception:  # pragma: no cover - a bug; keep the thread alive
                 log.exception("prediction writer: unexpected error")
 
@@ -331,5 +324,5 @@ class PredictionWriter:
 
 
 def _row(rec: list) -> PredictionRow:
-    keys = serving.PREDICTION_COLUMNS
+    keys = store.COLUMNS
     return PredictionRow.from_json(dict(zip(keys, rec, strict=True)))
