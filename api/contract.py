@@ -1,4 +1,4 @@
-"""The OpenAPI document says what the API does (Schemathesis checks it: tests/api/test_api_contract.py).
+"""The OpenAPI document says what the API does (Schemathesis checks it: tests/system/api/test_api_contract.py).
 
 FastAPI's generated schema is completed with what the app enforces outside the models:
 

@@ -5,7 +5,7 @@ Importing it also makes the benchmark leave nothing running (README "Benchmarks"
 included (this process is their subreaper, so daemons such as the embedded PostgreSQL's postmaster stay
 its descendants), stops the embedded PostgreSQL it started (never one that was already running) and
 removes its temporary folders (kept, and named, after an uncaught exception, for their logs).
-``python benchmarks/_setup.py --smoke`` runs that setup path alone (tests/test_benchmark_cleanup.py)."""
+``python benchmarks/_setup.py --smoke`` runs that setup path alone (tests/system/test_benchmark_cleanup.py)."""
 
 from __future__ import annotations
 

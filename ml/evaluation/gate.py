@@ -26,7 +26,7 @@ two models' *paired predictions* on three sets and records what changed:
      champion got right with probability >= ``gate_golden_min_confidence`` for the right label
      (a champion at 0.55 did not know the answer; losing that coin flip is listed, not counted).
 ``margin`` — the pre-gate rule: the metric beats the champion's by more than the margin; the
-  evidence is still computed and stored, nothing else is enforced (tests/api ``publish()`` uses it
+  evidence is still computed and stored, nothing else is enforced (tests/system/api ``publish()`` uses it
   to make every version serve).
 
 The first model (no champion) is promoted as before when its behavioural checks pass.

@@ -3,7 +3,7 @@
 One function renders it for every launcher: ``make up API_REPLICAS=N`` (N uvicorn instances on
 ``127.0.0.1:<api_port + i>``, HAProxy on ``api_port``), docker-compose's ``proxy`` service
 (``deploy/haproxy/compose.cfg``: Docker's DNS finds every container of the scaled ``api`` service) and
-tests/test_replicas.py. Each instance keeps its prediction log in its own folder (``api_state_dir``:
+tests/system/test_replicas.py. Each instance keeps its prediction log in its own folder (``api_state_dir``:
 ``var/api/<i>``) and honours ``X-Forwarded-For`` only from the proxy (``trusted_proxies``); the proxy
 drops any value a client sent and sets the client's address.
 """
