@@ -19,8 +19,8 @@ from ml.data.splits import calibration_split, split
 from ml.models import calibration as calib
 from ml.platform import registry
 from ml.platform.config import reset_settings
-from ml.reports import model_card
 from ml.stages import promotion, train
+from ml.views import model_card
 
 UNIFORM = realdata.SHARED_DATA.with_name("sentiment140_uniform_eval.csv")
 

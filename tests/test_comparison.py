@@ -21,6 +21,7 @@ from ml.stages import compare, promotion, train
 from ml.stages.search import SearchSpaceError
 from ml.stages.search.plan import plan_comparison
 from ml.stages.search.space import family_spec, trials
+from ml.views import comparison
 
 
 # ---------------------------------------------------------------- search spaces (no I/O)
@@ -91,17 +92,17 @@ def test_table_markdown_html_chart(tmp_path):
     ]
     win = compare.choose_winner(rows, "accuracy")
     assert win["family"] == "tfidf_lr"
-    md = compare.to_markdown(rows, win["family"])
+    md = comparison.to_markdown(rows, win["family"])
     lines = [line for line in md.splitlines() if line.startswith("| ")]
     assert len(lines) == 1 + len(rows)  # header + one row per family
     assert "**tfidf_lr** (winner)" in md and "C=1.0" in md and "75,000" in md
     # the budget: used / given, fractional epochs, steps, examples seen, and the learning-curve link
     assert "| 118 / 120 | 1.53 | 890 | 113,920 |" in md
     assert "[curve](http://127.0.0.1:5000/#/experiments/1/runs/b/artifacts/learning_curve.png)" in md
-    html = compare.to_html(rows, win["family"])
+    html = comparison.to_html(rows, win["family"])
     assert html.count("<tr") == 1 + len(rows) and 'class="winner"' in html
     assert '<a href="http://127.0.0.1:5000/#/experiments/1/runs/b/artifacts/learning_curve.png">curve</a>' in html
-    png = compare.plot_accuracy_vs_latency(rows, tmp_path / "c.png", win["family"])
+    png = comparison.plot_accuracy_vs_latency(rows, tmp_path / "c.png", win["family"])
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
@@ -118,6 +119,7 @@ def test_comparison_in_process(mlflow_tracking, model_name, snapshot, conn):
         profile="quick",
         search_space={"tfidf_lr": {"params": {"C": [0.5, 2.0]}}},
         promote=True,
+        render=comparison.render,
     )
     rows = res["rows"]
     assert [r["family"] for r in rows] == ["tfidf_lr"]
@@ -191,6 +193,7 @@ def test_family_budget_limits_the_trials(mlflow_tracking, model_name, snapshot):
         families="tfidf_lr",
         profile="quick",
         search_space={"tfidf_lr": {"budget_seconds": 0.001, "params": {"C": [0.5, 1.0, 2.0]}}},
+        render=comparison.render,
     )
     (r,) = res["rows"]
     assert r["n_trials"] == 1 and r["skipped_trials"] == 2 and r["budget_seconds"] == 0.001

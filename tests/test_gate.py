@@ -23,11 +23,11 @@ from ml.data.splits import split
 from ml.evaluation import behaviour, gate
 from ml.platform import registry
 from ml.platform.config import Settings, get_settings, reset_settings
-from ml.reports import model_card
 from ml.stages import promotion, serving, train
 from ml.stages.promotion import decide_promotion
 from ml.stages.retraining.challenger import run_retraining
 from ml.stages.retraining.records import get_retraining
+from ml.views import model_card
 
 S = Settings()
 POLICY = {"mode": "strict", "slice_tolerance": 0.02, "max_golden_flips": 0}
