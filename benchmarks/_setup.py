@@ -38,6 +38,7 @@ from ml.stages import promotion, train
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 SHARED = REPO.parent / "shared" / "data" / "sentiment140_100k.csv"
+BIN = Path(sys.executable).parent  # this environment's bin/ (uvicorn, mlflow, ml)
 
 # ------------------------------------------------------------------ leave nothing running
 _STOPS: list[tuple[str, Callable[[], object]]] = []  # run first, last registered first (e.g. `ml services down`)
@@ -217,6 +218,38 @@ def api_command(port: int, workers: int | str) -> list[str]:
     ]
 
 
+def start_server(argv: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start a server (the API, MLflow, a proxy) in a session of its own, so that its whole process group can be
+    stopped, with its output in ``log`` and this environment's bin/ first on PATH (uvicorn, mlflow, ml)."""
+    env = {**os.environ, **(env or {}), "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
+    with log.open("wb") as out:
+        return subprocess.Popen(argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_http(
+    url: str,
+    proc: subprocess.Popen,
+    log: Path,
+    ok: Callable[[httpx.Response], bool] = lambda r: r.status_code == 200,
+    timeout: float = 180,
+    interval: float = 0.3,
+) -> None:
+    """Wait until GET ``url`` answers as ``ok`` says (by default: 200); SystemExit with the end of ``log``
+    when the server exits first or is not ready within ``timeout`` seconds. A response ``ok`` cannot read
+    (no JSON yet, a missing key) counts as not ready."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"exited ({proc.returncode}): {log.read_text()[-3000:]}")
+        try:
+            if ok(httpx.get(url, timeout=2)):
+                return
+        except (httpx.HTTPError, KeyError, ValueError):  # not listening yet, or not serving what ``ok`` wants
+            pass
+        time.sleep(interval)
+    raise SystemExit(f"not ready within {timeout:.0f}s: {log.read_text()[-3000:]}")
+
+
 def comparison_platform(db_name: str, var_dir: str) -> None:
     """Point the platform at the comparison benchmark's own databases (``<db_name>``,
     ``<db_name>_mlflow`` on DATABASE_URL's server, or the embedded one) and ``var_dir``: kept
@@ -245,20 +278,8 @@ def _smoke() -> None:
     s = get_settings()
     port = free_port()
     log = work / "api.log"
-    with log.open("wb") as out:
-        api = subprocess.Popen(
-            api_command(port, 2), cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health/live", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if api.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"API did not start: {log.read_text()[-2000:]}")
-        time.sleep(0.3)
+    api = start_server(api_command(port, 2), log)
+    wait_http(f"http://127.0.0.1:{port}/health/live", api, log, timeout=120)
     pids = [p.pid for p in psutil.Process().children(recursive=True)]
     info = {
         "work": str(work),

@@ -53,14 +53,23 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import httpx
-from _setup import REPO, SHARED, api_command, free_port, isolated_platform, on_exit, train_champion
+from _setup import (
+    BIN,
+    SHARED,
+    api_command,
+    free_port,
+    isolated_platform,
+    on_exit,
+    start_server,
+    train_champion,
+    wait_http,
+)
 
 from ml.platform import registry, tracking
 from ml.platform.config import get_settings, reset_settings
 from ml.platform.startup.down import down
 from ml.platform.startup.up import up
 
-BIN = Path(sys.executable).parent
 LUA = """
 local bodies = {}
 local i = 0
@@ -207,26 +216,6 @@ def open_loop(url: str, path: str, bodies: list[str], rate: float, seconds: floa
         gc.unfreeze()
 
 
-def wait_http(url: str, proc: subprocess.Popen, log: Path, ok=lambda r: r.status_code == 200, timeout=180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"exited ({proc.returncode}): {log.read_text()[-3000:]}")
-        try:
-            if ok(httpx.get(url, timeout=2)):
-                return
-        except httpx.HTTPError:  # not listening yet
-            pass
-        time.sleep(0.3)
-    raise SystemExit(f"not ready: {log.read_text()[-3000:]}")
-
-
-def start(argv: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
-    env = {**os.environ, **(env or {}), "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
-    with log.open("wb") as out:
-        return subprocess.Popen(argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-
-
 def stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -330,7 +319,7 @@ def main() -> None:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         log = work / f"api-{n_workers}{'-fixed' if mode else ''}.log"
-        proc = start(
+        proc = start_server(
             [
                 *api_command(port, str(n_workers)),
                 "--no-access-log",
@@ -377,7 +366,7 @@ def main() -> None:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         log = work / "mlflow-serve.log"
-        proc = start(
+        proc = start_server(
             [
                 str(BIN / "mlflow"),
                 "models",

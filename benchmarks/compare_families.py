@@ -28,6 +28,7 @@ from _setup import comparison_platform
 
 from ml.platform import db
 from ml.stages import compare
+from ml.views.comparison import render
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -83,6 +84,7 @@ def main() -> None:
         sample_size=args.sample_size,
         sample_sizes=sizes,
         search_space=space or None,
+        render=render,
     )
     wall = time.perf_counter() - t0
     latest = compare.latest_comparison()

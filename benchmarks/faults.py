@@ -32,8 +32,8 @@ import csv
 import httpx
 import psutil
 import psycopg
-from _setup import SHARED, api_command, embedded_postgres, remove_at_exit, train_champion
-from api_load import free_port, start, stop, wait_http
+from _setup import SHARED, api_command, embedded_postgres, remove_at_exit, start_server, train_champion, wait_http
+from api_load import free_port, stop
 
 from ml.platform import db
 from ml.platform.config import get_settings, reset_settings
@@ -153,7 +153,7 @@ def main() -> None:
         port = free_port()
         api_url = f"http://127.0.0.1:{port}"
         log = work / "api.log"
-        api = start(
+        api = start_server(
             [
                 *api_command(port, "2"),
                 "--no-access-log",

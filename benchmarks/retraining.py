@@ -42,7 +42,7 @@ from pathlib import Path
 
 import httpx
 import psycopg
-from _setup import api_command, embedded_postgres, remove_at_exit
+from _setup import api_command, embedded_postgres, remove_at_exit, start_server, wait_http
 
 from ml.data.snapshots import validate_and_snapshot
 from ml.platform import db, registry
@@ -54,6 +54,7 @@ from ml.stages.retraining.challenger import evaluate, train_challenger
 from ml.stages.retraining.records import get_retraining
 from ml.stages.retraining.training_set import prepare
 from ml.stages.retraining.trigger import champion_context, check_trigger, threshold_for
+from ml.views.comparison import render
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -135,27 +136,11 @@ def run(args, work: Path):
     print(f"  champion v{v1} ({first['reason']}) in {time.perf_counter() - t:.0f}s; snapshot {snap.n_rows:,} rows")
 
     port = _free_port()
-    log = (work / "api.log").open("w")
-    proc = subprocess.Popen(
-        api_command(port, 1),
-        cwd=REPO,
-        env=dict(os.environ),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    proc = start_server(api_command(port, 1), work / "api.log")
     base = f"http://127.0.0.1:{port}"
     client = httpx.Client(base_url=base, timeout=60)
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if client.get("/health").json()["model"]["version"] == v1:
-                break
-        except (httpx.HTTPError, KeyError, ValueError):
-            pass
-        if time.monotonic() > deadline or proc.poll() is not None:
-            raise SystemExit(f"API did not come up; see {work / 'api.log'}")
-        time.sleep(0.5)
+    # up once it serves the champion trained above
+    wait_http(f"{base}/health", proc, work / "api.log", lambda r: r.json()["model"]["version"] == v1, 120, 0.5)
     traffic_iter = iter(traffic)
 
     def cross_threshold() -> tuple[float, int, int]:
@@ -191,7 +176,7 @@ def run(args, work: Path):
     rid = d["retraining_id"]
     prep = prepare(rid)
     marks.append(("prepare (snapshot + split)", time.perf_counter()))
-    run2 = train_challenger(rid)
+    run2 = train_challenger(rid, render=render)
     marks.append(("train challenger", time.perf_counter()))
     metrics = evaluate(rid, run2)
     marks.append(("evaluate (held-out + reports)", time.perf_counter()))

@@ -37,14 +37,21 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import httpx
 import psycopg
-from _setup import REPO, SHARED, api_command, isolated_platform, on_exit, remove_at_exit, train_champion
+from _setup import (
+    SHARED,
+    api_command,
+    isolated_platform,
+    on_exit,
+    remove_at_exit,
+    start_server,
+    train_champion,
+    wait_http,
+)
 
 from ml.platform import db
 from ml.platform.startup import proxy
 
-BIN = Path(sys.executable).parent
 LUA = """
 local bodies = {}
 local i = 0
@@ -67,9 +74,7 @@ class Processes:
         atexit.register(self.stop_all)  # _setup turns SIGTERM/SIGHUP into SystemExit and stops any leftovers
 
     def start(self, argv: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-        env = {**os.environ, **(env or {}), "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
-        with log.open("wb") as out:
-            p = subprocess.Popen(argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        p = start_server(argv, log, env)
         self.procs.append(p)
         return p
 
@@ -95,20 +100,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"exited ({proc.returncode}): {log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:  # not listening yet
-            pass
-        time.sleep(0.3)
-    raise SystemExit(f"not ready within {timeout:.0f}s: {log.read_text()[-3000:]}")
 
 
 def _ms(v: str, unit: str) -> float:
@@ -158,7 +149,7 @@ def start_instance(procs: Processes, work: Path, name: str, workers: int) -> tup
     }
     log = work / f"{name}.log"
     p = procs.start(argv, log, env)
-    wait_ready(f"http://127.0.0.1:{port}", p, log)
+    wait_http(f"http://127.0.0.1:{port}/health/ready", p, log)
     return p, port
 
 
@@ -169,7 +160,7 @@ def start_proxy(procs: Processes, work: Path, name: str, ports: list[int]) -> st
     log = work / f"{name}.log"
     p = procs.start(proxy.haproxy_argv(cfg), log)
     url = f"http://127.0.0.1:{port}"
-    wait_ready(url, p, log)
+    wait_http(f"{url}/health/ready", p, log)
     time.sleep(2.5)  # every instance UP (rise 2 x inter 1 s), not only the first
     return url
 

@@ -42,14 +42,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import httpx
 import psutil
 import psycopg
-from _setup import REPO, SHARED, api_command, embedded_postgres, free_port, remove_at_exit, train_champion
-from api_load import BIN, start, stop, wait_http
+from _setup import (
+    BIN,
+    REPO,
+    SHARED,
+    api_command,
+    embedded_postgres,
+    free_port,
+    remove_at_exit,
+    start_server,
+    train_champion,
+    wait_http,
+)
+from api_load import stop
 
 from ml.data.snapshots import validate_and_snapshot
 from ml.platform import db, registry
 from ml.platform.config import Settings, get_settings, reset_settings
 from ml.stages import promotion, train
-from ml.store import models as model_store
+from ml.store import training_runs as training_runs_store
 
 SAMPLE_SECONDS = 10.0
 BATCH_SIZE = 5  # texts per /predict/batch
@@ -186,12 +197,14 @@ def count_rows(url: str) -> int | None:
 def swap_champion(s: Settings, versions: tuple[int, int], reason: str) -> str:
     """Move the alias to the other version, as a promotion does (the lock, the event, the digest)."""
     with db.connect(s) as conn:
-        model_store.lock_promotions(conn, s.model_name)
+        training_runs_store.lock_promotions(conn, s.model_name)
         current = registry.champion(s)
         if current is None:
             return "no champion"
         target = versions[0] if current.version == versions[1] else versions[1]
-        digest = model_store.version_digest(conn, s.model_name, target) or registry.version_artifact_digest(target, s)
+        digest = training_runs_store.version_digest(conn, s.model_name, target) or registry.version_artifact_digest(
+            target, s
+        )
         registry.move_champion(conn, target, current.version, "promoted", reason, digest, s)
     return f"v{current.version}->v{target}"
 
@@ -301,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     api_url = f"http://127.0.0.1:{port}"
     log = work / "api.log"
     argv_api = [*api_command(port, 2), "--no-access-log", "--log-level", "warning", "--timeout-graceful-shutdown", "30"]
-    api = start(argv_api, log)
+    api = start_server(argv_api, log)
     wait_http(f"{api_url}/health/ready", api, log)
     spool = s.api_state_dir or s.var
 

@@ -38,8 +38,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np
-from _setup import REPO, SHARED, api_command, isolated_platform, train_champion
-from api_load import free_port, pct, start, stop, wait_http, wrk
+from _setup import REPO, SHARED, api_command, isolated_platform, start_server, train_champion, wait_http
+from api_load import free_port, pct, stop, wrk
 
 from ml import models
 from ml.models.onnx_runtime import RUNTIME_ENV
@@ -149,7 +149,7 @@ def main() -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = work / "api.log"
-    proc = start(
+    proc = start_server(
         [
             *api_command(port, "1"),
             "--no-access-log",

@@ -100,6 +100,7 @@ def sentiment_retraining():
     @task
     def train(retraining_id: int) -> str:
         from ml.stages.retraining.challenger import train_challenger
+        from ml.views.comparison import render
 
         ctx = get_current_context()
         p = ctx["params"]
@@ -111,6 +112,7 @@ def sentiment_retraining():
             p["sample_size"],
             p["profile"],
             airflow_run_id=ctx["run_id"],
+            render=render,  # mode compare: the comparison's Markdown, HTML and chart
         )
 
     @task

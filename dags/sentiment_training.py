@@ -157,9 +157,9 @@ def sentiment_training():
 
     @task(multiple_outputs=True)
     def compare(comparison: ComparisonPlan, rows: list) -> ComparisonResult:
-        from ml.stages.compare import write_comparison
+        from ml.views.comparison import publish
 
-        return write_comparison(comparison, rows)
+        return publish(comparison, rows)
 
     families = plan(validate())
     # the plan (plan's XCom key "comparison"): an XComArg here, the ComparisonPlan when a task runs

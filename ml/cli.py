@@ -319,6 +319,7 @@ def compare(
     """Compare model families (search, held-out evaluation, table) in this process; --show prints the latest."""
     from ml.data import DataError
     from ml.stages import compare as c
+    from ml.views.comparison import render
 
     if show:
         latest = c.latest_comparison()
@@ -345,6 +346,7 @@ def compare(
                 search_space=json.loads(search_space) if search_space else None,
                 promote=promote,
                 progress=progress,
+                render=render,
             )
     except (DataError, ValueError) as e:
         _fail(str(e))
@@ -476,7 +478,7 @@ def reports(
 @app.command()
 def lineage(prediction_id: str = typer.Argument(..., help="prediction id (uuid) from /predict or a batch")) -> None:
     """Model version, code commit, training snapshot (and its retraining + feedback reports) of a prediction."""
-    from ml.reports import lineage as lin
+    from ml.views import lineage as lin
 
     out = lin.prediction_lineage(prediction_id)
     if out is None:
@@ -506,6 +508,7 @@ def retrain(
     from ml.stages.retraining.challenger import run_retraining
     from ml.stages.retraining.records import loop_status
     from ml.stages.retraining.trigger import check_trigger
+    from ml.views.comparison import render
 
     if status:
         typer.echo(json.dumps(loop_status(), indent=2, default=str))
@@ -521,6 +524,7 @@ def retrain(
             families=fams,
             hyperparams=_parse_params(param),
             sample_size=sample_size,
+            render=render,
         )
     except (RetrainingError, ValueError) as e:
         _fail(str(e))

@@ -129,14 +129,14 @@ def index() -> RedirectResponse:
 
 @app.get("/model-card.json")
 def model_card_json() -> dict[str, Any]:
-    from ml.reports.model_card import model_card
+    from ml.views.model_card import model_card
 
     return model_card(_settings(), images=False)
 
 
 @app.get("/model-card", response_class=HTMLResponse)
 def model_card_page() -> HTMLResponse:
-    from ml.reports.model_card import card_html, model_card
+    from ml.views.model_card import card_html, model_card
 
     return HTMLResponse(card_html(model_card(_settings())), headers=_headers())
 

@@ -13,7 +13,7 @@ from api.auth import OptionalCaller
 from api.deps import SettingsDep, WriterDep, open_db
 from api.read_models import Lineage
 from api.runtime.writer import FlushError
-from ml.reports import lineage
+from ml.views import lineage
 
 router = APIRouter(tags=["lineage"])
 

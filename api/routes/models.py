@@ -10,7 +10,7 @@ from api import views
 from api.deps import ModelDep, SettingsDep, open_db
 from api.schemas import ModelInfo
 from ml.platform import progressive
-from ml.store import models as models_store
+from ml.store import training_runs as training_runs_store
 
 router = APIRouter(tags=["model"])
 
@@ -43,7 +43,7 @@ def model_info(loaded: ModelDep, settings: SettingsDep, request: Request, respon
         with open_db(settings) as conn:
             info.challenger = progressive.describe(settings, conn)
             if views.wants_html(request):
-                events = models_store.recent_events(conn, loaded.name, 50)
+                events = training_runs_store.recent_events(conn, loaded.name, 50)
     except HTTPException:  # 503 from open_db: the model is still shown, without challenger and history
         pass
     if not views.wants_html(request):

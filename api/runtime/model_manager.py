@@ -30,8 +30,8 @@ from ml.models import SentimentModel
 from ml.platform import db, registry, tracking
 from ml.platform.config import Settings
 from ml.stages.alerts.events import raise_event
-from ml.store import models as models_store
 from ml.store import shadow as shadow_store
+from ml.store import training_runs as training_runs_store
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +225,7 @@ class ModelManager:
         with db.connect(
             self.settings, start_embedded=False, connect_timeout=5, application_name="sentiment-api"
         ) as conn:
-            rec = models_store.serving_event(conn, self.settings.model_name)
+            rec = training_runs_store.serving_event(conn, self.settings.model_name)
         if rec is not None and rec[0] == version and rec[1]:
             return rec[1]
         why = (

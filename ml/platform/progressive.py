@@ -33,8 +33,8 @@ from typing import Any
 from ml.platform import db, registry, tracking
 from ml.platform.airflow_client import TRAINING_DAG, airflow_api, airflow_token, trigger_dag
 from ml.platform.config import Settings, get_settings
-from ml.store import models as models_store
 from ml.store import progressive as store
+from ml.store import training_runs as training_runs_store
 
 log = logging.getLogger(__name__)
 
@@ -199,5 +199,5 @@ def status_line(settings: Settings | None = None) -> str | None:
 
 
 def champion_family(conn, run_id: str) -> str | None:
-    rec = models_store.run_record(conn, run_id)
+    rec = training_runs_store.run_record(conn, run_id)
     return rec["family"] if rec else None

@@ -22,7 +22,7 @@ from ml.models import SentimentModel, pyfunc
 from ml.models.pyfunc import SentimentPyfunc  # noqa: F401
 from ml.platform import db, tracking
 from ml.platform.config import Settings, get_settings
-from ml.store import models as store
+from ml.store import training_runs as store
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +218,7 @@ def move_champion(
     conn, version: int, previous: int | None, event: str, reason: str, digest: str, settings: Settings
 ) -> None:
     """THE one way the platform changes the champion (promotion, a confirmed shadow promotion, rollback),
-    atomically with its record. The caller holds :func:`ml.store.models.lock_promotions` in ``conn``'s open
+    atomically with its record. The caller holds :func:`ml.store.training_runs.lock_promotions` in ``conn``'s open
     transaction (and has read ``previous`` under it), and has computed ``digest`` (the sha256 the API checks
     before it unpickles ``version``) before anything moves:
 

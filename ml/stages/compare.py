@@ -1,8 +1,9 @@
 """The model comparison: one row per family (best params, held-out accuracy, F1, ROC AUC,
 accuracy on the external set when ``external_eval_path`` is set,
 inference ms/tweet, size, training time, the training budget used, epochs, steps, examples seen,
-sample size and a link to the learning curve) as Markdown and HTML, plus a PNG chart of
-accuracy vs inference time; logged to the parent MLflow run and stored in PostgreSQL
+sample size and a link to the learning curve), rendered as Markdown, HTML and a PNG chart of
+accuracy vs inference time by ``ml.views.comparison`` (handed in as ``render``: views sit above
+stages); logged to the parent MLflow run and stored in PostgreSQL
 (``comparisons``). :func:`latest_comparison` reads the newest one back (API, ``ml compare --show``).
 
 The winner is the family whose best trial scored highest on the *validation* split (the
@@ -12,11 +13,11 @@ then registered and goes through the champion/challenger gate (``ml.stages.promo
 
 from __future__ import annotations
 
-import html
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, NamedTuple, TypedDict
 
 from ml.data import DataError
 from ml.data.snapshots import validate_and_snapshot
@@ -29,8 +30,8 @@ from ml.stages.search.family import search_family
 from ml.stages.search.plan import ComparisonPlan, plan_comparison
 from ml.stages.search.space import load_search_space, selection_metric
 from ml.stages.search.winners import evaluate_winners
-from ml.store import models as store
 from ml.store import snapshots as snapshots_store
+from ml.store import training_runs as store
 
 log = logging.getLogger(__name__)
 
@@ -44,72 +45,24 @@ class ComparisonResult(TypedDict):
     winner_run_id: str
 
 
+class RenderedComparison(NamedTuple):
+    """The comparison as a person reads it (``ml.views.comparison.render``): what :func:`write_comparison` logs
+    and stores."""
+
+    markdown: str
+    html: str
+    chart: Path
+
+
+#: renders the rows (winner family, selection metric, where the chart goes): ``ml.views.comparison.render``
+Render = Callable[[list[dict[str, Any]], str, str, Path], RenderedComparison]
+
+
 class ComparisonRun(ComparisonResult, total=False):
     """:func:`run_comparison`'s result: the comparison, its rows and, with ``promote``, the gate's outcome."""
 
     rows: list[dict[str, Any]]
     promotion: GateResult
-
-
-COLUMNS = [  # key, header, format
-    ("family", "family", "{}"),
-    ("params", "best params", None),
-    ("accuracy", "accuracy", "{:.4f}"),
-    ("f1", "F1", "{:.4f}"),
-    ("roc_auc", "ROC AUC", "{:.4f}"),
-    ("external_accuracy", "external acc", "{:.4f}"),  # on external_eval_path (ml.evaluation.external), when set
-    ("inference_ms_per_tweet", "ms/tweet", "{:.3f}"),
-    ("model_size_mb", "size MB", "{:.2f}"),
-    ("training_seconds", "train s", "{:.1f}"),
-    ("budget", "budget used s", None),  # the family's fits / its budget_seconds (ml.stages.search.family)
-    ("epochs", "epochs", "{:.2f}"),  # the best trial's passes over its training pool (fractional)
-    ("steps", "steps", "{:,}"),
-    ("examples_seen", "seen", "{:,}"),  # examples the best trial trained on (repeats counted)
-    ("sample_size", "sample", "{:,}"),  # the training pool it drew from
-    ("n_trials", "trials", "{}"),
-    ("val_metric", "val", "{:.4f}"),
-    ("learning_curve", "curve", None),  # link: the best trial's learning curve in MLflow
-]
-
-
-def _fmt_params(params: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in params.items()) or "defaults"
-
-
-def _cell(row: dict[str, Any], key: str, fmt: str | None) -> str:
-    if key == "params":
-        return _fmt_params(row.get("params") or {})
-    if key == "budget":
-        used, budget = row.get("budget_used_seconds"), row.get("budget_seconds")
-        if used is None:
-            return "-"
-        return f"{used:.0f} / {budget:.0f}" if budget else f"{used:.0f} / -"
-    if key == "learning_curve":
-        return (row.get("learning_curve") or {}).get("url") or "-"
-    if key == "val_metric":
-        v = row.get(f"val_{row.get('selection_metric', 'accuracy')}")
-    elif key.startswith("external_"):
-        v = (row.get("external") or {}).get(key[len("external_") :])
-    else:
-        v = row.get(key)
-    if v is None:
-        return "-"
-    try:
-        return fmt.format(v) if fmt else str(v)
-    except (ValueError, TypeError):
-        return str(v)
-
-
-def _link_md(row: dict[str, Any]) -> str:
-    url = (row.get("learning_curve") or {}).get("url")
-    return f"[curve]({url})" if url else "-"
-
-
-def _link_html(row: dict[str, Any]) -> str:
-    url = (row.get("learning_curve") or {}).get("url")
-    if not url or not str(url).lower().startswith(("http://", "https://")):  # never a javascript: or data: link
-        return "-"
-    return f'<a href="{html.escape(url, quote=True)}">curve</a>'
 
 
 def _json_safe(obj: Any) -> Any:
@@ -128,104 +81,6 @@ def choose_winner(rows: list[dict[str, Any]], metric: str) -> dict[str, Any]:
     return max(rows, key=lambda r: (r.get(f"val_{metric}", float("-inf")), -r.get("inference_ms_per_tweet", 0.0)))
 
 
-def to_markdown(rows: list[dict[str, Any]], winner: str | None = None, metric: str = "accuracy") -> str:
-    headers = [h if k != "val_metric" else f"val {metric}" for k, h, _ in COLUMNS]
-    lines = [
-        "| " + " | ".join(headers) + " |",
-        "|" + "|".join("---" if k in ("family", "params") else "---:" for k, _, _ in COLUMNS) + "|",
-    ]
-    for r in rows:
-        cells = [_cell(r, k, f) if k != "learning_curve" else _link_md(r) for k, _, f in COLUMNS]
-        if r["family"] == winner:
-            cells[0] = f"**{cells[0]}** (winner)"
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    n_test = rows[0].get("n_test")
-    split = f"the same held-out split (n={n_test:,})" if n_test else "the same held-out split"
-    notes = [
-        f"Metrics on {split}; the winner has the best validation {metric}; training time of the best trial; "
-        "ms/tweet: median over repeated scoring of a fixed batch of 1,000 held-out tweets."
-    ]
-    if any(r.get("budget_used_seconds") is not None for r in rows):
-        notes.append(
-            "budget used: wall time of the family's fits / its budget (config/search_space.yaml); "
-            "epochs, steps, seen: the best trial's passes over its training pool (sample), optimiser "
-            "steps and examples trained on; curve: its validation accuracy against steps (MLflow)."
-        )
-    ext = next((r["external"] for r in rows if r.get("external")), None)
-    if ext:
-        notes.append(
-            f"external acc: on the external set {Path(ext['path']).name} (n={ext['n']:,}, content hash "
-            f"{ext['content_hash'][:12]}), never used for training or selection."
-        )
-    champ = next((r for r in rows if r.get("champion_version")), None)
-    if champ:
-        ch_ext = champ.get("champion_external_accuracy")
-        notes.append(
-            f"Current champion v{champ['champion_version']}: held-out accuracy "
-            f"{champ['champion_accuracy']:.4f}"
-            + (f", external accuracy {ch_ext:.4f}" if ch_ext is not None else "")
-            + "."
-        )
-    return "\n".join(lines) + "\n\n" + " ".join(notes) + "\n"
-
-
-def to_html(rows: list[dict[str, Any]], winner: str | None = None, metric: str = "accuracy") -> str:
-    headers = [h if k != "val_metric" else f"val {metric}" for k, h, _ in COLUMNS]
-    out = [
-        '<table class="comparison">',
-        "<thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in headers) + "</tr></thead>",
-        "<tbody>",
-    ]
-    for r in rows:
-        cls = ' class="winner"' if r["family"] == winner else ""
-        cells = "".join(
-            f"<td>{_link_html(r)}</td>" if k == "learning_curve" else f"<td>{html.escape(_cell(r, k, f))}</td>"
-            for k, _, f in COLUMNS
-        )
-        out.append(f"<tr{cls}>{cells}</tr>")
-    out.append("</tbody></table>")
-    return "\n".join(out) + "\n"
-
-
-def plot_accuracy_vs_latency(rows: list[dict[str, Any]], path: Path, winner: str | None = None) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for r in rows:
-        x, y = max(float(r["inference_ms_per_tweet"]), 1e-4), float(r["accuracy"])
-        ax.scatter(
-            [x],
-            [y],
-            s=60 + 8 * float(r.get("model_size_mb") or 0) ** 0.5,
-            color="tab:red" if r["family"] == winner else "tab:blue",
-            zorder=3,
-        )
-        ax.annotate(r["family"], (x, y), textcoords="offset points", xytext=(6, 4))
-    ax.set_xscale("log")
-    from matplotlib.ticker import FuncFormatter, NullFormatter
-
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    xs = [max(float(r["inference_ms_per_tweet"]), 1e-4) for r in rows]
-
-    # whole decades, so a log axis always carries labelled ticks (one family included)
-    ax.set_xlim(10 ** math.floor(math.log10(min(xs) / 2)), 10 ** math.ceil(math.log10(max(xs) * 3)))
-    ax.set_xlabel("inference ms / tweet (log scale)")
-    ax.set_ylabel("held-out accuracy")
-    ax.set_title("Accuracy vs inference time")
-    ax.grid(True, which="both", alpha=0.3)
-    ys = [float(r["accuracy"]) for r in rows]
-    ax.set_ylim(min(ys) - 0.03, max(ys) + 0.03)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
 def _add_external(rows: list[dict[str, Any]], s: Settings) -> None:
     """The external-set figures ``ml.stages.train.evaluate`` stored for each row's run (and the champion's)."""
     with db.connect(s) as conn:
@@ -242,10 +97,10 @@ def _add_external(rows: list[dict[str, Any]], s: Settings) -> None:
 
 
 def write_comparison(
-    plan: ComparisonPlan, rows: list[dict[str, Any]], settings: Settings | None = None
+    plan: ComparisonPlan, rows: list[dict[str, Any]], settings: Settings | None = None, *, render: Render
 ) -> ComparisonResult:
-    """Build the table, Markdown, HTML and chart; log them to the parent MLflow run (which ends
-    here) and store them in ``comparisons``. Returns id, winner family and run."""
+    """Build the table, have ``render`` make its Markdown, HTML and chart; log them to the parent MLflow run
+    (which ends here) and store them in ``comparisons``. Returns id, winner family and run."""
     import mlflow
 
     s = settings or get_settings()
@@ -257,10 +112,10 @@ def write_comparison(
         r["selection_metric"] = metric
         r["winner"] = r["family"] == win["family"]
     _add_external(rows, s)
-    markdown = to_markdown(rows, win["family"], metric)
-    html_table = to_html(rows, win["family"], metric)
     parent = plan["parent_run_id"]
-    chart = plot_accuracy_vs_latency(rows, s.reports_dir / "comparisons" / f"comparison-{parent}.png", win["family"])
+    markdown, html_table, chart = render(
+        rows, win["family"], metric, s.reports_dir / "comparisons" / f"comparison-{parent}.png"
+    )
 
     tracking.configure(s)
     client = mlflow.MlflowClient()
@@ -362,11 +217,14 @@ def run_comparison(
     promote: bool = False,
     settings: Settings | None = None,
     progress: ProgressFn | None = None,
+    *,
+    render: Render,
 ) -> ComparisonRun:
     """The whole comparison in this process (``ml compare``, benchmarks): validate -> search each
     family -> evaluate the winners on the held-out split -> write the comparison; with
     ``promote``, also register the winner and run the gate, as the DAG does. ``progress(done, total,
-    message)`` is told before each step (validate, each family's search, evaluation, table, gate)."""
+    message)`` is told before each step (validate, each family's search, evaluation, table, gate). ``render``:
+    ``ml.views.comparison.render`` (the caller's: a stage never imports views)."""
     s = settings or get_settings()
     report(progress, 0, 0, "validating the data" if data_path is not None else "planning")
     if snapshot_hash is None and data_path is not None:
@@ -383,7 +241,7 @@ def run_comparison(
     report(progress, len(fams), total, "evaluating the winners on the held-out split")
     rows = evaluate_winners(plan, winners, s)
     report(progress, len(fams) + 1, total, "writing the comparison")
-    result: ComparisonRun = {**write_comparison(plan, rows, s), "rows": rows}
+    result: ComparisonRun = {**write_comparison(plan, rows, s, render=render), "rows": rows}
     if promote:
         report(progress, len(fams) + 2, total, "registering the winner, champion/challenger gate")
         run_id = register_best(result, s)

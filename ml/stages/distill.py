@@ -16,7 +16,7 @@ The corpus (what the teacher labels):
 
 - ``training`` (default): the snapshot's own training split (the rows the student also sees with hard labels);
 - a tweet file (``corpus_path``: any layout ``ml.data.read`` reads, labels ignored, e.g. the 1.6M file);
-- ``predictions``: the texts the platform served (the predictions table, ``ml.store.reports``).
+- ``predictions``: the texts the platform served (the predictions table, ``ml.store.drift_reports``).
 
 Texts of the gate's held-out split, of the calibration rows and of the external evaluation file are removed
 from the corpus first: the student never trains on what it is judged or calibrated on.
@@ -41,9 +41,9 @@ from ml.evaluation import external
 from ml.platform import db, registry, tracking
 from ml.platform.config import Settings, get_settings
 from ml.stages.train import fit_calibration, log_training_datasets
-from ml.store import models as store
-from ml.store import reports as reports_store
+from ml.store import drift_reports as drift_reports_store
 from ml.store import snapshots as snapshots_store
+from ml.store import training_runs as store
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def corpus_texts(
         texts = [r.text for r in iter_records(path) if r.reason is None and r.text]
     else:
         with db.connect(s) as conn:
-            rows = reports_store.period_predictions(
+            rows = drift_reports_store.period_predictions(
                 conn, s.model_name, datetime(1970, 1, 1, tzinfo=UTC), datetime.now(UTC), max_rows or 10**9, s.seed
             )
         texts = [r[0] for r in rows]

@@ -30,9 +30,9 @@ from ml.platform import db, registry, tracking
 from ml.platform.config import Settings, get_settings
 from ml.stages import progressive, shadow
 from ml.stages.train import check_behaviour, describe_version
-from ml.store import models as store
 from ml.store import retrainings as retrainings_store
 from ml.store import shadow as shadow_store
+from ml.store import training_runs as store
 
 log = logging.getLogger(__name__)
 

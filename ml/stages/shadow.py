@@ -45,8 +45,8 @@ from ml.evaluation.stats import paired_comparison
 from ml.platform import db, registry
 from ml.platform.config import Settings, get_settings
 from ml.stages import train
-from ml.store import models as models_store
 from ml.store import shadow as store
+from ml.store import training_runs as training_runs_store
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def calibrators(run_id: str, champion_version: int, settings: Settings | None = 
     the held-out split of the challenger's snapshot (the set the gate compared them on)."""
     s = settings or get_settings()
     with db.connect(s) as conn:
-        rec = models_store.run_record(conn, run_id)
+        rec = training_runs_store.run_record(conn, run_id)
     if rec is None:
         raise ValueError(f"no training run {run_id}")
     _, _, test_df = split_for(rec["snapshot_hash"], s)
@@ -84,7 +84,7 @@ def start(retraining_id: int | None, run_id: str, held: Mapping[str, Any], setti
     version, champion_version = int(held["version"]), int(held["champion_version"])
     cal = calibrators(run_id, champion_version, s)
     with db.connect(s) as conn:
-        digest = models_store.run_artifact_digest(conn, run_id)
+        digest = training_runs_store.run_artifact_digest(conn, run_id)
     digest = digest or registry.version_artifact_digest(version, s)
     window = (
         (f"{s.shadow_requests} requests" if s.shadow_requests else "")

@@ -36,7 +36,7 @@ from ml.evaluation.stats import paired_comparison
 from ml.models import calibration as calib
 from ml.platform import db, registry, tracking
 from ml.platform.config import Settings, get_settings
-from ml.store import models as store
+from ml.store import training_runs as store
 
 log = logging.getLogger(__name__)
 

@@ -4,6 +4,6 @@ Functions take an open psycopg connection first (the caller owns the transaction
 ``with db.connect(settings) as conn`` around several calls is one transaction) and return plain
 values, dicts or small dataclasses. Nothing outside this package writes SQL.
 
-- ``models``: ``training_runs``, ``model_events`` and ``comparisons`` (what trained, what was
+- ``training_runs``: ``training_runs``, ``model_events`` and ``comparisons`` (what trained, what was
   decided, what serves)
 """

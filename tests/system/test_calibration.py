@@ -14,8 +14,8 @@ import realdata
 from ml.data.snapshots import validate_and_snapshot
 from ml.platform import registry
 from ml.platform.config import reset_settings
-from ml.reports import model_card
 from ml.stages import promotion, train
+from ml.views import model_card
 
 UNIFORM = realdata.SHARED_DATA.with_name("sentiment140_uniform_eval.csv")
 

@@ -21,6 +21,7 @@ from ml.stages import compare, promotion, train
 from ml.stages.search import SearchSpaceError
 from ml.stages.search.plan import plan_comparison
 from ml.stages.search.space import family_spec, trials
+from ml.views import comparison
 
 
 # ---------------------------------------------------------------- search spaces (no I/O)
@@ -60,6 +61,7 @@ def test_comparison_in_process(mlflow_tracking, model_name, snapshot, conn):
         profile="quick",
         search_space={"tfidf_lr": {"params": {"C": [0.5, 2.0]}}},
         promote=True,
+        render=comparison.render,
     )
     rows = res["rows"]
     assert [r["family"] for r in rows] == ["tfidf_lr"]
@@ -133,6 +135,7 @@ def test_family_budget_limits_the_trials(mlflow_tracking, model_name, snapshot):
         families="tfidf_lr",
         profile="quick",
         search_space={"tfidf_lr": {"budget_seconds": 0.001, "params": {"C": [0.5, 1.0, 2.0]}}},
+        render=comparison.render,
     )
     (r,) = res["rows"]
     assert r["n_trials"] == 1 and r["skipped_trials"] == 2 and r["budget_seconds"] == 0.001

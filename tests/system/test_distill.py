@@ -22,7 +22,7 @@ from ml.data.splits import split_for
 from ml.platform import db, registry
 from ml.platform.config import get_settings, reset_settings
 from ml.stages import distill, promotion, train
-from ml.store import models as models_store
+from ml.store import training_runs as training_runs_store
 
 
 def _write(path, rows):
@@ -74,7 +74,7 @@ def test_distilled_student_serves_names_its_teacher_and_meets_the_gate(setup, mo
     decision = promotion.promote(run_id)
     assert "promoted" in decision
     with db.connect(get_settings()) as conn:
-        gate = models_store.run_gate(conn, run_id)
+        gate = training_runs_store.run_gate(conn, run_id)
     assert gate["champion_version"] == 1 and "held_out" in gate  # paired against the teacher champion
     champ = registry.champion()
     assert champ.version == (version if decision["promoted"] else 1)
@@ -123,7 +123,7 @@ def test_the_distillation_dag_runs_the_stage_and_the_gate(setup, airflow_cli, mo
     student = runs[0].info.run_id
     assert runs[0].data.tags.get("airflow_run_id")
     with db.connect(get_settings()) as conn:
-        gate = models_store.run_gate(conn, student)
+        gate = training_runs_store.run_gate(conn, student)
     assert gate["champion_version"] == 1
     mv = mlflow.MlflowClient().search_model_versions(f"name = '{model_name}' and run_id = '{student}'")
     assert mv and mv[0].tags["teacher"] == f"{model_name} v1"

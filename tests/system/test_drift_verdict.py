@@ -40,7 +40,7 @@ from ml.platform.config import get_settings, reset_settings
 from ml.stages import train
 from ml.stages.monitoring.archive import get_report, history, store_summary
 from ml.stages.monitoring.build import build_report
-from ml.store import models as models_store
+from ml.store import training_runs as training_runs_store
 
 REPO = Path(__file__).resolve().parents[2]
 PLUGINS = REPO / "plugins"
@@ -97,7 +97,7 @@ def two_versions(own_champion, tweets_csv, platform_env):
         s = get_settings()
 
         with db.connect(s) as conn:  # v2 serves from now on (the platform's own move; the gate is not tested here)
-            models_store.lock_promotions(conn, s.model_name)
+            training_runs_store.lock_promotions(conn, s.model_name)
             digest = registry.version_artifact_digest(v2, s)
             registry.move_champion(conn, v2, c.version, "promoted", "test: v2 serves", digest, s)
         texts = [t for _, t in realdata.shuffled(seed=23)][: N_V1 + N_V2 + 200]

@@ -23,8 +23,8 @@ from ml.data.snapshots import validate_and_snapshot
 from ml.evaluation import external
 from ml.platform import registry
 from ml.platform.config import get_settings, reset_settings
-from ml.reports import model_card
 from ml.stages import compare, promotion, train
+from ml.views import comparison, model_card
 
 UNIFORM = realdata.REPO.parent / "shared" / "data" / "sentiment140_uniform_eval.csv"
 
@@ -163,10 +163,10 @@ def test_card_api_and_comparison_show_the_external_figures(env, runs):
         }
     ]
     compare._add_external(rows, env["settings"])
-    md = compare.to_markdown(rows, "tfidf_lr")
+    md = comparison.to_markdown(rows, "tfidf_lr")
     assert "external acc" in md and f"{ext['accuracy']:.4f}" in md and "sentiment140_uniform_eval.csv" in md
     assert f"external accuracy {runs['weak'][1]['external']['accuracy']:.4f}" in md
-    assert "external acc" in compare.to_html(rows, "tfidf_lr")
+    assert "external acc" in comparison.to_html(rows, "tfidf_lr")
 
 
 def test_unset_means_no_external_and_a_missing_file_is_an_error(env, monkeypatch, tmp_path):

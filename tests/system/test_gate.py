@@ -22,11 +22,11 @@ from ml.data.snapshots import get_snapshot, validate_and_snapshot
 from ml.data.splits import split
 from ml.platform import registry
 from ml.platform.config import get_settings, reset_settings
-from ml.reports import model_card
 from ml.stages import promotion, train
 from ml.stages.retraining.challenger import run_retraining
 from ml.stages.retraining.records import get_retraining
 from ml.store import predictions as prediction_store
+from ml.views import model_card
 
 
 # ---------------------------------------------------------------- real models, real tweets

@@ -43,7 +43,7 @@ from ml.platform.startup.status import status
 from ml.platform.startup.up import up
 from ml.platform.supervisor import ServiceError
 from ml.stages import train
-from ml.store import models as models_store
+from ml.store import training_runs as training_runs_store
 
 API_TESTS = str(Path(__file__).resolve().parent / "api")
 if API_TESTS not in sys.path:
@@ -252,7 +252,7 @@ def test_a_killed_replica_loses_and_doubles_nothing_and_swaps_and_headers_hold(c
 
         # 4. a champion swap reaches both instances within the poll interval (and the model's load)
         with db.connect(s) as c:
-            models_store.lock_promotions(c, s.model_name)
+            training_runs_store.lock_promotions(c, s.model_name)
             digest = registry.version_artifact_digest(champion.v2, s)
             registry.move_champion(c, champion.v2, champion.version, "promoted", "test: replicas swap", digest, s)
         moved = time.monotonic()

@@ -27,10 +27,10 @@ from loop_helpers import FRACTION, after_polls, make_loop
 from api.main import create_app
 from ml.platform import db, registry
 from ml.platform.config import get_settings
-from ml.reports import model_card
 from ml.stages import review
 from ml.stages import shadow as shadow_mod
 from ml.stages.retraining.records import get_retraining
+from ml.views import model_card
 
 WINDOW = 100  # shadowed requests
 REVIEWED = 24  # shadowed texts a reviewer labels (>= shadow_min_reviewed: a criterion)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ml.stages import compare
+from ml.views import comparison
 
 
 def test_table_markdown_html_chart(tmp_path):
@@ -49,15 +50,15 @@ def test_table_markdown_html_chart(tmp_path):
     ]
     win = compare.choose_winner(rows, "accuracy")
     assert win["family"] == "tfidf_lr"
-    md = compare.to_markdown(rows, win["family"])
+    md = comparison.to_markdown(rows, win["family"])
     lines = [line for line in md.splitlines() if line.startswith("| ")]
     assert len(lines) == 1 + len(rows)  # header + one row per family
     assert "**tfidf_lr** (winner)" in md and "C=1.0" in md and "75,000" in md
     # the budget: used / given, fractional epochs, steps, examples seen, and the learning-curve link
     assert "| 118 / 120 | 1.53 | 890 | 113,920 |" in md
     assert "[curve](http://127.0.0.1:5000/#/experiments/1/runs/b/artifacts/learning_curve.png)" in md
-    html = compare.to_html(rows, win["family"])
+    html = comparison.to_html(rows, win["family"])
     assert html.count("<tr") == 1 + len(rows) and 'class="winner"' in html
     assert '<a href="http://127.0.0.1:5000/#/experiments/1/runs/b/artifacts/learning_curve.png">curve</a>' in html
-    png = compare.plot_accuracy_vs_latency(rows, tmp_path / "c.png", win["family"])
+    png = comparison.plot_accuracy_vs_latency(rows, tmp_path / "c.png", win["family"])
     assert png.read_bytes()[:4] == b"\x89PNG"

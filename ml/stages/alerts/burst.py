@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -14,10 +15,8 @@ import psycopg
 
 from ml.platform import db
 from ml.platform.config import Settings, get_settings
-from ml.stages.alerts.channels import (
-    channel_result,
-    dispatch_alert,
-)
+from ml.stages.alerts import events
+from ml.stages.alerts.channels import dispatch_alert
 from ml.stages.review import redact
 from ml.store import alerts as store
 
@@ -107,10 +106,10 @@ def _evaluate_locked(conn: psycopg.Connection, model_name: str, feedback_id: int
         return res
     message = burst_message(n, model_name, first, last, threshold, window)
     details = {"feedback_ids": ids, "first_report_at": first.isoformat(), "last_report_at": last.isoformat()}
-    alert_id = store.insert_open(
+    alert_id = events.open_alert(
         conn,
-        rule=RULE_BURST,
-        model_name=model_name,
+        RULE_BURST,
+        model_name,
         severity="error",
         window_seconds=int(window),
         threshold=threshold,
@@ -120,7 +119,6 @@ def _evaluate_locked(conn: psycopg.Connection, model_name: str, feedback_id: int
         last_report_at=last,
         message=message,
         details=details,
-        channels=[channel_result("log", "logger ml.stages.alerts", "sent")],
     )
     if alert_id is None:  # cannot happen under the lock; the unique index is the second guard
         return res
@@ -153,6 +151,170 @@ def _sha(identity: str) -> str:
     return hashlib.sha256(identity.encode("utf-8")).hexdigest()
 
 
+@dataclass(frozen=True)
+class _Window:
+    """The burst guard's window (``feedback_burst_window_seconds`` up to ``now``): each reporter's
+    wrong-reports, the identities bursting alone, and the rate rule over the others."""
+
+    now: datetime
+    counts: list[tuple[str, int, datetime, datetime]]  # (reporter, wrong-reports, first, last), most first
+    loud: list[tuple[str, int]]  # the identities at ``feedback_burst_identity_count`` or more
+    total: int  # the others' wrong-reports (the rate rule's count)
+    normal: float  # the normal rate, per window
+    rate_burst: bool
+
+    @property
+    def loud_names(self) -> set[str]:
+        return {who for who, _ in self.loud}
+
+    @property
+    def bursting(self) -> bool:
+        return bool(self.loud) or self.rate_burst
+
+
+def _count_window(conn: psycopg.Connection, model_name: str, now: datetime, s: Settings) -> _Window:
+    """Who reported how much in the window, who bursts alone, and whether the others make a rate burst."""
+    window = float(s.feedback_burst_window_seconds)
+    start = now - timedelta(seconds=window)
+    counts = store.wrong_reports_by_reporter(conn, model_name, start, now)
+    loud = [(who, n) for who, n, _, _ in counts if n >= s.feedback_burst_identity_count]
+    loud_names = {who for who, _ in loud}
+    crowd = [c for c in counts if c[0] not in loud_names]  # the rate rule: identities not bursting alone
+    total = sum(n for _, n, _, _ in crowd)
+    base_start = now - timedelta(hours=float(s.feedback_burst_baseline_hours))
+    base_total = (
+        store.wrong_report_total(conn, model_name, base_start, start) if total >= s.feedback_burst_rate_min else 0
+    )  # below the minimum: no rate burst anyway
+    normal = base_total * window / max(1.0, (start - base_start).total_seconds())  # per window
+    rate_limit = max(float(s.feedback_burst_rate_min), float(s.feedback_burst_rate_factor) * normal)
+    rate_burst = total >= rate_limit and len(crowd) >= int(s.feedback_min_identities)
+    return _Window(now, counts, loud, total, normal, rate_burst)
+
+
+def _pausing(details: dict[str, Any], now: datetime, quiet: float) -> bool:
+    """Whether the alert pauses retraining: a rate burst within the last ``quiet`` seconds."""
+    rate_last = details.get("rate_last_at")
+    return bool(rate_last) and datetime.fromisoformat(str(rate_last)) + timedelta(seconds=quiet) > now
+
+
+def _calm(
+    conn: psycopg.Connection, open_alert: dict[str, Any], now: datetime, quiet: float, res: dict[str, Any]
+) -> None:
+    """No burst in the window, an alert open: resolve it once ``quiet`` seconds passed since its last
+    report, else say it is still open (and whether it still pauses retraining)."""
+    last_at = open_alert["last_report_at"]
+    if last_at is None or last_at + timedelta(seconds=quiet) <= now:  # quiet long enough: it is over
+        store.resolve(
+            conn,
+            open_alert["id"],
+            (last_at + timedelta(seconds=quiet)) if last_at else now,
+            {"resolved": f"no burst for {quiet:g} s"},
+        )
+        res["resolved"] = open_alert["id"]
+        return
+    res.update(
+        open=True,
+        pauses=_pausing(open_alert["details"], now, quiet),
+        alert_id=open_alert["id"],
+        message=open_alert["details"].get("message"),
+    )
+
+
+def _burst_counts(
+    conn: psycopg.Connection,
+    model_name: str,
+    w: _Window,
+    open_alert: dict[str, Any] | None,
+    hashes: set[str],
+    rated: bool,
+) -> list[tuple[str, int, datetime, datetime]]:
+    """The burst's wrong-reports per reporter since it began: everyone's once a rate burst was seen, else
+    the named identities'."""
+    window_first = min(
+        f for _, _, f, _ in (w.counts if w.rate_burst else [c for c in w.counts if c[0] in w.loud_names])
+    )
+    # the burst began at the alert's first report, or earlier: a report stored late (moved from
+    # pending_feedback once its prediction was written, its own time kept) may predate it
+    first_at = (
+        min(open_alert["first_report_at"], window_first)
+        if open_alert and open_alert["first_report_at"]
+        else window_first
+    )
+    burst_counts = store.wrong_reports_by_reporter(conn, model_name, first_at, w.now, include_start=True)
+    if not rated:  # the named identities' reports since the burst began
+        burst_counts = [c for c in burst_counts if _sha(c[0]) in hashes]
+    return burst_counts
+
+
+def _rules_text(hashes: set[str], rated: bool, normal: float, s: Settings) -> str:
+    """The rules the burst crossed, as the alert's text names them."""
+    window, min_ids = float(s.feedback_burst_window_seconds), int(s.feedback_min_identities)
+    rules = []
+    if hashes:
+        rules.append(f"{s.feedback_burst_identity_count} wrong-reports from one identity within {window:g} s")
+    if rated:
+        rules.append(
+            f"wrong-reports from >= {min_ids} identities at {s.feedback_burst_rate_factor:g}x the normal rate "
+            f"({normal:.1f} per {window:g} s) and >= {s.feedback_burst_rate_min}"
+        )
+    return "; ".join(rules)
+
+
+def _effects_text(hashes: set[str], named: list[str], pauses: bool, quiet: float) -> str:
+    """What the burst does: the quarantine of the named identities' reports, and whether retraining pauses."""
+    effects = []
+    if hashes:
+        effects.append(
+            f"reports of {', '.join(named[:5]) or 'the bursting identity'}"
+            f"{f' and {len(named) - 5} more' if len(named) > 5 else ''} are quarantined (no agreement, not "
+            "counted toward retraining) until a reviewer accepts them"
+        )
+    effects.append(
+        f"retraining is paused until {quiet:g} s pass without a rate burst"
+        if pauses
+        else "retraining is not paused (one identity cannot pause it; only a rate burst from several does)"
+    )
+    return "; ".join(effects)
+
+
+def _record_burst(
+    conn: psycopg.Connection,
+    model_name: str,
+    open_alert: dict[str, Any] | None,
+    n: int,
+    first: datetime,
+    last: datetime,
+    message: str,
+    details: dict[str, Any],
+    pauses: bool,
+    s: Settings,
+    res: dict[str, Any],
+) -> dict[str, Any]:
+    """Rewrite the open alert's count, period and text, or open the alert (and log it)."""
+    if open_alert is not None:
+        store.update_count(conn, open_alert["id"], n, last, message, details, first_report_at=first)
+        res.update(open=True, pauses=pauses, alert_id=open_alert["id"], message=message, n_reports=n)
+        return res
+    alert_id = events.open_alert(
+        conn,
+        RULE_FEEDBACK_BURST,
+        model_name,
+        severity="error",
+        window_seconds=int(float(s.feedback_burst_window_seconds)),
+        threshold=int(s.feedback_burst_identity_count),
+        n_reports=n,
+        first_report_at=first,
+        last_report_at=last,
+        message=message,
+        details=details,
+    )
+    if alert_id is None:  # the unique index: another process raised it a moment ago
+        return res
+    log.warning("ALERT %s #%s: %s", RULE_FEEDBACK_BURST, alert_id, message)
+    res.update(open=True, pauses=pauses, raised=True, alert_id=alert_id, message=message, n_reports=n)
+    return res
+
+
 def evaluate_burst(conn: psycopg.Connection, model_name: str, s: Settings) -> dict[str, Any]:
     """Rule ``feedback_burst`` (the burst guard), in the caller's transaction. Counts are of distinct
     predictions reported wrong (one report per prediction and reporter), reviewers' decisions left out.
@@ -175,22 +337,9 @@ def evaluate_burst(conn: psycopg.Connection, model_name: str, s: Settings) -> di
     kind. ``check_trigger`` calls this too, so a burst the alert thread has not seen yet counts as well.
     Identities are named redacted (``ml.stages.review.redact``); the alert keeps only their sha256.
     Returns ``{"open", "pauses", "raised", "alert_id", "message", ...}``."""
-    window, quiet = float(s.feedback_burst_window_seconds), float(s.feedback_burst_quiet_seconds)
-    min_ids = int(s.feedback_min_identities)
+    quiet = float(s.feedback_burst_quiet_seconds)
     now = store.lock(conn, RULE_FEEDBACK_BURST, model_name)
-    start = now - timedelta(seconds=window)
-    counts = store.wrong_reports_by_reporter(conn, model_name, start, now)
-    loud = [(who, n) for who, n, _, _ in counts if n >= s.feedback_burst_identity_count]
-    loud_names = {who for who, _ in loud}
-    crowd = [c for c in counts if c[0] not in loud_names]  # the rate rule: identities not bursting alone
-    total = sum(n for _, n, _, _ in crowd)
-    base_start = now - timedelta(hours=float(s.feedback_burst_baseline_hours))
-    base_total = (
-        store.wrong_report_total(conn, model_name, base_start, start) if total >= s.feedback_burst_rate_min else 0
-    )  # below the minimum: no rate burst anyway
-    normal = base_total * window / max(1.0, (start - base_start).total_seconds())  # per window
-    rate_limit = max(float(s.feedback_burst_rate_min), float(s.feedback_burst_rate_factor) * normal)
-    rate_burst = total >= rate_limit and len(crowd) >= min_ids
+    w = _count_window(conn, model_name, now, s)
     res: dict[str, Any] = {
         "open": False,
         "pauses": False,
@@ -198,120 +347,46 @@ def evaluate_burst(conn: psycopg.Connection, model_name: str, s: Settings) -> di
         "alert_id": None,
         "message": None,
         "model_name": model_name,
-        "window_reports": total,
-        "normal_per_window": round(normal, 2),
+        "window_reports": w.total,
+        "normal_per_window": round(w.normal, 2),
     }
     open_alert = store.open_alert(conn, RULE_FEEDBACK_BURST, model_name)
-
-    def pausing(details: dict[str, Any]) -> bool:
-        rate_last = details.get("rate_last_at")
-        return bool(rate_last) and datetime.fromisoformat(str(rate_last)) + timedelta(seconds=quiet) > now
-
-    if open_alert is not None and not (loud or rate_burst):
-        last_at = open_alert["last_report_at"]
-        if last_at is None or last_at + timedelta(seconds=quiet) <= now:  # quiet long enough: it is over
-            store.resolve(
-                conn,
-                open_alert["id"],
-                (last_at + timedelta(seconds=quiet)) if last_at else now,
-                {"resolved": f"no burst for {quiet:g} s"},
-            )
-            res["resolved"] = open_alert["id"]
-            return res
-        res.update(
-            open=True,
-            pauses=pausing(open_alert["details"]),
-            alert_id=open_alert["id"],
-            message=open_alert["details"].get("message"),
-        )
-        return res
-    if not (loud or rate_burst):
+    if not w.bursting:
+        if open_alert is not None:
+            _calm(conn, open_alert, now, quiet, res)
         return res
     details = dict(open_alert["details"]) if open_alert else {}
-    hashes = set(details.get("identity_sha256", [])) | {_sha(w) for w, _ in loud}
-    if rate_burst:
+    hashes = set(details.get("identity_sha256", [])) | {_sha(who) for who, _ in w.loud}
+    if w.rate_burst:
         details["rate_last_at"] = now.astimezone(UTC).isoformat()
     rated = bool(details.get("rate_last_at"))
     kind = "identity+rate" if hashes and rated else "identity" if hashes else "rate"
-    window_first = min(f for _, _, f, _ in (counts if rate_burst else [c for c in counts if c[0] in loud_names]))
-    # the burst began at the alert's first report, or earlier: a report stored late (moved from
-    # pending_feedback once its prediction was written, its own time kept) may predate it
-    first_at = (
-        min(open_alert["first_report_at"], window_first)
-        if open_alert and open_alert["first_report_at"]
-        else window_first
-    )
-    burst_counts = store.wrong_reports_by_reporter(conn, model_name, first_at, now, include_start=True)
-    if not rated:  # the named identities' reports since the burst began
-        burst_counts = [c for c in burst_counts if _sha(c[0]) in hashes]
+    burst_counts = _burst_counts(conn, model_name, w, open_alert, hashes, rated)
     n = sum(c[1] for c in burst_counts)
     first = min(c[2] for c in burst_counts)
     last = max(c[3] for c in burst_counts)
     who = [(redact(c[0]), c[1]) for c in burst_counts[:5]]
     more = len(burst_counts) - len(who)
-    whom = ", ".join(f"{w} ({k:,})" for w, k in who) + (f" and {more} more" if more > 0 else "")
+    whom = ", ".join(f"{r} ({k:,})" for r, k in who) + (f" and {more} more" if more > 0 else "")
     named = sorted(redact(c[0]) for c in burst_counts if _sha(c[0]) in hashes)
-    rules = []
-    if hashes:
-        rules.append(f"{s.feedback_burst_identity_count} wrong-reports from one identity within {window:g} s")
-    if rated:
-        rules.append(
-            f"wrong-reports from >= {min_ids} identities at {s.feedback_burst_rate_factor:g}x the normal rate "
-            f"({normal:.1f} per {window:g} s) and >= {s.feedback_burst_rate_min}"
-        )
-    effects = []
-    if hashes:
-        effects.append(
-            f"reports of {', '.join(named[:5]) or 'the bursting identity'}"
-            f"{f' and {len(named) - 5} more' if len(named) > 5 else ''} are quarantined (no agreement, not "
-            "counted toward retraining) until a reviewer accepts them"
-        )
-    pauses = pausing(details)
-    effects.append(
-        f"retraining is paused until {quiet:g} s pass without a rate burst"
-        if pauses
-        else "retraining is not paused (one identity cannot pause it; only a rate burst from several does)"
-    )
+    pauses = _pausing(details, now, quiet)
     a, b = first.astimezone(UTC), last.astimezone(UTC)
     message = (
         f"{n:,} predictions reported wrong on {model_name} by {whom} in "
         f"{_duration((b - a).total_seconds())} ({a:%Y-%m-%d %H:%M:%S} -> {b:%Y-%m-%d %H:%M:%S} UTC); "
-        f"burst rule: {'; '.join(rules)}. " + "; ".join(effects) + "."
+        f"burst rule: {_rules_text(hashes, rated, w.normal, s)}. " + _effects_text(hashes, named, pauses, quiet) + "."
     )
     details.update(
         kind=kind,
-        identities=[w for w, _ in who],
+        identities=[r for r, _ in who],
         identity_sha256=sorted(hashes),
         quarantined=named,
         pauses=pauses,
         message=message,
         first_report_at=a.isoformat(),
         last_report_at=b.isoformat(),
-        window_reports=total,
-        normal_per_window=round(normal, 2),
-        per_identity={w: k for w, k in who},
+        window_reports=w.total,
+        normal_per_window=round(w.normal, 2),
+        per_identity={r: k for r, k in who},
     )
-    if open_alert is not None:
-        store.update_count(conn, open_alert["id"], n, last, message, details, first_report_at=first)
-        res.update(open=True, pauses=pauses, alert_id=open_alert["id"], message=message, n_reports=n)
-        return res
-    alert_id = store.insert_open(
-        conn,
-        rule=RULE_FEEDBACK_BURST,
-        model_name=model_name,
-        severity="error",
-        window_seconds=int(window),
-        threshold=int(s.feedback_burst_identity_count),
-        n_reports=n,
-        feedback_ids=[],
-        first_report_at=first,
-        last_report_at=last,
-        message=message,
-        details=details,
-        channels=[channel_result("log", "logger ml.stages.alerts", "sent")],
-    )
-    if alert_id is None:  # the unique index: another process raised it a moment ago
-        return res
-    log.warning("ALERT %s #%s: %s", RULE_FEEDBACK_BURST, alert_id, message)
-    res.update(open=True, pauses=pauses, raised=True, alert_id=alert_id, message=message, n_reports=n)
-    return res
+    return _record_burst(conn, model_name, open_alert, n, first, last, message, details, pauses, s, res)

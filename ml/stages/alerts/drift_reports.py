@@ -9,6 +9,7 @@ from typing import Any
 
 from ml.platform import db
 from ml.platform.config import Settings, get_settings
+from ml.stages.alerts import events
 from ml.stages.alerts.channels import (
     addresses,
     channel_result,
@@ -22,7 +23,7 @@ from ml.stages.monitoring.archive import get_report, record_action
 from ml.stages.monitoring.wording import digest_text, report_digest
 from ml.stages.retraining.trigger import champion_context, pending_count
 from ml.store import alerts as store
-from ml.store import reports as reports_store
+from ml.store import drift_reports as drift_reports_store
 
 log = logging.getLogger(__package__)  # the stage's logger ``ml.stages.alerts``, named in the log channel
 
@@ -69,20 +70,18 @@ def drift_alert(summary: dict[str, Any], settings: Settings | None = None) -> di
             store.update_count(conn, open_alert["id"], len(report_ids), created, message, details)
             out.update(alert_id=open_alert["id"], continued=True, message=message)
             return out
-        alert_id = store.insert_open(
+        alert_id = events.open_alert(
             conn,
-            rule=RULE_DRIFT,
-            model_name=model,
+            RULE_DRIFT,
+            model,
             severity="warning",
             window_seconds=int((datetime.fromisoformat(p["end"]) - datetime.fromisoformat(p["start"])).total_seconds()),
             threshold=None,
             n_reports=1,
-            feedback_ids=[],
             first_report_at=created,
             last_report_at=created,
             message=message,
             details=details,
-            channels=[channel_result("log", "logger ml.stages.alerts", "sent")],
         )
     if alert_id is not None:
         log.warning("ALERT %s #%s: %s", RULE_DRIFT, alert_id, message)
@@ -156,7 +155,7 @@ def deliver_report(
     log_outcomes(f"drift report {rid}", results, log)
     try:
         with db.connect(s, start_embedded=False, connect_timeout=5, application_name="sentiment-alerts") as conn:
-            reports_store.append_delivery(conn, rid, results)
+            drift_reports_store.append_delivery(conn, rid, results)
     except Exception as e:  # noqa: BLE001
         log.error("drift report %s: could not record channel outcomes: %s", rid, e)
     if alert.get("raised"):

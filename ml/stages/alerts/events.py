@@ -1,10 +1,14 @@
-"""One-off alerts (platform events such as DAG failures: recorded resolved, sent at once) and reading
-the stored alerts back (``ml alerts``, the model card)."""
+"""One-off alerts (platform events such as DAG failures: recorded resolved, sent at once), opening a
+rule's alert (:func:`open_alert`: the feedback rules and rule ``drift``) and reading the stored alerts back
+(``ml alerts``, the model card)."""
 
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import Any
+
+import psycopg
 
 from ml.platform import db
 from ml.platform.config import Settings, get_settings
@@ -18,6 +22,46 @@ log = logging.getLogger(__package__)  # the stage's logger ``ml.stages.alerts``,
 
 
 RULE_DAG_FAILURE = "dag_failure"
+
+
+def _logged() -> list[dict[str, Any]]:
+    """A new alert's channels: the log line its caller writes (``WARNING`` on ``ml.stages.alerts``)."""
+    return [channel_result("log", "logger ml.stages.alerts", "sent")]
+
+
+def open_alert(
+    conn: psycopg.Connection,
+    rule: str,
+    model_name: str,
+    *,
+    severity: str,
+    window_seconds: int,
+    threshold: int | None,
+    n_reports: int,
+    first_report_at: datetime,
+    last_report_at: datetime,
+    message: str,
+    details: dict[str, Any],
+    feedback_ids: list[int] | None = None,
+) -> int | None:
+    """Open ``rule``'s alert for ``model_name`` in the caller's transaction (which holds the rule's lock),
+    logged as its first channel; the caller logs it and sends the other channels. None when (rule, model)
+    already has an open alert (the unique index, second guard)."""
+    return store.insert_open(
+        conn,
+        rule=rule,
+        model_name=model_name,
+        severity=severity,
+        window_seconds=window_seconds,
+        threshold=threshold,
+        n_reports=n_reports,
+        feedback_ids=feedback_ids or [],
+        first_report_at=first_report_at,
+        last_report_at=last_report_at,
+        message=message,
+        details=details,
+        channels=_logged(),
+    )
 
 
 def raise_event(
@@ -43,7 +87,7 @@ def raise_event(
                 severity,
                 message,
                 details or {},
-                [channel_result("log", "logger ml.stages.alerts", "sent")],
+                _logged(),
             )
     except Exception as e:  # noqa: BLE001 - a failure callback must not fail
         log.error("could not record alert %s: %s", rule, e)

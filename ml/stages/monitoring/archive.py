@@ -14,7 +14,7 @@ from typing import Any
 from ml.platform.config import Settings, get_settings
 from ml.platform.storage import SharedStore, cache_dir, open_url
 from ml.stages.monitoring.wording import accuracy_statement
-from ml.store import reports as store
+from ml.store import drift_reports as store
 
 REPORT_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,80}$")
 
@@ -197,7 +197,7 @@ def record_action(
 
 def history(model_name: str, limit: int = 365, conn=None, settings: Settings | None = None) -> list[dict[str, Any]]:
     """The ``limit`` newest reports of ``model_name``, oldest first, as the drift history draws them
-    (``ml.store.reports.history``) with ``report_rate``: reported wrong per compared prediction."""
+    (``ml.store.drift_reports.history``) with ``report_rate``: reported wrong per compared prediction."""
     with _reading(conn, settings) as c:
         rows = store.history(c, model_name, limit)
     for r in rows:

@@ -12,7 +12,7 @@ import pandas as pd
 from ml.platform.config import Settings, get_settings
 from ml.stages.monitoring import MonitoringError
 from ml.stages.monitoring.wording import accuracy_statement
-from ml.store import reports as store
+from ml.store import drift_reports as store
 
 
 def _utc(value: datetime | str) -> datetime:

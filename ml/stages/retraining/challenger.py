@@ -21,8 +21,8 @@ from ml.stages.retraining import RetrainingError
 from ml.stages.retraining.records import get_retraining, mark_failed, update_retraining
 from ml.stages.retraining.training_set import prepare
 from ml.stages.retraining.trigger import champion_context
-from ml.store import models as models_store
 from ml.store import retrainings as store
+from ml.store import training_runs as training_runs_store
 
 log = logging.getLogger(__package__)  # the stage's logger, as before the split into modules
 
@@ -48,10 +48,12 @@ def train_challenger(
     profile: str | None = None,
     airflow_run_id: str | None = None,
     settings: Settings | None = None,
+    render: compare.Render | None = None,
 ) -> str:
     """Train the challenger on the retraining snapshot: the champion's family and params (``mode``
     champion, the default) or a comparison of ``families`` (``mode`` compare; default: every family in
-    ``ml.models.FAMILIES``). Returns its MLflow run id."""
+    ``ml.models.FAMILIES``; ``render``, the comparison's renderer ``ml.views.comparison.render``, is then
+    needed: a stage never imports views). Returns its MLflow run id."""
     import mlflow
 
     s = settings or get_settings()
@@ -63,12 +65,14 @@ def train_challenger(
         log.info("retraining #%s: challenger already trained (MLflow run %s), not training another", rid, r["run_id"])
         return r["run_id"]
     mode = mode or s.retraining_mode
+    if mode == "compare" and render is None:  # a caller's mistake: before the retraining says "training"
+        raise ValueError("mode 'compare' needs the comparison's renderer (ml.views.comparison.render)")
     update_retraining(rid, s, status="training", mode=mode)
     if mode == "champion":
         family, params = _champion_family_params(r, s)
         params.update(hyperparams or {})
         run_id = train.train(r["snapshot_hash"], family, params, sample_size, airflow_run_id, s)
-    elif mode == "compare":
+    elif mode == "compare" and render is not None:
         families = list(families or models.FAMILIES)  # all of them unless told (the DAG's default too)
         result = compare.run_comparison(
             snapshot_hash=r["snapshot_hash"],
@@ -77,6 +81,7 @@ def train_challenger(
             sample_size=sample_size,
             search_space=None,
             settings=s,
+            render=render,
         )
         run_id = compare.register_best(result, s)
     else:
@@ -167,7 +172,7 @@ def evaluate(retraining_id: Any, run_id: str, settings: Settings | None = None) 
         mlflow.log_metrics(logged)
         mlflow.log_dict(metrics, "retraining_metrics.json")
     with db.connect(s) as conn:
-        evidence = models_store.run_gate(conn, run_id) or {}
+        evidence = training_runs_store.run_gate(conn, run_id) or {}
     gate_record = {
         **evidence,
         "reported_eval": {
@@ -200,13 +205,15 @@ def run_retraining(
     hyperparams: dict[str, Any] | None = None,
     sample_size: int | None = None,
     settings: Settings | None = None,
+    render: compare.Render | None = None,
 ) -> dict[str, Any]:
-    """Every stage of the DAG in this process (``ml retrain``, the benchmark, tests)."""
+    """Every stage of the DAG in this process (``ml retrain``, the benchmark, tests); ``render``: as
+    :func:`train_challenger`'s."""
     s = settings or get_settings()
     prep = prepare(retraining_id, settings=s)
     rid = prep["retraining_id"]
     try:
-        run_id = train_challenger(rid, mode, families, hyperparams, sample_size, settings=s)
+        run_id = train_challenger(rid, mode, families, hyperparams, sample_size, settings=s, render=render)
         metrics = evaluate(rid, run_id, s)
         train.register(run_id, s)
         if s.behaviour_checks:

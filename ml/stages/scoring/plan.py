@@ -24,7 +24,7 @@ from ml.platform.storage import reading
 from ml.stages.scoring.files import batches_store, check_text, confined_input, file_sha256, iter_rows, model_dir
 from ml.stages.scoring.sizing import AUTO_TAIL_SLACK, auto_shard_rows
 from ml.store import batches as store
-from ml.store import models as models_store
+from ml.store import training_runs as training_runs_store
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def _plan_locked(
     if champ is None:
         raise RuntimeError("no champion model to score with; train one first (sentiment_training DAG / ml pipeline)")
     with db.connect(s) as conn:
-        event = models_store.serving_event(conn, s.model_name)
+        event = training_runs_store.serving_event(conn, s.model_name)
     if event is None or event[0] != champ.version or not event[1]:
         # the API's rule: only the version a promotion/rollback event names, with its recorded digest
         raise RuntimeError(

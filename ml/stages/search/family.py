@@ -23,7 +23,7 @@ from ml.stages.search.space import family_spec, load_search_space, selection_met
 from ml.stages.search.splits import comparison_splits
 from ml.stages.search.trial import clear_framework_state, run_trial
 from ml.stages.train import fit_calibration, log_training_datasets
-from ml.store import models as store
+from ml.store import training_runs as store
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from api_helpers import running_app, settings_with
 from ml.data.snapshots import validate_and_snapshot
 from ml.platform import registry
 from ml.stages import promotion, train
-from ml.store import models as store
+from ml.store import training_runs as store
 
 STEPS = ["insert_event", "set_event_digest", "set_alias", "set_alias_applied_then_failed", "commit"]
 

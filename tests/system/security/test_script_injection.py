@@ -34,11 +34,11 @@ from security_browser import canary_server, chromium, payloads, serve_champion
 
 from ml.platform import db
 from ml.platform.orchestration import airflow_env
-from ml.reports.model_card import card_html, model_card
-from ml.stages.compare import to_html
 from ml.stages.monitoring import report_html
 from ml.stages.monitoring.build import build_report
-from ml.store import models as store
+from ml.store import training_runs as store
+from ml.views.comparison import to_html
+from ml.views.model_card import card_html, model_card
 
 pytestmark = [pytest.mark.slow]
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from ml.platform.config import Settings, get_settings
 from ml.store import lineage as lineage_store
-from ml.store import models as models_store
+from ml.store import training_runs as training_runs_store
 
 #: the held-out metrics in reading order, with their names on the card (quality first, cost last)
 METRIC_NAMES = {
@@ -185,10 +185,10 @@ def model_card(settings: Settings | None = None, images: bool = True) -> dict[st
     import mlflow
 
     from ml.platform import db, registry, tracking
-    from ml.reports import lineage
     from ml.stages.alerts.events import list_alerts
     from ml.stages.retraining.records import list_retrainings
     from ml.stages.retraining.trigger import champion_context, pending_count
+    from ml.views import lineage
 
     s = settings or get_settings()
     tracking.configure(s)
@@ -249,7 +249,7 @@ def model_card(settings: Settings | None = None, images: bool = True) -> dict[st
                 if tr["behaviour"]
                 else None,
             )
-        gate_record = models_store.run_gate(conn, run_id)
+        gate_record = training_runs_store.run_gate(conn, run_id)
         card["champion"]["what_changed"] = what_changed(gate_record)
         card["champion"]["weak_slices"] = weak_slices(gate_record)
         card["snapshot_chain"] = lineage.snapshot_chain(conn, tags.get("dataset_hash"))
@@ -258,7 +258,7 @@ def model_card(settings: Settings | None = None, images: bool = True) -> dict[st
                 c["retraining"].pop("reports", None)
                 c["retraining"].pop("training_feedback_ids", None)
                 c["retraining"].pop("feedback_ids", None)
-        events = models_store.recent_events(conn, s.model_name, 10)
+        events = training_runs_store.recent_events(conn, s.model_name, 10)
         from ml.stages import shadow as shadow_mod
         from ml.store import shadow as shadow_store
 
@@ -356,16 +356,18 @@ border-radius:3px;overflow:hidden;display:inline-block;vertical-align:middle} .f
 """
 
 
-def card_html(card: dict[str, Any]) -> str:
-    c = card.get("champion")
-    out = [
+def _head_html(card: dict[str, Any]) -> str:
+    """The page's head and title."""
+    return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>Model card {_esc(card['model_name'])}</title>"
-        f"<style>{STYLE}</style></head><body>",
-        f"<h1>Model card: {_esc(card['model_name'])} <span class='muted'>@{_esc(card['alias'])}</span></h1>",
-    ]
-    if c is None:
-        out.append(f"<p>{_esc(card.get('note'))}</p></body></html>")
-        return "".join(out)
+        f"<style>{STYLE}</style></head><body>"
+        f"<h1>Model card: {_esc(card['model_name'])} <span class='muted'>@{_esc(card['alias'])}</span></h1>"
+    )
+
+
+def _champion_html(c: dict[str, Any]) -> str:
+    """The card's section: the version line and its MLflow links."""
+    out: list[str] = []
     out.append(
         f"<p id='champion-version'>Champion <b>version {c['version']}</b> ({_esc(c.get('family'))}), "
         f"trained {_esc(c['trained_at'][:19])} UTC, run <code>{_esc(c['run_id'])}</code>, "
@@ -378,6 +380,12 @@ def card_html(card: dict[str, Any]) -> str:
             f"rel='noopener noreferrer'>training run</a> · <a id='mlflow-version' href='{_esc(links['version'])}' "
             f"target='_blank' rel='noopener noreferrer'>registered version {_esc(c['version'])}</a></p>"
         )
+    return "".join(out)
+
+
+def _metrics_html(c: dict[str, Any]) -> str:
+    """The card's section: the held-out metrics."""
+    out: list[str] = []
     names = c.get("metric_names") or {}
     out.append(
         "<h2>Held-out metrics</h2><table id='metrics'><tr>"
@@ -386,6 +394,12 @@ def card_html(card: dict[str, Any]) -> str:
         + "".join(f"<td>{_fmt(v)}</td>" for v in c["metrics"].values())
         + "</tr></table>"
     )
+    return "".join(out)
+
+
+def _plots_html(c: dict[str, Any]) -> str:
+    """The card's section: the evaluation plots (embedded, or why not)."""
+    out: list[str] = []
     plots = c.get("plots") or []
     if plots:
         out.append("<div id='plots' style='display:flex;flex-wrap:wrap;gap:1rem'>")
@@ -402,6 +416,12 @@ def card_html(card: dict[str, Any]) -> str:
                     f"{' (' + _esc(p['error']) + ')' if p.get('error') else ''}</p>"
                 )
         out.append("</div>")
+    return "".join(out)
+
+
+def _intended_use_html(c: dict[str, Any]) -> str:
+    """The card's section: intended use and limitations, with the gate's weakest slices."""
+    out: list[str] = []
     iu = c.get("intended_use") or {}
     if iu:
         out.append(
@@ -429,6 +449,12 @@ def card_html(card: dict[str, Any]) -> str:
                 "<li>No slice measurement is stored for this version (evaluated before the gate recorded it).</li>"
             )
         out.append("</ul>")
+    return "".join(out)
+
+
+def _calibration_html(c: dict[str, Any]) -> str:
+    """The card's section: how the served probabilities are calibrated, and the calibration error."""
+    out: list[str] = []
     cal = c.get("calibration")
     if cal:
         out.append(
@@ -449,8 +475,20 @@ def card_html(card: dict[str, Any]) -> str:
             )
             + "</table>"
         )
+    return "".join(out)
+
+
+def _teacher_html(c: dict[str, Any]) -> str:
+    """The card's section: the teacher of a distilled model."""
+    out: list[str] = []
     if c.get("teacher"):
         out.append(f"<p id='teacher'>Distilled from teacher <code>{_esc(c['teacher'])}</code>.</p>")
+    return "".join(out)
+
+
+def _external_html(c: dict[str, Any]) -> str:
+    """The card's section: the metrics on the external evaluation file."""
+    out: list[str] = []
     ext = c.get("external")
     if ext:
         keys = [k for k in ("accuracy", "f1", "roc_auc", "n") if k in ext]
@@ -463,6 +501,12 @@ def card_html(card: dict[str, Any]) -> str:
             + "".join(f"<td>{int(ext[k]):,}</td>" if k == "n" else f"<td>{_fmt(ext[k])}</td>" for k in keys)
             + "</tr></table>"
         )
+    return "".join(out)
+
+
+def _what_changed_html(c: dict[str, Any]) -> str:
+    """The card's section: what changed against the replaced champion (the gate's flip report)."""
+    out: list[str] = []
     wc = c.get("what_changed")
     if wc and wc.get("held_out"):
         h, g = wc["held_out"], wc["golden"]
@@ -493,6 +537,12 @@ def card_html(card: dict[str, Any]) -> str:
         ):
             if texts:
                 out.append(f"<p class='muted'>{_esc(label)}: " + "; ".join(f"“{_text(t)}”" for t in texts) + "</p>")
+    return "".join(out)
+
+
+def _shadows_html(card: dict[str, Any], c: dict[str, Any]) -> str:
+    """The card's section: the shadow before promotion and the latest shadow."""
+    out: list[str] = []
     for title, sh in (
         ("Shadow before promotion", c.get("shadow")),
         (
@@ -517,6 +567,12 @@ def card_html(card: dict[str, Any]) -> str:
             f"<td>{_fmt(rev.get('challenger_accuracy'))} / {_fmt(rev.get('champion_accuracy'))}</td></tr></table>"
             f"<p class='muted'>{_esc(sh.get('decision'))}</p>"
         )
+    return "".join(out)
+
+
+def _behaviour_html(c: dict[str, Any]) -> str:
+    """The card's section: the behavioural checks' pass rates."""
+    out: list[str] = []
     if c.get("behaviour"):
         out.append(
             "<h2>Behavioural checks (pass rate)</h2><table><tr>"
@@ -525,6 +581,12 @@ def card_html(card: dict[str, Any]) -> str:
             + "".join(f"<td>{_fmt(v)}</td>" for v in c["behaviour"].values())
             + "</tr></table>"
         )
+    return "".join(out)
+
+
+def _feedback_html(card: dict[str, Any]) -> str:
+    """The card's section: the misclassification reports against the retraining threshold."""
+    out: list[str] = []
     fb = card.get("feedback")
     if fb:
         share = min(1.0, fb["share_of_threshold"] or 0.0)
@@ -536,6 +598,12 @@ def card_html(card: dict[str, Any]) -> str:
             f"<span class='bar'><span class='fill' style='width:{share * 100:.0f}%;display:block'></span></span>"
             f" {share:.0%}</p>"
         )
+    return "".join(out)
+
+
+def _lineage_html(card: dict[str, Any]) -> str:
+    """The card's section: the training snapshot and its lineage."""
+    out: list[str] = []
     out.append(
         "<h2>Training data (snapshot lineage)</h2><table><tr><th>snapshot</th><th>kind</th><th>rows</th>"
         "<th>created</th><th>built by</th></tr>"
@@ -553,6 +621,12 @@ def card_html(card: dict[str, Any]) -> str:
             f"<td>{by}</td></tr>"
         )
     out.append("</table>")
+    return "".join(out)
+
+
+def _retrainings_html(card: dict[str, Any]) -> str:
+    """The card's section: the latest retrainings."""
+    out: list[str] = []
     if card.get("retrainings"):
         out.append(
             "<h2>Latest retrainings</h2><table><tr><th>#</th><th>when</th><th>reason</th><th>reports</th>"
@@ -567,6 +641,12 @@ def card_html(card: dict[str, Any]) -> str:
                 f"<td>{_esc(r['decision'] or r['error'])}</td></tr>"
             )
         out.append("</table>")
+    return "".join(out)
+
+
+def _events_html(card: dict[str, Any]) -> str:
+    """The card's section: the champion's history (model events)."""
+    out: list[str] = []
     if card.get("events"):
         out.append(
             "<h2>Champion history</h2><table><tr><th>when</th><th>event</th><th>version</th><th>previous</th>"
@@ -578,6 +658,12 @@ def card_html(card: dict[str, Any]) -> str:
                 f"<td>{_esc(e['previous_version'])}</td><td>{_esc(e['reason'])}</td></tr>"
             )
         out.append("</table>")
+    return "".join(out)
+
+
+def _alerts_html(card: dict[str, Any]) -> str:
+    """The card's section: the latest alerts."""
+    out: list[str] = []
     if card.get("alerts"):
         out.append("<h2>Latest alerts</h2><table><tr><th>when</th><th>rule</th><th>message</th><th>channels</th></tr>")
         for a in card["alerts"]:
@@ -587,9 +673,45 @@ def card_html(card: dict[str, Any]) -> str:
                 f"<td>{_esc(a['message'])}</td><td>{_esc(ch)}</td></tr>"
             )
         out.append("</table>")
+    return "".join(out)
+
+
+def _footer_html(card: dict[str, Any]) -> str:
+    """The card's section: the JSON link and when the card was generated."""
+    out: list[str] = []
     out.append(
         f"<p class='muted'>JSON: <a href='model-card.json'>model-card.json</a> · generated "
         f"{_esc(card['generated_at'][:19])} UTC</p>"
     )
-    out.append("</body></html>")
     return "".join(out)
+
+
+def card_html(card: dict[str, Any]) -> str:
+    """The card as a small HTML page (the Airflow UI plugin's): one helper per section, in reading order."""
+    c = card.get("champion")
+    if c is None:
+        return _head_html(card) + f"<p>{_esc(card.get('note'))}</p></body></html>"
+    return (
+        _head_html(card)
+        + "".join(
+            (
+                _champion_html(c),
+                _metrics_html(c),
+                _plots_html(c),
+                _intended_use_html(c),
+                _calibration_html(c),
+                _teacher_html(c),
+                _external_html(c),
+                _what_changed_html(c),
+                _shadows_html(card, c),
+                _behaviour_html(c),
+                _feedback_html(card),
+                _lineage_html(card),
+                _retrainings_html(card),
+                _events_html(card),
+                _alerts_html(card),
+                _footer_html(card),
+            )
+        )
+        + "</body></html>"
+    )

@@ -1,1 +1,0 @@
-"""Read models a person looks at: the lineage of a prediction and the champion's model card."""
