@@ -29,8 +29,9 @@ import logging
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # read by huggingface_hub at import: before transformers
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -102,6 +103,43 @@ def device():
     import torch
 
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class _FitData(NamedTuple):
+    """The preprocessed training and validation texts and labels of one fit."""
+
+    x: list[str]
+    y: np.ndarray
+    val_texts: list[str]
+    val_y: np.ndarray
+
+
+class _Schedule(NamedTuple):
+    """A fit's step counts: steps a pass, the step limit, validation interval, warm-up steps."""
+
+    steps_per_epoch: int
+    max_steps: int
+    eval_every: int
+    warmup: int
+
+
+@dataclass
+class _FitRun:
+    """The state a fit's training loop updates: steps, examples, the best validation state, timings."""
+
+    budget: Budget
+    plan: _Schedule
+    history: dict[str, Any]
+    step: int = 0
+    examples: int = 0
+    stopped: str | None = None
+    best_acc: float = -1.0
+    best_state: dict[str, Any] | None = None
+    bad: int = 0  # evaluations since the best one
+    running: float = 0.0  # smoothed training loss
+    eval_seconds: float = 0.0
+    step_seconds: float = 0.0  # smoothed
+    last_eval: int = -1
 
 
 class TransformerClassifier(SentimentModel):
@@ -189,9 +227,39 @@ class TransformerClassifier(SentimentModel):
         linear warm-up over ``warmup_steps``, then linear decay over the budget used (time or steps)."""
         p = self.params
         budget = Budget(budget_seconds, int(p["max_steps"]) or None)  # the clock starts here: all of fit counts
-        import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        # imported before seed_everything, which seeds torch only when it is already imported
+        import torch  # noqa: F401
+        from transformers import AutoModelForSequenceClassification  # noqa: F401
 
+        data = self._fit_data(texts, labels, validation)
+        dev, threads = self._load_pretrained()
+        # bucket by character length (a close proxy of token length, free to compute); each batch is
+        # tokenised when it is drawn, padded to its longest tweet
+        lengths = np.fromiter((len(t) for t in data.x), dtype=np.int32, count=len(data.x))
+        plan = self._schedule(len(data.x), budget)
+        run = _FitRun(budget, plan, new_history(len(data.x), len(data.val_texts), budget))
+        opt, sched = self._optimizer(run)
+        run.history["threads"] = threads
+        log.info(
+            "transformer %s on %s (%d threads): %s training tweets (%s validation), %d steps a pass, "
+            "up to %d steps, budget %s, validation every %d steps",
+            p["checkpoint"],
+            dev,
+            threads,
+            f"{len(data.x):,}",
+            f"{len(data.val_texts):,}",
+            plan.steps_per_epoch,
+            plan.max_steps,
+            f"{budget.seconds:.0f}s ({budget.left():.0f}s left)" if budget.seconds else "none",
+            plan.eval_every,
+        )
+        self._train_loop(data, lengths, dev, opt, sched, run)
+        self._finish_fit(data, run)
+        return self
+
+    def _fit_data(self, texts, labels, validation) -> _FitData:
+        """Seed, preprocess, and split the validation set off (or take the given one), capped at eval_max_rows."""
+        p = self.params
         y = self._check_labels(labels, np.int64)
         seed = int(p["seed"])
         seed_everything(seed)
@@ -211,7 +279,13 @@ class TransformerClassifier(SentimentModel):
         if cap and len(val_texts) > cap:  # a fixed random subset: cheap evaluations, the same every time
             keep = np.sort(np.random.default_rng(seed).choice(len(val_texts), cap, replace=False))
             val_texts, val_y = [val_texts[i] for i in keep], val_y[keep]
+        return _FitData(x, y, val_texts, val_y)
 
+    def _load_pretrained(self) -> tuple[Any, int]:
+        """Load the checkpoint's tokenizer and model onto the device; (device, CPU threads)."""
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        p = self.params
         ckpt = resolve_checkpoint(p["checkpoint"])
         dev = device()
         threads = _use_threads(p["threads"])
@@ -219,16 +293,13 @@ class TransformerClassifier(SentimentModel):
         self.model_ = AutoModelForSequenceClassification.from_pretrained(
             ckpt, num_labels=2, id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1}
         ).to(dev)
-        # bucket by character length (a close proxy of token length, free to compute); each batch is
-        # tokenised when it is drawn, padded to its longest tweet
-        lengths = np.fromiter((len(t) for t in x), dtype=np.int32, count=len(x))
+        return dev, threads
 
-        def collate(idx: np.ndarray):
-            enc = self._encode([x[i] for i in idx]).to(dev)
-            return enc["input_ids"], enc["attention_mask"], torch.as_tensor(y[idx], device=dev)
-
+    def _schedule(self, n_train: int, budget: Budget) -> _Schedule:
+        """The step counts: steps a pass, the step limit, validation interval, warm-up steps."""
+        p = self.params
         bs = int(p["batch_size"])
-        steps_per_epoch = -(-len(x) // bs)
+        steps_per_epoch = -(-n_train // bs)
         max_steps = steps_per_epoch * int(p["epochs"])
         if budget.steps:
             max_steps = min(max_steps, budget.steps)
@@ -236,6 +307,13 @@ class TransformerClassifier(SentimentModel):
         warmup = int(p["warmup_steps"]) or int(max_steps * float(p["warmup_ratio"]))
         if budget.seconds and not int(p["warmup_steps"]):
             warmup = min(warmup, 50)  # the step count of a time budget is unknown: a short warm-up
+        return _Schedule(steps_per_epoch, max_steps, eval_every, warmup)
+
+    def _optimizer(self, run: _FitRun) -> tuple[Any, Any]:
+        """AdamW (no weight decay on biases and norms) and its warm-up-then-decay LR schedule."""
+        import torch
+
+        p = self.params
         named = list(self.model_.named_parameters())
         decay = {n for n, _ in named if not any(k in n for k in ("bias", "LayerNorm", "norm"))}
         groups = [
@@ -243,132 +321,131 @@ class TransformerClassifier(SentimentModel):
             {"params": [q for n, q in named if n not in decay], "weight_decay": 0.0},
         ]
         opt = torch.optim.AdamW(groups, lr=float(p["learning_rate"]))
-        state = {"step": 0}
+        warmup, max_steps, budget = run.plan.warmup, run.plan.max_steps, run.budget
 
         def lr_factor(_: int) -> float:  # warm-up by steps, then linear decay over the budget used
-            step = state["step"]
+            step = run.step
             if warmup and step < warmup:
                 return (step + 1) / warmup
             return max(0.02, 1.0 - budget.progress(step, max_steps))
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
-        rng = np.random.default_rng(seed)
-        history = new_history(len(x), len(val_texts), budget)
-        history["threads"] = threads
-        log.info(
-            "transformer %s on %s (%d threads): %s training tweets (%s validation), %d steps a pass, "
-            "up to %d steps, budget %s, validation every %d steps",
-            p["checkpoint"],
-            dev,
-            threads,
-            f"{len(x):,}",
-            f"{len(val_texts):,}",
-            steps_per_epoch,
-            max_steps,
-            f"{budget.seconds:.0f}s ({budget.left():.0f}s left)" if budget.seconds else "none",
-            eval_every,
-        )
+        return opt, sched
 
-        best_acc, best_state, bad, step, examples, stopped = -1.0, None, 0, 0, 0, None
-        eval_seconds, step_seconds = 0.0, 0.0
-
-        def evaluate() -> None:
-            nonlocal best_acc, best_state, bad, eval_seconds
-            t = time.perf_counter()
-            loss, acc = self._val_loss(val_texts, val_y)
-            self.model_.train()
-            eval_seconds = time.perf_counter() - t
-            c = history["curve"]
-            c["step"].append(step)
-            c["examples"].append(examples)
-            c["seconds"].append(round(budget.elapsed(), 2))
-            c["val_accuracy"].append(acc)
-            c["val_loss"].append(loss)
-            log.info(
-                "transformer step %d (%.2f epochs, %.0fs): val_acc %.4f val_loss %.4f",
-                step,
-                step / steps_per_epoch,
-                budget.elapsed(),
-                acc,
-                loss,
-            )
-            if acc > best_acc:
-                best_acc, bad = acc, 0
-                best_state = {k: v.detach().cpu().clone() for k, v in self.model_.state_dict().items()}
-                history["best_step"], history["best_val_accuracy"] = step, acc
-            else:
-                bad += 1
-
+    def _fit_evaluate(self, data: _FitData, run: _FitRun) -> None:
+        """Score the validation split, add it to the learning curve, keep the best state (or count a miss)."""
+        t = time.perf_counter()
+        loss, acc = self._val_loss(data.val_texts, data.val_y)
         self.model_.train()
-        running, last_eval = 0.0, -1
-        while stopped is None:
+        run.eval_seconds = time.perf_counter() - t
+        history, step, budget = run.history, run.step, run.budget
+        c = history["curve"]
+        c["step"].append(step)
+        c["examples"].append(run.examples)
+        c["seconds"].append(round(budget.elapsed(), 2))
+        c["val_accuracy"].append(acc)
+        c["val_loss"].append(loss)
+        log.info(
+            "transformer step %d (%.2f epochs, %.0fs): val_acc %.4f val_loss %.4f",
+            step,
+            step / run.plan.steps_per_epoch,
+            budget.elapsed(),
+            acc,
+            loss,
+        )
+        if acc > run.best_acc:
+            run.best_acc, run.bad = acc, 0
+            run.best_state = {k: v.detach().cpu().clone() for k, v in self.model_.state_dict().items()}
+            history["best_step"], history["best_val_accuracy"] = step, acc
+        else:
+            run.bad += 1
+
+    def _train_step(self, idx: np.ndarray, data: _FitData, dev: Any, opt: Any, sched: Any, run: _FitRun) -> None:
+        """One optimiser step on one batch (tokenised now, padded to its longest tweet), logged every log_every."""
+        import torch
+
+        p = self.params
+        t_step = time.perf_counter()
+        enc = self._encode([data.x[i] for i in idx]).to(dev)
+        labels_t = torch.as_tensor(data.y[idx], device=dev)
+        out = self.model_(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], labels=labels_t)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model_.parameters(), 1.0)
+        opt.step()
+        run.step = step = run.step + 1
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        run.examples += len(idx)
+        run.running = 0.98 * run.running + 0.02 * out.loss.detach().item() if step > 1 else out.loss.detach().item()
+        run.step_seconds = (
+            0.8 * run.step_seconds + 0.2 * (time.perf_counter() - t_step)
+            if step > 1
+            else (time.perf_counter() - t_step)
+        )
+        if int(p["log_every"]) and step % int(p["log_every"]) == 0:
+            log.info(
+                "transformer step %d/%d (%.2f epochs) loss %.4f, %.2f s/step, %.0fs",
+                step,
+                run.plan.max_steps,
+                step / run.plan.steps_per_epoch,
+                run.running,
+                run.step_seconds,
+                run.budget.elapsed(),
+            )
+
+    def _train_loop(self, data: _FitData, lengths: np.ndarray, dev: Any, opt: Any, sched: Any, run: _FitRun) -> None:
+        """Train pass after pass until the budget, max_steps, epochs or patience stops it."""
+        p = self.params
+        rng = np.random.default_rng(int(p["seed"]))
+        self.model_.train()
+        while run.stopped is None:
             for idx in self._batches(lengths, rng):
-                t_step = time.perf_counter()
-                input_ids, mask, labels_t = collate(idx)
-                out = self.model_(input_ids=input_ids, attention_mask=mask, labels=labels_t)
-                out.loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.model_.parameters(), 1.0)
-                opt.step()
-                state["step"] = step = step + 1
-                sched.step()
-                opt.zero_grad(set_to_none=True)
-                examples += len(idx)
-                running = 0.98 * running + 0.02 * out.loss.detach().item() if step > 1 else out.loss.detach().item()
-                step_seconds = (
-                    0.8 * step_seconds + 0.2 * (time.perf_counter() - t_step)
-                    if step > 1
-                    else (time.perf_counter() - t_step)
-                )
-                if int(p["log_every"]) and step % int(p["log_every"]) == 0:
-                    log.info(
-                        "transformer step %d/%d (%.2f epochs) loss %.4f, %.2f s/step, %.0fs",
-                        step,
-                        max_steps,
-                        step / steps_per_epoch,
-                        running,
-                        step_seconds,
-                        budget.elapsed(),
-                    )
-                if len(val_texts) and step % eval_every == 0:
-                    evaluate()
-                    last_eval = step
-                    if int(p["patience"]) and bad >= int(p["patience"]):
-                        stopped = "patience"
+                self._train_step(idx, data, dev, opt, sched, run)
+                step = run.step
+                if len(data.val_texts) and step % run.plan.eval_every == 0:
+                    self._fit_evaluate(data, run)
+                    run.last_eval = step
+                    if int(p["patience"]) and run.bad >= int(p["patience"]):
+                        run.stopped = "patience"
                         break
                 # stop while one more validation still fits in the budget
-                why = budget.spent(step, reserve=(1.25 * eval_seconds if last_eval != step else 0.0) + step_seconds)
-                if why is None and step >= max_steps:
+                reserve = (1.25 * run.eval_seconds if run.last_eval != step else 0.0) + run.step_seconds
+                why = run.budget.spent(step, reserve=reserve)
+                if why is None and step >= run.plan.max_steps:
                     why = "epochs"
                 if why:
-                    stopped = why
+                    run.stopped = why
                     break
-        if len(val_texts) and last_eval != step:
-            evaluate()
-        if best_state is not None:
-            self.model_.load_state_dict(best_state)
+
+    def _finish_fit(self, data: _FitData, run: _FitRun) -> None:
+        """A last validation when due, restore the best state, and record the fit's history."""
+        step, history = run.step, run.history
+        if len(data.val_texts) and run.last_eval != step:
+            self._fit_evaluate(data, run)
+        if run.best_state is not None:
+            self.model_.load_state_dict(run.best_state)
         self.model_.eval()
         history.update(
             steps=step,
-            epochs=round(step / steps_per_epoch, 3),
-            examples_seen=examples,
-            stopped=stopped,
-            seconds=round(budget.elapsed(), 3),
+            epochs=round(step / run.plan.steps_per_epoch, 3),
+            examples_seen=run.examples,
+            stopped=run.stopped,
+            seconds=round(run.budget.elapsed(), 3),
         )
         history["steps_run"] = step
         self.history_ = history
-        self.validation_ = (val_texts, val_y)  # the export's int8-vs-torch accuracy check
+        self.validation_ = (data.val_texts, data.val_y)  # the export's int8-vs-torch accuracy check
         self._export_dir: Path | None = None
         log.info(
             "transformer: stopped (%s) after %d steps = %.2f epochs, %s examples, %.1fs; best step %s (val acc %s)",
-            stopped,
+            run.stopped,
             step,
             history["epochs"],
-            f"{examples:,}",
+            f"{run.examples:,}",
             history["seconds"],
             history["best_step"],
             history["best_val_accuracy"],
         )
-        return self
 
     # ---------------------------------------------------------------- predict
     def predict_proba(self, texts) -> np.ndarray:

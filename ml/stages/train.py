@@ -14,6 +14,7 @@ import logging
 import tempfile
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -303,50 +304,100 @@ def evaluate(run_id: str, settings: Settings | None = None, champion_cache: dict
         calibration_sets["external"] = (ext.labels, ext_proba, ext_raw)
 
     champ = registry.champion(s)
-    champion_metrics = None
-    champion_ext_pred = None
-    champion_proba = champion_golden_proba = None
-    if champ is not None and champ.run_id != run_id:
-        key = f"{snap.hash}:{champ.version}:{ext.content_hash if ext else '-'}:{hash(tuple(golden))}"
-        if champion_cache is not None and champion_cache.get("key") == key:
-            champion_metrics = champion_cache["metrics"]
-            champion_ext_pred = champion_cache.get("external_pred")
-            champion_proba, champion_golden_proba = champion_cache["proba"], champion_cache["golden_proba"]
-        else:
-            cmodel = registry.load_version(champ.version, s)
-            champion_proba = np.asarray(cmodel.predict_proba(texts))
-            champion_golden_proba = np.asarray(cmodel.predict_proba(golden_texts))
-            champion_metrics = compute_metrics(y, champion_proba)
-            champion_metrics["version"] = champ.version
-            if ext is not None:  # the champion on the same external texts
-                champion_metrics["external"], champion_ext_pred = external.score(cmodel, ext)
-            if champion_cache is not None:
-                champion_cache.update(
-                    key=key,
-                    metrics=champion_metrics,
-                    external_pred=champion_ext_pred,
-                    proba=champion_proba,
-                    golden_proba=champion_golden_proba,
-                )
+    cs = _score_champion(champ, run_id, snap.hash, texts, y, golden, golden_texts, ext, champion_cache, s)
     # the promotion gate's evidence (ml.evaluation.gate): paired predictions on the held-out set (slices, flips)
     # and on the golden regression set
     evidence = gate.compare(
         y,
         texts,
         np.asarray(proba),
-        champion_proba,
+        cs.proba,
         golden,
         np.asarray(model.predict_proba(golden_texts)),
-        champion_golden_proba,
+        cs.golden_proba,
         confidence=s.promotion_confidence,
         golden_min_confidence=s.gate_golden_min_confidence,
-        champion_version=(champ.version if champion_proba is not None and champ is not None else None),
+        champion_version=(champ.version if cs.proba is not None and champ is not None else None),
     )
-    if ext is not None and ext_pred is not None and champion_ext_pred is not None and champ is not None:
+    if ext is not None and ext_pred is not None and cs.ext_pred is not None and champ is not None:
         metrics["external"]["vs_champion"] = {
-            **paired_comparison(ext.labels, ext_pred, champion_ext_pred, s.promotion_confidence),
+            **paired_comparison(ext.labels, ext_pred, cs.ext_pred, s.promotion_confidence),
             "champion_version": champ.version,
         }
+
+    _log_evaluation(run_id, model, y, proba, metrics, cs.metrics, ext, calibration_sets, evidence)
+    with db.connect(s) as conn:
+        store.set_evaluated(conn, run_id, metrics, cs.metrics or None)
+        store.set_gate(conn, run_id, evidence)
+    _log_evaluated(run_id, len(y), metrics, cs.metrics, ext)
+    return metrics
+
+
+@dataclass
+class _ChampionScores:
+    """The champion's scores on the candidate's sets: all None without a champion (or when it is the candidate)."""
+
+    metrics: dict[str, Any] | None = None
+    ext_pred: np.ndarray | None = None
+    proba: np.ndarray | None = None
+    golden_proba: np.ndarray | None = None
+
+
+def _score_champion(
+    champ: registry.ChampionInfo | None,
+    run_id: str,
+    snapshot_hash: str,
+    texts: list[str],
+    y: np.ndarray,
+    golden: tuple[tuple[str, int], ...],
+    golden_texts: list[str],
+    ext: external.ExternalSet | None,
+    champion_cache: dict | None,
+    s: Settings,
+) -> _ChampionScores:
+    """Score the champion on the held-out, golden and external sets (once per snapshot via ``champion_cache``)."""
+    if champ is None or champ.run_id == run_id:
+        return _ChampionScores()
+    key = f"{snapshot_hash}:{champ.version}:{ext.content_hash if ext else '-'}:{hash(tuple(golden))}"
+    if champion_cache is not None and champion_cache.get("key") == key:
+        return _ChampionScores(
+            champion_cache["metrics"],
+            champion_cache.get("external_pred"),
+            champion_cache["proba"],
+            champion_cache["golden_proba"],
+        )
+    cmodel = registry.load_version(champ.version, s)
+    champion_proba = np.asarray(cmodel.predict_proba(texts))
+    champion_golden_proba = np.asarray(cmodel.predict_proba(golden_texts))
+    champion_metrics = compute_metrics(y, champion_proba)
+    champion_metrics["version"] = champ.version
+    champion_ext_pred = None
+    if ext is not None:  # the champion on the same external texts
+        champion_metrics["external"], champion_ext_pred = external.score(cmodel, ext)
+    if champion_cache is not None:
+        champion_cache.update(
+            key=key,
+            metrics=champion_metrics,
+            external_pred=champion_ext_pred,
+            proba=champion_proba,
+            golden_proba=champion_golden_proba,
+        )
+    return _ChampionScores(champion_metrics, champion_ext_pred, champion_proba, champion_golden_proba)
+
+
+def _log_evaluation(
+    run_id: str,
+    model,
+    y: Any,
+    proba: np.ndarray,
+    metrics: dict[str, Any],
+    champion_metrics: dict[str, Any] | None,
+    ext: external.ExternalSet | None,
+    calibration_sets: dict[str, tuple[Any, np.ndarray, np.ndarray]],
+    evidence: dict[str, Any],
+) -> None:
+    """Log the metrics (the champion's, external ones), plots, calibration and the gate's evidence to the run."""
+    import mlflow
 
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics({k: metrics[k] for k in (*METRICS, "inference_ms_per_tweet")})
@@ -385,13 +436,20 @@ def evaluate(run_id: str, settings: Settings | None = None, champion_cache: dict
             )
         mlflow.log_metrics(gm)
         mlflow.log_dict(evidence, "gate.json")
-    with db.connect(s) as conn:
-        store.set_evaluated(conn, run_id, metrics, champion_metrics or None)
-        store.set_gate(conn, run_id, evidence)
+
+
+def _log_evaluated(
+    run_id: str,
+    n_held_out: int,
+    metrics: dict[str, Any],
+    champion_metrics: dict[str, Any] | None,
+    ext: external.ExternalSet | None,
+) -> None:
+    """Log the evaluation's figures: held-out (with the champion's F1), then the external set's."""
     log.info(
         "evaluated run %s on %s held-out tweets: acc %.4f f1 %.4f auc %.4f (%.3f ms/tweet)%s",
         run_id,
-        f"{len(y):,}",
+        f"{n_held_out:,}",
         metrics["accuracy"],
         metrics["f1"],
         metrics["roc_auc"],
@@ -411,7 +469,6 @@ def evaluate(run_id: str, settings: Settings | None = None, champion_cache: dict
             if vs
             else "",
         )
-    return metrics
 
 
 def register(run_id: str, settings: Settings | None = None) -> int:

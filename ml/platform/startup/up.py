@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from ml.platform import db, progressive, tracking
@@ -102,6 +103,63 @@ def up(
     ``progressive_champion``: once a champion serves, start the background comparison that includes the
     transformer (``ml.platform.progressive``); None: the setting of the same name."""
     s = settings or get_settings()
+    run = _plan_up(s, only, train)
+    t0 = time.monotonic()
+    say(f"Starting the platform (state in {s.var})")
+    if run.use_api:
+        check_replicas(s, run.instances)
+    check_ports(s, [*run.instances, *run.names])
+
+    db_url = _start_base(run, supervisor_env)
+    user, password = _start_services(run)
+    training, serving = _first_model_and_serving(run, data, train, wait, force_train)
+    background: dict[str, Any] | None = None
+    if train and run.everything:
+        background = start_progressive(s, progressive_champion)
+    run.timings["total"] = time.monotonic() - t0
+
+    st = status(s, quiet=True)
+    api_svc, names, instances = services(s)["api"], run.names, run.instances
+    summary = {
+        "database_url": safe_url(db_url),
+        "api": api_svc.url,
+        "api_docs": f"{api_svc.url}/docs",
+        "web": f"{api_svc.url}/",
+        "airflow": {"url": services(s)["airflow-api-server"].url, "username": user, "password": password},
+        "mlflow": run.mlflow_url,
+        "mlflow_experiment": experiment_ui_url(s, run.mlflow_url) if run.use_mlflow else None,
+        "logs": str(s.logs_dir),
+        "supervisor": st["supervisor"],
+        "services": {n: st["services"][n] for n in [*instances, *names]},
+        "training": training,
+        "serving_version": serving,
+        "progressive": background,
+        "timings_s": {k: round(v, 1) for k, v in run.timings.items()},
+    }
+    _print_summary(summary, names)
+    return summary
+
+
+@dataclass
+class _UpRun:
+    """One ``up``: the services it starts, its step lines, and what its steps found and took."""
+
+    s: Settings
+    names: list[str]
+    everything: bool  # every service: training needs all of them
+    use_mlflow: bool
+    use_api: bool
+    use_airflow: list[str]
+    instances: list[str]  # the API's replicas behind HAProxy (none: one instance)
+    step: Steps
+    timings: dict[str, float] = field(default_factory=dict)
+    baseline: dict[str, int] = field(default_factory=dict)  # each service's restarts before this run
+    already: dict[str, Any] = field(default_factory=dict)  # each service's pid before this run
+    mlflow_url: str = ""
+
+
+def _plan_up(s: Settings, only: Iterable[str] | str | None, train: bool) -> _UpRun:
+    """The services to start (``only``, Celery workers, API replicas) and the step titles of this run."""
     names = select(only)
     everything = names == list(SERVICE_NAMES)
     use_mlflow, use_api = "mlflow" in names, "api" in names
@@ -114,19 +172,17 @@ def up(
     titles += ["Airflow (db migrate, api-server, scheduler, dag-processor, triggerer)"] * bool(use_airflow)
     titles += ["Sentiment API"] * use_api
     titles += ["First model"] * (train and everything)
-    step = Steps(titles)
-    t0 = time.monotonic()
-    timings: dict[str, float] = {}
-    say(f"Starting the platform (state in {s.var})")
     # API_REPLICAS >= 2: instances api-1..api-N on loopback behind HAProxy ("api") on api_port (startup/proxy.py)
     instances = [f"api-{i}" for i in range(1, s.api_replicas + 1)] if use_api and s.api_replicas >= 2 else []
-    if use_api:
-        check_replicas(s, instances)
-    check_ports(s, [*instances, *names])
+    return _UpRun(s, names, everything, use_mlflow, use_api, use_airflow, instances, Steps(titles))
 
+
+def _start_base(run: _UpRun, supervisor_env: dict[str, str] | None) -> str:
+    """PostgreSQL (migrated) and the supervisor; records what was already running. Returns the database URL."""
+    s, step = run.s, run.step
     t = step("PostgreSQL")
     db_url = start_postgres(s)
-    timings["postgres"] = time.monotonic() - t
+    run.timings["postgres"] = time.monotonic() - t
 
     step("Supervisor")
     sup_pid, sup_started = ensure_supervisor(s, supervisor_env)
@@ -134,97 +190,94 @@ def up(
         f"      {'started' if sup_started else 'already running'}: pid {sup_pid} (restarts crashed services; "
         f"log {supervisor_service().log_file(s)})"
     )
-    baseline = {n: x.get("restarts", 0) for n, x in supervised(s).items()}
-    already = {n: services(s)[n].pid(s) for n in [*instances, *names]}
+    run.baseline = {n: x.get("restarts", 0) for n, x in supervised(s).items()}
+    run.already = {n: services(s)[n].pid(s) for n in [*run.instances, *run.names]}
+    return db_url
 
-    def launched(group: list[str]) -> None:
-        pids = want(s, group)
-        for n in group:
-            say(f"      {n}: {'already running' if already[n] else 'started'} (pid {pids[n]})")
 
-    mlflow_url = mlflow_server_url(s)
+def _launched(run: _UpRun, group: list[str]) -> None:
+    """Ask the supervisor for ``group`` and say which were started and which already ran."""
+    pids = want(run.s, group)
+    for n in group:
+        say(f"      {n}: {'already running' if run.already[n] else 'started'} (pid {pids[n]})")
+
+
+def _start_services(run: _UpRun) -> tuple[str | None, str | None]:
+    """MLflow, Airflow and the API, started together and waited for; returns Airflow's login."""
+    s, step, baseline, timings, use_airflow = run.s, run.step, run.baseline, run.timings, run.use_airflow
+    run.mlflow_url = mlflow_server_url(s)
     t = time.monotonic()
-    if use_mlflow:
+    if run.use_mlflow:
         step("MLflow tracking server")
-        if not already["mlflow"]:
+        if not run.already["mlflow"]:
             (s.run_dir / "mlflow.url").unlink(missing_ok=True)
-        launched(["mlflow"])
+        _launched(run, ["mlflow"])
 
     user = password = None
     if use_airflow:
         # Airflow's migration runs while MLflow boots
         t3 = step("Airflow (db migrate, api-server, scheduler, dag-processor, triggerer)")
         airflow_credentials(s, create=True)  # before the API server first reads the file
-        if not any(already[n] for n in use_airflow):
+        if not any(run.already[n] for n in use_airflow):
             airflow_db_migrate(s)
-        launched(use_airflow)
-    if use_mlflow:
+        _launched(run, use_airflow)
+    if run.use_mlflow:
         wait_mlflow(s, baseline)
         timings["mlflow"] = time.monotonic() - t
-        say(f"      MLflow ready: {mlflow_url}")
+        say(f"      MLflow ready: {run.mlflow_url}")
 
     t4 = time.monotonic()
-    if use_api:
-        launched_api = want(s, [*instances, "api"])["api"]
+    if run.use_api:
+        launched_api = want(s, [*run.instances, "api"])["api"]
     if "airflow-api-server" in use_airflow:
         wait_airflow(s, baseline)
         user, password = airflow_credentials(s, create=False)
         timings["airflow"] = time.monotonic() - t3
         say(f"      Airflow ready: {services(s)['airflow-api-server'].url} (login {user} / {password})")
 
-    api_svc = services(s)["api"]
-    if use_api:
-        step("Sentiment API")
-        say(f"      {'already running' if already['api'] else 'started'}: pid {launched_api}, {api_svc.url}")
-        for n in instances:
-            wait_http(services(s)[n], s, 120, baseline)
-            say(f"      {n}: {services(s)[n].url} (prediction log in {proxy.instance_state_dir(s, int(n[4:]))})")
-        if instances:
-            say(f"      HAProxy on {api_svc.url} in front of {len(instances)} instances ({proxy.config_path(s)})")
-        wait_http(api_svc, s, 120, baseline)
-        timings["api"] = time.monotonic() - t4
-        say(f"      API ready: {api_svc.url}")
+    if run.use_api:
+        _wait_api(run, launched_api, t4)
+    return user, password
 
+
+def _wait_api(run: _UpRun, launched_api: int, t4: float) -> None:
+    """The API step: wait for its instances and for the API (HAProxy in front of replicas) to answer."""
+    s, baseline, instances = run.s, run.baseline, run.instances
+    api_svc = services(s)["api"]
+    run.step("Sentiment API")
+    say(f"      {'already running' if run.already['api'] else 'started'}: pid {launched_api}, {api_svc.url}")
+    for n in instances:
+        wait_http(services(s)[n], s, 120, baseline)
+        say(f"      {n}: {services(s)[n].url} (prediction log in {proxy.instance_state_dir(s, int(n[4:]))})")
+    if instances:
+        say(f"      HAProxy on {api_svc.url} in front of {len(instances)} instances ({proxy.config_path(s)})")
+    wait_http(api_svc, s, 120, baseline)
+    run.timings["api"] = time.monotonic() - t4
+    say(f"      API ready: {api_svc.url}")
+
+
+def _first_model_and_serving(
+    run: _UpRun, data: str | None, train: bool, wait: bool, force_train: bool
+) -> tuple[dict[str, Any] | None, int | None]:
+    """Train a first model when due, then wait until the API serves the champion; (training, serving version)."""
+    s = run.s
     training: dict[str, Any] | None = None
-    if train and everything:
-        t = step("First model")
+    if train and run.everything:
+        t = run.step("First model")
         training = first_model(s, data, wait=wait, force_train=force_train)
-        timings["training"] = time.monotonic() - t
+        run.timings["training"] = time.monotonic() - t
     elif train:
         say("      (no training: it needs every service, and --only started a subset)")
     serving = None
-    if use_api and wait and (use_mlflow or services(s)["mlflow"].pid(s)):
+    if run.use_api and wait and (run.use_mlflow or services(s)["mlflow"].pid(s)):
         # "up" means /predict answers: the API picks the champion up on its next poll, then loads it
         champ = champion(s)
         if champ is not None:
             t, serving = time.monotonic(), int(champ.version)
-            wait_serving(s, serving, baseline)
-            timings["serving"] = time.monotonic() - t
+            wait_serving(s, serving, run.baseline)
+            run.timings["serving"] = time.monotonic() - t
             say(f"      API serving champion version {serving}")
-    background: dict[str, Any] | None = None
-    if train and everything:
-        background = start_progressive(s, progressive_champion)
-    timings["total"] = time.monotonic() - t0
-
-    st = status(s, quiet=True)
-    summary = {
-        "database_url": safe_url(db_url),
-        "api": api_svc.url,
-        "api_docs": f"{api_svc.url}/docs",
-        "web": f"{api_svc.url}/",
-        "airflow": {"url": services(s)["airflow-api-server"].url, "username": user, "password": password},
-        "mlflow": mlflow_url,
-        "mlflow_experiment": experiment_ui_url(s, mlflow_url) if use_mlflow else None,
-        "logs": str(s.logs_dir),
-        "supervisor": st["supervisor"],
-        "services": {n: st["services"][n] for n in [*instances, *names]},
-        "training": training,
-        "serving_version": serving,
-        "progressive": background,
-        "timings_s": {k: round(v, 1) for k, v in timings.items()},
-    }
-    _print_summary(summary, names)
-    return summary
+    return training, serving
 
 
 def start_progressive(s: Settings, enabled: bool | None = None) -> dict[str, Any]:

@@ -23,7 +23,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 
@@ -88,10 +88,45 @@ def _build(
     t0: float,
     progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
-    from ml.platform import db
-
+    """Build the report in ``out_dir``: load the period, compare it (or an empty page), publish, store."""
     log.info("monitoring %s: report %s for %s -> %s", s.model_name, report_id, a.isoformat(), b.isoformat())
     report(progress, 0, STEPS, "loading the period's predictions")
+    period = _load_period(a, b, s)
+    counts, version, current = period
+    of_version = counts["by_model_version"].get(str(version), 0) if version is not None else 0
+    summary = _new_summary(report_id, created, a, b, out_dir, airflow_run_id, s, period, of_version)
+    log.info(
+        "monitoring: %s predictions in the period%s%s",
+        f"{counts['total']:,}",
+        f", {of_version:,} of v{version} (served at the period's end) compared" if version is not None else "",
+        f", sampled to {len(current):,}" if summary["current"]["sampled"] else "",
+    )
+    if current.empty:
+        _empty_report(summary, s)
+    else:
+        _drift_report(summary, current, version, of_version, a, b, s, progress)
+    summary["seconds"] = round(time.perf_counter() - t0, 2)
+    _publish(summary, report_id, out_dir, s)
+    store_summary(summary, s)
+    report(progress, STEPS, STEPS, summary["status"])
+    log.info(
+        "monitoring report %s (%s, %.1fs): %s", report_id, summary["status"], summary["seconds"], summary["verdict"]
+    )
+    return summary
+
+
+class _Period(NamedTuple):
+    """The period's prediction counts, the version that served at its end, and that version's rows."""
+
+    counts: dict[str, Any]
+    version: int | None
+    current: pd.DataFrame
+
+
+def _load_period(a: datetime, b: datetime, s: Settings) -> _Period:
+    """Count the period's predictions and load (a sample of) those of the version serving at its end."""
+    from ml.platform import db
+
     with db.connect(s) as conn:
         counts = period_counts(conn, s.model_name, a, b)
         version = serving_version(conn, s.model_name, a, b) if counts["total"] else None
@@ -100,8 +135,23 @@ def _build(
             if version is not None
             else pd.DataFrame()
         )
-    of_version = counts["by_model_version"].get(str(version), 0) if version is not None else 0
-    summary: dict[str, Any] = {
+    return _Period(counts, version, current)
+
+
+def _new_summary(
+    report_id: str,
+    created: datetime,
+    a: datetime,
+    b: datetime,
+    out_dir: Path,
+    airflow_run_id: str | None,
+    s: Settings,
+    period: _Period,
+    of_version: int,
+) -> dict[str, Any]:
+    """The summary's first fields: the report, the period, what was compared, the files."""
+    counts, version, current = period
+    return {
         "id": report_id,
         "created_at": created.isoformat(),
         "period": {"start": a.isoformat(), "end": b.isoformat()},
@@ -124,100 +174,114 @@ def _build(
             "summary": str(out_dir / "summary.json"),
         },
     }
-    log.info(
-        "monitoring: %s predictions in the period%s%s",
-        f"{counts['total']:,}",
-        f", {of_version:,} of v{version} (served at the period's end) compared" if version is not None else "",
-        f", sampled to {len(current):,}" if summary["current"]["sampled"] else "",
+
+
+def _empty_report(summary: dict[str, Any], s: Settings) -> None:
+    """No predictions in the period: an empty summary naming the champion, and a plain HTML page."""
+    champ = None
+    try:
+        from ml.platform import registry, tracking
+
+        tracking.configure(s)
+        champ = registry.champion(s)
+    except Exception as e:  # noqa: BLE001 - the empty report does not need the registry
+        log.warning("champion lookup failed (%s); the empty report names no version", e)
+    summary.update(
+        status="empty",
+        drift_detected=False,
+        reference_version=champ.version if champ else None,
+        compared_version=champ.version if champ else None,
+        reference={"rows": 0},
+        metrics={},
+        drifted_columns=None,
+        feedback={
+            "predictions": 0,
+            "with_feedback": 0,
+            "reported_wrong": 0,
+            "live_accuracy_upper_bound": None,
+            "training_accuracy": None,
+            "concept_drift": None,
+            "accuracy_statement": accuracy_statement(0, 0, None),
+        },
+        estimate={"estimated_accuracy": None, "status": "no predictions in the period"},
     )
-    if current.empty:
-        champ = None
-        try:
-            from ml.platform import registry, tracking
+    summary["verdict"] = verdict_line(summary)
+    Path(summary["files"]["html"]).write_text(verdict.empty_page(summary), encoding="utf-8")
+    Path(summary["files"]["json"]).write_text(
+        json.dumps({"status": "empty", "summary": summary}, indent=2, default=str)
+    )
 
-            tracking.configure(s)
-            champ = registry.champion(s)
-        except Exception as e:  # noqa: BLE001 - the empty report does not need the registry
-            log.warning("champion lookup failed (%s); the empty report names no version", e)
-        summary.update(
-            status="empty",
-            drift_detected=False,
-            reference_version=champ.version if champ else None,
-            compared_version=champ.version if champ else None,
-            reference={"rows": 0},
-            metrics={},
-            drifted_columns=None,
-            feedback={
-                "predictions": 0,
-                "with_feedback": 0,
-                "reported_wrong": 0,
-                "live_accuracy_upper_bound": None,
-                "training_accuracy": None,
-                "concept_drift": None,
-                "accuracy_statement": accuracy_statement(0, 0, None),
-            },
-            estimate={"estimated_accuracy": None, "status": "no predictions in the period"},
-        )
-        summary["verdict"] = verdict_line(summary)
-        Path(summary["files"]["html"]).write_text(verdict.empty_page(summary), encoding="utf-8")
-        Path(summary["files"]["json"]).write_text(
-            json.dumps({"status": "empty", "summary": summary}, indent=2, default=str)
-        )
-    else:
-        report(progress, 1, STEPS, "loading the reference, text descriptors")
-        reference, meta, vocab = load_reference(s, version)
-        current = add_descriptors(current, vocab, meta.get("preprocess", "basic"))
-        t1 = time.perf_counter()
-        report(progress, 2, STEPS, f"Evidently report over {len(current):,} rows")
-        snapshot, results, small = run_report(current, reference, s)
-        log.info(
-            "monitoring: Evidently report over %s current vs %s reference rows in %.1fs (%s tests)",
-            f"{len(current):,}",
-            f"{len(reference):,}",
-            time.perf_counter() - t1,
-            "p-value" if small else "distance",
-        )
-        report(progress, 3, STEPS, "feedback, label-free accuracy estimate")
-        snapshot.save_json(summary["files"]["json"])
-        with db.connect(s) as conn:
-            fb = feedback_stats(conn, s.model_name, a, b, of_version, meta.get("training_accuracy"), s, version)
-        metrics = summarise(results, current, reference, s)
-        try:
-            from ml.evaluation import estimate
 
-            est = estimate.period_estimate(current, reference, meta, s)
-        except Exception as e:  # the estimate is one figure of the report: it never costs the report
-            log.exception("label-free accuracy estimate failed")
-            est = {"estimated_accuracy": None, "status": f"failed: {type(e).__name__}: {e}"[:300]}
-        drift = any(v["detected"] for v in metrics.values())
-        summary.update(
-            status="drift" if drift or fb["concept_drift"] else "ok",
-            drift_detected=drift,
-            reference_version=meta["version"],
-            reference={
-                k: meta.get(k)
-                for k in (
-                    "rows",
-                    "held_out_rows",
-                    "dataset_hash",
-                    "run_id",
-                    "family",
-                    "vocabulary_source",
-                    "vocabulary_size",
-                    "reference_accuracy",
-                )
-            },
-            tests="p-value (small sample)" if small else "distance (effect size)",
-            drifted_columns={**(results["dataset"] or {}), "of": len(results["columns"])},
-            metrics=metrics,
-            feedback=fb,
-            estimate=est,
-        )
-        summary["verdict"] = verdict_line(summary)
-        report(progress, 4, STEPS, "writing the HTML report")
-        # the verdict block first, then Evidently's page (texts escaped inside its script data)
-        report_html.save(snapshot, summary["files"]["html"], summary)
-    summary["seconds"] = round(time.perf_counter() - t0, 2)
+def _drift_report(
+    summary: dict[str, Any],
+    current: pd.DataFrame,
+    version: int | None,
+    of_version: int,
+    a: datetime,
+    b: datetime,
+    s: Settings,
+    progress: ProgressFn | None,
+) -> None:
+    """Compare the period with the version's reference (Evidently), add feedback and the estimate, save it."""
+    from ml.platform import db
+
+    report(progress, 1, STEPS, "loading the reference, text descriptors")
+    reference, meta, vocab = load_reference(s, version)
+    current = add_descriptors(current, vocab, meta.get("preprocess", "basic"))
+    t1 = time.perf_counter()
+    report(progress, 2, STEPS, f"Evidently report over {len(current):,} rows")
+    snapshot, results, small = run_report(current, reference, s)
+    log.info(
+        "monitoring: Evidently report over %s current vs %s reference rows in %.1fs (%s tests)",
+        f"{len(current):,}",
+        f"{len(reference):,}",
+        time.perf_counter() - t1,
+        "p-value" if small else "distance",
+    )
+    report(progress, 3, STEPS, "feedback, label-free accuracy estimate")
+    snapshot.save_json(summary["files"]["json"])
+    with db.connect(s) as conn:
+        fb = feedback_stats(conn, s.model_name, a, b, of_version, meta.get("training_accuracy"), s, version)
+    metrics = summarise(results, current, reference, s)
+    try:
+        from ml.evaluation import estimate
+
+        est = estimate.period_estimate(current, reference, meta, s)
+    except Exception as e:  # the estimate is one figure of the report: it never costs the report
+        log.exception("label-free accuracy estimate failed")
+        est = {"estimated_accuracy": None, "status": f"failed: {type(e).__name__}: {e}"[:300]}
+    drift = any(v["detected"] for v in metrics.values())
+    summary.update(
+        status="drift" if drift or fb["concept_drift"] else "ok",
+        drift_detected=drift,
+        reference_version=meta["version"],
+        reference={
+            k: meta.get(k)
+            for k in (
+                "rows",
+                "held_out_rows",
+                "dataset_hash",
+                "run_id",
+                "family",
+                "vocabulary_source",
+                "vocabulary_size",
+                "reference_accuracy",
+            )
+        },
+        tests="p-value (small sample)" if small else "distance (effect size)",
+        drifted_columns={**(results["dataset"] or {}), "of": len(results["columns"])},
+        metrics=metrics,
+        feedback=fb,
+        estimate=est,
+    )
+    summary["verdict"] = verdict_line(summary)
+    report(progress, 4, STEPS, "writing the HTML report")
+    # the verdict block first, then Evidently's page (texts escaped inside its script data)
+    report_html.save(snapshot, summary["files"]["html"], summary)
+
+
+def _publish(summary: dict[str, Any], report_id: str, out_dir: Path, s: Settings) -> None:
+    """Write the summary beside the report files, or upload them all to a remote reports store."""
     rstore = reports_store(s)
     if rstore.is_local:
         Path(summary["files"]["summary"]).write_text(json.dumps(summary, indent=2, default=str))
@@ -227,9 +291,3 @@ def _build(
         summary["files"] = {k: rstore.where(report_id, Path(v).name) for k, v in summary["files"].items()}
         rstore.write_bytes(json.dumps(summary, indent=2, default=str).encode(), report_id, "summary.json")
         shutil.rmtree(out_dir, ignore_errors=True)
-    store_summary(summary, s)
-    report(progress, STEPS, STEPS, summary["status"])
-    log.info(
-        "monitoring report %s (%s, %.1fs): %s", report_id, summary["status"], summary["seconds"], summary["verdict"]
-    )
-    return summary

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import pandas as pd
 
@@ -47,6 +48,66 @@ def prepare(
     """Build the retraining's training set (a new snapshot, kind ``retraining``, with its own split).
     Without ``retraining_id``, a manual retraining is recorded first. Idempotent per retraining."""
     s = settings or get_settings()
+    rid, r = _load_retraining(retraining_id, airflow_run_id, s)
+    if r["snapshot_hash"]:  # a re-run of the task: the set is already built
+        return {"retraining_id": rid, "snapshot_hash": r["snapshot_hash"], **(r["dataset_report"] or {})}
+    base = get_snapshot(r["base_snapshot"], s)
+    base_frame = base.load()
+    _, base_test = split(base_frame, s.test_size, s.seed)
+    with db.connect(s) as conn:
+        reports = _training_reports(conn, r, s)
+    v = _vote(base_frame, base_test, reports)
+    ch = _label_changes(base_frame, v, s)
+    test_texts = v.held_texts
+    report = _dataset_report(rid, base.hash, base_frame, v, ch, test_texts, s)
+    if content_hash(v.frame) == base.hash:
+        # nothing new: storing it would be a no-op on the parent's record (its kind and parent kept) and
+        # store_split would write the retraining's split into the PARENT's directory
+        msg = (
+            f"retraining #{rid}: the {len(v.latest)} reported tweets add nothing to the champion's snapshot "
+            f"{base.hash[:16]} (no new text, no changed label outside its held-out set, whose "
+            f"{v.reported_in_held_out} reported texts keep their labels): nothing to retrain on"
+        )
+        mark_failed(rid, f"RetrainingError: {msg}", s)
+        raise RetrainingError(msg)
+    snap = store_snapshot(
+        v.frame,
+        report,
+        source=f"retraining #{rid} of {s.model_name}: {base.hash[:16]} + {len(v.latest)} reported tweets",
+        kind="retraining",
+        parent=base.hash,
+        settings=s,
+    )
+    store_split(snap, test_texts, ch.eval_texts)
+    summary = _dataset_summary(report)
+    update_retraining(
+        rid,
+        s,
+        snapshot_hash=snap.hash,
+        training_feedback_ids=report["feedback_ids"],
+        dataset_report=summary,
+        status="prepared",
+        airflow_run_id=airflow_run_id or r["airflow_run_id"],
+    )
+    log.info(
+        "retraining #%s: snapshot %s = %s rows (parent %s + %s reported tweets: %s new, %s relabelled, %s ties "
+        "dropped); held-out %s, reported-eval %s",
+        rid,
+        snap.hash[:16],
+        f"{len(v.frame):,}",
+        base.hash[:16],
+        len(v.latest),
+        len(ch.new_texts),
+        len(ch.relabelled),
+        len(v.tie),
+        summary["held_out"]["rows"],
+        len(ch.eval_texts),
+    )
+    return {"retraining_id": rid, "snapshot_hash": snap.hash, **summary}
+
+
+def _load_retraining(retraining_id: Any, airflow_run_id: str | None, s: Settings) -> tuple[int, dict[str, Any]]:
+    """The retraining to prepare (a manual one recorded first when none is given), checked against this model."""
     rid = resolve_id(retraining_id)
     if rid is None:
         rid = create_manual(airflow_run_id=airflow_run_id, settings=s)
@@ -55,13 +116,26 @@ def prepare(
         raise RetrainingError(f"no retraining #{rid}")
     if r["model_name"] != s.model_name:
         raise RetrainingError(f"retraining #{rid} is for model {r['model_name']!r}, this run serves {s.model_name!r}")
-    if r["snapshot_hash"]:  # a re-run of the task: the set is already built
-        return {"retraining_id": rid, "snapshot_hash": r["snapshot_hash"], **(r["dataset_report"] or {})}
-    base = get_snapshot(r["base_snapshot"], s)
-    base_frame = base.load()
-    _, base_test = split(base_frame, s.test_size, s.seed)
-    with db.connect(s) as conn:
-        reports = _training_reports(conn, r, s)
+    return rid, r
+
+
+@dataclass
+class _Votes:
+    """The reports' votes merged with the snapshot's labels, and the resulting training frame."""
+
+    reports: pd.DataFrame  # the trusted reports with a text
+    latest: pd.DataFrame  # one per text
+    latest_votes: pd.DataFrame  # those outside the parent's held-out set
+    held_texts: set[str]
+    reported_in_held_out: int
+    votes: pd.DataFrame
+    g: pd.DataFrame  # votes per text: size and sum of labels
+    tie: pd.Index
+    frame: pd.DataFrame
+
+
+def _vote(base_frame: pd.DataFrame, base_test: pd.DataFrame, reports: pd.DataFrame) -> _Votes:
+    """Merge the reports' labels into the snapshot's by majority per text (ties dropped, held-out texts kept)."""
     reports["text"] = reports["text"].astype(str).str.strip()
     reports = reports[reports["text"] != ""]
     latest = reports.drop_duplicates("text", keep="last")  # one vote per text: its trusted label (ml.stages.review)
@@ -81,25 +155,51 @@ def prepare(
     majority = (g["sum"] * 2 > g["size"]).astype("int8")
     frame = pd.DataFrame({"text": majority.index, "label": majority.to_numpy()})
     frame = frame[~frame["text"].isin(tie)].reset_index(drop=True)
+    return _Votes(reports, latest, latest_votes, held_texts, reported_in_held_out, votes, g, tie, frame)
 
+
+class _Changes(NamedTuple):
+    """What the reports change: the reported texts that train, new ones, relabelled ones, the eval share."""
+
+    report_texts: set[str]
+    new_texts: set[str]
+    relabelled: set[str]
+    eval_texts: list[str]
+
+
+def _label_changes(base_frame: pd.DataFrame, v: _Votes, s: Settings) -> _Changes:
+    """The reported texts that are new or relabelled, and those held out as the reported-eval split."""
     base_labels = dict(zip(base_frame["text"], base_frame["label"].astype(int)))
-    report_texts = set(latest_votes["text"]) - set(tie)
+    report_texts = set(v.latest_votes["text"]) - set(v.tie)
     new_texts = {t for t in report_texts if t not in base_labels}
-    final = dict(zip(frame["text"], frame["label"].astype(int)))
+    final = dict(zip(v.frame["text"], v.frame["label"].astype(int)))
     relabelled = {t for t in report_texts if t in base_labels and base_labels[t] != final.get(t)}
     eval_texts = sorted(t for t in report_texts if _eval_bucket(t) < s.retraining_report_eval_fraction)
-    test_texts = held_texts
-    report: dict[str, Any] = {
+    return _Changes(report_texts, new_texts, relabelled, eval_texts)
+
+
+def _dataset_report(
+    rid: int,
+    parent: str,
+    base_frame: pd.DataFrame,
+    v: _Votes,
+    ch: _Changes,
+    test_texts: set[str],
+    s: Settings,
+) -> dict[str, Any]:
+    """The new snapshot's dataset report: provenance, label changes, splits, and the validation counts."""
+    frame, g, tie, reports, latest = v.frame, v.g, v.tie, v.reports, v.latest
+    return {
         "source": f"retraining #{rid}",
         "kind": "retraining",
-        "parent": base.hash,
+        "parent": parent,
         "parent_rows": int(len(base_frame)),
         "reports": int(len(reports)),
         "reported_predictions": int(len(latest)),
         "reported_texts": int(latest["text"].nunique()),
         "feedback_ids": [int(x) for x in reports["feedback_id"]],
-        "new_texts": len(new_texts),
-        "relabelled_texts": len(relabelled),
+        "new_texts": len(ch.new_texts),
+        "relabelled_texts": len(ch.relabelled),
         "conflicts_tied_dropped": int(len(tie)),
         "rows_out": int(len(frame)),
         "label_counts": {"negative": int((frame["label"] == 0).sum()), "positive": int(frame["label"].sum())},
@@ -107,16 +207,16 @@ def prepare(
             "rule": "the parent snapshot's held-out texts, all of them, with the parent's labels (reported "
             "ones included, never trained on)",
             "rows": int(frame["text"].isin(test_texts).sum()),
-            "reported_texts_kept": reported_in_held_out,
+            "reported_texts_kept": v.reported_in_held_out,
         },
         "reported_eval": {
             "rule": f"{s.retraining_report_eval_fraction:.0%} of the reported texts (sha256 of the "
             "text), held out of training; scored, not used to promote",
-            "rows": len(eval_texts),
+            "rows": len(ch.eval_texts),
         },
-        "reported_train_rows": len(report_texts) - len(eval_texts),
+        "reported_train_rows": len(ch.report_texts) - len(ch.eval_texts),
         # what ml.data.validation.validate reports, for the snapshot page
-        "rows_read": int(len(votes)),
+        "rows_read": int(len(v.votes)),
         "rows_rejected": 0,
         "empty_texts": 0,
         "latin1_lines": 0,
@@ -128,26 +228,11 @@ def prepare(
         "rejected_rows": [],
         "positive_share": round(float(frame["label"].mean()), 4),
     }
-    if content_hash(frame) == base.hash:
-        # nothing new: storing it would be a no-op on the parent's record (its kind and parent kept) and
-        # store_split would write the retraining's split into the PARENT's directory
-        msg = (
-            f"retraining #{rid}: the {len(latest)} reported tweets add nothing to the champion's snapshot "
-            f"{base.hash[:16]} (no new text, no changed label outside its held-out set, whose "
-            f"{reported_in_held_out} reported texts keep their labels): nothing to retrain on"
-        )
-        mark_failed(rid, f"RetrainingError: {msg}", s)
-        raise RetrainingError(msg)
-    snap = store_snapshot(
-        frame,
-        report,
-        source=f"retraining #{rid} of {s.model_name}: {base.hash[:16]} + {len(latest)} reported tweets",
-        kind="retraining",
-        parent=base.hash,
-        settings=s,
-    )
-    store_split(snap, test_texts, eval_texts)
-    summary = {
+
+
+def _dataset_summary(report: dict[str, Any]) -> dict[str, Any]:
+    """The part of the dataset report the retraining record keeps."""
+    return {
         k: report[k]
         for k in (
             "parent",
@@ -163,27 +248,3 @@ def prepare(
             "reported_train_rows",
         )
     }
-    update_retraining(
-        rid,
-        s,
-        snapshot_hash=snap.hash,
-        training_feedback_ids=report["feedback_ids"],
-        dataset_report=summary,
-        status="prepared",
-        airflow_run_id=airflow_run_id or r["airflow_run_id"],
-    )
-    log.info(
-        "retraining #%s: snapshot %s = %s rows (parent %s + %s reported tweets: %s new, %s relabelled, %s ties "
-        "dropped); held-out %s, reported-eval %s",
-        rid,
-        snap.hash[:16],
-        f"{len(frame):,}",
-        base.hash[:16],
-        len(latest),
-        len(new_texts),
-        len(relabelled),
-        len(tie),
-        summary["held_out"]["rows"],
-        len(eval_texts),
-    )
-    return {"retraining_id": rid, "snapshot_hash": snap.hash, **summary}

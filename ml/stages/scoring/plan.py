@@ -7,11 +7,11 @@ import logging
 import shutil
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -20,7 +20,7 @@ from ml.data import DataError
 from ml.data.read import detect_format
 from ml.platform import db, registry, tracking
 from ml.platform.config import Settings, get_settings
-from ml.platform.storage import reading
+from ml.platform.storage import SharedStore, reading
 from ml.stages.scoring.files import batches_store, check_text, confined_input, file_sha256, iter_rows, model_dir
 from ml.stages.scoring.sizing import AUTO_TAIL_SLACK, auto_shard_rows
 from ml.store import batches as store
@@ -95,7 +95,91 @@ def _plan_locked(
     s: Settings,
     text_column: str | None = None,
 ) -> Plan:
+    """The plan under the content's lock: done or resumed, else check the input, write the shards, record it."""
     fmt = detect_format(path)
+    existing = _existing_plan(path, batch_id, force, s)
+    if existing is not None:
+        return existing
+    champ = _served_champion(s)
+
+    # what the batch row records whether the plan succeeds or fails
+    batch_row: dict[str, Any] = {
+        "batch_id": batch_id,
+        "input_path": str(path),
+        "input_format": fmt,
+        "input_sha256": digest,
+        "model_name": s.model_name,
+        "model_version": champ.version,
+        "airflow_run_id": airflow_run_id,
+    }
+
+    try:
+        check_text(path, fmt)  # empty, binary, UTF-16: refused from the first block
+    except DataError as e:
+        raise _failed(batch_row, s, str(e)) from None
+
+    slack = 0
+    if shard_rows == 0:
+        shard_rows = auto_shard_rows(path, fmt)
+        slack = int(shard_rows * AUTO_TAIL_SLACK)
+    # the shards go to the shared store (ml/platform/storage.py): any worker host reads them
+    bstore = batches_store(s)
+    bstore.remove(batch_id, recursive=True)
+    bstore.makedirs(batch_id, "shards")  # local: 0700, the texts and scores are this account's only
+    local_model = model_dir(batch_id, s)
+    t0 = time.perf_counter()
+    # streamed: each shard's Parquet is written row group by row group as the rows are read, so the
+    # plan's memory does not grow with the input (nor with the shard size). An auto-sized plan keeps
+    # the shard before the one being filled open while the latter holds no more than the slack, and
+    # folds that tail back into it at the end (no tiny last shard), reading it back group by group.
+    out = _ShardWriter(bstore, batch_id, shard_rows, slack, max(1, min(PLAN_GROUP_ROWS, shard_rows)))
+
+    # meanwhile the model version is fetched once into the batch folder and verified against its
+    # recorded digest: the shards load that copy (re-checked) instead of each asking MLflow
+    fetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="plan-model-fetch")
+    model_copy = fetcher.submit(registry.fetch_verified, champ.version, champ.sha256, local_model, s)
+    read = _read_into_shards(path, fmt, text_column, out, model_copy, fetcher)
+
+    # every row has been read: the batch fails here, before any shard writes into predictions
+    reason = _reject_reason(path, batch_id, read, s)
+    if reason is not None:
+        bstore.remove(batch_id, recursive=True)  # shards and the model copy: nothing is kept
+        shutil.rmtree(local_model, ignore_errors=True)
+        raise _failed(batch_row, s, reason, read.rows_read, read.rejects)
+
+    _record_plan(batch_row, champ, read, out, s)
+    log.info(
+        "batch %s: %s rows read from %s (%s, %s lines decoded as Latin-1), %s rejected, %d shards of up to %s"
+        " rows, champion v%s (%.1fs)",
+        batch_id,
+        f"{read.rows_read:,}",
+        path.name,
+        fmt,
+        f"{read.encoding['latin1_lines']:,}",
+        f"{len(read.rejects):,}",
+        len(out.shards),
+        f"{shard_rows:,}",
+        champ.version,
+        time.perf_counter() - t0,
+    )
+    return Plan(batch_id, champ.version, [sh["shard"] for sh in out.shards], "planned")
+
+
+def _record_plan(batch_row: dict[str, Any], champ: _Champion, read: _Read, out: _ShardWriter, s: Settings) -> None:
+    """Record the planned batch: its rows read, rejects, shard files and the model digest."""
+    with db.connect(s) as conn:
+        store.replace_plan(
+            conn,
+            **batch_row,
+            model_sha256=champ.sha256,
+            rows_read=read.rows_read,
+            rejects=read.rejects,
+            shards=[(sh["shard"], sh["path"], sh["first"], sh["last"], sh["n"]) for sh in out.shards],
+        )
+
+
+def _existing_plan(path: Path, batch_id: str, force: bool, s: Settings) -> Plan | None:
+    """A batch already done, or planned and being scored, is not planned again (unless ``force``)."""
     with db.connect(s) as conn:
         row = store.batch_state(conn, batch_id)
     if row and row[0] == "done" and not force:
@@ -107,7 +191,18 @@ def _plan_locked(
             pending = store.unfinished_shards(conn, batch_id)
         log.info("batch %s resumes: %d of %d shards left", batch_id, len(pending), row[2])
         return Plan(batch_id, row[1], pending, row[0])
+    return None
 
+
+class _Champion(NamedTuple):
+    """The champion version a batch is scored with, and its recorded artifact digest."""
+
+    version: int
+    sha256: str
+
+
+def _served_champion(s: Settings) -> _Champion:
+    """The champion version to score with and its recorded artifact digest (the API's rule)."""
     tracking.configure(s)
     champ = registry.champion(s)
     if champ is None:
@@ -127,90 +222,82 @@ def _plan_locked(
             )
             + ": the alias was moved outside the platform; refusing to score with it (promote with `ml promote`)"
         )
-    model_sha256 = event[1]
+    return _Champion(champ.version, event[1])
 
-    # what the batch row records whether the plan succeeds or fails
-    batch_row: dict[str, Any] = {
-        "batch_id": batch_id,
-        "input_path": str(path),
-        "input_format": fmt,
-        "input_sha256": digest,
-        "model_name": s.model_name,
-        "model_version": champ.version,
-        "airflow_run_id": airflow_run_id,
-    }
 
-    def failed(reason: str, rows_read: int = 0, rejects: list[tuple[int, str]] | None = None) -> DataError:
-        """Record the batch as failed with ``reason`` (nothing in predictions) and return the error."""
-        with db.connect(s) as conn:
-            store.record_failed(conn, **batch_row, rows_read=rows_read, rejects=rejects or [], reason=reason)
-        log.error("batch %s failed: %s", batch_id, reason)
-        return DataError(reason)
+def _failed(
+    batch_row: dict[str, Any],
+    s: Settings,
+    reason: str,
+    rows_read: int = 0,
+    rejects: list[tuple[int, str]] | None = None,
+) -> DataError:
+    """Record the batch as failed with ``reason`` (nothing in predictions) and return the error."""
+    with db.connect(s) as conn:
+        store.record_failed(conn, **batch_row, rows_read=rows_read, rejects=rejects or [], reason=reason)
+    log.error("batch %s failed: %s", batch_row["batch_id"], reason)
+    return DataError(reason)
 
-    try:
-        check_text(path, fmt)  # empty, binary, UTF-16: refused from the first block
-    except DataError as e:
-        raise failed(str(e)) from None
 
-    slack = 0
-    if shard_rows == 0:
-        shard_rows = auto_shard_rows(path, fmt)
-        slack = int(shard_rows * AUTO_TAIL_SLACK)
-    # the shards go to the shared store (ml/platform/storage.py): any worker host reads them
-    bstore = batches_store(s)
-    bstore.remove(batch_id, recursive=True)
-    bstore.makedirs(batch_id, "shards")  # local: 0700, the texts and scores are this account's only
-    local_model = model_dir(batch_id, s)
-    t0 = time.perf_counter()
-    shards: list[dict[str, Any]] = []
-    rejects: list[tuple[int, str]] = []
-    rows_read = 0
-    buf_rows: list[int] = []
-    buf_text: list[str] = []
-    # streamed: each shard's Parquet is written row group by row group as the rows are read, so the
-    # plan's memory does not grow with the input (nor with the shard size). An auto-sized plan keeps
-    # the shard before the one being filled open while the latter holds no more than the slack, and
-    # folds that tail back into it at the end (no tiny last shard), reading it back group by group.
-    group_rows = max(1, min(PLAN_GROUP_ROWS, shard_rows))
-    open_shards: list[dict[str, Any]] = []  # the shard being filled, and (auto-sized) the one before it
+@dataclass
+class _ShardWriter:
+    """The shard files of one plan, written as the rows are read."""
 
-    # meanwhile the model version is fetched once into the batch folder and verified against its
-    # recorded digest: the shards load that copy (re-checked) instead of each asking MLflow
-    fetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="plan-model-fetch")
-    model_copy = fetcher.submit(registry.fetch_verified, champ.version, model_sha256, local_model, s)
+    bstore: SharedStore
+    batch_id: str
+    shard_rows: int
+    slack: int
+    group_rows: int
+    shards: list[dict[str, Any]] = field(default_factory=list)
+    open_shards: list[dict[str, Any]] = field(default_factory=list)  # the one being filled, and the one before
+    buf_rows: list[int] = field(default_factory=list)
+    buf_text: list[str] = field(default_factory=list)
 
-    def new_shard() -> dict[str, Any]:
-        i = len(shards)
-        key = f"{batch_id}/shards/{i:05d}.parquet"
+    def new_shard(self) -> dict[str, Any]:
+        """Open the next shard file."""
+        i = len(self.shards)
+        key = f"{self.batch_id}/shards/{i:05d}.parquet"
         stack = ExitStack()
-        f = stack.enter_context(bstore.writer(key))  # atomic: published when the shard is complete
+        f = stack.enter_context(self.bstore.writer(key))  # atomic: published when the shard is complete
         w = stack.enter_context(pq.ParquetWriter(f, SHARD_SCHEMA))
-        sh = {"shard": i, "path": bstore.where(key), "key": key, "first": 0, "last": 0, "n": 0, "w": w, "stack": stack}
-        shards.append(sh)
-        open_shards.append(sh)
+        sh = {
+            "shard": i,
+            "path": self.bstore.where(key),
+            "key": key,
+            "first": 0,
+            "last": 0,
+            "n": 0,
+            "w": w,
+            "stack": stack,
+        }
+        self.shards.append(sh)
+        self.open_shards.append(sh)
         return sh
 
-    def close_shard(sh: dict[str, Any]) -> None:
-        open_shards.remove(sh)
+    def close_shard(self, sh: dict[str, Any]) -> None:
+        """Complete (publish) a shard file."""
+        self.open_shards.remove(sh)
         sh["stack"].close()
 
-    def write(sh: dict[str, Any], table: pa.Table) -> None:
+    def write(self, sh: dict[str, Any], table: pa.Table) -> None:
+        """Append rows to a shard, keeping its first/last row numbers and count."""
         if not sh["n"]:
             sh["first"] = table.column(0)[0].as_py()
         sh["last"] = table.column(0)[-1].as_py()
         sh["n"] += table.num_rows
-        sh["w"].write_table(table, row_group_size=group_rows)
+        sh["w"].write_table(table, row_group_size=self.group_rows)
 
-    def flush() -> None:
+    def flush(self, rows_read: int) -> None:
         """The buffered rows into the shards: the one being filled up to shard_rows, then the next."""
+        buf_rows, buf_text, open_shards = self.buf_rows, self.buf_text, self.open_shards
         while buf_rows:
-            cur = open_shards[-1] if open_shards and open_shards[-1]["n"] < shard_rows else None
+            cur = open_shards[-1] if open_shards and open_shards[-1]["n"] < self.shard_rows else None
             if cur is None:
-                if open_shards and not slack:
-                    close_shard(open_shards[-1])
-                cur = new_shard()
-            take = min(shard_rows - cur["n"], len(buf_rows))
-            write(
+                if open_shards and not self.slack:
+                    self.close_shard(open_shards[-1])
+                cur = self.new_shard()
+            take = min(self.shard_rows - cur["n"], len(buf_rows))
+            self.write(
                 cur,
                 pa.table(
                     {
@@ -221,51 +308,74 @@ def _plan_locked(
                 ),
             )
             del buf_rows[:take], buf_text[:take]
-            if len(open_shards) == 2 and open_shards[1]["n"] > slack:  # past the slack: a shard of its own
-                close_shard(open_shards[0])
-                log.info("planned %d shards (%s rows read)", len(shards) - 1, f"{rows_read:,}")
+            if len(open_shards) == 2 and open_shards[1]["n"] > self.slack:  # past the slack: a shard of its own
+                self.close_shard(open_shards[0])
+                log.info("planned %d shards (%s rows read)", len(self.shards) - 1, f"{rows_read:,}")
 
-    def fold_tail() -> None:
+    def fold_tail(self) -> None:
         """The last shard holds no more than the slack: its rows go to the end of the one before."""
-        prev, tail = open_shards
-        close_shard(tail)
+        prev, tail = self.open_shards
+        self.close_shard(tail)
         with reading(tail["path"]) as f:
             pf = pq.ParquetFile(f)
             for g in range(pf.num_row_groups):
-                write(prev, pf.read_row_group(g))
-        bstore.remove(tail["key"])
-        shards.remove(tail)
+                self.write(prev, pf.read_row_group(g))
+        self.bstore.remove(tail["key"])
+        self.shards.remove(tail)
 
-    encoding: Counter = Counter()
-    error: DataError | None = None
+
+@dataclass
+class _Read:
+    """What reading the input left: rows read, rejects, encoding counts, the reader's error."""
+
+    rows_read: int
+    rejects: list[tuple[int, str]]
+    encoding: Counter
+    error: DataError | None
+
+
+def _read_into_shards(
+    path: Path,
+    fmt: str,
+    text_column: str | None,
+    out: _ShardWriter,
+    model_copy: Future[Any],
+    fetcher: ThreadPoolExecutor,
+) -> _Read:
+    """Stream the input's rows into the shard files (rejects aside), and wait for the model copy."""
+    read = _Read(0, [], Counter(), None)
     try:
         try:
-            for line, text, reason in iter_rows(path, fmt, encoding, text_column):
-                rows_read += 1
+            for line, text, reason in iter_rows(path, fmt, read.encoding, text_column):
+                read.rows_read += 1
                 if reason:
-                    rejects.append((line, reason))
+                    read.rejects.append((line, reason))
                     continue
-                buf_rows.append(line)
-                buf_text.append(text)  # type: ignore[arg-type]
-                if len(buf_rows) >= group_rows:
-                    flush()
-            flush()
-            if len(open_shards) == 2:
-                fold_tail()
+                out.buf_rows.append(line)
+                out.buf_text.append(text)  # type: ignore[arg-type]
+                if len(out.buf_rows) >= out.group_rows:
+                    out.flush(read.rows_read)
+            out.flush(read.rows_read)
+            if len(out.open_shards) == 2:
+                out.fold_tail()
         finally:
-            for sh in list(open_shards):  # every shard file is complete before the plan is recorded
-                close_shard(sh)
+            for sh in list(out.open_shards):  # every shard file is complete before the plan is recorded
+                out.close_shard(sh)
         model_copy.result()  # and the verified model copy (ArtifactMismatch: nothing is planned)
     except DataError as e:  # no text column, unreadable Parquet: the batch fails with the reader's reason
-        error = e
+        read.error = e
     finally:
         fetcher.shutdown(wait=True)
+    return read
 
-    # every row has been read: the batch fails here, before any shard writes into predictions
+
+def _reject_reason(path: Path, batch_id: str, read: _Read, s: Settings) -> str | None:
+    """Why the batch fails once every row is read (reader's error, no rows, too many rejects), or None."""
+    rejects, rows_read = read.rejects, read.rows_read
     share = len(rejects) / rows_read if rows_read else 0.0
-    reason = (
-        str(error)
-        if error is not None
+    return (
+        str(read.error)
+        if read.error is not None
         else f"{path.name} has no rows to score (empty, or a header only)"
         if rows_read == 0
         else f"{path.name}: {len(rejects):,} of {rows_read:,} rows rejected ({share:.1%}), more than"
@@ -274,32 +384,3 @@ def _plan_locked(
         if share > s.batch_max_reject_share
         else None
     )
-    if reason is not None:
-        bstore.remove(batch_id, recursive=True)  # shards and the model copy: nothing is kept
-        shutil.rmtree(local_model, ignore_errors=True)
-        raise failed(reason, rows_read, rejects)
-
-    with db.connect(s) as conn:
-        store.replace_plan(
-            conn,
-            **batch_row,
-            model_sha256=model_sha256,
-            rows_read=rows_read,
-            rejects=rejects,
-            shards=[(sh["shard"], sh["path"], sh["first"], sh["last"], sh["n"]) for sh in shards],
-        )
-    log.info(
-        "batch %s: %s rows read from %s (%s, %s lines decoded as Latin-1), %s rejected, %d shards of up to %s"
-        " rows, champion v%s (%.1fs)",
-        batch_id,
-        f"{rows_read:,}",
-        path.name,
-        fmt,
-        f"{encoding['latin1_lines']:,}",
-        f"{len(rejects):,}",
-        len(shards),
-        f"{shard_rows:,}",
-        champ.version,
-        time.perf_counter() - t0,
-    )
-    return Plan(batch_id, champ.version, [sh["shard"] for sh in shards], "planned")
