@@ -48,9 +48,13 @@ import asyncio
 import json
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
+from starlette.types import Message, Receive, Scope, Send
+
 from api.errors import error_body
+from ml.platform.config import Settings
 
 NEVER_SHED = ("/health/live", "/metrics")
 INTERVAL_ALPHA = 0.05  # EWMA weight of one interval between completions (a slower one)
@@ -68,7 +72,12 @@ class Limiter:
     Not thread-safe: used from one event loop. ``clock`` is injectable for tests of the arithmetic."""
 
     def __init__(
-        self, min_limit: int, max_limit: int, target_s: float, deadline_s: float, clock=time.perf_counter
+        self,
+        min_limit: int,
+        max_limit: int,
+        target_s: float,
+        deadline_s: float,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.max_limit = max(1, int(max_limit))
         self.min_limit = max(1, min(int(min_limit), self.max_limit))
@@ -186,25 +195,27 @@ class Admission:
     def shed(self) -> int:
         return self.limiter.shed if self.limiter else 0
 
-    def _limits(self, scope) -> tuple[Limiter, int, float]:
+    def _limits(self, scope: Scope) -> tuple[Limiter, int, float]:
         state = getattr(scope.get("app"), "state", None)
-        settings = getattr(state, "settings", None)
+        settings: Settings | None = getattr(state, "settings", None)  # set by the app's lifespan
+        if settings is None:  # no lifespan ran: the fields' defaults (the environment is not read)
+            settings = Settings.model_construct()
         if self.limiter is None:  # settings are read once per worker, at its first request
             self.limiter = Limiter(
-                int(getattr(settings, "api_min_inflight", 32)),
-                int(getattr(settings, "api_max_inflight", 256)),
-                float(getattr(settings, "api_latency_target_ms", 20.0)) / 1000.0,
-                float(getattr(settings, "api_queue_deadline_ms", 30.0)) / 1000.0,
+                int(settings.api_min_inflight),
+                int(settings.api_max_inflight),
+                float(settings.api_latency_target_ms) / 1000.0,
+                float(settings.api_queue_deadline_ms) / 1000.0,
             )
             if state is not None:
                 state.admission = self.limiter  # read by api/metrics.py's gauges
         return (
             self.limiter,
-            int(getattr(settings, "api_max_body_bytes", 8 * 1024 * 1024)),
-            float(getattr(settings, "api_body_timeout_seconds", 5.0)),
+            int(settings.api_max_body_bytes),
+            float(settings.api_body_timeout_seconds),
         )
 
-    async def __call__(self, scope, receive, send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -275,10 +286,10 @@ class Admission:
             limiter.release()
 
 
-def _replay(body: bytes, receive):
+def _replay(body: bytes, receive: Receive) -> Receive:
     replayed = False
 
-    async def replay():
+    async def replay() -> Message:
         nonlocal replayed
         if not replayed:
             replayed = True
@@ -288,7 +299,7 @@ def _replay(body: bytes, receive):
     return replay
 
 
-async def _answer(send, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+async def _answer(send: Send, status: int, message: str, headers: dict[str, str] | None = None) -> None:
     body = json.dumps(error_body(status, message)).encode()
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]

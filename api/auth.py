@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from anyio import to_thread
@@ -146,7 +146,9 @@ async def identify_async(request: Request, settings: Settings) -> Identity:
     return _known(ident)
 
 
-def require(*scopes: str, anonymous_if: Callable[[Settings], bool] | None = None, quota: str | None = None):
+def require(
+    *scopes: str, anonymous_if: Callable[[Settings], bool] | None = None, quota: str | None = None
+) -> Callable[[Request, Settings], Awaitable[Identity]]:
     """A dependency: the caller, who must hold one of ``scopes`` (``admin`` holds all). Anonymous callers
     pass only where ``anonymous_if(settings)`` is true. With ``quota``, one unit of that quota is charged."""
     need = " or ".join(f"`{s}`" for s in scopes)

@@ -37,7 +37,9 @@ def error_body(status: int, message: str, detail: Sequence[dict[str, Any]] | Non
     return {"status": status, "message": message, "detail": items}
 
 
-def error_response(status: int, message: str, detail=None, headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(
+    status: int, message: str, detail: Sequence[dict[str, Any]] | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
     return JSONResponse(error_body(status, message, detail), status_code=status, headers=headers)
 
 

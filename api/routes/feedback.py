@@ -24,6 +24,7 @@ from api.runtime.recording import Recorded
 from api.schemas import ErrorItem, ErrorResponse, FeedbackRequest, FeedbackResponse
 from ml.models.base import label_name
 from ml.platform import security
+from ml.platform.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def _response(rec: Recorded, prediction_id: uuid.UUID, reporter: str) -> Feedbac
     )
 
 
-def _check_token(body: FeedbackRequest, caller: security.Identity, request: Request, settings) -> None:
+def _check_token(body: FeedbackRequest, caller: security.Identity, request: Request, settings: Settings) -> None:
     if caller.has("review"):  # review / admin keys may report on any prediction
         return
     if not body.feedback_token:

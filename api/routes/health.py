@@ -8,13 +8,16 @@ from fastapi.responses import JSONResponse
 
 from api.deps import ManagerDep, SettingsDep, WriterDep, connect_db
 from api.errors import error_response
+from api.runtime.model_manager import ModelManager
+from api.runtime.writer import PredictionWriter
 from api.schemas import DatabaseHealth, ErrorResponse, Health, ModelHealth, Readiness, WriterHealth
+from ml.platform.config import Settings
 from ml.store import schema
 
 router = APIRouter(tags=["health"])
 
 
-def _database(settings) -> DatabaseHealth:
+def _database(settings: Settings) -> DatabaseHealth:
     try:
         with connect_db(settings, timeout=2) as conn:
             schema.ping(conn)
@@ -23,7 +26,7 @@ def _database(settings) -> DatabaseHealth:
         return DatabaseHealth(reachable=False, error=f"{type(exc).__name__}: {exc}".strip())
 
 
-def _health(manager, writer, settings) -> Health:
+def _health(manager: ModelManager, writer: PredictionWriter, settings: Settings) -> Health:
     database = _database(settings)
     loaded = manager.current
     model = ModelHealth(
@@ -76,7 +79,7 @@ async def live() -> Readiness:
     response_model=Readiness,
     responses={503: {"model": ErrorResponse, "description": "not ready; the message says why"}},
 )
-def ready(manager: ManagerDep, writer: WriterDep, settings: SettingsDep):
+def ready(manager: ManagerDep, writer: WriterDep, settings: SettingsDep) -> Readiness | JSONResponse:
     """200 when the database answers, a model is loaded and the prediction log has room;
     else 503 with the reasons (for a readiness probe: send no traffic while it fails)."""
     h = _health(manager, writer, settings)
@@ -86,7 +89,7 @@ def ready(manager: ManagerDep, writer: WriterDep, settings: SettingsDep):
 
 
 @router.get("/health", response_model=Health, responses={503: {"model": Health, "description": "degraded"}})
-def health(manager: ManagerDep, writer: WriterDep, settings: SettingsDep):
+def health(manager: ManagerDep, writer: WriterDep, settings: SettingsDep) -> JSONResponse:
     """The details: database, model, writer (buffer, spool). ``status`` is ``ok`` (200) when the
     database is reachable, a model is loaded and the buffer has room, else ``degraded`` (503)
     with ``reasons``."""

@@ -189,7 +189,7 @@ class PredictionLog:
         return [s.path for s in segs]
 
     # ------------------------------------------------------------ appending
-    def _reserve(self, data: bytes, rows: int, waiter: Any, loop=None) -> None:
+    def _reserve(self, data: bytes, rows: int, waiter: Any, loop: asyncio.AbstractEventLoop | None = None) -> None:
         with self._cond:
             if self._stopping or self._thread is None:
                 raise LogWriteError("the prediction log is closed (the API is shutting down)")

@@ -13,14 +13,17 @@ import hmac
 import logging
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ml.models.base import decide
 from ml.platform.config import Settings
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -146,11 +149,11 @@ class PredictionIds:
 
 def prediction_rows(
     texts: Sequence[str],
-    proba,
+    proba: np.ndarray,
     model_name: str,
     model_version: int,
     source: str = "api",
-    new_id=uuid.uuid4,
+    new_id: Callable[[], uuid.UUID] = uuid.uuid4,
 ) -> list[PredictionRow]:
     """One row per text from a ``predict_proba`` result (columns P(neg), P(pos)); ids from
     ``new_id`` (uuid4 by default; the API passes :meth:`PredictionIds.new`)."""

@@ -65,8 +65,8 @@ class PredictionWriter:
         self.spool_dir = spool_dir or (settings.api_state_dir or settings.var) / "spool"  # private to this instance
         self.log = PredictionLog(
             self.spool_dir,
-            max_bytes if max_bytes is not None else int(getattr(settings, "prediction_log_max_bytes", 256 << 20)),
-            fsync=bool(getattr(settings, "prediction_log_fsync", True)),
+            max_bytes if max_bytes is not None else int(settings.prediction_log_max_bytes),
+            fsync=bool(settings.prediction_log_fsync),
         )
         self.log.on_commit = self._on_commit
         self.on_feedback = on_feedback

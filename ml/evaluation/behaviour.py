@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ml.models.base import decide
+from ml.models.base import Scorer, decide
 from ml.platform.config import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ def thresholds(settings: Settings | None = None) -> dict[str, float]:
     }
 
 
-def run_checks(model, settings: Settings | None = None) -> dict[str, Any]:
+def run_checks(model: Scorer, settings: Settings | None = None) -> dict[str, Any]:
     """Score ``model`` (anything with ``predict_proba``) on every case; returns
     ``{"passed", "reason", "types": {type: {pass_rate, threshold, passed, n, failures}}}``."""
     limits = thresholds(settings)

@@ -25,14 +25,17 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sklearn.isotonic import IsotonicRegression
 
 from ml.models.base import decide
-from ml.platform.config import get_settings
+from ml.platform.config import Settings, get_settings
 from ml.platform.storage import reference_store
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +77,9 @@ def estimate_accuracy(cal: dict[str, Any], p_positive: np.ndarray, labels: np.nd
 
 
 # ---------------------------------------------------------------- the champion's calibrator
-def champion_calibrator(reference, meta: dict[str, Any], settings=None) -> dict[str, Any]:
+def champion_calibrator(
+    reference: pd.DataFrame, meta: dict[str, Any], settings: Settings | None = None
+) -> dict[str, Any]:
     """The calibrator of the champion behind ``meta`` (the monitoring reference's meta): from
     ``calibration.json`` beside the cached reference, else fitted on the reference and cached."""
     rs = reference_store(int(meta["version"]), settings or get_settings())  # the shared store
@@ -100,7 +105,9 @@ def champion_calibrator(reference, meta: dict[str, Any], settings=None) -> dict[
     return cal
 
 
-def period_estimate(current, reference, meta: dict[str, Any], settings=None) -> dict[str, Any]:
+def period_estimate(
+    current: pd.DataFrame, reference: pd.DataFrame, meta: dict[str, Any], settings: Settings | None = None
+) -> dict[str, Any]:
     """The estimate for a report: over the period's predictions served by the reference's version
     (another version's probabilities do not follow this calibrator)."""
     cal = champion_calibrator(reference, meta, settings)

@@ -7,12 +7,15 @@ import statistics
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support, roc_auc_score, roc_curve
 
-from ml.models.base import decide
+from ml.models.base import Scorer, decide
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +38,7 @@ def compute_metrics(y_true: Sequence[int] | np.ndarray, proba: np.ndarray) -> di
     return out
 
 
-def inference_ms_per_tweet(model, texts: Sequence[str], batch: int = 1000, repeats: int = 5) -> float:
+def inference_ms_per_tweet(model: Scorer, texts: Sequence[str], batch: int = 1000, repeats: int = 5) -> float:
     """Median over ``repeats`` of the time to score a fixed batch, per tweet, in ms."""
     sample = list(texts[:batch])
     if not sample:
@@ -53,7 +56,7 @@ def dir_size_mb(path: Path) -> float:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file()) / 1e6
 
 
-def plot_confusion(cm: list[list[int]], title: str):
+def plot_confusion(cm: list[list[int]], title: str) -> Figure:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -73,7 +76,7 @@ def plot_confusion(cm: list[list[int]], title: str):
     return fig
 
 
-def plot_roc(y_true: Sequence[int], proba: np.ndarray, title: str):
+def plot_roc(y_true: Sequence[int] | np.ndarray, proba: np.ndarray, title: str) -> Figure:
     import matplotlib
 
     matplotlib.use("Agg")

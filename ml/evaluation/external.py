@@ -23,7 +23,7 @@ from ml.data import DataError
 from ml.data.read import read_labelled
 from ml.data.snapshots import content_hash
 from ml.evaluation.evaluate import compute_metrics
-from ml.models.base import decide
+from ml.models.base import Scorer, decide
 from ml.platform.config import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def load(settings: Settings | None = None) -> ExternalSet | None:
     return ext
 
 
-def score(model, ext: ExternalSet, proba: np.ndarray | None = None) -> tuple[dict[str, Any], np.ndarray]:
+def score(model: Scorer, ext: ExternalSet, proba: np.ndarray | None = None) -> tuple[dict[str, Any], np.ndarray]:
     """(metrics, predicted labels) of ``model`` on the external set; metrics carry n, path and hash.
     ``proba``: the model's probabilities on ``ext.texts`` when the caller already has them."""
     if proba is None:

@@ -45,8 +45,9 @@ import yaml
 
 from ml.evaluation import behaviour
 from ml.evaluation.stats import paired_comparison
+from ml.models.base import Scorer
 from ml.models.base import decide as decide_label
-from ml.platform.config import REPO_ROOT, get_settings
+from ml.platform.config import REPO_ROOT, Settings, get_settings
 
 #: how many texts each flip list keeps (counts are always complete)
 FLIP_LIST_CAP = 20
@@ -148,7 +149,7 @@ def _load_golden(path: str, mtime: float) -> tuple[tuple[str, int], ...]:
     return tuple(seen.items())
 
 
-def golden_set(settings=None) -> tuple[tuple[str, int], ...]:
+def golden_set(settings: Settings | None = None) -> tuple[tuple[str, int], ...]:
     """(text, label) of the golden regression set: ``golden_path`` + the labelled behavioural cases.
     A missing or malformed file is an error, never an empty set."""
     s = settings or get_settings()
@@ -293,11 +294,11 @@ def slice_accuracy(y: Sequence[int], texts: Sequence[str], proba: np.ndarray) ->
 
 
 def compare_models(
-    candidate,
-    champion,
+    candidate: Scorer,
+    champion: Scorer,
     y: Sequence[int],
     texts: Sequence[str],
-    settings=None,
+    settings: Settings | None = None,
     *,
     cand_proba: np.ndarray | None = None,
     champ_proba: np.ndarray | None = None,

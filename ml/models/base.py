@@ -16,9 +16,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Protocol
 
 import numpy as np
+import numpy.typing as npt
 
 from ml.features import requirements_for
 from ml.models import calibration as calib
@@ -167,6 +168,14 @@ def plot_learning_curve(history: dict[str, Any], path: str | Path, title: str = 
 
 Validation = tuple[Sequence[str], Sequence[int] | np.ndarray]
 
+
+class Scorer(Protocol):
+    """Anything with ``predict_proba`` (a :class:`SentimentModel`, or a test's stand-in): what the
+    evaluation functions score."""
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
 #: "Why this label": at most this many distinct words of a text are occluded (one model call of at
 #: most 1 + EXPLAIN_MAX_WORDS texts per explained text: the time budget of the neural families).
 EXPLAIN_MAX_WORDS = 40
@@ -278,7 +287,7 @@ class SentimentModel(ABC):
         (keeping their best state so far). ``self.history_`` records what was used (:func:`new_history`)."""
 
     @staticmethod
-    def _check_labels(labels: Sequence[int] | np.ndarray, dtype=np.int8) -> np.ndarray:
+    def _check_labels(labels: Sequence[int] | np.ndarray, dtype: npt.DTypeLike = np.int8) -> np.ndarray:
         """Labels as an array; a clear error when only one class is present."""
         y = np.asarray(labels, dtype=dtype)
         if len(set(y.tolist())) < 2:

@@ -25,9 +25,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 METHODS = ("temperature", "platt", "none")
 CALIBRATION_FILE = "calibration.json"
@@ -202,7 +205,7 @@ def summary(y: np.ndarray | Sequence[int], raw: np.ndarray, calibrated: np.ndarr
     }
 
 
-def plot_reliability(curves: dict[str, dict[str, Any]], title: str = "reliability diagram"):
+def plot_reliability(curves: dict[str, dict[str, Any]], title: str = "reliability diagram") -> Figure:
     """The reliability diagram of one or more :func:`summary` results (``{"held-out": s, "external": s}``):
     observed share of positives against mean predicted P(positive) per bin, raw (dashed) and calibrated
     (solid), the diagonal = perfect calibration; ECE in the legend. Returns a matplotlib figure."""

@@ -33,7 +33,7 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from ml.features import preprocess
-from ml.models.base import Budget, SentimentModel, new_history, seed_everything
+from ml.models.base import Budget, SentimentModel, Validation, new_history, seed_everything
 
 log = logging.getLogger(__name__)
 logging.getLogger("gensim").setLevel(logging.WARNING)  # its per-epoch lifecycle lines drown the log
@@ -43,7 +43,7 @@ HISTORY_FILE = "training.json"
 PREDICT_CHUNK = 2048
 
 
-def _keras():
+def _keras() -> tuple[Any, Any]:
     import keras
     import tensorflow as tf
 
@@ -106,7 +106,7 @@ class KerasTextModel(SentimentModel):
         }
 
     # ---------------------------------------------------------------- model
-    def _body(self, x):  # pragma: no cover - abstract in spirit
+    def _body(self, x: Any) -> Any:  # pragma: no cover - abstract in spirit
         raise NotImplementedError
 
     def _embedding_matrix(self, vocab: list[str], sequences: np.ndarray) -> np.ndarray | None:
@@ -157,7 +157,7 @@ class KerasTextModel(SentimentModel):
         matrix[0] = 0.0  # padding
         return matrix
 
-    def _build(self, vectorizer, matrix: np.ndarray | None):
+    def _build(self, vectorizer: Any, matrix: np.ndarray | None) -> Any:
         keras, _ = _keras()
         from keras import layers
 
@@ -184,7 +184,13 @@ class KerasTextModel(SentimentModel):
         return model
 
     # ---------------------------------------------------------------- fit
-    def fit(self, texts, labels, validation=None, budget_seconds=None) -> KerasTextModel:
+    def fit(
+        self,
+        texts: Sequence[str],
+        labels: Sequence[int] | np.ndarray,
+        validation: Validation | None = None,
+        budget_seconds: float | None = None,
+    ) -> KerasTextModel:
         """Train on all of ``texts`` (streamed through tf.data, reshuffled every pass) until the budget
         (``budget_seconds`` wall time, ``max_steps``), ``epochs`` passes, or ``patience`` evaluations
         without a better validation accuracy; evaluates every ``eval_every`` steps on (at most
@@ -301,19 +307,19 @@ class KerasTextModel(SentimentModel):
         return self
 
     # ---------------------------------------------------------------- predict
-    def _serving_fn(self):
+    def _serving_fn(self) -> Any:
         if getattr(self, "_serve", None) is None:
             _, tf = _keras()
             model = self.model_
 
             @tf.function(input_signature=[tf.TensorSpec([None], tf.string)], reduce_retracing=True)
-            def serve(x):
+            def serve(x: Any) -> Any:
                 return model(x, training=False)
 
             self._serve = serve
         return self._serve
 
-    def predict_proba(self, texts) -> np.ndarray:
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         _, tf = _keras()
         prepped = preprocess(texts, self.params["preprocess"])
         if not prepped:
@@ -345,7 +351,18 @@ class _BudgetWatch:
     stops when the budget, the step limit or the patience is spent, records the learning curve and
     keeps the best weights (by validation accuracy)."""
 
-    def __init__(self, name, history, budget, max_steps, steps_per_epoch, n_train, batch_size, patience, log_every):
+    def __init__(
+        self,
+        name: str,
+        history: dict[str, Any],
+        budget: Budget,
+        max_steps: int,
+        steps_per_epoch: int,
+        n_train: int,
+        batch_size: int,
+        patience: int,
+        log_every: int,
+    ) -> None:
         self.name, self.h, self.budget, self.max_steps = name, history, budget, max_steps
         self.spe, self.n, self.bs = steps_per_epoch, n_train, batch_size
         self.patience, self.log_every = patience, log_every
@@ -357,13 +374,13 @@ class _BudgetWatch:
         full, part = divmod(self.step, self.spe)
         return full * self.n + min(part * self.bs, self.n)
 
-    def callback(self):
+    def callback(self) -> Any:
         import keras  # the module itself (not _keras()'s value), so that the base class below is a name mypy resolves
 
         watch = self
 
         class Watch(keras.callbacks.Callback):
-            def on_train_batch_end(self, batch, logs=None):
+            def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
                 watch.step += 1
                 if watch.log_every and watch.step % watch.log_every == 0:
                     log.info(
@@ -382,13 +399,13 @@ class _BudgetWatch:
                     watch.stopped = watch.stopped or why
                     self.model.stop_training = True
 
-            def on_test_begin(self, logs=None):
+            def on_test_begin(self, logs: dict[str, Any] | None = None) -> None:
                 self._t_eval = time.perf_counter()
 
-            def on_test_end(self, logs=None):
+            def on_test_end(self, logs: dict[str, Any] | None = None) -> None:
                 watch.eval_seconds = time.perf_counter() - self._t_eval
 
-            def on_epoch_end(self, epoch, logs=None):
+            def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
                 logs = logs or {}
                 if "val_accuracy" not in logs:
                     return
@@ -425,7 +442,7 @@ class _BudgetWatch:
 
         return Watch()
 
-    def finish(self, model) -> None:
+    def finish(self, model: Any) -> None:
         if self.best_weights is not None:
             model.set_weights(self.best_weights)  # restore the best state seen on validation
         self.h.update(
@@ -445,7 +462,7 @@ class TextCNN(KerasTextModel):
     def default_params(cls) -> dict[str, Any]:
         return {**super().default_params(), "filters": 128, "kernel_size": 3}
 
-    def _body(self, x):
+    def _body(self, x: Any) -> Any:
         from keras import layers
 
         p = self.params
@@ -468,7 +485,7 @@ class BiLSTM(KerasTextModel):
     def default_params(cls) -> dict[str, Any]:
         return {**super().default_params(), "lstm_units": 64, "epochs": 2}
 
-    def _body(self, x):
+    def _body(self, x: Any) -> Any:
         from keras import layers
 
         p = self.params

@@ -45,7 +45,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------- export
-def export(model, out_dir: Path, sample_ids: Any = None) -> dict[str, Any]:
+def export(model: Any, out_dir: Path, sample_ids: Any = None) -> dict[str, Any]:
     """Export a (CPU, eval) ``AutoModelForSequenceClassification`` to ``out_dir/model.onnx`` and its
     dynamically quantised int8 copy to ``out_dir/model.int8.onnx``; returns sizes and seconds."""
     import torch
@@ -55,11 +55,11 @@ def export(model, out_dir: Path, sample_ids: Any = None) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
 
     class Logits(torch.nn.Module):  # positional inputs, one tensor out: a clean graph signature
-        def __init__(self, m) -> None:
+        def __init__(self, m: Any) -> None:
             super().__init__()
             self.m = m
 
-        def forward(self, input_ids, attention_mask):
+        def forward(self, input_ids: Any, attention_mask: Any) -> Any:
             return self.m(input_ids=input_ids, attention_mask=attention_mask).logits
 
     wrapped = Logits(model.to("cpu").eval()).eval()

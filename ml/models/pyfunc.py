@@ -20,12 +20,16 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from ml import models
 from ml.models.base import SentimentModel, decide, pinned
+
+if TYPE_CHECKING:
+    from mlflow.models import ModelSignature
+    from mlflow.models.model import ModelInfo
 
 MODEL_ARTIFACT = "model"
 INPUT_COLUMN = "text"
@@ -49,12 +53,12 @@ class SentimentPyfunc(_PythonModel):
     """MLflow pyfunc wrapper: any family, saved with its own ``save``; ``predict`` takes a DataFrame with a
     ``text`` column (or a list / Series of texts) and returns a DataFrame with label, p_negative, p_positive."""
 
-    def load_context(self, context) -> None:
+    def load_context(self, context: Any) -> None:
         self.model = models.load(context.artifacts["model_dir"])
 
     # a type hint keeps MLflow 3 from warning "Add type hints to the `predict` method"; with a
     # DataFrame hint MLflow neither infers a schema from it nor converts the input
-    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         if isinstance(model_input, pd.DataFrame):
             model_input = model_input[INPUT_COLUMN] if INPUT_COLUMN in model_input else model_input.iloc[:, 0]
         texts = [str(t) for t in list(model_input)]
@@ -64,7 +68,7 @@ class SentimentPyfunc(_PythonModel):
         )
 
 
-def signature():
+def signature() -> ModelSignature:
     """The signature of every version: ``text`` (string) in; ``label`` (long), ``p_negative``, ``p_positive``
     (double) out."""
     from mlflow.models import ModelSignature
@@ -103,7 +107,7 @@ def _code_package(dest: Path) -> Path:
     return pkg
 
 
-def log_model(model: SentimentModel, extra_requirements: list[str] | None = None, **kwargs: Any):
+def log_model(model: SentimentModel, extra_requirements: list[str] | None = None, **kwargs: Any) -> ModelInfo:
     """Log ``model`` into the active MLflow run as a pyfunc with its signature, input example, pinned
     requirements (base + ``extra_requirements``, by default the family's own) and code; returns MLflow's
     ModelInfo. Passing the requirements also spares MLflow's slow inference of them."""

@@ -15,7 +15,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import FeatureUnion, Pipeline
 
 from ml.features import preprocess
-from ml.models.base import EXPLAIN_TOP_K, Budget, SentimentModel, new_history
+from ml.models.base import EXPLAIN_TOP_K, Budget, SentimentModel, Validation, new_history
 
 
 class TfidfLogReg(SentimentModel):
@@ -62,7 +62,13 @@ class TfidfLogReg(SentimentModel):
     def _prep(self, texts: Sequence[str]) -> list[str]:
         return preprocess(texts, self.params["preprocess"])
 
-    def fit(self, texts, labels, validation=None, budget_seconds=None) -> TfidfLogReg:
+    def fit(
+        self,
+        texts: Sequence[str],
+        labels: Sequence[int] | np.ndarray,
+        validation: Validation | None = None,
+        budget_seconds: float | None = None,
+    ) -> TfidfLogReg:
         """One pass over all of ``texts`` (seconds for 100k tweets): the budget is recorded, not needed."""
         budget = Budget(budget_seconds)
         y = self._check_labels(labels, np.int8)
@@ -118,7 +124,7 @@ class TfidfLogReg(SentimentModel):
         self.history_ = h
         return self
 
-    def predict_proba(self, texts) -> np.ndarray:
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         if len(texts) == 0:
             return np.zeros((0, 2))
         return self.pipeline_.predict_proba(self._prep(texts)).astype(np.float64)

@@ -29,9 +29,10 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # read by huggingface_hub at import: before transformers
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -44,7 +45,7 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from ml.features import preprocess
-from ml.models.base import Budget, SentimentModel, new_history, seed_everything
+from ml.models.base import Budget, SentimentModel, Validation, new_history, seed_everything
 from ml.models.onnx_runtime import (
     EXPORT_META,
     FP32_FILE,
@@ -59,6 +60,9 @@ from ml.models.onnx_runtime import (
     softmax,
 )
 from ml.models.onnx_runtime import export as export_onnx
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +103,7 @@ def _use_threads(setting: int | str = 0) -> int:
     return n
 
 
-def device():
+def device() -> torch.device:
     import torch
 
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -174,7 +178,7 @@ class TransformerClassifier(SentimentModel):
         }
 
     # ---------------------------------------------------------------- helpers
-    def _encode(self, texts: list[str]):
+    def _encode(self, texts: list[str]) -> Any:
         return self.tokenizer_(
             texts, padding=True, truncation=True, max_length=int(self.params["max_length"]), return_tensors="pt"
         )
@@ -219,7 +223,13 @@ class TransformerClassifier(SentimentModel):
         order = rng.permutation(len(batches))
         return [batches[k] for k in order]
 
-    def fit(self, texts, labels, validation=None, budget_seconds=None) -> TransformerClassifier:
+    def fit(
+        self,
+        texts: Sequence[str],
+        labels: Sequence[int] | np.ndarray,
+        validation: Validation | None = None,
+        budget_seconds: float | None = None,
+    ) -> TransformerClassifier:
         """Steps of length-bucketed, dynamically padded batches over the shuffled pool until the budget
         (``budget_seconds`` wall time, ``max_steps``), ``epochs`` passes, or ``patience`` evaluations
         without a better validation accuracy; every ``eval_every`` steps the model is scored on (at
@@ -257,7 +267,9 @@ class TransformerClassifier(SentimentModel):
         self._finish_fit(data, run)
         return self
 
-    def _fit_data(self, texts, labels, validation) -> _FitData:
+    def _fit_data(
+        self, texts: Sequence[str], labels: Sequence[int] | np.ndarray, validation: Validation | None
+    ) -> _FitData:
         """Seed, preprocess, and split the validation set off (or take the given one), capped at eval_max_rows."""
         p = self.params
         y = self._check_labels(labels, np.int64)
@@ -448,7 +460,7 @@ class TransformerClassifier(SentimentModel):
         )
 
     # ---------------------------------------------------------------- predict
-    def predict_proba(self, texts) -> np.ndarray:
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         x = preprocess(texts, self.params["preprocess"])
         if not x:
             return np.zeros((0, 2))

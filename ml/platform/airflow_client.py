@@ -78,7 +78,7 @@ def airflow_token(s: Settings | None = None) -> str:
     return r.json()["access_token"]
 
 
-def airflow_api(s: Settings, method: str, path: str, token: str, **kw):
+def airflow_api(s: Settings, method: str, path: str, token: str, **kw: Any) -> httpx.Response:
     r = httpx.request(
         method,
         f"http://{s.host}:{s.airflow_port}/api/v2{path}",

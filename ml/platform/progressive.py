@@ -30,6 +30,8 @@ import os
 from datetime import datetime
 from typing import Any
 
+import psycopg
+
 from ml.platform import db, registry, tracking
 from ml.platform.airflow_client import TRAINING_DAG, airflow_api, airflow_token, trigger_dag
 from ml.platform.config import Settings, get_settings
@@ -119,7 +121,7 @@ def _minutes(seconds: float) -> str:
     return f"{m} min" if m < 60 else f"{m // 60} h {m % 60:02d} min"
 
 
-def describe(settings: Settings | None = None, conn=None) -> dict[str, Any] | None:
+def describe(settings: Settings | None = None, conn: psycopg.Connection | None = None) -> dict[str, Any] | None:
     """The newest progressive comparison of the configured model, JSON-ready: state, family, percent,
     ETA (seconds, from the measured rate), version, shadow window, and the one-line ``text``; None when
     none was started."""
@@ -198,6 +200,6 @@ def status_line(settings: Settings | None = None) -> str | None:
     return line
 
 
-def champion_family(conn, run_id: str) -> str | None:
+def champion_family(conn: psycopg.Connection, run_id: str) -> str | None:
     rec = training_runs_store.run_record(conn, run_id)
     return rec["family"] if rec else None

@@ -31,10 +31,11 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from types import EllipsisType
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from limits import RateLimitItem, parse_many
@@ -44,6 +45,7 @@ from ml.platform.config import Settings, get_settings
 from ml.store import quotas as store
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 NAMESPACE = "smops"
 
@@ -75,7 +77,7 @@ class PostgresStorage(Storage):
     def base_exceptions(self) -> type[Exception] | tuple[type[Exception], ...]:
         return (psycopg.Error, OSError, RuntimeError)
 
-    def _run(self, fn, *args):
+    def _run(self, fn: Callable[..., _T], *args: Any) -> _T:
         from ml.platform import db
 
         with self._lock:

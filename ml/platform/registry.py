@@ -12,7 +12,9 @@ import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import psycopg
 
 from ml import models
 from ml.models import SentimentModel, pyfunc
@@ -24,12 +26,15 @@ from ml.platform import db, tracking
 from ml.platform.config import Settings, get_settings
 from ml.store import training_runs as store
 
+if TYPE_CHECKING:
+    from mlflow.models.model import ModelInfo
+
 log = logging.getLogger(__name__)
 
 MODEL_ARTIFACT = "model"
 
 
-def log_model(model: SentimentModel, extra_requirements: list[str] | None = None):
+def log_model(model: SentimentModel, extra_requirements: list[str] | None = None) -> ModelInfo:
     """Log ``model`` into the active MLflow run as a pyfunc (``ml.models.pyfunc.log_model``: signature,
     input example, requirements pinned from the running environment, code); returns mlflow's ModelInfo.
     The family's own requirements (``model.pip_requirements()``) unless ``extra_requirements`` is given."""
@@ -208,14 +213,20 @@ def _restore_alias(previous: int | None, s: Settings) -> None:
         set_champion(previous, s)
 
 
-def _commit(conn) -> None:
+def _commit(conn: psycopg.Connection) -> None:
     """The commit that makes a champion change part of the history (a function of its own: the tests
     inject a failure here)."""
     conn.commit()
 
 
 def move_champion(
-    conn, version: int, previous: int | None, event: str, reason: str, digest: str, settings: Settings
+    conn: psycopg.Connection,
+    version: int,
+    previous: int | None,
+    event: str,
+    reason: str,
+    digest: str,
+    settings: Settings,
 ) -> None:
     """THE one way the platform changes the champion (promotion, a confirmed shadow promotion, rollback),
     atomically with its record. The caller holds :func:`ml.store.training_runs.lock_promotions` in ``conn``'s open

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
 from ml.platform import db
 from ml.platform.config import Settings, get_settings
 from ml.store import keys as store
@@ -137,7 +139,7 @@ def revoke_key(name_or_key_id: str, settings: Settings | None = None) -> list[di
     return rows
 
 
-def verify_key(conn, key: str) -> Identity | None:
+def verify_key(conn: psycopg.Connection, key: str) -> Identity | None:
     """The identity of a live key, else None (unknown, malformed, revoked or wrong secret)."""
     key_id = _parse(key)
     if key_id is None:

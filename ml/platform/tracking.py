@@ -12,6 +12,7 @@ import os
 import secrets
 import subprocess
 from functools import lru_cache
+from pathlib import Path
 
 from ml.platform import db
 from ml.platform.config import REPO_ROOT, Settings, get_settings
@@ -42,7 +43,7 @@ EXPERIMENT_TAGS = {
 }
 
 
-def mlflow_dir(settings: Settings | None = None):
+def mlflow_dir(settings: Settings | None = None) -> Path:
     return (settings or get_settings()).var / "mlflow"
 
 

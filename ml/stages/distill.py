@@ -38,6 +38,7 @@ from ml.data import DataError
 from ml.data.read import iter_records
 from ml.data.splits import calibration_split, split_for, stratified_sample
 from ml.evaluation import external
+from ml.models.base import Scorer
 from ml.platform import db, registry, tracking
 from ml.platform.config import Settings, get_settings
 from ml.stages.train import fit_calibration, log_training_datasets
@@ -107,7 +108,7 @@ def corpus_texts(
     return texts
 
 
-def teacher_proba(teacher, texts: list[str]) -> tuple[np.ndarray, float]:
+def teacher_proba(teacher: Scorer, texts: list[str]) -> tuple[np.ndarray, float]:
     """(the teacher's served P(positive) of every text, seconds), scored in chunks with progress logged."""
     out = np.zeros(len(texts), dtype=np.float64)
     t0 = time.perf_counter()

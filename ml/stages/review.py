@@ -35,6 +35,8 @@ from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 from typing import Any
 
+import psycopg
+
 from ml.platform.config import Settings
 from ml.store import review as store
 
@@ -172,7 +174,9 @@ def judge(reports: list[dict[str, Any]], reviews: dict[str, dict[str, Any]], set
     return out
 
 
-def judge_texts(conn, model_name: str, reports: list[dict[str, Any]], settings: Settings) -> dict[str, Judged]:
+def judge_texts(
+    conn: psycopg.Connection, model_name: str, reports: list[dict[str, Any]], settings: Settings
+) -> dict[str, Judged]:
     keys = sorted({text_key(r["text"]) for r in reports if str(r["text"]).strip()})
     return judge(reports, store.latest_reviews(conn, model_name, keys) if keys else {}, settings)
 
@@ -192,7 +196,12 @@ def count_votes(items: list[Judged], threshold: int, settings: Settings) -> dict
 
 
 def pending(
-    conn, model_name: str, version: int, since: datetime | None, threshold: int | None, settings: Settings
+    conn: psycopg.Connection,
+    model_name: str,
+    version: int,
+    since: datetime | None,
+    threshold: int | None,
+    settings: Settings,
 ) -> dict[str, Any]:
     """The version's misclassifications the loop believes and has not consumed yet, counted against
     ``threshold``; the feedback ids a retraining would consume (every unconsumed report on those texts)."""
@@ -219,7 +228,7 @@ def pending(
 
 
 def trusted_training_rows(
-    conn, model_name: str, version: int, consumed: list[tuple[Any, ...]], settings: Settings
+    conn: psycopg.Connection, model_name: str, version: int, consumed: list[tuple[Any, ...]], settings: Settings
 ) -> tuple[list[tuple[Any, ...]], dict[str, int]]:
     """Of the consumed reports (feedback id, prediction id, text, label, created at), those that train:
     on a text whose label is trusted NOW (judged on every report of the version and the latest
@@ -296,7 +305,7 @@ def _comments(j: Judged | None) -> list[dict[str, Any]]:
     return out
 
 
-def queue(conn, model_name: str, settings: Settings, limit: int = 50) -> dict[str, Any]:
+def queue(conn: psycopg.Connection, model_name: str, settings: Settings, limit: int = 50) -> dict[str, Any]:
     """Items for a reviewer, deduplicated by text, none reviewed yet: reported texts (most reporting
     identities first, keyed or anonymous: anonymous reports make no label, they raise the text's place
     here; then the latest) and the least-confident live predictions (uncertainty sampling: probability
@@ -341,7 +350,7 @@ class ReviewError(ValueError):
 
 
 def decide(
-    conn, prediction_id: Any, decision: str, label: int | None, reviewer: str, settings: Settings
+    conn: psycopg.Connection, prediction_id: Any, decision: str, label: int | None, reviewer: str, settings: Settings
 ) -> dict[str, Any]:
     """Record a reviewer's decision on the item of ``prediction_id`` (its text): ``accept`` (``label``,
     default: what the item proposes), ``relabel`` (``label`` required) or ``reject``. Accept / relabel
@@ -388,7 +397,7 @@ class UndoRefused(ValueError):
     """A decision that cannot be withdrawn (409): a later decision exists, or a retraining consumed it."""
 
 
-def undo(conn, review_id: int, caller_id: str, is_admin: bool) -> dict[str, Any]:
+def undo(conn: psycopg.Connection, review_id: int, caller_id: str, is_admin: bool) -> dict[str, Any]:
     """Withdraw a decision: the review row and the report it stored go together, in the caller's
     transaction. Only the reviewer who made it or an admin (PermissionError); only the latest decision
     on its text, and only while no retraining consumed its report (:class:`UndoRefused`)."""

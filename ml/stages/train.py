@@ -16,13 +16,13 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from ml import models
-from ml.data.snapshots import content_hash
+from ml.data.snapshots import Snapshot, content_hash
 from ml.data.splits import calibration_split, split_for, stratified_sample
 from ml.evaluation import behaviour, external, gate
 from ml.evaluation.evaluate import (
@@ -35,9 +35,13 @@ from ml.evaluation.evaluate import (
 )
 from ml.evaluation.stats import paired_comparison
 from ml.models import calibration as calib
+from ml.models.base import Scorer, SentimentModel
 from ml.platform import db, registry, tracking
 from ml.platform.config import Settings, get_settings
 from ml.store import training_runs as store
+
+if TYPE_CHECKING:
+    from mlflow.entities import Dataset, Run
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +50,7 @@ log = logging.getLogger(__name__)
 DIGEST_CHARS = 16
 
 
-def _dataset(name: str, digest: str, path: Path, n_rows: int, sample):
+def _dataset(name: str, digest: str, path: Path, n_rows: int, sample: pd.DataFrame) -> Dataset:
     """An MLflow dataset (``mlflow.entities.Dataset``) of a labelled file of the platform: its name, digest and
     source (the file), the schema MLflow infers from a few rows (``mlflow.data.from_pandas``) and the profile
     of all ``n_rows``. Only this metadata is stored, never the rows: cheap for 1.6M tweets."""
@@ -80,9 +84,9 @@ def _log_datasets(run_id: str, inputs: list[tuple[Any, str, dict[str, str]]]) ->
 
 def log_training_datasets(
     run_id: str,
-    snap,
-    train_df,
-    validation_df,
+    snap: Snapshot,
+    train_df: pd.DataFrame,
+    validation_df: pd.DataFrame,
     sample_size: int | None,
     split: str,
     validation_name: str = "held-out",
@@ -120,7 +124,7 @@ def log_training_datasets(
     )
 
 
-def log_external_dataset(run_id: str, ext) -> None:
+def log_external_dataset(run_id: str, ext: external.ExternalSet) -> None:
     """The external evaluation file (``external_eval_path``) as an input of the run (context ``evaluation``)."""
     sample = pd.DataFrame({"text": ext.texts[:100], "label": ext.labels[:100]})
     _log_datasets(
@@ -198,7 +202,9 @@ def train(
     return run_id
 
 
-def fit_calibration(model, cal_df: pd.DataFrame, method: str, source: str):
+def fit_calibration(
+    model: SentimentModel, cal_df: pd.DataFrame | None, method: str, source: str
+) -> calib.Calibrator | None:
     """Calibrate ``model``'s probabilities on ``cal_df`` (rows it was not trained on; :meth:`ml.models.base.
     SentimentModel.calibrate`) inside the active MLflow run: params ``calibration`` (method or ``none``),
     ``calibration_rows``, ``calibration_split``; metrics ``calibration_a``/``_b`` and the fit split's ECE
@@ -232,7 +238,7 @@ def fit_calibration(model, cal_df: pd.DataFrame, method: str, source: str):
     return cal
 
 
-def served_and_raw(model, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def served_and_raw(model: Scorer, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """(served, raw) probabilities of ``model`` on ``texts`` in ONE pass of the family: the served ones are the
     calibration applied to the raw ones (what ``predict_proba`` does); the same array twice when uncalibrated."""
     cal = getattr(model, "calibration_", None)
@@ -244,7 +250,7 @@ def served_and_raw(model, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return cal.apply_proba(raw), raw
 
 
-def log_calibration(model, sets: dict[str, tuple[Any, np.ndarray, np.ndarray]]) -> dict[str, Any]:
+def log_calibration(model: Scorer, sets: dict[str, tuple[Any, np.ndarray, np.ndarray]]) -> dict[str, Any]:
     """ECE raw and calibrated (:func:`ml.models.calibration.summary`) per labelled set ``{name: (labels,
     served proba, raw proba)}``: metrics ``ece``, ``ece_raw`` (held-out) and ``external_ece``,
     ``external_ece_raw``, ``calibration.json`` and ``reliability_diagram.png`` in the active MLflow run.
@@ -266,7 +272,7 @@ def log_calibration(model, sets: dict[str, tuple[Any, np.ndarray, np.ndarray]]) 
     return {name: {k: v for k, v in c.items() if not k.startswith("reliability")} for name, c in curves.items()}
 
 
-def load_run_model(run_id: str):
+def load_run_model(run_id: str) -> SentimentModel:
     import mlflow
 
     uri = mlflow.MlflowClient().get_run(run_id).data.tags["model_uri"]
@@ -387,7 +393,7 @@ def _score_champion(
 
 def _log_evaluation(
     run_id: str,
-    model,
+    model: Scorer,
     y: Any,
     proba: np.ndarray,
     metrics: dict[str, Any],
@@ -508,7 +514,7 @@ MODEL_DESCRIPTION = (
 GATE_TAGS = ("gate_verdict", "gate_reason", "mcnemar_p_value")
 
 
-def _evaluated_on(run) -> str:
+def _evaluated_on(run: Run) -> str:
     tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
     n = tags.get("held_out_rows") or params.get("n_test", "?")
     held = f"held-out split of snapshot {tags.get('dataset_hash', '?')[:16]} ({n} tweets)"
@@ -522,7 +528,7 @@ def _evaluated_on(run) -> str:
     return held
 
 
-def _version_description(run, gate: dict[str, str] | None = None) -> str:
+def _version_description(run: Run, gate: dict[str, str] | None = None) -> str:
     tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
     lines = [
         f"{tags.get('family', '?')} trained on snapshot {tags.get('dataset_hash', '?')[:16]} "

@@ -9,6 +9,8 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
+
 from ml.platform import db, tracking
 from ml.platform.config import Settings, get_settings
 from ml.store import lineage as store
@@ -51,7 +53,7 @@ def _model_version(model_name: str, version: int) -> tuple[dict[str, Any], dict[
     return info, tags, dict(run.data.metrics)
 
 
-def snapshot_chain(conn, snapshot_hash: str | None) -> list[dict[str, Any]]:
+def snapshot_chain(conn: psycopg.Connection, snapshot_hash: str | None) -> list[dict[str, Any]]:
     """The snapshot and its ancestors (``parent_hash``), each with the retraining that built it."""
     chain: list[dict[str, Any]] = []
     seen: set[str] = set()
@@ -79,7 +81,7 @@ def snapshot_chain(conn, snapshot_hash: str | None) -> list[dict[str, Any]]:
 
 
 def prediction_lineage(
-    prediction_id: str | uuid.UUID, settings: Settings | None = None, conn=None
+    prediction_id: str | uuid.UUID, settings: Settings | None = None, conn: psycopg.Connection | None = None
 ) -> dict[str, Any] | None:
     """Everything that led to one prediction; None for an unknown id."""
     s = settings or get_settings()

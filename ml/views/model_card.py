@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import html
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ml.platform.config import Settings, get_settings
 from ml.store import lineage as lineage_store
 from ml.store import training_runs as training_runs_store
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
 
 #: the held-out metrics in reading order, with their names on the card (quality first, cost last)
 METRIC_NAMES = {
@@ -90,7 +93,7 @@ def metric_name(key: str) -> str:
     return key.replace("_", " ")
 
 
-def mlflow_links(run, version: int, s: Settings) -> dict[str, str]:
+def mlflow_links(run: Run, version: int, s: Settings) -> dict[str, str]:
     """The MLflow UI pages of the run and of the registered version (``ml.platform.tracking.ui_url``:
     they open in the model-training view)."""
     from urllib.parse import quote
@@ -131,7 +134,7 @@ def plot_images(run_id: str) -> list[dict[str, Any]]:
     return out
 
 
-def calibration(run) -> dict[str, Any] | None:
+def calibration(run: Run) -> dict[str, Any] | None:
     """How the served probabilities are calibrated (``ml.models.calibration``, fitted at training) and the
     expected calibration error, raw and calibrated, on the held-out split and the external file (logged by
     ``ml.stages.train.evaluate``); None for a run evaluated before calibration existed."""
@@ -139,7 +142,7 @@ def calibration(run) -> dict[str, Any] | None:
     if "ece" not in m and "calibration" not in params:
         return None
 
-    def pair(prefix: str) -> dict[str, float] | None:
+    def pair(prefix: str) -> dict[str, float | None] | None:
         if f"{prefix}ece" not in m:
             return None
         return {"ece_raw": m.get(f"{prefix}ece_raw"), "ece": m[f"{prefix}ece"]}

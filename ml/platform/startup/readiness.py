@@ -17,7 +17,7 @@ from ml.platform.startup.supervision import supervised
 from ml.platform.supervisor import Service, ServiceError, say, tail
 
 
-def http_get(url: str, timeout: float = 3.0, headers: dict[str, str] | None = None):
+def http_get(url: str, timeout: float = 3.0, headers: dict[str, str] | None = None) -> httpx.Response:
     return httpx.get(url, timeout=timeout, headers=headers)
 
 
@@ -94,7 +94,7 @@ def _mlflow_auth_header(s: Settings) -> dict[str, str]:
     return {"Authorization": f"Basic {token}"}
 
 
-def _airflow_health_ready(r) -> bool:
+def _airflow_health_ready(r: httpx.Response) -> bool:
     body = r.json()
     return all(
         (body.get(k) or {}).get("status") == "healthy"
@@ -102,7 +102,7 @@ def _airflow_health_ready(r) -> bool:
     )
 
 
-def _airflow_health_describe(r) -> str:
+def _airflow_health_describe(r: httpx.Response) -> str:
     try:
         return ", ".join(f"{k}={(v or {}).get('status')}" for k, v in r.json().items())
     except Exception:  # noqa: BLE001

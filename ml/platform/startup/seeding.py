@@ -26,7 +26,7 @@ from ml.platform.startup.sources import BUNDLED_SAMPLE, default_source
 from ml.platform.supervisor import ServiceError, say
 
 
-def champion(s: Settings):
+def champion(s: Settings) -> registry.ChampionInfo | None:
     """The registered champion (``None`` when there is none)."""
     tracking.configure(s)
     return registry.champion(s)

@@ -7,9 +7,11 @@ import hashlib
 import os
 import re
 import shutil
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
+
+import psycopg
 
 from ml.platform.config import Settings, get_settings
 from ml.platform.storage import SharedStore, cache_dir, open_url
@@ -57,7 +59,7 @@ def store_summary(summary: dict[str, Any], s: Settings) -> None:
         )
 
 
-def _reading(conn, settings: Settings | None):
+def _reading(conn: psycopg.Connection | None, settings: Settings | None) -> AbstractContextManager[psycopg.Connection]:
     """The caller's connection, or one of the settings' own (a context manager either way)."""
     from ml.platform import db
 
@@ -65,7 +67,10 @@ def _reading(conn, settings: Settings | None):
 
 
 def list_reports(
-    limit: int = 50, conn=None, settings: Settings | None = None, model_name: str | None = None
+    limit: int = 50,
+    conn: psycopg.Connection | None = None,
+    settings: Settings | None = None,
+    model_name: str | None = None,
 ) -> list[dict[str, Any]]:
     """The newest reports first (of ``model_name`` if given): the summary columns (not the full
     per-column detail) and ``accuracy_statement``."""
@@ -78,7 +83,9 @@ def list_reports(
     return out
 
 
-def get_report(report_id: str, conn=None, settings: Settings | None = None) -> dict[str, Any] | None:
+def get_report(
+    report_id: str, conn: psycopg.Connection | None = None, settings: Settings | None = None
+) -> dict[str, Any] | None:
     """The full stored summary of one report, or None."""
     if not REPORT_ID_RE.match(report_id):
         return None
@@ -86,7 +93,9 @@ def get_report(report_id: str, conn=None, settings: Settings | None = None) -> d
         return store.summary(c, report_id)
 
 
-def report_html_path(report_id: str, conn=None, settings: Settings | None = None) -> Path | None:
+def report_html_path(
+    report_id: str, conn: psycopg.Connection | None = None, settings: Settings | None = None
+) -> Path | None:
     """The report's HTML file (Evidently's, or a plain page for an empty period), or None."""
     if not REPORT_ID_RE.match(report_id):
         return None
@@ -195,7 +204,9 @@ def record_action(
     return action
 
 
-def history(model_name: str, limit: int = 365, conn=None, settings: Settings | None = None) -> list[dict[str, Any]]:
+def history(
+    model_name: str, limit: int = 365, conn: psycopg.Connection | None = None, settings: Settings | None = None
+) -> list[dict[str, Any]]:
     """The ``limit`` newest reports of ``model_name``, oldest first, as the drift history draws them
     (``ml.store.drift_reports.history``) with ``report_rate``: reported wrong per compared prediction."""
     with _reading(conn, settings) as c:

@@ -57,7 +57,7 @@ def _lsa_embeddings(ref_texts: list[str], cur_texts: list[str], seed: int) -> tu
     return ref, cur
 
 
-def run_report(current: pd.DataFrame, reference: pd.DataFrame, s: Settings):
+def run_report(current: pd.DataFrame, reference: pd.DataFrame, s: Settings) -> tuple[Any, dict[str, Any], bool]:
     """Evidently's report over the monitored columns; returns (snapshot, per-column results)."""
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset
@@ -143,7 +143,7 @@ def _column_results(
 def summarise(results: dict[str, Any], current: pd.DataFrame, reference: pd.DataFrame, s: Settings) -> dict[str, Any]:
     cols = results["columns"]
 
-    def col(name: str, **extra) -> dict[str, Any]:
+    def col(name: str, **extra: Any) -> dict[str, Any]:
         return {**cols[name], **extra}
 
     desc = {

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import psycopg
 
 from ml.platform.config import Settings, get_settings
 from ml.stages.monitoring import MonitoringError
@@ -53,7 +54,7 @@ def run_period_end(end: str | None, run_type: Any, data_interval_end: datetime |
     return None
 
 
-def period_counts(conn, model_name: str, start: datetime, end: datetime) -> dict[str, Any]:
+def period_counts(conn: psycopg.Connection, model_name: str, start: datetime, end: datetime) -> dict[str, Any]:
     rows = store.period_counts(conn, model_name, start, end)
     by_source: dict[str, int] = {}
     by_version: dict[str, int] = {}
@@ -63,13 +64,19 @@ def period_counts(conn, model_name: str, start: datetime, end: datetime) -> dict
     return {"total": sum(by_source.values()), "by_source": by_source, "by_model_version": by_version}
 
 
-def serving_version(conn, model_name: str, start: datetime, end: datetime) -> int | None:
+def serving_version(conn: psycopg.Connection, model_name: str, start: datetime, end: datetime) -> int | None:
     """The version that served at the period's end (that of its last prediction): the one a report compares."""
     return store.serving_at_end(conn, model_name, start, end)
 
 
 def load_current(
-    conn, model_name: str, start: datetime, end: datetime, max_rows: int, seed: int, version: int | None = None
+    conn: psycopg.Connection,
+    model_name: str,
+    start: datetime,
+    end: datetime,
+    max_rows: int,
+    seed: int,
+    version: int | None = None,
 ) -> pd.DataFrame:
     """The period's predictions (of model ``version`` only, if given); above ``max_rows`` a random
     sample that is the same on every run (rows ordered by ``md5(seed || id)``)."""
@@ -81,7 +88,7 @@ def load_current(
 
 
 def feedback_stats(
-    conn,
+    conn: psycopg.Connection,
     model_name: str,
     start: datetime,
     end: datetime,

@@ -18,6 +18,7 @@ import pandas as pd
 
 from ml.models.base import decide
 from ml.platform.config import Settings, get_settings
+from ml.platform.registry import ChampionInfo
 from ml.platform.storage import reading, reference_store
 from ml.stages.monitoring import MonitoringError
 from ml.stages.monitoring.descriptors import (
@@ -81,7 +82,9 @@ def load_reference(
     return build_reference(champ, s)
 
 
-def build_reference(champ, settings: Settings | None = None) -> tuple[pd.DataFrame, dict[str, Any], set[str]]:
+def build_reference(
+    champ: ChampionInfo, settings: Settings | None = None
+) -> tuple[pd.DataFrame, dict[str, Any], set[str]]:
     """Score the champion's held-out set (capped, stratified) and cache it with its vocabulary."""
     import mlflow
 
@@ -92,7 +95,8 @@ def build_reference(champ, settings: Settings | None = None) -> tuple[pd.DataFra
 
     s = settings or get_settings()
     t0 = time.perf_counter()
-    run = mlflow.MlflowClient().get_run(champ.run_id)
+    # a version registered without a run (run_id None) is refused by MLflow itself, as before
+    run = mlflow.MlflowClient().get_run(champ.run_id)  # type: ignore[arg-type]
     dataset_hash = run.data.tags.get("dataset_hash")
     if not dataset_hash:
         raise MonitoringError(f"champion v{champ.version} (run {champ.run_id}) has no dataset_hash tag")

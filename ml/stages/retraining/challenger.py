@@ -13,7 +13,7 @@ import pandas as pd
 from ml import models
 from ml.data.snapshots import get_snapshot
 from ml.evaluation.stats import paired_comparison
-from ml.models.base import decide
+from ml.models.base import Scorer, decide
 from ml.platform import db, registry, tracking
 from ml.platform.config import Settings, get_settings
 from ml.stages import compare, promotion, train
@@ -123,7 +123,7 @@ def evaluate(retraining_id: Any, run_id: str, settings: Settings | None = None) 
     champ_version = (champion_metrics or {}).get("version") or r["champion_before"]
     champion = registry.load_version(int(champ_version), s)
 
-    def acc(model, ts: list[str]) -> float | None:
+    def acc(model: Scorer, ts: list[str]) -> float | None:
         if not ts:
             return None
         pred = decide(np.asarray(model.predict_proba(ts))[:, 1])

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 from typing import Any
 
+import psycopg
+
 from ml.platform import db
 from ml.platform.config import Settings, get_settings
 from ml.stages.retraining.trigger import champion_context, pending_count
 from ml.store import retrainings as store
 
 
-def get_retraining(retraining_id: int, settings: Settings | None = None, conn=None) -> dict[str, Any] | None:
+def get_retraining(
+    retraining_id: int, settings: Settings | None = None, conn: psycopg.Connection | None = None
+) -> dict[str, Any] | None:
     if conn is not None:
         return store.get(conn, int(retraining_id))
     with db.connect(settings or get_settings()) as c:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import pandas as pd
+import psycopg
 
 from ml.data.snapshots import content_hash, get_snapshot, store_snapshot, store_split
 from ml.data.splits import split
@@ -23,7 +24,7 @@ from ml.store import retrainings as store
 log = logging.getLogger(__package__)  # the stage's logger, as before the split into modules
 
 
-def _training_reports(conn, r: dict[str, Any], s: Settings) -> pd.DataFrame:
+def _training_reports(conn: psycopg.Connection, r: dict[str, Any], s: Settings) -> pd.DataFrame:
     """Reports consumed by this retraining and by earlier unsuccessful ones of the same champion, that
     give a label the loop trusts NOW (``ml.stages.review``; a reviewer's rejection since the trigger excludes)."""
     rows = store.training_reports(conn, r)

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
+
 from ml.platform import db, registry, tracking
 from ml.platform.config import Settings, get_settings
 from ml.stages import review
@@ -94,7 +96,7 @@ def champion_context(settings: Settings | None = None, version: int | None = Non
 
 
 # ---------------------------------------------------------------- reports
-def _pending(conn, ctx: ChampionContext, s: Settings, threshold: int | None) -> dict[str, Any]:
+def _pending(conn: psycopg.Connection, ctx: ChampionContext, s: Settings, threshold: int | None) -> dict[str, Any]:
     """The champion's misclassifications the loop believes (``ml.stages.review``: a reviewer's accept or
     ``feedback_min_identities`` agreeing identities; a reviewer's rejection excludes), not consumed
     yet, one vote per text with each identity capped at ``feedback_max_identity_share`` of the threshold."""

@@ -9,7 +9,6 @@ import logging
 import posixpath
 import secrets
 import time
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -18,7 +17,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from ml.data import DataError
-from ml.models.base import decide
+from ml.models.base import SentimentModel, decide
 from ml.platform import db, registry, tracking
 from ml.platform.config import Settings, get_settings
 from ml.platform.storage import reading
@@ -27,10 +26,10 @@ from ml.store import batches as store
 
 log = logging.getLogger(__name__)
 
-_MODEL_CACHE: dict[tuple[str, str, int, str | None], Any] = {}  # one entry: the batch in progress
+_MODEL_CACHE: dict[tuple[str, str, int, str | None], SentimentModel] = {}  # one entry: the batch in progress
 
 
-def _model(batch_id: str, version: int, model_sha256: str | None, s: Settings):
+def _model(batch_id: str, version: int, model_sha256: str | None, s: Settings) -> SentimentModel:
     """The batch's model: the plan's verified copy in the batch folder (re-hashed before it is
     unpickled; fetched again if missing or altered), loaded without MLflow. A process scoring
     several shards of one batch (``ml score --workers 1``) loads it once."""

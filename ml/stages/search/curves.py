@@ -4,18 +4,22 @@ to the learning curve for the comparison table."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ml.evaluation.evaluate import plot_confusion, plot_roc
 from ml.models.base import plot_learning_curve
 from ml.platform import tracking
 from ml.platform.config import Settings
 
+if TYPE_CHECKING:
+    import numpy as np
+
 LEARNING_CURVE = "learning_curve.png"
 
 
-def log_plots(metrics: dict[str, Any], y, proba, prefix: str) -> None:
+def log_plots(metrics: dict[str, Any], y: Sequence[int] | np.ndarray, proba: np.ndarray, prefix: str) -> None:
     import matplotlib.pyplot as plt
     import mlflow
 

@@ -3,16 +3,21 @@ the training split, the same rows for every family."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sklearn.model_selection import train_test_split
 
-from ml.data.snapshots import get_snapshot
+from ml.data.snapshots import Snapshot, get_snapshot
 from ml.data.splits import split
 from ml.platform.config import Settings
 
+if TYPE_CHECKING:
+    import pandas as pd
 
-def comparison_splits(snapshot_hash: str, space: dict[str, Any], s: Settings):
+
+def comparison_splits(
+    snapshot_hash: str, space: dict[str, Any], s: Settings
+) -> tuple[Snapshot, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(snapshot, training pool, validation, held-out): the held-out split is the platform's usual
     one (``test_size``, ``seed``); validation is carved from the training split, the same for all."""
     snap = get_snapshot(snapshot_hash, s)

@@ -9,13 +9,16 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ml import models
 from ml.evaluation.evaluate import METRICS, compute_metrics, dir_size_mb, inference_ms_per_tweet
 from ml.platform.config import Settings
 from ml.stages.search.curves import log_plots, log_training
 from ml.stages.search.plan import ComparisonPlan
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +41,8 @@ def run_trial(
     i: int,
     n: int,
     plan: ComparisonPlan,
-    train_df,
-    val_df,
+    train_df: pd.DataFrame,
+    val_df: pd.DataFrame,
     timing: dict[str, Any],
     metric: str,
     commit: str,
