@@ -101,6 +101,11 @@ class Settings(BaseSettings):
     progressive_search_space: dict[str, Any] = Field(default_factory=dict)  # merged over the profile (DAG param)
     progressive_nice: int = Field(default=19, ge=0, le=19)  # niceness of the background run's tasks
     progressive_heartbeat_seconds: float = Field(default=10.0, gt=0)  # progress written this often
+    # a shadow window needs live traffic to observe: while the champion has answered no live request since it
+    # began serving (a platform nobody uses yet), the progressive winner is decided by the gate alone instead of
+    # waiting in a window that would end empty and reject it (README "The progressive champion"). False: always
+    # the window, as for a retraining's challenger
+    progressive_shadow_needs_traffic: bool = True
     comparison_profile: str = "quick"
 
     # behavioural checks (ml.evaluation.behaviour): minimum pass rate per check type before promotion

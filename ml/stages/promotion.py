@@ -30,6 +30,7 @@ from ml.platform import db, registry, tracking
 from ml.platform.config import Settings, get_settings
 from ml.stages import progressive, shadow
 from ml.stages.train import check_behaviour, describe_version
+from ml.store import predictions as predictions_store
 from ml.store import retrainings as retrainings_store
 from ml.store import shadow as shadow_store
 from ml.store import training_runs as store
@@ -399,10 +400,21 @@ def promote_progressive(progressive_id: Any, run_id: str, settings: Settings | N
     """The winner of ``make up``'s background comparison (``ml.platform.progressive``) as any challenger: the gate
     (:func:`promote`), and with a shadow window configured a winner that passes it goes into shadow
     (``ml.stages.shadow.start``) instead of moving the alias; the training DAG's ``shadow`` group then
-    decides it (:func:`decide_shadow`). A loser stays a challenger. The outcome is recorded on the
-    progressive row (what ``make status`` and the web page show)."""
+    decides it (:func:`decide_shadow`). A loser stays a challenger. While the champion has answered no live
+    request since it began serving (a platform nobody uses yet), a window would end empty and reject the winner:
+    with ``progressive_shadow_needs_traffic`` (the default) the gate alone decides then, and says so. The outcome is
+    recorded on the progressive row (what ``make status`` and the web page show)."""
     s = settings or get_settings()
-    result: CandidateResult = {**promote(run_id, s, hold=shadow.enabled(s))}
+    window = shadow.enabled(s)
+    idle = window and not _champion_has_live_traffic(s)
+    result: CandidateResult = {**promote(run_id, s, hold=window and not idle)}
+    if idle and result.get("promoted"):
+        reason = (
+            f"{result['reason']}; no shadow window: the champion has answered no live request since it began serving"
+            " (nothing to shadow), so the gate decided (progressive_shadow_needs_traffic)"
+        )
+        result = {**result, "reason": reason}
+        log.info("progressive #%s: %s", progressive_id, reason)
     if result.get("held"):
         sid = shadow.start(None, run_id, result, s)
         reason = f"passed the gate ({result['reason']}); in shadow #{sid} beside v{result['champion_version']}"
@@ -410,6 +422,18 @@ def promote_progressive(progressive_id: Any, run_id: str, settings: Settings | N
         log.info("progressive #%s: %s", progressive_id, reason)
     progressive.record_promotion(progressive_id, result, s)
     return result
+
+
+def _champion_has_live_traffic(s: Settings) -> bool:
+    """Whether a shadow window beside the current champion would see traffic: the champion answered a live request
+    since it began serving. Always True with ``progressive_shadow_needs_traffic`` off, or with no champion."""
+    if not s.progressive_shadow_needs_traffic:
+        return True
+    champ = registry.champion(s)
+    if champ is None:
+        return True
+    with db.connect(s) as conn:
+        return predictions_store.answered_live_since_serving(conn, s.model_name, champ.version)
 
 
 def decide_shadow(shadow_id: int, settings: Settings | None = None) -> dict[str, Any]:

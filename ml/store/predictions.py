@@ -108,6 +108,19 @@ def copy_predictions_idempotent(conn: psycopg.Connection, rows: Iterable[Sequenc
     return n
 
 
+def answered_live_since_serving(conn: psycopg.Connection, model_name: str, version: int) -> bool:
+    """Whether ``version`` of ``model_name`` has answered at least one live API request since its latest promotion
+    or rollback (batch scoring does not count: a shadow window observes the API's traffic). Reads the
+    ``created_at`` index from that event on and stops at the first row."""
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM predictions WHERE created_at >= (SELECT max(created_at) FROM model_events"
+        " WHERE model_name = %s AND version = %s AND event IN ('promoted', 'rollback'))"
+        " AND model_name = %s AND model_version = %s AND source = 'api')",
+        (model_name, version, model_name, version),
+    ).fetchone()
+    return bool(row and row[0])
+
+
 def feedback_has_reporter(conn: psycopg.Connection) -> bool:
     """Whether ``feedback`` has the ``reporter`` column (migration 006_security)."""
     return returned(

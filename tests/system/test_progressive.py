@@ -21,10 +21,12 @@ import uuid
 from pathlib import Path
 
 import httpx
+import numpy as np
 import psycopg
 import pytest
 from ports import free_port
 
+from api.runtime import serving
 from ml.platform import db, progressive, registry
 from ml.platform.config import get_settings, reset_settings
 from ml.platform.startup.down import down
@@ -33,6 +35,7 @@ from ml.platform.startup.up import up
 from ml.stages import progressive as progressive_stage
 from ml.stages import promotion, train
 from ml.stages.search.plan import plan_comparison
+from ml.store import predictions as predictions_store
 from ml.store import progressive as store
 
 REPO = Path(__file__).resolve().parents[2]
@@ -88,7 +91,8 @@ def test_the_winner_goes_through_the_gate_and_the_shadow_window(own_champion, tw
         d = progressive.describe(s)
         assert d is not None and d["state"] == "rejected" and "not promoted by the gate" in d["text"], d
 
-        # a winner under a permissive gate, with a shadow window of 5 requests
+        # a winner under a permissive gate, with a shadow window of 5 requests, beside a champion that has
+        # answered live requests (the window has traffic to observe)
         s = _settings(
             monkeypatch,
             SENTIMENT_PROMOTION_GATE="margin",
@@ -96,6 +100,7 @@ def test_the_winner_goes_through_the_gate_and_the_shadow_window(own_champion, tw
             SENTIMENT_BEHAVIOUR_CHECKS="false",
             SENTIMENT_SHADOW_REQUESTS="5",
         )
+        _live_request(s, ch.version)
         row2, _ = _claim(s, f"{ch.snapshot.hash[:20]}-{uuid.uuid4().hex[:6]}", ["transformer"], version=ch.version)
         winner = train.train(ch.snapshot.hash, "tfidf_lr", sample_size=1500)
         train.evaluate(winner)
@@ -109,6 +114,58 @@ def test_the_winner_goes_through_the_gate_and_the_shadow_window(own_champion, tw
             assert d["text"] == f"transformer v{version} passed the gate, in shadow (0/5 requests)"
         finally:
             with db.connect(s) as c:  # close the window: no running shadow left for this model
+                c.execute("UPDATE shadows SET status = 'superseded' WHERE id = %s", (out.get("shadow_id"),))
+
+
+def _live_request(s, version: int, source: str = "api") -> None:
+    """One prediction of ``version`` stored as the API (or a batch) stores it."""
+    texts = ["what a lovely day"]
+    rows = serving.prediction_rows(texts, np.array([[0.2, 0.8]]), s.model_name, version, source=source)
+    with db.connect(s) as c:
+        predictions_store.copy_rows(c, rows)
+
+
+def test_an_unused_platform_promotes_the_winner_on_the_gate_and_a_used_one_shadows_it(
+    own_champion, tweets_csv, monkeypatch
+):
+    """A shadow window observes live traffic: while the champion has answered no live request since it began
+    serving (batch scoring does not count), the window would end empty and reject the winner, so the gate alone
+    decides and the progressive row says why; with progressive_shadow_needs_traffic off, the window opens anyway."""
+    with own_champion("prog-idle", tweets_csv, sample_size=1200) as ch:
+        s = _settings(
+            monkeypatch,
+            SENTIMENT_PROMOTION_GATE="margin",
+            SENTIMENT_PROMOTION_MARGIN="-1",
+            SENTIMENT_BEHAVIOUR_CHECKS="false",
+            SENTIMENT_SHADOW_REQUESTS="5",
+            SENTIMENT_SHADOW_HOURS="24",
+        )
+        _live_request(s, ch.version, source="batch")  # a scored batch is not traffic a window can observe
+        with db.connect(s) as c:
+            assert not predictions_store.answered_live_since_serving(c, s.model_name, ch.version)
+        row, _ = _claim(s, f"{ch.snapshot.hash[:20]}-{uuid.uuid4().hex[:6]}", ["transformer"], version=ch.version)
+        winner = train.train(ch.snapshot.hash, "tfidf_lr", sample_size=1500)
+        train.evaluate(winner)
+        version = train.register(winner)
+        out = promotion.promote_candidate(winner, None, progressive_id=row["id"])
+        assert out["promoted"] and out.get("status") != "shadow" and not out.get("shadow_id"), out
+        assert "no shadow window" in out["reason"] and "no live request" in out["reason"], out
+        assert registry.champion(s).version == version
+        d = progressive.describe(s)
+        assert d["state"] == "promoted" and d["version"] == version, d
+
+        # the same switch off: the window opens even with no traffic
+        s = _settings(monkeypatch, SENTIMENT_PROGRESSIVE_SHADOW_NEEDS_TRAFFIC="false")
+        row2, _ = _claim(s, f"{ch.snapshot.hash[:20]}-{uuid.uuid4().hex[:6]}", ["transformer"], version=version)
+        third = train.train(ch.snapshot.hash, "tfidf_lr", sample_size=1500)
+        train.evaluate(third)
+        train.register(third)
+        out = promotion.promote_candidate(third, None, progressive_id=row2["id"])
+        try:
+            assert out["status"] == "shadow" and out["shadow_id"] and not out["promoted"], out
+            assert registry.champion(s).version == version
+        finally:
+            with db.connect(s) as c:
                 c.execute("UPDATE shadows SET status = 'superseded' WHERE id = %s", (out.get("shadow_id"),))
 
 
