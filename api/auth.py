@@ -188,8 +188,8 @@ def charge(request: Request, ident: Identity, name: str, cost: int) -> None:
     _refuse(request.app.state.quotas.hit(name, ident.id, cost))
 
 
-def _anonymous_predict(s: Settings) -> bool:
-    return s.anonymous_predict
+def _anonymous_predict(settings: Settings) -> bool:
+    return settings.anonymous_predict
 
 
 # /predict and /predict/batch: `predict` (or anonymous when open); the batch charges its texts itself

@@ -59,22 +59,24 @@ def remove_at_exit(folder: Path) -> Path:
     return folder
 
 
-def _postmaster_running(s: Settings) -> bool:
+def _postmaster_running(settings: Settings) -> bool:
     try:
-        pid = int((s.var / "pg" / "postmaster.pid").read_text().split()[0])
+        pid = int((settings.var / "pg" / "postmaster.pid").read_text().split()[0])
         return psutil.Process(pid).name() == "postgres"
     except (OSError, ValueError, IndexError, psutil.Error):
         return False
 
 
-def embedded_postgres(s: Settings | None = None) -> str:
+def embedded_postgres(settings: Settings | None = None) -> str:
     """``db.start_embedded_postgres``; the server is stopped when the benchmark ends if this call started
     it (a server that was already running, e.g. the platform's own ``var/pg``, is left running)."""
-    s = s or get_settings()
-    started = not _postmaster_running(s)
-    url = db.start_embedded_postgres(s)
+    settings = settings or get_settings()
+    started = not _postmaster_running(settings)
+    url = db.start_embedded_postgres(settings)
     if started:
-        _DATABASES.append((f"embedded PostgreSQL (data {s.var / 'pg'})", lambda: db.stop_embedded_postgres(s)))
+        _DATABASES.append(
+            (f"embedded PostgreSQL (data {settings.var / 'pg'})", lambda: db.stop_embedded_postgres(settings))
+        )
     return url
 
 

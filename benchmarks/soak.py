@@ -194,23 +194,23 @@ def count_rows(url: str) -> int | None:
         return None
 
 
-def swap_champion(s: Settings, versions: tuple[int, int], reason: str) -> str:
+def swap_champion(settings: Settings, versions: tuple[int, int], reason: str) -> str:
     """Move the alias to the other version, as a promotion does (the lock, the event, the digest)."""
-    with db.connect(s) as conn:
-        training_runs_store.lock_promotions(conn, s.model_name)
-        current = registry.champion(s)
+    with db.connect(settings) as conn:
+        training_runs_store.lock_promotions(conn, settings.model_name)
+        current = registry.champion(settings)
         if current is None:
             return "no champion"
         target = versions[0] if current.version == versions[1] else versions[1]
-        digest = training_runs_store.version_digest(conn, s.model_name, target) or registry.version_artifact_digest(
-            target, s
-        )
-        registry.move_champion(conn, target, current.version, "promoted", reason, digest, s)
+        digest = training_runs_store.version_digest(
+            conn, settings.model_name, target
+        ) or registry.version_artifact_digest(target, settings)
+        registry.move_champion(conn, target, current.version, "promoted", reason, digest, settings)
     return f"v{current.version}->v{target}"
 
 
-def score_inbox(s: Settings, texts: list[str], rows: int, n: int, log: Path) -> str:
-    inbox = s.var / "inbox"
+def score_inbox(settings: Settings, texts: list[str], rows: int, n: int, log: Path) -> str:
+    inbox = settings.var / "inbox"
     inbox.mkdir(parents=True, exist_ok=True)
     path = inbox / f"soak-{n:03d}.csv"
     with path.open("w", encoding="utf-8", newline="") as f:

@@ -33,12 +33,12 @@ def split(frame: pd.DataFrame, test_size: float, seed: int) -> tuple[pd.DataFram
     return train.reset_index(drop=True), test.reset_index(drop=True)
 
 
-def split_for(snapshot_hash: str, s: Settings) -> tuple[Snapshot, pd.DataFrame, pd.DataFrame]:
+def split_for(snapshot_hash: str, settings: Settings) -> tuple[Snapshot, pd.DataFrame, pd.DataFrame]:
     """The stored snapshot ``snapshot_hash`` and its train / held-out split (:func:`split` with the settings'
     ``test_size`` and ``seed``): what training, evaluation and the shadow's calibration all score on."""
-    snap = get_snapshot(snapshot_hash, s)
+    snap = get_snapshot(snapshot_hash, settings)
     frame = snap.load()
-    train_df, test_df = split(frame, s.test_size, s.seed)
+    train_df, test_df = split(frame, settings.test_size, settings.seed)
     return snap, train_df, test_df
 
 

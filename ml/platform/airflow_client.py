@@ -28,22 +28,22 @@ TRAINING_DAG = "sentiment_training"
 FINISHED_TASK_STATES = frozenset({"success", "failed", "skipped", "upstream_failed", "removed"})
 
 
-def airflow_user(s: Settings | None = None) -> str:
+def airflow_user(settings: Settings | None = None) -> str:
     """The (first) user of Airflow's simple auth manager, as ``airflow_env`` configures it."""
     return SIMPLE_AUTH_MANAGER_USERS.split(",")[0].split(":")[0].strip()
 
 
-def airflow_password_file(s: Settings | None = None) -> Path:
-    return airflow_home(s or get_settings()) / SIMPLE_AUTH_MANAGER_PASSWORDS_FILE
+def airflow_password_file(settings: Settings | None = None) -> Path:
+    return airflow_home(settings or get_settings()) / SIMPLE_AUTH_MANAGER_PASSWORDS_FILE
 
 
-def airflow_credentials(s: Settings | None = None, create: bool = True) -> tuple[str, str | None]:
+def airflow_credentials(settings: Settings | None = None, create: bool = True) -> tuple[str, str | None]:
     """(username, password) for the Airflow UI/API. With ``create``, a random password is
     generated for the user and stored (0600) when the passwords file has none, exactly where
     Airflow's simple auth manager reads it; Airflow then uses it instead of generating one."""
-    s = s or get_settings()
-    user = airflow_user(s)
-    path = airflow_password_file(s)
+    settings = settings or get_settings()
+    user = airflow_user(settings)
+    path = airflow_password_file(settings)
     passwords: dict[str, str] = {}
     if path.exists():
         path.chmod(0o600)  # Airflow itself writes this file world-readable when it generates it
@@ -64,24 +64,26 @@ def airflow_credentials(s: Settings | None = None, create: bool = True) -> tuple
     return user, passwords[user]
 
 
-def airflow_token(s: Settings | None = None) -> str:
+def airflow_token(settings: Settings | None = None) -> str:
     """A JWT for Airflow's REST API (``POST /auth/token``)."""
-    s = s or get_settings()
-    user, password = airflow_credentials(s, create=False)
+    settings = settings or get_settings()
+    user, password = airflow_credentials(settings, create=False)
     if password is None:
-        raise ServiceError(f"no Airflow password for {user!r} in {airflow_password_file(s)}")
+        raise ServiceError(f"no Airflow password for {user!r} in {airflow_password_file(settings)}")
     r = httpx.post(
-        f"http://{s.host}:{s.airflow_port}/auth/token", json={"username": user, "password": password}, timeout=10
+        f"http://{settings.host}:{settings.airflow_port}/auth/token",
+        json={"username": user, "password": password},
+        timeout=10,
     )
     if r.status_code not in (200, 201):
         raise ServiceError(f"Airflow login as {user!r} failed: HTTP {r.status_code} {r.text[:200]}")
     return r.json()["access_token"]
 
 
-def airflow_api(s: Settings, method: str, path: str, token: str, **kw: Any) -> httpx.Response:
+def airflow_api(settings: Settings, method: str, path: str, token: str, **kw: Any) -> httpx.Response:
     r = httpx.request(
         method,
-        f"http://{s.host}:{s.airflow_port}/api/v2{path}",
+        f"http://{settings.host}:{settings.airflow_port}/api/v2{path}",
         headers={"Authorization": f"Bearer {token}"},
         timeout=30,
         **kw,
@@ -90,24 +92,28 @@ def airflow_api(s: Settings, method: str, path: str, token: str, **kw: Any) -> h
 
 
 def trigger_dag(
-    dag_id: str, conf: dict[str, Any], s: Settings | None = None, note: str | None = None
+    dag_id: str, conf: dict[str, Any], settings: Settings | None = None, note: str | None = None
 ) -> dict[str, Any]:
     """Trigger one run of ``dag_id`` with ``conf`` (the API's manual retraining); no waiting. Raises
     ServiceError when Airflow refuses, httpx errors when it cannot be reached."""
-    s = s or get_settings()
-    token = airflow_token(s)
+    settings = settings or get_settings()
+    token = airflow_token(settings)
     r = airflow_api(
-        s, "POST", f"/dags/{dag_id}/dagRuns", token, json={"logical_date": None, "conf": conf, "note": note}
+        settings, "POST", f"/dags/{dag_id}/dagRuns", token, json={"logical_date": None, "conf": conf, "note": note}
     )
     if r.status_code not in (200, 201):
         raise ServiceError(f"triggering {dag_id} failed: HTTP {r.status_code} {r.text[:300]}")
     run_id = r.json()["dag_run_id"]
-    return {"dag_id": dag_id, "run_id": run_id, "url": f"http://{s.host}:{s.airflow_port}/dags/{dag_id}/runs/{run_id}"}
+    return {
+        "dag_id": dag_id,
+        "run_id": run_id,
+        "url": f"http://{settings.host}:{settings.airflow_port}/dags/{dag_id}/runs/{run_id}",
+    }
 
 
 def trigger_training(
     data_path: Path,
-    s: Settings | None = None,
+    settings: Settings | None = None,
     wait: bool = True,
     dag_id: str = TRAINING_DAG,
     poll: float = 5.0,
@@ -118,39 +124,39 @@ def trigger_training(
     """Trigger ``dag_id`` with ``{"data_path": ...}`` through Airflow's REST API and, with
     ``wait``, follow it to the end, printing the task states (or, given ``progress``, telling it
     ``(tasks finished, tasks, "running: <task ids>")`` at each poll). Raises ServiceError on failure."""
-    s = s or get_settings()
-    token = airflow_token(s)
+    settings = settings or get_settings()
+    token = airflow_token(settings)
     # the DAG must have been parsed by the dag-processor
     deadline = time.monotonic() + dag_timeout
     while True:
-        r = airflow_api(s, "GET", f"/dags/{dag_id}", token)
+        r = airflow_api(settings, "GET", f"/dags/{dag_id}", token)
         if r.status_code == 200:
             dag = r.json()
             break
         if time.monotonic() > deadline:
-            errs = airflow_api(s, "GET", "/importErrors", token)
+            errs = airflow_api(settings, "GET", "/importErrors", token)
             detail = ""
             if errs.status_code == 200:
                 for e in errs.json().get("import_errors", []):
                     detail += f"\n    {e.get('filename')}: {str(e.get('stack_trace', ''))[-600:]}"
             raise ServiceError(
                 f"DAG {dag_id!r} is not known to Airflow after {dag_timeout:.0f}s (HTTP {r.status_code}). "
-                f"Import errors:{detail or ' none reported'}\n  dag-processor log: {s.logs_dir / 'airflow-dag-processor.log'}"
+                f"Import errors:{detail or ' none reported'}\n  dag-processor log: {settings.logs_dir / 'airflow-dag-processor.log'}"
             )
         time.sleep(2)
     if dag.get("is_paused"):
-        airflow_api(s, "PATCH", f"/dags/{dag_id}", token, json={"is_paused": False}).raise_for_status()
+        airflow_api(settings, "PATCH", f"/dags/{dag_id}", token, json={"is_paused": False}).raise_for_status()
         say(f"      unpaused DAG {dag_id}")
     body = {
         "logical_date": None,
         "conf": {"data_path": str(Path(data_path).resolve())},
         "note": "triggered by `ml services up`",
     }
-    r = airflow_api(s, "POST", f"/dags/{dag_id}/dagRuns", token, json=body)
+    r = airflow_api(settings, "POST", f"/dags/{dag_id}/dagRuns", token, json=body)
     if r.status_code not in (200, 201):
         raise ServiceError(f"triggering {dag_id} failed: HTTP {r.status_code} {r.text[:300]}")
     run_id = r.json()["dag_run_id"]
-    ui = f"http://{s.host}:{s.airflow_port}/dags/{dag_id}/runs/{run_id}"
+    ui = f"http://{settings.host}:{settings.airflow_port}/dags/{dag_id}/runs/{run_id}"
     say(f"      triggered {dag_id} run {run_id}\n      follow it at {ui}")
     result = {"dag_id": dag_id, "run_id": run_id, "url": ui, "state": "queued"}
     if not wait:
@@ -159,13 +165,13 @@ def trigger_training(
     last_line = ""
     last_print = 0.0
     while True:
-        r = airflow_api(s, "GET", f"/dags/{dag_id}/dagRuns/{run_id}", token)
+        r = airflow_api(settings, "GET", f"/dags/{dag_id}/dagRuns/{run_id}", token)
         if r.status_code == 401:  # token expired on a very long run
-            token = airflow_token(s)
+            token = airflow_token(settings)
             continue
         r.raise_for_status()
         state = r.json()["state"]
-        tis = airflow_api(s, "GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", token)
+        tis = airflow_api(settings, "GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", token)
         tasks = tis.json().get("task_instances", []) if tis.status_code == 200 else []
         line = ", ".join(
             f"{t['task_id']}={t.get('state') or 'none'}"
@@ -189,7 +195,7 @@ def trigger_training(
     if state != "success":
         failed = [t for t in tasks if t.get("state") == "failed"]
         others = [t for t in tasks if t.get("state") not in ("success", "failed")]
-        logs = s.logs_dir / "airflow" / f"dag_id={dag_id}" / f"run_id={run_id}"
+        logs = settings.logs_dir / "airflow" / f"dag_id={dag_id}" / f"run_id={run_id}"
         lines = []
         for t in failed:
             log = logs / f"task_id={t['task_id']}" / f"attempt={t.get('try_number') or 1}.log"

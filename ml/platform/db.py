@@ -141,10 +141,10 @@ def embedded_base_url(settings: Settings, port: int) -> str:
     return f"postgresql://{PG_SUPERUSER}@127.0.0.1:{port}/postgres?{query}"
 
 
-def _is_embedded_form(url: str, s: Settings) -> bool:
+def _is_embedded_form(url: str, settings: Settings) -> bool:
     q = parse_qs(urlsplit(url).query)
     scram = q.get("require_auth") == ["scram-sha-256"] or not _REQUIRE_SCRAM
-    return q.get("passfile") == [str(embedded_passfile(s).resolve())] and scram
+    return q.get("passfile") == [str(embedded_passfile(settings).resolve())] and scram
 
 
 def _read_password(path: Path) -> str | None:

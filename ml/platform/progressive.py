@@ -52,10 +52,10 @@ def lower_priority(settings: Settings | None = None) -> int:
     return os.nice(max(0, int(s.progressive_nice) - now))
 
 
-def _airflow_run_state(s: Settings, run_id: str) -> str | None:
+def _airflow_run_state(settings: Settings, run_id: str) -> str | None:
     """The state of the training DAG's run ``run_id`` (None when Airflow cannot say)."""
     try:
-        r = airflow_api(s, "GET", f"/dags/{TRAINING_DAG}/dagRuns/{run_id}", airflow_token(s))
+        r = airflow_api(settings, "GET", f"/dags/{TRAINING_DAG}/dagRuns/{run_id}", airflow_token(settings))
     except Exception:  # noqa: BLE001 - unknown: the row is left as it is
         return None
     return r.json().get("state") if r.status_code == 200 else None

@@ -200,17 +200,17 @@ def set_champion(version: int, settings: Settings | None = None) -> None:
     mlflow.MlflowClient().set_registered_model_alias(s.model_name, s.champion_alias, str(version))
 
 
-def _restore_alias(previous: int | None, s: Settings) -> None:
+def _restore_alias(previous: int | None, settings: Settings) -> None:
     """Put the alias back on ``previous`` (remove it when there was no champion), unless it is there already."""
     import mlflow
 
-    now = champion(s)
+    now = champion(settings)
     if (now.version if now else None) == previous:
         return
     if previous is None:
-        mlflow.MlflowClient().delete_registered_model_alias(s.model_name, s.champion_alias)
+        mlflow.MlflowClient().delete_registered_model_alias(settings.model_name, settings.champion_alias)
     else:
-        set_champion(previous, s)
+        set_champion(previous, settings)
 
 
 def _commit(conn: psycopg.Connection) -> None:

@@ -192,14 +192,14 @@ def port_owner(port: int) -> str:
 
 
 # ======================================================================= services
-def marker(name: str, s: Settings) -> str:
-    return f"{name}@{s.var.resolve()}"
+def marker(name: str, settings: Settings) -> str:
+    return f"{name}@{settings.var.resolve()}"
 
 
 _KEYWORDS = {"mlflow": ("mlflow",), "api": ("uvicorn", "api.main"), SUPERVISOR: ("services", "supervise")}
 
 
-def is_ours(pid: int, name: str, s: Settings) -> bool:
+def is_ours(pid: int, name: str, settings: Settings) -> bool:
     """``pid`` is the live session leader we started for ``name``: it leads its own session
     and carries our marker in its environment, or (where a process rewrote its environ
     block with setproctitle, as Airflow's do) its command line names the service."""
@@ -210,7 +210,7 @@ def is_ours(pid: int, name: str, s: Settings) -> bool:
     except (psutil.Error, OSError):
         return False
     try:
-        if p.environ().get("SMOPS_SERVICE") == marker(name, s):
+        if p.environ().get("SMOPS_SERVICE") == marker(name, settings):
             return True
     except psutil.Error:
         pass
@@ -231,35 +231,35 @@ class Service:
     url: str | None = None
     health: str | None = None  # full URL answering 200 when ready
 
-    def pid_file(self, s: Settings) -> Path:
-        return s.run_dir / f"{self.name}.pid"
+    def pid_file(self, settings: Settings) -> Path:
+        return settings.run_dir / f"{self.name}.pid"
 
-    def log_file(self, s: Settings) -> Path:
-        return s.logs_dir / f"{self.name}.log"
+    def log_file(self, settings: Settings) -> Path:
+        return settings.logs_dir / f"{self.name}.log"
 
-    def pid(self, s: Settings) -> int | None:
+    def pid(self, settings: Settings) -> int | None:
         """The pid of our running process, or None (a stale pid file is removed)."""
-        f = self.pid_file(s)
+        f = self.pid_file(settings)
         try:
             pid = int(f.read_text().strip())
         except (OSError, ValueError):
             return None
-        if is_ours(pid, self.name, s):
+        if is_ours(pid, self.name, settings):
             return pid
         f.unlink(missing_ok=True)
         return None
 
 
-def start(svc: Service, argv: list[str], env: dict[str, str], s: Settings) -> subprocess.Popen:
+def start(svc: Service, argv: list[str], env: dict[str, str], settings: Settings) -> subprocess.Popen:
     """Start ``argv`` detached in its own session (its own process group), output appended
     to the service's log, pid in its pid file. Returns the Popen (the caller owns it)."""
-    s.run_dir.mkdir(parents=True, exist_ok=True)
-    s.logs_dir.mkdir(parents=True, exist_ok=True)
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    settings.logs_dir.mkdir(parents=True, exist_ok=True)
     env = dict(env)
-    env["SMOPS_SERVICE"] = marker(svc.name, s)
+    env["SMOPS_SERVICE"] = marker(svc.name, settings)
     env["XDG_RUNTIME_DIR"] = runtime_dir()
     env["PYTHONUNBUFFERED"] = "1"
-    with svc.log_file(s).open("ab") as log:
+    with svc.log_file(settings).open("ab") as log:
         log.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(argv)}\n".encode())
         log.flush()
         proc = subprocess.Popen(
@@ -272,7 +272,7 @@ def start(svc: Service, argv: list[str], env: dict[str, str], s: Settings) -> su
             start_new_session=True,
             close_fds=True,
         )
-    svc.pid_file(s).write_text(f"{proc.pid}\n")
+    svc.pid_file(settings).write_text(f"{proc.pid}\n")
     return proc
 
 
@@ -340,12 +340,12 @@ class Supervisor:
 
     def __init__(
         self,
-        s: Settings,
+        settings: Settings,
         command: Callable[[str], tuple[Service, list[str], dict[str, str]]],
         lookup: Callable[[str], Service],
         policy: Policy | None = None,
     ) -> None:
-        self.s = s
+        self.s = settings
         self.command = command
         self.lookup = lookup
         self.policy = policy or Policy()
@@ -494,9 +494,9 @@ class Supervisor:
             self.log(f"{w.name}: started, pid {w.pid}")
 
 
-def read_state(s: Settings) -> dict[str, Any] | None:
+def read_state(settings: Settings) -> dict[str, Any] | None:
     """The supervisor's state file, if the supervisor that wrote it still runs."""
-    data = read_json(s.run_dir / STATE_FILE)
-    if data and is_ours(int(data.get("pid") or 0), SUPERVISOR, s):
+    data = read_json(settings.run_dir / STATE_FILE)
+    if data and is_ours(int(data.get("pid") or 0), SUPERVISOR, settings):
         return data
     return None

@@ -81,9 +81,9 @@ def choose_winner(rows: list[dict[str, Any]], metric: str) -> dict[str, Any]:
     return max(rows, key=lambda r: (r.get(f"val_{metric}", float("-inf")), -r.get("inference_ms_per_tweet", 0.0)))
 
 
-def _add_external(rows: list[dict[str, Any]], s: Settings) -> None:
+def _add_external(rows: list[dict[str, Any]], settings: Settings) -> None:
     """The external-set figures ``ml.stages.train.evaluate`` stored for each row's run (and the champion's)."""
-    with db.connect(s) as conn:
+    with db.connect(settings) as conn:
         for r in rows:
             if r.get("external") or not r.get("run_id"):
                 continue

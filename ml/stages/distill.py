@@ -55,35 +55,37 @@ CORPUS_SOURCES = ("training", "file", "predictions")
 LABEL_CHUNK = 5000
 
 
-def resolve_teacher(teacher: str | int | None, s: Settings) -> dict[str, Any]:
+def resolve_teacher(teacher: str | int | None, settings: Settings) -> dict[str, Any]:
     """``champion`` (or None) or a registered version number -> {version, run_id, family, name}."""
     import mlflow
 
     client = mlflow.MlflowClient()
     if teacher is None or str(teacher).strip().lower() == "champion":
-        champ = registry.champion(s)
+        champ = registry.champion(settings)
         if champ is None:
-            raise ValueError(f"no champion to distil from: {s.model_name!r} has no {s.champion_alias!r} alias")
+            raise ValueError(
+                f"no champion to distil from: {settings.model_name!r} has no {settings.champion_alias!r} alias"
+            )
         version = int(champ.version)
     else:
         try:
             version = int(str(teacher).strip().lstrip("v"))
         except ValueError:
             raise ValueError(
-                f"teacher must be 'champion' or a version number of {s.model_name}, got {teacher!r}"
+                f"teacher must be 'champion' or a version number of {settings.model_name}, got {teacher!r}"
             ) from None
     try:
-        mv = client.get_model_version(s.model_name, str(version))
+        mv = client.get_model_version(settings.model_name, str(version))
     except Exception as e:  # noqa: BLE001 - MLflow raises its own RestException for an unknown version
-        raise ValueError(f"teacher: {s.model_name} has no version {version} ({type(e).__name__})") from None
+        raise ValueError(f"teacher: {settings.model_name} has no version {version} ({type(e).__name__})") from None
     if not mv.run_id:
-        raise ValueError(f"teacher: {s.model_name} v{version} has no MLflow run")
+        raise ValueError(f"teacher: {settings.model_name} v{version} has no MLflow run")
     family = (mv.tags or {}).get("family") or client.get_run(mv.run_id).data.tags.get("family", "?")
-    return {"version": version, "run_id": mv.run_id, "family": family, "name": f"{s.model_name} v{version}"}
+    return {"version": version, "run_id": mv.run_id, "family": family, "name": f"{settings.model_name} v{version}"}
 
 
 def corpus_texts(
-    source: str, train_df: pd.DataFrame, s: Settings, path: str | Path | None = None, max_rows: int | None = None
+    source: str, train_df: pd.DataFrame, settings: Settings, path: str | Path | None = None, max_rows: int | None = None
 ) -> list[str]:
     """The distinct texts the teacher labels (see the module's docstring), at most ``max_rows`` of them
     (a sample that is the same on every run: seeded by ``Settings.seed``)."""
@@ -96,14 +98,19 @@ def corpus_texts(
             raise DataError(f"distillation corpus file {path!r} does not exist")
         texts = [r.text for r in iter_records(path) if r.reason is None and r.text]
     else:
-        with db.connect(s) as conn:
+        with db.connect(settings) as conn:
             rows = drift_reports_store.period_predictions(
-                conn, s.model_name, datetime(1970, 1, 1, tzinfo=UTC), datetime.now(UTC), max_rows or 10**9, s.seed
+                conn,
+                settings.model_name,
+                datetime(1970, 1, 1, tzinfo=UTC),
+                datetime.now(UTC),
+                max_rows or 10**9,
+                settings.seed,
             )
         texts = [r[0] for r in rows]
     texts = list(dict.fromkeys(t for t in texts if t))
     if max_rows and len(texts) > max_rows:
-        idx = np.random.default_rng(s.seed).choice(len(texts), size=int(max_rows), replace=False)
+        idx = np.random.default_rng(settings.seed).choice(len(texts), size=int(max_rows), replace=False)
         texts = [texts[i] for i in sorted(idx)]
     return texts
 

@@ -21,8 +21,8 @@ from ml.store import progressive as store
 log = logging.getLogger(__name__)
 
 
-def _budgets(plan: ComparisonPlan, s: Settings) -> dict[str, float]:
-    space = load_search_space(s)
+def _budgets(plan: ComparisonPlan, settings: Settings) -> dict[str, float]:
+    space = load_search_space(settings)
     out = {}
     for f in plan["families"]:
         b = family_spec(f, plan["profile"], plan.get("search_space"), space).get("budget_seconds")

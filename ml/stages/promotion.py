@@ -113,12 +113,12 @@ def decide_promotion(
     return Decision(promote, reason, checks)
 
 
-def gate_policy(s: Settings) -> GatePolicy:
+def gate_policy(settings: Settings) -> GatePolicy:
     """The promotion gate's settings, as :func:`decide_promotion` takes them."""
     return {
-        "mode": s.promotion_gate,
-        "slice_tolerance": s.gate_slice_tolerance,
-        "max_golden_flips": s.gate_max_golden_flips,
+        "mode": settings.promotion_gate,
+        "slice_tolerance": settings.gate_slice_tolerance,
+        "max_golden_flips": settings.gate_max_golden_flips,
     }
 
 
@@ -127,17 +127,17 @@ def gate_record(
     decision: Decision,
     external_veto: str | None,
     champion_version: int | None,
-    s: Settings,
+    settings: Settings,
     held: bool = False,
 ) -> GateRecord:
     """What ``training_runs.gate`` records of one decision: the paired evidence, the outcome per criterion, the
     external-set veto, the champion it was judged against and the policy in force (``held``: passed the gate,
     held for a shadow window)."""
     policy: RecordedPolicy = {
-        **gate_policy(s),
-        "metric": s.promotion_metric,
-        "margin": s.promotion_margin,
-        "confidence": s.promotion_confidence,
+        **gate_policy(settings),
+        "metric": settings.promotion_metric,
+        "margin": settings.promotion_margin,
+        "confidence": settings.promotion_confidence,
     }
     decided: GateDecision = {
         "promoted": False if held else decision.promote,
@@ -152,7 +152,7 @@ def gate_record(
     return {**evidence, "decision": decided}
 
 
-def _gate_tags(result: Mapping[str, Any], s: Settings) -> dict[str, str]:
+def _gate_tags(result: Mapping[str, Any], settings: Settings) -> dict[str, str]:
     """The gate's verdict on a version, as tags, from what :func:`promote` / :func:`confirm` return
     (the end of a shadow window keeps the McNemar p-value the gate recorded)."""
     import mlflow
@@ -169,7 +169,7 @@ def _gate_tags(result: Mapping[str, Any], s: Settings) -> dict[str, str]:
         verdict = (
             "promoted after the shadow window" if result.get("promoted") else "not promoted after the shadow window"
         )
-        mv = mlflow.MlflowClient().get_model_version(s.model_name, str(result["version"]))
+        mv = mlflow.MlflowClient().get_model_version(settings.model_name, str(result["version"]))
         p_value = (mv.tags or {}).get("mcnemar_p_value", "n/a")
     return {"gate_verdict": verdict, "gate_reason": str(result.get("reason", "")), "mcnemar_p_value": p_value}
 
@@ -319,13 +319,13 @@ def rollback(settings: Settings | None = None, reason: str | None = None) -> dic
     return registry.rollback(settings, reason=reason)
 
 
-def _retraining(rid: int, s: Settings) -> dict[str, Any] | None:
-    with db.connect(s) as conn:
+def _retraining(rid: int, settings: Settings) -> dict[str, Any] | None:
+    with db.connect(settings) as conn:
         return retrainings_store.get(conn, rid)
 
 
-def _update_retraining(rid: int, s: Settings, **values: Any) -> None:
-    with db.connect(s) as conn:
+def _update_retraining(rid: int, settings: Settings, **values: Any) -> None:
+    with db.connect(settings) as conn:
         retrainings_store.update(conn, rid, **values)
 
 
@@ -424,16 +424,16 @@ def promote_progressive(progressive_id: Any, run_id: str, settings: Settings | N
     return result
 
 
-def _champion_has_live_traffic(s: Settings) -> bool:
+def _champion_has_live_traffic(settings: Settings) -> bool:
     """Whether a shadow window beside the current champion would see traffic: the champion answered a live request
     since it began serving. Always True with ``progressive_shadow_needs_traffic`` off, or with no champion."""
-    if not s.progressive_shadow_needs_traffic:
+    if not settings.progressive_shadow_needs_traffic:
         return True
-    champ = registry.champion(s)
+    champ = registry.champion(settings)
     if champ is None:
         return True
-    with db.connect(s) as conn:
-        return predictions_store.answered_live_since_serving(conn, s.model_name, champ.version)
+    with db.connect(settings) as conn:
+        return predictions_store.answered_live_since_serving(conn, settings.model_name, champ.version)
 
 
 def decide_shadow(shadow_id: int, settings: Settings | None = None) -> dict[str, Any]:

@@ -359,7 +359,7 @@ def _score_champion(
     golden_texts: list[str],
     ext: external.ExternalSet | None,
     champion_cache: dict | None,
-    s: Settings,
+    settings: Settings,
 ) -> _ChampionScores:
     """Score the champion on the held-out, golden and external sets (once per snapshot via ``champion_cache``)."""
     if champ is None or champ.run_id == run_id:
@@ -372,7 +372,7 @@ def _score_champion(
             champion_cache["proba"],
             champion_cache["golden_proba"],
         )
-    cmodel = registry.load_version(champ.version, s)
+    cmodel = registry.load_version(champ.version, settings)
     champion_proba = np.asarray(cmodel.predict_proba(texts))
     champion_golden_proba = np.asarray(cmodel.predict_proba(golden_texts))
     champion_metrics = compute_metrics(y, champion_proba)
@@ -551,18 +551,18 @@ def _version_description(run: Run, gate: dict[str, str] | None = None) -> str:
     return "\n\n".join(lines)
 
 
-def describe_version(version: int, run_id: str, s: Settings, gate: dict[str, str] | None = None) -> None:
+def describe_version(version: int, run_id: str, settings: Settings, gate: dict[str, str] | None = None) -> None:
     """The registered model's description (set once, while it has none) and the version's description and
     tags: ``family``, ``dataset_hash``, ``evaluated_on``, ``git_commit``, and after the gate ``gate_verdict``,
     ``gate_reason``, ``mcnemar_p_value`` (the paired test against the champion on the held-out split)."""
     import mlflow
 
     client = mlflow.MlflowClient()
-    if not client.get_registered_model(s.model_name).description:
-        client.update_registered_model(s.model_name, description=MODEL_DESCRIPTION)
+    if not client.get_registered_model(settings.model_name).description:
+        client.update_registered_model(settings.model_name, description=MODEL_DESCRIPTION)
     run = client.get_run(run_id)
     if gate is None:  # registered again (a retried task): keep the verdict a gate already recorded
-        old = client.get_model_version(s.model_name, str(version)).tags or {}
+        old = client.get_model_version(settings.model_name, str(version)).tags or {}
         if "gate_verdict" in old:
             gate = {k: old[k] for k in GATE_TAGS if k in old}
     tags = {
@@ -575,8 +575,8 @@ def describe_version(version: int, run_id: str, s: Settings, gate: dict[str, str
         **(gate or {}),
     }
     for k, v in tags.items():
-        client.set_model_version_tag(s.model_name, str(version), k, v[:4000])
-    client.update_model_version(s.model_name, str(version), description=_version_description(run, gate))
+        client.set_model_version_tag(settings.model_name, str(version), k, v[:4000])
+    client.update_model_version(settings.model_name, str(version), description=_version_description(run, gate))
 
 
 def check_behaviour(run_id: str, settings: Settings | None = None) -> dict[str, Any]:

@@ -93,7 +93,7 @@ def metric_name(key: str) -> str:
     return key.replace("_", " ")
 
 
-def mlflow_links(run: Run, version: int, s: Settings) -> dict[str, str]:
+def mlflow_links(run: Run, version: int, settings: Settings) -> dict[str, str]:
     """The MLflow UI pages of the run and of the registered version (``ml.platform.tracking.ui_url``:
     they open in the model-training view)."""
     from urllib.parse import quote
@@ -101,11 +101,11 @@ def mlflow_links(run: Run, version: int, s: Settings) -> dict[str, str]:
     from ml.platform import tracking
     from ml.stages.search.curves import tracking_uri_for_ui
 
-    base = tracking_uri_for_ui(s)
+    base = tracking_uri_for_ui(settings)
     return {
         "ui": base,
         "run": tracking.ui_url(base, f"experiments/{run.info.experiment_id}/runs/{run.info.run_id}"),
-        "version": tracking.ui_url(base, f"models/{quote(s.model_name, safe='')}/versions/{version}"),
+        "version": tracking.ui_url(base, f"models/{quote(settings.model_name, safe='')}/versions/{version}"),
     }
 
 

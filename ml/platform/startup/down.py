@@ -11,9 +11,9 @@ from ml.platform.startup.supervision import supervisor_pid, supervisor_service
 from ml.platform.supervisor import STATE_FILE, WANTED_FILE, say, stop_trees
 
 
-def stop_supervisor(s: Settings, timeout: float = 10) -> bool:
+def stop_supervisor(settings: Settings, timeout: float = 10) -> bool:
     """SIGTERM the supervisor (only it: the services are its children but not its session)."""
-    pid = supervisor_pid(s)
+    pid = supervisor_pid(settings)
     if not pid:
         return False
     say(f"stopping the supervisor (pid {pid}) so that nothing is restarted")
@@ -26,7 +26,7 @@ def stop_supervisor(s: Settings, timeout: float = 10) -> bool:
         psutil.wait_procs(alive, timeout=5)
     except psutil.Error:
         pass
-    supervisor_service().pid_file(s).unlink(missing_ok=True)
+    supervisor_service().pid_file(settings).unlink(missing_ok=True)
     return True
 
 

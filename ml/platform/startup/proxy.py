@@ -77,26 +77,27 @@ def render_compose() -> str:
     return render_haproxy("*:8000", dns_service=("api", 8000))
 
 
-def instance_port(s: Settings, i: int) -> int:
+def instance_port(settings: Settings, i: int) -> int:
     """Instance ``i`` (1-based) of ``make up API_REPLICAS=N`` listens on 127.0.0.1:<api_port + i>."""
-    return s.api_port + i
+    return settings.api_port + i
 
 
-def instance_state_dir(s: Settings, i: int) -> Path:
+def instance_state_dir(settings: Settings, i: int) -> Path:
     """Instance ``i``'s private state (its prediction log): ``var/api/<i>``."""
-    return s.var / "api" / str(i)
+    return settings.var / "api" / str(i)
 
 
-def config_path(s: Settings) -> Path:
-    return s.run_dir / "haproxy.cfg"
+def config_path(settings: Settings) -> Path:
+    return settings.run_dir / "haproxy.cfg"
 
 
-def write_config(s: Settings) -> Path:
+def write_config(settings: Settings) -> Path:
     """Render ``make up``'s proxy configuration into ``var/run/haproxy.cfg`` and return its path."""
     text = render_haproxy(
-        f"{_addr(s.host)}:{s.api_port}", [("127.0.0.1", instance_port(s, i)) for i in range(1, s.api_replicas + 1)]
+        f"{_addr(settings.host)}:{settings.api_port}",
+        [("127.0.0.1", instance_port(settings, i)) for i in range(1, settings.api_replicas + 1)],
     )
-    path = config_path(s)
+    path = config_path(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return path

@@ -21,14 +21,14 @@ def http_get(url: str, timeout: float = 3.0, headers: dict[str, str] | None = No
     return httpx.get(url, timeout=timeout, headers=headers)
 
 
-def _check_started(names: Iterable[str], baseline: dict[str, int], s: Settings) -> None:
+def _check_started(names: Iterable[str], baseline: dict[str, int], settings: Settings) -> None:
     """Raise if one of ``names`` exited since ``up`` asked for it (the supervisor restarts it
     meanwhile; a start-up failure is still a failure of ``up``)."""
-    st = supervised(s)
+    st = supervised(settings)
     for name in names:
         x = st.get(name) or {}
         if x.get("restarts", 0) > baseline.get(name, 0) or x.get("state") in ("backoff", "crash-loop"):
-            log = services(s)[name].log_file(s)
+            log = services(settings)[name].log_file(settings)
             raise ServiceError(
                 f"{name} exited during start-up ({x.get('last_exit')}; the supervisor "
                 f"{'gave up: crash loop' if x.get('crash_loop') else 'restarts it'}); "
@@ -38,7 +38,7 @@ def _check_started(names: Iterable[str], baseline: dict[str, int], s: Settings) 
 
 def wait_http(
     svc: Service,
-    s: Settings,
+    settings: Settings,
     timeout: float,
     baseline: dict[str, int],
     ready: Callable[[Any], bool] | None = None,
@@ -51,7 +51,7 @@ def wait_http(
     last = "no answer"
     next_note = time.monotonic() + 15
     while time.monotonic() < deadline:
-        _check_started([svc.name, *companions], baseline, s)
+        _check_started([svc.name, *companions], baseline, settings)
         try:
             if svc.health is None:
                 raise ServiceError(f"{svc.name} has no health URL")
@@ -67,27 +67,29 @@ def wait_http(
         time.sleep(1)
     raise ServiceError(
         f"{svc.name} did not become ready within {timeout:.0f}s ({last}); "
-        f"last lines of {svc.log_file(s)}:\n{tail(svc.log_file(s))}"
+        f"last lines of {svc.log_file(settings)}:\n{tail(svc.log_file(settings))}"
     )
 
 
-def wait_mlflow(s: Settings, baseline: dict[str, int], timeout: float = 120) -> str:
-    svc = services(s)["mlflow"]
-    wait_http(svc, s, timeout, baseline)
+def wait_mlflow(settings: Settings, baseline: dict[str, int], timeout: float = 120) -> str:
+    svc = services(settings)["mlflow"]
+    wait_http(svc, settings, timeout, baseline)
     url = svc.url
     if url is None:
         raise ServiceError(f"{svc.name} has no URL")
     # /health is exempt from MLflow's host validation: check a real API call as well
-    r = http_get(f"{url}/api/2.0/mlflow/experiments/search?max_results=1", timeout=10, headers=_mlflow_auth_header(s))
+    r = http_get(
+        f"{url}/api/2.0/mlflow/experiments/search?max_results=1", timeout=10, headers=_mlflow_auth_header(settings)
+    )
     if r.status_code != 200:
         raise ServiceError(f"MLflow answers /health but its API refused a request: HTTP {r.status_code} {r.text[:200]}")
-    (s.run_dir / "mlflow.url").write_text(url + "\n")
+    (settings.run_dir / "mlflow.url").write_text(url + "\n")
     return url
 
 
-def _mlflow_auth_header(s: Settings) -> dict[str, str]:
+def _mlflow_auth_header(settings: Settings) -> dict[str, str]:
     """HTTP basic auth of the platform's MLflow login (``var/mlflow/credentials.json``), if any."""
-    creds = tracking.mlflow_credentials(s) if s.mlflow_auth else None
+    creds = tracking.mlflow_credentials(settings) if settings.mlflow_auth else None
     if not creds:
         return {}
     token = base64.b64encode(f"{creds['username']}:{creds['password']}".encode()).decode()
@@ -109,33 +111,35 @@ def _airflow_health_describe(r: httpx.Response) -> str:
         return r.text[:100]
 
 
-def wait_airflow(s: Settings, baseline: dict[str, int], timeout: float = 180) -> None:
-    svc = services(s)["airflow-api-server"]
+def wait_airflow(settings: Settings, baseline: dict[str, int], timeout: float = 180) -> None:
+    svc = services(settings)["airflow-api-server"]
     wait_http(
         svc,
-        s,
+        settings,
         timeout,
         baseline,
         ready=_airflow_health_ready,
         describe=_airflow_health_describe,
         companions=[n for n in AIRFLOW_SERVICES if n != svc.name],
     )
-    airflow_client.airflow_token(s)  # the login works
+    airflow_client.airflow_token(settings)  # the login works
 
 
-def wait_serving(s: Settings, version: int, baseline: dict[str, int], timeout: float = 180, streak: int = 5) -> None:
+def wait_serving(
+    settings: Settings, version: int, baseline: dict[str, int], timeout: float = 180, streak: int = 5
+) -> None:
     """Wait until the API serves champion ``version``: ``streak`` answers of ``GET /model`` in a
     row name it (each uvicorn worker loads the champion on its own; consecutive answers come from
     whichever worker the kernel picks). A champion the API refuses (no promotion event, a digest
     that does not match, an artifact that does not load) fails with the API's own reason."""
-    svc = services(s)["api"]
+    svc = services(settings)["api"]
     if svc.url is None:
         raise ServiceError("api has no URL")
     deadline = time.monotonic() + timeout
     in_a_row, last = 0, "no answer"
     with SentimentClient(svc.url, timeout=5) as api:  # the same typed client users have (ml/client.py)
         while time.monotonic() < deadline:
-            _check_started([svc.name], baseline, s)
+            _check_started([svc.name], baseline, settings)
             try:
                 served = api.model().get("version")
                 last = f"version {served}"
@@ -154,6 +158,6 @@ def wait_serving(s: Settings, version: int, baseline: dict[str, int], timeout: f
             pass
     raise ServiceError(
         f"the API did not serve champion version {version} within {timeout:.0f}s (it answers {last}"
-        f"{'; its last model error: ' + reason if reason else ''}); last lines of {svc.log_file(s)}:\n"
-        f"{tail(svc.log_file(s))}"
+        f"{'; its last model error: ' + reason if reason else ''}); last lines of {svc.log_file(settings)}:\n"
+        f"{tail(svc.log_file(settings))}"
     )

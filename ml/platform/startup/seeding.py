@@ -26,34 +26,36 @@ from ml.platform.startup.sources import BUNDLED_SAMPLE, default_source
 from ml.platform.supervisor import ServiceError, say
 
 
-def champion(s: Settings) -> registry.ChampionInfo | None:
+def champion(settings: Settings) -> registry.ChampionInfo | None:
     """The registered champion (``None`` when there is none)."""
-    tracking.configure(s)
-    return registry.champion(s)
+    tracking.configure(settings)
+    return registry.champion(settings)
 
 
-def first_model(s: Settings, data: str | None = None, wait: bool = True, force_train: bool = False) -> dict[str, Any]:
+def first_model(
+    settings: Settings, data: str | None = None, wait: bool = True, force_train: bool = False
+) -> dict[str, Any]:
     """Trigger the training DAG on ``data`` (default: the default source) unless a champion is
     registered (``force_train``: train anyway); ``wait``: follow the run to its end. Returns the
     run's summary, or ``{"skipped": True, "champion_version": ...}``."""
-    champ = champion(s)
+    champ = champion(settings)
     if champ is not None and not force_train:
         say(
             f"      champion already registered (version {champ.version}); skipping training (--force-train to retrain)"
         )
         return {"skipped": True, "champion_version": champ.version}
     try:
-        path = default_source(data, s)
+        path = default_source(data, settings)
     except Exception as e:
         raise ServiceError(f"no training data: {e}") from e
     say(f"      training data: {path}")
     if wait:
         with reporter("      training (tasks)") as progress:
-            training = trigger_training(path, s, wait=wait, progress=progress)
+            training = trigger_training(path, settings, wait=wait, progress=progress)
     else:
-        training = trigger_training(path, s, wait=wait)
+        training = trigger_training(path, settings, wait=wait)
     if wait:
-        champ = champion(s)
+        champ = champion(settings)
         say(
             f"      training {training['state']} in {training['seconds']}s; champion: "
             f"{'version %s' % champ.version if champ else 'none (the candidate was not promoted)'}"
@@ -86,7 +88,7 @@ def _airflow(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 def seed(
     data: str | None = None,
-    s: Settings | None = None,
+    settings: Settings | None = None,
     poll: float = 10.0,
     dag_timeout: float = 600,
     run_timeout: float = 6 * 3600,
@@ -97,10 +99,10 @@ def seed(
     Airflow's own CLI (``airflow dags trigger`` / ``dags state``, on the metadata database), so the seed
     needs no login to the API server. Idempotent: the run id is ``seed__<file hash>``, a second start
     follows the same run. Raises ServiceError when the run fails or no champion results."""
-    s = s or get_settings()
-    champ = champion(s)
+    settings = settings or get_settings()
+    champ = champion(settings)
     if champ is not None:
-        say(f"champion already registered ({s.model_name} version {champ.version}): nothing to seed")
+        say(f"champion already registered ({settings.model_name} version {champ.version}): nothing to seed")
         return {"skipped": True, "champion_version": champ.version}
     path = seed_data_path(data)
     h = hashlib.sha256()
@@ -140,14 +142,14 @@ def seed(
         if time.monotonic() - started > run_timeout:
             raise ServiceError(f"{TRAINING_DAG_ID} run {run_id} still {current} after {run_timeout:.0f}s")
         time.sleep(poll)
-    champ = champion(s)
+    champ = champion(settings)
     if current != "success" or champ is None:
         raise ServiceError(
             f"{TRAINING_DAG_ID} run {run_id} ended {current}; champion: "
             f"{'version %s' % champ.version if champ else 'none (the candidate was not promoted)'} "
             "(its task logs are in the Airflow UI)"
         )
-    say(f"seeded: {s.model_name} champion version {champ.version} (run {run_id})")
+    say(f"seeded: {settings.model_name} champion version {champ.version} (run {run_id})")
     return {"skipped": False, "run_id": run_id, "state": current, "champion_version": champ.version}
 
 

@@ -34,61 +34,63 @@ def console_script(name: str) -> str:
     return found
 
 
-def services(s: Settings | None = None) -> dict[str, Service]:
-    s = s or get_settings()
-    h = s.host
-    mlflow_url = f"http://{h}:{s.mlflow_port}"
-    airflow_url = f"http://{h}:{s.airflow_port}"
-    api_url = f"http://{h}:{s.api_port}"
-    out = {"mlflow": Service("mlflow", s.mlflow_port, mlflow_url, f"{mlflow_url}/health")}
+def services(settings: Settings | None = None) -> dict[str, Service]:
+    settings = settings or get_settings()
+    h = settings.host
+    mlflow_url = f"http://{h}:{settings.mlflow_port}"
+    airflow_url = f"http://{h}:{settings.airflow_port}"
+    api_url = f"http://{h}:{settings.api_port}"
+    out = {"mlflow": Service("mlflow", settings.mlflow_port, mlflow_url, f"{mlflow_url}/health")}
     for c in AIRFLOW_COMPONENTS:
         api = c == "api-server"
         out[f"airflow-{c}"] = Service(
             f"airflow-{c}",
-            s.airflow_port if api else None,
+            settings.airflow_port if api else None,
             airflow_url if api else None,
             f"{airflow_url}/api/v2/monitor/health" if api else None,
         )
     # with api_replicas >= 2, "api" is HAProxy on api_port in front of the instances api-1..api-N
-    out["api"] = Service("api", s.api_port, api_url, f"{api_url}/health/live")  # /health is 503 without a model
-    for name in replica_names(s):
-        port = instance_port(s, int(name.removeprefix("api-")))
+    out["api"] = Service("api", settings.api_port, api_url, f"{api_url}/health/live")  # /health is 503 without a model
+    for name in replica_names(settings):
+        port = instance_port(settings, int(name.removeprefix("api-")))
         out[name] = Service(name, port, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port}/health/live")
-    for name in worker_names(s):  # Celery workers: no port, they pull from the broker
+    for name in worker_names(settings):  # Celery workers: no port, they pull from the broker
         out[name] = Service(name, None, None, None)
     return out
 
 
-def worker_names(s: Settings) -> list[str]:
+def worker_names(settings: Settings) -> list[str]:
     """The Celery workers (``airflow-worker-1`` .. ``-N`` for ``airflow_executor`` celery, N ``celery_workers``),
     and any whose pid file is left from an earlier ``make up EXECUTOR=celery`` (``down`` and ``status`` find
     them whatever EXECUTOR says now)."""
-    n = s.celery_workers if s.airflow_executor == "celery" else 0
+    n = settings.celery_workers if settings.airflow_executor == "celery" else 0
     found = {
         int(m.group(1))
-        for p in s.run_dir.glob("airflow-worker-*.pid")
+        for p in settings.run_dir.glob("airflow-worker-*.pid")
         if (m := re.fullmatch(r"airflow-worker-(\d+)\.pid", p.name))
     }
     return [f"airflow-worker-{i}" for i in sorted(set(range(1, n + 1)) | found)]
 
 
-def worker_var(s: Settings, i: int) -> Path:
+def worker_var(settings: Settings, i: int) -> Path:
     """Celery worker ``i``'s own var/ (its caches, model copies): nothing in it is read by another process."""
-    return s.var / "workers" / str(i)
+    return settings.var / "workers" / str(i)
 
 
-def replica_names(s: Settings) -> list[str]:
+def replica_names(settings: Settings) -> list[str]:
     """The API instances behind the proxy (``api-1`` .. ``api-N`` for ``api_replicas`` N >= 2), and any
     ``api-<i>`` whose pid file is left from an earlier ``make up API_REPLICAS=...`` (so ``down`` and
     ``status`` find them whatever API_REPLICAS says now)."""
-    n = s.api_replicas if s.api_replicas >= 2 else 0
-    found = {int(m.group(1)) for p in s.run_dir.glob("api-*.pid") if (m := re.fullmatch(r"api-(\d+)\.pid", p.name))}
+    n = settings.api_replicas if settings.api_replicas >= 2 else 0
+    found = {
+        int(m.group(1)) for p in settings.run_dir.glob("api-*.pid") if (m := re.fullmatch(r"api-(\d+)\.pid", p.name))
+    }
     return [f"api-{i}" for i in sorted(set(range(1, n + 1)) | found)]
 
 
-def service_names(s: Settings) -> list[str]:
+def service_names(settings: Settings) -> list[str]:
     """Every service of this configuration, in start order: the API instances before their proxy."""
-    return ["mlflow", *AIRFLOW_SERVICES, *worker_names(s), *replica_names(s), "api"]
+    return ["mlflow", *AIRFLOW_SERVICES, *worker_names(settings), *replica_names(settings), "api"]
 
 
 def select(only: Iterable[str] | str | None) -> list[str]:
@@ -113,19 +115,19 @@ def port_env(name: str) -> str:
     return "SENTIMENT_" + ("MLFLOW" if name == "mlflow" else "API" if name == "api" else "AIRFLOW") + "_PORT"
 
 
-def check_ports(s: Settings, names: Iterable[str] = SERVICE_NAMES) -> None:
+def check_ports(settings: Settings, names: Iterable[str] = SERVICE_NAMES) -> None:
     """Fail before starting anything if a port we need is held by a process that isn't ours."""
     problems = []
     for name in names:
-        svc = services(s)[name]
-        if svc.port is not None and not svc.pid(s) and port_open(s.host, svc.port):
+        svc = services(settings)[name]
+        if svc.port is not None and not svc.pid(settings) and port_open(settings.host, svc.port):
             problems.append(
-                f"  {svc.name}: {s.host}:{svc.port} is in use by {port_owner(svc.port)} "
+                f"  {svc.name}: {settings.host}:{svc.port} is in use by {port_owner(svc.port)} "
                 f"(choose another with {port_env(svc.name)}=...)"
             )
     # the embedded PostgreSQL (no DATABASE_URL) listens on 127.0.0.1:embedded_pg_port unless it is ours already
-    pg = s.embedded_pg_port
-    if not s.database_url and not postmaster_pid(s) and port_open("127.0.0.1", pg):
+    pg = settings.embedded_pg_port
+    if not settings.database_url and not postmaster_pid(settings) and port_open("127.0.0.1", pg):
         problems.append(
             f"  embedded PostgreSQL: 127.0.0.1:{pg} is in use by {port_owner(pg)} "
             "(choose another with SENTIMENT_EMBEDDED_PG_PORT=..., or use a server of yours with DATABASE_URL=...)"

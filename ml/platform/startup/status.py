@@ -102,12 +102,12 @@ def status(settings: Settings | None = None, quiet: bool = False, interval: floa
     return out
 
 
-def _models_line(s: Settings, out: dict[str, Any]) -> str | None:
+def _models_line(settings: Settings, out: dict[str, Any]) -> str | None:
     """``champion: tfidf_lr v2; challenger: transformer training, 35% (ETA 40 min)`` when MLflow and the
     database answer (``ml.platform.progressive.status_line``); None otherwise."""
     if not out["services"].get("mlflow", {}).get("running") or out["postgres"].get("running") is False:
         return None
     try:
-        return progressive.status_line(s)
+        return progressive.status_line(settings)
     except Exception as e:  # noqa: BLE001 - status reports what it can
         return f"(champion unknown: {type(e).__name__}: {str(e)[:120]})"

@@ -42,31 +42,31 @@ class Steps:
         return time.monotonic()
 
 
-def start_postgres(s: Settings) -> str:
-    url = db.database_url(s)
+def start_postgres(settings: Settings) -> str:
+    url = db.database_url(settings)
     applied = db.migrate(url)
-    where = "embedded (data in %s)" % (s.var / "pg") if not s.database_url else "DATABASE_URL"
+    where = "embedded (data in %s)" % (settings.var / "pg") if not settings.database_url else "DATABASE_URL"
     say(f"      PostgreSQL: {safe_url(url)} [{where}]; migrations applied now: {', '.join(applied) or 'none pending'}")
     return url
 
 
-def start_mlflow(s: Settings | None = None, timeout: float = 120) -> dict[str, Any]:
+def start_mlflow(settings: Settings | None = None, timeout: float = 120) -> dict[str, Any]:
     """Start (or find) the supervised MLflow server and wait for it; writes ``var/run/mlflow.url``."""
-    s = s or get_settings()
-    ensure_supervisor(s)
-    already = services(s)["mlflow"].pid(s)
+    settings = settings or get_settings()
+    ensure_supervisor(settings)
+    already = services(settings)["mlflow"].pid(settings)
     if not already:
-        (s.run_dir / "mlflow.url").unlink(missing_ok=True)
-    baseline = {n: x.get("restarts", 0) for n, x in supervised(s).items()}
-    pid = want(s, ["mlflow"])["mlflow"]
-    wait_mlflow(s, baseline, timeout)
-    return {"name": "mlflow", "pid": pid, "url": services(s)["mlflow"].url, "started": not already}
+        (settings.run_dir / "mlflow.url").unlink(missing_ok=True)
+    baseline = {n: x.get("restarts", 0) for n, x in supervised(settings).items()}
+    pid = want(settings, ["mlflow"])["mlflow"]
+    wait_mlflow(settings, baseline, timeout)
+    return {"name": "mlflow", "pid": pid, "url": services(settings)["mlflow"].url, "started": not already}
 
 
-def airflow_db_migrate(s: Settings) -> None:
-    env = airflow_env(s, base=settings_env(s))
-    log = s.logs_dir / "airflow-db-migrate.log"
-    s.logs_dir.mkdir(parents=True, exist_ok=True)
+def airflow_db_migrate(settings: Settings) -> None:
+    env = airflow_env(settings, base=settings_env(settings))
+    log = settings.logs_dir / "airflow-db-migrate.log"
+    settings.logs_dir.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as f:
         f.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} airflow db migrate\n".encode())
         f.flush()
@@ -144,7 +144,7 @@ def up(
 class _UpRun:
     """One ``up``: the services it starts, its step lines, and what its steps found and took."""
 
-    s: Settings
+    settings: Settings
     names: list[str]
     everything: bool  # every service: training needs all of them
     use_mlflow: bool
@@ -158,28 +158,30 @@ class _UpRun:
     mlflow_url: str = ""
 
 
-def _plan_up(s: Settings, only: Iterable[str] | str | None, train: bool) -> _UpRun:
+def _plan_up(settings: Settings, only: Iterable[str] | str | None, train: bool) -> _UpRun:
     """The services to start (``only``, Celery workers, API replicas) and the step titles of this run."""
     names = select(only)
     everything = names == list(SERVICE_NAMES)
     use_mlflow, use_api = "mlflow" in names, "api" in names
     use_airflow = [n for n in names if n in AIRFLOW_SERVICES]
-    if use_airflow and s.airflow_executor == "celery":  # EXECUTOR=celery: N workers, each with its own var/
-        use_airflow += [f"airflow-worker-{i}" for i in range(1, s.celery_workers + 1)]
-        names = [*names, *use_airflow[-s.celery_workers :]]
+    if use_airflow and settings.airflow_executor == "celery":  # EXECUTOR=celery: N workers, each with its own var/
+        use_airflow += [f"airflow-worker-{i}" for i in range(1, settings.celery_workers + 1)]
+        names = [*names, *use_airflow[-settings.celery_workers :]]
     titles = ["PostgreSQL", "Supervisor"]
     titles += ["MLflow tracking server"] * use_mlflow
     titles += ["Airflow (db migrate, api-server, scheduler, dag-processor, triggerer)"] * bool(use_airflow)
     titles += ["Sentiment API"] * use_api
     titles += ["First model"] * (train and everything)
     # API_REPLICAS >= 2: instances api-1..api-N on loopback behind HAProxy ("api") on api_port (startup/proxy.py)
-    instances = [f"api-{i}" for i in range(1, s.api_replicas + 1)] if use_api and s.api_replicas >= 2 else []
-    return _UpRun(s, names, everything, use_mlflow, use_api, use_airflow, instances, Steps(titles))
+    instances = (
+        [f"api-{i}" for i in range(1, settings.api_replicas + 1)] if use_api and settings.api_replicas >= 2 else []
+    )
+    return _UpRun(settings, names, everything, use_mlflow, use_api, use_airflow, instances, Steps(titles))
 
 
 def _start_base(run: _UpRun, supervisor_env: dict[str, str] | None) -> str:
     """PostgreSQL (migrated) and the supervisor; records what was already running. Returns the database URL."""
-    s, step = run.s, run.step
+    s, step = run.settings, run.step
     t = step("PostgreSQL")
     db_url = start_postgres(s)
     run.timings["postgres"] = time.monotonic() - t
@@ -197,14 +199,14 @@ def _start_base(run: _UpRun, supervisor_env: dict[str, str] | None) -> str:
 
 def _launched(run: _UpRun, group: list[str]) -> None:
     """Ask the supervisor for ``group`` and say which were started and which already ran."""
-    pids = want(run.s, group)
+    pids = want(run.settings, group)
     for n in group:
         say(f"      {n}: {'already running' if run.already[n] else 'started'} (pid {pids[n]})")
 
 
 def _start_services(run: _UpRun) -> tuple[str | None, str | None]:
     """MLflow, Airflow and the API, started together and waited for; returns Airflow's login."""
-    s, step, baseline, timings, use_airflow = run.s, run.step, run.baseline, run.timings, run.use_airflow
+    s, step, baseline, timings, use_airflow = run.settings, run.step, run.baseline, run.timings, run.use_airflow
     run.mlflow_url = mlflow_server_url(s)
     t = time.monotonic()
     if run.use_mlflow:
@@ -242,7 +244,7 @@ def _start_services(run: _UpRun) -> tuple[str | None, str | None]:
 
 def _wait_api(run: _UpRun, launched_api: int, t4: float) -> None:
     """The API step: wait for its instances and for the API (HAProxy in front of replicas) to answer."""
-    s, baseline, instances = run.s, run.baseline, run.instances
+    s, baseline, instances = run.settings, run.baseline, run.instances
     api_svc = services(s)["api"]
     run.step("Sentiment API")
     say(f"      {'already running' if run.already['api'] else 'started'}: pid {launched_api}, {api_svc.url}")
@@ -260,7 +262,7 @@ def _first_model_and_serving(
     run: _UpRun, data: str | None, train: bool, wait: bool, force_train: bool
 ) -> tuple[dict[str, Any] | None, int | None]:
     """Train a first model when due, then wait until the API serves the champion; (training, serving version)."""
-    s = run.s
+    s = run.settings
     training: dict[str, Any] | None = None
     if train and run.everything:
         t = run.step("First model")
@@ -280,11 +282,11 @@ def _first_model_and_serving(
     return training, serving
 
 
-def start_progressive(s: Settings, enabled: bool | None = None) -> dict[str, Any]:
+def start_progressive(settings: Settings, enabled: bool | None = None) -> dict[str, Any]:
     """The progressive champion's background comparison (``ml.platform.progressive.start``): started once per
     data snapshot; a failure to start it is reported, never fatal to ``up`` (the champion serves)."""
     try:
-        out = progressive.start(s, enabled)
+        out = progressive.start(settings, enabled)
     except Exception as e:  # noqa: BLE001 - the platform is up; the background comparison is an extra
         say(f"      background comparison not started: {type(e).__name__}: {e}")
         return {"started": False, "reason": f"{type(e).__name__}: {e}"}
@@ -299,25 +301,25 @@ def start_progressive(s: Settings, enabled: bool | None = None) -> dict[str, Any
     return out
 
 
-def check_replicas(s: Settings, instances: list[str]) -> None:
+def check_replicas(settings: Settings, instances: list[str]) -> None:
     """A running API must have the shape asked for: API_REPLICAS changes need `make down` first."""
-    running = [n for n in replica_names(s) if services(s)[n].pid(s)]
-    if services(s)["api"].pid(s) and running != instances:
+    running = [n for n in replica_names(settings) if services(settings)[n].pid(settings)]
+    if services(settings)["api"].pid(settings) and running != instances:
         now = f"{len(running)} instances behind HAProxy" if running else "one instance (no proxy)"
         raise ServiceError(
-            f"the API runs as {now}, and API_REPLICAS={s.api_replicas} asks for "
+            f"the API runs as {now}, and API_REPLICAS={settings.api_replicas} asks for "
             f"{f'{len(instances)} instances behind HAProxy' if instances else 'one instance'}: `make down` first"
         )
 
 
-def experiment_ui_url(s: Settings, mlflow_url: str) -> str | None:
+def experiment_ui_url(settings: Settings, mlflow_url: str) -> str | None:
     """The platform's experiment in the MLflow UI, in the classic training view
     (``ml.platform.tracking.ui_url``: ``?workflowType=machine_learning``); None when MLflow does not answer."""
     try:
         import mlflow
 
-        tracking.configure(s)  # creates the experiment (with its kind) on a first start
-        exp = mlflow.MlflowClient().get_experiment_by_name(s.experiment_name)
+        tracking.configure(settings)  # creates the experiment (with its kind) on a first start
+        exp = mlflow.MlflowClient().get_experiment_by_name(settings.experiment_name)
     except Exception as e:  # noqa: BLE001 - the summary prints the server's address instead
         say(f"      (MLflow experiment link unavailable: {type(e).__name__}: {e})")
         return None

@@ -11,10 +11,10 @@ import psutil
 from ml.platform.config import Settings
 
 
-def postmaster_pid(s: Settings) -> int | None:
+def postmaster_pid(settings: Settings) -> int | None:
     """The embedded PostgreSQL's postmaster (``var/pg/postmaster.pid``) while it runs, else None."""
     try:
-        pid = int((s.var / "pg" / "postmaster.pid").read_text().split()[0])
+        pid = int((settings.var / "pg" / "postmaster.pid").read_text().split()[0])
         return pid if psutil.Process(pid).name() == "postgres" else None
     except (OSError, ValueError, IndexError, psutil.Error):
         return None
@@ -84,13 +84,13 @@ def usage(roots: dict[str, int], interval: float = 1.0) -> dict[str, dict[str, A
     return out
 
 
-def platform_roots(s: Settings, st: dict[str, Any]) -> dict[str, int]:
+def platform_roots(settings: Settings, st: dict[str, Any]) -> dict[str, int]:
     """``name -> root pid`` of what runs, from ``status``'s dict: the services, the supervisor, the
     embedded PostgreSQL."""
     roots = {name: x["pid"] for name, x in st["services"].items() if x["pid"]}
     if st["supervisor"]["pid"]:
         roots["supervisor"] = st["supervisor"]["pid"]
-    if st["postgres"].get("embedded") and (pg := postmaster_pid(s)):
+    if st["postgres"].get("embedded") and (pg := postmaster_pid(settings)):
         roots["postgres"] = pg
     return roots
 

@@ -62,9 +62,9 @@ def evaluate_feedback(
     return out
 
 
-def _evaluate_locked(conn: psycopg.Connection, model_name: str, feedback_id: int, s: Settings) -> dict[str, Any]:
+def _evaluate_locked(conn: psycopg.Connection, model_name: str, feedback_id: int, settings: Settings) -> dict[str, Any]:
     """One transaction: lock (rule, model), count the window, open / extend / resolve the alert."""
-    threshold, window = int(s.alert_misclassification_count), float(s.alert_window_seconds)
+    threshold, window = int(settings.alert_misclassification_count), float(settings.alert_window_seconds)
     now = store.lock(conn, RULE_BURST, model_name)
     start = now - timedelta(seconds=window)
     n, ids, first, last = store.wrong_reports_between(conn, model_name, start, now)
@@ -172,22 +172,24 @@ class _Window:
         return bool(self.loud) or self.rate_burst
 
 
-def _count_window(conn: psycopg.Connection, model_name: str, now: datetime, s: Settings) -> _Window:
+def _count_window(conn: psycopg.Connection, model_name: str, now: datetime, settings: Settings) -> _Window:
     """Who reported how much in the window, who bursts alone, and whether the others make a rate burst."""
-    window = float(s.feedback_burst_window_seconds)
+    window = float(settings.feedback_burst_window_seconds)
     start = now - timedelta(seconds=window)
     counts = store.wrong_reports_by_reporter(conn, model_name, start, now)
-    loud = [(who, n) for who, n, _, _ in counts if n >= s.feedback_burst_identity_count]
+    loud = [(who, n) for who, n, _, _ in counts if n >= settings.feedback_burst_identity_count]
     loud_names = {who for who, _ in loud}
     crowd = [c for c in counts if c[0] not in loud_names]  # the rate rule: identities not bursting alone
     total = sum(n for _, n, _, _ in crowd)
-    base_start = now - timedelta(hours=float(s.feedback_burst_baseline_hours))
+    base_start = now - timedelta(hours=float(settings.feedback_burst_baseline_hours))
     base_total = (
-        store.wrong_report_total(conn, model_name, base_start, start) if total >= s.feedback_burst_rate_min else 0
+        store.wrong_report_total(conn, model_name, base_start, start)
+        if total >= settings.feedback_burst_rate_min
+        else 0
     )  # below the minimum: no rate burst anyway
     normal = base_total * window / max(1.0, (start - base_start).total_seconds())  # per window
-    rate_limit = max(float(s.feedback_burst_rate_min), float(s.feedback_burst_rate_factor) * normal)
-    rate_burst = total >= rate_limit and len(crowd) >= int(s.feedback_min_identities)
+    rate_limit = max(float(settings.feedback_burst_rate_min), float(settings.feedback_burst_rate_factor) * normal)
+    rate_burst = total >= rate_limit and len(crowd) >= int(settings.feedback_min_identities)
     return _Window(now, counts, loud, total, normal, rate_burst)
 
 
@@ -246,16 +248,16 @@ def _burst_counts(
     return burst_counts
 
 
-def _rules_text(hashes: set[str], rated: bool, normal: float, s: Settings) -> str:
+def _rules_text(hashes: set[str], rated: bool, normal: float, settings: Settings) -> str:
     """The rules the burst crossed, as the alert's text names them."""
-    window, min_ids = float(s.feedback_burst_window_seconds), int(s.feedback_min_identities)
+    window, min_ids = float(settings.feedback_burst_window_seconds), int(settings.feedback_min_identities)
     rules = []
     if hashes:
-        rules.append(f"{s.feedback_burst_identity_count} wrong-reports from one identity within {window:g} s")
+        rules.append(f"{settings.feedback_burst_identity_count} wrong-reports from one identity within {window:g} s")
     if rated:
         rules.append(
-            f"wrong-reports from >= {min_ids} identities at {s.feedback_burst_rate_factor:g}x the normal rate "
-            f"({normal:.1f} per {window:g} s) and >= {s.feedback_burst_rate_min}"
+            f"wrong-reports from >= {min_ids} identities at {settings.feedback_burst_rate_factor:g}x the normal rate "
+            f"({normal:.1f} per {window:g} s) and >= {settings.feedback_burst_rate_min}"
         )
     return "; ".join(rules)
 
@@ -287,7 +289,7 @@ def _record_burst(
     message: str,
     details: dict[str, Any],
     pauses: bool,
-    s: Settings,
+    settings: Settings,
     res: dict[str, Any],
 ) -> dict[str, Any]:
     """Rewrite the open alert's count, period and text, or open the alert (and log it)."""
@@ -300,8 +302,8 @@ def _record_burst(
         RULE_FEEDBACK_BURST,
         model_name,
         severity="error",
-        window_seconds=int(float(s.feedback_burst_window_seconds)),
-        threshold=int(s.feedback_burst_identity_count),
+        window_seconds=int(float(settings.feedback_burst_window_seconds)),
+        threshold=int(settings.feedback_burst_identity_count),
         n_reports=n,
         first_report_at=first,
         last_report_at=last,
@@ -315,7 +317,7 @@ def _record_burst(
     return res
 
 
-def evaluate_burst(conn: psycopg.Connection, model_name: str, s: Settings) -> dict[str, Any]:
+def evaluate_burst(conn: psycopg.Connection, model_name: str, settings: Settings) -> dict[str, Any]:
     """Rule ``feedback_burst`` (the burst guard), in the caller's transaction. Counts are of distinct
     predictions reported wrong (one report per prediction and reporter), reviewers' decisions left out.
     Two kinds of burst, one open alert per model for both:
@@ -337,9 +339,9 @@ def evaluate_burst(conn: psycopg.Connection, model_name: str, s: Settings) -> di
     kind. ``check_trigger`` calls this too, so a burst the alert thread has not seen yet counts as well.
     Identities are named redacted (``ml.stages.review.redact``); the alert keeps only their sha256.
     Returns ``{"open", "pauses", "raised", "alert_id", "message", ...}``."""
-    quiet = float(s.feedback_burst_quiet_seconds)
+    quiet = float(settings.feedback_burst_quiet_seconds)
     now = store.lock(conn, RULE_FEEDBACK_BURST, model_name)
-    w = _count_window(conn, model_name, now, s)
+    w = _count_window(conn, model_name, now, settings)
     res: dict[str, Any] = {
         "open": False,
         "pauses": False,
@@ -374,7 +376,9 @@ def evaluate_burst(conn: psycopg.Connection, model_name: str, s: Settings) -> di
     message = (
         f"{n:,} predictions reported wrong on {model_name} by {whom} in "
         f"{_duration((b - a).total_seconds())} ({a:%Y-%m-%d %H:%M:%S} -> {b:%Y-%m-%d %H:%M:%S} UTC); "
-        f"burst rule: {_rules_text(hashes, rated, w.normal, s)}. " + _effects_text(hashes, named, pauses, quiet) + "."
+        f"burst rule: {_rules_text(hashes, rated, w.normal, settings)}. "
+        + _effects_text(hashes, named, pauses, quiet)
+        + "."
     )
     details.update(
         kind=kind,
@@ -389,4 +393,4 @@ def evaluate_burst(conn: psycopg.Connection, model_name: str, s: Settings) -> di
         normal_per_window=round(w.normal, 2),
         per_identity={r: k for r, k in who},
     )
-    return _record_burst(conn, model_name, open_alert, n, first, last, message, details, pauses, s, res)
+    return _record_burst(conn, model_name, open_alert, n, first, last, message, details, pauses, settings, res)

@@ -48,42 +48,44 @@ def addresses(value: str | None) -> list[str]:
     return [a.strip() for a in (value or "").split(",") if a.strip()]
 
 
-def _email_recipients(s: Settings) -> list[str]:
+def _email_recipients(settings: Settings) -> list[str]:
     """Who receives alerts by e-mail (``alert_email_to``); reports go to ``report_recipients``."""
-    return addresses(s.alert_email_to)
+    return addresses(settings.alert_email_to)
 
 
-def send_webhook(payload: dict[str, Any], s: Settings) -> None:
-    if s.alert_webhook_url is None:
+def send_webhook(payload: dict[str, Any], settings: Settings) -> None:
+    if settings.alert_webhook_url is None:
         raise ValueError("alert_webhook_url is not set")
-    r = httpx.post(s.alert_webhook_url, json=payload, timeout=s.alert_webhook_timeout_seconds)
+    r = httpx.post(settings.alert_webhook_url, json=payload, timeout=settings.alert_webhook_timeout_seconds)
     r.raise_for_status()
 
 
-def send_email(payload: dict[str, Any], s: Settings) -> None:
+def send_email(payload: dict[str, Any], settings: Settings) -> None:
     """An alert by e-mail to ``alert_email_to``."""
     send_mail(
         f"[sentiment] ALERT {payload['rule']} ({payload['model_name']}): {payload['message'][:120]}",
         f"{payload['message']}\n\n{json.dumps(payload, indent=2, default=str)}\n",
-        _email_recipients(s),
-        s,
+        _email_recipients(settings),
+        settings,
     )
 
 
-def send_mail(subject: str, body: str, recipients: list[str], s: Settings) -> None:
+def send_mail(subject: str, body: str, recipients: list[str], settings: Settings) -> None:
     """One plain-text message through the ``alert_smtp_*`` server."""
     msg = EmailMessage()
     msg["Subject"] = subject.replace("\n", " ")
-    msg["From"] = s.alert_email_from
+    msg["From"] = settings.alert_email_from
     msg["To"] = ", ".join(recipients)
     msg.set_content(body)
-    if s.alert_smtp_host is None:
+    if settings.alert_smtp_host is None:
         raise ValueError("alert_smtp_host is not set")
-    with smtplib.SMTP(s.alert_smtp_host, s.alert_smtp_port, timeout=s.alert_webhook_timeout_seconds) as smtp:
-        if s.alert_smtp_starttls:
+    with smtplib.SMTP(
+        settings.alert_smtp_host, settings.alert_smtp_port, timeout=settings.alert_webhook_timeout_seconds
+    ) as smtp:
+        if settings.alert_smtp_starttls:
             smtp.starttls()
-        if s.alert_smtp_user:
-            smtp.login(s.alert_smtp_user, s.alert_smtp_password or "")
+        if settings.alert_smtp_user:
+            smtp.login(settings.alert_smtp_user, settings.alert_smtp_password or "")
         smtp.send_message(msg)
 
 
@@ -106,38 +108,42 @@ def log_outcomes(what: str, results: list[dict[str, Any]], logger: logging.Logge
         )
 
 
-def send_channels(alert_id: int, s: Settings) -> list[dict[str, Any]]:
+def send_channels(alert_id: int, settings: Settings) -> list[dict[str, Any]]:
     """Send one alert on the configured channels; record each outcome in ``alerts.channels``."""
     results: list[dict[str, Any]] = []
     try:
-        payload = alert_payload(alert_id, s)
+        payload = alert_payload(alert_id, settings)
     except Exception as e:  # noqa: BLE001
         log.error("alert %s: cannot read it back to send it: %s", alert_id, e)
         return results
-    if s.alert_webhook_url:
+    if settings.alert_webhook_url:
         try:
-            send_webhook(payload, s)
-            results.append(channel_result("webhook", redacted_url(s.alert_webhook_url), "sent"))
+            send_webhook(payload, settings)
+            results.append(channel_result("webhook", redacted_url(settings.alert_webhook_url), "sent"))
         except Exception as e:  # noqa: BLE001 - recorded, never raised
             results.append(
                 channel_result(
                     "webhook",
-                    redacted_url(s.alert_webhook_url),
+                    redacted_url(settings.alert_webhook_url),
                     "failed",
-                    f"{type(e).__name__}: {str(e).replace(s.alert_webhook_url, '<webhook>')}",
+                    f"{type(e).__name__}: {str(e).replace(settings.alert_webhook_url, '<webhook>')}",
                 )
             )
-    if s.alert_smtp_host and _email_recipients(s):
-        target = f"smtp://{s.alert_smtp_host}:{s.alert_smtp_port} -> {', '.join(_email_recipients(s))}"
+    if settings.alert_smtp_host and _email_recipients(settings):
+        target = (
+            f"smtp://{settings.alert_smtp_host}:{settings.alert_smtp_port} -> {', '.join(_email_recipients(settings))}"
+        )
         try:
-            send_email(payload, s)
+            send_email(payload, settings)
             results.append(channel_result("email", target, "sent"))
         except Exception as e:  # noqa: BLE001
             results.append(channel_result("email", target, "failed", f"{type(e).__name__}: {e}"))
     log_outcomes(f"alert {alert_id}", results, log)
     if results:
         try:
-            with db.connect(s, start_embedded=False, connect_timeout=5, application_name="sentiment-alerts") as conn:
+            with db.connect(
+                settings, start_embedded=False, connect_timeout=5, application_name="sentiment-alerts"
+            ) as conn:
                 store.add_channels(conn, alert_id, results)
         except Exception as e:  # noqa: BLE001
             log.error("alert %s: could not record channel outcomes: %s", alert_id, e)

@@ -89,11 +89,11 @@ def drift_alert(summary: dict[str, Any], settings: Settings | None = None) -> di
     return out
 
 
-def _retraining_status(s: Settings) -> dict[str, Any] | None:
+def _retraining_status(settings: Settings) -> dict[str, Any] | None:
     """Reports since the champion was trained against the retraining threshold (None when unknown)."""
     try:
-        ctx = champion_context(s)
-        return pending_count(ctx, s) if ctx is not None else None
+        ctx = champion_context(settings)
+        return pending_count(ctx, settings) if ctx is not None else None
     except Exception as e:  # noqa: BLE001 - the report goes out without it
         log.warning("retraining threshold unknown for the report: %s", e)
         return None

@@ -23,12 +23,12 @@ REPORT_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,80}$")
 SUMMARY_COLUMNS = store.SUMMARY_COLUMNS
 
 
-def store_summary(summary: dict[str, Any], s: Settings) -> None:
+def store_summary(summary: dict[str, Any], settings: Settings) -> None:
     """The report's row in ``drift_reports`` (its summary columns and the full summary)."""
     from ml.platform import db
 
     fb = summary.get("feedback") or {}
-    with db.connect(s) as conn:
+    with db.connect(settings) as conn:
         store.insert(
             conn,
             {

@@ -84,17 +84,17 @@ def _build(
     b: datetime,
     out_dir: Path,
     airflow_run_id: str | None,
-    s: Settings,
+    settings: Settings,
     t0: float,
     progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
     """Build the report in ``out_dir``: load the period, compare it (or an empty page), publish, store."""
-    log.info("monitoring %s: report %s for %s -> %s", s.model_name, report_id, a.isoformat(), b.isoformat())
+    log.info("monitoring %s: report %s for %s -> %s", settings.model_name, report_id, a.isoformat(), b.isoformat())
     report(progress, 0, STEPS, "loading the period's predictions")
-    period = _load_period(a, b, s)
+    period = _load_period(a, b, settings)
     counts, version, current = period
     of_version = counts["by_model_version"].get(str(version), 0) if version is not None else 0
-    summary = _new_summary(report_id, created, a, b, out_dir, airflow_run_id, s, period, of_version)
+    summary = _new_summary(report_id, created, a, b, out_dir, airflow_run_id, settings, period, of_version)
     log.info(
         "monitoring: %s predictions in the period%s%s",
         f"{counts['total']:,}",
@@ -102,12 +102,12 @@ def _build(
         f", sampled to {len(current):,}" if summary["current"]["sampled"] else "",
     )
     if current.empty:
-        _empty_report(summary, s)
+        _empty_report(summary, settings)
     else:
-        _drift_report(summary, current, version, of_version, a, b, s, progress)
+        _drift_report(summary, current, version, of_version, a, b, settings, progress)
     summary["seconds"] = round(time.perf_counter() - t0, 2)
-    _publish(summary, report_id, out_dir, s)
-    store_summary(summary, s)
+    _publish(summary, report_id, out_dir, settings)
+    store_summary(summary, settings)
     report(progress, STEPS, STEPS, summary["status"])
     log.info(
         "monitoring report %s (%s, %.1fs): %s", report_id, summary["status"], summary["seconds"], summary["verdict"]
@@ -123,15 +123,15 @@ class _Period(NamedTuple):
     current: pd.DataFrame
 
 
-def _load_period(a: datetime, b: datetime, s: Settings) -> _Period:
+def _load_period(a: datetime, b: datetime, settings: Settings) -> _Period:
     """Count the period's predictions and load (a sample of) those of the version serving at its end."""
     from ml.platform import db
 
-    with db.connect(s) as conn:
-        counts = period_counts(conn, s.model_name, a, b)
-        version = serving_version(conn, s.model_name, a, b) if counts["total"] else None
+    with db.connect(settings) as conn:
+        counts = period_counts(conn, settings.model_name, a, b)
+        version = serving_version(conn, settings.model_name, a, b) if counts["total"] else None
         current = (
-            load_current(conn, s.model_name, a, b, s.monitoring_max_rows, s.seed, version)
+            load_current(conn, settings.model_name, a, b, settings.monitoring_max_rows, settings.seed, version)
             if version is not None
             else pd.DataFrame()
         )
@@ -145,7 +145,7 @@ def _new_summary(
     b: datetime,
     out_dir: Path,
     airflow_run_id: str | None,
-    s: Settings,
+    settings: Settings,
     period: _Period,
     of_version: int,
 ) -> dict[str, Any]:
@@ -155,7 +155,7 @@ def _new_summary(
         "id": report_id,
         "created_at": created.isoformat(),
         "period": {"start": a.isoformat(), "end": b.isoformat()},
-        "model_name": s.model_name,
+        "model_name": settings.model_name,
         "airflow_run_id": airflow_run_id,
         "compared_version": version,
         "current": {
@@ -163,7 +163,7 @@ def _new_summary(
             "rows_in_period": counts["total"],
             "rows_of_version": of_version,
             "sampled": of_version > len(current),
-            "max_rows": s.monitoring_max_rows,
+            "max_rows": settings.monitoring_max_rows,
             "by_source": counts["by_source"],
             "by_model_version": counts["by_model_version"],
             "not_compared": {v: n for v, n in counts["by_model_version"].items() if v != str(version)},
@@ -176,14 +176,14 @@ def _new_summary(
     }
 
 
-def _empty_report(summary: dict[str, Any], s: Settings) -> None:
+def _empty_report(summary: dict[str, Any], settings: Settings) -> None:
     """No predictions in the period: an empty summary naming the champion, and a plain HTML page."""
     champ = None
     try:
         from ml.platform import registry, tracking
 
-        tracking.configure(s)
-        champ = registry.champion(s)
+        tracking.configure(settings)
+        champ = registry.champion(settings)
     except Exception as e:  # noqa: BLE001 - the empty report does not need the registry
         log.warning("champion lookup failed (%s); the empty report names no version", e)
     summary.update(
@@ -219,18 +219,18 @@ def _drift_report(
     of_version: int,
     a: datetime,
     b: datetime,
-    s: Settings,
+    settings: Settings,
     progress: ProgressFn | None,
 ) -> None:
     """Compare the period with the version's reference (Evidently), add feedback and the estimate, save it."""
     from ml.platform import db
 
     report(progress, 1, STEPS, "loading the reference, text descriptors")
-    reference, meta, vocab = load_reference(s, version)
+    reference, meta, vocab = load_reference(settings, version)
     current = add_descriptors(current, vocab, meta.get("preprocess", "basic"))
     t1 = time.perf_counter()
     report(progress, 2, STEPS, f"Evidently report over {len(current):,} rows")
-    snapshot, results, small = run_report(current, reference, s)
+    snapshot, results, small = run_report(current, reference, settings)
     log.info(
         "monitoring: Evidently report over %s current vs %s reference rows in %.1fs (%s tests)",
         f"{len(current):,}",
@@ -240,13 +240,15 @@ def _drift_report(
     )
     report(progress, 3, STEPS, "feedback, label-free accuracy estimate")
     snapshot.save_json(summary["files"]["json"])
-    with db.connect(s) as conn:
-        fb = feedback_stats(conn, s.model_name, a, b, of_version, meta.get("training_accuracy"), s, version)
-    metrics = summarise(results, current, reference, s)
+    with db.connect(settings) as conn:
+        fb = feedback_stats(
+            conn, settings.model_name, a, b, of_version, meta.get("training_accuracy"), settings, version
+        )
+    metrics = summarise(results, current, reference, settings)
     try:
         from ml.evaluation import estimate
 
-        est = estimate.period_estimate(current, reference, meta, s)
+        est = estimate.period_estimate(current, reference, meta, settings)
     except Exception as e:  # the estimate is one figure of the report: it never costs the report
         log.exception("label-free accuracy estimate failed")
         est = {"estimated_accuracy": None, "status": f"failed: {type(e).__name__}: {e}"[:300]}
@@ -280,9 +282,9 @@ def _drift_report(
     report_html.save(snapshot, summary["files"]["html"], summary)
 
 
-def _publish(summary: dict[str, Any], report_id: str, out_dir: Path, s: Settings) -> None:
+def _publish(summary: dict[str, Any], report_id: str, out_dir: Path, settings: Settings) -> None:
     """Write the summary beside the report files, or upload them all to a remote reports store."""
-    rstore = reports_store(s)
+    rstore = reports_store(settings)
     if rstore.is_local:
         Path(summary["files"]["summary"]).write_text(json.dumps(summary, indent=2, default=str))
     else:  # each file uploaded whole; the stored summary names them in the store

@@ -19,7 +19,7 @@ from ml.stages.monitoring.descriptors import (
 EMBEDDING_DIMS = 20
 
 
-def _methods(small: bool, s: Settings) -> tuple[dict[str, str], dict[str, float]]:
+def _methods(small: bool, settings: Settings) -> tuple[dict[str, str], dict[str, float]]:
     if small:  # p-value tests: they account for the sample size
         methods = {
             "label": "z",
@@ -27,8 +27,8 @@ def _methods(small: bool, s: Settings) -> tuple[dict[str, str], dict[str, float]
             "text": "perc_text_content_drift",
             **{c: "ks" for c in DESCRIPTORS},
         }
-        thresholds = {c: s.monitoring_p_value for c in methods}
-        thresholds["text"] = 1 - s.monitoring_p_value  # Evidently's percentile test takes a confidence
+        thresholds = {c: settings.monitoring_p_value for c in methods}
+        thresholds["text"] = 1 - settings.monitoring_p_value  # Evidently's percentile test takes a confidence
     else:  # effect sizes: large samples do not make trivial differences "significant"
         methods = {
             "label": "jensenshannon",
@@ -38,10 +38,10 @@ def _methods(small: bool, s: Settings) -> tuple[dict[str, str], dict[str, float]
             **{c: "jensenshannon" for c in COUNT_DESCRIPTORS},
         }
         thresholds = {
-            c: (s.monitoring_cat_threshold if m == "jensenshannon" else s.monitoring_num_threshold)
+            c: (settings.monitoring_cat_threshold if m == "jensenshannon" else settings.monitoring_num_threshold)
             for c, m in methods.items()
         }
-        thresholds["text"] = s.monitoring_text_threshold
+        thresholds["text"] = settings.monitoring_text_threshold
     return methods, thresholds
 
 
@@ -57,13 +57,13 @@ def _lsa_embeddings(ref_texts: list[str], cur_texts: list[str], seed: int) -> tu
     return ref, cur
 
 
-def run_report(current: pd.DataFrame, reference: pd.DataFrame, s: Settings) -> tuple[Any, dict[str, Any], bool]:
+def run_report(current: pd.DataFrame, reference: pd.DataFrame, settings: Settings) -> tuple[Any, dict[str, Any], bool]:
     """Evidently's report over the monitored columns; returns (snapshot, per-column results)."""
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset
 
-    small = min(len(current), len(reference)) < s.monitoring_small_sample_rows
-    methods, thresholds = _methods(small, s)
+    small = min(len(current), len(reference)) < settings.monitoring_small_sample_rows
+    methods, thresholds = _methods(small, settings)
     columns = ["label", "p_positive", *DESCRIPTORS, "text"]
     cur = current[columns].copy()
     ref = reference[columns].copy()
@@ -75,14 +75,14 @@ def run_report(current: pd.DataFrame, reference: pd.DataFrame, s: Settings) -> t
             columns=columns,
             per_column_method=methods,
             per_column_threshold=thresholds,
-            drift_share=s.monitoring_drift_share,
+            drift_share=settings.monitoring_drift_share,
         )
     ]
-    if s.monitoring_embedding_drift:
+    if settings.monitoring_embedding_drift:
         from evidently.metrics import EmbeddingsDrift
         from evidently.metrics.embeddings import ModelDriftMethod
 
-        ref_emb, cur_emb = _lsa_embeddings(ref["text"].tolist(), cur["text"].tolist(), s.seed)
+        ref_emb, cur_emb = _lsa_embeddings(ref["text"].tolist(), cur["text"].tolist(), settings.seed)
         names = [f"lsa_{i:02d}" for i in range(EMBEDDING_DIMS)]
         ref = pd.concat([ref.reset_index(drop=True), pd.DataFrame(ref_emb, columns=names)], axis=1)
         cur = pd.concat([cur.reset_index(drop=True), pd.DataFrame(cur_emb, columns=names)], axis=1)
@@ -90,7 +90,7 @@ def run_report(current: pd.DataFrame, reference: pd.DataFrame, s: Settings) -> t
         metrics.append(
             EmbeddingsDrift(
                 embeddings_name="text_lsa",
-                drift_method=ModelDriftMethod(threshold=s.monitoring_text_threshold, bootstrap=small),
+                drift_method=ModelDriftMethod(threshold=settings.monitoring_text_threshold, bootstrap=small),
             )
         )
     dd = DataDefinition(**definition)
@@ -140,7 +140,9 @@ def _column_results(
     return out
 
 
-def summarise(results: dict[str, Any], current: pd.DataFrame, reference: pd.DataFrame, s: Settings) -> dict[str, Any]:
+def summarise(
+    results: dict[str, Any], current: pd.DataFrame, reference: pd.DataFrame, settings: Settings
+) -> dict[str, Any]:
     cols = results["columns"]
 
     def col(name: str, **extra: Any) -> dict[str, Any]:
@@ -162,11 +164,11 @@ def summarise(results: dict[str, Any], current: pd.DataFrame, reference: pd.Data
             reference_mean=float(reference["p_positive"].mean()),
         ),
         "text_descriptors": {
-            "detected": bool(n_desc / len(DESCRIPTORS) >= s.monitoring_drift_share),
+            "detected": bool(n_desc / len(DESCRIPTORS) >= settings.monitoring_drift_share),
             "drifted": n_desc,
             "of": len(DESCRIPTORS),
             "share": n_desc / len(DESCRIPTORS),
-            "drift_share": s.monitoring_drift_share,
+            "drift_share": settings.monitoring_drift_share,
             "columns": desc,
         },
         "raw_text": col("text"),

@@ -27,13 +27,13 @@ from ml.store import training_runs as training_runs_store
 log = logging.getLogger(__package__)  # the stage's logger, as before the split into modules
 
 
-def _champion_family_params(r: dict[str, Any], s: Settings) -> tuple[str, dict[str, Any]]:
-    ctx = champion_context(s, version=r["champion_before"])
+def _champion_family_params(r: dict[str, Any], settings: Settings) -> tuple[str, dict[str, Any]]:
+    ctx = champion_context(settings, version=r["champion_before"])
     if ctx is None:
-        raise RetrainingError(f"no champion context for v{r['champion_before']} of {s.model_name}")
+        raise RetrainingError(f"no champion context for v{r['champion_before']} of {settings.model_name}")
     family, params = ctx.family, dict(ctx.params)
     if not family or not params:
-        m = registry.load_version(r["champion_before"], s)
+        m = registry.load_version(r["champion_before"], settings)
         family, params = m.family, m.get_params()
     known = models.family_class(family).default_params()
     return family, {k: v for k, v in params.items() if k in known}

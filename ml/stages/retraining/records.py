@@ -28,8 +28,8 @@ def list_retrainings(limit: int = 20, settings: Settings | None = None) -> list[
         return store.latest(conn, s.model_name, limit)
 
 
-def update_retraining(rid: int, s: Settings, **values: Any) -> None:
-    with db.connect(s) as conn:
+def update_retraining(rid: int, settings: Settings, **values: Any) -> None:
+    with db.connect(settings) as conn:
         store.update(conn, rid, **values)
 
 

@@ -24,11 +24,11 @@ from ml.store import retrainings as store
 log = logging.getLogger(__package__)  # the stage's logger, as before the split into modules
 
 
-def _training_reports(conn: psycopg.Connection, r: dict[str, Any], s: Settings) -> pd.DataFrame:
+def _training_reports(conn: psycopg.Connection, r: dict[str, Any], settings: Settings) -> pd.DataFrame:
     """Reports consumed by this retraining and by earlier unsuccessful ones of the same champion, that
     give a label the loop trusts NOW (``ml.stages.review``; a reviewer's rejection since the trigger excludes)."""
     rows = store.training_reports(conn, r)
-    keep, dropped = review.trusted_training_rows(conn, r["model_name"], r["champion_before"], rows, s)
+    keep, dropped = review.trusted_training_rows(conn, r["model_name"], r["champion_before"], rows, settings)
     if any(dropped.values()):
         log.warning(
             "retraining #%s: %s consumed reports do not train (%s)",
@@ -107,16 +107,18 @@ def prepare(
     return {"retraining_id": rid, "snapshot_hash": snap.hash, **summary}
 
 
-def _load_retraining(retraining_id: Any, airflow_run_id: str | None, s: Settings) -> tuple[int, dict[str, Any]]:
+def _load_retraining(retraining_id: Any, airflow_run_id: str | None, settings: Settings) -> tuple[int, dict[str, Any]]:
     """The retraining to prepare (a manual one recorded first when none is given), checked against this model."""
     rid = resolve_id(retraining_id)
     if rid is None:
-        rid = create_manual(airflow_run_id=airflow_run_id, settings=s)
-    r = get_retraining(rid, s)
+        rid = create_manual(airflow_run_id=airflow_run_id, settings=settings)
+    r = get_retraining(rid, settings)
     if r is None:
         raise RetrainingError(f"no retraining #{rid}")
-    if r["model_name"] != s.model_name:
-        raise RetrainingError(f"retraining #{rid} is for model {r['model_name']!r}, this run serves {s.model_name!r}")
+    if r["model_name"] != settings.model_name:
+        raise RetrainingError(
+            f"retraining #{rid} is for model {r['model_name']!r}, this run serves {settings.model_name!r}"
+        )
     return rid, r
 
 
@@ -168,14 +170,14 @@ class _Changes(NamedTuple):
     eval_texts: list[str]
 
 
-def _label_changes(base_frame: pd.DataFrame, v: _Votes, s: Settings) -> _Changes:
+def _label_changes(base_frame: pd.DataFrame, v: _Votes, settings: Settings) -> _Changes:
     """The reported texts that are new or relabelled, and those held out as the reported-eval split."""
     base_labels = dict(zip(base_frame["text"], base_frame["label"].astype(int)))
     report_texts = set(v.latest_votes["text"]) - set(v.tie)
     new_texts = {t for t in report_texts if t not in base_labels}
     final = dict(zip(v.frame["text"], v.frame["label"].astype(int)))
     relabelled = {t for t in report_texts if t in base_labels and base_labels[t] != final.get(t)}
-    eval_texts = sorted(t for t in report_texts if _eval_bucket(t) < s.retraining_report_eval_fraction)
+    eval_texts = sorted(t for t in report_texts if _eval_bucket(t) < settings.retraining_report_eval_fraction)
     return _Changes(report_texts, new_texts, relabelled, eval_texts)
 
 
@@ -186,7 +188,7 @@ def _dataset_report(
     v: _Votes,
     ch: _Changes,
     test_texts: set[str],
-    s: Settings,
+    settings: Settings,
 ) -> dict[str, Any]:
     """The new snapshot's dataset report: provenance, label changes, splits, and the validation counts."""
     frame, g, tie, reports, latest = v.frame, v.g, v.tie, v.reports, v.latest
@@ -211,7 +213,7 @@ def _dataset_report(
             "reported_texts_kept": v.reported_in_held_out,
         },
         "reported_eval": {
-            "rule": f"{s.retraining_report_eval_fraction:.0%} of the reported texts (sha256 of the "
+            "rule": f"{settings.retraining_report_eval_fraction:.0%} of the reported texts (sha256 of the "
             "text), held out of training; scored, not used to promote",
             "rows": len(ch.eval_texts),
         },

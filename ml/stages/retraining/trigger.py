@@ -96,11 +96,13 @@ def champion_context(settings: Settings | None = None, version: int | None = Non
 
 
 # ---------------------------------------------------------------- reports
-def _pending(conn: psycopg.Connection, ctx: ChampionContext, s: Settings, threshold: int | None) -> dict[str, Any]:
+def _pending(
+    conn: psycopg.Connection, ctx: ChampionContext, settings: Settings, threshold: int | None
+) -> dict[str, Any]:
     """The champion's misclassifications the loop believes (``ml.stages.review``: a reviewer's accept or
     ``feedback_min_identities`` agreeing identities; a reviewer's rejection excludes), not consumed
     yet, one vote per text with each identity capped at ``feedback_max_identity_share`` of the threshold."""
-    return review.pending(conn, ctx.model_name, ctx.version, ctx.trained_at, threshold, s)
+    return review.pending(conn, ctx.model_name, ctx.version, ctx.trained_at, threshold, settings)
 
 
 def _counts(p: dict[str, Any]) -> dict[str, Any]:

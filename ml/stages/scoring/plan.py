@@ -92,15 +92,15 @@ def _plan_locked(
     shard_rows: int,
     airflow_run_id: str | None,
     force: bool,
-    s: Settings,
+    settings: Settings,
     text_column: str | None = None,
 ) -> Plan:
     """The plan under the content's lock: done or resumed, else check the input, write the shards, record it."""
     fmt = detect_format(path)
-    existing = _existing_plan(path, batch_id, force, s)
+    existing = _existing_plan(path, batch_id, force, settings)
     if existing is not None:
         return existing
-    champ = _served_champion(s)
+    champ = _served_champion(settings)
 
     # what the batch row records whether the plan succeeds or fails
     batch_row: dict[str, Any] = {
@@ -108,7 +108,7 @@ def _plan_locked(
         "input_path": str(path),
         "input_format": fmt,
         "input_sha256": digest,
-        "model_name": s.model_name,
+        "model_name": settings.model_name,
         "model_version": champ.version,
         "airflow_run_id": airflow_run_id,
     }
@@ -116,17 +116,17 @@ def _plan_locked(
     try:
         check_text(path, fmt)  # empty, binary, UTF-16: refused from the first block
     except DataError as e:
-        raise _failed(batch_row, s, str(e)) from None
+        raise _failed(batch_row, settings, str(e)) from None
 
     slack = 0
     if shard_rows == 0:
         shard_rows = auto_shard_rows(path, fmt)
         slack = int(shard_rows * AUTO_TAIL_SLACK)
     # the shards go to the shared store (ml/platform/storage.py): any worker host reads them
-    bstore = batches_store(s)
+    bstore = batches_store(settings)
     bstore.remove(batch_id, recursive=True)
     bstore.makedirs(batch_id, "shards")  # local: 0700, the texts and scores are this account's only
-    local_model = model_dir(batch_id, s)
+    local_model = model_dir(batch_id, settings)
     t0 = time.perf_counter()
     # streamed: each shard's Parquet is written row group by row group as the rows are read, so the
     # plan's memory does not grow with the input (nor with the shard size). An auto-sized plan keeps
@@ -137,17 +137,17 @@ def _plan_locked(
     # meanwhile the model version is fetched once into the batch folder and verified against its
     # recorded digest: the shards load that copy (re-checked) instead of each asking MLflow
     fetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="plan-model-fetch")
-    model_copy = fetcher.submit(registry.fetch_verified, champ.version, champ.sha256, local_model, s)
+    model_copy = fetcher.submit(registry.fetch_verified, champ.version, champ.sha256, local_model, settings)
     read = _read_into_shards(path, fmt, text_column, out, model_copy, fetcher)
 
     # every row has been read: the batch fails here, before any shard writes into predictions
-    reason = _reject_reason(path, batch_id, read, s)
+    reason = _reject_reason(path, batch_id, read, settings)
     if reason is not None:
         bstore.remove(batch_id, recursive=True)  # shards and the model copy: nothing is kept
         shutil.rmtree(local_model, ignore_errors=True)
-        raise _failed(batch_row, s, reason, read.rows_read, read.rejects)
+        raise _failed(batch_row, settings, reason, read.rows_read, read.rejects)
 
-    _record_plan(batch_row, champ, read, out, s)
+    _record_plan(batch_row, champ, read, out, settings)
     log.info(
         "batch %s: %s rows read from %s (%s, %s lines decoded as Latin-1), %s rejected, %d shards of up to %s"
         " rows, champion v%s (%.1fs)",
@@ -165,9 +165,11 @@ def _plan_locked(
     return Plan(batch_id, champ.version, [sh["shard"] for sh in out.shards], "planned")
 
 
-def _record_plan(batch_row: dict[str, Any], champ: _Champion, read: _Read, out: _ShardWriter, s: Settings) -> None:
+def _record_plan(
+    batch_row: dict[str, Any], champ: _Champion, read: _Read, out: _ShardWriter, settings: Settings
+) -> None:
     """Record the planned batch: its rows read, rejects, shard files and the model digest."""
-    with db.connect(s) as conn:
+    with db.connect(settings) as conn:
         store.replace_plan(
             conn,
             **batch_row,
@@ -178,16 +180,16 @@ def _record_plan(batch_row: dict[str, Any], champ: _Champion, read: _Read, out: 
         )
 
 
-def _existing_plan(path: Path, batch_id: str, force: bool, s: Settings) -> Plan | None:
+def _existing_plan(path: Path, batch_id: str, force: bool, settings: Settings) -> Plan | None:
     """A batch already done, or planned and being scored, is not planned again (unless ``force``)."""
-    with db.connect(s) as conn:
+    with db.connect(settings) as conn:
         row = store.batch_state(conn, batch_id)
     if row and row[0] == "done" and not force:
         log.info("batch %s (%s) already scored with v%s: nothing to do", batch_id, path.name, row[1])
         return Plan(batch_id, row[1], [], "done")
     if row and row[0] in ("planned", "scoring") and not force:
         # resume: the shards are on disk, only unfinished ones are scored again
-        with db.connect(s) as conn:
+        with db.connect(settings) as conn:
             pending = store.unfinished_shards(conn, batch_id)
         log.info("batch %s resumes: %d of %d shards left", batch_id, len(pending), row[2])
         return Plan(batch_id, row[1], pending, row[0])
@@ -201,18 +203,18 @@ class _Champion(NamedTuple):
     sha256: str
 
 
-def _served_champion(s: Settings) -> _Champion:
+def _served_champion(settings: Settings) -> _Champion:
     """The champion version to score with and its recorded artifact digest (the API's rule)."""
-    tracking.configure(s)
-    champ = registry.champion(s)
+    tracking.configure(settings)
+    champ = registry.champion(settings)
     if champ is None:
         raise RuntimeError("no champion model to score with; train one first (sentiment_training DAG / ml pipeline)")
-    with db.connect(s) as conn:
-        event = training_runs_store.serving_event(conn, s.model_name)
+    with db.connect(settings) as conn:
+        event = training_runs_store.serving_event(conn, settings.model_name)
     if event is None or event[0] != champ.version or not event[1]:
         # the API's rule: only the version a promotion/rollback event names, with its recorded digest
         raise RuntimeError(
-            f"the {s.champion_alias!r} alias of {s.model_name!r} points at v{champ.version}, but "
+            f"the {settings.champion_alias!r} alias of {settings.model_name!r} points at v{champ.version}, but "
             + (
                 "no promotion or rollback event records it"
                 if event is None
@@ -227,13 +229,13 @@ def _served_champion(s: Settings) -> _Champion:
 
 def _failed(
     batch_row: dict[str, Any],
-    s: Settings,
+    settings: Settings,
     reason: str,
     rows_read: int = 0,
     rejects: list[tuple[int, str]] | None = None,
 ) -> DataError:
     """Record the batch as failed with ``reason`` (nothing in predictions) and return the error."""
-    with db.connect(s) as conn:
+    with db.connect(settings) as conn:
         store.record_failed(conn, **batch_row, rows_read=rows_read, rejects=rejects or [], reason=reason)
     log.error("batch %s failed: %s", batch_row["batch_id"], reason)
     return DataError(reason)
@@ -369,7 +371,7 @@ def _read_into_shards(
     return read
 
 
-def _reject_reason(path: Path, batch_id: str, read: _Read, s: Settings) -> str | None:
+def _reject_reason(path: Path, batch_id: str, read: _Read, settings: Settings) -> str | None:
     """Why the batch fails once every row is read (reader's error, no rows, too many rejects), or None."""
     rejects, rows_read = read.rejects, read.rows_read
     share = len(rejects) / rows_read if rows_read else 0.0
@@ -379,8 +381,8 @@ def _reject_reason(path: Path, batch_id: str, read: _Read, s: Settings) -> str |
         else f"{path.name} has no rows to score (empty, or a header only)"
         if rows_read == 0
         else f"{path.name}: {len(rejects):,} of {rows_read:,} rows rejected ({share:.1%}), more than"
-        f" batch_max_reject_share {s.batch_max_reject_share:.1%}; first: line {rejects[0][0]}: {rejects[0][1]}"
+        f" batch_max_reject_share {settings.batch_max_reject_share:.1%}; first: line {rejects[0][0]}: {rejects[0][1]}"
         f" (`ml batches {batch_id}` lists them)"
-        if share > s.batch_max_reject_share
+        if share > settings.batch_max_reject_share
         else None
     )

@@ -29,18 +29,18 @@ log = logging.getLogger(__name__)
 _MODEL_CACHE: dict[tuple[str, str, int, str | None], SentimentModel] = {}  # one entry: the batch in progress
 
 
-def _model(batch_id: str, version: int, model_sha256: str | None, s: Settings) -> SentimentModel:
+def _model(batch_id: str, version: int, model_sha256: str | None, settings: Settings) -> SentimentModel:
     """The batch's model: the plan's verified copy in the batch folder (re-hashed before it is
     unpickled; fetched again if missing or altered), loaded without MLflow. A process scoring
     several shards of one batch (``ml score --workers 1``) loads it once."""
-    key = (batch_id, s.model_name, version, model_sha256)
+    key = (batch_id, settings.model_name, version, model_sha256)
     if key not in _MODEL_CACHE:
         _MODEL_CACHE.clear()
         if model_sha256 is None:  # planned before batches recorded digests: the registry's copy
-            tracking.configure(s)
-            _MODEL_CACHE[key] = registry.load_version(version, s)
+            tracking.configure(settings)
+            _MODEL_CACHE[key] = registry.load_version(version, settings)
         else:
-            local = registry.fetch_verified(version, model_sha256, model_dir(batch_id, s), s)
+            local = registry.fetch_verified(version, model_sha256, model_dir(batch_id, settings), settings)
             _MODEL_CACHE[key] = registry.load_local(local)
     return _MODEL_CACHE[key]
 

@@ -31,25 +31,25 @@ def log_plots(metrics: dict[str, Any], y: Sequence[int] | np.ndarray, proba: np.
         plt.close(fig)
 
 
-def learning_curve_link(run_id: str, s: Settings) -> dict[str, str]:
+def learning_curve_link(run_id: str, settings: Settings) -> dict[str, str]:
     """Where a trial's learning-curve PNG lives: its MLflow artifact URI and the MLflow UI page."""
     import mlflow
 
     info = mlflow.MlflowClient().get_run(run_id).info
-    uri = tracking_uri_for_ui(s)
+    uri = tracking_uri_for_ui(settings)
     return {
         "artifact_uri": f"{info.artifact_uri.rstrip('/')}/{LEARNING_CURVE}",
         "url": tracking.ui_url(uri, f"experiments/{info.experiment_id}/runs/{run_id}/artifacts/{LEARNING_CURVE}"),
     }
 
 
-def tracking_uri_for_ui(s: Settings) -> str:
+def tracking_uri_for_ui(settings: Settings) -> str:
     """The MLflow UI's base URL: the tracking server when it is one, else the platform's mlflow port."""
-    uri = tracking.tracking_uri(s)
+    uri = tracking.tracking_uri(settings)
     if uri.startswith(("http://", "https://")):
         return uri.rstrip("/")
-    host = "127.0.0.1" if s.host in ("0.0.0.0", "::", "") else s.host
-    return f"http://{host}:{s.mlflow_port}"
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    return f"http://{host}:{settings.mlflow_port}"
 
 
 def log_training(hist: dict[str, Any], family: str, i: int, workdir: Path) -> bool:

@@ -98,7 +98,7 @@ class _Search:
     skipped: int = 0
 
 
-def _run_trials(search: _Search, tmp: Path, s: Settings) -> dict[str, Any]:
+def _run_trials(search: _Search, tmp: Path, settings: Settings) -> dict[str, Any]:
     """Run the trials on their shares of the budget; keep the best trial's model folder, return it."""
     import mlflow
 
@@ -133,7 +133,7 @@ def _run_trials(search: _Search, tmp: Path, s: Settings) -> dict[str, Any]:
                 metric,
                 search.commit,
                 tmp,
-                s,
+                settings,
                 trial_budget,
             )
         except Exception as e:  # one broken trial does not sink the search
@@ -161,7 +161,7 @@ def _run_trials(search: _Search, tmp: Path, s: Settings) -> dict[str, Any]:
     return best
 
 
-def _log_winner_model(search: _Search, best: dict[str, Any], search_seconds: float, s: Settings) -> None:
+def _log_winner_model(search: _Search, best: dict[str, Any], search_seconds: float, settings: Settings) -> None:
     """Calibrate the best trial's model and log it (pyfunc) and its datasets on the trial's run."""
     import mlflow
 
@@ -173,7 +173,7 @@ def _log_winner_model(search: _Search, best: dict[str, Any], search_seconds: flo
         fit_calibration(
             model,
             val_df if len(val_df) >= SPLIT_MIN_ROWS else None,
-            s.calibration,
+            settings.calibration,
             "the comparison's validation split, carved from the training split",
         )
         info = registry.log_model(model)
@@ -190,7 +190,7 @@ def _log_winner_model(search: _Search, best: dict[str, Any], search_seconds: flo
         mlflow.log_metric("search_seconds", search_seconds)
 
 
-def _record_winner(search: _Search, best: dict[str, Any], s: Settings) -> None:
+def _record_winner(search: _Search, best: dict[str, Any], settings: Settings) -> None:
     """Name the winner on the comparison's run and record it in ``training_runs``."""
     import mlflow
 
@@ -198,7 +198,7 @@ def _record_winner(search: _Search, best: dict[str, Any], s: Settings) -> None:
     client = mlflow.MlflowClient()
     client.log_metric(plan["parent_run_id"], f"{family}.best_val_{search.metric}", best["val"][search.metric])
     client.set_tag(plan["parent_run_id"], f"winner.{family}", best["run_id"])
-    with db.connect(s) as conn:
+    with db.connect(settings) as conn:
         store.insert_run(
             conn,
             best["run_id"],
@@ -211,7 +211,7 @@ def _record_winner(search: _Search, best: dict[str, Any], s: Settings) -> None:
         )
 
 
-def _winner_summary(search: _Search, best: dict[str, Any], search_seconds: float, s: Settings) -> dict[str, Any]:
+def _winner_summary(search: _Search, best: dict[str, Any], search_seconds: float, settings: Settings) -> dict[str, Any]:
     """The winner as the comparison gets it: params, scores, trials, budget and training record."""
     tr = best["training"]
     return {
@@ -237,5 +237,5 @@ def _winner_summary(search: _Search, best: dict[str, Any], search_seconds: float
         "examples_seen": tr.get("examples_seen"),
         "stopped": tr.get("stopped"),
         "best_step": tr.get("best_step"),
-        "learning_curve": learning_curve_link(best["run_id"], s) if best["has_curve"] else None,
+        "learning_curve": learning_curve_link(best["run_id"], settings) if best["has_curve"] else None,
     }

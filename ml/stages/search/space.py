@@ -119,5 +119,5 @@ def trials(spec: dict[str, Any], seed: int = 42) -> list[dict[str, Any]]:
     return [{**fixed, **c} for c in combos] or [dict(fixed)]
 
 
-def selection_metric(space: dict[str, Any], s: Settings) -> str:
-    return space.get("selection", {}).get("metric") or s.promotion_metric
+def selection_metric(space: dict[str, Any], settings: Settings) -> str:
+    return space.get("selection", {}).get("metric") or settings.promotion_metric

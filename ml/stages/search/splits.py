@@ -16,12 +16,12 @@ if TYPE_CHECKING:
 
 
 def comparison_splits(
-    snapshot_hash: str, space: dict[str, Any], s: Settings
+    snapshot_hash: str, space: dict[str, Any], settings: Settings
 ) -> tuple[Snapshot, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(snapshot, training pool, validation, held-out): the held-out split is the platform's usual
     one (``test_size``, ``seed``); validation is carved from the training split, the same for all."""
-    snap = get_snapshot(snapshot_hash, s)
-    train_df, test_df = split(snap.load(), s.test_size, s.seed)
+    snap = get_snapshot(snapshot_hash, settings)
+    train_df, test_df = split(snap.load(), settings.test_size, settings.seed)
     sel = space.get("selection", {})
     n_val = min(
         int(round(len(train_df) * float(sel.get("validation_fraction", 0.1)))),
@@ -29,5 +29,5 @@ def comparison_splits(
     )
     n_val = max(n_val, 2)
 
-    pool, val = train_test_split(train_df, test_size=n_val, random_state=s.seed, stratify=train_df["label"])
+    pool, val = train_test_split(train_df, test_size=n_val, random_state=settings.seed, stratify=train_df["label"])
     return snap, pool.reset_index(drop=True), val.reset_index(drop=True), test_df

@@ -47,14 +47,14 @@ def run_trial(
     metric: str,
     commit: str,
     workdir: Path,
-    s: Settings,
+    settings: Settings,
     budget_seconds: float | None = None,
 ) -> dict[str, Any]:
     import mlflow
 
     model = models.create(family, **params)
     if "seed" in model.params and "seed" not in params:
-        model.params["seed"] = s.seed
+        model.params["seed"] = settings.seed
     tags = {
         "mlflow.parentRunId": plan["parent_run_id"],
         "kind": "trial",
@@ -72,7 +72,7 @@ def run_trial(
                 "sample_size": plan["sample_sizes"].get(family) or "all",
                 "n_train": len(train_df),
                 "n_validation": len(val_df),
-                "seed": s.seed,
+                "seed": settings.seed,
                 **{f"model.{k}": v for k, v in model.get_params().items()},
             }
         )
