@@ -4,7 +4,7 @@ Scheduled on the ``sentiment_champion`` asset (plugins/sentiment_assets.py): sen
 sentiment_retraining emit it only when a version really became champion, so each promotion starts
 one run here. ``refresh_reference`` computes the champion's predictions on its held-out set and caches
 them (``ml.stages.monitoring.reference.load_reference``, ``var/reference/<model>/v<version>/``) for the
-model named in the triggering event, and produces the ``sentiment_monitoring_reference`` asset that
+model named in the latest triggering event (by its timestamp: a run may consume several), and produces the ``sentiment_monitoring_reference`` asset that
 sentiment_monitoring's ``build_report`` reads (its inlet). The nightly drift report keeps its own
 schedule (``@daily``: a report covers a day of predictions, whatever the promotions); it no longer pays
 for the reference after a promotion, and a reference that cannot be computed (the model's artifacts,
@@ -32,12 +32,11 @@ def sentiment_reference():
     @task(outlets=[REFERENCE])
     def refresh_reference() -> dict:
         from ml.platform.config import get_settings
-        from ml.stages.monitoring.reference import load_reference, reference_location
+        from ml.stages.monitoring.reference import latest_promoted_model, load_reference, reference_location
 
         ctx = get_current_context()
         s = get_settings()
-        events = (ctx.get("triggering_asset_events") or {}).get(CHAMPION) or []
-        model = next((e.extra.get("model") for e in reversed(list(events)) if (e.extra or {}).get("model")), None)
+        model = latest_promoted_model((ctx.get("triggering_asset_events") or {}).get(CHAMPION) or [])
         if model and model != s.model_name:  # the promoted model, whatever this worker's default name
             s = s.model_copy(update={"model_name": model})
         frame, meta, vocab = load_reference(s)

@@ -9,6 +9,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,17 @@ log = logging.getLogger(__package__)  # the stage's logger, as before the split 
 
 
 REFERENCE_VERSION = 1  # bump when the reference's columns change: old caches are recomputed
+
+
+def latest_promoted_model(events: Iterable[Any]) -> str | None:
+    """The model named by the latest of a run's triggering champion asset events (``extra["model"]``), or None.
+    Airflow hands a run's consumed events in no set order (a run consumes every event since the DAG's previous
+    asset-triggered run: several promotions, possibly of several models sharing one Airflow), so the latest is
+    chosen by its timestamp, never by its position."""
+    named = [e for e in events if (getattr(e, "extra", None) or {}).get("model")]
+    if not named:
+        return None
+    return str(max(named, key=lambda e: e.timestamp).extra["model"])
 
 
 def reference_dir(version: int, settings: Settings | None = None) -> Path:
