@@ -8,6 +8,7 @@ import csv
 
 import mlflow  # noqa: TID253 - a test module of the MLflow runs: loaded by its own tests only
 import numpy as np
+import pandas as pd
 import pytest
 import realdata
 
@@ -18,6 +19,13 @@ from ml.stages import promotion, train
 from ml.views import model_card
 
 UNIFORM = realdata.SHARED_DATA.with_name("sentiment140_uniform_eval.csv")
+
+
+@pytest.fixture(scope="module")
+def frame() -> pd.DataFrame:
+    """3,000 real tweets of the shared 100k file, balanced (label 0/1)."""
+    rows = realdata.balanced(3000, seed=27, path=realdata.SHARED_DATA)
+    return pd.DataFrame({"text": [t for _, t in rows], "label": [1 if p == 4 else 0 for p, _ in rows]})
 
 
 @pytest.mark.slow
