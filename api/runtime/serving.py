@@ -177,10 +177,6 @@ def prediction_rows(
 
 
 # ---------------------------------------------------------------- champion details
-#: tags every training run sets and ``GET /model`` reports by name
-RUN_TAGS: tuple[str, ...] = ("dataset_hash", "git_commit", "family")
-
-
 def run_details(run_id: str) -> dict[str, Any]:
     """Metrics, user tags (no ``mlflow.*`` system tags) and start/end time of an MLflow run."""
     import mlflow
